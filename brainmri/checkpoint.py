@@ -1,0 +1,95 @@
+"""Self-describing checkpoint folders in timm's Hub layout.
+
+A folder holds ``config.json`` (architecture, num_classes, label_names, model_args and a
+pretrained_cfg describing the exact preprocessing), ``model.safetensors`` (fp16),
+``manifest.json`` (sha256 of each file), plus metrics, history and a model card. Both
+``timm.create_model("local-dir:FOLDER", pretrained=True)`` and this module load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf
+from torch import nn
+
+import brainmri.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
+from brainmri.data import sha256
+
+_logger = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+
+
+def save_checkpoint(model: nn.Module, folder: str | Path, class_names: list[str], extra: dict | None = None) -> Path:
+    """Write config.json and fp16 model.safetensors for ``model`` into ``folder``.
+
+    ``extra`` is merged into config.json (e.g. the registry name and how it was initialised).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # fp16 halves the size; loading casts back to the model's fp32 parameters.
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, folder / WEIGHTS)
+    save_config_for_hf(model, folder / CONFIG, model_config={"label_names": list(class_names), **(extra or {})})
+    write_manifest(folder)
+    return folder
+
+
+def write_manifest(folder: str | Path) -> None:
+    """Record the sha256 of the files that define the model, so tampering is caught at load."""
+    folder = Path(folder)
+    digests = {name: sha256((folder / name).read_bytes()) for name in (CONFIG, WEIGHTS)}
+    (folder / MANIFEST).write_text(json.dumps(digests, indent=2) + "\n")
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise ValueError(f"not a checkpoint folder (no {CONFIG}): {folder}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """ValueError naming the problem if a file is missing or differs from the manifest."""
+    folder = Path(folder)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise ValueError(f"checkpoint {folder} is missing {name}")
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        for name, digest in json.loads(manifest.read_text()).items():
+            if sha256((folder / name).read_bytes()) != digest:
+                raise ValueError(f"checkpoint {folder}: {name} does not match its sha256 in {MANIFEST}")
+
+
+def load_checkpoint(folder: str | Path) -> nn.Module:
+    """Rebuild the model from the folder alone (fp32, eval mode), via timm's ``local-dir:``.
+
+    Weights are read from safetensors only; nothing is unpickled.
+    """
+    verify_checkpoint(folder)
+    read_config(folder)
+    try:
+        model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
+    except Exception as e:  # a corrupt safetensors file surfaces as several error types
+        raise ValueError(f"cannot load checkpoint {folder}: {e}") from e
+    return model.float().eval()
+
+
+def label_names(folder: str | Path) -> list[str]:
+    return list(read_config(folder)["label_names"])
+
+
+def count_tensors_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))

@@ -1,0 +1,59 @@
+"""Classification metrics: accuracy with a bootstrap interval, per-class scores, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
+
+
+def bootstrap_accuracy_ci(correct: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of a 0/1 vector."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
+    means = correct[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins.
+
+    A few lines by hand: scikit-learn has no ECE, and torchmetrics would be a dependency
+    for this alone.
+    """
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    """Everything we report for one set: accuracy (+ 95% CI), loss, ECE, per-class P/R/F1, confusion matrix.
+
+    Args:
+        probs: (N, C) predicted probabilities.
+        labels: (N,) true class indices.
+    """
+    if len(labels) == 0:
+        raise ValueError("cannot score an empty set")
+    preds = probs.argmax(axis=1)
+    classes = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
+    lo, hi = bootstrap_accuracy_ci((preds == labels).astype(float))
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "accuracy_ci95": [lo, hi],
+        "loss": float(log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=classes)),
+        "ece": expected_calibration_error(probs, labels),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        },
+        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+    }

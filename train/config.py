@@ -1,0 +1,61 @@
+"""Training configuration: one dataclass, a comment per field, overridable from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import get_type_hints
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tf_efficientnet_lite0"  # registry name (brainmri.registry)
+    data: str = "../shared/data/brain-tumor-mri"  # image folder or Hub dataset id
+    out: str = ""  # output folder; default runs/<model>
+    epochs: int = 10  # most epochs to run
+    batch_size: int = 32
+    lr: float = 1e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0  # linear warm-up, then the schedule
+    schedule: str = "cosine"  # "cosine" or "plateau" (ReduceLROnPlateau on validation loss)
+    label_smoothing: float = 0.1
+    patience: int = 4  # early stopping: epochs without a better validation loss
+    val_fraction: float = 0.15  # share of Training held out for validation, duplicate groups kept whole
+    seed: int = 0
+    pretrained: bool = False  # ImageNet init (offline package for tf_efficientnet_lite0)
+    image_size: int = 0  # 0: the registry's input size
+    limit_per_class: int = 0  # 0: all images; else a few per class (tests, --quick)
+    max_train_batches: int = 0  # 0: whole epoch; else stop each epoch early (tests)
+    channels_last: bool = True  # faster convolutions on CPU and GPU
+    resume: bool = False  # continue from the last finished epoch in <out>/resume
+    evaluate_test: bool = True  # evaluate the best epoch on Testing (and its near-dedup subset)
+
+    def output_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in {"1", "true", "yes"}:
+        return True
+    if text.lower() in {"0", "false", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def parse_config(argv: list[str] | None = None, description: str = "") -> TrainConfig:
+    """Build a TrainConfig from ``--field value`` arguments; bare ``--flag`` sets a bool to true."""
+    parser = argparse.ArgumentParser(description=description)
+    hints = get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_parse_bool, nargs="?", const=True, default=f.default)
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default)
+    return TrainConfig(**vars(parser.parse_args(argv)))
