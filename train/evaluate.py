@@ -69,7 +69,15 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
     plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / "confusion.png", "Testing")
     for name in ("test", "test_dedup"):
         r = results[name]
-        _logger.info("%s: accuracy %.4f (95%% CI %.4f-%.4f), n=%d, loss %.4f, ECE %.4f", name, r["accuracy"], *r["accuracy_ci95"], r["n"], r["loss"], r["ece"])
+        _logger.info(
+            "%s: accuracy %.4f (95%% CI %.4f-%.4f), n=%d, loss %.4f, ECE %.4f",
+            name,
+            r["accuracy"],
+            *r["accuracy_ci95"],
+            r["n"],
+            r["loss"],
+            r["ece"],
+        )
     return results
 
 

