@@ -89,8 +89,10 @@ def write_model_card(folder: str | Path) -> Path:
         "",
         f"- Architecture: timm `{config['architecture']}`, {metrics.get('parameters', 0):,} parameters",
         f"- Weights initialised from: {config.get('initialization', 'unknown')}",
-        f"- Input: {pcfg['input_size'][1]} x {pcfg['input_size'][2]} RGB, {pcfg['interpolation']} resize of the whole image (crop_pct {pcfg['crop_pct']}), mean {pcfg['mean']}, std {pcfg['std']}",
-        f"- Trained for {metrics.get('epochs_run')} epochs (best validation epoch {metrics.get('best_epoch')}) on {metrics.get('device')}, {metrics.get('train_seconds')} s",
+        f"- Input: {pcfg['input_size'][1]} x {pcfg['input_size'][2]} RGB, {pcfg['interpolation']} resize of the whole image"
+        f" (crop_pct {pcfg['crop_pct']}), mean {pcfg['mean']}, std {pcfg['std']}",
+        f"- Trained for {metrics.get('epochs_run')} epochs (best validation epoch {metrics.get('best_epoch')})"
+        f" on {metrics.get('device')}, {metrics.get('train_seconds')} s",
         "",
         "## Results",
         "",
@@ -105,9 +107,8 @@ def write_model_card(folder: str | Path) -> Path:
         r = metrics.get(key)
         if r:
             ci = f" ({r['accuracy_ci95'][0]:.3f}-{r['accuracy_ci95'][1]:.3f})" if "accuracy_ci95" in r else ""
-            lines.append(
-                f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {r.get('loss', float('nan')):.4f} | {r.get('ece', float('nan')):.4f} |"
-            )
+            loss, ece = r.get("loss", float("nan")), r.get("ece", float("nan"))
+            lines.append(f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {loss:.4f} | {ece:.4f} |")
     lines += [
         "",
         "216 Testing images have a byte-identical copy in Training and 472 a near-duplicate, so the",
