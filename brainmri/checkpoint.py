@@ -2,7 +2,8 @@
 
 A folder holds ``config.json`` (architecture, num_classes, label_names, model_args and a
 pretrained_cfg describing the exact preprocessing), ``model.safetensors`` (fp16),
-``manifest.json`` (sha256 of each file), plus metrics, history and a model card. Both
+``manifest.json`` (sha256 of each file, and of ``calibration.json`` with the fitted
+temperature when there is one), plus metrics, history and a model card. Both
 ``timm.create_model("local-dir:FOLDER", pretrained=True)`` and this module load it.
 """
 
@@ -26,6 +27,7 @@ _logger = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
+CALIBRATION = "calibration.json"  # optional: written by train.calibrate, covered by the manifest
 
 
 def save_checkpoint(model: nn.Module, folder: str | Path, class_names: list[str], extra: dict | None = None) -> Path:
@@ -44,9 +46,10 @@ def save_checkpoint(model: nn.Module, folder: str | Path, class_names: list[str]
 
 
 def write_manifest(folder: str | Path) -> None:
-    """Record the sha256 of the files that define the model, so tampering is caught at load."""
+    """Record the sha256 of the files that define the model (and its calibration), so tampering is caught at load."""
     folder = Path(folder)
-    digests = {name: sha256((folder / name).read_bytes()) for name in (CONFIG, WEIGHTS)}
+    names = (CONFIG, WEIGHTS, CALIBRATION) if (folder / CALIBRATION).is_file() else (CONFIG, WEIGHTS)
+    digests = {name: sha256((folder / name).read_bytes()) for name in names}
     (folder / MANIFEST).write_text(json.dumps(digests, indent=2) + "\n")
 
 
@@ -67,10 +70,19 @@ def verify_checkpoint(folder: str | Path) -> None:
         if not (folder / name).is_file():
             raise ValueError(f"checkpoint {folder} is missing {name}")
     manifest = folder / MANIFEST
-    if manifest.is_file():
-        for name, digest in json.loads(manifest.read_text()).items():
-            if sha256((folder / name).read_bytes()) != digest:
-                raise ValueError(f"checkpoint {folder}: {name} does not match its sha256 in {MANIFEST}")
+    if not manifest.is_file():
+        return
+    try:
+        digests = json.loads(manifest.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint {folder}: {MANIFEST} is not valid JSON: {e}") from None
+    if (folder / CALIBRATION).is_file() and CALIBRATION not in digests:
+        raise ValueError(f"checkpoint {folder}: {CALIBRATION} is not listed in {MANIFEST}")
+    for name, digest in digests.items():
+        if not (folder / name).is_file():
+            raise ValueError(f"checkpoint {folder} is missing {name} (listed in {MANIFEST})")
+        if sha256((folder / name).read_bytes()) != digest:
+            raise ValueError(f"checkpoint {folder}: {name} does not match its sha256 in {MANIFEST}")
 
 
 def load_checkpoint(folder: str | Path) -> nn.Module:

@@ -15,21 +15,30 @@ def bootstrap_accuracy_ci(correct: np.ndarray, n_boot: int = 2000, seed: int = 0
     return float(lo), float(hi)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE with equal-width confidence bins.
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of top-label confidence: (mean confidence, accuracy, count), each (n_bins,).
 
-    A few lines by hand: scikit-learn has no ECE, and torchmetrics would be a dependency
-    for this alone.
+    Empty bins have count 0 and NaN confidence and accuracy.
     """
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
-    return float(ece)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(bins, weights=correct, minlength=n_bins) / count
+    return mean_conf, accuracy, count
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins: sum over bins of share x |accuracy - confidence|.
+
+    A few lines by hand: scikit-learn has no ECE, and torchmetrics would be a dependency
+    for this alone.
+    """
+    mean_conf, accuracy, count = reliability_bins(probs, labels, n_bins)
+    full = count > 0
+    return float(np.sum(count[full] / count.sum() * np.abs(accuracy[full] - mean_conf[full])))
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainmri.checkpoint import read_config  # noqa: E402
+from brainmri.metrics import expected_calibration_error, reliability_bins  # noqa: E402
 
 
 def plot_history(history: list[dict], path: str | Path) -> None:
@@ -43,6 +44,39 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, tit
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def reliability_diagram(curves: dict[str, np.ndarray] | np.ndarray, labels: np.ndarray, path: str | Path, n_bins: int = 15) -> None:
+    """Accuracy against confidence per bin, one panel per set of probabilities (e.g. before and after calibration).
+
+    Args:
+        curves: panel title -> (N, C) probabilities, or one (N, C) array.
+        labels: (N,) true class indices.
+    """
+    curves = curves if isinstance(curves, dict) else {"": curves}
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.6), squeeze=False)
+    edges = np.linspace(0, 1, n_bins + 1)
+    for ax, (title, probs) in zip(axes[0], curves.items()):
+        mean_conf, accuracy, count = reliability_bins(probs, labels, n_bins)
+        full = count > 0
+        ax.bar(edges[:-1][full], accuracy[full], width=1 / n_bins, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+        ax.bar(
+            edges[:-1][full],
+            mean_conf[full] - accuracy[full],
+            bottom=accuracy[full],
+            width=1 / n_bins,
+            align="edge",
+            color="red",
+            alpha=0.3,
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class)", ylabel="accuracy")
+        ax.set_title(f"{title}\nECE {expected_calibration_error(probs, labels, n_bins):.4f}, n={len(labels)}".strip(), fontsize=9)
+        ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -109,6 +143,20 @@ def write_model_card(folder: str | Path) -> Path:
             ci = f" ({r['accuracy_ci95'][0]:.3f}-{r['accuracy_ci95'][1]:.3f})" if "accuracy_ci95" in r else ""
             loss, ece = r.get("loss", float("nan")), r.get("ece", float("nan"))
             lines.append(f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {loss:.4f} | {ece:.4f} |")
+    cal = metrics.get("calibration")
+    if cal:
+        lines += [
+            "",
+            f"Calibration: temperature T = {cal['temperature']:.3f} fitted on validation (`calibration.json`, probabilities"
+            " = softmax(logits / T)); ECE before -> after: validation"
+            f" {cal['val_ece_before']:.4f} -> {cal['val_ece_after']:.4f}"
+            + "".join(
+                f", {label} {cal[f'{key}_ece_before']:.4f} -> {cal[f'{key}_ece_after']:.4f}"
+                for key, label in (("test", "Testing"), ("test_dedup", "near-dedup Testing"))
+                if f"{key}_ece_before" in cal
+            )
+            + ". Reliability diagram: `reliability.png`.",
+        ]
     lines += [
         "",
         "216 Testing images have a byte-identical copy in Training and 472 a near-duplicate, so the",
@@ -127,7 +175,8 @@ def write_model_card(folder: str | Path) -> Path:
         "```",
         "",
         "Reproduce these numbers: `python -m train.evaluate FOLDER --data DATA`. Files: `config.json`, `model.safetensors` (fp16),",
-        "`metrics.json`, `history.csv`, `train_config.json`, `curves.png`, `confusion.png`, `manifest.json` (sha256).",
+        "`metrics.json`, `history.csv`, `train_config.json`, `curves.png`, `confusion.png`, `calibration.json`,",
+        "`reliability.png`, `manifest.json` (sha256).",
         "",
     ]
     path = folder / "README.md"

@@ -32,6 +32,11 @@ class TrainConfig:
     channels_last: bool = True  # faster convolutions on CPU and GPU
     resume: bool = False  # continue from the last finished epoch in <out>/resume
     evaluate_test: bool = True  # evaluate the best epoch on Testing (and its near-dedup subset)
+    # How the run uses the machine (the sweep sets these), not what it learns:
+    data_on_device: bool = False  # keep the decoded uint8 data on the training device, batched there (one process, no DataLoader)
+    grad_checkpointing: bool = False  # recompute activations in backward (timm set_grad_checkpointing): less memory, ~1/3 more compute
+    time_budget_s: float = 0.0  # 0: none; else after epoch 1 shorten the schedule to the epochs that fit, and stop at the budget
+    save_resume: bool = True  # write the --resume state after each epoch (sweeps turn it off: seconds per epoch on big models)
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}")

@@ -1,9 +1,11 @@
-"""Evaluate a checkpoint folder on the official Testing split and its near-deduplicated subset.
+"""Evaluate a checkpoint folder, or an ensemble of them, on the official Testing split and its near-deduplicated subset.
 
     python -m train.evaluate checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
+    python -m train.evaluate --ensemble checkpoints/simple_cnn_7 checkpoints/tf_efficientnet_lite0 --data ...
 
 The model is rebuilt with timm's ``local-dir:`` and fed through timm's eval transform
-made from the folder's own pretrained_cfg. Results are merged into ``metrics.json``.
+made from the folder's own pretrained_cfg. Results are merged into ``metrics.json``;
+an ensemble's (mean of calibrated probabilities) go to ``results/ensemble_metrics.json``.
 """
 
 from __future__ import annotations
@@ -18,55 +20,62 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainmri.checkpoint import label_names, load_checkpoint
-from brainmri.data import ImageRecords, data_config, eval_transform, limit_per_class, load_records
-from brainmri.duplicates import near_pairs, thumbnails
+from brainmri.checkpoint import label_names, load_checkpoint, read_config
+from brainmri.data import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
+from brainmri.duplicates import near_pairs
 from brainmri.metrics import classification_report
+from train.datacache import decode_records, memo, source_key, thumbnails
 
 _logger = logging.getLogger("evaluate")
 
 
 @torch.no_grad()
-def predict_records(model: torch.nn.Module, records: ImageRecords, batch_size: int = 64) -> np.ndarray:
-    """(N, C) probabilities, each image through timm's eval transform of the model's config."""
-    transform = eval_transform(data_config(model))
-    probs = []
+def predict_logits(model: torch.nn.Module, records: ImageRecords, batch_size: int = 64) -> np.ndarray:
+    """(N, C) logits, each image through timm's eval transform of the model's config, on the model's device.
+
+    The images are decoded once to uint8 by that transform (memoised inside ``train.datacache.open_cache``)
+    and normalised per batch, which is the transform's own last step.
+    """
+    cfg = data_config(model)
+    images = decode_records(records, cfg, "decode test")
+    device = next(model.parameters()).device
+    logits = []
     for start in tqdm(range(0, len(records), batch_size), desc="evaluate", leave=False, mininterval=5):
-        batch = torch.stack([transform(records.open(i)) for i in range(start, min(start + batch_size, len(records)))])
-        probs.append(model(batch).softmax(dim=1))
-    return torch.cat(probs).numpy()
+        logits.append(model(normalize_batch(images[start : start + batch_size].to(device), cfg)).float().cpu())
+    return torch.cat(logits).numpy()
+
+
+def predict_records(model: torch.nn.Module, records: ImageRecords, batch_size: int = 64) -> np.ndarray:
+    """(N, C) probabilities (uncalibrated softmax), each image through timm's eval transform of the model's config."""
+    return torch.from_numpy(predict_logits(model, records, batch_size)).softmax(dim=1).numpy()
 
 
 def dedup_test_indices(train: ImageRecords, test: ImageRecords) -> np.ndarray:
     """Testing images with no exact or near-duplicate in Training."""
-    twins = {i for i, _, _ in near_pairs(thumbnails(test), thumbnails(train))}
-    return np.array([i for i in range(len(test)) if i not in twins], dtype=int)
+
+    def find() -> np.ndarray:
+        twins = {i for i, _, _ in near_pairs(thumbnails(test), thumbnails(train))}
+        return np.array([i for i in range(len(test)) if i not in twins], dtype=int)
+
+    return memo(("dedup", source_key(train), source_key(test)), find)
 
 
-def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int = 0) -> dict:
-    """Score ``folder`` on Testing and near-dedup Testing; update its metrics.json and confusion.png."""
-    from brainmri.report import plot_confusion
-
-    folder = Path(folder)
-    model = load_checkpoint(folder)
+def load_test_split(data: str, limit: int = 0, seed: int = 0) -> tuple[ImageRecords, np.ndarray]:
+    """The Testing split (``limit`` per class if set) and the indices of its near-dedup subset."""
     test, train = load_records(data, "test"), load_records(data, "train")
-    if test.class_names != label_names(folder):
-        raise ValueError(f"data classes {test.class_names} differ from the checkpoint's {label_names(folder)}")
     if limit:
         test = limit_per_class(test, limit, seed)
-    clean = dedup_test_indices(train, test)
-    probs = predict_records(model, test)
+    return test, dedup_test_indices(train, test)
+
+
+def score(probs: np.ndarray, test: ImageRecords, clean: np.ndarray, limit: int = 0) -> dict:
+    """``classification_report`` on Testing and on its near-dedup subset, each labelled with its split."""
     results = {
         "test": classification_report(probs, test.labels, test.class_names),
         "test_dedup": classification_report(probs[clean], test.labels[clean], test.class_names),
     }
     results["test"]["split"] = "official Testing split" + (f" ({limit} per class)" if limit else "")
     results["test_dedup"]["split"] = "Testing images with no exact or near (32x32 MAD <= 2) twin in Training"
-    metrics_path = folder / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics.update(results)
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / "confusion.png", "Testing")
     for name in ("test", "test_dedup"):
         r = results[name]
         _logger.info(
@@ -81,15 +90,74 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
     return results
 
 
+def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int = 0, device: torch.device | str = "cpu") -> dict:
+    """Score ``folder`` on Testing and near-dedup Testing (inference on ``device``); update its metrics.json and confusion.png."""
+    from brainmri.report import plot_confusion
+
+    folder = Path(folder)
+    model = load_checkpoint(folder).to(device)
+    test, clean = load_test_split(data, limit, seed)
+    if test.class_names != label_names(folder):
+        raise ValueError(f"data classes {test.class_names} differ from the checkpoint's {label_names(folder)}")
+    results = score(predict_records(model, test), test, clean, limit)
+    metrics_path = folder / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics.update(results)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / "confusion.png", "Testing")
+    return results
+
+
+def evaluate_ensemble(folders: list[str | Path], data: str, out: str | Path, limit: int = 0, seed: int = 0) -> dict:
+    """Score the mean of the folders' calibrated probabilities like one model; write ``out`` (JSON) and figures beside it.
+
+    Each member is run through its own preprocessing (input sizes may differ).
+    """
+    from brainmri.calibration import load_temperature
+    from brainmri.ensemble import ensemble_probs
+    from brainmri.report import plot_confusion, reliability_diagram
+
+    models = [load_checkpoint(folder) for folder in folders]  # a broken member fails before any data is read
+    test, clean = load_test_split(data, limit, seed)
+    members, names = [], []
+    for folder, model in zip(folders, models):
+        if label_names(folder) != test.class_names:
+            raise ValueError(f"data classes {test.class_names} differ from {folder}'s {label_names(folder)}")
+        members.append((predict_logits(model, test), load_temperature(folder)))
+        names.append(read_config(folder).get("registry_name", Path(folder).name))
+    probs = ensemble_probs(members)
+    results = {
+        "model": "ensemble",
+        "members": [{"name": n, "folder": str(f), "temperature": t} for n, f, (_, t) in zip(names, folders, members)],
+        "method": "mean of the members' calibrated probabilities softmax(logits / T)",
+        **score(probs, test, clean, limit),
+        "data": data,
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, out.with_name(f"{out.stem}_confusion.png"), "Testing")
+    reliability_diagram({"ensemble, Testing": probs}, test.labels, out.with_name(f"{out.stem}_reliability.png"))
+    _logger.info("wrote %s", out)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint folder")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint folder")
+    parser.add_argument("--ensemble", nargs="+", metavar="FOLDER", help="evaluate the mean of these checkpoints' calibrated probabilities")
+    parser.add_argument("--out", default="results/ensemble_metrics.json", help="where --ensemble writes its metrics")
     parser.add_argument("--data", default="../shared/data/brain-tumor-mri", help="image folder or Hub dataset id")
     parser.add_argument("--limit-per-class", type=int, default=0, help="evaluate on a few images per class only")
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")
     args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.ensemble is None):
+        parser.error("give one checkpoint folder, or --ensemble FOLDER FOLDER ...")
     try:
+        if args.ensemble:
+            evaluate_ensemble(args.ensemble, args.data, args.out, limit=args.limit_per_class)
+            return 0
         evaluate_checkpoint(args.checkpoint, args.data, limit=args.limit_per_class)
         if args.model_card:
             from brainmri.report import write_model_card

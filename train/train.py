@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -35,23 +36,55 @@ from brainmri.data import (
     ImageRecords,
     augment_batch,
     data_config,
-    decode_records,
     limit_per_class,
     load_records,
     normalize_batch,
     split_train_val,
 )
-from brainmri.duplicates import connected_groups, near_pairs, thumbnails
+from brainmri.duplicates import connected_groups, near_pairs
 from brainmri.registry import count_parameters, create_model, get_spec, set_input_size
 from train.config import TrainConfig, parse_config
+from train.datacache import decode_records, memo, source_key, thumbnails
 
 _logger = logging.getLogger("train")
+
+WARMUP_STEPS = 2  # first steps of each epoch left out of the throughput timing (cuDNN algorithm choice, allocator growth)
+BUDGET_SLACK = 1.2  # an epoch running past this share of time_budget_s is cut short
+
+
+class DeviceBatches:
+    """Batches of uint8 images and labels that already sit on the training device: no DataLoader, no copies.
+
+    Shuffled by a permutation seeded with ``seed + epoch`` (``set_epoch``), like accelerate's seedable sampler.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
+        self.x, self.y = x, y  # (N, 3, H, W) uint8, (N,) int64, on one device
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
 
 
 @dataclass
 class Loaders:
-    train: DataLoader
-    val: DataLoader
+    train: DataLoader | DeviceBatches
+    val: DataLoader | DeviceBatches
     class_names: list[str]
     n_train: int
     n_val: int
@@ -68,6 +101,10 @@ class State:
     plateau_factor: float = 1.0
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    epochs_planned: int = 0  # epochs the schedule spans: cfg.epochs, or fewer to fit time_budget_s (0: not planned yet)
+    wall_seconds: float = 0.0  # epochs' wall time, validation and saving included: what the time budget counts
+    peak_memory_gib: float = 0.0  # most GPU memory allocated while training, data kept on the device included
+    stopped: str = ""  # why training ended: "epochs", "early stop" or "time budget"
 
 
 def load_train_records(cfg: TrainConfig) -> ImageRecords:
@@ -75,23 +112,36 @@ def load_train_records(cfg: TrainConfig) -> ImageRecords:
     return limit_per_class(records, cfg.limit_per_class, cfg.seed) if cfg.limit_per_class else records
 
 
-def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict) -> Loaders:
-    """Validation split with near-duplicate groups kept whole, each side decoded once to uint8."""
-    groups = connected_groups(len(records), near_pairs(thumbnails(records)))
-    train_idx, val_idx = split_train_val(records.labels, groups, cfg.val_fraction, cfg.seed)
-    train_set, val_set = records.subset(train_idx), records.subset(val_idx)
-    _logger.info(
-        "split: %d train, %d validation (%d duplicate groups kept whole)", len(train_set), len(val_set), len(records) - groups.max() - 1
-    )
+def split_records(cfg: TrainConfig, records: ImageRecords) -> tuple[ImageRecords, ImageRecords]:
+    """(train, validation), near-duplicate groups kept whole; train.calibrate rebuilds it from train_config.json."""
 
-    def tensors(s: ImageRecords, desc: str) -> TensorDataset:
-        return TensorDataset(decode_records(s, dcfg, desc), torch.from_numpy(s.labels))
+    def split() -> tuple[np.ndarray, np.ndarray]:
+        groups = connected_groups(len(records), near_pairs(thumbnails(records)))
+        train_idx, val_idx = split_train_val(records.labels, groups, cfg.val_fraction, cfg.seed)
+        _logger.info(
+            "split: %d train, %d validation (%d duplicate groups kept whole)", len(train_idx), len(val_idx), len(records) - groups.max() - 1
+        )
+        return train_idx, val_idx
 
-    train_loader = DataLoader(
-        tensors(train_set, "decode train"), batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size
-    )
-    val_loader = DataLoader(tensors(val_set, "decode val"), batch_size=cfg.batch_size * 2)
-    return Loaders(train_loader, val_loader, records.class_names, len(train_set), len(val_set))
+    train_idx, val_idx = memo(("split", source_key(records), cfg.val_fraction, cfg.seed), split)
+    return records.subset(train_idx), records.subset(val_idx)
+
+
+def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: torch.device | str = "cpu") -> Loaders:
+    """Validation split with near-duplicate groups kept whole, each side decoded once to uint8 (moved to ``device`` once
+    with ``data_on_device``)."""
+    train_set, val_set = split_records(cfg, records)
+    drop_last = len(train_set) > cfg.batch_size
+    (xt, yt), (xv, yv) = [
+        (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))
+    ]
+    if cfg.data_on_device:
+        train = DeviceBatches(xt.to(device), yt.to(device), cfg.batch_size, shuffle=True, drop_last=drop_last, seed=cfg.seed)
+        val = DeviceBatches(xv.to(device), yv.to(device), cfg.batch_size * 2, shuffle=False, drop_last=False)
+    else:
+        train = DataLoader(TensorDataset(xt, yt), batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
+        val = DataLoader(TensorDataset(xv, yv), batch_size=cfg.batch_size * 2)
+    return Loaders(train, val, records.class_names, len(train_set), len(val_set))
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int, state: State) -> float:
@@ -100,22 +150,52 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int, state: State) -
     if step < warm:
         return (step + 1) / warm
     if cfg.schedule == "cosine":
-        total = max(warm + 1, cfg.epochs * steps_per_epoch)
+        total = max(warm + 1, (state.epochs_planned or cfg.epochs) * steps_per_epoch)
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
     return state.plateau_factor
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: TrainConfig, dcfg: dict, epoch: int) -> dict:
+class Throughput:
+    """Images per second from step WARMUP_STEPS to the end of an epoch; one device sync at each end."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.start, self.images = device, 0.0, 0
+
+    def mark(self, step: int, images: int) -> None:
+        if step == WARMUP_STEPS:
+            _sync(self.device)
+            self.start, self.images = time.perf_counter(), images
+
+    def rate(self, images: int) -> float | None:
+        """None when the epoch was too short to time past its warm-up steps."""
+        if not self.start or images == self.images:
+            return None
+        _sync(self.device)
+        return (images - self.images) / (time.perf_counter() - self.start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(
+    model, loader, optimizer, scheduler, accelerator, cfg: TrainConfig, dcfg: dict, epoch: int, deadline: float = math.inf
+) -> dict:
+    """One pass over the training batches, cut short at ``max_train_batches`` or at ``deadline`` (a perf_counter time)."""
     model.train()
     # Seeded per epoch (not once) so that --resume replays exactly what a straight run does.
     torch.manual_seed(cfg.seed + epoch)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + accelerator.process_index)
     loader.set_epoch(epoch)
-    total, correct, loss_sum = 0, 0, 0.0
+    # The sums stay on the device: reading them every step would make the CPU wait for the GPU each time.
+    total, correct, loss_sum = 0, torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    timer = Throughput(accelerator.device)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process, leave=False, mininterval=5)
     for step, (x, y) in enumerate(bar):
-        if cfg.max_train_batches and step >= cfg.max_train_batches:
+        if (cfg.max_train_batches and step >= cfg.max_train_batches) or (step and time.perf_counter() > deadline):
             break
+        timer.mark(step, total)
         x = normalize_batch(augment_batch(x, gen), dcfg)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -127,10 +207,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Train
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         total += len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        loss_sum += loss.item() * len(y)
-        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
-    return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1), "train_images": total}
+        correct += (logits.argmax(1) == y).sum()
+        loss_sum += loss.detach().float() * len(y)
+        if step % 20 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{loss_sum.item() / total:.3f}", acc=f"{correct.item() / total:.3f}")
+    steady = timer.rate(total)
+    return {
+        "train_loss": loss_sum.item() / max(total, 1),
+        "train_acc": correct.item() / max(total, 1),
+        "train_images": total,
+        "steady_img_per_s": steady,
+    }
 
 
 @torch.no_grad()
@@ -151,18 +238,26 @@ def evaluate(model, loader, accelerator, dcfg: dict, channels_last: bool) -> dic
 
 
 def save_resume(out: Path, model, accelerator, state: State) -> None:
-    """Everything --resume needs, written after each epoch (state last, so a crash mid-write is harmless)."""
+    """Everything --resume needs, written after each epoch into a new folder; then the ``latest`` pointer is
+    swapped atomically, so a kill at any moment (even mid-write) leaves the last finished epoch whole."""
     resume = out / "resume"
-    accelerator.save_state(resume / "accelerate")
-    (resume / "state.json").write_text(json.dumps(state.__dict__, default=list))
+    folder = resume / f"epoch_{state.epoch}"
+    accelerator.save_state(folder)
+    (folder / "state.json").write_text(json.dumps(state.__dict__, default=list))
+    (resume / "latest.tmp").write_text(folder.name)
+    os.replace(resume / "latest.tmp", resume / "latest")
+    for old in resume.glob("epoch_*"):
+        if old != folder:
+            shutil.rmtree(old)
 
 
 def load_resume(out: Path, accelerator) -> State:
     resume = out / "resume"
-    if not (resume / "state.json").is_file():
+    if not (resume / "latest").is_file():
         raise ValueError(f"--resume: nothing to resume in {resume}")
-    accelerator.load_state(resume / "accelerate")
-    state = State(**json.loads((resume / "state.json").read_text()))
+    folder = resume / (resume / "latest").read_text().strip()
+    accelerator.load_state(folder)
+    state = State(**json.loads((folder / "state.json").read_text()))
     state.best_key = tuple(state.best_key)
     _logger.info("resuming after epoch %d (best so far: epoch %d)", state.epoch, state.best_epoch)
     return state
@@ -175,6 +270,20 @@ def write_history(out: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
+def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The registry model with a fresh head, at the configured input size and memory layout."""
+    model = create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained)
+    if cfg.image_size:
+        set_input_size(model, cfg.image_size)
+    if cfg.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"{cfg.model} has no gradient checkpointing (timm set_grad_checkpointing)")
+        model.set_grad_checkpointing(True)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def fit(cfg: TrainConfig) -> Path:
     """Train, keep the best epoch on validation, write and evaluate the checkpoint folder."""
     spec = get_spec(cfg.model)  # fails early, naming the choices, on an unknown model
@@ -182,6 +291,8 @@ def fit(cfg: TrainConfig) -> Path:
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if cfg.data_on_device and accelerator.num_processes > 1:
+        raise ValueError("data_on_device batches on one process; train on several GPUs without it")
     set_seed(cfg.seed)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -190,62 +301,101 @@ def fit(cfg: TrainConfig) -> Path:
         (out / "train_config.json").write_text(cfg.to_json() + "\n")
 
     records = load_train_records(cfg)
-    model = create_model(cfg.model, num_classes=len(records.class_names), pretrained=cfg.pretrained)
-    if cfg.image_size:
-        set_input_size(model, cfg.image_size)
+    model = build_model(cfg, len(records.class_names))
     dcfg = data_config(model)
-    loaders = build_loaders(cfg, records, dcfg)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    loaders = build_loaders(cfg, records, dcfg, accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(loaders.train) // accelerator.num_processes
     if cfg.max_train_batches:
         steps = min(steps, cfg.max_train_batches)
     state = State()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps, state))
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loaders.train, loaders.val, scheduler)
+    if cfg.data_on_device:  # batches already sit on the device: accelerate wraps only the rest
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        train_loader, val_loader = loaders.train, loaders.val
+    else:
+        model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loaders.train, loaders.val, scheduler)
     if cfg.resume:
         state = load_resume(out, accelerator)
 
-    while state.epoch < cfg.epochs and state.stale < cfg.patience:
-        start = time.perf_counter()
-        row = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, dcfg, state.epoch)
-        seconds = time.perf_counter() - start
-        row.update(evaluate(model, val_loader, accelerator, dcfg, cfg.channels_last))
-        state.epoch += 1
-        state.train_seconds += seconds
-        row = {
-            "epoch": state.epoch,
-            **row,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(seconds, 1),
-            "img_per_s": round(row["train_images"] / seconds, 1),
-        }
-        state.history.append(row)
-        key = (round(row["val_acc"], 6), -row["val_loss"])
-        if key > tuple(state.best_key):
-            state.best_key, state.best_epoch, state.stale = key, state.epoch, 0
-            if accelerator.is_main_process:
-                save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, out / "best.safetensors")
-        else:
-            state.stale += 1
-            if state.stale % 2 == 0:  # the plateau schedule halves the rate after two flat epochs
-                state.plateau_factor *= 0.5
-        _logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_resume(out, model, accelerator, state)
-    if state.stale >= cfg.patience:
-        _logger.info("early stop: no better validation accuracy for %d epochs", cfg.patience)
-
+    run_epochs(cfg, (model, optimizer, scheduler, train_loader, val_loader), accelerator, dcfg, state, out)
+    if accelerator.device.type == "cuda":
+        state.peak_memory_gib = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
     if not accelerator.is_main_process:
         return out
-    return finish(cfg, spec, accelerator.unwrap_model(model), loaders, state, out, dcfg)
+    return finish(cfg, spec, accelerator.unwrap_model(model), loaders, state, out, dcfg, accelerator.device)
 
 
-def finish(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: Path, dcfg: dict) -> Path:
-    """Write the best epoch as a checkpoint folder with its history, metrics and model card."""
+def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: State, out: Path) -> None:
+    """Epochs until the planned number, early stopping, or the time budget; the best one saved as it comes."""
+    model, optimizer, scheduler, train_loader, val_loader = parts
+    budget_end = time.perf_counter() + BUDGET_SLACK * cfg.time_budget_s - state.wall_seconds if cfg.time_budget_s else math.inf
+    while (
+        state.epoch < (state.epochs_planned or cfg.epochs)
+        and state.stale < cfg.patience
+        and (not state.epoch or time.perf_counter() < budget_end)
+    ):
+        start = time.perf_counter()
+        row = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, dcfg, state.epoch, budget_end)
+        seconds = time.perf_counter() - start
+        row.update(evaluate(model, val_loader, accelerator, dcfg, cfg.channels_last))
+        record_epoch(state, row, seconds, optimizer.param_groups[0]["lr"])
+        if state.best_epoch == state.epoch and accelerator.is_main_process:
+            save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, out / "best.safetensors")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process and cfg.save_resume:
+            save_resume(out, model, accelerator, state)
+        state.wall_seconds += time.perf_counter() - start
+        if cfg.time_budget_s and not state.epochs_planned:
+            state.epochs_planned = plan_epochs(cfg, state, seconds_per_epoch(state.history[-1], time.perf_counter() - start))
+            _logger.info("time budget %.0f s: the schedule spans %d epochs", cfg.time_budget_s, state.epochs_planned)
+    state.stopped = "early stop" if state.stale >= cfg.patience else "time budget" if state.epoch < cfg.epochs else "epochs"
+    _logger.info("stopped after epoch %d (%s); best epoch %d", state.epoch, state.stopped, state.best_epoch)
+
+
+def seconds_per_epoch(last: dict, wall: float) -> float:
+    """The next epoch's expected wall time: the last one's images at its steady rate, plus what it spent outside training
+    (validation, saving). ``wall`` is the last epoch's whole wall time."""
+    return last["train_images"] / last["img_per_s"] + max(0.0, wall - last["seconds"])
+
+
+def plan_epochs(cfg: TrainConfig, state: State, epoch_seconds: float) -> int:
+    """Epochs that fit ``time_budget_s`` at ``epoch_seconds`` each: at least those run, at most cfg.epochs."""
+    fit_in = state.epoch + int(max(0.0, cfg.time_budget_s - state.wall_seconds) // max(epoch_seconds, 1e-6))
+    return max(state.epoch, min(cfg.epochs, fit_in))
+
+
+def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:
+    """Append the epoch to the history and update best epoch, staleness and the plateau factor."""
+    state.epoch += 1
+    state.train_seconds += seconds
+    steady = row.pop("steady_img_per_s")
+    row = {
+        "epoch": state.epoch,
+        **row,
+        "lr": lr,
+        "seconds": round(seconds, 1),
+        "img_per_s": round(steady or row["train_images"] / seconds, 1),
+    }
+    state.history.append(row)
+    key = (round(row["val_acc"], 6), -row["val_loss"])
+    if key > tuple(state.best_key):
+        state.best_key, state.best_epoch, state.stale = key, state.epoch, 0
+    else:
+        state.stale += 1
+        if state.stale % 2 == 0:  # the plateau schedule halves the rate after two flat epochs
+            state.plateau_factor *= 0.5
+    _logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def finish(
+    cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: Path, dcfg: dict, device: torch.device | str = "cpu"
+) -> Path:
+    """Write the best epoch as a checkpoint folder with its history, metrics and model card; test and calibrate it on ``device``."""
     from brainmri.report import plot_history, write_model_card
+    from train.calibrate import calibrate_checkpoint
     from train.evaluate import evaluate_checkpoint
 
     model = model.to("cpu", memory_format=torch.contiguous_format).float()
@@ -258,8 +408,22 @@ def finish(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: P
     save_checkpoint(model, out, loaders.class_names, extra={"registry_name": spec.name, "initialization": init})
     write_history(out, state.history)
     plot_history(state.history, out / "curves.png")
+    metrics = run_metrics(cfg, spec, model, loaders, state, dcfg, init)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if cfg.evaluate_test:
+        evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed, device=device)
+    calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # temperature on validation, ECE before/after
+    (out / "best.safetensors").unlink()
+    shutil.rmtree(out / "resume", ignore_errors=True)
+    write_model_card(out)
+    _logger.info("wrote %s", out)
+    return out
+
+
+def run_metrics(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, dcfg: dict, init: str) -> dict:
+    """metrics.json before testing: the model, the best epoch on validation, and how the run used the machine."""
     best = state.history[state.best_epoch - 1]
-    metrics = {
+    return {
         "model": spec.name,
         "parameters": count_parameters(model),
         "input_size": dcfg["input_size"][1],
@@ -269,18 +433,17 @@ def finish(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: P
         "train": {"accuracy": best["train_acc"], "loss": best["train_loss"], "note": "running average over the augmented epoch"},
         "validation": {"accuracy": best["val_acc"], "loss": best["val_loss"], "n": loaders.n_val},
         "train_seconds": round(state.train_seconds, 1),
+        # Median over epochs of the rate past each epoch's first WARMUP_STEPS steps.
         "train_img_per_s": round(float(np.median([h["img_per_s"] for h in state.history])), 1),
+        "peak_gpu_memory_gib": round(state.peak_memory_gib, 2) if state.peak_memory_gib else None,
+        "batch_size": cfg.batch_size,
+        "grad_checkpointing": cfg.grad_checkpointing,
+        "time_budget_s": cfg.time_budget_s or None,
+        "epochs_planned": state.epochs_planned or cfg.epochs,
+        "stopped": state.stopped,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "data": cfg.data,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if cfg.evaluate_test:
-        evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed)
-    (out / "best.safetensors").unlink()
-    shutil.rmtree(out / "resume", ignore_errors=True)
-    write_model_card(out)
-    _logger.info("wrote %s", out)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,268 @@
+"""Brain MRI tumour classifier with Grad-CAM: the Gradio app (UI wiring only; the logic is in brainmri/).
+
+    python app.py            # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; starts offline with HF_HUB_OFFLINE=1
+
+API: ``/predict`` takes (image file, model name) and returns (probabilities, heatmap, details).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from brainmri import dataview, experiments
+from brainmri.catalog import discover
+from brainmri.data import data_config
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
+from brainmri.imageio import MAX_BYTES, load_image
+from brainmri.predict import Predictor
+from brainmri.runtime import configure_torch_threads
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+_logger = logging.getLogger("app")
+
+DISCLAIMER = (
+    "**For research and education only. Not a medical device; not for diagnosis.** "
+    "A classifier trained on one public dataset of brain MRI slices cannot replace a radiologist."
+)
+FORMATS = "JPEG, PNG (8/16-bit, greyscale, RGBA), WebP, BMP, TIFF or DICOM (.dcm)"
+DEFAULT_OPACITY = 0.45
+
+configure_torch_threads()
+# Local checkpoints only at import; the Hub is asked (with a short timeout) when a page first loads.
+PREDICTOR = Predictor(discover(hub=False))
+DATA = dataview.data_source()
+
+
+@contextmanager
+def user_errors():
+    """Problems with the user's input or choice (ValueError in the package) become a clear gr.Error."""
+    try:
+        yield
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+
+
+def _unavailable_md() -> str:
+    missing = PREDICTOR.unavailable
+    if not missing:
+        return ""
+    lines = "\n".join(f"- `{name}`: {reason}" for name, reason in missing.items())
+    return f"<details><summary>{len(missing)} registry models unavailable</summary>\n\n{lines}\n</details>"
+
+
+_hub_checked = False
+
+
+def refresh_models():
+    """On page load, once per process: add models found on the Hub to the dropdown."""
+    global _hub_checked
+    if not _hub_checked:
+        _hub_checked = True
+        found = discover(hub=True)
+        PREDICTOR.sources.update({n: s for n, s in found.items() if not PREDICTOR.sources[n].available})
+    return gr.Dropdown(choices=PREDICTOR.available), _unavailable_md()
+
+
+# ---------------------------------------------------------------- Classify
+
+
+def classify(file: str | None, model_name: str | None, method: str, opacity: float):
+    """UI: decode, predict, explain; the last output keeps image and heatmap for the opacity slider."""
+    if not file:
+        return None, None, "", None, None
+    with user_errors():
+        image = load_image(file)
+        result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
+    return result.label_value(), overlay(image, result.cam, opacity), result.summary(), result.details(), (image, result.cam)
+
+
+def reblend(state, opacity: float):
+    return None if state is None else overlay(state[0], state[1], opacity)
+
+
+def predict(image: str, model_name: str | None = None):
+    """API: (image file, model name or empty for the default) -> (probabilities, heatmap, details)."""
+    if not image:
+        raise gr.Error("no image given")
+    with user_errors():
+        decoded = load_image(image)
+        result = PREDICTOR.predict(decoded, model_name or None)
+    return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
+
+
+# ---------------------------------------------------------------- Compare
+
+
+def compare(file: str | None, method: str):
+    """Every available model on the current image: a table, the heatmaps side by side, and whether they agree."""
+    if not file:
+        raise gr.Error("upload an image in the Classify tab first")
+    with user_errors():
+        image = load_image(file)
+        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in PREDICTOR.available]
+    rows = []
+    for r in results:
+        row = {"model": r.model, "prediction": r.prediction or "not a brain MRI", "tumour prob": r.tumor_probability}
+        row.update({f"P({k})": v for k, v in r.probabilities.items()})
+        row.update({"latency ms": round(r.latency_ms, 1), "looks like MRI": r.in_distribution})
+        rows.append(row)
+    table = pd.DataFrame(rows).round(4)
+    gallery = [(overlay(image, r.cam, DEFAULT_OPACITY), f"{r.model}: {r.prediction or 'not a brain MRI'}") for r in results]
+    verdicts = {r.prediction or "not a brain MRI" for r in results}
+    if len(results) == 1:
+        agreement = "Only one model is available: nothing to compare."
+    elif len(verdicts) == 1:
+        agreement = f"**All {len(results)} models agree: {verdicts.pop()}.**"
+    else:
+        agreement = "**The models disagree**: " + "; ".join(f"{r.model} says {r.prediction or 'not a brain MRI'}" for r in results) + "."
+    return table, gallery, agreement
+
+
+# ---------------------------------------------------------------- Experiments
+
+
+def experiments_view():
+    rows = experiments.experiment_table()
+    table = pd.DataFrame(rows, columns=experiments.COLUMNS)
+    sweep = experiments.results_table()
+    sweep_md = (
+        "No `results/experiments.csv` yet (the GPU sweep writes it)." if sweep is None else f"`results/experiments.csv`: {len(sweep)} runs."
+    )
+    names = [r["model"] for r in rows]
+    sweep_table = gr.Dataframe(pd.DataFrame(sweep or []), visible=sweep is not None)
+    return table, sweep_table, sweep_md, gr.Dropdown(choices=names, value=names[0] if names else None)
+
+
+def experiment_figures(name: str | None):
+    if not name:
+        return None, None, None
+    folder = experiments.CHECKPOINT_DIR / name
+    return experiments.figure(folder, "curves.png"), experiments.figure(folder, "confusion.png"), pd.DataFrame(experiments.history(folder))
+
+
+# ---------------------------------------------------------------- Data
+
+
+def data_view(model_name: str | None):
+    root = dataview.local_root(DATA)
+    if root is None:
+        return f"No data folder at `{DATA}` (set `BRAIN_MRI_DATA`).", None, None, None
+    counts = pd.DataFrame(dataview.class_counts(root))
+    samples = [(load_image(p), c) for p, c in dataview.example_files(root, per_class=2, split="train")]
+    first = dataview.widest_example(root)
+    with user_errors():
+        cfg = data_config(PREDICTOR.model(model_name).model)
+        steps = dataview.preprocessing_steps(load_image(first), cfg)
+    note = f"Data: `{root}`. Preprocessing of `{Path(first).name}` for **{model_name or PREDICTOR.default_model}**, step by step:"
+    return note, counts, samples, steps
+
+
+def audit_view():
+    with user_errors():
+        return dataview.audit_summary(DATA)
+
+
+# ---------------------------------------------------------------- layout
+
+
+def _examples() -> list[tuple[str, str]]:
+    """Example images: one Testing image per class from the configured data folder or Hub dataset."""
+    # Copied to the temp folder: Gradio serves files from there, not from a data folder elsewhere.
+    out = Path(tempfile.gettempdir()) / "brainmri-examples"
+    root = dataview.local_root(DATA)
+    if root is not None:
+        return [(str(p), c) for p, c in dataview.copy_examples(dataview.example_files(root, per_class=1), out)]
+    if not Path(DATA).exists():
+        try:
+            return [(str(p), c) for p, c in dataview.hub_examples(DATA, 1, out)]
+        except ValueError as e:  # a Hub dataset that cannot be fetched only means no examples
+            _logger.warning("no example images from %s: %s", DATA, e)
+    return []
+
+
+def build_demo() -> gr.Blocks:
+    examples = _examples()
+    # Uploads (DICOM headers included) and outputs leave Gradio's cache after 10 minutes, checked every 10 minutes.
+    with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
+        gr.Markdown("# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with Grad-CAM.\n\n" + DISCLAIMER)
+        state = gr.State(None)
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    upload = gr.File(label=f"MRI slice: {FORMATS}", type="filepath", elem_id="upload")
+                    model = gr.Dropdown(PREDICTOR.available, value=PREDICTOR.default_model, label="Model", elem_id="model")
+                    unavailable = gr.Markdown(_unavailable_md())
+                    method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method")
+                    opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
+                    if examples:
+                        gallery = gr.Gallery(
+                            [p for p, _ in examples], label="Examples (click one)", columns=4, height=160, allow_preview=False
+                        )
+
+                        def pick_example(evt: gr.SelectData) -> str:
+                            return examples[evt.index][0]
+
+                        gallery.select(pick_example, None, upload, api_visibility="private")
+                with gr.Column(scale=3):
+                    heatmap = gr.Image(label="Heatmap", type="pil", format="png", elem_id="heatmap", interactive=False, height=420)
+                    summary = gr.Markdown(elem_id="summary")
+                    label = gr.Label(num_top_classes=4, label="Probabilities", elem_id="probabilities")
+                    with gr.Accordion("Details (JSON)", open=False):
+                        details = gr.JSON(label="Details", elem_id="details-json")
+            inputs = [upload, model, method, opacity]
+            outputs = [label, heatmap, summary, details, state]
+            for trigger in (upload.change, model.change, method.change):
+                trigger(classify, inputs, outputs, api_visibility="private")
+            opacity.change(reblend, [state, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+            # The API endpoint: its own (hidden) model-name box, so a client may name any model or none.
+            api_model = gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
+            gr.Button(visible=False).click(predict, [upload, api_model], [label, heatmap, details], api_name="predict")
+
+        with gr.Tab("Compare"):
+            gr.Markdown("Runs every available model on the image uploaded in **Classify**.")
+            compare_button = gr.Button("Compare all models", variant="primary")
+            agreement = gr.Markdown(elem_id="agreement")
+            compare_table = gr.Dataframe(label="Per model")
+            compare_gallery = gr.Gallery(label="Heatmaps side by side", columns=4, height=320)
+            compare_button.click(compare, [upload, method], [compare_table, compare_gallery, agreement], api_name="compare")
+
+        with gr.Tab("Experiments") as experiments_tab:
+            gr.Markdown("Read from each checkpoint folder's `metrics.json`, `history.csv` and figures, and `results/experiments.csv`.")
+            exp_table = gr.Dataframe(label="Experiments", wrap=True, elem_id="experiments-table")
+            sweep_md = gr.Markdown()
+            sweep_table = gr.Dataframe(label="GPU sweep (results/experiments.csv)", visible=False)
+            exp_model = gr.Dropdown(label="Checkpoint")
+            with gr.Row():
+                curves = gr.Image(label="Training curves", type="filepath", interactive=False)
+                confusion = gr.Image(label="Confusion matrix (Testing)", type="filepath", interactive=False)
+            hist = gr.Dataframe(label="history.csv")
+            experiments_tab.select(experiments_view, None, [exp_table, sweep_table, sweep_md, exp_model], api_visibility="private")
+            exp_model.change(experiment_figures, exp_model, [curves, confusion, hist], api_visibility="private")
+
+        with gr.Tab("Data") as data_tab:
+            data_note = gr.Markdown("Open this tab to read the data folder.")
+            counts = gr.Dataframe(label="Images per class and split", elem_id="counts")
+            samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=200)
+            steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260)
+            audit_button = gr.Button("Run the duplicate audit (10-30 s, then cached)")
+            audit = gr.JSON(label="Duplicate audit")
+            data_tab.select(data_view, model, [data_note, counts, samples, steps], api_visibility="private")
+            audit_button.click(audit_view, None, audit, api_visibility="private")
+
+        gr.Markdown(DISCLAIMER)
+        demo.load(refresh_models, None, [model, unavailable], api_visibility="private")
+    return demo
+
+
+demo = build_demo()
+demo.queue(max_size=64)
+
+if __name__ == "__main__":
+    # server_name / server_port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+    demo.launch(max_file_size=MAX_BYTES)

@@ -1,0 +1,137 @@
+"""Which registry models have trained weights the app can serve, and where they are.
+
+A model is available from its local checkpoint folder (``registry.ModelSpec.local_dir``),
+else from its Hub repo (``spec.hub_repo_id``): checked with a short timeout, or only in
+the local Hub cache when ``HF_HUB_OFFLINE=1``. Every other model is listed with the
+reason it is not available, so that the app shows it rather than failing on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainmri.checkpoint import CONFIG, WEIGHTS
+from brainmri.registry import REGISTRY, get_spec
+
+_logger = logging.getLogger(__name__)
+
+HUB_TIMEOUT_S = 3.0  # per repo; all repos are asked at once
+# Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them.
+CHECKPOINT_FILES = [CONFIG, WEIGHTS, "manifest.json", "metrics.json", "ood.json", "ood.safetensors"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one registry model's weights are, or why there are none.
+
+    Args:
+        name: registry name.
+        where: "local", "hub" or "" when unavailable.
+        location: the checkpoint folder, or the Hub repo id.
+        reason: why it is unavailable; empty when available.
+    """
+
+    name: str
+    where: str
+    location: str
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return bool(self.where)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _local(name: str) -> ModelSource | None:
+    folder = get_spec(name).local_dir
+    if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
+        return ModelSource(name, "local", str(folder))
+    return None
+
+
+def _hub(name: str, timeout: float) -> ModelSource:
+    """Available on the Hub (or, offline, in the Hub cache), else the reason why not."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    repo = get_spec(name).hub_repo_id
+    if hub_offline():
+        cached = try_to_load_from_cache(repo, WEIGHTS)
+        if isinstance(cached, str) and (Path(cached).parent / CONFIG).is_file():
+            return ModelSource(name, "hub", repo)
+        return ModelSource(name, "", repo, f"no local checkpoint; offline (HF_HUB_OFFLINE=1) and {repo} is not in the Hub cache")
+    try:
+        files = {s.rfilename for s in HfApi().model_info(repo, timeout=timeout).siblings or []}
+    except Exception as e:  # noqa: BLE001  (any failure only makes this model unavailable, with the reason shown)
+        reason = type(e).__name__ if "RepositoryNotFound" in type(e).__name__ else f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        return ModelSource(name, "", repo, f"no local checkpoint; Hub repo {repo} not reachable ({reason})")
+    missing = {CONFIG, WEIGHTS} - files
+    if missing:
+        return ModelSource(name, "", repo, f"no local checkpoint; Hub repo {repo} lacks {', '.join(sorted(missing))}")
+    return ModelSource(name, "hub", repo)
+
+
+def discover(hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> dict[str, ModelSource]:
+    """Every registry model, in registry order, with where its weights are or why there are none.
+
+    Args:
+        hub: also look on the Hub for models without a local folder.
+        timeout: seconds per Hub request (they run in parallel).
+    """
+    found = {name: _local(name) for name in REGISTRY}
+    missing = [name for name, src in found.items() if src is None]
+    if hub and missing:
+        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+            for src in pool.map(lambda n: _hub(n, timeout), missing):
+                found[src.name] = src
+    else:
+        for name in missing:
+            found[name] = ModelSource(name, "", str(get_spec(name).local_dir), "no local checkpoint (Hub lookup disabled)")
+    return found
+
+
+def checkpoint_folder(source: ModelSource) -> Path:
+    """The local folder of an available model, downloading its checkpoint files from the Hub if needed."""
+    if not source.available:
+        raise ValueError(f"model {source.name} is not available: {source.reason}")
+    if source.where == "local":
+        return Path(source.location)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.location, allow_patterns=CHECKPOINT_FILES, local_files_only=hub_offline()))
+    except Exception as e:  # noqa: BLE001  (network and Hub errors of many kinds; the caller shows the message)
+        raise ValueError(f"cannot fetch {source.location} from the Hub: {type(e).__name__}: {e}") from e
+
+
+def validation_accuracy(folder: str | Path) -> float:
+    """The checkpoint's best validation accuracy from metrics.json, or -1 when unknown."""
+    path = Path(folder) / "metrics.json"
+    try:
+        return float(json.loads(path.read_text())["validation"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1.0
+
+
+def best_model(sources: dict[str, ModelSource]) -> str | None:
+    """The available local model with the best validation accuracy (``BRAIN_MRI_DEFAULT_MODEL`` overrides).
+
+    Chosen on validation, not test, accuracy: the test set is for reporting only.
+    """
+    available = [s for s in sources.values() if s.available]
+    override = os.environ.get("BRAIN_MRI_DEFAULT_MODEL")
+    if override:
+        if override not in sources or not sources[override].available:
+            raise ValueError(f"BRAIN_MRI_DEFAULT_MODEL={override} is not an available model")
+        return override
+    if not available:
+        return None
+    local = [s for s in available if s.where == "local"] or available
+    return max(local, key=lambda s: validation_accuracy(s.location) if s.where == "local" else -1.0).name

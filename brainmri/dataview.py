@@ -1,0 +1,136 @@
+"""What the Data tab shows: class counts, sample images, each preprocessing step, the duplicate audit.
+
+The data is found through ``BRAIN_MRI_DATA`` (an image folder or a Hub dataset id),
+by default ``../shared/data/brain-tumor-mri`` beside the repository. Nothing here copies
+dataset images into the repository.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from brainmri.data import IMAGE_SUFFIXES, SPLIT_FOLDERS, eval_transform, load_records
+
+_logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_source() -> str:
+    """``BRAIN_MRI_DATA`` or the default folder beside the repository."""
+    return os.environ.get("BRAIN_MRI_DATA") or str(ROOT.parent / "shared" / "data" / "brain-tumor-mri")
+
+
+def local_root(source: str | None = None) -> Path | None:
+    """The data folder, when the source is a local folder that exists."""
+    path = Path(source or data_source()).expanduser()
+    return path if (path / SPLIT_FOLDERS["test"]).is_dir() else None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_counts(root: Path) -> list[dict]:
+    """One row per class: images in each split and in all."""
+    rows: dict[str, dict] = {}
+    for folder in SPLIT_FOLDERS.values():
+        split_dir = root / folder
+        if not split_dir.is_dir():
+            continue
+        for class_dir in _class_dirs(split_dir):
+            rows.setdefault(class_dir.name, {"class": class_dir.name})[folder] = len(_images(class_dir))
+    table = list(rows.values())
+    for row in table:
+        row["total"] = sum(v for k, v in row.items() if k != "class")
+    if table:
+        totals = {"class": "all"}
+        for key in table[0]:
+            if key != "class":
+                totals[key] = sum(r.get(key, 0) for r in table)
+        table.append(totals)
+    return table
+
+
+def example_files(root: Path, per_class: int = 1, split: str = "test") -> list[tuple[Path, str]]:
+    """The first ``per_class`` images of each class, with the class as caption."""
+    split_dir = root / SPLIT_FOLDERS[split]
+    return [(p, d.name) for d in _class_dirs(split_dir) for p in _images(d)[:per_class]]
+
+
+def copy_examples(examples: list[tuple[Path, str]], out_dir: Path) -> list[tuple[Path, str]]:
+    """Copy a few example files to ``out_dir`` (a temporary folder the app may serve from)."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path, caption in examples:
+        target = out_dir / f"{caption}_{path.name}"
+        if not target.is_file():
+            shutil.copyfile(path, target)
+        copied.append((target, caption))
+    return copied
+
+
+def hub_examples(dataset_id: str, per_class: int, out_dir: Path) -> list[tuple[Path, str]]:
+    """A few Testing images of a Hub dataset, written to ``out_dir`` (a temporary folder) to be served."""
+    records = load_records(dataset_id, "test")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found = []
+    for c, name in enumerate(records.class_names):
+        for k, i in enumerate(np.flatnonzero(records.labels == c)[:per_class]):
+            path = out_dir / f"{name}_{k}.png"
+            records.open(int(i)).save(path)
+            found.append((path, name))
+    return found
+
+
+def preprocessing_steps(image: Image.Image, cfg: dict) -> list[tuple[Image.Image, str]]:
+    """The image after each step of the model's own eval transform, captioned.
+
+    The steps are read from ``eval_transform(cfg)`` itself, so what is shown is what runs.
+    The normalised tensor is shown channel 0, stretched from its min to its max.
+    """
+    steps = [(image, f"0. decoded: {image.width} x {image.height} RGB")]
+    x = image
+    for i, t in enumerate(eval_transform(cfg).transforms, 1):
+        x = t(x)
+        name = type(t).__name__
+        if isinstance(x, Image.Image):
+            steps.append((x, f"{i}. {name}: {x.width} x {x.height}"))
+        else:
+            c0 = x[0].float()
+            lo, hi = float(c0.min()), float(c0.max())
+            shown = ((c0 - lo) / max(hi - lo, 1e-6) * 255).to(torch.uint8).numpy()
+            steps.append((Image.fromarray(shown), f"{i}. {name}: {tuple(x.shape)} in [{lo:.2f}, {hi:.2f}]"))
+    return steps
+
+
+def widest_example(root: Path, split: str = "test", scan: int = 40) -> Path:
+    """Among the first images of each class, the one furthest from square: it shows what the centre crop cuts."""
+    candidates = [p for p, _ in example_files(root, per_class=scan // 4, split=split)]
+
+    def aspect(path: Path) -> float:
+        with Image.open(path) as im:
+            return max(im.size) / min(im.size)
+
+    return max(candidates, key=aspect)
+
+
+@functools.lru_cache(maxsize=2)
+def audit_summary(source: str) -> dict:
+    """The duplicate audit's numbers (exact and near duplicates within and across splits); cached, ~10-30 s."""
+    from brainmri.duplicates import audit
+
+    return audit(load_records(source, "train"), load_records(source, "test")).summary()

@@ -1,0 +1,250 @@
+"""Predict one image with one model: probabilities, a Grad-CAM heatmap and an OOD verdict.
+
+    predictor = Predictor()
+    result = predictor.predict(load_image("scan.dcm"), "tf_efficientnet_lite0")
+    result.details()  # JSON-ready
+
+Models load lazily and stay in an LRU cache bounded in bytes. Each loaded model carries a
+lock held for the whole forward/backward: Grad-CAM hooks on a shared module would see
+another thread's forward, so two requests never run one model at the same time (on a
+2-core Space they could not run faster concurrently anyway). Different models run in
+parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from brainmri.calibration import calibrated_probs, load_temperature
+from brainmri.catalog import ModelSource, best_model, checkpoint_folder, discover
+from brainmri.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
+from brainmri.data import data_config, eval_transform
+from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam, prepare_for_cam
+from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats
+from brainmri.registry import cam_layer
+
+_logger = logging.getLogger(__name__)
+
+NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour
+DEFAULT_CACHE_MB = float(os.environ.get("BRAIN_MRI_MODEL_CACHE_MB", 1024))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve, with everything derived from its checkpoint folder."""
+
+    name: str
+    folder: Path
+    model: nn.Module
+    labels: list[str]
+    cfg: dict  # preprocessing, from the checkpoint's pretrained_cfg
+    layer: nn.Module  # Grad-CAM layer, from the registry
+    ood: OODStats | None
+    temperature: float  # probabilities are softmax(logits / temperature); 1.0 when uncalibrated
+    nbytes: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.transform = eval_transform(self.cfg)
+
+
+def load_model(name: str, folder: str | Path) -> LoadedModel:
+    """Rebuild a checkpoint for serving: eval mode, channels_last, gradients only where Grad-CAM needs them."""
+    folder = Path(folder)
+    model = load_checkpoint(folder)
+    registry_name = read_config(folder).get("registry_name", name)
+    layer = cam_layer(model, registry_name)
+    prepare_for_cam(model, layer)
+    model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN)
+    return LoadedModel(
+        name,
+        folder,
+        model,
+        label_names(folder),
+        data_config(model),
+        layer,
+        load_stats(folder),
+        load_temperature(folder),
+        count_tensors_bytes(model),
+    )
+
+
+@dataclass
+class Prediction:
+    """What one model says about one image."""
+
+    model: str
+    image: Image.Image  # the decoded RGB image the heatmap belongs to
+    probabilities: dict[str, float]
+    top_class: str
+    tumor_probability: float | None  # 1 - P(notumor)
+    ood: OODResult | None  # None when the checkpoint has no OOD statistics
+    cam: np.ndarray  # (H, W) float32 in [0, 1], the image's size
+    cam_method: str
+    temperature: float
+    latency_ms: float
+
+    @property
+    def in_distribution(self) -> bool:
+        return self.ood is None or self.ood.in_distribution
+
+    @property
+    def prediction(self) -> str | None:
+        """The predicted class; None when the image does not look like a brain MRI."""
+        return self.top_class if self.in_distribution else None
+
+    def label_value(self) -> dict[str, float] | str:
+        """For ``gr.Label``: the class probabilities, or the OOD verdict instead of a tumour class."""
+        return self.probabilities if self.in_distribution else NOT_MRI
+
+    def summary(self) -> str:
+        """One plain paragraph of Markdown."""
+        if not self.in_distribution:
+            return f"**This image {NOT_MRI}**: " + "; ".join(self.ood.reasons) + ". No tumour class is given for it."
+        p = self.probabilities[self.top_class]
+        lines = [f"**Predicted class: {self.top_class}** ({p:.1%})."]
+        if self.tumor_probability is not None:
+            verdict = "Tumour" if self.tumor_probability >= 0.5 else "No tumour"
+            shown = self.tumor_probability if self.tumor_probability >= 0.5 else 1 - self.tumor_probability
+            lines.append(f"**{verdict}**: {shown:.1%} (tumour probability {self.tumor_probability:.1%}).")
+        if self.ood is None:
+            lines.append("(No out-of-distribution statistics for this model: it cannot tell an MRI from another picture.)")
+        return " ".join(lines)
+
+    def details(self) -> dict:
+        """JSON-ready details, the API's third output."""
+        return {
+            "model": self.model,
+            "prediction": self.prediction,
+            "top_class": self.top_class,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "tumor_probability": None if self.tumor_probability is None else round(self.tumor_probability, 6),
+            "in_distribution": self.in_distribution,
+            "ood": None if self.ood is None else self.ood.to_dict(),
+            "cam_method": self.cam_method,
+            "temperature": self.temperature,
+            "image_size": list(self.image.size),
+            "latency_ms": round(self.latency_ms, 1),
+        }
+
+
+@contextmanager
+def capture_classifier_input(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record the classifier's input, the pooled penultimate features, during a forward (hold the model's lock)."""
+    captured: list[torch.Tensor] = []
+    handle = model.get_classifier().register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def run_model(loaded: LoadedModel, image: Image.Image, method: str = DEFAULT_METHOD) -> Prediction:
+    """Probabilities (temperature-calibrated), heatmap and OOD verdict of one RGB image from one forward and one backward pass."""
+    start = time.perf_counter()
+    x = loaded.transform(image)[None].contiguous(memory_format=torch.channels_last)
+    with loaded.lock, capture_classifier_input(loaded.model) as features:
+        cam, logits = gradcam(loaded.model, loaded.layer, x, method)
+    probs = calibrated_probs(logits, loaded.temperature)[0].tolist()
+    probabilities = dict(zip(loaded.labels, probs))
+    top = max(probabilities, key=probabilities.get)
+    tumour = 1.0 - probabilities[NO_TUMOUR] if NO_TUMOUR in probabilities else None
+    ood = loaded.ood.check(image, features[0]) if loaded.ood is not None else None
+    heat = cam_to_image_size(cam, image.size, loaded.cfg)
+    latency = (time.perf_counter() - start) * 1000
+    return Prediction(loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, latency)
+
+
+class ModelCache:
+    """Loaded models, least recently used evicted first once their tensors pass ``max_bytes``.
+
+    The newest model always stays, even alone over the bound.
+    """
+
+    def __init__(self, max_bytes: float):
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self._models.values())
+
+    def get(self, name: str, folder_fn) -> LoadedModel:
+        """The cached model, or ``load_model(name, folder_fn())`` once even if several threads ask."""
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:  # one thread loads; the others wait for it and find it cached
+            with self._lock:
+                if name in self._models:
+                    self._models.move_to_end(name)
+                    return self._models[name]
+            start = time.perf_counter()
+            loaded = load_model(name, folder_fn())
+            _logger.info("loaded %s in %.2f s (%.1f MB)", name, time.perf_counter() - start, loaded.nbytes / 2**20)
+            with self._lock:
+                self._models[name] = loaded
+                while len(self._models) > 1 and self.nbytes() > self.max_bytes:
+                    evicted, _ = self._models.popitem(last=False)
+                    _logger.info("evicted %s from the model cache", evicted)
+            return loaded
+
+
+class Predictor:
+    """The models this deployment can serve, loaded on demand.
+
+    Args:
+        sources: registry name -> where its weights are (``catalog.discover()`` by default).
+        cache_mb: memory bound of the loaded models' tensors.
+    """
+
+    def __init__(self, sources: dict[str, ModelSource] | None = None, cache_mb: float = DEFAULT_CACHE_MB):
+        self.sources = discover() if sources is None else sources
+        self.default_model = best_model(self.sources)
+        self.cache = ModelCache(cache_mb * 2**20)
+
+    @property
+    def available(self) -> list[str]:
+        return [name for name, src in self.sources.items() if src.available]
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return {name: src.reason for name, src in self.sources.items() if not src.available}
+
+    def model(self, name: str | None = None) -> LoadedModel:
+        """A loaded model; ValueError naming the problem if it is unknown or unavailable."""
+        name = name or self.default_model
+        if name is None:
+            raise ValueError("no trained model is available: add a checkpoint folder under checkpoints/")
+        if name not in self.sources:
+            raise ValueError(f"unknown model {name!r}; available: {', '.join(self.available)}")
+        source = self.sources[name]
+        if not source.available:
+            raise ValueError(f"model {name} is not available: {source.reason}")
+        return self.cache.get(name, lambda: checkpoint_folder(source))
+
+    def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD) -> Prediction:
+        """Run one model (the default one when ``model_name`` is empty) on an RGB image."""
+        return run_model(self.model(model_name), image, method)

@@ -1,0 +1,140 @@
+"""Benchmark the app on this machine: predict + Grad-CAM latency, start to first answer, model switch.
+
+    python scripts/bench_app.py                 # every available model, 40 Testing images each
+    python scripts/bench_app.py --images 100 --json bench.json
+
+Prints figures, asserts nothing. The start-up figure launches ``python app.py`` offline
+(HF_HUB_OFFLINE=1) on a free port and times until ``/predict`` has answered once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from brainmri.catalog import discover  # noqa: E402
+from brainmri.dataview import data_source, example_files, local_root  # noqa: E402
+from brainmri.explain import overlay  # noqa: E402
+from brainmri.imageio import load_image  # noqa: E402
+from brainmri.predict import Predictor  # noqa: E402
+from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_to_first_answer(image: Path) -> dict:
+    """Seconds from spawning ``python app.py`` to the server answering HTTP, and to the first /predict answer."""
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("app.py exited during start-up") from None
+                time.sleep(0.1)
+        up = time.perf_counter() - start
+        details = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(str(image)), api_name="/predict")[2]
+        first = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"server_up_s": round(up, 2), "first_answer_s": round(first, 2), "model": details["model"]}
+
+
+def latency(predictor: Predictor, name: str, images: list, warmup: int = 3) -> dict:
+    """Median ms of predict + Grad-CAM (+ OOD), and of the whole request (decode, predict, overlay)."""
+    predictor.model(name)  # load outside the timing
+    for path in images[:warmup]:
+        predictor.predict(load_image(path), name)
+    core, full = [], []
+    for path in images:
+        start = time.perf_counter()
+        image = load_image(path)
+        result = predictor.predict(image, name)
+        overlay(image, result.cam)
+        full.append((time.perf_counter() - start) * 1000)
+        core.append(result.latency_ms)
+    return {
+        "predict_gradcam_median_ms": round(statistics.median(core), 1),
+        "predict_gradcam_p90_ms": round(sorted(core)[int(0.9 * (len(core) - 1))], 1),
+        "request_median_ms": round(statistics.median(full), 1),
+        "n": len(images),
+    }
+
+
+def switch_time(predictor: Predictor, names: list[str], image_path: Path, rounds: int = 10) -> float:
+    """Median seconds to answer with another, already loaded, model (the dropdown's switch)."""
+    image = load_image(image_path)
+    for name in names:
+        predictor.predict(image, name)
+    times = []
+    for r in range(rounds):
+        name = names[r % len(names)]
+        start = time.perf_counter()
+        predictor.predict(image, name)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times), 3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=40, help="Testing images per model")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    threads = configure_torch_threads()
+    root = local_root(data_source())
+    if root is None:
+        print(f"no data folder at {data_source()} (set BRAIN_MRI_DATA)", file=sys.stderr)
+        return 2
+    per_class = max(1, args.images // 4)
+    images = [p for p, _ in example_files(root, per_class=per_class + 1)][: args.images + 3]
+    predictor = Predictor(discover(hub=False))
+    names = predictor.available
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {available_cpus()} usable cores, torch threads {threads}, load {load_avg:.1f}"
+    )
+    figures = {"cores": available_cpus(), "load_average_1min": round(load_avg, 2), "models": {}}
+    for name in names:
+        figures["models"][name] = latency(predictor, name, images)
+        m = figures["models"][name]
+        print(
+            f"{name:24s} predict+Grad-CAM median {m['predict_gradcam_median_ms']:7.1f} ms (p90 {m['predict_gradcam_p90_ms']:.1f}),"
+            f" whole request {m['request_median_ms']:.1f} ms, n={m['n']}"
+        )
+    if len(names) > 1:
+        figures["switch_s"] = switch_time(predictor, names, images[0])
+        print(f"switch to an already-loaded model and answer: median {figures['switch_s']:.3f} s")
+    figures["startup"] = start_to_first_answer(images[0])
+    s = figures["startup"]
+    print(f"app start to first answer: {s['first_answer_s']:.1f} s (server up at {s['server_up_s']:.1f} s, model {s['model']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The checkpoints the app ships with, which the app tests use as they are (never retrained here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from brainmri.catalog import ModelSource, discover
+from brainmri.ood import OOD_CONFIG
+from brainmri.registry import CHECKPOINT_DIR
+
+SHIPPED = ["tf_efficientnet_lite0", "simple_cnn_7"]
+
+
+def require_shipped() -> dict[str, ModelSource]:
+    """The local model sources; fails naming what is missing and the command that makes it."""
+    sources = discover(hub=False)
+    missing = [n for n in SHIPPED if not sources[n].available]
+    if missing:
+        pytest.fail(f"shipped checkpoint(s) {missing} missing under {CHECKPOINT_DIR}: train them (README, training section)")
+    no_ood = [n for n in SHIPPED if not (CHECKPOINT_DIR / n / OOD_CONFIG).is_file()]
+    if no_ood:
+        folders = " ".join(f"checkpoints/{n}" for n in no_ood)
+        pytest.fail(f"{no_ood} have no OOD statistics: python -m brainmri.ood fit {folders} --data DATA")
+    return sources

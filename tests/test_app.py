@@ -1,0 +1,127 @@
+"""The Gradio app, launched in-process and called through gradio_client; and started as a process, offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from shipped import require_shipped
+from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    require_shipped()
+    import app
+
+    port = free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def slice_path(data_dir: Path) -> Path:
+    return sorted((data_dir / "Testing" / "pituitary").glob("*.jpg"))[0]
+
+
+def test_predict_endpoint_with_default_model(client, slice_path: Path):
+    from gradio_client import handle_file
+
+    label, heatmap, details = client.predict(handle_file(str(slice_path)), api_name="/predict")
+    assert details["model"] == "tf_efficientnet_lite0"
+    assert details["in_distribution"] is True and details["prediction"] == label["label"]
+    assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
+    assert sum(details["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert 0 <= details["tumor_probability"] <= 1 and details["latency_ms"] > 0
+    with Image.open(slice_path) as original, Image.open(heatmap) as heat:
+        assert heat.size == original.size
+
+
+def test_predict_endpoint_with_dicom_and_a_named_model(client, slice_path: Path, tmp_path: Path):
+    from gradio_client import handle_file
+
+    jpeg = client.predict(handle_file(str(slice_path)), "simple_cnn_7", api_name="/predict")[2]
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(valid_uploads(Image.open(slice_path).convert("RGB"))["dicom"][1])
+    label, heatmap, details = client.predict(handle_file(str(path)), "simple_cnn_7", api_name="/predict")
+    assert details["model"] == "simple_cnn_7"
+    assert details["top_class"] == jpeg["top_class"]
+    assert PATIENT_NAME not in str(details) and "SECRET-ID" not in str(details)
+    assert Path(heatmap).is_file()
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated_jpeg", "too_small", "bomb", "dicom_without_pixels"])
+def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(client, slice_path: Path, tmp_path: Path, kind: str):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    name, data, words = bad_uploads(Image.open(slice_path).convert("RGB"))[kind]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(AppError, match=words) as err:
+        client.predict(handle_file(str(path)), api_name="/predict")
+    assert "Traceback" not in str(err.value)
+    assert client.predict(handle_file(str(slice_path)), api_name="/predict")[2]["in_distribution"] is True
+
+
+def test_unavailable_model_is_a_clear_error(client, slice_path: Path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="resnet50 is not available"):
+        client.predict(handle_file(str(slice_path)), "resnet50", api_name="/predict")
+
+
+def test_app_module_is_thin_and_lists_every_registry_model():
+    import app
+
+    from brainmri.registry import REGISTRY
+
+    assert set(app.PREDICTOR.available) | set(app.PREDICTOR.unavailable) == set(REGISTRY)
+    assert len((ROOT / "app.py").read_text().splitlines()) < 300
+
+
+@pytest.mark.slow
+def test_app_starts_offline_on_the_env_port(slice_path: Path):
+    """`python app.py` with HF_HUB_OFFLINE=1 and GRADIO_SERVER_PORT serves /predict on that port."""
+    from gradio_client import Client, handle_file
+
+    require_shipped()
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"app did not start on port {port}:\n{proc.stdout.read() if proc.poll() is not None else ''}")
+                time.sleep(0.5)
+        details = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(str(slice_path)), api_name="/predict")[2]
+        assert details["model"] == "tf_efficientnet_lite0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

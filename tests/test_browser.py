@@ -1,0 +1,91 @@
+"""A real browser on the app: headless Debian Chromium driven by Playwright (no browser download).
+
+Uploads a slice, sees the probability bars and the heatmap, switches models, opens each
+tab, and saves screenshots under tests/artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from shipped import require_shipped
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (.ci/run does)")
+    require_shipped()
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.demo.close()
+
+
+@pytest.mark.slow
+def test_upload_see_bars_and_heatmap_switch_models(app_url: str, data_dir: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    image = sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(app_url, wait_until="load", timeout=60000)
+            expect(page.get_by_text("not for diagnosis").first).to_be_visible()
+
+            page.locator("#upload input[type=file]").set_input_files(str(image))
+            summary = page.locator("#summary")
+            expect(summary).to_contain_text("Predicted class", timeout=30_000)
+            bars = page.locator("#probabilities")
+            for name in ("glioma", "meningioma", "notumor", "pituitary"):
+                expect(bars).to_contain_text(name)
+            heat = page.locator("#heatmap img")
+            expect(heat).to_be_visible()
+            assert heat.evaluate("img => img.naturalWidth") > 0
+            page.screenshot(path=str(ARTIFACTS / "classify_lite0.png"), full_page=True)
+
+            page.locator("#model input").click()
+            page.get_by_role("option", name="simple_cnn_7").click()
+            expect(page.locator("#details-json")).to_contain_text("simple_cnn_7", timeout=30_000)
+            expect(summary).to_contain_text("Predicted class")
+            page.screenshot(path=str(ARTIFACTS / "classify_simple_cnn_7.png"), full_page=True)
+
+            page.get_by_role("tab", name="Compare").click()
+            page.get_by_role("button", name="Compare all models").click()
+            expect(page.locator("#agreement")).to_contain_text("agree", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+
+            page.get_by_role("tab", name="Experiments").click()
+            expect(page.locator("#experiments-table")).to_contain_text("tf_efficientnet_lite0", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "experiments.png"), full_page=True)
+
+            page.get_by_role("tab", name="Data").click()
+            expect(page.locator("#counts")).to_contain_text("glioma", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "data.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "classify_simple_cnn_7.png").stat().st_size > 10_000

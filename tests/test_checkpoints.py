@@ -1,0 +1,103 @@
+"""Every shipped checkpoint reproduces its metrics.json, by an evaluation written here with plain timm.
+
+Nothing of brainmri's data or evaluation code is used: the model comes from
+``timm.create_model("local-dir:...")``, preprocessing from timm's own eval transform of the
+folder's pretrained_cfg, the images straight from the Testing folders with PIL, and the
+near-duplicate subset from its definition (32 x 32 greyscale, mean |difference| <= 2
+grey levels to some Training image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+import brainmri  # noqa: F401  (registers simple_cnn_* with timm for local-dir:)
+from brainmri.registry import CHECKPOINT_DIR
+
+FOLDERS = sorted(p for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file()) if CHECKPOINT_DIR.is_dir() else []
+MAX_BYTES = 20 * 2**20
+
+
+def image_files(split_dir: Path) -> list[tuple[Path, str]]:
+    """(file, class folder name) for every image, hidden folders and files skipped."""
+    return [
+        (f, c.name)
+        for c in sorted(split_dir.iterdir())
+        if c.is_dir() and not c.name.startswith(".")
+        for f in sorted(c.iterdir())
+        if f.is_file() and not f.name.startswith(".")
+    ]
+
+
+def thumbnails(files: list[Path]) -> torch.Tensor:
+    return torch.from_numpy(
+        np.stack([np.asarray(Image.open(f).convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32).ravel() for f in files])
+    )
+
+
+@pytest.fixture(scope="module")
+def testing(data_dir: Path) -> dict:
+    """The Testing files, their class names, and which have no (near-)twin in Training."""
+    test = image_files(data_dir / "Testing")
+    train_thumbs = thumbnails([f for f, _ in image_files(data_dir / "Training")])
+    test_thumbs = thumbnails([f for f, _ in test])
+    clean = torch.ones(len(test), dtype=torch.bool)
+    for start in range(0, len(test), 128):
+        distance = torch.cdist(test_thumbs[start : start + 128], train_thumbs, p=1) / test_thumbs.shape[1]
+        clean[start : start + 128] = ~(distance <= 2.0).any(dim=1)
+    return {"files": [f for f, _ in test], "classes": [c for _, c in test], "clean": clean.numpy()}
+
+
+def test_checkpoints_are_shipped():
+    assert FOLDERS, f"no checkpoint folder with a config.json in {CHECKPOINT_DIR}: train and ship the models first"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_folder_is_complete_and_small(folder: Path):
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size <= MAX_BYTES, f"{folder.name}: {size / 2**20:.1f} MB"
+    assert not (folder / "best.safetensors").exists() and not (folder / "resume").exists(), "training leftovers shipped"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, digest in manifest.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{name} differs from manifest.json"
+    config = json.loads((folder / "config.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\n") and "model-index:" in card
+    assert f"value: {metrics['test']['accuracy']:.4f}" in card
+    init = config.get("initialization", "")
+    assert init and init != "unknown" and f"Weights initialised from: {init}" in card
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_reproduces_metrics_json(folder: Path, testing: dict):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()
+    transform = create_transform(**resolve_data_config(model=model))
+    label_names = json.loads((folder / "config.json").read_text())["label_names"]
+    labels = np.array([label_names.index(c) for c in testing["classes"]])
+    preds = []
+    with torch.no_grad():
+        for start in range(0, len(labels), 64):
+            batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in testing["files"][start : start + 64]])
+            preds.append(model(batch).argmax(dim=1))
+    correct = torch.cat(preds).numpy() == labels
+
+    for key, mask in (("test", np.ones_like(correct)), ("test_dedup", testing["clean"])):
+        recorded = metrics[key]
+        assert recorded["n"] == mask.sum(), f"{key}: metrics.json has n={recorded['n']}, the Testing folder gives {mask.sum()}"
+        hits = correct[mask].sum()
+        # To within one image: a borderline prediction may flip between machines.
+        assert abs(hits - recorded["accuracy"] * recorded["n"]) <= 1, (
+            f"{key}: {hits}/{mask.sum()} right vs recorded {recorded['accuracy']:.4f}"
+        )

@@ -1,0 +1,121 @@
+"""The pieces of the GPU training path, checked on the CPU: batches kept on the device, the data
+cache, the time budget, gradient checkpointing, and the data listing the device relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainmri.data import data_config, eval_transform, limit_per_class, load_records
+from brainmri.registry import create_model
+from train import datacache
+from train.config import TrainConfig
+from train.evaluate import predict_logits
+from train.train import DeviceBatches, State, build_model, plan_epochs, seconds_per_epoch
+
+
+def _batches(n=10, batch_size=4, shuffle=True, drop_last=False, seed=0) -> DeviceBatches:
+    x = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
+    return DeviceBatches(x, torch.arange(n), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+
+
+def test_device_batches_cover_each_image_once_per_epoch_in_a_seeded_order():
+    loader = _batches()
+    orders = []
+    for epoch in (0, 1, 0):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert [len(y) for _, y in batches] == [4, 4, 2] == [len(x) for x, _ in batches]
+        labels = torch.cat([y for _, y in batches])
+        assert sorted(labels.tolist()) == list(range(10))
+        assert all((x[:, :, 0, 0] == y[:, None]).all() for x, y in batches)  # images travel with their labels
+        orders.append(labels.tolist())
+    assert orders[0] == orders[2] != orders[1]
+
+
+def test_device_batches_drop_last_and_keep_order_without_shuffle():
+    assert len(_batches(drop_last=True)) == 2 and [len(y) for _, y in _batches(drop_last=True)] == [4, 4]
+    assert torch.cat([y for _, y in _batches(shuffle=False)]).tolist() == list(range(10))
+
+
+def test_cache_memoises_only_while_open():
+    calls = []
+
+    def make():
+        calls.append(1)
+        return len(calls)
+
+    assert datacache.memo(("k",), make) == 1 and datacache.memo(("k",), make) == 2
+    with datacache.open_cache():
+        assert datacache.memo(("k",), make) == 3 and datacache.memo(("k",), make) == 3
+    assert datacache.memo(("k",), make) == 4
+
+
+def test_threaded_decode_and_thumbnails_match_the_plain_functions(synthetic_data, monkeypatch):
+    from brainmri.data import decode_records
+    from brainmri.duplicates import thumbnails
+
+    monkeypatch.setattr(datacache, "_CHUNK", 5)  # several chunks from 12 images
+    records = load_records(synthetic_data, "train")
+    cfg = data_config(create_model("simple_cnn_7"))
+    assert torch.equal(datacache.decode_records(records, cfg), decode_records(records, cfg))
+    assert np.array_equal(datacache.thumbnails(records), thumbnails(records))
+
+
+def test_predict_logits_matches_timm_eval_transform_per_image(data_dir):
+    # predict_logits decodes to uint8 once and normalises per batch; it must give what the
+    # transform the app uses gives, image by image.
+    torch.manual_seed(0)
+    model = create_model("simple_cnn_7").eval()
+    records = limit_per_class(load_records(data_dir, "test"), 2)
+    transform = eval_transform(data_config(model))
+    with torch.no_grad():
+        expected = model(torch.stack([transform(records.open(i)) for i in range(len(records))]))
+    np.testing.assert_allclose(predict_logits(model, records, batch_size=3), expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_folder_listing_matches_datasets_imagefolder(data_dir):
+    # The device has no `datasets`: the folder is listed directly, and must give the same records,
+    # the stray copy in Testing/meningioma/.ipynb_checkpoints/ skipped as datasets skips it.
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+
+    records = load_records(data_dir, "test")
+    ds = load_dataset("imagefolder", data_files={"test": str(data_dir / "Testing" / "**")}, split="test")
+    ds = ds.cast_column("image", ImageFeature(decode=False))
+    assert records.sources == [im["path"] for im in ds["image"]]
+    assert records.labels.tolist() == list(ds["label"]) and records.class_names == ds.features["label"].names
+    assert len(records) == 1311 and not any("/." in Path(s).as_posix() for s in records.sources)
+
+
+def test_plan_fits_the_schedule_to_the_time_budget():
+    cfg = TrainConfig(epochs=10, time_budget_s=30)
+    state = State(epoch=1, wall_seconds=5.0)
+    assert plan_epochs(cfg, state, epoch_seconds=5.0) == 6  # 25 s left: 5 more epochs
+    assert plan_epochs(cfg, state, epoch_seconds=0.5) == 10  # never past cfg.epochs
+    assert plan_epochs(cfg, state, epoch_seconds=60.0) == 1  # never fewer than those run
+    # The next epoch: its images at the steady rate, plus the last one's time outside training.
+    assert seconds_per_epoch({"train_images": 1000, "img_per_s": 500.0, "seconds": 2.5}, wall=3.0) == pytest.approx(2.5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    cfg = TrainConfig(model="efficientnet_b0", channels_last=True)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(TrainConfig(**{**cfg.__dict__, "grad_checkpointing": checkpointing}), 4).train()
+        assert model.grad_checkpointing is checkpointing
+        F.cross_entropy(model(x), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_refused_where_the_model_has_none():
+    with pytest.raises(ValueError, match="simple_cnn_7 has no gradient checkpointing"):
+        build_model(TrainConfig(model="simple_cnn_7", grad_checkpointing=True), 4)

@@ -1,0 +1,105 @@
+"""Upload decoding: every format gives the same slice back; every broken file a ValueError naming the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from upload_samples import PATIENT_NAME, PYDICOM_FILES, bad_uploads, encode, grey, valid_uploads
+
+from brainmri.imageio import MAX_SIDE, load_image, scale_to_uint8
+
+
+@pytest.fixture(scope="module")
+def slice_image(data_dir: Path) -> Image.Image:
+    """A real non-square-safe Testing slice, as RGB."""
+    path = sorted((data_dir / "Testing" / "meningioma").glob("*.jpg"))[0]
+    return Image.open(path).convert("RGB")
+
+
+def _stretched(image: Image.Image) -> np.ndarray:
+    return scale_to_uint8(grey(image))
+
+
+@pytest.mark.parametrize("kind", list(valid_uploads(Image.new("L", (64, 64)))))
+def test_valid_format_decodes_to_the_same_slice(slice_image: Image.Image, kind: str):
+    name, data = valid_uploads(slice_image)[kind]
+    out = load_image(data, name)
+    assert out.mode == "RGB"
+    assert out.size == slice_image.size
+    got = grey(out).astype(np.float32)
+    # 16-bit and windowed DICOM are stretched min..max, the others keep their grey levels.
+    stretched = kind in {"png_16bit", "tiff_16bit", "dicom_no_window"}
+    want = (_stretched(slice_image) if stretched else grey(slice_image)).astype(np.float32)
+    if kind == "png_rgba":  # the transparent border becomes black
+        want[:8], want[-8:], want[:, :8], want[:, -8:] = 0, 0, 0, 0
+    tolerance = 3.0 if "jpeg" in kind else 1.0
+    assert np.abs(got - want).mean() <= tolerance, kind
+
+
+def test_path_and_bytes_agree(slice_image: Image.Image, tmp_path: Path):
+    name, data = valid_uploads(slice_image)["dicom"]
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(load_image(data, name)))
+
+
+def test_exif_orientation_is_applied(slice_image: Image.Image):
+    wide = slice_image.crop((0, 0, slice_image.width, slice_image.height // 2))  # non-square, so a rotation shows
+    name, data = "wide.jpg", valid_uploads(wide)["exif_rotated_jpeg"][1]
+    out = load_image(data, name)
+    assert out.size == wide.size
+    assert np.abs(grey(out).astype(float) - grey(wide)).mean() < 3
+
+
+def test_large_image_is_downscaled(slice_image: Image.Image):
+    big = slice_image.resize((5000, 3000))
+    out = load_image(encode(big, "JPEG", quality=80), "big.jpg")
+    assert max(out.size) == MAX_SIDE
+    assert abs(out.width / out.height - 5000 / 3000) < 0.01
+
+
+@pytest.mark.parametrize("kind", list(bad_uploads(Image.new("L", (64, 64)))))
+def test_bad_upload_gets_a_clear_error(slice_image: Image.Image, kind: str):
+    name, data, words = bad_uploads(slice_image)[kind]
+    with pytest.raises(ValueError, match=words) as err:
+        load_image(data, name)
+    assert name in str(err.value)  # the message names the file the user sent
+
+
+def test_missing_file_is_named(tmp_path: Path):
+    with pytest.raises(ValueError, match="not found"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_oversized_file_is_refused_before_decoding():
+    with pytest.raises(ValueError, match="limit"):
+        load_image(b"\xff" * (65 * 2**20), "huge.jpg")
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "examples_ybr_color.dcm"])
+def test_pydicom_bundled_scans_decode(name: str):
+    out = load_image(PYDICOM_FILES / name)
+    assert out.mode == "RGB" and min(out.size) >= 48
+    assert np.asarray(out).std() > 5  # windowed to a visible image, not a flat one
+
+
+def test_dicom_patient_data_is_never_parsed(slice_image: Image.Image, monkeypatch):
+    import pydicom
+
+    _, data = valid_uploads(slice_image)["dicom"]
+    assert PATIENT_NAME.encode() in data  # planted...
+    read = []
+    real_dcmread = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: read.append(real_dcmread(*a, **k)) or read[-1])
+    out = load_image(data, "slice.dcm")
+    assert len(read) == 1 and "PixelData" in read[0]
+    assert "PatientName" not in read[0] and "PatientID" not in read[0]  # ...but never read
+    assert not out.info and not out.getexif()  # and nothing of the dataset travels with the pixels
+
+
+def test_scale_to_uint8_handles_flat_and_nan():
+    assert scale_to_uint8(np.full((4, 4), 7.0)).max() == 0
+    assert scale_to_uint8(np.array([[np.nan, 0.0], [1.0, 2.0]])).tolist() == [[0, 0], [128, 255]]

@@ -1,0 +1,71 @@
+"""Evaluation metrics against values worked out by hand on six predictions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from brainmri.metrics import bootstrap_accuracy_ci, classification_report, expected_calibration_error
+
+CLASSES = ["a", "b", "c"]
+# Rows: predicted probabilities; comments: true label, prediction, confidence, bin of 15.
+PROBS = np.array(
+    [
+        [0.70, 0.20, 0.10],  # a, a, 0.70 (bin 10), right
+        [0.62, 0.28, 0.10],  # b, a, 0.62 (bin 9), wrong
+        [0.08, 0.82, 0.10],  # b, b, 0.82 (bin 12), right
+        [0.17, 0.20, 0.63],  # c, c, 0.63 (bin 9), right
+        [0.28, 0.42, 0.30],  # c, b, 0.42 (bin 6), wrong
+        [0.05, 0.05, 0.90],  # c, c, 0.90 (bin 13), right
+    ]
+)
+LABELS = np.array([0, 1, 1, 2, 2, 2])
+
+
+def test_report_matches_hand_computed_values():
+    r = classification_report(PROBS, LABELS, CLASSES)
+    assert r["n"] == 6
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    # Rows are the true class, columns the prediction.
+    assert r["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]
+    expected = {
+        "a": (1 / 2, 1 / 1, 2 / 3, 1),  # precision, recall, F1 = 2PR/(P+R), support
+        "b": (1 / 2, 1 / 2, 1 / 2, 2),
+        "c": (2 / 2, 2 / 3, 0.8, 3),
+    }
+    for name, (p, rec, f1, support) in expected.items():
+        got = r["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, rec, f1))
+        assert got["support"] == support
+    # Log loss: mean of -ln p(true class).
+    assert r["loss"] == pytest.approx(-sum(map(math.log, [0.70, 0.28, 0.82, 0.63, 0.30, 0.90])) / 6)
+    lo, hi = r["accuracy_ci95"]
+    assert 0 <= lo < 4 / 6 < hi <= 1
+
+
+def test_ece_matches_hand_computed_value():
+    # Bins: 10 {0.70 right}, 9 {0.62 wrong, 0.63 right}, 12 {0.82 right}, 6 {0.42 wrong}, 13 {0.90 right};
+    # ECE = sum of share x |accuracy - mean confidence|.
+    gaps = [1 / 6 * 0.30, 2 / 6 * abs(0.5 - 0.625), 1 / 6 * 0.18, 1 / 6 * 0.42, 1 / 6 * 0.10]
+    assert expected_calibration_error(PROBS, LABELS) == pytest.approx(sum(gaps))  # 1.25 / 6
+    assert classification_report(PROBS, LABELS, CLASSES)["ece"] == pytest.approx(1.25 / 6)
+
+
+def test_ece_is_zero_when_confidence_equals_accuracy():
+    probs = np.array([[0.75, 0.25]] * 4)
+    assert expected_calibration_error(probs, np.array([0, 0, 0, 1])) == pytest.approx(0.0)
+    assert expected_calibration_error(probs, np.array([0, 0, 0, 0])) == pytest.approx(0.25)
+
+
+def test_bootstrap_interval():
+    assert bootstrap_accuracy_ci(np.ones(20)) == (1.0, 1.0)
+    lo, hi = bootstrap_accuracy_ci(np.array([1.0, 0.0] * 50))
+    # Binomial, n=100, p=0.5: the 95% interval is about 0.5 +- 0.1.
+    assert 0.38 < lo < 0.45 and 0.55 < hi < 0.62
+
+
+def test_empty_set_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        classification_report(np.zeros((0, 3)), np.zeros(0, dtype=int), CLASSES)

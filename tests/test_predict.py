@@ -1,0 +1,195 @@
+"""The predict path on the shipped checkpoints: agrees with evaluation, explains, flags non-MRI, is thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from shipped import SHIPPED, require_shipped
+from upload_samples import valid_uploads
+
+from brainmri.calibration import calibrated_probs
+from brainmri.catalog import ModelSource, discover
+from brainmri.data import ImageRecords, limit_per_class, load_records
+from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam, view_box
+from brainmri.imageio import load_image
+from brainmri.predict import ModelCache, Predictor
+from brainmri.runtime import available_cpus
+from train.evaluate import predict_records
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(require_shipped())
+
+
+@pytest.fixture(scope="module")
+def sample(data_dir: Path) -> ImageRecords:
+    """Four Testing images per class."""
+    return limit_per_class(load_records(data_dir, "test"), 4, seed=1)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_predict_agrees_with_evaluation(predictor: Predictor, sample: ImageRecords, name: str):
+    loaded = predictor.model(name)
+    with loaded.lock:
+        reference = predict_records(loaded.model, sample)  # train/evaluate.py's own path
+    # The app shows temperature-calibrated probabilities; the arg max is unchanged.
+    reference = calibrated_probs(np.log(np.clip(reference, 1e-30, None)), loaded.temperature)
+    right = reference.argmax(1) == sample.labels
+    for c, class_name in enumerate(sample.class_names):
+        assert right[sample.labels == c].any(), f"{name} gets no sampled {class_name} image right in evaluation"
+    for i in range(len(sample)):
+        image = load_image(sample.read_bytes(i), sample.name(i))
+        result = predictor.predict(image, name)
+        probs = np.array(list(result.probabilities.values()))
+        assert list(result.probabilities) == sample.class_names
+        assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(probs, reference[i], atol=1e-4)
+        if right[i]:
+            assert result.top_class == sample.class_names[sample.labels[i]]
+        assert result.cam.shape == (image.height, image.width)
+        assert 0.0 <= result.cam.min() and result.cam.max() <= 1.0
+        assert result.tumor_probability == pytest.approx(1 - result.probabilities["notumor"])
+
+
+def test_real_slices_are_mostly_in_distribution(predictor: Predictor, sample: ImageRecords):
+    flagged = [sample.name(i) for i in range(len(sample)) if not predictor.predict(sample.open(i)).in_distribution]
+    assert len(flagged) <= 2, f"real Testing slices flagged as not MRI: {flagged}"
+
+
+@pytest.fixture(scope="module")
+def confident(predictor: Predictor, sample: ImageRecords) -> tuple[Image.Image, dict[str, str]]:
+    """A slice every shipped model classifies right with probability > 0.9, and each model's class for it."""
+    for i in range(len(sample)):
+        image = sample.open(i)
+        results = {n: predictor.predict(image, n) for n in SHIPPED}
+        truth = sample.class_names[sample.labels[i]]
+        if all(r.top_class == truth and r.probabilities[truth] > 0.9 and r.in_distribution for r in results.values()):
+            return image, {n: r.top_class for n, r in results.items()}
+    pytest.fail("no sampled slice is classified right and confidently by every shipped model")
+
+
+@pytest.mark.parametrize("kind", list(valid_uploads(Image.new("L", (64, 64)))))
+def test_every_format_gets_the_same_prediction(predictor: Predictor, confident, kind: str):
+    image, expected = confident
+    name, data = valid_uploads(image)[kind]
+    decoded = load_image(data, name)
+    for model_name, top in expected.items():
+        result = predictor.predict(decoded, model_name)
+        assert result.top_class == top, (kind, model_name)
+        assert result.in_distribution, (kind, model_name, result.ood)
+        assert result.cam.shape == (decoded.height, decoded.width)
+
+
+def _non_mri() -> dict[str, Image.Image]:
+    import matplotlib
+
+    rng = np.random.default_rng(0)
+    return {
+        "black": Image.new("RGB", (256, 256)),
+        "grey": Image.new("RGB", (300, 200), (128, 128, 128)),
+        "noise": Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8)).convert("RGB"),
+        "colour noise": Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)),
+        "photo": load_image(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"),
+    }
+
+
+@pytest.mark.parametrize("model_name", SHIPPED)
+@pytest.mark.parametrize("kind", list(_non_mri()))
+def test_non_mri_is_flagged_not_classified(predictor: Predictor, model_name: str, kind: str):
+    result = predictor.predict(_non_mri()[kind], model_name)
+    assert not result.in_distribution, result.ood
+    assert result.prediction is None and result.label_value() == "does not look like a brain MRI"
+    assert result.details()["in_distribution"] is False and result.ood.reasons
+
+
+def test_details_are_json_with_the_promised_keys(predictor: Predictor, sample: ImageRecords):
+    import json
+
+    details = json.loads(json.dumps(predictor.predict(sample.open(0)).details()))
+    assert {"model", "prediction", "probabilities", "tumor_probability", "in_distribution", "latency_ms"} <= set(details)
+    assert details["model"] == predictor.default_model == "tf_efficientnet_lite0"
+    assert details["latency_ms"] > 0
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_heatmap_moves_with_the_explained_class(predictor: Predictor, sample: ImageRecords, method: str):
+    loaded = predictor.model("tf_efficientnet_lite0")
+    x = loaded.transform(sample.open(0))[None]
+    with loaded.lock:
+        maps = [gradcam(loaded.model, loaded.layer, x, method, target=c)[0] for c in (0, 2)]
+    assert maps[0].shape == x.shape[2:]
+    assert np.abs(maps[0] - maps[1]).mean() > 0.01
+
+
+def test_concurrent_requests_do_not_mix(predictor: Predictor, sample: ImageRecords):
+    images = [sample.open(i) for i in (0, 5, 10, 15)]
+    expected = [predictor.predict(im).cam for im in images]
+    got: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for _ in range(3):
+                got[k] = predictor.predict(images[k % 4], SHIPPED[k // 4] if k >= 4 else None).cam
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(4):
+        np.testing.assert_allclose(got[k], expected[k], atol=1e-5)
+    hooks = predictor.model().layer._forward_hooks
+    assert not hooks, "Grad-CAM hooks were left on the shared model"
+
+
+def test_unknown_and_unavailable_models_are_named(predictor: Predictor, sample: ImageRecords):
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        predictor.predict(sample.open(0), "nope")
+    sources = dict(predictor.sources)
+    sources["resnet18"] = ModelSource("resnet18", "", "x", "no local checkpoint")
+    with pytest.raises(ValueError, match="resnet18 is not available: no local checkpoint"):
+        Predictor(sources).predict(sample.open(0), "resnet18")
+
+
+def test_offline_catalog_lists_every_model_with_a_reason(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sources = discover(hub=True)
+    for name in SHIPPED:
+        assert sources[name].where == "local"
+    missing = [s for s in sources.values() if not s.available]
+    assert missing and all("offline" in s.reason for s in missing)
+
+
+def test_model_cache_evicts_least_recently_used(predictor: Predictor):
+    folders = {n: predictor.sources[n].location for n in SHIPPED}
+    cache = ModelCache(max_bytes=1)  # room for one model only
+    first = cache.get(SHIPPED[0], lambda: folders[SHIPPED[0]])
+    assert cache.get(SHIPPED[0], lambda: pytest.fail("reloaded a cached model")) is first
+    cache.get(SHIPPED[1], lambda: folders[SHIPPED[1]])
+    assert cache.names() == [SHIPPED[1]]
+
+
+def test_view_box_and_heatmap_placement_on_a_wide_image():
+    cfg = {"crop_pct": 1.0, "crop_mode": "center"}
+    assert view_box(300, 200, cfg) == (50, 0, 250, 200)
+    heat = cam_to_image_size(np.ones((8, 8), dtype=np.float32), (300, 200), cfg)
+    assert heat.shape == (200, 300)
+    assert heat[:, :50].max() == 0 and heat[:, 250:].max() == 0 and heat[:, 60:240].min() > 0.99
+
+
+def test_available_cpus_honours_the_cgroup_quota(tmp_path: Path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert available_cpus(tmp_path) == min(2, available_cpus(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == available_cpus(tmp_path / "none")
+    assert torch.get_num_threads() >= 1

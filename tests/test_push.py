@@ -1,0 +1,143 @@
+"""train.push, offline: HfApi is replaced by a recorder, so these assert what would be uploaded where."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+from conftest import CLASSES
+
+from brainmri import registry
+from brainmri.checkpoint import save_checkpoint
+from train import push
+
+TOKEN = "hf_TESTtokenNEVERtoBEseen0123456789"
+
+
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi; keeps the calls."""
+
+    instances: list[RecordingApi] = []
+
+    def __init__(self, token=None, **kwargs):
+        self.token = token
+        self.calls: list[tuple[str, tuple, dict]] = []
+        RecordingApi.instances.append(self)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", (repo_id,), kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", (), kwargs))
+
+
+@pytest.fixture
+def api(monkeypatch) -> type[RecordingApi]:
+    RecordingApi.instances = []
+    monkeypatch.setattr(push, "HfApi", RecordingApi)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return RecordingApi
+
+
+def make_checkpoint(folder: Path) -> Path:
+    """A checkpoint folder with a card and metrics, plus what must not be pushed."""
+    save_checkpoint(registry.create_model("simple_cnn_7"), folder, CLASSES)
+    (folder / "README.md").write_text("---\nlibrary_name: timm\n---\n")
+    (folder / "metrics.json").write_text("{}\n")
+    (folder / "best.safetensors").write_bytes(b"leftover")
+    (folder / "resume").mkdir()
+    (folder / "resume" / "state.json").write_text("{}")
+    (folder / ".DS_Store").write_bytes(b"")
+    return folder
+
+
+def assert_token_nowhere(caplog, capsys, *folders: Path) -> None:
+    captured = capsys.readouterr()
+    assert TOKEN not in caplog.text + captured.out + captured.err
+    for folder in folders:
+        for f in folder.rglob("*"):
+            assert not f.is_file() or TOKEN.encode() not in f.read_bytes(), f"token written to {f}"
+
+
+def test_push_one_folder(api, tmp_path, caplog, capsys):
+    folder = make_checkpoint(tmp_path / "simple_cnn_7")
+    with caplog.at_level(logging.DEBUG):
+        assert push.main([str(folder), "--repo-id", "someone/brain-cnn"]) == 0
+    (instance,) = api.instances
+    assert instance.token == TOKEN  # from HF_TOKEN
+    (create, upload) = instance.calls
+    assert create == ("create_repo", ("someone/brain-cnn",), {"private": False, "exist_ok": True})
+    assert upload[2]["repo_id"] == "someone/brain-cnn" and Path(upload[2]["folder_path"]) == folder
+    assert sorted(upload[2]["allow_patterns"]) == ["README.md", "config.json", "manifest.json", "metrics.json", "model.safetensors"]
+    assert "token" not in upload[2]  # only HfApi holds it
+    assert_token_nowhere(caplog, capsys, folder)
+
+
+def test_push_all_uses_namespace_and_folder_names(api, tmp_path, caplog, capsys):
+    root = tmp_path / "checkpoints"
+    for name in ("simple_cnn_7", "tf_efficientnet_lite0"):
+        make_checkpoint(root / name)
+    (root / "notes").mkdir()  # no config.json: not a checkpoint
+    with caplog.at_level(logging.DEBUG):
+        assert push.main(["--all", "--namespace", "me", "--root", str(root), "--private"]) == 0
+    (instance,) = api.instances
+    creates = [c for c in instance.calls if c[0] == "create_repo"]
+    uploads = [c[2] for c in instance.calls if c[0] == "upload_folder"]
+    assert [c[1][0] for c in creates] == ["me/simple_cnn_7", "me/tf_efficientnet_lite0"]
+    assert all(c[2]["private"] and c[2]["exist_ok"] for c in creates)
+    assert [(u["repo_id"], Path(u["folder_path"]).name) for u in uploads] == [
+        ("me/simple_cnn_7", "simple_cnn_7"),
+        ("me/tf_efficientnet_lite0", "tf_efficientnet_lite0"),
+    ]
+    assert_token_nowhere(caplog, capsys, root)
+
+
+def test_token_from_cached_login(api, tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    token_file = tmp_path / "hf" / "token"
+    token_file.parent.mkdir()
+    token_file.write_text(TOKEN)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(token_file))
+    folder = make_checkpoint(tmp_path / "m")
+    with caplog.at_level(logging.DEBUG):
+        assert push.main([str(folder), "--repo-id", "me/m"]) == 0
+    assert api.instances[0].token == TOKEN
+    assert_token_nowhere(caplog, capsys, folder)
+
+
+def test_no_token_stops_before_any_upload(api, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_token_here"))
+    assert push.main([str(make_checkpoint(tmp_path / "m")), "--repo-id", "me/m"]) == 2
+    assert "no Hugging Face token" in caplog.text
+    assert api.instances == []
+
+
+def test_dry_run_needs_no_token(api, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("HF_TOKEN")
+    with caplog.at_level(logging.INFO):
+        assert push.main([str(make_checkpoint(tmp_path / "m")), "--dry-run"]) == 0
+    assert api.instances == []
+    assert f"-> {registry.HUB_NAMESPACE}/m" in caplog.text and "model.safetensors" in caplog.text
+
+
+@pytest.mark.parametrize("problem", ["tampered", "no card", "bad repo id", "not a checkpoint"])
+def test_bad_folder_or_repo_id_is_refused(api, tmp_path, caplog, problem):
+    folder = make_checkpoint(tmp_path / "m")
+    repo_id, needle = "me/m", ""
+    if problem == "tampered":
+        (folder / "config.json").write_text((folder / "config.json").read_text().replace("glioma", "glioma2"))
+        needle = "config.json does not match"
+    elif problem == "no card":
+        (folder / "README.md").unlink()
+        needle = "README.md"
+    elif problem == "bad repo id":
+        repo_id, needle = "no-owner", "OWNER/NAME"
+    else:
+        folder, needle = tmp_path / "empty", "missing config.json"
+        folder.mkdir()
+    assert push.main([str(folder), "--repo-id", repo_id]) == 2
+    assert needle in caplog.text
+    assert all(c[0] != "upload_folder" for inst in api.instances for c in inst.calls)

@@ -1,0 +1,53 @@
+"""Every registry model builds, runs forward and backward, and names a Grad-CAM layer that exists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from brainmri import registry
+
+NUM_CLASSES = 4
+
+
+@pytest.mark.parametrize("name", registry.list_models())
+def test_model_forward_backward_and_cam_layer(name: str):
+    torch.manual_seed(0)
+    spec = registry.get_spec(name)
+    model = registry.create_model(name, num_classes=NUM_CLASSES, pretrained=False).train()
+    # Preprocessing is derived from the pretrained_cfg, so it must carry the registry's input size.
+    assert model.pretrained_cfg["input_size"] == (3, spec.input_size, spec.input_size)
+    assert model.pretrained_cfg["crop_pct"] == 1.0
+    assert spec.hub_repo_id.endswith(f"/{name}") and spec.local_dir.name == name
+    layer = registry.cam_layer(model, name)
+    assert isinstance(layer, nn.Module)
+    assert any(m is layer for m in model.modules()), f"{name}: Grad-CAM layer is not part of the model"
+
+    # Grad-CAM needs the layer's output to be a (B, C, H, W) map that the logits depend on.
+    feats = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: feats.append(out))
+    x = torch.randn(2, 3, 64, 64)  # small input keeps B7 fast; every model here is fully convolutional
+    out = model(x)
+    handle.remove()
+    assert out.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+    assert len(feats) == 1 and feats[0].ndim == 4 and feats[0].shape[0] == 2
+
+    nn.functional.cross_entropy(out, torch.tensor([0, 3])).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name}: no gradient for {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'nope'.*simple_cnn_7.*tf_efficientnet_lite0"):
+        registry.get_spec("nope")
+    with pytest.raises(ValueError, match="nope"):
+        registry.create_model("nope")
+
+
+def test_families_partition_the_registry():
+    families = {registry.get_spec(n).family for n in registry.list_models()}
+    assert sorted(n for f in families for n in registry.list_models(f)) == sorted(registry.list_models())
+    assert registry.list_models("simple") == ["simple_cnn_7", "simple_cnn_10"]
