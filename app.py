@@ -7,6 +7,7 @@ API: ``/predict`` takes (image file, model name) and returns (probabilities, hea
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, load_image
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
+from brainmri.uploads import discard_upload
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 _logger = logging.getLogger("app")
@@ -56,16 +58,14 @@ def _unavailable_md() -> str:
     return f"<details><summary>{len(missing)} registry models unavailable</summary>\n\n{lines}\n</details>"
 
 
-_hub_checked = False
+@functools.cache
+def _hub_sources() -> dict:
+    return discover(hub=True)
 
 
 def refresh_models():
-    """On page load, once per process: add models found on the Hub to the dropdown."""
-    global _hub_checked
-    if not _hub_checked:
-        _hub_checked = True
-        found = discover(hub=True)
-        PREDICTOR.sources.update({n: s for n, s in found.items() if not PREDICTOR.sources[n].available})
+    """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown."""
+    PREDICTOR.sources.update({n: s for n, s in _hub_sources().items() if not PREDICTOR.sources[n].available})
     return gr.Dropdown(choices=PREDICTOR.available), _unavailable_md()
 
 
@@ -90,9 +90,12 @@ def predict(image: str, model_name: str | None = None):
     """API: (image file, model name or empty for the default) -> (probabilities, heatmap, details)."""
     if not image:
         raise gr.Error("no image given")
-    with user_errors():
-        decoded = load_image(image)
-        result = PREDICTOR.predict(decoded, model_name or None)
+    try:
+        with user_errors():
+            decoded = load_image(image)
+            result = PREDICTOR.predict(decoded, model_name or None)
+    finally:
+        discard_upload(image)  # an API upload does not outlive its request
     return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
 
 
@@ -171,23 +174,34 @@ def audit_view():
 # ---------------------------------------------------------------- layout
 
 
-def _examples() -> list[tuple[str, str]]:
-    """Example images: one Testing image per class from the configured data folder or Hub dataset."""
-    # Copied to the temp folder: Gradio serves files from there, not from a data folder elsewhere.
+@functools.cache
+def examples() -> list[tuple[str, str]]:
+    """Example images: one Testing image per class from the data folder or Hub dataset, as (path, class).
+
+    Copied to the temp folder, which Gradio serves from (it does not serve a data folder elsewhere).
+    """
     out = Path(tempfile.gettempdir()) / "brainmri-examples"
     root = dataview.local_root(DATA)
     if root is not None:
         return [(str(p), c) for p, c in dataview.copy_examples(dataview.example_files(root, per_class=1), out)]
-    if not Path(DATA).exists():
-        try:
-            return [(str(p), c) for p, c in dataview.hub_examples(DATA, 1, out)]
-        except ValueError as e:  # a Hub dataset that cannot be fetched only means no examples
-            _logger.warning("no example images from %s: %s", DATA, e)
-    return []
+    try:
+        return [(str(p), c) for p, c in dataview.hub_examples(DATA, 1, out)]
+    except ValueError as e:  # no data folder and no reachable Hub dataset only means no examples
+        _logger.warning("no example images: %s", e)
+        return []
+
+
+def show_examples():
+    """On page load: the examples (a Hub dataset is fetched then, not at import)."""
+    return gr.Gallery([p for p, _ in examples()], visible=bool(examples()))
+
+
+def pick_example(evt: gr.SelectData) -> str:
+    return examples()[evt.index][0]
 
 
 def build_demo() -> gr.Blocks:
-    examples = _examples()
+    local = examples() if dataview.local_root(DATA) is not None else []
     # Uploads (DICOM headers included) and outputs leave Gradio's cache after 10 minutes, checked every 10 minutes.
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
         gr.Markdown("# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with Grad-CAM.\n\n" + DISCLAIMER)
@@ -200,15 +214,10 @@ def build_demo() -> gr.Blocks:
                     unavailable = gr.Markdown(_unavailable_md())
                     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method")
                     opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
-                    if examples:
-                        gallery = gr.Gallery(
-                            [p for p, _ in examples], label="Examples (click one)", columns=4, height=160, allow_preview=False
-                        )
-
-                        def pick_example(evt: gr.SelectData) -> str:
-                            return examples[evt.index][0]
-
-                        gallery.select(pick_example, None, upload, api_visibility="private")
+                    gallery = gr.Gallery(
+                        [p for p, _ in local], label="Examples (click one)", columns=4, height=160, allow_preview=False, visible=bool(local)
+                    )
+                    gallery.select(pick_example, None, upload, api_visibility="private")
                 with gr.Column(scale=3):
                     heatmap = gr.Image(label="Heatmap", type="pil", format="png", elem_id="heatmap", interactive=False, height=420)
                     summary = gr.Markdown(elem_id="summary")
@@ -257,6 +266,8 @@ def build_demo() -> gr.Blocks:
 
         gr.Markdown(DISCLAIMER)
         demo.load(refresh_models, None, [model, unavailable], api_visibility="private")
+        if not local:
+            demo.load(show_examples, None, gallery, api_visibility="private")
     return demo
 
 

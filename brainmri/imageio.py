@@ -146,12 +146,14 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
     syntax), so patient data is never even read into memory.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=DICOM_PIXEL_TAGS)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        list(ds)  # pydicom parses elements lazily: parse the few read ones here, where failures are caught
+    # Malformed headers raise many types besides these (NotImplementedError for an unknown VR, BytesLengthException...;
+    # found by tests/test_fuzz.py): for a parser of untrusted bytes, any failure means "not readable".
+    except Exception:  # noqa: BLE001
         raise ValueError(f"{name} is not a readable DICOM file") from None
     if "PixelData" not in ds:
         raise ValueError(f"{name} is a DICOM file without an image (no pixel data)")
@@ -172,16 +174,19 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
         raise ValueError(f"{name}: cannot decode DICOM pixel data compressed as {getattr(syntax, 'name', syntax)} ({reason})") from None
     except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as e:
         raise ValueError(f"{name}: DICOM pixel data is truncated or corrupt ({e})") from None
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    if frames > 1:
-        arr = arr[frames // 2]
-    if samples == 3:
-        rgb = arr if arr.dtype == np.uint8 else scale_to_uint8(arr)
-        return Image.fromarray(np.ascontiguousarray(rgb[..., :3]), "RGB")
-    grey = _window(arr, ds, apply_modality_lut, apply_voi_lut)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # 0 is white in MONOCHROME1
-        grey = 255 - grey
-    return Image.fromarray(grey).convert("RGB")
+    try:  # malformed display attributes (a text RescaleSlope, 3 samples on a 2-D array...; found by tests/test_fuzz.py)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        if frames > 1:
+            arr = arr[frames // 2]
+        if samples == 3:
+            rgb = arr if arr.dtype == np.uint8 else scale_to_uint8(arr)
+            return Image.fromarray(np.ascontiguousarray(rgb[..., :3]), "RGB")
+        grey = _window(arr, ds, apply_modality_lut, apply_voi_lut)
+        if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # 0 is white in MONOCHROME1
+            grey = 255 - grey
+        return Image.fromarray(grey).convert("RGB")
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+        raise ValueError(f"{name}: DICOM display attributes (samples, rescale, window) are invalid ({e})") from None
 
 
 def _window(arr: np.ndarray, ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:

@@ -50,7 +50,8 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, tit
 
 
 def reliability_diagram(curves: dict[str, np.ndarray] | np.ndarray, labels: np.ndarray, path: str | Path, n_bins: int = 15) -> None:
-    """Accuracy against confidence per bin, one panel per set of probabilities (e.g. before and after calibration).
+    """Accuracy against confidence per bin (image count at the foot of each bar), one panel per set of probabilities
+    (e.g. before and after calibration).
 
     Args:
         curves: panel title -> (N, C) probabilities, or one (N, C) array.
@@ -73,6 +74,8 @@ def reliability_diagram(curves: dict[str, np.ndarray] | np.ndarray, labels: np.n
             alpha=0.3,
             label="gap to confidence",
         )
+        for left, n in zip(edges[:-1][full], count[full]):  # few images in a bin make its bar noise: say how many
+            ax.text(left + 0.5 / n_bins, 0.01, str(n), ha="center", va="bottom", rotation=90, fontsize=6)
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class)", ylabel="accuracy")
         ax.set_title(f"{title}\nECE {expected_calibration_error(probs, labels, n_bins):.4f}, n={len(labels)}".strip(), fontsize=9)

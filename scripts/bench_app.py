@@ -114,9 +114,8 @@ def main() -> int:
     predictor = Predictor(discover(hub=False))
     names = predictor.available
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {available_cpus()} usable cores, torch threads {threads}, load {load_avg:.1f}"
-    )
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {available_cpus()} usable cores, torch threads {threads}, 1-min load average {load_avg:.1f}")
     figures = {"cores": available_cpus(), "load_average_1min": round(load_avg, 2), "models": {}}
     for name in names:
         figures["models"][name] = latency(predictor, name, images)

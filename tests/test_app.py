@@ -94,7 +94,6 @@ def test_unavailable_model_is_a_clear_error(client, slice_path: Path):
 
 def test_app_module_is_thin_and_lists_every_registry_model():
     import app
-
     from brainmri.registry import REGISTRY
 
     assert set(app.PREDICTOR.available) | set(app.PREDICTOR.unavailable) == set(REGISTRY)

@@ -66,7 +66,8 @@ def test_preprocessing_steps_end_in_what_the_model_gets(data_dir: Path):
     path = dataview.widest_example(data_dir)
     image = Image.open(path).convert("RGB")
     steps = dataview.preprocessing_steps(image, cfg)
-    assert [caption.split(":")[0] for _, caption in steps] == ["0. decoded", "1. Resize", "2. CenterCrop", "3. MaybeToTensor", "4. Normalize"]
+    names = [caption.split(":")[0] for _, caption in steps]
+    assert names == ["0. decoded", "1. Resize", "2. CenterCrop", "3. MaybeToTensor", "4. Normalize"]
     assert steps[2][0].size == (96, 96)
     x = eval_transform(cfg)(image)
     shown = np.asarray(steps[-1][0], dtype=np.float32)

@@ -87,7 +87,8 @@ def benchmark_folder(folder: Path, repeats: int, warmup: int, batch_size: int, t
 def format_table(rows: list[dict], threads: int, batch_size: int) -> str:
     """A Markdown table, one row per model."""
     lines = [
-        f"| model | parameters | input | latency ms, batch 1, {threads} threads (median) | p90 | train img/s (batch {batch_size}) |",
+        f"| model | parameters | input | latency ms, batch 1, {threads} thread{'s' * (threads != 1)} (median) | p90 |"
+        f" train img/s (batch {batch_size}) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

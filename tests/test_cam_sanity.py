@@ -1,0 +1,44 @@
+"""The heatmap sanity check: brain mask and in-brain share on synthetic images with a known answer, and one small real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from train.cam_sanity import brain_mask, in_mask_share, main
+
+
+def disc_image(size: int = 128, radius: int = 40) -> tuple[Image.Image, np.ndarray]:
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius**2
+    img = np.where(disc, 180, 5).astype(np.uint8)
+    img[size // 2, size // 2] = 0  # a dark hole inside the "brain" is still brain
+    img[:6, :6] = 250  # a small bright blob outside (a label, say) is not
+    return Image.fromarray(img).convert("RGB"), disc
+
+
+def test_brain_mask_is_the_disc():
+    image, disc = disc_image()
+    mask = brain_mask(image)
+    assert (mask == disc).mean() > 0.99 and mask[64, 64] and not mask[2, 2]
+
+
+def test_in_mask_share_inside_outside_and_uniform():
+    image, disc = disc_image()
+    mask = brain_mask(image)
+    assert in_mask_share(disc.astype(np.float32), mask) > 0.97
+    assert in_mask_share((~disc).astype(np.float32), mask) < 0.03
+    assert abs(in_mask_share(np.ones(disc.shape, np.float32), mask) - disc.mean()) < 0.01
+    assert np.isnan(in_mask_share(np.zeros(disc.shape, np.float32), mask))
+
+
+def test_cli_on_one_image_per_class(data_dir: Path, tmp_path: Path):
+    out = tmp_path / "cam.json"
+    assert main(["--data", str(data_dir), "--limit-per-class", "1", "--models", "simple_cnn_7", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    r = report["models"]["simple_cnn_7"]
+    assert report["images"] == 4 and r["n"] == 4 and 0 <= r["mean"] <= 1 and set(r["per_class"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+    assert r["verdict"].startswith("attention mostly")

@@ -1,0 +1,38 @@
+"""The load test in a bounded form: 24 concurrent gradio_client clients, every answer checked against its own image."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from shipped import SHIPPED
+
+from brainmri.catalog import discover
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import load_test  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shipped():
+    assert all(discover(hub=False)[n].available for n in SHIPPED), "shipped checkpoints missing"
+
+
+def test_24_clients_nothing_lost_nothing_mixed_up(data_dir: Path):
+    r = load_test.load_test(clients=24, requests=2, model="simple_cnn_7", time_limit=150, data=data_dir)
+    assert r["sent"] == 48 and r["answered"] == 48, r
+    assert r["mixed_up"] == 0 and r["errors"] == 0, r["examples"]
+    assert 0 < r["p50_s"] <= r["p95_s"]
+
+
+def test_a_full_queue_refuses_rather_than_grows(data_dir: Path):
+    """max_size bounds the queue (and so memory): the overflow is refused with a clear error, nothing else is lost."""
+    r = load_test.load_test(clients=24, requests=1, model="simple_cnn_7", max_size=4, time_limit=120, data=data_dir)
+    assert r["queue_full"] > 0 and r["errors"] == 0 and r["mixed_up"] == 0, r
+    assert r["answered"] + r["queue_full"] == r["sent"] == 24
+
+
+def test_only_loopback():
+    with pytest.raises(ValueError, match="loopback"):
+        load_test.load_test(url="http://example.com/")
