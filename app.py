@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from brainmri import dataview, experiments
 from brainmri.catalog import discover
 from brainmri.data import data_config
+from brainmri.ensemble import mean_probs
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, load_image
-from brainmri.predict import Predictor
+from brainmri.predict import NO_TUMOUR, Predictor
 from brainmri.runtime import configure_torch_threads
 from brainmri.uploads import discard_upload
 
@@ -47,7 +50,7 @@ def user_errors():
     try:
         yield
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise gr.Error(str(e), print_exception=False) from None  # not printed: the message names the upload
 
 
 def _unavailable_md() -> str:
@@ -115,6 +118,8 @@ def compare(file: str | None, method: str):
         row.update({f"P({k})": v for k, v in r.probabilities.items()})
         row.update({"latency ms": round(r.latency_ms, 1), "looks like MRI": r.in_distribution})
         rows.append(row)
+    if len(results) > 1:
+        rows.append(ensemble_row([r for r in results if r.in_distribution], list(results[0].probabilities)))
     table = pd.DataFrame(rows).round(4)
     gallery = [(overlay(image, r.cam, DEFAULT_OPACITY), f"{r.model}: {r.prediction or 'not a brain MRI'}") for r in results]
     verdicts = {r.prediction or "not a brain MRI" for r in results}
@@ -125,6 +130,17 @@ def compare(file: str | None, method: str):
     else:
         agreement = "**The models disagree**: " + "; ".join(f"{r.model} says {r.prediction or 'not a brain MRI'}" for r in results) + "."
     return table, gallery, agreement
+
+
+def ensemble_row(results: list, class_names: list[str]) -> dict:
+    """The ensemble choice: mean of the models' calibrated probabilities (scored in results/ensemble_metrics.json)."""
+    if not results:
+        return {"model": "ensemble (mean of calibrated)", "prediction": "not a brain MRI"}
+    probs = mean_probs([np.array([r.probabilities[c] for c in class_names]) for r in results])
+    row = {"model": "ensemble (mean of calibrated)", "prediction": class_names[int(probs.argmax())]}
+    row["tumour prob"] = float(sum(p for c, p in zip(class_names, probs) if c != NO_TUMOUR))
+    row.update({f"P({c})": float(p) for c, p in zip(class_names, probs)})
+    return row
 
 
 # ---------------------------------------------------------------- Experiments
@@ -238,7 +254,7 @@ def build_demo() -> gr.Blocks:
             compare_button = gr.Button("Compare all models", variant="primary")
             agreement = gr.Markdown(elem_id="agreement")
             compare_table = gr.Dataframe(label="Per model")
-            compare_gallery = gr.Gallery(label="Heatmaps side by side", columns=4, height=320)
+            compare_gallery = gr.Gallery(label="Heatmaps side by side", columns=4, height=320, object_fit="contain")
             compare_button.click(compare, [upload, method], [compare_table, compare_gallery, agreement], api_name="compare")
 
         with gr.Tab("Experiments") as experiments_tab:
@@ -272,7 +288,9 @@ def build_demo() -> gr.Blocks:
 
 
 demo = build_demo()
-demo.queue(max_size=64)
+# max_size bounds the queue (and memory): the 65th waiting request is refused. Two requests at a time gave the lowest
+# p95 on 2 cores (scripts/load_test.py --concurrency-limit 1 2 4); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
+demo.queue(max_size=64, default_concurrency_limit=int(os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", 2)))
 
 if __name__ == "__main__":
     # server_name / server_port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.

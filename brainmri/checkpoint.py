@@ -48,8 +48,10 @@ def save_checkpoint(model: nn.Module, folder: str | Path, class_names: list[str]
 def write_manifest(folder: str | Path) -> None:
     """Record the sha256 of the files that define the model (and its calibration), so tampering is caught at load."""
     folder = Path(folder)
-    names = (CONFIG, WEIGHTS, CALIBRATION) if (folder / CALIBRATION).is_file() else (CONFIG, WEIGHTS)
-    digests = {name: sha256((folder / name).read_bytes()) for name in names}
+    # Files that other commands added to the manifest (e.g. ood.*) stay covered when it is rewritten.
+    previous = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
+    names = dict.fromkeys([CONFIG, WEIGHTS, *([CALIBRATION] if (folder / CALIBRATION).is_file() else []), *previous])
+    digests = {name: sha256((folder / name).read_bytes()) for name in names if (folder / name).is_file()}
     (folder / MANIFEST).write_text(json.dumps(digests, indent=2) + "\n")
 
 

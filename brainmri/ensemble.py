@@ -29,7 +29,11 @@ def ensemble_probs(members: Sequence[tuple[np.ndarray | torch.Tensor, float]]) -
     shapes = {tuple(logits.shape) for logits, _ in members}
     if len(shapes) > 1:
         raise ValueError(f"ensemble members disagree on the logits' shape: {sorted(shapes)}")
-    probs = [calibrated_probs(logits, temperature) for logits, temperature in members]
+    return mean_probs([calibrated_probs(logits, temperature) for logits, temperature in members])
+
+
+def mean_probs(probs: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
+    """Mean of already-calibrated probabilities (what the app's Compare tab has in hand)."""
     if isinstance(probs[0], torch.Tensor):
         return torch.stack([torch.as_tensor(p, dtype=probs[0].dtype, device=probs[0].device) for p in probs]).mean(dim=0)
     return np.mean([np.asarray(p) for p in probs], axis=0)

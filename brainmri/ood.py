@@ -57,6 +57,7 @@ class OODResult:
     threshold: float | None
     colourfulness: float
     contrast: float
+    checked_by: str = ""  # the model whose features and statistics gave the verdict
 
     def to_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -33,7 +33,7 @@ from brainmri.catalog import ModelSource, best_model, checkpoint_folder, discove
 from brainmri.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.data import data_config, eval_transform
 from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam, prepare_for_cam
-from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats
+from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats, pooled_features
 from brainmri.registry import cam_layer
 
 _logger = logging.getLogger(__name__)
@@ -112,8 +112,9 @@ class Prediction:
 
     def summary(self) -> str:
         """One plain paragraph of Markdown."""
+        by = f" (`{self.model}`, {self.latency_ms:.0f} ms)"
         if not self.in_distribution:
-            return f"**This image {NOT_MRI}**: " + "; ".join(self.ood.reasons) + ". No tumour class is given for it."
+            return f"**This image {NOT_MRI}**: " + "; ".join(self.ood.reasons) + f". No tumour class is given for it{by}."
         p = self.probabilities[self.top_class]
         lines = [f"**Predicted class: {self.top_class}** ({p:.1%})."]
         if self.tumor_probability is not None:
@@ -122,7 +123,7 @@ class Prediction:
             lines.append(f"**{verdict}**: {shown:.1%} (tumour probability {self.tumor_probability:.1%}).")
         if self.ood is None:
             lines.append("(No out-of-distribution statistics for this model: it cannot tell an MRI from another picture.)")
-        return " ".join(lines)
+        return " ".join(lines) + by
 
     def details(self) -> dict:
         """JSON-ready details, the API's third output."""
@@ -162,10 +163,25 @@ def run_model(loaded: LoadedModel, image: Image.Image, method: str = DEFAULT_MET
     probabilities = dict(zip(loaded.labels, probs))
     top = max(probabilities, key=probabilities.get)
     tumour = 1.0 - probabilities[NO_TUMOUR] if NO_TUMOUR in probabilities else None
-    ood = loaded.ood.check(image, features[0]) if loaded.ood is not None else None
+    ood = None
+    if loaded.ood is not None:
+        ood = loaded.ood.check(image, features[0])
+        ood.checked_by = loaded.name
     heat = cam_to_image_size(cam, image.size, loaded.cfg)
     latency = (time.perf_counter() - start) * 1000
     return Prediction(loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, latency)
+
+
+def ood_check(loaded: LoadedModel, image: Image.Image) -> OODResult | None:
+    """``loaded``'s OOD verdict on ``image`` from one inference forward; None without statistics."""
+    if loaded.ood is None:
+        return None
+    x = loaded.transform(image)[None].contiguous(memory_format=torch.channels_last)
+    with loaded.lock, torch.inference_mode():  # the lock: another request's Grad-CAM hooks must not see this forward
+        features = pooled_features(loaded.model, x)
+    result = loaded.ood.check(image, features)
+    result.checked_by = loaded.name
+    return result
 
 
 class ModelCache:
@@ -215,14 +231,23 @@ class ModelCache:
 class Predictor:
     """The models this deployment can serve, loaded on demand.
 
+    Whether an image looks like a brain MRI is a property of the image, so one model judges
+    it for all: the default (best) model, whose 1280 features separate MRI slices from other
+    pictures far better than a small CNN's 64 (README, out-of-distribution check). A model's
+    own statistics are used when the judge has none, or with ``ood_model=None``.
+
     Args:
         sources: registry name -> where its weights are (``catalog.discover()`` by default).
         cache_mb: memory bound of the loaded models' tensors.
+        ood_model: the model whose OOD statistics judge every image; "default" for the default model.
     """
 
-    def __init__(self, sources: dict[str, ModelSource] | None = None, cache_mb: float = DEFAULT_CACHE_MB):
+    def __init__(
+        self, sources: dict[str, ModelSource] | None = None, cache_mb: float = DEFAULT_CACHE_MB, ood_model: str | None = "default"
+    ):
         self.sources = discover() if sources is None else sources
         self.default_model = best_model(self.sources)
+        self.ood_model = self.default_model if ood_model == "default" else ood_model
         self.cache = ModelCache(cache_mb * 2**20)
 
     @property
@@ -246,5 +271,13 @@ class Predictor:
         return self.cache.get(name, lambda: checkpoint_folder(source))
 
     def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD) -> Prediction:
-        """Run one model (the default one when ``model_name`` is empty) on an RGB image."""
-        return run_model(self.model(model_name), image, method)
+        """Run one model (the default one when ``model_name`` is empty) on an RGB image, judged by ``ood_model``."""
+        loaded = self.model(model_name)
+        result = run_model(loaded, image, method)
+        if self.ood_model and self.ood_model != loaded.name:
+            start = time.perf_counter()
+            verdict = ood_check(self.model(self.ood_model), image)
+            if verdict is not None:
+                result.ood = verdict
+                result.latency_ms += (time.perf_counter() - start) * 1000
+        return result

@@ -46,8 +46,14 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
 
 
 def configure_torch_threads() -> int:
-    """Set torch's (and OpenCV's) threads to :func:`available_cpus` (``BRAIN_MRI_THREADS`` overrides); returns the count."""
+    """Set torch's (and OpenCV's) threads to :func:`available_cpus` (``BRAIN_MRI_THREADS`` overrides), denormals flushed.
+
+    Call it once at start-up, before any model runs. Returns the thread count.
+    """
     threads = int(os.environ.get("BRAIN_MRI_THREADS") or available_cpus())
+    # Denormal floats are up to 100x slower on x86, and trained small CNNs produce them (simple_cnn_7: 290 -> 9 ms).
+    # Set before torch starts its worker threads, which copy this thread's floating-point mode when created.
+    torch.set_flush_denormal(True)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
         _logger.info("torch uses %d threads", threads)

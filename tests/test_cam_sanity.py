@@ -40,5 +40,10 @@ def test_cli_on_one_image_per_class(data_dir: Path, tmp_path: Path):
     assert main(["--data", str(data_dir), "--limit-per-class", "1", "--models", "simple_cnn_7", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     r = report["models"]["simple_cnn_7"]
-    assert report["images"] == 4 and r["n"] == 4 and 0 <= r["mean"] <= 1 and set(r["per_class"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+    assert (
+        report["images"] == 4
+        and r["n"] == 4
+        and 0 <= r["mean"] <= 1
+        and set(r["per_class"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+    )
     assert r["verdict"].startswith("attention mostly")

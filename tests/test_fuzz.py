@@ -11,19 +11,26 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import synthetic_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from upload_samples import PYDICOM_FILES, valid_uploads
 
 from brainmri.imageio import load_image
-from conftest import synthetic_image
 
 # kind -> (file name, bytes): every accepted format, plus real DICOM files from pydicom's test set (MR, CT, RLE).
-UPLOADS = valid_uploads(synthetic_image(0, 96)) | {n: (n, (PYDICOM_FILES / n).read_bytes()) for n in ["MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm"]}
+UPLOADS = valid_uploads(synthetic_image(0, 96)) | {
+    n: (n, (PYDICOM_FILES / n).read_bytes()) for n in ["MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm"]
+}
 SEEDS = {kind: data for kind, (_, data) in UPLOADS.items()}
 NAMES = {kind: name for kind, (name, _) in UPLOADS.items()}
-FUZZ = settings(max_examples=int(os.environ.get("BRAIN_MRI_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize="BRAIN_MRI_FUZZ_EXAMPLES" not in os.environ)
+FUZZ = settings(
+    max_examples=int(os.environ.get("BRAIN_MRI_FUZZ_EXAMPLES", 150)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize="BRAIN_MRI_FUZZ_EXAMPLES" not in os.environ,  # CI: the same cases every run; set the variable to explore
+)
 
 
 def mutate(data: bytes, edits: list[tuple[int, int]], cut: float | None, insert: bytes) -> bytes:
@@ -59,7 +66,9 @@ def test_random_bytes(data: bytes, name: str):
 @given(
     kind=st.sampled_from(sorted(SEEDS)),
     edits=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), max_size=12),
-    cut=st.none() | st.floats(0.0, 1.0),
+    # a fraction in thousandths: integer strategies, since a library in the suite sets flush-to-zero,
+    # which makes hypothesis refuse float strategies
+    cut=st.none() | st.integers(0, 1000).map(lambda k: k / 1000),
     insert=st.binary(max_size=64),
 )
 def test_mutated_valid_files(kind: str, edits, cut, insert):

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
+from shipped import SHIPPED
 
 from brainmri.catalog import discover
 from brainmri.predict import Predictor
-from shipped import SHIPPED
 
 
 @pytest.fixture

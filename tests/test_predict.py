@@ -106,6 +106,14 @@ def test_non_mri_is_flagged_not_classified(predictor: Predictor, model_name: str
     assert not result.in_distribution, result.ood
     assert result.prediction is None and result.label_value() == "does not look like a brain MRI"
     assert result.details()["in_distribution"] is False and result.ood.reasons
+    assert result.ood.checked_by == "tf_efficientnet_lite0"  # the best model judges for every model
+
+
+def test_a_model_can_judge_with_its_own_statistics(predictor: Predictor, sample: ImageRecords):
+    own = Predictor(predictor.sources, ood_model=None)
+    real = own.predict(sample.open(0), "simple_cnn_7")
+    assert real.ood.checked_by == "simple_cnn_7" and real.ood.threshold != predictor.predict(sample.open(0)).ood.threshold
+    assert not own.predict(Image.new("RGB", (256, 256)), "simple_cnn_7").in_distribution  # blank: flagged by any model
 
 
 def test_details_are_json_with_the_promised_keys(predictor: Predictor, sample: ImageRecords):

@@ -71,7 +71,11 @@ def test_files(data: Path, limit_per_class: int | None, seed: int = 0) -> list[t
 
 def summarise(values: list[float]) -> dict:
     values = [v for v in values if v == v]  # drop NaN (all-zero heatmaps)
-    return {"n": len(values), "mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4)} if values else {"n": 0}
+    return (
+        {"n": len(values), "mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4)}
+        if values
+        else {"n": 0}
+    )
 
 
 def model_report(predictor: Predictor, name: str, files: list[tuple[Path, str]]) -> dict:
@@ -88,7 +92,9 @@ def model_report(predictor: Predictor, name: str, files: list[tuple[Path, str]])
         **overall,
         "mask_area_mean": round(statistics.fmean(areas), 4),  # the share a uniform heatmap would get
         "per_class": {c: summarise(v) for c, v in shares.items()},
-        "verdict": "attention mostly outside the brain" if overall.get("mean", 0) < OUTSIDE_THRESHOLD else "attention mostly inside the brain",
+        "verdict": "attention mostly outside the brain"
+        if overall.get("mean", 0) < OUTSIDE_THRESHOLD
+        else "attention mostly inside the brain",
     }
 
 
