@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,20 @@ def make_image_folder(root: Path, per_class: int = 3, size: int = 64, splits=("T
 @pytest.fixture
 def synthetic_data(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def client():
+    """The app launched in-process on a free loopback port, and a gradio_client for it."""
+    from gradio_client import Client
+
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        app.demo.close()

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from pathlib import Path
 
-import pytest
 from conftest import synthetic_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -78,22 +76,6 @@ def test_mutated_valid_files(kind: str, edits, cut, insert):
 def test_every_seed_format_decodes():
     for kind, data in SEEDS.items():
         assert load_image(data, NAMES[kind]).mode == "RGB", kind
-
-
-@pytest.fixture(scope="module")
-def client():
-    from gradio_client import Client
-
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app.demo.close()
 
 
 def test_mutated_uploads_through_the_app(client, tmp_path: Path):

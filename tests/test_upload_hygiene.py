@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -15,22 +14,6 @@ import pytest
 from PIL import Image
 
 from brainmri.uploads import discard_upload, gradio_cache_dir
-
-
-@pytest.fixture(scope="module")
-def client():
-    from gradio_client import Client
-
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app.demo.close()
 
 
 def files_containing(needle: bytes, roots: list[Path], skip: Path) -> list[Path]:
