@@ -144,8 +144,8 @@ def write_model_card(folder: str | Path) -> Path:
         r = metrics.get(key)
         if r:
             ci = f" ({r['accuracy_ci95'][0]:.3f}-{r['accuracy_ci95'][1]:.3f})" if "accuracy_ci95" in r else ""
-            loss, ece = r.get("loss", float("nan")), r.get("ece", float("nan"))
-            lines.append(f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {loss:.4f} | {ece:.4f} |")
+            loss, ece = (f"{r[k]:.4f}" if k in r else "-" for k in ("loss", "ece"))
+            lines.append(f"| {label} | {r.get('n', '')} | {r['accuracy']:.4f}{ci} | {loss} | {ece} |")
     cal = metrics.get("calibration")
     if cal:
         lines += [
