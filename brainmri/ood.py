@@ -35,6 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from brainmri.checkpoint import MANIFEST, WEIGHTS, label_names, load_checkpoint
+from brainmri.cli import exit_code
 from brainmri.data import ImageRecords, data_config, eval_transform, limit_per_class, load_records, sha256, split_train_val
 from brainmri.duplicates import connected_groups, near_pairs, thumbnails
 from brainmri.runtime import configure_torch_threads
@@ -397,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     configure_torch_threads()
-    try:
+
+    def run() -> None:
         results = []
         for folder in args.checkpoint:
             if args.command == "fit":
@@ -406,10 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(measure(folder, args.data))
         if args.command == "measure" and args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    return 0
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 
 from brainmri.calibration import calibrated_probs, fit_temperature, negative_log_likelihood, save_temperature
 from brainmri.checkpoint import label_names, load_checkpoint
+from brainmri.cli import exit_code
 from brainmri.metrics import expected_calibration_error
 from train.config import TrainConfig
 from train.evaluate import load_test_split, predict_logits
@@ -98,16 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-test", action="store_true", help="measure ECE on validation only, not on Testing")
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         calibrate_checkpoint(args.checkpoint, args.data, evaluate_test=not args.skip_test)
         if args.model_card:
             from brainmri.report import write_model_card
 
             write_model_card(args.checkpoint)
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    return 0
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

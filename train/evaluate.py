@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from brainmri.checkpoint import label_names, load_checkpoint, read_config
+from brainmri.cli import exit_code
 from brainmri.data import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.duplicates import near_pairs
 from brainmri.metrics import classification_report
@@ -154,19 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.ensemble is None):
         parser.error("give one checkpoint folder, or --ensemble FOLDER FOLDER ...")
-    try:
-        if args.ensemble:
-            evaluate_ensemble(args.ensemble, args.data, args.out, limit=args.limit_per_class)
-            return 0
+    if args.ensemble:
+        return exit_code(lambda: evaluate_ensemble(args.ensemble, args.data, args.out, limit=args.limit_per_class), _logger)
+
+    def run() -> None:
         evaluate_checkpoint(args.checkpoint, args.data, limit=args.limit_per_class)
         if args.model_card:
             from brainmri.report import write_model_card
 
             write_model_card(args.checkpoint)
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    return 0
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

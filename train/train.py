@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from brainmri.checkpoint import save_checkpoint
+from brainmri.cli import exit_code
 from brainmri.data import (
     ImageRecords,
     augment_batch,
@@ -451,12 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("accelerate", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = parse_config(argv, description=__doc__.splitlines()[0])
-    try:
-        fit(cfg)
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    return 0
+    return exit_code(lambda: fit(cfg), _logger)
 
 
 if __name__ == "__main__":
