@@ -2,7 +2,8 @@
 
     python app.py            # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; starts offline with HF_HUB_OFFLINE=1
 
-API: ``/predict`` takes (image file, model name) and returns (probabilities, heatmap, details).
+API: ``/predict`` takes (image file, model name) and returns (probabilities, heatmap, details); the heatmap comes as
+a PNG data URL (``brainmri.inline_media.decode_data_url``): nothing derived from an upload is written to disk.
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
-from brainmri import dataview, experiments
+from brainmri import comparison, dataview, experiments
 from brainmri.catalog import discover
 from brainmri.data import data_config
-from brainmri.ensemble import mean_probs
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, load_image
-from brainmri.predict import NO_TUMOUR, Predictor
+from brainmri.inline_media import send_inline
+from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
-from brainmri.uploads import discard_upload
+from brainmri.uploads import discard_upload, kept_in_cache, without_stray_temp_file
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 _logger = logging.getLogger("app")
@@ -37,6 +37,8 @@ DISCLAIMER = (
 )
 FORMATS = "JPEG, PNG (8/16-bit, greyscale, RGBA), WebP, BMP, TIFF or DICOM (.dcm)"
 DEFAULT_OPACITY = 0.45
+SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
+EMPTY = (None, None, "", None, None)  # the Classify outputs, cleared
 
 configure_torch_threads()
 # Local checkpoints only at import; the Hub is asked (with a short timeout) when a page first loads.
@@ -75,18 +77,31 @@ def refresh_models():
 # ---------------------------------------------------------------- Classify
 
 
-def classify(file: str | None, model_name: str | None, method: str, opacity: float):
-    """UI: decode, predict, explain; the last output keeps image and heatmap for the opacity slider."""
+def classify_upload(file: str | None, model_name: str | None, method: str, opacity: float):
+    """UI, a new upload: decoded once and deleted from Gradio's cache at once; the decoded image lives on only in
+    the session's state (memory), so a changed model or method re-runs without the file."""
     if not file:
-        return None, None, "", None, None
+        return EMPTY
+    try:
+        with user_errors():
+            image = load_image(file)
+    finally:
+        discard_upload(file, keep=kept_in_cache(demo))
+    return classify((image, None), model_name, method, opacity)
+
+
+def classify(session, model_name: str | None, method: str, opacity: float):
+    """UI: predict and explain the session's image; the last output keeps image and heatmap for the slider and re-runs."""
+    if session is None:
+        return EMPTY
+    image = session[0]
     with user_errors():
-        image = load_image(file)
         result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
     return result.label_value(), overlay(image, result.cam, opacity), result.summary(), result.details(), (image, result.cam)
 
 
-def reblend(state, opacity: float):
-    return None if state is None else overlay(state[0], state[1], opacity)
+def reblend(session, opacity: float):
+    return None if session is None else overlay(session[0], session[1], opacity)
 
 
 def predict(image: str, model_name: str | None = None):
@@ -98,49 +113,22 @@ def predict(image: str, model_name: str | None = None):
             decoded = load_image(image)
             result = PREDICTOR.predict(decoded, model_name or None)
     finally:
-        discard_upload(image)  # an API upload does not outlive its request
+        discard_upload(image, keep=kept_in_cache(demo))  # an API upload does not outlive its request
     return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
 
 
 # ---------------------------------------------------------------- Compare
 
 
-def compare(file: str | None, method: str):
-    """Every available model on the current image: a table, the heatmaps side by side, and whether they agree."""
-    if not file:
+def compare(session, method: str):
+    """Every available model on the session's image: a table, the heatmaps side by side, and whether they agree."""
+    if session is None:
         raise gr.Error("upload an image in the Classify tab first")
+    image = session[0]
     with user_errors():
-        image = load_image(file)
         results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in PREDICTOR.available]
-    rows = []
-    for r in results:
-        row = {"model": r.model, "prediction": r.prediction or "not a brain MRI", "tumour prob": r.tumor_probability}
-        row.update({f"P({k})": v for k, v in r.probabilities.items()})
-        row.update({"latency ms": round(r.latency_ms, 1), "looks like MRI": r.in_distribution})
-        rows.append(row)
-    if len(results) > 1:
-        rows.append(ensemble_row([r for r in results if r.in_distribution], list(results[0].probabilities)))
-    table = pd.DataFrame(rows).round(4)
-    gallery = [(overlay(image, r.cam, DEFAULT_OPACITY), f"{r.model}: {r.prediction or 'not a brain MRI'}") for r in results]
-    verdicts = {r.prediction or "not a brain MRI" for r in results}
-    if len(results) == 1:
-        agreement = "Only one model is available: nothing to compare."
-    elif len(verdicts) == 1:
-        agreement = f"**All {len(results)} models agree: {verdicts.pop()}.**"
-    else:
-        agreement = "**The models disagree**: " + "; ".join(f"{r.model} says {r.prediction or 'not a brain MRI'}" for r in results) + "."
-    return table, gallery, agreement
-
-
-def ensemble_row(results: list, class_names: list[str]) -> dict:
-    """The ensemble choice: mean of the models' calibrated probabilities (scored in results/ensemble_metrics.json)."""
-    if not results:
-        return {"model": "ensemble (mean of calibrated)", "prediction": "not a brain MRI"}
-    probs = mean_probs([np.array([r.probabilities[c] for c in class_names]) for r in results])
-    row = {"model": "ensemble (mean of calibrated)", "prediction": class_names[int(probs.argmax())]}
-    row["tumour prob"] = float(sum(p for c, p in zip(class_names, probs) if c != NO_TUMOUR))
-    row.update({f"P({c})": float(p) for c, p in zip(class_names, probs)})
-    return row
+    gallery = [(overlay(image, r.cam, DEFAULT_OPACITY), f"{r.model}: {comparison.verdict(r)}") for r in results]
+    return pd.DataFrame(comparison.comparison_rows(results)).round(4), gallery, comparison.agreement(results)
 
 
 # ---------------------------------------------------------------- Experiments
@@ -160,9 +148,10 @@ def experiments_view():
 
 def experiment_figures(name: str | None):
     if not name:
-        return None, None, None
+        return None, None, None, None
     folder = experiments.CHECKPOINT_DIR / name
-    return experiments.figure(folder, "curves.png"), experiments.figure(folder, "confusion.png"), pd.DataFrame(experiments.history(folder))
+    figures = [experiments.figure(folder, f) for f in ("curves.png", "confusion.png", "reliability.png")]
+    return *figures, pd.DataFrame(experiments.history(folder))
 
 
 # ---------------------------------------------------------------- Data
@@ -212,39 +201,48 @@ def show_examples():
     return gr.Gallery([p for p, _ in examples()], visible=bool(examples()))
 
 
-def pick_example(evt: gr.SelectData) -> str:
-    return examples()[evt.index][0]
+def classify_example(model_name: str | None, method: str, opacity: float, evt: gr.SelectData):
+    """UI, an example clicked: shown in the upload box (not an upload: never deleted) and classified."""
+    path = examples()[evt.index][0]
+    return path, *classify((load_image(path), None), model_name, method, opacity)
 
 
 def build_demo() -> gr.Blocks:
     local = examples() if dataview.local_root(DATA) is not None else []
-    # Uploads (DICOM headers included) and outputs leave Gradio's cache after 10 minutes, checked every 10 minutes.
+    # Uploads are deleted once decoded and heatmaps never touch the disk (brainmri.inline_media); the sweep is a backstop
+    # for anything else in Gradio's cache (example copies, figures): older than 10 minutes, checked every 10 minutes.
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
         gr.Markdown("# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with Grad-CAM.\n\n" + DISCLAIMER)
-        state = gr.State(None)
+        session = gr.State(None, time_to_live=SESSION_TTL_S)  # (decoded image, heatmap): memory only, never a file
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    upload = gr.File(label=f"MRI slice: {FORMATS}", type="filepath", elem_id="upload")
+                    upload = without_stray_temp_file(gr.File(label=f"MRI slice: {FORMATS}", type="filepath", elem_id="upload"))
                     model = gr.Dropdown(PREDICTOR.available, value=PREDICTOR.default_model, label="Model", elem_id="model")
                     unavailable = gr.Markdown(_unavailable_md())
                     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method")
                     opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
-                    gallery = gr.Gallery(
-                        [p for p, _ in local], label="Examples (click one)", columns=4, height=160, allow_preview=False, visible=bool(local)
-                    )
-                    gallery.select(pick_example, None, upload, api_visibility="private")
+                    examples_shown = dict(label="Examples (click one)", columns=4, height=160, allow_preview=False, elem_id="examples")
+                    gallery = gr.Gallery([p for p, _ in local], visible=bool(local), **examples_shown)
                 with gr.Column(scale=3):
                     heatmap = gr.Image(label="Heatmap", type="pil", format="png", elem_id="heatmap", interactive=False, height=420)
+                    send_inline(heatmap)
                     summary = gr.Markdown(elem_id="summary")
                     label = gr.Label(num_top_classes=4, label="Probabilities", elem_id="probabilities")
                     with gr.Accordion("Details (JSON)", open=False):
                         details = gr.JSON(label="Details", elem_id="details-json")
-            inputs = [upload, model, method, opacity]
-            outputs = [label, heatmap, summary, details, state]
-            for trigger in (upload.change, model.change, method.change):
-                trigger(classify, inputs, outputs, api_visibility="private")
-            opacity.change(reblend, [state, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+            outputs = [label, heatmap, summary, details, session]
+            # A user's upload (not a value set by the app) first clears the old answer, so a bad file never leaves it up.
+            upload.upload(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden").then(
+                classify_upload, [upload, model, method, opacity], outputs, api_visibility="private"
+            )
+            upload.clear(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden")
+            gallery.select(classify_example, [model, method, opacity], [upload, *outputs], api_visibility="private")
+            for trigger in (model.change, method.change):
+                trigger(classify, [session, model, method, opacity], outputs, api_visibility="private")
+            opacity.change(
+                reblend, [session, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last"
+            )
             # The API endpoint: its own (hidden) model-name box, so a client may name any model or none.
             api_model = gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
             gr.Button(visible=False).click(predict, [upload, api_model], [label, heatmap, details], api_name="predict")
@@ -254,11 +252,11 @@ def build_demo() -> gr.Blocks:
             compare_button = gr.Button("Compare all models", variant="primary")
             agreement = gr.Markdown(elem_id="agreement")
             compare_table = gr.Dataframe(label="Per model")
-            compare_gallery = gr.Gallery(label="Heatmaps side by side", columns=4, height=320, object_fit="contain")
-            compare_button.click(compare, [upload, method], [compare_table, compare_gallery, agreement], api_name="compare")
+            compare_gallery = send_inline(gr.Gallery(label="Heatmaps side by side", columns=4, height=320, object_fit="contain"))
+            compare_button.click(compare, [session, method], [compare_table, compare_gallery, agreement], api_visibility="private")
 
         with gr.Tab("Experiments") as experiments_tab:
-            gr.Markdown("Read from each checkpoint folder's `metrics.json`, `history.csv` and figures, and `results/experiments.csv`.")
+            gr.Markdown(experiments.ABOUT)
             exp_table = gr.Dataframe(label="Experiments", wrap=True, elem_id="experiments-table")
             sweep_md = gr.Markdown()
             sweep_table = gr.Dataframe(label="GPU sweep (results/experiments.csv)", visible=False)
@@ -266,9 +264,10 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 curves = gr.Image(label="Training curves", type="filepath", interactive=False)
                 confusion = gr.Image(label="Confusion matrix (Testing)", type="filepath", interactive=False)
+                reliability = gr.Image(label="Reliability, near-dedup Testing", type="filepath", interactive=False, elem_id="reliability")
             hist = gr.Dataframe(label="history.csv")
             experiments_tab.select(experiments_view, None, [exp_table, sweep_table, sweep_md, exp_model], api_visibility="private")
-            exp_model.change(experiment_figures, exp_model, [curves, confusion, hist], api_visibility="private")
+            exp_model.change(experiment_figures, exp_model, [curves, confusion, reliability, hist], api_visibility="private")
 
         with gr.Tab("Data") as data_tab:
             data_note = gr.Markdown("Open this tab to read the data folder.")

@@ -1,8 +1,9 @@
 """The experiment table and figures, read from checkpoint folders and the results folder, never typed.
 
-Each checkpoint folder holds ``metrics.json``, ``history.csv``, ``curves.png`` and
-``confusion.png`` (written by train/train.py and train/evaluate.py). The GPU sweep writes
-``results/experiments.csv``; it is shown as it is when present.
+Each checkpoint folder holds ``metrics.json``, ``history.csv``, ``curves.png``,
+``confusion.png`` and ``reliability.png`` (written by train/train.py, train/evaluate.py and
+train/calibrate.py). The GPU sweep writes ``results/experiments.csv``, shown as it is when
+present; train/cam_sanity.py writes ``results/cam_sanity.json``, the heatmaps' in-brain share.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from brainmri.registry import CHECKPOINT_DIR, REGISTRY
 
 _logger = logging.getLogger(__name__)
 
-RESULTS_CSV = Path(__file__).resolve().parent.parent / "results" / "experiments.csv"
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+RESULTS_CSV = RESULTS_DIR / "experiments.csv"
+CAM_SANITY_JSON = RESULTS_DIR / "cam_sanity.json"
 COLUMNS = [
     "model",
     "family",
@@ -29,9 +32,18 @@ COLUMNS = [
     "test acc",
     "near-dedup test acc",
     "test loss",
+    "temperature",
+    "test ECE raw",
+    "test ECE calibrated",
+    "heatmap in brain",
     "train time (min)",
     "device",
 ]
+ABOUT = (
+    "Read from each checkpoint folder's `metrics.json`, `history.csv` and figures, `results/experiments.csv` and "
+    "`results/cam_sanity.json`. *ECE*: expected calibration error on Testing, raw and temperature-scaled. *Heatmap in "
+    "brain*: mean share of Grad-CAM mass inside an intensity brain mask, over n Testing images (a uniform map scores ~0.50)."
+)
 
 
 def checkpoint_folders(root: str | Path = CHECKPOINT_DIR) -> list[Path]:
@@ -57,12 +69,32 @@ def _acc(metrics: dict, key: str) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-def experiment_row(folder: str | Path) -> dict:
-    """One table row from a checkpoint folder's metrics.json."""
+def _rounded(value, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
+    """Per model, the mean share of Grad-CAM mass inside the brain mask over the Testing images it was measured on,
+    named as such when the attention sits mostly outside; empty when the check has not been run."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out = {}
+    for name, r in report.get("models", {}).items():
+        if r.get("mean") is not None:
+            outside = "outside" in r.get("verdict", "")
+            out[name] = f"{r['mean']:.2f} of {r['n']}" + (" (attention mostly OUTSIDE the brain)" if outside else "")
+    return out
+
+
+def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None) -> dict:
+    """One table row from a checkpoint folder's metrics.json (and the heatmap check, when given)."""
     m = read_metrics(folder)
     name = m.get("model", Path(folder).name)
     spec = REGISTRY.get(name)
     test = m.get("test") or {}
+    cal = m.get("calibration") or {}
     seconds = m.get("train_seconds")
     return {
         "model": name,
@@ -75,7 +107,11 @@ def experiment_row(folder: str | Path) -> dict:
         "val acc": _acc(m, "validation"),
         "test acc": _acc(m, "test"),
         "near-dedup test acc": _acc(m, "test_dedup"),
-        "test loss": None if test.get("loss") is None else round(float(test["loss"]), 4),
+        "test loss": _rounded(test.get("loss")),
+        "temperature": _rounded(cal.get("temperature"), 3),
+        "test ECE raw": _rounded(cal.get("test_ece_before")),
+        "test ECE calibrated": _rounded(cal.get("test_ece_after")),
+        "heatmap in brain": (cam_shares or {}).get(name, ""),
         "train time (min)": None if seconds is None else round(float(seconds) / 60, 1),
         "device": m.get("device", ""),
     }
@@ -83,10 +119,10 @@ def experiment_row(folder: str | Path) -> dict:
 
 def experiment_table(root: str | Path = CHECKPOINT_DIR) -> list[dict]:
     """Rows for every checkpoint folder; a folder whose metrics cannot be read is logged and skipped."""
-    rows = []
+    rows, shares = [], cam_in_brain()
     for folder in checkpoint_folders(root):
         try:
-            rows.append(experiment_row(folder))
+            rows.append(experiment_row(folder, shares))
         except ValueError as e:
             _logger.warning("%s", e)
     return rows
@@ -111,6 +147,6 @@ def history(folder: str | Path) -> list[dict]:
 
 
 def figure(folder: str | Path, name: str) -> str | None:
-    """Path of ``curves.png`` or ``confusion.png`` in a checkpoint folder, if it is there."""
+    """Path of ``curves.png``, ``confusion.png`` or ``reliability.png`` in a checkpoint folder, if it is there."""
     path = Path(folder) / name
     return str(path) if path.is_file() else None

@@ -15,6 +15,8 @@ from PIL import Image
 from shipped import require_shipped
 from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
 
+from brainmri.inline_media import decode_data_url
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,8 +55,9 @@ def test_predict_endpoint_with_default_model(client, slice_path: Path):
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
     assert sum(details["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert 0 <= details["tumor_probability"] <= 1 and details["latency_ms"] > 0
-    with Image.open(slice_path) as original, Image.open(heatmap) as heat:
-        assert heat.size == original.size
+    assert heatmap["path"] is None and heatmap["url"].startswith("data:image/png;base64,")  # inline: never a cached file
+    with Image.open(slice_path) as original:
+        assert decode_data_url(heatmap["url"]).size == original.size
 
 
 def test_predict_endpoint_with_dicom_and_a_named_model(client, slice_path: Path, tmp_path: Path):
@@ -67,7 +70,7 @@ def test_predict_endpoint_with_dicom_and_a_named_model(client, slice_path: Path,
     assert details["model"] == "simple_cnn_7"
     assert details["top_class"] == jpeg["top_class"]
     assert PATIENT_NAME not in str(details) and "SECRET-ID" not in str(details)
-    assert Path(heatmap).is_file()
+    assert decode_data_url(heatmap["url"]).mode == "RGB"
 
 
 @pytest.mark.parametrize("kind", ["empty", "text", "truncated_jpeg", "too_small", "bomb", "dicom_without_pixels"])
@@ -124,3 +127,10 @@ def test_app_starts_offline_on_the_env_port(slice_path: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_app_writes_no_stub_files_into_its_source_tree():
+    """Gradio writes a .pyi beside any module that subclasses a component; the app patches instances instead."""
+    import app  # noqa: F401
+
+    assert sorted(ROOT.glob("*.pyi")) + sorted((ROOT / "brainmri").glob("*.pyi")) == []

@@ -26,6 +26,7 @@ def _fake_checkpoint(folder: Path, model: str, val: float) -> None:
         "test": {"accuracy": 0.9, "loss": 0.3},
         "test_dedup": {"accuracy": 0.85},
         "train_seconds": 600,
+        "calibration": {"temperature": 0.51234, "test_ece_before": 0.07783, "test_ece_after": 0.005352},
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "history.csv").write_text("epoch,train_loss,val_acc\n1,1.0,0.5\n2,0.5,0.8\n")
@@ -41,10 +42,34 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     lite = rows[1]
     assert lite["val acc"] == 0.95 and lite["near-dedup test acc"] == 0.85 and lite["epochs (best)"] == "7 (5)"
     assert lite["train time (min)"] == 10.0 and lite["family"] == "efficientnet"
+    assert (lite["temperature"], lite["test ECE raw"], lite["test ECE calibrated"]) == (0.512, 0.0778, 0.0054)
     assert set(experiments.COLUMNS) == set(lite)
     assert experiments.history(tmp_path / "simple_cnn_7")[1]["val_acc"] == "0.8"
     assert experiments.figure(tmp_path / "simple_cnn_7", "curves.png") is None
     assert experiments.results_table(tmp_path / "none.csv") is None
+
+
+def test_heatmap_check_names_a_model_that_looks_outside_the_brain(tmp_path: Path):
+    report = {
+        "models": {
+            "tf_efficientnet_lite0": {"n": 1311, "mean": 0.8604, "verdict": "attention mostly inside the brain"},
+            "simple_cnn_7": {"n": 1311, "mean": 0.42, "verdict": "attention mostly outside the brain"},
+        }
+    }
+    (tmp_path / "cam.json").write_text(json.dumps(report))
+    shares = experiments.cam_in_brain(tmp_path / "cam.json")
+    assert shares == {"tf_efficientnet_lite0": "0.86 of 1311", "simple_cnn_7": "0.42 of 1311 (attention mostly OUTSIDE the brain)"}
+    assert experiments.cam_in_brain(tmp_path / "missing.json") == {}
+    _fake_checkpoint(tmp_path / "simple_cnn_7", "simple_cnn_7", 0.8)
+    assert "OUTSIDE" in experiments.experiment_row(tmp_path / "simple_cnn_7", shares)["heatmap in brain"]
+
+
+def test_shipped_heatmap_report_covers_the_full_testing_split():
+    """results/cam_sanity.json, as committed, was measured on all of Testing for every shipped model."""
+    report = json.loads(experiments.CAM_SANITY_JSON.read_text())
+    assert report["subset"] == "all" and report["images"] == 1311
+    assert {"tf_efficientnet_lite0", "simple_cnn_7"} <= set(report["models"])
+    assert all(r["n"] == 1311 for r in report["models"].values())
 
 
 def test_class_counts_match_the_folder(data_dir: Path):

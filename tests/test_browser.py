@@ -1,17 +1,26 @@
 """A real browser on the app: headless Debian Chromium driven by Playwright (no browser download).
 
-Uploads a slice, sees the probability bars and the heatmap, switches models, opens each
-tab, and saves screenshots under tests/artifacts/ (git-ignored).
+Uploads a slice, sees the probability bars and the heatmap, switches models, compares,
+uploads a broken file, opens each tab, and saves screenshots under tests/artifacts/ (git-ignored).
+After the Classify and Compare steps, the server's folders hold nothing of the upload: not its bytes,
+not its name, and no new file in Gradio's cache at all (heatmaps travel as data URLs).
 """
 
 from __future__ import annotations
 
 import shutil
 import socket
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from shipped import require_shipped
+from traces import files_containing, files_named, files_since
+
+from brainmri.uploads import gradio_cache_dir
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,12 +53,23 @@ def app_url():
         app.demo.close()
 
 
+@pytest.fixture
+def secret_upload(data_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A real glioma slice re-saved under a secret name with the secret in a JPEG comment: findable anywhere."""
+    secret = f"patient-{uuid.uuid4().hex}"
+    path = tmp_path / f"{secret}.jpg"
+    with Image.open(sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0]) as slice_:
+        slice_.save(path, quality=95, comment=secret.encode())
+    return path, secret
+
+
 @pytest.mark.slow
-def test_upload_see_bars_and_heatmap_switch_models(app_url: str, data_dir: Path):
+def test_upload_see_bars_and_heatmap_switch_models(app_url: str, secret_upload: tuple[Path, str]):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    image = sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0]
+    image, secret = secret_upload
+    t0 = time.time()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -80,9 +100,24 @@ def test_upload_see_bars_and_heatmap_switch_models(app_url: str, data_dir: Path)
             page.get_by_role("button", name="Compare all models").click()
             expect(page.locator("#agreement")).to_contain_text("agree", timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+            written = files_since(t0, gradio_cache_dir(), skip=image.parent)  # before the tabs that show dataset files
+
+            page.get_by_role("tab", name="Classify").click()
+            broken = image.with_name(f"{secret}-broken.png")
+            broken.write_bytes(b"not an image at all")
+            page.locator("#upload").get_by_label("Clear").click()
+            page.locator("#upload input[type=file]").set_input_files(str(broken))
+            expect(page.get_by_text("not an image").first).to_be_visible(timeout=30_000)
+            expect(summary).not_to_contain_text("Predicted class")  # the previous image's answer is gone
+
+            page.locator("#examples img").first.click()  # an example: classified at once, its name in the upload box
+            expect(summary).to_contain_text("Predicted class", timeout=30_000)
+            expect(page.locator("#upload")).to_contain_text(".jpg")
 
             page.get_by_role("tab", name="Experiments").click()
             expect(page.locator("#experiments-table")).to_contain_text("tf_efficientnet_lite0", timeout=30_000)
+            expect(page.locator("#experiments-table")).to_contain_text("ECE")
+            expect(page.locator("#reliability img")).to_be_visible(timeout=30_000)  # the checkpoint's reliability diagram
             page.screenshot(path=str(ARTIFACTS / "experiments.png"), full_page=True)
 
             page.get_by_role("tab", name="Data").click()
@@ -91,3 +126,7 @@ def test_upload_see_bars_and_heatmap_switch_models(app_url: str, data_dir: Path)
         finally:
             browser.close()
     assert (ARTIFACTS / "classify_simple_cnn_7.png").stat().st_size > 10_000
+    assert written == [], "the UI left files in Gradio's cache"
+    roots = sorted({gradio_cache_dir(), Path(tempfile.gettempdir()).resolve()})
+    assert files_containing(secret.encode(), roots, skip=image.parent) == [], "an upload outlived its request"
+    assert files_named(secret, roots, skip=image.parent) == []

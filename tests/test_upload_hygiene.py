@@ -1,68 +1,144 @@
-"""Uploads do not outlive their request and are never logged: the temp folders and the logs are searched after real calls."""
+"""Uploads do not outlive their request and are never logged; heatmaps never touch the disk.
+
+The API path runs through the launched app; the UI path (a new upload, then re-runs from the
+session's memory) calls the app's own handlers; tests/test_browser.py walks the UI in Chromium
+and makes the same checks on the server's folders.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
+from traces import files_containing, files_named, files_since
 
-from brainmri.uploads import discard_upload, gradio_cache_dir
-
-
-def files_containing(needle: bytes, roots: list[Path], skip: Path) -> list[Path]:
-    """Every file under ``roots`` (not under ``skip``, where the test keeps its own copy) whose bytes contain ``needle``."""
-    found = []
-    for root in roots:
-        for dirpath, _, names in os.walk(root):
-            if Path(dirpath).resolve().is_relative_to(skip):
-                continue
-            for n in names:
-                path = Path(dirpath) / n
-                try:
-                    if path.is_file() and path.stat().st_size < 50 * 2**20 and needle in path.read_bytes():
-                        found.append(path)
-                except OSError:
-                    pass  # another process's file vanished or is unreadable: not ours
-    return found
+from brainmri.inline_media import data_url, decode_data_url, send_inline
+from brainmri.uploads import discard_upload, gradio_cache_dir, kept_in_cache
 
 
-def test_no_upload_remains_and_none_is_logged(client, caplog, capfd):
-    caplog.set_level(logging.DEBUG)
-    own = Path(tempfile.mkdtemp(prefix="hygiene-")).resolve()
-    try:
-        check_no_trace(client, own, caplog, capfd)
-    finally:
-        shutil.rmtree(own)
+@pytest.fixture
+def own() -> Path:
+    """The test's own folder for the files it uploads: skipped by the searches."""
+    folder = Path(tempfile.mkdtemp(prefix="hygiene-")).resolve()
+    yield folder
+    shutil.rmtree(folder)
 
 
-def check_no_trace(client, own: Path, caplog, capfd) -> None:
+def unique_png(folder: Path, name: str) -> tuple[Path, bytes]:
+    """A PNG of random noise (unique bytes, findable anywhere) and its raw pixels."""
+    noise = np.random.default_rng(uuid.uuid4().int).integers(0, 256, (96, 96), dtype=np.uint8)
+    path = folder / name
+    Image.fromarray(noise).save(path)
+    return path, noise.tobytes()
+
+
+def assert_no_trace(secret: str, needles: list[bytes], t0: float, own: Path) -> None:
+    roots = sorted({gradio_cache_dir(), Path(tempfile.gettempdir()).resolve()})
+    for needle in needles:
+        assert files_containing(needle, roots, skip=own) == [], "an upload outlived its request"
+    assert files_named(secret, roots, skip=own) == []
+    if gradio_cache_dir().is_dir():
+        assert files_since(t0, gradio_cache_dir(), skip=own) == [], "the run left files in Gradio's cache"
+
+
+def test_api_leaves_no_upload_no_heatmap_and_logs_nothing(client, own, caplog, capfd):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
+    caplog.set_level(logging.DEBUG)
     secret = f"patient-{uuid.uuid4().hex}"
-    noise = np.random.default_rng(uuid.uuid4().int).integers(0, 256, (96, 96), dtype=np.uint8)  # unique bytes, findable anywhere
-    good, bad = own / f"{secret}.png", own / f"{secret}-bad.png"
-    Image.fromarray(noise).save(good)
-    bad.write_bytes(b"not an image " + noise.tobytes())
+    good, noise = unique_png(own, f"{secret}.png")
+    bad = own / f"{secret}-bad.png"
+    bad.write_bytes(b"not an image " + noise)
+    t0 = time.time()
     for model in ("simple_cnn_7", "tf_efficientnet_lite0"):
-        assert client.predict(handle_file(str(good)), model, api_name="/predict")[2]["model"] == model
+        heatmap = client.predict(handle_file(str(good)), model, api_name="/predict")[1]
+        assert heatmap["path"] is None and heatmap["url"].startswith("data:image/png")
     with pytest.raises(AppError, match="not an image"):
         client.predict(handle_file(str(bad)), api_name="/predict")
 
-    roots = sorted({gradio_cache_dir(), Path(tempfile.gettempdir()).resolve()})
-    for needle in (good.read_bytes()[-4096:], noise.tobytes()[:4096]):
-        assert files_containing(needle, roots, skip=own) == [], "an upload outlived its request"
-    leftovers = [p for r in roots for p in r.rglob(f"*{secret}*") if not p.resolve().is_relative_to(own)]
-    assert leftovers == []
+    assert_no_trace(secret, [good.read_bytes()[-4096:], noise[:4096]], t0, own)
     out, err = capfd.readouterr()
     assert secret not in caplog.text + out + err, "an upload's name reached the logs"
+
+
+def as_gradio_upload(source: Path) -> Path:
+    """Place a file in Gradio's cache the way its upload route does: a folder of its own."""
+    folder = gradio_cache_dir() / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    return Path(shutil.copy(source, folder / source.name))
+
+
+def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
+    import app
+
+    caplog.set_level(logging.DEBUG)
+    secret = f"patient-{uuid.uuid4().hex}"
+    good, noise = unique_png(own, f"{secret}.png")
+    t0 = time.time()
+    upload = as_gradio_upload(good)
+    label, heatmap, summary, details, session = app.classify_upload(str(upload), "simple_cnn_7", "Grad-CAM", 0.5)
+    assert not upload.exists() and not upload.parent.exists()
+    assert isinstance(heatmap, Image.Image) and session[0].size == (96, 96) and details["model"] == "simple_cnn_7"
+
+    # A changed model, method or opacity, and Compare, run from the session alone: the file is gone.
+    again = app.classify(session, "tf_efficientnet_lite0", "HiResCAM", 0.5)
+    assert again[3]["model"] == "tf_efficientnet_lite0" and again[3]["cam_method"] == "HiResCAM"
+    assert app.reblend(again[4], 0.2).size == (96, 96)
+    table, gallery, agreement = app.compare(again[4], "Grad-CAM")
+    assert len(gallery) == len(app.PREDICTOR.available) and "agree" in agreement
+    assert app.classify(None, "simple_cnn_7", "Grad-CAM", 0.5) == app.EMPTY
+
+    # A broken upload is deleted too, and is a clear error.
+    bad = own / f"{secret}-bad.png"
+    bad.write_bytes(b"not an image " + noise)
+    broken = as_gradio_upload(bad)
+    with pytest.raises(gr.Error, match="not an image"):
+        app.classify_upload(str(broken), "simple_cnn_7", "Grad-CAM", 0.5)
+    assert not broken.exists()
+
+    # What the heatmap outputs send: data URLs, no path.
+    sent = send_inline(gr.Image(type="pil", format="png")).postprocess(heatmap)
+    assert sent.path is None and decode_data_url(sent.url).size == (96, 96)
+    shown = send_inline(gr.Gallery()).postprocess(gallery)
+    assert all(item.image.path is None and item.image.url.startswith("data:image/webp") for item in shown.root)
+    assert_no_trace(secret, [good.read_bytes()[-4096:], noise[:4096]], t0, own)
+    assert secret not in caplog.text
+
+
+def test_an_example_is_classified_without_touching_its_cached_thumbnail(client):
+    """Clicking an example classifies it; sending an example's very bytes and name through the API (Gradio files it
+    at the thumbnail's path) deletes nothing the app keeps."""
+    from gradio_client import handle_file
+
+    import app
+
+    kept = kept_in_cache(app.demo)
+    assert app.examples() and len(kept) >= len(app.examples())  # the thumbnails, cached for good at build time
+    shown, label, heatmap, summary, details, session = app.classify_example(
+        "simple_cnn_7", "Grad-CAM", 0.5, gr.SelectData(None, {"index": 0, "value": None})
+    )
+    assert shown == app.examples()[0][0] and details["model"] == "simple_cnn_7" and session[1] is not None
+    client.predict(handle_file(app.examples()[0][0]), "simple_cnn_7", api_name="/predict")
+    assert all(p.is_file() for p in kept)
+
+
+def test_inline_images_round_trip_and_refuse_what_is_not_one():
+    image = Image.fromarray(np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3))
+    for fmt in ("png", "webp"):  # both lossless
+        assert np.array_equal(np.asarray(decode_data_url(data_url(image, fmt)).convert("RGB")), np.asarray(image))
+    with pytest.raises(ValueError, match="cannot inline"):
+        data_url(image, "gif")
+    with pytest.raises(ValueError, match="not a base64 image data URL"):
+        decode_data_url("/gradio_api/file=/tmp/x.png")
 
 
 def test_discard_upload_touches_only_gradio_cache(tmp_path: Path):
@@ -73,6 +149,11 @@ def test_discard_upload_touches_only_gradio_cache(tmp_path: Path):
     folder = gradio_cache_dir() / f"test-{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
     (folder / "up.png").write_bytes(b"x")
+    (folder / "kept.png").write_bytes(b"x")
+    discard_upload(folder / "kept.png", keep={(folder / "kept.png").resolve()})
+    assert (folder / "kept.png").exists()
     discard_upload(folder / "up.png")
+    assert folder.exists() and not (folder / "up.png").exists()  # the folder stays while something is in it
+    discard_upload(folder / "kept.png")
     assert not folder.exists()
     discard_upload(None)

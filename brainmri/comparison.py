@@ -1,0 +1,58 @@
+"""The Compare tab's logic: every model's answer on one image as table rows, the ensemble row, and a verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from brainmri.ensemble import mean_probs
+from brainmri.predict import NO_TUMOUR, Prediction
+
+ENSEMBLE = "ensemble (mean of calibrated)"
+NOT_MRI = "not a brain MRI"  # short, for a table cell
+
+
+def verdict(result: Prediction) -> str:
+    """The class a model gives, or that the image is not a brain MRI."""
+    return result.prediction or NOT_MRI
+
+
+def model_row(result: Prediction) -> dict:
+    row = {"model": result.model, "prediction": verdict(result), "tumour prob": result.tumor_probability}
+    row.update({f"P({k})": v for k, v in result.probabilities.items()})
+    row.update({"latency ms": round(result.latency_ms, 1), "looks like MRI": result.in_distribution})
+    return row
+
+
+def ensemble_row(results: Sequence[Prediction], class_names: list[str]) -> dict:
+    """The ensemble choice: mean of the in-distribution models' calibrated probabilities (scored in
+    results/ensemble_metrics.json); no class when every model found the image not to be a brain MRI."""
+    members = [r for r in results if r.in_distribution]
+    if not members:
+        return {"model": ENSEMBLE, "prediction": NOT_MRI}
+    probs = mean_probs([np.array([r.probabilities[c] for c in class_names]) for r in members])
+    row = {"model": ENSEMBLE, "prediction": class_names[int(probs.argmax())]}
+    row["tumour prob"] = float(sum(p for c, p in zip(class_names, probs) if c != NO_TUMOUR))
+    row.update({f"P({c})": float(p) for c, p in zip(class_names, probs)})
+    return row
+
+
+def comparison_rows(results: Sequence[Prediction]) -> list[dict]:
+    """One row per model, and the ensemble's when there are several."""
+    rows = [model_row(r) for r in results]
+    if len(results) > 1:
+        rows.append(ensemble_row(results, list(results[0].probabilities)))
+    return rows
+
+
+def agreement(results: Sequence[Prediction]) -> str:
+    """A Markdown line: whether the models agree, and on what."""
+    if not results:
+        return "No model is available."
+    if len(results) == 1:
+        return "Only one model is available: nothing to compare."
+    verdicts = {verdict(r) for r in results}
+    if len(verdicts) == 1:
+        return f"**All {len(results)} models agree: {verdicts.pop()}.**"
+    return "**The models disagree**: " + "; ".join(f"{r.model} says {verdict(r)}" for r in results) + "."

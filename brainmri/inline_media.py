@@ -1,0 +1,84 @@
+"""Images sent to the browser inside the response, never written to Gradio's cache.
+
+A stock ``gr.Image`` or ``gr.Gallery`` output saves each picture to Gradio's cache folder and
+serves it from there until the cache is swept. A heatmap is the user's slice with colour on top,
+so it is as private as the upload itself: :func:`send_inline` makes such an output encode it as
+a ``data:`` URL in the response instead, and nothing derived from an upload touches the disk. API clients get the
+same thing: ``{"url": "data:image/png;base64,...", "path": None, ...}`` (see :func:`decode_data_url`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import gradio as gr
+from gradio.components.gallery import GalleryData, GalleryImage
+from gradio.data_classes import ImageData
+from PIL import Image
+
+_MIME = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+
+
+def data_url(image: Image.Image, fmt: str = "png") -> str:
+    """The image encoded as a ``data:image/...;base64,`` URL (PNG by default: lossless)."""
+    fmt = fmt.lower().replace("jpg", "jpeg")
+    if fmt not in _MIME:
+        raise ValueError(f"cannot inline {fmt!r} images; use one of {sorted(_MIME)}")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt.upper(), **({"lossless": True} if fmt == "webp" else {}))
+    return f"data:{_MIME[fmt]};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def decode_data_url(url: str) -> Image.Image:
+    """The PIL image in a ``data:image/...;base64,`` URL, as an API client receives the heatmap."""
+    header, sep, payload = url.partition(",")
+    if not (sep and header.startswith("data:image/") and header.endswith(";base64")):
+        raise ValueError(f"not a base64 image data URL: {url[:40]!r}")
+    image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+    image.load()
+    return image
+
+
+def _inline(image: Image.Image, fmt: str, name: str) -> ImageData:
+    return ImageData(url=data_url(image, fmt), orig_name=f"{name}.{fmt}", mime_type=_MIME[fmt])
+
+
+def _image_postprocess(component: gr.Image):
+    base = component.postprocess
+
+    def postprocess(value):
+        if isinstance(value, Image.Image):
+            return _inline(value, component.format if component.format in _MIME else "png", "heatmap")
+        return base(value)
+
+    return postprocess
+
+
+def _gallery_postprocess(component: gr.Gallery):
+    base = component.postprocess
+
+    def postprocess(value):
+        if value and all(isinstance(item[0] if isinstance(item, (tuple, list)) else item, Image.Image) for item in value):
+            fmt = component.format if component.format in _MIME else "png"
+            items = [item if isinstance(item, (tuple, list)) else (item, None) for item in value]
+            return GalleryData(root=[GalleryImage(image=_inline(img, fmt, f"heatmap-{i}"), caption=c) for i, (img, c) in enumerate(items)])
+        return base(value)
+
+    return postprocess
+
+
+def send_inline(component: gr.Image | gr.Gallery) -> gr.Image | gr.Gallery:
+    """Make an output ``gr.Image`` or ``gr.Gallery`` send its PIL images as data URLs (in the component's ``format``,
+    PNG or lossless WebP) instead of files in Gradio's cache; other values go the stock way.
+
+    The instance is patched rather than the class subclassed: Gradio writes a ``.pyi`` stub beside any module that
+    subclasses a component, and an app should not write into its own source tree.
+    """
+    if isinstance(component, gr.Gallery):
+        component.postprocess = _gallery_postprocess(component)
+    elif isinstance(component, gr.Image):
+        component.postprocess = _image_postprocess(component)
+    else:
+        raise TypeError(f"send_inline takes a gr.Image or gr.Gallery, not {type(component).__name__}")
+    return component

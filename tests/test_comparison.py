@@ -1,0 +1,44 @@
+"""The Compare tab's rows, ensemble and verdict, on hand-made predictions (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brainmri.comparison import ENSEMBLE, NOT_MRI, agreement, comparison_rows, ensemble_row
+from brainmri.ood import OODResult
+from brainmri.predict import Prediction
+
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+def prediction(model: str, probs: list[float], in_distribution: bool = True) -> Prediction:
+    p = dict(zip(CLASSES, probs))
+    ood = OODResult(in_distribution, [] if in_distribution else ["in colour"], None, None, 0.0, 1.0)
+    return Prediction(
+        model, Image.new("RGB", (8, 8)), p, max(p, key=p.get), 1 - p["notumor"], ood, np.zeros((8, 8), np.float32), "Grad-CAM", 1.0, 5.0
+    )
+
+
+def test_ensemble_is_the_mean_of_the_in_distribution_models():
+    a = prediction("a", [0.7, 0.1, 0.1, 0.1])
+    b = prediction("b", [0.1, 0.5, 0.3, 0.1])
+    flagged = prediction("c", [0.0, 0.0, 0.0, 1.0], in_distribution=False)  # left out of the mean
+    row = ensemble_row([a, b, flagged], CLASSES)
+    assert row["model"] == ENSEMBLE and row["prediction"] == "glioma"
+    assert [row[f"P({c})"] for c in CLASSES] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert row["tumour prob"] == pytest.approx(0.8)
+    assert ensemble_row([flagged], CLASSES) == {"model": ENSEMBLE, "prediction": NOT_MRI}
+
+
+def test_rows_and_agreement():
+    a, b = prediction("a", [0.7, 0.1, 0.1, 0.1]), prediction("b", [0.1, 0.5, 0.3, 0.1])
+    assert [r["model"] for r in comparison_rows([a])] == ["a"]  # no ensemble of one
+    rows = comparison_rows([a, b])
+    assert [r["model"] for r in rows] == ["a", "b", ENSEMBLE] and rows[0]["looks like MRI"] is True
+    assert agreement([a]) == "Only one model is available: nothing to compare."
+    assert agreement([a, prediction("c", [0.6, 0.2, 0.1, 0.1])]) == "**All 2 models agree: glioma.**"
+    assert agreement([a, b]) == "**The models disagree**: a says glioma; b says meningioma."
+    flagged = prediction("c", [0.9, 0.0, 0.1, 0.0], in_distribution=False)
+    assert "c says not a brain MRI" in agreement([a, flagged])
