@@ -30,6 +30,7 @@ from brainmri.catalog import discover  # noqa: E402
 from brainmri.dataview import data_source, example_files, local_root  # noqa: E402
 from brainmri.explain import overlay  # noqa: E402
 from brainmri.imageio import load_image  # noqa: E402
+from brainmri.inline_media import data_url  # noqa: E402
 from brainmri.predict import Predictor  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
 
@@ -67,7 +68,7 @@ def start_to_first_answer(image: Path) -> dict:
 
 
 def latency(predictor: Predictor, name: str, images: list, warmup: int = 3) -> dict:
-    """Median ms of predict + Grad-CAM (+ OOD), and of the whole request (decode, predict, overlay)."""
+    """Median ms of predict + Grad-CAM (+ OOD), and of the whole request (decode, predict, overlay, PNG data URL)."""
     predictor.model(name)  # load outside the timing
     for path in images[:warmup]:
         predictor.predict(load_image(path), name)
@@ -76,7 +77,7 @@ def latency(predictor: Predictor, name: str, images: list, warmup: int = 3) -> d
         start, start_cpu = time.perf_counter(), time.process_time()
         image = load_image(path)
         result = predictor.predict(image, name)
-        overlay(image, result.cam)
+        data_url(overlay(image, result.cam))  # what the app sends: the heatmap inline
         full.append((time.perf_counter() - start) * 1000)
         cpu.append((time.process_time() - start_cpu) * 1000)  # all threads: what the request costs, busy machine or not
         core.append(result.latency_ms)
