@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from train.cam_sanity import brain_mask, in_mask_share, main
@@ -47,3 +48,18 @@ def test_cli_on_one_image_per_class(data_dir: Path, tmp_path: Path):
         and set(r["per_class"]) == {"glioma", "meningioma", "notumor", "pituitary"}
     )
     assert r["verdict"].startswith("attention mostly")
+
+
+@pytest.mark.slow
+def test_full_testing_split_reproduces_the_committed_report(data_dir: Path, tmp_path: Path):
+    """results/cam_sanity.json (README, Experiments tab) is what the check gives on all of Testing today (~70 s)."""
+    committed = json.loads((Path(__file__).resolve().parent.parent / "results" / "cam_sanity.json").read_text())
+    out = tmp_path / "cam.json"
+    assert main(["--data", str(data_dir), "--models", *committed["models"], "--out", str(out)]) == 0
+    fresh = json.loads(out.read_text())
+    assert fresh["images"] == committed["images"] == 1311
+    for name, r in committed["models"].items():
+        assert fresh["models"][name]["n"] == r["n"] and fresh["models"][name]["verdict"] == r["verdict"]
+        assert fresh["models"][name]["mean"] == pytest.approx(r["mean"], abs=2e-3), name
+        for cls, c in r["per_class"].items():
+            assert fresh["models"][name]["per_class"][cls]["mean"] == pytest.approx(c["mean"], abs=2e-3), (name, cls)
