@@ -42,7 +42,7 @@ COLUMNS = [
 ABOUT = (
     "Read from each checkpoint folder's `metrics.json`, `history.csv` and figures, `results/experiments.csv` and "
     "`results/cam_sanity.json`. *ECE*: expected calibration error on Testing, raw and temperature-scaled. *Heatmap in "
-    "brain*: mean share of Grad-CAM mass inside an intensity brain mask, over n Testing images (a uniform map scores ~0.50)."
+    "brain*: mean share of Grad-CAM mass inside an intensity brain mask, over n Testing images (a uniform map scores about 0.50)."
 )
 
 
@@ -64,13 +64,12 @@ def read_metrics(folder: str | Path) -> dict:
         raise ValueError(f"cannot read {path}: {e}") from None
 
 
-def _acc(metrics: dict, key: str) -> float | None:
-    value = (metrics.get(key) or {}).get("accuracy")
-    return None if value is None else round(float(value), 4)
-
-
 def _rounded(value, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
+
+
+def _acc(metrics: dict, key: str) -> float | None:
+    return _rounded((metrics.get(key) or {}).get("accuracy"))
 
 
 def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
@@ -84,7 +83,7 @@ def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
     for name, r in report.get("models", {}).items():
         if r.get("mean") is not None:
             outside = "outside" in r.get("verdict", "")
-            out[name] = f"{r['mean']:.2f} of {r['n']}" + (" (attention mostly OUTSIDE the brain)" if outside else "")
+            out[name] = f"{r['mean']:.2f} (n={r['n']})" + (": attention mostly OUTSIDE the brain" if outside else "")
     return out
 
 

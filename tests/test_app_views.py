@@ -58,7 +58,7 @@ def test_heatmap_check_names_a_model_that_looks_outside_the_brain(tmp_path: Path
     }
     (tmp_path / "cam.json").write_text(json.dumps(report))
     shares = experiments.cam_in_brain(tmp_path / "cam.json")
-    assert shares == {"tf_efficientnet_lite0": "0.86 of 1311", "simple_cnn_7": "0.42 of 1311 (attention mostly OUTSIDE the brain)"}
+    assert shares == {"tf_efficientnet_lite0": "0.86 (n=1311)", "simple_cnn_7": "0.42 (n=1311): attention mostly OUTSIDE the brain"}
     assert experiments.cam_in_brain(tmp_path / "missing.json") == {}
     _fake_checkpoint(tmp_path / "simple_cnn_7", "simple_cnn_7", 0.8)
     assert "OUTSIDE" in experiments.experiment_row(tmp_path / "simple_cnn_7", shares)["heatmap in brain"]
