@@ -51,6 +51,15 @@ class ImageRecords:
     def subset(self, index: np.ndarray | list[int]) -> "ImageRecords":
         return ImageRecords([self.sources[i] for i in index], self.labels[np.asarray(index, dtype=int)], self.class_names)
 
+    def paths_by_class(self) -> dict[str, list[Path]]:
+        """A local folder's files per class, in listing order (a Hub dataset's images have no paths)."""
+        if not all(isinstance(src, str) for src in self.sources):
+            raise ValueError("these images come from a Hub dataset, not a folder: they have no paths")
+        out: dict[str, list[Path]] = {c: [] for c in self.class_names}
+        for src, label in zip(self.sources, self.labels):
+            out[self.class_names[label]].append(Path(src))
+        return out
+
     def read_bytes(self, i: int) -> bytes:
         src = self.sources[i]
         return Path(src).read_bytes() if isinstance(src, str) else src

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainmri.data import IMAGE_SUFFIXES, SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.data import SPLIT_FOLDERS, eval_transform, load_records
 
 _logger = logging.getLogger(__name__)
 
@@ -34,23 +34,14 @@ def local_root(source: str | None = None) -> Path | None:
     return path if (path / SPLIT_FOLDERS["test"]).is_dir() else None
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def class_counts(root: Path) -> list[dict]:
     """One row per class: images in each split and in all."""
     rows: dict[str, dict] = {}
-    for folder in SPLIT_FOLDERS.values():
-        split_dir = root / folder
-        if not split_dir.is_dir():
+    for split, folder in SPLIT_FOLDERS.items():
+        if not (root / folder).is_dir():
             continue
-        for class_dir in _class_dirs(split_dir):
-            rows.setdefault(class_dir.name, {"class": class_dir.name})[folder] = len(_images(class_dir))
+        for name, files in load_records(root, split).paths_by_class().items():
+            rows.setdefault(name, {"class": name})[folder] = len(files)
     table = list(rows.values())
     for row in table:
         row["total"] = sum(v for k, v in row.items() if k != "class")
@@ -65,8 +56,7 @@ def class_counts(root: Path) -> list[dict]:
 
 def example_files(root: Path, per_class: int = 1, split: str = "test") -> list[tuple[Path, str]]:
     """The first ``per_class`` images of each class, with the class as caption."""
-    split_dir = root / SPLIT_FOLDERS[split]
-    return [(p, d.name) for d in _class_dirs(split_dir) for p in _images(d)[:per_class]]
+    return [(p, name) for name, files in load_records(root, split).paths_by_class().items() for p in files[:per_class]]
 
 
 def copy_examples(examples: list[tuple[Path, str]], out_dir: Path) -> list[tuple[Path, str]]:

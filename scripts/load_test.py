@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from brainmri.catalog import discover  # noqa: E402
+from brainmri.data import load_records  # noqa: E402
 from brainmri.imageio import load_image  # noqa: E402
 from brainmri.predict import Predictor  # noqa: E402
 
@@ -69,12 +70,11 @@ class Outcome:
 
 def make_images(n: int, folder: Path, data: Path = DATA, height: int = 128) -> list[Path]:
     """``n`` distinct PNGs: Testing slices cycling through the classes, image i resized to width ``height + i``."""
-    classes = sorted(p for p in (data / "Testing").iterdir() if p.is_dir())
-    per_class = [sorted(c.glob("*.jpg")) for c in classes]
+    per_class = list(load_records(data, "test").paths_by_class().values())
     paths = []
     for i in range(n):
-        files = per_class[i % len(classes)]
-        src = files[(i // len(classes)) % len(files)]
+        files = per_class[i % len(per_class)]
+        src = files[(i // len(per_class)) % len(files)]
         with Image.open(src) as im:
             out = folder / f"load_{i:04d}.png"
             im.convert("L").resize((height + i, height)).save(out)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainmri.data import data_config, eval_transform, limit_per_class, load_records
+from brainmri.data import ImageRecords, data_config, eval_transform, limit_per_class, load_records
 from brainmri.registry import create_model
 from train import datacache
 from train.config import TrainConfig
@@ -92,6 +92,11 @@ def test_folder_listing_matches_datasets_imagefolder(data_dir):
     assert len(records.sources) == len(expected) and records.sources == expected  # no element diff: 1311 paths
     assert records.labels.tolist() == list(ds["label"]) and records.class_names == ds.features["label"].names
     assert len(records) == 1311 and not any("/." in Path(s).as_posix() for s in records.sources)
+    by_class = records.paths_by_class()
+    assert list(by_class) == records.class_names and sum(map(len, by_class.values())) == 1311
+    assert by_class["glioma"][0] == Path(records.sources[0]) and all(p.parent.name == "pituitary" for p in by_class["pituitary"])
+    with pytest.raises(ValueError, match="Hub dataset"):
+        ImageRecords([b"jpeg bytes"], records.labels[:1], records.class_names).paths_by_class()
 
 
 def test_plan_fits_the_schedule_to_the_time_budget():

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from brainmri.catalog import discover
+from brainmri.data import load_records
 from brainmri.imageio import load_image
 from brainmri.predict import Predictor
 
@@ -59,13 +60,10 @@ def in_mask_share(cam: np.ndarray, mask: np.ndarray) -> float:
 def test_files(data: Path, limit_per_class: int | None, seed: int = 0) -> list[tuple[Path, str]]:
     """Testing images as (path, class); a seeded random subset of ``limit_per_class`` per class if given."""
     out = []
-    for folder in sorted(p for p in (data / "Testing").iterdir() if p.is_dir()):
-        files = sorted(folder.glob("*.jpg"))
+    for name, files in load_records(data, "test").paths_by_class().items():
         if limit_per_class:
             files = sorted(random.Random(seed).sample(files, min(limit_per_class, len(files))))
-        out += [(f, folder.name) for f in files]
-    if not out:
-        raise ValueError(f"no Testing/<class>/*.jpg images under {data}")
+        out += [(f, name) for f in files]
     return out
 
 
