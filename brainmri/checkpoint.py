@@ -30,17 +30,23 @@ MANIFEST = "manifest.json"
 CALIBRATION = "calibration.json"  # optional: written by train.calibrate, covered by the manifest
 
 
-def save_checkpoint(model: nn.Module, folder: str | Path, class_names: list[str], extra: dict | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module, folder: str | Path, class_names: list[str], extra: dict | None = None, model_args: dict | None = None
+) -> Path:
     """Write config.json and fp16 model.safetensors for ``model`` into ``folder``.
 
-    ``extra`` is merged into config.json (e.g. the registry name and how it was initialised).
+    ``extra`` is merged into config.json (e.g. the registry name and how it was initialised);
+    ``model_args`` (the registry's architecture arguments) go where timm's ``local-dir:`` and
+    ``hf-hub:`` loading read them back.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # fp16 halves the size; loading casts back to the model's fp32 parameters.
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, folder / WEIGHTS)
-    save_config_for_hf(model, folder / CONFIG, model_config={"label_names": list(class_names), **(extra or {})})
+    save_config_for_hf(
+        model, folder / CONFIG, model_config={"label_names": list(class_names), **(extra or {})}, model_args=model_args or None
+    )
     write_manifest(folder)
     return folder
 

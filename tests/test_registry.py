@@ -50,4 +50,17 @@ def test_unknown_model_names_the_choices():
 def test_families_partition_the_registry():
     families = {registry.get_spec(n).family for n in registry.list_models()}
     assert sorted(n for f in families for n in registry.list_models(f)) == sorted(registry.list_models())
-    assert registry.list_models("simple") == ["simple_cnn_7", "simple_cnn_10"]
+    simple = registry.list_models("simple")
+    assert simple[:4] == ["simple_cnn_7", "simple_cnn_7_e60", "simple_cnn_10", "simple_cnn_10_e60"]  # Sequential 1-4
+    assert all(n.startswith("simple_cnn_") for n in simple) and len(simple) == 9
+
+
+def test_every_model_says_what_it_is_and_variants_differ_only_as_named():
+    for name in registry.list_models():
+        assert registry.get_spec(name).about, f"{name}: no 'about' line for labels"
+    args = {n: registry.get_spec(n).model_args for n in registry.list_models("simple")}
+    assert args["simple_cnn_10_e60_k5"] == {"kernel_size": 5} and args["simple_cnn_10_e60_k7"] == {"kernel_size": 7}
+    assert args["simple_cnn_10_e60_tanh"] == {"act": "tanh"} and args["simple_cnn_10_e60_nopad"] == {"padding": False}
+    assert args["simple_cnn_10_e60"] == args["simple_cnn_10_e60_plateau"] == {}  # the schedule is train/sweeps/seed.yaml's
+    k7 = registry.create_model("simple_cnn_10_e60_k7")
+    assert k7.features[0].conv.kernel_size == (7, 7) and registry.get_spec("tf_efficientnet_lite0_scratch").imagenet_init is None

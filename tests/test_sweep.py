@@ -21,7 +21,7 @@ from train.results import COLUMNS, collect_rows, render_markdown, update_readme,
 from train.sweep import budget_for, load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
-FULL, QUICK = ROOT / "train/sweeps/full.yaml", ROOT / "train/sweeps/quick.yaml"
+FULL, QUICK, SEED = ROOT / "train/sweeps/full.yaml", ROOT / "train/sweeps/quick.yaml", ROOT / "train/sweeps/seed.yaml"
 # The columns the issue asks of experiments.csv.
 REQUIRED = [
     "model",
@@ -41,11 +41,26 @@ REQUIRED = [
 ]
 
 
-def test_full_sweep_runs_every_registry_model_once_under_one_protocol():
+def _architecture(name: str) -> tuple:
+    spec = REGISTRY[name]
+    return spec.timm_name, tuple(sorted(spec.model_args.items())), spec.input_size
+
+
+def test_the_gpu_sweeps_train_every_registry_architecture_under_one_protocol_each():
+    full, seed = load_plan(FULL), load_plan(SEED)
+    for plan in (full, seed):
+        names = [m["model"] for m in plan.models]
+        assert len(names) == len(set(names))
+        assert plan.protocol["data_on_device"] and not plan.protocol["pretrained"]  # the device reaches no hub
+    # Registry entries that differ only in how they are initialised (Lite0 and Lite0 from scratch) are one architecture.
+    trained = {_architecture(m["model"]) for plan in (full, seed) for m in plan.models}
+    assert {_architecture(name) for name in REGISTRY} <= trained
+    assert not full.varies and set(seed.varies) == {"epochs", "schedule"}  # the full sweep is one protocol for all
+
+
+def test_full_sweep_fits_its_deadline():
     plan = load_plan(FULL)
     names = [m["model"] for m in plan.models]
-    assert sorted(names) == sorted(REGISTRY) and len(names) == len(set(names))
-    assert plan.protocol["data_on_device"] and not plan.protocol["pretrained"]  # the device reaches no hub
     # The plan fits its deadline when every model uses its whole budget.
     assert sum(m["time_budget_s"] for m in plan.models) + len(names) * plan.overhead_s <= plan.deadline_s
 
@@ -81,8 +96,9 @@ def test_protocol_cannot_carry_machine_settings(tmp_path):
 def test_budgets_leave_every_later_model_its_minimum():
     plan = load_plan(FULL)
     assert budget_for(plan, 0, elapsed=0) == plan.models[0]["time_budget_s"]  # on schedule: its own budget
-    late = budget_for(plan, 3, elapsed=plan.deadline_s - 11 * (plan.min_budget_s + plan.overhead_s) - plan.overhead_s - 20)
-    assert late == pytest.approx(20)  # behind schedule: what is left after the 11 later models' minimum
+    later = len(plan.models) - 4
+    late = budget_for(plan, 3, elapsed=plan.deadline_s - later * (plan.min_budget_s + plan.overhead_s) - plan.overhead_s - 10)
+    assert late == pytest.approx(10)  # behind schedule: what is left after the later models' minimum
     assert budget_for(plan, 3, elapsed=plan.deadline_s) == plan.min_budget_s
 
 
@@ -97,22 +113,31 @@ def _fake_sweep(root: Path, weights: dict[str, int]) -> Path:
     return sweep
 
 
-def test_pack_keeps_to_eight_files_and_sends_big_checkpoints_as_metrics_only(tmp_path):
+def test_pack_bundles_small_checkpoints_and_sends_big_ones_as_metrics_only(tmp_path):
     small, big = 50_000, 300_000
     names = list(REGISTRY)[:9]
-    sweep = _fake_sweep(tmp_path, {n: (big if n == "resnet50" else small) for n in names})
+    sweep = _fake_sweep(tmp_path, {n: (big if n == names[4] else small) for n in names})
     (tmp_path / "sweep.log").write_text("log")
     files = packing.pack(sweep, tmp_path / "out", extra=[tmp_path / "sweep.log"], max_file=200_000)
-    assert len(files) == packing.MAX_FILES and all(f.stat().st_size <= 200_000 for f in files)
+    assert len(files) == 4 and all(f.stat().st_size <= 200_000 for f in files)  # 8 small checkpoints, 3 to a file
     manifest = json.loads((sweep / "pack.json").read_text())
-    assert "resnet50" in manifest["metrics_only"] and len(manifest["checkpoints"]) == 7
+    assert manifest["metrics_only"] == [names[4]] and len(manifest["checkpoints"]) == 8
     with tarfile.open(tmp_path / "out" / packing.RESULTS) as tar:
         members = tar.getnames()
-    assert "device_sweep/resnet50/metrics.json" in members and "device_sweep/sweep.log" in members
+    assert f"device_sweep/{names[4]}/metrics.json" in members and "device_sweep/sweep.log" in members
     assert not any(m.endswith(".safetensors") for m in members)  # weights travel only in the checkpoint files
     unpacked = packing.unpack(tmp_path / "out", tmp_path / "back")
     assert sorted(f.name for f in unpacked) == sorted(names)
     assert {f.name for f in unpacked if (f / "model.safetensors").is_file()} == set(manifest["checkpoints"])
+
+
+def test_pack_keeps_to_eight_files(tmp_path):
+    names = list(REGISTRY)[:12]
+    sweep = _fake_sweep(tmp_path, dict.fromkeys(names, 150_000))  # one checkpoint a file
+    files = packing.pack(sweep, tmp_path / "out", max_file=200_000)
+    assert len(files) == packing.MAX_FILES and all(f.stat().st_size <= 200_000 for f in files)
+    manifest = json.loads((sweep / "pack.json").read_text())
+    assert manifest["checkpoints"] == names[:7] and manifest["metrics_only"] == names[7:]  # registry order decides
 
 
 def test_readme_section_is_replaced_between_its_markers_only(tmp_path):
@@ -146,7 +171,7 @@ def test_quick_device_run_on_cpu_writes_the_table_and_packs_it(tmp_path, data_di
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["ckpt_simple_cnn_10.tar", "ckpt_simple_cnn_7.tar", "sweep_results.tar.gz"]
+    assert files == ["ckpt_simple_cnn_7.tar", "sweep_results.tar.gz"]  # small checkpoints share one file
     back = packing.unpack(out, tmp_path / "back")
     assert [f.name for f in back] == ["simple_cnn_10", "simple_cnn_7"]
     with (back[0].parent / "experiments.csv").open() as f:
@@ -186,3 +211,22 @@ def test_h100_rows_get_their_share_of_the_roofline_bound(tmp_path):
     bound, _ = bound_img_per_s(cost, H100_SXM, 128)
     assert rows[0]["pct_of_bound"] == pytest.approx(100 * 3000 / bound, abs=0.1) and 20 < rows[0]["pct_of_bound"] < 30
     assert "pct_of_bound" not in rows[1]  # a CPU rate against an H100 bound would mean nothing
+
+
+def test_a_controlled_change_sets_only_the_fields_its_sweep_varies(tmp_path):
+    from train.sweep import model_config
+
+    path = tmp_path / "sweep.yaml"
+    raw = {"deadline_s": 60, "varies": ["epochs"], "protocol": {"epochs": 20, "lr": 0.01}, "models": []}
+    raw["models"] = [{"model": "simple_cnn_7", "time_budget_s": 5}, {"model": "simple_cnn_10", "epochs": 60, "time_budget_s": 5}]
+    path.write_text(json.dumps(raw))
+    plan = load_plan(path)
+    configs = [model_config(plan, entry, 5) for entry in plan.models]
+    assert [c.epochs for c in configs] == [20, 60] and {c.lr for c in configs} == {0.01}
+    raw["models"][1]["lr"] = 0.1  # not in varies
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="may only set"):
+        load_plan(path)
+    path.write_text(json.dumps({**raw, "varies": ["time_budget_s"]}))  # a machine setting is not a protocol field
+    with pytest.raises(ValueError, match="only TrainConfig fields of the protocol may vary"):
+        load_plan(path)

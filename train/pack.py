@@ -6,9 +6,9 @@
 At most 8 files of at most 16 MiB, 64 MiB in all, come back from the device. One archive,
 ``sweep_results.tar.gz``, holds every model folder without its weights (metrics, history,
 curves, confusion matrix, model card), the tables, sweep.json, the log and ``pack.json``
-(what came back how). Each checkpoint folder that fits in one file comes whole as
-``ckpt_<model>.tar``, in registry order while the limits allow; the others come back as
-metrics only. Paths inside start with the sweep folder's name, so ``--unpack`` into
+(what came back how). Each checkpoint folder that fits in one file comes whole, in registry
+order while the limits allow, inside ``ckpt_<model>.tar`` files that small folders share;
+the others come back as metrics only. Paths inside start with the sweep folder's name, so ``--unpack`` into
 ``runs`` recreates ``runs/device_sweep/<model>/``.
 """
 
@@ -40,26 +40,47 @@ def model_folders(sweep: Path) -> list[Path]:
     return sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))
 
 
-def _tar_folder(folder: Path, path: Path) -> Path:
+def _tar_folders(folders: list[Path], path: Path) -> Path:
     with tarfile.open(path, "w") as tar:
-        tar.add(folder, arcname=f"{folder.parent.name}/{folder.name}")
+        for folder in folders:
+            tar.add(folder, arcname=f"{folder.parent.name}/{folder.name}")
     return path
 
 
-def pack_checkpoints(sweep: Path, out: Path, max_file: int, budget: int, max_count: int) -> list[str]:
-    """``ckpt_<model>.tar`` for each folder that fits ``max_file`` bytes, while ``budget`` bytes and ``max_count`` files last."""
-    shipped = []
-    for folder in model_folders(sweep):
-        if len(shipped) == max_count or not (folder / WEIGHTS).is_file():
-            continue
-        if sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) > max_file:
-            continue
-        path = _tar_folder(folder, out / f"ckpt_{folder.name}.tar")
+def _bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def bundle(folders: list[Path], max_file: int, max_count: int) -> list[list[Path]]:
+    """Folders grouped, in order, into at most ``max_count`` bundles of at most ``max_file`` bytes each
+    (tar headers included); folders that fit nowhere are left out. Small checkpoints share a file, so
+    that a sweep of many simple CNNs still comes back within the 8-file limit."""
+    bundles: list[list[Path]] = []
+    room: list[int] = []
+    for folder in folders:
+        size = _bytes(folder) + 1024 * (2 + len(list(folder.rglob("*"))))  # a 512-byte header and padding per member
+        fits = [i for i, r in enumerate(room) if size <= r]
+        if fits:
+            bundles[fits[0]].append(folder)
+            room[fits[0]] -= size
+        elif len(bundles) < max_count and size <= max_file - 10240:  # tar's end-of-archive blocks
+            bundles.append([folder])
+            room.append(max_file - 10240 - size)
+    return bundles
+
+
+def pack_checkpoints(sweep: Path, out: Path, max_file: int, budget: int, max_count: int) -> dict[Path, list[str]]:
+    """``ckpt_<first model>.tar`` files holding each checkpoint folder that fits, in registry order, within
+    ``max_file`` bytes a file, ``budget`` bytes in all and ``max_count`` files; each file with its models."""
+    with_weights = [f for f in model_folders(sweep) if (f / WEIGHTS).is_file()]
+    shipped = {}
+    for group in bundle(with_weights, max_file, max_count):
+        path = _tar_folders(group, out / f"ckpt_{group[0].name}.tar")
         if path.stat().st_size > min(max_file, budget):
             path.unlink()
             continue
         budget -= path.stat().st_size
-        shipped.append(folder.name)
+        shipped[path] = [f.name for f in group]
     return shipped
 
 
@@ -79,10 +100,11 @@ def pack(sweep: str | Path, out: str | Path, extra: list[str | Path] = (), max_f
     sweep, out = Path(sweep), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extra = [Path(f) for f in extra if Path(f).is_file()]
-    shipped = pack_checkpoints(sweep, out, max_file, MAX_TOTAL_BYTES - RESULTS_RESERVE, MAX_FILES - 1)
+    archives = pack_checkpoints(sweep, out, max_file, MAX_TOTAL_BYTES - RESULTS_RESERVE, MAX_FILES - 1)
+    shipped = [name for names in archives.values() for name in names]
     metrics_only = [f.name for f in model_folders(sweep) if f.name not in shipped]
     manifest = {"checkpoints": shipped, "metrics_only": metrics_only, "limits": {"files": MAX_FILES, "file_bytes": max_file}}
-    files = [pack_results(sweep, out, extra, manifest), *(out / f"ckpt_{name}.tar" for name in shipped)]
+    files = [pack_results(sweep, out, extra, manifest), *archives]
     sizes = [f.stat().st_size for f in files]
     if len(files) > MAX_FILES or max(sizes) > max_file or sum(sizes) > MAX_TOTAL_BYTES:
         raise ValueError(f"packed files break the device limits: {len(files)} files, sizes {sizes}")

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from brainmri.registry import REGISTRY
-from train.roofline import COSTS_CSV, H100_SXM, bound_img_per_s, load_costs
+from train.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 
 _logger = logging.getLogger("results")
 
@@ -47,7 +47,7 @@ COLUMNS = {
     "grad_checkpointing": ("grad_checkpointing",),
     "stopped": ("stopped",),
 }
-EXTRA = ["bound_img_per_s", "pct_of_bound", "status", "folder"]  # bound: train.roofline, H100 datasheet, H100 rows only
+EXTRA = ["bound_img_per_s", "pct_of_bound", "status", "folder"]  # bound: train.roofline on the card's datasheet, GPU rows only
 
 # Markdown column -> (header, format of the value).
 _MD = {
@@ -117,12 +117,13 @@ def collect_rows(sources: list[str | Path]) -> list[dict]:
 
 
 def add_bounds(rows: list[dict], costs_csv: str | Path = COSTS_CSV) -> list[dict]:
-    """For rows trained on an H100: the roofline bound of their training rate (train.roofline) and the share reached."""
+    """For rows trained on an H100 or H200: the roofline bound of their training rate on that card's datasheet
+    (train.roofline) and the share reached."""
     costs = load_costs(costs_csv) if Path(costs_csv).is_file() else {}
     for row in rows:
-        cost = costs.get(row["model"])
-        if cost and row.get("img_per_s") and "H100" in str(row["device"]) and cost.input_size == row["input_size"]:
-            bound, _ = bound_img_per_s(cost, H100_SXM, row.get("batch_size") or 128)
+        cost, peak = costs.get(row["model"]), datasheet_peak(row.get("device", ""))
+        if cost and peak and row.get("img_per_s") and cost.input_size == row["input_size"]:
+            bound, _ = bound_img_per_s(cost, peak, row.get("batch_size") or 128)
             row["bound_img_per_s"], row["pct_of_bound"] = round(bound), round(100 * row["img_per_s"] / bound, 1)
     return rows
 

@@ -56,8 +56,17 @@ class Peak:
     bytes_per_s: float  # device-memory bandwidth, bytes read plus written per second
 
 
-# Datasheet figures of the H100 SXM5 80GB (dense, no sparsity).
+# Datasheet figures (dense, no sparsity): the H100 SXM5 80GB, and the H200 SXM (the same chip, faster memory).
 H100_SXM = Peak("H100 SXM datasheet", 989e12, 3.35e12)
+H200_SXM = Peak("H200 SXM datasheet", 989e12, 4.8e12)
+
+
+def datasheet_peak(device: str) -> Peak | None:
+    """The datasheet peak of a device named as torch.cuda.get_device_name() names it; None for others (the CPU)."""
+    for key, peak in (("H200", H200_SXM), ("H100", H100_SXM)):
+        if key in str(device):
+            return peak
+    return None
 
 
 @dataclass
@@ -251,13 +260,14 @@ def load_costs(path: str | Path) -> dict[str, TrainCost]:
 
 
 def sweep_roofline(folder: str | Path, device: dict, costs_csv: str | Path = COSTS_CSV) -> Path | None:
-    """``folder/roofline.csv``: each trained model's measured training rate against its bounds, on the H100
-    datasheet and, where ``device`` has them (train.sweep.measure_device), on the ceilings measured on the card."""
+    """``folder/roofline.csv``: each trained model's measured training rate against its bounds, on its card's
+    datasheet (the H100's when unknown) and, where ``device`` has them (train.sweep.measure_device), on the ceilings
+    measured on the card."""
     if not Path(costs_csv).is_file():
         _logger.warning("no %s: run python -m train.roofline --out %s for the bounds", costs_csv, costs_csv)
         return None
     costs = load_costs(costs_csv)
-    peaks = [H100_SXM]
+    peaks = [datasheet_peak(device.get("device", "")) or H100_SXM]
     if "peak_bf16_tflops" in device:
         peaks.append(Peak(f"{device['device']} measured", device["peak_bf16_tflops"] * 1e12, device["peak_tb_per_s"] * 1e12))
     rows = []

@@ -5,7 +5,9 @@
 
 A config holds the ``protocol`` (the TrainConfig fields every model shares: data, split,
 seed, epochs, batch, optimiser, augmentation, early stopping) and the ``models``, each with
-only settings of how it uses the machine: ``time_budget_s`` and ``grad_checkpointing``.
+only settings of how it uses the machine: ``time_budget_s`` and ``grad_checkpointing``. A
+sweep whose runs are controlled changes (train/sweeps/seed.yaml) names the protocol fields
+its entries may set in ``varies``; every other field stays shared.
 Each model gets the smaller of its budget and what the sweep's ``deadline_s`` still allows
 once every later model is promised ``min_budget_s`` plus ``overhead_s``; within its budget
 it fits its cosine schedule to the epochs that fit (see TrainConfig.time_budget_s).
@@ -56,10 +58,11 @@ class SweepPlan:
     deadline_s: float  # the whole sweep, evaluation included
     overhead_s: float  # per model, outside its training epochs: build, test, calibration, figures
     min_budget_s: float  # what each model still to come is promised when budgets are cut
+    varies: tuple[str, ...] = ()  # protocol fields a model entry may set (a controlled change); none by default
 
 
-def load_plan(path: str | Path, data: str | None = None, out: str | None = None) -> SweepPlan:
-    """Read and check a sweep config; ``data`` and ``out`` override the file's."""
+def load_plan(path: str | Path, data: str | None = None, out: str | None = None, deadline_s: float | None = None) -> SweepPlan:
+    """Read and check a sweep config; ``data``, ``out`` and ``deadline_s`` override the file's."""
     raw = yaml.safe_load(Path(path).read_text())
     if "deadline_s" not in raw:
         raise ValueError(f"{path}: no deadline_s (seconds for the whole sweep)")
@@ -68,6 +71,10 @@ def load_plan(path: str | Path, data: str | None = None, out: str | None = None)
     bad = sorted(set(protocol) - fields) + sorted(set(protocol) & NOT_PROTOCOL)
     if bad:
         raise ValueError(f"{path}: protocol keys {bad} are not shared TrainConfig fields")
+    varies = tuple(raw.get("varies") or ())
+    bad = sorted(set(varies) - fields) + sorted(set(varies) & NOT_PROTOCOL)
+    if bad:
+        raise ValueError(f"{path}: varies {bad}: only TrainConfig fields of the protocol may vary")
     if data:
         protocol["data"] = data
     models = list(raw.get("models") or [])
@@ -75,18 +82,20 @@ def load_plan(path: str | Path, data: str | None = None, out: str | None = None)
         raise ValueError(f"{path}: no models")
     for entry in models:
         get_spec(entry.get("model", ""))  # ValueError naming the registry's models
-        extra = sorted(set(entry) - MACHINE_KEYS)
+        extra = sorted(set(entry) - MACHINE_KEYS - set(varies))
         if extra:
-            raise ValueError(f"{path}: model {entry['model']} sets {extra}; a model may only set {sorted(MACHINE_KEYS)}")
+            allowed = sorted(MACHINE_KEYS | set(varies))
+            raise ValueError(f"{path}: model {entry['model']} sets {extra}; a model may only set {allowed}")
         if float(entry.get("time_budget_s", 0)) <= 0:
             raise ValueError(f"{path}: model {entry['model']} needs a positive time_budget_s")
     return SweepPlan(
         protocol=protocol,
         models=models,
         out=out or raw.get("out", "runs/sweep"),
-        deadline_s=float(raw["deadline_s"]),
+        deadline_s=float(deadline_s or raw["deadline_s"]),
         overhead_s=float(raw.get("overhead_s", 0)),
         min_budget_s=float(raw.get("min_budget_s", 1)),
+        varies=varies,
     )
 
 
@@ -98,8 +107,9 @@ def budget_for(plan: SweepPlan, index: int, elapsed: float) -> float:
 
 
 def model_config(plan: SweepPlan, entry: dict, budget: float) -> TrainConfig:
+    changes = {k: entry[k] for k in plan.varies if k in entry}
     return TrainConfig(
-        **plan.protocol,
+        **{**plan.protocol, **changes},
         model=entry["model"],
         out=str(Path(plan.out) / entry["model"]),
         time_budget_s=budget,
@@ -187,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="sweep YAML (train/sweeps/*.yaml)")
     parser.add_argument("--data", help="image folder, instead of the config's")
     parser.add_argument("--out", help="output folder, instead of the config's")
+    parser.add_argument("--deadline", type=float, help="seconds for the whole sweep, instead of the config's deadline_s")
     args = parser.parse_args(argv)
     try:
-        plan = load_plan(args.config, args.data, args.out)
+        plan = load_plan(args.config, args.data, args.out, args.deadline)
     except (ValueError, yaml.YAMLError) as e:
         _logger.error("%s", e)
         return 2
