@@ -230,3 +230,31 @@ def test_a_controlled_change_sets_only_the_fields_its_sweep_varies(tmp_path):
     path.write_text(json.dumps({**raw, "varies": ["time_budget_s"]}))  # a machine setting is not a protocol field
     with pytest.raises(ValueError, match="only TrainConfig fields of the protocol may vary"):
         load_plan(path)
+
+
+def test_resumable_sweep_skips_finished_models_and_continues_interrupted_ones(tmp_path):
+    from train.sweep import finished, model_config
+
+    plan = load_plan(ROOT / "train/sweeps/cpu.yaml", out=str(tmp_path))
+    lite1 = plan.models[0]
+    fresh = model_config(plan, lite1, 100, resumable=True)
+    assert fresh.save_resume and not fresh.resume and not finished(Path(fresh.out))
+    (Path(fresh.out) / "resume").mkdir(parents=True)
+    (Path(fresh.out) / "resume" / "latest").write_text("epoch_3")
+    assert model_config(plan, lite1, 100, resumable=True).resume  # interrupted: continues from its last epoch
+    (Path(fresh.out) / "metrics.json").write_text(json.dumps({"validation": {}, "test": {"accuracy": 0.99}}))
+    assert not finished(Path(fresh.out))  # tested but still holding resume state: not done
+    (Path(fresh.out) / "resume" / "latest").unlink()
+    (Path(fresh.out) / "resume").rmdir()
+    assert finished(Path(fresh.out))
+    assert not model_config(plan, lite1, 100).save_resume  # the GPU sweeps write no resume state
+
+
+def test_cpu_plan_is_the_shipped_lite0_protocol_at_native_resolution():
+    plan = load_plan(ROOT / "train/sweeps/cpu.yaml")
+    shipped = json.loads((ROOT / "checkpoints/tf_efficientnet_lite0/train_config.json").read_text())
+    for key in ("batch_size", "lr", "weight_decay", "warmup_epochs", "schedule", "label_smoothing", "val_fraction", "seed"):
+        assert plan.protocol[key] == shipped[key], key
+    scratch = next(m for m in plan.models if m["model"] == "tf_efficientnet_lite0_scratch")
+    metrics = json.loads((ROOT / "checkpoints/tf_efficientnet_lite0/metrics.json").read_text())
+    assert scratch["pretrained"] is False and scratch["time_budget_s"] == round(metrics["train_seconds"])  # same training time

@@ -2,6 +2,7 @@
 
     python -m train.sweep --config train/sweeps/full.yaml        # the GPU run (scripts/device_sweep.sh wraps it)
     python -m train.sweep --config train/sweeps/quick.yaml --data ../shared/data/brain-tumor-mri   # CPU check, < 1 min
+    python -m train.sweep --config train/sweeps/cpu.yaml --resume    # the CPU plan: skips what finished, continues the rest
 
 A config holds the ``protocol`` (the TrainConfig fields every model shares: data, split,
 seed, epochs, batch, optimiser, augmentation, early stopping) and the ``models``, each with
@@ -106,16 +107,28 @@ def budget_for(plan: SweepPlan, index: int, elapsed: float) -> float:
     return max(plan.min_budget_s, min(float(plan.models[index]["time_budget_s"]), left))
 
 
-def model_config(plan: SweepPlan, entry: dict, budget: float) -> TrainConfig:
+def model_config(plan: SweepPlan, entry: dict, budget: float, resumable: bool = False) -> TrainConfig:
+    """The model's TrainConfig; ``resumable`` writes the --resume state each epoch and continues from one left there."""
     changes = {k: entry[k] for k in plan.varies if k in entry}
+    out = Path(plan.out) / entry["model"]
     return TrainConfig(
         **{**plan.protocol, **changes},
         model=entry["model"],
-        out=str(Path(plan.out) / entry["model"]),
+        out=str(out),
         time_budget_s=budget,
         grad_checkpointing=bool(entry.get("grad_checkpointing", False)),
-        save_resume=False,
+        save_resume=resumable,
+        resume=resumable and (out / "resume" / "latest").is_file(),
     )
+
+
+def finished(folder: Path) -> bool:
+    """A model folder whose run ended: tested (metrics.json with a test entry) and no --resume state left."""
+    try:
+        done = "test" in json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return done and not (folder / "resume").exists()
 
 
 def free_accelerator_memory() -> None:
@@ -136,8 +149,12 @@ def train_model(cfg: TrainConfig) -> Path:
     return fit(dataclasses.replace(cfg, grad_checkpointing=True))
 
 
-def run_sweep(plan: SweepPlan) -> list[dict]:
-    """Train, test and tabulate each model of the plan in turn; one record per model."""
+def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = None) -> list[dict]:
+    """Train, test and tabulate each model of the plan in turn; one record per model.
+
+    With ``resume`` a finished model is skipped and an interrupted one continues from its last epoch
+    (each run writes its --resume state); ``only`` restricts the run to those models.
+    """
     start = time.perf_counter()
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,12 +162,18 @@ def run_sweep(plan: SweepPlan) -> list[dict]:
     records: list[dict] = []
     with open_cache():
         for i, entry in enumerate(plan.models):
+            if only and entry["model"] not in only:
+                continue
+            if resume and finished(out / entry["model"]):
+                _logger.info("== %s (%d/%d): finished before, skipped", entry["model"], i + 1, len(plan.models))
+                records.append({"model": entry["model"], "status": "ok", "skipped": "finished before"})
+                continue
             budget = budget_for(plan, i, time.perf_counter() - start)
             record = {"model": entry["model"], "time_budget_s": round(budget, 1), "status": "ok"}
             _logger.info("== %s (%d/%d): %.0f s of training", entry["model"], i + 1, len(plan.models), budget)
             t0 = time.perf_counter()
             try:
-                train_model(model_config(plan, entry, budget))
+                train_model(model_config(plan, entry, budget, resumable=resume))
             except Exception as e:  # recorded in sweep.json and the table; the sweep exits 1 at the end
                 _logger.exception("%s failed", entry["model"])
                 record["status"] = f"failed: {type(e).__name__}: {e}"
@@ -198,13 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="image folder, instead of the config's")
     parser.add_argument("--out", help="output folder, instead of the config's")
     parser.add_argument("--deadline", type=float, help="seconds for the whole sweep, instead of the config's deadline_s")
+    parser.add_argument("--resume", action="store_true", help="skip finished models, continue an interrupted one from its last epoch")
+    parser.add_argument("--only", nargs="+", metavar="MODEL", help="train only these models of the config")
     args = parser.parse_args(argv)
     try:
         plan = load_plan(args.config, args.data, args.out, args.deadline)
     except (ValueError, yaml.YAMLError) as e:
         _logger.error("%s", e)
         return 2
-    records = run_sweep(plan)
+    unknown = sorted(set(args.only or []) - {m["model"] for m in plan.models})
+    if unknown:
+        _logger.error("--only %s: not in %s", " ".join(unknown), args.config)
+        return 2
+    records = run_sweep(plan, resume=args.resume, only=args.only)
     failed = [r["model"] for r in records if r["status"] != "ok"]
     if failed:
         _logger.error("failed: %s", ", ".join(failed))
