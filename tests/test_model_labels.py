@@ -1,0 +1,24 @@
+"""The model dropdown: every shipped checkpoint, labelled with what it is and its Testing accuracy, grouped by family."""
+
+from __future__ import annotations
+
+import json
+
+from brainmri.catalog import FAMILY_ORDER, ModelSource, discover, labelled_choices, model_label
+from brainmri.registry import CHECKPOINT_DIR, get_spec
+
+
+def test_every_shipped_checkpoint_is_offered_grouped_by_family():
+    shipped = {p.name for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file()}
+    choices = labelled_choices(discover(hub=False))
+    assert {name for _, name in choices} == shipped
+    families = [get_spec(name).family for _, name in choices]
+    assert families == sorted(families, key=FAMILY_ORDER.index)  # one block per family
+    for label, name in choices:
+        acc = json.loads((CHECKPOINT_DIR / name / "metrics.json").read_text())["test"]["accuracy"]
+        assert label.endswith(f"({100 * acc:.1f}% on Testing)") and get_spec(name).about in label
+
+
+def test_a_model_without_local_metrics_says_so():
+    label = model_label(ModelSource("efficientnet_b0", "hub", "brain-mri/efficientnet_b0"))
+    assert label == "EfficientNet · B0 (Testing accuracy not measured)"
