@@ -28,7 +28,7 @@ from brainmri.inline_media import send_inline
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
 from brainmri.seed_report import seed_markdown
-from brainmri.uploads import discard_upload, kept_in_cache, without_stray_temp_file
+from brainmri.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 _logger = logging.getLogger("app")
@@ -94,7 +94,7 @@ def classify_upload(file: str | None, model_name: str | None, method: str, opaci
         with user_errors():
             image = load_image(file)
     finally:
-        discard_upload(file, keep=kept_in_cache(demo))
+        discard_upload(file, keep=kept_in_cache(demo), pending=PENDING)
     return classify((image, None), model_name, method, opacity)
 
 
@@ -121,7 +121,7 @@ def predict(image: str, model_name: str | None = None):
             decoded = load_image(image)
             result = PREDICTOR.predict(decoded, model_name or None)
     finally:
-        discard_upload(image, keep=kept_in_cache(demo))  # an API upload does not outlive its request
+        discard_upload(image, keep=kept_in_cache(demo), pending=PENDING)  # an API upload does not outlive its request
     return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
 
 
@@ -304,6 +304,7 @@ def build_demo() -> gr.Blocks:
 
 
 demo = build_demo()
+PENDING = count_pending_uploads(demo)  # identical uploads share a path: the last request with those bytes deletes it
 # max_size bounds the queue (and memory): the 65th waiting request is refused. Two requests at a time gave the lowest
 # p95 on 2 cores (scripts/load_test.py --concurrency-limit 1 2 4); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
 demo.queue(max_size=64, default_concurrency_limit=int(os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", 2)))

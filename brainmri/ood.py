@@ -124,7 +124,8 @@ def load_stats(folder: str | Path) -> OODStats | None:
     """
     folder = Path(folder)
     if not (folder / OOD_CONFIG).is_file() or not (folder / OOD_TENSORS).is_file():
-        _logger.warning("%s has no OOD statistics; run: python -m brainmri.ood fit %s", folder, folder)
+        # Expected for all but the model that judges uploads (brainmri.predict.Predictor's ood_model).
+        _logger.info("%s has no OOD statistics (fit them with: python -m brainmri.ood fit %s)", folder, folder)
         return None
     config = json.loads((folder / OOD_CONFIG).read_text())
     if config.get("weights_sha256") != sha256((folder / WEIGHTS).read_bytes()):

@@ -1,17 +1,25 @@
 """Uploads do not outlive their request: the app deletes each upload from Gradio's cache once decoded.
 
 Gradio stores every upload under its cache folder (``GRADIO_TEMP_DIR``, by default
-``<tmp>/gradio``) in a folder of its own, and only sweeps it later (``delete_cache``). The app
-decodes an upload once (the UI keeps the decoded image in the session's memory for re-runs),
-so :func:`discard_upload` removes the file and its folder at once. Files outside the cache (a
-path a caller passed in) are never touched, and nothing about the upload is logged.
+``<tmp>/gradio``) in a folder named after the content's hash, and only sweeps it later
+(``delete_cache``). The app decodes an upload once (the UI keeps the decoded image in the
+session's memory for re-runs), so :func:`discard_upload` removes the file and its folder at once.
+Files outside the cache (a path a caller passed in) are never touched, and nothing about the
+upload is logged.
+
+Identical uploads share one path. So that a request does not delete the file another request
+with the same bytes has uploaded but not yet read (a class clicking one example at once),
+:class:`PendingUploads` counts each path's uploads not yet consumed, and the last consumer deletes.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from collections import Counter
 from collections.abc import Collection
+from contextlib import nullcontext
 from pathlib import Path
 
 import gradio as gr
@@ -28,22 +36,67 @@ def kept_in_cache(blocks: gr.Blocks) -> set[Path]:
     return {Path(p).resolve() for block in blocks.blocks.values() for p in getattr(block, "keep_in_cache", ())}
 
 
-def discard_upload(path: str | Path | None, keep: Collection[Path] = ()) -> None:
+class PendingUploads(set):
+    """Gradio's set of uploaded paths (``Blocks.upload_file_set``), counting each path's uploads not yet consumed.
+
+    Gradio adds every upload's path here (``update``) right after moving the file into place; each request that
+    decodes one releases it (:meth:`release`). A set still, for Gradio's own membership checks.
+    """
+
+    def __init__(self, paths=()):
+        super().__init__(paths)
+        self.lock = threading.Lock()  # uploads arrive on the event loop, releases come from worker threads
+        self._pending: Counter[Path] = Counter()
+
+    def add(self, path) -> None:
+        self.update([path])
+
+    def update(self, *groups) -> None:
+        with self.lock:
+            for group in groups:
+                group = list(group)
+                self._pending.update(Path(p).resolve() for p in group)
+                super().update(group)
+
+    def release(self, file: Path) -> bool:
+        """One upload of ``file`` consumed; True when none is left pending (the caller holds ``lock``)."""
+        if self._pending[file] > 1:
+            self._pending[file] -= 1
+            return False
+        self._pending.pop(file, None)
+        return True
+
+
+def count_pending_uploads(blocks: gr.Blocks) -> PendingUploads:
+    """Make ``blocks`` count pending uploads per path (before it is launched); returns the counter."""
+    old = blocks.upload_file_set
+    if not isinstance(old, PendingUploads):
+        blocks.upload_file_set = PendingUploads(old)
+        # Gradio's cache sweep walks temp_file_sets, which holds the set itself: swap it there too.
+        blocks.temp_file_sets = [blocks.upload_file_set if s is old else s for s in blocks.temp_file_sets]
+    return blocks.upload_file_set
+
+
+def discard_upload(path: str | Path | None, keep: Collection[Path] = (), pending: PendingUploads | None = None) -> None:
     """Delete an upload that lies inside Gradio's cache, and its folder once empty; anything else is left alone.
 
     Gradio files an upload under a folder named after its content's hash, so an upload with the bytes and the
     name of one of the app's own files (an example downloaded and sent back) is that very file: ``keep`` spares it.
+    With ``pending``, the file stays while another upload of the same bytes still waits to be read.
     """
     if not path:
         return
     file = Path(path).resolve()
     if gradio_cache_dir() not in file.parents or file in keep:
         return
-    file.unlink(missing_ok=True)
-    try:
-        file.parent.rmdir()  # Gradio's per-upload folder; kept if something else is still in it
-    except OSError:
-        pass
+    with pending.lock if pending is not None else nullcontext():
+        if pending is not None and not pending.release(file):
+            return  # the last request with these bytes deletes them
+        file.unlink(missing_ok=True)
+        try:
+            file.parent.rmdir()  # Gradio's per-upload folder; kept if something else is still in it
+        except OSError:
+            pass
 
 
 def without_stray_temp_file(box: gr.File) -> gr.File:

@@ -3,10 +3,13 @@
     python scripts/load_test.py                                  # launch in-process, 24 clients x 3 requests
     python scripts/load_test.py --concurrency-limit 1 2 4        # one run per queue concurrency limit (the sweep)
     python scripts/load_test.py --url http://127.0.0.1:7860/     # an app already running on loopback
+    python scripts/load_test.py --mode identical                 # every client sends the same image at once
 
-Every request sends a distinct image (a real Testing slice resized to its own width), so each
-answer can be checked against the direct ``Predictor.predict`` result for that image: the same
-image size, class and probabilities. Bounded by count (clients x requests) and by ``--time-limit``
+In ``--mode distinct`` every request sends a distinct image (a real Testing slice resized to its own
+width), so each answer can be checked against the direct ``Predictor.predict`` result for that
+image: the same image size, class and probabilities. In ``--mode identical`` every request sends
+the same file at once, as a class clicking one example does: Gradio files identical uploads under
+one path, which the app must not delete while another request still needs it. Bounded by count (clients x requests) and by ``--time-limit``
 seconds; requests refused because the queue is full (``--max-size``) are counted, not lost.
 Loopback only: any other URL is refused.
 """
@@ -16,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import resource
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -37,6 +43,7 @@ from brainmri.predict import Predictor  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MODES = ("distinct", "identical")
 
 
 @dataclass
@@ -65,6 +72,7 @@ class Outcome:
             "max_s": round(lat[-1], 3) if lat else None,
             "wall_s": round(self.wall_s, 1),
             "throughput_rps": round(self.answered / self.wall_s, 2) if self.wall_s else None,
+            "errors_by_kind": dict(Counter(e.split(": ")[1] if ": " in e else e for e in self.errors)),
         }
 
 
@@ -175,13 +183,18 @@ def load_test(
     time_limit: float = 300.0,
     url: str | None = None,
     data: Path = DATA,
+    mode: str = "distinct",
 ) -> dict:
-    """One run: ``clients`` concurrent clients x ``requests`` distinct images each. Returns the summary."""
+    """One run: ``clients`` concurrent clients x ``requests`` images each, all distinct or all the same file
+    (``mode``). Returns the summary, with the machine's load average and this process's peak RSS."""
     if url is not None and urlparse(url).hostname not in LOOPBACK:
         raise ValueError(f"{url} is not a loopback address: the load test only runs against 127.0.0.1")
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
     with tempfile.TemporaryDirectory(prefix="brainmri-load-") as tmp:
-        paths = make_images(clients * requests, Path(tmp), data)
+        paths = make_images(clients * requests if mode == "distinct" else 1, Path(tmp), data)
         expected = expected_details(paths, model)
+        paths = paths if mode == "distinct" else paths * (clients * requests)
         jobs = [paths[i::clients] for i in range(clients)]
         launched = None
         if url is None:
@@ -192,12 +205,16 @@ def load_test(
             if launched is not None:
                 close_app(launched)
     return {
+        "mode": mode,
         "clients": clients,
         "requests_per_client": requests,
         "concurrency_limit": concurrency_limit,
         "max_size": max_size,
         **out.summary(),
         "examples": (out.mixed_up + out.errors)[:5],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        # The app runs in this process when no --url is given: its peak resident memory (Linux reports KiB).
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
@@ -206,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=24, help="concurrent gradio_client clients")
-    parser.add_argument("--requests", type=int, default=3, help="requests per client, each a distinct image")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client")
+    parser.add_argument("--mode", choices=MODES, default="distinct", help="each request its own image, or all the same file")
     parser.add_argument("--concurrency-limit", type=int, nargs="+", default=[1], help="queue default_concurrency_limit(s) to try")
     parser.add_argument("--max-size", type=int, default=64, help="queue max_size: requests beyond it are refused, bounding memory")
     parser.add_argument("--model", default=None, help="default: the app's default model")
@@ -218,11 +236,12 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for limit in args.concurrency_limit if args.url is None else [0]:
-        r = load_test(args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data)
+        r = load_test(args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data, args.mode)
         runs.append(r)
         print(
-            f"limit {limit}: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']}, errors {r['errors']},"
-            f" queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s, {r['throughput_rps']} req/s",
+            f"{args.mode}, limit {limit}: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']}, errors {r['errors']}"
+            f" {r['errors_by_kind'] or ''}, queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s,"
+            f" {r['throughput_rps']} answered/s; load average {r['load_average_1m']}, peak RSS {r['peak_rss_mib']} MiB",
             flush=True,
         )
     if len(runs) > 1:

@@ -26,6 +26,18 @@ def test_24_clients_nothing_lost_nothing_mixed_up(data_dir: Path):
     assert 0 < r["p50_s"] <= r["p95_s"]
 
 
+def test_identical_uploads_at_once_lose_nothing_and_leave_nothing(data_dir: Path):
+    """A class clicking one example at the same moment: Gradio files identical uploads under one path, and the
+    request that finishes first must not delete the file the others still need (31 of 72 were lost before)."""
+    from brainmri.uploads import gradio_cache_dir
+
+    before = set(gradio_cache_dir().rglob("*")) if gradio_cache_dir().is_dir() else set()
+    r = load_test.load_test(clients=24, requests=2, model="simple_cnn_7", time_limit=150, data=data_dir, mode="identical")
+    assert r["sent"] == 48 and r["answered"] == 48 and r["errors"] == 0 and r["mixed_up"] == 0, r["examples"]
+    left = {p for p in gradio_cache_dir().rglob("*") if p.is_file()} - before
+    assert not left, f"uploads left in Gradio's cache: {sorted(map(str, left))[:3]}"
+
+
 def test_a_full_queue_refuses_rather_than_grows(data_dir: Path):
     """max_size bounds the queue (and so memory): the overflow is refused with a clear error, nothing else is lost."""
     r = load_test.load_test(clients=24, requests=1, model="simple_cnn_7", max_size=4, time_limit=120, data=data_dir)

@@ -93,8 +93,11 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     again = app.classify(session, "tf_efficientnet_lite0", "HiResCAM", 0.5)
     assert again[3]["model"] == "tf_efficientnet_lite0" and again[3]["cam_method"] == "HiResCAM"
     assert app.reblend(again[4], 0.2).size == (96, 96)
-    table, gallery, agreement = app.compare(again[4], "Grad-CAM")
+    table, gallery, agreement = app.compare(again[4], "Grad-CAM", None)  # nothing ticked: every model
     assert len(gallery) == len(app.PREDICTOR.available) and "agree" in agreement
+    table, gallery, agreement = app.compare(again[4], "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
+    assert list(table["model"])[:2] == ["simple_cnn_7", "tf_efficientnet_lite0"] and len(gallery) == 2
+    assert "2 models in" in agreement and " s." in agreement  # the time it took
     assert app.classify(None, "simple_cnn_7", "Grad-CAM", 0.5) == app.EMPTY
 
     # A broken upload is deleted too, and is a clear error.
@@ -157,3 +160,21 @@ def test_discard_upload_touches_only_gradio_cache(tmp_path: Path):
     discard_upload(folder / "kept.png")
     assert not folder.exists()
     discard_upload(None)
+
+
+def test_identical_uploads_are_deleted_by_the_last_request_that_needs_them(tmp_path, monkeypatch):
+    """Gradio files identical uploads under one path: with two pending, the first release keeps the file."""
+    from brainmri.uploads import PendingUploads, discard_upload, gradio_cache_dir
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    file = gradio_cache_dir() / "0123abcd" / "slice.png"
+    file.parent.mkdir(parents=True)
+    file.write_bytes(b"png bytes")
+    pending = PendingUploads()
+    pending.update([str(file)])
+    pending.update([str(file)])  # a second client sent the same bytes: same path
+    assert str(file) in pending  # still a set for Gradio's own checks
+    discard_upload(str(file), pending=pending)
+    assert file.is_file()  # the other request has not read it yet
+    discard_upload(str(file), pending=pending)
+    assert not file.exists() and not file.parent.exists()
