@@ -267,14 +267,12 @@ def build_demo() -> gr.Blocks:
             compare_button = gr.Button("Compare", variant="primary")
             agreement = gr.Markdown(elem_id="agreement")
             compare_table = gr.Dataframe(label="Per model")
-            compare_gallery = send_inline(gr.Gallery(label="Heatmaps side by side", columns=4, height=320, object_fit="contain"))
+            compare_gallery = send_inline(gr.Gallery(label="Heatmaps side by side", columns=4, height="auto", object_fit="contain"))
             compare_button.click(compare, [session, method, picked], [compare_table, compare_gallery, agreement], api_visibility="private")
 
         with gr.Tab("Experiments") as experiments_tab:
             gr.Markdown(experiments.ABOUT)
             exp_table = gr.Dataframe(label="Experiments", wrap=True, elem_id="experiments-table")
-            with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
-                seed_md = gr.Markdown(elem_id="seed-table")
             sweep_md = gr.Markdown()
             sweep_table = gr.Dataframe(label="GPU sweep (results/experiments.csv)", visible=False)
             exp_model = gr.Dropdown(label="Checkpoint")
@@ -283,6 +281,8 @@ def build_demo() -> gr.Blocks:
                 confusion = gr.Image(label="Confusion matrix (Testing)", type="filepath", interactive=False)
                 reliability = gr.Image(label="Reliability, near-dedup Testing", type="filepath", interactive=False, elem_id="reliability")
             hist = gr.Dataframe(label="history.csv")
+            with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
+                seed_md = gr.Markdown(elem_id="seed-table")
             experiments_tab.select(experiments_view, None, [exp_table, sweep_table, sweep_md, exp_model, seed_md], api_visibility="private")
             exp_model.change(experiment_figures, exp_model, [curves, confusion, reliability, hist], api_visibility="private")
 

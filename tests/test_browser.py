@@ -8,6 +8,7 @@ not its name, and no new file in Gradio's cache at all (heatmaps travel as data 
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import tempfile
@@ -90,15 +91,21 @@ def test_upload_see_bars_and_heatmap_switch_models(app_url: str, secret_upload: 
             page.screenshot(path=str(ARTIFACTS / "classify_lite0.png"), full_page=True)
 
             page.locator("#model input").click()
-            page.get_by_role("option", name="simple_cnn_7").click()
+            options = page.get_by_role("option")
+            expect(options.first).to_contain_text("EfficientNet · Lite0, ImageNet-initialised (99.2% on Testing)")
+            page.get_by_role("option", name=re.compile(r"^Simple CNN · Sequential 1: 7 layers, 20 epochs \(\d+\.\d% on Testing\)")).click()
             expect(summary).to_contain_text("simple_cnn_7", timeout=30_000)
             expect(summary).to_contain_text("Predicted class")
             expect(heat).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "classify_simple_cnn_7.png"), full_page=True)
 
             page.get_by_role("tab", name="Compare").click()
-            page.get_by_role("button", name="Compare all models").click()
-            expect(page.locator("#agreement")).to_contain_text("agree", timeout=60_000)
+            picker = page.locator("#compare-models")
+            expect(picker).to_contain_text("Sequential 4 with 7x7 kernels")
+            picker.get_by_label(re.compile("Sequential 2")).uncheck()  # a subset: one model fewer than all
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#agreement")).to_contain_text("agree", timeout=120_000)
+            expect(page.locator("#agreement")).to_contain_text(" models in ")
             page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
             written = files_since(t0, gradio_cache_dir(), skip=image.parent)  # before the tabs that show dataset files
 
@@ -117,7 +124,10 @@ def test_upload_see_bars_and_heatmap_switch_models(app_url: str, secret_upload: 
             page.get_by_role("tab", name="Experiments").click()
             expect(page.locator("#experiments-table")).to_contain_text("tf_efficientnet_lite0", timeout=30_000)
             expect(page.locator("#experiments-table")).to_contain_text("ECE")
+            page.locator("#reliability").scroll_into_view_if_needed()
             expect(page.locator("#reliability img")).to_be_visible(timeout=30_000)  # the checkpoint's reliability diagram
+            expect(page.locator("#seed-table")).to_contain_text("Sequential 4 with 7x7 kernels")
+            expect(page.locator("#seed-table")).to_contain_text("measured on the official Testing split")
             page.screenshot(path=str(ARTIFACTS / "experiments.png"), full_page=True)
 
             page.get_by_role("tab", name="Data").click()
