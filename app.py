@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from brainmri import comparison, dataview, experiments
-from brainmri.catalog import discover, labelled_choices
+from brainmri.catalog import discover, labelled_choices, unavailable_markdown
 from brainmri.data import data_config
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, load_image
@@ -44,7 +43,10 @@ EMPTY = (None, None, "", None, None)  # the Classify outputs, cleared
 
 configure_torch_threads()
 # Local checkpoints only at import; the Hub is asked (with a short timeout) when a page first loads.
-PREDICTOR = Predictor(discover(hub=False))
+# Requests for one model that arrive together share one forward and backward (brainmri.batching): up to
+# BRAIN_MRI_MAX_BATCH of them, the first waiting at most 5 ms for the others.
+MAX_BATCH = int(os.environ.get("BRAIN_MRI_MAX_BATCH", 8))
+PREDICTOR = Predictor(discover(hub=False), max_batch=MAX_BATCH)
 DATA = dataview.data_source()
 
 
@@ -55,14 +57,6 @@ def user_errors():
         yield
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from None  # not printed: the message names the upload
-
-
-def _unavailable_md() -> str:
-    missing = PREDICTOR.unavailable
-    if not missing:
-        return ""
-    lines = "\n".join(f"- `{name}`: {reason}" for name, reason in missing.items())
-    return f"<details><summary>{len(missing)} registry models unavailable</summary>\n\n{lines}\n</details>"
 
 
 @functools.cache
@@ -79,7 +73,8 @@ def refresh_models():
     """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown and the picker."""
     PREDICTOR.sources.update({n: s for n, s in _hub_sources().items() if not PREDICTOR.sources[n].available})
     choices = model_choices()
-    return gr.Dropdown(choices=choices), _unavailable_md(), gr.CheckboxGroup(choices=choices, value=[n for _, n in choices])
+    every = gr.CheckboxGroup(choices=choices, value=[n for _, n in choices])
+    return gr.Dropdown(choices=choices), unavailable_markdown(PREDICTOR.unavailable), every
 
 
 # ---------------------------------------------------------------- Classify
@@ -194,23 +189,11 @@ def audit_view():
 
 @functools.cache
 def examples() -> list[tuple[str, str]]:
-    """Example images: one Testing image per class from the data folder or Hub dataset, as (path, class).
-
-    Copied to the temp folder, which Gradio serves from (it does not serve a data folder elsewhere).
-    """
-    out = Path(tempfile.gettempdir()) / "brainmri-examples"
-    root = dataview.local_root(DATA)
-    if root is not None:
-        return [(str(p), c) for p, c in dataview.copy_examples(dataview.example_files(root, per_class=1), out)]
-    try:
-        return [(str(p), c) for p, c in dataview.hub_examples(DATA, 1, out)]
-    except ValueError as e:  # no data folder and no reachable Hub dataset only means no examples
-        _logger.warning("no example images: %s", e)
-        return []
+    """Example images, one Testing slice per class, as (path, class); fetched once (brainmri.dataview.example_images)."""
+    return dataview.example_images(DATA)
 
 
-def show_examples():
-    """On page load: the examples (a Hub dataset is fetched then, not at import)."""
+def show_examples():  # on page load: a Hub dataset is fetched then, not at import
     return gr.Gallery([p for p, _ in examples()], visible=bool(examples()))
 
 
@@ -232,7 +215,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Column(scale=2):
                     upload = without_stray_temp_file(gr.File(label=f"MRI slice: {FORMATS}", type="filepath", elem_id="upload"))
                     model = gr.Dropdown(model_choices(), value=PREDICTOR.default_model, label="Model", elem_id="model")
-                    unavailable = gr.Markdown(_unavailable_md())
+                    unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable))
                     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method")
                     opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
                     examples_shown = dict(label="Examples (click one)", columns=4, height=160, allow_preview=False, elem_id="examples")
@@ -305,9 +288,9 @@ def build_demo() -> gr.Blocks:
 
 demo = build_demo()
 PENDING = count_pending_uploads(demo)  # identical uploads share a path: the last request with those bytes deletes it
-# max_size bounds the queue (and memory): the 65th waiting request is refused. Two requests at a time gave the lowest
-# p95 on 2 cores (scripts/load_test.py --concurrency-limit 1 2 4); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
-demo.queue(max_size=64, default_concurrency_limit=int(os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", 2)))
+# max_size bounds the queue (and memory): the 65th waiting request is refused. As many requests run at a time as
+# can share a batch (scripts/load_test.py --concurrency-limit 2 8 measures it); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
+demo.queue(max_size=64, default_concurrency_limit=int(os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", MAX_BATCH)))
 
 if __name__ == "__main__":
     # server_name / server_port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.

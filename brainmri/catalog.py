@@ -165,3 +165,11 @@ def labelled_choices(sources: dict[str, ModelSource]) -> list[tuple[str, str]]:
     available = [s for s in sources.values() if s.available]
     available.sort(key=lambda s: order.get(get_spec(s.name).family, len(order)))  # stable: registry order kept within
     return [(model_label(s), s.name) for s in available]
+
+
+def unavailable_markdown(missing: dict[str, str]) -> str:
+    """A folded Markdown list of the registry models that cannot be served, each with its reason."""
+    if not missing:
+        return ""
+    lines = "\n".join(f"- `{name}`: {reason}" for name, reason in missing.items())
+    return f"<details><summary>{len(missing)} registry models unavailable</summary>\n\n{lines}\n</details>"

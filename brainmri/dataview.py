@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,17 @@ def audit_summary(source: str) -> dict:
     from brainmri.duplicates import audit
 
     return audit(load_records(source, "train"), load_records(source, "test")).summary()
+
+
+def example_images(data: str) -> list[tuple[str, str]]:
+    """One Testing image per class from the data folder or Hub dataset, as (path, class); none, with a warning,
+    when neither is there. Copied to the temp folder, which Gradio serves from (it serves no data folder elsewhere)."""
+    out = Path(tempfile.gettempdir()) / "brainmri-examples"
+    root = local_root(data)
+    if root is not None:
+        return [(str(p), c) for p, c in copy_examples(example_files(root, per_class=1), out)]
+    try:
+        return [(str(p), c) for p, c in hub_examples(data, 1, out)]
+    except ValueError as e:  # no data folder and no reachable Hub dataset only means no examples
+        _logger.warning("no example images: %s", e)
+        return []

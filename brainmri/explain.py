@@ -55,6 +55,23 @@ def cam_session(model: nn.Module, layer: nn.Module, method: str = DEFAULT_METHOD
         cam.activations_and_grads.release()
 
 
+def gradcam_batch(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD) -> tuple[np.ndarray, torch.Tensor]:
+    """One forward and one backward over a batch: each image's heatmap for its own predicted class, and the logits.
+
+    The backward runs from the sum of each image's target logit; in an eval-mode network images do not
+    interact, so each image's gradient is the one it would get alone, and so is its heatmap.
+
+    Args:
+        x: (B, 3, H, W) normalised input.
+    Returns:
+        cams: (B, H, W) float32 in [0, 1] at the input's resolution, each scaled on its own; logits: (B, C), detached.
+    """
+    with cam_session(model, layer, method) as cam:
+        maps = cam(input_tensor=x, targets=None)  # (B, H, W)
+        logits = cam.outputs.detach()
+    return maps.astype(np.float32), logits
+
+
 def gradcam(
     model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD, target: int | None = None
 ) -> tuple[np.ndarray, torch.Tensor]:
@@ -66,9 +83,11 @@ def gradcam(
     Returns:
         cam: (H, W) float32 in [0, 1] at the input's resolution; logits: (1, C), detached.
     """
+    if target is None:
+        maps, logits = gradcam_batch(model, layer, x, method)
+        return maps[0], logits
     with cam_session(model, layer, method) as cam:
-        targets = None if target is None else [ClassifierOutputTarget(target)]
-        maps = cam(input_tensor=x, targets=targets)  # (1, H, W)
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])  # (1, H, W)
         logits = cam.outputs.detach()
     return maps[0].astype(np.float32), logits
 

@@ -6,19 +6,21 @@
 
 Models load lazily and stay in an LRU cache bounded in bytes. Each loaded model carries a
 lock held for the whole forward/backward: Grad-CAM hooks on a shared module would see
-another thread's forward, so two requests never run one model at the same time (on a
+another thread's forward, so two passes never run one model at the same time (on a
 2-core Space they could not run faster concurrently anyway). Different models run in
-parallel.
+parallel. Requests for one model that arrive together can run as one batch (``max_batch``,
+brainmri.batching): one forward and one backward for all, each image its own answer.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from brainmri.batching import MicroBatcher
 from brainmri.calibration import calibrated_probs, load_temperature
 from brainmri.catalog import ModelSource, best_model, checkpoint_folder, discover
 from brainmri.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.data import data_config, eval_transform
-from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam, prepare_for_cam
+from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch, prepare_for_cam
 from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats, pooled_features
 from brainmri.registry import cam_layer
 
@@ -153,35 +156,54 @@ def capture_classifier_input(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD) -> list[Prediction]:
+    """Probabilities (temperature-calibrated), heatmap and OOD verdict of each RGB image, from one forward and one
+    backward pass over all of them; each image's answer is the one it gets alone (tests/test_batching.py)."""
+    start = time.perf_counter()
+    x = torch.stack([loaded.transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
+    with loaded.lock, capture_classifier_input(loaded.model) as features:
+        cams, logits = gradcam_batch(loaded.model, loaded.layer, x, method)
+    probs = calibrated_probs(logits, loaded.temperature).tolist()
+    results = []
+    for i, image in enumerate(images):
+        probabilities = dict(zip(loaded.labels, probs[i]))
+        top = max(probabilities, key=probabilities.get)
+        tumour = 1.0 - probabilities[NO_TUMOUR] if NO_TUMOUR in probabilities else None
+        ood = None
+        if loaded.ood is not None:
+            ood = loaded.ood.check(image, features[0][i : i + 1])
+            ood.checked_by = loaded.name
+        heat = cam_to_image_size(cams[i], image.size, loaded.cfg)
+        results.append(Prediction(loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, 0.0))
+    latency = (time.perf_counter() - start) * 1000  # every image of the batch waited for all of it
+    for result in results:
+        result.latency_ms = latency
+    return results
+
+
 def run_model(loaded: LoadedModel, image: Image.Image, method: str = DEFAULT_METHOD) -> Prediction:
     """Probabilities (temperature-calibrated), heatmap and OOD verdict of one RGB image from one forward and one backward pass."""
-    start = time.perf_counter()
-    x = loaded.transform(image)[None].contiguous(memory_format=torch.channels_last)
-    with loaded.lock, capture_classifier_input(loaded.model) as features:
-        cam, logits = gradcam(loaded.model, loaded.layer, x, method)
-    probs = calibrated_probs(logits, loaded.temperature)[0].tolist()
-    probabilities = dict(zip(loaded.labels, probs))
-    top = max(probabilities, key=probabilities.get)
-    tumour = 1.0 - probabilities[NO_TUMOUR] if NO_TUMOUR in probabilities else None
-    ood = None
-    if loaded.ood is not None:
-        ood = loaded.ood.check(image, features[0])
-        ood.checked_by = loaded.name
-    heat = cam_to_image_size(cam, image.size, loaded.cfg)
-    latency = (time.perf_counter() - start) * 1000
-    return Prediction(loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, latency)
+    return run_model_batch(loaded, [image], method)[0]
+
+
+def ood_check_batch(loaded: LoadedModel, images: Sequence[Image.Image]) -> list[OODResult | None]:
+    """``loaded``'s OOD verdicts on ``images`` from one inference forward; Nones without statistics."""
+    if loaded.ood is None:
+        return [None] * len(images)
+    x = torch.stack([loaded.transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
+    with loaded.lock, torch.inference_mode():  # the lock: another request's Grad-CAM hooks must not see this forward
+        features = pooled_features(loaded.model, x)
+    results = []
+    for i, image in enumerate(images):
+        result = loaded.ood.check(image, features[i : i + 1])
+        result.checked_by = loaded.name
+        results.append(result)
+    return results
 
 
 def ood_check(loaded: LoadedModel, image: Image.Image) -> OODResult | None:
     """``loaded``'s OOD verdict on ``image`` from one inference forward; None without statistics."""
-    if loaded.ood is None:
-        return None
-    x = loaded.transform(image)[None].contiguous(memory_format=torch.channels_last)
-    with loaded.lock, torch.inference_mode():  # the lock: another request's Grad-CAM hooks must not see this forward
-        features = pooled_features(loaded.model, x)
-    result = loaded.ood.check(image, features)
-    result.checked_by = loaded.name
-    return result
+    return ood_check_batch(loaded, [image])[0]
 
 
 class ModelCache:
@@ -240,15 +262,25 @@ class Predictor:
         sources: registry name -> where its weights are (``catalog.discover()`` by default).
         cache_mb: memory bound of the loaded models' tensors.
         ood_model: the model whose OOD statistics judge every image; "default" for the default model.
+        max_batch: most requests run through a model together (brainmri.batching); 1 runs each alone.
+        max_wait_s: how long the first request of a batch waits for others to join.
     """
 
     def __init__(
-        self, sources: dict[str, ModelSource] | None = None, cache_mb: float = DEFAULT_CACHE_MB, ood_model: str | None = "default"
+        self,
+        sources: dict[str, ModelSource] | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
+        ood_model: str | None = "default",
+        max_batch: int = 1,
+        max_wait_s: float = 0.005,
     ):
         self.sources = discover() if sources is None else sources
         self.default_model = best_model(self.sources)
         self.ood_model = self.default_model if ood_model == "default" else ood_model
         self.cache = ModelCache(cache_mb * 2**20)
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self._batchers_lock = threading.Lock()
 
     @property
     def available(self) -> list[str]:
@@ -271,13 +303,34 @@ class Predictor:
         return self.cache.get(name, lambda: checkpoint_folder(source))
 
     def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD) -> Prediction:
-        """Run one model (the default one when ``model_name`` is empty) on an RGB image, judged by ``ood_model``."""
+        """Run one model (the default one when ``model_name`` is empty) on an RGB image, judged by ``ood_model``.
+
+        With ``max_batch`` > 1, requests for the same model and method that arrive together (within
+        ``max_wait_s``) run as one batch; each still gets its own answer, and its own errors.
+        """
         loaded = self.model(model_name)
-        result = run_model(loaded, image, method)
+        if self.max_batch <= 1:
+            return self.predict_many([image], loaded.name, method)[0]
+        return self._batcher(loaded.name, method).submit(image)
+
+    def predict_many(self, images: Sequence[Image.Image], model_name: str | None = None, method: str = DEFAULT_METHOD) -> list[Prediction]:
+        """One model on several images as one batch, each judged by ``ood_model`` (one more batched pass)."""
+        loaded = self.model(model_name)
+        results = run_model_batch(loaded, images, method)
         if self.ood_model and self.ood_model != loaded.name:
             start = time.perf_counter()
-            verdict = ood_check(self.model(self.ood_model), image)
-            if verdict is not None:
-                result.ood = verdict
-                result.latency_ms += (time.perf_counter() - start) * 1000
-        return result
+            verdicts = ood_check_batch(self.model(self.ood_model), images)
+            extra = (time.perf_counter() - start) * 1000
+            for result, verdict in zip(results, verdicts):
+                if verdict is not None:
+                    result.ood = verdict
+                    result.latency_ms += extra
+        return results
+
+    def _batcher(self, name: str, method: str) -> MicroBatcher:
+        with self._batchers_lock:
+            key = (name, method)
+            if key not in self._batchers:
+                run = functools.partial(self.predict_many, model_name=name, method=method)
+                self._batchers[key] = MicroBatcher(run, self.max_batch, self.max_wait_s, name=f"{name}-{method}")
+            return self._batchers[key]

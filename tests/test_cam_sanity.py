@@ -52,13 +52,16 @@ def test_cli_on_one_image_per_class(data_dir: Path, tmp_path: Path):
 
 @pytest.mark.slow
 def test_full_testing_split_reproduces_the_committed_report(data_dir: Path, tmp_path: Path):
-    """results/cam_sanity.json (README, Experiments tab) is what the check gives on all of Testing today (~70 s)."""
+    """results/cam_sanity.json (README, Experiments tab) is what the check gives on all of Testing today, for the
+    default model and the seed's Sequential 1 (~2 min; the committed report covers every shipped model, ~1 min each)."""
     committed = json.loads((Path(__file__).resolve().parent.parent / "results" / "cam_sanity.json").read_text())
     out = tmp_path / "cam.json"
-    assert main(["--data", str(data_dir), "--models", *committed["models"], "--out", str(out)]) == 0
+    rerun = ["tf_efficientnet_lite0", "simple_cnn_7"]
+    assert set(rerun) <= set(committed["models"])
+    assert main(["--data", str(data_dir), "--models", *rerun, "--out", str(out)]) == 0
     fresh = json.loads(out.read_text())
     assert fresh["images"] == committed["images"] == 1311
-    for name, r in committed["models"].items():
+    for name, r in ((n, committed["models"][n]) for n in rerun):
         assert fresh["models"][name]["n"] == r["n"] and fresh["models"][name]["verdict"] == r["verdict"]
         assert fresh["models"][name]["mean"] == pytest.approx(r["mean"], abs=2e-3), name
         for cls, c in r["per_class"].items():

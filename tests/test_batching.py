@@ -1,0 +1,74 @@
+"""Batched inference gives each image the answer it gets alone: probabilities, Grad-CAM and OOD verdict."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from shipped import SHIPPED, require_shipped
+
+from brainmri.batching import MicroBatcher
+from brainmri.data import limit_per_class, load_records
+from brainmri.explain import CAM_METHODS
+from brainmri.predict import Predictor, run_model, run_model_batch
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(require_shipped())
+
+
+@pytest.fixture(scope="module")
+def images(data_dir):
+    records = limit_per_class(load_records(data_dir, "test"), 2)
+    return [records.open(i) for i in range(len(records))]  # 8 real slices, 2 per class, of varied sizes
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_batch_gives_every_image_its_own_answer(predictor: Predictor, images, name: str, method: str):
+    loaded = predictor.model(name)
+    alone = [run_model(loaded, image, method) for image in images]
+    together = run_model_batch(loaded, images, method)
+    for a, b in zip(alone, together):
+        assert a.top_class == b.top_class
+        assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+        assert a.cam.shape == b.cam.shape and np.abs(a.cam - b.cam).max() < 1e-3, np.abs(a.cam - b.cam).max()
+        if a.ood is not None:
+            assert a.ood.distance == pytest.approx(b.ood.distance, rel=1e-4)
+    # Not a trivial pass: the images' heatmaps differ from one another.
+    assert np.abs(together[0].cam - together[-1].cam[: together[0].cam.shape[0], : together[0].cam.shape[1]]).max() > 0.1
+
+
+def test_concurrent_requests_are_batched_and_keep_their_answers(predictor: Predictor, images):
+    batched = Predictor(predictor.sources, max_batch=8, max_wait_s=0.05)
+    batched.cache = predictor.cache  # the models already loaded
+    expected = [predictor.predict(image, "simple_cnn_7").probabilities for image in images]
+    got: dict[int, dict] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: got.update({i: batched.predict(images[i], "simple_cnn_7").probabilities})) for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        assert got[i] == pytest.approx(expected[i], abs=1e-5)
+    batcher = batched._batcher("simple_cnn_7", "Grad-CAM")
+    assert batcher.items == 8 and batcher.batches < 8  # some requests really shared a pass
+
+
+def test_a_failing_batch_fails_each_of_its_requests_with_the_error():
+    def run(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [x.upper() for x in items]
+
+    batcher = MicroBatcher(run, max_batch=4, max_wait_s=0.01)
+    assert batcher.submit("ok") == "OK"
+    with pytest.raises(ValueError, match="bad item"):
+        batcher.submit("bad")
+    assert batcher.submit("fine") == "FINE"  # the worker lives on
+    with pytest.raises(ValueError, match="max_batch"):
+        MicroBatcher(run, max_batch=0)
