@@ -62,6 +62,7 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.cfg)
+        self.layer_name = next((n for n, m in self.model.named_modules() if m is self.layer), type(self.layer).__name__)
 
 
 def load_model(name: str, folder: str | Path) -> LoadedModel:
@@ -99,6 +100,13 @@ class Prediction:
     cam_method: str
     temperature: float
     latency_ms: float
+    cam_layer: str = ""  # the module the heatmap weighs, as named in the model ("bn2", "features.11")
+
+    @property
+    def cam_peak(self) -> list[float]:
+        """The heatmap's maximum as [x, y] in 0-1 coordinates of the image (x to the right, y down), at pixel centres."""
+        y, x = np.unravel_index(int(np.argmax(self.cam)), self.cam.shape)
+        return [round((x + 0.5) / self.cam.shape[1], 4), round((y + 0.5) / self.cam.shape[0], 4)]
 
     @property
     def in_distribution(self) -> bool:
@@ -139,6 +147,8 @@ class Prediction:
             "in_distribution": self.in_distribution,
             "ood": None if self.ood is None else self.ood.to_dict(),
             "cam_method": self.cam_method,
+            "cam_layer": self.cam_layer,
+            "cam_peak": self.cam_peak,
             "temperature": self.temperature,
             "image_size": list(self.image.size),
             "latency_ms": round(self.latency_ms, 1),
@@ -174,7 +184,9 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
             ood = loaded.ood.check(image, features[0][i : i + 1])
             ood.checked_by = loaded.name
         heat = cam_to_image_size(cams[i], image.size, loaded.cfg)
-        results.append(Prediction(loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, 0.0))
+        results.append(
+            Prediction(loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, 0.0, loaded.layer_name)
+        )
     latency = (time.perf_counter() - start) * 1000  # every image of the batch waited for all of it
     for result in results:
         result.latency_ms = latency

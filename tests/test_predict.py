@@ -203,3 +203,13 @@ def test_available_cpus_honours_the_cgroup_quota(tmp_path: Path):
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert available_cpus(tmp_path) == available_cpus(tmp_path / "none")
     assert torch.get_num_threads() >= 1
+
+
+def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: Predictor):
+    image = Image.new("RGB", (200, 100))
+    result = predictor.predict(image)
+    result.cam = np.zeros((100, 200), dtype=np.float32)
+    result.cam[80, 30] = 1.0  # the peak: x = 30 of 200, y = 80 of 100
+    details = result.details()
+    assert details["cam_peak"] == [pytest.approx(30.5 / 200), pytest.approx(80.5 / 100)]
+    assert details["cam_layer"] == "bn2"  # tf_efficientnet_lite0's last activated feature map (the registry's choice)
