@@ -106,7 +106,7 @@ class Prediction:
     def cam_peak(self) -> list[float]:
         """The heatmap's maximum as [x, y] in 0-1 coordinates of the image (x to the right, y down), at pixel centres."""
         y, x = np.unravel_index(int(np.argmax(self.cam)), self.cam.shape)
-        return [round((x + 0.5) / self.cam.shape[1], 4), round((y + 0.5) / self.cam.shape[0], 4)]
+        return [round(float(x + 0.5) / self.cam.shape[1], 4), round(float(y + 0.5) / self.cam.shape[0], 4)]
 
     @property
     def in_distribution(self) -> bool:

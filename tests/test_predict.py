@@ -212,4 +212,5 @@ def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: 
     result.cam[80, 30] = 1.0  # the peak: x = 30 of 200, y = 80 of 100
     details = result.details()
     assert details["cam_peak"] == [pytest.approx(30.5 / 200), pytest.approx(80.5 / 100)]
+    assert all(type(v) is float for v in details["cam_peak"])  # plain JSON numbers
     assert details["cam_layer"] == "bn2"  # tf_efficientnet_lite0's last activated feature map (the registry's choice)
