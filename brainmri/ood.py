@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from brainmri.checkpoint import MANIFEST, WEIGHTS, label_names, load_checkpoint
 from brainmri.cli import exit_code
-from brainmri.data import ImageRecords, data_config, eval_transform, limit_per_class, load_records, sha256, split_train_val
-from brainmri.duplicates import connected_groups, near_pairs, thumbnails
+from brainmri.data import data_config, eval_transform, load_records, sha256
 from brainmri.runtime import configure_torch_threads
+from brainmri.split import checkpoint_split
 
 _logger = logging.getLogger(__name__)
 
@@ -168,20 +168,6 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- fitting
 
 
-def training_split(folder: Path, data: str) -> tuple[ImageRecords, ImageRecords]:
-    """The train and validation records exactly as training split them (train/train.py build_loaders)."""
-    path = folder / "train_config.json"
-    if not path.is_file():
-        raise ValueError(f"{folder} has no train_config.json, so its validation split cannot be recomputed")
-    cfg = json.loads(path.read_text())
-    records = load_records(data, "train")
-    if cfg.get("limit_per_class"):
-        records = limit_per_class(records, cfg["limit_per_class"], cfg["seed"])
-    groups = connected_groups(len(records), near_pairs(thumbnails(records)))
-    train_idx, val_idx = split_train_val(records.labels, groups, cfg["val_fraction"], cfg["seed"])
-    return records.subset(train_idx), records.subset(val_idx)
-
-
 @torch.inference_mode()
 def extract(model: nn.Module, images: Iterator[Image.Image], total: int, batch_size: int = 64, desc: str = "features") -> dict:
     """Features, probabilities and image measures of RGB images, batched through the eval transform."""
@@ -211,7 +197,7 @@ def fit(folder: str | Path, data: str, percentile: float = DEFAULT_PERCENTILE) -
 
     folder = Path(folder)
     model = load_checkpoint(folder)
-    train, val = training_split(folder, data)
+    train, val = checkpoint_split(folder, data)  # exactly the images training fitted and chose on
     if train.class_names != label_names(folder):
         raise ValueError(f"data classes {train.class_names} differ from the checkpoint's {label_names(folder)}")
     tr = extract(model, (train.open(i) for i in range(len(train))), len(train), desc="train features")

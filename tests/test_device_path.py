@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from brainmri import datacache
 from brainmri.data import ImageRecords, data_config, eval_transform, limit_per_class, load_records
 from brainmri.registry import create_model
-from train import datacache
 from train.config import TrainConfig
 from train.evaluate import predict_logits
 from train.train import DeviceBatches, State, build_model, plan_epochs, seconds_per_epoch, startup_seconds

@@ -23,9 +23,9 @@ from brainmri.calibration import calibrated_probs, fit_temperature, negative_log
 from brainmri.checkpoint import label_names, load_checkpoint
 from brainmri.cli import exit_code
 from brainmri.metrics import expected_calibration_error
+from brainmri.split import training_split
 from train.config import TrainConfig
 from train.evaluate import load_test_split, predict_logits
-from train.train import load_train_records, split_records
 
 _logger = logging.getLogger("calibrate")
 
@@ -53,7 +53,7 @@ def calibrate_checkpoint(
     folder = Path(folder)
     cfg = run_config(folder, data)
     model = load_checkpoint(folder).to(device)
-    _, val = split_records(cfg, load_train_records(cfg))
+    _, val = training_split(cfg.data, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
     if val.class_names != label_names(folder):
         raise ValueError(f"data classes {val.class_names} differ from the checkpoint's {label_names(folder)}")
     val_logits = predict_logits(model, val)

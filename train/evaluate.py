@@ -23,9 +23,9 @@ from tqdm import tqdm
 from brainmri.checkpoint import label_names, load_checkpoint, read_config
 from brainmri.cli import exit_code
 from brainmri.data import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
+from brainmri.datacache import decode_records, memo, source_key, thumbnails
 from brainmri.duplicates import near_pairs
 from brainmri.metrics import classification_report
-from train.datacache import decode_records, memo, source_key, thumbnails
 
 _logger = logging.getLogger("evaluate")
 
@@ -34,7 +34,7 @@ _logger = logging.getLogger("evaluate")
 def predict_logits(model: torch.nn.Module, records: ImageRecords, batch_size: int = 64) -> np.ndarray:
     """(N, C) logits, each image through timm's eval transform of the model's config, on the model's device.
 
-    The images are decoded once to uint8 by that transform (memoised inside ``train.datacache.open_cache``)
+    The images are decoded once to uint8 by that transform (memoised inside ``brainmri.datacache.open_cache``)
     and normalised per batch, which is the transform's own last step.
     """
     cfg = data_config(model)

@@ -14,7 +14,7 @@ once every later model is promised ``min_budget_s`` plus ``overhead_s``; within 
 it fits its cosine schedule to the epochs that fit (see TrainConfig.time_budget_s).
 
 Data work (thumbnails, split, decoding, the near-dedup Testing subset) is done once for all
-models (train.datacache). A model that runs out of GPU memory is retried once with gradient
+models (brainmri.datacache). A model that runs out of GPU memory is retried once with gradient
 checkpointing; one that fails otherwise is logged with its traceback, recorded as failed in
 ``sweep.json`` and the table, and the sweep goes on and exits 1 at the end.
 
@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from brainmri.datacache import open_cache
 from brainmri.registry import get_spec
 from train.config import TrainConfig
-from train.datacache import open_cache
 from train.train import fit
 
 _logger = logging.getLogger("sweep")

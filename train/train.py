@@ -37,15 +37,12 @@ from brainmri.data import (
     ImageRecords,
     augment_batch,
     data_config,
-    limit_per_class,
-    load_records,
     normalize_batch,
-    split_train_val,
 )
-from brainmri.duplicates import connected_groups, near_pairs
+from brainmri.datacache import decode_records
 from brainmri.registry import count_parameters, create_model, get_spec, set_input_size
+from brainmri.split import split_records, training_records
 from train.config import TrainConfig, parse_config
-from train.datacache import decode_records, memo, source_key, thumbnails
 
 _logger = logging.getLogger("train")
 
@@ -109,29 +106,13 @@ class State:
 
 
 def load_train_records(cfg: TrainConfig) -> ImageRecords:
-    records = load_records(cfg.data, "train")
-    return limit_per_class(records, cfg.limit_per_class, cfg.seed) if cfg.limit_per_class else records
-
-
-def split_records(cfg: TrainConfig, records: ImageRecords) -> tuple[ImageRecords, ImageRecords]:
-    """(train, validation), near-duplicate groups kept whole; train.calibrate rebuilds it from train_config.json."""
-
-    def split() -> tuple[np.ndarray, np.ndarray]:
-        groups = connected_groups(len(records), near_pairs(thumbnails(records)))
-        train_idx, val_idx = split_train_val(records.labels, groups, cfg.val_fraction, cfg.seed)
-        _logger.info(
-            "split: %d train, %d validation (%d duplicate groups kept whole)", len(train_idx), len(val_idx), len(records) - groups.max() - 1
-        )
-        return train_idx, val_idx
-
-    train_idx, val_idx = memo(("split", source_key(records), cfg.val_fraction, cfg.seed), split)
-    return records.subset(train_idx), records.subset(val_idx)
+    return training_records(cfg.data, cfg.limit_per_class, cfg.seed)
 
 
 def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: torch.device | str = "cpu") -> Loaders:
     """Validation split with near-duplicate groups kept whole, each side decoded once to uint8 (moved to ``device`` once
     with ``data_on_device``)."""
-    train_set, val_set = split_records(cfg, records)
+    train_set, val_set = split_records(records, cfg.val_fraction, cfg.seed)
     drop_last = len(train_set) > cfg.batch_size
     (xt, yt), (xv, yv) = [
         (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))

@@ -1,0 +1,56 @@
+"""One home for the validation split (brainmri.split), and no import circle among the project's modules."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+from brainmri.split import checkpoint_split, split_records
+from train.config import TrainConfig
+from train.train import load_train_records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_training_calibration_and_ood_fitting_see_the_same_validation_set(tmp_path, data_dir):
+    cfg = TrainConfig(data=str(data_dir), limit_per_class=12, seed=3, val_fraction=0.25)
+    train, val = split_records(load_train_records(cfg), cfg.val_fraction, cfg.seed)  # what train.train.build_loaders cuts
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    again_train, again_val = checkpoint_split(folder)  # what train.calibrate and brainmri.ood fit rebuild
+    assert again_val.sources == val.sources and again_train.sources == train.sources
+    assert not set(val.sources) & set(train.sources) and len(val) >= 4
+
+
+def _imports(path: Path) -> set[str]:
+    """Project modules a file imports, at any depth (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in {"brainmri", "train"}:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] in {"brainmri", "train"})
+    return found
+
+
+def test_no_import_circles_and_serving_never_imports_fitting():
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for d in ("brainmri", "train") for p in (ROOT / d).glob("*.py")}
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    assert not [m for m in graph if m.startswith("brainmri") and any(i.startswith("train") for i in graph[m])]
+
+    def cycle_from(start: str, node: str, seen: tuple) -> tuple | None:
+        for nxt in graph[node]:
+            if nxt == start:
+                return (*seen, nxt)
+            if nxt not in seen:
+                found = cycle_from(start, nxt, (*seen, nxt))
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in graph if (c := cycle_from(m, m, (m,)))]
+    assert not cycles, cycles[0]
