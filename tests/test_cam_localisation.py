@@ -1,0 +1,34 @@
+"""The pointing game's parts: boxes in the image frame, the held-out halves, and a score that can fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.cam_localisation import DEFAULT_BOXES, Box, halves, load_boxes
+
+
+def test_a_box_holds_points_and_pixel_centres_in_the_image_frame():
+    box = Box(0.25, 0.5, 0.5, 1.0)  # x from a quarter to a half, the lower half
+    assert box.holds(0.3, 0.75) and not box.holds(0.75, 0.75) and not box.holds(0.3, 0.25)
+    rows, cols = box.pixels(8, 4)  # pixel centres at (i + 0.5) / size
+    mask = np.zeros((4, 8), dtype=bool)
+    mask[rows, cols] = True
+    assert mask.sum() == 2 * 2 and mask[2:, 2:4].all()  # columns 2-3 (centres 0.3125, 0.4375), rows 2-3
+
+
+def test_halves_are_seeded_disjoint_and_cover_everything():
+    items = list(range(101))
+    a, b = halves(items, seed=0), halves(items, seed=0)
+    assert a == b and sorted(a["choose"] + a["report"]) == items and not set(a["choose"]) & set(a["report"])
+    assert halves(items, seed=1) != a
+
+
+def test_the_shared_boxes_cover_training_tumours_only():
+    if not Path(DEFAULT_BOXES).is_file():
+        pytest.fail(f"the boxes are missing at {DEFAULT_BOXES}")
+    boxes = load_boxes(DEFAULT_BOXES)
+    assert len(boxes) == 3962 and all(p.startswith("Training/") and "/notumor/" not in p for p in boxes)
+    assert all(0 <= b.x0 < b.x1 <= 1 and 0 <= b.y0 < b.y1 <= 1 for b in boxes.values())
