@@ -80,7 +80,8 @@ def test_the_app_says_the_hub_was_not_reachable(silent_hub, monkeypatch):
 
     monkeypatch.setattr(app, "_hub_sources", lambda: discover(hub=True, timeout=1.0))
     start = time.monotonic()
-    dropdown, note = app.refresh_models()
+    dropdown, note, picker = app.refresh_models()
     assert time.monotonic() - start < 8
     assert set(SHIPPED) <= set(app.PREDICTOR.available)
     assert "not reachable" in note
+    assert [v for _, v in picker.choices] == [v for _, v in dropdown.choices]  # Compare offers what Classify offers
