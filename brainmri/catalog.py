@@ -8,21 +8,20 @@ reason it is not available, so that the app shows it rather than failing on it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.checkpoint import CONFIG, WEIGHTS
+from brainmri.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, WEIGHTS, read_metrics
 from brainmri.registry import REGISTRY, get_spec
 
 _logger = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 3.0  # per repo; all repos are asked at once
 # Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them.
-CHECKPOINT_FILES = [CONFIG, WEIGHTS, "manifest.json", "metrics.json", "ood.json", "ood.safetensors"]
+CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, "ood.json", "ood.safetensors"]
 
 
 @dataclass(frozen=True)
@@ -113,10 +112,9 @@ def checkpoint_folder(source: ModelSource) -> Path:
 
 def validation_accuracy(folder: str | Path) -> float:
     """The checkpoint's best validation accuracy from metrics.json, or -1 when unknown."""
-    path = Path(folder) / "metrics.json"
     try:
-        return float(json.loads(path.read_text())["validation"]["accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_metrics(folder)["validation"]["accuracy"])
+    except (ValueError, KeyError, TypeError):
         return -1.0
 
 
@@ -146,8 +144,8 @@ def test_accuracy(source: ModelSource) -> float | None:
     if source.where != "local":
         return None
     try:
-        return float(json.loads((Path(source.location) / "metrics.json").read_text())["test"]["accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_metrics(source.location)["test"]["accuracy"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 

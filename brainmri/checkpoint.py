@@ -24,10 +24,14 @@ from brainmri.data import sha256
 
 _logger = logging.getLogger(__name__)
 
+# The folder layout: every file name of a checkpoint has its home here.
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.json"  # optional: written by train.calibrate, covered by the manifest
+METRICS = "metrics.json"  # training, test and calibration figures (train.train, train.evaluate, train.calibrate)
+TRAIN_CONFIG = "train_config.json"  # the TrainConfig the weights were trained with
+HISTORY = "history.csv"  # one row per epoch
 
 
 def save_checkpoint(
@@ -113,3 +117,24 @@ def label_names(folder: str | Path) -> list[str]:
 
 def count_tensors_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def read_metrics(folder: str | Path) -> dict:
+    """The folder's metrics.json; ValueError naming the file when it is missing or not JSON."""
+    path = Path(folder) / METRICS
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+
+
+def has_metrics(folder: str | Path) -> bool:
+    return (Path(folder) / METRICS).is_file()
+
+
+def update_metrics(folder: str | Path, sections: dict) -> dict:
+    """Merge ``sections`` into the folder's metrics.json (made if absent); returns the whole of it."""
+    metrics = read_metrics(folder) if has_metrics(folder) else {}
+    metrics.update(sections)
+    (Path(folder) / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from brainmri.checkpoint import HISTORY, has_metrics, read_metrics
 from brainmri.registry import CHECKPOINT_DIR, REGISTRY
 
 _logger = logging.getLogger(__name__)
@@ -51,17 +52,9 @@ def checkpoint_folders(root: str | Path = CHECKPOINT_DIR) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    folders = [p for p in root.iterdir() if (p / "metrics.json").is_file()]
+    folders = [p for p in root.iterdir() if has_metrics(p)]
     order = {name: i for i, name in enumerate(REGISTRY)}
     return sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))
-
-
-def read_metrics(folder: str | Path) -> dict:
-    path = Path(folder) / "metrics.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
 
 
 def _rounded(value, digits: int = 4) -> float | None:
@@ -138,7 +131,7 @@ def results_table(path: str | Path = RESULTS_CSV) -> list[dict] | None:
 
 def history(folder: str | Path) -> list[dict]:
     """Per-epoch rows of history.csv (empty when absent)."""
-    path = Path(folder) / "history.csv"
+    path = Path(folder) / HISTORY
     if not path.is_file():
         return []
     with path.open(newline="") as f:

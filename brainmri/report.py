@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +10,7 @@ matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brainmri.checkpoint import read_config  # noqa: E402
+from brainmri.checkpoint import read_config, read_metrics  # noqa: E402
 from brainmri.metrics import expected_calibration_error, reliability_bins  # noqa: E402
 
 
@@ -96,7 +95,7 @@ def write_model_card(folder: str | Path) -> Path:
     """README.md with Hub front matter (model-index) from config.json and metrics.json."""
     folder = Path(folder)
     config = read_config(folder)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = read_metrics(folder)
     name = config.get("registry_name", config["architecture"])
     test, dedup = metrics.get("test"), metrics.get("test_dedup")
     results = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.experiments import read_metrics
+from brainmri.checkpoint import has_metrics, read_metrics
 from brainmri.registry import CHECKPOINT_DIR, get_spec
 
 # The seed's figures (its Testing split, which it called validation), for Sequential 1-4.
@@ -61,7 +61,7 @@ def _pct(value: float | None) -> str:
 
 
 def _metrics(root: Path) -> dict[str, dict]:
-    return {name: read_metrics(root / name) for name in RUNS if (root / name / "metrics.json").is_file()}
+    return {name: read_metrics(root / name) for name in RUNS if has_metrics(root / name)}
 
 
 def seed_rows(root: str | Path = CHECKPOINT_DIR) -> list[dict]:

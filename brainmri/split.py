@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainmri.checkpoint import TRAIN_CONFIG
 from brainmri.data import ImageRecords, limit_per_class, load_records, split_train_val
 from brainmri.datacache import memo, source_key, thumbnails
 from brainmri.duplicates import connected_groups, near_pairs
@@ -50,7 +51,7 @@ def training_split(data: str, val_fraction: float, seed: int, limit: int = 0) ->
 def checkpoint_split(folder: str | Path, data: str | None = None) -> tuple[ImageRecords, ImageRecords]:
     """A checkpoint's own (train, validation) records, from its train_config.json; ``data`` overrides where the
     images are (the same images, elsewhere: a device run's ``data/`` copy, say)."""
-    path = Path(folder) / "train_config.json"
+    path = Path(folder) / TRAIN_CONFIG
     if not path.is_file():
         raise ValueError(f"{folder} has no train_config.json, so its validation split cannot be rebuilt")
     cfg = json.loads(path.read_text())

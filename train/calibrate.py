@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from brainmri.calibration import calibrated_probs, fit_temperature, negative_log_likelihood, save_temperature
-from brainmri.checkpoint import label_names, load_checkpoint
+from brainmri.checkpoint import TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
 from brainmri.cli import exit_code
 from brainmri.metrics import expected_calibration_error
 from brainmri.split import training_split
@@ -32,7 +32,7 @@ _logger = logging.getLogger("calibrate")
 
 def run_config(folder: str | Path, data: str | None = None) -> TrainConfig:
     """The TrainConfig a checkpoint was trained with (its train_config.json), optionally pointed at other ``data``."""
-    path = Path(folder) / "train_config.json"
+    path = Path(folder) / TRAIN_CONFIG
     if not path.is_file():
         raise ValueError(f"checkpoint {folder} has no train_config.json, so its validation split cannot be rebuilt")
     try:
@@ -79,10 +79,7 @@ def calibrate_checkpoint(
     split = {"val": "validation", "test": "Testing", "test_dedup": "near-dedup Testing"}[name]
     curves = {f"{split}, before (T = 1)": 1.0, f"{split}, after (T = {temperature:.2f})": temperature}
     reliability_diagram({title: calibrated_probs(logits, t) for title, t in curves.items()}, labels, folder / "reliability.png")
-    metrics_path = folder / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["calibration"] = result
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    update_metrics(folder, {"calibration": result})
     _logger.info(
         "temperature %.4f; ECE before -> after: %s",
         temperature,

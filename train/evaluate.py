@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainmri.checkpoint import label_names, load_checkpoint, read_config
+from brainmri.checkpoint import label_names, load_checkpoint, read_config, update_metrics
 from brainmri.cli import exit_code
 from brainmri.data import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.datacache import decode_records, memo, source_key, thumbnails
@@ -101,10 +101,7 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
     if test.class_names != label_names(folder):
         raise ValueError(f"data classes {test.class_names} differ from the checkpoint's {label_names(folder)}")
     results = score(predict_records(model, test), test, clean, limit)
-    metrics_path = folder / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics.update(results)
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    update_metrics(folder, results)
     plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / "confusion.png", "Testing")
     return results
 

@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from brainmri.checkpoint import METRICS, has_metrics, read_metrics
 from brainmri.registry import REGISTRY
 from brainmri.seed_report import seed_markdown
 from train.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
@@ -82,7 +83,7 @@ def _get(metrics: dict, path: tuple):
 
 def metrics_row(folder: Path) -> dict:
     """One table row from ``folder/metrics.json``."""
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = read_metrics(folder)
     row = {col: _get(metrics, path) for col, path in COLUMNS.items()}
     status = "ok" if row["test_accuracy"] is not None else "not tested"
     return {**row, "bound_img_per_s": None, "pct_of_bound": None, "status": status, "run": run_label(folder), "folder": str(folder)}
@@ -118,7 +119,7 @@ def collect_rows(sources: list[str | Path]) -> list[dict]:
     """Rows of every checkpoint folder in ``sources`` (folders, or folders of folders), in registry order."""
     rows = []
     for source in map(Path, sources):
-        folders = [source] if (source / "metrics.json").is_file() else sorted(p.parent for p in source.glob("*/metrics.json"))
+        folders = [source] if has_metrics(source) else sorted(p.parent for p in source.glob(f"*/{METRICS}"))
         rows += [metrics_row(f) for f in folders]
         rows += failed_rows(source)
     order = {name: i for i, name in enumerate(REGISTRY)}

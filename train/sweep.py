@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from brainmri.checkpoint import read_metrics
 from brainmri.datacache import open_cache
 from brainmri.registry import get_spec
 from train.config import TrainConfig
@@ -125,8 +126,8 @@ def model_config(plan: SweepPlan, entry: dict, budget: float, resumable: bool = 
 def finished(folder: Path) -> bool:
     """A model folder whose run ended: tested (metrics.json with a test entry) and no --resume state left."""
     try:
-        done = "test" in json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
+        done = "test" in read_metrics(folder)
+    except ValueError:
         return False
     return done and not (folder / "resume").exists()
 

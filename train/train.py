@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from brainmri.checkpoint import save_checkpoint
+from brainmri.checkpoint import HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
 from brainmri.cli import exit_code
 from brainmri.data import (
     ImageRecords,
@@ -246,7 +246,7 @@ def load_resume(out: Path, accelerator) -> State:
 
 
 def write_history(out: Path, history: list[dict]) -> None:
-    with (out / "history.csv").open("w", newline="") as f:
+    with (out / HISTORY).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
@@ -280,7 +280,7 @@ def fit(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         _logger.info("config:\n%s", cfg.to_json())
-        (out / "train_config.json").write_text(cfg.to_json() + "\n")
+        (out / TRAIN_CONFIG).write_text(cfg.to_json() + "\n")
 
     records = load_train_records(cfg)
     model = build_model(cfg, len(records.class_names))
@@ -402,7 +402,7 @@ def finish(
     write_history(out, state.history)
     plot_history(state.history, out / "curves.png")
     metrics = run_metrics(cfg, spec, model, loaders, state, dcfg, init)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    update_metrics(out, metrics)
     if cfg.evaluate_test:
         evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed, device=device)
     calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # temperature on validation, ECE before/after
