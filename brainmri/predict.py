@@ -36,7 +36,7 @@ from brainmri.catalog import ModelSource, best_model, checkpoint_folder, discove
 from brainmri.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.data import data_config, eval_transform
 from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch, prepare_for_cam
-from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats, pooled_features
+from brainmri.ood import NOT_MRI, OOD_CONFIG, OODResult, OODStats, load_stats, pooled_features
 from brainmri.registry import cam_layer
 
 _logger = logging.getLogger(__name__)
@@ -288,11 +288,17 @@ class Predictor:
     ):
         self.sources = discover() if sources is None else sources
         self.default_model = best_model(self.sources)
-        self.ood_model = self.default_model if ood_model == "default" else ood_model
+        self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
         self.cache = ModelCache(cache_mb * 2**20)
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self._batchers_lock = threading.Lock()
+
+    def ood_judge(self) -> str | None:
+        """The default model when it ships OOD statistics, else the first local model that does (only the
+        judge ships them, so choosing a simple CNN as the default must not switch the check off)."""
+        local = [n for n in [self.default_model, *self.available] if n and self.sources[n].where == "local"]
+        return next((n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()), self.default_model)
 
     @property
     def available(self) -> list[str]:

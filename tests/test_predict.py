@@ -214,3 +214,10 @@ def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: 
     assert details["cam_peak"] == [pytest.approx(30.5 / 200), pytest.approx(80.5 / 100)]
     assert all(type(v) is float for v in details["cam_peak"])  # plain JSON numbers
     assert details["cam_layer"] == "bn2"  # tf_efficientnet_lite0's last activated feature map (the registry's choice)
+
+
+def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistics(predictor: Predictor, monkeypatch):
+    monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", "simple_cnn_7")
+    chosen = Predictor(predictor.sources)
+    assert chosen.default_model == "simple_cnn_7" and chosen.ood_model == "tf_efficientnet_lite0"
+    assert not chosen.predict(Image.new("RGB", (256, 256))).in_distribution  # a blank image is still flagged
