@@ -100,7 +100,8 @@ def classify(session, model_name: str | None, method: str, opacity: float):
     image = session[0]
     with user_errors():
         result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
-    return result.label_value(), overlay(image, result.cam, opacity), result.summary(), result.details(), (image, result.cam)
+    cam = result.explained_cam
+    return result.label_value(), overlay(image, cam, opacity), result.summary(), result.details(), (image, cam)
 
 
 def reblend(session, opacity: float):
@@ -126,15 +127,15 @@ def predict(image: str, model_name: str | None = None):
 def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress()):
     """The chosen models (all when none is ticked) on the session's image: a table, the heatmaps side by side,
     whether they agree, and how long it took."""
-    if session is None:
-        raise gr.Error("upload an image in the Classify tab first")
+    if session is None:  # a user's slip, not a server fault: nothing for the log
+        raise gr.Error("upload an image in the Classify tab first", print_exception=False)
     image = session[0]
     names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
     start = time.perf_counter()
     with user_errors():
         results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in progress.tqdm(names, desc="models")]
     seconds = time.perf_counter() - start
-    gallery = [(overlay(image, r.cam, DEFAULT_OPACITY), f"{r.model}: {comparison.verdict(r)}") for r in results]
+    gallery = [(overlay(image, r.explained_cam, DEFAULT_OPACITY), f"{r.model}: {comparison.verdict(r)}") for r in results]
     summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s."
     return pd.DataFrame(comparison.comparison_rows(results)).round(4), gallery, summary
 

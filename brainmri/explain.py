@@ -137,13 +137,15 @@ def _colormap_lut(name: str = "jet") -> np.ndarray:
 _LUT = _colormap_lut()
 
 
-def overlay(image: Image.Image, cam: np.ndarray, opacity: float = 0.45) -> Image.Image:
+def overlay(image: Image.Image, cam: np.ndarray | None, opacity: float = 0.45) -> Image.Image:
     """Blend a colour-mapped heatmap over the image.
 
     Args:
-        cam: (H, W) in [0, 1], the image's size.
+        cam: (H, W) in [0, 1], the image's size; None shows the image alone.
         opacity: 0 shows the image alone, 1 the heatmap alone.
     """
+    if cam is None:
+        return image.convert("RGB")
     if cam.shape != (image.height, image.width):
         raise ValueError(f"heatmap is {cam.shape[1]} x {cam.shape[0]}, the image {image.width} x {image.height}")
     opacity = float(np.clip(opacity, 0.0, 1.0))

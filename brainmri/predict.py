@@ -103,6 +103,11 @@ class Prediction:
     cam_layer: str = ""  # the module the heatmap weighs, as named in the model ("bn2", "features.11")
 
     @property
+    def explained_cam(self) -> np.ndarray | None:
+        """The heatmap to show: none over an image that does not look like a brain MRI, where it would explain nothing."""
+        return self.cam if self.in_distribution else None
+
+    @property
     def cam_peak(self) -> list[float]:
         """The heatmap's maximum as [x, y] in 0-1 coordinates of the image (x to the right, y down), at pixel centres."""
         y, x = np.unravel_index(int(np.argmax(self.cam)), self.cam.shape)
@@ -129,9 +134,10 @@ class Prediction:
         p = self.probabilities[self.top_class]
         lines = [f"**Predicted class: {self.top_class}** ({p:.1%})."]
         if self.tumor_probability is not None:
+            # One number, said once: the probability of the verdict given.
             verdict = "Tumour" if self.tumor_probability >= 0.5 else "No tumour"
             shown = self.tumor_probability if self.tumor_probability >= 0.5 else 1 - self.tumor_probability
-            lines.append(f"**{verdict}**: {shown:.1%} (tumour probability {self.tumor_probability:.1%}).")
+            lines.append(f"**{verdict}**: {shown:.1%} probability.")
         if self.ood is None:
             lines.append("(No out-of-distribution statistics for this model: it cannot tell an MRI from another picture.)")
         return " ".join(lines) + by

@@ -134,3 +134,15 @@ def test_the_app_writes_no_stub_files_into_its_source_tree():
     import app  # noqa: F401
 
     assert sorted(ROOT.glob("*.pyi")) + sorted((ROOT / "brainmri").glob("*.pyi")) == []
+
+
+def test_compare_without_an_image_is_a_clear_error_and_logs_nothing(capsys, caplog):
+    import gradio as gr
+
+    import app
+
+    with pytest.raises(gr.Error, match="upload an image") as raised:
+        app.compare(None, "Grad-CAM", None)
+    assert raised.value.print_exception is False  # Gradio prints a traceback for errors that do not say otherwise
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err and not [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]

@@ -221,3 +221,22 @@ def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistic
     chosen = Predictor(predictor.sources)
     assert chosen.default_model == "simple_cnn_7" and chosen.ood_model == "tf_efficientnet_lite0"
     assert not chosen.predict(Image.new("RGB", (256, 256))).in_distribution  # a blank image is still flagged
+
+
+def test_the_summary_gives_the_tumour_probability_once(predictor: Predictor, sample: ImageRecords):
+    result = predictor.predict(sample.open(0))
+    text = result.summary()
+    shown = max(result.tumor_probability, 1 - result.tumor_probability)
+    assert text.count(f"{shown:.1%}") == 1 + (result.probabilities[result.top_class] == shown)  # the class line may equal it
+    assert "tumour probability" not in text
+
+
+def test_no_heatmap_is_shown_over_an_image_that_is_not_a_brain_mri(predictor: Predictor, sample: ImageRecords):
+    from brainmri.explain import overlay
+
+    blank = Image.new("RGB", (64, 64), (90, 90, 90))
+    flagged = predictor.predict(blank)
+    assert not flagged.in_distribution and flagged.explained_cam is None
+    assert np.array_equal(np.asarray(overlay(blank, flagged.explained_cam, 0.9)), np.asarray(blank))  # the image alone
+    real = predictor.predict(sample.open(0))
+    assert real.in_distribution and real.explained_cam is real.cam
