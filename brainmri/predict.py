@@ -219,11 +219,6 @@ def ood_check_batch(loaded: LoadedModel, images: Sequence[Image.Image]) -> list[
     return results
 
 
-def ood_check(loaded: LoadedModel, image: Image.Image) -> OODResult | None:
-    """``loaded``'s OOD verdict on ``image`` from one inference forward; None without statistics."""
-    return ood_check_batch(loaded, [image])[0]
-
-
 class ModelCache:
     """Loaded models, least recently used evicted first once their tensors pass ``max_bytes``.
 
