@@ -136,7 +136,7 @@ def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress
         results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in progress.tqdm(names, desc="models")]
     seconds = time.perf_counter() - start
     gallery = [(overlay(image, r.explained_cam, DEFAULT_OPACITY), f"{r.model}: {comparison.verdict(r)}") for r in results]
-    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s."
+    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
     return pd.DataFrame(comparison.comparison_rows(results)).round(4), gallery, summary
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +13,7 @@ from brainmri.predict import NO_TUMOUR, Prediction
 
 ENSEMBLE = "ensemble (mean of calibrated)"
 NOT_MRI = "not a brain MRI"  # short, for a table cell
+ENSEMBLE_METRICS = Path(__file__).resolve().parent.parent / "results" / "ensemble_metrics.json"
 
 
 def verdict(result: Prediction) -> str:
@@ -56,3 +59,18 @@ def agreement(results: Sequence[Prediction]) -> str:
     if len(verdicts) == 1:
         return f"**All {len(results)} models agree: {verdicts.pop()}.**"
     return "**The models disagree**: " + "; ".join(f"{r.model} says {verdict(r)}" for r in results) + "."
+
+
+def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS) -> str:
+    """What the ensemble row is, and the one ensemble measured on Testing (train.evaluate --ensemble), in a line."""
+    line = "The ensemble row averages the ticked models' calibrated probabilities."
+    try:
+        scored = json.loads(Path(path).read_text())
+        members = ", ".join(m["name"] for m in scored["members"])
+        test, dedup = scored["test"], scored["test_dedup"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return line + " No ensemble has been scored on Testing yet."
+    return (
+        f"{line} Measured on Testing, the ensemble of {members} scores {test['accuracy']:.2%} (n={test['n']}) and "
+        f"{dedup['accuracy']:.2%} on near-dedup Testing (n={dedup['n']}; `results/ensemble_metrics.json`)."
+    )

@@ -42,3 +42,15 @@ def test_rows_and_agreement():
     assert agreement([a, b]) == "**The models disagree**: a says glioma; b says meningioma."
     flagged = prediction("c", [0.9, 0.0, 0.1, 0.0], in_distribution=False)
     assert "c says not a brain MRI" in agreement([a, flagged])
+
+
+def test_the_ensemble_row_says_what_it_is_and_what_was_measured(tmp_path):
+    import json
+
+    from brainmri.comparison import ENSEMBLE_METRICS, scored_ensemble_note
+
+    scored = json.loads(ENSEMBLE_METRICS.read_text())
+    note = scored_ensemble_note()
+    assert f"{scored['test']['accuracy']:.2%} (n=1311)" in note and scored["members"][0]["name"] in note
+    assert "averages the ticked models" in note
+    assert scored_ensemble_note(tmp_path / "none.json").endswith("No ensemble has been scored on Testing yet.")
