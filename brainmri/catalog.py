@@ -139,7 +139,7 @@ FAMILY_TITLES = {"efficientnet": "EfficientNet", "simple": "Simple CNN", "baseli
 FAMILY_ORDER = list(FAMILY_TITLES)  # the dropdown's groups, the shipped default's family first
 
 
-def test_accuracy(source: ModelSource) -> float | None:
+def testing_accuracy(source: ModelSource) -> float | None:
     """Accuracy on the official Testing split from a local checkpoint's metrics.json; None when unknown."""
     if source.where != "local":
         return None
@@ -152,7 +152,7 @@ def test_accuracy(source: ModelSource) -> float | None:
 def model_label(source: ModelSource) -> str:
     """What a dropdown shows for a model: its family, what it is, and its Testing accuracy."""
     spec = get_spec(source.name)
-    acc = test_accuracy(source)
+    acc = testing_accuracy(source)
     score = f"{100 * acc:.1f}% on Testing" if acc is not None else "Testing accuracy not measured"
     return f"{FAMILY_TITLES.get(spec.family, spec.family)} · {spec.about or spec.name} ({score})"
 
