@@ -3,7 +3,7 @@
     python app.py            # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; starts offline with HF_HUB_OFFLINE=1
 
 API: ``/predict`` takes (image file, model name) and returns (probabilities, heatmap, details); the heatmap comes as
-a PNG data URL (``brainmri.inline_media.decode_data_url``): nothing derived from an upload is written to disk.
+a PNG data URL (``brainmri.app.inline_media.decode_data_url``): nothing derived from an upload is written to disk.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from brainmri import comparison, dataview, experiments
+from brainmri.app import comparison, dataview, experiments
 from brainmri.catalog import discover, labelled_choices, unavailable_markdown
 from brainmri.data import data_config
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, load_image
-from brainmri.inline_media import send_inline
+from brainmri.app.inline_media import send_inline
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
 from brainmri.seed_report import seed_markdown
-from brainmri.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
+from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 _logger = logging.getLogger("app")
@@ -190,7 +190,7 @@ def audit_view():
 
 @functools.cache
 def examples() -> list[tuple[str, str]]:
-    """Example images, one Testing slice per class, as (path, class); fetched once (brainmri.dataview.example_images)."""
+    """Example images, one Testing slice per class, as (path, class); fetched once (brainmri.app.dataview.example_images)."""
     return dataview.example_images(DATA)
 
 
@@ -206,7 +206,7 @@ def classify_example(model_name: str | None, method: str, opacity: float, evt: g
 
 def build_demo() -> gr.Blocks:
     local = examples() if dataview.local_root(DATA) is not None else []
-    # Uploads are deleted once decoded and heatmaps never touch the disk (brainmri.inline_media); the sweep is a backstop
+    # Uploads are deleted once decoded and heatmaps never touch the disk (brainmri.app.inline_media); the sweep is a backstop
     # for anything else in Gradio's cache (example copies, figures): older than 10 minutes, checked every 10 minutes.
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
         gr.Markdown("# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with Grad-CAM.\n\n" + DISCLAIMER)

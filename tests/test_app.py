@@ -15,7 +15,7 @@ from PIL import Image
 from shipped import require_shipped
 from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
 
-from brainmri.inline_media import decode_data_url
+from brainmri.app.inline_media import decode_data_url
 
 ROOT = Path(__file__).resolve().parent.parent
 

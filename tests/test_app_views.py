@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainmri import dataview, experiments
+from brainmri.app import dataview, experiments
 from brainmri.data import eval_transform
 
 

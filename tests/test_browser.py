@@ -21,7 +21,7 @@ from PIL import Image
 from shipped import require_shipped
 from traces import files_containing, files_named, files_since
 
-from brainmri.uploads import gradio_cache_dir
+from brainmri.app.uploads import gradio_cache_dir
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainmri.comparison import ENSEMBLE, NOT_MRI, agreement, comparison_rows, ensemble_row
+from brainmri.app.comparison import ENSEMBLE, NOT_MRI, agreement, comparison_rows, ensemble_row
 from brainmri.ood import OODResult
 from brainmri.predict import Prediction
 
@@ -47,7 +47,7 @@ def test_rows_and_agreement():
 def test_the_ensemble_row_says_what_it_is_and_what_was_measured(tmp_path):
     import json
 
-    from brainmri.comparison import ENSEMBLE_METRICS, scored_ensemble_note
+    from brainmri.app.comparison import ENSEMBLE_METRICS, scored_ensemble_note
 
     scored = json.loads(ENSEMBLE_METRICS.read_text())
     note = scored_ensemble_note()

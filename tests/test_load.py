@@ -29,7 +29,7 @@ def test_24_clients_nothing_lost_nothing_mixed_up(data_dir: Path):
 def test_identical_uploads_at_once_lose_nothing_and_leave_nothing(data_dir: Path):
     """A class clicking one example at the same moment: Gradio files identical uploads under one path, and the
     request that finishes first must not delete the file the others still need (31 of 72 were lost before)."""
-    from brainmri.uploads import gradio_cache_dir
+    from brainmri.app.uploads import gradio_cache_dir
 
     before = set(gradio_cache_dir().rglob("*")) if gradio_cache_dir().is_dir() else set()
     r = load_test.load_test(clients=24, requests=2, model="simple_cnn_7", time_limit=150, data=data_dir, mode="identical")

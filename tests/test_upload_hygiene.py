@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from traces import files_containing, files_named, files_since
 
-from brainmri.inline_media import data_url, decode_data_url, send_inline
-from brainmri.uploads import discard_upload, gradio_cache_dir, kept_in_cache
+from brainmri.app.inline_media import data_url, decode_data_url, send_inline
+from brainmri.app.uploads import discard_upload, gradio_cache_dir, kept_in_cache
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_discard_upload_touches_only_gradio_cache(tmp_path: Path):
 
 def test_identical_uploads_are_deleted_by_the_last_request_that_needs_them(tmp_path, monkeypatch):
     """Gradio files identical uploads under one path: with two pending, the first release keeps the file."""
-    from brainmri.uploads import PendingUploads, discard_upload, gradio_cache_dir
+    from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     file = gradio_cache_dir() / "0123abcd" / "slice.png"

@@ -21,7 +21,7 @@ from brainmri.data import SPLIT_FOLDERS, eval_transform, load_records
 
 _logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def data_source() -> str:

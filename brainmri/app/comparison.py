@@ -13,7 +13,7 @@ from brainmri.predict import NO_TUMOUR, Prediction
 
 ENSEMBLE = "ensemble (mean of calibrated)"
 NOT_MRI = "not a brain MRI"  # short, for a table cell
-ENSEMBLE_METRICS = Path(__file__).resolve().parent.parent / "results" / "ensemble_metrics.json"
+ENSEMBLE_METRICS = Path(__file__).resolve().parents[2] / "results" / "ensemble_metrics.json"
 
 
 def verdict(result: Prediction) -> str:

@@ -18,7 +18,7 @@ from brainmri.registry import CHECKPOINT_DIR, REGISTRY
 
 _logger = logging.getLogger(__name__)
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 RESULTS_CSV = RESULTS_DIR / "experiments.csv"
 CAM_SANITY_JSON = RESULTS_DIR / "cam_sanity.json"
 COLUMNS = [
