@@ -22,7 +22,7 @@ from brainmri.app import comparison, dataview, experiments
 from brainmri.catalog import discover, labelled_choices, unavailable_markdown
 from brainmri.data import data_config
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
-from brainmri.imageio import MAX_BYTES, load_image
+from brainmri.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.app.inline_media import send_inline
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
@@ -36,7 +36,6 @@ DISCLAIMER = (
     "**For research and education only. Not a medical device; not for diagnosis.** "
     "A classifier trained on one public dataset of brain MRI slices cannot replace a radiologist."
 )
-FORMATS = "JPEG, PNG (8/16-bit, greyscale, RGBA), WebP, BMP, TIFF or DICOM (.dcm)"
 DEFAULT_OPACITY = 0.45
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
 EMPTY = (None, None, "", None, None)  # the Classify outputs, cleared
@@ -214,7 +213,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    upload = without_stray_temp_file(gr.File(label=f"MRI slice: {FORMATS}", type="filepath", elem_id="upload"))
+                    upload = without_stray_temp_file(gr.File(label=f"MRI slice: {accepted_formats()}", type="filepath", elem_id="upload"))
                     model = gr.Dropdown(model_choices(), value=PREDICTOR.default_model, label="Model", elem_id="model")
                     unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable))
                     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method")

@@ -1,7 +1,7 @@
 """Decoding uploads: every image format the app takes, to one RGB 8-bit PIL image.
 
-JPEG, PNG (8 and 16 bit, greyscale, palette, RGBA), WebP, BMP, TIFF (first page) and
-DICOM (pydicom, with the modality rescale and the file's own window). EXIF orientation
+JPEG, PNG (8 and 16 bit, greyscale, palette, RGBA), WebP, BMP, TIFF (first page), GIF (first frame)
+and DICOM (pydicom, with the modality rescale and the file's own window). EXIF orientation
 is honoured, huge images are refused before they are decoded (decompression bombs),
 large ones are downscaled, and anything that is not a usable image is a ``ValueError``
 that names the problem. Nothing is written to disk or logged: a DICOM file's patient
@@ -25,9 +25,22 @@ MIN_SIDE = 48
 # Refused above this many bytes, before any decoding.
 MAX_BYTES = 64 * 1024 * 1024
 
-DICOM_SUFFIXES = {".dcm", ".dicom"}
-# What the upload widget offers; DICOM files often have no suffix, so the check is by content too.
-UPLOAD_SUFFIXES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".dicom"]
+# The one list of accepted formats: PIL's name for each -> how the app describes it. The upload label and the
+# "not an image this app can read" message come from here, and other formats PIL could open (ICO, PPM, PSD...) are refused.
+PIL_FORMATS = {
+    "JPEG": "JPEG",
+    "PNG": "PNG (8/16-bit, greyscale, palette, RGBA)",
+    "WEBP": "WebP",
+    "BMP": "BMP",
+    "TIFF": "TIFF (first page)",
+    "GIF": "GIF (first frame)",
+}
+DICOM_SUFFIXES = {".dcm", ".dicom"}  # DICOM files often have no suffix, so they are known by content too
+
+
+def accepted_formats() -> str:
+    """The accepted formats in words, for the upload widget and error messages."""
+    return ", ".join(PIL_FORMATS.values()) + " or DICOM (.dcm)"
 
 
 def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Image:
@@ -83,8 +96,10 @@ def _decode_pil(data: bytes, name: str) -> Image.Image:
     except Image.DecompressionBombError:
         raise ValueError(f"{name} is too large to decode: refused as a possible decompression bomb") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise ValueError(f"{name} is not an image this app can read (JPEG, PNG, WebP, BMP, TIFF or DICOM)") from None
+        raise ValueError(f"{name} is not an image this app can read ({accepted_formats()})") from None
     with im:
+        if im.format not in PIL_FORMATS:
+            raise ValueError(f"{name} is a {im.format} file, not a format this app reads ({accepted_formats()})")
         _check_size(*im.size, name)
         # JPEG can decode straight at 1/2, 1/4 or 1/8 scale: big photos never reach full size in memory.
         im.draft(None, (MAX_SIDE, MAX_SIDE))

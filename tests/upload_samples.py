@@ -127,4 +127,5 @@ def bad_uploads(image: Image.Image) -> dict[str, tuple[str, bytes, str]]:
         "dicom_without_pixels": ("plan.dcm", (PYDICOM_FILES / "rtplan.dcm").read_bytes(), "no pixel data"),
         "truncated_dicom": ("cut.dcm", (PYDICOM_FILES / "MR_truncated.dcm").read_bytes(), "truncated"),
         "garbage_dicom": ("junk.dcm", b"\x00" * 128 + b"DICM" + b"\xff" * 200, "DICOM"),
+        "ppm": ("slice.ppm", encode(image.convert("RGB"), "PPM"), "not a format this app reads"),  # PIL reads it; we do not
     }
