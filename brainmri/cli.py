@@ -1,9 +1,45 @@
-"""What every command-line tool of the project shares: how a bad argument ends the run."""
+"""What every command-line tool of the project shares: its logging, its ``--data`` argument, and how a
+bad argument ends the run."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable
+
+from brainmri.settings import default_data
+
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+# Libraries that log a line per request or per weight file at INFO: warnings only.
+QUIET_LOGGERS = ("accelerate", "httpx", "timm")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr at ``level`` as ``time logger: message``, the chatty libraries at WARNING.
+
+    Call it once, first thing in a ``main()`` (or the app); modules only ask for
+    ``logging.getLogger(__name__)``. Like ``logging.basicConfig``, it leaves a root logger that
+    already has handlers (pytest's, an embedding program's) alone.
+    """
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def add_data_argument(parser: argparse.ArgumentParser, overrides: str = "") -> None:
+    """Add the project's one ``--data`` option: a folder with Training/ and Testing/, or a Hub dataset id.
+
+    It defaults to :func:`brainmri.settings.default_data`, read when the parser is built.
+
+    Args:
+        overrides: where the command otherwise takes its data from (say ``"the config's"``); then
+            ``--data`` has no default and None means "not given".
+    """
+    what = "image folder with Training/ and Testing/, or a Hub dataset id"
+    if overrides:
+        parser.add_argument("--data", default=None, help=f"{what}, instead of {overrides}")
+    else:
+        parser.add_argument("--data", default=default_data(), help=f"{what} (default: %(default)s)")
 
 
 def exit_code(command: Callable[[], object], logger: logging.Logger) -> int:

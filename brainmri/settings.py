@@ -1,0 +1,108 @@
+"""Every setting the project reads from the environment, one function each, read when called.
+
+Nothing here is read at import: a function reads its variable each time it is called, so a
+test's ``monkeypatch.setenv`` (or a shell's ``export``) takes effect without re-importing
+anything. An unset or empty variable means the default. A value that cannot be used is a
+ValueError naming the variable and the value.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
+
+def _get(name: str) -> str | None:
+    """The variable's value, or None when it is unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = _get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    return number
+
+
+def _positive_float(name: str, default: float) -> float:
+    value = _get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+def default_data() -> str:
+    """``BRAIN_MRI_DATA``: the dataset every ``--data`` defaults to, a folder with Training/ and Testing/
+    or a Hub dataset id. Default: ``../shared/data/brain-tumor-mri`` beside the repository (from the
+    repository's root, wherever the command runs)."""
+    return _get("BRAIN_MRI_DATA") or str(ROOT.parent / "shared" / "data" / "brain-tumor-mri")
+
+
+def checkpoint_dir() -> Path:
+    """``BRAIN_MRI_CHECKPOINTS``: the folder of checkpoint folders (one per registry name) that the app
+    serves and the tools read. Default: ``checkpoints/`` in the repository."""
+    return Path(_get("BRAIN_MRI_CHECKPOINTS") or ROOT / "checkpoints")
+
+
+def hub_namespace() -> str:
+    """``BRAIN_MRI_HUB_NAMESPACE``: the Hugging Face Hub user or organisation the checkpoints are pushed
+    to and pulled from (``<namespace>/<registry name>``); override it for a fork. Default: ``brain-mri``."""
+    return _get("BRAIN_MRI_HUB_NAMESPACE") or "brain-mri"
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (huggingface_hub's own variable): true (1, true, yes, on) makes the app look
+    for checkpoints on disk only, never on the Hub. Default: false."""
+    return (_get("HF_HUB_OFFLINE") or "").lower() in {"1", "true", "yes", "on"}
+
+
+def default_model() -> str | None:
+    """``BRAIN_MRI_DEFAULT_MODEL``: the registry name the app selects first and whose OOD statistics
+    judge uploads. Default: None, the available local model with the best validation accuracy."""
+    return _get("BRAIN_MRI_DEFAULT_MODEL")
+
+
+def torch_threads() -> int | None:
+    """``BRAIN_MRI_THREADS``: how many threads torch (and OpenCV) use. Default: None, the cores this
+    process may really use (``brainmri.runtime.available_cpus``)."""
+    return _positive_int("BRAIN_MRI_THREADS", 0) or None
+
+
+def model_cache_mb() -> float:
+    """``BRAIN_MRI_MODEL_CACHE_MB``: memory bound, in MiB, of the loaded models' tensors the app keeps;
+    the least recently used model is dropped beyond it. Default: 1024."""
+    return _positive_float("BRAIN_MRI_MODEL_CACHE_MB", 1024.0)
+
+
+def max_batch() -> int:
+    """``BRAIN_MRI_MAX_BATCH``: the most concurrent app requests run through a model together
+    (``brainmri.batching``); 1 runs each alone. Default: 8."""
+    return _positive_int("BRAIN_MRI_MAX_BATCH", 8)
+
+
+def concurrency_limit() -> int:
+    """``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` (Gradio's own variable): how many requests the app's queue
+    runs at once. Default: :func:`max_batch`, so a full batch can form."""
+    return _positive_int("GRADIO_DEFAULT_CONCURRENCY_LIMIT", max_batch())
+
+
+def gradio_temp_dir() -> Path:
+    """``GRADIO_TEMP_DIR`` (Gradio's own variable): where Gradio keeps uploads, resolved.
+    Default: ``gradio/`` in the system's temporary folder, as Gradio itself uses."""
+    return Path(_get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
