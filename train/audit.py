@@ -28,10 +28,12 @@ import sys
 import time
 from pathlib import Path
 
+from brainmri.cli import setup_logging
 from brainmri.data import IMAGE_SUFFIXES, SPLIT_FOLDERS, ImageRecords, load_records
 from brainmri.duplicates import NEAR_THRESHOLD, Audit, audit
+from brainmri.settings import default_data
 
-_logger = logging.getLogger("audit")
+_logger = logging.getLogger(__name__)
 
 
 def hidden_images(data: str | Path) -> list[Path]:
@@ -104,9 +106,9 @@ def run_audit(data: str | Path, out: str | Path, threshold: float = NEAR_THRESHO
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", help="image folder with Training/ and Testing/, or a Hub dataset id")
+    parser.add_argument("data", nargs="?", default=default_data(), help="image folder or Hub dataset id (default: %(default)s)")
     parser.add_argument("--out", default="runs/audit", help="folder for summary.json, exact_groups.csv, near_pairs.csv, test_clean.txt")
     parser.add_argument("--threshold", type=float, default=NEAR_THRESHOLD, help="near duplicate: mean |difference| in grey levels at 32x32")
     args = parser.parse_args(argv)

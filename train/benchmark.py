@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainmri.checkpoint import load_checkpoint, read_config
+from brainmri.cli import setup_logging
 from brainmri.data import data_config
-from brainmri.registry import CHECKPOINT_DIR, count_parameters
+from brainmri.registry import count_parameters
+from brainmri.settings import checkpoint_dir
 from train.push import checkpoint_folders
 
-_logger = logging.getLogger("benchmark")
+_logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -100,10 +102,9 @@ def format_table(rows: list[dict], threads: int, batch_size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("timm").setLevel(logging.WARNING)
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="*", help=f"checkpoint folders; default every folder in {CHECKPOINT_DIR}")
+    parser.add_argument("checkpoints", nargs="*", help=f"checkpoint folders; default every folder in {checkpoint_dir()}")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=100, help="timed batch-1 forward passes; the median is reported")
     parser.add_argument("--warmup", type=int, default=10, help="untimed forward passes first")

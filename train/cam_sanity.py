@@ -1,6 +1,6 @@
 """Do the heatmaps look at the brain? The share of Grad-CAM mass inside a simple brain mask, per model.
 
-    python -m train.cam_sanity --data DATA [--limit-per-class N] [--models a b] [--out results/cam_sanity.json]
+    python -m train.cam_sanity [--data DATA] [--limit-per-class N] [--models a b] [--out results/cam_sanity.json]
 
 For every shipped model and every Testing image (or a seeded subset of ``N`` per class), the
 heatmap comes from the app's own path (``Predictor.predict`` -> ``brainmri.explain.gradcam``),
@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from brainmri.catalog import discover
+from brainmri.cli import add_data_argument, setup_logging
 from brainmri.data import load_records
 from brainmri.imageio import load_image
 from brainmri.predict import Predictor
@@ -97,9 +98,9 @@ def model_report(predictor: Predictor, name: str, files: list[tuple[Path, str]])
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder with Testing/<class>/*.jpg")
+    add_data_argument(parser)
     parser.add_argument("--limit-per-class", type=int, default=None, help="seeded random subset per class (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="*", default=None, help="default: every available local checkpoint")

@@ -21,13 +21,13 @@ import torch
 from tqdm import tqdm
 
 from brainmri.checkpoint import label_names, load_checkpoint, read_config, update_metrics
-from brainmri.cli import exit_code
+from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.datacache import decode_records, memo, source_key, thumbnails
 from brainmri.duplicates import near_pairs
 from brainmri.metrics import classification_report
 
-_logger = logging.getLogger("evaluate")
+_logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -141,12 +141,12 @@ def evaluate_ensemble(folders: list[str | Path], data: str, out: str | Path, lim
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint folder")
     parser.add_argument("--ensemble", nargs="+", metavar="FOLDER", help="evaluate the mean of these checkpoints' calibrated probabilities")
     parser.add_argument("--out", default="results/ensemble_metrics.json", help="where --ensemble writes its metrics")
-    parser.add_argument("--data", default="../shared/data/brain-tumor-mri", help="image folder or Hub dataset id")
+    add_data_argument(parser)
     parser.add_argument("--limit-per-class", type=int, default=0, help="evaluate on a few images per class only")
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")
     args = parser.parse_args(argv)

@@ -22,9 +22,10 @@ import tarfile
 from pathlib import Path
 
 from brainmri.checkpoint import WEIGHTS
+from brainmri.cli import setup_logging
 from brainmri.registry import REGISTRY
 
-_logger = logging.getLogger("pack")
+_logger = logging.getLogger(__name__)
 
 MAX_FILES = 8
 MAX_FILE_BYTES = 16 * 2**20
@@ -123,7 +124,7 @@ def unpack(files_at: str | Path, into: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", nargs="?", help="sweep output folder to pack")
     parser.add_argument("--out", help="folder for the packed files ($OUT on the device)")

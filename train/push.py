@@ -22,17 +22,18 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from brainmri.checkpoint import CONFIG, verify_checkpoint
-from brainmri.registry import CHECKPOINT_DIR, HUB_NAMESPACE
+from brainmri.cli import setup_logging
+from brainmri.settings import checkpoint_dir, hub_namespace
 
-_logger = logging.getLogger("push")
+_logger = logging.getLogger(__name__)
 
 # Left behind by an interrupted training run; never part of a pushed checkpoint.
 LEFTOVERS = {"best.safetensors"}
 
 
-def checkpoint_folders(root: str | Path = CHECKPOINT_DIR) -> list[Path]:
-    """Sub-folders of ``root`` that hold a checkpoint (a config.json)."""
-    root = Path(root)
+def checkpoint_folders(root: str | Path | None = None) -> list[Path]:
+    """Sub-folders of ``root`` (default: ``brainmri.settings.checkpoint_dir()``) that hold a checkpoint (a config.json)."""
+    root = Path(checkpoint_dir() if root is None else root)
     folders = sorted(p for p in root.iterdir() if (p / CONFIG).is_file()) if root.is_dir() else []
     if not folders:
         raise ValueError(f"no checkpoint folders (with {CONFIG}) in {root}")
@@ -77,13 +78,13 @@ def hub_api() -> HfApi:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint folder (or --all)")
     parser.add_argument("--repo-id", help="OWNER/NAME; default NAMESPACE/<folder name>")
     parser.add_argument("--all", action="store_true", help="push every checkpoint folder in --root")
-    parser.add_argument("--root", default=str(CHECKPOINT_DIR), help="where --all looks for checkpoint folders")
-    parser.add_argument("--namespace", default=HUB_NAMESPACE, help="Hub user or organisation for default repo ids")
+    parser.add_argument("--root", default=str(checkpoint_dir()), help="where --all looks for checkpoint folders (default: %(default)s)")
+    parser.add_argument("--namespace", default=hub_namespace(), help="Hub user or organisation for default repo ids (default: %(default)s)")
     parser.add_argument("--private", action="store_true", help="create the repos as private")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
     args = parser.parse_args(argv)

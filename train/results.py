@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 from brainmri.checkpoint import METRICS, has_metrics, read_metrics
+from brainmri.cli import setup_logging
 from brainmri.registry import REGISTRY
 from brainmri.seed_report import seed_markdown
 from train.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 
-_logger = logging.getLogger("results")
+_logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = ("<!-- SECTION:results -->", "<!-- /SECTION:results -->")
@@ -175,7 +176,7 @@ def update_readme(readme: str | Path, markdown: str, note: str, section: tuple[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="sources", nargs="+", default=["checkpoints", "runs/device_sweep"], help="folders to tabulate")
     parser.add_argument("--out", default=str(ROOT / "results"), help="where experiments.csv and .md go")

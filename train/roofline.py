@@ -35,9 +35,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from brainmri.cli import setup_logging
 from brainmri.registry import REGISTRY, create_model, get_spec
 
-_logger = logging.getLogger("roofline")
+_logger = logging.getLogger(__name__)
 
 # Costs of every registry model, counted once on any machine (python -m train.roofline --out ...).
 COSTS_CSV = Path(__file__).resolve().parent.parent / "results" / "roofline.csv"
@@ -295,7 +296,7 @@ def _parse_measured(items: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(REGISTRY), help="registry names (default: all)")
     parser.add_argument("--size", type=int, default=0, help="input size (0: each model's registry size)")

@@ -39,12 +39,13 @@ import torch
 import yaml
 
 from brainmri.checkpoint import read_metrics
+from brainmri.cli import add_data_argument, setup_logging
 from brainmri.datacache import open_cache
 from brainmri.registry import get_spec
 from train.config import TrainConfig
 from train.train import fit
 
-_logger = logging.getLogger("sweep")
+_logger = logging.getLogger(__name__)
 
 MACHINE_KEYS = {"model", "time_budget_s", "grad_checkpointing"}  # what a model entry may set; all else is protocol
 NOT_PROTOCOL = MACHINE_KEYS | {"out", "resume", "save_resume"}
@@ -214,12 +215,10 @@ def write_outputs(plan: SweepPlan, records: list[dict], device: dict, elapsed: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="sweep YAML (train/sweeps/*.yaml)")
-    parser.add_argument("--data", help="image folder, instead of the config's")
+    add_data_argument(parser, overrides="the config's")
     parser.add_argument("--out", help="output folder, instead of the config's")
     parser.add_argument("--deadline", type=float, help="seconds for the whole sweep, instead of the config's deadline_s")
     parser.add_argument("--resume", action="store_true", help="skip finished models, continue an interrupted one from its last epoch")

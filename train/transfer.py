@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from brainmri.cli import exit_code
+from brainmri.cli import exit_code, setup_logging
 
 _logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def restore(repo: Path = ROOT) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["check", "stash", "restore"])
     args = parser.parse_args(argv)
