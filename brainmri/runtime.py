@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from brainmri.settings import torch_threads
+
 _logger = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ def configure_torch_threads() -> int:
 
     Call it once at start-up, before any model runs. Returns the thread count.
     """
-    threads = int(os.environ.get("BRAIN_MRI_THREADS") or available_cpus())
+    threads = torch_threads() or available_cpus()
     # Denormal floats are up to 100x slower on x86, and trained small CNNs produce them (simple_cnn_7: 290 -> 9 ms).
     # Set before torch starts its worker threads, which copy this thread's floating-point mode when created.
     torch.set_flush_denormal(True)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainmri.checkpoint import has_metrics, read_metrics
-from brainmri.registry import CHECKPOINT_DIR, get_spec
+from brainmri.registry import get_spec
+from brainmri.settings import checkpoint_dir
 
 # The seed's figures (its Testing split, which it called validation), for Sequential 1-4.
 SEED_ACCURACY = {"simple_cnn_7": 0.7933, "simple_cnn_7_e60": 0.9016, "simple_cnn_10": 0.8268, "simple_cnn_10_e60": 0.9207}
@@ -60,14 +61,16 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}%"
 
 
-def _metrics(root: Path) -> dict[str, dict]:
+def _metrics(root: str | Path | None) -> dict[str, dict]:
+    """Each run's metrics.json under ``root`` (default: ``brainmri.settings.checkpoint_dir()``)."""
+    root = Path(checkpoint_dir() if root is None else root)
     return {name: read_metrics(root / name) for name in RUNS if has_metrics(root / name)}
 
 
-def seed_rows(root: str | Path = CHECKPOINT_DIR) -> list[dict]:
+def seed_rows(root: str | Path | None = None) -> list[dict]:
     """One row per shipped seed run: our validation, Testing and near-dedup accuracy beside the seed's figure."""
     rows = []
-    for name, m in _metrics(Path(root)).items():
+    for name, m in _metrics(root).items():
         seconds = m.get("train_seconds")
         rows.append(
             {
@@ -99,10 +102,10 @@ def short_note(name: str, metrics: dict) -> str:
     )
 
 
-def claim_sentences(root: str | Path = CHECKPOINT_DIR) -> list[str]:
+def claim_sentences(root: str | Path | None = None) -> list[str]:
     """One sentence per claim whose two runs are shipped: what validation (our basis for choosing) and Testing say,
     and, for Sequential 1-4, whether we agree with the direction the seed's figures show."""
-    metrics = _metrics(Path(root))
+    metrics = _metrics(root)
     out = []
     for claim in CLAIMS:
         if claim.base not in metrics or claim.change not in metrics:
@@ -136,7 +139,7 @@ NOTE = (
 )
 
 
-def seed_markdown(root: str | Path = CHECKPOINT_DIR) -> str:
+def seed_markdown(root: str | Path | None = None) -> str:
     """The table, the note and the sentences, as Markdown for the README and the Experiments tab."""
     rows = seed_rows(root)
     if not rows:

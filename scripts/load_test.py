@@ -37,11 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from brainmri.catalog import discover  # noqa: E402
+from brainmri.cli import add_data_argument, setup_logging  # noqa: E402
 from brainmri.data import load_records  # noqa: E402
 from brainmri.imageio import load_image  # noqa: E402
 from brainmri.predict import Predictor  # noqa: E402
+from brainmri.settings import default_data  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MODES = ("distinct", "identical")
 
@@ -76,9 +77,10 @@ class Outcome:
         }
 
 
-def make_images(n: int, folder: Path, data: Path = DATA, height: int = 128) -> list[Path]:
-    """``n`` distinct PNGs: Testing slices cycling through the classes, image i resized to width ``height + i``."""
-    per_class = list(load_records(data, "test").paths_by_class().values())
+def make_images(n: int, folder: Path, data: str | Path | None = None, height: int = 128) -> list[Path]:
+    """``n`` distinct PNGs: Testing slices of ``data`` (default: ``brainmri.settings.default_data()``) cycling through
+    the classes, image i resized to width ``height + i``."""
+    per_class = list(load_records(default_data() if data is None else data, "test").paths_by_class().values())
     paths = []
     for i in range(n):
         files = per_class[i % len(per_class)]
@@ -182,7 +184,7 @@ def load_test(
     model: str | None = None,
     time_limit: float = 300.0,
     url: str | None = None,
-    data: Path = DATA,
+    data: str | Path | None = None,
     mode: str = "distinct",
 ) -> dict:
     """One run: ``clients`` concurrent clients x ``requests`` images each, all distinct or all the same file
@@ -219,8 +221,7 @@ def load_test(
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    setup_logging(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=24, help="concurrent gradio_client clients")
     parser.add_argument("--requests", type=int, default=3, help="requests per client")
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="default: the app's default model")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per run; requests not started by then are not sent")
     parser.add_argument("--url", default=None, help="an app already running on loopback (then --concurrency-limit is the app's own)")
-    parser.add_argument("--data", type=Path, default=DATA)
+    add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
 
