@@ -9,13 +9,13 @@ reason it is not available, so that the app shows it rather than failing on it.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from brainmri.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, WEIGHTS, read_metrics
 from brainmri.registry import REGISTRY, get_spec
+from brainmri.settings import default_model, hub_offline
 
 _logger = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ class ModelSource:
     @property
     def available(self) -> bool:
         return bool(self.where)
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _local(name: str) -> ModelSource | None:
@@ -124,7 +120,7 @@ def best_model(sources: dict[str, ModelSource]) -> str | None:
     Chosen on validation, not test, accuracy: the test set is for reporting only.
     """
     available = [s for s in sources.values() if s.available]
-    override = os.environ.get("BRAIN_MRI_DEFAULT_MODEL")
+    override = default_model()
     if override:
         if override not in sources or not sources[override].available:
             raise ValueError(f"BRAIN_MRI_DEFAULT_MODEL={override} is not an available model")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -38,11 +37,11 @@ from brainmri.data import data_config, eval_transform
 from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch, prepare_for_cam
 from brainmri.ood import NOT_MRI, OOD_CONFIG, OODResult, OODStats, load_stats, pooled_features
 from brainmri.registry import cam_layer
+from brainmri.settings import model_cache_mb
 
 _logger = logging.getLogger(__name__)
 
 NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour
-DEFAULT_CACHE_MB = float(os.environ.get("BRAIN_MRI_MODEL_CACHE_MB", 1024))
 
 
 @dataclass
@@ -273,7 +272,7 @@ class Predictor:
 
     Args:
         sources: registry name -> where its weights are (``catalog.discover()`` by default).
-        cache_mb: memory bound of the loaded models' tensors.
+        cache_mb: memory bound of the loaded models' tensors, in MiB (default: ``brainmri.settings.model_cache_mb()``).
         ood_model: the model whose OOD statistics judge every image; "default" for the default model.
         max_batch: most requests run through a model together (brainmri.batching); 1 runs each alone.
         max_wait_s: how long the first request of a batch waits for others to join.
@@ -282,7 +281,7 @@ class Predictor:
     def __init__(
         self,
         sources: dict[str, ModelSource] | None = None,
-        cache_mb: float = DEFAULT_CACHE_MB,
+        cache_mb: float | None = None,
         ood_model: str | None = "default",
         max_batch: int = 1,
         max_wait_s: float = 0.005,
@@ -290,7 +289,7 @@ class Predictor:
         self.sources = discover() if sources is None else sources
         self.default_model = best_model(self.sources)
         self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
-        self.cache = ModelCache(cache_mb * 2**20)
+        self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20)
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self._batchers_lock = threading.Lock()

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import get_type_hints
+
+from brainmri.settings import default_data
 
 
 @dataclass
 class TrainConfig:
     model: str = "tf_efficientnet_lite0"  # registry name (brainmri.registry)
-    data: str = "../shared/data/brain-tumor-mri"  # image folder or Hub dataset id
+    data: str = field(default_factory=default_data)  # image folder or Hub dataset id (brainmri.settings.default_data)
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 10  # most epochs to run
     batch_size: int = 32
@@ -59,8 +61,9 @@ def parse_config(argv: list[str] | None = None, description: str = "") -> TrainC
     hints = get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = hints[f.name]
+        default = f.default_factory() if f.default is MISSING else f.default  # data's: read now
         if kind is bool:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_parse_bool, nargs="?", const=True, default=f.default)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_parse_bool, nargs="?", const=True, default=default)
         else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
     return TrainConfig(**vars(parser.parse_args(argv)))
