@@ -1,9 +1,11 @@
-"""Shared fixtures: the real data folder (from ../shared) and small synthetic folders."""
+"""Shared fixtures: the real data folder (from ../shared), small synthetic folders, a tiny checkpoint, and the app
+launched in-process with a gradio_client for it."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from brainmri.settings import default_data
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("BRAIN_MRI_DATA", ROOT.parent / "shared" / "data" / "brain-tumor-mri"))
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 # Two threads, as in CI and on a free CPU Space; BRAIN_MRI_TEST_THREADS=1 where other jobs share the cores.
@@ -21,9 +24,11 @@ torch.set_num_threads(int(os.environ.get("BRAIN_MRI_TEST_THREADS", "2")))
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not (DATA / "Testing").is_dir():
-        pytest.fail(f"the real dataset is missing at {DATA} (set BRAIN_MRI_DATA)")
-    return DATA
+    """The real dataset, where every command's --data defaults to (brainmri.settings.default_data)."""
+    data = Path(default_data())
+    if not (data / "Testing").is_dir():
+        pytest.fail(f"the real dataset is missing at {data} (set BRAIN_MRI_DATA)")
+    return data
 
 
 def synthetic_image(seed: int, size: int = 64) -> Image.Image:
@@ -53,18 +58,52 @@ def synthetic_data(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")
 
 
-@pytest.fixture(scope="module")
-def client():
-    """The app launched in-process on a free loopback port, and a gradio_client for it."""
-    from gradio_client import Client
+def write_checkpoint(folder: Path, name: str = "simple_cnn_7", labels: list[str] = CLASSES, seed: int = 0) -> Path:
+    """An untrained registry model saved as a checkpoint folder, its registry name recorded as training does:
+    the files without the training."""
+    from brainmri import registry
+    from brainmri.checkpoint import save_checkpoint
 
-    import app
+    torch.manual_seed(seed)
+    model = registry.create_model(name, num_classes=len(labels))
+    return save_checkpoint(model, folder, labels, extra={"registry_name": name})
 
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A fresh untrained simple_cnn_7 checkpoint folder (about 10 ms to write), the test's own to alter or break."""
+    return write_checkpoint(tmp_path / "simple_cnn_7")
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url() -> Iterator[str]:
+    """The app, with its shipped checkpoints, launched in-process on a free loopback port.
+
+    Module scope, not session: scripts/load_test.py (tests/test_load.py) and the browser tests launch the
+    same ``app.demo`` with their own settings, so it must be closed between modules.
+    """
+    from shipped import require_shipped
+
+    require_shipped()
+    import app
+
+    port = free_port()
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str):
+    """A gradio_client for the launched app."""
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from PIL import Image
 from shipped import require_shipped
 from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
@@ -18,27 +18,6 @@ from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
 from brainmri.app.inline_media import decode_data_url
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def client():
-    from gradio_client import Client
-
-    require_shipped()
-    import app
-
-    port = free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app.demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,16 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import CLASSES
+from conftest import write_checkpoint
 
 from brainmri import registry
-from brainmri.checkpoint import save_checkpoint
 from train import benchmark
 
 
 def test_benchmark_prints_one_row_per_checkpoint(tmp_path: Path, capsys):
     folders = []
     for name in ("simple_cnn_7", "simple_cnn_10"):
-        folders.append(save_checkpoint(registry.create_model(name), tmp_path / name, CLASSES, extra={"registry_name": name}))
+        folders.append(write_checkpoint(tmp_path / name, name))
     threads = str(torch.get_num_threads())  # main() sets the thread count: keep the suite's
     argv = [*map(str, folders), "--threads", threads, "--repeats", "3", "--warmup", "1", "--batch-size", "4", "--train-steps", "1"]
     assert benchmark.main([*argv, "--out", str(tmp_path / "bench.json")]) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +12,9 @@ from PIL import Image
 from scipy.special import softmax
 
 from brainmri.calibration import calibrated_probs, fit_temperature, load_temperature, negative_log_likelihood, save_temperature
-from brainmri.checkpoint import CALIBRATION, MANIFEST, load_checkpoint, save_checkpoint, verify_checkpoint
+from brainmri.checkpoint import CALIBRATION, MANIFEST, load_checkpoint, verify_checkpoint
 from brainmri.ensemble import ensemble_probs
 from brainmri.metrics import expected_calibration_error
-from brainmri.registry import create_model
 from brainmri.report import reliability_diagram
 
 
@@ -76,61 +74,53 @@ def test_ensemble_is_the_mean_of_calibrated_probs():
         ensemble_probs([(a, 1.0), (b[:, :3], 1.0)])
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    """An untrained simple_cnn_7 saved as a checkpoint folder (no training needed to test the files)."""
-    torch.manual_seed(0)
-    labels = ["a", "b", "c", "d"]  # any names: these tests are about the files
-    return save_checkpoint(create_model("simple_cnn_7", num_classes=len(labels)), tmp_path / "ckpt", labels)
+def test_temperature_round_trip_through_the_manifest(tiny_checkpoint):
+    assert load_temperature(tiny_checkpoint) == 1.0  # absent: uncalibrated
+    save_temperature(tiny_checkpoint, 2.5, fitted_on="test")
+    assert load_temperature(tiny_checkpoint) == 2.5
+    assert CALIBRATION in json.loads((tiny_checkpoint / MANIFEST).read_text())
+    verify_checkpoint(tiny_checkpoint)
+    load_checkpoint(tiny_checkpoint)
 
 
-def test_temperature_round_trip_through_the_manifest(checkpoint):
-    assert load_temperature(checkpoint) == 1.0  # absent: uncalibrated
-    save_temperature(checkpoint, 2.5, fitted_on="test")
-    assert load_temperature(checkpoint) == 2.5
-    assert CALIBRATION in json.loads((checkpoint / MANIFEST).read_text())
-    verify_checkpoint(checkpoint)
-    load_checkpoint(checkpoint)
-
-
-def test_tampered_calibration_is_caught(checkpoint):
-    save_temperature(checkpoint, 2.5)
-    path = checkpoint / CALIBRATION
+def test_tampered_calibration_is_caught(tiny_checkpoint):
+    save_temperature(tiny_checkpoint, 2.5)
+    path = tiny_checkpoint / CALIBRATION
     path.write_text(path.read_text().replace("2.5", "0.1"))
-    assert load_temperature(checkpoint) == 0.1  # readable, but no longer the one the manifest vouches for
+    assert load_temperature(tiny_checkpoint) == 0.1  # readable, but no longer the one the manifest vouches for
     with pytest.raises(ValueError, match=re.escape(f"{CALIBRATION} does not match its sha256")):
-        verify_checkpoint(checkpoint)
-    with pytest.raises(ValueError, match=re.escape(str(checkpoint))):
-        load_checkpoint(checkpoint)
+        verify_checkpoint(tiny_checkpoint)
+    with pytest.raises(ValueError, match=re.escape(str(tiny_checkpoint))):
+        load_checkpoint(tiny_checkpoint)
 
 
-def test_calibration_outside_the_manifest_or_missing_is_caught(checkpoint):
-    save_temperature(checkpoint, 2.5)
-    manifest = json.loads((checkpoint / MANIFEST).read_text())
-    (checkpoint / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != CALIBRATION}))
+def test_calibration_outside_the_manifest_or_missing_is_caught(tiny_checkpoint):
+    save_temperature(tiny_checkpoint, 2.5)
+    manifest = json.loads((tiny_checkpoint / MANIFEST).read_text())
+    (tiny_checkpoint / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != CALIBRATION}))
     with pytest.raises(ValueError, match="not listed"):
-        verify_checkpoint(checkpoint)
-    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
-    (checkpoint / CALIBRATION).unlink()
+        verify_checkpoint(tiny_checkpoint)
+    (tiny_checkpoint / MANIFEST).write_text(json.dumps(manifest))
+    (tiny_checkpoint / CALIBRATION).unlink()
     with pytest.raises(ValueError, match=re.escape(f"missing {CALIBRATION}")):
-        verify_checkpoint(checkpoint)
+        verify_checkpoint(tiny_checkpoint)
 
 
-def test_save_temperature_does_not_bless_altered_weights(checkpoint):
-    weights = checkpoint / "model.safetensors"
+def test_save_temperature_does_not_bless_altered_weights(tiny_checkpoint):
+    weights = tiny_checkpoint / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="model.safetensors does not match"):
-        save_temperature(checkpoint, 2.0)
-    assert not (checkpoint / CALIBRATION).exists()
+        save_temperature(tiny_checkpoint, 2.0)
+    assert not (tiny_checkpoint / CALIBRATION).exists()
 
 
 @pytest.mark.parametrize("body", ['{"temperature": -1}', '{"temperature": "hot"}', "{}", "not json"])
-def test_invalid_calibration_file_is_a_clear_error(checkpoint, body):
-    (checkpoint / CALIBRATION).write_text(body)
-    with pytest.raises(ValueError, match=re.escape(str(checkpoint)) + ".*" + re.escape(CALIBRATION)):
-        load_temperature(checkpoint)
+def test_invalid_calibration_file_is_a_clear_error(tiny_checkpoint, body):
+    (tiny_checkpoint / CALIBRATION).write_text(body)
+    with pytest.raises(ValueError, match=re.escape(str(tiny_checkpoint)) + ".*" + re.escape(CALIBRATION)):
+        load_temperature(tiny_checkpoint)
 
 
 def test_reliability_diagram_writes_a_png(tmp_path):

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, ROOT, make_image_folder
+from conftest import ROOT, make_image_folder
 
-from brainmri import registry
-from brainmri.checkpoint import save_checkpoint, write_manifest
+from brainmri.checkpoint import write_manifest
 from train import audit, evaluate
 from train import train as train_cli
 
@@ -35,12 +34,6 @@ def bad_data(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         "truncated": (truncated, "cut.png"),
         "empty": (empty, str(empty / "Training" / "notumor")),
     }
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An untrained simple_cnn_7 checkpoint: enough to reach the data errors of evaluate."""
-    return save_checkpoint(registry.create_model("simple_cnn_7"), tmp_path_factory.mktemp("ckpt"), CLASSES)
 
 
 def assert_fails_naming(main, argv: list[str], needle: str, caplog, capsys) -> None:
@@ -68,15 +61,15 @@ def test_train_unknown_model(synthetic_data, tmp_path, caplog, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "truncated", "empty"])
-def test_evaluate_bad_data(case, bad_data, checkpoint, caplog, capsys):
+def test_evaluate_bad_data(case, bad_data, tiny_checkpoint, caplog, capsys):
     data, needle = bad_data[case]
-    assert_fails_naming(evaluate.main, [str(checkpoint), "--data", str(data)], needle, caplog, capsys)
+    assert_fails_naming(evaluate.main, [str(tiny_checkpoint), "--data", str(data)], needle, caplog, capsys)
 
 
-def test_evaluate_unknown_architecture(checkpoint, synthetic_data, tmp_path, caplog, capsys):
+def test_evaluate_unknown_architecture(tiny_checkpoint, synthetic_data, tmp_path, caplog, capsys):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    for f in checkpoint.iterdir():
+    for f in tiny_checkpoint.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     config = json.loads((folder / "config.json").read_text())
     config["architecture"] = "resnet_nope"
@@ -107,12 +100,12 @@ def test_audit_name_that_is_neither_folder_nor_hub_dataset(tmp_path, caplog, cap
     assert_fails_naming(audit.main, ["no_such_dataset_folder"], "no_such_dataset_folder", caplog, capsys)
 
 
-def test_commands_exit_2_without_traceback(bad_data, checkpoint, tmp_path):
+def test_commands_exit_2_without_traceback(bad_data, tiny_checkpoint, tmp_path):
     """The same through real processes: exit status and stderr as a user sees them."""
     data, needle = bad_data["corrupt"]
     commands = {
         "train": ["train.train", "--model", "simple_cnn_7", "--data", str(data), "--out", str(tmp_path / "o")],
-        "evaluate": ["train.evaluate", str(checkpoint), "--data", str(data)],
+        "evaluate": ["train.evaluate", str(tiny_checkpoint), "--data", str(data)],
         "audit": ["train.audit", str(data), "--out", str(tmp_path / "a")],
     }
     procs = {

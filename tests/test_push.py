@@ -7,10 +7,9 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
-from conftest import CLASSES
+from conftest import write_checkpoint
 
-from brainmri import registry
-from brainmri.checkpoint import save_checkpoint
+from brainmri import settings
 from train import push
 
 TOKEN = "hf_TESTtokenNEVERtoBEseen0123456789"
@@ -43,7 +42,7 @@ def api(monkeypatch) -> type[RecordingApi]:
 
 def make_checkpoint(folder: Path) -> Path:
     """A checkpoint folder with a card and metrics, plus what must not be pushed."""
-    save_checkpoint(registry.create_model("simple_cnn_7"), folder, CLASSES)
+    write_checkpoint(folder)
     (folder / "README.md").write_text("---\nlibrary_name: timm\n---\n")
     (folder / "metrics.json").write_text("{}\n")
     (folder / "best.safetensors").write_bytes(b"leftover")
@@ -120,7 +119,7 @@ def test_dry_run_needs_no_token(api, tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         assert push.main([str(make_checkpoint(tmp_path / "m")), "--dry-run"]) == 0
     assert api.instances == []
-    assert f"-> {registry.HUB_NAMESPACE}/m" in caplog.text and "model.safetensors" in caplog.text
+    assert f"-> {settings.hub_namespace()}/m" in caplog.text and "model.safetensors" in caplog.text
 
 
 @pytest.mark.parametrize("problem", ["tampered", "no card", "bad repo id", "not a checkpoint"])
