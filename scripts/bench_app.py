@@ -26,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brainmri.catalog import discover  # noqa: E402
 from brainmri.app.dataview import data_source, example_files, local_root  # noqa: E402
+from brainmri.app.inline_media import data_url  # noqa: E402
+from brainmri.catalog import discover  # noqa: E402
 from brainmri.explain import overlay  # noqa: E402
 from brainmri.imageio import load_image  # noqa: E402
-from brainmri.app.inline_media import data_url  # noqa: E402
 from brainmri.predict import Predictor  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
 
