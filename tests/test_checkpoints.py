@@ -21,8 +21,9 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import brainmri  # noqa: F401  (registers simple_cnn_* with timm for local-dir:)
-from brainmri.registry import CHECKPOINT_DIR
+from brainmri.settings import checkpoint_dir
 
+CHECKPOINT_DIR = checkpoint_dir()  # collected once: the folders parametrise the tests below
 FOLDERS = sorted(p for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file()) if CHECKPOINT_DIR.is_dir() else []
 MAX_BYTES = 20 * 2**20
 

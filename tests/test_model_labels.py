@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 
 from brainmri.catalog import FAMILY_ORDER, ModelSource, discover, labelled_choices, model_label
-from brainmri.registry import CHECKPOINT_DIR, get_spec
+from brainmri.registry import get_spec
+from brainmri.settings import checkpoint_dir
 
 
 def test_every_shipped_checkpoint_is_offered_grouped_by_family():
-    shipped = {p.name for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file()}
+    root = checkpoint_dir()
+    shipped = {p.name for p in root.iterdir() if (p / "config.json").is_file()}
     choices = labelled_choices(discover(hub=False))
     assert {name for _, name in choices} == shipped
     families = [get_spec(name).family for _, name in choices]
     assert families == sorted(families, key=FAMILY_ORDER.index)  # one block per family
     for label, name in choices:
-        acc = json.loads((CHECKPOINT_DIR / name / "metrics.json").read_text())["test"]["accuracy"]
+        acc = json.loads((root / name / "metrics.json").read_text())["test"]["accuracy"]
         assert label.endswith(f"({100 * acc:.1f}% on Testing)") and get_spec(name).about in label
 
 
