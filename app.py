@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from brainmri.app import comparison, dataview, experiments
+from brainmri.app import comparison, dataview, display, experiments
+from brainmri.app.inline_media import send_inline
+from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 from brainmri.catalog import discover, labelled_choices, unavailable_markdown
-from brainmri.data import data_config
+from brainmri.cli import setup_logging
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, accepted_formats, load_image
-from brainmri.app.inline_media import send_inline
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
 from brainmri.seed_report import seed_markdown
-from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
+from brainmri.settings import concurrency_limit, max_batch
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-_logger = logging.getLogger("app")
+setup_logging()
+_logger = logging.getLogger(__name__)
 
 DISCLAIMER = (
     "**For research and education only. Not a medical device; not for diagnosis.** "
@@ -38,14 +37,12 @@ DISCLAIMER = (
 )
 DEFAULT_OPACITY = 0.45
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
-EMPTY = (None, None, "", None, None)  # the Classify outputs, cleared
+EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify outputs, cleared
 
 configure_torch_threads()
-# Local checkpoints only at import; the Hub is asked (with a short timeout) when a page first loads.
-# Requests for one model that arrive together share one forward and backward (brainmri.batching): up to
-# BRAIN_MRI_MAX_BATCH of them, the first waiting at most 5 ms for the others.
-MAX_BATCH = int(os.environ.get("BRAIN_MRI_MAX_BATCH", 8))
-PREDICTOR = Predictor(discover(hub=False), max_batch=MAX_BATCH)
+# Local checkpoints only at import; the Hub is asked (with a short timeout) when a page first loads. Requests for one
+# model that arrive together share one forward and backward (brainmri.batching), up to BRAIN_MRI_MAX_BATCH of them.
+PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch())
 DATA = dataview.data_source()
 
 
@@ -63,15 +60,10 @@ def _hub_sources() -> dict:
     return discover(hub=True)
 
 
-def model_choices() -> list[tuple[str, str]]:
-    """(label, name) of every available model: family, what it is and its Testing accuracy, grouped by family."""
-    return labelled_choices(PREDICTOR.sources)
-
-
 def refresh_models():
     """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown and the picker."""
     PREDICTOR.sources.update({n: s for n, s in _hub_sources().items() if not PREDICTOR.sources[n].available})
-    choices = model_choices()
+    choices = labelled_choices(PREDICTOR.sources)
     every = gr.CheckboxGroup(choices=choices, value=[n for _, n in choices])
     return gr.Dropdown(choices=choices), unavailable_markdown(PREDICTOR.unavailable), every
 
@@ -80,31 +72,31 @@ def refresh_models():
 
 
 def classify_upload(file: str | None, model_name: str | None, method: str, opacity: float):
-    """UI, a new upload: decoded once and deleted from Gradio's cache at once; the decoded image lives on only in
-    the session's state (memory), so a changed model or method re-runs without the file."""
+    """UI, a new upload: decoded once, deleted from Gradio's cache at once, and the upload box emptied for the next
+    one; the decoded image lives on only in the session's state (memory), so a changed model re-runs without it."""
     if not file:
-        return EMPTY
+        return None, *EMPTY
     try:
-        with user_errors():
-            image = load_image(file)
+        image = load_image(file)
+    except ValueError as e:  # shown where the answer would be, and kept there (a toast fades)
+        return None, display.error_panel(str(e)), *EMPTY[1:]
     finally:
         discard_upload(file, keep=kept_in_cache(demo), pending=PENDING)
-    return classify((image, None), model_name, method, opacity)
+    return None, *classify((image, None), model_name, method, opacity)
 
 
 def classify(session, model_name: str | None, method: str, opacity: float):
-    """UI: predict and explain the session's image; the last output keeps image and heatmap for the slider and re-runs."""
+    """UI: predict and explain the session's image (display.ClassifyView: what the Classify tab shows)."""
     if session is None:
         return EMPTY
     image = session[0]
     with user_errors():
         result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
-    cam = result.explained_cam
-    return result.label_value(), overlay(image, cam, opacity), result.summary(), result.details(), (image, cam)
+    return display.classify_view(image, result, opacity)
 
 
 def reblend(session, opacity: float):
-    return None if session is None else overlay(session[0], session[1], opacity)
+    return None if session is None or session[1] is None else overlay(session[0], session[1], opacity)
 
 
 def predict(image: str, model_name: str | None = None):
@@ -120,76 +112,9 @@ def predict(image: str, model_name: str | None = None):
     return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
 
 
-# ---------------------------------------------------------------- Compare
-
-
-def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress()):
-    """The chosen models (all when none is ticked) on the session's image: a table, the heatmaps side by side,
-    whether they agree, and how long it took."""
-    if session is None:  # a user's slip, not a server fault: nothing for the log
-        raise gr.Error("upload an image in the Classify tab first", print_exception=False)
-    image = session[0]
-    names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
-    start = time.perf_counter()
-    with user_errors():
-        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in progress.tqdm(names, desc="models")]
-    seconds = time.perf_counter() - start
-    gallery = [(overlay(image, r.explained_cam, DEFAULT_OPACITY), f"{r.model}: {comparison.verdict(r)}") for r in results]
-    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
-    return pd.DataFrame(comparison.comparison_rows(results)).round(4), gallery, summary
-
-
-# ---------------------------------------------------------------- Experiments
-
-
-def experiments_view():
-    rows = experiments.experiment_table()
-    table = pd.DataFrame(rows, columns=experiments.COLUMNS)
-    sweep = experiments.results_table()
-    sweep_md = (
-        "No `results/experiments.csv` yet (the GPU sweep writes it)." if sweep is None else f"`results/experiments.csv`: {len(sweep)} runs."
-    )
-    names = [r["model"] for r in rows]
-    sweep_table = gr.Dataframe(pd.DataFrame(sweep or []), visible=sweep is not None)
-    return table, sweep_table, sweep_md, gr.Dropdown(choices=names, value=names[0] if names else None), seed_markdown()
-
-
-def experiment_figures(name: str | None):
-    if not name:
-        return None, None, None, None
-    folder = experiments.CHECKPOINT_DIR / name
-    figures = [experiments.figure(folder, f) for f in ("curves.png", "confusion.png", "reliability.png")]
-    return *figures, pd.DataFrame(experiments.history(folder))
-
-
-# ---------------------------------------------------------------- Data
-
-
-def data_view(model_name: str | None):
-    root = dataview.local_root(DATA)
-    if root is None:
-        return f"No data folder at `{DATA}` (set `BRAIN_MRI_DATA`).", None, None, None
-    counts = pd.DataFrame(dataview.class_counts(root))
-    samples = [(load_image(p), c) for p, c in dataview.example_files(root, per_class=2, split="train")]
-    first = dataview.widest_example(root)
-    with user_errors():
-        cfg = data_config(PREDICTOR.model(model_name).model)
-        steps = dataview.preprocessing_steps(load_image(first), cfg)
-    note = f"Data: `{root}`. Preprocessing of `{Path(first).name}` for **{model_name or PREDICTOR.default_model}**, step by step:"
-    return note, counts, samples, steps
-
-
-def audit_view():
-    with user_errors():
-        return dataview.audit_summary(DATA)
-
-
-# ---------------------------------------------------------------- layout
-
-
 @functools.cache
 def examples() -> list[tuple[str, str]]:
-    """Example images, one Testing slice per class, as (path, class); fetched once (brainmri.app.dataview.example_images)."""
+    """Example images, one Testing slice per class, as (path, class); fetched once (brainmri.app.dataview)."""
     return dataview.example_images(DATA)
 
 
@@ -198,90 +123,160 @@ def show_examples():  # on page load: a Hub dataset is fetched then, not at impo
 
 
 def classify_example(model_name: str | None, method: str, opacity: float, evt: gr.SelectData):
-    """UI, an example clicked: shown in the upload box (not an upload: never deleted) and classified."""
-    path = examples()[evt.index][0]
-    return path, *classify((load_image(path), None), model_name, method, opacity)
+    """UI, an example clicked: classified like an upload (an example is not an upload: never deleted)."""
+    return classify((load_image(examples()[evt.index][0]), None), model_name, method, opacity)
+
+
+def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Markdown, gr.Radio]:
+    local = examples() if dataview.local_root(DATA) is not None else []
+    choices = labelled_choices(PREDICTOR.sources)
+    with gr.Row(elem_id="classify-row"):
+        with gr.Column(scale=2, elem_id="input-col"):
+            upload = gr.File(label=f"MRI slice: {accepted_formats(detailed=False)}", type="filepath", elem_id="upload", height=120)
+            upload = without_stray_temp_file(upload)
+            model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", elem_id="model")
+            unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable), elem_id="unavailable")
+            shown = dict(label="Examples (click one)", columns=4, height=150, allow_preview=False, elem_id="examples")
+            gallery = gr.Gallery([p for p, _ in local], visible=bool(local), **shown)
+        with gr.Column(scale=3, elem_id="result-col"):
+            summary = gr.Markdown(elem_id="summary")
+            bars = gr.HTML(elem_id="bars")
+            with gr.Row():  # side by side on a phone too: the heatmap first, where the eye lands
+                image = dict(type="pil", format="png", interactive=False, height=300, min_width=120)
+                heatmap = send_inline(
+                    gr.Image(label="Heatmap: what drove the prediction", elem_id="heatmap", buttons=["fullscreen"], **image)
+                )
+                original = send_inline(gr.Image(label="Your image", elem_id="original", buttons=[], **image))
+            key = gr.HTML(elem_id="cam-key-box")
+            method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="method")
+            opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
+            with gr.Accordion("Details (JSON)", open=False):
+                details = gr.JSON(label="Details", elem_id="details-json")
+    outputs = [summary, bars, original, heatmap, key, details, session]
+    # A user's upload first clears the old answer, so a bad file never leaves it up.
+    upload.upload(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden").then(
+        classify_upload, [upload, model, method, opacity], [upload, *outputs], api_visibility="private"
+    )
+    gallery.select(classify_example, [model, method, opacity], outputs, api_visibility="private")
+    for trigger in (model.change, method.change):
+        trigger(classify, [session, model, method, opacity], outputs, api_visibility="private")
+    opacity.change(reblend, [session, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+    # The API endpoint: its own hidden inputs and probabilities, so a client may name any model or none.
+    api_image, api_model = without_stray_temp_file(gr.File(visible=False)), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
+    api_label = gr.Label(visible=False)
+    gr.Button(visible=False).click(predict, [api_image, api_model], [api_label, heatmap, details], api_name="predict")
+    return model, unavailable, gallery
+
+
+# ---------------------------------------------------------------- Compare
+
+
+def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress()):
+    """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
+    if session is None:  # a user's slip, not a server fault: nothing for the log
+        raise gr.Error("upload an image in the Classify tab first", print_exception=False)
+    image = session[0]
+    names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
+    start = time.perf_counter()
+    with user_errors():
+        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in progress.tqdm(names, desc="models")]
+    seconds = time.perf_counter() - start
+    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
+    table = pd.DataFrame(display.percent_cells(comparison.comparison_rows(results)))
+    return table, display.compare_grid(image, results, DEFAULT_OPACITY), summary
+
+
+def compare_tab(session: gr.State) -> gr.CheckboxGroup:
+    gr.Markdown("Runs the ticked models on the image uploaded in **Classify**, each with its own heatmap.")
+    choices = labelled_choices(PREDICTOR.sources)
+    picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", elem_id="compare-models")
+    method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="compare-method")
+    button = gr.Button("Compare", variant="primary")
+    agreement = gr.Markdown(elem_id="agreement")
+    table = gr.Dataframe(label="Per model (probabilities in %)", pinned_columns=1, elem_id="compare-table")
+    grid = gr.HTML(elem_id="compare-heatmaps")
+    button.click(compare, [session, method, picked], [table, grid, agreement], api_visibility="private")
+    return picked
+
+
+# ---------------------------------------------------------------- Experiments
+
+
+def experiments_view():
+    table, full, sweep, names = experiments.tables()
+    sweep = gr.Dataframe(sweep, visible=sweep is not None)
+    name = gr.Dropdown(choices=names, value=names[0] if names else None)
+    return table, full, sweep, name, seed_markdown(), experiments.localisation_markdown()
+
+
+def experiments_tab(tab: gr.Tab) -> None:
+    gr.Markdown(experiments.ABOUT)
+    table = gr.Dataframe(label="Shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
+    with gr.Accordion("All columns", open=False):
+        full = gr.Dataframe(pinned_columns=1, show_label=False)
+    sweep = gr.Dataframe(label="GPU sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False)
+    localisation = gr.Markdown(elem_id="localisation")
+    name = gr.Dropdown(label="Figures of checkpoint")
+    figure = dict(type="filepath", interactive=False, height=380, buttons=["fullscreen"])
+    with gr.Row():
+        curves = gr.Image(label="Training curves", **figure)
+        confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
+    with gr.Row():
+        reliability = gr.Image(label="Reliability, near-dedup Testing", elem_id="reliability", **figure)
+        hist = gr.Dataframe(label="history.csv (4 significant digits)", max_height=380)
+    with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
+        seed = gr.Markdown(elem_id="seed-table")
+    tab.select(experiments_view, None, [table, full, sweep, name, seed, localisation], api_visibility="private")
+    name.change(experiments.figures_of, name, [curves, confusion, reliability, hist], api_visibility="private")
+
+
+# ---------------------------------------------------------------- Data
+
+
+def data_view(model_name: str | None):
+    with user_errors():
+        return dataview.overview(DATA, PREDICTOR.model(model_name).model, model_name or PREDICTOR.default_model)
+
+
+def audit_view():
+    with user_errors():
+        return dataview.audit_markdown(dataview.audit_summary(DATA))
+
+
+def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
+    note = gr.Markdown("Open this tab to read the data folder.")
+    counts = gr.Dataframe(label="Images per class and split", elem_id="counts")
+    samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220)
+    steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260)
+    button = gr.Button("Run the duplicate audit (10-30 s, then cached)")
+    audit = gr.Markdown(elem_id="audit")
+    tab.select(data_view, model, [note, counts, samples, steps], api_visibility="private")
+    button.click(audit_view, None, audit, api_visibility="private")
+
+
+# ---------------------------------------------------------------- layout
 
 
 def build_demo() -> gr.Blocks:
-    local = examples() if dataview.local_root(DATA) is not None else []
-    # Uploads are deleted once decoded and heatmaps never touch the disk (brainmri.app.inline_media); the sweep is a backstop
-    # for anything else in Gradio's cache (example copies, figures): older than 10 minutes, checked every 10 minutes.
+    # Uploads are deleted once decoded and heatmaps never touch the disk (brainmri.app.inline_media); the sweep is a
+    # backstop for anything else in Gradio's cache (example copies, figures): older than 10 minutes, every 10 minutes.
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
-        gr.Markdown("# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with Grad-CAM.\n\n" + DISCLAIMER)
+        gr.Markdown(
+            "# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with Grad-CAM. " + DISCLAIMER,
+            elem_id="header",
+        )
         session = gr.State(None, time_to_live=SESSION_TTL_S)  # (decoded image, heatmap): memory only, never a file
         with gr.Tab("Classify"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    upload = without_stray_temp_file(gr.File(label=f"MRI slice: {accepted_formats()}", type="filepath", elem_id="upload"))
-                    model = gr.Dropdown(model_choices(), value=PREDICTOR.default_model, label="Model", elem_id="model")
-                    unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable))
-                    method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method")
-                    opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
-                    examples_shown = dict(label="Examples (click one)", columns=4, height=160, allow_preview=False, elem_id="examples")
-                    gallery = gr.Gallery([p for p, _ in local], visible=bool(local), **examples_shown)
-                with gr.Column(scale=3):
-                    heatmap = gr.Image(label="Heatmap", type="pil", format="png", elem_id="heatmap", interactive=False, height=420)
-                    send_inline(heatmap)
-                    summary = gr.Markdown(elem_id="summary")
-                    label = gr.Label(num_top_classes=4, label="Probabilities", elem_id="probabilities")
-                    with gr.Accordion("Details (JSON)", open=False):
-                        details = gr.JSON(label="Details", elem_id="details-json")
-            outputs = [label, heatmap, summary, details, session]
-            # A user's upload (not a value set by the app) first clears the old answer, so a bad file never leaves it up.
-            upload.upload(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden").then(
-                classify_upload, [upload, model, method, opacity], outputs, api_visibility="private"
-            )
-            upload.clear(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden")
-            gallery.select(classify_example, [model, method, opacity], [upload, *outputs], api_visibility="private")
-            for trigger in (model.change, method.change):
-                trigger(classify, [session, model, method, opacity], outputs, api_visibility="private")
-            opacity.change(
-                reblend, [session, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last"
-            )
-            # The API endpoint: its own (hidden) model-name box, so a client may name any model or none.
-            api_model = gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
-            gr.Button(visible=False).click(predict, [upload, api_model], [label, heatmap, details], api_name="predict")
-
+            model, unavailable, gallery = classify_tab(session)
         with gr.Tab("Compare"):
-            gr.Markdown("Runs the ticked models on the image uploaded in **Classify**.")
-            every = [n for _, n in model_choices()]
-            picked = gr.CheckboxGroup(model_choices(), value=every, label="Models to compare", elem_id="compare-models")
-            compare_button = gr.Button("Compare", variant="primary")
-            agreement = gr.Markdown(elem_id="agreement")
-            compare_table = gr.Dataframe(label="Per model")
-            compare_gallery = send_inline(gr.Gallery(label="Heatmaps side by side", columns=4, height="auto", object_fit="contain"))
-            compare_button.click(compare, [session, method, picked], [compare_table, compare_gallery, agreement], api_visibility="private")
-
-        with gr.Tab("Experiments") as experiments_tab:
-            gr.Markdown(experiments.ABOUT)
-            exp_table = gr.Dataframe(label="Experiments", wrap=True, elem_id="experiments-table")
-            sweep_md = gr.Markdown()
-            sweep_table = gr.Dataframe(label="GPU sweep (results/experiments.csv)", visible=False)
-            exp_model = gr.Dropdown(label="Checkpoint")
-            with gr.Row():
-                curves = gr.Image(label="Training curves", type="filepath", interactive=False)
-                confusion = gr.Image(label="Confusion matrix (Testing)", type="filepath", interactive=False)
-                reliability = gr.Image(label="Reliability, near-dedup Testing", type="filepath", interactive=False, elem_id="reliability")
-            hist = gr.Dataframe(label="history.csv")
-            with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
-                seed_md = gr.Markdown(elem_id="seed-table")
-            experiments_tab.select(experiments_view, None, [exp_table, sweep_table, sweep_md, exp_model, seed_md], api_visibility="private")
-            exp_model.change(experiment_figures, exp_model, [curves, confusion, reliability, hist], api_visibility="private")
-
-        with gr.Tab("Data") as data_tab:
-            data_note = gr.Markdown("Open this tab to read the data folder.")
-            counts = gr.Dataframe(label="Images per class and split", elem_id="counts")
-            samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=200)
-            steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260)
-            audit_button = gr.Button("Run the duplicate audit (10-30 s, then cached)")
-            audit = gr.JSON(label="Duplicate audit")
-            data_tab.select(data_view, model, [data_note, counts, samples, steps], api_visibility="private")
-            audit_button.click(audit_view, None, audit, api_visibility="private")
-
+            picked = compare_tab(session)
+        with gr.Tab("Experiments") as tab:
+            experiments_tab(tab)
+        with gr.Tab("Data") as tab:
+            data_tab(tab, model)
         gr.Markdown(DISCLAIMER)
         demo.load(refresh_models, None, [model, unavailable, picked], api_visibility="private")
-        if not local:
+        if dataview.local_root(DATA) is None:
             demo.load(show_examples, None, gallery, api_visibility="private")
     return demo
 
@@ -290,8 +285,14 @@ demo = build_demo()
 PENDING = count_pending_uploads(demo)  # identical uploads share a path: the last request with those bytes deletes it
 # max_size bounds the queue (and memory): the 65th waiting request is refused. As many requests run at a time as
 # can share a batch (scripts/load_test.py --concurrency-limit 2 8 measures it); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
-demo.queue(max_size=64, default_concurrency_limit=int(os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", MAX_BATCH)))
+demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
+
+
+def launch(**kwargs):
+    """Serve the app with its style sheet and upload limit; server_name / server_port default to GRADIO_SERVER_NAME /
+    GRADIO_SERVER_PORT."""
+    return demo.launch(css=display.CSS, max_file_size=MAX_BYTES, **kwargs)
+
 
 if __name__ == "__main__":
-    # server_name / server_port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
-    demo.launch(max_file_size=MAX_BYTES)
+    launch()

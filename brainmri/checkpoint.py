@@ -138,3 +138,43 @@ def update_metrics(folder: str | Path, sections: dict) -> dict:
     metrics.update(sections)
     (Path(folder) / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+# The one column map of results tables (train/results.py's CSV, the app's Experiments tab): column -> its path in
+# metrics.json. A table picks and formats columns; it never spells a path into metrics.json itself.
+METRIC_COLUMNS = {
+    "model": ("model",),
+    "parameters": ("parameters",),
+    "input_size": ("input_size",),
+    "initialization": ("initialization",),
+    "epochs_run": ("epochs_run",),
+    "best_epoch": ("best_epoch",),
+    "train_accuracy": ("train", "accuracy"),
+    "val_accuracy": ("validation", "accuracy"),
+    "test_accuracy": ("test", "accuracy"),
+    "test_accuracy_ci95": ("test", "accuracy_ci95"),
+    "test_dedup_accuracy": ("test_dedup", "accuracy"),
+    "test_dedup_accuracy_ci95": ("test_dedup", "accuracy_ci95"),
+    "test_loss": ("test", "loss"),
+    "temperature": ("calibration", "temperature"),
+    "test_ece_raw": ("calibration", "test_ece_before"),
+    "test_ece_calibrated": ("calibration", "test_ece_after"),
+    "train_seconds": ("train_seconds",),
+    "img_per_s": ("train_img_per_s",),
+    "peak_memory_gib": ("peak_gpu_memory_gib",),
+    "device": ("device",),
+    "batch_size": ("batch_size",),
+    "grad_checkpointing": ("grad_checkpointing",),
+    "stopped": ("stopped",),
+}
+
+
+def metric_columns(metrics: dict, columns: list[str] | None = None) -> dict:
+    """``columns`` (default: all of :data:`METRIC_COLUMNS`) read from a metrics.json dict; None where absent."""
+    out = {}
+    for column in columns or METRIC_COLUMNS:
+        value = metrics
+        for key in METRIC_COLUMNS[column]:
+            value = value.get(key) if isinstance(value, dict) else None
+        out[column] = value
+    return out

@@ -25,22 +25,22 @@ MIN_SIDE = 48
 # Refused above this many bytes, before any decoding.
 MAX_BYTES = 64 * 1024 * 1024
 
-# The one list of accepted formats: PIL's name for each -> how the app describes it. The upload label and the
+# The one list of accepted formats: PIL's name for each -> (short name, what is read). The upload label and the
 # "not an image this app can read" message come from here, and other formats PIL could open (ICO, PPM, PSD...) are refused.
 PIL_FORMATS = {
-    "JPEG": "JPEG",
-    "PNG": "PNG (8/16-bit, greyscale, palette, RGBA)",
-    "WEBP": "WebP",
-    "BMP": "BMP",
-    "TIFF": "TIFF (first page)",
-    "GIF": "GIF (first frame)",
+    "JPEG": ("JPEG", "JPEG"),
+    "PNG": ("PNG", "PNG (8/16-bit, greyscale, palette, RGBA)"),
+    "WEBP": ("WebP", "WebP"),
+    "BMP": ("BMP", "BMP"),
+    "TIFF": ("TIFF", "TIFF (first page)"),
+    "GIF": ("GIF", "GIF (first frame)"),
 }
 DICOM_SUFFIXES = {".dcm", ".dicom"}  # DICOM files often have no suffix, so they are known by content too
 
 
-def accepted_formats() -> str:
-    """The accepted formats in words, for the upload widget and error messages."""
-    return ", ".join(PIL_FORMATS.values()) + " or DICOM (.dcm)"
+def accepted_formats(detailed: bool = True) -> str:
+    """The accepted formats in words: detailed for error messages, short for the upload widget."""
+    return ", ".join(d if detailed else short for short, d in PIL_FORMATS.values()) + " or DICOM" + (" (.dcm)" if detailed else "")
 
 
 def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Image:

@@ -42,6 +42,12 @@ from brainmri.settings import model_cache_mb
 _logger = logging.getLogger(__name__)
 
 NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour
+CLASS_WORDS = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary tumour", NO_TUMOUR: "no tumour"}
+
+
+def class_words(label: str) -> str:
+    """A dataset label as a reader says it ("notumor" -> "no tumour"); an unknown label as it is."""
+    return CLASS_WORDS.get(label, label)
 
 
 @dataclass
@@ -131,12 +137,12 @@ class Prediction:
         if not self.in_distribution:
             return f"**This image {NOT_MRI}**: " + "; ".join(self.ood.reasons) + f". No tumour class is given for it{by}."
         p = self.probabilities[self.top_class]
-        lines = [f"**Predicted class: {self.top_class}** ({p:.1%})."]
-        if self.tumor_probability is not None:
-            # One number, said once: the probability of the verdict given.
-            verdict = "Tumour" if self.tumor_probability >= 0.5 else "No tumour"
-            shown = self.tumor_probability if self.tumor_probability >= 0.5 else 1 - self.tumor_probability
-            lines.append(f"**{verdict}**: {shown:.1%} probability.")
+        lines = [f"**Predicted class: {class_words(self.top_class)}** ({p:.1%})."]
+        # The tumour-or-not verdict, when it says more than the class line: a tumour class's share of all tumours,
+        # or a tumour found likelier than the "no tumour" class in front; never the class line's number again.
+        tumour = self.tumor_probability
+        if tumour is not None and (self.top_class != NO_TUMOUR or tumour >= 0.5) and round(tumour, 3) != round(p, 3):
+            lines.append(f"**Any tumour**: {tumour:.1%}.")  # a tumour class in front implies tumour >= 0.5
         if self.ood is None:
             lines.append("(No out-of-distribution statistics for this model: it cannot tell an MRI from another picture.)")
         return " ".join(lines) + by

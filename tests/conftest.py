@@ -94,7 +94,7 @@ def app_url() -> Iterator[str]:
     import app
 
     port = free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)  # as python app.py does
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -13,7 +13,7 @@ from brainmri.app import dataview, experiments
 from brainmri.data import eval_transform
 
 
-def _fake_checkpoint(folder: Path, model: str, val: float) -> None:
+def _fake_checkpoint(folder: Path, model: str, val: float, ci: list[float] | None = None) -> None:
     folder.mkdir(parents=True)
     metrics = {
         "model": model,
@@ -23,7 +23,7 @@ def _fake_checkpoint(folder: Path, model: str, val: float) -> None:
         "best_epoch": 5,
         "train": {"accuracy": 0.99},
         "validation": {"accuracy": val},
-        "test": {"accuracy": 0.9, "loss": 0.3},
+        "test": {"accuracy": 0.9, "loss": 0.3, **({"accuracy_ci95": ci} if ci else {})},
         "test_dedup": {"accuracy": 0.85},
         "train_seconds": 600,
         "calibration": {"temperature": 0.51234, "test_ece_before": 0.07783, "test_ece_after": 0.005352},
@@ -33,18 +33,20 @@ def _fake_checkpoint(folder: Path, model: str, val: float) -> None:
 
 
 def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
-    _fake_checkpoint(tmp_path / "tf_efficientnet_lite0", "tf_efficientnet_lite0", 0.95)
+    _fake_checkpoint(tmp_path / "tf_efficientnet_lite0", "tf_efficientnet_lite0", 0.95, ci=[0.88, 0.92])
     _fake_checkpoint(tmp_path / "simple_cnn_7", "simple_cnn_7", 0.8)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text("{not json")
     rows = experiments.experiment_table(tmp_path)
     assert [r["model"] for r in rows] == ["simple_cnn_7", "tf_efficientnet_lite0"]  # registry order; the broken one skipped
     lite = rows[1]
-    assert lite["val acc"] == 0.95 and lite["near-dedup test acc"] == 0.85 and lite["epochs (best)"] == "7 (5)"
-    assert lite["train time (min)"] == 10.0 and lite["family"] == "efficientnet"
+    assert lite["val acc"] == "95.0%" and lite["near-dedup test acc"] == "85.0%" and lite["epochs (best)"] == "7 (5)"
+    assert lite["test acc (95% CI)"] == "90.0% (88.0-92.0)" and rows[0]["test acc (95% CI)"] == "90.0%"  # no interval: none shown
+    assert lite["train time"] == "10.0 min" and lite["family"] == "efficientnet"
     assert (lite["temperature"], lite["test ECE raw"], lite["test ECE calibrated"]) == (0.512, 0.0778, 0.0054)
-    assert set(experiments.COLUMNS) == set(lite)
+    assert list(lite) == experiments.ALL_COLUMNS and experiments.COLUMNS == experiments.ALL_COLUMNS[: len(experiments.COLUMNS)]
     assert experiments.history(tmp_path / "simple_cnn_7")[1]["val_acc"] == "0.8"
+    assert experiments.history(tmp_path / "simple_cnn_7")[0]["train_loss"] == "1"  # 4 significant digits, not 16
     assert experiments.figure(tmp_path / "simple_cnn_7", "curves.png") is None
     assert experiments.results_table(tmp_path / "none.csv") is None
 
@@ -105,3 +107,41 @@ def test_example_files_one_per_class_copied_to_a_servable_folder(data_dir: Path,
     examples = dataview.copy_examples(dataview.example_files(data_dir, per_class=1), tmp_path / "ex")
     assert [c for _, c in examples] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert all(p.is_file() and p.parent == tmp_path / "ex" for p, _ in examples)
+
+
+def test_sweep_table_shows_only_sweep_runs_labelled_by_device(tmp_path: Path):
+    csv_path = tmp_path / "experiments.csv"
+    csv_path.write_text(
+        "model,device,run,epochs_run,test_accuracy,test_dedup_accuracy,train_seconds,img_per_s,pct_of_bound,status\n"
+        "simple_cnn_7,NVIDIA H200,shipped,20,0.8977,0.92,13.5,7792.5,3.0,ok\n"
+        "resnet18,NVIDIA H200,device_sweep,10,0.8783,0.88,6.2,8042.3,16.4,ok\n"
+    )
+    rows = experiments.results_table(csv_path)
+    assert rows == [
+        {
+            "model": "resnet18", "device": "NVIDIA H200", "run": "device_sweep", "epochs": "10", "test acc": "87.8%",
+            "near-dedup test acc": "88.0%", "train time (s)": "6", "img/s": "8,042", "% of bound": "16", "status": "ok",
+        }
+    ]  # fmt: skip
+    csv_path.write_text("model,run\nsimple_cnn_7,shipped\n")
+    assert experiments.results_table(csv_path) is None  # only shipped rows: no sweep table at all
+
+
+def test_localisation_table_reads_the_report_half(tmp_path: Path):
+    half = {"n": 10, "hit": 0.6, "mass": 0.2, "centre": 0.19, "head": 0.05, "per_class": {"pituitary": {"hit": 0.3}}}
+    path = tmp_path / "loc.json"
+    path.write_text(json.dumps({"runs": [{"model": "m", "layer": "bn2", "method": "Grad-CAM", "choose": {}, "report": half}]}))
+    text = experiments.localisation_markdown(path)
+    assert "| m | `bn2` | Grad-CAM | 10 | **60.0%** |  |  | 30.0% | 20.0% | 19.0% | 5.0% |" in text
+    assert "No localisation results" in experiments.localisation_markdown(tmp_path / "none.json")
+
+
+def test_the_duplicate_audit_is_said_in_words():
+    summary = {
+        "exact_groups": 300, "exact_files": 726, "exact_groups_across_splits": 189, "test_with_exact_twin_in_train": 216,
+        "near_pairs_train_train": 1627, "near_pairs_test_test": 157, "test_with_near_twin_in_train": 472, "test_clean": 839,
+        "near_threshold": 2.0,
+    }  # fmt: skip
+    text = dataview.audit_markdown(summary)
+    assert "**216 Testing images** have a byte-identical copy in Training" in text and "**839 Testing images**" in text
+    assert "{" not in text and "/" not in text.replace("32 x 32", "")  # words, no JSON, no paths

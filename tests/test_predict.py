@@ -223,12 +223,17 @@ def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistic
     assert not chosen.predict(Image.new("RGB", (256, 256))).in_distribution  # a blank image is still flagged
 
 
-def test_the_summary_gives_the_tumour_probability_once(predictor: Predictor, sample: ImageRecords):
-    result = predictor.predict(sample.open(0))
-    text = result.summary()
-    shown = max(result.tumor_probability, 1 - result.tumor_probability)
-    assert text.count(f"{shown:.1%}") == 1 + (result.probabilities[result.top_class] == shown)  # the class line may equal it
-    assert "tumour probability" not in text
+def test_the_summary_says_each_number_once(predictor: Predictor, sample: ImageRecords):
+    """A tumour class gives its own probability and, when it differs, that of any tumour; "no tumour" gives one number."""
+    by_class = {}
+    for i in range(len(sample)):
+        result = predictor.predict(sample.open(i))
+        by_class.setdefault(result.top_class, result)
+    for top, result in by_class.items():
+        text, p, tumour = result.summary(), result.probabilities[top], result.tumor_probability
+        assert text.count(f"{p:.1%}") == 1 and "tumour probability" not in text
+        assert ("Any tumour" in text) == (top != "notumor" and round(tumour, 3) != round(p, 3)), text
+    assert "notumor" in by_class and "Predicted class: no tumour" in by_class["notumor"].summary()
 
 
 def test_no_heatmap_is_shown_over_an_image_that_is_not_a_brain_mri(predictor: Predictor, sample: ImageRecords):

@@ -20,8 +20,10 @@ import pytest
 from PIL import Image
 from traces import files_containing, files_named, files_since
 
+from brainmri.app import display
 from brainmri.app.inline_media import data_url, decode_data_url, send_inline
 from brainmri.app.uploads import discard_upload, gradio_cache_dir, kept_in_cache
+from brainmri.imageio import load_image
 
 
 @pytest.fixture
@@ -85,34 +87,39 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     good, noise = unique_png(own, f"{secret}.png")
     t0 = time.time()
     upload = as_gradio_upload(good)
-    label, heatmap, summary, details, session = app.classify_upload(str(upload), "simple_cnn_7", "Grad-CAM", 0.5)
+    cleared, *shown = app.classify_upload(str(upload), "simple_cnn_7", "Grad-CAM", 0.5)
+    shown = display.ClassifyView(*shown)
     assert not upload.exists() and not upload.parent.exists()
-    assert isinstance(heatmap, Image.Image) and session[0].size == (96, 96) and details["model"] == "simple_cnn_7"
+    assert cleared is None  # the upload box is emptied: no link to the deleted file, ready for the next upload
+    heatmap, session = shown.heatmap, shown.session
+    assert session[0].size == (96, 96) and shown.image is session[0] and shown.details["model"] == "simple_cnn_7"
+    assert not shown.details["in_distribution"] and heatmap is None and shown.key == ""  # noise: no heatmap over it
 
     # A changed model, method or opacity, and Compare, run from the session alone: the file is gone.
     again = app.classify(session, "tf_efficientnet_lite0", "HiResCAM", 0.5)
-    assert again[3]["model"] == "tf_efficientnet_lite0" and again[3]["cam_method"] == "HiResCAM"
-    assert app.reblend(again[4], 0.2).size == (96, 96)
-    table, gallery, agreement = app.compare(again[4], "Grad-CAM", None)  # nothing ticked: every model
-    assert len(gallery) == len(app.PREDICTOR.available) and "agree" in agreement
-    table, gallery, agreement = app.compare(again[4], "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
-    assert list(table["model"])[:2] == ["simple_cnn_7", "tf_efficientnet_lite0"] and len(gallery) == 2
+    assert again.details["model"] == "tf_efficientnet_lite0" and again.details["cam_method"] == "HiResCAM"
+    assert app.reblend(again.session, 0.2) is None  # still no heatmap to blend
+    assert app.reblend((session[0], np.full((96, 96), 0.5, np.float32)), 0.2).size == (96, 96)
+    table, grid, agreement = app.compare(again.session, "Grad-CAM", None)  # nothing ticked: every model
+    assert grid.count("<figure") == len(app.PREDICTOR.available) and "agree" in agreement
+    table, grid, agreement = app.compare(again.session, "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
+    assert list(table["model"])[:2] == ["simple_cnn_7", "tf_efficientnet_lite0"] and grid.count("<figure") == 2
+    assert "data:image/jpeg;base64," in grid and "/gradio_api/file=" not in grid  # heatmaps inline, no file
     assert "2 models in" in agreement and " s." in agreement  # the time it took
     assert app.classify(None, "simple_cnn_7", "Grad-CAM", 0.5) == app.EMPTY
 
-    # A broken upload is deleted too, and is a clear error.
+    # A broken upload is deleted too, and its clear error stays in the result area (a toast would fade).
     bad = own / f"{secret}-bad.png"
     bad.write_bytes(b"not an image " + noise)
     broken = as_gradio_upload(bad)
-    with pytest.raises(gr.Error, match="not an image"):
-        app.classify_upload(str(broken), "simple_cnn_7", "Grad-CAM", 0.5)
+    cleared, *shown = app.classify_upload(str(broken), "simple_cnn_7", "Grad-CAM", 0.5)
+    shown = display.ClassifyView(*shown)
+    assert "Could not classify" in shown.summary and "not an image" in shown.summary and shown.heatmap is None
     assert not broken.exists()
 
     # What the heatmap outputs send: data URLs, no path.
-    sent = send_inline(gr.Image(type="pil", format="png")).postprocess(heatmap)
+    sent = send_inline(gr.Image(type="pil", format="png")).postprocess(app.reblend((session[0], np.ones((96, 96))), 0.5))
     assert sent.path is None and decode_data_url(sent.url).size == (96, 96)
-    shown = send_inline(gr.Gallery()).postprocess(gallery)
-    assert all(item.image.path is None and item.image.url.startswith("data:image/webp") for item in shown.root)
     assert_no_trace(secret, [good.read_bytes()[-4096:], noise[:4096]], t0, own)
     assert secret not in caplog.text
 
@@ -126,10 +133,9 @@ def test_an_example_is_classified_without_touching_its_cached_thumbnail(client):
 
     kept = kept_in_cache(app.demo)
     assert app.examples() and len(kept) >= len(app.examples())  # the thumbnails, cached for good at build time
-    shown, label, heatmap, summary, details, session = app.classify_example(
-        "simple_cnn_7", "Grad-CAM", 0.5, gr.SelectData(None, {"index": 0, "value": None})
-    )
-    assert shown == app.examples()[0][0] and details["model"] == "simple_cnn_7" and session[1] is not None
+    shown = app.classify_example("simple_cnn_7", "Grad-CAM", 0.5, gr.SelectData(None, {"index": 0, "value": None}))
+    assert shown.image.size == load_image(app.examples()[0][0]).size and shown.details["model"] == "simple_cnn_7"
+    assert shown.session[1] is not None
     client.predict(handle_file(app.examples()[0][0]), "simple_cnn_7", api_name="/predict")
     assert all(p.is_file() for p in kept)
 

@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from brainmri.checkpoint import METRICS, has_metrics, read_metrics
+from brainmri.checkpoint import METRICS, has_metrics, metric_columns, read_metrics
 from brainmri.cli import setup_logging
 from brainmri.registry import REGISTRY
 from brainmri.seed_report import seed_markdown
@@ -31,26 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTION = ("<!-- SECTION:results -->", "<!-- /SECTION:results -->")
 SEED_SECTION = ("<!-- SECTION:seed -->", "<!-- /SECTION:seed -->")
 
-# CSV column -> where it sits in metrics.json.
-COLUMNS = {
-    "model": ("model",),
-    "parameters": ("parameters",),
-    "input_size": ("input_size",),
-    "initialization": ("initialization",),
-    "epochs_run": ("epochs_run",),
-    "best_epoch": ("best_epoch",),
-    "val_accuracy": ("validation", "accuracy"),
-    "test_accuracy": ("test", "accuracy"),
-    "test_dedup_accuracy": ("test_dedup", "accuracy"),
-    "test_loss": ("test", "loss"),
-    "train_seconds": ("train_seconds",),
-    "img_per_s": ("train_img_per_s",),
-    "peak_memory_gib": ("peak_gpu_memory_gib",),
-    "device": ("device",),
-    "batch_size": ("batch_size",),
-    "grad_checkpointing": ("grad_checkpointing",),
-    "stopped": ("stopped",),
-}
+# The CSV's columns from metrics.json (brainmri.checkpoint.METRIC_COLUMNS, the map the app's table reads too).
+COLUMNS = [
+    "model", "parameters", "input_size", "initialization", "epochs_run", "best_epoch", "val_accuracy", "test_accuracy",
+    "test_dedup_accuracy", "test_loss", "train_seconds", "img_per_s", "peak_memory_gib", "device", "batch_size",
+    "grad_checkpointing", "stopped",
+]  # fmt: skip
 EXTRA = ["bound_img_per_s", "pct_of_bound", "status", "run", "folder"]  # bound: train.roofline on the card's datasheet, GPU rows only
 
 # Markdown column -> (header, format of the value).
@@ -74,18 +60,9 @@ _MD = {
 }
 
 
-def _get(metrics: dict, path: tuple):
-    for key in path:
-        if not isinstance(metrics, dict) or key not in metrics:
-            return None
-        metrics = metrics[key]
-    return metrics
-
-
 def metrics_row(folder: Path) -> dict:
     """One table row from ``folder/metrics.json``."""
-    metrics = read_metrics(folder)
-    row = {col: _get(metrics, path) for col, path in COLUMNS.items()}
+    row = metric_columns(read_metrics(folder), COLUMNS)
     status = "ok" if row["test_accuracy"] is not None else "not tested"
     return {**row, "bound_img_per_s": None, "pct_of_bound": None, "status": status, "run": run_label(folder), "folder": str(folder)}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -18,15 +17,14 @@ import torch
 from PIL import Image
 
 from brainmri.data import SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.settings import default_data
 
 _logger = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def data_source() -> str:
     """``BRAIN_MRI_DATA`` or the default folder beside the repository."""
-    return os.environ.get("BRAIN_MRI_DATA") or str(ROOT.parent / "shared" / "data" / "brain-tumor-mri")
+    return default_data()
 
 
 def local_root(source: str | None = None) -> Path | None:
@@ -139,3 +137,41 @@ def example_images(data: str) -> list[tuple[str, str]]:
     except ValueError as e:  # no data folder and no reachable Hub dataset only means no examples
         _logger.warning("no example images: %s", e)
         return []
+
+
+def audit_markdown(summary: dict) -> str:
+    """The duplicate audit in words, for a reader (the numbers are brainmri.duplicates' summary)."""
+    s = summary
+    clean = s["test_clean"]
+    return "\n".join(
+        [
+            f"- **{s['test_with_exact_twin_in_train']} Testing images** have a byte-identical copy in Training, and "
+            f"**{s['test_with_near_twin_in_train']}** have a near-identical one (32 x 32 greyscale, at most "
+            f"{s['near_threshold']:g} grey levels apart on average): a model has in effect seen them.",
+            f"- **{clean} Testing images** have no such twin: the *near-dedup* accuracies in the Experiments tab are measured on them.",
+            f"- Within Training, {s['near_pairs_train_train']} pairs of images are near-identical; the validation "
+            "split keeps each group of them on one side, so validation accuracy is not inflated by them.",
+            f"- Within Testing, {s['near_pairs_test_test']} pairs are near-identical.",
+            f"- Byte-identical files: {s['exact_files']} files in {s['exact_groups']} groups, "
+            f"{s['exact_groups_across_splits']} of the groups spanning both splits.",
+        ]
+    )
+
+
+def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
+    """The Data tab: (note, class counts, Training samples, preprocessing steps for ``model``); the note says what is
+    missing when there is no local data folder. No server path is shown."""
+    import pandas as pd
+
+    from brainmri.data import data_config
+    from brainmri.imageio import load_image
+
+    root = local_root(source)
+    if root is None:
+        return "No data folder found (set `BRAIN_MRI_DATA` to the folder or a Hub dataset id).", None, None, None
+    counts = pd.DataFrame(class_counts(root))
+    samples = [(load_image(p), c) for p, c in example_files(root, per_class=2, split="train")]
+    first = widest_example(root)
+    steps = preprocessing_steps(load_image(first), data_config(model))
+    note = f"The data: images per class and split, samples, and one Testing slice through **{model_name}**'s preprocessing."
+    return note, counts, samples, steps

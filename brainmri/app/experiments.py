@@ -13,7 +13,9 @@ import json
 import logging
 from pathlib import Path
 
-from brainmri.checkpoint import HISTORY, has_metrics, read_metrics
+import pandas as pd
+
+from brainmri.checkpoint import HISTORY, has_metrics, metric_columns, read_metrics
 from brainmri.registry import CHECKPOINT_DIR, REGISTRY
 
 _logger = logging.getLogger(__name__)
@@ -21,29 +23,19 @@ _logger = logging.getLogger(__name__)
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 RESULTS_CSV = RESULTS_DIR / "experiments.csv"
 CAM_SANITY_JSON = RESULTS_DIR / "cam_sanity.json"
-COLUMNS = [
-    "model",
-    "family",
-    "parameters",
-    "input px",
-    "initialisation",
-    "epochs (best)",
-    "train acc",
-    "val acc",
-    "test acc",
-    "near-dedup test acc",
-    "test loss",
-    "temperature",
-    "test ECE raw",
-    "test ECE calibrated",
+CAM_LOCALISATION_JSON = RESULTS_DIR / "cam_localisation.json"
+# The compact table a visitor reads first (the name pinned on the left); ALL_COLUMNS behind "all columns".
+COLUMNS = ["model", "test acc (95% CI)", "near-dedup test acc", "val acc", "family", "input px", "initialisation", "train time", "device"]
+ALL_COLUMNS = [
+    *COLUMNS, "parameters", "epochs (best)", "train acc", "test loss", "temperature", "test ECE raw", "test ECE calibrated",
     "heatmap in brain",
-    "train time (min)",
-    "device",
-]
+]  # fmt: skip
 ABOUT = (
-    "Read from each checkpoint folder's `metrics.json`, `history.csv` and figures, `results/experiments.csv` and "
-    "`results/cam_sanity.json`. *ECE*: expected calibration error on Testing, raw and temperature-scaled. *Heatmap in "
-    "brain*: mean share of Grad-CAM mass inside an intensity brain mask, over n Testing images (a uniform map scores about 0.50)."
+    "Every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Test acc*: the official "
+    "Testing split, with a 95% bootstrap interval; *near-dedup*: Testing without the images that have a near-identical "
+    "twin in Training (the honest figure). *Val acc*: the validation split cut from Training, used to choose epochs. "
+    "*ECE*: expected calibration error on Testing, raw and temperature-scaled. *Heatmap in brain*: mean share of "
+    "Grad-CAM mass inside an intensity brain mask (a uniform map scores about 0.50)."
 )
 
 
@@ -61,8 +53,11 @@ def _rounded(value, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def _acc(metrics: dict, key: str) -> float | None:
-    return _rounded((metrics.get(key) or {}).get("accuracy"))
+def _pct(value: float | None, ci: list | None = None) -> str:
+    """An accuracy to one decimal, with its 95% interval when known: "99.2% (98.7-99.6)"."""
+    if value is None:
+        return ""
+    return f"{100 * value:.1f}%" + ("" if not ci else f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})")
 
 
 def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
@@ -81,31 +76,29 @@ def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
 
 
 def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None) -> dict:
-    """One table row from a checkpoint folder's metrics.json (and the heatmap check, when given)."""
-    m = read_metrics(folder)
-    name = m.get("model", Path(folder).name)
+    """One table row (all of :data:`ALL_COLUMNS`) from a checkpoint folder's metrics.json, formatted for reading."""
+    m = metric_columns(read_metrics(folder))
+    name = m["model"] or Path(folder).name
     spec = REGISTRY.get(name)
-    test = m.get("test") or {}
-    cal = m.get("calibration") or {}
-    seconds = m.get("train_seconds")
+    seconds = m["train_seconds"]
     return {
         "model": name,
+        "test acc (95% CI)": _pct(m["test_accuracy"], m["test_accuracy_ci95"]),
+        "near-dedup test acc": _pct(m["test_dedup_accuracy"], m["test_dedup_accuracy_ci95"]),
+        "val acc": _pct(m["val_accuracy"]),
         "family": spec.family if spec else "",
-        "parameters": m.get("parameters"),
-        "input px": m.get("input_size"),
-        "initialisation": m.get("initialization", ""),
-        "epochs (best)": f"{m.get('epochs_run', '?')} ({m.get('best_epoch', '?')})",
-        "train acc": _acc(m, "train"),
-        "val acc": _acc(m, "validation"),
-        "test acc": _acc(m, "test"),
-        "near-dedup test acc": _acc(m, "test_dedup"),
-        "test loss": _rounded(test.get("loss")),
-        "temperature": _rounded(cal.get("temperature"), 3),
-        "test ECE raw": _rounded(cal.get("test_ece_before")),
-        "test ECE calibrated": _rounded(cal.get("test_ece_after")),
+        "input px": m["input_size"],
+        "initialisation": (m["initialization"] or "").split(" (")[0],
+        "train time": "" if seconds is None else f"{float(seconds) / 60:.1f} min",
+        "device": m["device"] or "",
+        "parameters": "" if m["parameters"] is None else f"{m['parameters'] / 1e6:.2f} M",
+        "epochs (best)": f"{m['epochs_run'] or '?'} ({m['best_epoch'] or '?'})",
+        "train acc": _pct(m["train_accuracy"]),
+        "test loss": _rounded(m["test_loss"]),
+        "temperature": _rounded(m["temperature"], 3),
+        "test ECE raw": _rounded(m["test_ece_raw"]),
+        "test ECE calibrated": _rounded(m["test_ece_calibrated"]),
         "heatmap in brain": (cam_shares or {}).get(name, ""),
-        "train time (min)": None if seconds is None else round(float(seconds) / 60, 1),
-        "device": m.get("device", ""),
     }
 
 
@@ -120,13 +113,60 @@ def experiment_table(root: str | Path = CHECKPOINT_DIR) -> list[dict]:
     return rows
 
 
+# The sweep table: what a reader compares across runs and devices (results/experiments.csv has every column).
+SWEEP_COLUMNS = {
+    "model": "model", "device": "device", "run": "run", "epochs_run": "epochs", "test_accuracy": "test acc",
+    "test_dedup_accuracy": "near-dedup test acc", "train_seconds": "train time (s)", "img_per_s": "img/s",
+    "pct_of_bound": "% of bound", "status": "status",
+}  # fmt: skip
+
+
 def results_table(path: str | Path = RESULTS_CSV) -> list[dict] | None:
-    """The sweep's results/experiments.csv as rows, or None when it does not exist."""
+    """The sweep runs of results/experiments.csv (not the shipped checkpoints, already in the table above), labelled
+    by device; None when there are none."""
     path = Path(path)
     if not path.is_file():
         return None
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        runs = [r for r in csv.DictReader(f) if r.get("run") not in (None, "", "shipped")]
+    return [{label: _sweep_cell(key, r.get(key)) for key, label in SWEEP_COLUMNS.items()} for r in runs] or None
+
+
+def _sweep_cell(key: str, value: str | None) -> str:
+    if value in (None, ""):
+        return ""
+    if key in ("test_accuracy", "test_dedup_accuracy"):
+        return _pct(float(value))
+    if key in ("train_seconds", "img_per_s", "pct_of_bound"):
+        return f"{float(value):,.0f}"
+    return value
+
+
+def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
+    """The pointing game (train.cam_localisation) as a Markdown table: per model, layer and method, the share of
+    held-out boxed slices whose heatmap peak falls in the tumour box, per class, the mass in the box, and chance."""
+    try:
+        runs = json.loads(Path(path).read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return "No localisation results yet (`python -m train.cam_localisation`)."
+    lines = [
+        "| model | layer | method | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre | chance: head |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        r = run["report"]
+        per = r.get("per_class", {})
+        cls = [_pct((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
+        lines.append(
+            f"| {run['model']} | `{run['layer']}` | {run['method']} | {r['n']} | **{_pct(r['hit'])}** | {' | '.join(cls)} | "
+            f"{_pct(r['mass'])} | {_pct(r['centre'])} | {_pct(r['head'])} |"
+        )
+    return (
+        "**Do the heatmaps point at the tumour?** On boxed Training slices the model never trained on (its validation "
+        "split; the report half, the layer chosen on the other half), the share whose heatmap peak falls inside the "
+        "tumour box (Cheng et al.'s boxes), beside two chance levels: the image centre, and a random point in the head.\n\n"
+        + "\n".join(lines)
+    )
 
 
 def history(folder: str | Path) -> list[dict]:
@@ -135,10 +175,36 @@ def history(folder: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: _short(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _short(value: str) -> str:
+    """A CSV number to 4 significant digits (history.csv keeps 16), other text as it is."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def figure(folder: str | Path, name: str) -> str | None:
     """Path of ``curves.png``, ``confusion.png`` or ``reliability.png`` in a checkpoint folder, if it is there."""
     path = Path(folder) / name
     return str(path) if path.is_file() else None
+
+
+FIGURES = ("curves.png", "confusion.png", "reliability.png")
+
+
+def figures_of(name: str | None, root: str | Path = CHECKPOINT_DIR) -> tuple:
+    """A checkpoint's figures (paths, None where missing) and its history table, for the Experiments tab."""
+    if not name:
+        return None, None, None, None
+    folder = Path(root) / name
+    return *(figure(folder, f) for f in FIGURES), pd.DataFrame(history(folder))
+
+
+def tables(root: str | Path = CHECKPOINT_DIR) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """The Experiments tab's tables: the compact one, all columns, the sweep runs (None without any), and the names."""
+    rows, sweep = experiment_table(root), results_table()
+    compact, full = pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(rows, columns=ALL_COLUMNS)
+    return compact, full, None if sweep is None else pd.DataFrame(sweep), [r["model"] for r in rows]

@@ -14,8 +14,6 @@ with the same bytes has uploaded but not yet read (a class clicking one example 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Collection
@@ -25,10 +23,12 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import NamedString
 
+from brainmri.settings import gradio_temp_dir
+
 
 def gradio_cache_dir() -> Path:
     """Where Gradio keeps uploads and outputs."""
-    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    return gradio_temp_dir()
 
 
 def kept_in_cache(blocks: gr.Blocks) -> set[Path]:

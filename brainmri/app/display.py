@@ -1,0 +1,140 @@
+"""What the Classify and Compare tabs show, as small HTML and Markdown pieces built from a Prediction.
+
+Hand-written HTML because ``gr.Label`` rounds to whole percent (glioma 100%) where the summary says 99.6%: here
+every probability is shown with one decimal, the same in bars, summary and table. Images travel as data URLs
+(:mod:`brainmri.app.inline_media`), so nothing derived from an upload touches the disk.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from brainmri.app.inline_media import data_url
+from brainmri.explain import overlay
+from brainmri.predict import NO_TUMOUR, Prediction, class_words
+
+THUMB_SIDE = 320
+
+
+def percent(p: float) -> str:
+    """The one precision for probabilities in the app: one decimal."""
+    return f"{100 * p:.1f}%"
+
+
+def percent_cells(rows: list[dict]) -> list[dict]:
+    """Table rows with every probability column ("tumour prob", "P(...)") as a percent to one decimal."""
+    return [{k: percent(v) if _is_probability(k) and isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def _is_probability(column: str) -> bool:
+    return column == "tumour prob" or column.startswith("P(")
+
+
+def probability_bars(probabilities: dict[str, float]) -> str:
+    """Horizontal bars, most likely first, each labelled with its probability to one decimal."""
+    rows = []
+    for label, p in sorted(probabilities.items(), key=lambda kv: -kv[1]):
+        rows.append(
+            f'<div class="prob-row"><span class="prob-name">{html.escape(class_words(label))}</span>'
+            f'<span class="prob-track"><span class="prob-fill" style="width:{100 * p:.1f}%"></span></span>'
+            f'<span class="prob-value">{percent(p)}</span></div>'
+        )
+    return '<div class="prob-bars" id="prob-bars">' + "".join(rows) + "</div>"
+
+
+def _colour_stops(n: int = 6) -> list[str]:
+    """The heatmap's colours at n evenly spaced values, taken from :func:`brainmri.explain.overlay` itself."""
+    ramp = np.linspace(0, 1, n, dtype=np.float32)[None, :]  # (1, n)
+    colours = np.asarray(overlay(Image.new("RGB", (n, 1)), ramp, opacity=1.0))[0]
+    return [f"rgb({r},{g},{b})" for r, g, b in colours]
+
+
+def colour_bar(result: Prediction) -> str:
+    """The heatmap's key: what it explains and how to read its colours; empty when no heatmap is drawn."""
+    if result.explained_cam is None:
+        return ""
+    target = class_words(result.prediction or result.top_class)
+    gradient = ", ".join(_colour_stops())
+    if result.prediction == NO_TUMOUR:
+        meaning = (
+            f"The model predicts <b>no tumour</b>. The colours show the regions that drove '{target}': <b>they do not mark a tumour</b>."
+        )
+    else:
+        meaning = f"The colours show the regions that drove <b>'{html.escape(target)}'</b> (a coarse map, not an outline)."
+    return (
+        f'<div class="cam-key" id="cam-key"><div class="cam-bar" style="background:linear-gradient(to right, {gradient})"></div>'
+        '<div class="cam-ends"><span>less</span><span>more influence</span></div>'
+        f'<p class="cam-meaning">{meaning}</p></div>'
+    )
+
+
+class ClassifyView(NamedTuple):
+    """What the Classify tab shows, in the order of its output components."""
+
+    summary: str  # Markdown: the verdict, or an error that stays
+    bars: str  # HTML probability bars
+    image: Image.Image | None  # the decoded upload
+    heatmap: Image.Image | None  # the overlay; None over an image that is not a brain MRI
+    key: str  # HTML colour bar and what the heatmap explains
+    details: dict | None  # the API's details
+    session: tuple | None  # (decoded image, heatmap) kept in memory for re-runs
+
+
+def classify_view(image: Image.Image, result: Prediction, opacity: float) -> ClassifyView:
+    """The Classify tab's outputs for one prediction on ``image``."""
+    cam = result.explained_cam
+    bars = probability_bars(result.probabilities) if result.in_distribution else ""
+    heatmap = None if cam is None else overlay(image, cam, opacity)
+    return ClassifyView(result.summary(), bars, image, heatmap, colour_bar(result), result.details(), (image, cam))
+
+
+def error_panel(message: str) -> str:
+    """A readable, lasting message in the result area (a toast fades after a few seconds)."""
+    return f"**Could not classify this upload.** {message}"
+
+
+def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: float) -> str:
+    """Each model's heatmap whole, its caption under it, in a grid that wraps to the screen's width."""
+    figures = []
+    for r in results:
+        verdict = class_words(r.prediction) if r.prediction else "not a brain MRI"
+        shown = overlay(image, r.explained_cam, opacity).convert("RGB")
+        shown.thumbnail((THUMB_SIDE, THUMB_SIDE))  # a grid cell is at most ~300 px wide: no need to send more
+        src = data_url(shown, "jpeg")
+        figures.append(
+            f'<figure class="cmp-fig"><img src="{src}" alt="{html.escape(r.model)}">'
+            f"<figcaption><b>{html.escape(r.model).replace('_', '_<wbr>')}</b><br>{html.escape(verdict)}"
+            f"{'' if r.prediction is None else ' ' + percent(r.probabilities[r.top_class])}</figcaption></figure>"
+        )
+    return '<div class="cmp-grid" id="compare-grid">' + "".join(figures) + "</div>"
+
+
+CSS = """
+.prob-row { display: flex; align-items: center; gap: 8px; margin: 4px 0; }
+.prob-name { width: 9.5em; flex: none; }
+.prob-track { flex: 1; height: 14px; background: var(--neutral-200); border-radius: 7px; overflow: hidden; }
+.prob-fill { display: block; height: 100%; background: var(--color-accent); }
+.prob-value { width: 4.2em; flex: none; text-align: right; font-variant-numeric: tabular-nums; }
+.cam-bar { height: 12px; border-radius: 4px; }
+.cam-ends { display: flex; justify-content: space-between; font-size: 0.85em; opacity: 0.8; }
+.cam-meaning { margin: 4px 0 0 0; font-size: 0.95em; }
+.cmp-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(130px, 1fr)); gap: 10px; }
+.cmp-fig { margin: 0; }
+.cmp-fig img { width: 100%; height: auto; display: block; border-radius: 4px; }
+.cmp-fig figcaption { font-size: 0.85em; line-height: 1.3; margin-top: 3px; overflow-wrap: anywhere; }
+@media (max-width: 700px) {
+  #classify-row { flex-direction: column; }
+  #input-col { display: contents; }
+  #input-col > * { order: 2; }  /* on a phone: the upload, then the answer, then the model and examples */
+  #input-col > #upload, #input-col > *:has(#upload) { order: 0; }
+  #result-col { order: 1; }
+  #header h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+  #heatmap, #original { height: 230px !important; }
+  .hide-on-phone { display: none; }
+}
+"""
