@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, WEIGHTS, read_metrics
+from brainmri.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, WEIGHTS, read_metrics
 from brainmri.registry import REGISTRY, get_spec
 from brainmri.settings import default_model, hub_offline
 
@@ -21,7 +21,7 @@ _logger = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 3.0  # per repo; all repos are asked at once
 # Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them.
-CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, "ood.json", "ood.safetensors"]
+CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A folder holds ``config.json`` (architecture, num_classes, label_names, model_args and a
 pretrained_cfg describing the exact preprocessing), ``model.safetensors`` (fp16),
 ``manifest.json`` (sha256 of each file, and of ``calibration.json`` with the fitted
-temperature when there is one), plus metrics, history and a model card. Both
+temperature and ``ood.json`` + ``ood.safetensors`` with the OOD statistics when present),
+plus metrics, history and a model card. Both
 ``timm.create_model("local-dir:FOLDER", pretrained=True)`` and this module load it.
 """
 
@@ -32,6 +33,8 @@ CALIBRATION = "calibration.json"  # optional: written by train.calibrate, covere
 METRICS = "metrics.json"  # training, test and calibration figures (train.train, train.evaluate, train.calibrate)
 TRAIN_CONFIG = "train_config.json"  # the TrainConfig the weights were trained with
 HISTORY = "history.csv"  # one row per epoch
+OOD_CONFIG = "ood.json"  # optional: thresholds of the OOD check (brainmri.ood), written by train.ood, in the manifest
+OOD_TENSORS = "ood.safetensors"  # optional: its class means and precision matrix, in the manifest
 
 
 def save_checkpoint(
@@ -58,11 +61,23 @@ def save_checkpoint(
 def write_manifest(folder: str | Path) -> None:
     """Record the sha256 of the files that define the model (and its calibration), so tampering is caught at load."""
     folder = Path(folder)
-    # Files that other commands added to the manifest (e.g. ood.*) stay covered when it is rewritten.
+    # Files that add_to_manifest added (e.g. ood.*) stay covered when it is rewritten.
     previous = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
     names = dict.fromkeys([CONFIG, WEIGHTS, *([CALIBRATION] if (folder / CALIBRATION).is_file() else []), *previous])
     digests = {name: sha256((folder / name).read_bytes()) for name in names if (folder / name).is_file()}
     (folder / MANIFEST).write_text(json.dumps(digests, indent=2) + "\n")
+
+
+def add_to_manifest(folder: str | Path, names: list[str]) -> None:
+    """Record the sha256 of ``names`` (files in ``folder``) in its manifest, which ``load_checkpoint`` verifies.
+
+    Only these entries are (re)computed, so adding a file cannot bless altered weights.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.update({name: sha256((folder / name).read_bytes()) for name in names})
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def read_config(folder: str | Path) -> dict:

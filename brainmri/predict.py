@@ -32,10 +32,10 @@ from torch import nn
 from brainmri.batching import MicroBatcher
 from brainmri.calibration import calibrated_probs, load_temperature
 from brainmri.catalog import ModelSource, best_model, checkpoint_folder, discover
-from brainmri.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
+from brainmri.checkpoint import OOD_CONFIG, count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.data import data_config, eval_transform
 from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch, prepare_for_cam
-from brainmri.ood import NOT_MRI, OOD_CONFIG, OODResult, OODStats, load_stats, pooled_features
+from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats, pooled_features
 from brainmri.registry import cam_layer
 from brainmri.settings import model_cache_mb
 

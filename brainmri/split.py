@@ -1,6 +1,6 @@
 """The one home of the validation split: which Training images a checkpoint trained on and which it was chosen on.
 
-Training (train.train), calibration (train.calibrate), OOD fitting (brainmri.ood) and anything else that
+Training (train.train), calibration (train.calibrate), OOD fitting (train.ood) and anything else that
 needs a checkpoint's validation images rebuild them here from the same plain fields of its
 ``train_config.json``: data, limit_per_class, val_fraction, seed. Exact and near-duplicate images
 (32 x 32 greyscale, mean absolute difference <= 2 grey levels) are grouped first, and a group never

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from brainmri.catalog import ModelSource, discover
-from brainmri.ood import OOD_CONFIG
+from brainmri.checkpoint import OOD_CONFIG
 from brainmri.registry import CHECKPOINT_DIR
 
 SHIPPED = ["tf_efficientnet_lite0", "simple_cnn_7"]
@@ -21,5 +21,5 @@ def require_shipped() -> dict[str, ModelSource]:
     no_ood = [n for n in SHIPPED[:1] if not (CHECKPOINT_DIR / n / OOD_CONFIG).is_file()]
     if no_ood:
         folders = " ".join(f"checkpoints/{n}" for n in no_ood)
-        pytest.fail(f"{no_ood} have no OOD statistics: python -m brainmri.ood fit {folders} --data DATA")
+        pytest.fail(f"{no_ood} have no OOD statistics: python -m train.ood fit {folders} --data DATA")
     return sources

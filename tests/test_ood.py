@@ -1,0 +1,76 @@
+"""OOD fitting (train.ood) writes statistics that the serving check (brainmri.ood) loads and verifies.
+
+A random simple_cnn_7 checkpoint over a tiny synthetic data folder: seconds, no training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, write_checkpoint
+from PIL import Image
+
+from brainmri.checkpoint import MANIFEST, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, load_checkpoint
+from brainmri.data import data_config, eval_transform
+from brainmri.ood import load_stats, pooled_features
+from brainmri.split import checkpoint_split
+from train import ood as train_ood
+from train.config import TrainConfig
+
+
+def checkpoint_on(data: Path, folder: Path) -> Path:
+    """An untrained checkpoint with the train_config.json its split is rebuilt from."""
+    write_checkpoint(folder)
+    # 3 images per class: a 0.34 validation fraction (3 folds) is the most they allow.
+    cfg = TrainConfig(model="simple_cnn_7", data=str(data), val_fraction=0.34, seed=0)
+    (folder / TRAIN_CONFIG).write_text(cfg.to_json())
+    return folder
+
+
+def test_fitted_statistics_load_are_in_the_manifest_and_judge_images(tmp_path, synthetic_data):
+    folder = checkpoint_on(synthetic_data, tmp_path / "ckpt")
+    fitted = train_ood.fit(folder, str(synthetic_data))
+    stats = load_stats(folder)
+    assert stats is not None
+    torch.testing.assert_close(stats.means, fitted.means)
+    assert stats.means.shape == (len(CLASSES), stats.precision.shape[0]) and stats.threshold == pytest.approx(fitted.threshold)
+    train, val = checkpoint_split(folder)
+    assert (stats.meta["n_train"], stats.meta["n_val"]) == (len(train), len(val))
+    assert {OOD_CONFIG, OOD_TENSORS} <= set(json.loads((folder / MANIFEST).read_text()))
+    model = load_checkpoint(folder)  # verifies the manifest, the OOD files included
+
+    image = val.open(0)
+    x = torch.stack([eval_transform(data_config(model))(image)])
+    with torch.no_grad():
+        verdict = stats.check(image, pooled_features(model, x))
+        blank = stats.check(Image.new("RGB", (64, 64)), pooled_features(model, torch.zeros_like(x)))
+    assert verdict.distance is not None and verdict.colourfulness == 0.0  # a greyscale slice-like image
+    assert not blank.in_distribution and any("uniform" in r for r in blank.reasons)
+
+    (folder / OOD_TENSORS).write_bytes((folder / OOD_TENSORS).read_bytes()[:-8])
+    with pytest.raises(ValueError, match=OOD_TENSORS):
+        load_checkpoint(folder)
+
+
+def test_statistics_of_other_weights_are_not_used(tmp_path, synthetic_data):
+    folder = checkpoint_on(synthetic_data, tmp_path / "ckpt")
+    train_ood.fit(folder, str(synthetic_data))
+    write_checkpoint(folder, seed=1)  # new weights; the manifest still covers the OOD files
+    assert load_stats(folder) is None  # a warning, and no verdicts from statistics of other weights
+
+
+def test_a_split_that_cannot_support_a_fit_warns_instead_of_failing(tmp_path, synthetic_data, monkeypatch, caplog):
+    folder = checkpoint_on(synthetic_data, tmp_path / "ckpt")
+    train, _ = checkpoint_split(folder)
+    monkeypatch.setattr(train_ood, "checkpoint_split", lambda *_: (train, train.subset(np.array([], dtype=int))))
+    with pytest.raises(train_ood.CannotFit, match="no validation images"):
+        train_ood.fit(folder, str(synthetic_data))  # the command line still fails, naming why
+    with caplog.at_level(logging.WARNING, logger="train.ood"):
+        assert train_ood.fit_or_warn(folder, str(synthetic_data)) is None  # what training calls
+    assert "no OOD statistics written" in caplog.text and "no validation images" in caplog.text
+    assert not (folder / OOD_CONFIG).exists() and load_stats(folder) is None
