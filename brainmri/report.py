@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brainmri.checkpoint import read_config, read_metrics  # noqa: E402
+from brainmri.checkpoint import OOD_CONFIG, OOD_TENSORS, read_config, read_metrics  # noqa: E402
 from brainmri.metrics import expected_calibration_error, reliability_bins  # noqa: E402
 
 
@@ -178,7 +178,8 @@ def write_model_card(folder: str | Path) -> Path:
         "",
         "Reproduce these numbers: `python -m train.evaluate FOLDER --data DATA`. Files: `config.json`, `model.safetensors` (fp16),",
         "`metrics.json`, `history.csv`, `train_config.json`, `curves.png`, `confusion.png`, `calibration.json`,",
-        "`reliability.png`, `manifest.json` (sha256).",
+        "`reliability.png`, `manifest.json` (sha256)"
+        + (f", `{OOD_CONFIG}` + `{OOD_TENSORS}` (the out-of-distribution check's statistics)." if (folder / OOD_CONFIG).is_file() else "."),
         "",
     ]
     path = folder / "README.md"

@@ -26,10 +26,11 @@ import brainmri  # noqa: F401  (registers simple_cnn_* with timm for local-dir:)
 from brainmri import registry
 from brainmri.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from brainmri.data import limit_per_class, load_records
+from brainmri.ood import load_stats
 
 PER_CLASS = 8  # the smallest that leaves every class in a 0.15 validation split (7 folds)
 FILES = ["config.json", "model.safetensors", "manifest.json", "metrics.json", "history.csv", "train_config.json", "curves.png"]
-FILES += ["confusion.png", "README.md"]
+FILES += ["confusion.png", "README.md", "calibration.json", "ood.json", "ood.safetensors"]
 
 
 def run_train(data: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -86,7 +87,12 @@ def test_train_writes_a_folder_that_timm_loads(data_dir: Path, tmp_path: Path, m
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 2
     card = (out / "README.md").read_text()
-    assert "model-index:" in card and config["initialization"] in card
+    assert "model-index:" in card and config["initialization"] in card and "`ood.json`" in card
+    # The OOD statistics, fitted as training finished on the very validation images it chose the epoch on.
+    stats = load_stats(out)
+    assert stats is not None and stats.means.shape[0] == len(CLASSES)
+    assert stats.meta["n_val"] == metrics["validation"]["n"] and stats.meta["n_train"] + stats.meta["n_val"] == 4 * PER_CLASS
+    assert {"ood.json", "ood.safetensors"} <= set(json.loads((out / "manifest.json").read_text()))
 
     # Plain timm reproduces the accuracy train.train recorded, through the folder's own preprocessing ...
     model, accuracy = independent_accuracy(out, data_dir)

@@ -34,6 +34,7 @@ class TrainConfig:
     channels_last: bool = True  # faster convolutions on CPU and GPU
     resume: bool = False  # continue from the last finished epoch in <out>/resume
     evaluate_test: bool = True  # evaluate the best epoch on Testing (and its near-dedup subset)
+    fit_ood: bool = True  # fit the OOD check's statistics (train.ood) on the split; 6.6 MB beside a 1280-feature model
     # How the run uses the machine (the sweep sets these), not what it learns:
     data_on_device: bool = False  # keep the decoded uint8 data on the training device, batched there (one process, no DataLoader)
     grad_checkpointing: bool = False  # recompute activations in backward (timm set_grad_checkpointing): less memory, ~1/3 more compute

@@ -6,7 +6,8 @@
 The same script runs on CPU, one GPU (bf16 autocast) or many (accelerate). The data is
 decoded once into a uint8 tensor and augmented per batch on the training device. The
 best epoch on validation is written as a self-describing checkpoint folder, then
-evaluated on Testing and its near-deduplicated subset.
+evaluated on Testing and its near-deduplicated subset, calibrated (train.calibrate) and
+given the statistics of the OOD check (train.ood), both fitted on its validation split.
 """
 
 from __future__ import annotations
@@ -386,10 +387,12 @@ def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:
 def finish(
     cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: Path, dcfg: dict, device: torch.device | str = "cpu"
 ) -> Path:
-    """Write the best epoch as a checkpoint folder with its history, metrics and model card; test and calibrate it on ``device``."""
+    """Write the best epoch as a checkpoint folder with its history, metrics and model card; test, calibrate and fit its
+    OOD statistics on ``device``."""
     from brainmri.report import plot_history, write_model_card
     from train.calibrate import calibrate_checkpoint
     from train.evaluate import evaluate_checkpoint
+    from train.ood import fit_or_warn
 
     model = model.to("cpu", memory_format=torch.contiguous_format).float()
     model.load_state_dict(load_file(out / "best.safetensors"))
@@ -406,6 +409,8 @@ def finish(
     if cfg.evaluate_test:
         evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed, device=device)
     calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # temperature on validation, ECE before/after
+    if cfg.fit_ood:
+        fit_or_warn(out, cfg.data, device=device)  # class means and covariance on train, the threshold on validation
     (out / "best.safetensors").unlink()
     shutil.rmtree(out / "resume", ignore_errors=True)
     write_model_card(out)
