@@ -5,75 +5,125 @@ no two requests share hooks or gradients; callers that share a model between thr
 hold that model's lock around :func:`gradcam` (see ``brainmri.predict``), because hooks
 on a shared module see every forward that passes through it.
 
-The layer comes from the registry (``registry.cam_layer``). :func:`prepare_for_cam` makes
-the one Grad-CAM forward cheap: only the layer's own parameters require gradients, so
-autograd records the graph from that layer on, and the backward pass runs through the
-head alone instead of the whole network.
+The layers come from the registry (``registry.cam_layers``): one for Grad-CAM, Grad-CAM++ and
+HiResCAM, and for LayerCAM that one plus the shallower stages it fuses. :func:`prepare_for_cam`
+makes the one CAM forward cheap: only the layers' own parameters require gradients, so autograd
+records the graph from the shallowest of them on, and the backward pass runs through the rest
+of the network alone instead of the whole of it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import cv2  # a dependency of pytorch_grad_cam, which resizes its maps with it
 import numpy as np
+import pytorch_grad_cam
 import torch
 from PIL import Image
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-CAM_METHODS: dict[str, type[BaseCAM]] = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus, "HiResCAM": HiResCAM}
-DEFAULT_METHOD = "Grad-CAM"
+Layers = nn.Module | Sequence[nn.Module]
 
 
-def prepare_for_cam(model: nn.Module, layer: nn.Module) -> None:
-    """Freeze every parameter but the CAM layer's: the layer's output still requires grad, nothing before it does."""
-    layer_params = list(layer.parameters())
-    if not layer_params:
-        raise ValueError(f"the Grad-CAM layer {type(layer).__name__} has no parameters to anchor gradients on")
+class LayerCAM(pytorch_grad_cam.LayerCAM):
+    """LayerCAM (Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization",
+    IEEE TIP 30, 2021), fused over several stages: each stage's map ReLU(dy/dA) * A, summed over channels,
+    is scaled to [0, 1] at the input's size and smoothed, and the stages are averaged.
+
+    Deep stages say which region holds the evidence, shallow ones where its edges are; a shallow stage alone
+    also lights single pixels on the skull's rim. A Gaussian (sigma ``SMOOTH`` of the side, :func:`fuse_stage_maps`)
+    damps those before the mean, so the peak falls where the stages agree. The stages (registry ``cam_stages``)
+    and the smoothing were chosen on held-out boxed slices (train.cam_localisation, ``choose`` half;
+    results/cam_localisation_methods.json). With one layer it is LayerCAM on that layer, smoothed.
+    """
+
+    def aggregate_multi_layers(self, cam_per_target_layer: list[np.ndarray]) -> np.ndarray:
+        return fuse_stage_maps(np.concatenate(cam_per_target_layer, axis=1))
+
+
+SMOOTH = 1 / 28  # sigma of LayerCAM's Gaussian, as a share of the map's side (8 px at 224)
+
+
+def fuse_stage_maps(maps: np.ndarray, smooth: float = SMOOTH) -> np.ndarray:
+    """Smooth each stage's map, rescale it to [0, 1], average the stages and rescale the mean.
+
+    Args:
+        maps: (B, stages, H, W), each map in [0, 1] at the input's size.
+    Returns:
+        (B, H, W) float32 in [0, 1].
+    """
+    sigma = smooth * maps.shape[-1]
+    smoothed = [scale_cam_image(np.stack([cv2.GaussianBlur(m, (0, 0), sigma) for m in per_image])) for per_image in maps]
+    return scale_cam_image(np.mean(smoothed, axis=1))
+
+
+CAM_METHODS: dict[str, type[BaseCAM]] = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus, "HiResCAM": HiResCAM, "LayerCAM": LayerCAM}
+FUSING_METHODS = {"LayerCAM"}  # methods that weigh the registry's shallower stages too, not only its last layer
+DEFAULT_METHOD = "LayerCAM"
+
+
+def as_layers(layers: Layers) -> list[nn.Module]:
+    return [layers] if isinstance(layers, nn.Module) else list(layers)
+
+
+def prepare_for_cam(model: nn.Module, layers: Layers) -> None:
+    """Freeze every parameter but the CAM layers': their outputs still require grad, nothing before them does."""
+    for layer in as_layers(layers):
+        if not list(layer.parameters()):
+            raise ValueError(f"the CAM layer {type(layer).__name__} has no parameters to anchor gradients on")
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in layer_params:
-        p.requires_grad_(True)
+    for layer in as_layers(layers):
+        for p in layer.parameters():
+            p.requires_grad_(True)
 
 
 @contextmanager
-def cam_session(model: nn.Module, layer: nn.Module, method: str = DEFAULT_METHOD) -> Iterator[BaseCAM]:
+def cam_session(model: nn.Module, layers: Layers, method: str = DEFAULT_METHOD) -> Iterator[BaseCAM]:
     """A fresh CAM object whose hooks are removed on exit.
 
     Not the package's own ``with cam:``, whose ``__exit__`` prints and swallows IndexError.
     """
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
-    cam = CAM_METHODS[method](model=model, target_layers=[layer])
+    cam = CAM_METHODS[method](model=model, target_layers=as_layers(layers))
     try:
         yield cam
     finally:
         cam.activations_and_grads.release()
 
 
-def gradcam_batch(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD) -> tuple[np.ndarray, torch.Tensor]:
-    """One forward and one backward over a batch: each image's heatmap for its own predicted class, and the logits.
+def gradcam_batch(
+    model: nn.Module, layers: Layers, x: torch.Tensor, method: str = DEFAULT_METHOD, targets: Sequence[int] | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """One forward and one backward over a batch: each image's heatmap for its own class, and the logits.
 
     The backward runs from the sum of each image's target logit; in an eval-mode network images do not
     interact, so each image's gradient is the one it would get alone, and so is its heatmap.
 
     Args:
+        layers: the layer to weigh, or several (fused by methods that fuse, else averaged).
         x: (B, 3, H, W) normalised input.
+        targets: each image's class to explain; None explains each image's predicted class.
     Returns:
         cams: (B, H, W) float32 in [0, 1] at the input's resolution, each scaled on its own; logits: (B, C), detached.
     """
-    with cam_session(model, layer, method) as cam:
-        maps = cam(input_tensor=x, targets=None)  # (B, H, W)
+    wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+    with cam_session(model, layers, method) as cam:
+        maps = cam(input_tensor=x, targets=wanted)  # (B, H, W)
         logits = cam.outputs.detach()
     return maps.astype(np.float32), logits
 
 
 def gradcam(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD, target: int | None = None
+    model: nn.Module, layers: Layers, x: torch.Tensor, method: str = DEFAULT_METHOD, target: int | None = None
 ) -> tuple[np.ndarray, torch.Tensor]:
     """One forward and one backward: the heatmap and the logits of the same pass.
 
@@ -83,13 +133,8 @@ def gradcam(
     Returns:
         cam: (H, W) float32 in [0, 1] at the input's resolution; logits: (1, C), detached.
     """
-    if target is None:
-        maps, logits = gradcam_batch(model, layer, x, method)
-        return maps[0], logits
-    with cam_session(model, layer, method) as cam:
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])  # (1, H, W)
-        logits = cam.outputs.detach()
-    return maps[0].astype(np.float32), logits
+    maps, logits = gradcam_batch(model, layers, x, method, None if target is None else [target])
+    return maps[0], logits
 
 
 def view_box(width: int, height: int, cfg: dict) -> tuple[int, int, int, int]:

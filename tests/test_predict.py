@@ -132,7 +132,7 @@ def test_heatmap_moves_with_the_explained_class(predictor: Predictor, sample: Im
     loaded = predictor.model("tf_efficientnet_lite0")
     x = loaded.transform(sample.open(0))[None]
     with loaded.lock:
-        maps = [gradcam(loaded.model, loaded.layer, x, method, target=c)[0] for c in (0, 2)]
+        maps = [gradcam(loaded.model, loaded.cam_layers(method), x, method, target=c)[0] for c in (0, 2)]
     assert maps[0].shape == x.shape[2:]
     assert np.abs(maps[0] - maps[1]).mean() > 0.01
 
@@ -213,7 +213,28 @@ def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: 
     details = result.details()
     assert details["cam_peak"] == [pytest.approx(30.5 / 200), pytest.approx(80.5 / 100)]
     assert all(type(v) is float for v in details["cam_peak"])  # plain JSON numbers
-    assert details["cam_layer"] == "bn2"  # tf_efficientnet_lite0's last activated feature map (the registry's choice)
+    # The default method, LayerCAM, fuses tf_efficientnet_lite0's last activated feature map with two finer stages
+    # (the registry's choice); Grad-CAM weighs the last one alone.
+    assert details["cam_method"] == "LayerCAM" and details["cam_layer"] == "bn2+blocks.4+blocks.2"
+    assert predictor.predict(image, method="Grad-CAM").details()["cam_layer"] == "bn2"
+
+
+def test_a_heatmap_at_a_larger_size_explains_the_class_predicted_at_the_input_size(predictor: Predictor, sample: ImageRecords):
+    """tf_efficientnet_lite0's heatmap runs at 288 px (registry cam_size); its class and probabilities still come from 192 px."""
+    loaded = predictor.model("tf_efficientnet_lite0")
+    assert loaded.cam_size == 288 and loaded.cfg["input_size"][-1] == 192
+    image = sample.open(0)
+    result = predictor.predict(image)
+    x = loaded.transform(image)[None]
+    with loaded.lock, torch.no_grad():
+        logits = loaded.model(x)
+    probs = calibrated_probs(logits, loaded.temperature)[0].tolist()
+    assert list(result.probabilities.values()) == pytest.approx(probs, abs=1e-5)
+    assert result.cam.shape == (image.height, image.width) and 0.0 <= result.cam.min() and result.cam.max() <= 1.0
+    x_cam = loaded.cam_transform(image)[None]
+    with loaded.lock:
+        expected, _ = gradcam(loaded.model, loaded.cam_layers("LayerCAM"), x_cam, "LayerCAM", target=int(logits.argmax()))
+    np.testing.assert_allclose(result.cam, cam_to_image_size(expected, image.size, loaded.cfg), atol=1e-4)
 
 
 def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistics(predictor: Predictor, monkeypatch):

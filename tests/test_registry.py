@@ -23,6 +23,10 @@ def test_model_forward_backward_and_cam_layer(name: str):
     layer = registry.cam_layer(model, name)
     assert isinstance(layer, nn.Module)
     assert any(m is layer for m in model.modules()), f"{name}: Grad-CAM layer is not part of the model"
+    layers = registry.cam_layers(model, name, fuse=True)
+    assert layers[0] is layer and registry.cam_layers(model, name, fuse=False) == [layer]
+    assert all(any(m is s for m in model.modules()) for s in layers), f"{name}: a fused stage is not part of the model"
+    assert spec.cam_size is None or spec.cam_size > spec.input_size
 
     # Grad-CAM needs the layer's output to be a (B, C, H, W) map that the logits depend on.
     feats = []

@@ -116,16 +116,15 @@ def score(predictor: Predictor, name: str, method: str, items: list[tuple[Path, 
     return {**summary(everything), "per_class": {c: summary(v) for c, v in sorted(per_class.items())}}
 
 
-def with_layer(predictor: Predictor, name: str, layer: str | None) -> str:
-    """Point the loaded model's Grad-CAM at ``layer`` (a module path in the model) instead of the registry's."""
+def with_layer(predictor: Predictor, name: str, layer: str | None) -> None:
+    """Point the loaded model's CAM at ``layer`` alone (a module path in the model) instead of the registry's layers."""
     loaded = predictor.model(name)
     if layer:
         modules = dict(loaded.model.named_modules())
         if layer not in modules:
             raise ValueError(f"{name} has no module {layer!r}")
-        loaded.layer, loaded.layer_name = modules[layer], layer
+        loaded.layer, loaded.layer_name, loaded.stages = modules[layer], layer, []
         prepare_for_cam(loaded.model, loaded.layer)
-    return loaded.layer_name
 
 
 def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str | None], methods: list[str], seed: int = 0) -> dict:
@@ -137,9 +136,12 @@ def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str |
         items = halves(boxed_validation(folder, data, boxes), seed)
         for layer in layers:
             predictor.cache = type(predictor.cache)(predictor.cache.max_bytes)  # a fresh copy of the model for each layer
-            layer_name = with_layer(predictor, name, layer)
+            with_layer(predictor, name, layer)
+            loaded = predictor.model(name)
             for method in methods:
-                run_ = {"model": name, "layer": layer_name, "method": method}
+                layer_name = loaded.cam_layer_name(method)
+                cam_size = loaded.cam_size or loaded.cfg["input_size"][-1]
+                run_ = {"model": name, "layer": layer_name, "method": method, "cam_size": cam_size}
                 run_.update({part: score(predictor, name, method, chunk) for part, chunk in items.items()})
                 _logger.info(
                     "%s %s %s: pointing %.3f (choose) %.3f (report), mass in box %.3f; chance: centre %.3f, head %.3f",
