@@ -1,17 +1,26 @@
-"""Load test of the app's /predict API through gradio_client: nothing lost, nothing mixed up, p50/p95 latency.
+"""Load test of the app's /predict API: nothing lost, nothing mixed up, answers per second, p50/p95 latency, memory.
 
-    python scripts/load_test.py                                  # launch in-process, 24 clients x 3 requests
-    python scripts/load_test.py --concurrency-limit 1 2 4        # one run per queue concurrency limit (the sweep)
-    python scripts/load_test.py --url http://127.0.0.1:7860/     # an app already running on loopback
+    python scripts/load_test.py                                  # python app.py apart; 24 clients x 3 distinct images
     python scripts/load_test.py --mode identical                 # every client sends the same image at once
+    python scripts/load_test.py --concurrency-limit 1 2 8        # one run per queue concurrency limit (0: the app's own)
+    python scripts/load_test.py --client gradio                  # through gradio_client (heavier on the load generator)
+    python scripts/load_test.py --url http://127.0.0.1:7860/     # an app already running on loopback
+
+The app runs as ``python app.py`` in its own process (``--server process``, as on a Space), so its CPU
+time per answer and its resident memory (now and peak) are its own; ``--server inprocess`` launches
+it inside this process (the tests do; the clients then share its interpreter). The clients speak
+Gradio's REST API over httpx (``--client http``: upload, ``/call/predict``, its event stream: the
+same queue and handler as gradio_client at a fraction of the load generator's CPU, which shares the
+2 cores with the server), or use gradio_client (``--client gradio``).
 
 In ``--mode distinct`` every request sends a distinct image (a real Testing slice resized to its own
 width), so each answer can be checked against the direct ``Predictor.predict`` result for that
 image: the same image size, class and probabilities. In ``--mode identical`` every request sends
 the same file at once, as a class clicking one example does: Gradio files identical uploads under
-one path, which the app must not delete while another request still needs it. Bounded by count (clients x requests) and by ``--time-limit``
-seconds; requests refused because the queue is full (``--max-size``) are counted, not lost.
-Loopback only: any other URL is refused.
+one path, which the app must not delete while another request still needs it. Bounded by count
+(clients x requests) and by ``--time-limit`` seconds; requests refused because the queue is full
+(``--max-size``, in-process only; the app's own bound is 64) are counted, not lost. Loopback only:
+any other URL is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -106,17 +116,66 @@ def same_answer(got: dict, want: dict, tol: float = 1e-3) -> bool:
     )
 
 
-def run_load(url: str, jobs: list[list[Path]], expected: dict[str, dict], model: str | None, time_limit: float) -> Outcome:
-    """One thread and one gradio_client.Client per entry of ``jobs``, each sending its images one after another."""
-    from gradio_client import Client, handle_file
+class HttpClient:
+    """A light client of Gradio's REST API (what the app's "Use via API" page shows for curl): upload the file, start
+    /predict, read its server-sent events. The same queue and handler as gradio_client, for a fraction of its CPU, so
+    that 24 clients on the machine under test measure the server rather than the load generator."""
 
+    def __init__(self, url: str):
+        import httpx
+
+        self.base = url.rstrip("/") + "/gradio_api"
+        self.http = httpx.Client(timeout=120)
+
+    def predict(self, path: Path, model: str) -> dict:
+        with path.open("rb") as f:
+            uploaded = self.http.post(f"{self.base}/upload", files={"files": (path.name, f)})
+        uploaded.raise_for_status()
+        file = {"path": uploaded.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+        started = self.http.post(f"{self.base}/call/predict", json={"data": [file, model]})
+        if started.status_code != 200:  # e.g. the queue is full: Gradio says so in the body
+            raise RuntimeError(f"HTTP {started.status_code}: {started.text[:200]}")
+        event, data = None, None
+        with self.http.stream("GET", f"{self.base}/call/predict/{started.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    data = json.loads(line.split(":", 1)[1])
+                    break
+        if event != "complete":
+            raise RuntimeError(f"{event}: {data}")
+        return data[2]
+
+
+class GradioClient:
+    """gradio_client, as a user's script would call the app."""
+
+    def __init__(self, url: str):
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False)
+
+    def predict(self, path: Path, model: str) -> dict:
+        from gradio_client import handle_file
+
+        return self.client.predict(handle_file(str(path)), model, api_name="/predict")[2]
+
+
+CLIENTS = {"http": HttpClient, "gradio": GradioClient}
+
+
+def run_load(
+    url: str, jobs: list[list[Path]], expected: dict[str, dict], model: str | None, time_limit: float, client_kind: str = "http"
+) -> Outcome:
+    """One thread and one client per entry of ``jobs``, each sending its images one after another."""
     out = Outcome()
     lock = threading.Lock()
     deadline = time.monotonic() + time_limit
 
     def client_loop(paths: list[Path]) -> None:
         try:
-            client = Client(url, verbose=False)
+            client = CLIENTS[client_kind](url)
         except Exception as e:  # noqa: BLE001  (a client that cannot connect loses all its requests: counted as errors)
             with lock:
                 out.sent += len(paths)
@@ -129,7 +188,7 @@ def run_load(url: str, jobs: list[list[Path]], expected: dict[str, dict], model:
                 out.sent += 1
             start = time.perf_counter()
             try:
-                details = client.predict(handle_file(str(path)), model or "", api_name="/predict")[2]
+                details = client.predict(path, model or "")
             except Exception as e:  # noqa: BLE001  (every failure is counted and reported, none is fatal)
                 with lock:
                     if "queue is full" in str(e).lower():  # refused at the door: the bound on memory working
@@ -165,7 +224,7 @@ def launch_app(concurrency_limit: int, max_size: int):
         port = s.getsockname()[1]
     queue = app.demo._queue
     restore = (queue.max_size, queue.default_concurrency_limit)  # the app's own settings, put back by close_app
-    app.demo.queue(max_size=max_size, default_concurrency_limit=concurrency_limit)
+    app.demo.queue(max_size=max_size, default_concurrency_limit=concurrency_limit or restore[1])
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     return (app.demo, restore), f"http://127.0.0.1:{port}/"
 
@@ -174,6 +233,43 @@ def close_app(launched) -> None:
     demo, (max_size, limit) = launched
     demo.close()
     demo.queue(max_size=max_size, default_concurrency_limit=limit)
+
+
+def launch_process(concurrency_limit: int) -> tuple[subprocess.Popen, str]:
+    """``python app.py`` as its own process, as a Space runs it (its own interpreter and GIL, the app's queue size),
+    on a free loopback port; returns (process, url) once it answers."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+    if concurrency_limit:
+        env["GRADIO_DEFAULT_CONCURRENCY_LIMIT"] = str(concurrency_limit)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode} before answering")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("app.py did not answer within 120 s")
+
+
+def process_usage(pid: int) -> dict:
+    """A process's CPU seconds so far and its resident memory, now and at its peak (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    mib = lambda key: round(int(status[key].split()[0]) / 1024, 1)  # noqa: E731  (kB -> MiB)
+    return {"cpu_s": cpu_s, "rss_mib": mib("VmRSS"), "peak_rss_mib": mib("VmHWM")}
 
 
 def load_test(
@@ -186,9 +282,13 @@ def load_test(
     url: str | None = None,
     data: str | Path | None = None,
     mode: str = "distinct",
+    server: str = "inprocess",
+    client: str = "http",
 ) -> dict:
     """One run: ``clients`` concurrent clients x ``requests`` images each, all distinct or all the same file
-    (``mode``). Returns the summary, with the machine's load average and this process's peak RSS."""
+    (``mode``), against the app in this process, in its own process (``server="process"``) or at ``url``.
+    Returns the summary, with the machine's load average, the server's CPU per answer and its memory, and the
+    load generator's CPU per request."""
     if url is not None and urlparse(url).hostname not in LOOPBACK:
         raise ValueError(f"{url} is not a loopback address: the load test only runs against 127.0.0.1")
     if mode not in MODES:
@@ -198,14 +298,26 @@ def load_test(
         expected = expected_details(paths, model)
         paths = paths if mode == "distinct" else paths * (clients * requests)
         jobs = [paths[i::clients] for i in range(clients)]
-        launched = None
-        if url is None:
+        launched, proc = None, None
+        if url is None and server == "process":
+            proc, url = launch_process(concurrency_limit)
+        elif url is None:
             launched, url = launch_app(concurrency_limit, max_size)
         try:
-            out = run_load(url, jobs, expected, model, time_limit)
+            before, own_before = process_usage(proc.pid) if proc else None, time.process_time()
+            out = run_load(url, jobs, expected, model, time_limit, client)
+            after, own_cpu = process_usage(proc.pid) if proc else None, time.process_time() - own_before
         finally:
             if launched is not None:
                 close_app(launched)
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    served = {}
+    if proc is not None:  # the server alone: its CPU per answer, its memory now and at its peak
+        cpu = after["cpu_s"] - before["cpu_s"]
+        served = {"server_cpu_ms_per_answer": round(1000 * cpu / max(out.answered, 1), 1), "server_rss_mib": after["rss_mib"]}
+        served["server_peak_rss_mib"] = after["peak_rss_mib"]
     return {
         "mode": mode,
         "clients": clients,
@@ -214,8 +326,12 @@ def load_test(
         "max_size": max_size,
         **out.summary(),
         "examples": (out.mixed_up + out.errors)[:5],
+        "server": "url" if launched is None and proc is None else server,
+        "client": client,
         "load_average_1m": round(os.getloadavg()[0], 2),
-        # The app runs in this process when no --url is given: its peak resident memory (Linux reports KiB).
+        **served,
+        "client_cpu_ms_per_request": round(1000 * own_cpu / max(out.sent, 1), 1),
+        # In-process, the app shares this process: its peak resident memory (Linux reports KiB) is the app's and the clients'.
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -223,13 +339,15 @@ def load_test(
 def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=24, help="concurrent gradio_client clients")
+    parser.add_argument("--clients", type=int, default=24, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=3, help="requests per client")
     parser.add_argument("--mode", choices=MODES, default="distinct", help="each request its own image, or all the same file")
-    parser.add_argument("--concurrency-limit", type=int, nargs="+", default=[1], help="queue default_concurrency_limit(s) to try")
+    parser.add_argument("--concurrency-limit", type=int, nargs="+", default=[0], help="queue concurrency limit(s) to try; 0: the app's own")
     parser.add_argument("--max-size", type=int, default=64, help="queue max_size: requests beyond it are refused, bounding memory")
     parser.add_argument("--model", default=None, help="default: the app's default model")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per run; requests not started by then are not sent")
+    parser.add_argument("--server", choices=("process", "inprocess"), default="process", help="python app.py apart, or in this process")
+    parser.add_argument("--client", choices=tuple(CLIENTS), default="http", help="Gradio's REST API over httpx, or gradio_client")
     parser.add_argument("--url", default=None, help="an app already running on loopback (then --concurrency-limit is the app's own)")
     add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
@@ -237,12 +355,21 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for limit in args.concurrency_limit if args.url is None else [0]:
-        r = load_test(args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data, args.mode)
+        r = load_test(
+            args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data, args.mode,
+            args.server, args.client,
+        )  # fmt: skip
         runs.append(r)
+        memory = (
+            f"server RSS {r['server_rss_mib']} MiB (peak {r['server_peak_rss_mib']}), server CPU {r['server_cpu_ms_per_answer']} ms/answer"
+            if "server_rss_mib" in r
+            else f"peak RSS {r['peak_rss_mib']} MiB (app and clients)"
+        )
         print(
-            f"{args.mode}, limit {limit}: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']}, errors {r['errors']}"
-            f" {r['errors_by_kind'] or ''}, queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s,"
-            f" {r['throughput_rps']} answered/s; load average {r['load_average_1m']}, peak RSS {r['peak_rss_mib']} MiB",
+            f"{args.mode}, limit {limit}, {r['client']} clients: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']},"
+            f" errors {r['errors']} {r['errors_by_kind'] or ''}, queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s,"
+            f" {r['throughput_rps']} answered/s; load average {r['load_average_1m']}; {memory};"
+            f" load generator CPU {r['client_cpu_ms_per_request']} ms/request",
             flush=True,
         )
     if len(runs) > 1:

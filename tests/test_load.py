@@ -1,4 +1,5 @@
-"""The load test in a bounded form: 24 concurrent gradio_client clients, every answer checked against its own image."""
+"""The load test in a bounded form: 24 concurrent clients (REST over httpx, and gradio_client), every answer checked against
+its own image."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def test_identical_uploads_at_once_lose_nothing_and_leave_nothing(data_dir: Path
     from brainmri.app.uploads import gradio_cache_dir
 
     before = set(gradio_cache_dir().rglob("*")) if gradio_cache_dir().is_dir() else set()
-    r = load_test.load_test(clients=24, requests=2, model="simple_cnn_7", time_limit=150, data=data_dir, mode="identical")
+    r = load_test.load_test(
+        clients=24, requests=2, model="simple_cnn_7", time_limit=150, data=data_dir, mode="identical", client="gradio"
+    )  # gradio_client, as when the lost requests were found
     assert r["sent"] == 48 and r["answered"] == 48 and r["errors"] == 0 and r["mixed_up"] == 0, r["examples"]
     left = {p for p in gradio_cache_dir().rglob("*") if p.is_file()} - before
     assert not left, f"uploads left in Gradio's cache: {sorted(map(str, left))[:3]}"
@@ -48,3 +51,9 @@ def test_a_full_queue_refuses_rather_than_grows(data_dir: Path):
 def test_only_loopback():
     with pytest.raises(ValueError, match="loopback"):
         load_test.load_test(url="http://example.com/")
+
+
+def test_the_app_in_its_own_process_reports_its_cpu_and_memory(data_dir: Path):
+    r = load_test.load_test(clients=4, requests=2, model="simple_cnn_7", time_limit=150, data=data_dir, server="process")
+    assert r["answered"] == r["sent"] == 8 and r["errors"] == 0 and r["mixed_up"] == 0, r["examples"]
+    assert r["server_cpu_ms_per_answer"] > 0 and 0 < r["server_rss_mib"] <= r["server_peak_rss_mib"]
