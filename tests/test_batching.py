@@ -10,7 +10,7 @@ from shipped import SHIPPED, require_shipped
 
 from brainmri.batching import MicroBatcher
 from brainmri.data import limit_per_class, load_records
-from brainmri.explain import CAM_METHODS
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
 from brainmri.predict import Predictor, run_model, run_model_batch
 
 
@@ -55,7 +55,7 @@ def test_concurrent_requests_are_batched_and_keep_their_answers(predictor: Predi
         t.join()
     for i in range(8):
         assert got[i] == pytest.approx(expected[i], abs=1e-5)
-    batcher = batched._batcher("simple_cnn_7", "Grad-CAM")
+    batcher = batched._batcher("simple_cnn_7", DEFAULT_METHOD)
     assert batcher.items == 8 and batcher.batches < 8  # some requests really shared a pass
 
 
