@@ -14,7 +14,9 @@ brainmri.batching): one forward and one backward for all, each image its own ans
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -371,7 +373,17 @@ class Predictor:
         return self._batcher(loaded.name, method).submit(image)
 
     def predict_many(self, images: Sequence[Image.Image], model_name: str | None = None, method: str = DEFAULT_METHOD) -> list[Prediction]:
-        """One model on several images as one batch, each judged by ``ood_model`` (one more batched pass)."""
+        """One model on several images as one batch, each judged by ``ood_model`` (one more batched pass).
+
+        Identical images in the batch (a class clicking one example at once) are computed once: each request still
+        gets its own Prediction, and nothing outlives the batch."""
+        first: dict[tuple, int] = {}  # (size, mode, pixels' hash) -> index of its first occurrence
+        keys = [(im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()) for im in images]
+        unique = [first.setdefault(key, i) for i, key in enumerate(keys)]
+        if len(first) < len(images):
+            distinct = self.predict_many([images[i] for i in first.values()], model_name, method)
+            by_first = dict(zip(first.values(), distinct))
+            return [dataclasses.replace(by_first[j], image=images[i]) for i, j in enumerate(unique)]
         loaded = self.model(model_name)
         results = run_model_batch(loaded, images, method)
         if self.ood_model and self.ood_model != loaded.name:

@@ -72,3 +72,20 @@ def test_a_failing_batch_fails_each_of_its_requests_with_the_error():
     assert batcher.submit("fine") == "FINE"  # the worker lives on
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(run, max_batch=0)
+
+
+def test_identical_images_in_a_batch_are_computed_once(predictor: Predictor, images, monkeypatch):
+    """A class sending one example at once: the copies share one computation, each still gets its own answer."""
+    import brainmri.predict as predict
+
+    seen = []
+    real = predict.run_model_batch
+    monkeypatch.setattr(predict, "run_model_batch", lambda loaded, batch, method: seen.append(len(batch)) or real(loaded, batch, method))
+    a, b = images[0], images[1]
+    copies = [a, b.copy(), a.copy(), b, a]
+    results = predictor.predict_many(copies, "simple_cnn_7")
+    assert seen == [2]  # two distinct images, one batch of two
+    assert [r.image for r in results] == copies and all(r.image is im for r, im in zip(results, copies))
+    for r, im in zip(results, copies):
+        alone = run_model(predictor.model("simple_cnn_7"), im)
+        assert r.top_class == alone.top_class and np.abs(r.cam - alone.cam).max() < 1e-3

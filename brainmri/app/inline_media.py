@@ -18,6 +18,8 @@ from gradio.data_classes import ImageData
 from PIL import Image
 
 _MIME = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+# PNG at zlib level 1: a heatmap encodes ~3x faster than at PIL's default 6 for ~20% more bytes (still lossless).
+_SAVE_OPTIONS = {"png": {"compress_level": 1}, "webp": {"lossless": True}}
 
 
 def data_url(image: Image.Image, fmt: str = "png") -> str:
@@ -26,7 +28,7 @@ def data_url(image: Image.Image, fmt: str = "png") -> str:
     if fmt not in _MIME:
         raise ValueError(f"cannot inline {fmt!r} images; use one of {sorted(_MIME)}")
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt.upper(), **({"lossless": True} if fmt == "webp" else {}))
+    image.save(buffer, format=fmt.upper(), **_SAVE_OPTIONS.get(fmt, {}))
     return f"data:{_MIME[fmt]};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
