@@ -126,7 +126,7 @@ def main() -> int:
         figures["models"][name] = latency(predictor, name, images)
         m = figures["models"][name]
         print(
-            f"{name:24s} predict+Grad-CAM median {m['predict_gradcam_median_ms']:7.1f} ms (p90 {m['predict_gradcam_p90_ms']:.1f}),"
+            f"{name:24s} predict+heatmap median {m['predict_gradcam_median_ms']:7.1f} ms (p90 {m['predict_gradcam_p90_ms']:.1f}),"
             f" whole request {m['request_median_ms']:.1f} ms (CPU time {m['request_cpu_median_ms']:.1f} ms), n={m['n']}"
         )
     if len(names) > 1:
