@@ -130,7 +130,8 @@ def test_sweep_table_shows_only_sweep_runs_labelled_by_device(tmp_path: Path):
 def test_localisation_table_reads_the_report_half(tmp_path: Path):
     half = {"n": 10, "hit": 0.6, "mass": 0.2, "centre": 0.19, "head": 0.05, "per_class": {"pituitary": {"hit": 0.3}}}
     path = tmp_path / "loc.json"
-    path.write_text(json.dumps({"runs": [{"model": "m", "layer": "bn2", "method": "Grad-CAM", "cam_size": 288, "choose": {}, "report": half}]}))
+    run = {"model": "m", "layer": "bn2", "method": "Grad-CAM", "cam_size": 288, "choose": {}, "report": half}
+    path.write_text(json.dumps({"runs": [run]}))
     text = experiments.localisation_markdown(path)
     assert "| m | `bn2` | Grad-CAM | 288 | 10 | **60.0%** |  |  | 30.0% | 20.0% | 19.0% | 5.0% |" in text
     assert "No localisation results" in experiments.localisation_markdown(tmp_path / "none.json")

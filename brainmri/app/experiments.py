@@ -150,7 +150,8 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
     except (OSError, ValueError, KeyError):
         return "No localisation results yet (`python -m train.cam_localisation`)."
     lines = [
-        "| model | layer | method | heatmap px | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre | chance: head |",
+        "| model | layer | method | heatmap px | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre "
+        "| chance: head |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
@@ -158,7 +159,8 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
         per = r.get("per_class", {})
         cls = [_pct((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
         lines.append(
-            f"| {run['model']} | `{run['layer']}` | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | **{_pct(r['hit'])}** | {' | '.join(cls)} | "
+            f"| {run['model']} | `{run['layer']}` | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | **{_pct(r['hit'])}** | "
+            f"{' | '.join(cls)} | "
             f"{_pct(r['mass'])} | {_pct(r['centre'])} | {_pct(r['head'])} |"
         )
     return (
