@@ -7,7 +7,6 @@ Grad-CAM should look at, and where its trained weights live.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,7 @@ import timm
 from torch import nn
 
 import brainmri.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
-
-CHECKPOINT_DIR = Path(os.environ.get("BRAIN_MRI_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
-# Hub namespace the checkpoints are pushed to and pulled from; override for a fork.
-HUB_NAMESPACE = os.environ.get("BRAIN_MRI_HUB_NAMESPACE", "brain-mri")
+from brainmri.settings import checkpoint_dir, hub_namespace
 
 
 def _last_conv_stage(model: nn.Module) -> nn.Module:
@@ -67,11 +63,11 @@ class ModelSpec:
 
     @property
     def local_dir(self) -> Path:
-        return CHECKPOINT_DIR / self.name
+        return checkpoint_dir() / self.name  # BRAIN_MRI_CHECKPOINTS, read when asked
 
     @property
     def hub_repo_id(self) -> str:
-        return f"{HUB_NAMESPACE}/{self.name}"
+        return f"{hub_namespace()}/{self.name}"  # BRAIN_MRI_HUB_NAMESPACE, for a fork
 
 
 def _efficientnet(name: str, size: int) -> ModelSpec:

@@ -6,7 +6,7 @@ import pytest
 
 from brainmri.catalog import ModelSource, discover
 from brainmri.checkpoint import OOD_CONFIG
-from brainmri.registry import CHECKPOINT_DIR
+from brainmri.settings import checkpoint_dir
 
 SHIPPED = ["tf_efficientnet_lite0", "simple_cnn_7"]
 
@@ -16,9 +16,9 @@ def require_shipped() -> dict[str, ModelSource]:
     sources = discover(hub=False)
     missing = [n for n in SHIPPED if not sources[n].available]
     if missing:
-        pytest.fail(f"shipped checkpoint(s) {missing} missing under {CHECKPOINT_DIR}: train them (README, training section)")
+        pytest.fail(f"shipped checkpoint(s) {missing} missing under {checkpoint_dir()}: train them (README, training section)")
     # The default model judges every upload (brainmri.predict.Predictor's ood_model): only it needs OOD statistics.
-    no_ood = [n for n in SHIPPED[:1] if not (CHECKPOINT_DIR / n / OOD_CONFIG).is_file()]
+    no_ood = [n for n in SHIPPED[:1] if not (checkpoint_dir() / n / OOD_CONFIG).is_file()]
     if no_ood:
         folders = " ".join(f"checkpoints/{n}" for n in no_ood)
         pytest.fail(f"{no_ood} have no OOD statistics: python -m train.ood fit {folders} --data DATA")

@@ -107,3 +107,21 @@ def test_data_argument_that_overrides_has_no_default():
 def test_setup_logging_quiets_the_chatty_libraries():
     setup_logging()
     assert all(logging.getLogger(name).level == logging.WARNING for name in ("accelerate", "httpx", "timm"))
+
+
+def test_the_environment_is_read_in_one_place():
+    """Every environment variable the product reads goes through brainmri.settings (so the README's table is whole),
+    and nothing calls logging.basicConfig but setup_logging."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "app.py", *sorted((root / "brainmri").rglob("*.py")), *sorted((root / "train").rglob("*.py"))]
+    offenders = []
+    for path in files:
+        if path.name in ("settings.py", "cli.py") and path.parent.name == "brainmri":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and (node.attr in ("environ", "getenv") or node.attr == "basicConfig"):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} {node.attr}")
+    assert offenders == []

@@ -21,13 +21,13 @@ import torch
 
 from brainmri.calibration import calibrated_probs, fit_temperature, negative_log_likelihood, save_temperature
 from brainmri.checkpoint import TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
-from brainmri.cli import exit_code
+from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.metrics import expected_calibration_error
 from brainmri.split import training_split
 from train.config import TrainConfig
 from train.evaluate import load_test_split, predict_logits
 
-_logger = logging.getLogger("calibrate")
+_logger = logging.getLogger(__name__)
 
 
 def run_config(folder: str | Path, data: str | None = None) -> TrainConfig:
@@ -89,10 +89,10 @@ def calibrate_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="checkpoint folder (with its train_config.json)")
-    parser.add_argument("--data", default=None, help="image folder or Hub dataset id; default: the one it was trained on")
+    add_data_argument(parser, overrides="the data it was trained on")
     parser.add_argument("--skip-test", action="store_true", help="measure ECE on validation only, not on Testing")
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")
     args = parser.parse_args(argv)

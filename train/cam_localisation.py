@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from brainmri.catalog import discover
-from brainmri.cli import exit_code
+from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, prepare_for_cam
 from brainmri.imageio import load_image
 from brainmri.predict import Predictor
@@ -153,9 +153,9 @@ def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/brain-tumor-mri", help="the data folder the boxes' paths are relative to")
+    add_data_argument(parser)  # the folder the boxes' paths are relative to
     parser.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="training_boxes.csv")
     parser.add_argument("--models", nargs="*", default=None, help="default: every local checkpoint")
     parser.add_argument("--layers", nargs="*", default=[None], help="module paths to weigh instead of the registry's layer")

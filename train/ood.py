@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from brainmri.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
-from brainmri.cli import exit_code
+from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data import data_config, eval_transform, load_records, sha256
 from brainmri.ood import OODStats, colourfulness, grey_contrast, load_stats, pooled_features
 from brainmri.runtime import configure_torch_threads
@@ -181,13 +181,13 @@ def measure(folder: str | Path, data: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("fit", "fit and store the statistics beside the checkpoint"), ("measure", "print flag rates")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("checkpoint", nargs="+", help="checkpoint folder(s)")
-        p.add_argument("--data", default="../shared/data/brain-tumor-mri", help="image folder or Hub dataset id")
+        add_data_argument(p)
         if name == "fit":
             p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE, help="of validation distances")
         else:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from brainmri.checkpoint import HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
-from brainmri.cli import exit_code
+from brainmri.cli import exit_code, setup_logging
 from brainmri.data import (
     ImageRecords,
     augment_batch,
@@ -45,7 +45,7 @@ from brainmri.registry import count_parameters, create_model, get_spec, set_inpu
 from brainmri.split import split_records, training_records
 from train.config import TrainConfig, parse_config
 
-_logger = logging.getLogger("train")
+_logger = logging.getLogger(__name__)
 
 WARMUP_STEPS = 2  # first steps of each epoch left out of the throughput timing (cuDNN algorithm choice, allocator growth)
 BUDGET_SLACK = 1.2  # an epoch running past this share of time_budget_s is cut short
@@ -445,9 +445,7 @@ def run_metrics(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, d
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     cfg = parse_config(argv, description=__doc__.splitlines()[0])
     return exit_code(lambda: fit(cfg), _logger)
 

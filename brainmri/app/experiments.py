@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from brainmri.checkpoint import HISTORY, has_metrics, metric_columns, read_metrics
-from brainmri.registry import CHECKPOINT_DIR, REGISTRY
+from brainmri.registry import REGISTRY
+from brainmri.settings import checkpoint_dir
 
 _logger = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ ABOUT = (
 )
 
 
-def checkpoint_folders(root: str | Path = CHECKPOINT_DIR) -> list[Path]:
-    """Folders under ``root`` with a metrics.json, registry models first in registry order."""
-    root = Path(root)
+def checkpoint_folders(root: str | Path | None = None) -> list[Path]:
+    """Folders under ``root`` (default: the checkpoint folder) with a metrics.json, registry models first in registry order."""
+    root = Path(checkpoint_dir() if root is None else root)
     if not root.is_dir():
         return []
     folders = [p for p in root.iterdir() if has_metrics(p)]
@@ -102,7 +103,7 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
     }
 
 
-def experiment_table(root: str | Path = CHECKPOINT_DIR) -> list[dict]:
+def experiment_table(root: str | Path | None = None) -> list[dict]:
     """Rows for every checkpoint folder; a folder whose metrics cannot be read is logged and skipped."""
     rows, shares = [], cam_in_brain()
     for folder in checkpoint_folders(root):
@@ -197,15 +198,15 @@ def figure(folder: str | Path, name: str) -> str | None:
 FIGURES = ("curves.png", "confusion.png", "reliability.png")
 
 
-def figures_of(name: str | None, root: str | Path = CHECKPOINT_DIR) -> tuple:
+def figures_of(name: str | None, root: str | Path | None = None) -> tuple:
     """A checkpoint's figures (paths, None where missing) and its history table, for the Experiments tab."""
     if not name:
         return None, None, None, None
-    folder = Path(root) / name
+    folder = Path(checkpoint_dir() if root is None else root) / name
     return *(figure(folder, f) for f in FIGURES), pd.DataFrame(history(folder))
 
 
-def tables(root: str | Path = CHECKPOINT_DIR) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, list[str]]:
+def tables(root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, list[str]]:
     """The Experiments tab's tables: the compact one, all columns, the sweep runs (None without any), and the names."""
     rows, sweep = experiment_table(root), results_table()
     compact, full = pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(rows, columns=ALL_COLUMNS)
