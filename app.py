@@ -1,4 +1,4 @@
-"""Brain MRI tumour classifier with Grad-CAM: the Gradio app (UI wiring only; the logic is in brainmri/).
+"""Brain MRI tumour classifier with heatmaps (LayerCAM, Grad-CAM): the Gradio app (UI wiring only; the logic is in brainmri/).
 
     python app.py            # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; starts offline with HF_HUB_OFFLINE=1
 
@@ -262,7 +262,8 @@ def build_demo() -> gr.Blocks:
     # backstop for anything else in Gradio's cache (example copies, figures): older than 10 minutes, every 10 minutes.
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
         gr.Markdown(
-            "# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with Grad-CAM. " + DISCLAIMER,
+            "# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with a heatmap of what drove each answer. "
+            + DISCLAIMER,
             elem_id="header",
         )
         session = gr.State(None, time_to_live=SESSION_TTL_S)  # (decoded image, heatmap): memory only, never a file
