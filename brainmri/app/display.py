@@ -65,7 +65,7 @@ def colour_bar(result: Prediction) -> str:
             f"The model predicts <b>no tumour</b>. The colours show the regions that drove '{target}': <b>they do not mark a tumour</b>."
         )
     else:
-        meaning = f"The colours show the regions that drove <b>'{html.escape(target)}'</b> (a coarse map, not an outline)."
+        meaning = f"The colours show the regions that drove <b>'{html.escape(target)}'</b> (where the model looked, not an outline)."
     return (
         f'<div class="cam-key" id="cam-key"><div class="cam-bar" style="background:linear-gradient(to right, {gradient})"></div>'
         '<div class="cam-ends"><span>less</span><span>more influence</span></div>'
