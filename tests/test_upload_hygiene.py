@@ -148,6 +148,8 @@ def test_inline_images_round_trip_and_refuse_what_is_not_one():
         data_url(image, "gif")
     with pytest.raises(ValueError, match="not a base64 image data URL"):
         decode_data_url("/gradio_api/file=/tmp/x.png")
+    with pytest.raises(TypeError, match="takes a gr.Image"):
+        send_inline(gr.Gallery())
 
 
 def test_discard_upload_touches_only_gradio_cache(tmp_path: Path):

@@ -1,6 +1,6 @@
 """Images sent to the browser inside the response, never written to Gradio's cache.
 
-A stock ``gr.Image`` or ``gr.Gallery`` output saves each picture to Gradio's cache folder and
+A stock ``gr.Image`` output saves each picture to Gradio's cache folder and
 serves it from there until the cache is swept. A heatmap is the user's slice with colour on top,
 so it is as private as the upload itself: :func:`send_inline` makes such an output encode it as
 a ``data:`` URL in the response instead, and nothing derived from an upload touches the disk. API clients get the
@@ -13,7 +13,6 @@ import base64
 import io
 
 import gradio as gr
-from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from PIL import Image
 
@@ -57,30 +56,15 @@ def _image_postprocess(component: gr.Image):
     return postprocess
 
 
-def _gallery_postprocess(component: gr.Gallery):
-    base = component.postprocess
-
-    def postprocess(value):
-        if value and all(isinstance(item[0] if isinstance(item, (tuple, list)) else item, Image.Image) for item in value):
-            fmt = component.format if component.format in _MIME else "png"
-            items = [item if isinstance(item, (tuple, list)) else (item, None) for item in value]
-            return GalleryData(root=[GalleryImage(image=_inline(img, fmt, f"heatmap-{i}"), caption=c) for i, (img, c) in enumerate(items)])
-        return base(value)
-
-    return postprocess
-
-
-def send_inline(component: gr.Image | gr.Gallery) -> gr.Image | gr.Gallery:
-    """Make an output ``gr.Image`` or ``gr.Gallery`` send its PIL images as data URLs (in the component's ``format``,
-    PNG or lossless WebP) instead of files in Gradio's cache; other values go the stock way.
+def send_inline(component: gr.Image) -> gr.Image:
+    """Make an output ``gr.Image`` send its PIL images as data URLs (in the component's ``format``, PNG or lossless
+    WebP) instead of files in Gradio's cache; other values go the stock way. (Compare's heatmaps are HTML with data
+    URLs already: :func:`brainmri.app.display.compare_grid`.)
 
     The instance is patched rather than the class subclassed: Gradio writes a ``.pyi`` stub beside any module that
     subclasses a component, and an app should not write into its own source tree.
     """
-    if isinstance(component, gr.Gallery):
-        component.postprocess = _gallery_postprocess(component)
-    elif isinstance(component, gr.Image):
-        component.postprocess = _image_postprocess(component)
-    else:
-        raise TypeError(f"send_inline takes a gr.Image or gr.Gallery, not {type(component).__name__}")
+    if not isinstance(component, gr.Image):
+        raise TypeError(f"send_inline takes a gr.Image, not {type(component).__name__}")
+    component.postprocess = _image_postprocess(component)
     return component
