@@ -26,7 +26,7 @@ from brainmri.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
 from brainmri.seed_report import seed_markdown
-from brainmri.settings import concurrency_limit, max_batch
+from brainmri.settings import concurrency_limit, default_data, max_batch
 
 setup_logging()
 _logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ configure_torch_threads()
 # Local checkpoints only at import; the Hub is asked (with a short timeout) when a page first loads. Requests for one
 # model that arrive together share one forward and backward (brainmri.batching), up to BRAIN_MRI_MAX_BATCH of them.
 PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch())
-DATA = dataview.data_source()
+DATA = default_data()
 
 
 @contextmanager

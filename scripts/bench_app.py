@@ -26,13 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brainmri.app.dataview import data_source, example_files, local_root  # noqa: E402
+from brainmri.app.dataview import example_files, local_root  # noqa: E402
 from brainmri.app.inline_media import data_url  # noqa: E402
 from brainmri.catalog import discover  # noqa: E402
 from brainmri.explain import overlay  # noqa: E402
 from brainmri.imageio import load_image  # noqa: E402
 from brainmri.predict import Predictor  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
+from brainmri.settings import default_data  # noqa: E402
 
 
 def _free_port() -> int:
@@ -110,9 +111,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     threads = configure_torch_threads()
-    root = local_root(data_source())
+    root = local_root(default_data())
     if root is None:
-        print(f"no data folder at {data_source()} (set BRAIN_MRI_DATA)", file=sys.stderr)
+        print(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)", file=sys.stderr)
         return 2
     per_class = max(1, args.images // 4)
     images = [p for p, _ in example_files(root, per_class=per_class + 1)][: args.images + 3]

@@ -22,14 +22,9 @@ from brainmri.settings import default_data
 _logger = logging.getLogger(__name__)
 
 
-def data_source() -> str:
-    """``BRAIN_MRI_DATA`` or the default folder beside the repository."""
-    return default_data()
-
-
 def local_root(source: str | None = None) -> Path | None:
     """The data folder, when the source is a local folder that exists."""
-    path = Path(source or data_source()).expanduser()
+    path = Path(source or default_data()).expanduser()
     return path if (path / SPLIT_FOLDERS["test"]).is_dir() else None
 
 
