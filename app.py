@@ -26,7 +26,7 @@ from brainmri.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
 from brainmri.seed_report import seed_markdown
-from brainmri.settings import concurrency_limit, default_data, max_batch
+from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch
 
 setup_logging()
 _logger = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ DEFAULT_OPACITY = 0.45
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
 EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify outputs, cleared
 
-configure_torch_threads()
-# Local checkpoints only at import; the Hub is asked (with a short timeout) when a page first loads. Requests for one
-# model that arrive together share one forward and backward (brainmri.batching), up to BRAIN_MRI_MAX_BATCH of them.
-PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch())
+configure_torch_threads(batch_workers())
+# Local checkpoints only at import; the Hub is asked when a page first loads. Requests that arrive together share one
+# forward and backward (brainmri.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS batches run at once.
+PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch(), workers=batch_workers())
 DATA = default_data()
 
 
@@ -284,14 +284,14 @@ def build_demo() -> gr.Blocks:
 
 demo = build_demo()
 PENDING = count_pending_uploads(demo)  # identical uploads share a path: the last request with those bytes deletes it
-# max_size bounds the queue (and memory): the 65th waiting request is refused. As many requests run at a time as
-# can share a batch (scripts/load_test.py --concurrency-limit 2 8 measures it); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
+# max_size bounds the queue (and memory): the 65th waiting request is refused. Twice as many requests run at a time as
+# can share a batch (scripts/load_test.py --concurrency-limit 8 16 measures it); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
 demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
 
 
 def launch(**kwargs):
-    """Serve the app with its style sheet and upload limit; server_name / server_port default to GRADIO_SERVER_NAME /
-    GRADIO_SERVER_PORT."""
+    """Serve the app (its style sheet, upload limit, models loaded); server_name / port default to GRADIO_SERVER_*."""
+    PREDICTOR.warm()  # the first visitor does not wait for the default model to load
     return demo.launch(css=display.CSS, max_file_size=MAX_BYTES, **kwargs)
 
 

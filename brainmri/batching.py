@@ -24,23 +24,35 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+RunBatch = Callable[[Sequence[T]], list[R]]
+
+
 class MicroBatcher(Generic[T, R]):
     """Runs ``run_batch`` on items submitted from many threads, up to ``max_batch`` at a time.
 
-    The worker takes the first waiting item, then whatever else arrives within ``max_wait_s``
+    A worker takes the first waiting item, then whatever else arrives within ``max_wait_s``
     (or is already waiting), up to ``max_batch``. ``run_batch`` returns one result per item, in
-    order; if it raises, every item of that batch gets the exception.
+    order; if it raises, every item of that batch gets the exception. Given one ``run_batch``
+    per worker, that many batches run at once, each worker through its own (the app: a copy of
+    the model each, so one batch's preparation and finishing overlap another's passes).
     """
 
-    def __init__(self, run_batch: Callable[[Sequence[T]], list[R]], max_batch: int = 8, max_wait_s: float = 0.005, name: str = ""):
+    def __init__(self, run_batch: RunBatch | Sequence[RunBatch], max_batch: int = 8, max_wait_s: float = 0.005, name: str = ""):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
+        runners = list(run_batch) if isinstance(run_batch, Sequence) else [run_batch]
+        if not runners:
+            raise ValueError("a MicroBatcher needs at least one run_batch")
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._queue: queue.Queue[tuple[T, Future]] = queue.Queue()
         self.batches = 0  # how many batches ran, and how many items in all: their ratio is the mean batch size
         self.items = 0
-        self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        self._count_lock = threading.Lock()
+        self._workers = [
+            threading.Thread(target=self._loop, args=(run,), name=f"batcher-{name}-{i}", daemon=True) for i, run in enumerate(runners)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, item: T) -> R:
         """Block until ``item``'s result is ready; re-raise its batch's exception."""
@@ -58,18 +70,19 @@ class MicroBatcher(Generic[T, R]):
                 break
         return batch
 
-    def _loop(self) -> None:
+    def _loop(self, run_batch: RunBatch) -> None:
         while True:
             batch = self._collect()
             try:
-                results = self.run_batch([item for item, _ in batch])
+                results = run_batch([item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
             except BaseException as e:  # noqa: BLE001  (delivered to every waiting request, which re-raises it)
                 for _, future in batch:
                     future.set_exception(e)
                 continue
-            self.batches += 1
-            self.items += len(batch)
+            with self._count_lock:
+                self.batches += 1
+                self.items += len(batch)
             for (_, future), result in zip(batch, results):
                 future.set_result(result)

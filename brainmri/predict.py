@@ -39,6 +39,7 @@ from brainmri.data import data_config, eval_transform
 from brainmri.explain import DEFAULT_METHOD, FUSING_METHODS, cam_to_image_size, gradcam_batch, prepare_for_cam
 from brainmri.ood import NOT_MRI, OODResult, OODStats, load_stats, pooled_features
 from brainmri.registry import cam_layer, get_spec
+from brainmri.runtime import fold_batchnorm
 from brainmri.settings import model_cache_mb
 
 _logger = logging.getLogger(__name__)
@@ -89,14 +90,15 @@ class LoadedModel:
 
 
 def load_model(name: str, folder: str | Path) -> LoadedModel:
-    """Rebuild a checkpoint for serving: eval mode, channels_last, gradients only where Grad-CAM needs them."""
+    """Rebuild a checkpoint for serving: eval mode, batch norm folded, channels_last, no parameter requiring grad."""
     folder = Path(folder)
     model = load_checkpoint(folder)
     registry_name = read_config(folder).get("registry_name", name)
     layer = cam_layer(model, registry_name)
     spec = get_spec(registry_name)
     stages = spec.cam_stages(model)
-    prepare_for_cam(model, [layer, *stages])
+    fold_batchnorm(model, keep=[layer, *stages])
+    prepare_for_cam(model)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN)
     return LoadedModel(
         name,
@@ -208,14 +210,16 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
     """
     start = time.perf_counter()
     x = torch.stack([loaded.transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
+    x_cam = None
+    if loaded.cam_transform is not None:  # outside the lock, which guards the model passes alone
+        x_cam = torch.stack([loaded.cam_transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
     layers = loaded.cam_layers(method)
     with loaded.lock, capture_classifier_input(loaded.model) as features:  # features[0]: the input-size forward's
-        if loaded.cam_transform is None:
+        if x_cam is None:
             cams, logits = gradcam_batch(loaded.model, layers, x, method)
         else:
             with torch.no_grad():
                 logits = loaded.model(x)
-            x_cam = torch.stack([loaded.cam_transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
     probs = calibrated_probs(logits, loaded.temperature).tolist()
     results = []
@@ -262,44 +266,47 @@ def ood_check_batch(loaded: LoadedModel, images: Sequence[Image.Image]) -> list[
 class ModelCache:
     """Loaded models, least recently used evicted first once their tensors pass ``max_bytes``.
 
-    The newest model always stays, even alone over the bound.
+    A model may be loaded more than once (``copy``): each batch worker serves through its own copy,
+    and every copy counts against the bound. The newest model always stays, even alone over the bound.
     """
 
     def __init__(self, max_bytes: float):
         self.max_bytes = max_bytes
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
 
     def __contains__(self, name: str) -> bool:
-        return name in self._models
+        return any(n == name for n, _ in self._models)
 
     def names(self) -> list[str]:
-        return list(self._models)
+        """The loaded models, each once, least recently used first."""
+        return list(dict.fromkeys(n for n, _ in self._models))
 
     def nbytes(self) -> int:
         return sum(m.nbytes for m in self._models.values())
 
-    def get(self, name: str, folder_fn) -> LoadedModel:
-        """The cached model, or ``load_model(name, folder_fn())`` once even if several threads ask."""
+    def get(self, name: str, folder_fn, copy: int = 0) -> LoadedModel:
+        """The cached model (that copy of it), or ``load_model(name, folder_fn())`` once even if several threads ask."""
+        key = (name, copy)
         with self._lock:
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
-            loading = self._loading.setdefault(name, threading.Lock())
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
         with loading:  # one thread loads; the others wait for it and find it cached
             with self._lock:
-                if name in self._models:
-                    self._models.move_to_end(name)
-                    return self._models[name]
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    return self._models[key]
             start = time.perf_counter()
             loaded = load_model(name, folder_fn())
-            _logger.info("loaded %s in %.2f s (%.1f MB)", name, time.perf_counter() - start, loaded.nbytes / 2**20)
+            _logger.info("loaded %s (copy %d) in %.2f s (%.1f MB)", name, copy, time.perf_counter() - start, loaded.nbytes / 2**20)
             with self._lock:
-                self._models[name] = loaded
+                self._models[key] = loaded
                 while len(self._models) > 1 and self.nbytes() > self.max_bytes:
                     evicted, _ = self._models.popitem(last=False)
-                    _logger.info("evicted %s from the model cache", evicted)
+                    _logger.info("evicted %s (copy %d) from the model cache", *evicted)
             return loaded
 
 
@@ -317,6 +324,9 @@ class Predictor:
         ood_model: the model whose OOD statistics judge every image; "default" for the default model.
         max_batch: most requests run through a model together (brainmri.batching); 1 runs each alone.
         max_wait_s: how long the first request of a batch waits for others to join.
+        workers: batches of one model that run at once, each through its own copy of the model (with
+            ``max_batch`` > 1). Hooks on a shared module would see every forward through it, so one copy
+            serves one batch at a time.
     """
 
     def __init__(
@@ -326,12 +336,15 @@ class Predictor:
         ood_model: str | None = "default",
         max_batch: int = 1,
         max_wait_s: float = 0.005,
+        workers: int = 1,
     ):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.sources = discover() if sources is None else sources
         self.default_model = best_model(self.sources)
         self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
         self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20)
-        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
         self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self._batchers_lock = threading.Lock()
 
@@ -349,8 +362,8 @@ class Predictor:
     def unavailable(self) -> dict[str, str]:
         return {name: src.reason for name, src in self.sources.items() if not src.available}
 
-    def model(self, name: str | None = None) -> LoadedModel:
-        """A loaded model; ValueError naming the problem if it is unknown or unavailable."""
+    def model(self, name: str | None = None, copy: int = 0) -> LoadedModel:
+        """A loaded model (``copy``: which of a batch worker's copies); ValueError naming the problem if it is unknown or unavailable."""
         name = name or self.default_model
         if name is None:
             raise ValueError("no trained model is available: add a checkpoint folder under checkpoints/")
@@ -359,7 +372,7 @@ class Predictor:
         source = self.sources[name]
         if not source.available:
             raise ValueError(f"model {name} is not available: {source.reason}")
-        return self.cache.get(name, lambda: checkpoint_folder(source))
+        return self.cache.get(name, lambda: checkpoint_folder(source), copy)
 
     def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD) -> Prediction:
         """Run one model (the default one when ``model_name`` is empty) on an RGB image, judged by ``ood_model``.
@@ -372,23 +385,31 @@ class Predictor:
             return self.predict_many([image], loaded.name, method)[0]
         return self._batcher(loaded.name, method).submit(image)
 
-    def predict_many(self, images: Sequence[Image.Image], model_name: str | None = None, method: str = DEFAULT_METHOD) -> list[Prediction]:
+    def warm(self) -> None:
+        """Load the default model and the OOD judge in every batch worker's copy, before the first request needs them."""
+        for copy in range(self.workers if self.max_batch > 1 else 1):
+            for name in dict.fromkeys(n for n in (self.default_model, self.ood_model) if n):
+                self.model(name, copy)
+
+    def predict_many(
+        self, images: Sequence[Image.Image], model_name: str | None = None, method: str = DEFAULT_METHOD, copy: int = 0
+    ) -> list[Prediction]:
         """One model on several images as one batch, each judged by ``ood_model`` (one more batched pass).
 
         Identical images in the batch (a class clicking one example at once) are computed once: each request still
-        gets its own Prediction, and nothing outlives the batch."""
+        gets its own Prediction, and nothing outlives the batch. ``copy``: the copies of the models to use."""
         first: dict[tuple, int] = {}  # (size, mode, pixels' hash) -> index of its first occurrence
         keys = [(im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()) for im in images]
         unique = [first.setdefault(key, i) for i, key in enumerate(keys)]
         if len(first) < len(images):
-            distinct = self.predict_many([images[i] for i in first.values()], model_name, method)
+            distinct = self.predict_many([images[i] for i in first.values()], model_name, method, copy)
             by_first = dict(zip(first.values(), distinct))
             return [dataclasses.replace(by_first[j], image=images[i]) for i, j in enumerate(unique)]
-        loaded = self.model(model_name)
+        loaded = self.model(model_name, copy)
         results = run_model_batch(loaded, images, method)
         if self.ood_model and self.ood_model != loaded.name:
             start = time.perf_counter()
-            verdicts = ood_check_batch(self.model(self.ood_model), images)
+            verdicts = ood_check_batch(self.model(self.ood_model, copy), images)
             extra = (time.perf_counter() - start) * 1000
             for result, verdict in zip(results, verdicts):
                 if verdict is not None:
@@ -400,6 +421,6 @@ class Predictor:
         with self._batchers_lock:
             key = (name, method)
             if key not in self._batchers:
-                run = functools.partial(self.predict_many, model_name=name, method=method)
-                self._batchers[key] = MicroBatcher(run, self.max_batch, self.max_wait_s, name=f"{name}-{method}")
+                runners = [functools.partial(self.predict_many, model_name=name, method=method, copy=i) for i in range(self.workers)]
+                self._batchers[key] = MicroBatcher(runners, self.max_batch, self.max_wait_s, name=f"{name}-{method}")
             return self._batchers[key]

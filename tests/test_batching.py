@@ -89,3 +89,44 @@ def test_identical_images_in_a_batch_are_computed_once(predictor: Predictor, ima
     for r, im in zip(results, copies):
         alone = run_model(predictor.model("simple_cnn_7"), im)
         assert r.top_class == alone.top_class and np.abs(r.cam - alone.cam).max() < 1e-3
+
+
+def test_with_a_runner_per_worker_two_batches_run_at_once():
+    """Two workers: the second batch starts while the first is still running, each through its own runner."""
+    inside = threading.Barrier(2, timeout=5)  # only passes when both workers are inside a batch together
+    seen: list[str] = []
+
+    def runner(tag: str):
+        def run(items):
+            inside.wait()
+            seen.append(tag)
+            return [f"{tag}:{x}" for x in items]
+
+        return run
+
+    batcher = MicroBatcher([runner("a"), runner("b")], max_batch=1, max_wait_s=0.0)
+    answers: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i: answers.update({i: batcher.submit(i)})) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == ["a", "b"], "the two batches did not run at once, one per worker"
+    assert {answers[i].split(":")[1] for i in range(2)} == {"0", "1"}
+    with pytest.raises(ValueError, match="at least one"):
+        MicroBatcher([])
+
+
+def test_each_worker_serves_through_its_own_copy_with_the_same_answers(predictor: Predictor, images):
+    two = Predictor(predictor.sources, max_batch=8, workers=2)
+    two.warm()
+    name = two.default_model
+    first, second = two.model(name, 0), two.model(name, 1)
+    assert first is not second and first.model is not second.model, "the workers share one model: their hooks would mix"
+    assert two.cache.names() == [name] and two.cache.nbytes() == first.nbytes + second.nbytes  # both copies count
+    a = two.predict_many(images[:3], name, copy=0)
+    b = two.predict_many(images[:3], name, copy=1)
+    for x, y in zip(a, b):
+        assert x.probabilities == pytest.approx(y.probabilities, abs=1e-6) and np.abs(x.cam - y.cam).max() < 1e-5
+    with pytest.raises(ValueError, match="workers"):
+        Predictor(predictor.sources, workers=0)

@@ -23,7 +23,7 @@ def test_gradcam_has_the_input_size_and_moves_with_the_class(name: str):
     torch.manual_seed(0)
     model = registry.create_model(name, num_classes=NUM_CLASSES, pretrained=False).eval()
     layer = registry.cam_layer(model, name)
-    prepare_for_cam(model, layer)  # as the app does: the backward runs from the layer on
+    prepare_for_cam(model)  # as the app does: the backward runs from the layer on
     x = torch.randn(1, 3, SIZE, SIZE)
 
     def explain(target: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def test_layercam_over_the_registry_stages_has_the_input_size_and_moves_with_the
     model = registry.create_model(name, num_classes=NUM_CLASSES, pretrained=False).eval()
     layers = registry.cam_layers(model, name, fuse=True)
     assert all(any(m is layer for m in model.modules()) for layer in layers)
-    prepare_for_cam(model, layers)
+    prepare_for_cam(model)
     x = torch.randn(1, 3, SIZE, SIZE)
     maps = [gradcam(model, layers, x, "LayerCAM", target=k)[0] for k in range(NUM_CLASSES)]
     for cam in maps:

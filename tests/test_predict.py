@@ -205,6 +205,22 @@ def test_available_cpus_honours_the_cgroup_quota(tmp_path: Path):
     assert torch.get_num_threads() >= 1
 
 
+def test_the_cores_are_shared_by_the_workers(monkeypatch):
+    import brainmri.runtime as runtime
+
+    monkeypatch.delenv("BRAIN_MRI_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        assert runtime.configure_torch_threads(workers=2) == 1 and torch.get_num_threads() == 1
+        assert runtime.configure_torch_threads(workers=1) == 2
+        assert runtime.configure_torch_threads(workers=4) == 1  # at least one each
+        monkeypatch.setenv("BRAIN_MRI_THREADS", "3")
+        assert runtime.configure_torch_threads(workers=2) == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: Predictor):
     image = Image.new("RGB", (200, 100))
     result = predictor.predict(image)

@@ -22,6 +22,7 @@ VARIABLES = [
     "BRAIN_MRI_THREADS",
     "BRAIN_MRI_MODEL_CACHE_MB",
     "BRAIN_MRI_MAX_BATCH",
+    "BRAIN_MRI_WORKERS",
     "GRADIO_DEFAULT_CONCURRENCY_LIMIT",
     "GRADIO_TEMP_DIR",
 ]
@@ -40,7 +41,7 @@ def test_defaults_without_the_environment(clean_env):
     assert settings.hub_namespace() == "brain-mri"
     assert settings.hub_offline() is False and settings.default_model() is None and settings.torch_threads() is None
     assert settings.model_cache_mb() == 1024.0
-    assert settings.max_batch() == settings.concurrency_limit() == 8
+    assert settings.max_batch() == 8 and settings.concurrency_limit() == 16 and settings.batch_workers() == 2
     assert settings.gradio_temp_dir().name == "gradio" and settings.gradio_temp_dir().is_absolute()
 
 
@@ -54,6 +55,7 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
         "BRAIN_MRI_THREADS": "3",
         "BRAIN_MRI_MODEL_CACHE_MB": "64.5",
         "BRAIN_MRI_MAX_BATCH": "4",
+        "BRAIN_MRI_WORKERS": "3",
         "GRADIO_TEMP_DIR": str(tmp_path / "uploads"),
     }
     for name, value in values.items():
@@ -61,8 +63,8 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
     assert settings.default_data() == "someone/dataset" and settings.checkpoint_dir() == tmp_path
     assert settings.hub_namespace() == "a-fork" and settings.hub_offline() is True
     assert settings.default_model() == "simple_cnn_7" and settings.torch_threads() == 3
-    assert settings.model_cache_mb() == 64.5 and settings.max_batch() == 4
-    assert settings.concurrency_limit() == 4  # follows the batch unless set itself
+    assert settings.model_cache_mb() == 64.5 and settings.max_batch() == 4 and settings.batch_workers() == 3
+    assert settings.concurrency_limit() == 8  # twice the batch unless set itself
     clean_env.setenv("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "2")
     assert settings.concurrency_limit() == 2
     assert settings.gradio_temp_dir() == (tmp_path / "uploads").resolve()
@@ -76,6 +78,7 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
         ("BRAIN_MRI_MAX_BATCH", "0", settings.max_batch),
         ("BRAIN_MRI_MAX_BATCH", "eight", settings.max_batch),
         ("BRAIN_MRI_THREADS", "-1", settings.torch_threads),
+        ("BRAIN_MRI_WORKERS", "0", settings.batch_workers),
         ("BRAIN_MRI_MODEL_CACHE_MB", "lots", settings.model_cache_mb),
         ("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "2.5", settings.concurrency_limit),
     ],

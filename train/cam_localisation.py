@@ -124,7 +124,7 @@ def with_layer(predictor: Predictor, name: str, layer: str | None) -> None:
         if layer not in modules:
             raise ValueError(f"{name} has no module {layer!r}")
         loaded.layer, loaded.layer_name, loaded.stages = modules[layer], layer, []
-        prepare_for_cam(loaded.model, loaded.layer)
+        prepare_for_cam(loaded.model)
 
 
 def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str | None], methods: list[str], seed: int = 0) -> dict:
