@@ -33,7 +33,7 @@ from brainmri.explain import overlay  # noqa: E402
 from brainmri.imageio import load_image  # noqa: E402
 from brainmri.predict import Predictor  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
-from brainmri.settings import default_data  # noqa: E402
+from brainmri.settings import batch_workers, default_data  # noqa: E402
 
 
 def _free_port() -> int:
@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=40, help="Testing images per model")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    threads = configure_torch_threads()
+    threads = configure_torch_threads(batch_workers())  # as the app: the cores shared by its batch workers
     root = local_root(default_data())
     if root is None:
         print(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)", file=sys.stderr)
