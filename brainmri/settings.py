@@ -106,7 +106,7 @@ def batch_workers() -> int:
 def concurrency_limit() -> int:
     """``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` (Gradio's own variable): how many requests the app's queue
     runs at once. Default: twice :func:`max_batch`, so a full batch forms while the one before it runs
-    (24 clients, distinct images: 12.2 answered/s at 8, 14.1 at 16, 13.9 at 24; scripts/load_test.py)."""
+    (with one batch worker, 24 clients sending distinct images: 12.2 answered/s at 8, 14.1 at 16)."""
     return _positive_int("GRADIO_DEFAULT_CONCURRENCY_LIMIT", 2 * max_batch())
 
 
