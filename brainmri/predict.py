@@ -386,10 +386,15 @@ class Predictor:
         return self._batcher(loaded.name, method).submit(image)
 
     def warm(self) -> None:
-        """Load the default model and the OOD judge in every batch worker's copy, before the first request needs them."""
+        """Load the default model and the OOD judge in every batch worker's copy, before the first request needs them.
+
+        One that cannot load is logged and left to fail on its own requests, as it would without warming."""
         for copy in range(self.workers if self.max_batch > 1 else 1):
             for name in dict.fromkeys(n for n in (self.default_model, self.ood_model) if n):
-                self.model(name, copy)
+                try:
+                    self.model(name, copy)
+                except ValueError as e:
+                    _logger.warning("could not load %s at start-up: %s", name, e)
 
     def predict_many(
         self, images: Sequence[Image.Image], model_name: str | None = None, method: str = DEFAULT_METHOD, copy: int = 0

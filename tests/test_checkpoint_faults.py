@@ -131,3 +131,19 @@ def test_nothing_is_unpickled(checkpoint, monkeypatch):
     model = load_checkpoint(checkpoint)
     assert load_temperature(checkpoint) > 0
     assert torch.isfinite(model(torch.zeros(1, *model.pretrained_cfg["input_size"]))).all()
+
+
+def test_a_broken_default_model_does_not_stop_the_app_from_starting(trained_checkpoint, tmp_path, caplog):
+    """Warming at start-up logs the broken default model; its requests get the error, as they would unwarmed."""
+    from brainmri.catalog import ModelSource
+    from brainmri.predict import Predictor
+
+    bad = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_7"))
+    flip_byte(bad / WEIGHTS, 100)
+    predictor = Predictor({"simple_cnn_7": ModelSource("simple_cnn_7", "local", str(bad))}, max_batch=8, workers=2)
+    assert predictor.default_model == "simple_cnn_7"
+    with caplog.at_level("WARNING"):
+        predictor.warm()
+    assert "could not load simple_cnn_7" in caplog.text and "sha256" in caplog.text
+    with pytest.raises(ValueError, match="sha256"):
+        predictor.model("simple_cnn_7")
