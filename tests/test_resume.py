@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TIMING = {"seconds", "img_per_s"}  # wall-clock columns of history.csv, the only ones allowed to differ
 
-pytestmark = pytest.mark.slow  # five short training runs in subprocesses (about 2 min on 2 CPU cores)
+pytestmark = pytest.mark.slow  # eight short training runs in subprocesses (about 3 min on 2 CPU cores)
 
 # Runs train.train.main; on the third batch of epoch 2 ("mid-epoch") or right after epoch 2's
 # accelerate state is written but before it is marked finished ("mid-save"), it writes the
@@ -60,10 +60,13 @@ sys.exit(t.main(argv))
 """
 
 
-def train_args(data_dir: Path, out: Path) -> list[str]:
+EMA = ["--ema-decay", "0.9"]  # a moving average of the weights, validated and shipped instead of them
+
+
+def train_args(data_dir: Path, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         *("--model", "simple_cnn_7", "--data", str(data_dir), "--limit-per-class", "8"),
-        *("--epochs", "3", "--batch-size", "4", "--evaluate-test", "false", "--out", str(out)),
+        *("--epochs", "3", "--batch-size", "4", "--evaluate-test", "false", "--out", str(out), *extra),
     ]
 
 
@@ -88,17 +91,26 @@ def outcome(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir) -> dict:
-    out = tmp_path_factory.mktemp("straight") / "run"
-    run_training(train_args(data_dir, out))
-    return outcome(out)
+def straight_runs(tmp_path_factory, data_dir) -> dict[tuple[str, ...], dict]:
+    """The uninterrupted outcome of each setting, trained when first asked for."""
+    runs: dict[tuple[str, ...], dict] = {}
+
+    def run(extra: tuple[str, ...]) -> dict:
+        if extra not in runs:
+            out = tmp_path_factory.mktemp("straight") / "run"
+            run_training(train_args(data_dir, out, extra))
+            runs[extra] = outcome(out)
+        return runs[extra]
+
+    return run
 
 
-@pytest.mark.parametrize("moment", ["mid-epoch", "mid-save"])
-def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, data_dir, tmp_path, moment):
+@pytest.mark.parametrize(("moment", "extra"), [("mid-epoch", ()), ("mid-save", ()), ("mid-save", tuple(EMA))])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(straight_runs, data_dir, tmp_path, moment, extra):
+    uninterrupted = straight_runs(extra)
     out, marker = tmp_path / "run", tmp_path / "marker"
     proc = subprocess.Popen(
-        [sys.executable, "-c", HANG_AT, str(marker), moment, *train_args(data_dir, out)],
+        [sys.executable, "-c", HANG_AT, str(marker), moment, *train_args(data_dir, out, extra)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -119,7 +131,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, data_d
     assert not (out / "metrics.json").exists()  # it really died before finishing
     assert (out / "resume" / "latest").read_text() == "epoch_1"
 
-    run_training([*train_args(data_dir, out), "--resume"])
+    run_training([*train_args(data_dir, out, extra), "--resume"])
     resumed = outcome(out)
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["validation"] == uninterrupted["validation"]
@@ -127,3 +139,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, data_d
     assert resumed["weights"] == uninterrupted["weights"]
     assert resumed["temperature"] == uninterrupted["temperature"]
     assert not (out / "resume").exists()
+
+
+def test_an_ema_run_ships_the_moving_average(straight_runs):
+    """Same seed and data: with the average validated and shipped, the weights and the validation figures move."""
+    plain, averaged = straight_runs(()), straight_runs(tuple(EMA))
+    assert averaged["weights"] != plain["weights"]
+    assert [r["val_loss"] for r in averaged["history"]] != [r["val_loss"] for r in plain["history"]]
+    assert [r["train_loss"] for r in averaged["history"]] == [r["train_loss"] for r in plain["history"]]  # the same training

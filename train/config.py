@@ -24,6 +24,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, then the schedule
     schedule: str = "cosine"  # "cosine" or "plateau" (ReduceLROnPlateau on validation loss)
     label_smoothing: float = 0.1
+    ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     patience: int = 4  # early stopping: epochs without a better validation loss
     val_fraction: float = 0.15  # share of Training held out for validation, duplicate groups kept whole
     seed: int = 0

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
@@ -163,9 +164,10 @@ def _sync(device: torch.device) -> None:
 
 
 def train_one_epoch(
-    model, loader, optimizer, scheduler, accelerator, cfg: TrainConfig, dcfg: dict, epoch: int, deadline: float = math.inf
+    model, loader, optimizer, scheduler, accelerator, cfg: TrainConfig, dcfg: dict, epoch: int, deadline: float = math.inf, ema=None
 ) -> dict:
-    """One pass over the training batches, cut short at ``max_train_batches`` or at ``deadline`` (a perf_counter time)."""
+    """One pass over the training batches, cut short at ``max_train_batches`` or at ``deadline`` (a perf_counter time);
+    ``ema`` (timm ModelEmaV3), when given, follows every step."""
     model.train()
     # Seeded per epoch (not once) so that --resume replays exactly what a straight run does.
     torch.manual_seed(cfg.seed + epoch)
@@ -188,6 +190,8 @@ def train_one_epoch(
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
         optimizer.zero_grad(set_to_none=True)
         total += len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -300,10 +304,14 @@ def fit(cfg: TrainConfig) -> Path:
         train_loader, val_loader = loaders.train, loaders.val
     else:
         model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loaders.train, loaders.val, scheduler)
+    # The moving average is validated and shipped instead of the raw weights; accelerate saves it with --resume's state.
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     if cfg.resume:
         state = load_resume(out, accelerator)
 
-    run_epochs(cfg, (model, optimizer, scheduler, train_loader, val_loader), accelerator, dcfg, state, out)
+    run_epochs(cfg, (model, optimizer, scheduler, train_loader, val_loader), accelerator, dcfg, state, out, ema)
     if accelerator.device.type == "cuda":
         state.peak_memory_gib = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
     if not accelerator.is_main_process:
@@ -311,9 +319,11 @@ def fit(cfg: TrainConfig) -> Path:
     return finish(cfg, spec, accelerator.unwrap_model(model), loaders, state, out, dcfg, accelerator.device)
 
 
-def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: State, out: Path) -> None:
-    """Epochs until the planned number, early stopping, or the time budget; the best one saved as it comes."""
+def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: State, out: Path, ema=None) -> None:
+    """Epochs until the planned number, early stopping, or the time budget; the best one saved as it comes
+    (the moving average's weights, with ``ema``)."""
     model, optimizer, scheduler, train_loader, val_loader = parts
+    judged = model if ema is None else ema.module
     budget_end = time.perf_counter() + BUDGET_SLACK * cfg.time_budget_s - state.wall_seconds if cfg.time_budget_s else math.inf
     while (
         state.epoch < (state.epochs_planned or cfg.epochs)
@@ -321,12 +331,12 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
         and (not state.epoch or time.perf_counter() < budget_end)
     ):
         start = time.perf_counter()
-        row = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, dcfg, state.epoch, budget_end)
+        row = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, dcfg, state.epoch, budget_end, ema)
         seconds = time.perf_counter() - start
-        row.update(evaluate(model, val_loader, accelerator, dcfg, cfg.channels_last))
+        row.update(evaluate(judged, val_loader, accelerator, dcfg, cfg.channels_last))
         record_epoch(state, row, seconds, optimizer.param_groups[0]["lr"])
         if state.best_epoch == state.epoch and accelerator.is_main_process:
-            save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, out / "best.safetensors")
+            save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(judged).state_dict().items()}, out / "best.safetensors")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and cfg.save_resume:
             save_resume(out, model, accelerator, state)
@@ -435,6 +445,7 @@ def run_metrics(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, d
         "train_img_per_s": round(float(np.median([h["img_per_s"] for h in state.history])), 1),
         "peak_gpu_memory_gib": round(state.peak_memory_gib, 2) if state.peak_memory_gib else None,
         "batch_size": cfg.batch_size,
+        "ema_decay": cfg.ema_decay or None,  # the shipped weights are this moving average's
         "grad_checkpointing": cfg.grad_checkpointing,
         "time_budget_s": cfg.time_budget_s or None,
         "epochs_planned": state.epochs_planned or cfg.epochs,
