@@ -2,6 +2,7 @@
 
     python scripts/load_test.py                                  # python app.py apart; 24 clients x 3 distinct images
     python scripts/load_test.py --mode identical                 # every client sends the same image at once
+    python scripts/load_test.py --requests 21 --rounds 3         # 3 x 504 requests to one server, its memory after each
     python scripts/load_test.py --concurrency-limit 1 2 8        # one run per queue concurrency limit (0: the app's own)
     python scripts/load_test.py --client gradio                  # through gradio_client (heavier on the load generator)
     python scripts/load_test.py --url http://127.0.0.1:7860/     # an app already running on loopback
@@ -68,6 +69,18 @@ class Outcome:
     queue_full: int = 0
     latencies: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+
+    def add(self, other: Outcome) -> None:
+        """Fold another run (a later round) into this one."""
+        self.sent, self.answered, self.queue_full = (
+            self.sent + other.sent,
+            self.answered + other.answered,
+            self.queue_full + other.queue_full,
+        )
+        self.mixed_up += other.mixed_up
+        self.errors += other.errors
+        self.latencies += other.latencies
+        self.wall_s += other.wall_s
 
     def summary(self) -> dict:
         lat = sorted(self.latencies)
@@ -284,11 +297,13 @@ def load_test(
     mode: str = "distinct",
     server: str = "inprocess",
     client: str = "http",
+    rounds: int = 1,
 ) -> dict:
     """One run: ``clients`` concurrent clients x ``requests`` images each, all distinct or all the same file
-    (``mode``), against the app in this process, in its own process (``server="process"``) or at ``url``.
-    Returns the summary, with the machine's load average, the server's CPU per answer and its memory, and the
-    load generator's CPU per request."""
+    (``mode``), against the app in this process, in its own process (``server="process"``) or at ``url``;
+    ``rounds`` times over against the same server. Returns the summary of all rounds, with the machine's load
+    average, the server's CPU per answer and its memory (after start-up and after each round), and the load
+    generator's CPU per request."""
     if url is not None and urlparse(url).hostname not in LOOPBACK:
         raise ValueError(f"{url} is not a loopback address: the load test only runs against 127.0.0.1")
     if mode not in MODES:
@@ -305,7 +320,11 @@ def load_test(
             launched, url = launch_app(concurrency_limit, max_size)
         try:
             before, own_before = process_usage(proc.pid) if proc else None, time.process_time()
-            out = run_load(url, jobs, expected, model, time_limit, client)
+            out, rss_by_round = Outcome(), []
+            for _ in range(rounds):
+                out.add(run_load(url, jobs, expected, model, time_limit, client))
+                if proc is not None:
+                    rss_by_round.append(process_usage(proc.pid)["rss_mib"])
             after, own_cpu = process_usage(proc.pid) if proc else None, time.process_time() - own_before
         finally:
             if launched is not None:
@@ -318,10 +337,12 @@ def load_test(
         cpu = after["cpu_s"] - before["cpu_s"]
         served = {"server_cpu_ms_per_answer": round(1000 * cpu / max(out.answered, 1), 1), "server_rss_mib": after["rss_mib"]}
         served["server_peak_rss_mib"] = after["peak_rss_mib"]
+        served["server_start_rss_mib"], served["server_rss_by_round_mib"] = before["rss_mib"], rss_by_round
     return {
         "mode": mode,
         "clients": clients,
         "requests_per_client": requests,
+        "rounds": rounds,
         "concurrency_limit": concurrency_limit,
         "max_size": max_size,
         **out.summary(),
@@ -349,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=("process", "inprocess"), default="process", help="python app.py apart, or in this process")
     parser.add_argument("--client", choices=tuple(CLIENTS), default="http", help="Gradio's REST API over httpx, or gradio_client")
     parser.add_argument("--url", default=None, help="an app already running on loopback (then --concurrency-limit is the app's own)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs against the same server; its memory is printed after each")
     add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     for limit in args.concurrency_limit if args.url is None else [0]:
         r = load_test(
             args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data, args.mode,
-            args.server, args.client,
+            args.server, args.client, args.rounds,
         )  # fmt: skip
         runs.append(r)
         memory = (
@@ -372,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             f" load generator CPU {r['client_cpu_ms_per_request']} ms/request",
             flush=True,
         )
+        if args.rounds > 1 and "server_rss_by_round_mib" in r:
+            per_round = ", ".join(f"{m} MiB" for m in r["server_rss_by_round_mib"])
+            print(f"server RSS after start-up {r['server_start_rss_mib']} MiB; after each round of {r['sent'] // args.rounds}: {per_round}")
     if len(runs) > 1:
         best = min((r for r in runs if r["p95_s"] is not None), key=lambda r: r["p95_s"])
         print(f"lowest p95: concurrency limit {best['concurrency_limit']} ({best['p95_s']} s)")
