@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from timm.layers import BatchNormAct2d
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -74,6 +75,10 @@ def configure_torch_threads(workers: int = 1) -> int:
     return threads
 
 
+# Exactly these: a subclass may normalise differently. timm's BatchNormAct2d is norm, dropout, then activation.
+FOLDABLE_NORMS = (nn.BatchNorm2d, BatchNormAct2d)
+
+
 def fold_batchnorm(model: nn.Module, keep: Iterable[nn.Module] = ()) -> int:
     """Fold each batch norm into the convolution registered just before it, keeping its activation.
 
@@ -90,9 +95,7 @@ def fold_batchnorm(model: nn.Module, keep: Iterable[nn.Module] = ()) -> int:
     for parent in list(model.modules()):
         children = list(parent.named_children())
         for (_, conv), (name, norm) in zip(children, children[1:]):
-            foldable = (
-                type(norm) is nn.BatchNorm2d or type(norm).__name__ == "BatchNormAct2d"  # timm's: norm, dropout, activation
-            ) and norm.running_mean is not None
+            foldable = type(norm) in FOLDABLE_NORMS and norm.running_mean is not None
             if not (isinstance(conv, nn.Conv2d) and foldable and conv.out_channels == norm.num_features):
                 continue
             if id(conv) in kept or id(norm) in kept:
