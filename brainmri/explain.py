@@ -110,11 +110,7 @@ def cam_session(model: nn.Module, layers: Layers, method: str = DEFAULT_METHOD) 
 
 
 def gradcam_batch(
-    model: nn.Module,
-    layers: Layers,
-    x: torch.Tensor,
-    method: str = DEFAULT_METHOD,
-    targets: Sequence[int] | None = None,
+    model: nn.Module, layers: Layers, x: torch.Tensor, method: str = DEFAULT_METHOD, targets: Sequence[int] | None = None
 ) -> tuple[np.ndarray, torch.Tensor]:
     """One forward and one backward over a batch: each image's heatmap for its own class, and the logits.
 
