@@ -99,7 +99,7 @@ def max_batch() -> int:
 def batch_workers() -> int:
     """``BRAIN_MRI_WORKERS``: how many batches of one model the app runs at once, each through its own
     copy of the model (``brainmri.predict.Predictor``). Default: 2, so one batch's preparation and
-    finishing overlap another's passes on 2 cores (README, "Many visitors at once")."""
+    finishing overlap another's passes on 2 cores (README, "Under load, hostile input, a dead Hub")."""
     return _positive_int("BRAIN_MRI_WORKERS", 2)
 
 
