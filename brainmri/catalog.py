@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainmri.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, WEIGHTS, read_metrics
-from brainmri.registry import REGISTRY, get_spec
+from brainmri.registry import APP_DEFAULT, REGISTRY, get_spec
 from brainmri.settings import default_model, hub_offline
 
 _logger = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def validation_accuracy(folder: str | Path) -> float:
 
 
 def best_model(sources: dict[str, ModelSource]) -> str | None:
-    """The available local model with the best validation accuracy (``BRAIN_MRI_DEFAULT_MODEL`` overrides).
+    """The model the app selects first: ``BRAIN_MRI_DEFAULT_MODEL``, else the registry's ``APP_DEFAULT``
+    when available, else the available local model with the best validation accuracy.
 
     Chosen on validation, not test, accuracy: the test set is for reporting only.
     """
@@ -127,6 +128,8 @@ def best_model(sources: dict[str, ModelSource]) -> str | None:
         return override
     if not available:
         return None
+    if APP_DEFAULT in sources and sources[APP_DEFAULT].available:
+        return APP_DEFAULT
     local = [s for s in available if s.where == "local"] or available
     return max(local, key=lambda s: validation_accuracy(s.location) if s.where == "local" else -1.0).name
 

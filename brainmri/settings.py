@@ -74,7 +74,8 @@ def hub_offline() -> bool:
 
 def default_model() -> str | None:
     """``BRAIN_MRI_DEFAULT_MODEL``: the registry name the app selects first and whose OOD statistics
-    judge uploads. Default: None, the available local model with the best validation accuracy."""
+    judge uploads. Default: None, the registry's ``APP_DEFAULT`` when it has weights, else the available local
+    model with the best validation accuracy."""
     return _get("BRAIN_MRI_DEFAULT_MODEL")
 
 

@@ -6,9 +6,10 @@ import pytest
 
 from brainmri.catalog import ModelSource, discover
 from brainmri.checkpoint import OOD_CONFIG
+from brainmri.registry import APP_DEFAULT
 from brainmri.settings import checkpoint_dir
 
-SHIPPED = ["tf_efficientnet_lite0", "simple_cnn_7"]
+SHIPPED = [APP_DEFAULT, "simple_cnn_7"]  # the app's default first
 
 
 def require_shipped() -> dict[str, ModelSource]:

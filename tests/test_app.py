@@ -16,6 +16,7 @@ from shipped import require_shipped
 from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
 
 from brainmri.app.inline_media import decode_data_url
+from brainmri.registry import APP_DEFAULT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ def test_predict_endpoint_with_default_model(client, slice_path: Path):
     from gradio_client import handle_file
 
     label, heatmap, details = client.predict(handle_file(str(slice_path)), api_name="/predict")
-    assert details["model"] == "tf_efficientnet_lite0"
+    assert details["model"] == APP_DEFAULT
     assert details["in_distribution"] is True and details["prediction"] == label["label"]
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
     assert sum(details["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
@@ -102,7 +103,7 @@ def test_app_starts_offline_on_the_env_port(slice_path: Path):
                     pytest.fail(f"app did not start on port {port}:\n{proc.stdout.read() if proc.poll() is not None else ''}")
                 time.sleep(0.5)
         details = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(str(slice_path)), api_name="/predict")[2]
-        assert details["model"] == "tf_efficientnet_lite0"
+        assert details["model"] == APP_DEFAULT
     finally:
         proc.terminate()
         proc.wait(timeout=30)

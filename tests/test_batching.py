@@ -118,7 +118,7 @@ def test_with_a_runner_per_worker_two_batches_run_at_once():
 
 
 def test_each_worker_serves_through_its_own_copy_with_the_same_answers(predictor: Predictor, images):
-    two = Predictor(predictor.sources, max_batch=8, workers=2)
+    two = Predictor(predictor.sources, max_batch=8, workers=2, ood_model=None)  # the served model alone
     two.warm()
     name = two.default_model
     first, second = two.model(name, 0), two.model(name, 1)

@@ -21,6 +21,7 @@ from playwright.sync_api import expect
 from traces import files_containing, files_named, files_since
 
 from brainmri.app.uploads import gradio_cache_dir
+from brainmri.registry import APP_DEFAULT
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -82,7 +83,7 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
 
             _classify(page, image)
             summary, bars, key = page.locator("#summary"), page.locator("#prob-bars"), page.locator("#cam-key")
-            expect(summary).to_contain_text("tf_efficientnet_lite0")
+            expect(summary).to_contain_text(APP_DEFAULT)
             for name in ("glioma", "meningioma", "no tumour", "pituitary tumour"):
                 expect(bars).to_contain_text(name)
             top = page.locator(".prob-value").first.inner_text()  # one precision: the bar's figure is the summary's

@@ -11,6 +11,7 @@ from shipped import SHIPPED
 
 from brainmri.catalog import discover
 from brainmri.predict import Predictor
+from brainmri.registry import APP_DEFAULT
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_falls_back_to_local_checkpoints_within_seconds(request, hub: str):
     hub_only = [s for s in sources.values() if not s.available]
     assert hub_only and all("not reachable" in s.reason for s in hub_only), [s.reason for s in hub_only]
     predictor = Predictor(sources)  # what the app shows: the local models served, the others listed with the reason
-    assert predictor.default_model == "tf_efficientnet_lite0"
+    assert predictor.default_model == APP_DEFAULT
     assert all("not reachable" in r for r in predictor.unavailable.values())
 
 

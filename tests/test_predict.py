@@ -13,11 +13,12 @@ from shipped import SHIPPED, require_shipped
 from upload_samples import valid_uploads
 
 from brainmri.calibration import calibrated_probs
-from brainmri.catalog import ModelSource, discover
+from brainmri.catalog import ModelSource, best_model, discover, validation_accuracy
 from brainmri.data import ImageRecords, limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam, view_box
 from brainmri.imageio import load_image
 from brainmri.predict import ModelCache, Predictor
+from brainmri.registry import APP_DEFAULT
 from brainmri.runtime import available_cpus
 from train.evaluate import predict_records
 
@@ -106,15 +107,15 @@ def test_non_mri_is_flagged_not_classified(predictor: Predictor, model_name: str
     assert not result.in_distribution, result.ood
     assert result.prediction is None and result.label_value() == "does not look like a brain MRI"
     assert result.details()["in_distribution"] is False and result.ood.reasons
-    assert result.ood.checked_by == "tf_efficientnet_lite0"  # the best model judges for every model
+    assert result.ood.checked_by == APP_DEFAULT  # the default model judges for every model
 
 
 def test_the_default_model_judges_every_model_and_only_it_ships_statistics(predictor: Predictor, sample: ImageRecords):
     judged = predictor.predict(sample.open(0), "simple_cnn_7")
-    assert judged.ood.checked_by == "tf_efficientnet_lite0"  # the simple CNN is judged by the default model
+    assert judged.ood.checked_by == APP_DEFAULT  # the simple CNN is judged by the default model
     assert not predictor.predict(Image.new("RGB", (256, 256)), "simple_cnn_7").in_distribution  # blank: flagged
     own = Predictor(predictor.sources, ood_model=None)  # each model with its own statistics, where it has them
-    assert own.predict(sample.open(0), "tf_efficientnet_lite0").ood.checked_by == "tf_efficientnet_lite0"
+    assert own.predict(sample.open(0), APP_DEFAULT).ood.checked_by == APP_DEFAULT
     assert own.predict(sample.open(0), "simple_cnn_7").ood is None  # no statistics shipped: no verdict, not a guess
 
 
@@ -123,13 +124,13 @@ def test_details_are_json_with_the_promised_keys(predictor: Predictor, sample: I
 
     details = json.loads(json.dumps(predictor.predict(sample.open(0)).details()))
     assert {"model", "prediction", "probabilities", "tumor_probability", "in_distribution", "latency_ms"} <= set(details)
-    assert details["model"] == predictor.default_model == "tf_efficientnet_lite0"
+    assert details["model"] == predictor.default_model == APP_DEFAULT
     assert details["latency_ms"] > 0
 
 
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 def test_heatmap_moves_with_the_explained_class(predictor: Predictor, sample: ImageRecords, method: str):
-    loaded = predictor.model("tf_efficientnet_lite0")
+    loaded = predictor.model(APP_DEFAULT)
     x = loaded.transform(sample.open(0))[None]
     with loaded.lock:
         maps = [gradcam(loaded.model, loaded.cam_layers(method), x, method, target=c)[0] for c in (0, 2)]
@@ -229,18 +230,19 @@ def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: 
     details = result.details()
     assert details["cam_peak"] == [pytest.approx(30.5 / 200), pytest.approx(80.5 / 100)]
     assert all(type(v) is float for v in details["cam_peak"])  # plain JSON numbers
-    # The default method, LayerCAM, fuses tf_efficientnet_lite0's last activated feature map with two finer stages
+    # The default method, LayerCAM, fuses the default model's (Lite0's) last activated feature map with two finer stages
     # (the registry's choice); Grad-CAM weighs the last one alone.
     assert details["cam_method"] == "LayerCAM" and details["cam_layer"] == "bn2+blocks.4+blocks.2"
     assert predictor.predict(image, method="Grad-CAM").details()["cam_layer"] == "bn2"
 
 
 def test_a_heatmap_at_a_larger_size_explains_the_class_predicted_at_the_input_size(predictor: Predictor, sample: ImageRecords):
-    """tf_efficientnet_lite0's heatmap runs at 288 px (registry cam_size); its class and probabilities still come from 192 px."""
-    loaded = predictor.model("tf_efficientnet_lite0")
-    assert loaded.cam_size == 288 and loaded.cfg["input_size"][-1] == 192
+    """The default model's heatmap runs at 1.5x its input size (registry cam_size; Lite0: 288 px); its class and
+    probabilities still come from the input size."""
+    loaded = predictor.model(APP_DEFAULT)
+    assert loaded.cam_size == loaded.cfg["input_size"][-1] * 3 // 2
     image = sample.open(0)
-    result = predictor.predict(image)
+    result = predictor.predict(image, APP_DEFAULT)
     x = loaded.transform(image)[None]
     with loaded.lock, torch.no_grad():
         logits = loaded.model(x)
@@ -256,8 +258,19 @@ def test_a_heatmap_at_a_larger_size_explains_the_class_predicted_at_the_input_si
 def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistics(predictor: Predictor, monkeypatch):
     monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", "simple_cnn_7")
     chosen = Predictor(predictor.sources)
-    assert chosen.default_model == "simple_cnn_7" and chosen.ood_model == "tf_efficientnet_lite0"
+    assert chosen.default_model == "simple_cnn_7" and chosen.ood_model == APP_DEFAULT
     assert not chosen.predict(Image.new("RGB", (256, 256))).in_distribution  # a blank image is still flagged
+
+
+def test_the_registry_default_comes_first_and_without_it_the_best_on_validation():
+    sources = discover(hub=False)
+    assert best_model(sources) == APP_DEFAULT
+    local = {n: s for n, s in sources.items() if s.where == "local"}
+    assert len(local) >= 3, "the fallback needs several shipped checkpoints to choose among"
+    gone = {**sources, APP_DEFAULT: ModelSource(APP_DEFAULT, "", "x", "no local checkpoint")}
+    chosen = best_model(gone)
+    others = [s for n, s in local.items() if n != APP_DEFAULT]
+    assert chosen != APP_DEFAULT and validation_accuracy(local[chosen].location) == max(validation_accuracy(s.location) for s in others)
 
 
 def test_the_summary_says_each_number_once(predictor: Predictor, sample: ImageRecords):
