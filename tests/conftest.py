@@ -19,7 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 # Two threads, as in CI and on a free CPU Space; BRAIN_MRI_TEST_THREADS=1 where other jobs share the cores.
-torch.set_num_threads(int(os.environ.get("BRAIN_MRI_TEST_THREADS", "2")))
+TEST_THREADS = int(os.environ.get("BRAIN_MRI_TEST_THREADS", "2"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _test_threads() -> None:
+    """Each test starts with TEST_THREADS: a launched app sets one thread per batch worker for the whole process,
+    which left the full-dataset evaluations after it at half speed."""
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")

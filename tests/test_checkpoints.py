@@ -87,11 +87,12 @@ def test_reproduces_metrics_json(folder: Path, testing: dict):
     transform = create_transform(**resolve_data_config(model=model))
     label_names = json.loads((folder / "config.json").read_text())["label_names"]
     labels = np.array([label_names.index(c) for c in testing["classes"]])
+    model = model.to(memory_format=torch.channels_last)  # same function; Lite2 evaluates 3x faster on CPU
     preds = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(labels), 64):
             batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in testing["files"][start : start + 64]])
-            preds.append(model(batch).argmax(dim=1))
+            preds.append(model(batch.contiguous(memory_format=torch.channels_last)).argmax(dim=1))
     correct = torch.cat(preds).numpy() == labels
 
     for key, mask in (("test", np.ones_like(correct)), ("test_dedup", testing["clean"])):
