@@ -114,7 +114,7 @@ def validation_accuracy(folder: str | Path) -> float:
         return -1.0
 
 
-def best_model(sources: dict[str, ModelSource]) -> str | None:
+def app_default_model(sources: dict[str, ModelSource]) -> str | None:
     """The model the app selects first: ``BRAIN_MRI_DEFAULT_MODEL``, else the registry's ``APP_DEFAULT``
     when available, else the available local model with the best validation accuracy.
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from brainmri.batching import MicroBatcher
 from brainmri.calibration import calibrated_probs, load_temperature
-from brainmri.catalog import ModelSource, best_model, checkpoint_folder, discover
+from brainmri.catalog import ModelSource, app_default_model, checkpoint_folder, discover
 from brainmri.checkpoint import OOD_CONFIG, count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.data import data_config, eval_transform
 from brainmri.explain import DEFAULT_METHOD, FUSING_METHODS, cam_to_image_size, gradcam_batch, prepare_for_cam
@@ -341,7 +341,7 @@ class Predictor:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.sources = discover() if sources is None else sources
-        self.default_model = best_model(self.sources)
+        self.default_model = app_default_model(self.sources)
         self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
         self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20)
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers

@@ -13,7 +13,7 @@ from shipped import SHIPPED, require_shipped
 from upload_samples import valid_uploads
 
 from brainmri.calibration import calibrated_probs
-from brainmri.catalog import ModelSource, best_model, discover, validation_accuracy
+from brainmri.catalog import ModelSource, app_default_model, discover, validation_accuracy
 from brainmri.data import ImageRecords, limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam, view_box
 from brainmri.imageio import load_image
@@ -264,11 +264,11 @@ def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistic
 
 def test_the_registry_default_comes_first_and_without_it_the_best_on_validation():
     sources = discover(hub=False)
-    assert best_model(sources) == APP_DEFAULT
+    assert app_default_model(sources) == APP_DEFAULT
     local = {n: s for n, s in sources.items() if s.where == "local"}
     assert len(local) >= 3, "the fallback needs several shipped checkpoints to choose among"
     gone = {**sources, APP_DEFAULT: ModelSource(APP_DEFAULT, "", "x", "no local checkpoint")}
-    chosen = best_model(gone)
+    chosen = app_default_model(gone)
     others = [s for n, s in local.items() if n != APP_DEFAULT]
     assert chosen != APP_DEFAULT and validation_accuracy(local[chosen].location) == max(validation_accuracy(s.location) for s in others)
 
