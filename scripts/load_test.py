@@ -72,11 +72,9 @@ class Outcome:
 
     def add(self, other: Outcome) -> None:
         """Fold another run (a later round) into this one."""
-        self.sent, self.answered, self.queue_full = (
-            self.sent + other.sent,
-            self.answered + other.answered,
-            self.queue_full + other.queue_full,
-        )
+        self.sent += other.sent
+        self.answered += other.answered
+        self.queue_full += other.queue_full
         self.mixed_up += other.mixed_up
         self.errors += other.errors
         self.latencies += other.latencies
