@@ -207,6 +207,45 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     return xf.clamp(0, 255).round().to(torch.uint8)
 
 
+def relative_path(source: str, data: str | Path) -> str:
+    """An image's path relative to the dataset folder (``Training/glioma/x.jpg``), the form split and mask lists use."""
+    try:
+        return Path(source).resolve().relative_to(Path(data).expanduser().resolve()).as_posix()
+    except ValueError:
+        return source  # a Hub image's name, or a file outside the folder
+
+
+def masks_folder(data: str | Path) -> Path | None:
+    """The expert tumour masks (Cheng et al., figshare) beside a local data folder, ``<data>-masks/``, if there."""
+    folder = Path(f"{Path(data).expanduser().resolve()}-masks")
+    return folder if (folder / MASKS_CSV).is_file() else None
+
+
+MASKS_CSV = "masks.csv"  # path, class, figshare_id, transform, mask_pixels, mask_box_iou (the masks folder's README)
+
+
+def mask_table(data: str | Path) -> dict[str, dict]:
+    """``masks.csv`` rows by dataset-relative image path; empty when the masks folder is not beside the data."""
+    import csv
+
+    folder = masks_folder(data)
+    if folder is None:
+        return {}
+    with (folder / MASKS_CSV).open(newline="") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def figshare_ids(records: ImageRecords, data: str | Path) -> dict[int, int]:
+    """Record index -> figshare scan id, for the records the masks table covers (images of one scan share an id)."""
+    table = mask_table(data)
+    out = {}
+    for i in range(len(records)):
+        row = table.get(relative_path(records.name(i), data))
+        if row is not None:
+            out[i] = int(row["figshare_id"])
+    return out
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

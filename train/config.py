@@ -26,7 +26,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     patience: int = 4  # early stopping: epochs without a better validation loss
-    val_fraction: float = 0.15  # share of Training held out for validation, duplicate groups kept whole
+    val_fraction: float = 0.15  # share of Training held out for validation, twin groups kept whole
+    split: str = "mirror-aware"  # twin rule of the split (brainmri.split): "mirror-aware", or "as-is" of the first shipped models
     seed: int = 0
     pretrained: bool = False  # ImageNet init (offline package for tf_efficientnet_lite0)
     image_size: int = 0  # 0: the registry's input size
@@ -34,7 +35,7 @@ class TrainConfig:
     max_train_batches: int = 0  # 0: whole epoch; else stop each epoch early (tests)
     channels_last: bool = True  # faster convolutions on CPU and GPU
     resume: bool = False  # continue from the last finished epoch in <out>/resume
-    evaluate_test: bool = True  # evaluate the best epoch on Testing (and its near-dedup subset)
+    evaluate_test: bool = True  # evaluate the best epoch on Testing (and its unseen subset)
     fit_ood: bool = True  # fit the OOD check's statistics (train.ood) on the split; 6.6 MB beside a 1280-feature model
     # How the run uses the machine (the sweep sets these), not what it learns:
     data_on_device: bool = False  # keep the decoded uint8 data on the training device, batched there (one process, no DataLoader)

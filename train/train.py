@@ -112,9 +112,9 @@ def load_train_records(cfg: TrainConfig) -> ImageRecords:
 
 
 def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: torch.device | str = "cpu") -> Loaders:
-    """Validation split with near-duplicate groups kept whole, each side decoded once to uint8 (moved to ``device`` once
-    with ``data_on_device``)."""
-    train_set, val_set = split_records(records, cfg.val_fraction, cfg.seed)
+    """Validation split with twin groups (mirrored ones included) kept whole, each side decoded once to uint8 (moved to
+    ``device`` once with ``data_on_device``)."""
+    train_set, val_set = split_records(records, cfg.val_fraction, cfg.seed, cfg.split, cfg.data)
     drop_last = len(train_set) > cfg.batch_size
     (xt, yt), (xv, yv) = [
         (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))
