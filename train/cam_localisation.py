@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="training_boxes.csv")
     parser.add_argument("--models", nargs="*", default=None, help="default: every local checkpoint")
     parser.add_argument("--layers", nargs="*", default=[None], help="module paths to weigh instead of the registry's layer")
-    parser.add_argument("--methods", nargs="*", default=[DEFAULT_METHOD], choices=list(CAM_METHODS))
-    parser.add_argument("--out", type=Path, default=Path("results/cam_localisation.json"))
+    methods = "explanation methods to score (default: %(default)s)"
+    parser.add_argument("--methods", nargs="*", default=[DEFAULT_METHOD], choices=list(CAM_METHODS), help=methods)
+    parser.add_argument("--out", type=Path, default=Path("results/cam_localisation.json"), help="the report (default: %(default)s)")
     args = parser.parse_args(argv)
 
     def go() -> None:

@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--limit-per-class", type=int, default=None, help="seeded random subset per class (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit-per-class draw")
     parser.add_argument("--models", nargs="*", default=None, help="default: every available local checkpoint")
-    parser.add_argument("--out", type=Path, default=Path("results/cam_sanity.json"))
+    parser.add_argument("--out", type=Path, default=Path("results/cam_sanity.json"), help="the report (default: %(default)s)")
     args = parser.parse_args(argv)
 
     predictor = Predictor(discover(hub=False))

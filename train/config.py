@@ -1,10 +1,19 @@
-"""Training configuration: one dataclass, a comment per field, overridable from the command line."""
+"""Training configuration: one dataclass, a comment per field, overridable from the command line.
+
+The comment beside each field is its ``--help`` text (:func:`field_help` reads it from this file's source), so
+the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import json
+import tokenize
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -18,17 +27,17 @@ class TrainConfig:
     data: str = field(default_factory=default_data)  # image folder or Hub dataset id (brainmri.settings.default_data)
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 10  # most epochs to run
-    batch_size: int = 32
+    batch_size: int = 32  # images per training step
     lr: float = 1e-3  # peak learning rate of AdamW
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # AdamW's decoupled weight decay
     warmup_epochs: float = 1.0  # linear warm-up, then the schedule
     schedule: str = "cosine"  # "cosine" or "plateau" (ReduceLROnPlateau on validation loss)
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # of the cross-entropy targets (why calibration finds T < 1)
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     patience: int = 4  # early stopping: epochs without a better validation loss
     val_fraction: float = 0.15  # share of Training held out for validation, twin groups kept whole
     split: str = "mirror-aware"  # twin rule of the split (brainmri.split): "mirror-aware", or "as-is" of the first shipped models
-    seed: int = 0
+    seed: int = 0  # seeds the split, the initialisation and the augmentation
     pretrained: bool = False  # ImageNet init (offline package for tf_efficientnet_lite0)
     image_size: int = 0  # 0: the registry's input size
     limit_per_class: int = 0  # 0: all images; else a few per class (tests, --quick)
@@ -58,15 +67,40 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def parse_config(argv: list[str] | None = None, description: str = "") -> TrainConfig:
-    """Build a TrainConfig from ``--field value`` arguments; bare ``--flag`` sets a bool to true."""
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's comment, from the class's source: ``{"epochs": "most epochs to run", ...}``."""
+    source = inspect.getsource(TrainConfig)
+    comments = {
+        t.start[0]: t.string.lstrip("# ").strip()
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type == tokenize.COMMENT
+    }
+    return {
+        node.target.id: comments.get(node.lineno, "")
+        for node in ast.parse(source).body[0].body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+
+
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    """The ``--field value`` parser of TrainConfig: each option's help is its field's comment, with the default
+    (unless the comment names it)."""
     parser = argparse.ArgumentParser(description=description)
-    hints = get_type_hints(TrainConfig)
+    hints, helps = get_type_hints(TrainConfig), field_help()
     for f in dataclasses.fields(TrainConfig):
         kind = hints[f.name]
         default = f.default_factory() if f.default is MISSING else f.default  # data's: read now
+        text = helps[f.name].replace("%", "%%")
+        text += "" if "default" in text else " (default: %(default)s)"  # the comment may say it better ("default runs/<model>")
+        flag = f"--{f.name.replace('_', '-')}"
         if kind is bool:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_parse_bool, nargs="?", const=True, default=default)
+            parser.add_argument(flag, dest=f.name, type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL", help=text)
         else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
-    return TrainConfig(**vars(parser.parse_args(argv)))
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, metavar=kind.__name__.upper(), help=text)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, description: str = "") -> TrainConfig:
+    """Build a TrainConfig from ``--field value`` arguments; bare ``--flag`` sets a bool to true."""
+    return TrainConfig(**vars(build_parser(description).parse_args(argv)))

@@ -87,10 +87,10 @@ def restore(repo: Path = ROOT) -> None:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["check", "stash", "restore"])
+    steps = "check: sizes against the limits; stash: take checkpoints/ out of the tree; restore: put them back from git"
+    parser.add_argument("step", choices=["check", "stash", "restore"], help=steps)
     args = parser.parse_args(argv)
-    steps = {"check": check, "stash": stash, "restore": restore}
-    return exit_code(steps[args.step], _logger)
+    return exit_code({"check": check, "stash": stash, "restore": restore}[args.step], _logger)
 
 
 if __name__ == "__main__":
