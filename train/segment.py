@@ -60,6 +60,7 @@ class SegmentConfig:
     val_fraction: float = 0.15  # the classifiers' split (brainmri.split): same fraction and seed, same validation scans
     seed: int = 0
     input_size: int = 224  # the data's native size; a multiple of 32
+    crop: int = 160  # train on random crops of this side (0: whole images); served whole, since a U-Net is fully convolutional
     limit_per_class: int = 0  # 0: all images; else a few per class (tests)
     max_train_batches: int = 0  # 0: whole epochs; else stop each epoch early (tests)
     pretrained: bool = True  # encoder from the offline ImageNet weights
@@ -142,7 +143,7 @@ def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> f
     for b, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, mininterval=10)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(epoch * len(batches) + b, cfg, len(batches))
-        images, masks = augment_batch(x[idx], g, masks=y[idx])
+        images, masks = random_crop(*augment_batch(x[idx], g, masks=y[idx]), cfg.crop, g)
         logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
         target = masks.float() / 255
         loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.dice_weight * soft_dice_loss(logits, target)
@@ -151,6 +152,15 @@ def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> f
         optimizer.step()
         total += loss.item()
     return total / max(1, len(batches))
+
+
+def random_crop(images: torch.Tensor, masks: torch.Tensor, side: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random ``side`` x ``side`` window of a batch (B, C, S, S), the same for images and masks; half the pixels at 160 of 224."""
+    size = images.shape[-1]
+    if not side or side >= size:
+        return images, masks
+    top, left = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=g))
+    return images[..., top : top + side, left : left + side], masks[..., top : top + side, left : left + side]
 
 
 def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
