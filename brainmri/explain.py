@@ -2,7 +2,7 @@
 
 A new CAM object is made for every call and its hooks are released when the call ends, so
 no two requests share hooks or gradients; callers that share a model between threads
-hold that model's lock around :func:`gradcam` (see ``brainmri.predict``), because hooks
+hold that model's lock around :func:`gradcam` (see ``brainmri.serving``), because hooks
 on a shared module see every forward that passes through it.
 
 The layers come from the registry (``registry.cam_layers``): one for Grad-CAM, Grad-CAM++ and

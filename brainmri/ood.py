@@ -107,7 +107,7 @@ def load_stats(folder: str | Path) -> OODStats | None:
     """
     folder = Path(folder)
     if not (folder / OOD_CONFIG).is_file() or not (folder / OOD_TENSORS).is_file():
-        # Expected for all but the model that judges uploads (brainmri.predict.Predictor's ood_model).
+        # Expected for all but the model that judges uploads (brainmri.serving.Predictor's ood_model).
         _logger.info("%s has no OOD statistics (fit them with: python -m train.ood fit %s)", folder, folder)
         return None
     config = json.loads((folder / OOD_CONFIG).read_text())

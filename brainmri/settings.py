@@ -93,15 +93,33 @@ def model_cache_mb() -> float:
 
 def max_batch() -> int:
     """``BRAIN_MRI_MAX_BATCH``: the most concurrent app requests run through a model together
-    (``brainmri.batching``); 1 runs each alone. Default: 8."""
-    return _positive_int("BRAIN_MRI_MAX_BATCH", 8)
+    (``brainmri.batching``); 1 runs each alone. Default: 8; 1 on ZeroGPU, where each request takes its own
+    GPU lease, counted against its own visitor's quota (docs/space.md)."""
+    return _positive_int("BRAIN_MRI_MAX_BATCH", 1 if on_zerogpu() else 8)
 
 
 def batch_workers() -> int:
     """``BRAIN_MRI_WORKERS``: how many batches of one model the app runs at once, each through its own
-    copy of the model (``brainmri.predict.Predictor``). Default: 2, so one batch's preparation and
-    finishing overlap another's passes on 2 cores (README, "Under load, hostile input, a dead Hub")."""
-    return _positive_int("BRAIN_MRI_WORKERS", 2)
+    copy of the model (``brainmri.serving.Predictor``). Default: 2, so one batch's preparation and
+    finishing overlap another's passes on 2 cores (README, "Under load, hostile input, a dead Hub"); 1 on
+    ZeroGPU, where requests are not batched."""
+    return _positive_int("BRAIN_MRI_WORKERS", 1 if on_zerogpu() else 2)
+
+
+def serving_device() -> str:
+    """``BRAIN_MRI_DEVICE``: where the app's model passes and heatmaps run: ``auto`` (CUDA when torch sees a GPU or
+    the Space runs on ZeroGPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` (``brainmri.serving.device``). Default: auto."""
+    value = (_get("BRAIN_MRI_DEVICE") or "auto").lower()
+    kind, _, index = value.partition(":")
+    if value in {"auto", "cpu", "cuda"} or (kind == "cuda" and index.isdigit()):
+        return value
+    raise ValueError(f"BRAIN_MRI_DEVICE must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def on_zerogpu() -> bool:
+    """``SPACES_ZERO_GPU`` (set by the Hub on a ZeroGPU Space, read by the ``spaces`` package): true when the
+    Space lends a GPU per decorated call (``brainmri.serving.zerogpu``). Default: false."""
+    return (_get("SPACES_ZERO_GPU") or "").lower() in {"1", "t", "true"}  # the values spaces.config accepts
 
 
 def concurrency_limit() -> int:

@@ -51,7 +51,7 @@ from brainmri.catalog import discover  # noqa: E402
 from brainmri.cli import add_data_argument, setup_logging  # noqa: E402
 from brainmri.data import load_records  # noqa: E402
 from brainmri.imageio import load_image  # noqa: E402
-from brainmri.predict import Predictor  # noqa: E402
+from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -18,7 +18,7 @@ def require_shipped() -> dict[str, ModelSource]:
     missing = [n for n in SHIPPED if not sources[n].available]
     if missing:
         pytest.fail(f"shipped checkpoint(s) {missing} missing under {checkpoint_dir()}: train them (README, training section)")
-    # The default model judges every upload (brainmri.predict.Predictor's ood_model): only it needs OOD statistics.
+    # The default model judges every upload (brainmri.serving.Predictor's ood_model): only it needs OOD statistics.
     no_ood = [n for n in SHIPPED[:1] if not (checkpoint_dir() / n / OOD_CONFIG).is_file()]
     if no_ood:
         folders = " ".join(f"checkpoints/{n}" for n in no_ood)

@@ -11,7 +11,7 @@ from shipped import SHIPPED, require_shipped
 from brainmri.batching import MicroBatcher
 from brainmri.data import limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.predict import Predictor, run_model, run_model_batch
+from brainmri.serving import Predictor, run_model, run_model_batch
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +76,11 @@ def test_a_failing_batch_fails_each_of_its_requests_with_the_error():
 
 def test_identical_images_in_a_batch_are_computed_once(predictor: Predictor, images, monkeypatch):
     """A class sending one example at once: the copies share one computation, each still gets its own answer."""
-    import brainmri.predict as predict
+    from brainmri.serving import predictor as front_door
 
     seen = []
-    real = predict.run_model_batch
-    monkeypatch.setattr(predict, "run_model_batch", lambda loaded, batch, method: seen.append(len(batch)) or real(loaded, batch, method))
+    real = front_door.run_model_batch
+    monkeypatch.setattr(front_door, "run_model_batch", lambda loaded, batch, method: seen.append(len(batch)) or real(loaded, batch, method))
     a, b = images[0], images[1]
     copies = [a, b.copy(), a.copy(), b, a]
     results = predictor.predict_many(copies, "simple_cnn_7")

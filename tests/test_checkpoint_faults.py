@@ -136,7 +136,7 @@ def test_nothing_is_unpickled(checkpoint, monkeypatch):
 def test_a_broken_default_model_does_not_stop_the_app_from_starting(trained_checkpoint, tmp_path, caplog):
     """Warming at start-up logs the broken default model; its requests get the error, as they would unwarmed."""
     from brainmri.catalog import ModelSource
-    from brainmri.predict import Predictor
+    from brainmri.serving import Predictor
 
     bad = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_7"))
     flip_byte(bad / WEIGHTS, 100)

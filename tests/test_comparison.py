@@ -8,7 +8,7 @@ from PIL import Image
 
 from brainmri.app.comparison import ENSEMBLE, NOT_MRI, agreement, comparison_rows, ensemble_row
 from brainmri.ood import OODResult
-from brainmri.predict import Prediction
+from brainmri.serving import Prediction
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 

@@ -10,8 +10,8 @@ import pytest
 from shipped import SHIPPED
 
 from brainmri.catalog import discover
-from brainmri.predict import Predictor
 from brainmri.registry import APP_DEFAULT
+from brainmri.serving import Predictor
 
 
 @pytest.fixture

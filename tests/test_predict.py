@@ -17,9 +17,9 @@ from brainmri.catalog import ModelSource, app_default_model, discover, validatio
 from brainmri.data import ImageRecords, limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam, view_box
 from brainmri.imageio import load_image
-from brainmri.predict import ModelCache, Predictor
 from brainmri.registry import APP_DEFAULT
 from brainmri.runtime import available_cpus
+from brainmri.serving import ModelCache, Predictor
 from train.evaluate import predict_records
 
 

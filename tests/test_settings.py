@@ -25,6 +25,8 @@ VARIABLES = [
     "BRAIN_MRI_WORKERS",
     "GRADIO_DEFAULT_CONCURRENCY_LIMIT",
     "GRADIO_TEMP_DIR",
+    "BRAIN_MRI_DEVICE",
+    "SPACES_ZERO_GPU",
 ]
 
 
@@ -43,6 +45,7 @@ def test_defaults_without_the_environment(clean_env):
     assert settings.model_cache_mb() == 1024.0
     assert settings.max_batch() == 8 and settings.concurrency_limit() == 16 and settings.batch_workers() == 2
     assert settings.gradio_temp_dir().name == "gradio" and settings.gradio_temp_dir().is_absolute()
+    assert settings.serving_device() == "auto" and settings.on_zerogpu() is False
 
 
 def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
@@ -70,6 +73,16 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
     assert settings.gradio_temp_dir() == (tmp_path / "uploads").resolve()
     clean_env.setenv("BRAIN_MRI_HUB_NAMESPACE", "  ")  # blank is unset
     assert settings.hub_namespace() == "brain-mri"
+    clean_env.setenv("BRAIN_MRI_DEVICE", "CUDA:1")
+    assert settings.serving_device() == "cuda:1"
+
+
+def test_zerogpu_serves_each_request_alone(clean_env):
+    """On ZeroGPU each request takes its own GPU lease (docs/space.md): no batch, one worker, unless set."""
+    clean_env.setenv("SPACES_ZERO_GPU", "true")
+    assert settings.on_zerogpu() and settings.max_batch() == 1 and settings.batch_workers() == 1
+    clean_env.setenv("BRAIN_MRI_MAX_BATCH", "4")
+    assert settings.max_batch() == 4
 
 
 @pytest.mark.parametrize(
@@ -81,6 +94,8 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
         ("BRAIN_MRI_WORKERS", "0", settings.batch_workers),
         ("BRAIN_MRI_MODEL_CACHE_MB", "lots", settings.model_cache_mb),
         ("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "2.5", settings.concurrency_limit),
+        ("BRAIN_MRI_DEVICE", "gpu", settings.serving_device),
+        ("BRAIN_MRI_DEVICE", "cuda:x", settings.serving_device),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(clean_env, name: str, value: str, read):

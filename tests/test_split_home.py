@@ -66,11 +66,11 @@ def test_no_import_circles_and_serving_never_imports_fitting():
 
 
 def test_the_readme_layout_table_names_every_module():
-    """The README's layout table matches the tree: each module of brainmri/, brainmri/app/ and train/ is named in
-    its folder's row."""
+    """The README's layout table matches the tree: each module of brainmri/, brainmri/app/, brainmri/serving/ and
+    train/ is named in its folder's row."""
     root = Path(__file__).resolve().parent.parent
     rows = {line.split("|")[1].strip(" `"): line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")}
-    for folder in ("brainmri/", "brainmri/app/", "train/"):
+    for folder in ("brainmri/", "brainmri/app/", "brainmri/serving/", "train/"):
         modules = {p.stem for p in (root / folder).glob("*.py") if p.stem != "__init__"}
         missing = sorted(m for m in modules if f"`{m}`" not in rows[folder])
         assert not missing, f"README layout row {folder} does not name {missing}"

@@ -34,7 +34,7 @@ from brainmri.catalog import discover
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, prepare_for_cam
 from brainmri.imageio import load_image
-from brainmri.predict import Predictor
+from brainmri.serving import Predictor
 from brainmri.split import checkpoint_split
 from train.cam_sanity import brain_mask
 

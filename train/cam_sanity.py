@@ -27,7 +27,7 @@ from brainmri.catalog import discover
 from brainmri.cli import add_data_argument, setup_logging
 from brainmri.data import load_records
 from brainmri.imageio import load_image
-from brainmri.predict import Predictor
+from brainmri.serving import Predictor
 
 _logger = logging.getLogger(__name__)
 

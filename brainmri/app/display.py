@@ -16,7 +16,7 @@ from PIL import Image
 
 from brainmri.app.inline_media import data_url
 from brainmri.explain import overlay
-from brainmri.predict import NO_TUMOUR, Prediction, class_words
+from brainmri.serving import NO_TUMOUR, Prediction, class_words
 
 THUMB_SIDE = 320
 

@@ -1,0 +1,37 @@
+"""Serving: one image (or a batch) through the models, with a heatmap and an OOD verdict, on the serving device.
+
+One job per module, in the order a request meets them (timm's ``_builder`` / ``_hub`` / ``_factory`` split):
+
+- ``zerogpu``: ``@spaces.GPU`` on the GPU entry point, a no-op off ZeroGPU (imported first: before CUDA starts);
+- ``device``: which device (``BRAIN_MRI_DEVICE``), and models and batches moved to it;
+- ``loading``: a checkpoint folder -> ``LoadedModel`` (the builder);
+- ``cache``: ``ModelCache``, loaded models bounded in bytes;
+- ``classify``: the classifier's batched forward + backward (probabilities, heatmap);
+- ``judge``: the OOD judge's batched forward;
+- ``result``: ``Prediction``, what a request gets back;
+- ``predictor``: ``Predictor``, the front door: sources, batching, and ``run_passes``, the GPU entry point.
+"""
+
+from brainmri.serving import zerogpu  # noqa: F401  (first: spaces must be imported before torch initialises CUDA)
+from brainmri.serving.cache import ModelCache
+from brainmri.serving.classify import run_model, run_model_batch
+from brainmri.serving.device import resolve_device
+from brainmri.serving.judge import ood_check_batch
+from brainmri.serving.loading import LoadedModel, load_model
+from brainmri.serving.predictor import Predictor
+from brainmri.serving.result import CLASS_WORDS, NO_TUMOUR, Prediction, class_words
+
+__all__ = [
+    "CLASS_WORDS",
+    "NO_TUMOUR",
+    "LoadedModel",
+    "ModelCache",
+    "Prediction",
+    "Predictor",
+    "class_words",
+    "load_model",
+    "ood_check_batch",
+    "resolve_device",
+    "run_model",
+    "run_model_batch",
+]

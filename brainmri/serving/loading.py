@@ -1,0 +1,95 @@
+"""Build a model for serving from its checkpoint folder: the ``LoadedModel`` every pass runs through.
+
+The builder of the serving package (timm's ``_builder``): a checkpoint folder in, a model out in eval mode,
+batch norm folded, no parameter requiring grad, on the serving device, with everything derived from the folder
+(labels, preprocessing, OOD statistics, temperature) and from the registry (Grad-CAM layers).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from brainmri.calibration import load_temperature
+from brainmri.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
+from brainmri.data import data_config, eval_transform
+from brainmri.explain import FUSING_METHODS, prepare_for_cam
+from brainmri.ood import OODStats, load_stats
+from brainmri.registry import cam_layer, get_spec
+from brainmri.runtime import fold_batchnorm
+from brainmri.serving.device import place_model, resolve_device
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve, with everything derived from its checkpoint folder."""
+
+    name: str
+    folder: Path
+    model: nn.Module
+    labels: list[str]
+    cfg: dict  # preprocessing, from the checkpoint's pretrained_cfg
+    layer: nn.Module  # Grad-CAM layer, from the registry
+    ood: OODStats | None  # on the CPU, whatever the model's device: the verdict is a few small products
+    temperature: float  # probabilities are softmax(logits / temperature); 1.0 when uncalibrated
+    nbytes: int
+    stages: list[nn.Module] = field(default_factory=list)  # shallower layers LayerCAM fuses with ``layer``, from the registry
+    cam_size: int | None = None  # side the heatmap pass runs at, when not the input size (registry)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where ``model`` is and its passes run
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.transform = eval_transform(self.cfg)
+        side = self.cfg["input_size"][-1]
+        resized = {**self.cfg, "input_size": (3, self.cam_size, self.cam_size)}
+        self.cam_transform = eval_transform(resized) if self.cam_size and self.cam_size != side else None
+        self.layer_name = self.module_name(self.layer)
+
+    def module_name(self, module: nn.Module) -> str:
+        return next((n for n, m in self.model.named_modules() if m is module), type(module).__name__)
+
+    def cam_layers(self, method: str) -> list[nn.Module]:
+        """The layers ``method`` weighs: the CAM layer, and the shallower stages when it fuses them."""
+        return [self.layer, *(self.stages if method in FUSING_METHODS else [])]
+
+    def cam_layer_name(self, method: str) -> str:
+        """Those layers as named in the model, joined by "+" ("bn2", "bn2+blocks.4+blocks.2")."""
+        return "+".join(self.module_name(m) for m in self.cam_layers(method))
+
+
+def load_model(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedModel:
+    """Rebuild a checkpoint for serving: eval mode, batch norm folded, channels_last, no parameter requiring grad.
+
+    Args:
+        name: the registry name it is served under.
+        folder: the checkpoint folder.
+        device: where it runs; None for ``BRAIN_MRI_DEVICE`` (brainmri.serving.device.resolve_device).
+    """
+    folder = Path(folder)
+    device = resolve_device(None if device is None else str(device))
+    model = load_checkpoint(folder)
+    registry_name = read_config(folder).get("registry_name", name)
+    layer = cam_layer(model, registry_name)
+    spec = get_spec(registry_name)
+    stages = spec.cam_stages(model)
+    fold_batchnorm(model, keep=[layer, *stages])  # on the CPU, before the move: the folded weights are computed once
+    prepare_for_cam(model)
+    model = place_model(model, device)
+    return LoadedModel(
+        name,
+        folder,
+        model,
+        label_names(folder),
+        data_config(model),
+        layer,
+        load_stats(folder),
+        load_temperature(folder),
+        count_tensors_bytes(model),
+        stages,
+        spec.cam_size,
+        device,
+    )

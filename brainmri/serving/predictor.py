@@ -1,0 +1,199 @@
+"""The models this deployment serves, and one request's way through them: the serving package's front door.
+
+    predictor = Predictor()
+    result = predictor.predict(load_image("scan.dcm"), "tf_efficientnet_lite0")
+    result.details()  # JSON-ready
+
+Models load lazily into the model cache (brainmri.serving.cache). Each loaded model carries a lock
+held for the whole forward/backward: Grad-CAM hooks on a shared module would see another thread's
+forward, so two passes never run one model at the same time. Different models run in parallel.
+Requests for one model that arrive together can run as one batch (``max_batch``, brainmri.batching).
+
+A batch's model passes all run in :meth:`Predictor.run_passes`, the one GPU entry point: under ZeroGPU
+it is the ``@spaces.GPU`` task (brainmri.serving.zerogpu), so one batch holds one lent GPU for all
+its passes; anywhere else it is a plain call on the serving device (brainmri.serving.device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from brainmri.batching import MicroBatcher
+from brainmri.catalog import ModelSource, app_default_model, checkpoint_folder, discover
+from brainmri.checkpoint import OOD_CONFIG
+from brainmri.explain import DEFAULT_METHOD
+from brainmri.serving.cache import ModelCache
+from brainmri.serving.classify import run_model_batch
+from brainmri.serving.judge import ood_check_batch
+from brainmri.serving.loading import LoadedModel
+from brainmri.serving.result import Prediction
+from brainmri.serving.zerogpu import gpu_task
+from brainmri.settings import model_cache_mb
+
+_logger = logging.getLogger(__name__)
+
+
+class Predictor:
+    """The models this deployment can serve, loaded on demand.
+
+    Whether an image looks like a brain MRI is a property of the image, so one model judges
+    it for all: the default (best) model, whose 1280 features separate MRI slices from other
+    pictures far better than a small CNN's 64 (README, out-of-distribution check). A model's
+    own statistics are used when the judge has none, or with ``ood_model=None``.
+
+    Args:
+        sources: registry name -> where its weights are (``catalog.discover()`` by default).
+        cache_mb: memory bound of the loaded models' tensors, in MiB (default: ``brainmri.settings.model_cache_mb()``).
+        ood_model: the model whose OOD statistics judge every image; "default" for the default model.
+        max_batch: most requests run through a model together (brainmri.batching); 1 runs each alone.
+        max_wait_s: how long the first request of a batch waits for others to join.
+        workers: batches of one model that run at once, each through its own copy of the model (with
+            ``max_batch`` > 1). Hooks on a shared module would see every forward through it, so one copy
+            serves one batch at a time.
+        device: where models load and run ("cpu", "cuda", "cuda:N", "auto"); None for ``BRAIN_MRI_DEVICE``.
+    """
+
+    def __init__(
+        self,
+        sources: dict[str, ModelSource] | None = None,
+        cache_mb: float | None = None,
+        ood_model: str | None = "default",
+        max_batch: int = 1,
+        max_wait_s: float = 0.005,
+        workers: int = 1,
+        device: torch.device | str | None = None,
+    ):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.sources = discover() if sources is None else sources
+        self.default_model = app_default_model(self.sources)
+        self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
+        self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20, device)
+        self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
+        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self._batchers_lock = threading.Lock()
+        self.run_passes_on_gpu = gpu_task(self.run_passes)  # the same method off ZeroGPU
+        _PREDICTORS.add(self)
+
+    def ood_judge(self) -> str | None:
+        """The default model when it ships OOD statistics, else the first local model that does (only the
+        judge ships them, so choosing a simple CNN as the default must not switch the check off)."""
+        local = [n for n in [self.default_model, *self.available] if n and self.sources[n].where == "local"]
+        return next((n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()), self.default_model)
+
+    @property
+    def available(self) -> list[str]:
+        return [name for name, src in self.sources.items() if src.available]
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return {name: src.reason for name, src in self.sources.items() if not src.available}
+
+    def model(self, name: str | None = None, copy: int = 0) -> LoadedModel:
+        """A loaded model (``copy``: which of a batch worker's copies); ValueError naming the problem if it is unknown or unavailable."""
+        name = name or self.default_model
+        if name is None:
+            raise ValueError("no trained model is available: add a checkpoint folder under checkpoints/")
+        if name not in self.sources:
+            raise ValueError(f"unknown model {name!r}; available: {', '.join(self.available)}")
+        source = self.sources[name]
+        if not source.available:
+            raise ValueError(f"model {name} is not available: {source.reason}")
+        return self.cache.get(name, lambda: checkpoint_folder(source), copy)
+
+    def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD) -> Prediction:
+        """Run one model (the default one when ``model_name`` is empty) on an RGB image, judged by ``ood_model``.
+
+        With ``max_batch`` > 1, requests for the same model and method that arrive together (within
+        ``max_wait_s``) run as one batch; each still gets its own answer, and its own errors.
+        """
+        loaded = self.model(model_name)
+        if self.max_batch <= 1:
+            return self.predict_many([image], loaded.name, method)[0]
+        return self._batcher(loaded.name, method).submit(image)
+
+    def warm(self) -> None:
+        """Load the default model and the OOD judge in every batch worker's copy, before the first request needs them.
+
+        One that cannot load is logged and left to fail on its own requests, as it would without warming.
+        Under ZeroGPU this runs in the app's process, so every GPU worker forked from it starts with them."""
+        for copy in range(self.workers if self.max_batch > 1 else 1):
+            for name in dict.fromkeys(n for n in (self.default_model, self.ood_model) if n):
+                try:
+                    self.model(name, copy)
+                except ValueError as e:
+                    _logger.warning("could not load %s at start-up: %s", name, e)
+
+    def predict_many(
+        self, images: Sequence[Image.Image], model_name: str | None = None, method: str = DEFAULT_METHOD, copy: int = 0
+    ) -> list[Prediction]:
+        """One model on several images as one batch, each judged by ``ood_model`` (one more batched pass).
+
+        Identical images in the batch (a class clicking one example at once) are computed once: each request still
+        gets its own Prediction, and nothing outlives the batch. ``copy``: the copies of the models to use."""
+        first: dict[tuple, int] = {}  # (size, mode, pixels' hash) -> index of its first occurrence
+        keys = [(im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()) for im in images]
+        unique = [first.setdefault(key, i) for i, key in enumerate(keys)]
+        if len(first) < len(images):
+            distinct = self.predict_many([images[i] for i in first.values()], model_name, method, copy)
+            by_first = dict(zip(first.values(), distinct))
+            return [dataclasses.replace(by_first[j], image=images[i]) for i, j in enumerate(unique)]
+        return self.run_passes_on_gpu(list(images), model_name, method, copy)
+
+    def run_passes(self, images: list[Image.Image], model_name: str | None, method: str, copy: int = 0) -> list[Prediction]:
+        """Every model pass one batch needs, on the serving device: the GPU entry point (ZeroGPU's task).
+
+        1. classify: ``model_name``'s probabilities and heatmap (brainmri.serving.classify);
+        2. judge: the OOD verdict of ``ood_model``, when that is another model (brainmri.serving.judge).
+        A further model of the same request (a segmentation outline) is one more step here, filling its own
+        field of each Prediction; its loading and its pass live in their own module, as these do.
+        """
+        loaded = self.model(model_name, copy)
+        results = run_model_batch(loaded, images, method)
+        if self.ood_model and self.ood_model != loaded.name:
+            start = time.perf_counter()
+            verdicts = ood_check_batch(self.model(self.ood_model, copy), images)
+            extra = (time.perf_counter() - start) * 1000
+            for result, verdict in zip(results, verdicts):
+                if verdict is not None:
+                    result.ood = verdict
+                    result.latency_ms += extra
+        return results
+
+    def renew_after_fork(self) -> None:
+        """In a forked child (a ZeroGPU worker): fresh locks, and no batchers, whose threads did not survive the fork."""
+        self.cache.renew_locks()
+        self._batchers = {}
+        self._batchers_lock = threading.Lock()
+
+    def _batcher(self, name: str, method: str) -> MicroBatcher:
+        with self._batchers_lock:
+            key = (name, method)
+            if key not in self._batchers:
+                runners = [functools.partial(self.predict_many, model_name=name, method=method, copy=i) for i in range(self.workers)]
+                self._batchers[key] = MicroBatcher(runners, self.max_batch, self.max_wait_s, name=f"{name}-{method}")
+            return self._batchers[key]
+
+
+_PREDICTORS: weakref.WeakSet[Predictor] = weakref.WeakSet()  # renewed in every forked child
+
+
+def _renew_all_after_fork() -> None:
+    for predictor in list(_PREDICTORS):
+        predictor.renew_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_all_after_fork)

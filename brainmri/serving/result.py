@@ -1,0 +1,95 @@
+"""What one model says about one image: the ``Prediction`` every serving pass fills in and the app shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from brainmri.ood import NOT_MRI, OODResult
+
+NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour
+CLASS_WORDS = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary tumour", NO_TUMOUR: "no tumour"}
+
+
+def class_words(label: str) -> str:
+    """A dataset label as a reader says it ("notumor" -> "no tumour"); an unknown label as it is."""
+    return CLASS_WORDS.get(label, label)
+
+
+@dataclass
+class Prediction:
+    """What one model says about one image. Plain data (arrays, a PIL image, floats), so it pickles: under
+    ZeroGPU it is made in the GPU worker process and sent back to the app's (brainmri.serving.zerogpu)."""
+
+    model: str
+    image: Image.Image  # the decoded RGB image the heatmap belongs to
+    probabilities: dict[str, float]
+    top_class: str
+    tumor_probability: float | None  # 1 - P(notumor)
+    ood: OODResult | None  # None when the checkpoint has no OOD statistics
+    cam: np.ndarray  # (H, W) float32 in [0, 1], the image's size
+    cam_method: str
+    temperature: float
+    latency_ms: float
+    cam_layer: str = ""  # the module(s) the heatmap weighs, as named in the model ("bn2", "features.11", "bn2+blocks.4+blocks.2")
+    device: str = "cpu"  # where the passes ran ("cpu", "cuda:0")
+
+    @property
+    def explained_cam(self) -> np.ndarray | None:
+        """The heatmap to show: none over an image that does not look like a brain MRI, where it would explain nothing."""
+        return self.cam if self.in_distribution else None
+
+    @property
+    def cam_peak(self) -> list[float]:
+        """The heatmap's maximum as [x, y] in 0-1 coordinates of the image (x to the right, y down), at pixel centres."""
+        y, x = np.unravel_index(int(np.argmax(self.cam)), self.cam.shape)
+        return [round(float(x + 0.5) / self.cam.shape[1], 4), round(float(y + 0.5) / self.cam.shape[0], 4)]
+
+    @property
+    def in_distribution(self) -> bool:
+        return self.ood is None or self.ood.in_distribution
+
+    @property
+    def prediction(self) -> str | None:
+        """The predicted class; None when the image does not look like a brain MRI."""
+        return self.top_class if self.in_distribution else None
+
+    def label_value(self) -> dict[str, float] | str:
+        """For ``gr.Label``: the class probabilities, or the OOD verdict instead of a tumour class."""
+        return self.probabilities if self.in_distribution else NOT_MRI
+
+    def summary(self) -> str:
+        """One plain paragraph of Markdown."""
+        by = f" (`{self.model}`, {self.latency_ms:.0f} ms)"
+        if not self.in_distribution:
+            return f"**This image {NOT_MRI}**: " + "; ".join(self.ood.reasons) + f". No tumour class is given for it{by}."
+        p = self.probabilities[self.top_class]
+        lines = [f"**Predicted class: {class_words(self.top_class)}** ({p:.1%})."]
+        # The tumour-or-not verdict, when it says more than the class line: a tumour class's share of all tumours,
+        # or a tumour found likelier than the "no tumour" class in front; never the class line's number again.
+        tumour = self.tumor_probability
+        if tumour is not None and (self.top_class != NO_TUMOUR or tumour >= 0.5) and round(tumour, 3) != round(p, 3):
+            lines.append(f"**Any tumour**: {tumour:.1%}.")  # a tumour class in front implies tumour >= 0.5
+        if self.ood is None:
+            lines.append("(No out-of-distribution statistics for this model: it cannot tell an MRI from another picture.)")
+        return " ".join(lines) + by
+
+    def details(self) -> dict:
+        """JSON-ready details, the API's third output."""
+        return {
+            "model": self.model,
+            "prediction": self.prediction,
+            "top_class": self.top_class,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "tumor_probability": None if self.tumor_probability is None else round(self.tumor_probability, 6),
+            "in_distribution": self.in_distribution,
+            "ood": None if self.ood is None else self.ood.to_dict(),
+            "cam_method": self.cam_method,
+            "cam_layer": self.cam_layer,
+            "cam_peak": self.cam_peak,
+            "temperature": self.temperature,
+            "image_size": list(self.image.size),
+            "latency_ms": round(self.latency_ms, 1),
+        }
