@@ -57,6 +57,7 @@ class SegmentConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero
     dice_weight: float = 1.0  # loss = BCE + dice_weight * soft Dice
+    negatives_per_epoch: float = 0.35  # share of the no-tumour images drawn afresh each epoch: enough to learn "no outline"
     val_fraction: float = 0.15  # the classifiers' split (brainmri.split): same fraction and seed, same validation scans
     seed: int = 0
     input_size: int = 224  # the data's native size; a multiple of 32
@@ -135,7 +136,11 @@ def lr_at(step: int, cfg: SegmentConfig, steps_per_epoch: int) -> float:
 def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> float:
     model.train()
     g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    order = torch.randperm(len(x), generator=g)
+    negative = (y.flatten(1).amax(dim=1) == 0).nonzero()[:, 0]
+    positive = (y.flatten(1).amax(dim=1) > 0).nonzero()[:, 0]
+    drawn = negative[torch.randperm(len(negative), generator=g)[: round(cfg.negatives_per_epoch * len(negative))]]
+    both = torch.cat([positive, drawn])
+    order = both[torch.randperm(len(both), generator=g)]
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
     if cfg.max_train_batches:
         batches = batches[: cfg.max_train_batches]
