@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 
+import httpx
 import huggingface_hub.constants
 import pytest
-from conftest import write_checkpoint
+from conftest import ROOT, write_checkpoint
 
 from brainmri import settings
 from train import push
@@ -19,22 +22,32 @@ class RecordingApi:
     """Stands in for huggingface_hub.HfApi; keeps the calls."""
 
     instances: list[RecordingApi] = []
+    unreachable = False  # whoami raises as with no network
 
     def __init__(self, token=None, **kwargs):
         self.token = token
         self.calls: list[tuple[str, tuple, dict]] = []
+        self.staged: dict[str, bytes] = {}  # what upload_folder found in its folder: relative path -> bytes
         RecordingApi.instances.append(self)
+
+    def whoami(self):  # the reachability check: not recorded as a call, it sends nothing
+        if RecordingApi.unreachable:
+            raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+        return {"name": "me"}
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", (repo_id,), kwargs))
 
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", (), kwargs))
+        folder = Path(kwargs["folder_path"])
+        self.staged = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
 def api(monkeypatch) -> type[RecordingApi]:
     RecordingApi.instances = []
+    RecordingApi.unreachable = False
     monkeypatch.setattr(push, "HfApi", RecordingApi)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     return RecordingApi
@@ -140,3 +153,92 @@ def test_bad_folder_or_repo_id_is_refused(api, tmp_path, caplog, problem):
     assert push.main([str(folder), "--repo-id", repo_id]) == 2
     assert needle in caplog.text
     assert all(c[0] != "upload_folder" for inst in api.instances for c in inst.calls)
+
+
+# ---------------------------------------------------------------- the Space
+
+
+def test_the_space_sends_exactly_the_allow_list(api, caplog, capsys):
+    with caplog.at_level(logging.INFO):
+        assert push.main(["--space", "me/brain-mri", "--namespace", "me"]) == 0
+    (instance,) = api.instances
+    (create, upload) = instance.calls
+    assert create == ("create_repo", ("me/brain-mri",), {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True})
+    kwargs = upload[2]
+    assert kwargs["repo_id"] == "me/brain-mri" and kwargs["repo_type"] == "space"
+    sent = set(instance.staged)
+    assert sent == set(kwargs["allow_patterns"])  # the staging folder holds exactly the allow-list
+    expected = {"app.py", "requirements.txt", "README.md", ".gitattributes"}
+    expected |= {p.relative_to(ROOT).as_posix() for d in ("brainmri", "examples", "results") for p in (ROOT / d).rglob("*") if p.is_file()}
+    expected = {f for f in expected if "__pycache__" not in f and not f.endswith(".pyc")}
+    for folder in push.checkpoint_folders(ROOT / "checkpoints"):
+        expected |= {f"checkpoints/{folder.name}/{n}" for n in push.files_to_upload(folder)}
+    assert sent == expected
+    assert {f"checkpoints/{n}/model.safetensors" for n in ("tf_efficientnet_lite0", "simple_cnn_7")} <= sent
+    assert not [f for f in sent if f.split("/")[0] in {"tests", "train", "scripts", "data", "docs", "runs"}]  # no tests, training, data
+    assert not [f for f in sent if "/resume/" in f or f.endswith(("best.safetensors", ".pyc"))]
+    readme = instance.staged["README.md"].decode()
+    assert "\n  - me/tf_efficientnet_lite0\n" in readme and "brain-mri/tf_efficientnet_lite0" not in readme  # --namespace's ids
+    assert (
+        instance.staged["checkpoints/tf_efficientnet_lite0/model.safetensors"]
+        == (ROOT / "checkpoints/tf_efficientnet_lite0/model.safetensors").read_bytes()
+    )
+    assert_token_nowhere(caplog, capsys)
+
+
+def _caught(files: list[str]) -> list[str]:
+    return [f for f in files if push.hub_would_refuse(ROOT / f)]
+
+
+def test_every_file_the_hub_would_refuse_outside_lfs_is_stored_in_lfs():
+    files = push.space_files(ROOT)
+    caught = _caught(files)
+    assert "checkpoints/tf_efficientnet_lite0/model.safetensors" in caught  # 1 MB+ binaries are there to catch
+    assert push.not_in_lfs(ROOT, files) == []
+
+
+def test_the_lfs_check_fails_without_gitattributes(tmp_path):
+    """The same files in a fresh work tree: every one the Hub would refuse is caught without .gitattributes, none with it."""
+    caught = _caught(push.space_files(ROOT))
+    for name in caught:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, tmp_path / name)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert push.not_in_lfs(tmp_path, caught) == caught
+    shutil.copyfile(ROOT / ".gitattributes", tmp_path / ".gitattributes")
+    assert push.not_in_lfs(tmp_path, caught) == []
+
+
+def test_a_file_the_hub_would_refuse_stops_the_push_before_any_upload(api, tmp_path, caplog, monkeypatch):
+    for name in push.SPACE_FILES:
+        shutil.copyfile(ROOT / name, tmp_path / name)
+    write_checkpoint(tmp_path / "checkpoints" / "simple_cnn_7")
+    (tmp_path / "checkpoints" / "simple_cnn_7" / "README.md").write_text("card\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "scan.raw").write_bytes(b"\0" * 1_500_000)  # a binary kind .gitattributes does not know
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    with pytest.raises(ValueError, match=r"add their kind to .gitattributes: results/scan.raw"):
+        push.push_space(api(), "me/s", "me", root=tmp_path)
+    assert all(c[0] != "upload_folder" for inst in api.instances for c in inst.calls)
+
+
+@pytest.mark.parametrize("problem", ["no token", "Hub out of reach"])
+def test_the_space_stops_saying_which_before_anything_is_sent(api, tmp_path, monkeypatch, caplog, problem):
+    if problem == "no token":
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_token_here"))
+        needle = "no Hugging Face token"
+    else:
+        api.unreachable = True
+        needle = "the Hub is out of reach (ConnectError"
+    assert push.main(["--space", "me/brain-mri"]) == 2
+    assert needle in caplog.text
+    assert all(not inst.calls for inst in api.instances)  # no repo made, nothing uploaded
+
+
+def test_the_space_dry_run_lists_the_files_and_needs_no_token(api, monkeypatch, caplog):
+    monkeypatch.delenv("HF_TOKEN")
+    with caplog.at_level(logging.INFO):
+        assert push.main(["--space", "me/brain-mri", "--dry-run"]) == 0
+    assert api.instances == [] and "-> Space me/brain-mri:" in caplog.text
+    assert "checkpoints/tf_efficientnet_lite0/model.safetensors" in caplog.text
