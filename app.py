@@ -114,7 +114,7 @@ def predict(image: str, model_name: str | None = None):
 
 @functools.cache
 def examples() -> list[tuple[str, str]]:
-    """Example images, one Testing slice per class, as (path, class); fetched once (brainmri.app.dataview)."""
+    """Example images as (path, class): a Testing slice per class, else the shipped examples/; fetched once (dataview)."""
     return dataview.example_images(DATA)
 
 
@@ -127,15 +127,14 @@ def classify_example(model_name: str | None, method: str, opacity: float, evt: g
     return classify((load_image(examples()[evt.index][0]), None), model_name, method, opacity)
 
 
-def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Markdown, gr.Radio]:
-    local = examples() if dataview.local_root(DATA) is not None else []
+def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
+    local = examples() if dataview.examples_are_local(DATA) else []
     choices = labelled_choices(PREDICTOR.sources)
     with gr.Row(elem_id="classify-row"):
         with gr.Column(scale=2, elem_id="input-col"):
             upload = gr.File(label=f"MRI slice: {accepted_formats(detailed=False)}", type="filepath", elem_id="upload", height=120)
             upload = without_stray_temp_file(upload)
             model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", elem_id="model")
-            unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable), elem_id="unavailable")
             shown = dict(label="Examples (click one)", columns=4, height=150, allow_preview=False, elem_id="examples")
             gallery = gr.Gallery([p for p, _ in local], visible=bool(local), **shown)
         with gr.Column(scale=3, elem_id="result-col"):
@@ -165,7 +164,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Markdown, gr.Radio]
     api_image, api_model = without_stray_temp_file(gr.File(visible=False)), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
     api_label = gr.Label(visible=False)
     gr.Button(visible=False).click(predict, [api_image, api_model], [api_label, heatmap, details], api_name="predict")
-    return model, unavailable, gallery
+    return model, gallery
 
 
 # ---------------------------------------------------------------- Compare
@@ -240,7 +239,7 @@ def data_view(model_name: str | None):
 
 def audit_view():
     with user_errors():
-        return dataview.audit_markdown(dataview.audit_summary(DATA))
+        return dataview.audit_text(DATA)  # precomputed (results/) when there is no data folder
 
 
 def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
@@ -248,7 +247,7 @@ def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
     counts = gr.Dataframe(label="Images per class and split", elem_id="counts")
     samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220)
     steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260)
-    button = gr.Button("Run the duplicate audit (10-30 s, then cached)")
+    button = gr.Button("Run the duplicate audit (10-30 s, then cached)" if dataview.local_root(DATA) else "Show the duplicate audit")
     audit = gr.Markdown(elem_id="audit")
     tab.select(data_view, model, [note, counts, samples, steps], api_visibility="private")
     button.click(audit_view, None, audit, api_visibility="private")
@@ -268,16 +267,17 @@ def build_demo() -> gr.Blocks:
         )
         session = gr.State(None, time_to_live=SESSION_TTL_S)  # (decoded image, heatmap): memory only, never a file
         with gr.Tab("Classify"):
-            model, unavailable, gallery = classify_tab(session)
+            model, gallery = classify_tab(session)
         with gr.Tab("Compare"):
             picked = compare_tab(session)
         with gr.Tab("Experiments") as tab:
             experiments_tab(tab)
+            unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable), elem_id="unavailable")  # not under the menu
         with gr.Tab("Data") as tab:
             data_tab(tab, model)
         gr.Markdown(DISCLAIMER)
         demo.load(refresh_models, None, [model, unavailable, picked], api_visibility="private")
-        if dataview.local_root(DATA) is None:
+        if not dataview.examples_are_local(DATA):  # a Hub dataset's: fetched on page load, not at import
             demo.load(show_examples, None, gallery, api_visibility="private")
     return demo
 

@@ -1,13 +1,16 @@
-"""What the Data tab shows: class counts, sample images, each preprocessing step, the duplicate audit.
+"""What the Data tab shows: class counts, sample images, each preprocessing step, the duplicate audit; and examples.
 
-The data is found through ``BRAIN_MRI_DATA`` (an image folder or a Hub dataset id),
-by default ``../shared/data/brain-tumor-mri`` beside the repository. Nothing here copies
-dataset images into the repository.
+The data is found through ``BRAIN_MRI_DATA`` (an image folder or a Hub dataset id), by default
+``../shared/data/brain-tumor-mri`` beside the repository. A Space has no data folder: then the tab shows what
+``python -m train.data_summary`` precomputed into ``results/`` (counts, a sample grid, the audit's counts), and
+the Classify tab offers the few unseen Testing slices it copied into ``examples/``. Nothing else copies dataset
+images into the repository.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -16,10 +19,40 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainmri.data import SPLIT_FOLDERS, eval_transform, load_records
-from brainmri.settings import default_data
+from brainmri.app.experiments import RESULTS_DIR
+from brainmri.data import IMAGE_SUFFIXES, SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.settings import ROOT, default_data
 
 _logger = logging.getLogger(__name__)
+
+EXAMPLES_DIR = ROOT / "examples"  # unseen Testing slices, two per class, shipped with the Space (train.data_summary)
+COUNTS_JSON = "data_counts.json"  # in RESULTS_DIR: class_counts() of the data folder
+SAMPLES_PNG = "data_samples.png"  # a grid of Training slices, two per class
+AUDIT_JSON = "data_audit.json"  # the duplicate audit's summary, per-class unseen counts included
+
+
+def example_name(label: str, k: int, suffix: str) -> str:
+    """A shipped example's file name: its class, then its number within the class ("glioma_1.jpg")."""
+    return f"{label}_{k}{suffix}"
+
+
+def shipped_examples(folder: Path = EXAMPLES_DIR) -> list[tuple[Path, str]]:
+    """The examples in ``folder`` as (path, class), sorted; none when the folder is missing."""
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    return [(p, p.stem.rsplit("_", 1)[0]) for p in files]
+
+
+def examples_are_local(source: str | None = None) -> bool:
+    """Whether the examples come from disk (a data folder or the shipped ones), so the app may list them at start."""
+    return local_root(source) is not None or bool(shipped_examples())
+
+
+def precomputed(results: Path = RESULTS_DIR) -> tuple[list[dict], Path, dict] | None:
+    """(class counts, sample grid, audit summary) as train.data_summary wrote them; None when any is missing."""
+    files = [results / name for name in (COUNTS_JSON, SAMPLES_PNG, AUDIT_JSON)]
+    if not all(f.is_file() for f in files):
+        return None
+    return json.loads(files[0].read_text()), files[1], json.loads(files[2].read_text())
 
 
 def local_root(source: str | None = None) -> Path | None:
@@ -114,19 +147,33 @@ def widest_example(root: Path, split: str = "test", scan: int = 40) -> Path:
 
 @functools.lru_cache(maxsize=2)
 def audit_summary(source: str) -> dict:
-    """The duplicate audit's numbers (exact and near duplicates within and across splits); cached, ~10-30 s."""
+    """The duplicate audit's numbers (exact, near and mirrored twins within and across splits); cached, ~10-30 s."""
     from brainmri.duplicates import audit
 
-    return audit(load_records(source, "train"), load_records(source, "test")).summary()
+    test = load_records(source, "test")
+    return audit(load_records(source, "train"), test).summary(test.labels, test.class_names)
+
+
+def audit_text(source: str) -> str:
+    """The audit in words: of the data folder when it is there, else as train.data_summary precomputed it."""
+    if local_root(source) is not None:
+        return audit_markdown(audit_summary(source))
+    saved = precomputed()
+    if saved is None:
+        raise ValueError("no data folder and no precomputed audit here (python -m train.data_summary writes one)")
+    return audit_markdown(saved[2]) + "\n\n*Precomputed from the data folder by `python -m train.data_summary`.*"
 
 
 def example_images(data: str) -> list[tuple[str, str]]:
-    """One Testing image per class from the data folder or Hub dataset, as (path, class); none, with a warning,
-    when neither is there. Copied to the temp folder, which Gradio serves from (it serves no data folder elsewhere)."""
+    """Example images as (path, class): one Testing image per class from the data folder, else the shipped unseen
+    ones (examples/), else one per class from a Hub dataset; none, with a warning, when none is there. Copied to the
+    temp folder, which Gradio serves from (it serves no data folder elsewhere)."""
     out = Path(tempfile.gettempdir()) / "brainmri-examples"
     root = local_root(data)
     if root is not None:
         return [(str(p), c) for p, c in copy_examples(example_files(root, per_class=1), out)]
+    if shipped_examples():
+        return [(str(p), c) for p, c in copy_examples(shipped_examples(), out)]
     try:
         return [(str(p), c) for p, c in hub_examples(data, 1, out)]
     except ValueError as e:  # no data folder and no reachable Hub dataset only means no examples
@@ -137,13 +184,18 @@ def example_images(data: str) -> list[tuple[str, str]]:
 def audit_markdown(summary: dict) -> str:
     """The duplicate audit in words, for a reader (the numbers are brainmri.duplicates' summary)."""
     s = summary
-    clean = s["test_clean"]
+    unseen = s["test_unseen"] if "test_unseen" in s else s["test_clean"]  # "test_clean": summaries from before mirroring
+    mirrored = s.get("test_with_mirrored_twin_in_train_only", 0)
+    per_class = s.get("test_unseen_per_class", {})
+    classes = f" ({', '.join(f'{n} {c}' for c, n in per_class.items())})" if per_class else ""
     return "\n".join(
         [
-            f"- **{s['test_with_exact_twin_in_train']} Testing images** have a byte-identical copy in Training, and "
-            f"**{s['test_with_near_twin_in_train']}** have a near-identical one (32 x 32 greyscale, at most "
-            f"{s['near_threshold']:g} grey levels apart on average): a model has in effect seen them.",
-            f"- **{clean} Testing images** have no such twin: the *near-dedup* accuracies in the Experiments tab are measured on them.",
+            f"- **{s['test_with_exact_twin_in_train']} Testing images** have a byte-identical copy in Training, "
+            f"**{s['test_with_near_twin_in_train']}** have a near-identical one as they are (32 x 32 greyscale, at most "
+            f"{s['near_threshold']:g} grey levels apart on average) and **{mirrored}** more only once mirrored left-right, "
+            "as training's flips show them: a model has in effect seen them.",
+            f"- **{unseen} Testing images** have no such twin{classes}: the *unseen* accuracies in the Experiments tab "
+            "are measured on them, and the examples are chosen from them.",
             f"- Within Training, {s['near_pairs_train_train']} pairs of images are near-identical; the validation "
             "split keeps each group of them on one side, so validation accuracy is not inflated by them.",
             f"- Within Testing, {s['near_pairs_test_test']} pairs are near-identical.",
@@ -154,19 +206,29 @@ def audit_markdown(summary: dict) -> str:
 
 
 def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
-    """The Data tab: (note, class counts, Training samples, preprocessing steps for ``model``); the note says what is
-    missing when there is no local data folder. No server path is shown."""
+    """The Data tab: (note, class counts, Training samples, preprocessing steps for ``model``), from the data folder
+    when it is there, else as train.data_summary precomputed them; the note says which. No server path is shown."""
     import pandas as pd
 
     from brainmri.data import data_config
     from brainmri.imageio import load_image
 
     root = local_root(source)
-    if root is None:
+    saved = precomputed() if root is None else None
+    if root is None and saved is None:
         return "No data folder found (set `BRAIN_MRI_DATA` to the folder or a Hub dataset id).", None, None, None
-    counts = pd.DataFrame(class_counts(root))
-    samples = [(load_image(p), c) for p, c in example_files(root, per_class=2, split="train")]
-    first = widest_example(root)
+    if root is not None:
+        counts = pd.DataFrame(class_counts(root))
+        samples = [(load_image(p), c) for p, c in example_files(root, per_class=2, split="train")]
+        first = widest_example(root)
+        note = f"The data: images per class and split, samples, and one Testing slice through **{model_name}**'s preprocessing."
+    else:
+        counts = pd.DataFrame(saved[0])
+        samples = [(str(saved[1]), "two Training slices per class")]
+        first = shipped_examples()[0][0] if shipped_examples() else saved[1]
+        note = (
+            "The data, **precomputed** from the data folder (`python -m train.data_summary`; this server has none): images "
+            f"per class and split, samples, and one unseen Testing slice through **{model_name}**'s preprocessing."
+        )
     steps = preprocessing_steps(load_image(first), data_config(model))
-    note = f"The data: images per class and split, samples, and one Testing slice through **{model_name}**'s preprocessing."
     return note, counts, samples, steps
