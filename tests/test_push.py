@@ -242,3 +242,26 @@ def test_the_space_dry_run_lists_the_files_and_needs_no_token(api, monkeypatch, 
         assert push.main(["--space", "me/brain-mri", "--dry-run"]) == 0
     assert api.instances == [] and "-> Space me/brain-mri:" in caplog.text
     assert "checkpoints/tf_efficientnet_lite0/model.safetensors" in caplog.text
+
+
+def _front_matter(text: str | None = None) -> dict:
+    import yaml
+
+    text = (ROOT / "README.md").read_text() if text is None else text
+    assert text.startswith("---\n"), "README.md must open with the Space's front matter"
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_the_front_matter_matches_what_is_tested_and_pushed():
+    import sys
+
+    import gradio
+
+    front = _front_matter()
+    assert front["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"  # CI's Python, not the Space's 3.10
+    assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__ and front["app_file"] == "app.py"
+    assert 0 < len(front["short_description"]) <= 60
+    shipped = sorted(f.name for f in push.checkpoint_folders(ROOT / "checkpoints"))
+    assert sorted(front["models"]) == [f"{settings.hub_namespace()}/{n}" for n in shipped]  # the push's default namespace
+    rewritten = push.with_models((ROOT / "README.md").read_text(), shipped, "someone")
+    assert _front_matter(rewritten)["models"] == [f"someone/{n}" for n in shipped]
