@@ -202,18 +202,27 @@ def compare_tab(session: gr.State) -> gr.CheckboxGroup:
 
 
 def experiments_view():
-    table, full, sweep, names = experiments.tables()
-    sweep = gr.Dataframe(sweep, visible=sweep is not None)
+    table, full, sweep, short, names = experiments.tables()
+    sweep, short = gr.Dataframe(sweep, visible=sweep is not None), gr.Dataframe(short, visible=short is not None)
     name = gr.Dropdown(choices=names, value=names[0] if names else None)
-    return table, full, sweep, name, seed_markdown(), experiments.localisation_markdown()
+    cost, size, per_class = (gr.Image(p, visible=p is not None) for p in experiments.pictures())
+    return cost, size, per_class, table, full, sweep, short, name, seed_markdown(), experiments.localisation_markdown()
 
 
 def experiments_tab(tab: gr.Tab) -> None:
     gr.Markdown(experiments.ABOUT)
+    gr.Markdown(experiments.PICTURES_ABOUT)
+    picture = dict(type="filepath", interactive=False, buttons=["fullscreen"], visible=False, show_label=False)
+    with gr.Row():
+        cost = gr.Image(elem_id="accuracy-cost", **picture)
+        size = gr.Image(elem_id="accuracy-params", **picture)
+    per_class = gr.Image(elem_id="per-class", **picture)
     table = gr.Dataframe(label="Shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
     with gr.Accordion("All columns", open=False):
         full = gr.Dataframe(pinned_columns=1, show_label=False)
     sweep = gr.Dataframe(label="GPU sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False)
+    cut = "Cut short by their time budget: how far each model got, not what it can do"
+    short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
     localisation = gr.Markdown(elem_id="localisation")
     name = gr.Dropdown(label="Figures of checkpoint")
     figure = dict(type="filepath", interactive=False, height=380, buttons=["fullscreen"])
@@ -221,11 +230,12 @@ def experiments_tab(tab: gr.Tab) -> None:
         curves = gr.Image(label="Training curves", **figure)
         confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
     with gr.Row():
-        reliability = gr.Image(label="Reliability, near-dedup Testing", elem_id="reliability", **figure)
+        reliability = gr.Image(label="Reliability diagram", elem_id="reliability", **figure)
         hist = gr.Dataframe(label="history.csv (4 significant digits)", max_height=380)
     with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
         seed = gr.Markdown(elem_id="seed-table")
-    tab.select(experiments_view, None, [table, full, sweep, name, seed, localisation], api_visibility="private")
+    outputs = [cost, size, per_class, table, full, sweep, short, name, seed, localisation]
+    tab.select(experiments_view, None, outputs, api_visibility="private")
     name.change(experiments.figures_of, name, [curves, confusion, reliability, hist], api_visibility="private")
 
 

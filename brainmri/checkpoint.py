@@ -169,8 +169,9 @@ METRIC_COLUMNS = {
     "val_accuracy": ("validation", "accuracy"),
     "test_accuracy": ("test", "accuracy"),
     "test_accuracy_ci95": ("test", "accuracy_ci95"),
-    "test_dedup_accuracy": ("test_dedup", "accuracy"),
-    "test_dedup_accuracy_ci95": ("test_dedup", "accuracy_ci95"),
+    "test_unseen_accuracy": ("test_unseen", "accuracy"),  # Testing without any exact, near or mirrored twin in Training
+    "test_unseen_accuracy_ci95": ("test_unseen", "accuracy_ci95"),
+    "test_unseen_n": ("test_unseen", "n"),
     "test_loss": ("test", "loss"),
     "temperature": ("calibration", "temperature"),
     "test_ece_raw": ("calibration", "test_ece_before"),
@@ -183,6 +184,21 @@ METRIC_COLUMNS = {
     "grad_checkpointing": ("grad_checkpointing",),
     "stopped": ("stopped",),
 }
+
+
+# A run with fewer epochs than this, or ended by its time budget, says how far the model got, not what it can do.
+FINISHED_EPOCHS = 5
+
+
+def cut_short(epochs_run, stopped) -> bool:
+    """Whether a run was cut short: ended by its time budget (``stopped``), or after fewer than FINISHED_EPOCHS
+    epochs. Results tables show such rows apart from finished ones."""
+    if stopped == "time budget":
+        return True
+    try:
+        return int(epochs_run) < FINISHED_EPOCHS
+    except (TypeError, ValueError):  # not recorded: a failed or untested run, not a short one
+        return False
 
 
 def metric_columns(metrics: dict, columns: list[str] | None = None) -> dict:

@@ -24,7 +24,7 @@ def _fake_checkpoint(folder: Path, model: str, val: float, ci: list[float] | Non
         "train": {"accuracy": 0.99},
         "validation": {"accuracy": val},
         "test": {"accuracy": 0.9, "loss": 0.3, **({"accuracy_ci95": ci} if ci else {})},
-        "test_dedup": {"accuracy": 0.85},
+        "test_unseen": {"accuracy": 0.85, "accuracy_ci95": [0.8, 0.9], "n": 335},
         "train_seconds": 600,
         "calibration": {"temperature": 0.51234, "test_ece_before": 0.07783, "test_ece_after": 0.005352},
     }
@@ -40,7 +40,7 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     rows = experiments.experiment_table(tmp_path)
     assert [r["model"] for r in rows] == ["simple_cnn_7", "tf_efficientnet_lite0"]  # registry order; the broken one skipped
     lite = rows[1]
-    assert lite["val acc"] == "95.0%" and lite["near-dedup test acc"] == "85.0%" and lite["epochs (best)"] == "7 (5)"
+    assert lite["val acc"] == "95.0%" and lite["unseen test acc (95% CI)"] == "85.0% (80.0-90.0)" and lite["epochs (best)"] == "7 (5)"
     assert lite["test acc (95% CI)"] == "90.0% (88.0-92.0)" and rows[0]["test acc (95% CI)"] == "90.0%"  # no interval: none shown
     assert lite["train time"] == "10.0 min" and lite["family"] == "efficientnet"
     assert (lite["temperature"], lite["test ECE raw"], lite["test ECE calibrated"]) == (0.512, 0.0778, 0.0054)
@@ -112,19 +112,33 @@ def test_example_files_one_per_class_copied_to_a_servable_folder(data_dir: Path,
 def test_sweep_table_shows_only_sweep_runs_labelled_by_device(tmp_path: Path):
     csv_path = tmp_path / "experiments.csv"
     csv_path.write_text(
-        "model,device,run,epochs_run,test_accuracy,test_dedup_accuracy,train_seconds,img_per_s,pct_of_bound,status\n"
-        "simple_cnn_7,NVIDIA H200,shipped,20,0.8977,0.92,13.5,7792.5,3.0,ok\n"
-        "resnet18,NVIDIA H200,device_sweep,10,0.8783,0.88,6.2,8042.3,16.4,ok\n"
+        "model,device,run,epochs_run,stopped,test_unseen_accuracy,test_accuracy,train_seconds,img_per_s,pct_of_bound,status\n"
+        "simple_cnn_7,NVIDIA H200,shipped,20,epochs,0.92,0.8977,13.5,7792.5,3.0,ok\n"
+        "resnet18,NVIDIA H200,device_sweep,10,epochs,0.88,0.8783,6.2,8042.3,16.4,ok\n"
+        "efficientnet_b7,NVIDIA H200,device_sweep,2,time budget,,0.539,22,792,30,ok\n"
+        "efficientnet_b1,NVIDIA H200,device_sweep,7,time budget,,0.783,16,2187,19,ok\n"
+        "convnext_nano,NVIDIA H200,device_sweep,3,,,0.64,9,3434,14,ok\n"
     )
-    rows = experiments.results_table(csv_path)
-    assert rows == [
+    finished, short = experiments.results_tables(csv_path)
+    assert finished == [
         {
-            "model": "resnet18", "device": "NVIDIA H200", "run": "device_sweep", "epochs": "10", "test acc": "87.8%",
-            "near-dedup test acc": "88.0%", "train time (s)": "6", "img/s": "8,042", "% of bound": "16", "status": "ok",
+            "model": "resnet18", "device": "NVIDIA H200", "run": "device_sweep", "epochs": "10", "unseen test acc": "88.0%",
+            "test acc": "87.8%", "train time (s)": "6", "img/s": "8,042", "% of bound": "16", "status": "ok",
         }
     ]  # fmt: skip
+    # Ended by the budget, or under 5 epochs: apart from the finished runs, never beside them as a verdict on the model.
+    assert [r["model"] for r in short] == ["efficientnet_b7", "efficientnet_b1", "convnext_nano"]
+    assert experiments.results_table(csv_path) == finished
     csv_path.write_text("model,run\nsimple_cnn_7,shipped\n")
-    assert experiments.results_table(csv_path) is None  # only shipped rows: no sweep table at all
+    assert experiments.results_tables(csv_path) == (None, None)  # only shipped rows: no sweep table at all
+
+
+def test_pictures_are_the_files_train_plots_writes():
+    from train import plots
+
+    assert [p.name for p in experiments.PICTURES] == [plots.COST_PNG, plots.PARAMS_PNG, plots.PER_CLASS_PNG]
+    assert all(p.parent == experiments.RESULTS_DIR for p in experiments.PICTURES)
+    assert experiments.pictures() == tuple(str(p) for p in experiments.PICTURES)  # committed: the tab shows them
 
 
 def test_localisation_table_reads_the_report_half(tmp_path: Path):

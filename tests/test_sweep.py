@@ -17,7 +17,7 @@ import torch
 from brainmri.checkpoint import load_checkpoint
 from brainmri.registry import REGISTRY
 from train import pack as packing
-from train.results import COLUMNS, collect_rows, render_markdown, update_readme, write_tables
+from train.results import COLUMNS, collect_rows, render_markdown, update_section, write_tables
 from train.sweep import budget_for, load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +31,8 @@ REQUIRED = [
     "epochs_run",
     "best_epoch",
     "val_accuracy",
+    "test_unseen_accuracy",
     "test_accuracy",
-    "test_dedup_accuracy",
     "test_loss",
     "train_seconds",
     "img_per_s",
@@ -143,12 +143,12 @@ def test_pack_keeps_to_eight_files(tmp_path):
 def test_readme_section_is_replaced_between_its_markers_only(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- SECTION:results -->\nold\n<!-- /SECTION:results -->\n<!-- SECTION:sweep -->\nkeep\n")
-    update_readme(readme, "| table |\n", "note")
+    update_section(readme, "| table |\n", "note")
     text = readme.read_text()
     assert "old" not in text and "| table |" in text and "keep" in text and text.startswith("# x\n")
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="SECTION:results"):
-        update_readme(readme, "| table |\n", "note")
+        update_section(readme, "| table |\n", "note")
 
 
 def test_failed_models_are_rows_with_their_error(tmp_path):
@@ -179,7 +179,7 @@ def test_quick_device_run_on_cpu_writes_the_table_and_packs_it(tmp_path, data_di
     assert set(rows) == {"simple_cnn_7", "simple_cnn_10"} and set(REQUIRED) <= set(rows["simple_cnn_7"])
     for row in rows.values():
         assert row["device"] == "cpu" and row["status"] == "ok" and row["initialization"].startswith("random")
-        assert 0 <= float(row["test_accuracy"]) <= 1 and 0 <= float(row["test_dedup_accuracy"]) <= 1
+        assert 0 <= float(row["test_accuracy"]) <= 1 and 0 <= float(row["test_unseen_accuracy"]) <= 1
         assert int(row["best_epoch"]) <= int(row["epochs_run"]) <= 2 and float(row["img_per_s"]) > 0
     assert rows["simple_cnn_7"]["stopped"] == "epochs" and rows["simple_cnn_7"]["epochs_run"] == "2"
     assert rows["simple_cnn_10"]["stopped"] == "time budget" and rows["simple_cnn_10"]["epochs_run"] == "1"

@@ -68,9 +68,9 @@ def _parse_bool(text: str) -> bool:
 
 
 @functools.cache
-def field_help() -> dict[str, str]:
-    """Each TrainConfig field's comment, from the class's source: ``{"epochs": "most epochs to run", ...}``."""
-    source = inspect.getsource(TrainConfig)
+def field_help(config: type = TrainConfig) -> dict[str, str]:
+    """Each field's comment in the source of the dataclass ``config``: ``{"epochs": "most epochs to run", ...}``."""
+    source = inspect.getsource(config)
     comments = {
         t.start[0]: t.string.lstrip("# ").strip()
         for t in tokenize.generate_tokens(io.StringIO(source).readline)

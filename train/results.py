@@ -1,13 +1,16 @@
 """The experiments table: one row per trained model, from checkpoint folders' metrics.json.
 
-    python -m train.results                                   # checkpoints/ and runs/device_sweep/ -> results/
-    python -m train.results --from checkpoints runs/device_sweep --readme   # also README's results section
+    python -m train.results --docs        # checkpoints/ + results/experiments.csv's sweep rows -> results/, docs/, README
+    python -m train.results --from checkpoints runs/device_sweep --docs   # after a device sweep: its folders instead
 
-Writes ``results/experiments.csv`` (full precision) and ``results/experiments.md`` (rounded).
-``--readme`` replaces README.md between ``<!-- SECTION:results -->`` and
-``<!-- /SECTION:results -->`` with the Markdown table: generated, never typed. A folder
-given to ``--from`` is a checkpoint folder or holds them; a sweep's models that failed
-(its sweep.json) appear as rows with their error.
+Writes ``results/experiments.csv`` (full precision) and ``results/experiments.md`` (rounded): finished runs
+first, then, apart, the runs cut short by their time budget (brainmri.checkpoint.cut_short), whose accuracy
+says how far a model got, not what it can do. ``--docs`` replaces what lies between
+``<!-- SECTION:results -->`` and ``<!-- /SECTION:results -->`` (and the seed section) of docs/experiments.md,
+and the headline table of README.md: generated, never typed. A folder given to ``--from`` is a checkpoint
+folder or holds them; a sweep's models that failed (its sweep.json) appear as rows with their error. A CSV
+given to ``--from`` (an earlier results/experiments.csv) brings back its sweep rows, for sweeps whose folders
+are gone (they came back from a device lease once).
 """
 
 from __future__ import annotations
@@ -19,23 +22,27 @@ import logging
 import sys
 from pathlib import Path
 
-from brainmri.checkpoint import METRICS, has_metrics, metric_columns, read_metrics
+from brainmri.checkpoint import FINISHED_EPOCHS, METRICS, cut_short, has_metrics, metric_columns, read_metrics
 from brainmri.cli import setup_logging
-from brainmri.registry import REGISTRY
+from brainmri.registry import APP_DEFAULT, REGISTRY
 from brainmri.seed_report import seed_markdown
 from train.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 
 _logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "experiments.md"  # holds the results and seed sections
+README = ROOT / "README.md"  # holds the headline section
 SECTION = ("<!-- SECTION:results -->", "<!-- /SECTION:results -->")
 SEED_SECTION = ("<!-- SECTION:seed -->", "<!-- /SECTION:seed -->")
+HEADLINE_SECTION = ("<!-- SECTION:headline -->", "<!-- /SECTION:headline -->")
+SOURCES = ["checkpoints", "results/experiments.csv"]  # the shipped models, and the sweep rows kept from earlier device runs
 
 # The CSV's columns from metrics.json (brainmri.checkpoint.METRIC_COLUMNS, the map the app's table reads too).
 COLUMNS = [
-    "model", "parameters", "input_size", "initialization", "epochs_run", "best_epoch", "val_accuracy", "test_accuracy",
-    "test_dedup_accuracy", "test_loss", "train_seconds", "img_per_s", "peak_memory_gib", "device", "batch_size",
-    "grad_checkpointing", "stopped",
+    "model", "parameters", "input_size", "initialization", "epochs_run", "best_epoch", "val_accuracy", "test_unseen_accuracy",
+    "test_accuracy", "test_loss", "train_seconds", "img_per_s", "peak_memory_gib", "device", "batch_size",
+    "grad_checkpointing", "stopped", "test_unseen_n",
 ]  # fmt: skip
 EXTRA = ["bound_img_per_s", "pct_of_bound", "status", "run", "folder"]  # bound: train.roofline on the card's datasheet, GPU rows only
 
@@ -48,8 +55,8 @@ _MD = {
     "epochs_run": ("epochs", str),
     "best_epoch": ("best", str),
     "val_accuracy": ("val acc", lambda v: f"{100 * v:.1f}%"),
+    "test_unseen_accuracy": ("unseen test acc", lambda v: f"{100 * v:.1f}%"),
     "test_accuracy": ("test acc", lambda v: f"{100 * v:.1f}%"),
-    "test_dedup_accuracy": ("near-dedup test acc", lambda v: f"{100 * v:.1f}%"),
     "test_loss": ("test loss", lambda v: f"{v:.3f}"),
     "train_seconds": ("train time", lambda v: f"{v:.0f} s"),
     "img_per_s": ("img/s", lambda v: f"{v:,.0f}"),
@@ -100,8 +107,19 @@ def collect_rows(sources: list[str | Path]) -> list[dict]:
         folders = [source] if has_metrics(source) else sorted(p.parent for p in source.glob(f"*/{METRICS}"))
         rows += [metrics_row(f) for f in folders]
         rows += failed_rows(source)
+    return add_bounds(sort_rows(rows))
+
+
+def gather(sources: list[str | Path]) -> list[dict]:
+    """Rows of the checkpoint folders among ``sources`` and the sweep rows of the experiments.csv files among them."""
+    rows = collect_rows([s for s in sources if Path(s).is_dir()])
+    return sort_rows(rows + [r for s in sources if Path(s).suffix == ".csv" for r in csv_rows(s)])
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    """Registry order, then device, then folder."""
     order = {name: i for i, name in enumerate(REGISTRY)}
-    return add_bounds(sorted(rows, key=lambda r: (order.get(r["model"], len(order)), str(r["device"]), r["folder"])))
+    return sorted(rows, key=lambda r: (order.get(r["model"], len(order)), str(r["device"]), str(r["folder"])))
 
 
 def add_bounds(rows: list[dict], costs_csv: str | Path = COSTS_CSV) -> list[dict]:
@@ -116,8 +134,46 @@ def add_bounds(rows: list[dict], costs_csv: str | Path = COSTS_CSV) -> list[dict
     return rows
 
 
+def csv_rows(path: str | Path) -> list[dict]:
+    """The sweep rows (run other than "shipped") of an earlier experiments.csv, with numbers as numbers."""
+    with Path(path).open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("run") not in (None, "", "shipped")]
+    return [{**dict.fromkeys([*COLUMNS, *EXTRA]), **{k: _typed(v) for k, v in r.items() if k in (*COLUMNS, *EXTRA)}} for r in rows]
+
+
+def _typed(text: str):
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def is_cut_short(row: dict) -> bool:
+    return row["status"] == "ok" and cut_short(row.get("epochs_run"), row.get("stopped"))
+
+
 def render_markdown(rows: list[dict]) -> str:
-    """The table in Markdown; empty cells for what a row lacks, the error for a failed model."""
+    """The finished runs' table in Markdown, then the runs cut short by their time budget in a table of their own;
+    empty cells for what a row lacks (unseen: before ``test_unseen`` was measured), the error for a failed model."""
+    finished, short = [r for r in rows if not is_cut_short(r)], [r for r in rows if is_cut_short(r)]
+    text = _markdown_table(finished)
+    if short:
+        epochs = sorted(r["epochs_run"] for r in short if r.get("epochs_run"))
+        span = f" ({epochs[0]}-{epochs[-1]} epochs)" if epochs else ""
+        text += (
+            f"\n**Cut short** by their time budget or under {FINISHED_EPOCHS} epochs{span}: how far each model got, not what "
+            "it can do.\n\n" + _markdown_table(short)
+        )
+    return text
+
+
+def _markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(h for h, _ in _MD.values()) + " |", "|" + "---|" * len(_MD)]
     for row in rows:
         cells = [fmt(row[col]) if row.get(col) is not None else "" for col, (_, fmt) in _MD.items()]
@@ -125,6 +181,31 @@ def render_markdown(rows: list[dict]) -> str:
             cells[1] = row["status"].replace("|", "/")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
+    """The README's table: each shipped model's unseen-Testing accuracy (the honest figure) with its 95% interval,
+    the official Testing beside it, best unseen first (Testing where unseen is not measured yet)."""
+    rows = []
+    for folder in sorted(p.parent for p in Path(root).glob(f"*/{METRICS}")):
+        m = metric_columns(read_metrics(folder))
+        rows.append(m)
+    rows.sort(key=lambda m: -(m["test_unseen_accuracy"] or m["test_accuracy"] or 0))
+    lines = ["| model | unseen Testing (95% CI) | n | official Testing (95% CI) | params | input |", "|---|---|---:|---|---:|---:|"]
+    for m in rows:
+        name = f"`{m['model']}`" + (" (app default)" if m["model"] == APP_DEFAULT else "")
+        params = "" if m["parameters"] is None else f"{m['parameters'] / 1e6:.1f} M"
+        lines.append(
+            f"| {name} | {_pct_ci(m['test_unseen_accuracy'], m['test_unseen_accuracy_ci95'])} | {m['test_unseen_n'] or ''} "
+            f"| {_pct_ci(m['test_accuracy'], m['test_accuracy_ci95'])} | {params} | {m['input_size'] or ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pct_ci(value: float | None, ci: list | None) -> str:
+    if value is None:
+        return "not measured"
+    return f"{100 * value:.2f}%" + (f" ({100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if ci else "")
 
 
 def write_tables(rows: list[dict], out: str | Path) -> tuple[Path, Path]:
@@ -140,42 +221,52 @@ def write_tables(rows: list[dict], out: str | Path) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
-def update_readme(readme: str | Path, markdown: str, note: str, section: tuple[str, str] = SECTION) -> None:
-    """Replace what lies between the ``section`` markers of ``readme``; ValueError if they are missing."""
-    readme = Path(readme)
-    text = readme.read_text()
+def update_section(path: str | Path, markdown: str, note: str, section: tuple[str, str] = SECTION) -> None:
+    """Replace what lies between the ``section`` markers of the Markdown file ``path``; ValueError if they are missing."""
+    path = Path(path)
+    text = path.read_text()
     start, end = section
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise ValueError(f"{readme} needs one {start} ... {end} pair")
+        raise ValueError(f"{path} needs one {start} ... {end} pair")
     head, rest = text.split(start)
     _, tail = rest.split(end)
-    readme.write_text(f"{head}{start}\n{note}\n\n{markdown}{end}{tail}")
+    path.write_text(f"{head}{start}\n{note}\n\n{markdown}{end}{tail}")
+
+
+def update_docs(sources: list[str], tables_md: str, docs: str | Path = DOCS, readme: str | Path = README) -> None:
+    """Write the generated tables where the docs read them: results and seed sections of ``docs``, headline of
+    ``readme`` (from the checkpoints among ``sources``)."""
+    note = (
+        f"Generated by `python -m train.results --docs` from {', '.join(f'`{s}`' for s in sources)}; "
+        "full precision in `results/experiments.csv`. *Unseen* is Testing without the images that have an exact, near or "
+        "mirrored twin in Training (empty where not measured yet); *test* is the official Testing split."
+    )
+    seed_note = "Generated by `python -m train.results --docs` from the shipped `simple_cnn_*` checkpoints (brainmri.seed_report)."
+    update_section(docs, tables_md, note)
+    update_section(docs, seed_markdown(), seed_note, SEED_SECTION)
+    checkpoints = next((s for s in sources if Path(s).is_dir() and Path(s).name == "checkpoints"), ROOT / "checkpoints")
+    headline_note = f"Generated by `python -m train.results --docs` from `{Path(checkpoints).name}/*/metrics.json`."
+    update_section(readme, headline_markdown(checkpoints), headline_note, HEADLINE_SECTION)
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="sources", nargs="+", default=["checkpoints", "runs/device_sweep"], help="folders to tabulate")
-    parser.add_argument("--out", default=str(ROOT / "results"), help="where experiments.csv and .md go")
-    parser.add_argument("--readme", nargs="?", const=str(ROOT / "README.md"), help="also rewrite this README's results section")
+    sources_help = "checkpoint folders, folders of them, or an earlier experiments.csv for its sweep rows (default: %(default)s)"
+    parser.add_argument("--from", dest="sources", nargs="+", default=SOURCES, help=sources_help)
+    parser.add_argument("--out", default=str(ROOT / "results"), help="where experiments.csv and .md go (default: %(default)s)")
+    parser.add_argument("--docs", action="store_true", help="also rewrite the generated tables of docs/experiments.md and README.md")
     args = parser.parse_args(argv)
-    sources = [s for s in args.sources if Path(s).is_dir()]
-    rows = collect_rows(sources)
+    sources = [s for s in args.sources if Path(s).is_dir() or Path(s).suffix == ".csv" and Path(s).is_file()]
+    rows = gather(sources)  # an experiments.csv among them is read before it is rewritten
     if not rows:
         _logger.error("no metrics.json under %s", ", ".join(args.sources))
         return 2
     csv_path, md_path = write_tables(rows, args.out)
     _logger.info("wrote %s and %s (%d rows)", csv_path, md_path, len(rows))
-    if args.readme:
-        note = (
-            f"Generated by `python -m train.results --readme` from {', '.join(f'`{s}`' for s in sources)}; "
-            "full precision in `results/experiments.csv`. Test accuracy is on the official Testing split, "
-            "near-dedup on its images with no (near-)twin in Training."
-        )
-        seed_note = "Generated by `python -m train.results --readme` from the shipped `simple_cnn_*` checkpoints (brainmri.seed_report)."
+    if args.docs:
         try:
-            update_readme(args.readme, md_path.read_text(), note)
-            update_readme(args.readme, seed_markdown(), seed_note, SEED_SECTION)
+            update_docs(sources, md_path.read_text())
         except ValueError as e:
             _logger.error("%s", e)
             return 2

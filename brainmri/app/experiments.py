@@ -3,7 +3,10 @@
 Each checkpoint folder holds ``metrics.json``, ``history.csv``, ``curves.png``,
 ``confusion.png`` and ``reliability.png`` (written by train/train.py, train/evaluate.py and
 train/calibrate.py). The GPU sweep writes ``results/experiments.csv``, shown as it is when
-present; train/cam_sanity.py writes ``results/cam_sanity.json``, the heatmaps' in-brain share.
+present, its runs cut short by their time budget apart from the finished ones; train/cam_sanity.py writes
+``results/cam_sanity.json``, the heatmaps' in-brain share; ``python -m train.plots`` draws
+``results/accuracy_cost.png``, ``accuracy_params.png`` and ``per_class.png``, the pictures that compare the shipped
+models.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainmri.checkpoint import HISTORY, has_metrics, metric_columns, read_metrics
+from brainmri.checkpoint import HISTORY, cut_short, has_metrics, metric_columns, read_metrics
 from brainmri.registry import REGISTRY
 from brainmri.settings import checkpoint_dir
 
@@ -25,18 +28,29 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 RESULTS_CSV = RESULTS_DIR / "experiments.csv"
 CAM_SANITY_JSON = RESULTS_DIR / "cam_sanity.json"
 CAM_LOCALISATION_JSON = RESULTS_DIR / "cam_localisation.json"
+PICTURES = tuple(RESULTS_DIR / f for f in ("accuracy_cost.png", "accuracy_params.png", "per_class.png"))  # python -m train.plots
 # The compact table a visitor reads first (the name pinned on the left); ALL_COLUMNS behind "all columns".
-COLUMNS = ["model", "test acc (95% CI)", "near-dedup test acc", "val acc", "family", "input px", "initialisation", "train time", "device"]
+COLUMNS = [
+    "model", "unseen test acc (95% CI)", "test acc (95% CI)", "val acc", "family", "input px", "initialisation", "train time", "device",
+]  # fmt: skip
 ALL_COLUMNS = [
     *COLUMNS, "parameters", "epochs (best)", "train acc", "test loss", "temperature", "test ECE raw", "test ECE calibrated",
     "heatmap in brain",
 ]  # fmt: skip
 ABOUT = (
-    "Every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Test acc*: the official "
-    "Testing split, with a 95% bootstrap interval; *near-dedup*: Testing without the images that have a near-identical "
-    "twin in Training (the honest figure). *Val acc*: the validation split cut from Training, used to choose epochs. "
+    "Every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Unseen test acc*: "
+    "Testing without the images that have an exact, near or mirrored twin in Training (the honest figure), with a 95% "
+    "bootstrap interval; *test acc*: the official Testing split. *Val acc*: the validation split cut from Training, "
+    "used to choose epochs. "
     "*ECE*: expected calibration error on Testing, raw and temperature-scaled. *Heatmap in brain*: mean share of "
     "Grad-CAM mass inside an intensity brain mask (a uniform map scores about 0.50)."
+)
+
+PICTURES_ABOUT = (
+    "**Which model is best for what it costs?** Each dot a shipped model: its unseen-Testing accuracy with the 95% "
+    "interval, against the compute of one forward pass and against its size (hollow: no unseen figure yet, official "
+    "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m train.plots` "
+    "from the checkpoints' `metrics.json`; the full-screen button enlarges a picture."
 )
 
 
@@ -84,8 +98,8 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
     seconds = m["train_seconds"]
     return {
         "model": name,
+        "unseen test acc (95% CI)": _pct(m["test_unseen_accuracy"], m["test_unseen_accuracy_ci95"]),
         "test acc (95% CI)": _pct(m["test_accuracy"], m["test_accuracy_ci95"]),
-        "near-dedup test acc": _pct(m["test_dedup_accuracy"], m["test_dedup_accuracy_ci95"]),
         "val acc": _pct(m["val_accuracy"]),
         "family": spec.family if spec else "",
         "input px": m["input_size"],
@@ -116,27 +130,41 @@ def experiment_table(root: str | Path | None = None) -> list[dict]:
 
 # The sweep table: what a reader compares across runs and devices (results/experiments.csv has every column).
 SWEEP_COLUMNS = {
-    "model": "model", "device": "device", "run": "run", "epochs_run": "epochs", "test_accuracy": "test acc",
-    "test_dedup_accuracy": "near-dedup test acc", "train_seconds": "train time (s)", "img_per_s": "img/s",
-    "pct_of_bound": "% of bound", "status": "status",
+    "model": "model", "device": "device", "run": "run", "epochs_run": "epochs", "test_unseen_accuracy": "unseen test acc",
+    "test_accuracy": "test acc", "train_seconds": "train time (s)", "img_per_s": "img/s", "pct_of_bound": "% of bound",
+    "status": "status",
 }  # fmt: skip
 
 
-def results_table(path: str | Path = RESULTS_CSV) -> list[dict] | None:
+def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, list[dict] | None]:
     """The sweep runs of results/experiments.csv (not the shipped checkpoints, already in the table above), labelled
-    by device; None when there are none."""
+    by device: the finished ones, and apart those cut short by their time budget (brainmri.checkpoint.cut_short);
+    None for either when there are none."""
     path = Path(path)
     if not path.is_file():
-        return None
+        return None, None
     with path.open(newline="") as f:
         runs = [r for r in csv.DictReader(f) if r.get("run") not in (None, "", "shipped")]
-    return [{label: _sweep_cell(key, r.get(key)) for key, label in SWEEP_COLUMNS.items()} for r in runs] or None
+    short = [r.get("status", "ok") == "ok" and cut_short(r.get("epochs_run"), r.get("stopped")) for r in runs]
+    rows = [{label: _sweep_cell(key, r.get(key)) for key, label in SWEEP_COLUMNS.items()} for r in runs]
+    finished, cut = [r for r, s in zip(rows, short) if not s], [r for r, s in zip(rows, short) if s]
+    return finished or None, cut or None
+
+
+def results_table(path: str | Path = RESULTS_CSV) -> list[dict] | None:
+    """The finished sweep runs of :func:`results_tables`."""
+    return results_tables(path)[0]
+
+
+def pictures() -> tuple[str | None, ...]:
+    """Accuracy against compute and against size, and per class (``python -m train.plots``); None where not drawn yet."""
+    return tuple(str(p) if p.is_file() else None for p in PICTURES)
 
 
 def _sweep_cell(key: str, value: str | None) -> str:
     if value in (None, ""):
         return ""
-    if key in ("test_accuracy", "test_dedup_accuracy"):
+    if key in ("test_accuracy", "test_unseen_accuracy"):
         return _pct(float(value))
     if key in ("train_seconds", "img_per_s", "pct_of_bound"):
         return f"{float(value):,.0f}"
@@ -206,8 +234,13 @@ def figures_of(name: str | None, root: str | Path | None = None) -> tuple:
     return *(figure(folder, f) for f in FIGURES), pd.DataFrame(history(folder))
 
 
-def tables(root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, list[str]]:
-    """The Experiments tab's tables: the compact one, all columns, the sweep runs (None without any), and the names."""
-    rows, sweep = experiment_table(root), results_table()
+def tables(root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, list[str]]:
+    """The Experiments tab's tables: the compact one, all columns, the finished sweep runs and those cut short (None
+    without any), and the names."""
+    rows, (sweep, short) = experiment_table(root), results_tables()
     compact, full = pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(rows, columns=ALL_COLUMNS)
-    return compact, full, None if sweep is None else pd.DataFrame(sweep), [r["model"] for r in rows]
+    return compact, full, _frame(sweep), _frame(short), [r["model"] for r in rows]
+
+
+def _frame(rows: list[dict] | None) -> pd.DataFrame | None:
+    return None if rows is None else pd.DataFrame(rows)

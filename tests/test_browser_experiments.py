@@ -1,0 +1,52 @@
+"""The Experiments tab in a real browser, at desktop and phone size: the pictures that compare the models first,
+then the tables, the cut-short sweep runs apart. Screenshots in tests/artifacts/ (git-ignored)."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, chromium  # noqa: F401  (the fixture that checks Chromium)
+
+
+def _open_experiments(page, url: str) -> None:
+    page.goto(url, wait_until="load", timeout=60000)
+    page.get_by_role("tab", name="Experiments").click()
+    expect(page.locator("#experiments-table")).to_contain_text("unseen test acc", timeout=30_000)
+    for selector in ("#accuracy-cost img", "#accuracy-params img", "#per-class img"):
+        picture = page.locator(selector)
+        expect(picture).to_be_visible(timeout=30_000)
+        assert picture.evaluate("img => img.complete && img.naturalWidth") > 600, f"{selector} did not load"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(1400, 1000), (390, 844)], ids=["desktop", "phone"])
+def test_the_experiments_tab_shows_the_pictures_first(app_url: str, size: tuple[int, int]):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    width, height = size
+    name = "desktop" if width > 1000 else "phone"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            phone = {"is_mobile": True, "has_touch": True} if name == "phone" else {}
+            page = browser.new_page(viewport={"width": width, "height": height}, **phone)
+            _open_experiments(page, app_url)
+            cost, table = page.locator("#accuracy-cost img").bounding_box(), page.locator("#experiments-table").bounding_box()
+            assert cost["y"] < table["y"], "the accuracy-against-cost picture comes before the tables"
+            assert cost["x"] >= 0 and cost["x"] + cost["width"] <= width + 1, "the picture is wider than the screen"
+            size = page.locator("#accuracy-params img").bounding_box()
+            if name == "desktop":  # side by side, each readable without opening it full screen
+                assert abs(cost["y"] - size["y"]) < 2 and cost["width"] > 550
+            else:  # one under the other, each the screen's width
+                assert size["y"] >= cost["y"] + cost["height"] - 1 and cost["width"] > 300
+            short = page.locator("#cut-short")
+            expect(short).to_contain_text("Cut short by their time budget")
+            expect(short).to_contain_text("efficientnet_b7")  # the 2-epoch run, apart from the finished ones
+            page.locator("#accuracy-cost").screenshot(path=str(ARTIFACTS / f"{name}_accuracy_cost.png"))
+            page.locator("#accuracy-params").screenshot(path=str(ARTIFACTS / f"{name}_accuracy_params.png"))
+            page.locator("#per-class").screenshot(path=str(ARTIFACTS / f"{name}_per_class.png"))
+            page.screenshot(path=str(ARTIFACTS / f"{name}_experiments_pictures.png"), full_page=True)
+            assert page.evaluate("document.documentElement.scrollWidth") <= width + 1  # no sideways scrolling of the page
+        finally:
+            browser.close()

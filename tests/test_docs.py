@@ -1,0 +1,81 @@
+"""The README is a front page and docs/ holds the rest; every generated table sits where its generator writes it.
+
+``python -m train.results --docs`` writes the results and seed tables into docs/experiments.md and the headline
+table into README.md, between their ``SECTION`` markers. Here the generator runs on copies of both files from
+today's checkpoints and results/experiments.csv: the copies must come out unchanged (rerun the command after
+metrics.json changes), and nothing outside the markers may move.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from train import results
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+SPACE = "space.md"  # publishing the Space: written alongside this page (issue 20), linked before it lands
+
+
+def _markers(path: Path, section: tuple[str, str]) -> int:
+    text = path.read_text()
+    return min(text.count(section[0]), text.count(section[1]))
+
+
+def test_the_generator_writes_where_the_docs_read():
+    assert results.DOCS == DOCS / "experiments.md" and results.README == README
+    for section in (results.SECTION, results.SEED_SECTION):
+        assert _markers(results.DOCS, section) == 1, f"docs/experiments.md needs one {section[0]} pair"
+        assert _markers(README, section) == 0, f"{section[0]} moved to docs/experiments.md; the README must not hold a stale copy"
+    assert _markers(README, results.HEADLINE_SECTION) == 1
+
+
+def test_the_generated_tables_are_what_the_checkpoints_say_today(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the sources are named relative to the repository, as in the command
+    docs, readme = tmp_path / "experiments.md", tmp_path / "README.md"
+    shutil.copy(results.DOCS, docs)
+    shutil.copy(README, readme)
+    rows = results.gather(results.SOURCES)
+    results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme)
+    assert docs.read_text() == results.DOCS.read_text(), "docs/experiments.md is stale: python -m train.results --docs"
+    assert readme.read_text() == README.read_text(), "the README's headline table is stale: python -m train.results --docs"
+
+
+def test_cut_short_runs_sit_apart_from_finished_ones():
+    rows = [
+        {**dict.fromkeys([*results.COLUMNS, *results.EXTRA]), "model": m, "epochs_run": e, "stopped": s, "status": "ok"}
+        for m, e, s in (("resnet18", 10, "epochs"), ("efficientnet_b7", 2, "time budget"), ("efficientnet_b1", 7, "time budget"))
+    ]
+    finished, short = results.render_markdown(rows).split("**Cut short**")
+    assert "| resnet18 |" in finished and "efficientnet" not in finished
+    assert "| efficientnet_b7 |" in short and "| efficientnet_b1 |" in short and "(2-7 epochs)" in short
+    assert "Cut short" not in results.render_markdown(rows[:1])  # nothing cut short: one table
+
+
+def test_the_readme_is_a_front_page():
+    text = README.read_text()
+    body = text.split("---", 2)[2]  # after the Space's YAML front matter
+    assert len(body.splitlines()) <= 150
+    for needle in ("pip install -r requirements-dev.txt", "python app.py", "python -m pytest -q", "## Layout"):
+        assert needle in body
+    assert "unseen Testing" in body and "## Where the tumour is" in body and "## Honest numbers" in body
+
+
+@pytest.mark.parametrize("doc", sorted(p.name for p in DOCS.glob("*.md")))
+def test_every_doc_is_linked_and_its_links_resolve(doc):
+    assert f"docs/{doc}" in README.read_text(), f"the README does not link docs/{doc}"
+    path = DOCS / doc
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+        if not target.startswith("http") and target != SPACE:
+            assert (path.parent / target).exists(), f"{doc} links {target}, which is not there"
+
+
+def test_the_readme_links_resolve():
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text()):
+        if not target.startswith("http") and target != f"docs/{SPACE}":
+            assert (ROOT / target).exists(), f"README links {target}, which is not there"

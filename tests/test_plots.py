@@ -1,0 +1,55 @@
+"""The comparison pictures (train.plots): drawn from metrics.json, unseen Testing first, Testing where it is missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from train import plots
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+def _checkpoint(root: Path, name: str, test: float, unseen: float | None) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    per_class = {c: {"recall": test - 0.01 * i} for i, c in enumerate(CLASSES)}
+    metrics = {
+        "model": name,
+        "parameters": 400_000,
+        "input_size": 128,
+        "test": {"accuracy": test, "accuracy_ci95": [test - 0.02, test + 0.01], "n": 1311, "per_class": per_class},
+    }
+    if unseen is not None:
+        metrics["test_unseen"] = {"accuracy": unseen, "accuracy_ci95": [unseen - 0.05, 1.0], "n": 335, "per_class": per_class}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_the_pictures_show_unseen_first_and_fall_back_to_testing(tmp_path: Path):
+    _checkpoint(tmp_path / "ck", "simple_cnn_7", 0.90, 0.85)
+    _checkpoint(tmp_path / "ck", "simple_cnn_10", 0.93, None)  # before test_unseen was measured
+    written = plots.write_plots(tmp_path / "ck", tmp_path / "out")
+    assert [p.name for p in written] == [plots.COST_PNG, plots.PARAMS_PNG, plots.PER_CLASS_PNG, plots.POINTS_JSON]
+    for png in written[:3]:
+        with Image.open(png) as image:
+            assert image.width > 500 and image.height > 200
+    points = {p["model"]: p for p in json.loads(written[3].read_text())["models"]}
+    assert (points["simple_cnn_7"]["split"], points["simple_cnn_7"]["accuracy"]) == ("test_unseen", 0.85)
+    assert (points["simple_cnn_10"]["split"], points["simple_cnn_10"]["accuracy"]) == ("test", 0.93)
+    assert 0 < points["simple_cnn_7"]["gmacs"] < points["simple_cnn_10"]["gmacs"] < 1  # three more convolutions
+    assert points["simple_cnn_7"]["per_class"]["meningioma"] == 0.89
+
+
+def test_the_committed_pictures_are_drawn_from_the_shipped_metrics():
+    """results/plots.json (every number the committed pictures draw) is what the checkpoints say today: rerun
+    ``python -m train.plots`` after metrics.json changes."""
+    committed = {p["model"]: p for p in json.loads((ROOT / "results" / plots.POINTS_JSON).read_text())["models"]}
+    now = {p["model"]: p for p in plots.model_points(ROOT / "checkpoints", count_macs=False)}
+    assert set(committed) == set(now)
+    for name, point in now.items():
+        for key in ("split", "accuracy", "ci95", "n", "per_class", "parameters"):
+            assert committed[name][key] == point[key], f"{name} {key}: rerun python -m train.plots"
+        assert committed[name]["gmacs"] > 0
