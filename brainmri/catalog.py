@@ -118,7 +118,8 @@ def app_default_model(sources: dict[str, ModelSource]) -> str | None:
     """The model the app selects first: ``BRAIN_MRI_DEFAULT_MODEL``, else the registry's ``APP_DEFAULT``
     when available, else the available local model with the best validation accuracy.
 
-    Chosen on validation, not test, accuracy: the test set is for reporting only.
+    Chosen on leak-free validation (each checkpoint's ``val_split.txt``: no image with a twin, mirrored or not,
+    in its train part), never on Testing: the test set is for reporting only.
     """
     available = [s for s in sources.values() if s.available]
     override = default_model()
@@ -138,21 +139,22 @@ FAMILY_TITLES = {"efficientnet": "EfficientNet", "simple": "Simple CNN", "baseli
 FAMILY_ORDER = list(FAMILY_TITLES)  # the dropdown's groups, the shipped default's family first
 
 
-def testing_accuracy(source: ModelSource) -> float | None:
-    """Accuracy on the official Testing split from a local checkpoint's metrics.json; None when unknown."""
+def unseen_accuracy(source: ModelSource) -> float | None:
+    """Accuracy on the unseen Testing images (no twin in Training, mirrored or not) from a local checkpoint's
+    metrics.json; None when unknown."""
     if source.where != "local":
         return None
     try:
-        return float(read_metrics(source.location)["test"]["accuracy"])
+        return float(read_metrics(source.location)["test_unseen"]["accuracy"])
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def model_label(source: ModelSource) -> str:
-    """What a dropdown shows for a model: its family, what it is, and its Testing accuracy."""
+    """What a dropdown shows for a model: its family, what it is, and its accuracy on unseen Testing images."""
     spec = get_spec(source.name)
-    acc = testing_accuracy(source)
-    score = f"{100 * acc:.1f}% on Testing" if acc is not None else "Testing accuracy not measured"
+    acc = unseen_accuracy(source)
+    score = f"{100 * acc:.1f}% on unseen Testing" if acc is not None else "Testing accuracy not measured"
     return f"{FAMILY_TITLES.get(spec.family, spec.family)} · {spec.about or spec.name} ({score})"
 
 

@@ -60,9 +60,19 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: li
         "accuracy_ci95": [lo, hi],
         "loss": float(log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=classes)),
         "ece": expected_calibration_error(probs, labels),
+        # Per class, "accuracy" is the recall (the share of that class's images called right), with its interval:
+        # wide where a class has few images.
         "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+            name: {
+                "precision": float(p),
+                "recall": float(r),
+                "f1": float(f),
+                "support": int(s),
+                "n": int(s),
+                "accuracy": float(r),
+                "accuracy_ci95": list(bootstrap_accuracy_ci((preds == labels)[labels == c].astype(float))) if s else None,
+            }
+            for c, (name, p, r, f, s) in enumerate(zip(class_names, precision, recall, f1, support))
         },
         "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
     }

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brainmri.checkpoint import OOD_CONFIG, OOD_TENSORS, read_config, read_metrics  # noqa: E402
+from brainmri.checkpoint import OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config, read_metrics  # noqa: E402
 from brainmri.metrics import expected_calibration_error, reliability_bins  # noqa: E402
 
 
@@ -97,12 +97,12 @@ def write_model_card(folder: str | Path) -> Path:
     config = read_config(folder)
     metrics = read_metrics(folder)
     name = config.get("registry_name", config["architecture"])
-    test, dedup = metrics.get("test"), metrics.get("test_dedup")
+    test, unseen = metrics.get("test"), metrics.get("test_unseen")
     results = []
+    if unseen:
+        results.append(_metric_block("Unseen test accuracy", unseen["accuracy"], "Testing without Training twins, mirrored ones included"))
     if test:
         results.append(_metric_block("Test accuracy", test["accuracy"], "official Testing split"))
-    if dedup:
-        results.append(_metric_block("Near-dedup test accuracy", dedup["accuracy"], "Testing without Training twins"))
     pcfg = config["pretrained_cfg"]
     lines = [
         "---",
@@ -136,9 +136,10 @@ def write_model_card(folder: str | Path) -> Path:
         "|---|---:|---|---:|---:|",
     ]
     for key, label in (
-        ("validation", "validation (cut from Training)"),
+        ("test_unseen", "**unseen Testing** (no twin in Training, mirrored or not)"),
         ("test", "official Testing"),
-        ("test_dedup", "Testing, near-deduplicated"),
+        ("validation", "validation, leak-free (`val_split.txt`)" if (folder / VAL_SPLIT).is_file() else "validation (cut from Training)"),
+        ("validation_leaky", "validation as first measured, mirrored twins of training images included"),
     ):
         r = metrics.get(key)
         if r:
@@ -154,15 +155,27 @@ def write_model_card(folder: str | Path) -> Path:
             f" {cal['val_ece_before']:.4f} -> {cal['val_ece_after']:.4f}"
             + "".join(
                 f", {label} {cal[f'{key}_ece_before']:.4f} -> {cal[f'{key}_ece_after']:.4f}"
-                for key, label in (("test", "Testing"), ("test_dedup", "near-dedup Testing"))
+                for key, label in (("test", "Testing"), ("test_unseen", "unseen Testing"))
                 if f"{key}_ece_before" in cal
             )
             + ". Reliability diagram: `reliability.png`.",
         ]
+    per_class = (unseen or {}).get("per_class", {})
+    if per_class and "accuracy_ci95" in next(iter(per_class.values())):
+        lines += [
+            "",
+            "Unseen Testing by class: "
+            + "; ".join(
+                f"{c} {r['accuracy']:.1%} of {r['n']}" + (f" ({r['accuracy_ci95'][0]:.0%}-{r['accuracy_ci95'][1]:.0%})" if r["n"] else "")
+                for c, r in per_class.items()
+            )
+            + ". Few meningioma and no-tumour images are unseen, so their intervals are wide.",
+        ]
     lines += [
         "",
-        "216 Testing images have a byte-identical copy in Training and 472 a near-duplicate, so the",
-        "official Testing accuracy overstates performance on unseen scans; the near-deduplicated row does not.",
+        "Most Testing images have a twin in Training: byte-identical, near-identical, or the same slice mirrored left-right",
+        "(training flips images, so a mirrored twin is a training image). The official Testing accuracy therefore overstates",
+        "performance on unseen scans; the unseen row counts only the Testing images with no twin in either orientation.",
         "",
         "## Use",
         "",

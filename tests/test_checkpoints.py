@@ -3,8 +3,8 @@
 Nothing of brainmri's data or evaluation code is used: the model comes from
 ``timm.create_model("local-dir:...")``, preprocessing from timm's own eval transform of the
 folder's pretrained_cfg, the images straight from the Testing folders with PIL, and the
-near-duplicate subset from its definition (32 x 32 greyscale, mean |difference| <= 2
-grey levels to some Training image).
+unseen subset from its definition (32 x 32 greyscale, mean |difference| <= 2 grey levels to
+some Training image or to its left-right mirror image).
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ import brainmri  # noqa: F401  (registers simple_cnn_* with timm for local-dir:)
 from brainmri.settings import checkpoint_dir
 
 CHECKPOINT_DIR = checkpoint_dir()  # collected once: the folders parametrise the tests below
-FOLDERS = sorted(p for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file()) if CHECKPOINT_DIR.is_dir() else []
+# Classifiers: timm folders (the tumour segmenter's folder is smp's, tested in tests/test_segmentation.py).
+FOLDERS = sorted(
+    p for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file() and "pretrained_cfg" in (p / "config.json").read_text()
+)
+FOLDERS = FOLDERS if CHECKPOINT_DIR.is_dir() else []
 MAX_BYTES = 20 * 2**20
 
 
@@ -45,17 +49,23 @@ def thumbnails(files: list[Path]) -> torch.Tensor:
     )
 
 
+def has_no_twin(query: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: no thumbnail of ``seen``, as is or mirrored left-right, within 2 grey levels of the query's."""
+    mirrored = seen.view(-1, 32, 32).flip(-1).reshape(len(seen), -1)
+    alone = torch.ones(len(query), dtype=torch.bool)
+    for start in range(0, len(query), 128):
+        for reference in (seen, mirrored):
+            distance = torch.cdist(query[start : start + 128], reference, p=1) / query.shape[1]
+            alone[start : start + 128] &= ~(distance <= 2.0).any(dim=1)
+    return alone
+
+
 @pytest.fixture(scope="module")
 def testing(data_dir: Path) -> dict:
-    """The Testing files, their class names, and which have no (near-)twin in Training."""
+    """The Testing files, their class names, and which have no twin in Training in either orientation."""
     test = image_files(data_dir / "Testing")
-    train_thumbs = thumbnails([f for f, _ in image_files(data_dir / "Training")])
-    test_thumbs = thumbnails([f for f, _ in test])
-    clean = torch.ones(len(test), dtype=torch.bool)
-    for start in range(0, len(test), 128):
-        distance = torch.cdist(test_thumbs[start : start + 128], train_thumbs, p=1) / test_thumbs.shape[1]
-        clean[start : start + 128] = ~(distance <= 2.0).any(dim=1)
-    return {"files": [f for f, _ in test], "classes": [c for _, c in test], "clean": clean.numpy()}
+    unseen = has_no_twin(thumbnails([f for f, _ in test]), thumbnails([f for f, _ in image_files(data_dir / "Training")]))
+    return {"files": [f for f, _ in test], "classes": [c for _, c in test], "unseen": unseen.numpy()}
 
 
 def test_checkpoints_are_shipped():
@@ -74,7 +84,9 @@ def test_folder_is_complete_and_small(folder: Path):
     metrics = json.loads((folder / "metrics.json").read_text())
     card = (folder / "README.md").read_text()
     assert card.startswith("---\n") and "model-index:" in card
-    assert f"value: {metrics['test']['accuracy']:.4f}" in card
+    assert f"value: {metrics['test']['accuracy']:.4f}" in card and f"value: {metrics['test_unseen']['accuracy']:.4f}" in card
+    assert 300 <= metrics["test_unseen"]["n"] <= 380 and "test_dedup" not in metrics
+    assert (folder / "val_split.txt").is_file(), "no val_split.txt: python -m train.leak_free FOLDER --data DATA"
     init = config.get("initialization", "")
     assert init and init != "unknown" and f"Weights initialised from: {init}" in card
 
@@ -95,7 +107,7 @@ def test_reproduces_metrics_json(folder: Path, testing: dict):
             preds.append(model(batch.contiguous(memory_format=torch.channels_last)).argmax(dim=1))
     correct = torch.cat(preds).numpy() == labels
 
-    for key, mask in (("test", np.ones_like(correct)), ("test_dedup", testing["clean"])):
+    for key, mask in (("test", np.ones_like(correct)), ("test_unseen", testing["unseen"])):
         recorded = metrics[key]
         assert recorded["n"] == mask.sum(), f"{key}: metrics.json has n={recorded['n']}, the Testing folder gives {mask.sum()}"
         hits = correct[mask].sum()
@@ -103,3 +115,17 @@ def test_reproduces_metrics_json(folder: Path, testing: dict):
         assert abs(hits - recorded["accuracy"] * recorded["n"]) <= 1, (
             f"{key}: {hits}/{mask.sum()} right vs recorded {recorded['accuracy']:.4f}"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_no_validation_image_has_a_twin_in_its_train_part(folder: Path, data_dir: Path):
+    """val_split.txt lists what validation figures and fits use; none of it has a twin, mirrored or not, in the rest
+    of Training that the checkpoint's split trained on (the train part: Training less its whole validation cut)."""
+    from brainmri.split import checkpoint_split
+
+    listed = [line for line in (folder / "val_split.txt").read_text().splitlines() if line and not line.startswith("#")]
+    train, val = checkpoint_split(folder, str(data_dir))
+    assert sorted(listed) == sorted(Path(s).relative_to(data_dir.resolve()).as_posix() for s in val.sources)
+    alone = has_no_twin(thumbnails([data_dir / p for p in listed]), thumbnails([Path(s) for s in train.sources]))
+    assert alone.all(), f"{int((~alone).sum())} validation images of {folder.name} have a twin in its train part"

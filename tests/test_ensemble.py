@@ -30,7 +30,7 @@ def members(tmp_path, data_dir):
     return folders
 
 
-@pytest.mark.slow  # near-dedup of Testing against all of Training
+@pytest.mark.slow  # unseen Testing: twins against all of Training
 def test_ensemble_is_scored_like_a_model(members, data_dir, tmp_path):
     out = tmp_path / "results" / "ensemble_metrics.json"
     results = evaluate_ensemble(members, str(data_dir), out, limit=3)
@@ -41,7 +41,7 @@ def test_ensemble_is_scored_like_a_model(members, data_dir, tmp_path):
         assert model.pretrained_cfg["input_size"][1] in (128, 96)
         probs.append(calibrated_probs(predict_logits(model, test), temperature))
     expected = np.mean(probs, axis=0)
-    assert results["test"]["n"] == len(test) == 12 and results["test_dedup"]["n"] == len(clean)
+    assert results["test"]["n"] == len(test) == 12 and results["test_unseen"]["n"] == len(clean)
     assert results["test"]["accuracy"] == pytest.approx(float((expected.argmax(1) == test.labels).mean()))
     assert results["test"]["loss"] == pytest.approx(float(-np.log(expected[np.arange(len(test)), test.labels]).mean()), rel=1e-5)
     assert [m["temperature"] for m in results["members"]] == [2.0, 0.5]

@@ -1,24 +1,24 @@
-"""The model dropdown: every shipped checkpoint, labelled with what it is and its Testing accuracy, grouped by family."""
+"""The model dropdown: every shipped checkpoint, labelled with what it is and its unseen-Testing accuracy, grouped by family."""
 
 from __future__ import annotations
 
 import json
 
 from brainmri.catalog import FAMILY_ORDER, ModelSource, discover, labelled_choices, model_label
-from brainmri.registry import get_spec
+from brainmri.registry import SEGMENTERS, get_spec
 from brainmri.settings import checkpoint_dir
 
 
 def test_every_shipped_checkpoint_is_offered_grouped_by_family():
     root = checkpoint_dir()
-    shipped = {p.name for p in root.iterdir() if (p / "config.json").is_file()}
+    shipped = {p.name for p in root.iterdir() if (p / "config.json").is_file() and p.name not in SEGMENTERS}
     choices = labelled_choices(discover(hub=False))
     assert {name for _, name in choices} == shipped
     families = [get_spec(name).family for _, name in choices]
     assert families == sorted(families, key=FAMILY_ORDER.index)  # one block per family
     for label, name in choices:
-        acc = json.loads((root / name / "metrics.json").read_text())["test"]["accuracy"]
-        assert label.endswith(f"({100 * acc:.1f}% on Testing)") and get_spec(name).about in label
+        acc = json.loads((root / name / "metrics.json").read_text())["test_unseen"]["accuracy"]
+        assert label.endswith(f"({100 * acc:.1f}% on unseen Testing)") and get_spec(name).about in label
 
 
 def test_a_model_without_local_metrics_says_so():

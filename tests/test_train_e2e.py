@@ -30,7 +30,7 @@ from brainmri.ood import load_stats
 
 PER_CLASS = 8  # the smallest that leaves every class in a 0.15 validation split (7 folds)
 FILES = ["config.json", "model.safetensors", "manifest.json", "metrics.json", "history.csv", "train_config.json", "curves.png"]
-FILES += ["confusion.png", "README.md", "calibration.json", "ood.json", "ood.safetensors"]
+FILES += ["confusion.png", "README.md", "calibration.json", "ood.json", "ood.safetensors", "val_split.txt"]
 
 
 def run_train(data: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -82,8 +82,10 @@ def test_train_writes_a_folder_that_timm_loads(data_dir: Path, tmp_path: Path, m
     assert config["pretrained_cfg"]["input_size"][1] == registry.get_spec(model_name).input_size
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] == 4 * PER_CLASS
-    assert 0 < metrics["test_dedup"]["n"] < metrics["test"]["n"]  # some of the drawn Testing images have Training twins
-    assert 0 <= metrics["test_dedup"]["accuracy"] <= 1
+    assert 0 < metrics["test_unseen"]["n"] < metrics["test"]["n"]  # some of the drawn Testing images have Training twins
+    assert 0 <= metrics["test_unseen"]["accuracy"] <= 1 and "test_dedup" not in metrics
+    listed = [line for line in (out / "val_split.txt").read_text().splitlines() if not line.startswith("#")]
+    assert len(listed) == metrics["validation"]["n"] and all(p.startswith("Training/") for p in listed)
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 2
     card = (out / "README.md").read_text()

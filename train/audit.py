@@ -1,19 +1,20 @@
-"""Audit an image folder for exact and near-duplicate images, within and across splits.
+"""Audit an image folder for exact, near and mirrored twins, within and across splits.
 
     python -m train.audit ../shared/data/brain-tumor-mri --out runs/audit
 
 Exact duplicates are byte-identical files (sha256); near duplicates lie within a mean
-absolute difference of 2 grey levels as 32 x 32 greyscale (brainmri.duplicates). It
-prints the counts and writes to ``--out``:
+absolute difference of 2 grey levels as 32 x 32 greyscale, as is or once one of the two is
+mirrored left-right (brainmri.duplicates). It prints the counts and writes to ``--out``:
 
     summary.json       the counts printed
     exact_groups.csv   group, split, label, file: one row per file of each byte-identical group
-    near_pairs.csv     kind (train-train, test-test, test-train), distance, file_a, label_a, file_b, label_b
-    test_clean.txt     Testing files with no exact or near twin in Training, one per line
+    near_pairs.csv     kind (train-train, test-test, test-train), distance, mirrored, file_a, label_a, file_b, label_b
+    test_unseen.txt    Testing files with no exact, near or mirrored twin in Training, one per line
 
 On the Brain Tumor MRI copy in ../shared it finds what the data's README reports: 300
 exact groups, 189 of them across Training and Testing, 216 Testing images with an exact
-copy in Training, 472 with a near twin, so 839 clean Testing images. It counts 726 files in
+copy in Training, 472 with a near twin as is and 504 more with a mirrored one only, so 335
+unseen Testing images (218 glioma, 17 meningioma, 19 no tumour, 81 pituitary). It counts 726 files in
 exact groups where the README counts 727: the 727th is the stray copy in the hidden folder
 Testing/meningioma/.ipynb_checkpoints/, which loaders skip (the audit names such files).
 """
@@ -53,7 +54,7 @@ def label_mismatches(result: Audit, train: ImageRecords, test: ImageRecords) -> 
     """How many exact groups, and near Testing-Training pairs, join images of different classes."""
     records = {"train": train, "test": test}
     mixed_groups = sum(len({int(records[s].labels[i]) for s, i in g}) > 1 for g in result.exact_groups)
-    mixed_pairs = sum(test.labels[i] != train.labels[j] for i, j, _ in result.near_test_train)
+    mixed_pairs = sum(test.labels[i] != train.labels[j] for i, j, _, _ in result.near_test_train)
     return {"exact_groups_mixing_labels": int(mixed_groups), "near_test_train_pairs_mixing_labels": int(mixed_pairs)}
 
 
@@ -71,15 +72,16 @@ def write_audit(result: Audit, train: ImageRecords, test: ImageRecords, summary:
                 writer.writerow([g, split, r.class_names[r.labels[i]], r.name(i)])
     with (out / "near_pairs.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["kind", "distance", "file_a", "label_a", "file_b", "label_b"])
+        writer.writerow(["kind", "distance", "mirrored", "file_a", "label_a", "file_b", "label_b"])
         for kind, (a, b), pairs in (
             ("train-train", (train, train), result.near_train_train),
             ("test-test", (test, test), result.near_test_test),
             ("test-train", (test, train), result.near_test_train),
         ):
-            for i, j, d in pairs:
-                writer.writerow([kind, f"{d:.3f}", a.name(i), a.class_names[a.labels[i]], b.name(j), b.class_names[b.labels[j]]])
-    (out / "test_clean.txt").write_text("".join(test.name(int(i)) + "\n" for i in result.test_clean))
+            for i, j, d, mirrored in pairs:
+                row = [kind, f"{d:.3f}", int(mirrored), a.name(i), a.class_names[a.labels[i]], b.name(j), b.class_names[b.labels[j]]]
+                writer.writerow(row)
+    (out / "test_unseen.txt").write_text("".join(test.name(int(i)) + "\n" for i in result.test_unseen))
 
 
 def run_audit(data: str | Path, out: str | Path, threshold: float = NEAR_THRESHOLD) -> dict:
@@ -95,7 +97,7 @@ def run_audit(data: str | Path, out: str | Path, threshold: float = NEAR_THRESHO
     summary = {
         "train_images": len(train),
         "test_images": len(test),
-        **result.summary(),
+        **result.summary(test.labels, test.class_names),
         **label_mismatches(result, train, test),
         "hidden_files_skipped": len(skipped),
     }
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", default=default_data(), help="image folder or Hub dataset id (default: %(default)s)")
-    parser.add_argument("--out", default="runs/audit", help="folder for summary.json, exact_groups.csv, near_pairs.csv, test_clean.txt")
+    parser.add_argument("--out", default="runs/audit", help="folder for summary.json, exact_groups.csv, near_pairs.csv, test_unseen.txt")
     parser.add_argument("--threshold", type=float, default=NEAR_THRESHOLD, help="near duplicate: mean |difference| in grey levels at 32x32")
     args = parser.parse_args(argv)
     try:

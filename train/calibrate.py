@@ -2,10 +2,10 @@
 
     python -m train.calibrate checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
 
-The validation split is rebuilt exactly as training cut it (seed, val_fraction and
-limit_per_class from the folder's train_config.json). Writes ``calibration.json`` (added
+The validation images are the checkpoint's own (brainmri.split.checkpoint_split: its split rebuilt from
+train_config.json, narrowed to its val_split.txt when it has one). Writes ``calibration.json`` (added
 to the sha256 manifest), ``reliability.png`` and ``metrics.json["calibration"]`` with the
-expected calibration error before and after on validation, Testing and near-dedup Testing.
+expected calibration error before and after on validation, Testing and unseen Testing.
 Training runs it on every new checkpoint.
 """
 
@@ -23,9 +23,9 @@ from brainmri.calibration import calibrated_probs, fit_temperature, negative_log
 from brainmri.checkpoint import TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.metrics import expected_calibration_error
-from brainmri.split import training_split
+from brainmri.split import checkpoint_split
 from train.config import TrainConfig
-from train.evaluate import load_test_split, predict_logits
+from train.evaluate import UNSEEN, load_test_split, predict_logits
 
 _logger = logging.getLogger(__name__)
 
@@ -53,14 +53,14 @@ def calibrate_checkpoint(
     folder = Path(folder)
     cfg = run_config(folder, data)
     model = load_checkpoint(folder).to(device)
-    _, val = training_split(cfg.data, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    _, val = checkpoint_split(folder, cfg.data)
     if val.class_names != label_names(folder):
         raise ValueError(f"data classes {val.class_names} differ from the checkpoint's {label_names(folder)}")
     val_logits = predict_logits(model, val)
     temperature = fit_temperature(val_logits, val.labels)
     result = {
         "temperature": temperature,
-        "fitted_on": f"validation split ({len(val)} images, seed {cfg.seed}, val_fraction {cfg.val_fraction})",
+        "fitted_on": f"validation split ({len(val)} images, seed {cfg.seed}, val_fraction {cfg.val_fraction}, {cfg.split} rule)",
         "val_nll_before": negative_log_likelihood(val_logits, val.labels),
         "val_nll_after": negative_log_likelihood(val_logits, val.labels, temperature),
     }
@@ -69,14 +69,14 @@ def calibrate_checkpoint(
         test, clean = load_test_split(cfg.data, cfg.limit_per_class, cfg.seed)
         test_logits = predict_logits(model, test)
         sets["test"] = (test_logits, test.labels)
-        sets["test_dedup"] = (test_logits[clean], test.labels[clean])
+        sets[UNSEEN] = (test_logits[clean], test.labels[clean])
     for name, (logits, labels) in sets.items():
         result[f"{name}_ece_before"] = expected_calibration_error(calibrated_probs(logits, 1.0), labels)
         result[f"{name}_ece_after"] = expected_calibration_error(calibrated_probs(logits, temperature), labels)
     save_temperature(folder, temperature, **{k: result[k] for k in ("fitted_on", "val_nll_before", "val_nll_after")})
 
-    name, (logits, labels) = next(reversed(sets.items()))  # the most telling set: near-dedup Testing if evaluated
-    split = {"val": "validation", "test": "Testing", "test_dedup": "near-dedup Testing"}[name]
+    name, (logits, labels) = next(reversed(sets.items()))  # the most telling set: unseen Testing if evaluated
+    split = {"val": "validation", "test": "Testing", UNSEEN: "unseen Testing"}[name]
     curves = {f"{split}, before (T = 1)": 1.0, f"{split}, after (T = {temperature:.2f})": temperature}
     reliability_diagram({title: calibrated_probs(logits, t) for title, t in curves.items()}, labels, folder / "reliability.png")
     update_metrics(folder, {"calibration": result})

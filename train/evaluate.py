@@ -1,10 +1,12 @@
-"""Evaluate a checkpoint folder, or an ensemble of them, on the official Testing split and its near-deduplicated subset.
+"""Evaluate a checkpoint folder, or an ensemble of them, on the official Testing split and its unseen subset.
 
     python -m train.evaluate checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
     python -m train.evaluate --ensemble checkpoints/simple_cnn_7 checkpoints/tf_efficientnet_lite0 --data ...
 
 The model is rebuilt with timm's ``local-dir:`` and fed through timm's eval transform
-made from the folder's own pretrained_cfg. Results are merged into ``metrics.json``;
+made from the folder's own pretrained_cfg. ``test_unseen`` is the Testing images with no exact, near or
+mirrored twin in Training (brainmri.duplicates.unseen_indices): what no model has seen, since training flips
+images. Results are merged into ``metrics.json``;
 an ensemble's (mean of calibrated probabilities) go to ``results/ensemble_metrics.json``.
 """
 
@@ -24,7 +26,7 @@ from brainmri.checkpoint import label_names, load_checkpoint, read_config, updat
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.datacache import decode_records, memo, source_key, thumbnails
-from brainmri.duplicates import near_pairs
+from brainmri.duplicates import unseen_indices
 from brainmri.metrics import classification_report
 
 _logger = logging.getLogger(__name__)
@@ -51,33 +53,32 @@ def predict_records(model: torch.nn.Module, records: ImageRecords, batch_size: i
     return torch.from_numpy(predict_logits(model, records, batch_size)).softmax(dim=1).numpy()
 
 
-def dedup_test_indices(train: ImageRecords, test: ImageRecords) -> np.ndarray:
-    """Testing images with no exact or near-duplicate in Training."""
+UNSEEN = "test_unseen"  # the metrics.json key, and the name tables and the app use for it
+UNSEEN_SPLIT = "Testing images with no exact, near (32x32 MAD <= 2) or mirrored twin in Training"
 
-    def find() -> np.ndarray:
-        twins = {i for i, _, _ in near_pairs(thumbnails(test), thumbnails(train))}
-        return np.array([i for i in range(len(test)) if i not in twins], dtype=int)
 
-    return memo(("dedup", source_key(train), source_key(test)), find)
+def unseen_test_indices(train: ImageRecords, test: ImageRecords) -> np.ndarray:
+    """Testing images with no twin in Training in either orientation."""
+    return memo(("unseen", source_key(train), source_key(test)), lambda: unseen_indices(thumbnails(test), thumbnails(train)))
 
 
 def load_test_split(data: str, limit: int = 0, seed: int = 0) -> tuple[ImageRecords, np.ndarray]:
-    """The Testing split (``limit`` per class if set) and the indices of its near-dedup subset."""
+    """The Testing split (``limit`` per class if set) and the indices of its unseen subset."""
     test, train = load_records(data, "test"), load_records(data, "train")
     if limit:
         test = limit_per_class(test, limit, seed)
-    return test, dedup_test_indices(train, test)
+    return test, unseen_test_indices(train, test)
 
 
-def score(probs: np.ndarray, test: ImageRecords, clean: np.ndarray, limit: int = 0) -> dict:
-    """``classification_report`` on Testing and on its near-dedup subset, each labelled with its split."""
+def score(probs: np.ndarray, test: ImageRecords, unseen: np.ndarray, limit: int = 0) -> dict:
+    """``classification_report`` on Testing and on its unseen subset, each labelled with its split."""
     results = {
         "test": classification_report(probs, test.labels, test.class_names),
-        "test_dedup": classification_report(probs[clean], test.labels[clean], test.class_names),
+        UNSEEN: classification_report(probs[unseen], test.labels[unseen], test.class_names),
     }
     results["test"]["split"] = "official Testing split" + (f" ({limit} per class)" if limit else "")
-    results["test_dedup"]["split"] = "Testing images with no exact or near (32x32 MAD <= 2) twin in Training"
-    for name in ("test", "test_dedup"):
+    results[UNSEEN]["split"] = UNSEEN_SPLIT
+    for name in ("test", UNSEEN):
         r = results[name]
         _logger.info(
             "%s: accuracy %.4f (95%% CI %.4f-%.4f), n=%d, loss %.4f, ECE %.4f",
@@ -92,7 +93,7 @@ def score(probs: np.ndarray, test: ImageRecords, clean: np.ndarray, limit: int =
 
 
 def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """Score ``folder`` on Testing and near-dedup Testing (inference on ``device``); update its metrics.json and confusion.png."""
+    """Score ``folder`` on Testing and unseen Testing (inference on ``device``); update its metrics.json and confusion.png."""
     from brainmri.report import plot_confusion
 
     folder = Path(folder)
@@ -101,7 +102,7 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
     if test.class_names != label_names(folder):
         raise ValueError(f"data classes {test.class_names} differ from the checkpoint's {label_names(folder)}")
     results = score(predict_records(model, test), test, clean, limit)
-    update_metrics(folder, results)
+    update_metrics(folder, results, drop=["test_dedup"])  # near-dedup missed mirrored twins: test_unseen replaces it
     plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / "confusion.png", "Testing")
     return results
 

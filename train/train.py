@@ -6,7 +6,7 @@
 The same script runs on CPU, one GPU (bf16 autocast) or many (accelerate). The data is
 decoded once into a uint8 tensor and augmented per batch on the training device. The
 best epoch on validation is written as a self-describing checkpoint folder, then
-evaluated on Testing and its near-deduplicated subset, calibrated (train.calibrate) and
+evaluated on Testing and its unseen subset, calibrated (train.calibrate) and
 given the statistics of the OOD check (train.ood), both fitted on its validation split.
 """
 
@@ -43,7 +43,7 @@ from brainmri.data import (
 )
 from brainmri.datacache import decode_records
 from brainmri.registry import count_parameters, create_model, get_spec, set_input_size
-from brainmri.split import split_records, training_records
+from brainmri.split import checkpoint_split, split_records, training_records, write_val_split
 from train.config import TrainConfig, parse_config
 
 _logger = logging.getLogger(__name__)
@@ -416,6 +416,8 @@ def finish(
     plot_history(state.history, out / "curves.png")
     metrics = run_metrics(cfg, spec, model, loaders, state, dcfg, init)
     update_metrics(out, metrics)
+    _, val = checkpoint_split(out, cfg.data)  # what validation chose on, listed for anyone to check
+    write_val_split(out, val, cfg.data, f"validation split ({cfg.split} rule, seed {cfg.seed}): the best epoch, T and OOD fit here")
     if cfg.evaluate_test:
         evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed, device=device)
     calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # temperature on validation, ECE before/after

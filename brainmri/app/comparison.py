@@ -67,10 +67,10 @@ def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS) -> str:
     try:
         scored = json.loads(Path(path).read_text())
         members = ", ".join(m["name"] for m in scored["members"])
-        test, dedup = scored["test"], scored["test_dedup"]
+        test, unseen = scored["test"], scored["test_unseen"]
     except (OSError, ValueError, KeyError, TypeError):
         return line + " No ensemble has been scored on Testing yet."
     return (
-        f"{line} Measured on Testing, the ensemble of {members} scores {test['accuracy']:.2%} (n={test['n']}) and "
-        f"{dedup['accuracy']:.2%} on near-dedup Testing (n={dedup['n']}; `results/ensemble_metrics.json`)."
+        f"{line} Measured on Testing, the ensemble of {members} scores {unseen['accuracy']:.2%} on unseen Testing "
+        f"(n={unseen['n']}) and {test['accuracy']:.2%} on official Testing (n={test['n']}; `results/ensemble_metrics.json`)."
     )

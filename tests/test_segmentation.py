@@ -1,0 +1,80 @@
+"""The tumour segmenter: its registry entry, the outline geometry, its training run, and the shipped folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainmri.registry import SEGMENTER_DEFAULT, SEGMENTERS, create_model, create_segmenter
+from brainmri.segmentation import MIN_AREA, binary_mask, load_segmenter, outline, tumour_probability
+from brainmri.settings import checkpoint_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = checkpoint_dir() / SEGMENTER_DEFAULT
+
+
+@pytest.mark.parametrize("name", list(SEGMENTERS))
+def test_segmenter_gives_one_probability_per_pixel_and_every_parameter_learns(name: str):
+    spec = SEGMENTERS[name]
+    model = create_segmenter(name)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    model.eval()
+    p = tumour_probability(model, x)
+    assert p.shape == (2, 64, 64) and torch.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    model.train()
+    model(x.float()).mean().backward()
+    assert all(q.grad is not None for q in model.parameters()), "a parameter gets no gradient"
+    assert spec.input_size % 32 == 0
+
+
+def test_the_encoder_starts_from_the_classifiers_offline_imagenet_weights():
+    seg = create_segmenter(SEGMENTER_DEFAULT, pretrained=True).encoder.model.state_dict()
+    cls = create_model("tf_efficientnet_lite0", pretrained=True).state_dict()
+    shared = [k for k in seg if k in cls and "num_batches" not in k]
+    assert len(shared) > 200 and all(torch.equal(seg[k], cls[k]) for k in shared)
+
+
+def test_outline_is_in_the_uploaded_images_frame():
+    p = torch.zeros(224, 224)
+    p[56:112, 112:168] = 0.9  # a square a quarter of the side wide, right of centre
+    o = outline(p, (448, 224))  # an upload twice as wide as tall
+    assert o.mask.shape == (224, 448) and o.box == pytest.approx((0.5, 0.25, 0.75, 0.5), abs=0.01)
+    assert o.area == pytest.approx(0.25 * 0.25, rel=0.05) and not o.empty
+
+
+def test_specks_below_the_minimum_area_are_no_outline():
+    p = np.zeros((224, 224))
+    p[:3, :3] = 0.99
+    assert not binary_mask(p).any() and 9 / 224**2 < MIN_AREA
+    empty = outline(torch.from_numpy(p), (224, 224))
+    assert empty.empty and empty.area == 0 and empty.box is None
+
+
+@pytest.mark.slow
+def test_train_segment_writes_a_folder_that_smp_loads(data_dir: Path, tmp_path: Path):
+    out = tmp_path / "seg"
+    cmd = [sys.executable, "-m", "train.segment", "--data", str(data_dir), "--out", str(out), "--limit-per-class", "10"]
+    cmd += ["--epochs", "1", "--max-train-batches", "2", "--batch-size", "4"]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=600)
+    for name in ("config.json", "model.safetensors", "manifest.json", "metrics.json", "history.csv", "curves.png", "README.md"):
+        assert (out / name).is_file(), name
+    assert not (out / "resume").exists()
+    import segmentation_models_pytorch as smp
+
+    model = smp.from_pretrained(str(out))  # the library alone
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["validation"]["per_class"]) == {"glioma", "meningioma", "pituitary"}
+    assert 0 <= metrics["validation"]["tumour"]["dice"] <= 1 and model is not None
+    listed = [line for line in (out / "val_split.txt").read_text().splitlines() if not line.startswith("#")]
+    assert len(listed) == metrics["validation"]["tumour"]["n"] + metrics["validation"]["no_tumour"]["n"]
+
+
+def test_a_folder_that_is_not_a_segmenter_is_refused_by_name(tmp_path: Path):
+    with pytest.raises(ValueError, match="missing config.json|cannot load segmentation"):
+        load_segmenter(tmp_path)
