@@ -135,7 +135,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
             upload = gr.File(label=f"MRI slice: {accepted_formats(detailed=False)}", type="filepath", elem_id="upload", height=120)
             upload = without_stray_temp_file(upload)
             model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", elem_id="model")
-            shown = dict(label="Examples (click one)", columns=4, height=150, allow_preview=False, elem_id="examples")
+            shown = dict(label="Examples (click one)", columns=4, height="auto", allow_preview=False, elem_id="examples")
             gallery = gr.Gallery([p for p, _ in local], visible=bool(local), **shown)
         with gr.Column(scale=3, elem_id="result-col"):
             summary = gr.Markdown(elem_id="summary")
@@ -255,8 +255,8 @@ def audit_view():
 def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
     note = gr.Markdown("Open this tab to read the data folder.")
     counts = gr.Dataframe(label="Images per class and split", elem_id="counts")
-    samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220)
-    steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260)
+    samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220, elem_id="samples")
+    steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260, elem_id="steps")
     button = gr.Button("Run the duplicate audit (10-30 s, then cached)" if dataview.local_root(DATA) else "Show the duplicate audit")
     audit = gr.Markdown(elem_id="audit")
     tab.select(data_view, model, [note, counts, samples, steps], api_visibility="private")

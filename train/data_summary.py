@@ -26,7 +26,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from brainmri.app.dataview import AUDIT_JSON, COUNTS_JSON, EXAMPLES_DIR, RESULTS_DIR, SAMPLES_PNG, class_counts, example_name
+from brainmri.app.dataview import (
+    AUDIT_JSON,
+    COUNTS_JSON,
+    EXAMPLES_DIR,
+    RESULTS_DIR,
+    SAMPLE_CAPTION,
+    SAMPLE_COLUMNS,
+    SAMPLE_TILE,
+    SAMPLES_PNG,
+    class_counts,
+    example_name,
+)
 from brainmri.cli import add_data_argument, setup_logging
 from brainmri.data import ImageRecords, load_records
 from brainmri.duplicates import audit, thumbnails, unseen_indices
@@ -34,8 +45,6 @@ from brainmri.serving import class_words
 
 _logger = logging.getLogger(__name__)
 
-TILE = 112  # px, one sample's side in the grid
-CAPTION = 16  # px of caption under each tile
 LICENCE = """\
 Source: the Brain Tumor MRI Dataset by Masoud Nickparvar on Kaggle
 (https://www.kaggle.com/datasets/masoudnickparvar/brain-tumor-mri-dataset), released under CC0 1.0.
@@ -50,16 +59,16 @@ def first_per_class(records: ImageRecords, index: np.ndarray, per_class: int) ->
     return [int(i) for c in range(len(records.class_names)) for i in index[records.labels[index] == c][:per_class]]
 
 
-def sample_grid(records: ImageRecords, indices: list[int], columns: int = 4) -> Image.Image:
-    """Greyscale tiles of ``indices``, each captioned with its class, ``columns`` to a row."""
-    rows = -(-len(indices) // columns)
-    grid = Image.new("RGB", (columns * TILE, rows * (TILE + CAPTION)), "white")
+def sample_grid(records: ImageRecords, indices: list[int]) -> Image.Image:
+    """Tiles of ``indices``, each captioned with its class, in the layout brainmri.app.dataview.sample_tiles cuts back."""
+    rows = -(-len(indices) // SAMPLE_COLUMNS)
+    grid = Image.new("RGB", (SAMPLE_COLUMNS * SAMPLE_TILE, rows * (SAMPLE_TILE + SAMPLE_CAPTION)), "white")
     draw = ImageDraw.Draw(grid)
     for k, i in enumerate(indices):
-        x, y = (k % columns) * TILE, (k // columns) * (TILE + CAPTION)
-        tile = records.open(i).convert("RGB").resize((TILE, TILE), Image.Resampling.BILINEAR)
+        x, y = (k % SAMPLE_COLUMNS) * SAMPLE_TILE, (k // SAMPLE_COLUMNS) * (SAMPLE_TILE + SAMPLE_CAPTION)
+        tile = records.open(i).convert("RGB").resize((SAMPLE_TILE, SAMPLE_TILE), Image.Resampling.BILINEAR)
         grid.paste(tile, (x, y))
-        draw.text((x + 4, y + TILE + 2), class_words(records.class_names[records.labels[i]]), fill="black")
+        draw.text((x + 4, y + SAMPLE_TILE + 2), class_words(records.class_names[records.labels[i]]), fill="black")
     return grid
 
 

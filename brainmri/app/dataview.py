@@ -29,6 +29,7 @@ EXAMPLES_DIR = ROOT / "examples"  # unseen Testing slices, two per class, shippe
 COUNTS_JSON = "data_counts.json"  # in RESULTS_DIR: class_counts() of the data folder
 SAMPLES_PNG = "data_samples.png"  # a grid of Training slices, two per class
 AUDIT_JSON = "data_audit.json"  # the duplicate audit's summary, per-class unseen counts included
+SAMPLE_TILE, SAMPLE_CAPTION, SAMPLE_COLUMNS = 112, 16, 4  # the grid's layout: px a tile, px of caption under it, tiles a row
 
 
 def example_name(label: str, k: int, suffix: str) -> str:
@@ -40,6 +41,21 @@ def shipped_examples(folder: Path = EXAMPLES_DIR) -> list[tuple[Path, str]]:
     """The examples in ``folder`` as (path, class), sorted; none when the folder is missing."""
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     return [(p, p.stem.rsplit("_", 1)[0]) for p in files]
+
+
+def sample_tiles(grid: Path, class_names: list[str]) -> list[tuple[Image.Image, str]]:
+    """The precomputed grid cut back into its captioned tiles, as (tile, class): a gallery crops one wide picture."""
+    with Image.open(grid) as im:
+        im.load()
+        rows = im.height // (SAMPLE_TILE + SAMPLE_CAPTION)
+        n = rows * SAMPLE_COLUMNS
+        per_class = max(1, n // max(1, len(class_names)))
+        tiles = []
+        for k in range(n):
+            x, y = (k % SAMPLE_COLUMNS) * SAMPLE_TILE, (k // SAMPLE_COLUMNS) * (SAMPLE_TILE + SAMPLE_CAPTION)
+            tile = im.crop((x, y, x + SAMPLE_TILE, y + SAMPLE_TILE)).convert("RGB")  # the gallery captions it
+            tiles.append((tile, class_names[min(k // per_class, len(class_names) - 1)]))
+    return tiles
 
 
 def examples_are_local(source: str | None = None) -> bool:
@@ -224,7 +240,7 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
         note = f"The data: images per class and split, samples, and one Testing slice through **{model_name}**'s preprocessing."
     else:
         counts = pd.DataFrame(saved[0])
-        samples = [(str(saved[1]), "two Training slices per class")]
+        samples = sample_tiles(saved[1], [row["class"] for row in saved[0] if row["class"] != "all"])
         first = shipped_examples()[0][0] if shipped_examples() else saved[1]
         note = (
             "The data, **precomputed** from the data folder (`python -m train.data_summary`; this server has none): images "

@@ -135,6 +135,14 @@ CSS = """
   #result-col { order: 1; }
   #header h1 { font-size: 1.5em; margin-bottom: 0.2em; }
   #heatmap, #original { height: 230px !important; }
+  /* galleries wrap to three a row instead of scrolling sideways, and grow to hold every row */
+  #examples .grid-container, #samples .grid-container, #steps .grid-container {
+    grid-template-columns: repeat(3, minmax(0, 1fr)) !important;
+  }
+  #examples, #samples, #steps, #examples .grid-wrap, #samples .grid-wrap, #steps .grid-wrap {
+    height: auto !important;
+    max-height: none !important;
+  }
   .hide-on-phone { display: none; }
 }
 """
