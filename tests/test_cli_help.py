@@ -75,7 +75,7 @@ def test_entry_points_are_found():
 
 
 # Entry points whose owners have yet to write their help: listed so that the rest stays checked meanwhile.
-GAPS = {"train/segment.py": "its bool options (--pretrained, --resume, --evaluate-only) have no help yet"}
+GAPS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, marks=pytest.mark.xfail(reason=GAPS[e])) if e in GAPS else e for e in entry_points()])

@@ -83,12 +83,12 @@ def field_help(config: type = TrainConfig) -> dict[str, str]:
     }
 
 
-def build_parser(description: str = "") -> argparse.ArgumentParser:
-    """The ``--field value`` parser of TrainConfig: each option's help is its field's comment, with the default
-    (unless the comment names it)."""
+def build_parser(description: str = "", config: type = TrainConfig) -> argparse.ArgumentParser:
+    """The ``--field value`` parser of a config dataclass (TrainConfig, train.segment's SegmentConfig): each option's
+    help is its field's comment, with the default (unless the comment names it)."""
     parser = argparse.ArgumentParser(description=description)
-    hints, helps = get_type_hints(TrainConfig), field_help()
-    for f in dataclasses.fields(TrainConfig):
+    hints, helps = get_type_hints(config), field_help(config)
+    for f in dataclasses.fields(config):
         kind = hints[f.name]
         default = f.default_factory() if f.default is MISSING else f.default  # data's: read now
         text = helps[f.name].replace("%", "%%")
@@ -101,6 +101,6 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str] | None = None, description: str = "") -> TrainConfig:
-    """Build a TrainConfig from ``--field value`` arguments; bare ``--flag`` sets a bool to true."""
-    return TrainConfig(**vars(build_parser(description).parse_args(argv)))
+def parse_config(argv: list[str] | None = None, description: str = "", config: type = TrainConfig):
+    """Build a ``config`` (TrainConfig by default) from ``--field value`` arguments; bare ``--flag`` sets a bool to true."""
+    return config(**vars(build_parser(description, config).parse_args(argv)))

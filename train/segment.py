@@ -14,7 +14,6 @@ class: Dice, IoU, detection rate, area error, and the share of no-tumour slices 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -40,6 +39,7 @@ from brainmri.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter
 from brainmri.segmentation import binary_mask, load_segmenter, normalise, tumour_probability
 from brainmri.settings import default_data
 from brainmri.split import training_split, write_val_split
+from train.config import parse_config
 
 _logger = logging.getLogger(__name__)
 
@@ -398,22 +398,9 @@ def evaluate_only(cfg: SegmentConfig) -> dict:
     return scores
 
 
-def parse(argv: list[str] | None) -> SegmentConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(SegmentConfig):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        kind = type(default)
-        flag = f"--{f.name.replace('_', '-')}"
-        if kind is bool:
-            parser.add_argument(flag, dest=f.name, type=lambda t: t.lower() in {"1", "true", "yes"}, nargs="?", const=True, default=default)
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"(default: {default})")
-    return SegmentConfig(**vars(parser.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    cfg = parse(argv)
+    cfg = parse_config(argv, __doc__.splitlines()[0], SegmentConfig)
     return exit_code(lambda: evaluate_only(cfg) if cfg.evaluate_only else fit(cfg), _logger)
 
 
