@@ -10,6 +10,10 @@ One job per module, in the order a request meets them (timm's ``_builder`` / ``_
 - ``judge``: the OOD judge's batched forward;
 - ``result``: ``Prediction``, what a request gets back;
 - ``predictor``: ``Predictor``, the front door: sources, batching, and ``run_passes``, the GPU entry point.
+
+A second model in the same request (the tumour outline) is one more module here (``segment``: its loader and its
+batched pass), its own ``ModelCache(..., loader=...)`` in ``Predictor``, a field of ``Prediction``, and one more
+step in ``Predictor.run_passes``, so it shares the request's device and, on ZeroGPU, its GPU lease.
 """
 
 from brainmri.serving import zerogpu  # noqa: F401  (first: spaces must be imported before torch initialises CUDA)

@@ -25,11 +25,14 @@ class ModelCache:
     Args:
         max_bytes: the bound on the loaded models' tensors.
         device: where models load; None for ``BRAIN_MRI_DEVICE`` (brainmri.serving.device).
+        loader: ``(name, folder, device)`` -> a loaded model with ``nbytes`` and ``lock`` (default: the classifiers'
+            :func:`load_model`; a second kind of model, a segmenter, brings its own loader and cache).
     """
 
-    def __init__(self, max_bytes: float, device: torch.device | str | None = None):
+    def __init__(self, max_bytes: float, device: torch.device | str | None = None, loader: Callable = load_model):
         self.max_bytes = max_bytes
         self.device = device
+        self.loader = loader
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
@@ -53,7 +56,7 @@ class ModelCache:
             loaded.lock = threading.Lock()
 
     def get(self, name: str, folder_fn: Callable[[], str | Path], copy: int = 0) -> LoadedModel:
-        """The cached model (that copy of it), or ``load_model(name, folder_fn())`` once even if several threads ask."""
+        """The cached model (that copy of it), or ``loader(name, folder_fn(), device)`` once even if several threads ask."""
         key = (name, copy)
         with self._lock:
             if key in self._models:
@@ -66,7 +69,7 @@ class ModelCache:
                     self._models.move_to_end(key)
                     return self._models[key]
             start = time.perf_counter()
-            loaded = load_model(name, folder_fn(), self.device)
+            loaded = self.loader(name, folder_fn(), self.device)
             seconds, mb = time.perf_counter() - start, loaded.nbytes / 2**20
             _logger.info("loaded %s (copy %d) on %s in %.2f s (%.1f MB)", name, copy, loaded.device, seconds, mb)
             with self._lock:
