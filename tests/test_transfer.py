@@ -1,10 +1,10 @@
-"""The GPU sweep's device call fits its transfer limit with room to spare, and the checkpoint stash is safe."""
+"""The GPU sweep's device call fits its transfer limit, the checkpoint stash is safe and keeps the served model, and the
+data set travels with each duplicate once and comes back whole."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -60,18 +60,40 @@ def test_stash_refuses_uncommitted_checkpoints_and_restore_brings_them_back(repo
     assert weights.read_bytes() == b"w" * 3000
 
 
-@pytest.mark.slow
-def test_the_gpu_sweep_transfer_stays_six_mib_under_the_device_limit(tmp_path, data_dir):
-    """What prepare_device_data.sh carries (the data set and the pinned timm wheel) plus this working
-    tree without checkpoints/, measured as the device tool measures it."""
+def test_stash_keeps_the_app_default_checkpoint_for_the_cuda_check(repo):
+    kept = repo / transfer.KEPT / "model.safetensors"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"k" * 700)
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "default model")
+    assert transfer.transfer_bytes(repo)["tree"] == transfer.transfer_bytes(repo, stashed=None)["tree"] - 3000  # only m/ is left out
+    transfer.stash(repo)
+    assert kept.read_bytes() == b"k" * 700 and not (repo / "checkpoints/m/model.safetensors").exists()
+
+
+def test_data_travels_with_each_duplicate_once_and_relinks_byte_for_byte(tmp_path):
+    src = tmp_path / "ds"
+    for name, data in {"Training/a/1.jpg": b"one", "Training/a/2.jpg": b"two", "Testing/a/1.jpg": b"one", "README.md": b"r"}.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    (tmp_path / "ds-masks/Training/a").mkdir(parents=True)
+    (tmp_path / "ds-masks/masks.csv").write_text("path\n")
     carried = tmp_path / "data"
-    (carried / "brain-tumor-mri").mkdir(parents=True)
-    for split in ("Training", "Testing"):
-        shutil.copytree(data_dir / split, carried / "brain-tumor-mri" / split)
-    pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("timm=="))
-    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12"]
-    pip += ["--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "-d", str(carried / "wheels"), pin]
-    subprocess.run(pip, check=True, timeout=300)
+    assert transfer.copy_data(src, carried / "ds") == {"files": 3, "copies": 1}
+    ones = [carried / "ds/Testing/a/1.jpg", carried / "ds/Training/a/1.jpg"]
+    assert sum(p.exists() for p in ones) == 1 and (carried / "ds-masks/masks.csv").is_file()  # the copy stays behind
+    assert transfer.relink(carried) == 1
+    assert [p.read_bytes() for p in ones] == [b"one", b"one"]
+    assert sorted(p.relative_to(carried / "ds") for p in (carried / "ds").rglob("*")) == sorted(p.relative_to(src) for p in src.rglob("*"))
+
+
+@pytest.mark.slow
+def test_the_lease_transfer_stays_under_the_target_and_the_device_limit(tmp_path, data_dir):
+    """What prepare_device_data.sh carries (the data set with its duplicates once, and its masks) plus this working
+    tree with checkpoints/ left out but the app's default model, measured as the device tool measures it."""
+    carried = tmp_path / "data"
+    transfer.copy_data(data_dir, carried / "brain-tumor-mri")
     sizes = transfer.transfer_bytes(ROOT, carried=carried)
-    assert sizes["carried"] > 40 * 2**20  # the whole data set really is in there
-    assert sizes["total"] <= 58 * 2**20, f"{sizes['total'] / 2**20:.1f} MiB would travel"
+    assert sizes["carried"] > 45 * 2**20 and (carried / "brain-tumor-mri-masks/masks.csv").is_file()  # all of it is there
+    assert (ROOT / transfer.KEPT / "model.safetensors").is_file() and sizes["tree"] > 12 * 2**20  # the served model travels
+    assert sizes["total"] <= transfer.TARGET_BYTES < transfer.LIMIT_BYTES, f"{sizes['total'] / 2**20:.1f} MiB would travel"

@@ -3,6 +3,7 @@
     python -m train.sweep --config train/sweeps/full.yaml        # the GPU run (scripts/device_sweep.sh wraps it)
     python -m train.sweep --config train/sweeps/quick.yaml --data ../shared/data/brain-tumor-mri   # CPU check, < 1 min
     python -m train.sweep --config train/sweeps/cpu.yaml --resume    # the CPU plan: skips what finished, continues the rest
+    python -m train.sweep --lease train/sweeps/lease.yaml --lane effnet_1 --deadline 400   # one lane of the GPU lease
 
 A config holds the ``protocol`` (the TrainConfig fields every model shares: data, split,
 seed, epochs, batch, optimiser, augmentation, early stopping) and the ``models``, each with
@@ -11,7 +12,14 @@ sweep whose runs are controlled changes (train/sweeps/seed.yaml) names the proto
 its entries may set in ``varies``; every other field stays shared.
 Each model gets the smaller of its budget and what the sweep's ``deadline_s`` still allows
 once every later model is promised ``min_budget_s`` plus ``overhead_s``; within its budget
-it fits its cosine schedule to the epochs that fit (see TrainConfig.time_budget_s).
+it fits its cosine schedule to the epochs that fit (see TrainConfig.time_budget_s). A sweep
+with ``when_late: drop`` cuts no model short for a later one: a model whose whole budget no
+longer fits before the deadline is not started, and its row says so ("not run: ..."), as does
+a ``pretrained`` model whose offline ImageNet package is not installed where the sweep runs.
+
+A lease (train/sweeps/lease.yaml) runs several sweeps side by side on one GPU, in lanes: each
+lane is one process (``--lane``) running its steps in turn; lanes of one config share its
+output folder, each writing ``sweep-<lane>.json``, merged into ``sweep.json`` and the tables.
 
 Data work (thumbnails, split, decoding, the near-dedup Testing subset) is done once for all
 models (brainmri.datacache). A model that runs out of GPU memory is retried once with gradient
@@ -27,8 +35,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -49,6 +59,8 @@ _logger = logging.getLogger(__name__)
 
 MACHINE_KEYS = {"model", "time_budget_s", "grad_checkpointing"}  # what a model entry may set; all else is protocol
 NOT_PROTOCOL = MACHINE_KEYS | {"out", "resume", "save_resume"}
+WHEN_LATE = ("cut", "drop")  # late in the sweep: cut a model's budget to leave later ones theirs, or leave the model out
+NOT_RUN = "not run"  # the status of a model the sweep did not start, with the reason after a colon
 
 
 @dataclass
@@ -62,10 +74,20 @@ class SweepPlan:
     overhead_s: float  # per model, outside its training epochs: build, test, calibration, figures
     min_budget_s: float  # what each model still to come is promised when budgets are cut
     varies: tuple[str, ...] = ()  # protocol fields a model entry may set (a controlled change); none by default
+    when_late: str = "cut"  # "cut": shorten budgets so every later model gets its minimum; "drop": don't start what no longer fits
+    overrides: dict = dataclasses.field(default_factory=dict)  # fields set over protocol and entries alike (--set: a rehearsal)
 
 
-def load_plan(path: str | Path, data: str | None = None, out: str | None = None, deadline_s: float | None = None) -> SweepPlan:
-    """Read and check a sweep config; ``data``, ``out`` and ``deadline_s`` override the file's."""
+def load_plan(
+    path: str | Path,
+    data: str | None = None,
+    out: str | None = None,
+    deadline_s: float | None = None,
+    only: list[str] | None = None,
+    overrides: dict | None = None,
+) -> SweepPlan:
+    """Read and check a sweep config; ``data``, ``out`` and ``deadline_s`` override the file's, ``only`` keeps those
+    models (budgets are then planned over them alone), ``overrides`` sets TrainConfig fields over every model's."""
     raw = yaml.safe_load(Path(path).read_text())
     if "deadline_s" not in raw:
         raise ValueError(f"{path}: no deadline_s (seconds for the whole sweep)")
@@ -80,7 +102,17 @@ def load_plan(path: str | Path, data: str | None = None, out: str | None = None,
         raise ValueError(f"{path}: varies {bad}: only TrainConfig fields of the protocol may vary")
     if data:
         protocol["data"] = data
+    overrides = dict(overrides or {})
+    bad = sorted(set(overrides) - fields) + sorted(set(overrides) & NOT_PROTOCOL)
+    if bad:
+        raise ValueError(f"--set {bad}: only TrainConfig fields of the protocol can be set")
+    if raw.get("when_late", "cut") not in WHEN_LATE:
+        raise ValueError(f"{path}: when_late must be one of {list(WHEN_LATE)}, got {raw['when_late']!r}")
     models = list(raw.get("models") or [])
+    unknown = sorted(set(only or []) - {m.get("model") for m in models})
+    if unknown:
+        raise ValueError(f"{path}: {unknown} not among its models")
+    models = [m for m in models if not only or m.get("model") in only]
     if not models:
         raise ValueError(f"{path}: no models")
     for entry in models:
@@ -99,14 +131,33 @@ def load_plan(path: str | Path, data: str | None = None, out: str | None = None,
         overhead_s=float(raw.get("overhead_s", 0)),
         min_budget_s=float(raw.get("min_budget_s", 1)),
         varies=varies,
+        when_late=raw.get("when_late", "cut"),
+        overrides=overrides,
     )
 
 
 def budget_for(plan: SweepPlan, index: int, elapsed: float) -> float:
-    """Seconds of training for model ``index``: its own budget, cut to leave every later model its minimum."""
+    """Seconds of training for model ``index``: its own budget, cut to leave every later model its minimum
+    (with ``when_late: drop``, its own budget: a model that cannot have it is not started, see :func:`why_not_run`)."""
+    own = float(plan.models[index]["time_budget_s"])
+    if plan.when_late == "drop":
+        return own
     later = len(plan.models) - index - 1
     left = plan.deadline_s - elapsed - plan.overhead_s - later * (plan.min_budget_s + plan.overhead_s)
-    return max(plan.min_budget_s, min(float(plan.models[index]["time_budget_s"]), left))
+    return max(plan.min_budget_s, min(own, left))
+
+
+def why_not_run(plan: SweepPlan, index: int, elapsed: float, cfg: TrainConfig) -> str | None:
+    """Why model ``index`` is not started now, or None: its offline ImageNet weights are missing here, or, with
+    ``when_late: drop``, its whole budget and overhead no longer fit before the deadline."""
+    package = get_spec(cfg.model).imagenet_init
+    if cfg.pretrained and package and importlib.util.find_spec(package.replace("-", "_")) is None:
+        return f"{NOT_RUN}: no offline ImageNet weights here (pip package {package})"
+    need = float(plan.models[index]["time_budget_s"]) + plan.overhead_s
+    left = plan.deadline_s - elapsed
+    if plan.when_late == "drop" and left < need:
+        return f"{NOT_RUN}: {max(left, 0):.0f} s left before the sweep's deadline, {need:.0f} s needed (dropped, not cut short)"
+    return None
 
 
 def model_config(plan: SweepPlan, entry: dict, budget: float, resumable: bool = False) -> TrainConfig:
@@ -114,7 +165,7 @@ def model_config(plan: SweepPlan, entry: dict, budget: float, resumable: bool = 
     changes = {k: entry[k] for k in plan.varies if k in entry}
     out = Path(plan.out) / entry["model"]
     return TrainConfig(
-        **{**plan.protocol, **changes},
+        **{**plan.protocol, **changes, **plan.overrides},
         model=entry["model"],
         out=str(out),
         time_budget_s=budget,
@@ -151,16 +202,17 @@ def train_model(cfg: TrainConfig) -> Path:
     return fit(dataclasses.replace(cfg, grad_checkpointing=True))
 
 
-def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = None) -> list[dict]:
+def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = None, lane: str | None = None) -> list[dict]:
     """Train, test and tabulate each model of the plan in turn; one record per model.
 
     With ``resume`` a finished model is skipped and an interrupted one continues from its last epoch
-    (each run writes its --resume state); ``only`` restricts the run to those models.
+    (each run writes its --resume state); ``only`` restricts the run to those models; ``lane`` names the
+    lease lane this sweep runs in (it then shares its folder and the GPU with other lanes).
     """
     start = time.perf_counter()
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = measure_device()
+    device = measure_device(peaks=lane is None)  # lanes share the GPU: ceilings measured there would mean little
     records: list[dict] = []
     with open_cache():
         for i, entry in enumerate(plan.models):
@@ -171,25 +223,34 @@ def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = No
                 records.append({"model": entry["model"], "status": "ok", "skipped": "finished before"})
                 continue
             budget = budget_for(plan, i, time.perf_counter() - start)
-            record = {"model": entry["model"], "time_budget_s": round(budget, 1), "status": "ok"}
+            cfg = model_config(plan, entry, budget, resumable=resume)
+            reason = why_not_run(plan, i, time.perf_counter() - start, cfg)
+            if reason:
+                _logger.info("== %s (%d/%d): %s", entry["model"], i + 1, len(plan.models), reason)
+                records.append({"model": entry["model"], "status": reason, **({"lane": lane} if lane else {})})
+                write_outputs(plan, records, device, time.perf_counter() - start, lane)
+                continue
+            record = {"model": entry["model"], "time_budget_s": round(budget, 1), "status": "ok", **({"lane": lane} if lane else {})}
             _logger.info("== %s (%d/%d): %.0f s of training", entry["model"], i + 1, len(plan.models), budget)
             t0 = time.perf_counter()
             try:
-                train_model(model_config(plan, entry, budget, resumable=resume))
+                train_model(cfg)
             except Exception as e:  # recorded in sweep.json and the table; the sweep exits 1 at the end
                 _logger.exception("%s failed", entry["model"])
                 record["status"] = f"failed: {type(e).__name__}: {e}"
             record["wall_s"] = round(time.perf_counter() - t0, 1)
             records.append(record)
             free_accelerator_memory()
-            write_outputs(plan, records, device, time.perf_counter() - start)
+            write_outputs(plan, records, device, time.perf_counter() - start, lane)
     return records
 
 
-def measure_device() -> dict:
-    """The device, and on a GPU the measured matrix-product and copy ceilings (train.roofline)."""
+def measure_device(peaks: bool = True) -> dict:
+    """The device, and on a GPU (with ``peaks``) the measured matrix-product and copy ceilings (train.roofline)."""
     info = {"device": "cpu", "host": platform.node(), "torch": torch.__version__}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not peaks:
+        info["device"] = torch.cuda.get_device_name()
+    elif torch.cuda.is_available():
         from train.roofline import measure_peak
 
         peak = measure_peak("cuda")
@@ -202,39 +263,115 @@ def measure_device() -> dict:
     return info
 
 
-def write_outputs(plan: SweepPlan, records: list[dict], device: dict, elapsed: float) -> None:
-    """sweep.json, the experiments table and the roofline table, as they stand."""
+def write_outputs(plan: SweepPlan, records: list[dict], device: dict, elapsed: float, lane: str | None = None) -> None:
+    """sweep.json (a lane's: sweep-<lane>.json, then all lanes' merged), the experiments table and the roofline
+    table, as they stand."""
+    out = Path(plan.out)
+    summary = {"plan": dataclasses.asdict(plan), "device": device, "elapsed_s": round(elapsed, 1), "models": records}
+    _write_atomic(out / (f"sweep-{lane}.json" if lane else "sweep.json"), json.dumps(summary, indent=2) + "\n")
+    if lane:
+        merge_lanes(out)
+    else:
+        _write_tables(out, device)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file, so that a lane reading it never sees half of what another lane writes."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_tables(out: Path, device: dict) -> None:
     from train.results import collect_rows, write_tables
     from train.roofline import sweep_roofline
 
-    out = Path(plan.out)
-    summary = {"plan": dataclasses.asdict(plan), "device": device, "elapsed_s": round(elapsed, 1), "models": records}
-    (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_tables(collect_rows([out]), out)
     sweep_roofline(out, device)
+
+
+def merge_lanes(out: str | Path) -> Path:
+    """``out/sweep.json`` from the lanes' ``sweep-<lane>.json`` (each model's record in the order the lanes list them),
+    and the tables of ``out``."""
+    out = Path(out)
+    parts = [json.loads(p.read_text()) for p in sorted(out.glob("sweep-*.json"))]
+    if not parts:
+        raise ValueError(f"{out}: no sweep-<lane>.json to merge")
+    merged = {**parts[0], "models": [r for part in parts for r in part["models"]], "lanes": len(parts)}
+    merged["elapsed_s"] = max(p["elapsed_s"] for p in parts)
+    _write_atomic(out / "sweep.json", json.dumps(merged, indent=2) + "\n")
+    _write_tables(out, merged["device"])
+    return out / "sweep.json"
+
+
+def load_lease(path: str | Path) -> dict:
+    """A lease config: ``out`` and ``lanes``, each lane a list of steps ``{config, models}`` (models: all when left out)."""
+    raw = yaml.safe_load(Path(path).read_text())
+    lanes = raw.get("lanes") or {}
+    if not lanes:
+        raise ValueError(f"{path}: no lanes")
+    for steps in lanes.values():
+        for step in steps:
+            load_plan(step["config"], only=step.get("models"))  # ValueError naming what is wrong
+    return raw
+
+
+def run_lane(
+    lease: str | Path, lane: str, deadline_s: float, data: str | None = None, out: str | None = None, overrides: dict | None = None
+) -> list[dict]:
+    """The steps of one lease lane in turn, each a sweep into ``<out, default the lease's>/<its config's out folder
+    name>``, all of them within ``deadline_s`` seconds from now."""
+    raw = load_lease(lease)
+    if lane not in raw["lanes"]:
+        raise ValueError(f"{lease}: no lane {lane!r}; lanes: {', '.join(raw['lanes'])}")
+    start, records = time.perf_counter(), []
+    for step in raw["lanes"][lane]:
+        left = deadline_s - (time.perf_counter() - start)
+        folder = Path(out or raw.get("out", "runs/lease")) / Path(load_plan(step["config"]).out).name
+        plan = load_plan(step["config"], data, str(folder), max(left, 1e-3), step.get("models"), overrides)
+        _logger.info("lane %s: %s, %s, %.0f s left", lane, step["config"], ", ".join(m["model"] for m in plan.models), left)
+        records += run_sweep(plan, lane=lane)
+    return records
+
+
+def _settings(pairs: list[str]) -> dict:
+    """--set KEY=VALUE pairs as TrainConfig values (YAML scalars: 4, 0.5, true)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="sweep YAML (train/sweeps/*.yaml)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="sweep YAML (train/sweeps/*.yaml)")
+    what.add_argument("--lease", help="lease YAML (train/sweeps/lease.yaml): run one of its lanes, named by --lane")
     add_data_argument(parser, overrides="the config's")
     parser.add_argument("--out", help="output folder, instead of the config's")
-    parser.add_argument("--deadline", type=float, help="seconds for the whole sweep, instead of the config's deadline_s")
+    parser.add_argument("--deadline", type=float, help="seconds for the whole sweep (or lane), instead of the config's deadline_s")
     parser.add_argument("--resume", action="store_true", help="skip finished models, continue an interrupted one from its last epoch")
     parser.add_argument("--only", nargs="+", metavar="MODEL", help="train only these models of the config")
+    parser.add_argument("--lane", help="with --lease: the lane to run")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="TrainConfig fields over every model's (a rehearsal)")
     args = parser.parse_args(argv)
     try:
-        plan = load_plan(args.config, args.data, args.out, args.deadline)
+        overrides = _settings(args.set)
+        if args.lease:
+            if not (args.lane and args.deadline):
+                parser.error("--lease needs --lane and --deadline")
+            records = run_lane(args.lease, args.lane, args.deadline, args.data, args.out, overrides)
+        else:
+            plan = load_plan(args.config, args.data, args.out, args.deadline, args.only, overrides)
+            records = run_sweep(plan, resume=args.resume)
     except (ValueError, yaml.YAMLError) as e:
         _logger.error("%s", e)
         return 2
-    unknown = sorted(set(args.only or []) - {m["model"] for m in plan.models})
-    if unknown:
-        _logger.error("--only %s: not in %s", " ".join(unknown), args.config)
-        return 2
-    records = run_sweep(plan, resume=args.resume, only=args.only)
-    failed = [r["model"] for r in records if r["status"] != "ok"]
+    failed = [r["model"] for r in records if r["status"].startswith("failed")]
     if failed:
         _logger.error("failed: %s", ", ".join(failed))
     return 1 if failed else 0
