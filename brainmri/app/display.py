@@ -16,6 +16,7 @@ from PIL import Image
 
 from brainmri.app.inline_media import data_url
 from brainmri.explain import overlay
+from brainmri.segmentation import draw_outline
 from brainmri.serving import NO_TUMOUR, Prediction, class_words
 
 THUMB_SIDE = 320
@@ -73,24 +74,46 @@ def colour_bar(result: Prediction) -> str:
     )
 
 
+def outline_note(result: Prediction) -> str:
+    """What the green outline is, and how much of the image it covers; empty when there is no outline to speak of."""
+    o = result.outline
+    if o is None:
+        return ""
+    what = "the segmentation model's estimate of where the tumour is, not a diagnosis"
+    if o.empty:
+        return f'<p class="outline-note" id="outline-note">No tumour outlined: {what} found none.</p>'
+    return (
+        f'<p class="outline-note" id="outline-note"><span class="outline-swatch"></span><b>Green outline</b>: {what}; '
+        f"it covers {o.area:.1%} of the image.</p>"
+    )
+
+
+def with_outline(image: Image.Image, mask: np.ndarray | None, show: bool) -> Image.Image:
+    """The upload, with the tumour outline drawn over it when there is one and ``show`` is on."""
+    return draw_outline(image, mask) if show and mask is not None and mask.any() else image
+
+
 class ClassifyView(NamedTuple):
     """What the Classify tab shows, in the order of its output components."""
 
     summary: str  # Markdown: the verdict, or an error that stays
     bars: str  # HTML probability bars
-    image: Image.Image | None  # the decoded upload
+    image: Image.Image | None  # the decoded upload, with the tumour outline when shown
     heatmap: Image.Image | None  # the overlay; None over an image that is not a brain MRI
-    key: str  # HTML colour bar and what the heatmap explains
+    key: str  # HTML colour bar and what the heatmap explains, and what the outline is
     details: dict | None  # the API's details
-    session: tuple | None  # (decoded image, heatmap) kept in memory for re-runs
+    session: tuple | None  # (decoded image, heatmap, outline mask) kept in memory for re-runs and redraws
 
 
-def classify_view(image: Image.Image, result: Prediction, opacity: float) -> ClassifyView:
+def classify_view(image: Image.Image, result: Prediction, opacity: float, show_outline: bool = True) -> ClassifyView:
     """The Classify tab's outputs for one prediction on ``image``."""
     cam = result.explained_cam
     bars = probability_bars(result.probabilities) if result.in_distribution else ""
     heatmap = None if cam is None else overlay(image, cam, opacity)
-    return ClassifyView(result.summary(), bars, image, heatmap, colour_bar(result), result.details(), (image, cam))
+    mask = None if result.outline is None else result.outline.mask
+    shown = with_outline(image, mask, show_outline)
+    key = colour_bar(result) + outline_note(result)
+    return ClassifyView(result.summary(), bars, shown, heatmap, key, result.details(), (image, cam, mask))
 
 
 def error_panel(message: str) -> str:
@@ -123,6 +146,9 @@ CSS = """
 .cam-bar { height: 12px; border-radius: 4px; }
 .cam-ends { display: flex; justify-content: space-between; font-size: 0.85em; opacity: 0.8; }
 .cam-meaning { margin: 4px 0 0 0; font-size: 0.95em; }
+.outline-note { margin: 6px 0 0 0; font-size: 0.95em; }
+.outline-swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 2px solid rgb(0, 255, 170); border-radius: 2px;
+  vertical-align: -0.1em; margin-right: 0.35em; }
 .cmp-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(130px, 1fr)); gap: 10px; }
 .cmp-fig { margin: 0; }
 .cmp-fig img { width: 100%; height: auto; display: block; border-radius: 4px; }

@@ -34,11 +34,13 @@ from brainmri.batching import MicroBatcher
 from brainmri.catalog import ModelSource, app_default_model, checkpoint_folder, discover
 from brainmri.checkpoint import OOD_CONFIG
 from brainmri.explain import DEFAULT_METHOD
+from brainmri.registry import SEGMENTER_DEFAULT
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.classify import run_model_batch
 from brainmri.serving.judge import ood_check_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.result import Prediction
+from brainmri.serving.segment import load_for_serving, segment_batch, segmenter_folder
 from brainmri.serving.zerogpu import gpu_task
 from brainmri.settings import model_cache_mb
 
@@ -63,6 +65,8 @@ class Predictor:
             ``max_batch`` > 1). Hooks on a shared module would see every forward through it, so one copy
             serves one batch at a time.
         device: where models load and run ("cpu", "cuda", "cuda:N", "auto"); None for ``BRAIN_MRI_DEVICE``.
+        segmenter: the tumour segmentation model that outlines every in-distribution image (registry
+            ``SEGMENTERS``); None for none. Without its shipped folder there is no outline, and nothing else changes.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Predictor:
         max_wait_s: float = 0.005,
         workers: int = 1,
         device: torch.device | str | None = None,
+        segmenter: str | None = SEGMENTER_DEFAULT,
     ):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -81,6 +86,9 @@ class Predictor:
         self.default_model = app_default_model(self.sources)
         self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
         self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20, device)
+        self.segmenter_folder = segmenter_folder(segmenter) if segmenter else None
+        self.segmenter = segmenter if self.segmenter_folder else None
+        self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
         self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self._batchers_lock = threading.Lock()
@@ -113,16 +121,23 @@ class Predictor:
             raise ValueError(f"model {name} is not available: {source.reason}")
         return self.cache.get(name, lambda: checkpoint_folder(source), copy)
 
-    def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD) -> Prediction:
-        """Run one model (the default one when ``model_name`` is empty) on an RGB image, judged by ``ood_model``.
+    def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD, outline: bool = True) -> Prediction:
+        """Run one model (the default one when ``model_name`` is empty) on an RGB image, judged by ``ood_model``, and
+        outlined by the segmenter (unless ``outline`` is False: Compare asks for heatmaps only).
 
         With ``max_batch`` > 1, requests for the same model and method that arrive together (within
         ``max_wait_s``) run as one batch; each still gets its own answer, and its own errors.
         """
         loaded = self.model(model_name)
         if self.max_batch <= 1:
-            return self.predict_many([image], loaded.name, method)[0]
-        return self._batcher(loaded.name, method).submit(image)
+            return self.predict_many([image], loaded.name, method, outline=outline)[0]
+        return self._batcher(loaded.name, method, outline).submit(image)
+
+    def segmentation_model(self, copy: int = 0):
+        """The loaded segmenter (that copy of it), or None when this deployment has none."""
+        if self.segmenter is None:
+            return None
+        return self.segmenters.get(self.segmenter, lambda: self.segmenter_folder, copy)
 
     def warm(self) -> None:
         """Load the default model and the OOD judge in every batch worker's copy, before the first request needs them.
@@ -135,9 +150,19 @@ class Predictor:
                     self.model(name, copy)
                 except ValueError as e:
                     _logger.warning("could not load %s at start-up: %s", name, e)
+            try:
+                self.segmentation_model(copy)
+            except ValueError as e:
+                _logger.warning("could not load the segmenter %s at start-up, so no outlines: %s", self.segmenter, e)
+                self.segmenter = None
 
     def predict_many(
-        self, images: Sequence[Image.Image], model_name: str | None = None, method: str = DEFAULT_METHOD, copy: int = 0
+        self,
+        images: Sequence[Image.Image],
+        model_name: str | None = None,
+        method: str = DEFAULT_METHOD,
+        copy: int = 0,
+        outline: bool = True,
     ) -> list[Prediction]:
         """One model on several images as one batch, each judged by ``ood_model`` (one more batched pass).
 
@@ -147,18 +172,19 @@ class Predictor:
         keys = [(im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()) for im in images]
         unique = [first.setdefault(key, i) for i, key in enumerate(keys)]
         if len(first) < len(images):
-            distinct = self.predict_many([images[i] for i in first.values()], model_name, method, copy)
+            distinct = self.predict_many([images[i] for i in first.values()], model_name, method, copy, outline)
             by_first = dict(zip(first.values(), distinct))
             return [dataclasses.replace(by_first[j], image=images[i]) for i, j in enumerate(unique)]
-        return self.run_passes_on_gpu(list(images), model_name, method, copy)
+        return self.run_passes_on_gpu(list(images), model_name, method, copy, outline)
 
-    def run_passes(self, images: list[Image.Image], model_name: str | None, method: str, copy: int = 0) -> list[Prediction]:
+    def run_passes(
+        self, images: list[Image.Image], model_name: str | None, method: str, copy: int = 0, outline: bool = True
+    ) -> list[Prediction]:
         """Every model pass one batch needs, on the serving device: the GPU entry point (ZeroGPU's task).
 
         1. classify: ``model_name``'s probabilities and heatmap (brainmri.serving.classify);
-        2. judge: the OOD verdict of ``ood_model``, when that is another model (brainmri.serving.judge).
-        A further model of the same request (a segmentation outline) is one more step here, filling its own
-        field of each Prediction; its loading and its pass live in their own module, as these do.
+        2. judge: the OOD verdict of ``ood_model``, when that is another model (brainmri.serving.judge);
+        3. outline: the segmenter's tumour mask of each image that looks like a brain MRI (brainmri.serving.segment).
         """
         loaded = self.model(model_name, copy)
         results = run_model_batch(loaded, images, method)
@@ -170,19 +196,32 @@ class Predictor:
                 if verdict is not None:
                     result.ood = verdict
                     result.latency_ms += extra
+        segmenter = self.segmentation_model(copy) if outline else None
+        judged = [r for r in results if r.in_distribution]
+        if segmenter is not None and judged:
+            start = time.perf_counter()
+            for result, found in zip(judged, segment_batch(segmenter, [r.image for r in judged])):
+                result.outline = found
+            extra = (time.perf_counter() - start) * 1000
+            for result in judged:
+                result.latency_ms += extra
         return results
 
     def renew_after_fork(self) -> None:
         """In a forked child (a ZeroGPU worker): fresh locks, and no batchers, whose threads did not survive the fork."""
         self.cache.renew_locks()
+        self.segmenters.renew_locks()
         self._batchers = {}
         self._batchers_lock = threading.Lock()
 
-    def _batcher(self, name: str, method: str) -> MicroBatcher:
+    def _batcher(self, name: str, method: str, outline: bool = True) -> MicroBatcher:
         with self._batchers_lock:
-            key = (name, method)
+            key = (name, method, outline)
             if key not in self._batchers:
-                runners = [functools.partial(self.predict_many, model_name=name, method=method, copy=i) for i in range(self.workers)]
+                runners = [
+                    functools.partial(self.predict_many, model_name=name, method=method, copy=i, outline=outline)
+                    for i in range(self.workers)
+                ]
                 self._batchers[key] = MicroBatcher(runners, self.max_batch, self.max_wait_s, name=f"{name}-{method}")
             return self._batchers[key]
 

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from brainmri.ood import NOT_MRI, OODResult
+from brainmri.segmentation import Outline, mask_data_url
 
 NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour
 CLASS_WORDS = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary tumour", NO_TUMOUR: "no tumour"}
@@ -35,6 +36,32 @@ class Prediction:
     latency_ms: float
     cam_layer: str = ""  # the module(s) the heatmap weighs, as named in the model ("bn2", "features.11", "bn2+blocks.4+blocks.2")
     device: str = "cpu"  # where the passes ran ("cpu", "cuda:0")
+    outline: Outline | None = None  # the segmenter's tumour mask in the image's frame; None: no segmenter, or not an MRI
+
+    @property
+    def cam_in_tumour(self) -> bool | None:
+        """Whether the heatmap's peak falls inside the outlined tumour; None without an outline."""
+        if self.outline is None or self.outline.empty:
+            return None if self.outline is None else False
+        h, w = self.outline.mask.shape
+        x, y = self.cam_peak
+        return bool(self.outline.mask[min(h - 1, int(y * h)), min(w - 1, int(x * w))])
+
+    def disagreement(self) -> str:
+        """One plain sentence when the classifier and the segmenter disagree on whether there is a tumour, else ""."""
+        if self.outline is None or not self.in_distribution:
+            return ""
+        if self.top_class == NO_TUMOUR and not self.outline.empty:
+            return (
+                f"The classifier finds no tumour, but the segmentation model outlines {self.outline.area:.1%} of the image:"
+                " the two models disagree, so trust neither alone."
+            )
+        if self.top_class != NO_TUMOUR and self.outline.empty:
+            return (
+                f"The classifier says {class_words(self.top_class)}, but the segmentation model outlines no tumour:"
+                " the two models disagree, so trust neither alone."
+            )
+        return ""
 
     @property
     def explained_cam(self) -> np.ndarray | None:
@@ -74,7 +101,8 @@ class Prediction:
             lines.append(f"**Any tumour**: {tumour:.1%}.")  # a tumour class in front implies tumour >= 0.5
         if self.ood is None:
             lines.append("(No out-of-distribution statistics for this model: it cannot tell an MRI from another picture.)")
-        return " ".join(lines) + by
+        text = " ".join(lines) + by
+        return text + (f"\n\n**{self.disagreement()}**" if self.disagreement() else "")
 
     def details(self) -> dict:
         """JSON-ready details, the API's third output."""
@@ -92,4 +120,10 @@ class Prediction:
             "temperature": self.temperature,
             "image_size": list(self.image.size),
             "latency_ms": round(self.latency_ms, 1),
+            # The segmenter's outline, in the image's frame (after EXIF orientation): a 0/255 PNG at the image's size,
+            # its box [x0, y0, x1, y1] in 0-1 (null when empty), its share of the image. All null without an outline.
+            "tumour_mask": None if self.outline is None else mask_data_url(self.outline.mask),
+            "tumour_box": None if self.outline is None or self.outline.empty else list(self.outline.box),
+            "tumour_area": None if self.outline is None else round(self.outline.area, 6),
+            "cam_in_tumour": self.cam_in_tumour,
         }

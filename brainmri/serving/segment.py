@@ -1,0 +1,64 @@
+"""The tumour outline's pass: the segmentation model loaded for serving, and a batch of images to their outlines.
+
+The segmenter is the registry's ``SEGMENTER_DEFAULT``, from its shipped folder (``checkpoints/unet_lite0``). Like
+the classifiers it loads into a model cache (brainmri.serving.cache) and runs on the serving device under its own
+lock; :meth:`brainmri.serving.predictor.Predictor.run_passes` calls :func:`segment_batch` as its third step, so
+on ZeroGPU the outline shares the request's lent GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from brainmri.checkpoint import CONFIG, count_tensors_bytes
+from brainmri.registry import SEGMENTER_DEFAULT, get_segmenter_spec
+from brainmri.runtime import fold_batchnorm
+from brainmri.segmentation import Outline, load_segmenter, outline, tumour_probability
+from brainmri.serving.device import place_model, resolve_device
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedSegmenter:
+    """A segmentation model ready to serve."""
+
+    name: str
+    model: nn.Module
+    input_size: int
+    nbytes: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def segmenter_folder(name: str = SEGMENTER_DEFAULT) -> Path | None:
+    """The shipped folder of segmenter ``name`` (checkpoints/<name>), or None when this deployment has none."""
+    folder = get_segmenter_spec(name).local_dir
+    return folder if (folder / CONFIG).is_file() else None
+
+
+def load_for_serving(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedSegmenter:
+    """The ModelCache loader of segmenters: eval mode, batch norm folded, channels_last, on the serving device."""
+    device = resolve_device(None if device is None else str(device))
+    model = load_segmenter(folder)
+    size = model.input_size
+    fold_batchnorm(model)
+    model = place_model(model.requires_grad_(False), device)
+    return LoadedSegmenter(name, model, size, count_tensors_bytes(model), device)
+
+
+def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Outline]:
+    """Each RGB image's outline, in its own frame (size), from one batched forward."""
+    side = loaded.input_size
+    batch = torch.stack([torch.from_numpy(np.array(im.resize((side, side), Image.BILINEAR))).permute(2, 0, 1) for im in images])
+    with loaded.lock:
+        probability = tumour_probability(loaded.model, batch.contiguous(memory_format=torch.channels_last))  # (B, S, S)
+    return [outline(p, im.size) for p, im in zip(probability, images)]

@@ -1,0 +1,101 @@
+"""The tumour outline in the serving path: the API's tumour_* details, no outline over a non-MRI, the disagreement
+sentence, and the Classify tab's drawing and toggle."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from shipped import require_shipped
+
+from brainmri.app import display
+from brainmri.data import ImageRecords, limit_per_class, load_records
+from brainmri.segmentation import OUTLINE_COLOUR, Outline, draw_outline
+from brainmri.serving import Predictor
+from brainmri.serving.segment import segmenter_folder
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    if segmenter_folder() is None:
+        pytest.fail("no shipped segmenter in checkpoints/unet_lite0: python -m train.segment --data DATA (docs/segmentation.md)")
+    return Predictor(require_shipped())
+
+
+@pytest.fixture(scope="module")
+def tumours(data_dir: Path) -> ImageRecords:
+    test = load_records(data_dir, "test")
+    return limit_per_class(test.subset(np.flatnonzero(test.labels != test.class_names.index("notumor"))), 3, seed=2)
+
+
+def decode_mask(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def test_details_carry_the_outline_in_the_uploaded_images_frame(predictor: Predictor, tumours: ImageRecords):
+    image = tumours.open(0).resize((300, 240))  # not the model's size, nor square
+    details = json.loads(json.dumps(predictor.predict(image).details()))
+    mask = decode_mask(details["tumour_mask"])
+    assert mask.shape == (240, 300) and set(np.unique(mask)) <= {0, 255}
+    assert details["tumour_area"] == pytest.approx((mask > 0).mean(), abs=1e-4)
+    if mask.any():
+        ys, xs = np.nonzero(mask)
+        assert details["tumour_box"] == pytest.approx(
+            [xs.min() / 300, ys.min() / 240, (xs.max() + 1) / 300, (ys.max() + 1) / 240], abs=1e-3
+        )
+        x, y = details["cam_peak"]
+        assert details["cam_in_tumour"] == bool(mask[int(y * 240), int(x * 300)])
+    else:
+        assert details["tumour_box"] is None and details["cam_in_tumour"] is False
+
+
+def test_most_tumours_are_outlined(predictor: Predictor, tumours: ImageRecords):
+    found = [predictor.predict(tumours.open(i)).outline for i in range(len(tumours))]
+    assert sum(o is not None and not o.empty for o in found) >= len(found) - 2, [o and o.area for o in found]
+
+
+def test_no_outline_over_an_image_that_is_not_a_brain_mri(predictor: Predictor):
+    result = predictor.predict(Image.new("RGB", (256, 256), (128, 128, 128)))
+    assert not result.in_distribution and result.outline is None
+    d = result.details()
+    assert d["tumour_mask"] is None and d["tumour_box"] is None and d["tumour_area"] is None and d["cam_in_tumour"] is None
+    assert display.outline_note(result) == ""
+
+
+def test_compare_and_a_deployment_without_a_segmenter_give_no_outline(predictor: Predictor, tumours: ImageRecords):
+    assert predictor.predict(tumours.open(0), outline=False).outline is None
+    bare = Predictor(predictor.sources, segmenter=None)
+    assert bare.predict(tumours.open(0)).details()["tumour_mask"] is None
+
+
+def test_disagreement_is_one_plain_sentence(predictor: Predictor, tumours: ImageRecords):
+    result = predictor.predict(tumours.open(0))
+    empty = Outline(np.zeros((10, 10), dtype=bool), 0.0, None)
+    some = Outline(np.ones((10, 10), dtype=bool), 1.0, (0.0, 0.0, 1.0, 1.0))
+    tumour_class = next(c for c in result.probabilities if c != "notumor")
+    assert "outlines no tumour" in replace(result, top_class=tumour_class, outline=empty).disagreement()
+    assert (
+        "finds no tumour, but the segmentation model outlines 100.0%" in replace(result, top_class="notumor", outline=some).disagreement()
+    )
+    assert replace(result, top_class=tumour_class, outline=some).disagreement() == ""
+    assert replace(result, top_class="notumor", outline=empty).disagreement() == ""
+    assert "disagree" in replace(result, top_class=tumour_class, outline=empty).summary()
+
+
+def test_the_outline_is_drawn_around_the_mask_and_the_toggle_hides_it():
+    image = Image.new("RGB", (100, 80), (40, 40, 40))
+    mask = np.zeros((80, 100), dtype=bool)
+    mask[20:40, 30:60] = True
+    drawn = np.asarray(draw_outline(image, mask))
+    ring = np.all(drawn == OUTLINE_COLOUR, axis=-1)
+    assert ring.any() and not (ring & mask).any()  # around the tumour, never over it
+    assert ring[19, 45] and ring[40, 45] and not ring[5, 5]
+    assert display.with_outline(image, mask, False) is image
+    assert display.with_outline(image, np.zeros_like(mask), True) is image
