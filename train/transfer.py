@@ -77,12 +77,12 @@ def check(repo: Path = ROOT) -> dict[str, int]:
     mib = {k: v / 2**20 for k, v in sizes.items()}
     print(
         f"travels: working tree {mib['tree']:.1f} MiB ({STASHED}/ but {KEPT}) + {CARRIED}/ {mib['carried']:.1f} MiB "
-        f"= {mib['total']:.1f} MiB (target {TARGET_BYTES / 2**20:.0f}, limit {LIMIT_BYTES / 2**20:.0f} MiB)"
+        f"= {mib['total']:.1f} MiB (target {TARGET_BYTES / 2**20:.1f}, limit {LIMIT_BYTES / 2**20:.0f} MiB)"
     )
     if sizes["total"] > TARGET_BYTES:
         largest = sorted(travelling_files(repo), key=lambda f: f.stat().st_size, reverse=True)[:5]
         names = ", ".join(f"{f.relative_to(repo)} ({f.stat().st_size / 2**20:.1f} MiB)" for f in largest)
-        raise ValueError(f"{mib['total']:.1f} MiB would travel, over the {TARGET_BYTES / 2**20:.0f} MiB target; largest: {names}")
+        raise ValueError(f"{mib['total']:.1f} MiB would travel, over the {TARGET_BYTES / 2**20:.1f} MiB target; largest: {names}")
     return sizes
 
 
