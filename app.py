@@ -25,7 +25,6 @@ from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
 from brainmri.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.predict import Predictor
 from brainmri.runtime import configure_torch_threads
-from brainmri.seed_report import seed_markdown
 from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch
 
 setup_logging()
@@ -71,7 +70,7 @@ def refresh_models():
 # ---------------------------------------------------------------- Classify
 
 
-def classify_upload(file: str | None, model_name: str | None, method: str, opacity: float):
+def classify_upload(file: str | None, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
     """UI, a new upload: decoded once, deleted from Gradio's cache at once, and the upload box emptied for the next
     one; the decoded image lives on only in the session's state (memory), so a changed model re-runs without it."""
     if not file:
@@ -82,21 +81,26 @@ def classify_upload(file: str | None, model_name: str | None, method: str, opaci
         return None, display.error_panel(str(e)), *EMPTY[1:]
     finally:
         discard_upload(file, keep=kept_in_cache(demo), pending=PENDING)
-    return None, *classify((image, None), model_name, method, opacity)
+    return None, *classify((image, None), model_name, method, opacity, show_outline)
 
 
-def classify(session, model_name: str | None, method: str, opacity: float):
+def classify(session, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
     """UI: predict and explain the session's image (display.ClassifyView: what the Classify tab shows)."""
     if session is None:
         return EMPTY
     image = session[0]
     with user_errors():
         result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
-    return display.classify_view(image, result, opacity)
+    return display.classify_view(image, result, opacity, show_outline)
 
 
 def reblend(session, opacity: float):
     return None if session is None or session[1] is None else overlay(session[0], session[1], opacity)
+
+
+def redraw_outline(session, show: bool):
+    """UI, the outline toggled: the session's image redrawn, with or without it; nothing is re-run."""
+    return None if session is None else display.with_outline(session[0], session[2] if len(session) > 2 else None, show)
 
 
 def predict(image: str, model_name: str | None = None):
@@ -122,9 +126,9 @@ def show_examples():  # on page load: a Hub dataset is fetched then, not at impo
     return gr.Gallery([p for p, _ in examples()], visible=bool(examples()))
 
 
-def classify_example(model_name: str | None, method: str, opacity: float, evt: gr.SelectData):
+def classify_example(model_name: str | None, method: str, opacity: float, show_outline: bool, evt: gr.SelectData):
     """UI, an example clicked: classified like an upload (an example is not an upload: never deleted)."""
-    return classify((load_image(examples()[evt.index][0]), None), model_name, method, opacity)
+    return classify((load_image(examples()[evt.index][0]), None), model_name, method, opacity, show_outline)
 
 
 def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
@@ -145,20 +149,22 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
                 heatmap = send_inline(
                     gr.Image(label="Heatmap: what drove the prediction", elem_id="heatmap", buttons=["fullscreen"], **image)
                 )
-                original = send_inline(gr.Image(label="Your image", elem_id="original", buttons=[], **image))
+                original = send_inline(gr.Image(label="Your image, tumour outlined", elem_id="original", buttons=[], **image))
             key = gr.HTML(elem_id="cam-key-box")
             method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="method")
             opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
+            show_outline = gr.Checkbox(True, label="Tumour outline on your image", elem_id="outline-toggle")
             with gr.Accordion("Details (JSON)", open=False):
                 details = gr.JSON(label="Details", elem_id="details-json")
     outputs = [summary, bars, original, heatmap, key, details, session]
     # A user's upload first clears the old answer, so a bad file never leaves it up.
     upload.upload(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden").then(
-        classify_upload, [upload, model, method, opacity], [upload, *outputs], api_visibility="private"
+        classify_upload, [upload, model, method, opacity, show_outline], [upload, *outputs], api_visibility="private"
     )
-    gallery.select(classify_example, [model, method, opacity], outputs, api_visibility="private")
+    gallery.select(classify_example, [model, method, opacity, show_outline], outputs, api_visibility="private")
     for trigger in (model.change, method.change):
-        trigger(classify, [session, model, method, opacity], outputs, api_visibility="private")
+        trigger(classify, [session, model, method, opacity, show_outline], outputs, api_visibility="private")
+    show_outline.change(redraw_outline, [session, show_outline], original, api_visibility="private", show_progress="hidden")
     opacity.change(reblend, [session, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
     # The API endpoint: its own hidden inputs and probabilities, so a client may name any model or none.
     api_image, api_model = without_stray_temp_file(gr.File(visible=False)), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
@@ -178,7 +184,7 @@ def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress
     names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
     start = time.perf_counter()
     with user_errors():
-        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD) for name in progress.tqdm(names, desc="models")]
+        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD, outline=False) for name in progress.tqdm(names, desc="models")]
     seconds = time.perf_counter() - start
     summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
     table = pd.DataFrame(display.percent_cells(comparison.comparison_rows(results)))
@@ -196,47 +202,6 @@ def compare_tab(session: gr.State) -> gr.CheckboxGroup:
     grid = gr.HTML(elem_id="compare-heatmaps")
     button.click(compare, [session, method, picked], [table, grid, agreement], api_visibility="private")
     return picked
-
-
-# ---------------------------------------------------------------- Experiments
-
-
-def experiments_view():
-    table, full, sweep, short, names = experiments.tables()
-    sweep, short = gr.Dataframe(sweep, visible=sweep is not None), gr.Dataframe(short, visible=short is not None)
-    name = gr.Dropdown(choices=names, value=names[0] if names else None)
-    cost, size, per_class = (gr.Image(p, visible=p is not None) for p in experiments.pictures())
-    return cost, size, per_class, table, full, sweep, short, name, seed_markdown(), experiments.localisation_markdown()
-
-
-def experiments_tab(tab: gr.Tab) -> None:
-    gr.Markdown(experiments.ABOUT)
-    gr.Markdown(experiments.PICTURES_ABOUT)
-    picture = dict(type="filepath", interactive=False, buttons=["fullscreen"], visible=False, show_label=False)
-    with gr.Row():
-        cost = gr.Image(elem_id="accuracy-cost", **picture)
-        size = gr.Image(elem_id="accuracy-params", **picture)
-    per_class = gr.Image(elem_id="per-class", **picture)
-    table = gr.Dataframe(label="Shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
-    with gr.Accordion("All columns", open=False):
-        full = gr.Dataframe(pinned_columns=1, show_label=False)
-    sweep = gr.Dataframe(label="GPU sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False)
-    cut = "Cut short by their time budget: how far each model got, not what it can do"
-    short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
-    localisation = gr.Markdown(elem_id="localisation")
-    name = gr.Dropdown(label="Figures of checkpoint")
-    figure = dict(type="filepath", interactive=False, height=380, buttons=["fullscreen"])
-    with gr.Row():
-        curves = gr.Image(label="Training curves", **figure)
-        confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
-    with gr.Row():
-        reliability = gr.Image(label="Reliability diagram", elem_id="reliability", **figure)
-        hist = gr.Dataframe(label="history.csv (4 significant digits)", max_height=380)
-    with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
-        seed = gr.Markdown(elem_id="seed-table")
-    outputs = [cost, size, per_class, table, full, sweep, short, name, seed, localisation]
-    tab.select(experiments_view, None, outputs, api_visibility="private")
-    name.change(experiments.figures_of, name, [curves, confusion, reliability, hist], api_visibility="private")
 
 
 # ---------------------------------------------------------------- Data
@@ -281,7 +246,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Compare"):
             picked = compare_tab(session)
         with gr.Tab("Experiments") as tab:
-            experiments_tab(tab)
+            experiments.build_tab(tab)
             unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable), elem_id="unavailable")  # not under the menu
         with gr.Tab("Data") as tab:
             data_tab(tab, model)

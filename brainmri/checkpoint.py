@@ -148,10 +148,27 @@ def has_metrics(folder: str | Path) -> bool:
     return (Path(folder) / METRICS).is_file()
 
 
-def update_metrics(folder: str | Path, sections: dict) -> dict:
-    """Merge ``sections`` into the folder's metrics.json (made if absent); returns the whole of it."""
+def is_classifier(folder: str | Path) -> bool:
+    """A timm classifier's folder (its config.json has timm's ``architecture``), not the smp segmenter's."""
+    path = Path(folder) / CONFIG
+    try:
+        return path.is_file() and "architecture" in json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def classifier_folders(root: str | Path) -> list[Path]:
+    """The classifier checkpoint folders under ``root`` that have metrics, sorted: what tables and pictures list."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if has_metrics(p) and is_classifier(p)) if root.is_dir() else []
+
+
+def update_metrics(folder: str | Path, sections: dict, drop: list[str] | None = None) -> dict:
+    """Merge ``sections`` into the folder's metrics.json (made if absent), less the ``drop`` keys; returns the whole of it."""
     metrics = read_metrics(folder) if has_metrics(folder) else {}
     metrics.update(sections)
+    for key in drop or []:
+        metrics.pop(key, None)
     (Path(folder) / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -169,9 +186,10 @@ METRIC_COLUMNS = {
     "val_accuracy": ("validation", "accuracy"),
     "test_accuracy": ("test", "accuracy"),
     "test_accuracy_ci95": ("test", "accuracy_ci95"),
-    "test_unseen_accuracy": ("test_unseen", "accuracy"),  # Testing without any exact, near or mirrored twin in Training
+    "test_unseen_accuracy": ("test_unseen", "accuracy"),
     "test_unseen_accuracy_ci95": ("test_unseen", "accuracy_ci95"),
     "test_unseen_n": ("test_unseen", "n"),
+    "val_leaky_accuracy": ("validation_leaky", "accuracy"),
     "test_loss": ("test", "loss"),
     "temperature": ("calibration", "temperature"),
     "test_ece_raw": ("calibration", "test_ece_before"),

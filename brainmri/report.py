@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -198,3 +199,39 @@ def write_model_card(folder: str | Path) -> Path:
     path = folder / "README.md"
     path.write_text("\n".join(line for line in lines if line is not None) + "\n")
     return path
+
+
+# Published figures on Cheng et al.'s figshare masks, the anchors the segmentation table stands beside (issue 19).
+SEGMENTATION_ANCHORS = [
+    ("Convolutional autoencoder (Badža and Barjaktarović)", "0.717-0.729", "published, figshare, their own split"),
+    ("SAM, prompted zero-shot from BiomedCLIP saliency", "0.55", "published, figshare"),
+    ("smp U-Net on ImageNet Lite0, 6 epochs, no negatives", "0.81", "an independent quick baseline, figshare-grouped split"),
+]
+
+
+def segmentation_markdown(folder: str | Path) -> str:
+    """The segmenter's validation figures per class, beside the published anchors; empty when it has no metrics."""
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        return ""
+    m = json.loads(path.read_text())
+    v = m["validation"]
+    rows = [("all tumours", v["tumour"]), *v["per_class"].items()]
+    lines = [
+        f"`{m['model']}` ({m['architecture']}, {m['parameters'] / 1e6:.1f} M parameters, {m['epochs_run']} epochs on CPU,"
+        f" best epoch {m['best_epoch']}), on the validation scans of the mirror-aware split (`val_split.txt`):",
+        "",
+        "| validation slices | n | Dice (95% CI) | IoU | tumour outlined | area error |",
+        "|---|---:|---|---:|---:|---:|",
+        *[
+            f"| {name} | {r['n']} | {r['dice']:.3f} ({r['dice_ci95'][0]:.3f}-{r['dice_ci95'][1]:.3f}) | {r['iou']:.3f}"
+            f" | {r['detection_rate']:.1%} | {r['area_error_abs']:.0%} |"
+            for name, r in rows
+        ],
+        f"| no tumour: left empty | {v['no_tumour']['n']} | | | {v['no_tumour']['empty_share']:.1%} empty | |",
+        "",
+        "Area error: mean |outlined - true area| / true area. Anchors (Dice on figshare, not on this split):",
+        "",
+        *[f"- {what}: {dice} ({where})" for what, dice, where in SEGMENTATION_ANCHORS],
+    ]
+    return "\n".join(lines)

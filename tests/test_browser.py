@@ -95,6 +95,14 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             expect(key.locator(".cam-bar")).to_be_visible()  # the colour bar
             expect(key).to_contain_text(re.compile(r"drove '(glioma|meningioma|pituitary tumour)'"))  # which class it explains
             assert page.locator("#upload a[download], #upload a[href*='file=']").count() == 0  # no link to a deleted file
+            note = page.locator("#outline-note")  # the segmenter's outline: what it is, and how much it covers
+            expect(note).to_contain_text("not a diagnosis")
+            expect(note).to_contain_text(re.compile(r"covers \d+\.\d% of the image|No tumour outlined"))
+            outlined = page.locator("#original img").get_attribute("src")
+            page.locator("#outline-toggle input").uncheck()  # the toggle redraws the upload without the outline
+            expect(page.locator("#original img")).not_to_have_attribute("src", outlined or "", timeout=10_000)
+            page.locator("#outline-toggle input").check()
+            expect(page.locator("#original img")).to_have_attribute("src", outlined or "", timeout=10_000)
             page.screenshot(path=str(ARTIFACTS / "desktop_classify.png"), full_page=True)
 
             _classify(page, sorted((data_dir / "Testing" / "notumor").glob("*.jpg"))[0], "no tumour")
@@ -106,11 +114,14 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             _classify(page, photo, "does not look like a brain MRI")
             expect(page.locator("#heatmap img")).to_have_count(0)  # no heatmap over what is not a brain MRI
             expect(key).to_have_count(0)  # nor its key
+            expect(page.locator("#outline-note")).to_have_count(0)  # nor an outline
 
             page.locator("#model input").click()
             options = page.get_by_role("option")
-            expect(options.first).to_contain_text(re.compile(r"EfficientNet · Lite0, ImageNet-initialised \(\d+\.\d% on Testing\)"))
-            page.get_by_role("option", name=re.compile(r"^Simple CNN · Sequential 1: 7 layers, 20 epochs \(\d+\.\d% on Testing\)")).click()
+            expect(options.first).to_contain_text(re.compile(r"EfficientNet · Lite0, ImageNet-initialised \(\d+\.\d% on unseen Testing\)"))
+            page.get_by_role(
+                "option", name=re.compile(r"^Simple CNN · Sequential 1: 7 layers, 20 epochs \(\d+\.\d% on unseen Testing\)")
+            ).click()
             expect(summary).to_contain_text("simple_cnn_7", timeout=30_000)
 
             broken = image.with_name(f"{secret}-broken.png")

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from brainmri.checkpoint import METRICS, label_names, read_metrics  # noqa: E402
+from brainmri.checkpoint import classifier_folders, label_names, read_metrics  # noqa: E402
 from brainmri.cli import setup_logging  # noqa: E402
 from brainmri.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
 
@@ -82,7 +82,7 @@ def model_point(folder: str | Path, count_macs: bool = True) -> dict:
 
 def model_points(root: str | Path, count_macs: bool = True) -> list[dict]:
     """One point per checkpoint folder under ``root`` with a tested metrics.json, best first."""
-    points = [model_point(p.parent, count_macs) for p in sorted(Path(root).glob(f"*/{METRICS}"))]
+    points = [model_point(p, count_macs) for p in classifier_folders(root)]
     return sorted((p for p in points if p["accuracy"] is not None), key=lambda p: -p["accuracy"])
 
 

@@ -16,10 +16,13 @@ import json
 import logging
 from pathlib import Path
 
+import gradio as gr
 import pandas as pd
 
-from brainmri.checkpoint import HISTORY, cut_short, has_metrics, metric_columns, read_metrics
-from brainmri.registry import REGISTRY
+from brainmri.checkpoint import HISTORY, classifier_folders, cut_short, metric_columns, read_metrics
+from brainmri.registry import REGISTRY, SEGMENTER_DEFAULT
+from brainmri.report import segmentation_markdown
+from brainmri.seed_report import seed_markdown
 from brainmri.settings import checkpoint_dir
 
 _logger = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ def checkpoint_folders(root: str | Path | None = None) -> list[Path]:
     root = Path(checkpoint_dir() if root is None else root)
     if not root.is_dir():
         return []
-    folders = [p for p in root.iterdir() if has_metrics(p)]
+    folders = classifier_folders(root)
     order = {name: i for i, name in enumerate(REGISTRY)}
     return sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))
 
@@ -244,3 +247,48 @@ def tables(root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, 
 
 def _frame(rows: list[dict] | None) -> pd.DataFrame | None:
     return None if rows is None else pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- the tab
+
+
+def tab_view():
+    table, full, sweep, short, names = tables()
+    sweep, short = gr.Dataframe(sweep, visible=sweep is not None), gr.Dataframe(short, visible=short is not None)
+    name = gr.Dropdown(choices=names, value=names[0] if names else None)
+    cost, size, per_class = (gr.Image(p, visible=p is not None) for p in pictures())
+    outline = segmentation_markdown(checkpoint_dir() / SEGMENTER_DEFAULT) or "No segmentation model is shipped here."
+    return cost, size, per_class, table, full, sweep, short, name, seed_markdown(), localisation_markdown(), outline
+
+
+def build_tab(tab: gr.Tab) -> None:
+    """The Experiments tab's components, filled when the tab is opened (UI wiring, moved out of app.py)."""
+    gr.Markdown(ABOUT)
+    gr.Markdown(PICTURES_ABOUT)
+    picture = dict(type="filepath", interactive=False, buttons=["fullscreen"], visible=False, show_label=False)
+    with gr.Row():
+        cost = gr.Image(elem_id="accuracy-cost", **picture)
+        size = gr.Image(elem_id="accuracy-params", **picture)
+    per_class = gr.Image(elem_id="per-class", **picture)
+    table = gr.Dataframe(label="Shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
+    with gr.Accordion("All columns", open=False):
+        full = gr.Dataframe(pinned_columns=1, show_label=False)
+    sweep = gr.Dataframe(label="GPU sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False)
+    cut = "Cut short by their time budget: how far each model got, not what it can do"
+    short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
+    localisation = gr.Markdown(elem_id="localisation")
+    name = gr.Dropdown(label="Figures of checkpoint")
+    figure = dict(type="filepath", interactive=False, height=380, buttons=["fullscreen"])
+    with gr.Row():
+        curves = gr.Image(label="Training curves", **figure)
+        confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
+    with gr.Row():
+        reliability = gr.Image(label="Reliability diagram", elem_id="reliability", **figure)
+        hist = gr.Dataframe(label="history.csv (4 significant digits)", max_height=380)
+    with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
+        seed = gr.Markdown(elem_id="seed-table")
+    with gr.Accordion("Where the tumour is: the segmentation model's Dice, per class", open=True):
+        outline = gr.Markdown(elem_id="segmentation-table")
+    outputs = [cost, size, per_class, table, full, sweep, short, name, seed, localisation, outline]
+    tab.select(tab_view, None, outputs, api_visibility="private")
+    name.change(figures_of, name, [curves, confusion, reliability, hist], api_visibility="private")
