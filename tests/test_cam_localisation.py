@@ -32,3 +32,15 @@ def test_the_shared_boxes_cover_training_tumours_only():
     boxes = load_boxes(DEFAULT_BOXES)
     assert len(boxes) == 3962 and all(p.startswith("Training/") and "/notumor/" not in p for p in boxes)
     assert all(0 <= b.x0 < b.x1 <= 1 and 0 <= b.y0 < b.y1 <= 1 for b in boxes.values())
+
+
+def test_heatmaps_are_scored_against_the_tumours_own_mask_where_it_has_one(data_dir):
+    import csv
+
+    from train.cam_localisation import tumour_mask
+
+    with open(f"{data_dir}-masks/masks.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    mask = tumour_mask((data_dir / row["path"]).resolve(), (224, 224))
+    assert mask.dtype == bool and mask.sum() == int(row["mask_pixels"])
+    assert tumour_mask((data_dir / "Testing" / "glioma").resolve() / "no_such.jpg", (224, 224)) is None

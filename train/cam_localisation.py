@@ -11,8 +11,11 @@ heatmap comes from the app's path (``Predictor``'s batched Grad-CAM); the **poin
 hit when its peak (``details.cam_peak``) lies inside the tumour box, and the **mass in the box** is
 the share of heatmap mass inside it. Chance levels beside them: the image centre (a hit when the box
 holds the centre), a random point in the head (the box's share of the Otsu brain mask) and a uniform
-map (the box's share of the image). The validation images are cut in two halves by a seeded draw:
-choose a layer and method on ``choose``, report on ``report``.
+map (the box's share of the image). Where the expert masks lie beside the data (brainmri.data.masks_folder),
+each image is scored against its tumour's own outline as well: ``mask_hit`` (the peak inside the mask) and
+``mask_mass`` (the share of heatmap mass inside it), with ``mask_uniform`` (the mask's share of the image) as
+chance. The validation images are cut in two halves by a seeded draw: choose a layer and method on ``choose``,
+report on ``report``.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from brainmri.catalog import discover
 from brainmri.cli import add_data_argument, exit_code, setup_logging
+from brainmri.data import masks_folder
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, prepare_for_cam
 from brainmri.imageio import load_image
 from brainmri.serving import Predictor
@@ -89,20 +94,41 @@ def halves(items: list, seed: int = 0) -> dict[str, list]:
     return {"choose": [items[i] for i in sorted(order[:cut])], "report": [items[i] for i in sorted(order[cut:])]}
 
 
+def tumour_mask(path: Path, size: tuple[int, int]) -> np.ndarray | None:
+    """The expert mask of a Training image at ``size`` (width, height), or None when it has none."""
+    for parent in path.parents:
+        folder = masks_folder(parent)
+        if folder is not None:
+            mask = folder / path.relative_to(parent.resolve()).with_suffix(".png")
+            return np.asarray(Image.open(mask).convert("L").resize(size, Image.NEAREST)) >= 128 if mask.is_file() else None
+    return None
+
+
+KEYS = ("hit", "mass", "centre", "head", "uniform")
+MASK_KEYS = ("mask_hit", "mask_mass", "mask_uniform")
+
+
 def score(predictor: Predictor, name: str, method: str, items: list[tuple[Path, str, Box]]) -> dict:
-    """Pointing game, mass in the box and the chance levels, overall and per class."""
+    """Pointing game, mass in the box (and in the mask, where there is one) and the chance levels, overall and per class."""
     per_class: dict[str, dict[str, list[float]]] = {}
     for start in tqdm(range(0, len(items), BATCH), desc=f"{name} {method}", leave=False, mininterval=5):
         chunk = items[start : start + BATCH]
         images = [load_image(path) for path, _, _ in chunk]
-        for (_, cls, box), image, result in zip(chunk, images, predictor.predict_many(images, name, method)):
+        results = predictor.predict_many(images, name, method, outline=False)  # the heatmap is scored, not the segmenter
+        for (path, cls, box), image, result in zip(chunk, images, results):
             w, h = image.size
             rows, cols = box.pixels(w, h)
             inside = np.zeros((h, w), dtype=bool)
             inside[rows, cols] = True
             head = brain_mask(image)
             total = float(result.cam.sum())
-            m = per_class.setdefault(cls, {k: [] for k in ("hit", "mass", "centre", "head", "uniform")})
+            m = per_class.setdefault(cls, {k: [] for k in (*KEYS, *MASK_KEYS)})
+            mask = tumour_mask(path.resolve(), (w, h))
+            if mask is not None and mask.any():
+                x, y = result.cam_peak
+                m["mask_hit"].append(float(mask[min(h - 1, int(y * h)), min(w - 1, int(x * w))]))
+                m["mask_mass"].append(float(result.cam[mask].sum()) / total if total > 0 else 0.0)
+                m["mask_uniform"].append(float(mask.mean()))
             m["hit"].append(float(box.holds(*result.cam_peak)))
             m["mass"].append(float(result.cam[inside].sum()) / total if total > 0 else 0.0)
             m["centre"].append(float(box.holds(0.5, 0.5)))
@@ -110,9 +136,10 @@ def score(predictor: Predictor, name: str, method: str, items: list[tuple[Path, 
             m["uniform"].append(float(inside.mean()))
 
     def summary(values: dict[str, list[float]]) -> dict:
-        return {"n": len(values["hit"]), **{k: round(statistics.fmean(v), 4) for k, v in values.items()}}
+        out = {"n": len(values["hit"]), **{k: round(statistics.fmean(v), 4) for k, v in values.items() if v}}
+        return out | ({"n_masked": len(values["mask_hit"])} if values["mask_hit"] else {})
 
-    everything = {k: [x for m in per_class.values() for x in m[k]] for k in ("hit", "mass", "centre", "head", "uniform")}
+    everything = {k: [x for m in per_class.values() for x in m[k]] for k in (*KEYS, *MASK_KEYS)}
     return {**summary(everything), "per_class": {c: summary(v) for c, v in sorted(per_class.items())}}
 
 
