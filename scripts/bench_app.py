@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from brainmri.app import display  # noqa: E402
 from brainmri.app.dataview import example_files, local_root  # noqa: E402
 from brainmri.app.inline_media import data_url  # noqa: E402
 from brainmri.catalog import discover  # noqa: E402
@@ -69,7 +70,8 @@ def start_to_first_answer(image: Path) -> dict:
 
 
 def latency(predictor: Predictor, name: str, images: list, warmup: int = 3) -> dict:
-    """Median ms of predict + Grad-CAM (+ OOD), and of the whole request (decode, predict, overlay, PNG data URL)."""
+    """Median ms of predict + Grad-CAM (+ OOD, + the tumour outline), and of the whole request (decode, predict, overlay,
+    the outline drawn, PNG data URLs of the heatmap and of the mask in the details)."""
     predictor.model(name)  # load outside the timing
     for path in images[:warmup]:
         predictor.predict(load_image(path), name)
@@ -79,6 +81,8 @@ def latency(predictor: Predictor, name: str, images: list, warmup: int = 3) -> d
         image = load_image(path)
         result = predictor.predict(image, name)
         data_url(overlay(image, result.cam))  # what the app sends: the heatmap inline
+        result.details()  # with the outline's mask as a PNG data URL
+        display.with_outline(image, None if result.outline is None else result.outline.mask, True)
         full.append((time.perf_counter() - start) * 1000)
         cpu.append((time.process_time() - start_cpu) * 1000)  # all threads: what the request costs, busy machine or not
         core.append(result.latency_ms)
@@ -109,6 +113,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40, help="Testing images per model")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--models", nargs="+", help="only these models (default: every available one)")
     args = parser.parse_args()
     threads = configure_torch_threads(batch_workers())  # as the app: the cores shared by its batch workers
     root = local_root(default_data())
@@ -118,7 +123,8 @@ def main() -> int:
     per_class = max(1, args.images // 4)
     images = [p for p, _ in example_files(root, per_class=per_class + 1)][: args.images + 3]
     predictor = Predictor(discover(hub=False))
-    names = predictor.available
+    names = args.models or predictor.available
+    print(f"tumour outline: {predictor.segmenter or 'none (no shipped segmenter)'}")
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {available_cpus()} usable cores, torch threads {threads}, 1-min load average {load_avg:.1f}")

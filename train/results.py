@@ -27,6 +27,7 @@ from brainmri.cli import setup_logging
 from brainmri.registry import APP_DEFAULT, REGISTRY, SEGMENTER_DEFAULT
 from brainmri.report import segmentation_markdown
 from brainmri.seed_report import seed_markdown
+from brainmri.serving.result import CLASS_WORDS
 from train.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 
 _logger = logging.getLogger(__name__)
@@ -194,7 +195,11 @@ def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
         m = metric_columns(read_metrics(folder))
         rows.append(m)
     rows.sort(key=lambda m: -(m["test_unseen_accuracy"] or m["test_accuracy"] or 0))
-    lines = ["| model | unseen Testing (95% CI) | n | official Testing (95% CI) | params | input |", "|---|---|---:|---|---:|---:|"]
+    lines = [
+        *_headline_sentence(root, rows),
+        "| model | unseen Testing (95% CI) | n | official Testing (95% CI) | params | input |",
+        "|---|---|---:|---|---:|---:|",
+    ]
     for m in rows:
         name = f"`{m['model']}`" + (" (app default)" if m["model"] == APP_DEFAULT else "")
         params = "" if m["parameters"] is None else f"{m['parameters'] / 1e6:.1f} M"
@@ -203,6 +208,28 @@ def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
             f"| {_pct_ci(m['test_accuracy'], m['test_accuracy_ci95'])} | {params} | {m['input_size'] or ''} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
+    """The README's first figures, in words: the default's and the best model's unseen accuracy, and the thin classes."""
+    default = next((m for m in rows if m["model"] == APP_DEFAULT and m["test_unseen_accuracy"] is not None), None)
+    best = rows[0] if rows and rows[0]["test_unseen_accuracy"] is not None else None
+    if default is None or best is None:
+        return []
+    per_class = read_metrics(Path(root) / APP_DEFAULT)["test_unseen"]["per_class"]
+    thin = " and ".join(f"{n['n']} {CLASS_WORDS.get(c, c)}" for c, n in per_class.items() if n["n"] < 50)
+
+    def said(m: dict) -> str:
+        lo, hi = m["test_unseen_accuracy_ci95"]
+        official = f"{100 * m['test_accuracy']:.2f}% on official Testing"
+        return f"**{100 * m['test_unseen_accuracy']:.1f}%** (95% CI {100 * lo:.1f}-{100 * hi:.1f}; {official})"
+
+    return [
+        f"On the {default['test_unseen_n']} unseen Testing images, the app's default `{APP_DEFAULT}` scores {said(default)},"
+        f" and the best model, `{best['model']}`, {said(best)}. Only {thin} images are unseen, so those classes' figures"
+        " are wide (per class in each model card and in the Experiments tab).",
+        "",
+    ]
 
 
 def leak_markdown(root: str | Path = ROOT / "checkpoints") -> str:
