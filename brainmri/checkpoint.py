@@ -148,11 +148,11 @@ def has_metrics(folder: str | Path) -> bool:
     return (Path(folder) / METRICS).is_file()
 
 
-def is_classifier(folder: str | Path) -> bool:
-    """A timm classifier's folder (its config.json has timm's ``architecture``), not the smp segmenter's."""
+def is_segmenter(folder: str | Path) -> bool:
+    """An smp segmentation model's folder (its config.json names smp's ``_model_class``), not a timm classifier's."""
     path = Path(folder) / CONFIG
     try:
-        return path.is_file() and "architecture" in json.loads(path.read_text())
+        return path.is_file() and "_model_class" in json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
 
@@ -160,7 +160,7 @@ def is_classifier(folder: str | Path) -> bool:
 def classifier_folders(root: str | Path) -> list[Path]:
     """The classifier checkpoint folders under ``root`` that have metrics, sorted: what tables and pictures list."""
     root = Path(root)
-    return sorted(p for p in root.iterdir() if has_metrics(p) and is_classifier(p)) if root.is_dir() else []
+    return sorted(p for p in root.iterdir() if has_metrics(p) and not is_segmenter(p)) if root.is_dir() else []
 
 
 def update_metrics(folder: str | Path, sections: dict, drop: list[str] | None = None) -> dict:

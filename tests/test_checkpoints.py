@@ -117,9 +117,16 @@ def test_reproduces_metrics_json(folder: Path, testing: dict):
         )
 
 
+@pytest.fixture(scope="module")
+def training_thumbnails(data_dir: Path) -> dict[str, torch.Tensor]:
+    """Every Training image's 32 x 32 thumbnail by dataset-relative path, made once for all the folders."""
+    files = [f for f, _ in image_files(data_dir / "Training")]
+    return dict(zip((f.relative_to(data_dir).as_posix() for f in files), thumbnails(files)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
-def test_no_validation_image_has_a_twin_in_its_train_part(folder: Path, data_dir: Path):
+def test_no_validation_image_has_a_twin_in_its_train_part(folder: Path, data_dir: Path, training_thumbnails: dict):
     """val_split.txt lists what validation figures and fits use; none of it has a twin, mirrored or not, in the rest
     of Training that the checkpoint's split trained on (the train part: Training less its whole validation cut)."""
     from brainmri.split import checkpoint_split
@@ -127,5 +134,6 @@ def test_no_validation_image_has_a_twin_in_its_train_part(folder: Path, data_dir
     listed = [line for line in (folder / "val_split.txt").read_text().splitlines() if line and not line.startswith("#")]
     train, val = checkpoint_split(folder, str(data_dir))
     assert sorted(listed) == sorted(Path(s).relative_to(data_dir.resolve()).as_posix() for s in val.sources)
-    alone = has_no_twin(thumbnails([data_dir / p for p in listed]), thumbnails([Path(s) for s in train.sources]))
+    trained = [Path(s).relative_to(data_dir.resolve()).as_posix() for s in train.sources]
+    alone = has_no_twin(torch.stack([training_thumbnails[p] for p in listed]), torch.stack([training_thumbnails[p] for p in trained]))
     assert alone.all(), f"{int((~alone).sum())} validation images of {folder.name} have a twin in its train part"

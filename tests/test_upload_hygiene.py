@@ -133,7 +133,7 @@ def test_an_example_is_classified_without_touching_its_cached_thumbnail(client):
 
     kept = kept_in_cache(app.demo)
     assert app.examples() and len(kept) >= len(app.examples())  # the thumbnails, cached for good at build time
-    shown = app.classify_example("simple_cnn_7", "Grad-CAM", 0.5, gr.SelectData(None, {"index": 0, "value": None}))
+    shown = app.classify_example("simple_cnn_7", "Grad-CAM", 0.5, True, gr.SelectData(None, {"index": 0, "value": None}))
     assert shown.image.size == load_image(app.examples()[0][0]).size and shown.details["model"] == "simple_cnn_7"
     assert shown.session[1] is not None
     client.predict(handle_file(app.examples()[0][0]), "simple_cnn_7", api_name="/predict")
