@@ -78,3 +78,18 @@ def test_train_segment_writes_a_folder_that_smp_loads(data_dir: Path, tmp_path: 
 def test_a_folder_that_is_not_a_segmenter_is_refused_by_name(tmp_path: Path):
     with pytest.raises(ValueError, match="missing config.json|cannot load segmentation"):
         load_segmenter(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_shipped_segmenter_reproduces_its_validation_figures(data_dir: Path):
+    """Re-measured from the folder alone on the scans its val_split.txt lists: the Dice its metrics.json reports."""
+    from train.segment import SegmentConfig, evaluate_only
+
+    recorded = json.loads((SHIPPED / "metrics.json").read_text())["validation"]
+    listed = [line for line in (SHIPPED / "val_split.txt").read_text().splitlines() if not line.startswith("#")]
+    scores = evaluate_only(SegmentConfig(data=str(data_dir), out=str(SHIPPED)))
+    assert scores["tumour"]["n"] + scores["no_tumour"]["n"] == len(listed)
+    assert scores["tumour"]["dice"] == pytest.approx(recorded["tumour"]["dice"], abs=2e-3)
+    for name, r in recorded["per_class"].items():
+        assert scores["per_class"][name]["dice"] == pytest.approx(r["dice"], abs=5e-3), name
+    assert scores["no_tumour"]["empty_share"] == pytest.approx(recorded["no_tumour"]["empty_share"], abs=0.01)
