@@ -128,9 +128,9 @@ _SPECS = [
 ]
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
-# The app's first choice, when it has weights. Not the most accurate on validation (Lite2: 3 errors of 816,
-# against Lite0's 6), but its heatmap points at the tumour more often (58.5% of the choose half, Lite2 at best
-# 53.2%), its OOD statistics judge every upload, and it costs a third of Lite2's FLOPs (README, "The default model").
+# The app's first choice, when it has weights. Not the most accurate (Lite2 is, on leak-free validation too), but
+# its heatmap points at the tumour more often, its OOD statistics judge every upload, and it costs a third of
+# Lite2's FLOPs (docs/experiments.md, "The default model"). Without it, the best on leak-free validation is taken.
 APP_DEFAULT = "tf_efficientnet_lite0"
 
 

@@ -13,6 +13,7 @@ an ensemble's (mean of calibrated probabilities) go to ``results/ensemble_metric
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -32,13 +33,27 @@ from brainmri.metrics import classification_report
 _logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
+def _weights_key(model: torch.nn.Module) -> str:
+    """A fingerprint of the model's weights: the same checkpoint loaded twice gives the same key."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes()[:4096])
+    return digest.hexdigest()
+
+
 def predict_logits(model: torch.nn.Module, records: ImageRecords, batch_size: int = 64) -> np.ndarray:
     """(N, C) logits, each image through timm's eval transform of the model's config, on the model's device.
 
-    The images are decoded once to uint8 by that transform (memoised inside ``brainmri.datacache.open_cache``)
-    and normalised per batch, which is the transform's own last step.
+    The images are decoded once to uint8 by that transform and normalised per batch, which is the transform's
+    own last step. Inside ``brainmri.datacache.open_cache`` both the decoded images and the logits are memoised
+    (train.leak_free calibrates and evaluates one checkpoint on the same images in turn).
     """
+    key = ("logits", _weights_key(model), source_key(records), batch_size)
+    return memo(key, lambda: _predict_logits(model, records, batch_size))
+
+
+@torch.no_grad()
+def _predict_logits(model: torch.nn.Module, records: ImageRecords, batch_size: int) -> np.ndarray:
     cfg = data_config(model)
     images = decode_records(records, cfg, "decode test")
     device = next(model.parameters()).device
