@@ -182,7 +182,7 @@ def write_model_card(folder: str | Path) -> Path:
         "",
         "```python",
         "import timm, torch",
-        "import brainmri  # only needed for the simple_cnn_* baselines, which are not timm built-ins"
+        "import brainmri  # only needed for the simple_cnn_* baselines, which are not timm built-ins\n"
         if name.startswith("simple_cnn")
         else "",
         f'model = timm.create_model("hf-hub:OWNER/{name}", pretrained=True).eval()',

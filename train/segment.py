@@ -381,6 +381,7 @@ def write_segmentation_card(folder: Path) -> Path:
         "",
         "```python",
         "import segmentation_models_pytorch as smp",
+        "",
         f'model = smp.from_pretrained("{m["model"]}")  # or a local folder',
         "```",
         "",
