@@ -230,8 +230,8 @@ def segmentation_markdown(folder: str | Path) -> str:
         ],
         f"| no tumour: left empty | {v['no_tumour']['n']} | | | {v['no_tumour']['empty_share']:.1%} empty | |",
         "",
-        "Area error: mean |outlined - true area| / true area. Anchors (Dice on figshare, not on this split):",
-        "",
-        *[f"- {what}: {dice} ({where})" for what, dice, where in SEGMENTATION_ANCHORS],
+        "Area error: mean |outlined - true area| / true area. Anchors, Dice on figshare but not on this split: "
+        + "; ".join(f"{what} {dice} ({where})" for what, dice, where in SEGMENTATION_ANCHORS)
+        + ".",
     ]
     return "\n".join(lines)

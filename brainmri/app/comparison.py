@@ -71,6 +71,6 @@ def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return line + " No ensemble has been scored on Testing yet."
     return (
-        f"{line} Measured on Testing, the ensemble of {members} scores {unseen['accuracy']:.2%} on unseen Testing "
-        f"(n={unseen['n']}) and {test['accuracy']:.2%} on official Testing (n={test['n']}; `results/ensemble_metrics.json`)."
+        f"{line} Measured on Testing, the ensemble of {members} scores {test['accuracy']:.2%} (n={test['n']}) on official Testing"
+        f" and {unseen['accuracy']:.2%} on its unseen images (n={unseen['n']}; `results/ensemble_metrics.json`)."
     )
