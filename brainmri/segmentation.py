@@ -22,6 +22,7 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 from brainmri.checkpoint import TRAIN_CONFIG, verify_checkpoint
+from brainmri.data import normalize_batch
 
 _logger = logging.getLogger(__name__)
 
@@ -47,18 +48,15 @@ def input_size(folder: str | Path) -> int:
     return int(json.loads(path.read_text())["input_size"]) if path.is_file() else 224
 
 
-def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The encoder's normalisation, from its timm pretrained_cfg."""
-    cfg = model.encoder.model.pretrained_cfg
-    return tuple(cfg["mean"]), tuple(cfg["std"])
+def to_input(image: Image.Image, side: int) -> torch.Tensor:
+    """An RGB image as the segmenter takes it: resized to ``side`` (bilinear), uint8 (3, side, side). Training and
+    serving both prepare images here."""
+    return torch.from_numpy(np.array(image.convert("RGB").resize((side, side), Image.BILINEAR))).permute(2, 0, 1)
 
 
 def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float, with the encoder's mean and std."""
-    mean, std = mean_std(model)
-    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - m) / s
+    """uint8 (B, 3, H, W) -> float, with the mean and std of the encoder's own timm pretrained_cfg."""
+    return normalize_batch(images, model.encoder.model.pretrained_cfg)
 
 
 @torch.inference_mode()

@@ -36,7 +36,7 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
 from brainmri.metrics import bootstrap_accuracy_ci
 from brainmri.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
-from brainmri.segmentation import binary_mask, load_segmenter, normalise, tumour_probability
+from brainmri.segmentation import binary_mask, load_segmenter, normalise, to_input, tumour_probability
 from brainmri.settings import default_data
 from brainmri.split import training_split, write_val_split
 from train.config import parse_config
@@ -96,7 +96,7 @@ def decode_pairs(records: ImageRecords, masks: list[str | None], size: int) -> t
     x = torch.empty((len(records), 3, size, size), dtype=torch.uint8)
     y = torch.zeros((len(records), 1, size, size), dtype=torch.uint8)
     for i in tqdm(range(len(records)), desc="decode", leave=False, mininterval=5):
-        x[i] = torch.from_numpy(np.asarray(records.open(i).resize((size, size), Image.BILINEAR))).permute(2, 0, 1)
+        x[i] = to_input(records.open(i), size)
         if masks[i]:
             m = np.asarray(Image.open(masks[i]).convert("L").resize((size, size), Image.NEAREST))
             y[i, 0] = torch.from_numpy((m >= 128).astype(np.uint8) * 255)

@@ -13,7 +13,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -21,7 +20,7 @@ from torch import nn
 from brainmri.checkpoint import CONFIG, count_tensors_bytes
 from brainmri.registry import SEGMENTER_DEFAULT, get_segmenter_spec
 from brainmri.runtime import fold_batchnorm
-from brainmri.segmentation import Outline, load_segmenter, outline, tumour_probability
+from brainmri.segmentation import Outline, load_segmenter, outline, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device
 
 _logger = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def load_for_serving(name: str, folder: str | Path, device: torch.device | str |
 def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Outline]:
     """Each RGB image's outline, in its own frame (size), from one batched forward."""
     side = loaded.input_size
-    batch = torch.stack([torch.from_numpy(np.array(im.resize((side, side), Image.BILINEAR))).permute(2, 0, 1) for im in images])
+    batch = torch.stack([to_input(im, side) for im in images])
     with loaded.lock:
         probability = tumour_probability(loaded.model, batch.contiguous(memory_format=torch.channels_last))  # (B, S, S)
     return [outline(p, im.size) for p, im in zip(probability, images)]
