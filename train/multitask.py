@@ -1,0 +1,251 @@
+"""Train one encoder for class, heatmap and outline (brainmri.registry.SEGMENTERS["multitask_lite0"]).
+
+    python -m train.multitask --data ../shared/data/brain-tumor-mri --epochs 8 --out ../runs/multitask_lite0
+    python -m train.multitask --out ../runs/multitask_lite0 --resume   # continue after the last finished epoch
+
+A U-Net on the Lite0 encoder with a classification head on the encoder's deepest stage (smp ``aux_params``),
+trained on both tasks at once: cross-entropy on every Training image, and BCE + soft Dice on the outline where a
+target exists (train.experts: the two experts' mean, empty for no-tumour slices, none for the tumours no expert
+outlined). The split is the classifiers' mirror-aware one (brainmri.split), so twins and the images of one
+figshare scan stay on one side, and neither head ever trains on a validation scan. Each epoch is scored on
+validation: accuracy, and Dice against each expert; the epoch with the best accuracy + mean Dice is kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
+from tqdm import tqdm
+
+from brainmri.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.cli import exit_code, setup_logging
+from brainmri.data import augment_batch
+from brainmri.registry import create_segmenter, get_segmenter_spec
+from brainmri.segmentation import load_segmenter, normalise, to_input
+from brainmri.settings import default_data
+from brainmri.split import training_split, write_val_split
+from train.config import parse_config
+from train.experts import decode_expert_masks, soft_target
+from train.multitask_eval import evaluate, selection_score
+from train.multitask_report import plot_history, write_card
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MultiTaskConfig:
+    model: str = "multitask_lite0"  # registry name (brainmri.registry.SEGMENTERS, with num_classes)
+    data: str = dataclasses.field(default_factory=default_data)  # image folder; the experts' masks lie beside it
+    out: str = ""  # output folder; default runs/<model>
+    epochs: int = 8  # epochs of the cosine schedule
+    batch_size: int = 16
+    lr: float = 6e-4  # peak learning rate of AdamW
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero (timm CosineLRScheduler, per step)
+    label_smoothing: float = 0.1  # of the class targets; the temperature fitted afterwards undoes its overconfidence cut
+    outline_weight: float = 1.0  # loss = CE + outline_weight * (BCE + soft Dice) on the images with a target
+    val_fraction: float = 0.15  # the classifiers' split (brainmri.split): same fraction and seed, same validation scans
+    seed: int = 0
+    input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
+    amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (twice as fast on an avx512_bf16 CPU); "none": fp32
+    limit_per_class: int = 0  # 0: all images; else a few per class (tests)
+    max_train_batches: int = 0  # 0: whole epochs; else stop each epoch early (tests, the bf16 check)
+    pretrained: bool = True  # encoder from the offline ImageNet weights
+    resume: bool = False  # continue from <out>/resume
+
+    def output_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}")
+
+
+def autocast(cfg: MultiTaskConfig, device: torch.device):
+    if cfg.amp == "none":
+        return nullcontext()
+    if cfg.amp != "bf16":
+        raise ValueError(f"amp must be 'bf16' or 'none', got {cfg.amp!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_split(cfg: MultiTaskConfig) -> dict:
+    """Per side: records, uint8 images (N, 3, S, S), expert masks (N, E, S, S) and which exist (N, E)."""
+    train, val = training_split(cfg.data, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    out = {}
+    for name, records in (("train", train), ("val", val)):
+        x = torch.empty((len(records), 3, cfg.input_size, cfg.input_size), dtype=torch.uint8)
+        for i in tqdm(range(len(records)), desc=f"decode {name}", leave=False, mininterval=5):
+            x[i] = to_input(records.open(i), cfg.input_size)
+        masks, known = decode_expert_masks(records, cfg.data, cfg.input_size)
+        out[name] = (records, x, masks, known)
+        _logger.info("%s: %d images, %d with an outline target", name, len(records), int(known.any(dim=1).sum()))
+    if not out["train"][3].any():
+        raise ValueError(f"no expert masks beside {cfg.data}: expected {cfg.data}-masks/ or {cfg.data}-masks-brisc/")
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Dice of the batch as one volume, soft targets allowed: empty masks of no-tumour slices count without a
+    0/0, where smp's DiceLoss (per image, empty masks skipped) would ignore exactly the slices that teach "none"."""
+    p = torch.sigmoid(logits)
+    return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+
+
+def joint_loss(class_logits, mask_logits, labels, target, weight, cfg: MultiTaskConfig) -> tuple[torch.Tensor, dict]:
+    """CE on every image + outline_weight * (BCE + soft Dice) on the images with a target (weight 1)."""
+    ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=cfg.label_smoothing)
+    keep = weight > 0
+    if not keep.any():
+        return ce, {"ce": ce.item(), "outline": 0.0}
+    logits, t = mask_logits[keep].float(), target[keep]
+    outline = F.binary_cross_entropy_with_logits(logits, t) + soft_dice_loss(logits, t)
+    return ce + cfg.outline_weight * outline, {"ce": ce.item(), "outline": outline.item()}
+
+
+def epoch_batches(n: int, cfg: MultiTaskConfig, epoch: int) -> tuple[list[torch.Tensor], torch.Generator]:
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = torch.randperm(n, generator=g)
+    batches = [order[i : i + cfg.batch_size] for i in range(0, n - cfg.batch_size + 1, cfg.batch_size)]
+    return batches[: cfg.max_train_batches] if cfg.max_train_batches else batches, g
+
+
+def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConfig, epoch: int) -> dict:
+    model.train()
+    records, x, masks, known = split["train"]
+    labels = torch.from_numpy(records.labels)
+    batches, g = epoch_batches(len(x), cfg, epoch)
+    sums = {"loss": 0.0, "ce": 0.0, "outline": 0.0}
+    device = next(model.parameters()).device
+    for b, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, mininterval=10)):
+        images, moved = augment_batch(x[idx], g, masks=masks[idx])  # the experts' masks move with their image
+        target, weight = soft_target(moved, known[idx])
+        with autocast(cfg, device):
+            mask_logits, class_logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
+        loss, parts = joint_loss(class_logits, mask_logits, labels[idx], target, weight, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step_update(epoch * len(batches) + b + 1)
+        sums["loss"] += loss.item()
+        for k, v in parts.items():
+            sums[k] += v
+    return {k: v / max(1, len(batches)) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def save_resume(out: Path, model, optimizer, state: dict) -> None:
+    folder = out / "resume"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, folder / "state.tmp")
+    (folder / "state.tmp").replace(folder / "state.pt")  # atomic: a kill mid-write leaves the last epoch whole
+
+
+def build(cfg: MultiTaskConfig, steps_per_epoch: int):
+    spec = get_segmenter_spec(cfg.model)
+    if not spec.num_classes:
+        raise ValueError(f"{cfg.model} has no classification head (registry num_classes); choose a multi-task model")
+    model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * steps_per_epoch
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=total,
+        lr_min=0.0,
+        warmup_t=max(1, int(cfg.warmup_epochs * steps_per_epoch)),
+        warmup_lr_init=cfg.lr / 100,
+        t_in_epochs=False,  # stepped per batch with step_update
+    )
+    return model, optimizer, scheduler
+
+
+def fit(cfg: MultiTaskConfig) -> Path:
+    torch.manual_seed(cfg.seed)
+    out = cfg.output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    split = load_split(cfg)
+    steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
+    model, optimizer, scheduler = build(cfg, steps)
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
+    resume = out / "resume" / "state.pt"
+    if cfg.resume and resume.is_file():
+        saved = torch.load(resume, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        _logger.info("resumed after epoch %d (best at epoch %d)", state["epoch"], state["best_epoch"])
+    for epoch in range(state["epoch"], cfg.epochs):
+        start = time.perf_counter()
+        losses = train_one_epoch(model, optimizer, scheduler, split, cfg, epoch)
+        scores = evaluate(model, split["val"], autocast(cfg, torch.device("cpu")))
+        seconds = time.perf_counter() - start
+        row = {"epoch": epoch + 1, **{f"train_{k}": round(v, 5) for k, v in losses.items()}, **scores["summary"]}
+        row["seconds"] = round(seconds, 1)
+        state["history"].append(row)
+        state["seconds"] += seconds
+        state["epoch"] = epoch + 1
+        _logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
+        if selection_score(scores) > state["best_score"]:
+            state["best_score"], state["best_epoch"] = selection_score(scores), epoch + 1
+            model.save_pretrained(str(out))
+        save_resume(out, model, optimizer, state)
+    finish(cfg, out, split, state)
+    return out
+
+
+def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
+    """The kept epoch's folder: validation split, manifest, metrics (re-measured in fp32 from the folder), history,
+    curves and card; the resume state is removed once all of it is written."""
+    write_val_split(out, split["val"][0], cfg.data, "validation scans the class and outline figures in metrics.json are measured on")
+    write_manifest(out)
+    model = load_segmenter(out)
+    spec = get_segmenter_spec(cfg.model)
+    metrics = {
+        "model": cfg.model,
+        "architecture": spec.about,
+        "initialization": f"ImageNet encoder (offline package {spec.imagenet_init})" if cfg.pretrained else "random",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_size": cfg.input_size,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "train_seconds": round(state["seconds"], 1),
+        "train_images": len(split["train"][0]),
+        "amp": cfg.amp,
+        "validation": evaluate(model, split["val"], nullcontext()),
+    }
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    with (out / HISTORY).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(state["history"][0]))
+        writer.writeheader()
+        writer.writerows(state["history"])
+    plot_history(state["history"], out / "curves.png")
+    write_card(out)
+    shutil.rmtree(out / "resume", ignore_errors=True)
+    _logger.info("wrote %s: %s", out, json.dumps(metrics["validation"]["summary"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    cfg = parse_config(argv, __doc__.splitlines()[0], MultiTaskConfig)
+    return exit_code(lambda: fit(cfg), _logger)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
