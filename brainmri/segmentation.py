@@ -59,11 +59,17 @@ def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
     return normalize_batch(images, model.encoder.model.pretrained_cfg)
 
 
+def mask_logits(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The outline's logits (B, 1, S, S) of a segmenter's output: a multi-task model (smp ``aux_params``) also
+    gives class logits, as ``(masks, labels)``."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 @torch.inference_mode()
 def tumour_probability(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Per-pixel tumour probability: uint8 (B, 3, S, S) at the model's input size -> float (B, S, S)."""
     device = next(model.parameters()).device
-    return torch.sigmoid(model(normalise(images.to(device), model))[:, 0]).float().cpu()
+    return torch.sigmoid(mask_logits(model(normalise(images.to(device), model)))[:, 0]).float().cpu()
 
 
 def binary_mask(probability: np.ndarray | torch.Tensor) -> np.ndarray:

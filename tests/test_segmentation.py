@@ -28,7 +28,8 @@ def test_segmenter_gives_one_probability_per_pixel_and_every_parameter_learns(na
     p = tumour_probability(model, x)
     assert p.shape == (2, 64, 64) and torch.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     model.train()
-    model(x.float()).mean().backward()
+    out = model(x.float())
+    sum(o.mean() for o in (out if isinstance(out, tuple) else [out])).backward()  # a multi-task model: both heads
     assert all(q.grad is not None for q in model.parameters()), "a parameter gets no gradient"
     assert spec.input_size % 32 == 0
 

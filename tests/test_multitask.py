@@ -1,0 +1,79 @@
+"""The multi-task model (one encoder, a class head and an outline decoder) and its training: the registry entry,
+the experts' soft target, the joint loss, and a real training run that writes a folder smp loads alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from brainmri.registry import SEGMENTERS, create_segmenter
+from train.experts import soft_target
+from train.multitask import MultiTaskConfig, joint_loss
+from train.multitask_eval import overlap
+
+ROOT = Path(__file__).resolve().parent.parent
+MULTITASK = [name for name, spec in SEGMENTERS.items() if spec.num_classes]
+
+
+@pytest.mark.parametrize("name", MULTITASK)
+def test_one_encoder_gives_outline_and_class(name):
+    model = create_segmenter(name).train()
+    x = torch.randn(2, 3, 64, 64)
+    masks, logits = model(x)
+    assert masks.shape == (2, 1, 64, 64)
+    assert logits.shape == (2, SEGMENTERS[name].num_classes)
+    target, weight = torch.zeros(2, 1, 64, 64), torch.tensor([1.0, 0.0])
+    loss, parts = joint_loss(logits, masks, torch.tensor([0, 2]), target, weight, MultiTaskConfig())
+    loss.backward()
+    assert torch.isfinite(loss) and parts["outline"] > 0
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without a gradient: {missing[:3]}"
+
+
+def test_soft_target_is_the_mean_of_the_experts_who_drew_one():
+    masks = torch.zeros(3, 2, 4, 4, dtype=torch.uint8)
+    masks[0, 0, :2] = 255  # expert 0 marks the top half, expert 1 the left half
+    masks[0, 1, :, :2] = 255
+    masks[1, 1, 0, 0] = 255  # only expert 1 knows image 1
+    known = torch.tensor([[True, True], [False, True], [False, False]])
+    target, weight = soft_target(masks, known)
+    assert target[0, 0, 0, 0] == 1.0 and target[0, 0, 0, 3] == 0.5 and target[0, 0, 3, 3] == 0.0
+    assert target[1, 0, 0, 0] == 1.0 and target[1].sum() == 1.0  # one expert: its mask as it is
+    assert weight.tolist() == [1.0, 1.0, 0.0]  # no expert, no outline loss
+
+
+def test_overlap_counts_empty_on_empty_as_agreement():
+    empty = torch.zeros(2, 8, 8, dtype=torch.bool)
+    half = empty.clone()
+    half[1, :4] = True
+    dice, iou = overlap(empty, half)
+    assert dice[0] == 1.0 and iou[0] == 1.0  # nothing predicted where nothing is: full agreement
+    assert dice[1] == 0.0 and iou[1] == 0.0
+
+
+@pytest.mark.slow
+def test_training_writes_a_folder_smp_loads(tmp_path, data_dir):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train.multitask", "--data", str(data_dir), "--out", str(out), "--epochs", "1"]
+    cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import segmentation_models_pytorch as smp
+
+    model = smp.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        masks, logits = model(torch.zeros(1, 3, 224, 224))
+    assert masks.shape == (1, 1, 224, 224) and logits.shape == (1, 4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    both = metrics["validation"]["outline"]["both_experts"]["all"]
+    assert set(both) >= {"n", "dice_cheng", "dice_brisc", "experts_dice"}
+    assert metrics["validation"]["classes"]["n"] == len((out / "val_split.txt").read_text().split("\n")) - 3
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "segmentation-models-pytorch"
+    assert not (out / "resume").exists()
