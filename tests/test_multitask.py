@@ -77,3 +77,21 @@ def test_training_writes_a_folder_smp_loads(tmp_path, data_dir):
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "segmentation-models-pytorch"
     assert not (out / "resume").exists()
+
+
+@pytest.mark.parametrize("name", MULTITASK)
+def test_classifier_face_gives_what_smp_gives_from_one_forward(name):
+    from brainmri.multitask import MultiTaskClassifier
+
+    net = create_segmenter(name).eval()
+    model = MultiTaskClassifier(net, SEGMENTERS[name].input_size).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        masks, labels = net(x)
+        logits = model(x)
+    assert torch.allclose(logits, labels, atol=1e-5)
+    assert torch.allclose(model.last_mask_logits, masks, atol=1e-5)  # the outline of that same forward
+    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert pooled.shape == (2, model.get_classifier().in_features)
+    assert model.pretrained_cfg["input_size"] == (3, SEGMENTERS[name].input_size, SEGMENTERS[name].input_size)
+    assert not model.last_mask_logits.requires_grad
