@@ -36,7 +36,7 @@ class MultiTaskClassifier(nn.Module):
 
     Args:
         net: ``smp.Unet`` (or another smp architecture) built with ``aux_params``.
-        input_size: the side it was trained at; preprocessing resizes the whole slice to it (crop_pct 1.0).
+        input_size: the side it was trained at; preprocessing squashes the whole slice to it.
     """
 
     def __init__(self, net: nn.Module, input_size: int):
@@ -47,7 +47,10 @@ class MultiTaskClassifier(nn.Module):
         self.head = net.classification_head  # pool, flatten, dropout, linear, activation (smp ClassificationHead)
         self.num_classes = self.head[3].out_features
         cfg = dict(net.encoder.model.pretrained_cfg)  # mean and std of the encoder's own timm config
-        cfg.update(input_size=(3, input_size, input_size), crop_pct=1.0, crop_mode="center", num_classes=self.num_classes)
+        # Squashed whole to the side, bilinear, as training decoded it (brainmri.segmentation.to_input), so the outline
+        # maps back onto any upload's frame by a resize.
+        cfg.update(input_size=(3, input_size, input_size), crop_pct=1.0, crop_mode="squash", interpolation="bilinear")
+        cfg["num_classes"] = self.num_classes
         self.pretrained_cfg = cfg
         self.last_mask_logits: torch.Tensor | None = None  # (B, 1, S, S) of the latest forward, no autograd
 

@@ -95,3 +95,21 @@ def test_classifier_face_gives_what_smp_gives_from_one_forward(name):
     assert pooled.shape == (2, model.get_classifier().in_features)
     assert model.pretrained_cfg["input_size"] == (3, SEGMENTERS[name].input_size, SEGMENTERS[name].input_size)
     assert not model.last_mask_logits.requires_grad
+
+
+def test_classifier_face_preprocesses_as_training_decoded():
+    """timm's eval transform of the face's config gives the pixels train.multitask trained on (to_input), for a
+    non-square upload too."""
+    from PIL import Image
+
+    from brainmri.data import data_config, eval_transform
+    from brainmri.multitask import MultiTaskClassifier
+    from brainmri.segmentation import to_input
+
+    name = MULTITASK[0]
+    model = MultiTaskClassifier(create_segmenter(name), SEGMENTERS[name].input_size)
+    image = Image.effect_mandelbrot((300, 260), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    served = eval_transform(data_config(model), normalize=False)(image)
+    trained = to_input(image, SEGMENTERS[name].input_size)
+    assert served.shape == trained.shape
+    assert (served.int() - trained.int()).abs().max() <= 1
