@@ -19,12 +19,12 @@ import pandas as pd
 from brainmri.app import comparison, dataview, display, experiments
 from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
-from brainmri.catalog import discover, labelled_choices, unavailable_markdown
 from brainmri.cli import setup_logging
+from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
-from brainmri.imageio import MAX_BYTES, accepted_formats, load_image
-from brainmri.predict import Predictor
+from brainmri.models.catalog import discover, labelled_choices, unavailable_markdown
 from brainmri.runtime import configure_torch_threads
+from brainmri.serving import Predictor
 from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch
 
 setup_logging()
@@ -40,7 +40,7 @@ EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify
 
 configure_torch_threads(batch_workers())
 # Local checkpoints only at import; the Hub is asked when a page first loads. Requests that arrive together share one
-# forward and backward (brainmri.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS batches run at once.
+# forward and backward (brainmri.serving.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS batches run at once.
 PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch(), workers=batch_workers())
 DATA = default_data()
 

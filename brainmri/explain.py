@@ -40,7 +40,7 @@ class LayerCAM(pytorch_grad_cam.LayerCAM):
     Deep stages say which region holds the evidence, shallow ones where its edges are; a shallow stage alone
     also lights single pixels on the skull's rim. A Gaussian (sigma ``SMOOTH`` of the side, :func:`fuse_stage_maps`)
     damps those before the mean, so the peak falls where the stages agree. The stages (registry ``cam_stages``)
-    and the smoothing were chosen on held-out boxed slices (train.cam_localisation, ``choose`` half;
+    and the smoothing were chosen on held-out boxed slices (reports.cam_localisation, ``choose`` half;
     results/cam_localisation_methods.json). With one layer it is LayerCAM on that layer, smoothed.
     """
 

@@ -11,7 +11,7 @@ live in train.ood. Three tests, any of which flags an image:
    2018), above a high percentile of the *validation* images' distances.
 
 The statistics are fitted per checkpoint on the same train/validation split as training
-(brainmri.split.checkpoint_split) and stored beside it as ``ood.safetensors`` + ``ood.json``,
+(brainmri.data.split.checkpoint_split) and stored beside it as ``ood.safetensors`` + ``ood.json``,
 added to its sha256 manifest. Training fits them as it finishes a checkpoint; by hand:
 
     python -m train.ood fit checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
@@ -30,8 +30,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from brainmri.checkpoint import OOD_CONFIG, OOD_TENSORS, WEIGHTS, add_to_manifest
-from brainmri.data import sha256
+from brainmri.data.records import sha256
+from brainmri.models.checkpoint import OOD_CONFIG, OOD_TENSORS, WEIGHTS, add_to_manifest
 
 _logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
-from brainmri.checkpoint import TRAIN_CONFIG, verify_checkpoint
-from brainmri.data import normalize_batch
+from brainmri.data.records import normalize_batch
+from brainmri.models.checkpoint import TRAIN_CONFIG, verify_checkpoint
 
 _logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from brainmri.catalog import discover  # noqa: E402
 from brainmri.cli import setup_logging  # noqa: E402
-from brainmri.data import load_records  # noqa: E402
-from brainmri.registry import APP_DEFAULT  # noqa: E402
+from brainmri.data.records import load_records  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.models.registry import APP_DEFAULT  # noqa: E402
 from brainmri.serving import Prediction, Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
 

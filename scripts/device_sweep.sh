@@ -61,7 +61,7 @@ print(' '.join(dict.fromkeys(pathlib.Path(yaml.safe_load(open(s['config']))['out
     check=(--device cpu --n 4) settings=(--set limit_per_class=8 epochs=1 batch_size=4 max_train_batches=2)
   else
     data=data/brain-tumor-mri limit=${LEASE_LIMIT:-$limit} max_jobs=0 check=(--n 16) settings=()
-    "$PY" -m train.transfer relink || exit 3
+    "$PY" -m ops.transfer relink || exit 3
     device_setup || exit 3
   fi
   rm -rf "$work" && mkdir -p "$work"
@@ -82,10 +82,10 @@ print(' '.join(dict.fromkeys(pathlib.Path(yaml.safe_load(open(s['config']))['out
     ) &
   done
   wait
-  "$PY" -m train.pack --report "$work" | tee "$work/report.txt"
+  "$PY" -m ops.pack --report "$work" | tee "$work/report.txt"
   status=$check_status
   folders=() && for name in $sweeps; do [[ -d "$work/$name" ]] && folders+=("$work/$name"); done
-  if ! "$PY" -m train.pack "${folders[@]}" --log "$work"/*.log "$work"/*.txt "$work/cuda_check.json" --out "$OUT"; then
+  if ! "$PY" -m ops.pack "${folders[@]}" --log "$work"/*.log "$work"/*.txt "$work/cuda_check.json" --out "$OUT"; then
     cp "$work"/*.log "$OUT/" 2>/dev/null
     status=3
   fi
@@ -102,7 +102,7 @@ else
   # The seed's CNN experiments get whatever the lease has left: SWEEP_LIMIT seconds (the sweep plans for 40 less).
   ((seed)) && config=train/sweeps/seed.yaml work=runs/device_seed limit=${SWEEP_LIMIT:-540} deadline=(--deadline $((${SWEEP_LIMIT:-540} - 40)))
   # The device reaches no registry: its python3 brings torch, timm and the rest (device_setup).
-  "$PY" -m train.transfer relink || exit 3
+  "$PY" -m ops.transfer relink || exit 3
   device_setup || exit 3
 fi
 rm -rf "$work"
@@ -110,7 +110,7 @@ imports
 
 timeout "$limit" "$PY" -m train.sweep --config "$config" --data "$data" --out "$work" "${deadline[@]}" 2>&1 | tee "$work.log"
 status=${PIPESTATUS[0]}
-if ! "$PY" -m train.pack "$work" --log "$work.log" --out "$OUT"; then
+if ! "$PY" -m ops.pack "$work" --log "$work.log" --out "$OUT"; then
   cp "$work.log" "$OUT/" # at least the log comes back
   status=3
 fi

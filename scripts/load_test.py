@@ -47,10 +47,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brainmri.catalog import discover  # noqa: E402
 from brainmri.cli import add_data_argument, setup_logging  # noqa: E402
-from brainmri.data import load_records  # noqa: E402
-from brainmri.imageio import load_image  # noqa: E402
+from brainmri.data.imageio import load_image  # noqa: E402
+from brainmri.data.records import load_records  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
 

@@ -16,7 +16,7 @@ from shipped import require_shipped
 from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
 
 from brainmri.app.inline_media import decode_data_url
-from brainmri.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_unavailable_model_is_a_clear_error(client, slice_path: Path):
 
 def test_app_module_is_thin_and_lists_every_registry_model():
     import app
-    from brainmri.registry import REGISTRY
+    from brainmri.models.registry import REGISTRY
 
     assert set(app.PREDICTOR.available) | set(app.PREDICTOR.unavailable) == set(REGISTRY)
     assert len((ROOT / "app.py").read_text().splitlines()) < 300

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from shipped import SHIPPED, require_shipped
 
-from brainmri.batching import MicroBatcher
-from brainmri.data import limit_per_class, load_records
+from brainmri.data.records import limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
 from brainmri.serving import Predictor, run_model, run_model_batch
+from brainmri.serving.batching import MicroBatcher
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ def training_thumbnails(data_dir: Path) -> dict[str, torch.Tensor]:
 def test_no_validation_image_has_a_twin_in_its_train_part(folder: Path, data_dir: Path, training_thumbnails: dict):
     """val_split.txt lists what validation figures and fits use; none of it has a twin, mirrored or not, in the rest
     of Training that the checkpoint's split trained on (the train part: Training less its whole validation cut)."""
-    from brainmri.split import checkpoint_split
+    from brainmri.data.split import checkpoint_split
 
     listed = [line for line in (folder / "val_split.txt").read_text().splitlines() if line and not line.startswith("#")]
     train, val = checkpoint_split(folder, str(data_dir))

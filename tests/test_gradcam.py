@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from brainmri import registry
 from brainmri.explain import fuse_stage_maps, gradcam, prepare_for_cam
+from brainmri.models import registry
 
 NUM_CLASSES = 4
 SIZE = 64

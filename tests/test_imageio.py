@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from upload_samples import PATIENT_NAME, PYDICOM_FILES, bad_uploads, encode, grey, valid_uploads
 
-from brainmri.imageio import MAX_SIDE, load_image, scale_to_uint8
+from brainmri.data.imageio import MAX_SIDE, load_image, scale_to_uint8
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import torch
 from conftest import CLASSES, write_checkpoint
 from PIL import Image
 
-from brainmri.checkpoint import MANIFEST, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, load_checkpoint
-from brainmri.data import data_config, eval_transform
+from brainmri.data.records import data_config, eval_transform
+from brainmri.data.split import checkpoint_split
+from brainmri.models.checkpoint import MANIFEST, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, load_checkpoint
 from brainmri.ood import load_stats, pooled_features
-from brainmri.split import checkpoint_split
 from train import ood as train_ood
 from train.config import TrainConfig
 

@@ -15,7 +15,7 @@ from PIL import Image
 from shipped import require_shipped
 
 from brainmri.app import display
-from brainmri.data import ImageRecords, limit_per_class, load_records
+from brainmri.data.records import ImageRecords, limit_per_class, load_records
 from brainmri.segmentation import OUTLINE_COLOUR, Outline, draw_outline
 from brainmri.serving import Predictor
 from brainmri.serving.segment import segmenter_folder

@@ -13,11 +13,11 @@ from shipped import SHIPPED, require_shipped
 from upload_samples import valid_uploads
 
 from brainmri.calibration import calibrated_probs
-from brainmri.catalog import ModelSource, app_default_model, discover, validation_accuracy
-from brainmri.data import ImageRecords, limit_per_class, load_records
+from brainmri.data.imageio import load_image
+from brainmri.data.records import ImageRecords, limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam, view_box
-from brainmri.imageio import load_image
-from brainmri.registry import APP_DEFAULT
+from brainmri.models.catalog import ModelSource, app_default_model, discover, validation_accuracy
+from brainmri.models.registry import APP_DEFAULT
 from brainmri.runtime import available_cpus
 from brainmri.serving import ModelCache, Predictor
 from train.evaluate import predict_records

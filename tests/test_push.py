@@ -1,4 +1,4 @@
-"""train.push, offline: HfApi is replaced by a recorder, so these assert what would be uploaded where."""
+"""ops.push, offline: HfApi is replaced by a recorder, so these assert what would be uploaded where."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, write_checkpoint
 
 from brainmri import settings
-from train import push
+from ops import push
 
 TOKEN = "hf_TESTtokenNEVERtoBEseen0123456789"
 

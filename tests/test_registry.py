@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from brainmri import registry
+from brainmri.models import registry
 
 NUM_CLASSES = 4
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from brainmri import registry
 from brainmri.explain import gradcam, prepare_for_cam
+from brainmri.models import registry
 from brainmri.runtime import FOLDABLE_NORMS, fold_batchnorm
 
 NUM_CLASSES = 4

@@ -23,7 +23,7 @@ from traces import files_containing, files_named, files_since
 from brainmri.app import display
 from brainmri.app.inline_media import data_url, decode_data_url, send_inline
 from brainmri.app.uploads import discard_upload, gradio_cache_dir, kept_in_cache
-from brainmri.imageio import load_image
+from brainmri.data.imageio import load_image
 
 
 @pytest.fixture

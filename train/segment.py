@@ -1,12 +1,12 @@
-"""Train the tumour segmentation model (brainmri.registry.SEGMENTERS) on the expert masks, and measure it.
+"""Train the tumour segmentation model (brainmri.models.registry.SEGMENTERS) on the expert masks, and measure it.
 
     python -m train.segment --data ../shared/data/brain-tumor-mri --epochs 16
     python -m train.segment --resume            # continue the last run from its last finished epoch
     python -m train.segment --evaluate-only     # re-measure the shipped folder on its validation scans
 
-Masks: Cheng et al.'s figshare tumour outlines beside the data (``<data>-masks/``, brainmri.data.masks_folder).
+Masks: Cheng et al.'s figshare tumour outlines beside the data (``<data>-masks/``, brainmri.data.records.masks_folder).
 No-tumour images train as empty masks; tumour images of the other sources have no mask and are left out, not
-taken as empty. The split is the classifiers' mirror-aware one (brainmri.split), so twins and images of one
+taken as empty. The split is the classifiers' mirror-aware one (brainmri.data.split), so twins and images of one
 figshare scan stay on one side, and the validation scans are the ones the shipped classifiers are chosen on.
 The best epoch on the validation tumours' mean Dice is written with smp's ``save_pretrained`` and measured per
 class: Dice, IoU, detection rate, area error, and the share of no-tumour slices left empty.
@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
-from brainmri.metrics import bootstrap_accuracy_ci
-from brainmri.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
+from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
+from brainmri.data.split import training_split, write_val_split
+from brainmri.eval.metrics import bootstrap_accuracy_ci
+from brainmri.models.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
 from brainmri.segmentation import binary_mask, load_segmenter, normalise, to_input, tumour_probability
 from brainmri.settings import default_data
-from brainmri.split import training_split, write_val_split
 from train.config import parse_config
 
 _logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ NEGATIVE_CLASS = "notumor"  # its images have no tumour, so an empty mask by def
 
 @dataclass
 class SegmentConfig:
-    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.registry.SEGMENTERS)
+    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.registry.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
     out: str = ""  # output folder; default checkpoints/<model>
     epochs: int = 16  # epochs of the cosine schedule
@@ -58,7 +58,7 @@ class SegmentConfig:
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero
     dice_weight: float = 1.0  # loss = BCE + dice_weight * soft Dice
     negatives_per_epoch: float = 0.35  # share of the no-tumour images drawn afresh each epoch: enough to learn "no outline"
-    val_fraction: float = 0.15  # the classifiers' split (brainmri.split): same fraction and seed, same validation scans
+    val_fraction: float = 0.15  # the classifiers' split (brainmri.data.split): same fraction and seed, same validation scans
     seed: int = 0
     input_size: int = 224  # the data's native size; a multiple of 32
     crop: int = 160  # train on random crops of this side (0: whole images); served whole, since a U-Net is fully convolutional

@@ -22,7 +22,7 @@ lane is one process (``--lane``) running its steps in turn; lanes of one config 
 output folder, each writing ``sweep-<lane>.json``, merged into ``sweep.json`` and the tables.
 
 Data work (thumbnails, split, decoding, the near-dedup Testing subset) is done once for all
-models (brainmri.datacache). A model that runs out of GPU memory is retried once with gradient
+models (brainmri.data.cache). A model that runs out of GPU memory is retried once with gradient
 checkpointing; one that fails otherwise is logged with its traceback, recorded as failed in
 ``sweep.json`` and the table, and the sweep goes on and exits 1 at the end.
 
@@ -48,10 +48,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from brainmri.checkpoint import read_metrics
 from brainmri.cli import add_data_argument, setup_logging
-from brainmri.datacache import open_cache
-from brainmri.registry import get_spec
+from brainmri.data.cache import open_cache
+from brainmri.models.checkpoint import read_metrics
+from brainmri.models.registry import get_spec
 from train.config import TrainConfig
 from train.train import fit
 
@@ -246,12 +246,12 @@ def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = No
 
 
 def measure_device(peaks: bool = True) -> dict:
-    """The device, and on a GPU (with ``peaks``) the measured matrix-product and copy ceilings (train.roofline)."""
+    """The device, and on a GPU (with ``peaks``) the measured matrix-product and copy ceilings (reports.roofline)."""
     info = {"device": "cpu", "host": platform.node(), "torch": torch.__version__}
     if torch.cuda.is_available() and not peaks:
         info["device"] = torch.cuda.get_device_name()
     elif torch.cuda.is_available():
-        from train.roofline import measure_peak
+        from reports.roofline import measure_peak
 
         peak = measure_peak("cuda")
         info.update(
@@ -283,8 +283,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _write_tables(out: Path, device: dict) -> None:
-    from train.results import collect_rows, write_tables
-    from train.roofline import sweep_roofline
+    from reports.results import collect_rows, write_tables
+    from reports.roofline import sweep_roofline
 
     write_tables(collect_rows([out]), out)
     sweep_roofline(out, device)

@@ -33,17 +33,17 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from brainmri.checkpoint import HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data import (
+from brainmri.data.cache import decode_records
+from brainmri.data.records import (
     ImageRecords,
     augment_batch,
     data_config,
     normalize_batch,
 )
-from brainmri.datacache import decode_records
-from brainmri.registry import count_parameters, create_model, get_spec, set_input_size
-from brainmri.split import checkpoint_split, split_records, training_records, write_val_split
+from brainmri.data.split import checkpoint_split, split_records, training_records, write_val_split
+from brainmri.models.checkpoint import HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
+from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
 from train.config import TrainConfig, parse_config
 
 _logger = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ def finish(
 ) -> Path:
     """Write the best epoch as a checkpoint folder with its history, metrics and model card; test, calibrate and fit its
     OOD statistics on ``device``."""
-    from brainmri.report import plot_history, write_model_card
+    from brainmri.eval.report import plot_history, write_model_card
     from train.calibrate import calibrate_checkpoint
     from train.evaluate import evaluate_checkpoint
     from train.ood import fit_or_warn

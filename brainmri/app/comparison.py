@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainmri.ensemble import mean_probs
-from brainmri.predict import NO_TUMOUR, Prediction
+from brainmri.eval.ensemble import mean_probs
+from brainmri.serving import NO_TUMOUR, Prediction
 
 ENSEMBLE = "ensemble (mean of calibrated)"
 NOT_MRI = "not a brain MRI"  # short, for a table cell

@@ -3,8 +3,8 @@
 Each checkpoint folder holds ``metrics.json``, ``history.csv``, ``curves.png``,
 ``confusion.png`` and ``reliability.png`` (written by train/train.py, train/evaluate.py and
 train/calibrate.py). The GPU sweep writes ``results/experiments.csv``, shown as it is when
-present, its runs cut short by their time budget apart from the finished ones; train/cam_sanity.py writes
-``results/cam_sanity.json``, the heatmaps' in-brain share; ``python -m train.plots`` draws
+present, its runs cut short by their time budget apart from the finished ones; reports/cam_sanity.py writes
+``results/cam_sanity.json``, the heatmaps' in-brain share; ``python -m reports.plots`` draws
 ``results/accuracy_cost.png``, ``accuracy_params.png`` and ``per_class.png``, the pictures that compare the shipped
 models.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from brainmri.checkpoint import HISTORY, classifier_folders, cut_short, metric_columns, read_metrics
-from brainmri.registry import REGISTRY, SEGMENTER_DEFAULT
-from brainmri.report import segmentation_markdown
-from brainmri.seed_report import seed_markdown
+from brainmri.eval.report import segmentation_markdown
+from brainmri.eval.seeds import seed_markdown
+from brainmri.models.checkpoint import HISTORY, classifier_folders, cut_short, metric_columns, read_metrics
+from brainmri.models.registry import REGISTRY, SEGMENTER_DEFAULT
 from brainmri.settings import checkpoint_dir
 
 _logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 RESULTS_CSV = RESULTS_DIR / "experiments.csv"
 CAM_SANITY_JSON = RESULTS_DIR / "cam_sanity.json"
 CAM_LOCALISATION_JSON = RESULTS_DIR / "cam_localisation.json"
-PICTURES = tuple(RESULTS_DIR / f for f in ("accuracy_cost.png", "accuracy_params.png", "per_class.png"))  # python -m train.plots
+PICTURES = tuple(RESULTS_DIR / f for f in ("accuracy_cost.png", "accuracy_params.png", "per_class.png"))  # python -m reports.plots
 # The compact table a visitor reads first (the name pinned on the left); ALL_COLUMNS behind "all columns".
 COLUMNS = [
     "model", "unseen test acc (95% CI)", "test acc (95% CI)", "val acc", "family", "input px", "initialisation", "train time", "device",
@@ -52,7 +52,7 @@ ABOUT = (
 PICTURES_ABOUT = (
     "**Which model is best for what it costs?** Each dot a shipped model: its unseen-Testing accuracy with the 95% "
     "interval, against the compute of one forward pass and against its size (hollow: no unseen figure yet, official "
-    "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m train.plots` "
+    "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m reports.plots` "
     "from the checkpoints' `metrics.json`; the full-screen button enlarges a picture."
 )
 
@@ -141,7 +141,7 @@ SWEEP_COLUMNS = {
 
 def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, list[dict] | None]:
     """The sweep runs of results/experiments.csv (not the shipped checkpoints, already in the table above), labelled
-    by device: the finished ones, and apart those cut short by their time budget (brainmri.checkpoint.cut_short);
+    by device: the finished ones, and apart those cut short by their time budget (brainmri.models.checkpoint.cut_short);
     None for either when there are none."""
     path = Path(path)
     if not path.is_file():
@@ -160,7 +160,7 @@ def results_table(path: str | Path = RESULTS_CSV) -> list[dict] | None:
 
 
 def pictures() -> tuple[str | None, ...]:
-    """Accuracy against compute and against size, and per class (``python -m train.plots``); None where not drawn yet."""
+    """Accuracy against compute and against size, and per class (``python -m reports.plots``); None where not drawn yet."""
     return tuple(str(p) if p.is_file() else None for p in PICTURES)
 
 
@@ -175,12 +175,12 @@ def _sweep_cell(key: str, value: str | None) -> str:
 
 
 def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
-    """The pointing game (train.cam_localisation) as a Markdown table: per model, layer and method, the share of
+    """The pointing game (reports.cam_localisation) as a Markdown table: per model, layer and method, the share of
     held-out boxed slices whose heatmap peak falls in the tumour box, per class, the mass in the box, and chance."""
     try:
         runs = json.loads(Path(path).read_text())["runs"]
     except (OSError, ValueError, KeyError):
-        return "No localisation results yet (`python -m train.cam_localisation`)."
+        return "No localisation results yet (`python -m reports.cam_localisation`)."
     lines = [
         "| model | layer | method | heatmap px | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre "
         "| chance: head |",

@@ -7,7 +7,7 @@
 Models load lazily into the model cache (brainmri.serving.cache). Each loaded model carries a lock
 held for the whole forward/backward: Grad-CAM hooks on a shared module would see another thread's
 forward, so two passes never run one model at the same time. Different models run in parallel.
-Requests for one model that arrive together can run as one batch (``max_batch``, brainmri.batching).
+Requests for one model that arrive together can run as one batch (``max_batch``, brainmri.serving.batching).
 
 A batch's model passes all run in :meth:`Predictor.run_passes`, the one GPU entry point: under ZeroGPU
 it is the ``@spaces.GPU`` task (brainmri.serving.zerogpu), so one batch holds one lent GPU for all
@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from brainmri.batching import MicroBatcher
-from brainmri.catalog import ModelSource, app_default_model, checkpoint_folder, discover
-from brainmri.checkpoint import OOD_CONFIG
 from brainmri.explain import DEFAULT_METHOD
-from brainmri.registry import SEGMENTER_DEFAULT
+from brainmri.models.catalog import ModelSource, app_default_model, checkpoint_folder, discover
+from brainmri.models.checkpoint import OOD_CONFIG
+from brainmri.models.registry import SEGMENTER_DEFAULT
+from brainmri.serving.batching import MicroBatcher
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.classify import run_model_batch
 from brainmri.serving.judge import ood_check_batch
@@ -59,7 +59,7 @@ class Predictor:
         sources: registry name -> where its weights are (``catalog.discover()`` by default).
         cache_mb: memory bound of the loaded models' tensors, in MiB (default: ``brainmri.settings.model_cache_mb()``).
         ood_model: the model whose OOD statistics judge every image; "default" for the default model.
-        max_batch: most requests run through a model together (brainmri.batching); 1 runs each alone.
+        max_batch: most requests run through a model together (brainmri.serving.batching); 1 runs each alone.
         max_wait_s: how long the first request of a batch waits for others to join.
         workers: batches of one model that run at once, each through its own copy of the model (with
             ``max_batch`` > 1). Hooks on a shared module would see every forward through it, so one copy

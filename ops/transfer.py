@@ -1,10 +1,10 @@
 """What one device call carries, measured the way the device tool measures it, and the steps around that call.
 
-    python -m train.transfer copy-data SRC    # SRC and its masks into data/, each distinct file once (data/duplicates.tsv)
-    python -m train.transfer relink           # on the device: the duplicates back in place, byte for byte
-    python -m train.transfer check            # sizes: working tree (checkpoints/ but the kept one left out) + data/
-    python -m train.transfer stash            # take the tracked checkpoints/ out of the working tree (refuses if changed)
-    python -m train.transfer restore          # put them back from git: git checkout -- checkpoints
+    python -m ops.transfer copy-data SRC    # SRC and its masks into data/, each distinct file once (data/duplicates.tsv)
+    python -m ops.transfer relink           # on the device: the duplicates back in place, byte for byte
+    python -m ops.transfer check            # sizes: working tree (checkpoints/ but the kept one left out) + data/
+    python -m ops.transfer stash            # take the tracked checkpoints/ out of the working tree (refuses if changed)
+    python -m ops.transfer restore          # put them back from git: git checkout -- checkpoints
 
 The device tool sends the tracked files and the untracked files git does not ignore, plus the
 carried folders, 64 MiB in all. ``scripts/prepare_device_data.sh`` fills the carried ``data/`` and
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT
 
 _logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def stash(repo: Path = ROOT) -> None:
     for name in _git(repo, "ls-files", "-z", "--", STASHED).split("\0"):
         if name and _left_behind(Path(name)):
             (repo / name).unlink(missing_ok=True)
-    print(f"{STASHED}/ but {KEPT} taken out of the working tree for the device call; put it back: python -m train.transfer restore")
+    print(f"{STASHED}/ but {KEPT} taken out of the working tree for the device call; put it back: python -m ops.transfer restore")
 
 
 def restore(repo: Path = ROOT) -> None:

@@ -1,7 +1,7 @@
 """How fast can a model train at best on a GPU? FLOPs and bytes per training image, and the bound.
 
-    python -m train.roofline --models efficientnet_b0 --measured efficientnet_b0=3000
-    python -m train.roofline --out results/roofline.csv          # every registry model
+    python -m reports.roofline --models efficientnet_b0 --measured efficientnet_b0=3000
+    python -m reports.roofline --out results/roofline.csv          # every registry model
 
 One training step (forward + backward, batch 1 and batch 2, so that what grows with the
 batch separates from what does not) runs on the CPU under two counters:
@@ -36,11 +36,11 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from brainmri.cli import setup_logging
-from brainmri.registry import REGISTRY, create_model, get_spec
+from brainmri.models.registry import REGISTRY, create_model, get_spec
 
 _logger = logging.getLogger(__name__)
 
-# Costs of every registry model, counted once on any machine (python -m train.roofline --out ...).
+# Costs of every registry model, counted once on any machine (python -m reports.roofline --out ...).
 COSTS_CSV = Path(__file__).resolve().parent.parent / "results" / "roofline.csv"
 
 BF16_BYTES = 2
@@ -265,7 +265,7 @@ def sweep_roofline(folder: str | Path, device: dict, costs_csv: str | Path = COS
     datasheet (the H100's when unknown) and, where ``device`` has them (train.sweep.measure_device), on the ceilings
     measured on the card."""
     if not Path(costs_csv).is_file():
-        _logger.warning("no %s: run python -m train.roofline --out %s for the bounds", costs_csv, costs_csv)
+        _logger.warning("no %s: run python -m reports.roofline --out %s for the bounds", costs_csv, costs_csv)
         return None
     costs = load_costs(costs_csv)
     peaks = [datasheet_peak(device.get("device", "")) or H100_SXM]

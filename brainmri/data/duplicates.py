@@ -4,7 +4,7 @@ Exact: identical bytes (sha256). Near: compared as 32 x 32 greyscale, a mean abs
 difference of at most ``threshold`` grey levels (2 by default, as in the data README).
 Mirrored: the same comparison against the left-right mirror image. Training flips images at
 random, so a mirrored twin *is* a training image: :func:`twin_pairs` finds twins in both
-orientations, and the split (brainmri.split) and the unseen Testing subset
+orientations, and the split (brainmri.data.split) and the unseen Testing subset
 (:func:`unseen_indices`) both use it. An image is never its own twin.
 """
 
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.data import ImageRecords, sha256
+from brainmri.data.records import ImageRecords, sha256
 
 NEAR_THRESHOLD = 2.0  # grey levels, mean absolute difference at 32 x 32
 

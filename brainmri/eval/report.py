@@ -11,8 +11,8 @@ matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brainmri.checkpoint import OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config, read_metrics  # noqa: E402
-from brainmri.metrics import expected_calibration_error, reliability_bins  # noqa: E402
+from brainmri.eval.metrics import expected_calibration_error, reliability_bins  # noqa: E402
+from brainmri.models.checkpoint import OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config, read_metrics  # noqa: E402
 
 
 def plot_history(history: list[dict], path: str | Path) -> None:

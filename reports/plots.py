@@ -1,6 +1,6 @@
 """The comparison pictures of the shipped models, from their metrics.json: accuracy against cost, and per class.
 
-    python -m train.plots      # checkpoints/ -> results/accuracy_cost.png, accuracy_params.png, per_class.png, plots.json
+    python -m reports.plots      # checkpoints/ -> results/accuracy_cost.png, accuracy_params.png, per_class.png, plots.json
 
 *Accuracy against cost*, in the style of the EfficientNet paper's figure: one labelled dot a model, its
 unseen-Testing accuracy (Testing without the images that have an exact, near or mirrored twin in Training)
@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from brainmri.checkpoint import classifier_folders, label_names, read_metrics  # noqa: E402
 from brainmri.cli import setup_logging  # noqa: E402
-from brainmri.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
+from brainmri.models.checkpoint import classifier_folders, label_names, read_metrics  # noqa: E402
+from brainmri.models.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Audit an image folder for exact, near and mirrored twins, within and across splits.
 
-    python -m train.audit ../shared/data/brain-tumor-mri --out runs/audit
+    python -m reports.audit ../shared/data/brain-tumor-mri --out runs/audit
 
 Exact duplicates are byte-identical files (sha256); near duplicates lie within a mean
 absolute difference of 2 grey levels as 32 x 32 greyscale, as is or once one of the two is
-mirrored left-right (brainmri.duplicates). It prints the counts and writes to ``--out``:
+mirrored left-right (brainmri.data.duplicates). It prints the counts and writes to ``--out``:
 
     summary.json       the counts printed
     exact_groups.csv   group, split, label, file: one row per file of each byte-identical group
@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from brainmri.cli import setup_logging
-from brainmri.data import IMAGE_SUFFIXES, SPLIT_FOLDERS, ImageRecords, load_records
-from brainmri.duplicates import NEAR_THRESHOLD, Audit, audit
+from brainmri.data.duplicates import NEAR_THRESHOLD, Audit, audit
+from brainmri.data.records import IMAGE_SUFFIXES, SPLIT_FOLDERS, ImageRecords, load_records
 from brainmri.settings import default_data
 
 _logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, WEIGHTS, read_metrics
-from brainmri.registry import APP_DEFAULT, REGISTRY, get_spec
+from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, WEIGHTS, read_metrics
+from brainmri.models.registry import APP_DEFAULT, REGISTRY, get_spec
 from brainmri.settings import default_model, hub_offline
 
 _logger = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """Push checkpoint folders to the Hugging Face Hub as timm model repos, and the app as a Space.
 
-    python -m train.push checkpoints/tf_efficientnet_lite0 --repo-id OWNER/tf_efficientnet_lite0
-    python -m train.push --all --namespace OWNER          # every checkpoints/* folder, to OWNER/<folder name>
-    python -m train.push --all --namespace OWNER --dry-run  # list what would be uploaded; needs no token
-    python -m train.push --space OWNER/NAME --namespace OWNER  # the Space: app, package, checkpoints, examples, results
+    python -m ops.push checkpoints/tf_efficientnet_lite0 --repo-id OWNER/tf_efficientnet_lite0
+    python -m ops.push --all --namespace OWNER          # every checkpoints/* folder, to OWNER/<folder name>
+    python -m ops.push --all --namespace OWNER --dry-run  # list what would be uploaded; needs no token
+    python -m ops.push --space OWNER/NAME --namespace OWNER  # the Space: app, package, checkpoints, examples, results
 
 The Space is uploaded with ``upload_folder(repo_type="space")`` from a staging copy of an allow-list
 (:data:`SPACE_FILES`, :data:`SPACE_TREES`, the checkpoint folders), so that the Hub stores each binary in
@@ -33,8 +33,8 @@ import httpx
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from brainmri.checkpoint import CONFIG, verify_checkpoint
 from brainmri.cli import setup_logging
+from brainmri.models.checkpoint import CONFIG, verify_checkpoint
 from brainmri.settings import ROOT, checkpoint_dir, hub_namespace
 
 _logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """Pack sweep folders for the trip back from the GPU machine, unpack them here, and read what came back.
 
-    python -m train.pack runs/device_sweep --log runs/device_sweep.log --out "$OUT"    # there
-    python -m train.pack runs/lease/device_* --log runs/lease/*.log --out "$OUT"        # there: a lease's sweeps
-    python -m train.pack --report runs/lease           # there or here: what ran, validation only (lanes merged)
-    python -m train.pack --unpack FILES_AT --into runs                                  # here
-    python -m train.pack --compare checkpoints runs/lease   # here: keep or replace each shipped model, then Testing
+    python -m ops.pack runs/device_sweep --log runs/device_sweep.log --out "$OUT"    # there
+    python -m ops.pack runs/lease/device_* --log runs/lease/*.log --out "$OUT"        # there: a lease's sweeps
+    python -m ops.pack --report runs/lease           # there or here: what ran, validation only (lanes merged)
+    python -m ops.pack --unpack FILES_AT --into runs                                  # here
+    python -m ops.pack --compare checkpoints runs/lease   # here: keep or replace each shipped model, then Testing
 
 At most 8 files of at most 16 MiB, 64 MiB in all, come back from the device. One archive,
 ``sweep_results.tar.gz``, holds every model folder without its weights (metrics, history,
@@ -28,9 +28,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-from brainmri.checkpoint import METRICS, WEIGHTS, read_metrics
 from brainmri.cli import setup_logging
-from brainmri.registry import REGISTRY
+from brainmri.models.checkpoint import METRICS, WEIGHTS, read_metrics
+from brainmri.models.registry import REGISTRY
 
 _logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def sweep_folders(root: str | Path) -> list[Path]:
 def report(root: str | Path) -> list[dict]:
     """Merge each sweep folder's lanes and print what ran: status, epochs and validation accuracy; no Testing figures,
     so that the decisions (--compare) are taken before any is seen."""
-    from train.results import collect_rows
+    from reports.results import collect_rows
     from train.sweep import merge_lanes
 
     rows = []
@@ -173,7 +173,7 @@ def report(root: str | Path) -> list[dict]:
 
 def keep_or_replace(shipped: dict, new: dict) -> tuple[str, str]:
     """("new" or "shipped", why), from the two runs' validation figures and the new run's epochs alone."""
-    from brainmri.checkpoint import cut_short
+    from brainmri.models.checkpoint import cut_short
 
     if "test" not in new or "validation" not in new:
         return "shipped", "the new run did not finish"

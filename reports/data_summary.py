@@ -1,13 +1,13 @@
 """What a Space without the data folder shows: the Data tab's numbers and pictures, and the Classify tab's examples.
 
-    python -m train.data_summary                       # from BRAIN_MRI_DATA (default ../shared/data/brain-tumor-mri)
-    python -m train.data_summary --data DATA --per-class 2
+    python -m reports.data_summary                       # from BRAIN_MRI_DATA (default ../shared/data/brain-tumor-mri)
+    python -m reports.data_summary --data DATA --per-class 2
 
 Writes, from the real data (about 30 s on 2 cores, most of it the duplicate audit):
 
     results/data_counts.json   images per class and split (brainmri.app.dataview.class_counts)
     results/data_samples.png   a small grid of Training slices, two per class, captioned
-    results/data_audit.json    the duplicate audit's counts (brainmri.duplicates.audit(...).summary), mirrored twins included
+    results/data_audit.json    the duplicate audit's counts (brainmri.data.duplicates.audit(...).summary), mirrored twins included
     examples/                  two unseen Testing slices per class (no exact, near or mirrored twin in Training), copied
                                byte for byte, and examples/README.md with each one's source file and the licence
 
@@ -39,8 +39,8 @@ from brainmri.app.dataview import (
     example_name,
 )
 from brainmri.cli import add_data_argument, setup_logging
-from brainmri.data import ImageRecords, load_records
-from brainmri.duplicates import audit, thumbnails, unseen_indices
+from brainmri.data.duplicates import audit, thumbnails, unseen_indices
+from brainmri.data.records import ImageRecords, load_records
 from brainmri.serving import class_words
 
 _logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def write_examples(test: ImageRecords, indices: list[int], out: Path) -> list[st
         shutil.copyfile(source, out / name)
         lines.append(f"| `{name}` | {class_words(label)} | `{label}/{source.name}` |")
         names.append(name)
-    lines += ["", "Chosen by `python -m train.data_summary`, which rewrites this folder.", "", *LICENCE.splitlines()]
+    lines += ["", "Chosen by `python -m reports.data_summary`, which rewrites this folder.", "", *LICENCE.splitlines()]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return names
 

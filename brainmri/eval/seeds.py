@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.checkpoint import has_metrics, read_metrics
-from brainmri.registry import get_spec
+from brainmri.models.checkpoint import has_metrics, read_metrics
+from brainmri.models.registry import get_spec
 from brainmri.settings import checkpoint_dir
 
 # The seed's figures (its Testing split, which it called validation), for Sequential 1-4.

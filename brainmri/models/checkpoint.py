@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf
 from torch import nn
 
-import brainmri.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
-from brainmri.data import sha256
+import brainmri.models.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
+from brainmri.data.records import sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def update_metrics(folder: str | Path, sections: dict, drop: list[str] | None = 
     return metrics
 
 
-# The one column map of results tables (train/results.py's CSV, the app's Experiments tab): column -> its path in
+# The one column map of results tables (reports/results.py's CSV, the app's Experiments tab): column -> its path in
 # metrics.json. A table picks and formats columns; it never spells a path into metrics.json itself.
 METRIC_COLUMNS = {
     "model": ("model",),

@@ -23,9 +23,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from brainmri import data as _data
-from brainmri import duplicates as _duplicates
-from brainmri.data import ImageRecords
+from brainmri.data import duplicates as _duplicates
+from brainmri.data import records as _data
+from brainmri.data.records import ImageRecords
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ def _chunked(fn: Callable[[ImageRecords], T], records: ImageRecords) -> list[T]:
 
 
 def thumbnails(records: ImageRecords, size: int = 32) -> np.ndarray:
-    """:func:`brainmri.duplicates.thumbnails`, threaded and memoised."""
+    """:func:`brainmri.data.duplicates.thumbnails`, threaded and memoised."""
     return memo(
         ("thumbnails", source_key(records), size),
         lambda: np.concatenate(_chunked(lambda r: _duplicates.thumbnails(r, size), records)),
@@ -80,7 +80,7 @@ def _preprocessing_key(cfg: dict) -> tuple:
 
 
 def decode_records(records: ImageRecords, cfg: dict, desc: str = "decoding") -> torch.Tensor:
-    """:func:`brainmri.data.decode_records` (uint8 (N, 3, H, W)), threaded and memoised."""
+    """:func:`brainmri.data.records.decode_records` (uint8 (N, 3, H, W)), threaded and memoised."""
     return memo(
         ("decoded", source_key(records), _preprocessing_key(cfg)),
         lambda: torch.cat(_chunked(lambda r: _data.decode_records(r, cfg, desc), records)),

@@ -1,6 +1,6 @@
 """Do the heatmaps look at the brain? The share of Grad-CAM mass inside a simple brain mask, per model.
 
-    python -m train.cam_sanity [--data DATA] [--limit-per-class N] [--models a b] [--out results/cam_sanity.json]
+    python -m reports.cam_sanity [--data DATA] [--limit-per-class N] [--models a b] [--out results/cam_sanity.json]
 
 For every shipped model and every Testing image (or a seeded subset of ``N`` per class), the
 heatmap comes from the app's own path (``Predictor.predict`` -> ``brainmri.explain.gradcam``),
@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.catalog import discover
 from brainmri.cli import add_data_argument, setup_logging
-from brainmri.data import load_records
-from brainmri.imageio import load_image
+from brainmri.data.imageio import load_image
+from brainmri.data.records import load_records
+from brainmri.models.catalog import discover
 from brainmri.serving import Predictor
 
 _logger = logging.getLogger(__name__)

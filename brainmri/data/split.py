@@ -6,14 +6,14 @@ anything else that needs a checkpoint's validation images rebuild them here from
 
 Rules (``split`` in the config):
 
-- ``"mirror-aware"`` (the default): twins in either orientation (brainmri.duplicates.twin_pairs: exact, near, or
+- ``"mirror-aware"`` (the default): twins in either orientation (brainmri.data.duplicates.twin_pairs: exact, near, or
   near once mirrored left-right) are grouped, and so are images that share a figshare scan id where the masks'
-  ``masks.csv`` lies beside the data (brainmri.data.figshare_ids); a group never straddles train and validation.
+  ``masks.csv`` lies beside the data (brainmri.data.records.figshare_ids); a group never straddles train and validation.
 - ``"as-is"``: the rule the first shipped models were cut with, which grouped unmirrored twins only. Their mirrored
   twins leaked into validation, so their ``val_split.txt`` keeps only the validation images with no twin in their
   train part in either orientation (:func:`leak_free`).
 
-The cut is seeded and stratified by class (brainmri.data.split_train_val).
+The cut is seeded and stratified by class (brainmri.data.records.split_train_val).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from brainmri.checkpoint import TRAIN_CONFIG, VAL_SPLIT
-from brainmri.data import ImageRecords, figshare_ids, limit_per_class, load_records, relative_path, split_train_val
-from brainmri.datacache import memo, source_key, thumbnails
-from brainmri.duplicates import connected_groups, near_pairs, twin_pairs, unseen_indices
+from brainmri.data.cache import memo, source_key, thumbnails
+from brainmri.data.duplicates import connected_groups, near_pairs, twin_pairs, unseen_indices
+from brainmri.data.records import ImageRecords, figshare_ids, limit_per_class, load_records, relative_path, split_train_val
+from brainmri.models.checkpoint import TRAIN_CONFIG, VAL_SPLIT
 
 _logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """CPU inference latency and training throughput of each shipped checkpoint.
 
-    python -m train.benchmark                          # every checkpoints/* folder with a config.json
-    python -m train.benchmark checkpoints/simple_cnn_7 --repeats 200
+    python -m reports.benchmark                          # every checkpoints/* folder with a config.json
+    python -m reports.benchmark checkpoints/simple_cnn_7 --repeats 200
 
 Latency: one image (batch 1) at the model's input size, fp32, ``torch.set_num_threads(2)``
 (what a free Hugging Face CPU Space has), the median of ``--repeats`` forward passes after
@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainmri.checkpoint import load_checkpoint, read_config
 from brainmri.cli import setup_logging
-from brainmri.data import data_config
-from brainmri.registry import count_parameters
+from brainmri.data.records import data_config
+from brainmri.models.checkpoint import load_checkpoint, read_config
+from brainmri.models.registry import count_parameters
 from brainmri.settings import checkpoint_dir
-from train.push import checkpoint_folders
+from ops.push import checkpoint_folders
 
 _logger = logging.getLogger(__name__)
 

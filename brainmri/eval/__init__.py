@@ -1,0 +1,2 @@
+"""Evaluation: metrics (``metrics``), ensembles (``ensemble``), figures and model cards (``report``) and the
+seed-spread tables (``seeds``)."""
