@@ -144,5 +144,36 @@ def grey_contrast(image: Image.Image) -> float:
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, D): the pooled penultimate features, the classifier's input."""
+    """(B, 3, H, W) -> (B, D): the pooled penultimate features, the classifier's input.
+
+    The one definition of the OOD features: fitting (train.ood), the judge's pass and the classifier's pass all take
+    them from here, through timm's ``forward_features`` / ``forward_head(pre_logits=True)``, with no hook.
+    """
     return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: (B, C) logits and the (B, D) :func:`pooled_features` they come from.
+
+    The logits are the classifier applied to the features: the model's own forward in eval mode (every registry
+    model; tests/test_registry.py).
+    """
+    features = pooled_features(model, x)
+    return model.get_classifier()(features), features
+
+
+class KeepFeatures(nn.Module):
+    """``model`` as Grad-CAM calls it (x -> logits) through :func:`logits_and_features`, keeping the features.
+
+    So a heatmap's forward also gives the OOD features, with no hook: ``features`` holds the last forward's, detached.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.features: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, features = logits_and_features(self.model, x)
+        self.features = features.detach()
+        return logits

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from brainmri.cli import setup_logging
 from brainmri.data.duplicates import NEAR_THRESHOLD, Audit, audit
-from brainmri.data.records import IMAGE_SUFFIXES, SPLIT_FOLDERS, ImageRecords, load_records
+from brainmri.data.imageio import IMAGE_SUFFIXES
+from brainmri.data.records import SPLIT_FOLDERS, ImageRecords, load_records
 from brainmri.settings import default_data
 
 _logger = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from brainmri.models import registry
+from brainmri.ood import logits_and_features
 
 NUM_CLASSES = 4
 
@@ -37,6 +38,13 @@ def test_model_forward_backward_and_cam_layer(name: str):
     assert out.shape == (2, NUM_CLASSES)
     assert torch.isfinite(out).all()
     assert len(feats) == 1 and feats[0].ndim == 4 and feats[0].shape[0] == 2
+
+    # The OOD features' one definition (timm's forward_head(pre_logits=True)) is what the classifier reads.
+    with torch.no_grad():
+        logits, features = logits_and_features(model.eval(), x)
+        torch.testing.assert_close(logits, model(x))
+    assert features.shape[0] == 2 and features.ndim == 2
+    model.train()
 
     nn.functional.cross_entropy(out, torch.tensor([0, 3])).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

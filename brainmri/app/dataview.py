@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from brainmri.app.experiments import RESULTS_DIR
-from brainmri.data.records import IMAGE_SUFFIXES, SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.data.imageio import IMAGE_SUFFIXES
+from brainmri.data.records import SPLIT_FOLDERS, eval_transform, load_records
 from brainmri.settings import ROOT, default_data
 
 _logger = logging.getLogger(__name__)

@@ -1,16 +1,19 @@
-"""Decoding uploads: every image format the app takes, to one RGB 8-bit PIL image.
+"""The one decoder: every image format we take, to one RGB 8-bit PIL image, for training and serving alike.
 
 JPEG, PNG (8 and 16 bit, greyscale, palette, RGBA), WebP, BMP, TIFF (first page), GIF (first frame)
 and DICOM (pydicom, with the modality rescale and the file's own window). EXIF orientation
-is honoured, huge images are refused before they are decoded (decompression bombs),
-large ones are downscaled, and anything that is not a usable image is a ``ValueError``
-that names the problem. Nothing is written to disk or logged: a DICOM file's patient
-metadata is read only as far as pydicom must to reach the pixels, then dropped.
+is honoured, and anything that is not a usable image is a ``ValueError`` that names the problem.
+:func:`decode_image` is what training, evaluation, the OOD fit and the app all decode with (so the OOD thresholds
+are fitted on the pixels they are applied to); :func:`load_image` wraps it with the upload limits: huge images are
+refused before they are decoded (decompression bombs), tiny ones refused, large ones downscaled.
+Nothing is written to disk or logged: a DICOM file's patient metadata is read only as far as pydicom must to
+reach the pixels, then dropped.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,8 @@ PIL_FORMATS = {
     "GIF": ("GIF", "GIF (first frame)"),
 }
 DICOM_SUFFIXES = {".dcm", ".dicom"}  # DICOM files often have no suffix, so they are known by content too
+# The suffixes a data folder's images may have: the accepted formats' own (DICOM without a suffix is an upload only).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", *DICOM_SUFFIXES}
 
 
 def accepted_formats(detailed: bool = True) -> str:
@@ -43,8 +48,27 @@ def accepted_formats(detailed: bool = True) -> str:
     return ", ".join(d if detailed else short for short, d in PIL_FORMATS.values()) + " or DICOM" + (" (.dcm)" if detailed else "")
 
 
+def decode_image(data: bytes, name: str = "image", check: Callable[[int, int, str], None] | None = None) -> Image.Image:
+    """Decode image bytes in any accepted format to an RGB uint8 PIL image: the one decoder.
+
+    Args:
+        data: the file's bytes.
+        name: the file name, for messages and for recognising ``.dcm``.
+        check: called with (width, height, name) once the header gives the size, before the pixels are decoded;
+            :func:`load_image` passes the upload limits here.
+    Raises:
+        ValueError: naming the problem (empty, not an image, truncated...).
+    """
+    if not data:
+        raise ValueError(f"{name} is empty (0 bytes)")
+    return _decode_dicom(data, name, check) if is_dicom(data, name) else _decode_pil(data, name, check)
+
+
 def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Image:
-    """Decode an upload (bytes or a file path) to an RGB uint8 PIL image.
+    """Decode an upload (bytes or a file path): :func:`decode_image` within the upload limits.
+
+    The limits: at most ``MAX_BYTES`` read, at most ``MAX_PIXELS`` and at least ``MIN_SIDE`` a side checked from the
+    header before decoding, and the result downscaled to at most ``MAX_SIDE`` a side.
 
     Args:
         source: the file's bytes, or its path.
@@ -65,11 +89,9 @@ def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Ima
     else:
         data = bytes(source)
     name = name or "image"
-    if not data:
-        raise ValueError(f"{name} is empty (0 bytes)")
     if len(data) > MAX_BYTES:
         raise ValueError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
-    image = _decode_dicom(data, name) if is_dicom(data, name) else _decode_pil(data, name)
+    image = decode_image(data, name, check=_check_size)
     if max(image.size) > MAX_SIDE:
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return image
@@ -81,6 +103,7 @@ def is_dicom(data: bytes, name: str = "") -> bool:
 
 
 def _check_size(width: int, height: int, name: str) -> None:
+    """The upload limits on a decoded size: not a decompression bomb, not too small to be a scan."""
     if width * height > MAX_PIXELS:
         raise ValueError(
             f"{name} is {width} x {height} = {width * height / 1e6:.0f} megapixels, over the limit of {MAX_PIXELS / 1e6:.0f}:"
@@ -90,7 +113,7 @@ def _check_size(width: int, height: int, name: str) -> None:
         raise ValueError(f"{name} is {width} x {height} pixels, too small to be a scan (at least {MIN_SIDE} a side)")
 
 
-def _decode_pil(data: bytes, name: str) -> Image.Image:
+def _decode_pil(data: bytes, name: str, check: Callable[[int, int, str], None] | None) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError:
@@ -100,8 +123,10 @@ def _decode_pil(data: bytes, name: str) -> Image.Image:
     with im:
         if im.format not in PIL_FORMATS:
             raise ValueError(f"{name} is a {im.format} file, not a format this app reads ({accepted_formats()})")
-        _check_size(*im.size, name)
-        # JPEG can decode straight at 1/2, 1/4 or 1/8 scale: big photos never reach full size in memory.
+        if check:
+            check(*im.size, name)
+        # JPEG can decode straight at 1/2, 1/4 or 1/8 scale: big photos never reach full size in memory (a no-op
+        # below 2 * MAX_SIDE a side, so below that training and the upload wrapper see the same pixels).
         im.draft(None, (MAX_SIDE, MAX_SIDE))
         try:
             im.load()
@@ -154,7 +179,7 @@ DICOM_PIXEL_TAGS = [
 ]  # fmt: skip
 
 
-def _decode_dicom(data: bytes, name: str) -> Image.Image:
+def _decode_dicom(data: bytes, name: str, check: Callable[[int, int, str], None] | None) -> Image.Image:
     """The middle frame of a DICOM file, through the modality rescale and the file's window, as RGB.
 
     Only :data:`DICOM_PIXEL_TAGS` are parsed (plus the file meta header naming the transfer
@@ -178,7 +203,8 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
         raise ValueError(f"{name}: DICOM image size attributes (Rows, Columns, NumberOfFrames) are invalid") from None
     if not rows or not cols:
         raise ValueError(f"{name}: DICOM file has pixel data but no image size (Rows, Columns)")
-    _check_size(cols, rows, name)
+    if check:
+        check(cols, rows, name)
     if rows * cols * frames > 4 * MAX_PIXELS:
         raise ValueError(f"{name} holds {frames} frames of {cols} x {rows}: too large to decode")
     try:

@@ -9,7 +9,6 @@ pretrained_cfg (timm ``resolve_model_data_config``) in :func:`data_config` and
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 from dataclasses import dataclass
@@ -18,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 from tqdm import tqdm
+
+from brainmri.data.imageio import IMAGE_SUFFIXES, decode_image
 
 _logger = logging.getLogger(__name__)
 
 # Folder names of the official splits, and the Hub split names they correspond to.
 SPLIT_FOLDERS = {"train": "Training", "test": "Testing"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -65,20 +65,8 @@ class ImageRecords:
         return Path(src).read_bytes() if isinstance(src, str) else src
 
     def open(self, i: int) -> Image.Image:
-        """The i-th image as RGB; ValueError naming the file if it cannot be decoded."""
-        return open_rgb(self.read_bytes(i), self.name(i))
-
-
-def open_rgb(data: bytes, name: str = "image") -> Image.Image:
-    """Decode image bytes to an RGB PIL image, with an error that names the file."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError(f"cannot read image {name}: not an image format PIL can decode") from None
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {name}: {e}") from None
+        """The i-th image as RGB, decoded as the app decodes uploads; ValueError naming the file if it cannot be."""
+        return decode_image(self.read_bytes(i), self.name(i))
 
 
 def _class_folders(split_dir: Path) -> list[Path]:
