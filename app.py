@@ -21,8 +21,9 @@ from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 from brainmri.cli import setup_logging
 from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
-from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
 from brainmri.models.catalog import discover, labelled_choices, unavailable_markdown
+from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
 from brainmri.serving import Predictor
 from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch
@@ -34,7 +35,6 @@ DISCLAIMER = (
     "**For research and education only. Not a medical device; not for diagnosis.** "
     "A classifier trained on one public dataset of brain MRI slices cannot replace a radiologist."
 )
-DEFAULT_OPACITY = 0.45
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
 EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify outputs, cleared
 

@@ -35,8 +35,6 @@ from brainmri.models.checkpoint import OOD_CONFIG, OOD_TENSORS, WEIGHTS, add_to_
 
 _logger = logging.getLogger(__name__)
 
-NOT_MRI = "does not look like a brain MRI"
-
 
 @dataclass
 class OODResult:

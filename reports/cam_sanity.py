@@ -3,7 +3,7 @@
     python -m reports.cam_sanity [--data DATA] [--limit-per-class N] [--models a b] [--out results/cam_sanity.json]
 
 For every shipped model and every Testing image (or a seeded subset of ``N`` per class), the
-heatmap comes from the app's own path (``Predictor.predict`` -> ``brainmri.explain.gradcam``),
+heatmap comes from the app's own path (``Predictor.predict`` -> ``brainmri.explain.gradcam_batch``),
 and the brain mask is an intensity threshold: Otsu on the greyscale slice, holes filled, largest
 connected component kept. The share is ``cam[mask].sum() / cam.sum()``. A uniform heatmap would
 score the mask's area fraction, reported alongside as the chance level. A model whose mean share

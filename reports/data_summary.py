@@ -41,7 +41,7 @@ from brainmri.app.dataview import (
 from brainmri.cli import add_data_argument, setup_logging
 from brainmri.data.duplicates import audit, thumbnails, unseen_indices
 from brainmri.data.records import ImageRecords, load_records
-from brainmri.serving import class_words
+from brainmri.vocabulary import class_words
 
 _logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.models.checkpoint import FINISHED_EPOCHS, classifier_folders, cut_short, has_metrics, metric_columns, read_metrics
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, SEGMENTER_DEFAULT
-from brainmri.serving.result import CLASS_WORDS
+from brainmri.vocabulary import CLASS_WORDS, percent
 from reports.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 
 _logger = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ _MD = {
     "initialization": ("init", lambda v: v.split(" (")[0]),
     "epochs_run": ("epochs", str),
     "best_epoch": ("best", str),
-    "val_accuracy": ("val acc", lambda v: f"{100 * v:.1f}%"),
-    "test_unseen_accuracy": ("unseen test acc", lambda v: f"{100 * v:.1f}%"),
-    "test_accuracy": ("test acc", lambda v: f"{100 * v:.1f}%"),
+    "val_accuracy": ("val acc", percent),
+    "test_unseen_accuracy": ("unseen test acc", percent),
+    "test_accuracy": ("test acc", percent),
     "test_loss": ("test loss", lambda v: f"{v:.3f}"),
     "train_seconds": ("train time", lambda v: f"{v:.0f} s"),
     "img_per_s": ("img/s", lambda v: f"{v:,.0f}"),
@@ -254,9 +254,7 @@ def leak_markdown(root: str | Path = ROOT / "checkpoints") -> str:
 
 
 def _pct_ci(value: float | None, ci: list | None) -> str:
-    if value is None:
-        return "not measured"
-    return f"{100 * value:.2f}%" + (f" ({100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if ci else "")
+    return "not measured" if value is None else percent(value, ci, digits=2)
 
 
 def write_tables(rows: list[dict], out: str | Path) -> tuple[Path, Path]:

@@ -28,10 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from brainmri.app import display  # noqa: E402
 from brainmri.app.dataview import example_files, local_root  # noqa: E402
-from brainmri.app.inline_media import data_url  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
-from brainmri.explain import overlay  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.rendering import data_url, overlay  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import batch_workers, default_data  # noqa: E402

@@ -15,8 +15,8 @@ from PIL import Image
 from shipped import require_shipped
 from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
 
-from brainmri.app.inline_media import decode_data_url
 from brainmri.models.registry import APP_DEFAULT
+from brainmri.rendering import decode_data_url
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainmri.app.comparison import ENSEMBLE, NOT_MRI, agreement, comparison_rows, ensemble_row
+from brainmri.app.comparison import ENSEMBLE, agreement, comparison_rows, ensemble_row
 from brainmri.ood import OODResult
 from brainmri.serving import Prediction
+from brainmri.vocabulary import NOT_MRI
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 

@@ -16,7 +16,8 @@ from shipped import require_shipped
 
 from brainmri.app import display
 from brainmri.data.records import ImageRecords, limit_per_class, load_records
-from brainmri.segmentation import OUTLINE_COLOUR, Outline, draw_outline
+from brainmri.rendering import OUTLINE_COLOUR, draw_outline
+from brainmri.segmentation import Outline
 from brainmri.serving import Predictor
 from brainmri.serving.segment import segmenter_folder
 

@@ -15,7 +15,7 @@ from upload_samples import valid_uploads
 from brainmri.calibration import calibrated_probs
 from brainmri.data.imageio import load_image
 from brainmri.data.records import ImageRecords, limit_per_class, load_records
-from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam, view_box
+from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam_batch, view_box
 from brainmri.models.catalog import ModelSource, app_default_model, discover, validation_accuracy
 from brainmri.models.registry import APP_DEFAULT
 from brainmri.runtime import available_cpus
@@ -133,7 +133,7 @@ def test_heatmap_moves_with_the_explained_class(predictor: Predictor, sample: Im
     loaded = predictor.model(APP_DEFAULT)
     x = loaded.transform(sample.open(0))[None]
     with loaded.lock:
-        maps = [gradcam(loaded.model, loaded.cam_layers(method), x, method, target=c)[0] for c in (0, 2)]
+        maps = [gradcam_batch(loaded.model, loaded.cam_layers(method), x, method, [c])[0][0] for c in (0, 2)]
     assert maps[0].shape == x.shape[2:]
     assert np.abs(maps[0] - maps[1]).mean() > 0.01
 
@@ -251,7 +251,7 @@ def test_a_heatmap_at_a_larger_size_explains_the_class_predicted_at_the_input_si
     assert result.cam.shape == (image.height, image.width) and 0.0 <= result.cam.min() and result.cam.max() <= 1.0
     x_cam = loaded.cam_transform(image)[None]
     with loaded.lock:
-        expected, _ = gradcam(loaded.model, loaded.cam_layers("LayerCAM"), x_cam, "LayerCAM", target=int(logits.argmax()))
+        expected = gradcam_batch(loaded.model, loaded.cam_layers("LayerCAM"), x_cam, "LayerCAM", [int(logits.argmax())])[0][0]
     np.testing.assert_allclose(result.cam, cam_to_image_size(expected, image.size, loaded.cfg), atol=1e-4)
 
 
@@ -287,7 +287,7 @@ def test_the_summary_says_each_number_once(predictor: Predictor, sample: ImageRe
 
 
 def test_no_heatmap_is_shown_over_an_image_that_is_not_a_brain_mri(predictor: Predictor, sample: ImageRecords):
-    from brainmri.explain import overlay
+    from brainmri.rendering import overlay
 
     blank = Image.new("RGB", (64, 64), (90, 90, 90))
     flagged = predictor.predict(blank)

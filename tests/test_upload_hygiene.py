@@ -21,9 +21,10 @@ from PIL import Image
 from traces import files_containing, files_named, files_since
 
 from brainmri.app import display
-from brainmri.app.inline_media import data_url, decode_data_url, send_inline
+from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import discard_upload, gradio_cache_dir, kept_in_cache
 from brainmri.data.imageio import load_image
+from brainmri.rendering import data_url, decode_data_url
 
 
 @pytest.fixture

@@ -39,11 +39,10 @@ from brainmri.models.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_man
 from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
 from brainmri.segmentation import binary_mask, load_segmenter, normalise, to_input, tumour_probability
 from brainmri.settings import default_data
+from brainmri.vocabulary import NO_TUMOUR
 from train.config import parse_config
 
 _logger = logging.getLogger(__name__)
-
-NEGATIVE_CLASS = "notumor"  # its images have no tumour, so an empty mask by definition
 
 
 @dataclass
@@ -79,7 +78,7 @@ def segmentation_subset(records: ImageRecords, data: str) -> tuple[ImageRecords,
     """The images with a mask, and the no-tumour images (empty masks); each with its mask file or None for empty."""
     table, folder = mask_table(data), masks_folder(data)
     keep, masks = [], []
-    negative = records.class_names.index(NEGATIVE_CLASS)
+    negative = records.class_names.index(NO_TUMOUR)
     for i in range(len(records)):
         rel = relative_path(records.name(i), data)
         if rel in table:
@@ -197,7 +196,7 @@ def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
 
 def summarise(rows: list[dict], labels: np.ndarray, class_names: list[str]) -> dict:
     """Per class and overall: the figures the README and the Experiments tab give."""
-    negative = class_names.index(NEGATIVE_CLASS)
+    negative = class_names.index(NO_TUMOUR)
     tumour = [r for r, c in zip(rows, labels) if c != negative]
     out: dict = {"tumour": _tumour_figures(tumour)}
     out["per_class"] = {

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from brainmri.eval.ensemble import mean_probs
-from brainmri.serving import NO_TUMOUR, Prediction
+from brainmri.serving import Prediction
+from brainmri.vocabulary import NOT_MRI, any_tumour_probability
 
 ENSEMBLE = "ensemble (mean of calibrated)"
-NOT_MRI = "not a brain MRI"  # short, for a table cell
 ENSEMBLE_METRICS = Path(__file__).resolve().parents[2] / "results" / "ensemble_metrics.json"
 
 
@@ -36,7 +36,7 @@ def ensemble_row(results: Sequence[Prediction], class_names: list[str]) -> dict:
         return {"model": ENSEMBLE, "prediction": NOT_MRI}
     probs = mean_probs([np.array([r.probabilities[c] for c in class_names]) for r in members])
     row = {"model": ENSEMBLE, "prediction": class_names[int(probs.argmax())]}
-    row["tumour prob"] = float(sum(p for c, p in zip(class_names, probs) if c != NO_TUMOUR))
+    row["tumour prob"] = any_tumour_probability({c: float(p) for c, p in zip(class_names, probs)})
     row.update({f"P({c})": float(p) for c, p in zip(class_names, probs)})
     return row
 

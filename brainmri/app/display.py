@@ -14,17 +14,11 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from brainmri.app.inline_media import data_url
-from brainmri.explain import overlay
-from brainmri.segmentation import draw_outline
-from brainmri.serving import NO_TUMOUR, Prediction, class_words
+from brainmri.rendering import OUTLINE_COLOUR, data_url, draw_outline, overlay
+from brainmri.serving import Prediction
+from brainmri.vocabulary import NO_TUMOUR, NOT_MRI, class_words, percent
 
 THUMB_SIDE = 320
-
-
-def percent(p: float) -> str:
-    """The one precision for probabilities in the app: one decimal."""
-    return f"{100 * p:.1f}%"
 
 
 def percent_cells(rows: list[dict]) -> list[dict]:
@@ -125,7 +119,7 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
     """Each model's heatmap whole, its caption under it, in a grid that wraps to the screen's width."""
     figures = []
     for r in results:
-        verdict = class_words(r.prediction) if r.prediction else "not a brain MRI"
+        verdict = class_words(r.prediction) if r.prediction else NOT_MRI
         shown = overlay(image, r.explained_cam, opacity).convert("RGB")
         shown.thumbnail((THUMB_SIDE, THUMB_SIDE))  # a grid cell is at most ~300 px wide: no need to send more
         src = data_url(shown, "jpeg")
@@ -147,7 +141,7 @@ CSS = """
 .cam-ends { display: flex; justify-content: space-between; font-size: 0.85em; opacity: 0.8; }
 .cam-meaning { margin: 4px 0 0 0; font-size: 0.95em; }
 .outline-note { margin: 6px 0 0 0; font-size: 0.95em; }
-.outline-swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 2px solid rgb(0, 255, 170); border-radius: 2px;
+.outline-swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 2px solid rgb(OUTLINE); border-radius: 2px;
   vertical-align: -0.1em; margin-right: 0.35em; }
 .cmp-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(130px, 1fr)); gap: 10px; }
 .cmp-fig { margin: 0; }
@@ -171,4 +165,4 @@ CSS = """
   }
   .hide-on-phone { display: none; }
 }
-"""
+""".replace("OUTLINE", ", ".join(map(str, OUTLINE_COLOUR)))  # the outline drawn on the scan

@@ -24,6 +24,7 @@ from brainmri.eval.seeds import seed_markdown
 from brainmri.models.checkpoint import HISTORY, classifier_folders, cut_short, metric_columns, read_metrics
 from brainmri.models.registry import REGISTRY, SEGMENTER_DEFAULT
 from brainmri.settings import checkpoint_dir
+from brainmri.vocabulary import percent
 
 _logger = logging.getLogger(__name__)
 
@@ -71,13 +72,6 @@ def _rounded(value, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def _pct(value: float | None, ci: list | None = None) -> str:
-    """An accuracy to one decimal, with its 95% interval when known: "99.2% (98.7-99.6)"."""
-    if value is None:
-        return ""
-    return f"{100 * value:.1f}%" + ("" if not ci else f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})")
-
-
 def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
     """Per model, the mean share of Grad-CAM mass inside the brain mask over the Testing images it was measured on,
     named as such when the attention sits mostly outside; empty when the check has not been run."""
@@ -101,9 +95,9 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
     seconds = m["train_seconds"]
     return {
         "model": name,
-        "unseen test acc (95% CI)": _pct(m["test_unseen_accuracy"], m["test_unseen_accuracy_ci95"]),
-        "test acc (95% CI)": _pct(m["test_accuracy"], m["test_accuracy_ci95"]),
-        "val acc": _pct(m["val_accuracy"]),
+        "unseen test acc (95% CI)": percent(m["test_unseen_accuracy"], m["test_unseen_accuracy_ci95"]),
+        "test acc (95% CI)": percent(m["test_accuracy"], m["test_accuracy_ci95"]),
+        "val acc": percent(m["val_accuracy"]),
         "family": spec.family if spec else "",
         "input px": m["input_size"],
         "initialisation": (m["initialization"] or "").split(" (")[0],
@@ -111,7 +105,7 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
         "device": m["device"] or "",
         "parameters": "" if m["parameters"] is None else f"{m['parameters'] / 1e6:.2f} M",
         "epochs (best)": f"{m['epochs_run'] or '?'} ({m['best_epoch'] or '?'})",
-        "train acc": _pct(m["train_accuracy"]),
+        "train acc": percent(m["train_accuracy"]),
         "test loss": _rounded(m["test_loss"]),
         "temperature": _rounded(m["temperature"], 3),
         "test ECE raw": _rounded(m["test_ece_raw"]),
@@ -168,7 +162,7 @@ def _sweep_cell(key: str, value: str | None) -> str:
     if value in (None, ""):
         return ""
     if key in ("test_accuracy", "test_unseen_accuracy"):
-        return _pct(float(value))
+        return percent(float(value))
     if key in ("train_seconds", "img_per_s", "pct_of_bound"):
         return f"{float(value):,.0f}"
     return value
@@ -189,11 +183,11 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
     for run in runs:
         r = run["report"]
         per = r.get("per_class", {})
-        cls = [_pct((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
+        cls = [percent((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
         lines.append(
-            f"| {run['model']} | `{run['layer']}` | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | **{_pct(r['hit'])}** | "
+            f"| {run['model']} | `{run['layer']}` | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | **{percent(r['hit'])}** | "
             f"{' | '.join(cls)} | "
-            f"{_pct(r['mass'])} | {_pct(r['centre'])} | {_pct(r['head'])} |"
+            f"{percent(r['mass'])} | {percent(r['centre'])} | {percent(r['head'])} |"
         )
     return (
         "**Do the heatmaps point at the tumour?** On boxed Training slices the model never trained on (its validation "

@@ -15,6 +15,7 @@ from pathlib import Path
 from brainmri.models.checkpoint import has_metrics, read_metrics
 from brainmri.models.registry import get_spec
 from brainmri.settings import checkpoint_dir
+from brainmri.vocabulary import percent
 
 # The seed's figures (its Testing split, which it called validation), for Sequential 1-4.
 SEED_ACCURACY = {"simple_cnn_7": 0.7933, "simple_cnn_7_e60": 0.9016, "simple_cnn_10": 0.8268, "simple_cnn_10_e60": 0.9207}
@@ -57,10 +58,6 @@ RUNS = list(dict.fromkeys(name for c in CLAIMS for name in (c.base, c.change)))
 NOISE = 0.01  # validation differences below a point are within what one seed's run-to-run spread gives here
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}%"
-
-
 def _metrics(root: str | Path | None) -> dict[str, dict]:
     """Each run's metrics.json under ``root`` (default: ``brainmri.settings.checkpoint_dir()``)."""
     root = Path(checkpoint_dir() if root is None else root)
@@ -77,14 +74,14 @@ def seed_rows(root: str | Path | None = None) -> list[dict]:
             {
                 "run": get_spec(name).about,
                 "model": name,
-                "val acc": _pct((m.get("validation") or {}).get("accuracy")),
-                "unseen test acc": _pct((m.get("test_unseen") or {}).get("accuracy")),
-                "test acc": _pct((m.get("test") or {}).get("accuracy")),
+                "val acc": percent((m.get("validation") or {}).get("accuracy")),
+                "unseen test acc": percent((m.get("test_unseen") or {}).get("accuracy")),
+                "test acc": percent((m.get("test") or {}).get("accuracy")),
                 "params": f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "",
                 "epochs (best)": f"{m.get('epochs_run', '?')} ({m.get('best_epoch', '?')})",
                 "train time": "" if seconds is None else f"{seconds:.0f} s",
                 "device": m.get("device", ""),
-                "seed (on Testing)": _pct(SEED_ACCURACY.get(name)),
+                "seed (on Testing)": percent(SEED_ACCURACY.get(name)),
             }
         )
     return rows
@@ -116,12 +113,12 @@ def claim_sentences(root: str | Path | None = None) -> list[str]:
         diff = val_c - val_b
         verdict = "no clear difference" if abs(diff) < NOISE else ("better" if diff > 0 else "worse")
         sentence = (
-            f"**{claim.question}**: {verdict} on validation ({_pct(val_c)} vs {_pct(val_b)}; "
-            f"Testing {_pct(c['test']['accuracy'])} vs {_pct(b['test']['accuracy'])})"
+            f"**{claim.question}**: {verdict} on validation ({percent(val_c)} vs {percent(val_b)}; "
+            f"Testing {percent(c['test']['accuracy'])} vs {percent(b['test']['accuracy'])})"
         )
         if claim.base in SEED_ACCURACY and claim.change in SEED_ACCURACY:
             seed_better = SEED_ACCURACY[claim.change] > SEED_ACCURACY[claim.base]
-            figures = f"{_pct(SEED_ACCURACY[claim.change])} vs {_pct(SEED_ACCURACY[claim.base])}"
+            figures = f"{percent(SEED_ACCURACY[claim.change])} vs {percent(SEED_ACCURACY[claim.base])}"
             seed = f"the seed found it {'better' if seed_better else 'worse'} ({figures})"
             agrees = verdict == ("better" if seed_better else "worse")
             sentence += f"; {seed}: we {'agree' if agrees else 'do not agree'}"

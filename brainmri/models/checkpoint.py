@@ -20,7 +20,6 @@ from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf
 from torch import nn
 
-import brainmri.models.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
 from brainmri.data.records import sha256
 
 _logger = logging.getLogger(__name__)

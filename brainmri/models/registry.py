@@ -14,7 +14,6 @@ from pathlib import Path
 import timm
 from torch import nn
 
-import brainmri.models.simple_cnn  # noqa: F401  (registers simple_cnn_* with timm)
 from brainmri.settings import checkpoint_dir, hub_namespace
 
 
@@ -221,11 +220,6 @@ def create_segmenter(name: str, pretrained: bool = False) -> nn.Module:
     return model
 
 
-def list_models(family: str | None = None) -> list[str]:
-    """Names of registered models, optionally of one family."""
-    return [n for n, s in REGISTRY.items() if family is None or s.family == family]
-
-
 def get_spec(name: str) -> ModelSpec:
     """The spec of a registered model; ValueError naming the choices otherwise."""
     try:
@@ -269,12 +263,6 @@ def set_input_size(model: nn.Module, size: int) -> None:
 def cam_layer(model: nn.Module, name: str) -> nn.Module:
     """The layer Grad-CAM should use for a model built from registry entry ``name``."""
     return get_spec(name).cam_layer(model)
-
-
-def cam_layers(model: nn.Module, name: str, fuse: bool) -> list[nn.Module]:
-    """The layers a CAM method weighs: ``cam_layer``, and the shallower stages after it when the method fuses them."""
-    spec = get_spec(name)
-    return [spec.cam_layer(model), *(spec.cam_stages(model) if fuse else [])]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,7 +14,8 @@ from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch
 from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
 from brainmri.serving.loading import LoadedModel
-from brainmri.serving.result import NO_TUMOUR, Prediction
+from brainmri.serving.result import Prediction
+from brainmri.vocabulary import any_tumour_probability
 
 
 def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD) -> list[Prediction]:
@@ -45,7 +46,7 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
     for i, image in enumerate(images):
         probabilities = dict(zip(loaded.labels, probs[i]))
         top = max(probabilities, key=probabilities.get)
-        tumour = 1.0 - probabilities[NO_TUMOUR] if NO_TUMOUR in probabilities else None
+        tumour = any_tumour_probability(probabilities)
         ood = None
         if loaded.ood is not None:
             ood = loaded.ood.check(image, pooled[i : i + 1])
@@ -71,8 +72,3 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
     for result in results:
         result.latency_ms = latency
     return results
-
-
-def run_model(loaded: LoadedModel, image: Image.Image, method: str = DEFAULT_METHOD) -> Prediction:
-    """Probabilities (temperature-calibrated), heatmap and OOD verdict of one RGB image from one forward and one backward pass."""
-    return run_model_batch(loaded, [image], method)[0]

@@ -7,16 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from brainmri.ood import NOT_MRI, OODResult
+from brainmri.ood import OODResult
 from brainmri.segmentation import Outline, mask_data_url
-
-NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour
-CLASS_WORDS = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary tumour", NO_TUMOUR: "no tumour"}
-
-
-def class_words(label: str) -> str:
-    """A dataset label as a reader says it ("notumor" -> "no tumour"); an unknown label as it is."""
-    return CLASS_WORDS.get(label, label)
+from brainmri.vocabulary import LOOKS_NOT_MRI, NO_TUMOUR, class_words
 
 
 @dataclass
@@ -85,13 +78,13 @@ class Prediction:
 
     def label_value(self) -> dict[str, float] | str:
         """For ``gr.Label``: the class probabilities, or the OOD verdict instead of a tumour class."""
-        return self.probabilities if self.in_distribution else NOT_MRI
+        return self.probabilities if self.in_distribution else LOOKS_NOT_MRI
 
     def summary(self) -> str:
         """One plain paragraph of Markdown."""
         by = f" (`{self.model}`, {self.latency_ms:.0f} ms)"
         if not self.in_distribution:
-            return f"**This image {NOT_MRI}**: " + "; ".join(self.ood.reasons) + f". No tumour class is given for it{by}."
+            return f"**This image {LOOKS_NOT_MRI}**: " + "; ".join(self.ood.reasons) + f". No tumour class is given for it{by}."
         p = self.probabilities[self.top_class]
         lines = [f"**Predicted class: {class_words(self.top_class)}** ({p:.1%})."]
         # The tumour-or-not verdict, when it says more than the class line: a tumour class's share of all tumours,
