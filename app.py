@@ -81,26 +81,26 @@ def classify_upload(file: str | None, model_name: str | None, method: str, opaci
         return None, display.error_panel(str(e)), *EMPTY[1:]
     finally:
         discard_upload(file, keep=kept_in_cache(demo), pending=PENDING)
-    return None, *classify((image, None), model_name, method, opacity, show_outline)
+    return None, *classify(display.Session(image), model_name, method, opacity, show_outline)
 
 
-def classify(session, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
+def classify(session: display.Session | None, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
     """UI: predict and explain the session's image (display.ClassifyView: what the Classify tab shows)."""
     if session is None:
         return EMPTY
-    image = session[0]
+    image = session.image
     with user_errors():
         result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
     return display.classify_view(image, result, opacity, show_outline)
 
 
-def reblend(session, opacity: float):
-    return None if session is None or session[1] is None else overlay(session[0], session[1], opacity)
+def reblend(session: display.Session | None, opacity: float):
+    return None if session is None or session.heatmap is None else overlay(session.image, session.heatmap, opacity)
 
 
-def redraw_outline(session, show: bool):
+def redraw_outline(session: display.Session | None, show: bool):
     """UI, the outline toggled: the session's image redrawn, with or without it; nothing is re-run."""
-    return None if session is None else display.with_outline(session[0], session[2] if len(session) > 2 else None, show)
+    return None if session is None else display.with_outline(session.image, session.mask, show)
 
 
 def predict(image: str, model_name: str | None = None):
@@ -128,7 +128,7 @@ def show_examples():  # on page load: a Hub dataset is fetched then, not at impo
 
 def classify_example(model_name: str | None, method: str, opacity: float, show_outline: bool, evt: gr.SelectData):
     """UI, an example clicked: classified like an upload (an example is not an upload: never deleted)."""
-    return classify((load_image(examples()[evt.index][0]), None), model_name, method, opacity, show_outline)
+    return classify(display.Session(load_image(examples()[evt.index][0])), model_name, method, opacity, show_outline)
 
 
 def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
@@ -176,11 +176,11 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 # ---------------------------------------------------------------- Compare
 
 
-def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress()):
+def compare(session: display.Session | None, method: str, chosen: list[str] | None, progress=gr.Progress()):
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
     if session is None:  # a user's slip, not a server fault: nothing for the log
         raise gr.Error("upload an image in the Classify tab first", print_exception=False)
-    image = session[0]
+    image = session.image
     names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
     start = time.perf_counter()
     with user_errors():
@@ -240,7 +240,7 @@ def build_demo() -> gr.Blocks:
             + DISCLAIMER,
             elem_id="header",
         )
-        session = gr.State(None, time_to_live=SESSION_TTL_S)  # (decoded image, heatmap): memory only, never a file
+        session = gr.State(None, time_to_live=SESSION_TTL_S)  # a display.Session: memory only, never a file
         with gr.Tab("Classify"):
             model, gallery = classify_tab(session)
         with gr.Tab("Compare"):

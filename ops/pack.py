@@ -29,7 +29,7 @@ import tarfile
 from pathlib import Path
 
 from brainmri.cli import setup_logging
-from brainmri.models.checkpoint import METRICS, WEIGHTS, read_metrics
+from brainmri.models.checkpoint import CONFIG, METRICS, WEIGHTS, read_metrics
 from brainmri.models.registry import REGISTRY
 
 _logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def model_folders(sweeps: Path | list[Path]) -> list[Path]:
     sweeps = [sweeps] if isinstance(sweeps, Path) else sweeps
     folders = []
     for sweep in sweeps:
-        found = [p for p in sweep.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+        found = [p for p in sweep.iterdir() if p.is_dir() and (p / CONFIG).is_file()]
         folders += sorted(found, key=lambda p: (order.get(p.name, len(order)), p.name))
     return folders
 

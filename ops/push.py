@@ -34,7 +34,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from brainmri.cli import setup_logging
-from brainmri.models.checkpoint import CONFIG, verify_checkpoint
+from brainmri.models.checkpoint import CARD, CONFIG, verify_checkpoint
 from brainmri.settings import ROOT, checkpoint_dir, hub_namespace
 
 _logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def files_to_upload(folder: str | Path) -> list[str]:
     """
     folder = Path(folder)
     verify_checkpoint(folder)
-    if not (folder / "README.md").is_file():
+    if not (folder / CARD).is_file():
         raise ValueError(f"checkpoint {folder} has no model card README.md (python -m train.evaluate {folder} --model-card)")
     return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in LEFTOVERS)
 

@@ -40,6 +40,7 @@ from brainmri.data.records import masks_folder
 from brainmri.data.split import checkpoint_split
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, prepare_for_cam
 from brainmri.models.catalog import discover
+from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
 from reports.cam_sanity import brain_mask
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", nargs="*", default=[None], help="module paths to weigh instead of the registry's layer")
     methods = "explanation methods to score (default: %(default)s)"
     parser.add_argument("--methods", nargs="*", default=[DEFAULT_METHOD], choices=list(CAM_METHODS), help=methods)
-    parser.add_argument("--out", type=Path, default=Path("results/cam_localisation.json"), help="the report (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=results_dir() / CAM_LOCALISATION, help="the report (default: %(default)s)")
     parser.add_argument("--docs", action="store_true", help="also write the box-and-mask table into docs/heatmaps.md")
     args = parser.parse_args(argv)
 

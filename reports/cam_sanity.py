@@ -27,6 +27,7 @@ from brainmri.cli import add_data_argument, setup_logging
 from brainmri.data.imageio import load_image
 from brainmri.data.records import load_records
 from brainmri.models.catalog import discover
+from brainmri.models.checkpoint import CAM_SANITY, results_dir
 from brainmri.serving import Predictor
 
 _logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-per-class", type=int, default=None, help="seeded random subset per class (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit-per-class draw")
     parser.add_argument("--models", nargs="*", default=None, help="default: every available local checkpoint")
-    parser.add_argument("--out", type=Path, default=Path("results/cam_sanity.json"), help="the report (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=results_dir() / CAM_SANITY, help="the report (default: %(default)s)")
     args = parser.parse_args(argv)
 
     predictor = Predictor(discover(hub=False))

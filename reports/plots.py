@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from brainmri.cli import setup_logging  # noqa: E402
-from brainmri.models.checkpoint import classifier_folders, label_names, read_metrics  # noqa: E402
+from brainmri.models.checkpoint import CONFIG, classifier_folders, label_names, read_metrics, results_dir  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
 
 _logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def model_point(folder: str | Path, count_macs: bool = True) -> dict:
         "input_size": m.get("input_size"),
         "gmacs": round(gmacs(name, m.get("input_size")), 4) if spec and count_macs else None,
         "per_class": per_class or None,
-        "class_names": label_names(folder) if (Path(folder) / "config.json").is_file() else list(per_class),
+        "class_names": label_names(folder) if (Path(folder) / CONFIG).is_file() else list(per_class),
     }
 
 
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", default="checkpoints", help="folder of checkpoint folders (default: %(default)s)")
-    parser.add_argument("--out", default=str(ROOT / "results"), help="where the pictures and plots.json go (default: %(default)s)")
+    parser.add_argument("--out", default=str(results_dir()), help="where the pictures and plots.json go (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         written = write_plots(args.checkpoints, args.out)

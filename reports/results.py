@@ -25,7 +25,17 @@ from pathlib import Path
 from brainmri.cli import setup_logging
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.models.checkpoint import FINISHED_EPOCHS, classifier_folders, cut_short, has_metrics, metric_columns, read_metrics
+from brainmri.models.checkpoint import (
+    EXPERIMENTS_CSV,
+    EXPERIMENTS_MD,
+    FINISHED_EPOCHS,
+    classifier_folders,
+    cut_short,
+    has_metrics,
+    metric_columns,
+    read_metrics,
+    results_dir,
+)
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, SEGMENTER_DEFAULT
 from brainmri.vocabulary import CLASS_WORDS, percent
 from reports.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
@@ -261,7 +271,7 @@ def write_tables(rows: list[dict], out: str | Path) -> tuple[Path, Path]:
     """``out/experiments.csv`` and ``out/experiments.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "experiments.csv", out / "experiments.md"
+    csv_path, md_path = out / EXPERIMENTS_CSV, out / EXPERIMENTS_MD
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *EXTRA])
         writer.writeheader()
@@ -310,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sources_help = "checkpoint folders, folders of them, or an earlier experiments.csv for its sweep rows (default: %(default)s)"
     parser.add_argument("--from", dest="sources", nargs="+", default=SOURCES, help=sources_help)
-    parser.add_argument("--out", default=str(ROOT / "results"), help="where experiments.csv and .md go (default: %(default)s)")
+    parser.add_argument("--out", default=str(results_dir()), help="where experiments.csv and .md go (default: %(default)s)")
     parser.add_argument("--docs", action="store_true", help="also rewrite the generated tables of docs/experiments.md and README.md")
     args = parser.parse_args(argv)
     sources = [s for s in args.sources if Path(s).is_dir() or Path(s).suffix == ".csv" and Path(s).is_file()]

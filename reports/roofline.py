@@ -36,12 +36,13 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from brainmri.cli import setup_logging
+from brainmri.models.checkpoint import ROOFLINE_CSV, results_dir
 from brainmri.models.registry import REGISTRY, create_model, get_spec
 
 _logger = logging.getLogger(__name__)
 
 # Costs of every registry model, counted once on any machine (python -m reports.roofline --out ...).
-COSTS_CSV = Path(__file__).resolve().parent.parent / "results" / "roofline.csv"
+COSTS_CSV = results_dir() / ROOFLINE_CSV
 
 BF16_BYTES = 2
 # AdamW in fp32 per parameter and step: read weight, grad, exp_avg, exp_avg_sq; write weight, exp_avg, exp_avg_sq.
@@ -281,8 +282,8 @@ def sweep_roofline(folder: str | Path, device: dict, costs_csv: str | Path = COS
             rows.append({"device": m.get("device"), **roofline_row(cost, peak, m.get("batch_size") or 128, m.get("train_img_per_s"))})
     if not rows:
         return None
-    write_csv(rows, Path(folder) / "roofline.csv")
-    return Path(folder) / "roofline.csv"
+    write_csv(rows, Path(folder) / ROOFLINE_CSV)
+    return Path(folder) / ROOFLINE_CSV
 
 
 def _parse_measured(items: list[str]) -> dict[str, float]:

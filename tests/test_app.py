@@ -34,7 +34,7 @@ def test_predict_endpoint_with_default_model(client, slice_path: Path):
     assert details["in_distribution"] is True and details["prediction"] == label["label"]
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
     assert sum(details["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert 0 <= details["tumor_probability"] <= 1 and details["latency_ms"] > 0
+    assert 0 <= details["tumour_probability"] <= 1 and details["latency_ms"] > 0
     assert heatmap["path"] is None and heatmap["url"].startswith("data:image/png;base64,")  # inline: never a cached file
     with Image.open(slice_path) as original:
         assert decode_data_url(heatmap["url"]).size == original.size

@@ -12,6 +12,7 @@ from PIL import Image
 from shipped import SHIPPED, require_shipped
 from upload_samples import valid_uploads
 
+from brainmri.app.summary import summary
 from brainmri.calibration import calibrated_probs
 from brainmri.data.imageio import load_image
 from brainmri.data.records import ImageRecords, limit_per_class, load_records
@@ -55,7 +56,7 @@ def test_predict_agrees_with_evaluation(predictor: Predictor, sample: ImageRecor
             assert result.top_class == sample.class_names[sample.labels[i]]
         assert result.cam.shape == (image.height, image.width)
         assert 0.0 <= result.cam.min() and result.cam.max() <= 1.0
-        assert result.tumor_probability == pytest.approx(1 - result.probabilities["notumor"])
+        assert result.tumour_probability == pytest.approx(1 - result.probabilities["notumor"])
 
 
 def test_real_slices_are_mostly_in_distribution(predictor: Predictor, sample: ImageRecords):
@@ -123,7 +124,8 @@ def test_details_are_json_with_the_promised_keys(predictor: Predictor, sample: I
     import json
 
     details = json.loads(json.dumps(predictor.predict(sample.open(0)).details()))
-    assert {"model", "prediction", "probabilities", "tumor_probability", "in_distribution", "latency_ms"} <= set(details)
+    assert {"model", "prediction", "probabilities", "tumour_probability", "in_distribution", "latency_ms"} <= set(details)
+    assert details["tumor_probability"] == details["tumour_probability"]  # the old key, kept one release
     assert details["model"] == predictor.default_model == APP_DEFAULT
     assert details["latency_ms"] > 0
 
@@ -280,10 +282,10 @@ def test_the_summary_says_each_number_once(predictor: Predictor, sample: ImageRe
         result = predictor.predict(sample.open(i))
         by_class.setdefault(result.top_class, result)
     for top, result in by_class.items():
-        text, p, tumour = result.summary(), result.probabilities[top], result.tumor_probability
+        text, p, tumour = summary(result), result.probabilities[top], result.tumour_probability
         assert text.count(f"{p:.1%}") == 1 and "tumour probability" not in text
         assert ("Any tumour" in text) == (top != "notumor" and round(tumour, 3) != round(p, 3)), text
-    assert "notumor" in by_class and "Predicted class: no tumour" in by_class["notumor"].summary()
+    assert "notumor" in by_class and "Predicted class: no tumour" in summary(by_class["notumor"])
 
 
 def test_no_heatmap_is_shown_over_an_image_that_is_not_a_brain_mri(predictor: Predictor, sample: ImageRecords):

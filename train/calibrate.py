@@ -23,7 +23,7 @@ from brainmri.calibration import calibrated_probs, fit_temperature, negative_log
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_split
 from brainmri.eval.metrics import expected_calibration_error
-from brainmri.models.checkpoint import TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
+from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
 from train.config import TrainConfig
 from train.evaluate import UNSEEN, load_test_split, predict_logits
 
@@ -78,7 +78,7 @@ def calibrate_checkpoint(
     name, (logits, labels) = next(reversed(sets.items()))  # the most telling set: unseen Testing if evaluated
     split = {"val": "validation", "test": "Testing", UNSEEN: "unseen Testing"}[name]
     curves = {f"{split}, before (T = 1)": 1.0, f"{split}, after (T = {temperature:.2f})": temperature}
-    reliability_diagram({title: calibrated_probs(logits, t) for title, t in curves.items()}, labels, folder / "reliability.png")
+    reliability_diagram({title: calibrated_probs(logits, t) for title, t in curves.items()}, labels, folder / RELIABILITY)
     update_metrics(folder, {"calibration": result})
     _logger.info(
         "temperature %.4f; ECE before -> after: %s",

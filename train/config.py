@@ -31,7 +31,7 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate of AdamW
     weight_decay: float = 0.05  # AdamW's decoupled weight decay
     warmup_epochs: float = 1.0  # linear warm-up, then the schedule
-    schedule: str = "cosine"  # "cosine" or "plateau" (ReduceLROnPlateau on validation loss)
+    schedule: str = "cosine"  # timm's "cosine" or "plateau" (the rate halves after two epochs without a better validation accuracy)
     label_smoothing: float = 0.1  # of the cross-entropy targets (why calibration finds T < 1)
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     patience: int = 4  # early stopping: epochs without a better validation loss

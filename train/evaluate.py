@@ -28,7 +28,7 @@ from brainmri.data.cache import decode_records, memo, source_key, thumbnails
 from brainmri.data.duplicates import unseen_indices
 from brainmri.data.records import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.eval.metrics import classification_report
-from brainmri.models.checkpoint import label_names, load_checkpoint, read_config, update_metrics
+from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, label_names, load_checkpoint, read_config, results_dir, update_metrics
 
 _logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
         raise ValueError(f"data classes {test.class_names} differ from the checkpoint's {label_names(folder)}")
     results = score(predict_records(model, test), test, clean, limit)
     update_metrics(folder, results, drop=["test_dedup"])  # near-dedup missed mirrored twins: test_unseen replaces it
-    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / "confusion.png", "Testing")
+    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / CONFUSION, "Testing")
     return results
 
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint folder")
     parser.add_argument("--ensemble", nargs="+", metavar="FOLDER", help="evaluate the mean of these checkpoints' calibrated probabilities")
-    parser.add_argument("--out", default="results/ensemble_metrics.json", help="where --ensemble writes its metrics")
+    parser.add_argument("--out", default=str(results_dir() / ENSEMBLE_METRICS), help="where --ensemble writes its metrics")
     add_data_argument(parser)
     parser.add_argument("--limit-per-class", type=int, default=0, help="evaluate on a few images per class only")
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")

@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -35,11 +34,12 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
 from brainmri.data.split import training_split, write_val_split
 from brainmri.eval.metrics import bootstrap_accuracy_ci
-from brainmri.models.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
 from brainmri.segmentation import binary_mask, load_segmenter, normalise, to_input, tumour_probability
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
+from train import schedule
 from train.config import parse_config
 
 _logger = logging.getLogger(__name__)
@@ -124,29 +124,24 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
 
 
-def lr_at(step: int, cfg: SegmentConfig, steps_per_epoch: int) -> float:
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    total = cfg.epochs * steps_per_epoch
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-
-def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> float:
-    model.train()
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+def epoch_batches(y: torch.Tensor, cfg: SegmentConfig, g: torch.Generator) -> list[torch.Tensor]:
+    """An epoch's batches of indices: every slice with a tumour, and a draw of the ones without."""
     negative = (y.flatten(1).amax(dim=1) == 0).nonzero()[:, 0]
     positive = (y.flatten(1).amax(dim=1) > 0).nonzero()[:, 0]
     drawn = negative[torch.randperm(len(negative), generator=g)[: round(cfg.negatives_per_epoch * len(negative))]]
     both = torch.cat([positive, drawn])
     order = both[torch.randperm(len(both), generator=g)]
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
-    if cfg.max_train_batches:
-        batches = batches[: cfg.max_train_batches]
+    return batches[: cfg.max_train_batches] if cfg.max_train_batches else batches
+
+
+def train_one_epoch(model, optimizer, scheduler, x, y, cfg: SegmentConfig, epoch: int) -> float:
+    """One epoch; ``scheduler`` (timm's, train.schedule) is told each update's count, so a resumed run needs no state."""
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    batches = epoch_batches(y, cfg, g)
     total = 0.0
     for b, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, mininterval=10)):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(epoch * len(batches) + b, cfg, len(batches))
         images, masks = random_crop(*augment_batch(x[idx], g, masks=y[idx]), cfg.crop, g)
         logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
         target = masks.float() / 255
@@ -154,6 +149,7 @@ def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> f
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step_update(epoch * len(batches) + b + 1)  # the rate of the next update
         total += loss.item()
     return total / max(1, len(batches))
 
@@ -177,21 +173,21 @@ def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
 
 
 def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
-    """Dice, IoU, areas and detection of each image (true mask from ``y``, predicted from :func:`binary_mask`)."""
-    rows = []
-    for p, t in zip(probs, y[:, 0] > 0):
-        pred, true = binary_mask(p.numpy()), t.numpy()
-        inter, union = np.logical_and(pred, true).sum(), np.logical_or(pred, true).sum()
-        total = pred.sum() + true.sum()
-        rows.append(
-            {
-                "dice": 2 * inter / total if total else 1.0,
-                "iou": inter / union if union else 1.0,
-                "pred_area": float(pred.mean()),
-                "true_area": float(true.mean()),
-            }
-        )
-    return rows
+    """Dice, IoU, areas and detection of each image (true mask from ``y``, predicted from :func:`binary_mask`).
+
+    Dice and IoU are smp's (``get_stats``, then ``f1_score`` / ``iou_score`` per image). An image whose true and
+    predicted masks are both empty scores 1 (``zero_division=1``): a no-tumour slice left empty is right, where
+    smp's DiceLoss would skip it. Training's soft Dice instead pools the batch (:func:`soft_dice_loss`).
+    """
+    import segmentation_models_pytorch as smp
+
+    pred = torch.stack([torch.from_numpy(binary_mask(p.numpy())) for p in probs])[:, None].long()  # (N, 1, H, W)
+    true = (y[:, :1] > 0).long()
+    stats = smp.metrics.get_stats(pred, true, mode="binary")  # tp, fp, fn, tn: each (N, 1)
+    dice = smp.metrics.f1_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
+    iou = smp.metrics.iou_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
+    pred_area, true_area = pred.float().mean(dim=(1, 2, 3)).tolist(), true.float().mean(dim=(1, 2, 3)).tolist()
+    return [{"dice": d, "iou": i, "pred_area": pa, "true_area": ta} for d, i, pa, ta in zip(dice, iou, pred_area, true_area)]
 
 
 def summarise(rows: list[dict], labels: np.ndarray, class_names: list[str]) -> dict:
@@ -249,6 +245,10 @@ def fit(cfg: SegmentConfig) -> Path:
     split = load_split(cfg)
     model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    _, xt, yt = split["train"]
+    steps = len(epoch_batches(yt, cfg, torch.Generator().manual_seed(0)))  # the same count every epoch
+    # Made before --resume loads the optimizer, whose saved rate is the one the next update takes.
+    scheduler = schedule.cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     resume = out / "resume" / "state.pt"
     if cfg.resume and resume.is_file():
@@ -257,11 +257,10 @@ def fit(cfg: SegmentConfig) -> Path:
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         _logger.info("resumed after epoch %d (best Dice %.4f at epoch %d)", state["epoch"], state["best_dice"], state["best_epoch"])
-    _, xt, yt = split["train"]
     records, xv, yv = split["val"]
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, xt, yt, cfg, epoch)
+        loss = train_one_epoch(model, optimizer, scheduler, xt, yt, cfg, epoch)
         scores = summarise(per_image_scores(predict_all(model, xv), yv), records.labels, records.class_names)
         seconds = time.perf_counter() - start
         row = {
@@ -312,7 +311,7 @@ def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(state["history"][0]))
         writer.writeheader()
         writer.writerows(state["history"])
-    plot_segmentation_history(state["history"], out / "curves.png")
+    plot_segmentation_history(state["history"], out / CURVES)
     write_segmentation_card(out)
     shutil.rmtree(out / "resume", ignore_errors=True)
     _logger.info("wrote %s: validation Dice %.4f", out, metrics["validation"]["tumour"]["dice"])
@@ -385,7 +384,7 @@ def write_segmentation_card(folder: Path) -> Path:
         "```",
         "",
     ]
-    path = folder / "README.md"
+    path = folder / CARD
     path.write_text("\n".join(lines))
     return path
 

@@ -42,8 +42,9 @@ from brainmri.data.records import (
     normalize_batch,
 )
 from brainmri.data.split import checkpoint_split, split_records, training_records, write_val_split
-from brainmri.models.checkpoint import HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
+from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
 from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
+from train import schedule
 from train.config import TrainConfig, parse_config
 
 _logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class State:
     best_epoch: int = 0
     best_key: tuple = (-1.0, 0.0)  # (val accuracy, -val loss): higher is better
     stale: int = 0  # epochs since the best one
-    plateau_factor: float = 1.0
+    plateau: dict = field(default_factory=dict)  # the plateau schedule's state (train.schedule.plateau_state)
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     epochs_planned: int = 0  # epochs the schedule spans: cfg.epochs, or fewer to fit time_budget_s (0: not planned yet)
@@ -128,15 +129,18 @@ def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: t
     return Loaders(train, val, records.class_names, len(train_set), len(val_set))
 
 
-def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int, state: State) -> float:
-    """Linear warm-up, then cosine decay to zero, or the ReduceLROnPlateau-style factor."""
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    if step < warm:
-        return (step + 1) / warm
+def steps_per_epoch(loader, cfg: TrainConfig) -> int:
+    """Optimizer updates an epoch makes (this process's batches, at most ``max_train_batches``)."""
+    return min(len(loader), cfg.max_train_batches or len(loader))
+
+
+def create_scheduler(optimizer, cfg: TrainConfig, steps: int):
+    """timm's cosine schedule, stepped per update, or its plateau one, stepped per epoch (train.schedule)."""
     if cfg.schedule == "cosine":
-        total = max(warm + 1, (state.epochs_planned or cfg.epochs) * steps_per_epoch)
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
-    return state.plateau_factor
+        return schedule.cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
+    if cfg.schedule == "plateau":
+        return schedule.plateau(optimizer, math.ceil(cfg.warmup_epochs))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or plateau")
 
 
 class Throughput:
@@ -176,6 +180,7 @@ def train_one_epoch(
     # The sums stay on the device: reading them every step would make the CPU wait for the GPU each time.
     total, correct, loss_sum = 0, torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     timer = Throughput(accelerator.device)
+    steps = steps_per_epoch(loader, cfg)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process, leave=False, mininterval=5)
     for step, (x, y) in enumerate(bar):
         if (cfg.max_train_batches and step >= cfg.max_train_batches) or (step and time.perf_counter() > deadline):
@@ -189,7 +194,7 @@ def train_one_epoch(
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         accelerator.backward(loss)
         optimizer.step()
-        scheduler.step()
+        scheduler.step_update(epoch * steps + step + 1)  # the rate of the next update
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         optimizer.zero_grad(set_to_none=True)
@@ -244,7 +249,8 @@ def load_resume(out: Path, accelerator) -> State:
         raise ValueError(f"--resume: nothing to resume in {resume}")
     folder = resume / (resume / "latest").read_text().strip()
     accelerator.load_state(folder)
-    state = State(**json.loads((folder / "state.json").read_text()))
+    saved = json.loads((folder / "state.json").read_text())
+    state = State(**{k: v for k, v in saved.items() if k in State.__dataclass_fields__})  # older runs' plateau_factor too
     state.best_key = tuple(state.best_key)
     _logger.info("resuming after epoch %d (best so far: epoch %d)", state.epoch, state.best_epoch)
     return state
@@ -294,22 +300,25 @@ def fit(cfg: TrainConfig) -> Path:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     loaders = build_loaders(cfg, records, dcfg, accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = len(loaders.train) // accelerator.num_processes
-    if cfg.max_train_batches:
-        steps = min(steps, cfg.max_train_batches)
-    state = State()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps, state))
     if cfg.data_on_device:  # batches already sit on the device: accelerate wraps only the rest
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        model, optimizer = accelerator.prepare(model, optimizer)
         train_loader, val_loader = loaders.train, loaders.val
     else:
-        model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loaders.train, loaders.val, scheduler)
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, loaders.train, loaders.val)
     # The moving average is validated and shipped instead of the raw weights; accelerate saves it with --resume's state.
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
+    # Made before --resume loads the optimizer, whose saved rate is the one the next update takes. timm's schedulers
+    # are told the update count, so the cosine one needs nothing more; the plateau rule's counters are in State.
+    steps = steps_per_epoch(train_loader, cfg)
+    scheduler = create_scheduler(optimizer, cfg, steps)
+    state = State()
     if cfg.resume:
         state = load_resume(out, accelerator)
+        schedule.load_plateau_state(scheduler, state.plateau)
+        if state.epochs_planned and cfg.schedule == "cosine":
+            schedule.respan(scheduler, state.epochs_planned * steps)
 
     run_epochs(cfg, (model, optimizer, scheduler, train_loader, val_loader), accelerator, dcfg, state, out, ema)
     if accelerator.device.type == "cuda":
@@ -335,6 +344,8 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
         seconds = time.perf_counter() - start
         row.update(evaluate(judged, val_loader, accelerator, dcfg, cfg.channels_last))
         record_epoch(state, row, seconds, optimizer.param_groups[0]["lr"])
+        scheduler.step(state.epoch, row["val_acc"])  # the plateau rule's epoch step; nothing for the cosine one
+        state.plateau = schedule.plateau_state(scheduler)
         if state.best_epoch == state.epoch and accelerator.is_main_process:
             save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(judged).state_dict().items()}, out / "best.safetensors")
         accelerator.wait_for_everyone()
@@ -349,6 +360,8 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
             budget_end += one_off
         if cfg.time_budget_s and not state.epochs_planned:
             state.epochs_planned = plan_epochs(cfg, state, seconds_per_epoch(state.history[-1], time.perf_counter() - start))
+            if cfg.schedule == "cosine":
+                schedule.respan(scheduler, state.epochs_planned * steps_per_epoch(train_loader, cfg))
             _logger.info("time budget %.0f s: the schedule spans %d epochs", cfg.time_budget_s, state.epochs_planned)
     state.stopped = "early stop" if state.stale >= cfg.patience else "time budget" if state.epoch < cfg.epochs else "epochs"
     _logger.info("stopped after epoch %d (%s); best epoch %d", state.epoch, state.stopped, state.best_epoch)
@@ -372,7 +385,7 @@ def plan_epochs(cfg: TrainConfig, state: State, epoch_seconds: float) -> int:
 
 
 def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:
-    """Append the epoch to the history and update best epoch, staleness and the plateau factor."""
+    """Append the epoch to the history and update the best epoch and the epochs since it."""
     state.epoch += 1
     state.train_seconds += seconds
     steady = row.pop("steady_img_per_s")
@@ -389,8 +402,6 @@ def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:
         state.best_key, state.best_epoch, state.stale = key, state.epoch, 0
     else:
         state.stale += 1
-        if state.stale % 2 == 0:  # the plateau schedule halves the rate after two flat epochs
-            state.plateau_factor *= 0.5
     _logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 
 
@@ -413,7 +424,7 @@ def finish(
     )
     save_checkpoint(model, out, loaders.class_names, extra={"registry_name": spec.name, "initialization": init}, model_args=spec.model_args)
     write_history(out, state.history)
-    plot_history(state.history, out / "curves.png")
+    plot_history(state.history, out / CURVES)
     metrics = run_metrics(cfg, spec, model, loaders, state, dcfg, init)
     update_metrics(out, metrics)
     _, val = checkpoint_split(out, cfg.data)  # what validation chose on, listed for anyone to check

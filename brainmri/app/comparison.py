@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from brainmri.eval.ensemble import mean_probs
+from brainmri.models.checkpoint import ENSEMBLE_METRICS, results_dir
 from brainmri.serving import Prediction
 from brainmri.vocabulary import NOT_MRI, any_tumour_probability
 
 ENSEMBLE = "ensemble (mean of calibrated)"
-ENSEMBLE_METRICS = Path(__file__).resolve().parents[2] / "results" / "ensemble_metrics.json"
+ENSEMBLE_METRICS_JSON = results_dir() / ENSEMBLE_METRICS
 
 
 def verdict(result: Prediction) -> str:
@@ -22,7 +23,7 @@ def verdict(result: Prediction) -> str:
 
 
 def model_row(result: Prediction) -> dict:
-    row = {"model": result.model, "prediction": verdict(result), "tumour prob": result.tumor_probability}
+    row = {"model": result.model, "prediction": verdict(result), "tumour prob": result.tumour_probability}
     row.update({f"P({k})": v for k, v in result.probabilities.items()})
     row.update({"latency ms": round(result.latency_ms, 1), "looks like MRI": result.in_distribution})
     return row
@@ -61,7 +62,7 @@ def agreement(results: Sequence[Prediction]) -> str:
     return "**The models disagree**: " + "; ".join(f"{r.model} says {verdict(r)}" for r in results) + "."
 
 
-def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS) -> str:
+def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS_JSON) -> str:
     """What the ensemble row is, and the one ensemble measured on Testing (train.evaluate --ensemble), in a line."""
     line = "The ensemble row averages the ticked models' calibrated probabilities."
     try:

@@ -22,14 +22,13 @@ from PIL import Image
 from brainmri.app.experiments import RESULTS_DIR
 from brainmri.data.imageio import IMAGE_SUFFIXES
 from brainmri.data.records import SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES
 from brainmri.settings import ROOT, default_data
 
 _logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = ROOT / "examples"  # unseen Testing slices, two per class, shipped with the Space (reports.data_summary)
-COUNTS_JSON = "data_counts.json"  # in RESULTS_DIR: class_counts() of the data folder
-SAMPLES_PNG = "data_samples.png"  # a grid of Training slices, two per class
-AUDIT_JSON = "data_audit.json"  # the duplicate audit's summary, per-class unseen counts included
+COUNTS_JSON, SAMPLES_PNG, AUDIT_JSON = DATA_COUNTS, DATA_SAMPLES, DATA_AUDIT  # in RESULTS_DIR (brainmri.models.checkpoint)
 SAMPLE_TILE, SAMPLE_CAPTION, SAMPLE_COLUMNS = 112, 16, 4  # the grid's layout: px a tile, px of caption under it, tiles a row
 
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from brainmri.app.summary import summary
 from brainmri.rendering import OUTLINE_COLOUR, data_url, draw_outline, overlay
 from brainmri.serving import Prediction
 from brainmri.vocabulary import NO_TUMOUR, NOT_MRI, class_words, percent
@@ -78,13 +79,21 @@ def outline_note(result: Prediction) -> str:
         return f'<p class="outline-note" id="outline-note">No tumour outlined: {what} found none.</p>'
     return (
         f'<p class="outline-note" id="outline-note"><span class="outline-swatch"></span><b>Green outline</b>: {what}; '
-        f"it covers {o.area:.1%} of the image.</p>"
+        f"it covers {percent(o.area)} of the image.</p>"
     )
 
 
 def with_outline(image: Image.Image, mask: np.ndarray | None, show: bool) -> Image.Image:
     """The upload, with the tumour outline drawn over it when there is one and ``show`` is on."""
     return draw_outline(image, mask) if show and mask is not None and mask.any() else image
+
+
+class Session(NamedTuple):
+    """What a browser session keeps between events, in memory only (never a file): re-runs and redraws start here."""
+
+    image: Image.Image  # the decoded upload
+    heatmap: np.ndarray | None = None  # (H, W) in [0, 1]; None before a prediction, or over an image that is not an MRI
+    mask: np.ndarray | None = None  # the tumour outline, (H, W) bool; None without one
 
 
 class ClassifyView(NamedTuple):
@@ -96,7 +105,7 @@ class ClassifyView(NamedTuple):
     heatmap: Image.Image | None  # the overlay; None over an image that is not a brain MRI
     key: str  # HTML colour bar and what the heatmap explains, and what the outline is
     details: dict | None  # the API's details
-    session: tuple | None  # (decoded image, heatmap, outline mask) kept in memory for re-runs and redraws
+    session: Session | None  # kept in memory for re-runs and redraws
 
 
 def classify_view(image: Image.Image, result: Prediction, opacity: float, show_outline: bool = True) -> ClassifyView:
@@ -107,7 +116,7 @@ def classify_view(image: Image.Image, result: Prediction, opacity: float, show_o
     mask = None if result.outline is None else result.outline.mask
     shown = with_outline(image, mask, show_outline)
     key = colour_bar(result) + outline_note(result)
-    return ClassifyView(result.summary(), bars, shown, heatmap, key, result.details(), (image, cam, mask))
+    return ClassifyView(summary(result), bars, shown, heatmap, key, result.details(), Session(image, cam, mask))
 
 
 def error_panel(message: str) -> str:

@@ -21,17 +21,28 @@ import pandas as pd
 
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.models.checkpoint import HISTORY, classifier_folders, cut_short, metric_columns, read_metrics
+from brainmri.models.checkpoint import (
+    CAM_LOCALISATION,
+    CAM_SANITY,
+    EXPERIMENTS_CSV,
+    FIGURES,
+    HISTORY,
+    classifier_folders,
+    cut_short,
+    metric_columns,
+    read_metrics,
+    results_dir,
+)
 from brainmri.models.registry import REGISTRY, SEGMENTER_DEFAULT
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent
 
 _logger = logging.getLogger(__name__)
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
-RESULTS_CSV = RESULTS_DIR / "experiments.csv"
-CAM_SANITY_JSON = RESULTS_DIR / "cam_sanity.json"
-CAM_LOCALISATION_JSON = RESULTS_DIR / "cam_localisation.json"
+RESULTS_DIR = results_dir()
+RESULTS_CSV = RESULTS_DIR / EXPERIMENTS_CSV
+CAM_SANITY_JSON = RESULTS_DIR / CAM_SANITY
+CAM_LOCALISATION_JSON = RESULTS_DIR / CAM_LOCALISATION
 PICTURES = tuple(RESULTS_DIR / f for f in ("accuracy_cost.png", "accuracy_params.png", "per_class.png"))  # python -m reports.plots
 # The compact table a visitor reads first (the name pinned on the left); ALL_COLUMNS behind "all columns".
 COLUMNS = [
@@ -218,9 +229,6 @@ def figure(folder: str | Path, name: str) -> str | None:
     """Path of ``curves.png``, ``confusion.png`` or ``reliability.png`` in a checkpoint folder, if it is there."""
     path = Path(folder) / name
     return str(path) if path.is_file() else None
-
-
-FIGURES = ("curves.png", "confusion.png", "reliability.png")
 
 
 def figures_of(name: str | None, root: str | Path | None = None) -> tuple:

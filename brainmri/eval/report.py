@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainmri.eval.metrics import expected_calibration_error, reliability_bins  # noqa: E402
-from brainmri.models.checkpoint import OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config, read_metrics  # noqa: E402
+from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config, read_metrics  # noqa: E402
 
 
 def plot_history(history: list[dict], path: str | Path) -> None:
@@ -196,7 +196,7 @@ def write_model_card(folder: str | Path) -> Path:
         + (f", `{OOD_CONFIG}` + `{OOD_TENSORS}` (the out-of-distribution check's statistics)." if (folder / OOD_CONFIG).is_file() else "."),
         "",
     ]
-    path = folder / "README.md"
+    path = folder / CARD
     path.write_text("\n".join(line for line in lines if line is not None) + "\n")
     return path
 
@@ -211,7 +211,7 @@ SEGMENTATION_ANCHORS = [
 
 def segmentation_markdown(folder: str | Path) -> str:
     """The segmenter's validation figures per class, beside the published anchors; empty when it has no metrics."""
-    path = Path(folder) / "metrics.json"
+    path = Path(folder) / METRICS
     if not path.is_file():
         return ""
     m = json.loads(path.read_text())

@@ -21,6 +21,7 @@ from timm.models._hub import save_config_for_hf
 from torch import nn
 
 from brainmri.data.records import sha256
+from brainmri.settings import ROOT
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +36,27 @@ HISTORY = "history.csv"  # one row per epoch
 OOD_CONFIG = "ood.json"  # optional: thresholds of the OOD check (brainmri.ood), written by train.ood, in the manifest
 OOD_TENSORS = "ood.safetensors"  # optional: its class means and precision matrix, in the manifest
 VAL_SPLIT = "val_split.txt"  # the validation images (dataset-relative paths) its validation figures and fits use
+CARD = "README.md"  # the model card (brainmri.eval.report.write_model_card)
+CURVES = "curves.png"  # loss and accuracy per epoch (training)
+CONFUSION = "confusion.png"  # on official Testing (train.evaluate)
+RELIABILITY = "reliability.png"  # before and after temperature scaling (train.calibrate)
+FIGURES = (CURVES, CONFUSION, RELIABILITY)
+
+# The results folder beside the checkpoints: where it is, and the files the reports write there.
+EXPERIMENTS_CSV = "experiments.csv"  # every run, full precision (reports.results)
+EXPERIMENTS_MD = "experiments.md"  # the same, rounded
+ENSEMBLE_METRICS = "ensemble_metrics.json"  # the scored ensemble on Testing (train.evaluate --ensemble)
+CAM_SANITY = "cam_sanity.json"  # the heatmaps' share inside the brain (reports.cam_sanity)
+CAM_LOCALISATION = "cam_localisation.json"  # the pointing game on boxed slices (reports.cam_localisation)
+ROOFLINE_CSV = "roofline.csv"  # FLOPs and bytes per training image (reports.roofline)
+DATA_COUNTS = "data_counts.json"  # images per class and split (reports.data_summary)
+DATA_SAMPLES = "data_samples.png"  # a grid of Training slices, two per class
+DATA_AUDIT = "data_audit.json"  # the duplicate audit's summary
+
+
+def results_dir() -> Path:
+    """The repository's ``results/``: the one place that says where the generated tables and figures live."""
+    return ROOT / "results"
 
 
 def save_checkpoint(
