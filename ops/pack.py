@@ -28,7 +28,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from brainmri.cli import setup_logging
+from brainmri.cli import exit_code, setup_logging
 from brainmri.models.checkpoint import CONFIG, METRICS, WEIGHTS, read_metrics
 from brainmri.models.registry import REGISTRY
 
@@ -153,7 +153,7 @@ def report(root: str | Path) -> list[dict]:
     """Merge each sweep folder's lanes and print what ran: status, epochs and validation accuracy; no Testing figures,
     so that the decisions (--compare) are taken before any is seen."""
     from reports.results import collect_rows
-    from train.sweep import merge_lanes
+    from train.sweep_outputs import merge_lanes
 
     rows = []
     for folder in sweep_folders(root):
@@ -227,26 +227,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="+", metavar="FOLDER", help="the shipped checkpoints folder, then folders of retrained runs")
     parser.add_argument("--decisions", help="with --compare: where the decisions go (default: the second folder's decisions.json)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         if args.report:
-            return 0 if report(args.report) else 2
+            if not report(args.report):
+                raise ValueError(f"{args.report}: no sweep runs to report")
+            return
         if args.compare:
             if len(args.compare) < 2:
                 parser.error("--compare SHIPPED FOLDER [FOLDER ...]")
             compare(args.compare[0], args.compare[1:], args.decisions or Path(args.compare[1]) / "decisions.json")
-            return 0
+            return
         if args.unpack:
             for folder in unpack(args.unpack, args.into):
                 print(folder)
-            return 0
+            return
         if not (args.sweep and args.out):
             parser.error("give a sweep folder and --out, or --unpack")
         for path in pack(args.sweep, args.out, args.log):
             print(path)
-    except (ValueError, OSError, tarfile.TarError) as e:
-        _logger.error("%s", e)
-        return 2
-    return 0
+
+    return exit_code(run, _logger, errors=(ValueError, OSError, tarfile.TarError))
 
 
 if __name__ == "__main__":

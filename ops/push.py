@@ -33,7 +33,7 @@ import httpx
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from brainmri.cli import setup_logging
+from brainmri.cli import exit_code, setup_logging
 from brainmri.models.checkpoint import CARD, CONFIG, verify_checkpoint
 from brainmri.settings import ROOT, checkpoint_dir, hub_namespace
 
@@ -210,21 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one checkpoint folder, --all or --space")
     if args.all and args.repo_id:
         parser.error("--repo-id names one repo; with --all use --namespace")
-    try:
+
+    def run() -> None:
         if args.space:
             push_space(None if args.dry_run else hub_api(), args.space, args.namespace, private=args.private)
-            return 0
+            return
         folders = checkpoint_folders(args.root) if args.all else [Path(args.checkpoint)]
         api = None if args.dry_run else hub_api()
         for folder in folders:
             push_folder(api, folder, args.repo_id or f"{args.namespace}/{folder.name}", private=args.private)
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
+
+    try:
+        return exit_code(run, _logger)
     except HfHubHTTPError as e:  # the message names the request and the Hub's answer, never the token
         _logger.error("the Hub refused: %s", e)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from brainmri.cli import setup_logging
+from brainmri.cli import exit_code, setup_logging
 from brainmri.data.duplicates import NEAR_THRESHOLD, Audit, audit
 from brainmri.data.imageio import IMAGE_SUFFIXES
 from brainmri.data.records import SPLIT_FOLDERS, ImageRecords, load_records
@@ -115,14 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/audit", help="folder for summary.json, exact_groups.csv, near_pairs.csv, test_unseen.txt")
     parser.add_argument("--threshold", type=float, default=NEAR_THRESHOLD, help="near duplicate: mean |difference| in grey levels at 32x32")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         summary = run_audit(args.data, args.out, args.threshold)
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    width = max(map(len, summary))
-    print("\n".join(f"{key:<{width}}  {value}" for key, value in summary.items()))
-    return 0
+        width = max(map(len, summary))
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in summary.items()))
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

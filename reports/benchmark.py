@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainmri.cli import setup_logging
+from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import data_config
 from brainmri.models.checkpoint import load_checkpoint, read_config
 from brainmri.models.registry import count_parameters
@@ -115,20 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.threads, args.repeats, args.batch_size, args.train_steps) < 1 or args.warmup < 0:
         parser.error("--threads, --repeats, --batch-size and --train-steps must be at least 1, --warmup at least 0")
     torch.set_num_threads(args.threads)
-    try:
+
+    def run() -> None:
         folders = [Path(f) for f in args.checkpoints] or checkpoint_folders()
         rows = []
         for folder in folders:
             rows.append(benchmark_folder(folder, args.repeats, args.warmup, args.batch_size, args.train_steps))
             _logger.info("%s", rows[-1])
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    print(format_table(rows, args.threads, args.batch_size))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"threads": args.threads, "batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
-    return 0
+        print(format_table(rows, args.threads, args.batch_size))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"threads": args.threads, "batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.cli import add_data_argument, setup_logging
+from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.imageio import load_image
 from brainmri.data.records import load_records
 from brainmri.models.catalog import discover
@@ -108,23 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=results_dir() / CAM_SANITY, help="the report (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    predictor = Predictor(discover(hub=False))
-    models = args.models or predictor.available
-    files = test_files(args.data, args.limit_per_class, args.seed)
-    report = {
-        "split": "Testing",
-        "images": len(files),
-        "subset": f"seeded ({args.seed}) {args.limit_per_class} per class" if args.limit_per_class else "all",
-        "mask": "Otsu threshold on greyscale, holes filled, largest component",
-        "cam": "Grad-CAM via brainmri.explain (the app's path)",
-        "models": {name: model_report(predictor, name, files) for name in models},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for name, r in report["models"].items():
-        print(f"{name}: mean in-brain share {r['mean']:.3f} (median {r['median']:.3f}, chance {r['mask_area_mean']:.3f}) -> {r['verdict']}")
-    print(f"wrote {args.out}")
-    return 0
+    def run() -> None:
+        predictor = Predictor(discover(hub=False))
+        models = args.models or predictor.available
+        files = test_files(args.data, args.limit_per_class, args.seed)
+        report = {
+            "split": "Testing",
+            "images": len(files),
+            "subset": f"seeded ({args.seed}) {args.limit_per_class} per class" if args.limit_per_class else "all",
+            "mask": "Otsu threshold on greyscale, holes filled, largest component",
+            "cam": "Grad-CAM via brainmri.explain (the app's path)",
+            "models": {name: model_report(predictor, name, files) for name in models},
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        for name, r in report["models"].items():
+            print(
+                f"{name}: mean in-brain share {r['mean']:.3f} (median {r['median']:.3f},"
+                f" chance {r['mask_area_mean']:.3f}) -> {r['verdict']}"
+            )
+        print(f"wrote {args.out}")
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from brainmri.app.dataview import (
     class_counts,
     example_name,
 )
-from brainmri.cli import add_data_argument, setup_logging
+from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.duplicates import audit, thumbnails, unseen_indices
 from brainmri.data.records import ImageRecords, load_records
 from brainmri.vocabulary import class_words
@@ -118,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.per_class <= 2:
         parser.error("--per-class must be 1 or 2: a Space ships at most 8 examples")
-    if not (Path(args.data) / "Testing").is_dir():
-        _logger.error("no data folder with Training/ and Testing/ at %s (--data or BRAIN_MRI_DATA)", args.data)
-        return 2
-    summary = summarise(args.data, args.per_class, args.results, args.examples)
-    print(json.dumps(summary, indent=2))
-    return 0
+
+    def run() -> None:
+        if not (Path(args.data) / "Testing").is_dir():
+            raise ValueError(f"no data folder with Training/ and Testing/ at {args.data} (--data or BRAIN_MRI_DATA)")
+        summary = summarise(args.data, args.per_class, args.results, args.examples)
+        print(json.dumps(summary, indent=2))
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

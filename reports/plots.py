@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from brainmri.cli import setup_logging  # noqa: E402
+from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.models.checkpoint import CONFIG, classifier_folders, label_names, read_metrics, results_dir  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
 
@@ -208,13 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", default="checkpoints", help="folder of checkpoint folders (default: %(default)s)")
     parser.add_argument("--out", default=str(results_dir()), help="where the pictures and plots.json go (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         written = write_plots(args.checkpoints, args.out)
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    _logger.info("wrote %s", ", ".join(map(str, written)))
-    return 0
+        _logger.info("wrote %s", ", ".join(map(str, written)))
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from brainmri.cli import setup_logging
+from brainmri.cli import exit_code, setup_logging
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.models.checkpoint import (
@@ -323,20 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(results_dir()), help="where experiments.csv and .md go (default: %(default)s)")
     parser.add_argument("--docs", action="store_true", help="also rewrite the generated tables of docs/experiments.md and README.md")
     args = parser.parse_args(argv)
-    sources = [s for s in args.sources if Path(s).is_dir() or Path(s).suffix == ".csv" and Path(s).is_file()]
-    rows = gather(sources)  # an experiments.csv among them is read before it is rewritten
-    if not rows:
-        _logger.error("no metrics.json under %s", ", ".join(args.sources))
-        return 2
-    csv_path, md_path = write_tables(rows, args.out)
-    _logger.info("wrote %s and %s (%d rows)", csv_path, md_path, len(rows))
-    if args.docs:
-        try:
+
+    def run() -> None:
+        sources = [s for s in args.sources if Path(s).is_dir() or Path(s).suffix == ".csv" and Path(s).is_file()]
+        rows = gather(sources)  # an experiments.csv among them is read before it is rewritten
+        if not rows:
+            raise ValueError(f"no metrics.json under {', '.join(args.sources)}")
+        csv_path, md_path = write_tables(rows, args.out)
+        _logger.info("wrote %s and %s (%d rows)", csv_path, md_path, len(rows))
+        if args.docs:
             update_docs(sources, md_path.read_text())
-        except ValueError as e:
-            _logger.error("%s", e)
-            return 2
-    return 0
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from brainmri.cli import setup_logging
+from brainmri.cli import exit_code, setup_logging
 from brainmri.models.checkpoint import ROOFLINE_CSV, results_dir
 from brainmri.models.registry import REGISTRY, create_model, get_spec
 
@@ -305,18 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measured", nargs="*", default=[], help="MODEL=IMG_PER_S measured training throughputs")
     parser.add_argument("--out", help="write the table as CSV here")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         measured = _parse_measured(args.measured)
         costs = [training_cost(name, args.size) for name in args.models]
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    rows = [roofline_row(cost, H100_SXM, args.batch, measured.get(cost.model)) for cost in costs]
-    for r in rows:
-        print(", ".join(f"{k}={v}" for k, v in r.items() if k not in COST_FIELDS))
-    if args.out:
-        write_csv(rows, args.out)
-    return 0
+        rows = [roofline_row(cost, H100_SXM, args.batch, measured.get(cost.model)) for cost in costs]
+        for r in rows:
+            print(", ".join(f"{k}={v}" for k, v in r.items() if k not in COST_FIELDS))
+        if args.out:
+            write_csv(rows, args.out)
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from brainmri.data import cache as datacache
 from brainmri.data.records import ImageRecords, data_config, eval_transform, limit_per_class, load_records
 from brainmri.models.registry import create_model
+from train.budget import plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig
 from train.evaluate import predict_logits
-from train.train import DeviceBatches, State, build_model, plan_epochs, seconds_per_epoch, startup_seconds
+from train.loaders import DeviceBatches
+from train.train import State, build_model
 
 
 def _batches(n=10, batch_size=4, shuffle=True, drop_last=False, seed=0) -> DeviceBatches:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from brainmri.data.split import checkpoint_split, split_records
 from train.config import TrainConfig
-from train.train import load_train_records
+from train.loaders import load_train_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_training_calibration_and_ood_fitting_see_the_same_validation_set(tmp_path, data_dir):
     cfg = TrainConfig(data=str(data_dir), limit_per_class=12, seed=3, val_fraction=0.25)
-    train, val = split_records(load_train_records(cfg), cfg.val_fraction, cfg.seed)  # what train.train.build_loaders cuts
+    train, val = split_records(load_train_records(cfg), cfg.val_fraction, cfg.seed)  # what train.loaders.build_loaders cuts
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))

@@ -33,10 +33,10 @@ from tqdm import tqdm
 from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
 from brainmri.data.split import training_split, write_val_split
-from brainmri.eval.metrics import bootstrap_accuracy_ci
+from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
 from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
-from brainmri.segmentation import binary_mask, load_segmenter, normalise, to_input, tumour_probability
+from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
@@ -49,7 +49,7 @@ _logger = logging.getLogger(__name__)
 class SegmentConfig:
     model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.registry.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
-    out: str = ""  # output folder; default checkpoints/<model>
+    out: str = ""  # output folder; default runs/<model> (ship it by copying to checkpoints/<model>)
     epochs: int = 16  # epochs of the cosine schedule
     batch_size: int = 16
     lr: float = 1e-3  # peak learning rate of AdamW
@@ -163,60 +163,7 @@ def random_crop(images: torch.Tensor, masks: torch.Tensor, side: int, g: torch.G
     return images[..., top : top + side, left : left + side], masks[..., top : top + side, left : left + side]
 
 
-def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """(N, S, S) tumour probabilities."""
-    model.eval()
-    return torch.cat([tumour_probability(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 # ---------------------------------------------------------------- measuring
-
-
-def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
-    """Dice, IoU, areas and detection of each image (true mask from ``y``, predicted from :func:`binary_mask`).
-
-    Dice and IoU are smp's (``get_stats``, then ``f1_score`` / ``iou_score`` per image). An image whose true and
-    predicted masks are both empty scores 1 (``zero_division=1``): a no-tumour slice left empty is right, where
-    smp's DiceLoss would skip it. Training's soft Dice instead pools the batch (:func:`soft_dice_loss`).
-    """
-    import segmentation_models_pytorch as smp
-
-    pred = torch.stack([torch.from_numpy(binary_mask(p.numpy())) for p in probs])[:, None].long()  # (N, 1, H, W)
-    true = (y[:, :1] > 0).long()
-    stats = smp.metrics.get_stats(pred, true, mode="binary")  # tp, fp, fn, tn: each (N, 1)
-    dice = smp.metrics.f1_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
-    iou = smp.metrics.iou_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
-    pred_area, true_area = pred.float().mean(dim=(1, 2, 3)).tolist(), true.float().mean(dim=(1, 2, 3)).tolist()
-    return [{"dice": d, "iou": i, "pred_area": pa, "true_area": ta} for d, i, pa, ta in zip(dice, iou, pred_area, true_area)]
-
-
-def summarise(rows: list[dict], labels: np.ndarray, class_names: list[str]) -> dict:
-    """Per class and overall: the figures the README and the Experiments tab give."""
-    negative = class_names.index(NO_TUMOUR)
-    tumour = [r for r, c in zip(rows, labels) if c != negative]
-    out: dict = {"tumour": _tumour_figures(tumour)}
-    out["per_class"] = {
-        class_names[c]: _tumour_figures([r for r, k in zip(rows, labels) if k == c]) for c in sorted(set(labels)) if c != negative
-    }
-    empty = [r["pred_area"] == 0 for r, c in zip(rows, labels) if c == negative]
-    out["no_tumour"] = {"n": len(empty), "empty_share": float(np.mean(empty)) if empty else None}
-    return out
-
-
-def _tumour_figures(rows: list[dict]) -> dict:
-    if not rows:
-        return {"n": 0}
-    dice = np.array([r["dice"] for r in rows])
-    rel = np.array([(r["pred_area"] - r["true_area"]) / r["true_area"] for r in rows if r["true_area"] > 0])
-    return {
-        "n": len(rows),
-        "dice": float(dice.mean()),
-        "dice_ci95": list(bootstrap_accuracy_ci(dice)),  # a bootstrap of the mean, Dice values as they are
-        "iou": float(np.mean([r["iou"] for r in rows])),
-        "detection_rate": float(np.mean([r["pred_area"] > 0 for r in rows])),
-        "area_error_abs": float(np.abs(rel).mean()) if len(rel) else None,  # mean |predicted - true| / true area
-        "area_error_signed": float(rel.mean()) if len(rel) else None,  # > 0: outlines too large on average
-    }
 
 
 def measure(model, split: dict) -> dict:
@@ -315,28 +262,6 @@ def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
     write_segmentation_card(out)
     shutil.rmtree(out / "resume", ignore_errors=True)
     _logger.info("wrote %s: validation Dice %.4f", out, metrics["validation"]["tumour"]["dice"])
-
-
-def plot_segmentation_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
-    for key in [k for k in history[0] if k.startswith("val_dice")]:
-        ax_dice.plot(epochs, [h[key] for h in history], "o-", label=key.removeprefix("val_dice_") if key != "val_dice" else "all tumours")
-    ax_dice.plot(epochs, [h["val_empty_no_tumour"] for h in history], "k--", label="no tumour: empty")
-    for ax, title in ((ax_loss, "loss: BCE + soft Dice"), (ax_dice, "validation Dice")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def write_segmentation_card(folder: Path) -> Path:

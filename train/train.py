@@ -13,14 +13,11 @@ given the statistics of the OOD check (train.ood), both fitted on its validation
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,103 +27,24 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.cache import decode_records
 from brainmri.data.records import (
-    ImageRecords,
     augment_batch,
     data_config,
     normalize_batch,
 )
-from brainmri.data.split import checkpoint_split, split_records, training_records, write_val_split
+from brainmri.data.split import checkpoint_split, write_val_split
 from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
 from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
 from train import schedule
+from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
+from train.loaders import Loaders, build_loaders, load_train_records
+from train.resume import State, load_resume, save_resume
 
 _logger = logging.getLogger(__name__)
-
-WARMUP_STEPS = 2  # first steps of each epoch left out of the throughput timing (cuDNN algorithm choice, allocator growth)
-BUDGET_SLACK = 1.2  # an epoch running past this share of time_budget_s is cut short
-
-
-class DeviceBatches:
-    """Batches of uint8 images and labels that already sit on the training device: no DataLoader, no copies.
-
-    Shuffled by a permutation seeded with ``seed + epoch`` (``set_epoch``), like accelerate's seedable sampler.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
-        self.x, self.y = x, y  # (N, 3, H, W) uint8, (N,) int64, on one device
-        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self):
-        n = len(self.y)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).to(self.x.device)
-        else:
-            order = torch.arange(n, device=self.x.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx]
-
-
-@dataclass
-class Loaders:
-    train: DataLoader | DeviceBatches
-    val: DataLoader | DeviceBatches
-    class_names: list[str]
-    n_train: int
-    n_val: int
-
-
-@dataclass
-class State:
-    """What is carried from epoch to epoch, and saved for --resume."""
-
-    epoch: int = 0  # epochs finished
-    best_epoch: int = 0
-    best_key: tuple = (-1.0, 0.0)  # (val accuracy, -val loss): higher is better
-    stale: int = 0  # epochs since the best one
-    plateau: dict = field(default_factory=dict)  # the plateau schedule's state (train.schedule.plateau_state)
-    history: list[dict] = field(default_factory=list)
-    train_seconds: float = 0.0
-    epochs_planned: int = 0  # epochs the schedule spans: cfg.epochs, or fewer to fit time_budget_s (0: not planned yet)
-    wall_seconds: float = 0.0  # epochs' wall time, validation and saving included: what the time budget counts
-    peak_memory_gib: float = 0.0  # most GPU memory allocated while training, data kept on the device included
-    stopped: str = ""  # why training ended: "epochs", "early stop" or "time budget"
-
-
-def load_train_records(cfg: TrainConfig) -> ImageRecords:
-    return training_records(cfg.data, cfg.limit_per_class, cfg.seed)
-
-
-def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: torch.device | str = "cpu") -> Loaders:
-    """Validation split with twin groups (mirrored ones included) kept whole, each side decoded once to uint8 (moved to
-    ``device`` once with ``data_on_device``)."""
-    train_set, val_set = split_records(records, cfg.val_fraction, cfg.seed, cfg.split, cfg.data)
-    drop_last = len(train_set) > cfg.batch_size
-    (xt, yt), (xv, yv) = [
-        (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))
-    ]
-    if cfg.data_on_device:
-        train = DeviceBatches(xt.to(device), yt.to(device), cfg.batch_size, shuffle=True, drop_last=drop_last, seed=cfg.seed)
-        val = DeviceBatches(xv.to(device), yv.to(device), cfg.batch_size * 2, shuffle=False, drop_last=False)
-    else:
-        train = DataLoader(TensorDataset(xt, yt), batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
-        val = DataLoader(TensorDataset(xv, yv), batch_size=cfg.batch_size * 2)
-    return Loaders(train, val, records.class_names, len(train_set), len(val_set))
 
 
 def steps_per_epoch(loader, cfg: TrainConfig) -> int:
@@ -141,30 +59,6 @@ def create_scheduler(optimizer, cfg: TrainConfig, steps: int):
     if cfg.schedule == "plateau":
         return schedule.plateau(optimizer, math.ceil(cfg.warmup_epochs))
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or plateau")
-
-
-class Throughput:
-    """Images per second from step WARMUP_STEPS to the end of an epoch; one device sync at each end."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.start, self.images = device, 0.0, 0
-
-    def mark(self, step: int, images: int) -> None:
-        if step == WARMUP_STEPS:
-            _sync(self.device)
-            self.start, self.images = time.perf_counter(), images
-
-    def rate(self, images: int) -> float | None:
-        """None when the epoch was too short to time past its warm-up steps."""
-        if not self.start or images == self.images:
-            return None
-        _sync(self.device)
-        return (images - self.images) / (time.perf_counter() - self.start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def train_one_epoch(
@@ -227,33 +121,6 @@ def evaluate(model, loader, accelerator, dcfg: dict, channels_last: bool) -> dic
         losses.append(F.cross_entropy(logits, y, reduction="none"))
         hits.append(logits.argmax(1) == y)
     return {"val_loss": torch.cat(losses).mean().item(), "val_acc": torch.cat(hits).float().mean().item()}
-
-
-def save_resume(out: Path, model, accelerator, state: State) -> None:
-    """Everything --resume needs, written after each epoch into a new folder; then the ``latest`` pointer is
-    swapped atomically, so a kill at any moment (even mid-write) leaves the last finished epoch whole."""
-    resume = out / "resume"
-    folder = resume / f"epoch_{state.epoch}"
-    accelerator.save_state(folder)
-    (folder / "state.json").write_text(json.dumps(state.__dict__, default=list))
-    (resume / "latest.tmp").write_text(folder.name)
-    os.replace(resume / "latest.tmp", resume / "latest")
-    for old in resume.glob("epoch_*"):
-        if old != folder:
-            shutil.rmtree(old)
-
-
-def load_resume(out: Path, accelerator) -> State:
-    resume = out / "resume"
-    if not (resume / "latest").is_file():
-        raise ValueError(f"--resume: nothing to resume in {resume}")
-    folder = resume / (resume / "latest").read_text().strip()
-    accelerator.load_state(folder)
-    saved = json.loads((folder / "state.json").read_text())
-    state = State(**{k: v for k, v in saved.items() if k in State.__dataclass_fields__})  # older runs' plateau_factor too
-    state.best_key = tuple(state.best_key)
-    _logger.info("resuming after epoch %d (best so far: epoch %d)", state.epoch, state.best_epoch)
-    return state
 
 
 def write_history(out: Path, history: list[dict]) -> None:
@@ -365,23 +232,6 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
             _logger.info("time budget %.0f s: the schedule spans %d epochs", cfg.time_budget_s, state.epochs_planned)
     state.stopped = "early stop" if state.stale >= cfg.patience else "time budget" if state.epoch < cfg.epochs else "epochs"
     _logger.info("stopped after epoch %d (%s); best epoch %d", state.epoch, state.stopped, state.best_epoch)
-
-
-def startup_seconds(first: dict) -> float:
-    """What the first epoch's training took beyond its images at the steady rate measured past its warm-up steps."""
-    return max(0.0, first["seconds"] - first["train_images"] / first["img_per_s"])
-
-
-def seconds_per_epoch(last: dict, wall: float) -> float:
-    """The next epoch's expected wall time: the last one's images at its steady rate, plus what it spent outside training
-    (validation, saving). ``wall`` is the last epoch's whole wall time."""
-    return last["train_images"] / last["img_per_s"] + max(0.0, wall - last["seconds"])
-
-
-def plan_epochs(cfg: TrainConfig, state: State, epoch_seconds: float) -> int:
-    """Epochs that fit ``time_budget_s`` at ``epoch_seconds`` each: at least those run, at most cfg.epochs."""
-    fit_in = state.epoch + int(max(0.0, cfg.time_budget_s - state.wall_seconds) // max(epoch_seconds, 1e-6))
-    return max(state.epoch, min(cfg.epochs, fit_in))
 
 
 def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:

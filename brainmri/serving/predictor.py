@@ -90,7 +90,7 @@ class Predictor:
         self.segmenter = segmenter if self.segmenter_folder else None
         self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
-        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self._batchers: dict[tuple[str, str, bool], MicroBatcher] = {}  # (model, method, outline) -> its batcher
         self._batchers_lock = threading.Lock()
         self.run_passes_on_gpu = gpu_task(self.run_passes)  # the same method off ZeroGPU
         _PREDICTORS.add(self)
