@@ -250,18 +250,3 @@ def limit_per_class(records: ImageRecords, k: int, seed: int = 0) -> ImageRecord
     rng = np.random.default_rng(seed)
     keep = [i for c in range(len(records.class_names)) for i in rng.permutation(np.flatnonzero(records.labels == c))[:k]]
     return records.subset(sorted(keep))
-
-
-def split_train_val(labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified train/validation indices; each duplicate group stays on one side."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    if not 0 < val_fraction < 0.5:
-        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
-    n_splits = round(1 / val_fraction)
-    smallest = int(np.bincount(labels).min())
-    if smallest < n_splits:
-        raise ValueError(f"val_fraction {val_fraction} needs at least {n_splits} images per class; the smallest class has {smallest}")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(folds.split(np.zeros(len(labels)), labels, groups))
-    return train_idx, val_idx

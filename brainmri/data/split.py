@@ -13,7 +13,7 @@ Rules (``split`` in the config):
   twins leaked into validation, so their ``val_split.txt`` keeps only the validation images with no twin in their
   train part in either orientation (:func:`leak_free`).
 
-The cut is seeded and stratified by class (brainmri.data.records.split_train_val).
+The cut is seeded and stratified by class (:func:`split_train_val`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,26 @@ import numpy as np
 
 from brainmri.data.cache import memo, source_key, thumbnails
 from brainmri.data.duplicates import connected_groups, near_pairs, twin_pairs, unseen_indices
-from brainmri.data.records import ImageRecords, figshare_ids, limit_per_class, load_records, relative_path, split_train_val
+from brainmri.data.records import ImageRecords, figshare_ids, limit_per_class, load_records, relative_path
 from brainmri.models.checkpoint import TRAIN_CONFIG, VAL_SPLIT
 
 _logger = logging.getLogger(__name__)
+
+
+def split_train_val(labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified train/validation indices; each duplicate group stays on one side."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    n_splits = round(1 / val_fraction)
+    smallest = int(np.bincount(labels).min())
+    if smallest < n_splits:
+        raise ValueError(f"val_fraction {val_fraction} needs at least {n_splits} images per class; the smallest class has {smallest}")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(folds.split(np.zeros(len(labels)), labels, groups))
+    return train_idx, val_idx
+
 
 SPLIT_RULES = ("mirror-aware", "as-is")
 DEFAULT_RULE = "mirror-aware"
