@@ -8,6 +8,12 @@ a PNG data URL (``brainmri.app.inline_media.decode_data_url``): nothing derived 
 
 from __future__ import annotations
 
+# ZeroGPU: `spaces` first, before anything imports torch: it patches torch's CUDA as it loads (tests/test_space_stack.py).
+try:
+    import spaces  # noqa: F401
+except ImportError:  # optional off ZeroGPU: brainmri.serving.zerogpu then runs the plain functions
+    spaces = None
+
 import functools
 import logging
 import time
