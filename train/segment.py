@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCardData
 from PIL import Image
 from tqdm import tqdm
 
@@ -36,6 +37,7 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
 from brainmri.metrics import bootstrap_accuracy_ci
 from brainmri.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
+from brainmri.report import DATASET, segmentation_eval_results, write_card
 from brainmri.segmentation import binary_mask, load_segmenter, normalise, to_input, tumour_probability
 from brainmri.settings import default_data
 from brainmri.split import training_split, write_val_split
@@ -347,15 +349,16 @@ def write_segmentation_card(folder: Path) -> Path:
     cfg = json.loads((folder / TRAIN_CONFIG).read_text())
     v = m["validation"]
     rows = [("all tumours", v["tumour"]), *v["per_class"].items()]
+    data = ModelCardData(
+        library_name="segmentation-models-pytorch",
+        license="apache-2.0",
+        pipeline_tag="image-segmentation",
+        tags=["image-segmentation", "segmentation-models-pytorch", "brain-mri"],
+        datasets=[DATASET],
+        model_name=m["model"],
+        eval_results=segmentation_eval_results(v),
+    )
     lines = [
-        "---",
-        "library_name: segmentation-models-pytorch",
-        "license: apache-2.0",
-        "pipeline_tag: image-segmentation",
-        "tags: [image-segmentation, segmentation-models-pytorch, brain-mri]",
-        "datasets: [masoudnickparvar/brain-tumor-mri-dataset]",
-        "---",
-        "",
         f"# {m['model']}: brain tumour outline",
         "",
         "Outlines the tumour in a brain MRI slice (one channel, sigmoid). For research and education, not diagnosis.",
@@ -386,9 +389,7 @@ def write_segmentation_card(folder: Path) -> Path:
         "```",
         "",
     ]
-    path = folder / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_card(data, "\n".join(lines), folder / "README.md")
 
 
 def evaluate_only(cfg: SegmentConfig) -> dict:
