@@ -4,9 +4,17 @@
 
 API: ``/predict`` takes (image file, model name) and returns (probabilities, heatmap, details); the heatmap comes as
 a PNG data URL (``brainmri.app.inline_media.decode_data_url``): nothing derived from an upload is written to disk.
+``/analyse_slice`` is the tool assistants call through the MCP server at /gradio_api/mcp/ (brainmri.app.tool): compact
+JSON; ``/predict`` stays on the API page but is no MCP tool.
 """
 
 from __future__ import annotations
+
+# ZeroGPU: `spaces` first, before anything imports torch: it patches torch's CUDA as it loads (tests/test_space_stack.py).
+try:
+    import spaces  # noqa: F401
+except ImportError:  # optional off ZeroGPU: brainmri.serving.zerogpu then runs the plain functions
+    spaces = None
 
 import functools
 import logging
@@ -16,7 +24,7 @@ from contextlib import contextmanager
 import gradio as gr
 import pandas as pd
 
-from brainmri.app import comparison, dataview, display, experiments
+from brainmri.app import comparison, dataview, display, experiments, tool
 from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 from brainmri.cli import setup_logging
@@ -116,6 +124,9 @@ def predict(image: str, model_name: str | None = None):
     return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
 
 
+ANALYSE = tool.analyse_tool(PREDICTOR, DISCLAIMER, keep=lambda: kept_in_cache(demo), pending=lambda: PENDING)
+
+
 @functools.cache
 def examples() -> list[tuple[str, str]]:
     """Example images as (path, class): a Testing slice per class, else the shipped examples/; fetched once (dataview)."""
@@ -169,7 +180,9 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     # The API endpoint: its own hidden inputs and probabilities, so a client may name any model or none.
     api_image, api_model = without_stray_temp_file(gr.File(visible=False)), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
     api_label = gr.Label(visible=False)
-    gr.Button(visible=False).click(predict, [api_image, api_model], [api_label, heatmap, details], api_name="predict")
+    gr.Button(visible=False).click(tool.not_an_mcp_tool(predict), [api_image, api_model], [api_label, heatmap, details], api_name="predict")
+    tool_in = [without_stray_temp_file(gr.File(visible=False)), gr.Textbox(visible=False), gr.Checkbox(False, visible=False)]
+    gr.Button(visible=False).click(ANALYSE, tool_in, gr.Textbox(visible=False), api_name="analyse_slice")  # the MCP tool
     return model, gallery
 
 
@@ -264,10 +277,15 @@ PENDING = count_pending_uploads(demo)  # identical uploads share a path: the las
 demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
 
 
-def launch(**kwargs):
-    """Serve the app (its style sheet, upload limit, models loaded); server_name / port default to GRADIO_SERVER_*."""
+def launch(prevent_thread_lock: bool = False, **kwargs):
+    """Serve the app and its MCP server (style sheet, upload limit, models loaded); server_name / port default to
+    GRADIO_SERVER_*. The MCP tool's staged copies of images are tracked before the first request (brainmri.app.tool)."""
     PREDICTOR.warm()  # the first visitor does not wait for the default model to load
-    return demo.launch(css=display.CSS, max_file_size=MAX_BYTES, **kwargs)
+    served = demo.launch(css=display.CSS, max_file_size=MAX_BYTES, mcp_server=True, prevent_thread_lock=True, **kwargs)
+    tool.track_mcp_staging(demo)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return served
 
 
 if __name__ == "__main__":

@@ -7,16 +7,19 @@
 #   bash scripts/device_sweep.sh --quick    # the same steps on CPU on a few images (train/sweeps/quick.yaml), into device_out/
 #   bash scripts/device_sweep.sh --lease    # issue 22's one call: CUDA check, retraining, EfficientNets (docs/gpu_lease.md)
 #   bash scripts/device_sweep.sh --lease --quick   # its rehearsal on CPU: the same steps, 8 images a class, 1 epoch
+#   bash scripts/device_sweep.sh --serving  # the Space's serving tests under the device's Python 3.12 and torch 2.11
+#                                            (CI has 3.11 only; docs/space.md), then the CUDA check: log and JSON in $OUT
 # Exit status: the sweep's (0 all trained, 1 some failed, 124 cut by the time limit), or packing's if that failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-quick=0 long=0 seed=0 lease=0 deadline=()
+quick=0 long=0 seed=0 lease=0 serving=0 deadline=()
 for arg in "$@"; do
   case $arg in
     --quick) quick=1 ;;
     --long) long=1 ;;
     --seed) seed=1 ;;
     --lease) lease=1 ;;
+    --serving) serving=1 ;;
     *) echo "unknown option $arg" >&2 && exit 2 ;;
   esac
 done
@@ -45,6 +48,22 @@ imports() {
   "$PY" -c "import torch, timm, accelerate, sklearn, scipy, matplotlib, yaml, safetensors; \
 print('python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 }
+
+if ((serving)); then
+  # What ZeroGPU runs (Python 3.12, torch 2.11) on a real GPU: the stack, ZeroGPU's rules (the CUDA-tensor test runs
+  # here only), the MCP tool and the app, then CPU vs CUDA. The app's packages come as carried wheels (device_setup).
+  ((quick)) || { "$PY" -m ops.transfer relink && device_setup; } || exit 3
+  imports
+  BRAIN_MRI_DATA=${BRAIN_MRI_DATA:-data/brain-tumor-mri} timeout 420 "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_space_stack.py tests/test_zerogpu.py tests/test_mcp.py tests/test_serving_device.py tests/test_app.py \
+    2>&1 | tee "$OUT/serving_tests.log"
+  status=${PIPESTATUS[0]}
+  timeout 120 "$PY" scripts/cuda_check.py --data "${BRAIN_MRI_DATA:-data/brain-tumor-mri}" --n 16 --out "$OUT/cuda_check.json" 2>&1 |
+    tee "$OUT/cuda_check.log"
+  check_status=${PIPESTATUS[0]}
+  ((status)) && exit "$status"
+  exit "$check_status"
+fi
 
 if ((lease)); then
   # 1. the CUDA serving check alone on the GPU; 2. the lanes of train/sweeps/lease.yaml side by side;

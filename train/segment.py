@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCardData
 from PIL import Image
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
 from brainmri.data.split import training_split, write_val_split
+from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
 from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
@@ -270,15 +272,16 @@ def write_segmentation_card(folder: Path) -> Path:
     cfg = json.loads((folder / TRAIN_CONFIG).read_text())
     v = m["validation"]
     rows = [("all tumours", v["tumour"]), *v["per_class"].items()]
+    data = ModelCardData(
+        library_name="segmentation-models-pytorch",
+        license="apache-2.0",
+        pipeline_tag="image-segmentation",
+        tags=["image-segmentation", "segmentation-models-pytorch", "brain-mri"],
+        datasets=[DATASET],
+        model_name=m["model"],
+        eval_results=segmentation_eval_results(v),
+    )
     lines = [
-        "---",
-        "library_name: segmentation-models-pytorch",
-        "license: apache-2.0",
-        "pipeline_tag: image-segmentation",
-        "tags: [image-segmentation, segmentation-models-pytorch, brain-mri]",
-        "datasets: [masoudnickparvar/brain-tumor-mri-dataset]",
-        "---",
-        "",
         f"# {m['model']}: brain tumour outline",
         "",
         "Outlines the tumour in a brain MRI slice (one channel, sigmoid). For research and education, not diagnosis.",
@@ -309,9 +312,7 @@ def write_segmentation_card(folder: Path) -> Path:
         "```",
         "",
     ]
-    path = folder / CARD
-    path.write_text("\n".join(lines))
-    return path
+    return write_card(data, "\n".join(lines), folder / CARD)
 
 
 def evaluate_only(cfg: SegmentConfig) -> dict:

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
 from brainmri.eval.metrics import expected_calibration_error, reliability_bins  # noqa: E402
 from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config, read_metrics  # noqa: E402
@@ -85,41 +86,65 @@ def reliability_diagram(curves: dict[str, np.ndarray] | np.ndarray, labels: np.n
     plt.close(fig)
 
 
-def _metric_block(name: str, value: float, split: str) -> str:
-    return f"""      - type: accuracy
-        name: {name}
-        value: {value:.4f}
-        dataset: {{type: brain-tumor-mri, name: Brain Tumor MRI ({split}), split: test}}"""
+DATASET = "masoudnickparvar/brain-tumor-mri-dataset"  # the Hub's id of the data (Kaggle's, CC0)
+CARD_TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}\n"  # front matter from ModelCardData, then the card's text
+
+
+def write_card(data: ModelCardData, body: str, path: Path) -> Path:
+    """``path``, a model card from its metadata (the Hub reads ``model-index`` from ``data.eval_results``) and its
+    Markdown, rendered by huggingface_hub's ``ModelCard.from_template``; ``ModelCard.load(path)`` reads it back."""
+    card = ModelCard.from_template(data, template_str=CARD_TEMPLATE, body=body.strip("\n"))
+    path.write_text(str(card).rstrip("\n") + "\n")  # jinja drops the template's last newline
+    return path
+
+
+def _ci_text(ci: list[float] | None) -> str:
+    return f", 95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+
+
+def classifier_eval_results(metrics: dict) -> list[EvalResult]:
+    """model-index results: accuracy on unseen Testing (n and its bootstrap CI in the name) and on official Testing."""
+    results = []
+    # Results that share task, dataset, config and split are one result to the Hub: the subset is the config.
+    for key, subset, split_name, label in (
+        ("test_unseen", "unseen", "Testing without Training twins, mirrored ones included", "Unseen test accuracy"),
+        ("test", "official", "official Testing split", "Test accuracy"),
+    ):
+        r = metrics.get(key)
+        if r:
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=DATASET,
+                    dataset_name=f"Brain Tumor MRI ({split_name})",
+                    dataset_config=subset,
+                    dataset_split="test",
+                    metric_type="accuracy",
+                    metric_value=round(r["accuracy"], 4),
+                    metric_name=f"{label} (n={r['n']}{_ci_text(r.get('accuracy_ci95'))})",
+                )
+            )
+    return results
 
 
 def write_model_card(folder: str | Path) -> Path:
-    """README.md with Hub front matter (model-index) from config.json and metrics.json."""
+    """README.md with Hub front matter (``ModelCardData``, ``model-index`` results) from config.json and metrics.json."""
     folder = Path(folder)
     config = read_config(folder)
     metrics = read_metrics(folder)
     name = config.get("registry_name", config["architecture"])
-    test, unseen = metrics.get("test"), metrics.get("test_unseen")
-    results = []
-    if unseen:
-        results.append(_metric_block("Unseen test accuracy", unseen["accuracy"], "Testing without Training twins, mirrored ones included"))
-    if test:
-        results.append(_metric_block("Test accuracy", test["accuracy"], "official Testing split"))
+    unseen = metrics.get("test_unseen")
+    data = ModelCardData(
+        library_name="timm",
+        license="apache-2.0",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "timm", "brain-mri", "grad-cam"],
+        datasets=[DATASET],
+        model_name=name,
+        eval_results=classifier_eval_results(metrics) or None,
+    )
     pcfg = config["pretrained_cfg"]
     lines = [
-        "---",
-        "library_name: timm",
-        "license: apache-2.0",
-        "pipeline_tag: image-classification",
-        "tags: [image-classification, timm, brain-mri, grad-cam]",
-        "datasets: [masoudnickparvar/brain-tumor-mri-dataset]",
-        "model-index:",
-        f"  - name: {name}",
-        "    results:",
-        "      - task: {type: image-classification}",
-        "        metrics:" if results else "        metrics: []",
-        *[r.replace("      - ", "          - ", 1).replace("\n        ", "\n            ") for r in results],
-        "---",
-        "",
         f"# {name}: brain MRI tumour classifier",
         "",
         "Classifies a brain MRI slice as " + ", ".join(config["label_names"]) + ". For research and education, not diagnosis.",
@@ -196,9 +221,7 @@ def write_model_card(folder: str | Path) -> Path:
         + (f", `{OOD_CONFIG}` + `{OOD_TENSORS}` (the out-of-distribution check's statistics)." if (folder / OOD_CONFIG).is_file() else "."),
         "",
     ]
-    path = folder / CARD
-    path.write_text("\n".join(line for line in lines if line is not None) + "\n")
-    return path
+    return write_card(data, "\n".join(line for line in lines if line is not None), folder / CARD)
 
 
 # Published figures on Cheng et al.'s figshare masks, the anchors the segmentation table stands beside (issue 19).
@@ -207,6 +230,29 @@ SEGMENTATION_ANCHORS = [
     ("SAM, prompted zero-shot from BiomedCLIP saliency", "0.55", "published, figshare"),
     ("smp U-Net on ImageNet Lite0, 6 epochs, no negatives", "0.81", "an independent quick baseline, figshare-grouped split"),
 ]
+
+
+# The experts whose masks the metrics hold, by the key their figures sit under (one today: Cheng et al.'s).
+EXPERTS = {"validation": "Cheng et al. figshare masks, validation scans of the mirror-aware split (val_split.txt)"}
+EXPERT_CONFIGS = {"validation": "cheng-figshare-masks"}  # one model-index result per expert
+
+
+def segmentation_eval_results(validation: dict, expert: str = "validation") -> list[EvalResult]:
+    """model-index results: Dice against an expert's masks, on all tumours and per class, n and CI in each name."""
+    rows = [("all tumours", validation["tumour"]), *validation["per_class"].items()]
+    return [
+        EvalResult(
+            task_type="image-segmentation",
+            dataset_type=DATASET,
+            dataset_name=f"Brain Tumor MRI, {EXPERTS[expert]}",
+            dataset_config=EXPERT_CONFIGS[expert],
+            dataset_split="validation",
+            metric_type="dice",
+            metric_value=round(r["dice"], 4),
+            metric_name=f"Dice, {name} (n={r['n']}, 95% CI {r['dice_ci95'][0]:.3f}-{r['dice_ci95'][1]:.3f})",
+        )
+        for name, r in rows
+    ]
 
 
 def segmentation_markdown(folder: str | Path) -> str:
