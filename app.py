@@ -4,9 +4,17 @@
 
 API: ``/predict`` takes (image file, model name) and returns (probabilities, heatmap, details); the heatmap comes as
 a PNG data URL (``brainmri.app.inline_media.decode_data_url``): nothing derived from an upload is written to disk.
+``/analyse_slice`` is the tool assistants call through the MCP server at /gradio_api/mcp/ (brainmri.app.tool): compact
+JSON; ``/predict`` stays on the API page but is no MCP tool.
 """
 
 from __future__ import annotations
+
+# ZeroGPU: `spaces` first, before anything imports torch: it patches torch's CUDA as it loads (tests/test_space_stack.py).
+try:
+    import spaces  # noqa: F401
+except ImportError:  # optional off ZeroGPU: brainmri.serving.zerogpu then runs the plain functions
+    spaces = None
 
 import functools
 import logging
@@ -16,15 +24,16 @@ from contextlib import contextmanager
 import gradio as gr
 import pandas as pd
 
-from brainmri.app import comparison, dataview, display, experiments
+from brainmri.app import comparison, dataview, display, experiments, tool
 from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
-from brainmri.catalog import discover, labelled_choices, unavailable_markdown
 from brainmri.cli import setup_logging
-from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, overlay
-from brainmri.imageio import MAX_BYTES, accepted_formats, load_image
-from brainmri.predict import Predictor
+from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
+from brainmri.models.catalog import discover, labelled_choices, unavailable_markdown
+from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
+from brainmri.serving import Predictor
 from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch
 
 setup_logging()
@@ -34,13 +43,12 @@ DISCLAIMER = (
     "**For research and education only. Not a medical device; not for diagnosis.** "
     "A classifier trained on one public dataset of brain MRI slices cannot replace a radiologist."
 )
-DEFAULT_OPACITY = 0.45
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
 EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify outputs, cleared
 
 configure_torch_threads(batch_workers())
 # Local checkpoints only at import; the Hub is asked when a page first loads. Requests that arrive together share one
-# forward and backward (brainmri.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS batches run at once.
+# forward and backward (brainmri.serving.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS batches run at once.
 PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch(), workers=batch_workers())
 DATA = default_data()
 
@@ -81,26 +89,26 @@ def classify_upload(file: str | None, model_name: str | None, method: str, opaci
         return None, display.error_panel(str(e)), *EMPTY[1:]
     finally:
         discard_upload(file, keep=kept_in_cache(demo), pending=PENDING)
-    return None, *classify((image, None), model_name, method, opacity, show_outline)
+    return None, *classify(display.Session(image), model_name, method, opacity, show_outline)
 
 
-def classify(session, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
+def classify(session: display.Session | None, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
     """UI: predict and explain the session's image (display.ClassifyView: what the Classify tab shows)."""
     if session is None:
         return EMPTY
-    image = session[0]
+    image = session.image
     with user_errors():
         result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
     return display.classify_view(image, result, opacity, show_outline)
 
 
-def reblend(session, opacity: float):
-    return None if session is None or session[1] is None else overlay(session[0], session[1], opacity)
+def reblend(session: display.Session | None, opacity: float):
+    return None if session is None or session.heatmap is None else overlay(session.image, session.heatmap, opacity)
 
 
-def redraw_outline(session, show: bool):
+def redraw_outline(session: display.Session | None, show: bool):
     """UI, the outline toggled: the session's image redrawn, with or without it; nothing is re-run."""
-    return None if session is None else display.with_outline(session[0], session[2] if len(session) > 2 else None, show)
+    return None if session is None else display.with_outline(session.image, session.mask, show)
 
 
 def predict(image: str, model_name: str | None = None):
@@ -116,6 +124,9 @@ def predict(image: str, model_name: str | None = None):
     return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
 
 
+ANALYSE = tool.analyse_tool(PREDICTOR, DISCLAIMER, keep=lambda: kept_in_cache(demo), pending=lambda: PENDING)
+
+
 @functools.cache
 def examples() -> list[tuple[str, str]]:
     """Example images as (path, class): a Testing slice per class, else the shipped examples/; fetched once (dataview)."""
@@ -128,7 +139,7 @@ def show_examples():  # on page load: a Hub dataset is fetched then, not at impo
 
 def classify_example(model_name: str | None, method: str, opacity: float, show_outline: bool, evt: gr.SelectData):
     """UI, an example clicked: classified like an upload (an example is not an upload: never deleted)."""
-    return classify((load_image(examples()[evt.index][0]), None), model_name, method, opacity, show_outline)
+    return classify(display.Session(load_image(examples()[evt.index][0])), model_name, method, opacity, show_outline)
 
 
 def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
@@ -169,18 +180,20 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     # The API endpoint: its own hidden inputs and probabilities, so a client may name any model or none.
     api_image, api_model = without_stray_temp_file(gr.File(visible=False)), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
     api_label = gr.Label(visible=False)
-    gr.Button(visible=False).click(predict, [api_image, api_model], [api_label, heatmap, details], api_name="predict")
+    gr.Button(visible=False).click(tool.not_an_mcp_tool(predict), [api_image, api_model], [api_label, heatmap, details], api_name="predict")
+    tool_in = [without_stray_temp_file(gr.File(visible=False)), gr.Textbox(visible=False), gr.Checkbox(False, visible=False)]
+    gr.Button(visible=False).click(ANALYSE, tool_in, gr.Textbox(visible=False), api_name="analyse_slice")  # the MCP tool
     return model, gallery
 
 
 # ---------------------------------------------------------------- Compare
 
 
-def compare(session, method: str, chosen: list[str] | None, progress=gr.Progress()):
+def compare(session: display.Session | None, method: str, chosen: list[str] | None, progress=gr.Progress()):
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
     if session is None:  # a user's slip, not a server fault: nothing for the log
         raise gr.Error("upload an image in the Classify tab first", print_exception=False)
-    image = session[0]
+    image = session.image
     names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
     start = time.perf_counter()
     with user_errors():
@@ -240,7 +253,7 @@ def build_demo() -> gr.Blocks:
             + DISCLAIMER,
             elem_id="header",
         )
-        session = gr.State(None, time_to_live=SESSION_TTL_S)  # (decoded image, heatmap): memory only, never a file
+        session = gr.State(None, time_to_live=SESSION_TTL_S)  # a display.Session: memory only, never a file
         with gr.Tab("Classify"):
             model, gallery = classify_tab(session)
         with gr.Tab("Compare"):
@@ -264,10 +277,15 @@ PENDING = count_pending_uploads(demo)  # identical uploads share a path: the las
 demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
 
 
-def launch(**kwargs):
-    """Serve the app (its style sheet, upload limit, models loaded); server_name / port default to GRADIO_SERVER_*."""
+def launch(prevent_thread_lock: bool = False, **kwargs):
+    """Serve the app and its MCP server (style sheet, upload limit, models loaded); server_name / port default to
+    GRADIO_SERVER_*. The MCP tool's staged copies of images are tracked before the first request (brainmri.app.tool)."""
     PREDICTOR.warm()  # the first visitor does not wait for the default model to load
-    return demo.launch(css=display.CSS, max_file_size=MAX_BYTES, **kwargs)
+    served = demo.launch(css=display.CSS, max_file_size=MAX_BYTES, mcp_server=True, prevent_thread_lock=True, **kwargs)
+    tool.track_mcp_staging(demo)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return served
 
 
 if __name__ == "__main__":

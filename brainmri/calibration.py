@@ -18,7 +18,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from brainmri.checkpoint import CALIBRATION, verify_checkpoint, write_manifest
+from brainmri.models.checkpoint import CALIBRATION, verify_checkpoint, write_manifest
 
 # Search range of T; beyond it a model is so far off that a temperature is not the fix.
 T_MIN, T_MAX = 0.05, 20.0

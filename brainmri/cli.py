@@ -42,12 +42,12 @@ def add_data_argument(parser: argparse.ArgumentParser, overrides: str = "") -> N
         parser.add_argument("--data", default=default_data(), help=f"{what} (default: %(default)s)")
 
 
-def exit_code(command: Callable[[], object], logger: logging.Logger) -> int:
-    """Run ``command``: 0 when it succeeds; 2, with its message as one log line and no traceback,
-    when it raises ValueError (the project's error for bad arguments or data)."""
+def exit_code(command: Callable[[], object], logger: logging.Logger, errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """Run ``command``: 0 when it succeeds; 2, with its message as one log line and no traceback, when it raises one of
+    ``errors`` (by default ValueError, the project's error for bad arguments or data)."""
     try:
         command()
-    except ValueError as e:
+    except errors as e:
         logger.error("%s", e)
         return 2
     return 0

@@ -1,11 +1,13 @@
-"""Grad-CAM heatmaps through the ``grad-cam`` package (pytorch_grad_cam), and their overlays.
+"""Grad-CAM heatmaps through the ``grad-cam`` package (pytorch_grad_cam), placed over the image the model saw.
+
+Colouring them is :mod:`brainmri.rendering`'s job.
 
 A new CAM object is made for every call and its hooks are released when the call ends, so
 no two requests share hooks or gradients; callers that share a model between threads
-hold that model's lock around :func:`gradcam` (see ``brainmri.serving``), because hooks
+hold that model's lock around :func:`gradcam_batch` (see ``brainmri.serving``), because hooks
 on a shared module see every forward that passes through it.
 
-The layers come from the registry (``registry.cam_layers``): one for Grad-CAM, Grad-CAM++ and
+The layers come from the registry (``ModelSpec.cam_layer`` and ``cam_stages``; ``LoadedModel.cam_layers``): one for Grad-CAM, Grad-CAM++ and
 HiResCAM, and for LayerCAM that one plus the shallower stages it fuses. The backward pass is
 kept short: :func:`prepare_for_cam` freezes every parameter, and :func:`cam_session` makes the
 shallowest layer's output a leaf that requires grad, so autograd records the graph from there
@@ -40,7 +42,7 @@ class LayerCAM(pytorch_grad_cam.LayerCAM):
     Deep stages say which region holds the evidence, shallow ones where its edges are; a shallow stage alone
     also lights single pixels on the skull's rim. A Gaussian (sigma ``SMOOTH`` of the side, :func:`fuse_stage_maps`)
     damps those before the mean, so the peak falls where the stages agree. The stages (registry ``cam_stages``)
-    and the smoothing were chosen on held-out boxed slices (train.cam_localisation, ``choose`` half;
+    and the smoothing were chosen on held-out boxed slices (reports.cam_localisation, ``choose`` half;
     results/cam_localisation_methods.json). With one layer it is LayerCAM on that layer, smoothed.
     """
 
@@ -131,21 +133,6 @@ def gradcam_batch(
     return maps.astype(np.float32), logits
 
 
-def gradcam(
-    model: nn.Module, layers: Layers, x: torch.Tensor, method: str = DEFAULT_METHOD, target: int | None = None
-) -> tuple[np.ndarray, torch.Tensor]:
-    """One forward and one backward: the heatmap and the logits of the same pass.
-
-    Args:
-        x: (1, 3, H, W) normalised input.
-        target: class to explain; None explains the predicted class.
-    Returns:
-        cam: (H, W) float32 in [0, 1] at the input's resolution; logits: (1, C), detached.
-    """
-    maps, logits = gradcam_batch(model, layers, x, method, None if target is None else [target])
-    return maps[0], logits
-
-
 def view_box(width: int, height: int, cfg: dict) -> tuple[int, int, int, int]:
     """The part of a ``width`` x ``height`` image that timm's eval transform for ``cfg`` shows the model.
 
@@ -180,29 +167,3 @@ def cam_to_image_size(cam: np.ndarray, size: tuple[int, int], cfg: dict) -> np.n
     canvas = Image.new("F", (width, height), 0.0)
     canvas.paste(resized, (left, top))
     return np.clip(np.asarray(canvas, dtype=np.float32), 0.0, 1.0)
-
-
-def _colormap_lut(name: str = "jet") -> np.ndarray:
-    import matplotlib
-
-    return (matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # (256, 3)
-
-
-_LUT = _colormap_lut()
-
-
-def overlay(image: Image.Image, cam: np.ndarray | None, opacity: float = 0.45) -> Image.Image:
-    """Blend a colour-mapped heatmap over the image.
-
-    Args:
-        cam: (H, W) in [0, 1], the image's size; None shows the image alone.
-        opacity: 0 shows the image alone, 1 the heatmap alone.
-    """
-    if cam is None:
-        return image.convert("RGB")
-    if cam.shape != (image.height, image.width):
-        raise ValueError(f"heatmap is {cam.shape[1]} x {cam.shape[0]}, the image {image.width} x {image.height}")
-    opacity = float(np.clip(opacity, 0.0, 1.0))
-    heat = _LUT[(np.clip(cam, 0, 1) * 255).astype(np.uint8)].astype(np.float32)
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return Image.fromarray((base * (1 - opacity) + heat * opacity + 0.5).astype(np.uint8))

@@ -11,7 +11,7 @@ live in train.ood. Three tests, any of which flags an image:
    2018), above a high percentile of the *validation* images' distances.
 
 The statistics are fitted per checkpoint on the same train/validation split as training
-(brainmri.split.checkpoint_split) and stored beside it as ``ood.safetensors`` + ``ood.json``,
+(brainmri.data.split.checkpoint_split) and stored beside it as ``ood.safetensors`` + ``ood.json``,
 added to its sha256 manifest. Training fits them as it finishes a checkpoint; by hand:
 
     python -m train.ood fit checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
@@ -30,12 +30,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from brainmri.checkpoint import OOD_CONFIG, OOD_TENSORS, WEIGHTS, add_to_manifest
-from brainmri.data import sha256
+from brainmri.data.records import sha256
+from brainmri.models.checkpoint import OOD_CONFIG, OOD_TENSORS, WEIGHTS, add_to_manifest
 
 _logger = logging.getLogger(__name__)
-
-NOT_MRI = "does not look like a brain MRI"
 
 
 @dataclass
@@ -144,5 +142,36 @@ def grey_contrast(image: Image.Image) -> float:
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, D): the pooled penultimate features, the classifier's input."""
+    """(B, 3, H, W) -> (B, D): the pooled penultimate features, the classifier's input.
+
+    The one definition of the OOD features: fitting (train.ood), the judge's pass and the classifier's pass all take
+    them from here, through timm's ``forward_features`` / ``forward_head(pre_logits=True)``, with no hook.
+    """
     return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: (B, C) logits and the (B, D) :func:`pooled_features` they come from.
+
+    The logits are the classifier applied to the features: the model's own forward in eval mode (every registry
+    model; tests/test_registry.py).
+    """
+    features = pooled_features(model, x)
+    return model.get_classifier()(features), features
+
+
+class KeepFeatures(nn.Module):
+    """``model`` as Grad-CAM calls it (x -> logits) through :func:`logits_and_features`, keeping the features.
+
+    So a heatmap's forward also gives the OOD features, with no hook: ``features`` holds the last forward's, detached.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.features: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, features = logits_and_features(self.model, x)
+        self.features = features.detach()
+        return logits

@@ -8,8 +8,6 @@ timm pretrained_cfg (mean, std); the input size from the folder's ``train_config
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -18,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch import nn
 
-from brainmri.checkpoint import TRAIN_CONFIG, verify_checkpoint
-from brainmri.data import normalize_batch
+from brainmri.data.records import normalize_batch
+from brainmri.models.checkpoint import TRAIN_CONFIG, verify_checkpoint
+from brainmri.rendering import data_url
 
 _logger = logging.getLogger(__name__)
 
@@ -103,22 +102,6 @@ def outline(probability: torch.Tensor, size: tuple[int, int]) -> Outline:
     return Outline(mask, float(mask.mean()), tuple(round(float(v), 4) for v in box))
 
 
-OUTLINE_COLOUR = (0, 255, 170)  # a green that no heatmap colour and no grey of a scan shares
-
-
-def draw_outline(image: Image.Image, mask: np.ndarray, width: int = 0) -> Image.Image:
-    """The image with the mask's border drawn over it, ``width`` px thick (default: about 1% of the side, at least 2)."""
-    width = width or max(2, round(min(image.size) / 110))
-    inside = Image.fromarray(mask.astype(np.uint8) * 255)
-    grown = inside.filter(ImageFilter.MaxFilter(2 * (width // 2) + 1))
-    border = np.asarray(grown) > np.asarray(inside)  # the ring just outside the mask: the tumour itself stays visible
-    out = np.asarray(image.convert("RGB")).copy()
-    out[border] = OUTLINE_COLOUR
-    return Image.fromarray(out)
-
-
 def mask_data_url(mask: np.ndarray) -> str:
     """A (H, W) bool mask as a PNG data URL, 0 or 255, at the mask's size (the API's ``tumour_mask``)."""
-    buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, "PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_url(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))

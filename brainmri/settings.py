@@ -93,7 +93,7 @@ def model_cache_mb() -> float:
 
 def max_batch() -> int:
     """``BRAIN_MRI_MAX_BATCH``: the most concurrent app requests run through a model together
-    (``brainmri.batching``); 1 runs each alone. Default: 8; 1 on ZeroGPU, where each request takes its own
+    (``brainmri.serving.batching``); 1 runs each alone. Default: 8; 1 on ZeroGPU, where each request takes its own
     GPU lease, counted against its own visitor's quota (docs/space.md)."""
     return _positive_int("BRAIN_MRI_MAX_BATCH", 1 if on_zerogpu() else 8)
 

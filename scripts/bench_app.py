@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import socket
@@ -28,13 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 from brainmri.app import display  # noqa: E402
 from brainmri.app.dataview import example_files, local_root  # noqa: E402
-from brainmri.app.inline_media import data_url  # noqa: E402
-from brainmri.catalog import discover  # noqa: E402
-from brainmri.explain import overlay  # noqa: E402
-from brainmri.imageio import load_image  # noqa: E402
+from brainmri.cli import exit_code  # noqa: E402
+from brainmri.data.imageio import load_image  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.rendering import data_url, overlay  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import batch_workers, default_data  # noqa: E402
+
+_logger = logging.getLogger(__name__)
 
 
 def _free_port() -> int:
@@ -115,36 +118,38 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--models", nargs="+", help="only these models (default: every available one)")
     args = parser.parse_args()
-    threads = configure_torch_threads(batch_workers())  # as the app: the cores shared by its batch workers
-    root = local_root(default_data())
-    if root is None:
-        print(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)", file=sys.stderr)
-        return 2
-    per_class = max(1, args.images // 4)
-    images = [p for p, _ in example_files(root, per_class=per_class + 1)][: args.images + 3]
-    predictor = Predictor(discover(hub=False))
-    names = args.models or predictor.available
-    print(f"tumour outline: {predictor.segmenter or 'none (no shipped segmenter)'}")
-    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    machine = platform.processor() or platform.machine()
-    print(f"machine: {machine}, {available_cpus()} usable cores, torch threads {threads}, 1-min load average {load_avg:.1f}")
-    figures = {"cores": available_cpus(), "load_average_1min": round(load_avg, 2), "models": {}}
-    for name in names:
-        figures["models"][name] = latency(predictor, name, images)
-        m = figures["models"][name]
-        print(
-            f"{name:24s} predict+heatmap median {m['predict_gradcam_median_ms']:7.1f} ms (p90 {m['predict_gradcam_p90_ms']:.1f}),"
-            f" whole request {m['request_median_ms']:.1f} ms (CPU time {m['request_cpu_median_ms']:.1f} ms), n={m['n']}"
-        )
-    if len(names) > 1:
-        figures["switch_s"] = switch_time(predictor, names, images[0])
-        print(f"switch to an already-loaded model and answer: median {figures['switch_s']:.3f} s")
-    figures["startup"] = start_to_first_answer(images[0])
-    s = figures["startup"]
-    print(f"app start to first answer: {s['first_answer_s']:.1f} s (server up at {s['server_up_s']:.1f} s, model {s['model']})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+
+    def run() -> None:
+        threads = configure_torch_threads(batch_workers())  # as the app: the cores shared by its batch workers
+        root = local_root(default_data())
+        if root is None:
+            raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
+        per_class = max(1, args.images // 4)
+        images = [p for p, _ in example_files(root, per_class=per_class + 1)][: args.images + 3]
+        predictor = Predictor(discover(hub=False))
+        names = args.models or predictor.available
+        print(f"tumour outline: {predictor.segmenter or 'none (no shipped segmenter)'}")
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        machine = platform.processor() or platform.machine()
+        print(f"machine: {machine}, {available_cpus()} usable cores, torch threads {threads}, 1-min load average {load_avg:.1f}")
+        figures = {"cores": available_cpus(), "load_average_1min": round(load_avg, 2), "models": {}}
+        for name in names:
+            figures["models"][name] = latency(predictor, name, images)
+            m = figures["models"][name]
+            print(
+                f"{name:24s} predict+heatmap median {m['predict_gradcam_median_ms']:7.1f} ms (p90 {m['predict_gradcam_p90_ms']:.1f}),"
+                f" whole request {m['request_median_ms']:.1f} ms (CPU time {m['request_cpu_median_ms']:.1f} ms), n={m['n']}"
+            )
+        if len(names) > 1:
+            figures["switch_s"] = switch_time(predictor, names, images[0])
+            print(f"switch to an already-loaded model and answer: median {figures['switch_s']:.3f} s")
+        figures["startup"] = start_to_first_answer(images[0])
+        s = figures["startup"]
+        print(f"app start to first answer: {s['first_answer_s']:.1f} s (server up at {s['server_up_s']:.1f} s, model {s['model']})")
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+    return exit_code(run, _logger)
 
 
 if __name__ == "__main__":

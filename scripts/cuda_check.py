@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from brainmri.catalog import discover  # noqa: E402
-from brainmri.cli import setup_logging  # noqa: E402
-from brainmri.data import load_records  # noqa: E402
-from brainmri.registry import APP_DEFAULT  # noqa: E402
+from brainmri.cli import exit_code, setup_logging  # noqa: E402
+from brainmri.data.records import load_records  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.models.registry import APP_DEFAULT  # noqa: E402
 from brainmri.serving import Prediction, Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
 
@@ -145,26 +145,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
-    try:
+    failed: list[bool] = []
+
+    def check() -> None:
         agreements, summary = run(args.data, args.n, args.device, args.model)
-    except ValueError as e:
-        _logger.error("%s", e)
-        return 2
-    failed = 0
-    for a in agreements:
-        problems = a.problems(args.atol, args.peak_px)
-        failed += bool(problems)
-        verdict = "; ".join(problems) or "same"
-        print(f"{a.image:>24}  {a.cpu_class:>10}  dp {a.max_prob_diff:.1e}  peak {a.peak_px:4.1f} px  {a.device_ms:7.1f} ms  {verdict}")
-    print(
-        f"{summary['images']} images, {args.model}: CPU {summary['cpu_ms_median']:.1f} ms, {summary['device']} "
-        f"{summary['device_ms_median']:.1f} ms a request (median; max {summary['device_ms_max']:.1f}); "
-        f"largest probability difference {summary['max_prob_diff']:.1e}, peaks at most {summary['max_peak_px']:.1f} px apart; "
-        f"{failed} disagree"
-    )
-    if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "images": [asdict(a) for a in agreements]}, indent=2) + "\n")
-    return 1 if failed else 0
+        for a in agreements:
+            problems = a.problems(args.atol, args.peak_px)
+            failed.append(bool(problems))
+            verdict = "; ".join(problems) or "same"
+            print(f"{a.image:>24}  {a.cpu_class:>10}  dp {a.max_prob_diff:.1e}  peak {a.peak_px:4.1f} px  {a.device_ms:7.1f} ms  {verdict}")
+        print(
+            f"{summary['images']} images, {args.model}: CPU {summary['cpu_ms_median']:.1f} ms, {summary['device']} "
+            f"{summary['device_ms_median']:.1f} ms a request (median; max {summary['device_ms_max']:.1f}); "
+            f"largest probability difference {summary['max_prob_diff']:.1e}, peaks at most {summary['max_peak_px']:.1f} px apart; "
+            f"{sum(failed)} disagree"
+        )
+        if args.out:
+            Path(args.out).write_text(json.dumps({"summary": summary, "images": [asdict(a) for a in agreements]}, indent=2) + "\n")
+
+    return exit_code(check, _logger) or (1 if any(failed) else 0)
 
 
 if __name__ == "__main__":

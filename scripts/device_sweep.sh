@@ -7,16 +7,19 @@
 #   bash scripts/device_sweep.sh --quick    # the same steps on CPU on a few images (train/sweeps/quick.yaml), into device_out/
 #   bash scripts/device_sweep.sh --lease    # issue 22's one call: CUDA check, retraining, EfficientNets (docs/gpu_lease.md)
 #   bash scripts/device_sweep.sh --lease --quick   # its rehearsal on CPU: the same steps, 8 images a class, 1 epoch
+#   bash scripts/device_sweep.sh --serving  # the Space's serving tests under the device's Python 3.12 and torch 2.11
+#                                            (CI has 3.11 only; docs/space.md), then the CUDA check: log and JSON in $OUT
 # Exit status: the sweep's (0 all trained, 1 some failed, 124 cut by the time limit), or packing's if that failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-quick=0 long=0 seed=0 lease=0 deadline=()
+quick=0 long=0 seed=0 lease=0 serving=0 deadline=()
 for arg in "$@"; do
   case $arg in
     --quick) quick=1 ;;
     --long) long=1 ;;
     --seed) seed=1 ;;
     --lease) lease=1 ;;
+    --serving) serving=1 ;;
     *) echo "unknown option $arg" >&2 && exit 2 ;;
   esac
 done
@@ -46,6 +49,22 @@ imports() {
 print('python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 }
 
+if ((serving)); then
+  # What ZeroGPU runs (Python 3.12, torch 2.11) on a real GPU: the stack, ZeroGPU's rules (the CUDA-tensor test runs
+  # here only), the MCP tool and the app, then CPU vs CUDA. The app's packages come as carried wheels (device_setup).
+  ((quick)) || { "$PY" -m ops.transfer relink && device_setup; } || exit 3
+  imports
+  BRAIN_MRI_DATA=${BRAIN_MRI_DATA:-data/brain-tumor-mri} timeout 420 "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_space_stack.py tests/test_zerogpu.py tests/test_mcp.py tests/test_serving_device.py tests/test_app.py \
+    2>&1 | tee "$OUT/serving_tests.log"
+  status=${PIPESTATUS[0]}
+  timeout 120 "$PY" scripts/cuda_check.py --data "${BRAIN_MRI_DATA:-data/brain-tumor-mri}" --n 16 --out "$OUT/cuda_check.json" 2>&1 |
+    tee "$OUT/cuda_check.log"
+  check_status=${PIPESTATUS[0]}
+  ((status)) && exit "$status"
+  exit "$check_status"
+fi
+
 if ((lease)); then
   # 1. the CUDA serving check alone on the GPU; 2. the lanes of train/sweeps/lease.yaml side by side;
   # 3. what ran (validation only) and packing. Each step is cut by its share of the time plan, so step 3 always runs.
@@ -61,7 +80,7 @@ print(' '.join(dict.fromkeys(pathlib.Path(yaml.safe_load(open(s['config']))['out
     check=(--device cpu --n 4) settings=(--set limit_per_class=8 epochs=1 batch_size=4 max_train_batches=2)
   else
     data=data/brain-tumor-mri limit=${LEASE_LIMIT:-$limit} max_jobs=0 check=(--n 16) settings=()
-    "$PY" -m train.transfer relink || exit 3
+    "$PY" -m ops.transfer relink || exit 3
     device_setup || exit 3
   fi
   rm -rf "$work" && mkdir -p "$work"
@@ -82,10 +101,10 @@ print(' '.join(dict.fromkeys(pathlib.Path(yaml.safe_load(open(s['config']))['out
     ) &
   done
   wait
-  "$PY" -m train.pack --report "$work" | tee "$work/report.txt"
+  "$PY" -m ops.pack --report "$work" | tee "$work/report.txt"
   status=$check_status
   folders=() && for name in $sweeps; do [[ -d "$work/$name" ]] && folders+=("$work/$name"); done
-  if ! "$PY" -m train.pack "${folders[@]}" --log "$work"/*.log "$work"/*.txt "$work/cuda_check.json" --out "$OUT"; then
+  if ! "$PY" -m ops.pack "${folders[@]}" --log "$work"/*.log "$work"/*.txt "$work/cuda_check.json" --out "$OUT"; then
     cp "$work"/*.log "$OUT/" 2>/dev/null
     status=3
   fi
@@ -102,7 +121,7 @@ else
   # The seed's CNN experiments get whatever the lease has left: SWEEP_LIMIT seconds (the sweep plans for 40 less).
   ((seed)) && config=train/sweeps/seed.yaml work=runs/device_seed limit=${SWEEP_LIMIT:-540} deadline=(--deadline $((${SWEEP_LIMIT:-540} - 40)))
   # The device reaches no registry: its python3 brings torch, timm and the rest (device_setup).
-  "$PY" -m train.transfer relink || exit 3
+  "$PY" -m ops.transfer relink || exit 3
   device_setup || exit 3
 fi
 rm -rf "$work"
@@ -110,7 +129,7 @@ imports
 
 timeout "$limit" "$PY" -m train.sweep --config "$config" --data "$data" --out "$work" "${deadline[@]}" 2>&1 | tee "$work.log"
 status=${PIPESTATUS[0]}
-if ! "$PY" -m train.pack "$work" --log "$work.log" --out "$OUT"; then
+if ! "$PY" -m ops.pack "$work" --log "$work.log" --out "$OUT"; then
   cp "$work.log" "$OUT/" # at least the log comes back
   status=3
 fi

@@ -32,7 +32,6 @@ import logging
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,14 +45,18 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling load_clients, however it is loaded
 
-from brainmri.catalog import discover  # noqa: E402
-from brainmri.cli import add_data_argument, setup_logging  # noqa: E402
-from brainmri.data import load_records  # noqa: E402
-from brainmri.imageio import load_image  # noqa: E402
+from load_clients import CLIENTS, close_app, launch_app, launch_process, process_usage  # noqa: E402
+
+from brainmri.cli import add_data_argument, exit_code, setup_logging  # noqa: E402
+from brainmri.data.imageio import load_image  # noqa: E402
+from brainmri.data.records import load_records  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
 
+_logger = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MODES = ("distinct", "identical")
 
@@ -127,55 +130,6 @@ def same_answer(got: dict, want: dict, tol: float = 1e-3) -> bool:
     )
 
 
-class HttpClient:
-    """A light client of Gradio's REST API (what the app's "Use via API" page shows for curl): upload the file, start
-    /predict, read its server-sent events. The same queue and handler as gradio_client, for a fraction of its CPU, so
-    that 24 clients on the machine under test measure the server rather than the load generator."""
-
-    def __init__(self, url: str):
-        import httpx
-
-        self.base = url.rstrip("/") + "/gradio_api"
-        self.http = httpx.Client(timeout=120)
-
-    def predict(self, path: Path, model: str) -> dict:
-        with path.open("rb") as f:
-            uploaded = self.http.post(f"{self.base}/upload", files={"files": (path.name, f)})
-        uploaded.raise_for_status()
-        file = {"path": uploaded.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
-        started = self.http.post(f"{self.base}/call/predict", json={"data": [file, model]})
-        if started.status_code != 200:  # e.g. the queue is full: Gradio says so in the body
-            raise RuntimeError(f"HTTP {started.status_code}: {started.text[:200]}")
-        event, data = None, None
-        with self.http.stream("GET", f"{self.base}/call/predict/{started.json()['event_id']}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
-                    data = json.loads(line.split(":", 1)[1])
-                    break
-        if event != "complete":
-            raise RuntimeError(f"{event}: {data}")
-        return data[2]
-
-
-class GradioClient:
-    """gradio_client, as a user's script would call the app."""
-
-    def __init__(self, url: str):
-        from gradio_client import Client
-
-        self.client = Client(url, verbose=False)
-
-    def predict(self, path: Path, model: str) -> dict:
-        from gradio_client import handle_file
-
-        return self.client.predict(handle_file(str(path)), model, api_name="/predict")[2]
-
-
-CLIENTS = {"http": HttpClient, "gradio": GradioClient}
-
-
 def run_load(
     url: str, jobs: list[list[Path]], expected: dict[str, dict], model: str | None, time_limit: float, client_kind: str = "http"
 ) -> Outcome:
@@ -222,65 +176,6 @@ def run_load(
         t.join(timeout=max(0.0, deadline - time.monotonic()) + 30)
     out.wall_s = time.perf_counter() - start
     return out
-
-
-def launch_app(concurrency_limit: int, max_size: int):
-    """The app in this process on a free loopback port, with the given queue settings; returns (demo, url)."""
-    import socket
-
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    queue = app.demo._queue
-    restore = (queue.max_size, queue.default_concurrency_limit)  # the app's own settings, put back by close_app
-    app.demo.queue(max_size=max_size, default_concurrency_limit=concurrency_limit or restore[1])
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return (app.demo, restore), f"http://127.0.0.1:{port}/"
-
-
-def close_app(launched) -> None:
-    demo, (max_size, limit) = launched
-    demo.close()
-    demo.queue(max_size=max_size, default_concurrency_limit=limit)
-
-
-def launch_process(concurrency_limit: int) -> tuple[subprocess.Popen, str]:
-    """``python app.py`` as its own process, as a Space runs it (its own interpreter and GIL, the app's queue size),
-    on a free loopback port; returns (process, url) once it answers."""
-    import socket
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
-    if concurrency_limit:
-        env["GRADIO_DEFAULT_CONCURRENCY_LIMIT"] = str(concurrency_limit)
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode} before answering")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("app.py did not answer within 120 s")
-
-
-def process_usage(pid: int) -> dict:
-    """A process's CPU seconds so far and its resident memory, now and at its peak (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    mib = lambda key: round(int(status[key].split()[0]) / 1024, 1)  # noqa: E731  (kB -> MiB)
-    return {"cpu_s": cpu_s, "rss_mib": mib("VmRSS"), "peak_rss_mib": mib("VmHWM")}
 
 
 def load_test(
@@ -373,36 +268,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
 
-    runs = []
-    for limit in args.concurrency_limit if args.url is None else [0]:
-        r = load_test(
-            args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data, args.mode,
-            args.server, args.client, args.rounds,
-        )  # fmt: skip
-        runs.append(r)
-        memory = (
-            f"server RSS {r['server_rss_mib']} MiB (peak {r['server_peak_rss_mib']}), server CPU {r['server_cpu_ms_per_answer']} ms/answer"
-            if "server_rss_mib" in r
-            else f"peak RSS {r['peak_rss_mib']} MiB (app and clients)"
-        )
-        print(
-            f"{args.mode}, limit {limit}, {r['client']} clients: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']},"
-            f" errors {r['errors']} {r['errors_by_kind'] or ''}, queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s,"
-            f" {r['throughput_rps']} answered/s; load average {r['load_average_1m']}; {memory};"
-            f" load generator CPU {r['client_cpu_ms_per_request']} ms/request",
-            flush=True,
-        )
-        if args.rounds > 1 and "server_rss_by_round_mib" in r:
-            per_round = ", ".join(f"{m} MiB" for m in r["server_rss_by_round_mib"])
-            print(f"server RSS after start-up {r['server_start_rss_mib']} MiB; after each round of {r['sent'] // args.rounds}: {per_round}")
-    if len(runs) > 1:
-        best = min((r for r in runs if r["p95_s"] is not None), key=lambda r: r["p95_s"])
-        print(f"lowest p95: concurrency limit {best['concurrency_limit']} ({best['p95_s']} s)")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(runs, indent=2) + "\n")
-    ok = all(r["answered"] + r["queue_full"] == r["sent"] and not r["mixed_up"] and not r["errors"] for r in runs)
-    return 0 if ok else 1
+    ok: list[bool] = []
+
+    def run() -> None:
+        runs = []
+        for limit in args.concurrency_limit if args.url is None else [0]:
+            r = load_test(
+                args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data, args.mode,
+                args.server, args.client, args.rounds,
+            )  # fmt: skip
+            runs.append(r)
+            memory = (
+                f"server RSS {r['server_rss_mib']} MiB (peak {r['server_peak_rss_mib']}),"
+                f" server CPU {r['server_cpu_ms_per_answer']} ms/answer"
+                if "server_rss_mib" in r
+                else f"peak RSS {r['peak_rss_mib']} MiB (app and clients)"
+            )
+            print(
+                f"{args.mode}, limit {limit}, {r['client']} clients: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']},"
+                f" errors {r['errors']} {r['errors_by_kind'] or ''}, queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s,"
+                f" {r['throughput_rps']} answered/s; load average {r['load_average_1m']}; {memory};"
+                f" load generator CPU {r['client_cpu_ms_per_request']} ms/request",
+                flush=True,
+            )
+            if args.rounds > 1 and "server_rss_by_round_mib" in r:
+                per_round = ", ".join(f"{m} MiB" for m in r["server_rss_by_round_mib"])
+                print(
+                    f"server RSS after start-up {r['server_start_rss_mib']} MiB;"
+                    f" after each round of {r['sent'] // args.rounds}: {per_round}"
+                )
+        if len(runs) > 1:
+            best = min((r for r in runs if r["p95_s"] is not None), key=lambda r: r["p95_s"])
+            print(f"lowest p95: concurrency limit {best['concurrency_limit']} ({best['p95_s']} s)")
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(runs, indent=2) + "\n")
+        ok.append(all(r["answered"] + r["queue_full"] == r["sent"] and not r["mixed_up"] and not r["errors"] for r in runs))
+
+    return exit_code(run, _logger) or (0 if all(ok) else 1)
 
 
 if __name__ == "__main__":

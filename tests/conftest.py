@@ -70,8 +70,8 @@ def synthetic_data(tmp_path: Path) -> Path:
 def write_checkpoint(folder: Path, name: str = "simple_cnn_7", labels: list[str] = CLASSES, seed: int = 0) -> Path:
     """An untrained registry model saved as a checkpoint folder, its registry name recorded as training does:
     the files without the training."""
-    from brainmri import registry
-    from brainmri.checkpoint import save_checkpoint
+    from brainmri.models import registry
+    from brainmri.models.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = registry.create_model(name, num_classes=len(labels))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from brainmri.catalog import ModelSource, discover
-from brainmri.checkpoint import OOD_CONFIG
-from brainmri.registry import APP_DEFAULT
+from brainmri.models.catalog import ModelSource, discover
+from brainmri.models.checkpoint import OOD_CONFIG
+from brainmri.models.registry import APP_DEFAULT
 from brainmri.settings import checkpoint_dir
 
 SHIPPED = [APP_DEFAULT, "simple_cnn_7"]  # the app's default first

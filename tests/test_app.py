@@ -15,8 +15,8 @@ from PIL import Image
 from shipped import require_shipped
 from upload_samples import PATIENT_NAME, bad_uploads, valid_uploads
 
-from brainmri.app.inline_media import decode_data_url
-from brainmri.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT
+from brainmri.rendering import decode_data_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def test_predict_endpoint_with_default_model(client, slice_path: Path):
     assert details["in_distribution"] is True and details["prediction"] == label["label"]
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
     assert sum(details["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert 0 <= details["tumor_probability"] <= 1 and details["latency_ms"] > 0
+    assert 0 <= details["tumour_probability"] <= 1 and details["latency_ms"] > 0
     assert heatmap["path"] is None and heatmap["url"].startswith("data:image/png;base64,")  # inline: never a cached file
     with Image.open(slice_path) as original:
         assert decode_data_url(heatmap["url"]).size == original.size
@@ -77,7 +77,7 @@ def test_unavailable_model_is_a_clear_error(client, slice_path: Path):
 
 def test_app_module_is_thin_and_lists_every_registry_model():
     import app
-    from brainmri.registry import REGISTRY
+    from brainmri.models.registry import REGISTRY
 
     assert set(app.PREDICTOR.available) | set(app.PREDICTOR.unavailable) == set(REGISTRY)
     assert len((ROOT / "app.py").read_text().splitlines()) < 300

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from brainmri.app import dataview, experiments
-from brainmri.data import eval_transform
+from brainmri.data.records import eval_transform
 
 
 def _fake_checkpoint(folder: Path, model: str, val: float, ci: list[float] | None = None) -> None:
@@ -134,7 +134,7 @@ def test_sweep_table_shows_only_sweep_runs_labelled_by_device(tmp_path: Path):
 
 
 def test_pictures_are_the_files_train_plots_writes():
-    from train import plots
+    from reports import plots
 
     assert [p.name for p in experiments.PICTURES] == [plots.COST_PNG, plots.PARAMS_PNG, plots.PER_CLASS_PNG]
     assert all(p.parent == experiments.RESULTS_DIR for p in experiments.PICTURES)

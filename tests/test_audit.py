@@ -13,7 +13,7 @@ import pytest
 from conftest import make_image_folder
 from PIL import Image
 
-from train import audit as audit_cli
+from reports import audit as audit_cli
 
 
 def plant_duplicates(root: Path) -> dict[str, Path]:

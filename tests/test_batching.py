@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from shipped import SHIPPED, require_shipped
 
-from brainmri.batching import MicroBatcher
-from brainmri.data import limit_per_class, load_records
+from brainmri.data.records import limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.serving import Predictor, run_model, run_model_batch
+from brainmri.serving import Predictor, run_model_batch
+from brainmri.serving.batching import MicroBatcher
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def images(data_dir):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_a_batch_gives_every_image_its_own_answer(predictor: Predictor, images, name: str, method: str):
     loaded = predictor.model(name)
-    alone = [run_model(loaded, image, method) for image in images]
+    alone = [run_model_batch(loaded, [image], method)[0] for image in images]
     together = run_model_batch(loaded, images, method)
     for a, b in zip(alone, together):
         assert a.top_class == b.top_class
@@ -87,7 +87,7 @@ def test_identical_images_in_a_batch_are_computed_once(predictor: Predictor, ima
     assert seen == [2]  # two distinct images, one batch of two
     assert [r.image for r in results] == copies and all(r.image is im for r, im in zip(results, copies))
     for r, im in zip(results, copies):
-        alone = run_model(predictor.model("simple_cnn_7"), im)
+        alone = run_model_batch(predictor.model("simple_cnn_7"), [im])[0]
         assert r.top_class == alone.top_class and np.abs(r.cam - alone.cam).max() < 1e-3
 
 

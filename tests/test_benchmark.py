@@ -1,4 +1,4 @@
-"""train.benchmark on a tiny checkpoint with tiny repeat counts: the table's shape, not its timings."""
+"""reports.benchmark on a tiny checkpoint with tiny repeat counts: the table's shape, not its timings."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from conftest import write_checkpoint
 
-from brainmri import registry
-from train import benchmark
+from brainmri.models import registry
+from reports import benchmark
 
 
 def test_benchmark_prints_one_row_per_checkpoint(tmp_path: Path, capsys):

@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 from traces import files_containing, files_named, files_since
 
 from brainmri.app.uploads import gradio_cache_dir
-from brainmri.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,10 +12,10 @@ from PIL import Image
 from scipy.special import softmax
 
 from brainmri.calibration import calibrated_probs, fit_temperature, load_temperature, negative_log_likelihood, save_temperature
-from brainmri.checkpoint import CALIBRATION, MANIFEST, load_checkpoint, verify_checkpoint
-from brainmri.ensemble import ensemble_probs
-from brainmri.metrics import expected_calibration_error
-from brainmri.report import reliability_diagram
+from brainmri.eval.ensemble import ensemble_probs
+from brainmri.eval.metrics import expected_calibration_error
+from brainmri.eval.report import reliability_diagram
+from brainmri.models.checkpoint import CALIBRATION, MANIFEST, load_checkpoint, verify_checkpoint
 
 
 def sampled(n: int = 4000, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.cam_localisation import DEFAULT_BOXES, Box, halves, load_boxes
+from reports.cam_localisation import DEFAULT_BOXES, Box, halves, load_boxes
 
 
 def test_a_box_holds_points_and_pixel_centres_in_the_image_frame():
@@ -37,7 +37,7 @@ def test_the_shared_boxes_cover_training_tumours_only():
 def test_heatmaps_are_scored_against_the_tumours_own_mask_where_it_has_one(data_dir):
     import csv
 
-    from train.cam_localisation import tumour_mask
+    from reports.cam_localisation import tumour_mask
 
     with open(f"{data_dir}-masks/masks.csv", newline="") as f:
         row = next(csv.DictReader(f))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.cam_sanity import brain_mask, in_mask_share, main
+from reports.cam_sanity import brain_mask, in_mask_share, main
 
 
 def disc_image(size: int = 128, radius: int = 40) -> tuple[Image.Image, np.ndarray]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from brainmri.calibration import load_temperature
-from brainmri.checkpoint import CALIBRATION, CONFIG, MANIFEST, WEIGHTS, load_checkpoint, write_manifest
+from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, WEIGHTS, load_checkpoint, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,7 +135,7 @@ def test_nothing_is_unpickled(checkpoint, monkeypatch):
 
 def test_a_broken_default_model_does_not_stop_the_app_from_starting(trained_checkpoint, tmp_path, caplog):
     """Warming at start-up logs the broken default model; its requests get the error, as they would unwarmed."""
-    from brainmri.catalog import ModelSource
+    from brainmri.models.catalog import ModelSource
     from brainmri.serving import Predictor
 
     bad = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_7"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +84,34 @@ def test_folder_is_complete_and_small(folder: Path):
     config = json.loads((folder / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\n") and "model-index:" in card
-    assert f"value: {metrics['test']['accuracy']:.4f}" in card and f"value: {metrics['test_unseen']['accuracy']:.4f}" in card
+    assert card.startswith("---\n") and "model-index:" in card  # its results: test_the_card_carries_model_index_results
     assert 300 <= metrics["test_unseen"]["n"] <= 380 and "test_dedup" not in metrics
     assert (folder / "val_split.txt").is_file(), "no val_split.txt: python -m train.leak_free FOLDER --data DATA"
     init = config.get("initialization", "")
     assert init and init != "unknown" and f"Weights initialised from: {init}" in card
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_the_card_carries_model_index_results_the_hub_reads(folder: Path, tmp_path: Path):
+    """Loaded back with huggingface_hub's ModelCard: accuracy on unseen Testing (n, 95% CI) and on official Testing, as
+    metrics.json has them; and the card is what write_model_card makes of the folder today (regenerated, not typed)."""
+    from huggingface_hub import ModelCard
+
+    from brainmri.eval.report import DATASET, write_model_card
+
+    card, metrics = ModelCard.load(folder / "README.md"), json.loads((folder / "metrics.json").read_text())
+    assert card.data.library_name == "timm" and card.data.datasets == [DATASET] and card.data.model_name == folder.name
+    results = {r.dataset_config: r for r in card.data.eval_results}
+    assert sorted(results) == ["official", "unseen"] and {r.metric_type for r in results.values()} == {"accuracy"}
+    for key, subset in (("test_unseen", "unseen"), ("test", "official")):
+        recorded, result = metrics[key], results[subset]
+        low, high = recorded["accuracy_ci95"]
+        assert result.metric_value == round(recorded["accuracy"], 4) and result.dataset_split == "test"
+        assert f"(n={recorded['n']}, 95% CI {low:.3f}-{high:.3f})" in result.metric_name
+    for name in ("config.json", "metrics.json", "val_split.txt", "ood.json"):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, tmp_path / name)
+    assert write_model_card(tmp_path).read_text() == (folder / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -129,7 +152,7 @@ def training_thumbnails(data_dir: Path) -> dict[str, torch.Tensor]:
 def test_no_validation_image_has_a_twin_in_its_train_part(folder: Path, data_dir: Path, training_thumbnails: dict):
     """val_split.txt lists what validation figures and fits use; none of it has a twin, mirrored or not, in the rest
     of Training that the checkpoint's split trained on (the train part: Training less its whole validation cut)."""
-    from brainmri.split import checkpoint_split
+    from brainmri.data.split import checkpoint_split
 
     listed = [line for line in (folder / "val_split.txt").read_text().splitlines() if line and not line.startswith("#")]
     train, val = checkpoint_split(folder, str(data_dir))

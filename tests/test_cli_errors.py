@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_image_folder
 
-from brainmri.checkpoint import write_manifest
-from train import audit, evaluate
+from brainmri.models.checkpoint import write_manifest
+from reports import audit
+from train import evaluate
 from train import train as train_cli
 
 
@@ -106,7 +107,7 @@ def test_commands_exit_2_without_traceback(bad_data, tiny_checkpoint, tmp_path):
     commands = {
         "train": ["train.train", "--model", "simple_cnn_7", "--data", str(data), "--out", str(tmp_path / "o")],
         "evaluate": ["train.evaluate", str(tiny_checkpoint), "--data", str(data)],
-        "audit": ["train.audit", str(data), "--out", str(tmp_path / "a")],
+        "audit": ["reports.audit", str(data), "--out", str(tmp_path / "a")],
     }
     procs = {
         name: subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainmri.app.comparison import ENSEMBLE, NOT_MRI, agreement, comparison_rows, ensemble_row
+from brainmri.app.comparison import ENSEMBLE, agreement, comparison_rows, ensemble_row
 from brainmri.ood import OODResult
 from brainmri.serving import Prediction
+from brainmri.vocabulary import NOT_MRI
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
@@ -47,9 +48,9 @@ def test_rows_and_agreement():
 def test_the_ensemble_row_says_what_it_is_and_what_was_measured(tmp_path):
     import json
 
-    from brainmri.app.comparison import ENSEMBLE_METRICS, scored_ensemble_note
+    from brainmri.app.comparison import ENSEMBLE_METRICS_JSON, scored_ensemble_note
 
-    scored = json.loads(ENSEMBLE_METRICS.read_text())
+    scored = json.loads(ENSEMBLE_METRICS_JSON.read_text())
     note = scored_ensemble_note()
     assert f"{scored['test']['accuracy']:.2%} (n=1311)" in note and scored["members"][0]["name"] in note
     assert "averages the ticked models" in note

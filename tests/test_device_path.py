@@ -10,12 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainmri import datacache
-from brainmri.data import ImageRecords, data_config, eval_transform, limit_per_class, load_records
-from brainmri.registry import create_model
+from brainmri.data import cache as datacache
+from brainmri.data.records import ImageRecords, data_config, eval_transform, limit_per_class, load_records
+from brainmri.models.registry import create_model
+from train.budget import plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig
 from train.evaluate import predict_logits
-from train.train import DeviceBatches, State, build_model, plan_epochs, seconds_per_epoch, startup_seconds
+from train.loaders import DeviceBatches
+from train.train import State, build_model
 
 
 def _batches(n=10, batch_size=4, shuffle=True, drop_last=False, seed=0) -> DeviceBatches:
@@ -56,8 +58,8 @@ def test_cache_memoises_only_while_open():
 
 
 def test_threaded_decode_and_thumbnails_match_the_plain_functions(synthetic_data, monkeypatch):
-    from brainmri.data import decode_records
-    from brainmri.duplicates import thumbnails
+    from brainmri.data.duplicates import thumbnails
+    from brainmri.data.records import decode_records
 
     monkeypatch.setattr(datacache, "_CHUNK", 5)  # several chunks from 12 images
     records = load_records(synthetic_data, "train")

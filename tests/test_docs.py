@@ -1,6 +1,6 @@
 """The README is a front page and docs/ holds the rest; every generated table sits where its generator writes it.
 
-``python -m train.results --docs`` writes the results and seed tables into docs/experiments.md and the headline
+``python -m reports.results --docs`` writes the results and seed tables into docs/experiments.md and the headline
 table into README.md, between their ``SECTION`` markers. Here the generator runs on copies of both files from
 today's checkpoints and results/experiments.csv: the copies must come out unchanged (rerun the command after
 metrics.json changes), and nothing outside the markers may move.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from train import results
+from reports import results
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -42,8 +42,8 @@ def test_the_generated_tables_are_what_the_checkpoints_say_today(tmp_path, monke
     shutil.copy(README, readme)
     rows = results.gather(results.SOURCES)
     results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme)
-    assert docs.read_text() == results.DOCS.read_text(), "docs/experiments.md is stale: python -m train.results --docs"
-    assert readme.read_text() == README.read_text(), "the README's headline table is stale: python -m train.results --docs"
+    assert docs.read_text() == results.DOCS.read_text(), "docs/experiments.md is stale: python -m reports.results --docs"
+    assert readme.read_text() == README.read_text(), "the README's headline table is stale: python -m reports.results --docs"
 
 
 def test_cut_short_runs_sit_apart_from_finished_ones():

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from brainmri.calibration import calibrated_probs, save_temperature
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
-from brainmri.data import load_records
-from brainmri.registry import create_model, set_input_size
+from brainmri.data.records import load_records
+from brainmri.models.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.models.registry import create_model, set_input_size
 from train.evaluate import evaluate_ensemble, load_test_split, main, predict_logits
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from upload_samples import PYDICOM_FILES, valid_uploads
 
-from brainmri.imageio import load_image
+from brainmri.data.imageio import load_image
 
 # kind -> (file name, bytes): every accepted format, plus real DICOM files from pydicom's test set (MR, CT, RLE).
 UPLOADS = valid_uploads(synthetic_image(0, 96)) | {

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from brainmri import registry
-from brainmri.explain import fuse_stage_maps, gradcam, prepare_for_cam
+from brainmri.explain import fuse_stage_maps, gradcam_batch, prepare_for_cam
+from brainmri.models import registry
 
 NUM_CLASSES = 4
 SIZE = 64
 
 
-@pytest.mark.parametrize("name", registry.list_models())
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
 def test_gradcam_has_the_input_size_and_moves_with_the_class(name: str):
     torch.manual_seed(0)
     model = registry.create_model(name, num_classes=NUM_CLASSES, pretrained=False).eval()
@@ -27,7 +27,8 @@ def test_gradcam_has_the_input_size_and_moves_with_the_class(name: str):
     x = torch.randn(1, 3, SIZE, SIZE)
 
     def explain(target: int) -> np.ndarray:
-        cam, logits = gradcam(model, layer, x, target=target)
+        cams, logits = gradcam_batch(model, layer, x, targets=[target])
+        cam = cams[0]
         assert logits.shape == (1, NUM_CLASSES) and torch.isfinite(logits).all()
         assert cam.shape == (SIZE, SIZE) and cam.dtype == np.float32, f"{name}: heatmap {cam.shape} {cam.dtype}"
         assert np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0, f"{name}: heatmap outside [0, 1]"
@@ -43,11 +44,11 @@ def test_gradcam_has_the_input_size_and_moves_with_the_class(name: str):
 def test_layercam_over_the_registry_stages_has_the_input_size_and_moves_with_the_class(name: str):
     torch.manual_seed(0)
     model = registry.create_model(name, num_classes=NUM_CLASSES, pretrained=False).eval()
-    layers = registry.cam_layers(model, name, fuse=True)
+    layers = [registry.cam_layer(model, name), *registry.get_spec(name).cam_stages(model)]
     assert all(any(m is layer for m in model.modules()) for layer in layers)
     prepare_for_cam(model)
     x = torch.randn(1, 3, SIZE, SIZE)
-    maps = [gradcam(model, layers, x, "LayerCAM", target=k)[0] for k in range(NUM_CLASSES)]
+    maps = [gradcam_batch(model, layers, x, "LayerCAM", [k])[0][0] for k in range(NUM_CLASSES)]
     for cam in maps:
         assert cam.shape == (SIZE, SIZE) and cam.dtype == np.float32
         assert np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0

@@ -9,8 +9,8 @@ import time
 import pytest
 from shipped import SHIPPED
 
-from brainmri.catalog import discover
-from brainmri.registry import APP_DEFAULT
+from brainmri.models.catalog import discover
+from brainmri.models.registry import APP_DEFAULT
 from brainmri.serving import Predictor
 
 

@@ -1,4 +1,5 @@
-"""Upload decoding: every format gives the same slice back; every broken file a ValueError naming the problem."""
+"""Decoding: every format gives the same slice back, to training as to the app; every broken upload a ValueError naming the
+problem."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image_folder
 from PIL import Image
 from upload_samples import PATIENT_NAME, PYDICOM_FILES, bad_uploads, encode, grey, valid_uploads
 
-from brainmri.imageio import MAX_SIDE, load_image, scale_to_uint8
+from brainmri.data.imageio import IMAGE_SUFFIXES, MAX_SIDE, load_image, scale_to_uint8
+from brainmri.data.records import load_records
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,31 @@ def test_valid_format_decodes_to_the_same_slice(slice_image: Image.Image, kind: 
         want[:8], want[-8:], want[:, :8], want[:, -8:] = 0, 0, 0, 0
     tolerance = 3.0 if "jpeg" in kind else 1.0
     assert np.abs(got - want).mean() <= tolerance, kind
+
+
+def test_training_and_serving_decode_every_format_to_the_same_pixels(slice_image: Image.Image, tmp_path: Path):
+    """One decoder: a data folder's image reaches training (ImageRecords.open) as the same pixels the app's upload
+    path (load_image) gives, so the OOD thresholds fitted on the one apply to the other."""
+    root = make_image_folder(tmp_path / "data", per_class=1, splits=("Training",))
+    written = {}
+    for kind, (name, data) in valid_uploads(slice_image).items():
+        path = root / "Training" / "glioma" / (f"{kind}_{name}" if Path(name).suffix else f"{kind}_{name}.dcm")
+        path.write_bytes(data)
+        written[str(path)] = kind
+    assert {Path(p).suffix.lower() for p in written} <= IMAGE_SUFFIXES
+    records = load_records(root, "train")
+    seen = set()
+    for i, source in enumerate(records.sources):
+        if source in written:
+            seen.add(written[source])
+            assert np.array_equal(np.asarray(records.open(i)), np.asarray(load_image(source))), written[source]
+    assert seen == set(written.values())  # every accepted format was listed as training data, and compared
+
+
+def test_real_slices_decode_the_same_for_training_and_serving(data_dir: Path):
+    records = load_records(data_dir, "test")
+    for i in range(0, len(records), len(records) // 40):
+        assert np.array_equal(np.asarray(records.open(i)), np.asarray(load_image(records.sources[i]))), records.name(i)
 
 
 def test_path_and_bytes_agree(slice_image: Image.Image, tmp_path: Path):

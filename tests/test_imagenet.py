@@ -26,8 +26,8 @@ from PIL import Image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import nn
 
-from brainmri.imagenet import load_offline_imagenet_weights, map_to_timm, offline_state_dict
-from brainmri.registry import REGISTRY
+from brainmri.models.imagenet import load_offline_imagenet_weights, map_to_timm, offline_state_dict
+from brainmri.models.registry import REGISTRY
 
 LITES = {spec.timm_name: spec.imagenet_init for spec in REGISTRY.values() if spec.imagenet_init}
 ARCH = "tf_efficientnet_lite0"
@@ -164,7 +164,7 @@ def test_tf_padding_is_the_variant_that_fits(source, arch, images):
 
 
 def test_pretrained_registry_model_gets_the_weights_and_a_fresh_head(source, arch):
-    from brainmri.registry import create_model
+    from brainmri.models.registry import create_model
 
     model = create_model(arch, num_classes=4, pretrained=True)
     reference = mapped_model(source, arch)

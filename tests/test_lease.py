@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train import pack as packing
-from train.results import collect_rows
-from train.sweep import budget_for, load_lease, load_plan, merge_lanes, model_config, run_lane, why_not_run
+from ops import pack as packing
+from reports.results import collect_rows
+from train.sweep import budget_for, load_lease, load_plan, model_config, run_lane, why_not_run
+from train.sweep_outputs import merge_lanes
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = ROOT / "train/sweeps/lease.yaml"

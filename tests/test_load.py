@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from shipped import SHIPPED
 
-from brainmri.catalog import discover
+from brainmri.models.catalog import discover
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import load_test  # noqa: E402

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from brainmri.metrics import bootstrap_accuracy_ci, classification_report, expected_calibration_error
+from brainmri.eval.metrics import bootstrap_accuracy_ci, classification_report, expected_calibration_error
 
 CLASSES = ["a", "b", "c"]
 # Rows: predicted probabilities; comments: true label, prediction, confidence, bin of 15.

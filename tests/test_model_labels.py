@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from brainmri.catalog import FAMILY_ORDER, ModelSource, discover, labelled_choices, model_label
-from brainmri.registry import SEGMENTERS, get_spec
+from brainmri.models.catalog import FAMILY_ORDER, ModelSource, discover, labelled_choices, model_label
+from brainmri.models.registry import SEGMENTERS, get_spec
 from brainmri.settings import checkpoint_dir
 
 

@@ -15,10 +15,10 @@ import torch
 from conftest import CLASSES, write_checkpoint
 from PIL import Image
 
-from brainmri.checkpoint import MANIFEST, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, load_checkpoint
-from brainmri.data import data_config, eval_transform
-from brainmri.ood import load_stats, pooled_features
-from brainmri.split import checkpoint_split
+from brainmri.data.records import data_config, eval_transform
+from brainmri.data.split import checkpoint_split
+from brainmri.models.checkpoint import MANIFEST, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, load_checkpoint
+from brainmri.ood import OODResult, load_stats, pooled_features
 from train import ood as train_ood
 from train.config import TrainConfig
 
@@ -55,6 +55,33 @@ def test_fitted_statistics_load_are_in_the_manifest_and_judge_images(tmp_path, s
     (folder / OOD_TENSORS).write_bytes((folder / OOD_TENSORS).read_bytes()[:-8])
     with pytest.raises(ValueError, match=OOD_TENSORS):
         load_checkpoint(folder)
+
+
+def test_the_judge_scores_the_features_it_was_fitted_on(tmp_path, synthetic_data, monkeypatch):
+    """One definition of the OOD features: what serving hands the statistics (the classifier's heatmap pass, and the
+    judge's own pass) equals what the fit measured, for the same images decoded the same way."""
+    from brainmri.serving import load_model, ood_check_batch, run_model_batch
+
+    folder = checkpoint_on(synthetic_data, tmp_path / "ckpt")
+    train_ood.fit(folder, str(synthetic_data))
+    _, val = checkpoint_split(folder)
+    images = [val.open(i) for i in range(len(val))]
+    fitted = train_ood.extract(load_checkpoint(folder), iter(images), len(images))["features"]
+
+    loaded = load_model("simple_cnn_7", folder, device="cpu")  # batch norm folded, as served
+    scored = []
+
+    def check(_stats, _image, features: torch.Tensor) -> OODResult:
+        scored.append(features)
+        return OODResult(True, [], None, None, 0.0, 0.0)
+
+    monkeypatch.setattr(type(loaded.ood), "check", check)
+    ood_check_batch(loaded, images)
+    by_judge, scored[:] = torch.cat(scored), []
+    run_model_batch(loaded, images)
+    by_classifier = torch.cat(scored)
+    torch.testing.assert_close(by_judge, fitted, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(by_classifier, fitted, rtol=1e-4, atol=1e-4)
 
 
 def test_statistics_of_other_weights_are_not_used(tmp_path, synthetic_data):

@@ -15,8 +15,10 @@ from PIL import Image
 from shipped import require_shipped
 
 from brainmri.app import display
-from brainmri.data import ImageRecords, limit_per_class, load_records
-from brainmri.segmentation import OUTLINE_COLOUR, Outline, draw_outline
+from brainmri.app.summary import disagreement, summary
+from brainmri.data.records import ImageRecords, limit_per_class, load_records
+from brainmri.rendering import OUTLINE_COLOUR, draw_outline
+from brainmri.segmentation import Outline
 from brainmri.serving import Predictor
 from brainmri.serving.segment import segmenter_folder
 
@@ -80,13 +82,11 @@ def test_disagreement_is_one_plain_sentence(predictor: Predictor, tumours: Image
     empty = Outline(np.zeros((10, 10), dtype=bool), 0.0, None)
     some = Outline(np.ones((10, 10), dtype=bool), 1.0, (0.0, 0.0, 1.0, 1.0))
     tumour_class = next(c for c in result.probabilities if c != "notumor")
-    assert "outlines no tumour" in replace(result, top_class=tumour_class, outline=empty).disagreement()
-    assert (
-        "finds no tumour, but the segmentation model outlines 100.0%" in replace(result, top_class="notumor", outline=some).disagreement()
-    )
-    assert replace(result, top_class=tumour_class, outline=some).disagreement() == ""
-    assert replace(result, top_class="notumor", outline=empty).disagreement() == ""
-    assert "disagree" in replace(result, top_class=tumour_class, outline=empty).summary()
+    assert "outlines no tumour" in disagreement(replace(result, top_class=tumour_class, outline=empty))
+    assert "finds no tumour, but the segmentation model outlines 100.0%" in disagreement(replace(result, top_class="notumor", outline=some))
+    assert disagreement(replace(result, top_class=tumour_class, outline=some)) == ""
+    assert disagreement(replace(result, top_class="notumor", outline=empty)) == ""
+    assert "disagree" in summary(replace(result, top_class=tumour_class, outline=empty))
 
 
 def test_the_outline_is_drawn_around_the_mask_and_the_toggle_hides_it():

@@ -1,4 +1,4 @@
-"""The comparison pictures (train.plots): drawn from metrics.json, unseen Testing first, Testing where it is missing."""
+"""The comparison pictures (reports.plots): drawn from metrics.json, unseen Testing first, Testing where it is missing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from train import plots
+from reports import plots
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -45,11 +45,11 @@ def test_the_pictures_show_unseen_first_and_fall_back_to_testing(tmp_path: Path)
 
 def test_the_committed_pictures_are_drawn_from_the_shipped_metrics():
     """results/plots.json (every number the committed pictures draw) is what the checkpoints say today: rerun
-    ``python -m train.plots`` after metrics.json changes."""
+    ``python -m reports.plots`` after metrics.json changes."""
     committed = {p["model"]: p for p in json.loads((ROOT / "results" / plots.POINTS_JSON).read_text())["models"]}
     now = {p["model"]: p for p in plots.model_points(ROOT / "checkpoints", count_macs=False)}
     assert set(committed) == set(now)
     for name, point in now.items():
         for key in ("split", "accuracy", "ci95", "n", "per_class", "parameters"):
-            assert committed[name][key] == point[key], f"{name} {key}: rerun python -m train.plots"
+            assert committed[name][key] == point[key], f"{name} {key}: rerun python -m reports.plots"
         assert committed[name]["gmacs"] > 0

@@ -12,12 +12,13 @@ from PIL import Image
 from shipped import SHIPPED, require_shipped
 from upload_samples import valid_uploads
 
+from brainmri.app.summary import summary
 from brainmri.calibration import calibrated_probs
-from brainmri.catalog import ModelSource, app_default_model, discover, validation_accuracy
-from brainmri.data import ImageRecords, limit_per_class, load_records
-from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam, view_box
-from brainmri.imageio import load_image
-from brainmri.registry import APP_DEFAULT
+from brainmri.data.imageio import load_image
+from brainmri.data.records import ImageRecords, limit_per_class, load_records
+from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam_batch, view_box
+from brainmri.models.catalog import ModelSource, app_default_model, discover, validation_accuracy
+from brainmri.models.registry import APP_DEFAULT
 from brainmri.runtime import available_cpus
 from brainmri.serving import ModelCache, Predictor
 from train.evaluate import predict_records
@@ -55,7 +56,7 @@ def test_predict_agrees_with_evaluation(predictor: Predictor, sample: ImageRecor
             assert result.top_class == sample.class_names[sample.labels[i]]
         assert result.cam.shape == (image.height, image.width)
         assert 0.0 <= result.cam.min() and result.cam.max() <= 1.0
-        assert result.tumor_probability == pytest.approx(1 - result.probabilities["notumor"])
+        assert result.tumour_probability == pytest.approx(1 - result.probabilities["notumor"])
 
 
 def test_real_slices_are_mostly_in_distribution(predictor: Predictor, sample: ImageRecords):
@@ -123,7 +124,8 @@ def test_details_are_json_with_the_promised_keys(predictor: Predictor, sample: I
     import json
 
     details = json.loads(json.dumps(predictor.predict(sample.open(0)).details()))
-    assert {"model", "prediction", "probabilities", "tumor_probability", "in_distribution", "latency_ms"} <= set(details)
+    assert {"model", "prediction", "probabilities", "tumour_probability", "in_distribution", "latency_ms"} <= set(details)
+    assert details["tumor_probability"] == details["tumour_probability"]  # the old key, kept one release
     assert details["model"] == predictor.default_model == APP_DEFAULT
     assert details["latency_ms"] > 0
 
@@ -133,7 +135,7 @@ def test_heatmap_moves_with_the_explained_class(predictor: Predictor, sample: Im
     loaded = predictor.model(APP_DEFAULT)
     x = loaded.transform(sample.open(0))[None]
     with loaded.lock:
-        maps = [gradcam(loaded.model, loaded.cam_layers(method), x, method, target=c)[0] for c in (0, 2)]
+        maps = [gradcam_batch(loaded.model, loaded.cam_layers(method), x, method, [c])[0][0] for c in (0, 2)]
     assert maps[0].shape == x.shape[2:]
     assert np.abs(maps[0] - maps[1]).mean() > 0.01
 
@@ -251,7 +253,7 @@ def test_a_heatmap_at_a_larger_size_explains_the_class_predicted_at_the_input_si
     assert result.cam.shape == (image.height, image.width) and 0.0 <= result.cam.min() and result.cam.max() <= 1.0
     x_cam = loaded.cam_transform(image)[None]
     with loaded.lock:
-        expected, _ = gradcam(loaded.model, loaded.cam_layers("LayerCAM"), x_cam, "LayerCAM", target=int(logits.argmax()))
+        expected = gradcam_batch(loaded.model, loaded.cam_layers("LayerCAM"), x_cam, "LayerCAM", [int(logits.argmax())])[0][0]
     np.testing.assert_allclose(result.cam, cam_to_image_size(expected, image.size, loaded.cfg), atol=1e-4)
 
 
@@ -280,14 +282,14 @@ def test_the_summary_says_each_number_once(predictor: Predictor, sample: ImageRe
         result = predictor.predict(sample.open(i))
         by_class.setdefault(result.top_class, result)
     for top, result in by_class.items():
-        text, p, tumour = result.summary(), result.probabilities[top], result.tumor_probability
+        text, p, tumour = summary(result), result.probabilities[top], result.tumour_probability
         assert text.count(f"{p:.1%}") == 1 and "tumour probability" not in text
         assert ("Any tumour" in text) == (top != "notumor" and round(tumour, 3) != round(p, 3)), text
-    assert "notumor" in by_class and "Predicted class: no tumour" in by_class["notumor"].summary()
+    assert "notumor" in by_class and "Predicted class: no tumour" in summary(by_class["notumor"])
 
 
 def test_no_heatmap_is_shown_over_an_image_that_is_not_a_brain_mri(predictor: Predictor, sample: ImageRecords):
-    from brainmri.explain import overlay
+    from brainmri.rendering import overlay
 
     blank = Image.new("RGB", (64, 64), (90, 90, 90))
     flagged = predictor.predict(blank)

@@ -6,12 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from brainmri import registry
+from brainmri.models import registry
+from brainmri.ood import logits_and_features
 
 NUM_CLASSES = 4
 
 
-@pytest.mark.parametrize("name", registry.list_models())
+def family(name: str) -> list[str]:
+    return [n for n, s in registry.REGISTRY.items() if s.family == name]
+
+
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
 def test_model_forward_backward_and_cam_layer(name: str):
     torch.manual_seed(0)
     spec = registry.get_spec(name)
@@ -23,8 +28,8 @@ def test_model_forward_backward_and_cam_layer(name: str):
     layer = registry.cam_layer(model, name)
     assert isinstance(layer, nn.Module)
     assert any(m is layer for m in model.modules()), f"{name}: Grad-CAM layer is not part of the model"
-    layers = registry.cam_layers(model, name, fuse=True)
-    assert layers[0] is layer and registry.cam_layers(model, name, fuse=False) == [layer]
+    layers = [registry.cam_layer(model, name), *registry.get_spec(name).cam_stages(model)]
+    assert layers[0] is layer
     assert all(any(m is s for m in model.modules()) for s in layers), f"{name}: a fused stage is not part of the model"
     assert spec.cam_size is None or spec.cam_size > spec.input_size
 
@@ -37,6 +42,13 @@ def test_model_forward_backward_and_cam_layer(name: str):
     assert out.shape == (2, NUM_CLASSES)
     assert torch.isfinite(out).all()
     assert len(feats) == 1 and feats[0].ndim == 4 and feats[0].shape[0] == 2
+
+    # The OOD features' one definition (timm's forward_head(pre_logits=True)) is what the classifier reads.
+    with torch.no_grad():
+        logits, features = logits_and_features(model.eval(), x)
+        torch.testing.assert_close(logits, model(x))
+    assert features.shape[0] == 2 and features.ndim == 2
+    model.train()
 
     nn.functional.cross_entropy(out, torch.tensor([0, 3])).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -52,19 +64,30 @@ def test_unknown_model_names_the_choices():
 
 
 def test_families_partition_the_registry():
-    families = {registry.get_spec(n).family for n in registry.list_models()}
-    assert sorted(n for f in families for n in registry.list_models(f)) == sorted(registry.list_models())
-    simple = registry.list_models("simple")
+    families = {registry.get_spec(n).family for n in registry.REGISTRY}
+    assert sorted(n for f in families for n in family(f)) == sorted(registry.REGISTRY)
+    simple = family("simple")
     assert simple[:4] == ["simple_cnn_7", "simple_cnn_7_e60", "simple_cnn_10", "simple_cnn_10_e60"]  # Sequential 1-4
     assert all(n.startswith("simple_cnn_") for n in simple) and len(simple) == 9
 
 
 def test_every_model_says_what_it_is_and_variants_differ_only_as_named():
-    for name in registry.list_models():
+    for name in list(registry.REGISTRY):
         assert registry.get_spec(name).about, f"{name}: no 'about' line for labels"
-    args = {n: registry.get_spec(n).model_args for n in registry.list_models("simple")}
+    args = {n: registry.get_spec(n).model_args for n in family("simple")}
     assert args["simple_cnn_10_e60_k5"] == {"kernel_size": 5} and args["simple_cnn_10_e60_k7"] == {"kernel_size": 7}
     assert args["simple_cnn_10_e60_tanh"] == {"act": "tanh"} and args["simple_cnn_10_e60_nopad"] == {"padding": False}
     assert args["simple_cnn_10_e60"] == args["simple_cnn_10_e60_plateau"] == {}  # the schedule is train/sweeps/seed.yaml's
     k7 = registry.create_model("simple_cnn_10_e60_k7")
     assert k7.features[0].conv.kernel_size == (7, 7) and registry.get_spec("tf_efficientnet_lite0_scratch").imagenet_init is None
+
+
+def test_the_package_exports_its_public_names():
+    import brainmri
+
+    assert set(brainmri.__all__) <= set(dir(brainmri))
+    for name in brainmri.__all__:
+        assert getattr(brainmri, name) is not None, name
+    assert brainmri.create_model is registry.create_model
+    with pytest.raises(AttributeError):
+        brainmri.nope  # noqa: B018

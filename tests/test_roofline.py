@@ -1,4 +1,4 @@
-"""FLOP and byte counting of train.roofline, and the bound it derives, on small CPU inputs."""
+"""FLOP and byte counting of reports.roofline, and the bound it derives, on small CPU inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from brainmri.registry import create_model
-from train.roofline import (
+from brainmri.models.registry import create_model
+from reports.roofline import (
     H100_SXM,
     Peak,
     TrafficCounter,

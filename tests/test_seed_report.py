@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from brainmri import seed_report
-from brainmri.registry import REGISTRY
+from brainmri.eval import seeds as seed_report
+from brainmri.models.registry import REGISTRY
 
 
 def _checkpoint(root: Path, name: str, val: float, test: float, **extra) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainmri.registry import SEGMENTER_DEFAULT, SEGMENTERS, create_model, create_segmenter
+from brainmri.models.registry import SEGMENTER_DEFAULT, SEGMENTERS, create_model, create_segmenter
 from brainmri.segmentation import MIN_AREA, binary_mask, load_segmenter, outline, tumour_probability
 from brainmri.settings import checkpoint_dir
 
@@ -94,3 +94,28 @@ def test_the_shipped_segmenter_reproduces_its_validation_figures(data_dir: Path)
     for name, r in recorded["per_class"].items():
         assert scores["per_class"][name]["dice"] == pytest.approx(r["dice"], abs=5e-3), name
     assert scores["no_tumour"]["empty_share"] == pytest.approx(recorded["no_tumour"]["empty_share"], abs=0.01)
+
+
+def test_the_shipped_card_carries_dice_against_the_expert_masks(tmp_path: Path):
+    """Loaded back with huggingface_hub's ModelCard: Dice against Cheng et al.'s masks, all tumours and per class, with
+    n and the 95% CI, as metrics.json has them; and the card is what write_segmentation_card makes of it today."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from brainmri.eval.report import DATASET
+    from train.segment import write_segmentation_card
+
+    card, validation = ModelCard.load(SHIPPED / "README.md"), json.loads((SHIPPED / "metrics.json").read_text())["validation"]
+    assert card.data.library_name == "segmentation-models-pytorch" and card.data.datasets == [DATASET]
+    results = {r.metric_name.split(" (")[0]: r for r in card.data.eval_results}
+    expected = {"Dice, all tumours": validation["tumour"], **{f"Dice, {c}": r for c, r in validation["per_class"].items()}}
+    assert set(results) == set(expected)
+    for name, recorded in expected.items():
+        result = results[name]
+        assert result.metric_type == "dice" and result.metric_value == round(recorded["dice"], 4)
+        assert result.dataset_config == "cheng-figshare-masks" and result.dataset_split == "validation"
+        assert f"n={recorded['n']}, 95% CI {recorded['dice_ci95'][0]:.3f}-{recorded['dice_ci95'][1]:.3f}" in result.metric_name
+    for name in ("metrics.json", "train_config.json"):
+        shutil.copy(SHIPPED / name, tmp_path / name)
+    assert write_segmentation_card(tmp_path).read_text() == (SHIPPED / "README.md").read_text()

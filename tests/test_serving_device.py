@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT
 from shipped import SHIPPED, require_shipped
 
-from brainmri.data import limit_per_class, load_records
+from brainmri.data.records import limit_per_class, load_records
 from brainmri.serving import Predictor, resolve_device, zerogpu
 
 sys.path.insert(0, str(ROOT / "scripts"))

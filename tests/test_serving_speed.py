@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from brainmri import registry
-from brainmri.explain import gradcam, prepare_for_cam
+from brainmri.explain import gradcam_batch, prepare_for_cam
+from brainmri.models import registry
 from brainmri.runtime import FOLDABLE_NORMS, fold_batchnorm
 
 NUM_CLASSES = 4
@@ -33,12 +33,12 @@ def untrained(name: str) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", registry.list_models())
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
 def test_folding_batch_norm_keeps_the_logits_and_the_cam_layers(name: str):
     model = untrained(name)
-    layers = registry.cam_layers(model, name, fuse=True)
+    layers = [registry.cam_layer(model, name), *registry.get_spec(name).cam_stages(model)]
     folded = copy.deepcopy(model)
-    kept = registry.cam_layers(folded, name, fuse=True)
+    kept = [registry.cam_layer(folded, name), *registry.get_spec(name).cam_stages(folded)]
     count = fold_batchnorm(folded, keep=kept)
     has_norm = any(type(m) in FOLDABLE_NORMS for m in model.modules())
     assert (count > 0) == has_norm, f"{name}: folded {count} batch norms"
@@ -49,8 +49,8 @@ def test_folding_batch_norm_keeps_the_logits_and_the_cam_layers(name: str):
     assert torch.allclose(before, after, rtol=1e-3, atol=1e-4 * float(before.abs().max())), f"{name}: folding moved the logits"
     prepare_for_cam(model)
     prepare_for_cam(folded)
-    cam_before, _ = gradcam(model, layers, x[:1], "LayerCAM", target=1)
-    cam_after, _ = gradcam(folded, kept, x[:1], "LayerCAM", target=1)
+    cam_before, _ = gradcam_batch(model, layers, x[:1], "LayerCAM", [1])
+    cam_after, _ = gradcam_batch(folded, kept, x[:1], "LayerCAM", [1])
     assert np.abs(cam_before - cam_after).max() < 0.02, f"{name}: folding moved the heatmap"
 
 
@@ -63,11 +63,11 @@ def test_folding_needs_eval_mode():
 def test_a_frozen_model_gives_the_heatmap_of_a_trainable_one_and_no_weight_gradient(name: str):
     """Freezing only shortens the backward: the heatmap is the one of a model whose every parameter is trainable."""
     model = untrained(name)
-    layers = registry.cam_layers(model, name, fuse=True)
+    layers = [registry.cam_layer(model, name), *registry.get_spec(name).cam_stages(model)]
     x = torch.randn(1, 3, SIZE, SIZE)
-    trainable, _ = gradcam(model, layers, x, "LayerCAM", target=2)
+    trainable, _ = gradcam_batch(model, layers, x, "LayerCAM", [2])
     model.zero_grad(set_to_none=True)
     prepare_for_cam(model)
-    frozen, _ = gradcam(model, layers, x, "LayerCAM", target=2)
+    frozen, _ = gradcam_batch(model, layers, x, "LayerCAM", [2])
     np.testing.assert_allclose(frozen, trainable, atol=1e-5)
     assert all(p.grad is None for p in model.parameters()), "the frozen CAM pass computed weight gradients"

@@ -1,5 +1,5 @@
 """A Space without the data folder: the shipped examples are few unseen Testing slices with their source, and the Data
-tab shows what ``python -m train.data_summary`` precomputed into results/, which that command reproduces."""
+tab shows what ``python -m reports.data_summary`` precomputed into results/, which that command reproduces."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from conftest import CLASSES
 
 from brainmri.app import dataview
-from brainmri.data import ImageRecords, load_records
-from brainmri.duplicates import thumbnails, unseen_indices
-from brainmri.registry import create_model
-from train import data_summary
+from brainmri.data.duplicates import thumbnails, unseen_indices
+from brainmri.data.records import ImageRecords, load_records
+from brainmri.models.registry import create_model
+from reports import data_summary
 
 
 def test_the_examples_are_at_most_two_unseen_testing_slices_per_class(data_dir: Path):
@@ -44,7 +44,7 @@ def test_without_a_data_folder_the_tabs_show_the_precomputed_files(tmp_path: Pat
     examples = dataview.example_images(missing)
     assert [c for _, c in examples] == [c for _, c in dataview.shipped_examples()] and all(Path(p).is_file() for p, _ in examples)
     note, counts, samples, steps = dataview.overview(missing, create_model("simple_cnn_7", num_classes=4).eval(), "simple_cnn_7")
-    assert "precomputed" in note and "/" not in note.replace("python -m train.data_summary", "")  # no server path
+    assert "precomputed" in note and "/" not in note.replace("python -m reports.data_summary", "")  # no server path
     assert list(counts["class"]) == [*CLASSES, "all"]
     assert [c for _, c in samples] == [c for c in CLASSES for _ in range(2)] and samples[0][0].size == (112, 112)  # the grid's tiles
     assert steps[0][1].startswith("0. decoded") and len(steps) >= 3
@@ -61,7 +61,7 @@ def test_without_data_or_precomputed_files_the_audit_says_what_is_missing(tmp_pa
 
 @pytest.mark.slow
 def test_the_command_reproduces_the_committed_files(data_dir: Path, tmp_path: Path):
-    """python -m train.data_summary, into a temporary folder: the same counts, audit and examples as committed (~30 s)."""
+    """python -m reports.data_summary, into a temporary folder: the same counts, audit and examples as committed (~30 s)."""
     results, examples = tmp_path / "results", tmp_path / "examples"
     assert data_summary.main(["--data", str(data_dir), "--results", str(results), "--examples", str(examples)]) == 0
     for name in (dataview.COUNTS_JSON, dataview.AUDIT_JSON):

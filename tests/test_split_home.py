@@ -1,4 +1,4 @@
-"""One home for the validation split (brainmri.split), no import circle among the project's modules, and serving
+"""One home for the validation split (brainmri.data.split), no import circle among the project's modules, and serving
 (app.py, brainmri/) never importing fitting (train/)."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-from brainmri.split import checkpoint_split, split_records
+from brainmri.data.split import checkpoint_split, split_records
 from train.config import TrainConfig
-from train.train import load_train_records
+from train.loaders import load_train_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_training_calibration_and_ood_fitting_see_the_same_validation_set(tmp_path, data_dir):
     cfg = TrainConfig(data=str(data_dir), limit_per_class=12, seed=3, val_fraction=0.25)
-    train, val = split_records(load_train_records(cfg), cfg.val_fraction, cfg.seed)  # what train.train.build_loaders cuts
+    train, val = split_records(load_train_records(cfg), cfg.val_fraction, cfg.seed)  # what train.loaders.build_loaders cuts
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
@@ -66,11 +66,13 @@ def test_no_import_circles_and_serving_never_imports_fitting():
 
 
 def test_the_readme_layout_table_names_every_module():
-    """The README's layout table matches the tree: each module of brainmri/, brainmri/app/, brainmri/serving/ and
-    train/ is named in its folder's row."""
+    """The README's layout table matches the tree: each module of brainmri/ (its data/, models/ and eval/ in the
+    same row), brainmri/app/, brainmri/serving/, train/, reports/ and ops/ is named in its folder's row."""
     root = Path(__file__).resolve().parent.parent
-    rows = {line.split("|")[1].strip(" `"): line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")}
-    for folder in ("brainmri/", "brainmri/app/", "brainmri/serving/", "train/"):
+    lines = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")]
+    rows = {key: line for line in lines for key in line.split("|")[1].strip(" `").split("`, `")}
+    folders = ["brainmri/", *(f"brainmri/{p}/" for p in ("data", "models", "eval", "app", "serving")), "train/", "reports/", "ops/"]
+    for folder in folders:
         modules = {p.stem for p in (root / folder).glob("*.py") if p.stem != "__init__"}
-        missing = sorted(m for m in modules if f"`{m}`" not in rows[folder])
+        missing = sorted(m for m in modules if f"`{m}`" not in rows.get(folder, rows["brainmri/"]))
         assert not missing, f"README layout row {folder} does not name {missing}"

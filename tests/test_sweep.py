@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from brainmri.checkpoint import load_checkpoint
-from brainmri.registry import REGISTRY
-from train import pack as packing
-from train.results import COLUMNS, collect_rows, render_markdown, update_section, write_tables
+from brainmri.models.checkpoint import load_checkpoint
+from brainmri.models.registry import REGISTRY
+from ops import pack as packing
+from reports.results import COLUMNS, collect_rows, render_markdown, update_section, write_tables
 from train.sweep import budget_for, load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,8 +201,8 @@ def test_results_table_has_the_required_columns(tmp_path):
 
 
 def test_h100_rows_get_their_share_of_the_roofline_bound(tmp_path):
-    from train.results import add_bounds
-    from train.roofline import H100_SXM, TrainCost, bound_img_per_s, roofline_row, write_csv
+    from reports.results import add_bounds
+    from reports.roofline import H100_SXM, TrainCost, bound_img_per_s, roofline_row, write_csv
 
     cost = TrainCost("efficientnet_b0", 224, 4012672, 2.29e9, 2.89e8, 4.41e7, 1.37e8)
     write_csv([roofline_row(cost, H100_SXM, 128)], tmp_path / "roofline.csv")

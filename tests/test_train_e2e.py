@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 from timm.data import create_transform, resolve_data_config
 
 import brainmri  # noqa: F401  (registers simple_cnn_* with timm for local-dir:)
-from brainmri import registry
-from brainmri.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
-from brainmri.data import limit_per_class, load_records
+from brainmri.data.records import limit_per_class, load_records
+from brainmri.models import registry
+from brainmri.models.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from brainmri.ood import load_stats
 
 PER_CLASS = 8  # the smallest that leaves every class in a 0.15 validation split (7 folds)

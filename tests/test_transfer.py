@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train import transfer
+from ops import transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Twins in either orientation (brainmri.duplicates), and the split and the unseen Testing subset built on them."""
+"""Twins in either orientation (brainmri.data.duplicates), and the split and the unseen Testing subset built on them."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from conftest import synthetic_image
 from PIL import Image
 
-from brainmri.data import ImageRecords, figshare_ids, load_records, mask_table, relative_path
-from brainmri.duplicates import mirrored, thumbnails, twin_pairs, unseen_indices
-from brainmri.split import training_split
+from brainmri.data.duplicates import mirrored, thumbnails, twin_pairs, unseen_indices
+from brainmri.data.records import ImageRecords, figshare_ids, load_records, mask_table, relative_path
+from brainmri.data.split import training_split
 
 
 def records_of(images: list[Image.Image], tmp_path: Path) -> ImageRecords:

@@ -21,9 +21,10 @@ from PIL import Image
 from traces import files_containing, files_named, files_since
 
 from brainmri.app import display
-from brainmri.app.inline_media import data_url, decode_data_url, send_inline
+from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import discard_upload, gradio_cache_dir, kept_in_cache
-from brainmri.imageio import load_image
+from brainmri.data.imageio import load_image
+from brainmri.rendering import data_url, decode_data_url
 
 
 @pytest.fixture
@@ -92,14 +93,14 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     assert not upload.exists() and not upload.parent.exists()
     assert cleared is None  # the upload box is emptied: no link to the deleted file, ready for the next upload
     heatmap, session = shown.heatmap, shown.session
-    assert session[0].size == (96, 96) and shown.image is session[0] and shown.details["model"] == "simple_cnn_7"
+    assert session.image.size == (96, 96) and shown.image is session.image and shown.details["model"] == "simple_cnn_7"
     assert not shown.details["in_distribution"] and heatmap is None and shown.key == ""  # noise: no heatmap over it
 
     # A changed model, method or opacity, and Compare, run from the session alone: the file is gone.
     again = app.classify(session, "tf_efficientnet_lite0", "HiResCAM", 0.5)
     assert again.details["model"] == "tf_efficientnet_lite0" and again.details["cam_method"] == "HiResCAM"
     assert app.reblend(again.session, 0.2) is None  # still no heatmap to blend
-    assert app.reblend((session[0], np.full((96, 96), 0.5, np.float32)), 0.2).size == (96, 96)
+    assert app.reblend(session._replace(heatmap=np.full((96, 96), 0.5, np.float32)), 0.2).size == (96, 96)
     table, grid, agreement = app.compare(again.session, "Grad-CAM", None)  # nothing ticked: every model
     assert grid.count("<figure") == len(app.PREDICTOR.available) and "agree" in agreement
     table, grid, agreement = app.compare(again.session, "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
@@ -118,7 +119,7 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     assert not broken.exists()
 
     # What the heatmap outputs send: data URLs, no path.
-    sent = send_inline(gr.Image(type="pil", format="png")).postprocess(app.reblend((session[0], np.ones((96, 96))), 0.5))
+    sent = send_inline(gr.Image(type="pil", format="png")).postprocess(app.reblend(session._replace(heatmap=np.ones((96, 96))), 0.5))
     assert sent.path is None and decode_data_url(sent.url).size == (96, 96)
     assert_no_trace(secret, [good.read_bytes()[-4096:], noise[:4096]], t0, own)
     assert secret not in caplog.text
@@ -135,7 +136,7 @@ def test_an_example_is_classified_without_touching_its_cached_thumbnail(client):
     assert app.examples() and len(kept) >= len(app.examples())  # the thumbnails, cached for good at build time
     shown = app.classify_example("simple_cnn_7", "Grad-CAM", 0.5, True, gr.SelectData(None, {"index": 0, "value": None}))
     assert shown.image.size == load_image(app.examples()[0][0]).size and shown.details["model"] == "simple_cnn_7"
-    assert shown.session[1] is not None
+    assert shown.session.heatmap is not None
     client.predict(handle_file(app.examples()[0][0]), "simple_cnn_7", api_name="/predict")
     assert all(p.is_file() for p in kept)
 

@@ -2,7 +2,7 @@
 
     python -m train.calibrate checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
 
-The validation images are the checkpoint's own (brainmri.split.checkpoint_split: its split rebuilt from
+The validation images are the checkpoint's own (brainmri.data.split.checkpoint_split: its split rebuilt from
 train_config.json, narrowed to its val_split.txt when it has one). Writes ``calibration.json`` (added
 to the sha256 manifest), ``reliability.png`` and ``metrics.json["calibration"]`` with the
 expected calibration error before and after on validation, Testing and unseen Testing.
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from brainmri.calibration import calibrated_probs, fit_temperature, negative_log_likelihood, save_temperature
-from brainmri.checkpoint import TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
 from brainmri.cli import add_data_argument, exit_code, setup_logging
-from brainmri.metrics import expected_calibration_error
-from brainmri.split import checkpoint_split
+from brainmri.data.split import checkpoint_split
+from brainmri.eval.metrics import expected_calibration_error
+from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
 from train.config import TrainConfig
 from train.evaluate import UNSEEN, load_test_split, predict_logits
 
@@ -48,7 +48,7 @@ def calibrate_checkpoint(
     folder: str | Path, data: str | None = None, evaluate_test: bool = True, device: torch.device | str = "cpu"
 ) -> dict:
     """Fit and store the temperature of ``folder`` (inference on ``device``); return (and merge into metrics.json) the figures."""
-    from brainmri.report import reliability_diagram
+    from brainmri.eval.report import reliability_diagram
 
     folder = Path(folder)
     cfg = run_config(folder, data)
@@ -78,7 +78,7 @@ def calibrate_checkpoint(
     name, (logits, labels) = next(reversed(sets.items()))  # the most telling set: unseen Testing if evaluated
     split = {"val": "validation", "test": "Testing", UNSEEN: "unseen Testing"}[name]
     curves = {f"{split}, before (T = 1)": 1.0, f"{split}, after (T = {temperature:.2f})": temperature}
-    reliability_diagram({title: calibrated_probs(logits, t) for title, t in curves.items()}, labels, folder / "reliability.png")
+    reliability_diagram({title: calibrated_probs(logits, t) for title, t in curves.items()}, labels, folder / RELIABILITY)
     update_metrics(folder, {"calibration": result})
     _logger.info(
         "temperature %.4f; ECE before -> after: %s",
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         calibrate_checkpoint(args.checkpoint, args.data, evaluate_test=not args.skip_test)
         if args.model_card:
-            from brainmri.report import write_model_card
+            from brainmri.eval.report import write_model_card
 
             write_model_card(args.checkpoint)
 

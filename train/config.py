@@ -23,7 +23,7 @@ from brainmri.settings import default_data
 
 @dataclass
 class TrainConfig:
-    model: str = "tf_efficientnet_lite0"  # registry name (brainmri.registry)
+    model: str = "tf_efficientnet_lite0"  # registry name (brainmri.models.registry)
     data: str = field(default_factory=default_data)  # image folder or Hub dataset id (brainmri.settings.default_data)
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 10  # most epochs to run
@@ -31,12 +31,12 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate of AdamW
     weight_decay: float = 0.05  # AdamW's decoupled weight decay
     warmup_epochs: float = 1.0  # linear warm-up, then the schedule
-    schedule: str = "cosine"  # "cosine" or "plateau" (ReduceLROnPlateau on validation loss)
+    schedule: str = "cosine"  # timm's "cosine" or "plateau" (the rate halves after two epochs without a better validation accuracy)
     label_smoothing: float = 0.1  # of the cross-entropy targets (why calibration finds T < 1)
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     patience: int = 4  # early stopping: epochs without a better validation loss
     val_fraction: float = 0.15  # share of Training held out for validation, twin groups kept whole
-    split: str = "mirror-aware"  # twin rule of the split (brainmri.split): "mirror-aware", or "as-is" of the first shipped models
+    split: str = "mirror-aware"  # twin rule of the split (brainmri.data.split): "mirror-aware", or "as-is" of the first shipped models
     seed: int = 0  # seeds the split, the initialisation and the augmentation
     pretrained: bool = False  # ImageNet init (offline package for tf_efficientnet_lite0)
     image_size: int = 0  # 0: the registry's input size

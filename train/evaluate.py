@@ -5,7 +5,7 @@
 
 The model is rebuilt with timm's ``local-dir:`` and fed through timm's eval transform
 made from the folder's own pretrained_cfg. ``test_unseen`` is the Testing images with no exact, near or
-mirrored twin in Training (brainmri.duplicates.unseen_indices): what no model has seen, since training flips
+mirrored twin in Training (brainmri.data.duplicates.unseen_indices): what no model has seen, since training flips
 images. Results are merged into ``metrics.json``;
 an ensemble's (mean of calibrated probabilities) go to ``results/ensemble_metrics.json``.
 """
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainmri.checkpoint import label_names, load_checkpoint, read_config, update_metrics
 from brainmri.cli import add_data_argument, exit_code, setup_logging
-from brainmri.data import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
-from brainmri.datacache import decode_records, memo, source_key, thumbnails
-from brainmri.duplicates import unseen_indices
-from brainmri.metrics import classification_report
+from brainmri.data.cache import decode_records, memo, source_key, thumbnails
+from brainmri.data.duplicates import unseen_indices
+from brainmri.data.records import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
+from brainmri.eval.metrics import classification_report
+from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, label_names, load_checkpoint, read_config, results_dir, update_metrics
 
 _logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def predict_logits(model: torch.nn.Module, records: ImageRecords, batch_size: in
     """(N, C) logits, each image through timm's eval transform of the model's config, on the model's device.
 
     The images are decoded once to uint8 by that transform and normalised per batch, which is the transform's
-    own last step. Inside ``brainmri.datacache.open_cache`` both the decoded images and the logits are memoised
+    own last step. Inside ``brainmri.data.cache.open_cache`` both the decoded images and the logits are memoised
     (train.leak_free calibrates and evaluates one checkpoint on the same images in turn).
     """
     key = ("logits", _weights_key(model), source_key(records), batch_size)
@@ -109,7 +109,7 @@ def score(probs: np.ndarray, test: ImageRecords, unseen: np.ndarray, limit: int 
 
 def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int = 0, device: torch.device | str = "cpu") -> dict:
     """Score ``folder`` on Testing and unseen Testing (inference on ``device``); update its metrics.json and confusion.png."""
-    from brainmri.report import plot_confusion
+    from brainmri.eval.report import plot_confusion
 
     folder = Path(folder)
     model = load_checkpoint(folder).to(device)
@@ -118,7 +118,7 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
         raise ValueError(f"data classes {test.class_names} differ from the checkpoint's {label_names(folder)}")
     results = score(predict_records(model, test), test, clean, limit)
     update_metrics(folder, results, drop=["test_dedup"])  # near-dedup missed mirrored twins: test_unseen replaces it
-    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / "confusion.png", "Testing")
+    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / CONFUSION, "Testing")
     return results
 
 
@@ -128,8 +128,8 @@ def evaluate_ensemble(folders: list[str | Path], data: str, out: str | Path, lim
     Each member is run through its own preprocessing (input sizes may differ).
     """
     from brainmri.calibration import load_temperature
-    from brainmri.ensemble import ensemble_probs
-    from brainmri.report import plot_confusion, reliability_diagram
+    from brainmri.eval.ensemble import ensemble_probs
+    from brainmri.eval.report import plot_confusion, reliability_diagram
 
     models = [load_checkpoint(folder) for folder in folders]  # a broken member fails before any data is read
     test, clean = load_test_split(data, limit, seed)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint folder")
     parser.add_argument("--ensemble", nargs="+", metavar="FOLDER", help="evaluate the mean of these checkpoints' calibrated probabilities")
-    parser.add_argument("--out", default="results/ensemble_metrics.json", help="where --ensemble writes its metrics")
+    parser.add_argument("--out", default=str(results_dir() / ENSEMBLE_METRICS), help="where --ensemble writes its metrics")
     add_data_argument(parser)
     parser.add_argument("--limit-per-class", type=int, default=0, help="evaluate on a few images per class only")
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         evaluate_checkpoint(args.checkpoint, args.data, limit=args.limit_per_class)
         if args.model_card:
-            from brainmri.report import write_model_card
+            from brainmri.eval.report import write_model_card
 
             write_model_card(args.checkpoint)
 

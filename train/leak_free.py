@@ -5,7 +5,7 @@
 The first shipped models were split with the "as-is" rule, which kept unmirrored twins together but let a
 validation image's mirrored twin sit in the train part (training flips images, so that twin was trained on).
 For each such checkpoint this keeps the validation images with no exact, near or mirrored twin in its train
-part (brainmri.split.leak_free) and writes them as its ``val_split.txt``. Then, on those images only: validation
+part (brainmri.data.split.leak_free) and writes them as its ``val_split.txt``. Then, on those images only: validation
 accuracy, loss and ECE (``metrics.json["validation"]``, the figures as first measured kept under
 ``validation_leaky``), the temperature (train.calibrate), the OOD thresholds (train.ood, where the checkpoint
 has them); and it scores Testing and unseen Testing (train.evaluate) and rewrites the model card. No weights
@@ -20,11 +20,11 @@ import logging
 import sys
 from pathlib import Path
 
-from brainmri.checkpoint import OOD_CONFIG, VAL_SPLIT, load_checkpoint, read_metrics, update_metrics
 from brainmri.cli import add_data_argument, exit_code, setup_logging
-from brainmri.datacache import open_cache
-from brainmri.metrics import classification_report
-from brainmri.split import DEFAULT_RULE, checkpoint_config, checkpoint_split, leak_free, write_val_split
+from brainmri.data.cache import open_cache
+from brainmri.data.split import DEFAULT_RULE, checkpoint_config, checkpoint_split, leak_free, write_val_split
+from brainmri.eval.metrics import classification_report
+from brainmri.models.checkpoint import OOD_CONFIG, VAL_SPLIT, load_checkpoint, read_metrics, update_metrics
 from train.evaluate import predict_records
 
 _logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def validation_figures(report: dict) -> dict:
 
 def refit(folder: str | Path, data: str | None = None) -> dict:
     """Narrow ``folder``'s validation to its leak-free part and re-fit on it; returns old and new validation figures."""
-    from brainmri.report import write_model_card
+    from brainmri.eval.report import write_model_card
     from train.calibrate import calibrate_checkpoint
     from train.evaluate import evaluate_checkpoint
     from train.ood import fit as fit_ood

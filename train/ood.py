@@ -3,7 +3,7 @@
     python -m train.ood fit checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
     python -m train.ood measure checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
 
-``fit`` rebuilds the train/validation split training cut (brainmri.split.checkpoint_split), fits
+``fit`` rebuilds the train/validation split training cut (brainmri.data.split.checkpoint_split), fits
 the class means and one shared covariance on the training part and the distance threshold on
 validation, and writes ``ood.safetensors`` + ``ood.json`` into the folder's sha256 manifest.
 Training runs it on every new checkpoint. ``measure`` prints the share of real Testing slices
@@ -25,12 +25,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from brainmri.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
 from brainmri.cli import add_data_argument, exit_code, setup_logging
-from brainmri.data import data_config, eval_transform, load_records, sha256
+from brainmri.data.records import data_config, eval_transform, load_records, sha256
+from brainmri.data.split import checkpoint_split
+from brainmri.models.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
 from brainmri.ood import OODStats, colourfulness, grey_contrast, load_stats, pooled_features
 from brainmri.runtime import configure_torch_threads
-from brainmri.split import checkpoint_split
 from train.ood_pictures import reference_outliers
 
 _logger = logging.getLogger(__name__)

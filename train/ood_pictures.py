@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from brainmri.imageio import load_image
+from brainmri.data.imageio import load_image
 
 
 def reference_outliers() -> Iterator[tuple[str, str, Image.Image]]:

@@ -1,12 +1,12 @@
-"""Train the tumour segmentation model (brainmri.registry.SEGMENTERS) on the expert masks, and measure it.
+"""Train the tumour segmentation model (brainmri.models.registry.SEGMENTERS) on the expert masks, and measure it.
 
     python -m train.segment --data ../shared/data/brain-tumor-mri --epochs 16
     python -m train.segment --resume            # continue the last run from its last finished epoch
     python -m train.segment --evaluate-only     # re-measure the shipped folder on its validation scans
 
-Masks: Cheng et al.'s figshare tumour outlines beside the data (``<data>-masks/``, brainmri.data.masks_folder).
+Masks: Cheng et al.'s figshare tumour outlines beside the data (``<data>-masks/``, brainmri.data.records.masks_folder).
 No-tumour images train as empty masks; tumour images of the other sources have no mask and are left out, not
-taken as empty. The split is the classifiers' mirror-aware one (brainmri.split), so twins and images of one
+taken as empty. The split is the classifiers' mirror-aware one (brainmri.data.split), so twins and images of one
 figshare scan stay on one side, and the validation scans are the ones the shipped classifiers are chosen on.
 The best epoch on the validation tumours' mean Dice is written with smp's ``save_pretrained`` and measured per
 class: Dice, IoU, detection rate, area error, and the share of no-tumour slices left empty.
@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -28,29 +27,31 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCardData
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
-from brainmri.metrics import bootstrap_accuracy_ci
-from brainmri.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
-from brainmri.segmentation import binary_mask, load_segmenter, normalise, to_input, tumour_probability
+from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
+from brainmri.data.split import training_split, write_val_split
+from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
+from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
+from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
+from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
-from brainmri.split import training_split, write_val_split
+from brainmri.vocabulary import NO_TUMOUR
+from train import schedule
 from train.config import parse_config
 
 _logger = logging.getLogger(__name__)
 
-NEGATIVE_CLASS = "notumor"  # its images have no tumour, so an empty mask by definition
-
 
 @dataclass
 class SegmentConfig:
-    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.registry.SEGMENTERS)
+    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.registry.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
-    out: str = ""  # output folder; default checkpoints/<model>
+    out: str = ""  # output folder; default runs/<model> (ship it by copying to checkpoints/<model>)
     epochs: int = 16  # epochs of the cosine schedule
     batch_size: int = 16
     lr: float = 1e-3  # peak learning rate of AdamW
@@ -58,7 +59,7 @@ class SegmentConfig:
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero
     dice_weight: float = 1.0  # loss = BCE + dice_weight * soft Dice
     negatives_per_epoch: float = 0.35  # share of the no-tumour images drawn afresh each epoch: enough to learn "no outline"
-    val_fraction: float = 0.15  # the classifiers' split (brainmri.split): same fraction and seed, same validation scans
+    val_fraction: float = 0.15  # the classifiers' split (brainmri.data.split): same fraction and seed, same validation scans
     seed: int = 0
     input_size: int = 224  # the data's native size; a multiple of 32
     crop: int = 160  # train on random crops of this side (0: whole images); served whole, since a U-Net is fully convolutional
@@ -79,7 +80,7 @@ def segmentation_subset(records: ImageRecords, data: str) -> tuple[ImageRecords,
     """The images with a mask, and the no-tumour images (empty masks); each with its mask file or None for empty."""
     table, folder = mask_table(data), masks_folder(data)
     keep, masks = [], []
-    negative = records.class_names.index(NEGATIVE_CLASS)
+    negative = records.class_names.index(NO_TUMOUR)
     for i in range(len(records)):
         rel = relative_path(records.name(i), data)
         if rel in table:
@@ -125,29 +126,24 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
 
 
-def lr_at(step: int, cfg: SegmentConfig, steps_per_epoch: int) -> float:
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    total = cfg.epochs * steps_per_epoch
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-
-def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> float:
-    model.train()
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+def epoch_batches(y: torch.Tensor, cfg: SegmentConfig, g: torch.Generator) -> list[torch.Tensor]:
+    """An epoch's batches of indices: every slice with a tumour, and a draw of the ones without."""
     negative = (y.flatten(1).amax(dim=1) == 0).nonzero()[:, 0]
     positive = (y.flatten(1).amax(dim=1) > 0).nonzero()[:, 0]
     drawn = negative[torch.randperm(len(negative), generator=g)[: round(cfg.negatives_per_epoch * len(negative))]]
     both = torch.cat([positive, drawn])
     order = both[torch.randperm(len(both), generator=g)]
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
-    if cfg.max_train_batches:
-        batches = batches[: cfg.max_train_batches]
+    return batches[: cfg.max_train_batches] if cfg.max_train_batches else batches
+
+
+def train_one_epoch(model, optimizer, scheduler, x, y, cfg: SegmentConfig, epoch: int) -> float:
+    """One epoch; ``scheduler`` (timm's, train.schedule) is told each update's count, so a resumed run needs no state."""
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    batches = epoch_batches(y, cfg, g)
     total = 0.0
     for b, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, mininterval=10)):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(epoch * len(batches) + b, cfg, len(batches))
         images, masks = random_crop(*augment_batch(x[idx], g, masks=y[idx]), cfg.crop, g)
         logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
         target = masks.float() / 255
@@ -155,6 +151,7 @@ def train_one_epoch(model, optimizer, x, y, cfg: SegmentConfig, epoch: int) -> f
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step_update(epoch * len(batches) + b + 1)  # the rate of the next update
         total += loss.item()
     return total / max(1, len(batches))
 
@@ -168,60 +165,7 @@ def random_crop(images: torch.Tensor, masks: torch.Tensor, side: int, g: torch.G
     return images[..., top : top + side, left : left + side], masks[..., top : top + side, left : left + side]
 
 
-def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """(N, S, S) tumour probabilities."""
-    model.eval()
-    return torch.cat([tumour_probability(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 # ---------------------------------------------------------------- measuring
-
-
-def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
-    """Dice, IoU, areas and detection of each image (true mask from ``y``, predicted from :func:`binary_mask`)."""
-    rows = []
-    for p, t in zip(probs, y[:, 0] > 0):
-        pred, true = binary_mask(p.numpy()), t.numpy()
-        inter, union = np.logical_and(pred, true).sum(), np.logical_or(pred, true).sum()
-        total = pred.sum() + true.sum()
-        rows.append(
-            {
-                "dice": 2 * inter / total if total else 1.0,
-                "iou": inter / union if union else 1.0,
-                "pred_area": float(pred.mean()),
-                "true_area": float(true.mean()),
-            }
-        )
-    return rows
-
-
-def summarise(rows: list[dict], labels: np.ndarray, class_names: list[str]) -> dict:
-    """Per class and overall: the figures the README and the Experiments tab give."""
-    negative = class_names.index(NEGATIVE_CLASS)
-    tumour = [r for r, c in zip(rows, labels) if c != negative]
-    out: dict = {"tumour": _tumour_figures(tumour)}
-    out["per_class"] = {
-        class_names[c]: _tumour_figures([r for r, k in zip(rows, labels) if k == c]) for c in sorted(set(labels)) if c != negative
-    }
-    empty = [r["pred_area"] == 0 for r, c in zip(rows, labels) if c == negative]
-    out["no_tumour"] = {"n": len(empty), "empty_share": float(np.mean(empty)) if empty else None}
-    return out
-
-
-def _tumour_figures(rows: list[dict]) -> dict:
-    if not rows:
-        return {"n": 0}
-    dice = np.array([r["dice"] for r in rows])
-    rel = np.array([(r["pred_area"] - r["true_area"]) / r["true_area"] for r in rows if r["true_area"] > 0])
-    return {
-        "n": len(rows),
-        "dice": float(dice.mean()),
-        "dice_ci95": list(bootstrap_accuracy_ci(dice)),  # a bootstrap of the mean, Dice values as they are
-        "iou": float(np.mean([r["iou"] for r in rows])),
-        "detection_rate": float(np.mean([r["pred_area"] > 0 for r in rows])),
-        "area_error_abs": float(np.abs(rel).mean()) if len(rel) else None,  # mean |predicted - true| / true area
-        "area_error_signed": float(rel.mean()) if len(rel) else None,  # > 0: outlines too large on average
-    }
 
 
 def measure(model, split: dict) -> dict:
@@ -250,6 +194,10 @@ def fit(cfg: SegmentConfig) -> Path:
     split = load_split(cfg)
     model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    _, xt, yt = split["train"]
+    steps = len(epoch_batches(yt, cfg, torch.Generator().manual_seed(0)))  # the same count every epoch
+    # Made before --resume loads the optimizer, whose saved rate is the one the next update takes.
+    scheduler = schedule.cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     resume = out / "resume" / "state.pt"
     if cfg.resume and resume.is_file():
@@ -258,11 +206,10 @@ def fit(cfg: SegmentConfig) -> Path:
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         _logger.info("resumed after epoch %d (best Dice %.4f at epoch %d)", state["epoch"], state["best_dice"], state["best_epoch"])
-    _, xt, yt = split["train"]
     records, xv, yv = split["val"]
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, xt, yt, cfg, epoch)
+        loss = train_one_epoch(model, optimizer, scheduler, xt, yt, cfg, epoch)
         scores = summarise(per_image_scores(predict_all(model, xv), yv), records.labels, records.class_names)
         seconds = time.perf_counter() - start
         row = {
@@ -313,32 +260,10 @@ def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(state["history"][0]))
         writer.writeheader()
         writer.writerows(state["history"])
-    plot_segmentation_history(state["history"], out / "curves.png")
+    plot_segmentation_history(state["history"], out / CURVES)
     write_segmentation_card(out)
     shutil.rmtree(out / "resume", ignore_errors=True)
     _logger.info("wrote %s: validation Dice %.4f", out, metrics["validation"]["tumour"]["dice"])
-
-
-def plot_segmentation_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
-    for key in [k for k in history[0] if k.startswith("val_dice")]:
-        ax_dice.plot(epochs, [h[key] for h in history], "o-", label=key.removeprefix("val_dice_") if key != "val_dice" else "all tumours")
-    ax_dice.plot(epochs, [h["val_empty_no_tumour"] for h in history], "k--", label="no tumour: empty")
-    for ax, title in ((ax_loss, "loss: BCE + soft Dice"), (ax_dice, "validation Dice")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def write_segmentation_card(folder: Path) -> Path:
@@ -347,15 +272,16 @@ def write_segmentation_card(folder: Path) -> Path:
     cfg = json.loads((folder / TRAIN_CONFIG).read_text())
     v = m["validation"]
     rows = [("all tumours", v["tumour"]), *v["per_class"].items()]
+    data = ModelCardData(
+        library_name="segmentation-models-pytorch",
+        license="apache-2.0",
+        pipeline_tag="image-segmentation",
+        tags=["image-segmentation", "segmentation-models-pytorch", "brain-mri"],
+        datasets=[DATASET],
+        model_name=m["model"],
+        eval_results=segmentation_eval_results(v),
+    )
     lines = [
-        "---",
-        "library_name: segmentation-models-pytorch",
-        "license: apache-2.0",
-        "pipeline_tag: image-segmentation",
-        "tags: [image-segmentation, segmentation-models-pytorch, brain-mri]",
-        "datasets: [masoudnickparvar/brain-tumor-mri-dataset]",
-        "---",
-        "",
         f"# {m['model']}: brain tumour outline",
         "",
         "Outlines the tumour in a brain MRI slice (one channel, sigmoid). For research and education, not diagnosis.",
@@ -386,9 +312,7 @@ def write_segmentation_card(folder: Path) -> Path:
         "```",
         "",
     ]
-    path = folder / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_card(data, "\n".join(lines), folder / CARD)
 
 
 def evaluate_only(cfg: SegmentConfig) -> dict:

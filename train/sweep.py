@@ -22,7 +22,7 @@ lane is one process (``--lane``) running its steps in turn; lanes of one config 
 output folder, each writing ``sweep-<lane>.json``, merged into ``sweep.json`` and the tables.
 
 Data work (thumbnails, split, decoding, the near-dedup Testing subset) is done once for all
-models (brainmri.datacache). A model that runs out of GPU memory is retried once with gradient
+models (brainmri.data.cache). A model that runs out of GPU memory is retried once with gradient
 checkpointing; one that fails otherwise is logged with its traceback, recorded as failed in
 ``sweep.json`` and the table, and the sweep goes on and exits 1 at the end.
 
@@ -36,10 +36,7 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
-import json
 import logging
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -48,11 +45,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from brainmri.checkpoint import read_metrics
-from brainmri.cli import add_data_argument, setup_logging
-from brainmri.datacache import open_cache
-from brainmri.registry import get_spec
+from brainmri.cli import add_data_argument, exit_code, setup_logging
+from brainmri.data.cache import open_cache
+from brainmri.models.checkpoint import read_metrics
+from brainmri.models.registry import get_spec
 from train.config import TrainConfig
+from train.sweep_outputs import measure_device, write_outputs
 from train.train import fit
 
 _logger = logging.getLogger(__name__)
@@ -245,65 +243,6 @@ def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = No
     return records
 
 
-def measure_device(peaks: bool = True) -> dict:
-    """The device, and on a GPU (with ``peaks``) the measured matrix-product and copy ceilings (train.roofline)."""
-    info = {"device": "cpu", "host": platform.node(), "torch": torch.__version__}
-    if torch.cuda.is_available() and not peaks:
-        info["device"] = torch.cuda.get_device_name()
-    elif torch.cuda.is_available():
-        from train.roofline import measure_peak
-
-        peak = measure_peak("cuda")
-        info.update(
-            device=torch.cuda.get_device_name(),
-            peak_bf16_tflops=round(peak.flops / 1e12, 1),
-            peak_tb_per_s=round(peak.bytes_per_s / 1e12, 2),
-        )
-        _logger.info("device %s: %.0f TFLOP/s bf16 matmul, %.2f TB/s copy", info["device"], peak.flops / 1e12, peak.bytes_per_s / 1e12)
-    return info
-
-
-def write_outputs(plan: SweepPlan, records: list[dict], device: dict, elapsed: float, lane: str | None = None) -> None:
-    """sweep.json (a lane's: sweep-<lane>.json, then all lanes' merged), the experiments table and the roofline
-    table, as they stand."""
-    out = Path(plan.out)
-    summary = {"plan": dataclasses.asdict(plan), "device": device, "elapsed_s": round(elapsed, 1), "models": records}
-    _write_atomic(out / (f"sweep-{lane}.json" if lane else "sweep.json"), json.dumps(summary, indent=2) + "\n")
-    if lane:
-        merge_lanes(out)
-    else:
-        _write_tables(out, device)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file, so that a lane reading it never sees half of what another lane writes."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_tables(out: Path, device: dict) -> None:
-    from train.results import collect_rows, write_tables
-    from train.roofline import sweep_roofline
-
-    write_tables(collect_rows([out]), out)
-    sweep_roofline(out, device)
-
-
-def merge_lanes(out: str | Path) -> Path:
-    """``out/sweep.json`` from the lanes' ``sweep-<lane>.json`` (each model's record in the order the lanes list them),
-    and the tables of ``out``."""
-    out = Path(out)
-    parts = [json.loads(p.read_text()) for p in sorted(out.glob("sweep-*.json"))]
-    if not parts:
-        raise ValueError(f"{out}: no sweep-<lane>.json to merge")
-    merged = {**parts[0], "models": [r for part in parts for r in part["models"]], "lanes": len(parts)}
-    merged["elapsed_s"] = max(p["elapsed_s"] for p in parts)
-    _write_atomic(out / "sweep.json", json.dumps(merged, indent=2) + "\n")
-    _write_tables(out, merged["device"])
-    return out / "sweep.json"
-
-
 def load_lease(path: str | Path) -> dict:
     """A lease config: ``out`` and ``lanes``, each lane a list of steps ``{config, models}`` (models: all when left out)."""
     raw = yaml.safe_load(Path(path).read_text())
@@ -359,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lane", help="with --lease: the lane to run")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="TrainConfig fields over every model's (a rehearsal)")
     args = parser.parse_args(argv)
-    try:
+    failed: list[str] = []
+
+    def run() -> None:
         overrides = _settings(args.set)
         if args.lease:
             if not (args.lane and args.deadline):
@@ -368,13 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             plan = load_plan(args.config, args.data, args.out, args.deadline, args.only, overrides)
             records = run_sweep(plan, resume=args.resume)
-    except (ValueError, yaml.YAMLError) as e:
-        _logger.error("%s", e)
-        return 2
-    failed = [r["model"] for r in records if r["status"].startswith("failed")]
-    if failed:
-        _logger.error("failed: %s", ", ".join(failed))
-    return 1 if failed else 0
+        failed.extend(r["model"] for r in records if r["status"].startswith("failed"))
+        if failed:
+            _logger.error("failed: %s", ", ".join(failed))
+
+    return exit_code(run, _logger, errors=(ValueError, yaml.YAMLError)) or (1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,11 @@ given the statistics of the OOD check (train.ood), both fitted on its validation
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,137 +27,38 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from brainmri.checkpoint import HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data import (
-    ImageRecords,
+from brainmri.data.records import (
     augment_batch,
     data_config,
     normalize_batch,
 )
-from brainmri.datacache import decode_records
-from brainmri.registry import count_parameters, create_model, get_spec, set_input_size
-from brainmri.split import checkpoint_split, split_records, training_records, write_val_split
+from brainmri.data.split import checkpoint_split, write_val_split
+from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
+from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
+from train import schedule
+from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
+from train.loaders import Loaders, build_loaders, load_train_records
+from train.resume import State, load_resume, save_resume
 
 _logger = logging.getLogger(__name__)
 
-WARMUP_STEPS = 2  # first steps of each epoch left out of the throughput timing (cuDNN algorithm choice, allocator growth)
-BUDGET_SLACK = 1.2  # an epoch running past this share of time_budget_s is cut short
+
+def steps_per_epoch(loader, cfg: TrainConfig) -> int:
+    """Optimizer updates an epoch makes (this process's batches, at most ``max_train_batches``)."""
+    return min(len(loader), cfg.max_train_batches or len(loader))
 
 
-class DeviceBatches:
-    """Batches of uint8 images and labels that already sit on the training device: no DataLoader, no copies.
-
-    Shuffled by a permutation seeded with ``seed + epoch`` (``set_epoch``), like accelerate's seedable sampler.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
-        self.x, self.y = x, y  # (N, 3, H, W) uint8, (N,) int64, on one device
-        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self):
-        n = len(self.y)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).to(self.x.device)
-        else:
-            order = torch.arange(n, device=self.x.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx]
-
-
-@dataclass
-class Loaders:
-    train: DataLoader | DeviceBatches
-    val: DataLoader | DeviceBatches
-    class_names: list[str]
-    n_train: int
-    n_val: int
-
-
-@dataclass
-class State:
-    """What is carried from epoch to epoch, and saved for --resume."""
-
-    epoch: int = 0  # epochs finished
-    best_epoch: int = 0
-    best_key: tuple = (-1.0, 0.0)  # (val accuracy, -val loss): higher is better
-    stale: int = 0  # epochs since the best one
-    plateau_factor: float = 1.0
-    history: list[dict] = field(default_factory=list)
-    train_seconds: float = 0.0
-    epochs_planned: int = 0  # epochs the schedule spans: cfg.epochs, or fewer to fit time_budget_s (0: not planned yet)
-    wall_seconds: float = 0.0  # epochs' wall time, validation and saving included: what the time budget counts
-    peak_memory_gib: float = 0.0  # most GPU memory allocated while training, data kept on the device included
-    stopped: str = ""  # why training ended: "epochs", "early stop" or "time budget"
-
-
-def load_train_records(cfg: TrainConfig) -> ImageRecords:
-    return training_records(cfg.data, cfg.limit_per_class, cfg.seed)
-
-
-def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: torch.device | str = "cpu") -> Loaders:
-    """Validation split with twin groups (mirrored ones included) kept whole, each side decoded once to uint8 (moved to
-    ``device`` once with ``data_on_device``)."""
-    train_set, val_set = split_records(records, cfg.val_fraction, cfg.seed, cfg.split, cfg.data)
-    drop_last = len(train_set) > cfg.batch_size
-    (xt, yt), (xv, yv) = [
-        (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))
-    ]
-    if cfg.data_on_device:
-        train = DeviceBatches(xt.to(device), yt.to(device), cfg.batch_size, shuffle=True, drop_last=drop_last, seed=cfg.seed)
-        val = DeviceBatches(xv.to(device), yv.to(device), cfg.batch_size * 2, shuffle=False, drop_last=False)
-    else:
-        train = DataLoader(TensorDataset(xt, yt), batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
-        val = DataLoader(TensorDataset(xv, yv), batch_size=cfg.batch_size * 2)
-    return Loaders(train, val, records.class_names, len(train_set), len(val_set))
-
-
-def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int, state: State) -> float:
-    """Linear warm-up, then cosine decay to zero, or the ReduceLROnPlateau-style factor."""
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    if step < warm:
-        return (step + 1) / warm
+def create_scheduler(optimizer, cfg: TrainConfig, steps: int):
+    """timm's cosine schedule, stepped per update, or its plateau one, stepped per epoch (train.schedule)."""
     if cfg.schedule == "cosine":
-        total = max(warm + 1, (state.epochs_planned or cfg.epochs) * steps_per_epoch)
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
-    return state.plateau_factor
-
-
-class Throughput:
-    """Images per second from step WARMUP_STEPS to the end of an epoch; one device sync at each end."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.start, self.images = device, 0.0, 0
-
-    def mark(self, step: int, images: int) -> None:
-        if step == WARMUP_STEPS:
-            _sync(self.device)
-            self.start, self.images = time.perf_counter(), images
-
-    def rate(self, images: int) -> float | None:
-        """None when the epoch was too short to time past its warm-up steps."""
-        if not self.start or images == self.images:
-            return None
-        _sync(self.device)
-        return (images - self.images) / (time.perf_counter() - self.start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return schedule.cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
+    if cfg.schedule == "plateau":
+        return schedule.plateau(optimizer, math.ceil(cfg.warmup_epochs))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or plateau")
 
 
 def train_one_epoch(
@@ -176,6 +74,7 @@ def train_one_epoch(
     # The sums stay on the device: reading them every step would make the CPU wait for the GPU each time.
     total, correct, loss_sum = 0, torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     timer = Throughput(accelerator.device)
+    steps = steps_per_epoch(loader, cfg)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process, leave=False, mininterval=5)
     for step, (x, y) in enumerate(bar):
         if (cfg.max_train_batches and step >= cfg.max_train_batches) or (step and time.perf_counter() > deadline):
@@ -189,7 +88,7 @@ def train_one_epoch(
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         accelerator.backward(loss)
         optimizer.step()
-        scheduler.step()
+        scheduler.step_update(epoch * steps + step + 1)  # the rate of the next update
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         optimizer.zero_grad(set_to_none=True)
@@ -222,32 +121,6 @@ def evaluate(model, loader, accelerator, dcfg: dict, channels_last: bool) -> dic
         losses.append(F.cross_entropy(logits, y, reduction="none"))
         hits.append(logits.argmax(1) == y)
     return {"val_loss": torch.cat(losses).mean().item(), "val_acc": torch.cat(hits).float().mean().item()}
-
-
-def save_resume(out: Path, model, accelerator, state: State) -> None:
-    """Everything --resume needs, written after each epoch into a new folder; then the ``latest`` pointer is
-    swapped atomically, so a kill at any moment (even mid-write) leaves the last finished epoch whole."""
-    resume = out / "resume"
-    folder = resume / f"epoch_{state.epoch}"
-    accelerator.save_state(folder)
-    (folder / "state.json").write_text(json.dumps(state.__dict__, default=list))
-    (resume / "latest.tmp").write_text(folder.name)
-    os.replace(resume / "latest.tmp", resume / "latest")
-    for old in resume.glob("epoch_*"):
-        if old != folder:
-            shutil.rmtree(old)
-
-
-def load_resume(out: Path, accelerator) -> State:
-    resume = out / "resume"
-    if not (resume / "latest").is_file():
-        raise ValueError(f"--resume: nothing to resume in {resume}")
-    folder = resume / (resume / "latest").read_text().strip()
-    accelerator.load_state(folder)
-    state = State(**json.loads((folder / "state.json").read_text()))
-    state.best_key = tuple(state.best_key)
-    _logger.info("resuming after epoch %d (best so far: epoch %d)", state.epoch, state.best_epoch)
-    return state
 
 
 def write_history(out: Path, history: list[dict]) -> None:
@@ -294,22 +167,25 @@ def fit(cfg: TrainConfig) -> Path:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     loaders = build_loaders(cfg, records, dcfg, accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = len(loaders.train) // accelerator.num_processes
-    if cfg.max_train_batches:
-        steps = min(steps, cfg.max_train_batches)
-    state = State()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps, state))
     if cfg.data_on_device:  # batches already sit on the device: accelerate wraps only the rest
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        model, optimizer = accelerator.prepare(model, optimizer)
         train_loader, val_loader = loaders.train, loaders.val
     else:
-        model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loaders.train, loaders.val, scheduler)
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, loaders.train, loaders.val)
     # The moving average is validated and shipped instead of the raw weights; accelerate saves it with --resume's state.
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
+    # Made before --resume loads the optimizer, whose saved rate is the one the next update takes. timm's schedulers
+    # are told the update count, so the cosine one needs nothing more; the plateau rule's counters are in State.
+    steps = steps_per_epoch(train_loader, cfg)
+    scheduler = create_scheduler(optimizer, cfg, steps)
+    state = State()
     if cfg.resume:
         state = load_resume(out, accelerator)
+        schedule.load_plateau_state(scheduler, state.plateau)
+        if state.epochs_planned and cfg.schedule == "cosine":
+            schedule.respan(scheduler, state.epochs_planned * steps)
 
     run_epochs(cfg, (model, optimizer, scheduler, train_loader, val_loader), accelerator, dcfg, state, out, ema)
     if accelerator.device.type == "cuda":
@@ -335,6 +211,8 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
         seconds = time.perf_counter() - start
         row.update(evaluate(judged, val_loader, accelerator, dcfg, cfg.channels_last))
         record_epoch(state, row, seconds, optimizer.param_groups[0]["lr"])
+        scheduler.step(state.epoch, row["val_acc"])  # the plateau rule's epoch step; nothing for the cosine one
+        state.plateau = schedule.plateau_state(scheduler)
         if state.best_epoch == state.epoch and accelerator.is_main_process:
             save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(judged).state_dict().items()}, out / "best.safetensors")
         accelerator.wait_for_everyone()
@@ -349,30 +227,15 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
             budget_end += one_off
         if cfg.time_budget_s and not state.epochs_planned:
             state.epochs_planned = plan_epochs(cfg, state, seconds_per_epoch(state.history[-1], time.perf_counter() - start))
+            if cfg.schedule == "cosine":
+                schedule.respan(scheduler, state.epochs_planned * steps_per_epoch(train_loader, cfg))
             _logger.info("time budget %.0f s: the schedule spans %d epochs", cfg.time_budget_s, state.epochs_planned)
     state.stopped = "early stop" if state.stale >= cfg.patience else "time budget" if state.epoch < cfg.epochs else "epochs"
     _logger.info("stopped after epoch %d (%s); best epoch %d", state.epoch, state.stopped, state.best_epoch)
 
 
-def startup_seconds(first: dict) -> float:
-    """What the first epoch's training took beyond its images at the steady rate measured past its warm-up steps."""
-    return max(0.0, first["seconds"] - first["train_images"] / first["img_per_s"])
-
-
-def seconds_per_epoch(last: dict, wall: float) -> float:
-    """The next epoch's expected wall time: the last one's images at its steady rate, plus what it spent outside training
-    (validation, saving). ``wall`` is the last epoch's whole wall time."""
-    return last["train_images"] / last["img_per_s"] + max(0.0, wall - last["seconds"])
-
-
-def plan_epochs(cfg: TrainConfig, state: State, epoch_seconds: float) -> int:
-    """Epochs that fit ``time_budget_s`` at ``epoch_seconds`` each: at least those run, at most cfg.epochs."""
-    fit_in = state.epoch + int(max(0.0, cfg.time_budget_s - state.wall_seconds) // max(epoch_seconds, 1e-6))
-    return max(state.epoch, min(cfg.epochs, fit_in))
-
-
 def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:
-    """Append the epoch to the history and update best epoch, staleness and the plateau factor."""
+    """Append the epoch to the history and update the best epoch and the epochs since it."""
     state.epoch += 1
     state.train_seconds += seconds
     steady = row.pop("steady_img_per_s")
@@ -389,8 +252,6 @@ def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:
         state.best_key, state.best_epoch, state.stale = key, state.epoch, 0
     else:
         state.stale += 1
-        if state.stale % 2 == 0:  # the plateau schedule halves the rate after two flat epochs
-            state.plateau_factor *= 0.5
     _logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 
 
@@ -399,7 +260,7 @@ def finish(
 ) -> Path:
     """Write the best epoch as a checkpoint folder with its history, metrics and model card; test, calibrate and fit its
     OOD statistics on ``device``."""
-    from brainmri.report import plot_history, write_model_card
+    from brainmri.eval.report import plot_history, write_model_card
     from train.calibrate import calibrate_checkpoint
     from train.evaluate import evaluate_checkpoint
     from train.ood import fit_or_warn
@@ -413,7 +274,7 @@ def finish(
     )
     save_checkpoint(model, out, loaders.class_names, extra={"registry_name": spec.name, "initialization": init}, model_args=spec.model_args)
     write_history(out, state.history)
-    plot_history(state.history, out / "curves.png")
+    plot_history(state.history, out / CURVES)
     metrics = run_metrics(cfg, spec, model, loaders, state, dcfg, init)
     update_metrics(out, metrics)
     _, val = checkpoint_split(out, cfg.data)  # what validation chose on, listed for anyone to check

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from brainmri.ensemble import mean_probs
-from brainmri.predict import NO_TUMOUR, Prediction
+from brainmri.eval.ensemble import mean_probs
+from brainmri.models.checkpoint import ENSEMBLE_METRICS, results_dir
+from brainmri.serving import Prediction
+from brainmri.vocabulary import NOT_MRI, any_tumour_probability
 
 ENSEMBLE = "ensemble (mean of calibrated)"
-NOT_MRI = "not a brain MRI"  # short, for a table cell
-ENSEMBLE_METRICS = Path(__file__).resolve().parents[2] / "results" / "ensemble_metrics.json"
+ENSEMBLE_METRICS_JSON = results_dir() / ENSEMBLE_METRICS
 
 
 def verdict(result: Prediction) -> str:
@@ -22,7 +23,7 @@ def verdict(result: Prediction) -> str:
 
 
 def model_row(result: Prediction) -> dict:
-    row = {"model": result.model, "prediction": verdict(result), "tumour prob": result.tumor_probability}
+    row = {"model": result.model, "prediction": verdict(result), "tumour prob": result.tumour_probability}
     row.update({f"P({k})": v for k, v in result.probabilities.items()})
     row.update({"latency ms": round(result.latency_ms, 1), "looks like MRI": result.in_distribution})
     return row
@@ -36,7 +37,7 @@ def ensemble_row(results: Sequence[Prediction], class_names: list[str]) -> dict:
         return {"model": ENSEMBLE, "prediction": NOT_MRI}
     probs = mean_probs([np.array([r.probabilities[c] for c in class_names]) for r in members])
     row = {"model": ENSEMBLE, "prediction": class_names[int(probs.argmax())]}
-    row["tumour prob"] = float(sum(p for c, p in zip(class_names, probs) if c != NO_TUMOUR))
+    row["tumour prob"] = any_tumour_probability({c: float(p) for c, p in zip(class_names, probs)})
     row.update({f"P({c})": float(p) for c, p in zip(class_names, probs)})
     return row
 
@@ -61,7 +62,7 @@ def agreement(results: Sequence[Prediction]) -> str:
     return "**The models disagree**: " + "; ".join(f"{r.model} says {verdict(r)}" for r in results) + "."
 
 
-def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS) -> str:
+def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS_JSON) -> str:
     """What the ensemble row is, and the one ensemble measured on Testing (train.evaluate --ensemble), in a line."""
     line = "The ensemble row averages the ticked models' calibrated probabilities."
     try:

@@ -2,7 +2,7 @@
 
 The data is found through ``BRAIN_MRI_DATA`` (an image folder or a Hub dataset id), by default
 ``../shared/data/brain-tumor-mri`` beside the repository. A Space has no data folder: then the tab shows what
-``python -m train.data_summary`` precomputed into ``results/`` (counts, a sample grid, the audit's counts), and
+``python -m reports.data_summary`` precomputed into ``results/`` (counts, a sample grid, the audit's counts), and
 the Classify tab offers the few unseen Testing slices it copied into ``examples/``. Nothing else copies dataset
 images into the repository.
 """
@@ -20,15 +20,15 @@ import torch
 from PIL import Image
 
 from brainmri.app.experiments import RESULTS_DIR
-from brainmri.data import IMAGE_SUFFIXES, SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.data.imageio import IMAGE_SUFFIXES
+from brainmri.data.records import SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES
 from brainmri.settings import ROOT, default_data
 
 _logger = logging.getLogger(__name__)
 
-EXAMPLES_DIR = ROOT / "examples"  # unseen Testing slices, two per class, shipped with the Space (train.data_summary)
-COUNTS_JSON = "data_counts.json"  # in RESULTS_DIR: class_counts() of the data folder
-SAMPLES_PNG = "data_samples.png"  # a grid of Training slices, two per class
-AUDIT_JSON = "data_audit.json"  # the duplicate audit's summary, per-class unseen counts included
+EXAMPLES_DIR = ROOT / "examples"  # unseen Testing slices, two per class, shipped with the Space (reports.data_summary)
+COUNTS_JSON, SAMPLES_PNG, AUDIT_JSON = DATA_COUNTS, DATA_SAMPLES, DATA_AUDIT  # in RESULTS_DIR (brainmri.models.checkpoint)
 SAMPLE_TILE, SAMPLE_CAPTION, SAMPLE_COLUMNS = 112, 16, 4  # the grid's layout: px a tile, px of caption under it, tiles a row
 
 
@@ -64,7 +64,7 @@ def examples_are_local(source: str | None = None) -> bool:
 
 
 def precomputed(results: Path = RESULTS_DIR) -> tuple[list[dict], Path, dict] | None:
-    """(class counts, sample grid, audit summary) as train.data_summary wrote them; None when any is missing."""
+    """(class counts, sample grid, audit summary) as reports.data_summary wrote them; None when any is missing."""
     files = [results / name for name in (COUNTS_JSON, SAMPLES_PNG, AUDIT_JSON)]
     if not all(f.is_file() for f in files):
         return None
@@ -164,20 +164,20 @@ def widest_example(root: Path, split: str = "test", scan: int = 40) -> Path:
 @functools.lru_cache(maxsize=2)
 def audit_summary(source: str) -> dict:
     """The duplicate audit's numbers (exact, near and mirrored twins within and across splits); cached, ~10-30 s."""
-    from brainmri.duplicates import audit
+    from brainmri.data.duplicates import audit
 
     test = load_records(source, "test")
     return audit(load_records(source, "train"), test).summary(test.labels, test.class_names)
 
 
 def audit_text(source: str) -> str:
-    """The audit in words: of the data folder when it is there, else as train.data_summary precomputed it."""
+    """The audit in words: of the data folder when it is there, else as reports.data_summary precomputed it."""
     if local_root(source) is not None:
         return audit_markdown(audit_summary(source))
     saved = precomputed()
     if saved is None:
-        raise ValueError("no data folder and no precomputed audit here (python -m train.data_summary writes one)")
-    return audit_markdown(saved[2]) + "\n\n*Precomputed from the data folder by `python -m train.data_summary`.*"
+        raise ValueError("no data folder and no precomputed audit here (python -m reports.data_summary writes one)")
+    return audit_markdown(saved[2]) + "\n\n*Precomputed from the data folder by `python -m reports.data_summary`.*"
 
 
 def example_images(data: str) -> list[tuple[str, str]]:
@@ -198,7 +198,7 @@ def example_images(data: str) -> list[tuple[str, str]]:
 
 
 def audit_markdown(summary: dict) -> str:
-    """The duplicate audit in words, for a reader (the numbers are brainmri.duplicates' summary)."""
+    """The duplicate audit in words, for a reader (the numbers are brainmri.data.duplicates' summary)."""
     s = summary
     unseen = s["test_unseen"] if "test_unseen" in s else s["test_clean"]  # "test_clean": summaries from before mirroring
     mirrored = s.get("test_with_mirrored_twin_in_train_only", 0)
@@ -223,11 +223,11 @@ def audit_markdown(summary: dict) -> str:
 
 def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
     """The Data tab: (note, class counts, Training samples, preprocessing steps for ``model``), from the data folder
-    when it is there, else as train.data_summary precomputed them; the note says which. No server path is shown."""
+    when it is there, else as reports.data_summary precomputed them; the note says which. No server path is shown."""
     import pandas as pd
 
-    from brainmri.data import data_config
-    from brainmri.imageio import load_image
+    from brainmri.data.imageio import load_image
+    from brainmri.data.records import data_config
 
     root = local_root(source)
     saved = precomputed() if root is None else None
@@ -243,7 +243,7 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
         samples = sample_tiles(saved[1], [row["class"] for row in saved[0] if row["class"] != "all"])
         first = shipped_examples()[0][0] if shipped_examples() else saved[1]
         note = (
-            "The data, **precomputed** from the data folder (`python -m train.data_summary`; this server has none): images "
+            "The data, **precomputed** from the data folder (`python -m reports.data_summary`; this server has none): images "
             f"per class and split, samples, and one unseen Testing slice through **{model_name}**'s preprocessing."
         )
     steps = preprocessing_steps(load_image(first), data_config(model))

@@ -14,17 +14,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from brainmri.app.inline_media import data_url
-from brainmri.explain import overlay
-from brainmri.segmentation import draw_outline
-from brainmri.serving import NO_TUMOUR, Prediction, class_words
+from brainmri.app.summary import summary
+from brainmri.rendering import OUTLINE_COLOUR, data_url, draw_outline, overlay
+from brainmri.serving import Prediction
+from brainmri.vocabulary import NO_TUMOUR, NOT_MRI, class_words, percent
 
 THUMB_SIDE = 320
-
-
-def percent(p: float) -> str:
-    """The one precision for probabilities in the app: one decimal."""
-    return f"{100 * p:.1f}%"
 
 
 def percent_cells(rows: list[dict]) -> list[dict]:
@@ -84,13 +79,21 @@ def outline_note(result: Prediction) -> str:
         return f'<p class="outline-note" id="outline-note">No tumour outlined: {what} found none.</p>'
     return (
         f'<p class="outline-note" id="outline-note"><span class="outline-swatch"></span><b>Green outline</b>: {what}; '
-        f"it covers {o.area:.1%} of the image.</p>"
+        f"it covers {percent(o.area)} of the image.</p>"
     )
 
 
 def with_outline(image: Image.Image, mask: np.ndarray | None, show: bool) -> Image.Image:
     """The upload, with the tumour outline drawn over it when there is one and ``show`` is on."""
     return draw_outline(image, mask) if show and mask is not None and mask.any() else image
+
+
+class Session(NamedTuple):
+    """What a browser session keeps between events, in memory only (never a file): re-runs and redraws start here."""
+
+    image: Image.Image  # the decoded upload
+    heatmap: np.ndarray | None = None  # (H, W) in [0, 1]; None before a prediction, or over an image that is not an MRI
+    mask: np.ndarray | None = None  # the tumour outline, (H, W) bool; None without one
 
 
 class ClassifyView(NamedTuple):
@@ -102,7 +105,7 @@ class ClassifyView(NamedTuple):
     heatmap: Image.Image | None  # the overlay; None over an image that is not a brain MRI
     key: str  # HTML colour bar and what the heatmap explains, and what the outline is
     details: dict | None  # the API's details
-    session: tuple | None  # (decoded image, heatmap, outline mask) kept in memory for re-runs and redraws
+    session: Session | None  # kept in memory for re-runs and redraws
 
 
 def classify_view(image: Image.Image, result: Prediction, opacity: float, show_outline: bool = True) -> ClassifyView:
@@ -113,7 +116,7 @@ def classify_view(image: Image.Image, result: Prediction, opacity: float, show_o
     mask = None if result.outline is None else result.outline.mask
     shown = with_outline(image, mask, show_outline)
     key = colour_bar(result) + outline_note(result)
-    return ClassifyView(result.summary(), bars, shown, heatmap, key, result.details(), (image, cam, mask))
+    return ClassifyView(summary(result), bars, shown, heatmap, key, result.details(), Session(image, cam, mask))
 
 
 def error_panel(message: str) -> str:
@@ -125,7 +128,7 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
     """Each model's heatmap whole, its caption under it, in a grid that wraps to the screen's width."""
     figures = []
     for r in results:
-        verdict = class_words(r.prediction) if r.prediction else "not a brain MRI"
+        verdict = class_words(r.prediction) if r.prediction else NOT_MRI
         shown = overlay(image, r.explained_cam, opacity).convert("RGB")
         shown.thumbnail((THUMB_SIDE, THUMB_SIDE))  # a grid cell is at most ~300 px wide: no need to send more
         src = data_url(shown, "jpeg")
@@ -147,7 +150,7 @@ CSS = """
 .cam-ends { display: flex; justify-content: space-between; font-size: 0.85em; opacity: 0.8; }
 .cam-meaning { margin: 4px 0 0 0; font-size: 0.95em; }
 .outline-note { margin: 6px 0 0 0; font-size: 0.95em; }
-.outline-swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 2px solid rgb(0, 255, 170); border-radius: 2px;
+.outline-swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 2px solid rgb(OUTLINE); border-radius: 2px;
   vertical-align: -0.1em; margin-right: 0.35em; }
 .cmp-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(130px, 1fr)); gap: 10px; }
 .cmp-fig { margin: 0; }
@@ -171,4 +174,4 @@ CSS = """
   }
   .hide-on-phone { display: none; }
 }
-"""
+""".replace("OUTLINE", ", ".join(map(str, OUTLINE_COLOUR)))  # the outline drawn on the scan

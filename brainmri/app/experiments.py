@@ -3,8 +3,8 @@
 Each checkpoint folder holds ``metrics.json``, ``history.csv``, ``curves.png``,
 ``confusion.png`` and ``reliability.png`` (written by train/train.py, train/evaluate.py and
 train/calibrate.py). The GPU sweep writes ``results/experiments.csv``, shown as it is when
-present, its runs cut short by their time budget apart from the finished ones; train/cam_sanity.py writes
-``results/cam_sanity.json``, the heatmaps' in-brain share; ``python -m train.plots`` draws
+present, its runs cut short by their time budget apart from the finished ones; reports/cam_sanity.py writes
+``results/cam_sanity.json``, the heatmaps' in-brain share; ``python -m reports.plots`` draws
 ``results/accuracy_cost.png``, ``accuracy_params.png`` and ``per_class.png``, the pictures that compare the shipped
 models.
 """
@@ -19,19 +19,31 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from brainmri.checkpoint import HISTORY, classifier_folders, cut_short, metric_columns, read_metrics
-from brainmri.registry import REGISTRY, SEGMENTER_DEFAULT
-from brainmri.report import segmentation_markdown
-from brainmri.seed_report import seed_markdown
+from brainmri.eval.report import segmentation_markdown
+from brainmri.eval.seeds import seed_markdown
+from brainmri.models.checkpoint import (
+    CAM_LOCALISATION,
+    CAM_SANITY,
+    EXPERIMENTS_CSV,
+    FIGURES,
+    HISTORY,
+    classifier_folders,
+    cut_short,
+    metric_columns,
+    read_metrics,
+    results_dir,
+)
+from brainmri.models.registry import REGISTRY, SEGMENTER_DEFAULT
 from brainmri.settings import checkpoint_dir
+from brainmri.vocabulary import percent
 
 _logger = logging.getLogger(__name__)
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
-RESULTS_CSV = RESULTS_DIR / "experiments.csv"
-CAM_SANITY_JSON = RESULTS_DIR / "cam_sanity.json"
-CAM_LOCALISATION_JSON = RESULTS_DIR / "cam_localisation.json"
-PICTURES = tuple(RESULTS_DIR / f for f in ("accuracy_cost.png", "accuracy_params.png", "per_class.png"))  # python -m train.plots
+RESULTS_DIR = results_dir()
+RESULTS_CSV = RESULTS_DIR / EXPERIMENTS_CSV
+CAM_SANITY_JSON = RESULTS_DIR / CAM_SANITY
+CAM_LOCALISATION_JSON = RESULTS_DIR / CAM_LOCALISATION
+PICTURES = tuple(RESULTS_DIR / f for f in ("accuracy_cost.png", "accuracy_params.png", "per_class.png"))  # python -m reports.plots
 # The compact table a visitor reads first (the name pinned on the left); ALL_COLUMNS behind "all columns".
 COLUMNS = [
     "model", "unseen test acc (95% CI)", "test acc (95% CI)", "val acc", "family", "input px", "initialisation", "train time", "device",
@@ -52,7 +64,7 @@ ABOUT = (
 PICTURES_ABOUT = (
     "**Which model is best for what it costs?** Each dot a shipped model: its unseen-Testing accuracy with the 95% "
     "interval, against the compute of one forward pass and against its size (hollow: no unseen figure yet, official "
-    "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m train.plots` "
+    "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m reports.plots` "
     "from the checkpoints' `metrics.json`; the full-screen button enlarges a picture."
 )
 
@@ -69,13 +81,6 @@ def checkpoint_folders(root: str | Path | None = None) -> list[Path]:
 
 def _rounded(value, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
-
-
-def _pct(value: float | None, ci: list | None = None) -> str:
-    """An accuracy to one decimal, with its 95% interval when known: "99.2% (98.7-99.6)"."""
-    if value is None:
-        return ""
-    return f"{100 * value:.1f}%" + ("" if not ci else f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})")
 
 
 def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
@@ -101,9 +106,9 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
     seconds = m["train_seconds"]
     return {
         "model": name,
-        "unseen test acc (95% CI)": _pct(m["test_unseen_accuracy"], m["test_unseen_accuracy_ci95"]),
-        "test acc (95% CI)": _pct(m["test_accuracy"], m["test_accuracy_ci95"]),
-        "val acc": _pct(m["val_accuracy"]),
+        "unseen test acc (95% CI)": percent(m["test_unseen_accuracy"], m["test_unseen_accuracy_ci95"]),
+        "test acc (95% CI)": percent(m["test_accuracy"], m["test_accuracy_ci95"]),
+        "val acc": percent(m["val_accuracy"]),
         "family": spec.family if spec else "",
         "input px": m["input_size"],
         "initialisation": (m["initialization"] or "").split(" (")[0],
@@ -111,7 +116,7 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
         "device": m["device"] or "",
         "parameters": "" if m["parameters"] is None else f"{m['parameters'] / 1e6:.2f} M",
         "epochs (best)": f"{m['epochs_run'] or '?'} ({m['best_epoch'] or '?'})",
-        "train acc": _pct(m["train_accuracy"]),
+        "train acc": percent(m["train_accuracy"]),
         "test loss": _rounded(m["test_loss"]),
         "temperature": _rounded(m["temperature"], 3),
         "test ECE raw": _rounded(m["test_ece_raw"]),
@@ -141,7 +146,7 @@ SWEEP_COLUMNS = {
 
 def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, list[dict] | None]:
     """The sweep runs of results/experiments.csv (not the shipped checkpoints, already in the table above), labelled
-    by device: the finished ones, and apart those cut short by their time budget (brainmri.checkpoint.cut_short);
+    by device: the finished ones, and apart those cut short by their time budget (brainmri.models.checkpoint.cut_short);
     None for either when there are none."""
     path = Path(path)
     if not path.is_file():
@@ -160,7 +165,7 @@ def results_table(path: str | Path = RESULTS_CSV) -> list[dict] | None:
 
 
 def pictures() -> tuple[str | None, ...]:
-    """Accuracy against compute and against size, and per class (``python -m train.plots``); None where not drawn yet."""
+    """Accuracy against compute and against size, and per class (``python -m reports.plots``); None where not drawn yet."""
     return tuple(str(p) if p.is_file() else None for p in PICTURES)
 
 
@@ -168,19 +173,19 @@ def _sweep_cell(key: str, value: str | None) -> str:
     if value in (None, ""):
         return ""
     if key in ("test_accuracy", "test_unseen_accuracy"):
-        return _pct(float(value))
+        return percent(float(value))
     if key in ("train_seconds", "img_per_s", "pct_of_bound"):
         return f"{float(value):,.0f}"
     return value
 
 
 def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
-    """The pointing game (train.cam_localisation) as a Markdown table: per model, layer and method, the share of
+    """The pointing game (reports.cam_localisation) as a Markdown table: per model, layer and method, the share of
     held-out boxed slices whose heatmap peak falls in the tumour box, per class, the mass in the box, and chance."""
     try:
         runs = json.loads(Path(path).read_text())["runs"]
     except (OSError, ValueError, KeyError):
-        return "No localisation results yet (`python -m train.cam_localisation`)."
+        return "No localisation results yet (`python -m reports.cam_localisation`)."
     lines = [
         "| model | layer | method | heatmap px | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre "
         "| chance: head |",
@@ -189,11 +194,11 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
     for run in runs:
         r = run["report"]
         per = r.get("per_class", {})
-        cls = [_pct((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
+        cls = [percent((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
         lines.append(
-            f"| {run['model']} | `{run['layer']}` | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | **{_pct(r['hit'])}** | "
+            f"| {run['model']} | `{run['layer']}` | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | **{percent(r['hit'])}** | "
             f"{' | '.join(cls)} | "
-            f"{_pct(r['mass'])} | {_pct(r['centre'])} | {_pct(r['head'])} |"
+            f"{percent(r['mass'])} | {percent(r['centre'])} | {percent(r['head'])} |"
         )
     return (
         "**Do the heatmaps point at the tumour?** On boxed Training slices the model never trained on (its validation "
@@ -224,9 +229,6 @@ def figure(folder: str | Path, name: str) -> str | None:
     """Path of ``curves.png``, ``confusion.png`` or ``reliability.png`` in a checkpoint folder, if it is there."""
     path = Path(folder) / name
     return str(path) if path.is_file() else None
-
-
-FIGURES = ("curves.png", "confusion.png", "reliability.png")
 
 
 def figures_of(name: str | None, root: str | Path | None = None) -> tuple:

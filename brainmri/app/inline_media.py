@@ -9,40 +9,15 @@ same thing: ``{"url": "data:image/png;base64,...", "path": None, ...}`` (see :fu
 
 from __future__ import annotations
 
-import base64
-import io
-
 import gradio as gr
 from gradio.data_classes import ImageData
 from PIL import Image
 
-_MIME = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
-# PNG at zlib level 1: a heatmap encodes ~3x faster than at PIL's default 6 for ~20% more bytes (still lossless).
-_SAVE_OPTIONS = {"png": {"compress_level": 1}, "webp": {"lossless": True}}
-
-
-def data_url(image: Image.Image, fmt: str = "png") -> str:
-    """The image encoded as a ``data:image/...;base64,`` URL (PNG by default: lossless)."""
-    fmt = fmt.lower().replace("jpg", "jpeg")
-    if fmt not in _MIME:
-        raise ValueError(f"cannot inline {fmt!r} images; use one of {sorted(_MIME)}")
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt.upper(), **_SAVE_OPTIONS.get(fmt, {}))
-    return f"data:{_MIME[fmt]};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def decode_data_url(url: str) -> Image.Image:
-    """The PIL image in a ``data:image/...;base64,`` URL, as an API client receives the heatmap."""
-    header, sep, payload = url.partition(",")
-    if not (sep and header.startswith("data:image/") and header.endswith(";base64")):
-        raise ValueError(f"not a base64 image data URL: {url[:40]!r}")
-    image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
-    image.load()
-    return image
+from brainmri.rendering import MIME_TYPES, data_url
 
 
 def _inline(image: Image.Image, fmt: str, name: str) -> ImageData:
-    return ImageData(url=data_url(image, fmt), orig_name=f"{name}.{fmt}", mime_type=_MIME[fmt])
+    return ImageData(url=data_url(image, fmt), orig_name=f"{name}.{fmt}", mime_type=MIME_TYPES[fmt])
 
 
 def _image_postprocess(component: gr.Image):
@@ -50,7 +25,7 @@ def _image_postprocess(component: gr.Image):
 
     def postprocess(value):
         if isinstance(value, Image.Image):
-            return _inline(value, component.format if component.format in _MIME else "png", "heatmap")
+            return _inline(value, component.format if component.format in MIME_TYPES else "png", "heatmap")
         return base(value)
 
     return postprocess

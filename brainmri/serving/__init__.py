@@ -18,24 +18,20 @@ step in ``Predictor.run_passes``, so it shares the request's device and, on Zero
 
 from brainmri.serving import zerogpu  # noqa: F401  (first: spaces must be imported before torch initialises CUDA)
 from brainmri.serving.cache import ModelCache
-from brainmri.serving.classify import run_model, run_model_batch
+from brainmri.serving.classify import run_model_batch
 from brainmri.serving.device import resolve_device
 from brainmri.serving.judge import ood_check_batch
 from brainmri.serving.loading import LoadedModel, load_model
 from brainmri.serving.predictor import Predictor
-from brainmri.serving.result import CLASS_WORDS, NO_TUMOUR, Prediction, class_words
+from brainmri.serving.result import Prediction
 
 __all__ = [
-    "CLASS_WORDS",
-    "NO_TUMOUR",
     "LoadedModel",
     "ModelCache",
     "Prediction",
     "Predictor",
-    "class_words",
     "load_model",
     "ood_check_batch",
     "resolve_device",
-    "run_model",
     "run_model_batch",
 ]

@@ -8,12 +8,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from brainmri.serving.loading import LoadedModel, load_model
+from brainmri.serving.loading import load_model
 
 _logger = logging.getLogger(__name__)
+
+
+class Loaded(Protocol):
+    """What the cache holds: a loaded model (LoadedModel, serving.segment's LoadedSegmenter), with its size and lock."""
+
+    nbytes: int  # its tensors' bytes, what the bound counts
+    lock: threading.Lock  # held around its passes
 
 
 class ModelCache:
@@ -29,11 +37,11 @@ class ModelCache:
             :func:`load_model`; a second kind of model, a segmenter, brings its own loader and cache).
     """
 
-    def __init__(self, max_bytes: float, device: torch.device | str | None = None, loader: Callable = load_model):
+    def __init__(self, max_bytes: float, device: torch.device | str | None = None, loader: Callable[..., Loaded] = load_model):
         self.max_bytes = max_bytes
         self.device = device
         self.loader = loader
-        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, int], Loaded] = OrderedDict()  # (name, copy) -> model, least recent first
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
 
@@ -55,7 +63,7 @@ class ModelCache:
         for loaded in self._models.values():
             loaded.lock = threading.Lock()
 
-    def get(self, name: str, folder_fn: Callable[[], str | Path], copy: int = 0) -> LoadedModel:
+    def get(self, name: str, folder_fn: Callable[[], str | Path], copy: int = 0) -> Loaded:
         """The cached model (that copy of it), or ``loader(name, folder_fn(), device)`` once even if several threads ask."""
         key = (name, copy)
         with self._lock:

@@ -4,29 +4,18 @@ of each image, from one forward and one backward over the batch, on the model's 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
-from torch import nn
 
 from brainmri.calibration import calibrated_probs
 from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch
+from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
 from brainmri.serving.loading import LoadedModel
-from brainmri.serving.result import NO_TUMOUR, Prediction
-
-
-@contextmanager
-def capture_classifier_input(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Record the classifier's input, the pooled penultimate features, during a forward (hold the model's lock)."""
-    captured: list[torch.Tensor] = []
-    handle = model.get_classifier().register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    try:
-        yield captured
-    finally:
-        handle.remove()
+from brainmri.serving.result import Prediction
+from brainmri.vocabulary import any_tumour_probability
 
 
 def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD) -> list[Prediction]:
@@ -42,20 +31,22 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
     if loaded.cam_transform is not None:  # outside the lock, which guards the model passes alone
         x_cam = place_batch([loaded.cam_transform(image) for image in images], loaded.device)
     layers = loaded.cam_layers(method)
-    with loaded.lock, capture_classifier_input(loaded.model) as features:  # features[0]: the input-size forward's
-        if x_cam is None:
-            cams, logits = gradcam_batch(loaded.model, layers, x, method)
-        else:
+    with loaded.lock:
+        if x_cam is None:  # the heatmap's forward gives the logits and the OOD features
+            kept = KeepFeatures(loaded.model)
+            cams, logits = gradcam_batch(kept, layers, x, method)
+            pooled = kept.features
+        else:  # the input-size forward gives them, the cam_size one the heatmap
             with torch.no_grad():
-                logits = loaded.model(x)
+                logits, pooled = logits_and_features(loaded.model, x)
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
     probs = calibrated_probs(logits.cpu(), loaded.temperature).tolist()
-    pooled = features[0].cpu()  # the OOD statistics live on the CPU
+    pooled = pooled.cpu()  # the OOD statistics live on the CPU
     results = []
     for i, image in enumerate(images):
         probabilities = dict(zip(loaded.labels, probs[i]))
         top = max(probabilities, key=probabilities.get)
-        tumour = 1.0 - probabilities[NO_TUMOUR] if NO_TUMOUR in probabilities else None
+        tumour = any_tumour_probability(probabilities)
         ood = None
         if loaded.ood is not None:
             ood = loaded.ood.check(image, pooled[i : i + 1])
@@ -81,8 +72,3 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
     for result in results:
         result.latency_ms = latency
     return results
-
-
-def run_model(loaded: LoadedModel, image: Image.Image, method: str = DEFAULT_METHOD) -> Prediction:
-    """Probabilities (temperature-calibrated), heatmap and OOD verdict of one RGB image from one forward and one backward pass."""
-    return run_model_batch(loaded, [image], method)[0]

@@ -7,7 +7,7 @@
 Models load lazily into the model cache (brainmri.serving.cache). Each loaded model carries a lock
 held for the whole forward/backward: Grad-CAM hooks on a shared module would see another thread's
 forward, so two passes never run one model at the same time. Different models run in parallel.
-Requests for one model that arrive together can run as one batch (``max_batch``, brainmri.batching).
+Requests for one model that arrive together can run as one batch (``max_batch``, brainmri.serving.batching).
 
 A batch's model passes all run in :meth:`Predictor.run_passes`, the one GPU entry point: under ZeroGPU
 it is the ``@spaces.GPU`` task (brainmri.serving.zerogpu), so one batch holds one lent GPU for all
@@ -30,18 +30,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from brainmri.batching import MicroBatcher
-from brainmri.catalog import ModelSource, app_default_model, checkpoint_folder, discover
-from brainmri.checkpoint import OOD_CONFIG
-from brainmri.explain import DEFAULT_METHOD
-from brainmri.registry import SEGMENTER_DEFAULT
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
+from brainmri.models.catalog import ModelSource, app_default_model, checkpoint_folder, discover
+from brainmri.models.checkpoint import OOD_CONFIG
+from brainmri.models.registry import SEGMENTER_DEFAULT
+from brainmri.serving.batching import MicroBatcher
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.classify import run_model_batch
 from brainmri.serving.judge import ood_check_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.result import Prediction
 from brainmri.serving.segment import load_for_serving, segment_batch, segmenter_folder
-from brainmri.serving.zerogpu import gpu_task
+from brainmri.serving.zerogpu import gpu_seconds, gpu_task
 from brainmri.settings import model_cache_mb
 
 _logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Predictor:
         sources: registry name -> where its weights are (``catalog.discover()`` by default).
         cache_mb: memory bound of the loaded models' tensors, in MiB (default: ``brainmri.settings.model_cache_mb()``).
         ood_model: the model whose OOD statistics judge every image; "default" for the default model.
-        max_batch: most requests run through a model together (brainmri.batching); 1 runs each alone.
+        max_batch: most requests run through a model together (brainmri.serving.batching); 1 runs each alone.
         max_wait_s: how long the first request of a batch waits for others to join.
         workers: batches of one model that run at once, each through its own copy of the model (with
             ``max_batch`` > 1). Hooks on a shared module would see every forward through it, so one copy
@@ -90,9 +90,9 @@ class Predictor:
         self.segmenter = segmenter if self.segmenter_folder else None
         self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
-        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self._batchers: dict[tuple[str, str, bool], MicroBatcher] = {}  # (model, method, outline) -> its batcher
         self._batchers_lock = threading.Lock()
-        self.run_passes_on_gpu = gpu_task(self.run_passes)  # the same method off ZeroGPU
+        self.run_passes_on_gpu = gpu_task(self.run_passes, duration=gpu_seconds)  # the same method off ZeroGPU
         _PREDICTORS.add(self)
 
     def ood_judge(self) -> str | None:
@@ -128,10 +128,26 @@ class Predictor:
         With ``max_batch`` > 1, requests for the same model and method that arrive together (within
         ``max_wait_s``) run as one batch; each still gets its own answer, and its own errors.
         """
-        loaded = self.model(model_name)
+        loaded = self.check_request([image], model_name, method)
         if self.max_batch <= 1:
             return self.predict_many([image], loaded.name, method, outline=outline)[0]
         return self._batcher(loaded.name, method, outline).submit(image)
+
+    def check_request(self, images: Sequence[Image.Image], model_name: str | None, method: str, copy: int = 0) -> LoadedModel:
+        """The request's model, loaded, once its inputs are known good; else ValueError naming the problem.
+
+        Runs before the GPU entry point: on ZeroGPU an error raised inside the decorated call reaches the visitor as a
+        bare "ZeroGPU worker error", after their quota was spent on it (brainmri.serving.zerogpu)."""
+        if not images:
+            raise ValueError("no image given")
+        for image in images:
+            if not isinstance(image, Image.Image):
+                raise ValueError(f"expected a decoded image (PIL), got {type(image).__name__}")
+            if image.mode != "RGB" or 0 in image.size:
+                raise ValueError(f"expected an RGB image with pixels, got mode {image.mode} of {image.width} x {image.height}")
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+        return self.model(model_name, copy)
 
     def segmentation_model(self, copy: int = 0):
         """The loaded segmenter (that copy of it), or None when this deployment has none."""
@@ -168,6 +184,7 @@ class Predictor:
 
         Identical images in the batch (a class clicking one example at once) are computed once: each request still
         gets its own Prediction, and nothing outlives the batch. ``copy``: the copies of the models to use."""
+        self.check_request(images, model_name, method, copy)
         first: dict[tuple, int] = {}  # (size, mode, pixels' hash) -> index of its first occurrence
         keys = [(im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()) for im in images]
         unique = [first.setdefault(key, i) for i, key in enumerate(keys)]

@@ -1,4 +1,6 @@
-"""What one model says about one image: the ``Prediction`` every serving pass fills in and the app shows."""
+"""What one model says about one image: the ``Prediction`` every serving pass fills in, and its JSON for the API.
+
+The same in words, for people, is the app's (brainmri.app.summary)."""
 
 from __future__ import annotations
 
@@ -7,16 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from brainmri.ood import NOT_MRI, OODResult
+from brainmri.ood import OODResult
 from brainmri.segmentation import Outline, mask_data_url
-
-NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour
-CLASS_WORDS = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary tumour", NO_TUMOUR: "no tumour"}
-
-
-def class_words(label: str) -> str:
-    """A dataset label as a reader says it ("notumor" -> "no tumour"); an unknown label as it is."""
-    return CLASS_WORDS.get(label, label)
+from brainmri.vocabulary import LOOKS_NOT_MRI
 
 
 @dataclass
@@ -28,7 +23,7 @@ class Prediction:
     image: Image.Image  # the decoded RGB image the heatmap belongs to
     probabilities: dict[str, float]
     top_class: str
-    tumor_probability: float | None  # 1 - P(notumor)
+    tumour_probability: float | None  # P(any tumour) = 1 - P(no tumour) (brainmri.vocabulary)
     ood: OODResult | None  # None when the checkpoint has no OOD statistics
     cam: np.ndarray  # (H, W) float32 in [0, 1], the image's size
     cam_method: str
@@ -46,22 +41,6 @@ class Prediction:
         h, w = self.outline.mask.shape
         x, y = self.cam_peak
         return bool(self.outline.mask[min(h - 1, int(y * h)), min(w - 1, int(x * w))])
-
-    def disagreement(self) -> str:
-        """One plain sentence when the classifier and the segmenter disagree on whether there is a tumour, else ""."""
-        if self.outline is None or not self.in_distribution:
-            return ""
-        if self.top_class == NO_TUMOUR and not self.outline.empty:
-            return (
-                f"The classifier finds no tumour, but the segmentation model outlines {self.outline.area:.1%} of the image:"
-                " the two models disagree, so trust neither alone."
-            )
-        if self.top_class != NO_TUMOUR and self.outline.empty:
-            return (
-                f"The classifier says {class_words(self.top_class)}, but the segmentation model outlines no tumour:"
-                " the two models disagree, so trust neither alone."
-            )
-        return ""
 
     @property
     def explained_cam(self) -> np.ndarray | None:
@@ -85,24 +64,7 @@ class Prediction:
 
     def label_value(self) -> dict[str, float] | str:
         """For ``gr.Label``: the class probabilities, or the OOD verdict instead of a tumour class."""
-        return self.probabilities if self.in_distribution else NOT_MRI
-
-    def summary(self) -> str:
-        """One plain paragraph of Markdown."""
-        by = f" (`{self.model}`, {self.latency_ms:.0f} ms)"
-        if not self.in_distribution:
-            return f"**This image {NOT_MRI}**: " + "; ".join(self.ood.reasons) + f". No tumour class is given for it{by}."
-        p = self.probabilities[self.top_class]
-        lines = [f"**Predicted class: {class_words(self.top_class)}** ({p:.1%})."]
-        # The tumour-or-not verdict, when it says more than the class line: a tumour class's share of all tumours,
-        # or a tumour found likelier than the "no tumour" class in front; never the class line's number again.
-        tumour = self.tumor_probability
-        if tumour is not None and (self.top_class != NO_TUMOUR or tumour >= 0.5) and round(tumour, 3) != round(p, 3):
-            lines.append(f"**Any tumour**: {tumour:.1%}.")  # a tumour class in front implies tumour >= 0.5
-        if self.ood is None:
-            lines.append("(No out-of-distribution statistics for this model: it cannot tell an MRI from another picture.)")
-        text = " ".join(lines) + by
-        return text + (f"\n\n**{self.disagreement()}**" if self.disagreement() else "")
+        return self.probabilities if self.in_distribution else LOOKS_NOT_MRI
 
     def details(self) -> dict:
         """JSON-ready details, the API's third output."""
@@ -111,7 +73,8 @@ class Prediction:
             "prediction": self.prediction,
             "top_class": self.top_class,
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
-            "tumor_probability": None if self.tumor_probability is None else round(self.tumor_probability, 6),
+            "tumour_probability": None if self.tumour_probability is None else round(self.tumour_probability, 6),
+            "tumor_probability": None if self.tumour_probability is None else round(self.tumour_probability, 6),  # old key: goes in 0.2
             "in_distribution": self.in_distribution,
             "ood": None if self.ood is None else self.ood.to_dict(),
             "cam_method": self.cam_method,

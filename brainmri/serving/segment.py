@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from brainmri.checkpoint import CONFIG, count_tensors_bytes
-from brainmri.registry import SEGMENTER_DEFAULT, get_segmenter_spec
+from brainmri.models.checkpoint import CONFIG, count_tensors_bytes
+from brainmri.models.registry import SEGMENTER_DEFAULT, get_segmenter_spec
 from brainmri.runtime import fold_batchnorm
 from brainmri.segmentation import Outline, load_segmenter, outline, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device

@@ -1,0 +1,136 @@
+"""The app's tool for assistants: one slice in, compact JSON out, over the API and Gradio's MCP server.
+
+``launch(mcp_server=True)`` serves every public endpoint as an MCP tool, described by its function's docstring
+and type hints. ``/predict`` answers with a Gradio label, a heatmap as a base64 PNG and the full details, which
+suits a page but not an assistant; ``analyse_slice`` answers with the class and its probabilities, the OOD
+verdict, the tumour's box and area, the model and the disclaimer, and adds pictures only when asked.
+
+An MCP client may send the image as a ``data:`` URL, which Gradio's MCP server writes into its cache before it
+uploads it to the app, a copy Gradio never deletes. :func:`track_mcp_staging` records those copies, and the tool
+deletes the one with its upload's bytes once decoded, as it deletes the upload itself (brainmri.app.uploads).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+
+from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
+from brainmri.data.imageio import load_image
+from brainmri.rendering import data_url, overlay
+from brainmri.segmentation import mask_data_url
+from brainmri.serving import Prediction, Predictor
+from brainmri.vocabulary import class_words
+
+_STAGED: set[Path] = set()  # the MCP server's copies of data: URL images, until their request has read them
+_STAGED_LOCK = threading.Lock()
+
+
+def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: float = 0.45) -> dict:
+    """What the tool says about one image, JSON-ready; ``images`` adds the heatmap and the mask as PNG data URLs."""
+    mri, outline = result.in_distribution, result.outline
+    w, h = result.image.size
+    box = None if outline is None or outline.empty else [round(v, 4) for v in outline.box]
+    out = {
+        "model": result.model,
+        "looks_like_brain_mri": mri,
+        "prediction": result.prediction,
+        "prediction_words": class_words(result.prediction) if mri else None,
+        "probabilities": {k: round(v, 4) for k, v in result.probabilities.items()} if mri else None,
+        "tumour_probability": None if result.tumour_probability is None or not mri else round(result.tumour_probability, 4),
+        "ood_reasons": [] if result.ood is None else result.ood.reasons,
+        "tumour_box": box,  # [x0, y0, x1, y1], 0-1 of the image's width and height
+        "tumour_box_px": None if box is None else [round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)],
+        "tumour_area": None if outline is None else round(outline.area, 4),  # share of the image outlined
+        "models_disagree": result.disagreement() or None,
+        "image_size": [w, h],
+        "disclaimer": disclaimer,
+    }
+    if images:
+        out["heatmap_png"] = data_url(overlay(result.image, result.explained_cam, opacity))
+        out["tumour_mask_png"] = None if outline is None else mask_data_url(outline.mask)
+    return out
+
+
+def analyse_tool(
+    predictor: Predictor, disclaimer: str, keep: Callable[[], set[Path]], pending: Callable[[], PendingUploads | None]
+) -> Callable[..., str]:
+    """The tool's function, bound to the app's predictor; ``keep`` and ``pending`` as for ``discard_upload``."""
+    plain = disclaimer.replace("**", "")
+
+    def analyse_slice(image: str, model: str | None = None, images: bool = False) -> str:
+        """Classify one brain MRI slice (glioma, meningioma, pituitary tumour or no tumour) and outline the tumour.
+
+        For research and education only; not a medical device and not for diagnosis. Images that do not look like a
+        brain MRI get no class, with the reasons why.
+
+        Args:
+            image: the slice: JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM, as an http(s) URL or a data: URL.
+            model: the classifier; empty for the app's default (tf_efficientnet_lite0). Others: simple_cnn_7, tf_efficientnet_lite2, ...
+            images: also return the heatmap and the tumour mask as PNG data URLs (large); false by default.
+
+        Returns:
+            JSON text: model, looks_like_brain_mri, prediction, probabilities, tumour_probability, ood_reasons,
+            tumour_box ([x0, y0, x1, y1] in 0-1), tumour_box_px, tumour_area, models_disagree, image_size, disclaimer.
+        """
+        if not image:
+            raise gr.Error("no image given", print_exception=False)
+        try:
+            decoded = load_image(image)
+            result = predictor.predict(decoded, model or None)
+        except ValueError as e:  # the caller's input: a clear message, no traceback, nothing logged
+            raise gr.Error(str(e), print_exception=False) from None
+        finally:
+            discard_staged_copy(image)
+            discard_upload(image, keep=keep(), pending=pending())
+        return json.dumps(answer(result, plain, images), separators=(",", ":"))
+
+    return analyse_slice
+
+
+def not_an_mcp_tool(fn: Callable) -> Callable:
+    """``fn`` kept off the MCP server's tool list, and still an API endpoint. Gradio 6 has no per-event switch for
+    this (``api_visibility`` hides an endpoint from both, and a client then cannot fill in its defaults); its MCP
+    server lists a function as a tool unless the function is marked as some other MCP kind (gradio/mcp.py,
+    ``list_tools``): marked as none of them, it is listed as nothing. tests/test_mcp.py checks the tool list."""
+    fn._mcp_type = "api-only"
+    return fn
+
+
+def track_mcp_staging(blocks: gr.Blocks) -> None:
+    """Record the files the launched app's MCP server writes for ``data:`` URL inputs (a no-op without MCP)."""
+    server = getattr(blocks, "mcp_server_obj", None)
+    if server is None or getattr(server, "_brainmri_tracked", False):
+        return
+    convert = server.convert_strings_to_filedata
+
+    def converting(value, filedata_positions):
+        converted = convert(value, filedata_positions)
+        for item in converted.values() if isinstance(converted, dict) else []:
+            path = item.get("path") if isinstance(item, dict) else None
+            if path and not str(path).startswith(("http://", "https://")) and gradio_cache_dir() in Path(path).resolve().parents:
+                with _STAGED_LOCK:
+                    _STAGED.add(Path(path).resolve())
+        return converted
+
+    server.convert_strings_to_filedata = converting
+    server._brainmri_tracked = True
+
+
+def discard_staged_copy(upload: str | Path) -> None:
+    """Delete the MCP server's staged copy with the same bytes as ``upload`` (read by now: it was uploaded)."""
+    with _STAGED_LOCK:
+        if not _STAGED:
+            return
+        try:
+            data = Path(upload).read_bytes()
+        except OSError:
+            return
+        for staged in [p for p in _STAGED if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data]:
+            _STAGED.discard(staged)
+            discard_upload(staged)
+        _STAGED.difference_update([p for p in _STAGED if not p.is_file()])

@@ -1,0 +1,88 @@
+"""The tumour outline's figures: per-image Dice and IoU through smp's metrics, then per class and overall; its curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainmri.eval.metrics import bootstrap_accuracy_ci
+from brainmri.segmentation import binary_mask, tumour_probability
+from brainmri.vocabulary import NO_TUMOUR
+
+
+def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """(N, S, S) tumour probabilities."""
+    model.eval()
+    return torch.cat([tumour_probability(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """Dice, IoU, areas and detection of each image (true mask from ``y``, predicted from :func:`binary_mask`).
+
+    Dice and IoU are smp's (``get_stats``, then ``f1_score`` / ``iou_score`` per image). An image whose true and
+    predicted masks are both empty scores 1 (``zero_division=1``): a no-tumour slice left empty is right, where
+    smp's DiceLoss would skip it. Training's soft Dice instead pools the batch (train.segment.soft_dice_loss).
+    """
+    import segmentation_models_pytorch as smp
+
+    pred = torch.stack([torch.from_numpy(binary_mask(p.numpy())) for p in probs])[:, None].long()  # (N, 1, H, W)
+    true = (y[:, :1] > 0).long()
+    stats = smp.metrics.get_stats(pred, true, mode="binary")  # tp, fp, fn, tn: each (N, 1)
+    dice = smp.metrics.f1_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
+    iou = smp.metrics.iou_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
+    pred_area, true_area = pred.float().mean(dim=(1, 2, 3)).tolist(), true.float().mean(dim=(1, 2, 3)).tolist()
+    return [{"dice": d, "iou": i, "pred_area": pa, "true_area": ta} for d, i, pa, ta in zip(dice, iou, pred_area, true_area)]
+
+
+def summarise(rows: list[dict], labels: np.ndarray, class_names: list[str]) -> dict:
+    """Per class and overall: the figures the README and the Experiments tab give."""
+    negative = class_names.index(NO_TUMOUR)
+    tumour = [r for r, c in zip(rows, labels) if c != negative]
+    out: dict = {"tumour": _tumour_figures(tumour)}
+    out["per_class"] = {
+        class_names[c]: _tumour_figures([r for r, k in zip(rows, labels) if k == c]) for c in sorted(set(labels)) if c != negative
+    }
+    empty = [r["pred_area"] == 0 for r, c in zip(rows, labels) if c == negative]
+    out["no_tumour"] = {"n": len(empty), "empty_share": float(np.mean(empty)) if empty else None}
+    return out
+
+
+def _tumour_figures(rows: list[dict]) -> dict:
+    if not rows:
+        return {"n": 0}
+    dice = np.array([r["dice"] for r in rows])
+    rel = np.array([(r["pred_area"] - r["true_area"]) / r["true_area"] for r in rows if r["true_area"] > 0])
+    return {
+        "n": len(rows),
+        "dice": float(dice.mean()),
+        "dice_ci95": list(bootstrap_accuracy_ci(dice)),  # a bootstrap of the mean, Dice values as they are
+        "iou": float(np.mean([r["iou"] for r in rows])),
+        "detection_rate": float(np.mean([r["pred_area"] > 0 for r in rows])),
+        "area_error_abs": float(np.abs(rel).mean()) if len(rel) else None,  # mean |predicted - true| / true area
+        "area_error_signed": float(rel.mean()) if len(rel) else None,  # > 0: outlines too large on average
+    }
+
+
+def plot_segmentation_history(history: list[dict], path: str | Path) -> None:
+    """The segmenter's curves.png: training loss, and validation Dice per class, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
+    for key in [k for k in history[0] if k.startswith("val_dice")]:
+        ax_dice.plot(epochs, [h[key] for h in history], "o-", label=key.removeprefix("val_dice_") if key != "val_dice" else "all tumours")
+    ax_dice.plot(epochs, [h["val_empty_no_tumour"] for h in history], "k--", label="no tumour: empty")
+    for ax, title in ((ax_loss, "loss: BCE + soft Dice"), (ax_dice, "validation Dice")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

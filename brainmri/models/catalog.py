@@ -1,0 +1,174 @@
+"""Which registry models have trained weights the app can serve, and where they are.
+
+A model is available from its local checkpoint folder (``registry.ModelSpec.local_dir``),
+else from its Hub repo (``spec.hub_repo_id``): checked with a short timeout, or only in
+the local Hub cache when ``HF_HUB_OFFLINE=1``. Every other model is listed with the
+reason it is not available, so that the app shows it rather than failing on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, WEIGHTS, read_metrics
+from brainmri.models.registry import APP_DEFAULT, REGISTRY, get_spec
+from brainmri.settings import default_model, hub_offline
+
+_logger = logging.getLogger(__name__)
+
+HUB_TIMEOUT_S = 3.0  # per repo; all repos are asked at once
+# Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them.
+CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one registry model's weights are, or why there are none.
+
+    Args:
+        name: registry name.
+        where: "local", "hub" or "" when unavailable.
+        location: the checkpoint folder, or the Hub repo id.
+        reason: why it is unavailable; empty when available.
+    """
+
+    name: str
+    where: str
+    location: str
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return bool(self.where)
+
+
+def _local(name: str) -> ModelSource | None:
+    folder = get_spec(name).local_dir
+    if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
+        return ModelSource(name, "local", str(folder))
+    return None
+
+
+def _hub(name: str, timeout: float) -> ModelSource:
+    """Available on the Hub (or, offline, in the Hub cache), else the reason why not."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    repo = get_spec(name).hub_repo_id
+    if hub_offline():
+        cached = try_to_load_from_cache(repo, WEIGHTS)
+        if isinstance(cached, str) and (Path(cached).parent / CONFIG).is_file():
+            return ModelSource(name, "hub", repo)
+        return ModelSource(name, "", repo, f"no local checkpoint; offline (HF_HUB_OFFLINE=1) and {repo} is not in the Hub cache")
+    try:
+        files = {s.rfilename for s in HfApi().model_info(repo, timeout=timeout).siblings or []}
+    except Exception as e:  # noqa: BLE001  (any failure only makes this model unavailable, with the reason shown)
+        reason = type(e).__name__ if "RepositoryNotFound" in type(e).__name__ else f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        return ModelSource(name, "", repo, f"no local checkpoint; Hub repo {repo} not reachable ({reason})")
+    missing = {CONFIG, WEIGHTS} - files
+    if missing:
+        return ModelSource(name, "", repo, f"no local checkpoint; Hub repo {repo} lacks {', '.join(sorted(missing))}")
+    return ModelSource(name, "hub", repo)
+
+
+def discover(hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> dict[str, ModelSource]:
+    """Every registry model, in registry order, with where its weights are or why there are none.
+
+    Args:
+        hub: also look on the Hub for models without a local folder.
+        timeout: seconds per Hub request (they run in parallel).
+    """
+    found = {name: _local(name) for name in REGISTRY}
+    missing = [name for name, src in found.items() if src is None]
+    if hub and missing:
+        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+            for src in pool.map(lambda n: _hub(n, timeout), missing):
+                found[src.name] = src
+    else:
+        for name in missing:
+            found[name] = ModelSource(name, "", str(get_spec(name).local_dir), "no local checkpoint (Hub lookup disabled)")
+    return found
+
+
+def checkpoint_folder(source: ModelSource) -> Path:
+    """The local folder of an available model, downloading its checkpoint files from the Hub if needed."""
+    if not source.available:
+        raise ValueError(f"model {source.name} is not available: {source.reason}")
+    if source.where == "local":
+        return Path(source.location)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.location, allow_patterns=CHECKPOINT_FILES, local_files_only=hub_offline()))
+    except Exception as e:  # noqa: BLE001  (network and Hub errors of many kinds; the caller shows the message)
+        raise ValueError(f"cannot fetch {source.location} from the Hub: {type(e).__name__}: {e}") from e
+
+
+def validation_accuracy(folder: str | Path) -> float:
+    """The checkpoint's best validation accuracy from metrics.json, or -1 when unknown."""
+    try:
+        return float(read_metrics(folder)["validation"]["accuracy"])
+    except (ValueError, KeyError, TypeError):
+        return -1.0
+
+
+def app_default_model(sources: dict[str, ModelSource]) -> str | None:
+    """The model the app selects first: ``BRAIN_MRI_DEFAULT_MODEL``, else the registry's ``APP_DEFAULT``
+    when available, else the available local model with the best validation accuracy.
+
+    Chosen on leak-free validation (each checkpoint's ``val_split.txt``: no image with a twin, mirrored or not,
+    in its train part), never on Testing: the test set is for reporting only.
+    """
+    available = [s for s in sources.values() if s.available]
+    override = default_model()
+    if override:
+        if override not in sources or not sources[override].available:
+            raise ValueError(f"BRAIN_MRI_DEFAULT_MODEL={override} is not an available model")
+        return override
+    if not available:
+        return None
+    if APP_DEFAULT in sources and sources[APP_DEFAULT].available:
+        return APP_DEFAULT
+    local = [s for s in available if s.where == "local"] or available
+    return max(local, key=lambda s: validation_accuracy(s.location) if s.where == "local" else -1.0).name
+
+
+FAMILY_TITLES = {"efficientnet": "EfficientNet", "simple": "Simple CNN", "baseline": "Baseline"}
+FAMILY_ORDER = list(FAMILY_TITLES)  # the dropdown's groups, the shipped default's family first
+
+
+def unseen_accuracy(source: ModelSource) -> float | None:
+    """Accuracy on the unseen Testing images (no twin in Training, mirrored or not) from a local checkpoint's
+    metrics.json; None when unknown."""
+    if source.where != "local":
+        return None
+    try:
+        return float(read_metrics(source.location)["test_unseen"]["accuracy"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def model_label(source: ModelSource) -> str:
+    """What a dropdown shows for a model: its family, what it is, and its accuracy on unseen Testing images."""
+    spec = get_spec(source.name)
+    acc = unseen_accuracy(source)
+    score = f"{100 * acc:.1f}% on unseen Testing" if acc is not None else "Testing accuracy not measured"
+    return f"{FAMILY_TITLES.get(spec.family, spec.family)} · {spec.about or spec.name} ({score})"
+
+
+def labelled_choices(sources: dict[str, ModelSource]) -> list[tuple[str, str]]:
+    """(label, registry name) of the available models, grouped by family, registry order within a family."""
+    order = {family: i for i, family in enumerate(FAMILY_ORDER)}
+    available = [s for s in sources.values() if s.available]
+    available.sort(key=lambda s: order.get(get_spec(s.name).family, len(order)))  # stable: registry order kept within
+    return [(model_label(s), s.name) for s in available]
+
+
+def unavailable_markdown(missing: dict[str, str]) -> str:
+    """A folded Markdown list of the registry models that cannot be served, each with its reason."""
+    if not missing:
+        return ""
+    lines = "\n".join(f"- `{name}`: {reason}" for name, reason in missing.items())
+    return f"<details><summary>{len(missing)} registry models unavailable</summary>\n\n{lines}\n</details>"

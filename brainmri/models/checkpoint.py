@@ -1,0 +1,251 @@
+"""Self-describing checkpoint folders in timm's Hub layout.
+
+A folder holds ``config.json`` (architecture, num_classes, label_names, model_args and a
+pretrained_cfg describing the exact preprocessing), ``model.safetensors`` (fp16),
+``manifest.json`` (sha256 of each file, and of ``calibration.json`` with the fitted
+temperature and ``ood.json`` + ``ood.safetensors`` with the OOD statistics when present),
+plus metrics, history and a model card. Both
+``timm.create_model("local-dir:FOLDER", pretrained=True)`` and this module load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf
+from torch import nn
+
+from brainmri.data.records import sha256
+from brainmri.settings import ROOT
+
+_logger = logging.getLogger(__name__)
+
+# The folder layout: every file name of a checkpoint has its home here.
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+CALIBRATION = "calibration.json"  # optional: written by train.calibrate, covered by the manifest
+METRICS = "metrics.json"  # training, test and calibration figures (train.train, train.evaluate, train.calibrate)
+TRAIN_CONFIG = "train_config.json"  # the TrainConfig the weights were trained with
+HISTORY = "history.csv"  # one row per epoch
+OOD_CONFIG = "ood.json"  # optional: thresholds of the OOD check (brainmri.ood), written by train.ood, in the manifest
+OOD_TENSORS = "ood.safetensors"  # optional: its class means and precision matrix, in the manifest
+VAL_SPLIT = "val_split.txt"  # the validation images (dataset-relative paths) its validation figures and fits use
+CARD = "README.md"  # the model card (brainmri.eval.report.write_model_card)
+CURVES = "curves.png"  # loss and accuracy per epoch (training)
+CONFUSION = "confusion.png"  # on official Testing (train.evaluate)
+RELIABILITY = "reliability.png"  # before and after temperature scaling (train.calibrate)
+FIGURES = (CURVES, CONFUSION, RELIABILITY)
+
+# The results folder beside the checkpoints: where it is, and the files the reports write there.
+EXPERIMENTS_CSV = "experiments.csv"  # every run, full precision (reports.results)
+EXPERIMENTS_MD = "experiments.md"  # the same, rounded
+ENSEMBLE_METRICS = "ensemble_metrics.json"  # the scored ensemble on Testing (train.evaluate --ensemble)
+CAM_SANITY = "cam_sanity.json"  # the heatmaps' share inside the brain (reports.cam_sanity)
+CAM_LOCALISATION = "cam_localisation.json"  # the pointing game on boxed slices (reports.cam_localisation)
+ROOFLINE_CSV = "roofline.csv"  # FLOPs and bytes per training image (reports.roofline)
+DATA_COUNTS = "data_counts.json"  # images per class and split (reports.data_summary)
+DATA_SAMPLES = "data_samples.png"  # a grid of Training slices, two per class
+DATA_AUDIT = "data_audit.json"  # the duplicate audit's summary
+
+
+def results_dir() -> Path:
+    """The repository's ``results/``: the one place that says where the generated tables and figures live."""
+    return ROOT / "results"
+
+
+def save_checkpoint(
+    model: nn.Module, folder: str | Path, class_names: list[str], extra: dict | None = None, model_args: dict | None = None
+) -> Path:
+    """Write config.json and fp16 model.safetensors for ``model`` into ``folder``.
+
+    ``extra`` is merged into config.json (e.g. the registry name and how it was initialised);
+    ``model_args`` (the registry's architecture arguments) go where timm's ``local-dir:`` and
+    ``hf-hub:`` loading read them back.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # fp16 halves the size; loading casts back to the model's fp32 parameters.
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, folder / WEIGHTS)
+    save_config_for_hf(
+        model, folder / CONFIG, model_config={"label_names": list(class_names), **(extra or {})}, model_args=model_args or None
+    )
+    write_manifest(folder)
+    return folder
+
+
+def write_manifest(folder: str | Path) -> None:
+    """Record the sha256 of the files that define the model (and its calibration), so tampering is caught at load."""
+    folder = Path(folder)
+    # Files that add_to_manifest added (e.g. ood.*) stay covered when it is rewritten.
+    previous = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
+    names = dict.fromkeys([CONFIG, WEIGHTS, *([CALIBRATION] if (folder / CALIBRATION).is_file() else []), *previous])
+    digests = {name: sha256((folder / name).read_bytes()) for name in names if (folder / name).is_file()}
+    (folder / MANIFEST).write_text(json.dumps(digests, indent=2) + "\n")
+
+
+def add_to_manifest(folder: str | Path, names: list[str]) -> None:
+    """Record the sha256 of ``names`` (files in ``folder``) in its manifest, which ``load_checkpoint`` verifies.
+
+    Only these entries are (re)computed, so adding a file cannot bless altered weights.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.update({name: sha256((folder / name).read_bytes()) for name in names})
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise ValueError(f"not a checkpoint folder (no {CONFIG}): {folder}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """ValueError naming the problem if a file is missing or differs from the manifest."""
+    folder = Path(folder)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise ValueError(f"checkpoint {folder} is missing {name}")
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        digests = json.loads(manifest.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint {folder}: {MANIFEST} is not valid JSON: {e}") from None
+    if (folder / CALIBRATION).is_file() and CALIBRATION not in digests:
+        raise ValueError(f"checkpoint {folder}: {CALIBRATION} is not listed in {MANIFEST}")
+    for name, digest in digests.items():
+        if not (folder / name).is_file():
+            raise ValueError(f"checkpoint {folder} is missing {name} (listed in {MANIFEST})")
+        if sha256((folder / name).read_bytes()) != digest:
+            raise ValueError(f"checkpoint {folder}: {name} does not match its sha256 in {MANIFEST}")
+
+
+def load_checkpoint(folder: str | Path) -> nn.Module:
+    """Rebuild the model from the folder alone (fp32, eval mode), via timm's ``local-dir:``.
+
+    Weights are read from safetensors only; nothing is unpickled.
+    """
+    verify_checkpoint(folder)
+    read_config(folder)
+    try:
+        model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
+    except Exception as e:  # a corrupt safetensors file surfaces as several error types
+        raise ValueError(f"cannot load checkpoint {folder}: {e}") from e
+    return model.float().eval()
+
+
+def label_names(folder: str | Path) -> list[str]:
+    return list(read_config(folder)["label_names"])
+
+
+def count_tensors_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def read_metrics(folder: str | Path) -> dict:
+    """The folder's metrics.json; ValueError naming the file when it is missing or not JSON."""
+    path = Path(folder) / METRICS
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+
+
+def has_metrics(folder: str | Path) -> bool:
+    return (Path(folder) / METRICS).is_file()
+
+
+def is_segmenter(folder: str | Path) -> bool:
+    """An smp segmentation model's folder (its config.json names smp's ``_model_class``), not a timm classifier's."""
+    path = Path(folder) / CONFIG
+    try:
+        return path.is_file() and "_model_class" in json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def classifier_folders(root: str | Path) -> list[Path]:
+    """The classifier checkpoint folders under ``root`` that have metrics, sorted: what tables and pictures list."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if has_metrics(p) and not is_segmenter(p)) if root.is_dir() else []
+
+
+def update_metrics(folder: str | Path, sections: dict, drop: list[str] | None = None) -> dict:
+    """Merge ``sections`` into the folder's metrics.json (made if absent), less the ``drop`` keys; returns the whole of it."""
+    metrics = read_metrics(folder) if has_metrics(folder) else {}
+    metrics.update(sections)
+    for key in drop or []:
+        metrics.pop(key, None)
+    (Path(folder) / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# The one column map of results tables (reports/results.py's CSV, the app's Experiments tab): column -> its path in
+# metrics.json. A table picks and formats columns; it never spells a path into metrics.json itself.
+METRIC_COLUMNS = {
+    "model": ("model",),
+    "parameters": ("parameters",),
+    "input_size": ("input_size",),
+    "initialization": ("initialization",),
+    "epochs_run": ("epochs_run",),
+    "best_epoch": ("best_epoch",),
+    "train_accuracy": ("train", "accuracy"),
+    "val_accuracy": ("validation", "accuracy"),
+    "test_accuracy": ("test", "accuracy"),
+    "test_accuracy_ci95": ("test", "accuracy_ci95"),
+    "test_unseen_accuracy": ("test_unseen", "accuracy"),
+    "test_unseen_accuracy_ci95": ("test_unseen", "accuracy_ci95"),
+    "test_unseen_n": ("test_unseen", "n"),
+    "val_leaky_accuracy": ("validation_leaky", "accuracy"),
+    "test_loss": ("test", "loss"),
+    "temperature": ("calibration", "temperature"),
+    "test_ece_raw": ("calibration", "test_ece_before"),
+    "test_ece_calibrated": ("calibration", "test_ece_after"),
+    "train_seconds": ("train_seconds",),
+    "img_per_s": ("train_img_per_s",),
+    "peak_memory_gib": ("peak_gpu_memory_gib",),
+    "device": ("device",),
+    "batch_size": ("batch_size",),
+    "grad_checkpointing": ("grad_checkpointing",),
+    "stopped": ("stopped",),
+}
+
+
+# A run with fewer epochs than this, or ended by its time budget, says how far the model got, not what it can do.
+FINISHED_EPOCHS = 5
+
+
+def cut_short(epochs_run, stopped) -> bool:
+    """Whether a run was cut short: ended by its time budget (``stopped``), or after fewer than FINISHED_EPOCHS
+    epochs. Results tables show such rows apart from finished ones."""
+    if stopped == "time budget":
+        return True
+    try:
+        return int(epochs_run) < FINISHED_EPOCHS
+    except (TypeError, ValueError):  # not recorded: a failed or untested run, not a short one
+        return False
+
+
+def metric_columns(metrics: dict, columns: list[str] | None = None) -> dict:
+    """``columns`` (default: all of :data:`METRIC_COLUMNS`) read from a metrics.json dict; None where absent."""
+    out = {}
+    for column in columns or METRIC_COLUMNS:
+        value = metrics
+        for key in METRIC_COLUMNS[column]:
+            value = value.get(key) if isinstance(value, dict) else None
+        out[column] = value
+    return out

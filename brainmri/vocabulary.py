@@ -1,0 +1,30 @@
+"""The words the app, the API and the reports use, each said once: the classes as a reader says them, the OOD
+verdict, the tumour probability and how a share is printed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour (an empty mask, for the segmenter)
+CLASS_WORDS = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary tumour", NO_TUMOUR: "no tumour"}
+BRAIN_MRI = "a brain MRI"
+NOT_MRI = f"not {BRAIN_MRI}"  # the OOD verdict, short: a table cell, a caption
+LOOKS_NOT_MRI = f"does not look like {BRAIN_MRI}"  # the OOD verdict in a sentence, and the API's label
+
+
+def class_words(label: str) -> str:
+    """A dataset label as a reader says it ("notumor" -> "no tumour"); an unknown label as it is."""
+    return CLASS_WORDS.get(label, label)
+
+
+def any_tumour_probability(probabilities: Mapping[str, float]) -> float | None:
+    """P(any tumour) = 1 - P(no tumour); None for labels without a no-tumour class."""
+    return 1.0 - probabilities[NO_TUMOUR] if NO_TUMOUR in probabilities else None
+
+
+def percent(value: float | None, ci: Sequence[float] | None = None, digits: int = 1) -> str:
+    """A share as a percent: one decimal ("99.2%"), its 95% interval after it when given ("99.2% (98.7-99.6)");
+    "" for None."""
+    if value is None:
+        return ""
+    return f"{100 * value:.{digits}f}%" + (f" ({100 * ci[0]:.{digits}f}-{100 * ci[1]:.{digits}f})" if ci else "")

@@ -1,0 +1,161 @@
+"""What one device call carries, measured the way the device tool measures it, and the steps around that call.
+
+    python -m ops.transfer copy-data SRC    # SRC and its masks into data/, each distinct file once (data/duplicates.tsv)
+    python -m ops.transfer relink           # on the device: the duplicates back in place, byte for byte
+    python -m ops.transfer check            # sizes: working tree (checkpoints/ but the kept one left out) + data/
+    python -m ops.transfer stash            # take the tracked checkpoints/ out of the working tree (refuses if changed)
+    python -m ops.transfer restore          # put them back from git: git checkout -- checkpoints
+
+The device tool sends the tracked files and the untracked files git does not ignore, plus the
+carried folders, 64 MiB in all. ``scripts/prepare_device_data.sh`` fills the carried ``data/`` and
+stashes ``checkpoints/`` but the app's default model (``KEPT``: the CUDA serving check serves it, and
+it is the OOD judge); the sweeps train from scratch and never read the others.
+
+The data set (50 MiB) holds 427 byte-for-byte copies of other files (3.3 MiB): they travel once, and
+``relink`` copies them back on the device, so that the folder there lists and reads as here. What
+travels: data set 46.3 MiB + masks 1.4 + Lite0's checkpoint 12.9 + working tree ~1.3 = ~62 MiB, under
+``TARGET_BYTES`` (62.5 MiB) and the 64 MiB limit. The Lite0-2 ImageNet packages (wheels of 17, 19
+and 22 MiB) cannot travel with the data (docs/gpu_lease.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from brainmri.cli import exit_code, setup_logging
+from brainmri.models.registry import APP_DEFAULT
+
+_logger = logging.getLogger(__name__)
+
+LIMIT_BYTES = 64 * 2**20  # the device tool's cap on the working tree plus carried folders
+TARGET_BYTES = int(62.5 * 2**20)  # what we allow ourselves: 1.5 MiB to spare for the tree's growth
+CARRIED = "data"  # the one carried folder: the data set copy (its duplicates once), its masks, wheels if any
+STASHED = "checkpoints"  # tracked, but left behind for the call ...
+KEPT = f"{STASHED}/{APP_DEFAULT}"  # ... but for the app's default model: served by the CUDA check (scripts/cuda_check.py)
+DUPLICATES = "duplicates.tsv"  # in the carried folder: "copy<TAB>original" paths relative to it, one a line
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _left_behind(relative: Path) -> bool:
+    """Whether stash takes this tracked file out of the tree."""
+    return relative.parts[0] == STASHED and not relative.is_relative_to(KEPT)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True, text=True).stdout
+
+
+def travelling_files(repo: Path = ROOT) -> list[Path]:
+    """Tracked files and untracked files git does not ignore, as they lie in the working tree now."""
+    names = _git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    return [repo / n for n in names if n and (repo / n).is_file()]
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(os.path.getsize(Path(d) / f) for d, _, names in os.walk(folder) for f in names)
+
+
+def transfer_bytes(repo: Path = ROOT, carried: Path | None = None, stashed: str | None = STASHED) -> dict[str, int]:
+    """Bytes that travel: the working tree (with ``stashed`` left out, as the stash step leaves it) and the
+    carried folder (``repo/data`` unless given; it is git-ignored, so never counted twice)."""
+    tree = [f for f in travelling_files(repo) if not (stashed and _left_behind(f.relative_to(repo)))]
+    sizes = {"tree": sum(f.stat().st_size for f in tree), "carried": folder_bytes(carried or repo / CARRIED)}
+    sizes["total"] = sizes["tree"] + sizes["carried"]
+    return sizes
+
+
+def check(repo: Path = ROOT) -> dict[str, int]:
+    """Print what travels; ValueError, naming the largest files, when it exceeds TARGET_BYTES."""
+    sizes = transfer_bytes(repo)
+    mib = {k: v / 2**20 for k, v in sizes.items()}
+    print(
+        f"travels: working tree {mib['tree']:.1f} MiB ({STASHED}/ but {KEPT}) + {CARRIED}/ {mib['carried']:.1f} MiB "
+        f"= {mib['total']:.1f} MiB (target {TARGET_BYTES / 2**20:.1f}, limit {LIMIT_BYTES / 2**20:.0f} MiB)"
+    )
+    if sizes["total"] > TARGET_BYTES:
+        largest = sorted(travelling_files(repo), key=lambda f: f.stat().st_size, reverse=True)[:5]
+        names = ", ".join(f"{f.relative_to(repo)} ({f.stat().st_size / 2**20:.1f} MiB)" for f in largest)
+        raise ValueError(f"{mib['total']:.1f} MiB would travel, over the {TARGET_BYTES / 2**20:.1f} MiB target; largest: {names}")
+    return sizes
+
+
+def stash(repo: Path = ROOT) -> None:
+    """Delete the tracked checkpoints/ but KEPT from the working tree; refuse while it holds uncommitted changes."""
+    dirty = _git(repo, "status", "--porcelain", "--untracked-files=all", "--", STASHED).strip()
+    if dirty:
+        raise ValueError(f"{STASHED}/ has uncommitted changes; commit them first (git status -- {STASHED}):\n{dirty}")
+    for name in _git(repo, "ls-files", "-z", "--", STASHED).split("\0"):
+        if name and _left_behind(Path(name)):
+            (repo / name).unlink(missing_ok=True)
+    print(f"{STASHED}/ but {KEPT} taken out of the working tree for the device call; put it back: python -m ops.transfer restore")
+
+
+def restore(repo: Path = ROOT) -> None:
+    _git(repo, "checkout", "--", STASHED)
+    print(f"{STASHED}/ restored from git")
+
+
+def copy_data(src: str | Path, dest: str | Path | None = None) -> dict[str, int]:
+    """``src`` (Training, Testing, README) into ``dest`` (default data/<src name>) and its masks folder beside it, if
+    there; each distinct file's bytes once, the copies of others listed in ``<dest parent>/duplicates.tsv``."""
+    src = Path(src)
+    dest = Path(dest) if dest else ROOT / CARRIED / src.name
+    shutil.rmtree(dest, ignore_errors=True)
+    first: dict[str, str] = {}
+    copies = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        name = path.relative_to(src).as_posix()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in first:
+            copies.append(f"{dest.name}/{name}\t{dest.name}/{first[digest]}")
+            continue
+        first[digest] = name
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / name)
+    (dest.parent / DUPLICATES).write_text("".join(f"{line}\n" for line in copies))
+    masks = Path(f"{src}-masks")
+    if masks.is_dir():
+        shutil.rmtree(f"{dest}-masks", ignore_errors=True)
+        shutil.copytree(masks, f"{dest}-masks")
+    also = ", and its masks" if masks.is_dir() else ""
+    print(f"{src} -> {dest}: {len(first)} files, {len(copies)} copies of them to relink there{also}")
+    return {"files": len(first), "copies": len(copies)}
+
+
+def relink(carried: str | Path = ROOT / CARRIED) -> int:
+    """Write back each listed copy from its original (on the device, before anything reads the data); how many."""
+    carried = Path(carried)
+    listing = carried / DUPLICATES
+    lines = [line.split("\t") for line in listing.read_text().splitlines() if line] if listing.is_file() else []
+    for copy, original in lines:
+        shutil.copyfile(carried / original, carried / copy)
+    print(f"{len(lines)} duplicate files written back under {carried}/")
+    return len(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    steps = (
+        "copy-data: the data set into data/, duplicates once; relink: the duplicates back (on the device); check: sizes "
+        "against the limits; stash: take checkpoints/ but the app default out of the tree; restore: put them back from git"
+    )
+    parser.add_argument("step", choices=["copy-data", "relink", "check", "stash", "restore"], help=steps)
+    parser.add_argument("src", nargs="?", help="copy-data: the data folder to copy")
+    args = parser.parse_args(argv)
+    if args.step == "copy-data":
+        if not args.src:
+            parser.error("copy-data needs the data folder")
+        return exit_code(lambda: copy_data(args.src), _logger)
+    return exit_code({"check": check, "stash": stash, "restore": restore, "relink": relink}[args.step], _logger)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Do the heatmaps point at the tumour? The pointing game and the mass in the box, on held-out boxed slices.
+
+    python -m reports.cam_localisation --data DATA                       # every local checkpoint, its registry layer
+    python -m reports.cam_localisation --data DATA --models tf_efficientnet_lite0 --layers bn2 blocks.5 blocks.4 \\
+        --methods Grad-CAM HiResCAM                                       # which layer and method point best
+
+The boxes (``../shared/data/brain-tumor-mri-boxes/training_boxes.csv``, matched from Cheng et al.'s
+figshare set) cover Training images only, so each model is scored on the boxed images of its own
+validation split (brainmri.data.split: images it never trained on), never on Testing. For each image the
+heatmap comes from the app's path (``Predictor``'s batched Grad-CAM); the **pointing game** counts a
+hit when its peak (``details.cam_peak``) lies inside the tumour box, and the **mass in the box** is
+the share of heatmap mass inside it. Chance levels beside them: the image centre (a hit when the box
+holds the centre), a random point in the head (the box's share of the Otsu brain mask) and a uniform
+map (the box's share of the image). Where the expert masks lie beside the data (brainmri.data.records.masks_folder),
+each image is scored against its tumour's own outline as well: ``mask_hit`` (the peak inside the mask) and
+``mask_mass`` (the share of heatmap mass inside it), with ``mask_uniform`` (the mask's share of the image) as
+chance. The validation images are cut in two halves by a seeded draw: choose a layer and method on ``choose``,
+report on ``report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import random
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from brainmri.cli import add_data_argument, exit_code, setup_logging
+from brainmri.data.imageio import load_image
+from brainmri.data.records import masks_folder
+from brainmri.data.split import checkpoint_split
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, prepare_for_cam
+from brainmri.models.catalog import discover
+from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
+from brainmri.serving import Predictor
+from reports.cam_sanity import brain_mask
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_BOXES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "brain-tumor-mri-boxes" / "training_boxes.csv"
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class Box:
+    """A tumour box in 0-1 coordinates of the image (x to the right, y down)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def holds(self, x: float, y: float) -> bool:
+        return self.x0 <= x <= self.x1 and self.y0 <= y <= self.y1
+
+    def pixels(self, width: int, height: int) -> tuple[slice, slice]:
+        """(rows, columns) of the pixels whose centres lie in the box."""
+        cols = slice(int(np.ceil(self.x0 * width - 0.5)), int(np.floor(self.x1 * width - 0.5)) + 1)
+        rows = slice(int(np.ceil(self.y0 * height - 0.5)), int(np.floor(self.y1 * height - 0.5)) + 1)
+        return rows, cols
+
+
+def load_boxes(path: str | Path) -> dict[str, Box]:
+    """``Training/<class>/<file>`` -> its tumour box."""
+    with Path(path).open(newline="") as f:
+        return {r["path"]: Box(*(float(r[k]) for k in ("x0", "y0", "x1", "y1"))) for r in csv.DictReader(f)}
+
+
+def boxed_validation(folder: Path, data: str, boxes: dict[str, Box]) -> list[tuple[Path, str, Box]]:
+    """(file, class, box) of the checkpoint's validation images that have a box."""
+    _, val = checkpoint_split(folder, data)
+    root = Path(data).resolve()
+    out = []
+    for source, label in zip(val.sources, val.labels):
+        key = Path(source).resolve().relative_to(root).as_posix()
+        if key in boxes:
+            out.append((Path(source), val.class_names[label], boxes[key]))
+    return out
+
+
+def halves(items: list, seed: int = 0) -> dict[str, list]:
+    """A seeded half of the items to choose on, the other to report on."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    cut = len(order) // 2
+    return {"choose": [items[i] for i in sorted(order[:cut])], "report": [items[i] for i in sorted(order[cut:])]}
+
+
+def tumour_mask(path: Path, size: tuple[int, int]) -> np.ndarray | None:
+    """The expert mask of a Training image at ``size`` (width, height), or None when it has none."""
+    for parent in path.parents:
+        folder = masks_folder(parent)
+        if folder is not None:
+            mask = folder / path.relative_to(parent.resolve()).with_suffix(".png")
+            return np.asarray(Image.open(mask).convert("L").resize(size, Image.NEAREST)) >= 128 if mask.is_file() else None
+    return None
+
+
+KEYS = ("hit", "mass", "centre", "head", "uniform")
+MASK_KEYS = ("mask_hit", "mask_mass", "mask_uniform")
+
+
+def score(predictor: Predictor, name: str, method: str, items: list[tuple[Path, str, Box]]) -> dict:
+    """Pointing game, mass in the box (and in the mask, where there is one) and the chance levels, overall and per class."""
+    per_class: dict[str, dict[str, list[float]]] = {}
+    for start in tqdm(range(0, len(items), BATCH), desc=f"{name} {method}", leave=False, mininterval=5):
+        chunk = items[start : start + BATCH]
+        images = [load_image(path) for path, _, _ in chunk]
+        results = predictor.predict_many(images, name, method, outline=False)  # the heatmap is scored, not the segmenter
+        for (path, cls, box), image, result in zip(chunk, images, results):
+            w, h = image.size
+            rows, cols = box.pixels(w, h)
+            inside = np.zeros((h, w), dtype=bool)
+            inside[rows, cols] = True
+            head = brain_mask(image)
+            total = float(result.cam.sum())
+            m = per_class.setdefault(cls, {k: [] for k in (*KEYS, *MASK_KEYS)})
+            mask = tumour_mask(path.resolve(), (w, h))
+            if mask is not None and mask.any():
+                x, y = result.cam_peak
+                m["mask_hit"].append(float(mask[min(h - 1, int(y * h)), min(w - 1, int(x * w))]))
+                m["mask_mass"].append(float(result.cam[mask].sum()) / total if total > 0 else 0.0)
+                m["mask_uniform"].append(float(mask.mean()))
+            m["hit"].append(float(box.holds(*result.cam_peak)))
+            m["mass"].append(float(result.cam[inside].sum()) / total if total > 0 else 0.0)
+            m["centre"].append(float(box.holds(0.5, 0.5)))
+            m["head"].append(float((inside & head).sum()) / max(1, int(head.sum())))
+            m["uniform"].append(float(inside.mean()))
+
+    def summary(values: dict[str, list[float]]) -> dict:
+        out = {"n": len(values["hit"]), **{k: round(statistics.fmean(v), 4) for k, v in values.items() if v}}
+        return out | ({"n_masked": len(values["mask_hit"])} if values["mask_hit"] else {})
+
+    everything = {k: [x for m in per_class.values() for x in m[k]] for k in (*KEYS, *MASK_KEYS)}
+    return {**summary(everything), "per_class": {c: summary(v) for c, v in sorted(per_class.items())}}
+
+
+def with_layer(predictor: Predictor, name: str, layer: str | None) -> None:
+    """Point the loaded model's CAM at ``layer`` alone (a module path in the model) instead of the registry's layers."""
+    loaded = predictor.model(name)
+    if layer:
+        modules = dict(loaded.model.named_modules())
+        if layer not in modules:
+            raise ValueError(f"{name} has no module {layer!r}")
+        loaded.layer, loaded.layer_name, loaded.stages = modules[layer], layer, []
+        prepare_for_cam(loaded.model)
+
+
+def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str | None], methods: list[str], seed: int = 0) -> dict:
+    predictor = Predictor(discover(hub=False))
+    boxes = load_boxes(boxes_csv)
+    report = {"boxes": str(boxes_csv), "seed": seed, "runs": []}
+    for name in models or predictor.available:
+        folder = Path(predictor.sources[name].location)
+        items = halves(boxed_validation(folder, data, boxes), seed)
+        for layer in layers:
+            predictor.cache = type(predictor.cache)(predictor.cache.max_bytes)  # a fresh copy of the model for each layer
+            with_layer(predictor, name, layer)
+            loaded = predictor.model(name)
+            for method in methods:
+                layer_name = loaded.cam_layer_name(method)
+                cam_size = loaded.cam_size or loaded.cfg["input_size"][-1]
+                run_ = {"model": name, "layer": layer_name, "method": method, "cam_size": cam_size}
+                run_.update({part: score(predictor, name, method, chunk) for part, chunk in items.items()})
+                _logger.info(
+                    "%s %s %s: pointing %.3f (choose) %.3f (report), mass in box %.3f; chance: centre %.3f, head %.3f",
+                    name, layer_name, method, run_["choose"]["hit"], run_["report"]["hit"], run_["report"]["mass"],
+                    run_["report"]["centre"], run_["report"]["head"],
+                )  # fmt: skip
+                report["runs"].append(run_)
+    return report
+
+
+MASK_SECTION = ("<!-- SECTION:cam-masks -->", "<!-- /SECTION:cam-masks -->")  # docs/heatmaps.md
+HEATMAPS_DOC = Path(__file__).resolve().parent.parent / "docs" / "heatmaps.md"
+
+
+def mask_markdown(report: dict) -> str:
+    """Per model (report half): the pointing game and mass against the box and against the tumour's own mask."""
+    lines = [
+        "| model | method | n (masked) | peak in box | peak in mask | mass in box | mass in mask | mask's share (chance) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(report["runs"], key=lambda r: -r["report"].get("mask_hit", 0)):
+        h = r["report"]
+        if "mask_hit" not in h:
+            continue
+        lines.append(
+            f"| `{r['model']}` | {r['method']} | {h['n']} ({h['n_masked']}) | {h['hit']:.1%} | {h['mask_hit']:.1%} | {h['mass']:.1%}"
+            f" | {h['mask_mass']:.1%} | {h['mask_uniform']:.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(parser)  # the folder the boxes' paths are relative to
+    parser.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="training_boxes.csv")
+    parser.add_argument("--models", nargs="*", default=None, help="default: every local checkpoint")
+    parser.add_argument("--layers", nargs="*", default=[None], help="module paths to weigh instead of the registry's layer")
+    methods = "explanation methods to score (default: %(default)s)"
+    parser.add_argument("--methods", nargs="*", default=[DEFAULT_METHOD], choices=list(CAM_METHODS), help=methods)
+    parser.add_argument("--out", type=Path, default=results_dir() / CAM_LOCALISATION, help="the report (default: %(default)s)")
+    parser.add_argument("--docs", action="store_true", help="also write the box-and-mask table into docs/heatmaps.md")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        if args.docs:
+            from reports.results import update_section
+
+            note = f"Generated by `python -m reports.cam_localisation --docs --out {args.out}` (report halves of each model's validation)."
+            update_section(HEATMAPS_DOC, mask_markdown(report), note, MASK_SECTION)
+
+    return exit_code(go, _logger)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

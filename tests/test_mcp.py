@@ -1,0 +1,81 @@
+"""The app's own launch serves an MCP tool (brainmri.app.tool), called here with the ``mcp`` package's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from brainmri.app.uploads import gradio_cache_dir
+
+SLICE = ROOT / "examples" / "glioma_1.jpg"  # a Testing slice with no twin in Training (examples/README.md)
+pytestmark = pytest.mark.slow  # a launched app and a model pass per call: several seconds
+
+
+def _session_call(url: str, calls):
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def run():
+        async with streamable_http_client(url) as (read, write, _), ClientSession(read, write) as session:
+            await session.initialize()
+            return [await call(session) for call in calls]
+
+    return asyncio.run(run())
+
+
+def _data_url(path: Path) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def mcp_url(app_url: str) -> str:
+    return app_url.rstrip("/") + "/gradio_api/mcp/"
+
+
+def test_the_tool_is_listed_with_its_description_and_arguments_and_nothing_else(mcp_url: str):
+    (listed,) = _session_call(mcp_url, [lambda s: s.list_tools()])
+    tools = {t.name: t for t in listed.tools}
+    assert list(tools) == ["analyse_slice"], "only the tool: /predict and the UI's events are not MCP tools"
+    tool = tools["analyse_slice"]
+    assert tool.description.startswith("Classify one brain MRI slice") and "not for diagnosis" in tool.description
+    assert set(tool.inputSchema["properties"]) == {"image", "model", "images"}
+    assert "data: URL" in tool.inputSchema["properties"]["image"]["description"]
+
+
+def test_a_real_slice_gets_its_class_and_tumour_box_as_json_and_leaves_no_file(mcp_url: str):
+    before = {p for p in gradio_cache_dir().rglob("*") if p.is_file()} if gradio_cache_dir().is_dir() else set()
+
+    async def call(session):
+        return await session.call_tool("analyse_slice", {"image": _data_url(SLICE)})
+
+    (result,) = _session_call(mcp_url, [call])
+    assert not result.isError, result.content
+    (content,) = result.content
+    answer = json.loads(content.text)
+    assert answer["prediction"] == "glioma" and answer["looks_like_brain_mri"] is True
+    assert answer["model"] == "tf_efficientnet_lite0" and sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    x0, y0, x1, y1 = answer["tumour_box"]
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and 0 < answer["tumour_area"] < 0.2
+    assert len(answer["tumour_box_px"]) == 4 and "not for diagnosis" in answer["disclaimer"]
+    assert "heatmap_png" not in answer and len(content.text) < 2000  # compact: no pictures unless asked
+    after = {p for p in gradio_cache_dir().rglob("*") if p.is_file()}
+    assert [p for p in after - before if p.read_bytes() == SLICE.read_bytes()] == [], "the upload outlived its request"
+
+
+def test_pictures_come_only_when_asked_and_bad_input_is_a_clear_error(mcp_url: str):
+    async def with_images(session):
+        return await session.call_tool("analyse_slice", {"image": _data_url(SLICE), "model": "simple_cnn_7", "images": True})
+
+    async def not_an_image(session):
+        return await session.call_tool("analyse_slice", {"image": "data:image/jpeg;base64," + base64.b64encode(b"no").decode()})
+
+    pictured, bad = _session_call(mcp_url, [with_images, not_an_image])
+    answer = json.loads(pictured.content[0].text)
+    assert answer["model"] == "simple_cnn_7" and answer["heatmap_png"].startswith("data:image/png;base64,")
+    assert answer["tumour_mask_png"].startswith("data:image/png;base64,")
+    assert bad.isError and "Traceback" not in bad.content[0].text and "image" in bad.content[0].text

@@ -1,0 +1,61 @@
+"""Learning-rate schedules from timm (``timm.scheduler``), for both trainers: linear warm-up, then cosine to zero,
+or the plateau rule.
+
+timm's schedulers are functions of the update count, told it after each optimizer step (``step_update``), so
+``--resume`` needs nothing but the count: the cosine one carries no state. The plateau one (validation accuracy,
+stepped per epoch) does: :func:`plateau_state` / :func:`load_plateau_state` carry it in the resume files, which
+timm's own checkpoints do not.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from timm.scheduler import CosineLRScheduler, PlateauLRScheduler
+from timm.scheduler.scheduler import Scheduler
+from torch.optim import Optimizer
+
+
+def cosine(optimizer: Optimizer, lr: float, warmup_steps: int, total_steps: int) -> CosineLRScheduler:
+    """Linear warm-up from ``lr / warmup_steps`` over ``warmup_steps`` updates, then cosine to zero at ``total_steps``.
+
+    Stepped with ``step_update(updates_done)`` after each optimizer step.
+    """
+    warm = max(1, warmup_steps)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps - warm),
+        lr_min=0.0,
+        warmup_t=warm,
+        warmup_lr_init=lr / warm,
+        warmup_prefix=True,  # the cosine starts where the warm-up ends
+        t_in_epochs=False,
+    )
+
+
+def respan(scheduler: CosineLRScheduler, total_steps: int) -> None:
+    """Let a cosine schedule end at ``total_steps`` instead (a time budget fixes the epochs after the first one)."""
+    scheduler.t_initial = max(1, total_steps - scheduler.warmup_t)
+
+
+def plateau(optimizer: Optimizer, warmup_epochs: int) -> PlateauLRScheduler:
+    """The rate halves after two epochs without a better validation accuracy, after ``warmup_epochs`` of warm-up.
+
+    Stepped with ``step(epochs_done, val_accuracy)`` after each epoch's validation.
+    """
+    with warnings.catch_warnings():  # deprecated for not saving its state: plateau_state() saves it here
+        warnings.simplefilter("ignore", FutureWarning)
+        lr = optimizer.param_groups[0]["lr"]
+        warm = {"warmup_t": warmup_epochs, "warmup_lr_init": lr / (warmup_epochs + 1)}
+        return PlateauLRScheduler(optimizer, decay_rate=0.5, patience_t=1, threshold=0.0, mode="max", **warm)
+
+
+def plateau_state(scheduler: Scheduler) -> dict:
+    """What --resume needs of a plateau schedule (best accuracy, epochs without it...); {} for the stateless cosine."""
+    inner = getattr(scheduler, "lr_scheduler", None)
+    return {} if inner is None else {k: v for k, v in inner.state_dict().items() if k != "optimizer"}
+
+
+def load_plateau_state(scheduler: Scheduler, state: dict) -> None:
+    if state and getattr(scheduler, "lr_scheduler", None) is not None:
+        scheduler.lr_scheduler.load_state_dict(state)
