@@ -12,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from brainmri.registry import SEGMENTERS, create_segmenter
+from brainmri.models.registry import SEGMENTERS, create_segmenter
 from train.experts import soft_target
 from train.multitask import MultiTaskConfig, joint_loss
 from train.multitask_eval import overlap
@@ -81,7 +81,7 @@ def test_training_writes_a_folder_smp_loads(tmp_path, data_dir):
 
 @pytest.mark.parametrize("name", MULTITASK)
 def test_classifier_face_gives_what_smp_gives_from_one_forward(name):
-    from brainmri.multitask import MultiTaskClassifier
+    from brainmri.models.multitask import MultiTaskClassifier
 
     net = create_segmenter(name).eval()
     model = MultiTaskClassifier(net, SEGMENTERS[name].input_size).eval()
@@ -102,8 +102,8 @@ def test_classifier_face_preprocesses_as_training_decoded():
     non-square upload too."""
     from PIL import Image
 
-    from brainmri.data import data_config, eval_transform
-    from brainmri.multitask import MultiTaskClassifier
+    from brainmri.data.records import data_config, eval_transform
+    from brainmri.models.multitask import MultiTaskClassifier
     from brainmri.segmentation import to_input
 
     name = MULTITASK[0]

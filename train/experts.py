@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.data import MASKS_CSV, ImageRecords, relative_path
+from brainmri.data.records import MASKS_CSV, ImageRecords, relative_path
+from brainmri.vocabulary import NO_TUMOUR  # its slices: an empty mask from every expert, by definition
 
 _logger = logging.getLogger(__name__)
 
 EXPERTS = {"cheng": "-masks", "brisc": "-masks-brisc"}  # expert -> suffix of its folder beside the data
-NO_TUMOUR = "notumor"  # its slices have no tumour: an empty mask from every expert, by definition
 
 
 def expert_folder(data: str | Path, expert: str) -> Path | None:

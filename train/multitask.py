@@ -1,4 +1,4 @@
-"""Train one encoder for class, heatmap and outline (brainmri.registry.SEGMENTERS["multitask_lite0"]).
+"""Train one encoder for class, heatmap and outline (brainmri.models.registry.SEGMENTERS["multitask_lite0"]).
 
     python -m train.multitask --data ../shared/data/brain-tumor-mri --epochs 8 --out ../runs/multitask_lite0
     python -m train.multitask --out ../runs/multitask_lite0 --resume   # continue after the last finished epoch
@@ -6,7 +6,7 @@
 A U-Net on the Lite0 encoder with a classification head on the encoder's deepest stage (smp ``aux_params``),
 trained on both tasks at once: cross-entropy on every Training image, and BCE + soft Dice on the outline where a
 target exists (train.experts: the two experts' mean, empty for no-tumour slices, none for the tumours no expert
-outlined). The split is the classifiers' mirror-aware one (brainmri.split), so twins and the images of one
+outlined). The split is the classifiers' mirror-aware one (brainmri.data.split), so twins and the images of one
 figshare scan stay on one side, and neither head ever trains on a validation scan. Each epoch is scored on
 validation: accuracy, and Dice against each expert; the epoch with the best accuracy + mean Dice is kept.
 """
@@ -26,27 +26,28 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-from brainmri.checkpoint import HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data import augment_batch
-from brainmri.registry import create_segmenter, get_segmenter_spec
+from brainmri.data.records import augment_batch
+from brainmri.data.split import training_split, write_val_split
+from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.models.registry import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
-from brainmri.split import training_split, write_val_split
 from train.config import parse_config
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
+from train.schedule import cosine
+from train.segment import save_resume, soft_dice_loss
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass
 class MultiTaskConfig:
-    model: str = "multitask_lite0"  # registry name (brainmri.registry.SEGMENTERS, with num_classes)
+    model: str = "multitask_lite0"  # registry name (brainmri.models.registry.SEGMENTERS, with num_classes)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; the experts' masks lie beside it
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 8  # epochs of the cosine schedule
@@ -56,7 +57,7 @@ class MultiTaskConfig:
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero (timm CosineLRScheduler, per step)
     label_smoothing: float = 0.1  # of the class targets; the temperature fitted afterwards undoes its overconfidence cut
     outline_weight: float = 1.0  # loss = CE + outline_weight * (BCE + soft Dice) on the images with a target
-    val_fraction: float = 0.15  # the classifiers' split (brainmri.split): same fraction and seed, same validation scans
+    val_fraction: float = 0.15  # the classifiers' split (brainmri.data.split): same fraction and seed, same validation scans
     seed: int = 0
     input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
     amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (twice as fast on an avx512_bf16 CPU); "none": fp32
@@ -97,13 +98,6 @@ def load_split(cfg: MultiTaskConfig) -> dict:
 
 
 # ---------------------------------------------------------------- training
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - Dice of the batch as one volume, soft targets allowed: empty masks of no-tumour slices count without a
-    0/0, where smp's DiceLoss (per image, empty masks skipped) would ignore exactly the slices that teach "none"."""
-    p = torch.sigmoid(logits)
-    return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
 
 
 def joint_loss(class_logits, mask_logits, labels, target, weight, cfg: MultiTaskConfig) -> tuple[torch.Tensor, dict]:
@@ -150,28 +144,13 @@ def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConf
 # ---------------------------------------------------------------- the run
 
 
-def save_resume(out: Path, model, optimizer, state: dict) -> None:
-    folder = out / "resume"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, folder / "state.tmp")
-    (folder / "state.tmp").replace(folder / "state.pt")  # atomic: a kill mid-write leaves the last epoch whole
-
-
 def build(cfg: MultiTaskConfig, steps_per_epoch: int):
     spec = get_segmenter_spec(cfg.model)
     if not spec.num_classes:
         raise ValueError(f"{cfg.model} has no classification head (registry num_classes); choose a multi-task model")
     model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * steps_per_epoch
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=total,
-        lr_min=0.0,
-        warmup_t=max(1, int(cfg.warmup_epochs * steps_per_epoch)),
-        warmup_lr_init=cfg.lr / 100,
-        t_in_epochs=False,  # stepped per batch with step_update
-    )
+    scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     return model, optimizer, scheduler
 
 
@@ -235,7 +214,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(state["history"][0]))
         writer.writeheader()
         writer.writerows(state["history"])
-    plot_history(state["history"], out / "curves.png")
+    plot_history(state["history"], out / CURVES)
     write_card(out)
     shutil.rmtree(out / "resume", ignore_errors=True)
     _logger.info("wrote %s: %s", out, json.dumps(metrics["validation"]["summary"]))

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.metrics import f1_score, get_stats, iou_score
 
-from brainmri.metrics import bootstrap_accuracy_ci
+from brainmri.eval.metrics import bootstrap_accuracy_ci
 from brainmri.segmentation import MIN_AREA, THRESHOLD, normalise
-from train.experts import EXPERTS, NO_TUMOUR
+from brainmri.vocabulary import NO_TUMOUR
+from train.experts import EXPERTS
 
 
 @torch.inference_mode()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from brainmri.checkpoint import METRICS, TRAIN_CONFIG
+from brainmri.models.checkpoint import CARD, METRICS, TRAIN_CONFIG
 from train.experts import EXPERTS
 
 EXPERT_NAMES = {"cheng": "Cheng et al. (figshare)", "brisc": "BRISC 2025"}
@@ -107,6 +107,6 @@ def write_card(folder: Path) -> Path:
         datasets=["masoudnickparvar/brain-tumor-mri-dataset"],
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{card_text(m, cfg)}")
-    path = folder / "README.md"
+    path = folder / CARD
     card.save(path)
     return path

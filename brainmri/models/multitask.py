@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brainmri.checkpoint import CONFIG
+from brainmri.models.checkpoint import CONFIG
 
 AUX_PARAMS = "aux_params"  # smp's config.json key of the classification head's arguments
 
