@@ -21,6 +21,7 @@ from torch import nn
 
 from brainmri.data.records import normalize_batch
 from brainmri.models.checkpoint import TRAIN_CONFIG, verify_checkpoint
+from brainmri.models.multitask import UnetOnClassifier, is_multitask
 from brainmri.rendering import data_url
 
 _logger = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ def load_segmenter(folder: str | Path) -> nn.Module:
 
     verify_checkpoint(folder)
     try:
-        model = smp.from_pretrained(str(Path(folder).resolve()))
+        if is_multitask(folder):
+            model = UnetOnClassifier.from_pretrained(str(Path(folder).resolve()))
+        else:
+            model = smp.from_pretrained(str(Path(folder).resolve()))
     except Exception as e:  # a corrupt file surfaces as several error types
         raise ValueError(f"cannot load segmentation checkpoint {folder}: {e}") from e
     model.input_size = input_size(folder)
@@ -55,7 +59,8 @@ def to_input(image: Image.Image, side: int) -> torch.Tensor:
 
 def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float, with the mean and std of the encoder's own timm pretrained_cfg."""
-    return normalize_batch(images, model.encoder.model.pretrained_cfg)
+    cfg = model.pretrained_cfg if isinstance(model, UnetOnClassifier) else model.encoder.model.pretrained_cfg
+    return normalize_batch(images, cfg)
 
 
 def mask_logits(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

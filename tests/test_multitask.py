@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from huggingface_hub import ModelCard
 
@@ -58,15 +59,15 @@ def test_overlap_counts_empty_on_empty_as_agreement():
 
 
 @pytest.mark.slow
-def test_training_writes_a_folder_smp_loads(tmp_path, data_dir):
+def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.multitask", "--data", str(data_dir), "--out", str(out), "--epochs", "1"]
     cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    import segmentation_models_pytorch as smp
+    from brainmri.models.multitask import UnetOnClassifier
 
-    model = smp.from_pretrained(str(out)).eval()
+    model = UnetOnClassifier.from_pretrained(str(out)).eval()
     with torch.no_grad():
         masks, logits = model(torch.zeros(1, 3, 224, 224))
     assert masks.shape == (1, 1, 224, 224) and logits.shape == (1, 4)
@@ -75,26 +76,52 @@ def test_training_writes_a_folder_smp_loads(tmp_path, data_dir):
     assert set(both) >= {"n", "dice_cheng", "dice_brisc", "experts_dice"}
     assert metrics["validation"]["classes"]["n"] == len((out / "val_split.txt").read_text().split("\n")) - 3
     card = ModelCard.load(out / "README.md")
-    assert card.data.library_name == "segmentation-models-pytorch"
+    assert card.data.library_name == "brain-mri"
     assert not (out / "resume").exists()
 
 
 @pytest.mark.parametrize("name", MULTITASK)
-def test_classifier_face_gives_what_smp_gives_from_one_forward(name):
+def test_classifier_face_gives_what_the_model_gives_from_one_forward(name):
     from brainmri.models.multitask import MultiTaskClassifier
 
     net = create_segmenter(name).eval()
-    model = MultiTaskClassifier(net, SEGMENTERS[name].input_size).eval()
+    model = MultiTaskClassifier(net).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         masks, labels = net(x)
         logits = model(x)
     assert torch.allclose(logits, labels, atol=1e-5)
     assert torch.allclose(model.last_mask_logits, masks, atol=1e-5)  # the outline of that same forward
+    assert torch.allclose(net.classifier(x), labels, atol=1e-5)  # the class path is the timm classifier, whole
     pooled = model.forward_head(model.forward_features(x), pre_logits=True)
     assert pooled.shape == (2, model.get_classifier().in_features)
     assert model.pretrained_cfg["input_size"] == (3, SEGMENTERS[name].input_size, SEGMENTERS[name].input_size)
     assert not model.last_mask_logits.requires_grad
+
+
+@pytest.mark.parametrize("name", MULTITASK)
+def test_every_classifier_tensor_but_the_head_starts_from_imagenet(name):
+    from brainmri.models.imagenet import load_offline_imagenet_weights
+
+    spec = SEGMENTERS[name]
+    ours = create_segmenter(name, pretrained=True).classifier.state_dict()
+    full = timm.create_model(spec.encoder)
+    load_offline_imagenet_weights(full, spec.imagenet_init)
+    shared = [k for k in ours if not k.startswith("classifier.")]
+    assert len(shared) > 200 and all(torch.equal(ours[k], full.state_dict()[k]) for k in shared)
+
+
+def test_a_saved_folder_loads_back_and_is_a_segmenter(tmp_path):
+    from brainmri.models.checkpoint import is_segmenter
+    from brainmri.models.multitask import UnetOnClassifier, is_multitask
+
+    net = create_segmenter(MULTITASK[0]).eval()
+    net.save_pretrained(tmp_path)
+    assert is_multitask(tmp_path) and is_segmenter(tmp_path)
+    again = UnetOnClassifier.from_pretrained(str(tmp_path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(net(x), again(x)))
 
 
 def test_classifier_face_preprocesses_as_training_decoded():
@@ -107,7 +134,7 @@ def test_classifier_face_preprocesses_as_training_decoded():
     from brainmri.segmentation import to_input
 
     name = MULTITASK[0]
-    model = MultiTaskClassifier(create_segmenter(name), SEGMENTERS[name].input_size)
+    model = MultiTaskClassifier(create_segmenter(name))
     image = Image.effect_mandelbrot((300, 260), (-2, -1.2, 1, 1.2), 60).convert("RGB")
     served = eval_transform(data_config(model), normalize=False)(image)
     trained = to_input(image, SEGMENTERS[name].input_size)

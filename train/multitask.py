@@ -3,8 +3,8 @@
     python -m train.multitask --data ../shared/data/brain-tumor-mri --epochs 8 --out ../runs/multitask_lite0
     python -m train.multitask --out ../runs/multitask_lite0 --resume   # continue after the last finished epoch
 
-A U-Net on the Lite0 encoder with a classification head on the encoder's deepest stage (smp ``aux_params``),
-trained on both tasks at once: cross-entropy on every Training image, and BCE + soft Dice on the outline where a
+The Lite0 classifier with a U-Net decoder on its stages (brainmri.models.multitask.UnetOnClassifier), trained on
+both tasks at once: cross-entropy on every Training image, and BCE + soft Dice on the outline where a
 target exists (train.experts: the two experts' mean, empty for no-tumour slices, none for the tumours no expert
 outlined). The split is the classifiers' mirror-aware one (brainmri.data.split), so twins and the images of one
 figshare scan stay on one side, and neither head ever trains on a validation scan. Each epoch is scored on

@@ -62,7 +62,8 @@ def card_text(m: dict, cfg: dict) -> str:
             f"# {m['model']}: one encoder for a brain MRI slice's class, heatmap and tumour outline",
             "",
             "Classifies a brain MRI slice (glioma, meningioma, no tumour, pituitary) and outlines the tumour, from one",
-            "EfficientNet-Lite0 encoder with a U-Net decoder and a class head. For research and education, not diagnosis.",
+            "EfficientNet-Lite0 classifier (timm) with a U-Net decoder (segmentation-models-pytorch) on its stages.",
+            "For research and education, not diagnosis.",
             "",
             f"- Architecture: {m['architecture']}; {m['parameters']:,} parameters; input {m['input_size']} x {m['input_size']} RGB",
             f"- Weights initialised from: {m['initialization']}",
@@ -86,9 +87,9 @@ def card_text(m: dict, cfg: dict) -> str:
             f"No-tumour slices left empty: {_pct(v['outline']['no_tumour']['empty_share'])} of {v['outline']['no_tumour']['n']}.",
             "",
             "```python",
-            "import segmentation_models_pytorch as smp",
+            "from brainmri.models.multitask import UnetOnClassifier  # pip install -r requirements.txt of brain-mri",
             "",
-            f'model = smp.from_pretrained("{m["model"]}")  # or a local folder; model(x) -> (mask logits, class logits)',
+            f'model = UnetOnClassifier.from_pretrained("{m["model"]}")  # or a local folder; model(x) -> (mask logits, class logits)',
             "```",
             "",
         ]
@@ -100,10 +101,10 @@ def write_card(folder: Path) -> Path:
     m = json.loads((folder / METRICS).read_text())
     cfg = json.loads((folder / TRAIN_CONFIG).read_text())
     data = ModelCardData(
-        library_name="segmentation-models-pytorch",
+        library_name="brain-mri",
         license="apache-2.0",
         pipeline_tag="image-segmentation",
-        tags=["image-segmentation", "image-classification", "segmentation-models-pytorch", "brain-mri"],
+        tags=["image-segmentation", "image-classification", "timm", "segmentation-models-pytorch", "brain-mri"],
         datasets=["masoudnickparvar/brain-tumor-mri-dataset"],
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{card_text(m, cfg)}")

@@ -1,12 +1,20 @@
-"""One encoder for class, heatmap and outline: an smp multi-task U-Net seen as a timm classifier.
+"""One encoder for class, heatmap and outline: the timm classifier itself, with smp's U-Net decoder on its stages.
 
-The folder is what smp's ``save_pretrained`` writes for a ``Unet(..., aux_params=...)`` (train.multitask), so
-``smp.from_pretrained(FOLDER)`` rebuilds it with the library alone and ``model(x)`` gives ``(masks, labels)``.
-:class:`MultiTaskClassifier` gives it the face the rest of the project expects of a classifier (timm's
-``pretrained_cfg``, ``forward_features``, ``forward_head(pre_logits=True)``, ``get_classifier``), so calibration,
-evaluation, the OOD fit and the heatmap treat it like any timm model. Its ``forward`` also runs the decoder on the
-same encoder features, without autograd, and keeps the outline's logits of that forward in ``last_mask_logits``:
-one forward (and the heatmap's backward, through the encoder alone) gives the class, the heatmap and the outline.
+:class:`UnetOnClassifier` is a whole timm classifier (``tf_efficientnet_lite0``: blocks, ``conv_head``, pooling,
+the 4-class head) whose five stage outputs (timm ``forward_intermediates``) also feed segmentation-models-pytorch's
+``UnetDecoder`` and ``SegmentationHead``. ``model(x)`` gives ``(masks, labels)`` as an smp model with ``aux_params``
+does. smp's own class head was tried first and dropped: it pools the deepest stage's 320 linear projections, with no
+non-linearity before the pool, and reached 77% validation accuracy after three epochs where the Lite0 classifier
+(``conv_head`` and its ReLU before the pool) had 98% (docs/segmentation.md). Here the class path *is* the Lite0
+classifier, ImageNet weights and all, so it can classify as well as Lite0, and the heatmap's stages are Lite0's.
+
+Saved and loaded with huggingface_hub's ``PyTorchModelHubMixin`` (``config.json`` of the constructor's arguments,
+``model.safetensors``), like smp's own models; ``config.json`` also names ``_model_class``, which marks a
+segmentation folder (brainmri.models.checkpoint.is_segmenter).
+
+:class:`MultiTaskClassifier` gives it the face the rest of the project expects of a timm classifier
+(``pretrained_cfg``, ``forward_features``, ``forward_head(pre_logits=True)``, ``get_classifier``): its ``forward``
+returns the class logits and keeps the outline's logits of that same encoder pass in ``last_mask_logits``.
 """
 
 from __future__ import annotations
@@ -14,65 +22,105 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import timm
 import torch
+from huggingface_hub import PyTorchModelHubMixin
+from segmentation_models_pytorch.base import SegmentationHead
+from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 
 from brainmri.models.checkpoint import CONFIG
 
-AUX_PARAMS = "aux_params"  # smp's config.json key of the classification head's arguments
+MODEL_CLASS = "UnetOnClassifier"  # config.json's _model_class for this architecture
 
 
-def is_multitask(folder: str | Path) -> bool:
-    """An smp folder whose model also classifies (its config.json has ``aux_params`` with classes)."""
-    path = Path(folder) / CONFIG
-    try:
-        return path.is_file() and bool((json.loads(path.read_text()).get(AUX_PARAMS) or {}).get("classes"))
-    except json.JSONDecodeError:
-        return False
+class UnetOnClassifier(nn.Module, PyTorchModelHubMixin, library_name="brain-mri", tags=["image-segmentation", "image-classification"]):
+    """A timm classifier with a U-Net decoder on its stages: ``forward(x) -> (masks (B, 1, H, W), logits (B, C))``.
+
+    Args:
+        backbone: the timm classifier (its stages must be a multiple of 32 in all, as a U-Net's are).
+        num_classes: classes of its head.
+        decoder_channels: the decoder's widths, finest last (one per stage).
+        input_size: the side it is trained and served at; preprocessing squashes the whole slice to it.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        num_classes: int = 4,
+        decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
+        input_size: int = 224,
+    ):
+        super().__init__()
+        self.classifier = timm.create_model(backbone, num_classes=num_classes)
+        stages = [f["num_chs"] for f in self.classifier.feature_info]  # (16, 24, 40, 112, 320) at strides 2 ... 32
+        self.decoder = UnetDecoder([3, *stages], list(decoder_channels), n_blocks=len(decoder_channels))
+        self.segmentation_head = SegmentationHead(decoder_channels[-1], 1, kernel_size=3)
+        self.input_size = input_size
+        # Squashed whole to the side, bilinear, as training decodes it (brainmri.segmentation.to_input), so the
+        # outline maps back onto any upload's frame by a resize.
+        cfg = dict(self.classifier.pretrained_cfg)
+        cfg.update(input_size=(3, input_size, input_size), crop_pct=1.0, crop_mode="squash", interpolation="bilinear")
+        cfg.pop("test_input_size", None)
+        self.classifier.pretrained_cfg = cfg
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """The preprocessing: mean and std of the backbone's timm config, at :attr:`input_size`."""
+        return self.classifier.pretrained_cfg
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The classifier's last features before pooling (B, F, h, w) and its stage outputs, finest first."""
+        return self.classifier.forward_intermediates(x)
+
+    def segment(self, x: torch.Tensor, stages: list[torch.Tensor]) -> torch.Tensor:
+        """Outline logits (B, 1, H, W) from the stage outputs (smp's decoder takes the input as its stage 0)."""
+        return self.segmentation_head(self.decoder([x, *stages]))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        final, stages = self.features(x)
+        return self.segment(x, stages), self.classifier.forward_head(final)
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        config = {**(self._hub_mixin_config or {}), "_model_class": MODEL_CLASS}
+        super().save_pretrained(save_directory, config=config, **kwargs)
 
 
 class MultiTaskClassifier(nn.Module):
-    """A classifier's face on an smp segmentation model with a classification head.
+    """A timm classifier's face on :class:`UnetOnClassifier`: ``forward(x)`` gives the class logits, and keeps the
+    outline's logits of the same forward (decoder run without autograd: the heatmap's backward needs the class path
+    only) in ``last_mask_logits`` (B, 1, S, S)."""
 
-    Args:
-        net: ``smp.Unet`` (or another smp architecture) built with ``aux_params``.
-        input_size: the side it was trained at; preprocessing squashes the whole slice to it.
-    """
-
-    def __init__(self, net: nn.Module, input_size: int):
+    def __init__(self, net: UnetOnClassifier):
         super().__init__()
-        if getattr(net, "classification_head", None) is None:
-            raise ValueError("this segmentation model has no classification head (smp aux_params)")
         self.net = net
-        self.head = net.classification_head  # pool, flatten, dropout, linear, activation (smp ClassificationHead)
-        self.num_classes = self.head[3].out_features
-        cfg = dict(net.encoder.model.pretrained_cfg)  # mean and std of the encoder's own timm config
-        # Squashed whole to the side, bilinear, as training decoded it (brainmri.segmentation.to_input), so the outline
-        # maps back onto any upload's frame by a resize.
-        cfg.update(input_size=(3, input_size, input_size), crop_pct=1.0, crop_mode="squash", interpolation="bilinear")
-        cfg["num_classes"] = self.num_classes
-        self.pretrained_cfg = cfg
-        self.last_mask_logits: torch.Tensor | None = None  # (B, 1, S, S) of the latest forward, no autograd
-
-    @property
-    def encoder(self) -> nn.Module:
-        """The timm feature extractor both heads read (its ``blocks`` are the heatmap's stages)."""
-        return self.net.encoder.model
+        self.pretrained_cfg = net.pretrained_cfg
+        self.num_classes = net.classifier.num_classes
+        self.last_mask_logits: torch.Tensor | None = None
 
     def get_classifier(self) -> nn.Module:
-        return self.head[3]
+        return self.net.classifier.get_classifier()
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder's stage outputs, finest first (smp's encoder: the input itself, then each stride)."""
-        return self.net.encoder(x)
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(final features before pooling, stage outputs, the input), as forward_head and the decoder take them."""
+        final, stages = self.net.features(x)
+        return final, stages, x
 
-    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
-        """Class logits (B, C) from the deepest stage; ``pre_logits``: its pooled features (B, F), the OOD check's."""
-        pooled = self.head[1](self.head[0](features[-1]))
-        return pooled if pre_logits else self.head[4](self.head[3](self.head[2](pooled)))
+    def forward_head(self, features: tuple, pre_logits: bool = False) -> torch.Tensor:
+        """Class logits (B, C); with ``pre_logits`` the pooled features (B, F) the OOD check scores."""
+        return self.net.classifier.forward_head(features[0], pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.forward_features(x)
-        with torch.no_grad():  # the heatmap's backward needs the class path only
-            self.last_mask_logits = self.net.segmentation_head(self.net.decoder(features)).float()
+        with torch.no_grad():
+            self.last_mask_logits = self.net.segment(x, features[1]).float()
         return self.forward_head(features)
+
+
+def is_multitask(folder: str | Path) -> bool:
+    """A folder :class:`UnetOnClassifier` saved (its config.json's ``_model_class``)."""
+    path = Path(folder) / CONFIG
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("_model_class") == MODEL_CLASS
+    except json.JSONDecodeError:
+        return False

