@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from brainmri.app.summary import disagreement
 from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
 from brainmri.data.imageio import load_image
 from brainmri.rendering import data_url, overlay
@@ -46,7 +47,7 @@ def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: f
         "tumour_box": box,  # [x0, y0, x1, y1], 0-1 of the image's width and height
         "tumour_box_px": None if box is None else [round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)],
         "tumour_area": None if outline is None else round(outline.area, 4),  # share of the image outlined
-        "models_disagree": result.disagreement() or None,
+        "models_disagree": disagreement(result) or None,
         "image_size": [w, h],
         "disclaimer": disclaimer,
     }
