@@ -52,7 +52,8 @@ class MultiTaskConfig:
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 8  # epochs of the cosine schedule
     batch_size: int = 16
-    lr: float = 6e-4  # peak learning rate of AdamW
+    lr: float = 6e-4  # peak learning rate of AdamW: the decoder's and the class head's
+    encoder_lr_scale: float = 0.25  # share of lr for the pretrained classifier's layers (at the full rate they were wrecked)
     weight_decay: float = 0.01
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero (timm CosineLRScheduler, per step)
     label_smoothing: float = 0.1  # of the class targets; the temperature fitted afterwards undoes its overconfidence cut
@@ -144,12 +145,21 @@ def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConf
 # ---------------------------------------------------------------- the run
 
 
+def param_groups(model, cfg: MultiTaskConfig) -> list[dict]:
+    """The pretrained classifier's layers at ``encoder_lr_scale`` of the rate; its new class head and the decoder at
+    the full rate (timm's schedulers scale each group from its own initial rate)."""
+    head = {id(p) for p in model.classifier.get_classifier().parameters()}
+    encoder = [p for p in model.classifier.parameters() if id(p) not in head]
+    rest = [p for p in model.parameters() if id(p) not in {id(q) for q in encoder}]
+    return [{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale}, {"params": rest, "lr": cfg.lr}]
+
+
 def build(cfg: MultiTaskConfig, steps_per_epoch: int):
     spec = get_segmenter_spec(cfg.model)
     if not spec.num_classes:
         raise ValueError(f"{cfg.model} has no classification head (registry num_classes); choose a multi-task model")
     model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     return model, optimizer, scheduler
 
