@@ -3,10 +3,9 @@
 :class:`UnetOnClassifier` is a whole timm classifier (``tf_efficientnet_lite0``: blocks, ``conv_head``, pooling,
 the 4-class head) whose five stage outputs (timm ``forward_intermediates``) also feed segmentation-models-pytorch's
 ``UnetDecoder`` and ``SegmentationHead``. ``model(x)`` gives ``(masks, labels)`` as an smp model with ``aux_params``
-does. smp's own class head was tried first and dropped: it pools the deepest stage's 320 linear projections, with no
-non-linearity before the pool, and reached 77% validation accuracy after three epochs where the Lite0 classifier
-(``conv_head`` and its ReLU before the pool) had 98% (docs/segmentation.md). Here the class path *is* the Lite0
-classifier, ImageNet weights and all, so it can classify as well as Lite0, and the heatmap's stages are Lite0's.
+does. The class path *is* the Lite0 classifier, ImageNet weights and ``conv_head`` included, so it can classify as
+Lite0 does, and the heatmap's stages are Lite0's. (smp's own class head pools the deepest stage's 320 linear
+projections with no non-linearity before the pool; docs/segmentation.md gives both designs' first epochs.)
 
 Saved and loaded with huggingface_hub's ``PyTorchModelHubMixin`` (``config.json`` of the constructor's arguments,
 ``model.safetensors``), like smp's own models; ``config.json`` also names ``_model_class``, which marks a
