@@ -50,11 +50,11 @@ class MultiTaskConfig:
     model: str = "multitask_lite0"  # registry name (brainmri.models.registry.SEGMENTERS, with num_classes)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; the experts' masks lie beside it
     out: str = ""  # output folder; default runs/<model>
-    epochs: int = 8  # epochs of the cosine schedule
-    batch_size: int = 16
+    epochs: int = 10  # epochs of the cosine schedule
+    batch_size: int = 32  # the Lite0 classifier's protocol (its lr, weight decay, label smoothing, warm-up too)
     lr: float = 6e-4  # peak learning rate of AdamW: the decoder's and the class head's
-    encoder_lr_scale: float = 0.25  # share of lr for the pretrained classifier's layers (at the full rate they were wrecked)
-    weight_decay: float = 0.01
+    encoder_lr_scale: float = 1.0  # share of lr for the pretrained classifier's layers (the decoder and class head: lr)
+    weight_decay: float = 0.05
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero (timm CosineLRScheduler, per step)
     label_smoothing: float = 0.1  # of the class targets; the temperature fitted afterwards undoes its overconfidence cut
     outline_weight: float = 1.0  # loss = CE + outline_weight * (BCE + soft Dice) on the images with a target
