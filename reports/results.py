@@ -25,11 +25,12 @@ from pathlib import Path
 from brainmri.cli import exit_code, setup_logging
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
+from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import (
     EXPERIMENTS_CSV,
     EXPERIMENTS_MD,
     FINISHED_EPOCHS,
-    classifier_folders,
+    METRICS,
     cut_short,
     has_metrics,
     metric_columns,
@@ -118,7 +119,7 @@ def collect_rows(sources: list[str | Path]) -> list[dict]:
     """Rows of every checkpoint folder in ``sources`` (folders, or folders of folders), in registry order."""
     rows = []
     for source in map(Path, sources):
-        folders = [source] if has_metrics(source) else classifier_folders(source)
+        folders = [source] if has_metrics(source) else checkpoint_folders(source, holding=METRICS, classifiers=True)
         rows += [metrics_row(f) for f in folders]
         rows += failed_rows(source)
     return add_bounds(sort_rows(rows))
@@ -201,7 +202,7 @@ def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
     """The README's table: each shipped model's unseen-Testing accuracy (the honest figure) with its 95% interval,
     the official Testing beside it, best unseen first (Testing where unseen is not measured yet)."""
     rows = []
-    for folder in classifier_folders(root):
+    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
         m = metric_columns(read_metrics(folder))
         rows.append(m)
     rows.sort(key=lambda m: -(m["test_unseen_accuracy"] or m["test_accuracy"] or 0))
@@ -249,7 +250,7 @@ def leak_markdown(root: str | Path = ROOT / "checkpoints") -> str:
         "| model | validation as shipped (n) | leak-free validation (n) | inflation | official Testing | unseen Testing (n) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for folder in classifier_folders(root):
+    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
         m = metric_columns(read_metrics(folder))
         old, new = m["val_leaky_accuracy"], m["val_accuracy"]
         if old is None or new is None:

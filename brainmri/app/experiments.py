@@ -21,13 +21,14 @@ import pandas as pd
 
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
+from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import (
     CAM_LOCALISATION,
     CAM_SANITY,
     EXPERIMENTS_CSV,
     FIGURES,
     HISTORY,
-    classifier_folders,
+    METRICS,
     cut_short,
     metric_columns,
     read_metrics,
@@ -67,16 +68,6 @@ PICTURES_ABOUT = (
     "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m reports.plots` "
     "from the checkpoints' `metrics.json`; the full-screen button enlarges a picture."
 )
-
-
-def checkpoint_folders(root: str | Path | None = None) -> list[Path]:
-    """Folders under ``root`` (default: the checkpoint folder) with a metrics.json, registry models first in registry order."""
-    root = Path(checkpoint_dir() if root is None else root)
-    if not root.is_dir():
-        return []
-    folders = classifier_folders(root)
-    order = {name: i for i, name in enumerate(REGISTRY)}
-    return sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))
 
 
 def _rounded(value, digits: int = 4) -> float | None:
@@ -128,7 +119,7 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
 def experiment_table(root: str | Path | None = None) -> list[dict]:
     """Rows for every checkpoint folder; a folder whose metrics cannot be read is logged and skipped."""
     rows, shares = [], cam_in_brain()
-    for folder in checkpoint_folders(root):
+    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True, registry_order=True):
         try:
             rows.append(experiment_row(folder, shares))
         except ValueError as e:

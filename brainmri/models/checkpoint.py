@@ -178,12 +178,6 @@ def is_segmenter(folder: str | Path) -> bool:
         return False
 
 
-def classifier_folders(root: str | Path) -> list[Path]:
-    """The classifier checkpoint folders under ``root`` that have metrics, sorted: what tables and pictures list."""
-    root = Path(root)
-    return sorted(p for p in root.iterdir() if has_metrics(p) and not is_segmenter(p)) if root.is_dir() else []
-
-
 def update_metrics(folder: str | Path, sections: dict, drop: list[str] | None = None) -> dict:
     """Merge ``sections`` into the folder's metrics.json (made if absent), less the ``drop`` keys; returns the whole of it."""
     metrics = read_metrics(folder) if has_metrics(folder) else {}
