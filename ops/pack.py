@@ -29,8 +29,9 @@ import tarfile
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
+from brainmri.eval.tables import read_metrics
 from brainmri.models.catalog import checkpoint_folders
-from brainmri.models.checkpoint import METRICS, WEIGHTS, read_metrics
+from brainmri.models.checkpoint import METRICS, WEIGHTS
 
 _logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def report(root: str | Path) -> list[dict]:
 
 def keep_or_replace(shipped: dict, new: dict) -> tuple[str, str]:
     """("new" or "shipped", why), from the two runs' validation figures and the new run's epochs alone."""
-    from brainmri.models.checkpoint import cut_short
+    from brainmri.eval.tables import cut_short
 
     if "test" not in new or "validation" not in new:
         return "shipped", "the new run did not finish"

@@ -30,8 +30,9 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
+from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.catalog import checkpoint_folders  # noqa: E402
-from brainmri.models.checkpoint import CONFIG, METRICS, label_names, read_metrics, results_dir  # noqa: E402
+from brainmri.models.checkpoint import CONFIG, METRICS, label_names, results_dir  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
 
 _logger = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ from brainmri.data.records import (
     normalize_batch,
 )
 from brainmri.data.split import checkpoint_split, write_val_split
-from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
+from brainmri.eval.tables import update_metrics
+from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint
 from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
 from train import schedule
 from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds

@@ -21,19 +21,9 @@ import pandas as pd
 
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
+from brainmri.eval.tables import cut_short, metric_columns, read_metrics
 from brainmri.models.catalog import checkpoint_folders
-from brainmri.models.checkpoint import (
-    CAM_LOCALISATION,
-    CAM_SANITY,
-    EXPERIMENTS_CSV,
-    FIGURES,
-    HISTORY,
-    METRICS,
-    cut_short,
-    metric_columns,
-    read_metrics,
-    results_dir,
-)
+from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
 from brainmri.models.registry import REGISTRY, SEGMENTER_DEFAULT
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent
@@ -137,7 +127,7 @@ SWEEP_COLUMNS = {
 
 def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, list[dict] | None]:
     """The sweep runs of results/experiments.csv (not the shipped checkpoints, already in the table above), labelled
-    by device: the finished ones, and apart those cut short by their time budget (brainmri.models.checkpoint.cut_short);
+    by device: the finished ones, and apart those cut short by their time budget (brainmri.eval.tables.cut_short);
     None for either when there are none."""
     path = Path(path)
     if not path.is_file():

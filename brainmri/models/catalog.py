@@ -13,18 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.models.checkpoint import (
-    CALIBRATION,
-    CONFIG,
-    MANIFEST,
-    METRICS,
-    OOD_CONFIG,
-    OOD_TENSORS,
-    TRAIN_CONFIG,
-    WEIGHTS,
-    is_segmenter,
-    read_metrics,
-)
+from brainmri.eval.tables import read_metrics
+from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, WEIGHTS, is_segmenter
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, SEGMENTER_DEFAULT, ModelSpec, SegmenterSpec, get_segmenter_spec, get_spec
 from brainmri.settings import checkpoint_dir, default_model, hub_offline
 
