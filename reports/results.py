@@ -28,7 +28,8 @@ from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import FINISHED_EPOCHS, cut_short, has_metrics, metric_columns, read_metrics
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, results_dir
-from brainmri.models.registry import APP_DEFAULT, REGISTRY, SEGMENTER_DEFAULT
+from brainmri.models.registry import APP_DEFAULT, REGISTRY
+from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.vocabulary import CLASS_WORDS, percent
 from reports.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 

@@ -13,7 +13,8 @@ import pytest
 from shipped import SHIPPED
 
 from brainmri.models.catalog import checkpoint_folder, discover, discover_segmenter
-from brainmri.models.registry import APP_DEFAULT, SEGMENTER_DEFAULT, get_segmenter_spec
+from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.segmenters import SEGMENTER_DEFAULT, get_segmenter_spec
 from brainmri.serving import Predictor
 from brainmri.settings import checkpoint_dir
 

@@ -1,4 +1,4 @@
-"""Train one encoder for class, heatmap and outline (brainmri.models.registry.SEGMENTERS["multitask_lite0"]).
+"""Train one encoder for class, heatmap and outline (brainmri.models.segmenters.SEGMENTERS["multitask_lite0"]).
 
     python -m train.multitask --data ../shared/data/brain-tumor-mri --epochs 8 --out ../runs/multitask_lite0
     python -m train.multitask --out ../runs/multitask_lite0 --resume   # continue after the last finished epoch
@@ -32,7 +32,7 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import augment_batch
 from brainmri.data.split import training_split, write_val_split
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
-from brainmri.models.registry import create_segmenter, get_segmenter_spec
+from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from train.config import parse_config
@@ -47,7 +47,7 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class MultiTaskConfig:
-    model: str = "multitask_lite0"  # registry name (brainmri.models.registry.SEGMENTERS, with num_classes)
+    model: str = "multitask_lite0"  # registry name (brainmri.models.segmenters.SEGMENTERS, with num_classes)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; the experts' masks lie beside it
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 8  # epochs of the cosine schedule

@@ -1,4 +1,4 @@
-"""Train the tumour segmentation model (brainmri.models.registry.SEGMENTERS) on the expert masks, and measure it.
+"""Train the tumour segmentation model (brainmri.models.segmenters.SEGMENTERS) on the expert masks, and measure it.
 
     python -m train.segment --data ../shared/data/brain-tumor-mri --epochs 16
     python -m train.segment --resume            # continue the last run from its last finished epoch
@@ -37,7 +37,7 @@ from brainmri.data.split import training_split, write_val_split
 from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
 from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
-from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
+from brainmri.models.segmenters import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
@@ -49,7 +49,7 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class SegmentConfig:
-    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.registry.SEGMENTERS)
+    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.segmenters.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
     out: str = ""  # output folder; default runs/<model> (ship it by copying to checkpoints/<model>)
     epochs: int = 16  # epochs of the cosine schedule

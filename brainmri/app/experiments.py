@@ -24,7 +24,8 @@ from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import cut_short, metric_columns, read_metrics
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
-from brainmri.models.registry import REGISTRY, SEGMENTER_DEFAULT
+from brainmri.models.registry import REGISTRY
+from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from brainmri.eval.tables import read_metrics
 from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, WEIGHTS, is_segmenter
-from brainmri.models.registry import APP_DEFAULT, REGISTRY, SEGMENTER_DEFAULT, ModelSpec, SegmenterSpec, get_segmenter_spec, get_spec
+from brainmri.models.registry import APP_DEFAULT, REGISTRY, ModelSpec, get_spec
+from brainmri.models.segmenters import SEGMENTER_DEFAULT, SegmenterSpec, get_segmenter_spec
 from brainmri.settings import checkpoint_dir, default_model, hub_offline
 
 _logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from PIL import Image
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
 from brainmri.models.catalog import ModelSource, app_default_model, checkpoint_folder, discover, discover_segmenter
 from brainmri.models.checkpoint import OOD_CONFIG
-from brainmri.models.registry import SEGMENTER_DEFAULT
+from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.batching import MicroBatcher
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.classify import run_model_batch
