@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -39,8 +38,9 @@ from train.config import parse_config
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
+from train.resume import clear_resume, load_model_state, save_model_state
 from train.schedule import cosine
-from train.segment import save_resume, soft_dice_loss
+from train.segment import soft_dice_loss
 
 _logger = logging.getLogger(__name__)
 
@@ -163,12 +163,9 @@ def fit(cfg: MultiTaskConfig) -> Path:
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
     model, optimizer, scheduler = build(cfg, steps)
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
-    resume = out / "resume" / "state.pt"
-    if cfg.resume and resume.is_file():
-        saved = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+    saved = load_model_state(out, model, optimizer) if cfg.resume else None
+    if saved is not None:
+        state = saved
         _logger.info("resumed after epoch %d (best at epoch %d)", state["epoch"], state["best_epoch"])
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
@@ -184,7 +181,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
         if selection_score(scores) > state["best_score"]:
             state["best_score"], state["best_epoch"] = selection_score(scores), epoch + 1
             model.save_pretrained(str(out))
-        save_resume(out, model, optimizer, state)
+        save_model_state(out, model, optimizer, state)
     finish(cfg, out, split, state)
     return out
 
@@ -216,7 +213,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
         writer.writerows(state["history"])
     plot_history(state["history"], out / CURVES)
     write_card(out)
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    clear_resume(out)
     _logger.info("wrote %s: %s", out, json.dumps(metrics["validation"]["summary"]))
 
 

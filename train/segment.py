@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
 from train.config import parse_config
+from train.resume import clear_resume, load_model_state, save_model_state
 
 _logger = logging.getLogger(__name__)
 
@@ -178,13 +178,6 @@ def measure(model, split: dict) -> dict:
 # ---------------------------------------------------------------- the run
 
 
-def save_resume(out: Path, model, optimizer, state: dict) -> None:
-    folder = out / "resume"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, folder / "state.tmp")
-    (folder / "state.tmp").replace(folder / "state.pt")  # atomic: a kill mid-write leaves the last epoch whole
-
-
 def fit(cfg: SegmentConfig) -> Path:
     spec = get_segmenter_spec(cfg.model)
     torch.manual_seed(cfg.seed)
@@ -199,12 +192,9 @@ def fit(cfg: SegmentConfig) -> Path:
     # Made before --resume loads the optimizer, whose saved rate is the one the next update takes.
     scheduler = schedule.cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
-    resume = out / "resume" / "state.pt"
-    if cfg.resume and resume.is_file():
-        saved = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+    saved = load_model_state(out, model, optimizer) if cfg.resume else None
+    if saved is not None:
+        state = saved
         _logger.info("resumed after epoch %d (best Dice %.4f at epoch %d)", state["epoch"], state["best_dice"], state["best_epoch"])
     records, xv, yv = split["val"]
     for epoch in range(state["epoch"], cfg.epochs):
@@ -233,7 +223,7 @@ def fit(cfg: SegmentConfig) -> Path:
         if row["val_dice"] > state["best_dice"]:
             state["best_dice"], state["best_epoch"] = row["val_dice"], epoch + 1
             model.save_pretrained(str(out))
-        save_resume(out, model, optimizer, state)
+        save_model_state(out, model, optimizer, state)
     finish(cfg, out, split, state)
     return out
 
@@ -262,7 +252,7 @@ def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
         writer.writerows(state["history"])
     plot_segmentation_history(state["history"], out / CURVES)
     write_segmentation_card(out)
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    clear_resume(out)
     _logger.info("wrote %s: validation Dice %.4f", out, metrics["validation"]["tumour"]["dice"])
 
 

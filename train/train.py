@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from train import schedule
 from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
 from train.loaders import Loaders, build_loaders, load_train_records
-from train.resume import State, load_resume, save_resume
+from train.resume import State, clear_resume, load_resume, save_resume
 
 _logger = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ def finish(
     if cfg.fit_ood:
         fit_or_warn(out, cfg.data, device=device)  # class means and covariance on train, the threshold on validation
     (out / "best.safetensors").unlink()
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    clear_resume(out)
     write_model_card(out)
     _logger.info("wrote %s", out)
     return out
