@@ -30,7 +30,7 @@ from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_
 from brainmri.cli import setup_logging
 from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.models.catalog import discover, labelled_choices, unavailable_markdown
+from brainmri.models.catalog import discover, discover_segmenter, labelled_choices, unavailable_markdown
 from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
 from brainmri.serving import Predictor
@@ -49,7 +49,7 @@ EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify
 configure_torch_threads(batch_workers())
 # Local checkpoints only at import; the Hub is asked when a page first loads. Requests that arrive together share one
 # forward and backward (brainmri.serving.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS batches run at once.
-PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch(), workers=batch_workers())
+PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch(), workers=batch_workers(), segmenter=discover_segmenter(hub=False))
 DATA = default_data()
 
 
@@ -67,9 +67,15 @@ def _hub_sources() -> dict:
     return discover(hub=True)
 
 
+_hub_segmenter = functools.cache(discover_segmenter)  # the Hub asked once per process, as for the classifiers
+
+
 def refresh_models():
-    """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown and the picker."""
+    """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown and the picker,
+    and the segmenter when it has no local folder."""
     PREDICTOR.sources.update({n: s for n, s in _hub_sources().items() if not PREDICTOR.sources[n].available})
+    if PREDICTOR.segmenter_source is not None and not PREDICTOR.segmenter_source.available:
+        PREDICTOR.use_segmenter(_hub_segmenter(PREDICTOR.segmenter_source.name))
     choices = labelled_choices(PREDICTOR.sources)
     every = gr.CheckboxGroup(choices=choices, value=[n for _, n in choices])
     return gr.Dropdown(choices=choices), unavailable_markdown(PREDICTOR.unavailable), every

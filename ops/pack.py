@@ -29,8 +29,9 @@ import tarfile
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.models.checkpoint import CONFIG, METRICS, WEIGHTS, read_metrics
-from brainmri.models.registry import REGISTRY
+from brainmri.eval.tables import read_metrics
+from brainmri.models.catalog import checkpoint_folders
+from brainmri.models.checkpoint import METRICS, WEIGHTS
 
 _logger = logging.getLogger(__name__)
 
@@ -44,13 +45,8 @@ RESULTS_RESERVE = 4 * 2**20  # room kept for the results archive when choosing c
 def model_folders(sweeps: Path | list[Path]) -> list[Path]:
     """Checkpoint folders of the sweeps: sweep by sweep in the order given (a lease's retraining first), each in
     registry order."""
-    order = {name: i for i, name in enumerate(REGISTRY)}
     sweeps = [sweeps] if isinstance(sweeps, Path) else sweeps
-    folders = []
-    for sweep in sweeps:
-        found = [p for p in sweep.iterdir() if p.is_dir() and (p / CONFIG).is_file()]
-        folders += sorted(found, key=lambda p: (order.get(p.name, len(order)), p.name))
-    return folders
+    return [folder for sweep in sweeps for folder in checkpoint_folders(sweep, registry_order=True)]
 
 
 def _tar_folders(folders: list[Path], path: Path) -> Path:
@@ -173,7 +169,7 @@ def report(root: str | Path) -> list[dict]:
 
 def keep_or_replace(shipped: dict, new: dict) -> tuple[str, str]:
     """("new" or "shipped", why), from the two runs' validation figures and the new run's epochs alone."""
-    from brainmri.models.checkpoint import cut_short
+    from brainmri.eval.tables import cut_short
 
     if "test" not in new or "validation" not in new:
         return "shipped", "the new run did not finish"

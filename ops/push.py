@@ -34,6 +34,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from brainmri.cli import exit_code, setup_logging
+from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import CARD, CONFIG, verify_checkpoint
 from brainmri.settings import ROOT, checkpoint_dir, hub_namespace
 
@@ -43,12 +44,12 @@ _logger = logging.getLogger(__name__)
 LEFTOVERS = {"best.safetensors"}
 
 
-def checkpoint_folders(root: str | Path | None = None) -> list[Path]:
-    """Sub-folders of ``root`` (default: ``brainmri.settings.checkpoint_dir()``) that hold a checkpoint (a config.json)."""
-    root = Path(checkpoint_dir() if root is None else root)
-    folders = sorted(p for p in root.iterdir() if (p / CONFIG).is_file()) if root.is_dir() else []
+def checkpoints_to_push(root: str | Path | None = None) -> list[Path]:
+    """The checkpoint folders under ``root`` (brainmri.models.catalog.checkpoint_folders; default:
+    ``brainmri.settings.checkpoint_dir()``); ValueError when there is none, since pushing nothing is a mistake."""
+    folders = checkpoint_folders(root)
     if not folders:
-        raise ValueError(f"no checkpoint folders (with {CONFIG}) in {root}")
+        raise ValueError(f"no checkpoint folders (with {CONFIG}) in {checkpoint_dir() if root is None else root}")
     return folders
 
 
@@ -120,7 +121,7 @@ def space_files(root: str | Path = ROOT) -> list[str]:
     files = list(SPACE_FILES)
     for tree in SPACE_TREES:
         files += sorted(p.relative_to(root).as_posix() for p in (root / tree).rglob("*") if _shipped(p, root))
-    for folder in checkpoint_folders(root / "checkpoints"):
+    for folder in checkpoints_to_push(root / "checkpoints"):
         files += [f"checkpoints/{folder.name}/{name}" for name in files_to_upload(folder)]
     return files
 
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.space:
             push_space(None if args.dry_run else hub_api(), args.space, args.namespace, private=args.private)
             return
-        folders = checkpoint_folders(args.root) if args.all else [Path(args.checkpoint)]
+        folders = checkpoints_to_push(args.root) if args.all else [Path(args.checkpoint)]
         api = None if args.dry_run else hub_api()
         for folder in folders:
             push_folder(api, folder, args.repo_id or f"{args.namespace}/{folder.name}", private=args.private)

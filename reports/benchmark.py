@@ -27,10 +27,10 @@ from torch import nn
 
 from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import data_config
+from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import load_checkpoint, read_config
 from brainmri.models.registry import count_parameters
 from brainmri.settings import checkpoint_dir
-from ops.push import checkpoint_folders
 
 _logger = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         folders = [Path(f) for f in args.checkpoints] or checkpoint_folders()
+        if not folders:
+            raise ValueError(f"no checkpoint folders in {checkpoint_dir()}")
         rows = []
         for folder in folders:
             rows.append(benchmark_folder(folder, args.repeats, args.warmup, args.batch_size, args.train_steps))

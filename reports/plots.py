@@ -30,7 +30,9 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
-from brainmri.models.checkpoint import CONFIG, classifier_folders, label_names, read_metrics, results_dir  # noqa: E402
+from brainmri.eval.tables import read_metrics  # noqa: E402
+from brainmri.models.catalog import checkpoint_folders  # noqa: E402
+from brainmri.models.checkpoint import CONFIG, METRICS, label_names, results_dir  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
 
 _logger = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def model_point(folder: str | Path, count_macs: bool = True) -> dict:
 
 def model_points(root: str | Path, count_macs: bool = True) -> list[dict]:
     """One point per checkpoint folder under ``root`` with a tested metrics.json, best first."""
-    points = [model_point(p, count_macs) for p in classifier_folders(root)]
+    points = [model_point(p, count_macs) for p in checkpoint_folders(root, holding=METRICS, classifiers=True)]
     return sorted((p for p in points if p["accuracy"] is not None), key=lambda p: -p["accuracy"])
 
 

@@ -4,7 +4,7 @@
     python -m reports.results --from checkpoints runs/device_sweep --docs   # after a device sweep: its folders instead
 
 Writes ``results/experiments.csv`` (full precision) and ``results/experiments.md`` (rounded): finished runs
-first, then, apart, the runs cut short by their time budget (brainmri.models.checkpoint.cut_short), whose accuracy
+first, then, apart, the runs cut short by their time budget (brainmri.eval.tables.cut_short), whose accuracy
 says how far a model got, not what it can do. ``--docs`` replaces what lies between
 ``<!-- SECTION:results -->`` and ``<!-- /SECTION:results -->`` (and the seed section) of docs/experiments.md,
 and the headline table of README.md: generated, never typed. A folder given to ``--from`` is a checkpoint
@@ -25,18 +25,11 @@ from pathlib import Path
 from brainmri.cli import exit_code, setup_logging
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.models.checkpoint import (
-    EXPERIMENTS_CSV,
-    EXPERIMENTS_MD,
-    FINISHED_EPOCHS,
-    classifier_folders,
-    cut_short,
-    has_metrics,
-    metric_columns,
-    read_metrics,
-    results_dir,
-)
-from brainmri.models.registry import APP_DEFAULT, REGISTRY, SEGMENTER_DEFAULT
+from brainmri.eval.tables import FINISHED_EPOCHS, cut_short, has_metrics, metric_columns, read_metrics
+from brainmri.models.catalog import checkpoint_folders
+from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, results_dir
+from brainmri.models.registry import APP_DEFAULT, REGISTRY
+from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.vocabulary import CLASS_WORDS, percent
 from reports.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 
@@ -52,7 +45,7 @@ SEGMENTATION_SECTION = ("<!-- SECTION:segmentation -->", "<!-- /SECTION:segmenta
 LEAK_SECTION = ("<!-- SECTION:leak -->", "<!-- /SECTION:leak -->")  # docs/experiments.md
 SOURCES = ["checkpoints", "results/experiments.csv"]  # the shipped models, and the sweep rows kept from earlier device runs
 
-# The CSV's columns from metrics.json (brainmri.models.checkpoint.METRIC_COLUMNS, the map the app's table reads too).
+# The CSV's columns from metrics.json (brainmri.eval.tables.METRIC_COLUMNS, the map the app's table reads too).
 COLUMNS = [
     "model", "parameters", "input_size", "initialization", "epochs_run", "best_epoch", "val_accuracy", "test_unseen_accuracy",
     "test_accuracy", "test_loss", "train_seconds", "img_per_s", "peak_memory_gib", "device", "batch_size",
@@ -118,7 +111,7 @@ def collect_rows(sources: list[str | Path]) -> list[dict]:
     """Rows of every checkpoint folder in ``sources`` (folders, or folders of folders), in registry order."""
     rows = []
     for source in map(Path, sources):
-        folders = [source] if has_metrics(source) else classifier_folders(source)
+        folders = [source] if has_metrics(source) else checkpoint_folders(source, holding=METRICS, classifiers=True)
         rows += [metrics_row(f) for f in folders]
         rows += failed_rows(source)
     return add_bounds(sort_rows(rows))
@@ -201,7 +194,7 @@ def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
     """The README's table: each shipped model's unseen-Testing accuracy (the honest figure) with its 95% interval,
     the official Testing beside it, best unseen first (Testing where unseen is not measured yet)."""
     rows = []
-    for folder in classifier_folders(root):
+    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
         m = metric_columns(read_metrics(folder))
         rows.append(m)
     rows.sort(key=lambda m: -(m["test_unseen_accuracy"] or m["test_accuracy"] or 0))
@@ -249,7 +242,7 @@ def leak_markdown(root: str | Path = ROOT / "checkpoints") -> str:
         "| model | validation as shipped (n) | leak-free validation (n) | inflation | official Testing | unseen Testing (n) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for folder in classifier_folders(root):
+    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
         m = metric_columns(read_metrics(folder))
         old, new = m["val_leaky_accuracy"], m["val_accuracy"]
         if old is None or new is None:

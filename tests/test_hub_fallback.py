@@ -1,17 +1,22 @@
-"""The Hub unreachable or silent: discovery falls back to the local checkpoints within seconds and says why."""
+"""The Hub unreachable or silent: discovery falls back to the local checkpoints within seconds and says why; the
+segmenter is found the same way, from its local folder, else from the Hub (here: the Hub cache, offline)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from shipped import SHIPPED
 
-from brainmri.models.catalog import discover
+from brainmri.models.catalog import checkpoint_folder, discover, discover_segmenter
 from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.segmenters import SEGMENTER_DEFAULT, get_segmenter_spec
 from brainmri.serving import Predictor
+from brainmri.settings import checkpoint_dir
 
 
 @pytest.fixture
@@ -86,3 +91,50 @@ def test_the_app_says_the_hub_was_not_reachable(silent_hub, monkeypatch):
     assert set(SHIPPED) <= set(app.PREDICTOR.available)
     assert "not reachable" in note
     assert [v for _, v in picker.choices] == [v for _, v in dropdown.choices]  # Compare offers what Classify offers
+
+
+@pytest.mark.parametrize("hub", ["silent_hub", "refused_hub"])
+def test_the_segmenter_falls_back_like_the_classifiers(request, hub: str, tmp_path: Path, monkeypatch):
+    assert discover_segmenter(hub=False).where == "local", "shipped segmenter missing"
+    sources = discover(hub=False)
+    request.getfixturevalue(hub)
+    start = time.monotonic()
+    assert discover_segmenter(hub=True, timeout=1.0).where == "local"  # the shipped folder: the Hub is not asked
+    monkeypatch.setenv("BRAIN_MRI_CHECKPOINTS", str(tmp_path))  # a deployment without the segmenter's folder
+    source = discover_segmenter(hub=True, timeout=1.0)
+    assert time.monotonic() - start < 8, f"segmenter discovery took too long with the Hub {hub}"
+    assert not source.available and "not reachable" in source.reason, source.reason
+    assert source.location == get_segmenter_spec(SEGMENTER_DEFAULT).hub_repo_id
+    predictor = Predictor(sources, segmenter=source)  # no outline, and nothing else changes
+    assert predictor.segmenter is None and predictor.segmentation_model() is None
+    assert predictor.default_model == APP_DEFAULT
+
+
+def test_the_segmenter_without_a_folder_says_why(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("BRAIN_MRI_CHECKPOINTS", str(tmp_path))
+    assert "Hub lookup disabled" in discover_segmenter(hub=False).reason
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert "not in the Hub cache" in discover_segmenter(hub=True).reason
+
+
+def test_the_segmenter_is_served_from_the_hub_when_it_has_no_folder(tmp_path: Path, monkeypatch):
+    """Its Hub repo, as the Hub cache holds it after a download: found, fetched with checkpoint_folder, outlining."""
+    shipped = checkpoint_dir() / SEGMENTER_DEFAULT
+    assert discover_segmenter(hub=False).where == "local", "shipped segmenter missing"
+    sources = discover(hub=False)
+    repo = get_segmenter_spec(SEGMENTER_DEFAULT).hub_repo_id
+    cache = tmp_path / "hub"
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(shipped, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("BRAIN_MRI_CHECKPOINTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    source = discover_segmenter(hub=True)
+    assert (source.where, source.location) == ("hub", repo)
+    assert checkpoint_folder(source).resolve() == snapshot.resolve()
+    predictor = Predictor(sources, segmenter=source)
+    assert predictor.segmenter == SEGMENTER_DEFAULT
+    assert predictor.segmentation_model().input_size == get_segmenter_spec(SEGMENTER_DEFAULT).input_size

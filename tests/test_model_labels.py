@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from brainmri.models.catalog import FAMILY_ORDER, ModelSource, discover, labelled_choices, model_label
-from brainmri.models.registry import SEGMENTERS, get_spec
+from brainmri.models.registry import get_spec
+from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir
 
 

@@ -13,7 +13,7 @@ import timm
 import torch
 from huggingface_hub import ModelCard
 
-from brainmri.models.registry import SEGMENTERS, create_segmenter
+from brainmri.models.segmenters import SEGMENTERS, create_segmenter
 from train.experts import soft_target
 from train.multitask import MultiTaskConfig, joint_loss
 from train.multitask_eval import overlap

@@ -17,15 +17,15 @@ from shipped import require_shipped
 from brainmri.app import display
 from brainmri.app.summary import disagreement, summary
 from brainmri.data.records import ImageRecords, limit_per_class, load_records
+from brainmri.models.catalog import discover_segmenter
 from brainmri.rendering import OUTLINE_COLOUR, draw_outline
 from brainmri.segmentation import Outline
 from brainmri.serving import Predictor
-from brainmri.serving.segment import segmenter_folder
 
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    if segmenter_folder() is None:
+    if discover_segmenter(hub=False).where != "local":
         pytest.fail("no shipped segmenter in checkpoints/unet_lite0: python -m train.segment --data DATA (docs/segmentation.md)")
     return Predictor(require_shipped())
 

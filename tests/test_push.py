@@ -171,7 +171,7 @@ def test_the_space_sends_exactly_the_allow_list(api, caplog, capsys):
     expected = {"app.py", "requirements.txt", "README.md", ".gitattributes"}
     expected |= {p.relative_to(ROOT).as_posix() for d in ("brainmri", "examples", "results") for p in (ROOT / d).rglob("*") if p.is_file()}
     expected = {f for f in expected if "__pycache__" not in f and not f.endswith(".pyc")}
-    for folder in push.checkpoint_folders(ROOT / "checkpoints"):
+    for folder in push.checkpoints_to_push(ROOT / "checkpoints"):
         expected |= {f"checkpoints/{folder.name}/{n}" for n in push.files_to_upload(folder)}
     assert sent == expected
     assert {f"checkpoints/{n}/model.safetensors" for n in ("tf_efficientnet_lite0", "simple_cnn_7")} <= sent
@@ -259,7 +259,7 @@ def test_the_front_matter_matches_what_is_tested_and_pushed():
     assert front["python_version"] == "3.12"  # ZeroGPU's; CI runs 3.11, the GPU lease 3.12 (tests/test_space_stack.py)
     assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__ and front["app_file"] == "app.py"
     assert 0 < len(front["short_description"]) <= 60
-    shipped = sorted(f.name for f in push.checkpoint_folders(ROOT / "checkpoints"))
+    shipped = sorted(f.name for f in push.checkpoints_to_push(ROOT / "checkpoints"))
     assert sorted(front["models"]) == [f"{settings.hub_namespace()}/{n}" for n in shipped]  # the push's default namespace
     rewritten = push.with_models((ROOT / "README.md").read_text(), shipped, "someone")
     assert _front_matter(rewritten)["models"] == [f"someone/{n}" for n in shipped]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from brainmri.models.registry import SEGMENTER_DEFAULT, SEGMENTERS, create_model, create_segmenter
+from brainmri.models.registry import create_model
+from brainmri.models.segmenters import SEGMENTER_DEFAULT, SEGMENTERS, create_segmenter
 from brainmri.segmentation import MIN_AREA, binary_mask, load_segmenter, outline, tumour_probability
 from brainmri.settings import checkpoint_dir
 

@@ -23,7 +23,8 @@ from brainmri.calibration import calibrated_probs, fit_temperature, negative_log
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_split
 from brainmri.eval.metrics import expected_calibration_error
-from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, label_names, load_checkpoint, update_metrics
+from brainmri.eval.tables import update_metrics
+from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, label_names, load_checkpoint
 from train.config import TrainConfig
 from train.evaluate import UNSEEN, load_test_split, predict_logits
 

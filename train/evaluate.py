@@ -28,7 +28,8 @@ from brainmri.data.cache import decode_records, memo, source_key, thumbnails
 from brainmri.data.duplicates import unseen_indices
 from brainmri.data.records import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.eval.metrics import classification_report
-from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, label_names, load_checkpoint, read_config, results_dir, update_metrics
+from brainmri.eval.tables import update_metrics
+from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, label_names, load_checkpoint, read_config, results_dir
 
 _logger = logging.getLogger(__name__)
 

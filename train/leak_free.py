@@ -24,7 +24,8 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.cache import open_cache
 from brainmri.data.split import DEFAULT_RULE, checkpoint_config, checkpoint_split, leak_free, write_val_split
 from brainmri.eval.metrics import classification_report
-from brainmri.models.checkpoint import OOD_CONFIG, VAL_SPLIT, load_checkpoint, read_metrics, update_metrics
+from brainmri.eval.tables import read_metrics, update_metrics
+from brainmri.models.checkpoint import OOD_CONFIG, VAL_SPLIT, load_checkpoint
 from train.evaluate import predict_records
 
 _logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Train one encoder for class, heatmap and outline (brainmri.models.registry.SEGMENTERS["multitask_lite0"]).
+"""Train one encoder for class, heatmap and outline (brainmri.models.segmenters.SEGMENTERS["multitask_lite0"]).
 
     python -m train.multitask --data ../shared/data/brain-tumor-mri --epochs 8 --out ../runs/multitask_lite0
     python -m train.multitask --out ../runs/multitask_lite0 --resume   # continue after the last finished epoch
@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -32,22 +31,23 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import augment_batch
 from brainmri.data.split import training_split, write_val_split
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
-from brainmri.models.registry import create_segmenter, get_segmenter_spec
+from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from train.config import parse_config
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
+from train.resume import clear_resume, load_model_state, save_model_state
 from train.schedule import cosine
-from train.segment import save_resume, soft_dice_loss
+from train.segment import soft_dice_loss
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass
 class MultiTaskConfig:
-    model: str = "multitask_lite0"  # registry name (brainmri.models.registry.SEGMENTERS, with num_classes)
+    model: str = "multitask_lite0"  # registry name (brainmri.models.segmenters.SEGMENTERS, with num_classes)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; the experts' masks lie beside it
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 10  # epochs of the cosine schedule
@@ -173,12 +173,9 @@ def fit(cfg: MultiTaskConfig) -> Path:
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
     model, optimizer, scheduler = build(cfg, steps)
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
-    resume = out / "resume" / "state.pt"
-    if cfg.resume and resume.is_file():
-        saved = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+    saved = load_model_state(out, model, optimizer) if cfg.resume else None
+    if saved is not None:
+        state = saved
         _logger.info("resumed after epoch %d (best at epoch %d)", state["epoch"], state["best_epoch"])
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
@@ -194,7 +191,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
         if selection_score(scores) > state["best_score"]:
             state["best_score"], state["best_epoch"] = selection_score(scores), epoch + 1
             model.save_pretrained(str(out))
-        save_resume(out, model, optimizer, state)
+        save_model_state(out, model, optimizer, state)
     finish(cfg, out, split, state)
     return out
 
@@ -226,7 +223,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
         writer.writerows(state["history"])
     plot_history(state["history"], out / CURVES)
     write_card(out)
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    clear_resume(out)
     _logger.info("wrote %s: %s", out, json.dumps(metrics["validation"]["summary"]))
 
 

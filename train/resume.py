@@ -1,6 +1,11 @@
-"""What train.train carries from epoch to epoch (:class:`State`), and the --resume folder that keeps it: written
-after each epoch with accelerate's own state, swapped in atomically, so a kill at any moment leaves the last finished
-epoch whole (tests/test_resume.py)."""
+"""The trainers' --resume state, in ``<out>/resume``: written after each epoch and swapped in atomically, so a kill at
+any moment leaves the last finished epoch whole (tests/test_resume.py), and removed once the run's folder is written.
+
+- train.train (the classifiers) carries a :class:`State` and accelerate's own state (:func:`save_resume`,
+  :func:`load_resume`): ``resume/epoch_N/`` folders and a ``resume/latest`` pointer.
+- train.segment and train.multitask carry a plain dict and the model's and optimizer's state dicts in one
+  ``resume/state.pt`` (:func:`save_model_state`, :func:`load_model_state`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,38 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 _logger = logging.getLogger(__name__)
+
+RESUME = "resume"  # the folder under a run's output folder
+STATE_PT = "state.pt"  # train.segment's and train.multitask's one file in it
+
+
+def clear_resume(out: Path) -> None:
+    """Remove the run's resume state: once its checkpoint folder is complete, nothing is left to resume."""
+    shutil.rmtree(out / RESUME, ignore_errors=True)
+
+
+def save_model_state(out: Path, model, optimizer, state: dict) -> None:
+    """``torch.save({"model", "optimizer", "state"})`` into ``<out>/resume/state.pt``, written beside it first and
+    renamed over it (atomic: a kill mid-write leaves the last epoch whole)."""
+    folder = out / RESUME
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, folder / "state.tmp")
+    (folder / "state.tmp").replace(folder / STATE_PT)
+
+
+def load_model_state(out: Path, model, optimizer) -> dict | None:
+    """Load :func:`save_model_state`'s model and optimizer state into ``model`` and ``optimizer`` and return its
+    ``state`` dict; None when ``out`` has nothing to resume."""
+    path = out / RESUME / STATE_PT
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    return saved["state"]
 
 
 @dataclass
@@ -34,7 +70,7 @@ class State:
 def save_resume(out: Path, model, accelerator, state: State) -> None:
     """Everything --resume needs, written after each epoch into a new folder; then the ``latest`` pointer is
     swapped atomically, so a kill at any moment (even mid-write) leaves the last finished epoch whole."""
-    resume = out / "resume"
+    resume = out / RESUME
     folder = resume / f"epoch_{state.epoch}"
     accelerator.save_state(folder)
     (folder / "state.json").write_text(json.dumps(state.__dict__, default=list))
@@ -46,7 +82,7 @@ def save_resume(out: Path, model, accelerator, state: State) -> None:
 
 
 def load_resume(out: Path, accelerator) -> State:
-    resume = out / "resume"
+    resume = out / RESUME
     if not (resume / "latest").is_file():
         raise ValueError(f"--resume: nothing to resume in {resume}")
     folder = resume / (resume / "latest").read_text().strip()

@@ -1,4 +1,4 @@
-"""Train the tumour segmentation model (brainmri.models.registry.SEGMENTERS) on the expert masks, and measure it.
+"""Train the tumour segmentation model (brainmri.models.segmenters.SEGMENTERS) on the expert masks, and measure it.
 
     python -m train.segment --data ../shared/data/brain-tumor-mri --epochs 16
     python -m train.segment --resume            # continue the last run from its last finished epoch
@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -37,19 +36,20 @@ from brainmri.data.split import training_split, write_val_split
 from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
 from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
-from brainmri.models.registry import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
+from brainmri.models.segmenters import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
 from train.config import parse_config
+from train.resume import clear_resume, load_model_state, save_model_state
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass
 class SegmentConfig:
-    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.registry.SEGMENTERS)
+    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.segmenters.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
     out: str = ""  # output folder; default runs/<model> (ship it by copying to checkpoints/<model>)
     epochs: int = 16  # epochs of the cosine schedule
@@ -178,13 +178,6 @@ def measure(model, split: dict) -> dict:
 # ---------------------------------------------------------------- the run
 
 
-def save_resume(out: Path, model, optimizer, state: dict) -> None:
-    folder = out / "resume"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, folder / "state.tmp")
-    (folder / "state.tmp").replace(folder / "state.pt")  # atomic: a kill mid-write leaves the last epoch whole
-
-
 def fit(cfg: SegmentConfig) -> Path:
     spec = get_segmenter_spec(cfg.model)
     torch.manual_seed(cfg.seed)
@@ -199,12 +192,9 @@ def fit(cfg: SegmentConfig) -> Path:
     # Made before --resume loads the optimizer, whose saved rate is the one the next update takes.
     scheduler = schedule.cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
-    resume = out / "resume" / "state.pt"
-    if cfg.resume and resume.is_file():
-        saved = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+    saved = load_model_state(out, model, optimizer) if cfg.resume else None
+    if saved is not None:
+        state = saved
         _logger.info("resumed after epoch %d (best Dice %.4f at epoch %d)", state["epoch"], state["best_dice"], state["best_epoch"])
     records, xv, yv = split["val"]
     for epoch in range(state["epoch"], cfg.epochs):
@@ -233,7 +223,7 @@ def fit(cfg: SegmentConfig) -> Path:
         if row["val_dice"] > state["best_dice"]:
             state["best_dice"], state["best_epoch"] = row["val_dice"], epoch + 1
             model.save_pretrained(str(out))
-        save_resume(out, model, optimizer, state)
+        save_model_state(out, model, optimizer, state)
     finish(cfg, out, split, state)
     return out
 
@@ -262,7 +252,7 @@ def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
         writer.writerows(state["history"])
     plot_segmentation_history(state["history"], out / CURVES)
     write_segmentation_card(out)
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    clear_resume(out)
     _logger.info("wrote %s: validation Dice %.4f", out, metrics["validation"]["tumour"]["dice"])
 
 

@@ -47,7 +47,7 @@ import yaml
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.cache import open_cache
-from brainmri.models.checkpoint import read_metrics
+from brainmri.eval.tables import read_metrics
 from brainmri.models.registry import get_spec
 from train.config import TrainConfig
 from train.sweep_outputs import measure_device, write_outputs

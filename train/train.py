@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,13 +35,14 @@ from brainmri.data.records import (
     normalize_batch,
 )
 from brainmri.data.split import checkpoint_split, write_val_split
-from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint, update_metrics
+from brainmri.eval.tables import update_metrics
+from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint
 from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
 from train import schedule
 from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
 from train.loaders import Loaders, build_loaders, load_train_records
-from train.resume import State, load_resume, save_resume
+from train.resume import State, clear_resume, load_resume, save_resume
 
 _logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def finish(
     if cfg.fit_ood:
         fit_or_warn(out, cfg.data, device=device)  # class means and covariance on train, the threshold on validation
     (out / "best.safetensors").unlink()
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    clear_resume(out)
     write_model_card(out)
     _logger.info("wrote %s", out)
     return out

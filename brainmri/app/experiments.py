@@ -21,19 +21,11 @@ import pandas as pd
 
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.models.checkpoint import (
-    CAM_LOCALISATION,
-    CAM_SANITY,
-    EXPERIMENTS_CSV,
-    FIGURES,
-    HISTORY,
-    classifier_folders,
-    cut_short,
-    metric_columns,
-    read_metrics,
-    results_dir,
-)
-from brainmri.models.registry import REGISTRY, SEGMENTER_DEFAULT
+from brainmri.eval.tables import cut_short, metric_columns, read_metrics
+from brainmri.models.catalog import checkpoint_folders
+from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
+from brainmri.models.registry import REGISTRY
+from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent
 
@@ -67,16 +59,6 @@ PICTURES_ABOUT = (
     "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m reports.plots` "
     "from the checkpoints' `metrics.json`; the full-screen button enlarges a picture."
 )
-
-
-def checkpoint_folders(root: str | Path | None = None) -> list[Path]:
-    """Folders under ``root`` (default: the checkpoint folder) with a metrics.json, registry models first in registry order."""
-    root = Path(checkpoint_dir() if root is None else root)
-    if not root.is_dir():
-        return []
-    folders = classifier_folders(root)
-    order = {name: i for i, name in enumerate(REGISTRY)}
-    return sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))
 
 
 def _rounded(value, digits: int = 4) -> float | None:
@@ -128,7 +110,7 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
 def experiment_table(root: str | Path | None = None) -> list[dict]:
     """Rows for every checkpoint folder; a folder whose metrics cannot be read is logged and skipped."""
     rows, shares = [], cam_in_brain()
-    for folder in checkpoint_folders(root):
+    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True, registry_order=True):
         try:
             rows.append(experiment_row(folder, shares))
         except ValueError as e:
@@ -146,7 +128,7 @@ SWEEP_COLUMNS = {
 
 def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, list[dict] | None]:
     """The sweep runs of results/experiments.csv (not the shipped checkpoints, already in the table above), labelled
-    by device: the finished ones, and apart those cut short by their time budget (brainmri.models.checkpoint.cut_short);
+    by device: the finished ones, and apart those cut short by their time budget (brainmri.eval.tables.cut_short);
     None for either when there are none."""
     path = Path(path)
     if not path.is_file():

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
 from brainmri.eval.metrics import expected_calibration_error, reliability_bins  # noqa: E402
-from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config, read_metrics  # noqa: E402
+from brainmri.eval.tables import read_metrics  # noqa: E402
+from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config  # noqa: E402
 
 
 def plot_history(history: list[dict], path: str | Path) -> None:

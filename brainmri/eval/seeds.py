@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.models.checkpoint import has_metrics, read_metrics
+from brainmri.eval.tables import has_metrics, read_metrics
 from brainmri.models.registry import get_spec
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent

@@ -1,7 +1,7 @@
-"""Which registry models have trained weights the app can serve, and where they are.
+"""Which registry models have trained weights the app can serve, and where they are; the one listing of checkpoint folders.
 
-A model is available from its local checkpoint folder (``registry.ModelSpec.local_dir``),
-else from its Hub repo (``spec.hub_repo_id``): checked with a short timeout, or only in
+A model (a classifier, or the tumour segmenter) is available from its local checkpoint folder
+(``spec.local_dir``), else from its Hub repo (``spec.hub_repo_id``): checked with a short timeout, or only in
 the local Hub cache when ``HF_HUB_OFFLINE=1``. Every other model is listed with the
 reason it is not available, so that the app shows it rather than failing on it.
 """
@@ -13,15 +13,39 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, WEIGHTS, read_metrics
-from brainmri.models.registry import APP_DEFAULT, REGISTRY, get_spec
-from brainmri.settings import default_model, hub_offline
+from brainmri.eval.tables import read_metrics
+from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, WEIGHTS, is_segmenter
+from brainmri.models.registry import APP_DEFAULT, REGISTRY, ModelSpec, get_spec
+from brainmri.models.segmenters import SEGMENTER_DEFAULT, SegmenterSpec, get_segmenter_spec
+from brainmri.settings import checkpoint_dir, default_model, hub_offline
 
 _logger = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 3.0  # per repo; all repos are asked at once
-# Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them.
-CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS]
+# Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them (train_config.json: the
+# segmenter's input size).
+CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG]
+
+
+def checkpoint_folders(
+    root: str | Path | None = None, *, holding: str = CONFIG, classifiers: bool = False, registry_order: bool = False
+) -> list[Path]:
+    """The checkpoint folders under ``root`` (default: ``brainmri.settings.checkpoint_dir()``), sorted by name;
+    empty when ``root`` is no folder. Every listing of checkpoint folders is this one.
+
+    Args:
+        holding: the file a folder must hold: ``CONFIG`` (any checkpoint), ``METRICS`` (what tables and pictures list).
+        classifiers: leave out the segmentation models' folders.
+        registry_order: the registry's models first, in registry order, then the rest by name.
+    """
+    root = Path(checkpoint_dir() if root is None else root)
+    if not root.is_dir():
+        return []
+    folders = sorted(p for p in root.iterdir() if (p / holding).is_file() and not (classifiers and is_segmenter(p)))
+    if registry_order:
+        order = {name: i for i, name in enumerate(REGISTRY)}
+        folders.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
+    return folders
 
 
 @dataclass(frozen=True)
@@ -45,18 +69,18 @@ class ModelSource:
         return bool(self.where)
 
 
-def _local(name: str) -> ModelSource | None:
-    folder = get_spec(name).local_dir
+def _local(spec: ModelSpec | SegmenterSpec) -> ModelSource | None:
+    name, folder = spec.name, spec.local_dir
     if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
         return ModelSource(name, "local", str(folder))
     return None
 
 
-def _hub(name: str, timeout: float) -> ModelSource:
+def _hub(spec: ModelSpec | SegmenterSpec, timeout: float) -> ModelSource:
     """Available on the Hub (or, offline, in the Hub cache), else the reason why not."""
     from huggingface_hub import HfApi, try_to_load_from_cache
 
-    repo = get_spec(name).hub_repo_id
+    name, repo = spec.name, spec.hub_repo_id
     if hub_offline():
         cached = try_to_load_from_cache(repo, WEIGHTS)
         if isinstance(cached, str) and (Path(cached).parent / CONFIG).is_file():
@@ -80,16 +104,33 @@ def discover(hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> dict[str, Mode
         hub: also look on the Hub for models without a local folder.
         timeout: seconds per Hub request (they run in parallel).
     """
-    found = {name: _local(name) for name in REGISTRY}
+    found = {name: _local(spec) for name, spec in REGISTRY.items()}
     missing = [name for name, src in found.items() if src is None]
     if hub and missing:
         with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-            for src in pool.map(lambda n: _hub(n, timeout), missing):
+            for src in pool.map(lambda n: _hub(get_spec(n), timeout), missing):
                 found[src.name] = src
     else:
         for name in missing:
             found[name] = ModelSource(name, "", str(get_spec(name).local_dir), "no local checkpoint (Hub lookup disabled)")
     return found
+
+
+def discover_segmenter(name: str = SEGMENTER_DEFAULT, hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> ModelSource:
+    """Where the tumour segmenter ``name`` (registry ``SEGMENTERS``) has its weights, or why it has none, as
+    :func:`discover` finds a classifier's: its local folder, else its Hub repo.
+
+    Args:
+        hub: also look on the Hub when there is no local folder.
+        timeout: seconds for the Hub request.
+    """
+    spec = get_segmenter_spec(name)
+    found = _local(spec)
+    if found is not None:
+        return found
+    if hub:
+        return _hub(spec, timeout)
+    return ModelSource(name, "", str(spec.local_dir), "no local checkpoint (Hub lookup disabled)")
 
 
 def checkpoint_folder(source: ModelSource) -> Path:

@@ -5,7 +5,8 @@ pretrained_cfg describing the exact preprocessing), ``model.safetensors`` (fp16)
 ``manifest.json`` (sha256 of each file, and of ``calibration.json`` with the fitted
 temperature and ``ood.json`` + ``ood.safetensors`` with the OOD statistics when present),
 plus metrics, history and a model card. Both
-``timm.create_model("local-dir:FOLDER", pretrained=True)`` and this module load it.
+``timm.create_model("local-dir:FOLDER", pretrained=True)`` and this module load it. Every file name of a checkpoint
+and of the results folder is spelled here; metrics.json's contents are read by brainmri.eval.tables.
 """
 
 from __future__ import annotations
@@ -156,19 +157,6 @@ def count_tensors_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
 
 
-def read_metrics(folder: str | Path) -> dict:
-    """The folder's metrics.json; ValueError naming the file when it is missing or not JSON."""
-    path = Path(folder) / METRICS
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-
-
-def has_metrics(folder: str | Path) -> bool:
-    return (Path(folder) / METRICS).is_file()
-
-
 def is_segmenter(folder: str | Path) -> bool:
     """An smp segmentation model's folder (its config.json names smp's ``_model_class``), not a timm classifier's."""
     path = Path(folder) / CONFIG
@@ -176,76 +164,3 @@ def is_segmenter(folder: str | Path) -> bool:
         return path.is_file() and "_model_class" in json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-
-
-def classifier_folders(root: str | Path) -> list[Path]:
-    """The classifier checkpoint folders under ``root`` that have metrics, sorted: what tables and pictures list."""
-    root = Path(root)
-    return sorted(p for p in root.iterdir() if has_metrics(p) and not is_segmenter(p)) if root.is_dir() else []
-
-
-def update_metrics(folder: str | Path, sections: dict, drop: list[str] | None = None) -> dict:
-    """Merge ``sections`` into the folder's metrics.json (made if absent), less the ``drop`` keys; returns the whole of it."""
-    metrics = read_metrics(folder) if has_metrics(folder) else {}
-    metrics.update(sections)
-    for key in drop or []:
-        metrics.pop(key, None)
-    (Path(folder) / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
-
-
-# The one column map of results tables (reports/results.py's CSV, the app's Experiments tab): column -> its path in
-# metrics.json. A table picks and formats columns; it never spells a path into metrics.json itself.
-METRIC_COLUMNS = {
-    "model": ("model",),
-    "parameters": ("parameters",),
-    "input_size": ("input_size",),
-    "initialization": ("initialization",),
-    "epochs_run": ("epochs_run",),
-    "best_epoch": ("best_epoch",),
-    "train_accuracy": ("train", "accuracy"),
-    "val_accuracy": ("validation", "accuracy"),
-    "test_accuracy": ("test", "accuracy"),
-    "test_accuracy_ci95": ("test", "accuracy_ci95"),
-    "test_unseen_accuracy": ("test_unseen", "accuracy"),
-    "test_unseen_accuracy_ci95": ("test_unseen", "accuracy_ci95"),
-    "test_unseen_n": ("test_unseen", "n"),
-    "val_leaky_accuracy": ("validation_leaky", "accuracy"),
-    "test_loss": ("test", "loss"),
-    "temperature": ("calibration", "temperature"),
-    "test_ece_raw": ("calibration", "test_ece_before"),
-    "test_ece_calibrated": ("calibration", "test_ece_after"),
-    "train_seconds": ("train_seconds",),
-    "img_per_s": ("train_img_per_s",),
-    "peak_memory_gib": ("peak_gpu_memory_gib",),
-    "device": ("device",),
-    "batch_size": ("batch_size",),
-    "grad_checkpointing": ("grad_checkpointing",),
-    "stopped": ("stopped",),
-}
-
-
-# A run with fewer epochs than this, or ended by its time budget, says how far the model got, not what it can do.
-FINISHED_EPOCHS = 5
-
-
-def cut_short(epochs_run, stopped) -> bool:
-    """Whether a run was cut short: ended by its time budget (``stopped``), or after fewer than FINISHED_EPOCHS
-    epochs. Results tables show such rows apart from finished ones."""
-    if stopped == "time budget":
-        return True
-    try:
-        return int(epochs_run) < FINISHED_EPOCHS
-    except (TypeError, ValueError):  # not recorded: a failed or untested run, not a short one
-        return False
-
-
-def metric_columns(metrics: dict, columns: list[str] | None = None) -> dict:
-    """``columns`` (default: all of :data:`METRIC_COLUMNS`) read from a metrics.json dict; None where absent."""
-    out = {}
-    for column in columns or METRIC_COLUMNS:
-        value = metrics
-        for key in METRIC_COLUMNS[column]:
-            value = value.get(key) if isinstance(value, dict) else None
-        out[column] = value
-    return out

@@ -31,16 +31,16 @@ import torch
 from PIL import Image
 
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.models.catalog import ModelSource, app_default_model, checkpoint_folder, discover
+from brainmri.models.catalog import ModelSource, app_default_model, checkpoint_folder, discover, discover_segmenter
 from brainmri.models.checkpoint import OOD_CONFIG
-from brainmri.models.registry import SEGMENTER_DEFAULT
+from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.batching import MicroBatcher
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.classify import run_model_batch
 from brainmri.serving.judge import ood_check_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.result import Prediction
-from brainmri.serving.segment import load_for_serving, segment_batch, segmenter_folder
+from brainmri.serving.segment import load_for_serving, segment_batch
 from brainmri.serving.zerogpu import gpu_seconds, gpu_task
 from brainmri.settings import model_cache_mb
 
@@ -65,8 +65,10 @@ class Predictor:
             ``max_batch`` > 1). Hooks on a shared module would see every forward through it, so one copy
             serves one batch at a time.
         device: where models load and run ("cpu", "cuda", "cuda:N", "auto"); None for ``BRAIN_MRI_DEVICE``.
-        segmenter: the tumour segmentation model that outlines every in-distribution image (registry
-            ``SEGMENTERS``); None for none. Without its shipped folder there is no outline, and nothing else changes.
+        segmenter: the tumour segmentation model that outlines every in-distribution image: a registry
+            ``SEGMENTERS`` name (found by ``catalog.discover_segmenter``: its local folder, else its Hub repo), or
+            where it is (a ``ModelSource``); None for none. Without its weights there is no outline, and nothing
+            else changes.
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class Predictor:
         max_wait_s: float = 0.005,
         workers: int = 1,
         device: torch.device | str | None = None,
-        segmenter: str | None = SEGMENTER_DEFAULT,
+        segmenter: str | ModelSource | None = SEGMENTER_DEFAULT,
     ):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -86,8 +88,9 @@ class Predictor:
         self.default_model = app_default_model(self.sources)
         self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
         self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20, device)
-        self.segmenter_folder = segmenter_folder(segmenter) if segmenter else None
-        self.segmenter = segmenter if self.segmenter_folder else None
+        self.segmenter: str | None = None  # the segmenter's name while it can outline, else None
+        self.segmenter_source: ModelSource | None = None
+        self.use_segmenter(discover_segmenter(segmenter) if isinstance(segmenter, str) else segmenter)
         self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
         self._batchers: dict[tuple[str, str, bool], MicroBatcher] = {}  # (model, method, outline) -> its batcher
@@ -149,11 +152,18 @@ class Predictor:
             raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
         return self.model(model_name, copy)
 
+    def use_segmenter(self, source: ModelSource | None) -> None:
+        """Outline with the segmenter at ``source`` (None: no outline); one that is unavailable outlines nothing."""
+        self.segmenter_source = source
+        self.segmenter = source.name if source is not None and source.available else None
+        if source is not None and not source.available:
+            _logger.info("no tumour outline: segmenter %s is not available: %s", source.name, source.reason)
+
     def segmentation_model(self, copy: int = 0):
         """The loaded segmenter (that copy of it), or None when this deployment has none."""
         if self.segmenter is None:
             return None
-        return self.segmenters.get(self.segmenter, lambda: self.segmenter_folder, copy)
+        return self.segmenters.get(self.segmenter, lambda: checkpoint_folder(self.segmenter_source), copy)
 
     def warm(self) -> None:
         """Load the default model and the OOD judge in every batch worker's copy, before the first request needs them.

@@ -1,9 +1,10 @@
 """The tumour outline's pass: the segmentation model loaded for serving, and a batch of images to their outlines.
 
-The segmenter is the registry's ``SEGMENTER_DEFAULT``, from its shipped folder (``checkpoints/unet_lite0``). Like
-the classifiers it loads into a model cache (brainmri.serving.cache) and runs on the serving device under its own
-lock; :meth:`brainmri.serving.predictor.Predictor.run_passes` calls :func:`segment_batch` as its third step, so
-on ZeroGPU the outline shares the request's lent GPU.
+The segmenter is the registry's ``SEGMENTER_DEFAULT``, found as the classifiers are (brainmri.models.catalog: its
+shipped folder ``checkpoints/unet_lite0``, else its Hub repo). Like the classifiers it loads into a model cache
+(brainmri.serving.cache) and runs on the serving device under its own lock;
+:meth:`brainmri.serving.predictor.Predictor.run_passes` calls :func:`segment_batch` as its third step, so on ZeroGPU
+the outline shares the request's lent GPU.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from brainmri.models.checkpoint import CONFIG, count_tensors_bytes
-from brainmri.models.registry import SEGMENTER_DEFAULT, get_segmenter_spec
+from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.runtime import fold_batchnorm
 from brainmri.segmentation import Outline, load_segmenter, outline, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device
@@ -36,12 +36,6 @@ class LoadedSegmenter:
     nbytes: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def segmenter_folder(name: str = SEGMENTER_DEFAULT) -> Path | None:
-    """The shipped folder of segmenter ``name`` (checkpoints/<name>), or None when this deployment has none."""
-    folder = get_segmenter_spec(name).local_dir
-    return folder if (folder / CONFIG).is_file() else None
 
 
 def load_for_serving(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedSegmenter:
