@@ -13,7 +13,6 @@ validation: accuracy, and Dice against each expert; the epoch with the best accu
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import augment_batch
 from brainmri.data.split import training_split, write_val_split
+from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
@@ -217,10 +217,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
         "validation": evaluate(model, split["val"], nullcontext()),
     }
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    with (out / HISTORY).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(state["history"][0]))
-        writer.writeheader()
-        writer.writerows(state["history"])
+    write_history_csv(state["history"], out / HISTORY)
     plot_history(state["history"], out / CURVES)
     write_card(out)
     clear_resume(out)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.models.checkpoint import CARD, METRICS, TRAIN_CONFIG
 from train.experts import EXPERTS
 
@@ -14,13 +15,8 @@ EXPERT_NAMES = {"cheng": "Cheng et al. (figshare)", "brisc": "BRISC 2025"}
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_loss, ax_val) = epoch_panels()
     for key, label in (("train_ce", "class: cross-entropy"), ("train_outline", "outline: BCE + soft Dice")):
         ax_loss.plot(epochs, [h[key] for h in history], "o-", label=label)
     ax_val.plot(epochs, [h["val_accuracy"] for h in history], "ko-", label="accuracy")
@@ -28,14 +24,7 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax_val.plot(epochs, [h[f"val_dice_{e}_all"] for h in history], "o-", label=f"Dice vs {e}")
     ax_val.plot(epochs, [h["val_experts_dice_all"] for h in history], ":", color="grey", label="experts vs each other")
     ax_val.plot(epochs, [h["val_empty_no_tumour"] for h in history], "k--", label="no tumour: empty")
-    for ax, title in ((ax_loss, "training loss (augmented)"), (ax_val, "validation")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_epoch_panels(fig, [(ax_loss, "training loss (augmented)"), (ax_val, "validation")], path, legend_size=7)
 
 
 def _pct(v: float | None) -> str:

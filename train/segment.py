@@ -14,7 +14,6 @@ class: Dice, IoU, detection rate, area error, and the share of no-tumour slices 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
 from brainmri.data.split import training_split, write_val_split
+from brainmri.eval.curves import write_history_csv
 from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
 from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
@@ -246,10 +246,7 @@ def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
         "validation": measure(model, split),
     }
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    with (out / HISTORY).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(state["history"][0]))
-        writer.writeheader()
-        writer.writerows(state["history"])
+    write_history_csv(state["history"], out / HISTORY)
     plot_segmentation_history(state["history"], out / CURVES)
     write_segmentation_card(out)
     clear_resume(out)

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
+from brainmri.eval.curves import epoch_panels, save_epoch_panels  # noqa: E402
 from brainmri.eval.metrics import expected_calibration_error, reliability_bins  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config  # noqa: E402
@@ -20,19 +21,12 @@ from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, V
 def plot_history(history: list[dict], path: str | Path) -> None:
     """Loss and accuracy per epoch, train and validation."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_loss, ax_acc) = epoch_panels()
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train (augmented)")
     ax_acc.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_epoch_panels(fig, [(ax_loss, "loss"), (ax_acc, "accuracy")], path)
 
 
 def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, title: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.eval.metrics import bootstrap_accuracy_ci
 from brainmri.segmentation import binary_mask, tumour_probability
 from brainmri.vocabulary import NO_TUMOUR
@@ -67,22 +68,10 @@ def _tumour_figures(rows: list[dict]) -> dict:
 
 def plot_segmentation_history(history: list[dict], path: str | Path) -> None:
     """The segmenter's curves.png: training loss, and validation Dice per class, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_loss, ax_dice) = epoch_panels()
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
     for key in [k for k in history[0] if k.startswith("val_dice")]:
         ax_dice.plot(epochs, [h[key] for h in history], "o-", label=key.removeprefix("val_dice_") if key != "val_dice" else "all tumours")
     ax_dice.plot(epochs, [h["val_empty_no_tumour"] for h in history], "k--", label="no tumour: empty")
-    for ax, title in ((ax_loss, "loss: BCE + soft Dice"), (ax_dice, "validation Dice")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_epoch_panels(fig, [(ax_loss, "loss: BCE + soft Dice"), (ax_dice, "validation Dice")], path, legend_size=8)
