@@ -140,3 +140,13 @@ def test_classifier_face_preprocesses_as_training_decoded():
     trained = to_input(image, SEGMENTERS[name].input_size)
     assert served.shape == trained.shape
     assert (served.int() - trained.int()).abs().max() <= 1
+
+
+def test_resume_on_a_fresh_folder_starts_from_imagenet(tmp_path):
+    """--resume with nothing to resume is a fresh start, ImageNet weights included (it was random init once)."""
+    from train.multitask import build
+
+    name = MULTITASK[0]
+    model, _, _ = build(MultiTaskConfig(out=str(tmp_path), resume=True), steps_per_epoch=10)
+    fresh = create_segmenter(name, pretrained=True).classifier.conv_stem.weight
+    assert torch.equal(model.classifier.conv_stem.weight, fresh)

@@ -38,7 +38,7 @@ from train.config import parse_config
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
-from train.resume import clear_resume, load_model_state, save_model_state
+from train.resume import clear_resume, has_model_state, load_model_state, save_model_state
 from train.schedule import cosine
 from train.segment import soft_dice_loss
 
@@ -158,7 +158,8 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
     spec = get_segmenter_spec(cfg.model)
     if not spec.num_classes:
         raise ValueError(f"{cfg.model} has no classification head (registry num_classes); choose a multi-task model")
-    model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
+    imagenet = cfg.pretrained and not (cfg.resume and has_model_state(cfg.output_dir()))  # resumed weights replace them
+    model = create_segmenter(spec.name, pretrained=imagenet).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     return model, optimizer, scheduler

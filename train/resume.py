@@ -38,6 +38,12 @@ def save_model_state(out: Path, model, optimizer, state: dict) -> None:
     (folder / "state.tmp").replace(folder / STATE_PT)
 
 
+def has_model_state(out: Path) -> bool:
+    """Whether ``out`` holds a :func:`save_model_state` to continue from: ``--resume`` on a fresh folder starts
+    afresh, ImageNet weights included."""
+    return (Path(out) / RESUME / STATE_PT).is_file()
+
+
 def load_model_state(out: Path, model, optimizer) -> dict | None:
     """Load :func:`save_model_state`'s model and optimizer state into ``model`` and ``optimizer`` and return its
     ``state`` dict; None when ``out`` has nothing to resume."""

@@ -42,7 +42,7 @@ from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
 from train.config import parse_config
-from train.resume import clear_resume, load_model_state, save_model_state
+from train.resume import clear_resume, has_model_state, load_model_state, save_model_state
 
 _logger = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ def fit(cfg: SegmentConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     split = load_split(cfg)
-    model = create_segmenter(spec.name, pretrained=cfg.pretrained and not cfg.resume).to(memory_format=torch.channels_last)
+    imagenet = cfg.pretrained and not (cfg.resume and has_model_state(cfg.output_dir()))  # resumed weights replace them
+    model = create_segmenter(spec.name, pretrained=imagenet).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     _, xt, yt = split["train"]
     steps = len(epoch_batches(yt, cfg, torch.Generator().manual_seed(0)))  # the same count every epoch
