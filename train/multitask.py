@@ -40,7 +40,7 @@ from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
 from train.resume import clear_resume, has_model_state, load_model_state, save_model_state
 from train.schedule import cosine
-from train.segment import soft_dice_loss
+from train.segment import run_record, soft_dice_loss
 
 _logger = logging.getLogger(__name__)
 
@@ -203,20 +203,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
     write_val_split(out, split["val"][0], cfg.data, "validation scans the class and outline figures in metrics.json are measured on")
     write_manifest(out)
     model = load_segmenter(out)
-    spec = get_segmenter_spec(cfg.model)
-    metrics = {
-        "model": cfg.model,
-        "architecture": spec.about,
-        "initialization": f"ImageNet encoder (offline package {spec.imagenet_init})" if cfg.pretrained else "random",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "input_size": cfg.input_size,
-        "epochs_run": state["epoch"],
-        "best_epoch": state["best_epoch"],
-        "train_seconds": round(state["seconds"], 1),
-        "train_images": len(split["train"][0]),
-        "amp": cfg.amp,
-        "validation": evaluate(model, split["val"], nullcontext()),
-    }
+    metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "validation": evaluate(model, split["val"], nullcontext())}
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     write_history_csv(state["history"], out / HISTORY)
     plot_history(state["history"], out / CURVES)

