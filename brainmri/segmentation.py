@@ -20,8 +20,8 @@ from PIL import Image
 from torch import nn
 
 from brainmri.data.records import normalize_batch
-from brainmri.models.checkpoint import TRAIN_CONFIG, verify_checkpoint
-from brainmri.models.multitask import UnetOnClassifier, is_multitask
+from brainmri.models.checkpoint import TRAIN_CONFIG, is_multitask, verify_checkpoint
+from brainmri.models.multitask import UnetOnClassifier
 from brainmri.rendering import data_url
 
 _logger = logging.getLogger(__name__)

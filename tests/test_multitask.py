@@ -112,8 +112,8 @@ def test_every_classifier_tensor_but_the_head_starts_from_imagenet(name):
 
 
 def test_a_saved_folder_loads_back_and_is_a_segmenter(tmp_path):
-    from brainmri.models.checkpoint import is_segmenter
-    from brainmri.models.multitask import UnetOnClassifier, is_multitask
+    from brainmri.models.checkpoint import is_multitask, is_segmenter
+    from brainmri.models.multitask import UnetOnClassifier
 
     net = create_segmenter(MULTITASK[0]).eval()
     net.save_pretrained(tmp_path)
@@ -150,3 +150,62 @@ def test_resume_on_a_fresh_folder_starts_from_imagenet(tmp_path):
     model, _, _ = build(MultiTaskConfig(out=str(tmp_path), resume=True), steps_per_epoch=10)
     fresh = create_segmenter(name, pretrained=True).classifier.conv_stem.weight
     assert torch.equal(model.classifier.conv_stem.weight, fresh)
+
+
+def test_served_as_a_classifier_it_outlines_from_its_own_forward(tmp_path, monkeypatch):
+    """The multi-task model picked as the classifier: class, heatmap and outline from its one forward (and the
+    heatmap's backward); the separate segmenter is never run. The outline is the decoder's, in the upload's frame."""
+    from PIL import Image
+
+    from brainmri.models.catalog import ModelSource
+    from brainmri.models.checkpoint import label_names, load_checkpoint, write_manifest
+    from brainmri.models.multitask import MultiTaskClassifier
+    from brainmri.serving import Predictor, predictor
+
+    name = MULTITASK[0]
+    torch.manual_seed(0)
+    net = create_segmenter(name).eval()
+    with torch.no_grad():  # a decoder that marks every pixel: the outline is the whole image
+        net.segmentation_head[0].bias.fill_(20.0)
+    folder = tmp_path / name
+    net.save_pretrained(folder)
+    write_manifest(folder)
+    assert isinstance(load_checkpoint(folder), MultiTaskClassifier)
+    assert label_names(folder) == ["glioma", "meningioma", "notumor", "pituitary"]
+
+    def no_second_network(*_args, **_kwargs):
+        raise AssertionError("the segmenter ran beside a model that outlines")
+
+    monkeypatch.setattr(predictor, "segment_batch", no_second_network)
+    source = ModelSource(name, "local", str(folder))
+    served = Predictor({name: source}, ood_model=None, segmenter=source)
+    image = Image.effect_mandelbrot((300, 240), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    result = served.predict(image, name)
+    assert result.outlined_by == name and result.outline.mask.shape == (240, 300) and result.outline.mask.all()
+    assert result.details()["outlined_by"] == name and result.cam.shape == (240, 300)
+    assert served.predict(image, name, outline=False).outline is None  # Compare: heatmaps only
+
+
+def test_another_classifier_picked_is_outlined_by_the_multitask_segmenter(tmp_path):
+    """A deployment whose segmenter is the multi-task model outlines every classifier's answer with it."""
+    from conftest import write_checkpoint
+    from PIL import Image
+
+    from brainmri.models.catalog import ModelSource
+    from brainmri.models.checkpoint import write_manifest
+    from brainmri.serving import Predictor
+
+    name = MULTITASK[0]
+    net = create_segmenter(name).eval()
+    with torch.no_grad():
+        net.segmentation_head[0].bias.fill_(20.0)
+    net.save_pretrained(tmp_path / name)
+    write_manifest(tmp_path / name)
+    small = write_checkpoint(tmp_path / "simple_cnn_7", labels=list(net.label_names))
+    served = Predictor(
+        {"simple_cnn_7": ModelSource("simple_cnn_7", "local", str(small))},
+        ood_model=None,
+        segmenter=ModelSource(name, "local", str(tmp_path / name)),
+    )
+    result = served.predict(Image.effect_mandelbrot((200, 180), (-2, -1.2, 1, 1.2), 60).convert("RGB"), "simple_cnn_7")
+    assert result.outlined_by == name and result.outline.mask.shape == (180, 200) and result.outline.mask.all()

@@ -147,6 +147,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
 def fit(cfg: TrainConfig) -> Path:
     """Train, keep the best epoch on validation, write and evaluate the checkpoint folder."""
     spec = get_spec(cfg.model)  # fails early, naming the choices, on an unknown model
+    if spec.segmenter:
+        raise ValueError(f"{cfg.model} learns its class and its outline together: train it with python -m train.multitask")
     accelerator = Accelerator(
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

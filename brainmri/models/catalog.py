@@ -176,7 +176,7 @@ def app_default_model(sources: dict[str, ModelSource]) -> str | None:
     return max(local, key=lambda s: validation_accuracy(s.location) if s.where == "local" else -1.0).name
 
 
-FAMILY_TITLES = {"efficientnet": "EfficientNet", "simple": "Simple CNN", "baseline": "Baseline"}
+FAMILY_TITLES = {"efficientnet": "EfficientNet", "multitask": "One encoder", "simple": "Simple CNN", "baseline": "Baseline"}
 FAMILY_ORDER = list(FAMILY_TITLES)  # the dropdown's groups, the shipped default's family first
 
 

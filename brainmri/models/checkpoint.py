@@ -22,6 +22,8 @@ from timm.models._hub import save_config_for_hf
 from torch import nn
 
 from brainmri.data.records import sha256
+from brainmri.models.multitask import MODEL_CLASS as MULTITASK_CLASS
+from brainmri.models.multitask import MultiTaskClassifier, UnetOnClassifier
 from brainmri.settings import ROOT
 
 _logger = logging.getLogger(__name__)
@@ -136,25 +138,44 @@ def verify_checkpoint(folder: str | Path) -> None:
 
 
 def load_checkpoint(folder: str | Path) -> nn.Module:
-    """Rebuild the model from the folder alone (fp32, eval mode), via timm's ``local-dir:``.
+    """Rebuild the classifier from the folder alone (fp32, eval mode): a timm folder via timm's ``local-dir:``, a
+    multi-task folder (:func:`is_multitask`) as the timm-classifier face of its model, whose forward also keeps the
+    outline (brainmri.models.multitask.MultiTaskClassifier).
 
     Weights are read from safetensors only; nothing is unpickled.
     """
     verify_checkpoint(folder)
     read_config(folder)
     try:
-        model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
+        if is_multitask(folder):
+            model = MultiTaskClassifier(UnetOnClassifier.from_pretrained(str(Path(folder).resolve())))
+        else:
+            model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
     except Exception as e:  # a corrupt safetensors file surfaces as several error types
         raise ValueError(f"cannot load checkpoint {folder}: {e}") from e
     return model.float().eval()
 
 
 def label_names(folder: str | Path) -> list[str]:
-    return list(read_config(folder)["label_names"])
+    """The class of each logit: config.json's ``label_names`` (a multi-task folder saved without them has the
+    model's default, brainmri.vocabulary.DATASET_LABELS)."""
+    config = read_config(folder)
+    if "label_names" not in config and config.get("_model_class") == MULTITASK_CLASS:
+        return list(UnetOnClassifier(**{k: v for k, v in config.items() if not k.startswith("_")}).label_names)
+    return list(config["label_names"])
 
 
 def count_tensors_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def is_multitask(folder: str | Path) -> bool:
+    """A folder brainmri.models.multitask.UnetOnClassifier saved: one model that classifies and outlines."""
+    path = Path(folder) / CONFIG
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("_model_class") == MULTITASK_CLASS
+    except json.JSONDecodeError:
+        return False
 
 
 def is_segmenter(folder: str | Path) -> bool:

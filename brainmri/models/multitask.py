@@ -9,7 +9,7 @@ projections with no non-linearity before the pool; docs/segmentation.md gives bo
 
 Saved and loaded with huggingface_hub's ``PyTorchModelHubMixin`` (``config.json`` of the constructor's arguments,
 ``model.safetensors``), like smp's own models; ``config.json`` also names ``_model_class``, which marks a
-segmentation folder (brainmri.models.checkpoint.is_segmenter).
+segmentation folder (brainmri.models.checkpoint.is_segmenter, is_multitask), and the class names of its head.
 
 :class:`MultiTaskClassifier` gives it the face the rest of the project expects of a timm classifier
 (``pretrained_cfg``, ``forward_features``, ``forward_head(pre_logits=True)``, ``get_classifier``): its ``forward``
@@ -18,7 +18,6 @@ returns the class logits and keeps the outline's logits of that same encoder pas
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import timm
@@ -28,7 +27,7 @@ from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 
-from brainmri.models.checkpoint import CONFIG
+from brainmri.vocabulary import DATASET_LABELS
 
 MODEL_CLASS = "UnetOnClassifier"  # config.json's _model_class for this architecture
 
@@ -41,6 +40,7 @@ class UnetOnClassifier(nn.Module, PyTorchModelHubMixin, library_name="brain-mri"
         num_classes: classes of its head.
         decoder_channels: the decoder's widths, finest last (one per stage).
         input_size: the side it is trained and served at; preprocessing squashes the whole slice to it.
+        label_names: the class of each logit (a folder saved before this argument existed has the dataset's).
     """
 
     def __init__(
@@ -49,8 +49,12 @@ class UnetOnClassifier(nn.Module, PyTorchModelHubMixin, library_name="brain-mri"
         num_classes: int = 4,
         decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
         input_size: int = 224,
+        label_names: tuple[str, ...] = DATASET_LABELS,
     ):
         super().__init__()
+        if len(label_names) != num_classes:
+            raise ValueError(f"{num_classes} classes but {len(label_names)} label names: {list(label_names)}")
+        self.label_names = list(label_names)
         self.classifier = timm.create_model(backbone, num_classes=num_classes)
         stages = [f["num_chs"] for f in self.classifier.feature_info]  # (16, 24, 40, 112, 320) at strides 2 ... 32
         self.decoder = UnetDecoder([3, *stages], list(decoder_channels), n_blocks=len(decoder_channels))
@@ -86,9 +90,10 @@ class UnetOnClassifier(nn.Module, PyTorchModelHubMixin, library_name="brain-mri"
 
 
 class MultiTaskClassifier(nn.Module):
-    """A timm classifier's face on :class:`UnetOnClassifier`: ``forward(x)`` gives the class logits, and keeps the
-    outline's logits of the same forward (decoder run without autograd: the heatmap's backward needs the class path
-    only) in ``last_mask_logits`` (B, 1, S, S)."""
+    """A timm classifier's face on :class:`UnetOnClassifier`: ``forward(x)`` gives the class logits. Every pass
+    through ``forward_features`` (the class, the heatmap's forward, the OOD features) also runs the decoder on the
+    same stages, without autograd (the heatmap's backward needs the class path only), and keeps the outline's logits
+    in ``last_mask_logits`` (B, 1, S, S): one encoder pass gives both."""
 
     def __init__(self, net: UnetOnClassifier):
         super().__init__()
@@ -100,26 +105,16 @@ class MultiTaskClassifier(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.net.classifier.get_classifier()
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """(final features before pooling, stage outputs, the input), as forward_head and the decoder take them."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's last features before pooling (B, F, h, w); the outline of the same pass is kept."""
         final, stages = self.net.features(x)
-        return final, stages, x
+        with torch.no_grad():
+            self.last_mask_logits = self.net.segment(x, stages).float()
+        return final
 
-    def forward_head(self, features: tuple, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class logits (B, C); with ``pre_logits`` the pooled features (B, F) the OOD check scores."""
-        return self.net.classifier.forward_head(features[0], pre_logits=pre_logits)
+        return self.net.classifier.forward_head(features, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.forward_features(x)
-        with torch.no_grad():
-            self.last_mask_logits = self.net.segment(x, features[1]).float()
-        return self.forward_head(features)
-
-
-def is_multitask(folder: str | Path) -> bool:
-    """A folder :class:`UnetOnClassifier` saved (its config.json's ``_model_class``)."""
-    path = Path(folder) / CONFIG
-    try:
-        return path.is_file() and json.loads(path.read_text()).get("_model_class") == MODEL_CLASS
-    except json.JSONDecodeError:
-        return False
+        return self.forward_head(self.forward_features(x))

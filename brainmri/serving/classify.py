@@ -1,5 +1,6 @@
 """The classifier's batched pass: probabilities (temperature-calibrated), heatmap and the model's own OOD verdict
-of each image, from one forward and one backward over the batch, on the model's device."""
+of each image, from one forward and one backward over the batch, on the model's device; and, for a multi-task model
+(brainmri.models.multitask), the tumour outline its decoder drew in that same forward."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.result import Prediction
+from brainmri.serving.segment import own_outlines
 from brainmri.vocabulary import any_tumour_probability
 
 
@@ -40,6 +42,7 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
             with torch.no_grad():
                 logits, pooled = logits_and_features(loaded.model, x)
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
+        outlines = own_outlines(loaded.model, list(images))  # a model with a decoder outlined in the forward that classified
     probs = calibrated_probs(logits.cpu(), loaded.temperature).tolist()
     pooled = pooled.cpu()  # the OOD statistics live on the CPU
     results = []
@@ -52,22 +55,23 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
             ood = loaded.ood.check(image, pooled[i : i + 1])
             ood.checked_by = loaded.name
         heat = cam_to_image_size(cams[i], image.size, loaded.cfg)
-        results.append(
-            Prediction(
-                loaded.name,
-                image,
-                probabilities,
-                top,
-                tumour,
-                ood,
-                heat,
-                method,
-                loaded.temperature,
-                0.0,
-                loaded.cam_layer_name(method),
-                str(loaded.device),
-            )
+        result = Prediction(
+            loaded.name,
+            image,
+            probabilities,
+            top,
+            tumour,
+            ood,
+            heat,
+            method,
+            loaded.temperature,
+            0.0,
+            loaded.cam_layer_name(method),
+            str(loaded.device),
         )
+        if outlines is not None:
+            result.outline, result.outlined_by = outlines[i], loaded.name
+        results.append(result)
     latency = (time.perf_counter() - start) * 1000  # every image of the batch waited for all of it
     for result in results:
         result.latency_ms = latency

@@ -37,7 +37,7 @@ from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.batching import MicroBatcher
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.classify import run_model_batch
-from brainmri.serving.judge import ood_check_batch
+from brainmri.serving.judge import judge_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.result import Prediction
 from brainmri.serving.segment import load_for_serving, segment_batch
@@ -211,24 +211,33 @@ class Predictor:
 
         1. classify: ``model_name``'s probabilities and heatmap (brainmri.serving.classify);
         2. judge: the OOD verdict of ``ood_model``, when that is another model (brainmri.serving.judge);
-        3. outline: the segmenter's tumour mask of each image that looks like a brain MRI (brainmri.serving.segment).
+        3. outline: the segmenter's tumour mask of each image that looks like a brain MRI (brainmri.serving.segment),
+           unless a multi-task model's forward drew it already: the classifier's in step 1, or the judge's in step 2
+           when the judge is the segmenter.
         """
         loaded = self.model(model_name, copy)
         results = run_model_batch(loaded, images, method)
         if self.ood_model and self.ood_model != loaded.name:
             start = time.perf_counter()
-            verdicts = ood_check_batch(self.model(self.ood_model, copy), images)
+            verdicts, drawn = judge_batch(self.model(self.ood_model, copy), images)
             extra = (time.perf_counter() - start) * 1000
             for result, verdict in zip(results, verdicts):
                 if verdict is not None:
                     result.ood = verdict
                     result.latency_ms += extra
+            if drawn is not None and self.ood_model == self.segmenter:  # the judge is the segmenter: its pass outlined
+                for result, found in zip(results, drawn):
+                    if result.outline is None:
+                        result.outline, result.outlined_by = found, self.ood_model
+        for result in results:  # a multi-task model outlined in its own forward: kept for an MRI slice only
+            if not (outline and result.in_distribution):
+                result.outline, result.outlined_by = None, ""
         segmenter = self.segmentation_model(copy) if outline else None
-        judged = [r for r in results if r.in_distribution]
+        judged = [r for r in results if r.in_distribution and r.outline is None]
         if segmenter is not None and judged:
             start = time.perf_counter()
             for result, found in zip(judged, segment_batch(segmenter, [r.image for r in judged])):
-                result.outline = found
+                result.outline, result.outlined_by = found, segmenter.name
             extra = (time.perf_counter() - start) * 1000
             for result in judged:
                 result.latency_ms += extra

@@ -32,6 +32,7 @@ class Prediction:
     cam_layer: str = ""  # the module(s) the heatmap weighs, as named in the model ("bn2", "features.11", "bn2+blocks.4+blocks.2")
     device: str = "cpu"  # where the passes ran ("cpu", "cuda:0")
     outline: Outline | None = None  # the segmenter's tumour mask in the image's frame; None: no segmenter, or not an MRI
+    outlined_by: str = ""  # the model whose decoder drew ``outline``: the classifier itself when it has one
 
     @property
     def cam_in_tumour(self) -> bool | None:
@@ -88,5 +89,6 @@ class Prediction:
             "tumour_mask": None if self.outline is None else mask_data_url(self.outline.mask),
             "tumour_box": None if self.outline is None or self.outline.empty else list(self.outline.box),
             "tumour_area": None if self.outline is None else round(self.outline.area, 6),
+            "outlined_by": self.outlined_by or None,
             "cam_in_tumour": self.cam_in_tumour,
         }

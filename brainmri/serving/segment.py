@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from brainmri.models.checkpoint import count_tensors_bytes
+from brainmri.models.multitask import MultiTaskClassifier
 from brainmri.runtime import fold_batchnorm
 from brainmri.segmentation import Outline, load_segmenter, outline, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device
@@ -54,4 +55,14 @@ def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Ou
     batch = torch.stack([to_input(im, side) for im in images])
     with loaded.lock:
         probability = tumour_probability(loaded.model, batch.contiguous(memory_format=torch.channels_last))  # (B, S, S)
+    return [outline(p, im.size) for p, im in zip(probability, images)]
+
+
+def own_outlines(model: nn.Module, images: list[Image.Image]) -> list[Outline] | None:
+    """The outlines a multi-task classifier (brainmri.models.multitask) drew in its last forward, over ``images``
+    (that forward's batch), each in its image's frame; None for a model without a decoder. Call it under the
+    model's lock, right after the forward."""
+    if not isinstance(model, MultiTaskClassifier) or model.last_mask_logits is None:
+        return None
+    probability = torch.sigmoid(model.last_mask_logits[:, 0]).cpu()  # (B, S, S)
     return [outline(p, im.size) for p, im in zip(probability, images)]
