@@ -72,9 +72,9 @@ def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
         masks, logits = model(torch.zeros(1, 3, 224, 224))
     assert masks.shape == (1, 1, 224, 224) and logits.shape == (1, 4)
     metrics = json.loads((out / "metrics.json").read_text())
-    both = metrics["validation"]["outline"]["both_experts"]["all"]
+    both = metrics["outline"]["both_experts"]["all"]
     assert set(both) >= {"n", "dice_cheng", "dice_brisc", "experts_dice"}
-    assert metrics["validation"]["classes"]["n"] == len((out / "val_split.txt").read_text().split("\n")) - 3
+    assert metrics["validation"]["n"] == len((out / "val_split.txt").read_text().split("\n")) - 3
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "brain-mri"
     assert not (out / "resume").exists()

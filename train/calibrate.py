@@ -12,6 +12,7 @@ Training runs it on every new checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -24,7 +25,7 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_split
 from brainmri.eval.metrics import expected_calibration_error
 from brainmri.eval.tables import update_metrics
-from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, label_names, load_checkpoint
+from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, is_multitask, label_names, load_checkpoint
 from train.config import TrainConfig
 from train.evaluate import UNSEEN, load_test_split, predict_logits
 
@@ -37,7 +38,10 @@ def run_config(folder: str | Path, data: str | None = None) -> TrainConfig:
     if not path.is_file():
         raise ValueError(f"checkpoint {folder} has no train_config.json, so its validation split cannot be rebuilt")
     try:
-        cfg = TrainConfig(**json.loads(path.read_text()))
+        saved = json.loads(path.read_text())
+        if is_multitask(folder):  # train.multitask's config: the split's fields are the classifiers', the rest its own
+            saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+        cfg = TrainConfig(**saved)
     except (json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"{path} is not a training configuration: {e}") from None
     if data:

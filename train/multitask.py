@@ -173,6 +173,8 @@ def fit(cfg: MultiTaskConfig) -> Path:
     split = load_split(cfg)
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
     model, optimizer, scheduler = build(cfg, steps)
+    if model.label_names != split["train"][0].class_names:
+        raise ValueError(f"the model's classes {model.label_names} are not the data's {split['train'][0].class_names}")
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     saved = load_model_state(out, model, optimizer) if cfg.resume else None
     if saved is not None:
@@ -197,19 +199,26 @@ def fit(cfg: MultiTaskConfig) -> Path:
     return out
 
 
+VAL_SPLIT_NOTE = "validation scans of the mirror-aware split (val_split.txt): no twin, mirrored or not, in train"
+
+
 def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
     """The kept epoch's folder: validation split, manifest, metrics (re-measured in fp32 from the folder), history,
     curves and card; the resume state is removed once all of it is written."""
     write_val_split(out, split["val"][0], cfg.data, "validation scans the class and outline figures in metrics.json are measured on")
     write_manifest(out)
     model = load_segmenter(out)
-    metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "validation": evaluate(model, split["val"], nullcontext())}
+    scores = evaluate(model, split["val"], nullcontext())
+    metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": "cpu", "data": cfg.data}
+    # The class figures where every classifier keeps them (brainmri.eval.tables); the outline's beside them.
+    metrics["validation"] = scores["classes"] | {"split": VAL_SPLIT_NOTE}
+    metrics["outline"] = scores["outline"]
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     write_history_csv(state["history"], out / HISTORY)
     plot_history(state["history"], out / CURVES)
     write_card(out)
     clear_resume(out)
-    _logger.info("wrote %s: %s", out, json.dumps(metrics["validation"]["summary"]))
+    _logger.info("wrote %s: %s", out, json.dumps(scores["summary"]))
 
 
 def main(argv: list[str] | None = None) -> int:

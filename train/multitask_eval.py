@@ -21,18 +21,21 @@ from train.experts import EXPERTS
 
 
 @torch.inference_mode()
-def predict(model, x: torch.Tensor, precision: AbstractContextManager, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class logits (N, C) and bool outlines (N, S, S), emptied below MIN_AREA as served (brainmri.segmentation)."""
+def predict(model, x: torch.Tensor, precision: AbstractContextManager, batch_size: int = 32) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Class logits (N, C) and bool outlines (N, S, S), emptied below MIN_AREA as served (brainmri.segmentation).
+    A segmenter without a class head (``unet_lite0``) gives None for the logits."""
     model.eval()
     logits, outlines = [], []
     for i in range(0, len(x), batch_size):
         with precision:
-            mask_logits, class_logits = model(normalise(x[i : i + batch_size], model))
+            out = model(normalise(x[i : i + batch_size], model))
+        mask_logits, class_logits = out if isinstance(out, tuple) else (out, None)
         pred = torch.sigmoid(mask_logits[:, 0].float()) > THRESHOLD
         pred[pred.flatten(1).float().mean(dim=1) < MIN_AREA] = False
-        logits.append(class_logits.float())
+        if class_logits is not None:
+            logits.append(class_logits.float())
         outlines.append(pred)
-    return torch.cat(logits), torch.cat(outlines)
+    return (torch.cat(logits) if logits else None), torch.cat(outlines)
 
 
 def overlap(pred: torch.Tensor, true: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

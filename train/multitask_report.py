@@ -36,8 +36,8 @@ def _dice(v: float | None) -> str:
 
 
 def card_text(m: dict, cfg: dict) -> str:
-    v = m["validation"]
-    both = v["outline"]["both_experts"]
+    v = m["outline"]
+    both = v["both_experts"]
     expert_cols = " | ".join(f"Dice vs {e} | IoU vs {e}" for e in EXPERTS)
     rows = [
         f"| {g} | {r['n']} | "
@@ -45,7 +45,7 @@ def card_text(m: dict, cfg: dict) -> str:
         + f" | {_dice(r['experts_dice'])} |"
         for g, r in both.items()
     ]
-    classes = v["classes"]
+    classes = m["validation"]
     return "\n".join(
         [
             f"# {m['model']}: one encoder for a brain MRI slice's class, heatmap and tumour outline",
@@ -73,7 +73,7 @@ def card_text(m: dict, cfg: dict) -> str:
             "|---|---:|" + "---:|" * (2 * len(EXPERTS) + 1),
             *rows,
             "",
-            f"No-tumour slices left empty: {_pct(v['outline']['no_tumour']['empty_share'])} of {v['outline']['no_tumour']['n']}.",
+            f"No-tumour slices left empty: {_pct(v['no_tumour']['empty_share'])} of {v['no_tumour']['n']}.",
             "",
             "```python",
             "from brainmri.models.multitask import UnetOnClassifier  # pip install -r requirements.txt of brain-mri",

@@ -19,13 +19,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import cut_short, metric_columns, read_metrics
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
 from brainmri.models.registry import REGISTRY
-from brainmri.models.segmenters import SEGMENTER_DEFAULT
+from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent
 
@@ -241,7 +242,10 @@ def tab_view():
     sweep, short = gr.Dataframe(sweep, visible=sweep is not None), gr.Dataframe(short, visible=short is not None)
     name = gr.Dropdown(choices=names, value=names[0] if names else None)
     cost, size, per_class = (gr.Image(p, visible=p is not None) for p in pictures())
-    outline = segmentation_markdown(checkpoint_dir() / SEGMENTER_DEFAULT) or "No segmentation model is shipped here."
+    unets = [segmentation_markdown(checkpoint_dir() / n) for n, spec in SEGMENTERS.items() if not spec.num_classes]
+    one = [one_encoder_markdown(checkpoint_dir() / n) for n, spec in SEGMENTERS.items() if spec.num_classes]
+    outline = "\n\n".join(text for text in unets if text) or "No segmentation model is shipped here."
+    outline += "".join(f"\n\n#### One encoder for class, heatmap and outline\n\n{text}" for text in one if text)
     return cost, size, per_class, table, full, sweep, short, name, seed_markdown(), localisation_markdown(), outline
 
 

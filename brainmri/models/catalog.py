@@ -14,7 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainmri.eval.tables import read_metrics
-from brainmri.models.checkpoint import CALIBRATION, CONFIG, MANIFEST, METRICS, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, WEIGHTS, is_segmenter
+from brainmri.models.checkpoint import (
+    CALIBRATION,
+    CONFIG,
+    MANIFEST,
+    METRICS,
+    OOD_CONFIG,
+    OOD_TENSORS,
+    TRAIN_CONFIG,
+    WEIGHTS,
+    is_multitask,
+    is_segmenter,
+)
 from brainmri.models.registry import APP_DEFAULT, REGISTRY, ModelSpec, get_spec
 from brainmri.models.segmenters import SEGMENTER_DEFAULT, SegmenterSpec, get_segmenter_spec
 from brainmri.settings import checkpoint_dir, default_model, hub_offline
@@ -35,13 +46,13 @@ def checkpoint_folders(
 
     Args:
         holding: the file a folder must hold: ``CONFIG`` (any checkpoint), ``METRICS`` (what tables and pictures list).
-        classifiers: leave out the segmentation models' folders.
+        classifiers: leave out the segmentation models' folders (a multi-task model, which classifies too, stays).
         registry_order: the registry's models first, in registry order, then the rest by name.
     """
     root = Path(checkpoint_dir() if root is None else root)
     if not root.is_dir():
         return []
-    folders = sorted(p for p in root.iterdir() if (p / holding).is_file() and not (classifiers and is_segmenter(p)))
+    folders = sorted(p for p in root.iterdir() if (p / holding).is_file() and not (classifiers and is_segmenter(p) and not is_multitask(p)))
     if registry_order:
         order = {name: i for i, name in enumerate(REGISTRY)}
         folders.sort(key=lambda p: (order.get(p.name, len(order)), p.name))

@@ -1,0 +1,90 @@
+"""The multi-task model's figures as Markdown (the Experiments tab, docs/segmentation.md, its model card): its class on
+validation, official and unseen Testing, with calibration; its outline against each expert beside the experts'
+agreement and the U-Net's on the same scans; and the default rule's verdict (train.multitask_default)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from brainmri.eval.tables import read_metrics
+from brainmri.models.checkpoint import results_dir
+from brainmri.vocabulary import class_words, percent
+
+EXPERT_NAMES = {"cheng": "Cheng (figshare)", "brisc": "BRISC 2025"}
+DEFAULT_JSON = "multitask_default.json"  # written by train.multitask_default
+
+
+def _dice(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def class_markdown(m: dict) -> str:
+    """Accuracy (95% CI) on validation, official and unseen Testing, and ECE after the temperature."""
+    cal = m.get("calibration", {})
+    rows = [("validation (leak-free)", m.get("validation"), cal.get("val_ece_after"))]
+    rows += [
+        ("official Testing", m.get("test"), cal.get("test_ece_after")),
+        ("unseen Testing", m.get("test_unseen"), cal.get("test_unseen_ece_after")),
+    ]
+    lines = ["| images | n | accuracy (95% CI) | ECE, calibrated |", "|---|---:|---|---:|"]
+    for name, r, ece in rows:
+        if r:
+            lines.append(f"| {name} | {r['n']} | {percent(r['accuracy'], r.get('accuracy_ci95'))} | {percent(ece, digits=2)} |")
+    temperature = cal.get("temperature")
+    if temperature is not None:
+        lines += ["", f"Temperature {temperature:.3f}, fitted on the validation split."]
+    return "\n".join(lines)
+
+
+def outline_markdown(m: dict, pair: dict | None = None, pair_name: str = "") -> str:
+    """Per class, on the validation scans both experts outlined: Dice (IoU) against each, the experts' Dice with each
+    other, and ``pair``'s Dice against each on the same scans when given."""
+    experts = list(EXPERT_NAMES)
+    head = " | ".join(f"vs {EXPERT_NAMES[e]}: Dice (IoU)" for e in experts)
+    theirs = " | ".join(f"{pair_name} vs {e}" for e in experts) if pair else ""
+    lines = [
+        f"| validation slices | n | {head} | experts vs each other{' | ' + theirs if pair else ''} |",
+        "|---|---:|" + "---|" * len(experts) + "---:|" + ("---:|" * len(experts) if pair else ""),
+    ]
+    for group, r in m["outline"]["both_experts"].items():
+        cells = " | ".join(f"**{_dice(r[f'dice_{e}'])}** ({_dice(r[f'iou_{e}'])})" for e in experts)
+        row = f"| {'all tumours' if group == 'all' else class_words(group)} | {r['n']} | {cells} | {_dice(r['experts_dice'])} |"
+        if pair:
+            row += " " + " | ".join(_dice(pair["both_experts"][group][f"dice_{e}"]) for e in experts) + " |"
+        lines.append(row)
+    empty = m["outline"]["no_tumour"]
+    lines += ["", f"No-tumour validation slices left empty: {percent(empty['empty_share'])} of {empty['n']}."]
+    return "\n".join(lines)
+
+
+def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = None) -> str:
+    """The whole section; empty when the folder has no metrics."""
+    try:
+        m = read_metrics(folder)
+    except ValueError:
+        return ""
+    if "outline" not in m:
+        return ""
+    path = Path(default_json) if default_json else results_dir() / DEFAULT_JSON
+    verdict = json.loads(path.read_text()) if path.is_file() else None
+    pair = verdict["outline"].get("unet_lite0") if verdict else None
+    parts = [
+        f"`{m['model']}`: {m['architecture']} ({m['parameters'] / 1e6:.1f} M parameters, {m['epochs_run']} epochs on CPU,"
+        f" kept epoch {m['best_epoch']}). One forward gives the class and the outline; the heatmap's backward is the only other pass.",
+        "",
+        class_markdown(m),
+        "",
+        outline_markdown(m, pair, "U-Net"),
+    ]
+    if verdict:
+        acc, passes = verdict["accuracy"], verdict["passes"]
+        parts += [
+            "",
+            f"**The default, by the rule fixed before the first result** (`python -m train.multitask_default`): validation accuracy"
+            f" {percent(acc['multitask'])} (n={acc['multitask_n']}) against Lite0's {percent(acc['tf_efficientnet_lite0'])}"
+            f" (n={acc['tf_efficientnet_lite0_n']}) {'passes' if passes['class'] else 'fails'}; the outline"
+            f" {'passes' if passes['outline'] else 'fails'}. Default: "
+            + ("**the multi-task model**." if verdict["default"] == "multitask" else "**the Lite0 + U-Net pair**."),
+        ]
+    return "\n".join(parts)

@@ -1,0 +1,165 @@
+"""Where one request's time goes, phase by phase, for one model: decode, preprocessing, the passes, the pictures, JSON,
+and Gradio's share of an HTTP round trip.
+
+    HF_HUB_OFFLINE=1 python scripts/profile_request.py --model multitask_lite0
+    HF_HUB_OFFLINE=1 python scripts/profile_request.py --model tf_efficientnet_lite0 --images 40 --json profile.json
+
+Each phase is timed on its own over the same Testing images (median ms, one torch thread: the app's share of a core
+per batch worker), by calling the very functions the serving path calls. The passes:
+- ``forward``: the classifier's forward without autograd (for a multi-task model its decoder runs in it, and
+  ``decoder`` times that part alone);
+- ``forward + backward (heatmap)``: what a request runs, LayerCAM's forward and backward; the backward's share is
+  the difference;
+- ``OOD judge``: the judge's own forward, when the judge is another model;
+- ``separate outline``: the segmenter's forward, when the classifier draws no outline itself.
+``Gradio`` is the median HTTP round trip of ``/predict`` (upload, queue, handler, the heatmap saved as a file,
+JSON) through ``gradio_client`` to ``python app.py`` on loopback, minus the median of the same handler called in
+process. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from brainmri.app.dataview import example_files, local_root  # noqa: E402
+from brainmri.cli import exit_code  # noqa: E402
+from brainmri.data.imageio import load_image  # noqa: E402
+from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.models.multitask import MultiTaskClassifier  # noqa: E402
+from brainmri.ood import pooled_features  # noqa: E402
+from brainmri.rendering import DEFAULT_OPACITY, data_url, overlay  # noqa: E402
+from brainmri.runtime import configure_torch_threads  # noqa: E402
+from brainmri.segmentation import mask_data_url  # noqa: E402
+from brainmri.serving import Predictor  # noqa: E402
+from brainmri.serving.device import place_batch  # noqa: E402
+from brainmri.serving.segment import segment_batch  # noqa: E402
+from brainmri.settings import default_data  # noqa: E402
+
+_logger = logging.getLogger(__name__)
+
+
+def median_ms(work: Callable[[object], object], items: list, warmup: int = 2) -> float:
+    for item in items[:warmup]:
+        work(item)
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        work(item)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, float]:
+    """Each phase of a request, timed alone in this process (ms, medians)."""
+    loaded = predictor.model(name)
+    images = [load_image(p) for p in paths]
+    batches = [place_batch([loaded.transform(im)], loaded.device) for im in images]
+    layers = loaded.cam_layers(DEFAULT_METHOD)
+    model = loaded.model
+    phases = {
+        "decode (file to RGB, upload limits)": median_ms(load_image, paths),
+        "preprocess (resize, normalise)": median_ms(lambda im: place_batch([loaded.transform(im)], loaded.device), images),
+    }
+    with torch.inference_mode():
+        phases["forward"] = median_ms(lambda x: pooled_features(model, x), batches)
+        if isinstance(model, MultiTaskClassifier):
+            stages = {id(x): model.net.features(x)[1] for x in batches}
+            phases["  of which the outline's decoder"] = median_ms(lambda x: model.net.segment(x, stages[id(x)]), batches)
+    phases["forward + backward (heatmap)"] = median_ms(lambda x: gradcam_batch(model, layers, x, DEFAULT_METHOD), batches)
+    if predictor.ood_model and predictor.ood_model != name:
+        judge = predictor.model(predictor.ood_model)
+        judged = [place_batch([judge.transform(im)], judge.device) for im in images]
+        with torch.inference_mode():
+            phases[f"OOD judge ({predictor.ood_model})"] = median_ms(lambda x: pooled_features(judge.model, x), judged)
+    segmenter = predictor.segmentation_model()
+    if segmenter is not None and not isinstance(model, MultiTaskClassifier):
+        phases[f"separate outline ({predictor.segmenter})"] = median_ms(lambda im: segment_batch(segmenter, [im]), images)
+    results = [predictor.predict(im, name) for im in images]
+    phases["heatmap to the image's frame"] = median_ms(lambda r: cam_to_image_size(r.cam, r.image.size, loaded.cfg), results)
+    phases["heatmap overlay as PNG"] = median_ms(lambda r: data_url(overlay(r.image, r.cam, DEFAULT_OPACITY)), results)
+    phases["outline mask as PNG"] = median_ms(lambda r: r.outline is not None and mask_data_url(r.outline.mask), results)
+    phases["details JSON (mask included)"] = median_ms(lambda r: json.dumps(r.details()), results)
+    phases["whole predict() (passes, outline, OOD)"] = median_ms(lambda im: predictor.predict(im, name), images)
+    return phases
+
+
+def over_http(name: str, paths: list[Path]) -> float:
+    """Median ms of ``/predict`` through gradio_client to ``python app.py`` on loopback."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("app.py exited during start-up") from None
+                time.sleep(0.1)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        return median_ms(lambda p: client.predict(handle_file(str(p)), name, api_name="/predict"), paths)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="registry name (default: the app's default)")
+    parser.add_argument("--images", type=int, default=40, help="Testing images")
+    parser.add_argument("--no-http", action="store_true", help="skip the round trip through app.py")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+
+    def run() -> None:
+        configure_torch_threads(1)
+        root = local_root(default_data())
+        if root is None:
+            raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
+        paths = [p for p, _ in example_files(root, per_class=args.images // 4 + 1)][: args.images]
+        predictor = Predictor(discover(hub=False))
+        name = args.model or predictor.default_model
+        phases = in_process(predictor, name, paths)
+        import app  # the handler the HTTP route runs, in this process
+
+        handler = median_ms(lambda p: app.predict(str(p), name), paths)
+        phases["API handler in process (predict + overlay + details)"] = handler
+        if not args.no_http:
+            http = over_http(name, paths)
+            phases["HTTP round trip (gradio_client, loopback)"] = http
+            phases["  of which Gradio (round trip minus handler)"] = http - handler
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"{name}, {len(paths)} Testing images, one torch thread, 1-min load average {load:.1f}; median ms:")
+        for phase, ms in phases.items():
+            print(f"  {phase:58s} {ms:8.1f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": name, "load_average_1min": load, "median_ms": phases}, indent=2) + "\n")
+
+    return exit_code(run, _logger)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
