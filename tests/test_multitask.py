@@ -209,3 +209,29 @@ def test_another_classifier_picked_is_outlined_by_the_multitask_segmenter(tmp_pa
     )
     result = served.predict(Image.effect_mandelbrot((200, 180), (-2, -1.2, 1, 1.2), 60).convert("RGB"), "simple_cnn_7")
     assert result.outlined_by == name and result.outline.mask.shape == (180, 200) and result.outline.mask.all()
+
+
+def test_the_one_encoder_section_shows_each_expert_beside_their_agreement_and_the_verdict(tmp_path):
+    from brainmri.eval.one_encoder import one_encoder_markdown
+
+    row = {"n": 10, "dice_cheng": 0.81, "iou_cheng": 0.7, "dice_brisc": 0.8, "iou_brisc": 0.69, "experts_dice": 0.82, "experts_iou": 0.72}
+    metrics = {
+        "model": "multitask_lite0", "architecture": "Lite0 + decoder", "parameters": 3.8e6, "epochs_run": 10, "best_epoch": 9,
+        "validation": {"n": 816, "accuracy": 0.99, "accuracy_ci95": [0.98, 0.995]},
+        "test_unseen": {"n": 336, "accuracy": 0.985, "accuracy_ci95": [0.97, 0.997]},
+        "calibration": {"temperature": 0.7, "test_unseen_ece_after": 0.009},
+        "outline": {"both_experts": {"all": row, "glioma": row}, "no_tumour": {"n": 20, "empty_share": 0.95}},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    verdict = {
+        "accuracy": {"multitask": 0.99, "multitask_n": 816, "tf_efficientnet_lite0": 0.9875, "tf_efficientnet_lite0_n": 399},
+        "passes": {"class": True, "outline": False},
+        "outline": {"unet_lite0": {"both_experts": {"all": row | {"dice_cheng": 0.83}, "glioma": row}}},
+        "default": "pair",
+    }
+    (tmp_path / "default.json").write_text(json.dumps(verdict))
+    text = one_encoder_markdown(tmp_path, tmp_path / "default.json")
+    assert "| all tumours | 10 | **0.810** (0.700) | **0.800** (0.690) | 0.820 | 0.830 | 0.800 |" in text
+    assert "| unseen Testing | 336 | 98.5% (97.0-99.7) | 0.90% |" in text and "Temperature 0.700" in text
+    assert "95.0% of 20" in text and "the outline fails" in text and "**the Lite0 + U-Net pair**" in text
+    assert one_encoder_markdown(tmp_path / "nothing") == ""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from brainmri.eval.curves import epoch_panels, save_epoch_panels
+from brainmri.eval.one_encoder import EXPERT_NAMES, class_markdown, outline_markdown
+from brainmri.eval.report import DATASET, classifier_eval_results
 from brainmri.models.checkpoint import CARD, METRICS, TRAIN_CONFIG
 from train.experts import EXPERTS
-
-EXPERT_NAMES = {"cheng": "Cheng et al. (figshare)", "brisc": "BRISC 2025"}
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -27,53 +27,55 @@ def plot_history(history: list[dict], path: Path) -> None:
     save_epoch_panels(fig, [(ax_loss, "training loss (augmented)"), (ax_val, "validation")], path, legend_size=7)
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1%}"
-
-
-def _dice(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def outline_eval_results(m: dict) -> list[EvalResult]:
+    """model-index results: the outline's Dice against each expert on the validation scans both outlined, per class."""
+    return [
+        EvalResult(
+            task_type="image-segmentation",
+            dataset_type=DATASET,
+            dataset_name=f"Brain Tumor MRI, {EXPERT_NAMES[e]} masks, validation scans of the mirror-aware split",
+            dataset_config=f"{e}-masks",
+            dataset_split="validation",
+            metric_type="dice",
+            metric_value=round(r[f"dice_{e}"], 4),
+            metric_name=f"Dice vs {e}, {group} (n={r['n']}; experts vs each other {r['experts_dice']:.3f})",
+        )
+        for e in EXPERTS
+        for group, r in m["outline"]["both_experts"].items()
+        if r[f"dice_{e}"] is not None
+    ]
 
 
 def card_text(m: dict, cfg: dict) -> str:
-    v = m["outline"]
-    both = v["both_experts"]
-    expert_cols = " | ".join(f"Dice vs {e} | IoU vs {e}" for e in EXPERTS)
-    rows = [
-        f"| {g} | {r['n']} | "
-        + " | ".join(f"{_dice(r[f'dice_{e}'])} | {_dice(r[f'iou_{e}'])}" for e in EXPERTS)
-        + f" | {_dice(r['experts_dice'])} |"
-        for g, r in both.items()
-    ]
-    classes = m["validation"]
     return "\n".join(
         [
             f"# {m['model']}: one encoder for a brain MRI slice's class, heatmap and tumour outline",
             "",
             "Classifies a brain MRI slice (glioma, meningioma, no tumour, pituitary) and outlines the tumour, from one",
-            "EfficientNet-Lite0 classifier (timm) with a U-Net decoder (segmentation-models-pytorch) on its stages.",
-            "For research and education, not diagnosis.",
+            "EfficientNet-Lite0 classifier (timm) with a U-Net decoder (segmentation-models-pytorch) on its stages:",
+            "one forward pass gives both. For research and education, not diagnosis.",
             "",
             f"- Architecture: {m['architecture']}; {m['parameters']:,} parameters; input {m['input_size']} x {m['input_size']} RGB",
             f"- Weights initialised from: {m['initialization']}",
-            f"- Trained for {m['epochs_run']} epochs (kept: epoch {m['best_epoch']}) on CPU in {m['amp']} autocast, "
-            f"{m['train_seconds']:.0f} s, {m['train_images']} Training images: cross-entropy on all, and the outline where "
-            "an expert drew one (the mean of Cheng et al.'s figshare masks, CC BY 4.0, and BRISC 2025's), empty for "
-            "no-tumour slices",
-            f"- Command: `python -m train.multitask --data DATA --epochs {cfg['epochs']}`",
+            f"- Trained for {m['epochs_run']} epochs (kept: epoch {m['best_epoch']}, by validation accuracy + mean Dice) on CPU"
+            f" in {m['amp']} autocast, {m['train_seconds']:.0f} s, {m['train_images']} Training images: cross-entropy on all,"
+            " and the outline where an expert drew one (the mean of Cheng et al.'s figshare masks, CC BY 4.0, and BRISC"
+            " 2025's), empty for no-tumour slices",
+            f"- Command: `python -m train.multitask --data DATA --epochs {cfg['epochs']}`; then `train.calibrate`,"
+            " `train.evaluate` and `train.ood fit` on the folder",
             "",
-            "## Validation (scans with no twin in the training part, in either orientation; `val_split.txt`)",
+            "## The class",
             "",
-            f"Class accuracy: **{classes['accuracy']:.2%}** of {classes['n']} "
-            f"(95% CI {classes['accuracy_ci95'][0]:.2%}-{classes['accuracy_ci95'][1]:.2%}).",
+            "Validation: the scans of the mirror-aware split (`val_split.txt`), no twin in the training part in either"
+            " orientation. Unseen Testing: the Testing images with no twin in Training, mirrored or not.",
             "",
-            "The outline against each expert, on the scans both experts outlined, beside the experts' agreement with each other:",
+            class_markdown(m),
             "",
-            f"| class | n | {expert_cols} | experts' Dice |",
-            "|---|---:|" + "---:|" * (2 * len(EXPERTS) + 1),
-            *rows,
+            "## The outline",
             "",
-            f"No-tumour slices left empty: {_pct(v['no_tumour']['empty_share'])} of {v['no_tumour']['n']}.",
+            "Against each expert, on the validation scans both experts outlined, beside the experts' agreement with each other:",
+            "",
+            outline_markdown(m),
             "",
             "```python",
             "from brainmri.models.multitask import UnetOnClassifier  # pip install -r requirements.txt of brain-mri",
@@ -94,7 +96,9 @@ def write_card(folder: Path) -> Path:
         license="apache-2.0",
         pipeline_tag="image-segmentation",
         tags=["image-segmentation", "image-classification", "timm", "segmentation-models-pytorch", "brain-mri"],
-        datasets=["masoudnickparvar/brain-tumor-mri-dataset"],
+        datasets=[DATASET],
+        model_name=m["model"],
+        eval_results=classifier_eval_results(m) + outline_eval_results(m),
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{card_text(m, cfg)}")
     path = folder / CARD
