@@ -11,6 +11,7 @@ and of the results folder is spelled here; metrics.json's contents are read by b
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -161,7 +162,7 @@ def label_names(folder: str | Path) -> list[str]:
     model's default, brainmri.vocabulary.DATASET_LABELS)."""
     config = read_config(folder)
     if "label_names" not in config and config.get("_model_class") == MULTITASK_CLASS:
-        return list(UnetOnClassifier(**{k: v for k, v in config.items() if not k.startswith("_")}).label_names)
+        return list(inspect.signature(UnetOnClassifier).parameters["label_names"].default)
     return list(config["label_names"])
 
 
