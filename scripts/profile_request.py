@@ -8,8 +8,8 @@ Each phase is timed on its own over the same Testing images (median ms, one torc
 per batch worker), by calling the very functions the serving path calls. The passes:
 - ``forward``: the classifier's forward without autograd (for a multi-task model its decoder runs in it, and
   ``decoder`` times that part alone);
-- ``forward + backward (heatmap)``: what a request runs, LayerCAM's forward and backward; the backward's share is
-  the difference;
+- ``forward + backward (heatmap)``: LayerCAM's forward and backward, which give a request its class too; the
+  backward's share is the difference (a model whose heatmap runs at a larger size runs the plain forward as well);
 - ``OOD judge``: the judge's own forward, when the judge is another model;
 - ``separate outline``: the segmenter's forward, when the classifier draws no outline itself.
 ``Gradio`` is the median HTTP round trip of ``/predict`` (upload, queue, handler, the heatmap saved as a file,
@@ -75,11 +75,14 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
         "preprocess (resize, normalise)": median_ms(lambda im: place_batch([loaded.transform(im)], loaded.device), images),
     }
     with torch.inference_mode():
-        phases["forward"] = median_ms(lambda x: pooled_features(model, x), batches)
+        phases[f"forward ({batches[0].shape[-1]} px)"] = median_ms(lambda x: pooled_features(model, x), batches)
         if isinstance(model, MultiTaskClassifier):
             stages = {id(x): model.net.features(x)[1] for x in batches}
             phases["  of which the outline's decoder"] = median_ms(lambda x: model.net.segment(x, stages[id(x)]), batches)
-    phases["forward + backward (heatmap)"] = median_ms(lambda x: gradcam_batch(model, layers, x, DEFAULT_METHOD), batches)
+    # A model whose heatmap runs at another size (registry cam_size) takes its heatmap pass there (brainmri.serving.classify).
+    cam_batches = [place_batch([(loaded.cam_transform or loaded.transform)(im)], loaded.device) for im in images]
+    side = cam_batches[0].shape[-1]
+    phases[f"forward + backward (heatmap, {side} px)"] = median_ms(lambda x: gradcam_batch(model, layers, x, DEFAULT_METHOD), cam_batches)
     if predictor.ood_model and predictor.ood_model != name:
         judge = predictor.model(predictor.ood_model)
         judged = [place_batch([judge.transform(im)], judge.device) for im in images]

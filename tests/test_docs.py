@@ -33,15 +33,19 @@ def test_the_generator_writes_where_the_docs_read():
         assert _markers(results.DOCS, section) == 1, f"docs/experiments.md needs one {section[0]} pair"
         assert _markers(README, section) == 0, f"{section[0]} moved to docs/experiments.md; the README must not hold a stale copy"
     assert _markers(README, results.HEADLINE_SECTION) == 1
+    assert _markers(results.SEGMENTATION_DOC, results.SEGMENTATION_SECTION) == 1 and _markers(README, results.SEGMENTATION_SECTION) == 0
+    assert _markers(results.SEGMENTATION_DOC, results.ONE_ENCODER_SECTION) == 1 and _markers(README, results.ONE_ENCODER_SECTION) == 1
 
 
 def test_the_generated_tables_are_what_the_checkpoints_say_today(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the sources are named relative to the repository, as in the command
-    docs, readme = tmp_path / "experiments.md", tmp_path / "README.md"
+    docs, readme, segmentation = tmp_path / "experiments.md", tmp_path / "README.md", tmp_path / "segmentation.md"
     shutil.copy(results.DOCS, docs)
     shutil.copy(README, readme)
+    shutil.copy(results.SEGMENTATION_DOC, segmentation)
     rows = results.gather(results.SOURCES)
-    results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme)
+    results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme, segmentation)
+    assert segmentation.read_text() == results.SEGMENTATION_DOC.read_text(), "docs/segmentation.md is stale: python -m reports.results --docs"
     assert docs.read_text() == results.DOCS.read_text(), "docs/experiments.md is stale: python -m reports.results --docs"
     assert readme.read_text() == README.read_text(), "the README's headline table is stale: python -m reports.results --docs"
 

@@ -53,8 +53,9 @@ def outline_on(folder: Path, split_of: Path, data: str | None) -> dict:
 def decide(multitask: Path, checkpoints: Path, data: str | None = None) -> dict:
     mine = read_metrics(multitask)["validation"]
     pair = read_metrics(checkpoints / CLASSIFIER)["validation"]
-    theirs = outline_on(checkpoints / SEGMENTER, multitask, data)["both_experts"]
-    ours = outline_on(multitask, multitask, data)["both_experts"]
+    theirs_all = outline_on(checkpoints / SEGMENTER, multitask, data)
+    ours_all = outline_on(multitask, multitask, data)
+    theirs, ours = theirs_all["both_experts"], ours_all["both_experts"]
     dice = {e: {"multitask": ours["all"][f"dice_{e}"], SEGMENTER: theirs["all"][f"dice_{e}"]} for e in EXPERTS}
     accuracy = {
         "multitask": mine["accuracy"],
@@ -70,7 +71,7 @@ def decide(multitask: Path, checkpoints: Path, data: str | None = None) -> dict:
         "rule": __doc__.split("\n\n")[1].strip(),
         "accuracy": accuracy,
         "dice_all": dice,
-        "outline": {"multitask": ours, SEGMENTER: theirs},
+        "outline": {"multitask": ours_all, SEGMENTER: theirs_all},
         "passes": rule,
         "default": "multitask" if all(rule.values()) else "pair",
     }

@@ -54,12 +54,14 @@ def outline_markdown(m: dict, pair: dict | None = None, pair_name: str = "") -> 
             row += " " + " | ".join(_dice(pair["both_experts"][group][f"dice_{e}"]) for e in experts) + " |"
         lines.append(row)
     empty = m["outline"]["no_tumour"]
-    lines += ["", f"No-tumour validation slices left empty: {percent(empty['empty_share'])} of {empty['n']}."]
+    theirs_empty = f" ({pair_name}: {percent(pair['no_tumour']['empty_share'])})" if pair and "no_tumour" in pair else ""
+    lines += ["", f"No-tumour validation slices left empty: {percent(empty['empty_share'])} of {empty['n']}{theirs_empty}."]
     return "\n".join(lines)
 
 
-def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = None) -> str:
-    """The whole section; empty when the folder has no metrics."""
+def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = None, compact: bool = False) -> str:
+    """The whole section; empty when the folder has no metrics. ``compact`` (the README): the outline table beside
+    the U-Net's, the class in one line, and the verdict."""
     try:
         m = read_metrics(folder)
     except ValueError:
@@ -69,6 +71,9 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
     path = Path(default_json) if default_json else results_dir() / DEFAULT_JSON
     verdict = json.loads(path.read_text()) if path.is_file() else None
     pair = verdict["outline"].get("unet_lite0") if verdict else None
+    if compact:  # its class figures are in the README's headline table
+        parts = [outline_markdown(m, pair, "U-Net")]
+        return "\n".join(parts + _verdict(verdict))
     parts = [
         f"`{m['model']}`: {m['architecture']} ({m['parameters'] / 1e6:.1f} M parameters, {m['epochs_run']} epochs on CPU,"
         f" kept epoch {m['best_epoch']}). One forward gives the class and the outline; the heatmap's backward is the only other pass.",
@@ -77,14 +82,19 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
         "",
         outline_markdown(m, pair, "U-Net"),
     ]
-    if verdict:
-        acc, passes = verdict["accuracy"], verdict["passes"]
-        parts += [
-            "",
-            f"**The default, by the rule fixed before the first result** (`python -m train.multitask_default`): validation accuracy"
-            f" {percent(acc['multitask'])} (n={acc['multitask_n']}) against Lite0's {percent(acc['tf_efficientnet_lite0'])}"
-            f" (n={acc['tf_efficientnet_lite0_n']}) {'passes' if passes['class'] else 'fails'}; the outline"
-            f" {'passes' if passes['outline'] else 'fails'}. Default: "
-            + ("**the multi-task model**." if verdict["default"] == "multitask" else "**the Lite0 + U-Net pair**."),
-        ]
-    return "\n".join(parts)
+    return "\n".join(parts + _verdict(verdict))
+
+
+def _verdict(verdict: dict | None) -> list[str]:
+    if not verdict:
+        return []
+    acc, passes = verdict["accuracy"], verdict["passes"]
+    dice = ", ".join(f"vs {e} {_dice(d['multitask'])} against the U-Net's {_dice(d['unet_lite0'])}" for e, d in verdict["dice_all"].items())
+    return [
+        "",
+        f"**The default, by the rule fixed before the first result** (`python -m train.multitask_default`): validation accuracy"
+        f" {percent(acc['multitask'])} (n={acc['multitask_n']}) against Lite0's {percent(acc['tf_efficientnet_lite0'])}"
+        f" (n={acc['tf_efficientnet_lite0_n']}) {'passes' if passes['class'] else 'fails'}; the outline's Dice ({dice})"
+        f" {'passes' if passes['outline'] else 'fails'}. Default: "
+        + ("**the multi-task model**." if verdict["default"] == "multitask" else "**the Lite0 + U-Net pair**."),
+    ]
