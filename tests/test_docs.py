@@ -45,7 +45,9 @@ def test_the_generated_tables_are_what_the_checkpoints_say_today(tmp_path, monke
     shutil.copy(results.SEGMENTATION_DOC, segmentation)
     rows = results.gather(results.SOURCES)
     results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme, segmentation)
-    assert segmentation.read_text() == results.SEGMENTATION_DOC.read_text(), "docs/segmentation.md is stale: python -m reports.results --docs"
+    assert segmentation.read_text() == results.SEGMENTATION_DOC.read_text(), (
+        "docs/segmentation.md is stale: python -m reports.results --docs"
+    )
     assert docs.read_text() == results.DOCS.read_text(), "docs/experiments.md is stale: python -m reports.results --docs"
     assert readme.read_text() == README.read_text(), "the README's headline table is stale: python -m reports.results --docs"
 
