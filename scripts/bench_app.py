@@ -12,6 +12,7 @@ time per request (all threads) does not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +48,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_to_first_answer(image: Path) -> dict:
-    """Seconds from spawning ``python app.py`` to the server answering HTTP, and to the first /predict answer."""
-    from gradio_client import Client, handle_file
-
+@contextlib.contextmanager
+def launched_app() -> Iterator[str]:
+    """``python app.py`` offline on a free loopback port, as a Space runs it; yields its URL once it answers HTTP."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
@@ -63,12 +63,21 @@ def start_to_first_answer(image: Path) -> dict:
                 if proc.poll() is not None:
                     raise RuntimeError("app.py exited during start-up") from None
                 time.sleep(0.1)
-        up = time.perf_counter() - start
-        details = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(str(image)), api_name="/predict")[2]
-        first = time.perf_counter() - start
+        yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def start_to_first_answer(image: Path) -> dict:
+    """Seconds from spawning ``python app.py`` to the server answering HTTP, and to the first /predict answer."""
+    from gradio_client import Client, handle_file
+
+    start = time.perf_counter()
+    with launched_app() as url:
+        up = time.perf_counter() - start
+        details = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/predict")[2]
+        first = time.perf_counter() - start
     return {"server_up_s": round(up, 2), "first_answer_s": round(first, 2), "model": details["model"]}
 
 

@@ -34,6 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_app import launched_app  # noqa: E402  (scripts/, this script's folder)
+
 from brainmri.app.dataview import example_files, local_root  # noqa: E402
 from brainmri.cli import exit_code  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
@@ -102,31 +104,11 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
 
 def over_http(name: str, paths: list[Path]) -> float:
     """Median ms of ``/predict`` through gradio_client to ``python app.py`` on loopback."""
-    import socket
-    import subprocess
-    import urllib.request
-
     from gradio_client import Client, handle_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError("app.py exited during start-up") from None
-                time.sleep(0.1)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with launched_app() as url:
+        client = Client(url, verbose=False)
         return median_ms(lambda p: client.predict(handle_file(str(p)), name, api_name="/predict"), paths)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def main() -> int:
