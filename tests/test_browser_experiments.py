@@ -46,6 +46,10 @@ def test_the_experiments_tab_shows_the_pictures_first(app_url: str, size: tuple[
             page.locator("#accuracy-cost").screenshot(path=str(ARTIFACTS / f"{name}_accuracy_cost.png"))
             page.locator("#accuracy-params").screenshot(path=str(ARTIFACTS / f"{name}_accuracy_params.png"))
             page.locator("#per-class").screenshot(path=str(ARTIFACTS / f"{name}_per_class.png"))
+            outline = page.locator("#segmentation-table")  # the U-Net's table, then the one encoder's beside both experts
+            expect(outline).to_contain_text("One encoder for class, heatmap and outline")
+            expect(outline).to_contain_text("experts vs each other")
+            outline.screenshot(path=str(ARTIFACTS / f"{name}_outline_tables.png"))
             page.screenshot(path=str(ARTIFACTS / f"{name}_experiments_pictures.png"), full_page=True)
             assert page.evaluate("document.documentElement.scrollWidth") <= width + 1  # no sideways scrolling of the page
         finally:
