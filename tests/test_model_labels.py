@@ -12,7 +12,9 @@ from brainmri.settings import checkpoint_dir
 
 def test_every_shipped_checkpoint_is_offered_grouped_by_family():
     root = checkpoint_dir()
-    shipped = {p.name for p in root.iterdir() if (p / "config.json").is_file() and (p.name not in SEGMENTERS or SEGMENTERS[p.name].num_classes)}
+    shipped = {
+        p.name for p in root.iterdir() if (p / "config.json").is_file() and (p.name not in SEGMENTERS or SEGMENTERS[p.name].num_classes)
+    }
     choices = labelled_choices(discover(hub=False))
     assert {name for _, name in choices} == shipped
     families = [get_spec(name).family for _, name in choices]
