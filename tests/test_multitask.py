@@ -225,6 +225,7 @@ def test_the_one_encoder_section_shows_each_expert_beside_their_agreement_and_th
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     verdict = {
         "accuracy": {"multitask": 0.99, "multitask_n": 816, "tf_efficientnet_lite0": 0.9875, "tf_efficientnet_lite0_n": 399},
+        "pair": {"classifier": "tf_efficientnet_lite0", "segmenter": "unet_lite0"},
         "passes": {"class": True, "outline": False},
         "dice_all": {"cheng": {"multitask": 0.81, "unet_lite0": 0.83}},
         "outline": {"unet_lite0": {"both_experts": {"all": row | {"dice_cheng": 0.83}, "glioma": row}}},
@@ -234,5 +235,5 @@ def test_the_one_encoder_section_shows_each_expert_beside_their_agreement_and_th
     text = one_encoder_markdown(tmp_path, tmp_path / "default.json")
     assert "| all tumours | 10 | **0.810** (0.700) | **0.800** (0.690) | 0.820 | 0.830 | 0.800 |" in text
     assert "| unseen Testing | 336 | 98.5% (97.0-99.7) | 0.90% |" in text and "Temperature 0.700" in text
-    assert "95.0% of 20" in text and "against the U-Net's 0.830) fails" in text and "**the Lite0 + U-Net pair**" in text
+    assert "95.0% of 20" in text and "against unet_lite0's 0.830) fails" in text and "`tf_efficientnet_lite0` + `unet_lite0`" in text
     assert one_encoder_markdown(tmp_path / "nothing") == ""

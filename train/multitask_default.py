@@ -28,14 +28,15 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_config, checkpoint_split
 from brainmri.eval.tables import read_metrics
 from brainmri.models.checkpoint import results_dir
+from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.segmentation import load_segmenter, to_input
 from train.experts import EXPERTS, decode_expert_masks
 from train.multitask_eval import outline_scores, predict
 
 _logger = logging.getLogger(__name__)
 
-CLASSIFIER = "tf_efficientnet_lite0"  # the pair it would replace
-SEGMENTER = "unet_lite0"
+CLASSIFIER, SEGMENTER = APP_DEFAULT, SEGMENTER_DEFAULT  # the pair it would replace
 OUT = "multitask_default.json"
 
 
@@ -69,6 +70,7 @@ def decide(multitask: Path, checkpoints: Path, data: str | None = None) -> dict:
     }
     return {
         "rule": __doc__.split("\n\n")[1].strip(),
+        "pair": {"classifier": CLASSIFIER, "segmenter": SEGMENTER},
         "accuracy": accuracy,
         "dice_all": dice,
         "outline": {"multitask": ours_all, SEGMENTER: theirs_all},

@@ -1,6 +1,6 @@
 """The multi-task model's figures as Markdown (the Experiments tab, docs/segmentation.md, its model card): its class on
 validation, official and unseen Testing, with calibration; its outline against each expert beside the experts'
-agreement and the U-Net's on the same scans; and the default rule's verdict (train.multitask_default)."""
+agreement and the default segmenter's on the same scans; and the default rule's verdict (train.multitask_default)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def outline_markdown(m: dict, pair: dict | None = None, pair_name: str = "") -> 
 
 def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = None, compact: bool = False) -> str:
     """The whole section; empty when the folder has no metrics. ``compact`` (the README): the outline table beside
-    the U-Net's, the class in one line, and the verdict."""
+    the default segmenter's, the class in one line, and the verdict."""
     try:
         m = read_metrics(folder)
     except ValueError:
@@ -70,9 +70,10 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
         return ""
     path = Path(default_json) if default_json else results_dir() / DEFAULT_JSON
     verdict = json.loads(path.read_text()) if path.is_file() else None
-    pair = verdict["outline"].get("unet_lite0") if verdict else None
+    segmenter = verdict["pair"]["segmenter"] if verdict else ""
+    pair = verdict["outline"].get(segmenter) if verdict else None
     if compact:  # its class figures are in the README's headline table
-        parts = [outline_markdown(m, pair, "U-Net")]
+        parts = [outline_markdown(m, pair, segmenter)]
         return "\n".join(parts + _verdict(verdict))
     parts = [
         f"`{m['model']}`: {m['architecture']} ({m['parameters'] / 1e6:.1f} M parameters, {m['epochs_run']} epochs on CPU,"
@@ -80,7 +81,7 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
         "",
         class_markdown(m),
         "",
-        outline_markdown(m, pair, "U-Net"),
+        outline_markdown(m, pair, segmenter),
     ]
     return "\n".join(parts + _verdict(verdict))
 
@@ -89,12 +90,13 @@ def _verdict(verdict: dict | None) -> list[str]:
     if not verdict:
         return []
     acc, passes = verdict["accuracy"], verdict["passes"]
-    dice = ", ".join(f"vs {e} {_dice(d['multitask'])} against the U-Net's {_dice(d['unet_lite0'])}" for e, d in verdict["dice_all"].items())
+    classifier, segmenter = verdict["pair"]["classifier"], verdict["pair"]["segmenter"]
+    dice = ", ".join(f"vs {e} {_dice(d['multitask'])} against {segmenter}'s {_dice(d[segmenter])}" for e, d in verdict["dice_all"].items())
     return [
         "",
         f"**The default, by the rule fixed before the first result** (`python -m train.multitask_default`): validation accuracy"
-        f" {percent(acc['multitask'])} (n={acc['multitask_n']}) against Lite0's {percent(acc['tf_efficientnet_lite0'])}"
-        f" (n={acc['tf_efficientnet_lite0_n']}) {'passes' if passes['class'] else 'fails'}; the outline's Dice ({dice})"
+        f" {percent(acc['multitask'])} (n={acc['multitask_n']}) against {classifier}'s {percent(acc[classifier])}"
+        f" (n={acc[f'{classifier}_n']}) {'passes' if passes['class'] else 'fails'}; the outline's Dice ({dice})"
         f" {'passes' if passes['outline'] else 'fails'}. Default: "
-        + ("**the multi-task model**." if verdict["default"] == "multitask" else "**the Lite0 + U-Net pair**."),
+        + ("**the multi-task model**." if verdict["default"] == "multitask" else f"**the pair, `{classifier}` + `{segmenter}`**."),
     ]
