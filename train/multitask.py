@@ -2,6 +2,8 @@
 
     python -m train.multitask --data ../shared/data/brain-tumor-mri --epochs 8 --out ../runs/multitask_lite0
     python -m train.multitask --out ../runs/multitask_lite0 --resume   # continue after the last finished epoch
+    python -m train.multitask --init-from checkpoints/multitask_lite0 --lr 3e-4 --dice image --out ../runs/mt2
+        # a second schedule on a finished folder's weights (same validation split, checked)
 
 The Lite0 classifier with a U-Net decoder on its stages (brainmri.models.multitask.UnetOnClassifier), trained on
 both tasks at once: cross-entropy on every Training image, and BCE + soft Dice on the outline where a
@@ -27,8 +29,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.records import augment_batch
-from brainmri.data.split import training_split, write_val_split
+from brainmri.data.records import augment_batch, relative_path
+from brainmri.data.split import read_val_split, training_split, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
@@ -58,6 +60,8 @@ class MultiTaskConfig:
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero (timm CosineLRScheduler, per step)
     label_smoothing: float = 0.1  # of the class targets; the temperature fitted afterwards undoes its overconfidence cut
     outline_weight: float = 1.0  # loss = CE + outline_weight * (BCE + soft Dice) on the images with a target
+    dice: str = "batch"  # "batch": soft Dice of the batch as one volume; "image": mean per-image Dice over the
+    # tumour images (the mean per-scan Dice validation scores; one volume lets large tumours outweigh small ones)
     val_fraction: float = 0.15  # the classifiers' split (brainmri.data.split): same fraction and seed, same validation scans
     seed: int = 0
     input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
@@ -66,6 +70,7 @@ class MultiTaskConfig:
     max_train_batches: int = 0  # 0: whole epochs; else stop each epoch early (tests, the bf16 check)
     pretrained: bool = True  # encoder from the offline ImageNet weights
     resume: bool = False  # continue from <out>/resume
+    init_from: str = ""  # a finished multi-task folder to start from (a second schedule on its weights), not ImageNet
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}")
@@ -108,8 +113,19 @@ def joint_loss(class_logits, mask_logits, labels, target, weight, cfg: MultiTask
     if not keep.any():
         return ce, {"ce": ce.item(), "outline": 0.0}
     logits, t = mask_logits[keep].float(), target[keep]
-    outline = F.binary_cross_entropy_with_logits(logits, t) + soft_dice_loss(logits, t)
+    dice = per_image_dice_loss(logits, t) if cfg.dice == "image" else soft_dice_loss(logits, t)
+    outline = F.binary_cross_entropy_with_logits(logits, t) + dice
     return ce + cfg.outline_weight * outline, {"ce": ce.item(), "outline": outline.item()}
+
+
+def per_image_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - the mean soft Dice of the images whose target has a tumour (B, 1, H, W); 0 when none has. Empty targets
+    are left to BCE: a per-image Dice on an empty target punishes a few stray pixels as much as a missed tumour."""
+    tumour = target.flatten(1).amax(dim=1) > 0
+    if not tumour.any():
+        return logits.sum() * 0.0
+    p, t = torch.sigmoid(logits[tumour]).flatten(1), target[tumour].flatten(1)
+    return 1 - ((2 * (p * t).sum(dim=1) + 1) / (p.sum(dim=1) + t.sum(dim=1) + 1)).mean()
 
 
 def epoch_batches(n: int, cfg: MultiTaskConfig, epoch: int) -> tuple[list[torch.Tensor], torch.Generator]:
@@ -158,11 +174,35 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
     spec = get_segmenter_spec(cfg.model)
     if not spec.num_classes:
         raise ValueError(f"{cfg.model} has no classification head (registry num_classes); choose a multi-task model")
-    imagenet = cfg.pretrained and not (cfg.resume and has_model_state(cfg.output_dir()))  # resumed weights replace them
-    model = create_segmenter(spec.name, pretrained=imagenet).to(memory_format=torch.channels_last)
+    if cfg.dice not in ("batch", "image"):
+        raise ValueError(f"dice must be 'batch' or 'image', got {cfg.dice!r}")
+    # resumed or --init-from weights replace ImageNet's
+    imagenet = cfg.pretrained and not cfg.init_from and not (cfg.resume and has_model_state(cfg.output_dir()))
+    model = create_segmenter(spec.name, pretrained=imagenet)
+    if cfg.init_from:
+        start = load_segmenter(Path(cfg.init_from))
+        if type(start) is not type(model):
+            raise ValueError(f"--init-from {cfg.init_from} holds a {type(start).__name__}, not a {type(model).__name__}")
+        model.load_state_dict(start.state_dict())
+        _logger.info("started from the weights in %s", cfg.init_from)
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     return model, optimizer, scheduler
+
+
+def check_init_split(cfg: MultiTaskConfig, val) -> None:
+    """--init-from must start from a folder whose validation scans are this run's: weights that trained on one of
+    this run's validation scans would leak it."""
+    if not cfg.init_from:
+        return
+    theirs = read_val_split(cfg.init_from)
+    ours = sorted(relative_path(val.name(i), cfg.data) for i in range(len(val)))
+    if theirs is None or sorted(theirs) != ours:
+        raise ValueError(
+            f"--init-from {cfg.init_from}: its val_split.txt is not this run's validation split "
+            f"(--val-fraction {cfg.val_fraction}, --seed {cfg.seed}); its weights would leak"
+        )
 
 
 def fit(cfg: MultiTaskConfig) -> Path:
@@ -171,6 +211,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     split = load_split(cfg)
+    check_init_split(cfg, split["val"][0])
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
     model, optimizer, scheduler = build(cfg, steps)
     if model.label_names != split["train"][0].class_names:
