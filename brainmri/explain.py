@@ -17,7 +17,7 @@ on and computes no weight gradient (Lite0's heatmap pass: 50 -> 41 ms an image).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import cv2  # a dependency of pytorch_grad_cam, which resizes its maps with it
@@ -111,8 +111,23 @@ def cam_session(model: nn.Module, layers: Layers, method: str = DEFAULT_METHOD) 
             handle.remove()
 
 
+class DeferredClass:
+    """A Grad-CAM target whose class another pass predicts, read when the backward needs it (image ``index`` of
+    ``classes()``): the heatmap's forward need not wait for that pass (brainmri.serving.overlap)."""
+
+    def __init__(self, classes: Callable[[], Sequence[int]], index: int):
+        self.classes, self.index = classes, index
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # (C,) one image's logits
+        return model_output[..., int(self.classes()[self.index])]
+
+
 def gradcam_batch(
-    model: nn.Module, layers: Layers, x: torch.Tensor, method: str = DEFAULT_METHOD, targets: Sequence[int] | None = None
+    model: nn.Module,
+    layers: Layers,
+    x: torch.Tensor,
+    method: str = DEFAULT_METHOD,
+    targets: Sequence[int] | Callable[[], Sequence[int]] | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """One forward and one backward over a batch: each image's heatmap for its own class, and the logits.
 
@@ -122,11 +137,15 @@ def gradcam_batch(
     Args:
         layers: the layer to weigh, or several (fused by methods that fuse, else averaged).
         x: (B, 3, H, W) normalised input.
-        targets: each image's class to explain; None explains each image's predicted class.
+        targets: each image's class to explain; None explains each image's predicted class; a callable gives
+            them once the forward is done (:class:`DeferredClass`: another pass may still be predicting them).
     Returns:
         cams: (B, H, W) float32 in [0, 1] at the input's resolution, each scaled on its own; logits: (B, C), detached.
     """
-    wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+    if callable(targets):
+        wanted = [DeferredClass(targets, i) for i in range(len(x))]
+    else:
+        wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
     with cam_session(model, layers, method) as cam:
         maps = cam(input_tensor=x, targets=wanted)  # (B, H, W)
         logits = cam.outputs.detach()

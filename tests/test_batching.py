@@ -80,7 +80,7 @@ def test_identical_images_in_a_batch_are_computed_once(predictor: Predictor, ima
 
     seen = []
     real = front_door.run_model_batch
-    monkeypatch.setattr(front_door, "run_model_batch", lambda loaded, batch, method: seen.append(len(batch)) or real(loaded, batch, method))
+    monkeypatch.setattr(front_door, "run_model_batch", lambda loaded, batch, *rest: seen.append(len(batch)) or real(loaded, batch, *rest))
     a, b = images[0], images[1]
     copies = [a, b.copy(), a.copy(), b, a]
     results = predictor.predict_many(copies, "simple_cnn_7")

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 
 from brainmri.models.segmenters import SEGMENTERS, create_segmenter
 from train.experts import soft_target
-from train.multitask import MultiTaskConfig, joint_loss
+from train.multitask import MultiTaskConfig, joint_loss, per_image_dice_loss
 from train.multitask_eval import overlap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,39 @@ def test_one_encoder_gives_outline_and_class(name):
     assert torch.isfinite(loss) and parts["outline"] > 0
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"parameters without a gradient: {missing[:3]}"
+
+
+def test_per_image_dice_weighs_each_tumour_alike_and_leaves_empty_targets_to_bce():
+    target = torch.zeros(3, 1, 16, 16)
+    target[0, :, :, :] = 1.0  # a large tumour
+    target[1, :, :4, :4] = 1.0  # a small one; image 2 has none
+    logits = torch.where(target > 0, 20.0, -20.0)
+    logits[1] = -20.0  # the small tumour missed: one image of two wrong
+    assert abs(per_image_dice_loss(logits, target).item() - 0.5) < 0.05  # batch-volume Dice: 0.03
+    stray = torch.where(target > 0, 20.0, -20.0)
+    stray[2, :, 0, 0] = 20.0  # a stray pixel on the empty slice: not Dice's to punish
+    assert per_image_dice_loss(stray, target).item() < 0.01
+    assert per_image_dice_loss(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)).item() == 0.0
+
+
+def test_init_from_a_folder_of_another_split_is_refused(tmp_path):
+    """Weights trained with another validation split would have seen some of this run's validation scans."""
+    from train.multitask import check_init_split
+
+    (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/a.jpg\n")
+    cfg = MultiTaskConfig(init_from=str(tmp_path), data="/d")
+
+    class Val:
+        def __len__(self):
+            return 1
+
+        def name(self, i):
+            return "/d/Training/glioma/b.jpg"
+
+    with pytest.raises(ValueError, match="would leak"):
+        check_init_split(cfg, Val())
+    (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/b.jpg\n")
+    check_init_split(cfg, Val())  # the same scans: accepted
 
 
 def test_soft_target_is_the_mean_of_the_experts_who_drew_one():

@@ -15,17 +15,28 @@ from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch
 from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
 from brainmri.serving.loading import LoadedModel
+from brainmri.serving.overlap import alongside
 from brainmri.serving.result import Prediction
 from brainmri.serving.segment import own_outlines
 from brainmri.vocabulary import any_tumour_probability
 
 
-def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD) -> list[Prediction]:
+def plain_pass(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) logits and (B, D) pooled features of one forward without autograd."""
+    with torch.no_grad():
+        return logits_and_features(model, x)
+
+
+def run_model_batch(
+    loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD, overlap: bool = False
+) -> list[Prediction]:
     """Probabilities (temperature-calibrated), heatmap and OOD verdict of each RGB image, from one forward and one
     backward pass over all of them; each image's answer is the one it gets alone (tests/test_batching.py).
 
     A model whose heatmap runs at another size (``cam_size``) takes one more forward: the class and its
     probabilities come from the input size it was trained at, the heatmap explains that class at ``cam_size``.
+    With ``overlap`` that forward runs in another thread, through ``loaded.twin``, while the heatmap's runs
+    (brainmri.serving.overlap); the answers are the same.
     """
     start = time.perf_counter()
     x = place_batch([loaded.transform(image) for image in images], loaded.device)
@@ -38,9 +49,12 @@ def run_model_batch(loaded: LoadedModel, images: Sequence[Image.Image], method: 
             kept = KeepFeatures(loaded.model)
             cams, logits = gradcam_batch(kept, layers, x, method)
             pooled = kept.features
+        elif overlap and loaded.twin is not None:  # the input-size forward beside the cam_size one
+            plain = alongside(plain_pass, loaded.twin, x)
+            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, lambda: plain.result()[0].argmax(1).tolist())
+            logits, pooled = plain.result()
         else:  # the input-size forward gives them, the cam_size one the heatmap
-            with torch.no_grad():
-                logits, pooled = logits_and_features(loaded.model, x)
+            logits, pooled = plain_pass(loaded.model, x)
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
         outlines = own_outlines(loaded.model, list(images))  # a model with a decoder outlined in the forward that classified
     probs = calibrated_probs(logits.cpu(), loaded.temperature).tolist()

@@ -22,6 +22,7 @@ from brainmri.models.registry import cam_layer, get_spec
 from brainmri.ood import OODStats, load_stats
 from brainmri.runtime import fold_batchnorm
 from brainmri.serving.device import place_model, resolve_device
+from brainmri.serving.overlap import shared_weights_copy
 
 
 @dataclass
@@ -41,12 +42,15 @@ class LoadedModel:
     cam_size: int | None = None  # side the heatmap pass runs at, when not the input size (registry)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where ``model`` is and its passes run
     lock: threading.Lock = field(default_factory=threading.Lock)
+    twin: nn.Module | None = None  # ``model``'s modules again over its tensors: its plain forward beside the heatmap's
 
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.cfg)
         side = self.cfg["input_size"][-1]
         resized = {**self.cfg, "input_size": (3, self.cam_size, self.cam_size)}
         self.cam_transform = eval_transform(resized) if self.cam_size and self.cam_size != side else None
+        if self.cam_transform is not None and self.twin is None:
+            self.twin = shared_weights_copy(self.model)  # brainmri.serving.overlap; guarded by ``lock`` like ``model``
         self.layer_name = self.module_name(self.layer)
 
     def module_name(self, module: nn.Module) -> str:

@@ -39,8 +39,9 @@ from brainmri.serving.cache import ModelCache
 from brainmri.serving.classify import run_model_batch
 from brainmri.serving.judge import judge_batch
 from brainmri.serving.loading import LoadedModel
+from brainmri.serving.overlap import alongside, spare_core
 from brainmri.serving.result import Prediction
-from brainmri.serving.segment import load_for_serving, segment_batch
+from brainmri.serving.segment import draws_own_outline, load_for_serving, segment_batch
 from brainmri.serving.zerogpu import gpu_seconds, gpu_task
 from brainmri.settings import model_cache_mb
 
@@ -69,6 +70,8 @@ class Predictor:
             ``SEGMENTERS`` name (found by ``catalog.discover_segmenter``: its local folder, else its Hub repo), or
             where it is (a ``ModelSource``); None for none. Without its weights there is no outline, and nothing
             else changes.
+        overlap: run a request's independent passes side by side where the CPU has a spare core
+            (brainmri.serving.overlap); False runs them one after another (the benchmarks' comparison).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Predictor:
         workers: int = 1,
         device: torch.device | str | None = None,
         segmenter: str | ModelSource | None = SEGMENTER_DEFAULT,
+        overlap: bool = True,
     ):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -93,6 +97,7 @@ class Predictor:
         self.use_segmenter(discover_segmenter(segmenter) if isinstance(segmenter, str) else segmenter)
         self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
+        self.overlap = overlap
         self._batchers: dict[tuple[str, str, bool], MicroBatcher] = {}  # (model, method, outline) -> its batcher
         self._batchers_lock = threading.Lock()
         self.run_passes_on_gpu = gpu_task(self.run_passes, duration=gpu_seconds)  # the same method off ZeroGPU
@@ -214,17 +219,25 @@ class Predictor:
         3. outline: the segmenter's tumour mask of each image that looks like a brain MRI (brainmri.serving.segment),
            unless a multi-task model's forward drew it already: the classifier's in step 1, or the judge's in step 2
            when the judge is the segmenter.
+        Where the CPU has a spare core, 2 and 3 run beside 1 (brainmri.serving.overlap).
         """
+        start = time.perf_counter()
         loaded = self.model(model_name, copy)
-        results = run_model_batch(loaded, images, method)
-        if self.ood_model and self.ood_model != loaded.name:
-            start = time.perf_counter()
-            verdicts, drawn = judge_batch(self.model(self.ood_model, copy), images)
-            extra = (time.perf_counter() - start) * 1000
+        judge = self.model(self.ood_model, copy) if self.ood_model and self.ood_model != loaded.name else None
+        segmenter = self.segmentation_model(copy) if outline else None
+        drawn_elsewhere = draws_own_outline(loaded.model) or (judge is not None and self.ood_model == self.segmenter)
+        overlap = self.overlap and spare_core(loaded.device)
+        # With a spare core (brainmri.serving.overlap) the judge's pass and the outline start beside the classifier's;
+        # the outline ahead of the verdict, kept for in-distribution slices only.
+        judging = alongside(judge_batch, judge, images) if overlap and judge is not None else None
+        ahead = segmenter is not None and overlap and not drawn_elsewhere
+        outlining = alongside(segment_batch, segmenter, images) if ahead else None
+        results = run_model_batch(loaded, images, method, overlap)
+        if judge is not None:
+            verdicts, drawn = judging.result() if judging is not None else judge_batch(judge, images)
             for result, verdict in zip(results, verdicts):
                 if verdict is not None:
                     result.ood = verdict
-                    result.latency_ms += extra
             if drawn is not None and self.ood_model == self.segmenter:  # the judge is the segmenter: its pass outlined
                 for result, found in zip(results, drawn):
                     if result.outline is None:
@@ -232,15 +245,17 @@ class Predictor:
         for result in results:  # a multi-task model outlined in its own forward: kept for an MRI slice only
             if not (outline and result.in_distribution):
                 result.outline, result.outlined_by = None, ""
-        segmenter = self.segmentation_model(copy) if outline else None
-        judged = [r for r in results if r.in_distribution and r.outline is None]
-        if segmenter is not None and judged:
-            start = time.perf_counter()
-            for result, found in zip(judged, segment_batch(segmenter, [r.image for r in judged])):
+        if outlining is not None:
+            for result, found in zip(results, outlining.result()):
+                if result.in_distribution and result.outline is None:
+                    result.outline, result.outlined_by = found, segmenter.name
+        elif segmenter is not None:
+            judged = [r for r in results if r.in_distribution and r.outline is None]
+            for result, found in zip(judged, segment_batch(segmenter, [r.image for r in judged]) if judged else []):
                 result.outline, result.outlined_by = found, segmenter.name
-            extra = (time.perf_counter() - start) * 1000
-            for result in judged:
-                result.latency_ms += extra
+        latency = (time.perf_counter() - start) * 1000  # every pass of the batch, whichever thread ran it
+        for result in results:
+            result.latency_ms = latency
         return results
 
     def renew_after_fork(self) -> None:

@@ -58,11 +58,16 @@ def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Ou
     return [outline(p, im.size) for p, im in zip(probability, images)]
 
 
+def draws_own_outline(model: nn.Module) -> bool:
+    """Whether ``model``'s forward draws the outline too (a multi-task classifier, brainmri.models.multitask)."""
+    return isinstance(model, MultiTaskClassifier)
+
+
 def own_outlines(model: nn.Module, images: list[Image.Image]) -> list[Outline] | None:
     """The outlines a multi-task classifier (brainmri.models.multitask) drew in its last forward, over ``images``
     (that forward's batch), each in its image's frame; None for a model without a decoder. Call it under the
     model's lock, right after the forward."""
-    if not isinstance(model, MultiTaskClassifier) or model.last_mask_logits is None:
+    if not draws_own_outline(model) or model.last_mask_logits is None:
         return None
     probability = torch.sigmoid(model.last_mask_logits[:, 0]).cpu()  # (B, S, S)
     return [outline(p, im.size) for p, im in zip(probability, images)]
