@@ -17,7 +17,7 @@ from brainmri.explain import gradcam_batch
 from brainmri.models.registry import APP_DEFAULT
 from brainmri.serving import Predictor
 from brainmri.serving import predictor as front_door
-from brainmri.serving.overlap import alongside, shared_weights_copy
+from brainmri.serving.overlap import in_turn, shared_weights_copy
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))
 
@@ -40,7 +40,7 @@ def _same(a, b) -> None:
 
 @pytest.mark.parametrize("model", [APP_DEFAULT, "simple_cnn_7"])
 def test_side_by_side_gives_the_answers_of_one_after_another(pair, model, monkeypatch):
-    monkeypatch.setattr(front_door, "spare_core", lambda device: True)  # whatever this machine's thread count
+    monkeypatch.setattr(front_door, "spare_core", lambda *_: True)  # whatever this machine's thread count
     together, in_turn = pair
     for path in EXAMPLES[::3]:
         image = load_image(path)
@@ -48,7 +48,7 @@ def test_side_by_side_gives_the_answers_of_one_after_another(pair, model, monkey
 
 
 def test_a_slice_flagged_as_not_an_mri_gets_no_outline_though_it_was_drawn_ahead(pair, monkeypatch):
-    monkeypatch.setattr(front_door, "spare_core", lambda device: True)
+    monkeypatch.setattr(front_door, "spare_core", lambda *_: True)
     together, in_turn = pair
     drawn = []
     real = front_door.segment_batch
@@ -63,7 +63,7 @@ def test_a_slice_flagged_as_not_an_mri_gets_no_outline_though_it_was_drawn_ahead
 
 
 def test_a_failing_side_pass_is_the_request_error(pair, monkeypatch):
-    monkeypatch.setattr(front_door, "spare_core", lambda device: True)
+    monkeypatch.setattr(front_door, "spare_core", lambda *_: True)
 
     def broken(*_args):
         raise ValueError("cannot outline: the segmenter's weights are corrupt")
@@ -73,15 +73,21 @@ def test_a_failing_side_pass_is_the_request_error(pair, monkeypatch):
         pair[0].predict(load_image(EXAMPLES[0]))
 
 
-def test_alongside_runs_in_another_thread_with_the_callers_torch_threads():
+def test_in_turn_runs_beside_the_caller_in_order_with_its_torch_threads():
     import threading
 
-    threads = torch.get_num_threads()
-    future = alongside(lambda: (threading.get_ident(), torch.get_num_threads()))
-    ident, seen = future.result(timeout=10)
+    threads, order = torch.get_num_threads(), []
+
+    def step(tag):
+        order.append(tag)
+        return threading.get_ident(), torch.get_num_threads()
+
+    first, broken, last = in_turn((step, ("a",)), (lambda: 1 / 0, ()), (step, ("b",)))
+    ident, seen = first.result(timeout=10)
     assert ident != threading.get_ident() and seen == threads
     with pytest.raises(ZeroDivisionError):
-        alongside(lambda: 1 / 0).result(timeout=10)
+        broken.result(timeout=10)
+    assert last.result(timeout=10)[0] == ident and order == ["a", "b"]  # one thread, in order, past a failure
 
 
 def test_the_twin_shares_every_tensor_but_not_the_hooks_put_on_the_model():
@@ -105,3 +111,16 @@ def test_a_deferred_class_gives_the_heatmap_of_that_class():
     now, _ = gradcam_batch(model, model[0], x, "Grad-CAM", [3, 1])
     later, _ = gradcam_batch(model, model[0], x, "Grad-CAM", lambda: [3, 1])
     assert np.allclose(now, later)
+
+
+def test_a_side_thread_only_while_cores_outnumber_the_running_requests(monkeypatch):
+    from brainmri.serving import overlap
+
+    monkeypatch.setattr(overlap, "available_cpus", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    cpu = torch.device("cpu")
+    with overlap.running() as alone:
+        assert alone == 1 and overlap.spare_core(cpu, alone)  # a lone request: the other core is idle
+        with overlap.running() as busy:
+            assert busy == 2 and not overlap.spare_core(cpu, busy)  # under load each request has its core already
+    assert not overlap.spare_core(torch.device("cuda"), 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 import torch
 from PIL import Image
@@ -15,46 +16,51 @@ from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch
 from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
 from brainmri.serving.loading import LoadedModel
-from brainmri.serving.overlap import alongside
 from brainmri.serving.result import Prediction
 from brainmri.serving.segment import own_outlines
 from brainmri.vocabulary import any_tumour_probability
 
 
-def plain_pass(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C) logits and (B, D) pooled features of one forward without autograd."""
+def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image], twin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input-size forward without autograd: (B, C) logits and (B, D) pooled features. ``twin``: through
+    ``loaded.twin``, which another thread may run while the heatmap's hooks sit on ``loaded.model``."""
+    x = place_batch([loaded.transform(image) for image in images], loaded.device)
     with torch.no_grad():
-        return logits_and_features(model, x)
+        return logits_and_features(loaded.twin if twin else loaded.model, x)
+
+
+def twin_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`plain_pass` through the twin: the one :func:`run_model_batch` takes as ``plain``."""
+    return plain_pass(loaded, images, twin=True)
 
 
 def run_model_batch(
-    loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD, overlap: bool = False
+    loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD, plain: Future | None = None
 ) -> list[Prediction]:
     """Probabilities (temperature-calibrated), heatmap and OOD verdict of each RGB image, from one forward and one
     backward pass over all of them; each image's answer is the one it gets alone (tests/test_batching.py).
 
     A model whose heatmap runs at another size (``cam_size``) takes one more forward: the class and its
     probabilities come from the input size it was trained at, the heatmap explains that class at ``cam_size``.
-    With ``overlap`` that forward runs in another thread, through ``loaded.twin``, while the heatmap's runs
-    (brainmri.serving.overlap); the answers are the same.
+    ``plain``: that forward already running in another thread (:func:`twin_pass`, brainmri.serving.overlap); the
+    heatmap's forward starts at once and its backward reads the class when it gets there. The answers are the same.
     """
     start = time.perf_counter()
-    x = place_batch([loaded.transform(image) for image in images], loaded.device)
     x_cam = None
     if loaded.cam_transform is not None:  # outside the lock, which guards the model passes alone
         x_cam = place_batch([loaded.cam_transform(image) for image in images], loaded.device)
     layers = loaded.cam_layers(method)
     with loaded.lock:
         if x_cam is None:  # the heatmap's forward gives the logits and the OOD features
+            x = place_batch([loaded.transform(image) for image in images], loaded.device)
             kept = KeepFeatures(loaded.model)
             cams, logits = gradcam_batch(kept, layers, x, method)
             pooled = kept.features
-        elif overlap and loaded.twin is not None:  # the input-size forward beside the cam_size one
-            plain = alongside(plain_pass, loaded.twin, x)
+        elif plain is not None:  # the input-size forward runs beside the cam_size one
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, lambda: plain.result()[0].argmax(1).tolist())
             logits, pooled = plain.result()
         else:  # the input-size forward gives them, the cam_size one the heatmap
-            logits, pooled = plain_pass(loaded.model, x)
+            logits, pooled = plain_pass(loaded, images)
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
         outlines = own_outlines(loaded.model, list(images))  # a model with a decoder outlined in the forward that classified
     probs = calibrated_probs(logits.cpu(), loaded.temperature).tolist()

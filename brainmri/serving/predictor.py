@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -36,10 +37,10 @@ from brainmri.models.checkpoint import OOD_CONFIG
 from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.batching import MicroBatcher
 from brainmri.serving.cache import ModelCache
-from brainmri.serving.classify import run_model_batch
+from brainmri.serving.classify import run_model_batch, twin_pass
 from brainmri.serving.judge import judge_batch
 from brainmri.serving.loading import LoadedModel
-from brainmri.serving.overlap import alongside, spare_core
+from brainmri.serving.overlap import in_turn, running, spare_core
 from brainmri.serving.result import Prediction
 from brainmri.serving.segment import draws_own_outline, load_for_serving, segment_batch
 from brainmri.serving.zerogpu import gpu_seconds, gpu_task
@@ -225,38 +226,47 @@ class Predictor:
         loaded = self.model(model_name, copy)
         judge = self.model(self.ood_model, copy) if self.ood_model and self.ood_model != loaded.name else None
         segmenter = self.segmentation_model(copy) if outline else None
-        drawn_elsewhere = draws_own_outline(loaded.model) or (judge is not None and self.ood_model == self.segmenter)
-        overlap = self.overlap and spare_core(loaded.device)
-        # With a spare core (brainmri.serving.overlap) the judge's pass and the outline start beside the classifier's;
-        # the outline ahead of the verdict, kept for in-distribution slices only.
-        judging = alongside(judge_batch, judge, images) if overlap and judge is not None else None
-        ahead = segmenter is not None and overlap and not drawn_elsewhere
-        outlining = alongside(segment_batch, segmenter, images) if ahead else None
-        results = run_model_batch(loaded, images, method, overlap)
-        if judge is not None:
-            verdicts, drawn = judging.result() if judging is not None else judge_batch(judge, images)
-            for result, verdict in zip(results, verdicts):
-                if verdict is not None:
-                    result.ood = verdict
-            if drawn is not None and self.ood_model == self.segmenter:  # the judge is the segmenter: its pass outlined
-                for result, found in zip(results, drawn):
-                    if result.outline is None:
-                        result.outline, result.outlined_by = found, self.ood_model
-        for result in results:  # a multi-task model outlined in its own forward: kept for an MRI slice only
-            if not (outline and result.in_distribution):
-                result.outline, result.outlined_by = None, ""
-        if outlining is not None:
-            for result, found in zip(results, outlining.result()):
-                if result.in_distribution and result.outline is None:
-                    result.outline, result.outlined_by = found, segmenter.name
-        elif segmenter is not None:
-            judged = [r for r in results if r.in_distribution and r.outline is None]
-            for result, found in zip(judged, segment_batch(segmenter, [r.image for r in judged]) if judged else []):
-                result.outline, result.outlined_by = found, segmenter.name
+        with running() as requests:  # counted till the end: a request that comes meanwhile finds this core taken
+            side = self.side_passes(loaded, judge, segmenter, images) if self.overlap and spare_core(loaded.device, requests) else {}
+            results = run_model_batch(loaded, images, method, side.get("plain"))
+            if judge is not None:
+                verdicts, drawn = side["judge"].result() if "judge" in side else judge_batch(judge, images)
+                for result, verdict in zip(results, verdicts):
+                    if verdict is not None:
+                        result.ood = verdict
+                if drawn is not None and self.ood_model == self.segmenter:  # the judge is the segmenter: its pass outlined
+                    for result, found in zip(results, drawn):
+                        if result.outline is None:
+                            result.outline, result.outlined_by = found, self.ood_model
+            for result in results:  # a multi-task model outlined in its own forward: kept for an MRI slice only
+                if not (outline and result.in_distribution):
+                    result.outline, result.outlined_by = None, ""
+            wanting = [i for i, r in enumerate(results) if r.in_distribution and r.outline is None]
+            if segmenter is not None and wanting:
+                if "outline" in side:
+                    found = [side["outline"].result()[i] for i in wanting]
+                else:
+                    found = segment_batch(segmenter, [results[i].image for i in wanting])
+                for i, outlined in zip(wanting, found):
+                    results[i].outline, results[i].outlined_by = outlined, segmenter.name
         latency = (time.perf_counter() - start) * 1000  # every pass of the batch, whichever thread ran it
         for result in results:
             result.latency_ms = latency
         return results
+
+    def side_passes(self, loaded: LoadedModel, judge: LoadedModel | None, segmenter, images: list[Image.Image]) -> dict[str, Future]:
+        """The passes :meth:`run_passes` hands to the spare core, started there one after another
+        (brainmri.serving.overlap), by name: "plain", a Lite's input-size forward, whose class the heatmap's backward
+        waits for; "judge", the OOD judge's pass; "outline", drawn ahead of the verdict (run_passes keeps it for
+        in-distribution slices only), unless the classifier's or the judge's forward draws it."""
+        drawn_elsewhere = draws_own_outline(loaded.model) or (judge is not None and self.ood_model == self.segmenter)
+        passes = {
+            "plain": (twin_pass, (loaded, images)) if loaded.twin is not None else None,
+            "judge": (judge_batch, (judge, images)) if judge is not None else None,
+            "outline": (segment_batch, (segmenter, images)) if segmenter is not None and not drawn_elsewhere else None,
+        }
+        wanted = {name: work for name, work in passes.items() if work is not None}
+        return dict(zip(wanted, in_turn(*wanted.values()))) if wanted else {}
 
     def renew_after_fork(self) -> None:
         """In a forked child (a ZeroGPU worker): fresh locks, and no batchers, whose threads did not survive the fork."""
