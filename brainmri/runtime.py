@@ -51,6 +51,16 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cpus)
 
 
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (the avx512_bf16 or amx_bf16 flag; Linux): elsewhere torch
+    emulates it, slower than float32. False where the flags cannot be read."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def configure_torch_threads(workers: int = 1) -> int:
     """Set torch's (and OpenCV's) threads to :func:`available_cpus` shared by ``workers`` threads that each run
     models at once (``BRAIN_MRI_THREADS`` overrides), denormals flushed.

@@ -101,3 +101,18 @@ def test_a_split_that_cannot_support_a_fit_warns_instead_of_failing(tmp_path, sy
         assert train_ood.fit_or_warn(folder, str(synthetic_data)) is None  # what training calls
     assert "no OOD statistics written" in caplog.text and "no validation images" in caplog.text
     assert not (folder / OOD_CONFIG).exists() and load_stats(folder) is None
+
+
+def test_whitened_distance_is_the_mahalanobis_definition():
+    """distance() through the Cholesky factor of the precision equals (x - m)^T P (x - m) to the nearest mean."""
+    from brainmri.ood import OODStats
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 16, generator=g)
+    precision, means, x = a @ a.T + 0.1 * torch.eye(16), torch.randn(4, 16, generator=g), torch.randn(5, 16, generator=g)
+    stats = OODStats(means, precision, 1.0, 1.0, 1.0, {})
+    diff = x.double()[:, None] - means.double()[None]
+    expected = torch.einsum("bcd,de,bce->bc", diff, precision.double(), diff).min(dim=1).values.sqrt()
+    assert stats._whiten is not None and torch.allclose(stats.distance(x).double(), expected, rtol=1e-5)
+    singular = OODStats(means, -precision, 1.0, 1.0, 1.0, {})  # not positive definite: the definition itself
+    assert singular._whiten is None and torch.isfinite(singular.distance(x)).all()

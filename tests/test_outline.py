@@ -99,3 +99,32 @@ def test_the_outline_is_drawn_around_the_mask_and_the_toggle_hides_it():
     assert ring[19, 45] and ring[40, 45] and not ring[5, 5]
     assert display.with_outline(image, mask, False) is image
     assert display.with_outline(image, np.zeros_like(mask), True) is image
+
+
+def test_the_bf16_outline_is_the_float32_one(predictor: Predictor, tumours: ImageRecords):
+    """The U-Net under bfloat16 autocast (a CPU with native bf16, BRAIN_MRI_OUTLINE_BF16) outlines what float32 does:
+    the same slices empty, the masks at Dice >= 0.95 (docs/serving.md: mean 0.99 over 188 Testing slices)."""
+    from brainmri.serving.segment import segment_batch
+
+    loaded = predictor.segmentation_model()
+    images = [tumours.open(i) for i in range(len(tumours))]
+    as_served = loaded.bf16
+    try:
+        loaded.bf16 = False
+        full = [o.mask for o in segment_batch(loaded, images)]
+        loaded.bf16 = True
+        half = [o.mask for o in segment_batch(loaded, images)]
+    finally:
+        loaded.bf16 = as_served
+    assert [m.any() for m in full] == [m.any() for m in half]
+    dice = [2 * (a & b).sum() / (a.sum() + b.sum()) for a, b in zip(full, half) if a.any()]
+    assert dice and min(dice) >= 0.95, dice
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path):
+    from brainmri.runtime import native_bf16
+
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 sse\n")
+    (tmp_path / "old").write_text("flags\t\t: fpu avx2 avx512f sse\n")
+    assert native_bf16(tmp_path / "cpuinfo") and not native_bf16(tmp_path / "old")
+    assert not native_bf16(tmp_path / "absent")  # not Linux, or unreadable: float32

@@ -27,6 +27,7 @@ VARIABLES = [
     "GRADIO_TEMP_DIR",
     "BRAIN_MRI_DEVICE",
     "SPACES_ZERO_GPU",
+    "BRAIN_MRI_OUTLINE_BF16",
 ]
 
 
@@ -46,6 +47,7 @@ def test_defaults_without_the_environment(clean_env):
     assert settings.max_batch() == 8 and settings.concurrency_limit() == 16 and settings.batch_workers() == 2
     assert settings.gradio_temp_dir().name == "gradio" and settings.gradio_temp_dir().is_absolute()
     assert settings.serving_device() == "auto" and settings.on_zerogpu() is False
+    assert settings.outline_bf16() is True
 
 
 def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
@@ -75,6 +77,8 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
     assert settings.hub_namespace() == "brain-mri"
     clean_env.setenv("BRAIN_MRI_DEVICE", "CUDA:1")
     assert settings.serving_device() == "cuda:1"
+    clean_env.setenv("BRAIN_MRI_OUTLINE_BF16", "0")
+    assert settings.outline_bf16() is False
 
 
 def test_zerogpu_serves_each_request_alone(clean_env):
@@ -96,6 +100,7 @@ def test_zerogpu_serves_each_request_alone(clean_env):
         ("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "2.5", settings.concurrency_limit),
         ("BRAIN_MRI_DEVICE", "gpu", settings.serving_device),
         ("BRAIN_MRI_DEVICE", "cuda:x", settings.serving_device),
+        ("BRAIN_MRI_OUTLINE_BF16", "yes", settings.outline_bf16),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(clean_env, name: str, value: str, read):

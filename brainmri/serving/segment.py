@@ -20,9 +20,10 @@ from torch import nn
 
 from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.models.multitask import MultiTaskClassifier
-from brainmri.runtime import fold_batchnorm
+from brainmri.runtime import fold_batchnorm, native_bf16
 from brainmri.segmentation import Outline, load_segmenter, outline, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device
+from brainmri.settings import outline_bf16
 
 _logger = logging.getLogger(__name__)
 
@@ -37,23 +38,26 @@ class LoadedSegmenter:
     nbytes: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    bf16: bool = False  # its forward under bfloat16 autocast (brainmri.settings.outline_bf16)
 
 
 def load_for_serving(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedSegmenter:
-    """The ModelCache loader of segmenters: eval mode, batch norm folded, channels_last, on the serving device."""
+    """The ModelCache loader of segmenters: eval mode, batch norm folded, channels_last, on the serving device; its
+    forward in bfloat16 on a CPU that computes it natively (``BRAIN_MRI_OUTLINE_BF16``, docs/serving.md)."""
     device = resolve_device(None if device is None else str(device))
     model = load_segmenter(folder)
     size = model.input_size
     fold_batchnorm(model)
     model = place_model(model.requires_grad_(False), device)
-    return LoadedSegmenter(name, model, size, count_tensors_bytes(model), device)
+    bf16 = device.type == "cpu" and outline_bf16() and native_bf16()
+    return LoadedSegmenter(name, model, size, count_tensors_bytes(model), device, bf16=bf16)
 
 
 def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Outline]:
     """Each RGB image's outline, in its own frame (size), from one batched forward."""
     side = loaded.input_size
     batch = torch.stack([to_input(im, side) for im in images])
-    with loaded.lock:
+    with loaded.lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=loaded.bf16):
         probability = tumour_probability(loaded.model, batch.contiguous(memory_format=torch.channels_last))  # (B, S, S)
     return [outline(p, im.size) for p, im in zip(probability, images)]
 
