@@ -12,9 +12,10 @@ per batch worker), by calling the very functions the serving path calls. The pas
   backward's share is the difference (a model whose heatmap runs at a larger size runs the plain forward as well);
 - ``OOD judge``: the judge's own forward, when the judge is another model;
 - ``separate outline``: the segmenter's forward, when the classifier draws no outline itself.
-``Gradio`` is the median HTTP round trip of ``/predict`` (upload, queue, handler, the heatmap saved as a file,
-JSON) through ``gradio_client`` to ``python app.py`` on loopback, minus the median of the same handler called in
-process. Prints figures; asserts nothing.
+``whole predict()`` is timed twice: with the request's independent passes one after another, and as served, beside
+each other on the spare core (brainmri.serving.overlap). ``Gradio`` is the median HTTP round trip of ``/predict``
+(upload, queue, handler, the heatmap saved as a file, JSON) through ``gradio_client`` to ``python app.py`` on
+loopback, minus the median of the same handler called in process. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ def median_ms(work: Callable[[object], object], items: list, warmup: int = 2) ->
     return statistics.median(times)
 
 
+def interleaved_median_ms(ways: dict[str, Callable[[object], object]], items: list, warmup: int = 2) -> dict[str, float]:
+    """Median ms of each way over the same items, the ways taking turns item by item (in turn reversed every other
+    item), so that a machine slowing down or speeding up during the run weighs on each alike."""
+    for item in items[:warmup]:
+        for work in ways.values():
+            work(item)
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for i, item in enumerate(items):
+        for name in list(ways)[:: 1 if i % 2 else -1]:
+            start = time.perf_counter()
+            ways[name](item)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, float]:
     """Each phase of a request, timed alone in this process (ms, medians)."""
     loaded = predictor.model(name)
@@ -98,8 +114,17 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
     phases["heatmap overlay as PNG"] = median_ms(lambda r: data_url(overlay(r.image, r.cam, DEFAULT_OPACITY)), results)
     phases["outline mask as PNG"] = median_ms(lambda r: r.outline is not None and mask_data_url(r.outline.mask), results)
     phases["details JSON (mask included)"] = median_ms(lambda r: json.dumps(r.details()), results)
-    phases["whole predict() (passes, outline, OOD)"] = median_ms(lambda im: predictor.predict(im, name), images)
-    return phases
+    if loaded.ood is not None:
+        with torch.inference_mode():
+            features = [pooled_features(model, x) for x in batches]
+        pairs = list(zip(images, features))
+        phases["OOD verdict (image measures, distance)"] = median_ms(lambda pair: loaded.ood.check(*pair), pairs)
+    in_turn = Predictor(predictor.sources, overlap=False, segmenter=predictor.segmenter_source)
+    ways = {
+        "whole predict(), passes one after another": lambda im: in_turn.predict(im, name),
+        "whole predict() (passes, outline, OOD)": lambda im: predictor.predict(im, name),
+    }
+    return phases | interleaved_median_ms(ways, images)
 
 
 def over_http(name: str, paths: list[Path]) -> float:
