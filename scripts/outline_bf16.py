@@ -37,9 +37,9 @@ _logger = logging.getLogger(__name__)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=default_data())
+    parser.add_argument("--data", default=default_data(), help="the data folder (its Testing/ slices)")
     parser.add_argument("--every", type=int, default=7, help="every n-th Testing slice, in sorted order")
-    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=200, help="at most this many slices")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
