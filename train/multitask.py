@@ -212,6 +212,9 @@ def fit(cfg: MultiTaskConfig) -> Path:
     (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     split = load_split(cfg)
     check_init_split(cfg, split["val"][0])
+    # Written now, not only at the end: the best epoch's weights in ``out`` are then a valid --init-from source
+    # even if the run never finishes (a session ending with its resume state lost).
+    write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
     model, optimizer, scheduler = build(cfg, steps)
     if model.label_names != split["train"][0].class_names:
