@@ -50,7 +50,7 @@ from brainmri.segmentation import mask_data_url  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.serving.device import place_batch  # noqa: E402
 from brainmri.serving.segment import segment_batch  # noqa: E402
-from brainmri.settings import default_data  # noqa: E402
+from brainmri.settings import batch_workers, default_data  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def main() -> int:
     args = parser.parse_args()
 
     def run() -> None:
-        configure_torch_threads(1)
+        configure_torch_threads(batch_workers())  # as the app: one thread a batch worker on 2 cores
         root = local_root(default_data())
         if root is None:
             raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
