@@ -205,6 +205,19 @@ def check_init_split(cfg: MultiTaskConfig, val) -> None:
         )
 
 
+def started_from(folder: Path) -> str:
+    """The card's line on where an --init-from run's weights came from, read from that folder's own record (the
+    folder may be replaced by this run's afterwards)."""
+    try:
+        before = json.loads((folder / METRICS).read_text())
+    except (OSError, ValueError):
+        return f"the weights of {folder.name}"
+    return (
+        f"an earlier {before.get('model', folder.name)} run: {before.get('initialization', 'its own start')}, trained "
+        f"{before.get('epochs_run', '?')} epochs ({before.get('train_seconds', 0):.0f} s); this run is a second schedule on its weights"
+    )
+
+
 def fit(cfg: MultiTaskConfig) -> Path:
     torch.manual_seed(cfg.seed)
     out = cfg.output_dir()
@@ -254,6 +267,8 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
     model = load_segmenter(out)
     scores = evaluate(model, split["val"], nullcontext())
     metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": "cpu", "data": cfg.data}
+    if cfg.init_from:
+        metrics["initialization"] = started_from(Path(cfg.init_from))
     # The class figures where every classifier keeps them (brainmri.eval.tables); the outline's beside them.
     metrics["validation"] = scores["classes"] | {"split": VAL_SPLIT_NOTE}
     metrics["outline"] = scores["outline"]

@@ -46,6 +46,13 @@ def outline_eval_results(m: dict) -> list[EvalResult]:
     ]
 
 
+def second_schedule(cfg: dict) -> str:
+    """The command's options for a run started from an earlier run's folder (train.multitask --init-from)."""
+    if not cfg.get("init_from"):
+        return ""
+    return f" --init-from FOLDER --lr {cfg['lr']:g} --dice {cfg.get('dice', 'batch')}"
+
+
 def card_text(m: dict, cfg: dict) -> str:
     return "\n".join(
         [
@@ -61,7 +68,7 @@ def card_text(m: dict, cfg: dict) -> str:
             f" in {m['amp']} autocast, {m['train_seconds']:.0f} s, {m['train_images']} Training images: cross-entropy on all,"
             " and the outline where an expert drew one (the mean of Cheng et al.'s figshare masks, CC BY 4.0, and BRISC"
             " 2025's), empty for no-tumour slices",
-            f"- Command: `python -m train.multitask --data DATA --epochs {cfg['epochs']}`; then `train.calibrate`,"
+            f"- Command: `python -m train.multitask --data DATA --epochs {cfg['epochs']}{second_schedule(cfg)}`; then `train.calibrate`,"
             " `train.evaluate` and `train.ood fit` on the folder",
             "",
             "## The class",
