@@ -66,7 +66,7 @@ def independent_accuracy(folder: Path, data: Path) -> tuple[torch.nn.Module, flo
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model_name, extra, init",
-    [("simple_cnn_7", [], "random"), ("tf_efficientnet_lite0", ["--pretrained", "--max-train-batches", "2"], "ImageNet")],
+    [("simple_cnn_7", [], "random"), ("tf_efficientnet_lite0", ["--pretrained", "--max-train-batches", "2", "--amp", "bf16"], "ImageNet")],
 )
 def test_train_writes_a_folder_that_timm_loads(data_dir: Path, tmp_path: Path, model_name: str, extra: list[str], init: str):
     out = tmp_path / "run"
@@ -133,3 +133,12 @@ def test_saved_folder_gives_the_in_memory_models_outputs(tmp_path: Path, model_n
     # The project's loader is the same model.
     with torch.no_grad():
         torch.testing.assert_close(load_checkpoint(tmp_path)(x), out, rtol=0, atol=0)
+
+
+def test_amp_picks_bf16_autocast_or_fp32():
+    from train.train import mixed_precision
+
+    assert mixed_precision("bf16") == "bf16" and mixed_precision("none") == "no"
+    assert mixed_precision("auto") == ("bf16" if torch.cuda.is_available() else "no")
+    with pytest.raises(ValueError, match="amp must be"):
+        mixed_precision("fp16")

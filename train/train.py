@@ -144,13 +144,20 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     return model
 
 
+def mixed_precision(amp: str) -> str:
+    """accelerate's ``mixed_precision`` for the config's ``amp``: bf16 autocast, or "no" (fp32)."""
+    if amp not in {"auto", "bf16", "none"}:
+        raise ValueError(f"amp must be auto, bf16 or none, not {amp!r}")
+    return "bf16" if amp == "bf16" or (amp == "auto" and torch.cuda.is_available()) else "no"
+
+
 def fit(cfg: TrainConfig) -> Path:
     """Train, keep the best epoch on validation, write and evaluate the checkpoint folder."""
     spec = get_spec(cfg.model)  # fails early, naming the choices, on an unknown model
     if spec.segmenter:
         raise ValueError(f"{cfg.model} learns its class and its outline together: train it with python -m train.multitask")
     accelerator = Accelerator(
-        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        mixed_precision=mixed_precision(cfg.amp),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     if cfg.data_on_device and accelerator.num_processes > 1:
