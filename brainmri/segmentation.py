@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +20,45 @@ from PIL import Image
 from torch import nn
 
 from brainmri.data.records import normalize_batch
-from brainmri.models.checkpoint import TRAIN_CONFIG, is_multitask, verify_checkpoint
+from brainmri.models.checkpoint import OUTLINE_RULE, TRAIN_CONFIG, add_to_manifest, is_multitask, verify_checkpoint
 from brainmri.models.multitask import UnetOnClassifier
 from brainmri.rendering import data_url
+from brainmri.vocabulary import NO_TUMOUR
 
 _logger = logging.getLogger(__name__)
 
 THRESHOLD = 0.5  # sigmoid probability above which a pixel is tumour
 MIN_AREA = 0.001  # share of the image: a predicted outline smaller than this (~50 px at 224) counts as none
+
+
+@dataclass(frozen=True)
+class OutlineRule:
+    """How a probability map becomes an outline. The defaults were fixed before any training; a folder's
+    ``outline.json`` replaces them with the rule chosen on its validation scans."""
+
+    threshold: float = THRESHOLD  # a pixel is tumour where p > threshold
+    min_area: float = MIN_AREA  # an outline smaller than this share of the image counts as none
+    mirror: bool = False  # average the map with the mirrored image's (a second pass)
+    gate: bool = False  # no outline where the model's own class head says no tumour
+
+
+def read_rule(folder: str | Path) -> OutlineRule:
+    """The folder's rule, or the fixed defaults when it has no ``outline.json``."""
+    path = Path(folder) / OUTLINE_RULE
+    if not path.is_file():
+        return OutlineRule()
+    fields = json.loads(path.read_text())
+    return OutlineRule(**{k: fields[k] for k in OutlineRule.__dataclass_fields__ if k in fields})
+
+
+def write_rule(folder: str | Path, rule: OutlineRule, note: str) -> Path:
+    """Store ``rule`` as the folder's ``outline.json`` and add it to the sha256 manifest (the folder is verified
+    first, so re-writing the manifest cannot bless altered weights)."""
+    verify_checkpoint(folder)
+    path = Path(folder) / OUTLINE_RULE
+    path.write_text(json.dumps({**asdict(rule), "note": note}, indent=2) + "\n")
+    add_to_manifest(folder, [OUTLINE_RULE])
+    return path
 
 
 def load_segmenter(folder: str | Path) -> nn.Module:
@@ -70,16 +101,30 @@ def mask_logits(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tor
 
 
 @torch.inference_mode()
-def tumour_probability(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Per-pixel tumour probability: uint8 (B, 3, S, S) at the model's input size -> float (B, S, S)."""
+def tumour_probability(model: nn.Module, images: torch.Tensor, rule: OutlineRule = OutlineRule()) -> torch.Tensor:
+    """Per-pixel tumour probability: uint8 (B, 3, S, S) at the model's input size -> float (B, S, S). Under the
+    rule's ``mirror``, averaged with the mirrored image's map (flipped back); under its ``gate``, zero where a
+    model with a class head (a multi-task one) says no tumour."""
     device = next(model.parameters()).device
-    return torch.sigmoid(mask_logits(model(normalise(images.to(device), model)))[:, 0]).float().cpu()
+    x = normalise(images.to(device), model)
+    out = model(x)
+    probability = torch.sigmoid(mask_logits(out)[:, 0].float())
+    if rule.mirror:
+        probability = (probability + torch.sigmoid(mask_logits(model(x.flip(-1)))[:, 0].float()).flip(-1)) / 2
+    if rule.gate and isinstance(out, tuple):
+        probability[~says_tumour(out[1], model.label_names)] = 0
+    return probability.cpu()
 
 
-def binary_mask(probability: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A (H, W) probability map -> bool mask, emptied when the outline is smaller than :data:`MIN_AREA`."""
-    mask = np.asarray(probability) > THRESHOLD
-    return mask if mask.mean() >= MIN_AREA else np.zeros_like(mask)
+def says_tumour(class_logits: torch.Tensor, label_names: list[str]) -> torch.Tensor:
+    """(B,) bool: the class head's top class is a tumour (the outline's ``gate``)."""
+    return class_logits.argmax(dim=1).cpu() != label_names.index(NO_TUMOUR)
+
+
+def binary_mask(probability: np.ndarray | torch.Tensor, rule: OutlineRule = OutlineRule()) -> np.ndarray:
+    """A (H, W) probability map -> bool mask, emptied when the outline is smaller than the rule's ``min_area``."""
+    mask = np.asarray(probability) > rule.threshold
+    return mask if mask.mean() >= rule.min_area else np.zeros_like(mask)
 
 
 @dataclass
@@ -95,11 +140,11 @@ class Outline:
         return self.box is None
 
 
-def outline(probability: torch.Tensor, size: tuple[int, int]) -> Outline:
+def outline(probability: torch.Tensor, size: tuple[int, int], rule: OutlineRule = OutlineRule()) -> Outline:
     """The mask of a (S, S) probability map, resized to ``size`` (width, height) of the uploaded image."""
     w, h = size
     resized = F.interpolate(probability[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    mask = binary_mask(resized.numpy())
+    mask = binary_mask(resized.numpy(), rule)
     if not mask.any():
         return Outline(mask, 0.0, None)
     ys, xs = np.nonzero(mask)

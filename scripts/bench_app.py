@@ -34,6 +34,7 @@ from brainmri.app.dataview import example_files, local_root  # noqa: E402
 from brainmri.cli import exit_code  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.models.segmenters import SEGMENTER_DEFAULT  # noqa: E402
 from brainmri.rendering import data_url, overlay  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
@@ -126,6 +127,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=40, help="Testing images per model")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--models", nargs="+", help="only these models (default: every available one)")
+    parser.add_argument("--segmenter", default=SEGMENTER_DEFAULT, help=f"the outline's model (default: the app's, {SEGMENTER_DEFAULT})")
     args = parser.parse_args()
 
     def run() -> None:
@@ -135,7 +137,7 @@ def main() -> int:
             raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
         per_class = max(1, args.images // 4)
         images = [p for p, _ in example_files(root, per_class=per_class + 1)][: args.images + 3]
-        predictor = Predictor(discover(hub=False))
+        predictor = Predictor(discover(hub=False), segmenter=args.segmenter)
         names = args.models or predictor.available
         print(f"tumour outline: {predictor.segmenter or 'none (no shipped segmenter)'}")
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

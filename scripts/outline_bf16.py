@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python scripts/outline_bf16.py                 # every 7th Testing slice, 200 at most
     HF_HUB_OFFLINE=1 python scripts/outline_bf16.py --every 3 --limit 500 --json outline_bf16.json
 
-The served segmenter (``unet_lite0``) on the same slices twice, through ``segment_batch`` as a request runs it, one
+The served segmenter (``SEGMENTER_DEFAULT``) on the same slices twice, through ``segment_batch`` as a request runs it, one
 torch thread: once in float32, once under bfloat16 autocast (what ``BRAIN_MRI_OUTLINE_BF16`` turns on where the CPU
 computes bf16 natively). Prints the Dice of the two masks (over slices where either is non-empty), the slices one
 leaves empty and the other not, and the median ms of each. Asserts nothing.
@@ -50,7 +50,7 @@ def main() -> int:
             raise ValueError(f"no Testing images under {args.data}")
         loaded = Predictor().segmentation_model()
         if loaded is None:
-            raise ValueError("no segmenter to serve (checkpoints/unet_lite0)")
+            raise ValueError("no segmenter to serve (checkpoints/multitask_lite0)")
         times: dict[bool, list[float]] = {False: [], True: []}
         dice, flips = [], 0
         for path in paths:

@@ -26,7 +26,7 @@ from brainmri.serving import Predictor
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     if discover_segmenter(hub=False).where != "local":
-        pytest.fail("no shipped segmenter in checkpoints/unet_lite0: python -m train.segment --data DATA (docs/segmentation.md)")
+        pytest.fail("no shipped segmenter in checkpoints/: python -m train.multitask --data DATA (docs/segmentation.md)")
     return Predictor(require_shipped())
 
 

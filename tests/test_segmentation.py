@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from brainmri.models.registry import create_model
-from brainmri.models.segmenters import SEGMENTER_DEFAULT, SEGMENTERS, create_segmenter
+from brainmri.models.segmenters import SEGMENTERS, UNET, create_segmenter
 from brainmri.segmentation import MIN_AREA, binary_mask, load_segmenter, outline, tumour_probability
 from brainmri.settings import checkpoint_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = checkpoint_dir() / SEGMENTER_DEFAULT
+SHIPPED = checkpoint_dir() / UNET  # the U-Net and its train.segment run
 
 
 @pytest.mark.parametrize("name", list(SEGMENTERS))
@@ -36,7 +36,7 @@ def test_segmenter_gives_one_probability_per_pixel_and_every_parameter_learns(na
 
 
 def test_the_encoder_starts_from_the_classifiers_offline_imagenet_weights():
-    seg = create_segmenter(SEGMENTER_DEFAULT, pretrained=True).encoder.model.state_dict()
+    seg = create_segmenter(UNET, pretrained=True).encoder.model.state_dict()
     cls = create_model("tf_efficientnet_lite0", pretrained=True).state_dict()
     shared = [k for k in seg if k in cls and "num_batches" not in k]
     assert len(shared) > 200 and all(torch.equal(seg[k], cls[k]) for k in shared)

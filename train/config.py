@@ -43,7 +43,7 @@ class TrainConfig:
     limit_per_class: int = 0  # 0: all images; else a few per class (tests, --quick)
     max_train_batches: int = 0  # 0: whole epoch; else stop each epoch early (tests)
     channels_last: bool = True  # faster convolutions on CPU and GPU
-    amp: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on CPU; "bf16": bf16 autocast on either (twice as fast on an avx512_bf16 CPU); "none": fp32
+    amp: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; "bf16": autocast on either (2x on an avx512_bf16 CPU); "none": fp32
     resume: bool = False  # continue from the last finished epoch in <out>/resume
     evaluate_test: bool = True  # evaluate the best epoch on Testing (and its unseen subset)
     fit_ood: bool = True  # fit the OOD check's statistics (train.ood) on the split; 6.6 MB beside a 1280-feature model

@@ -9,6 +9,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.eval.one_encoder import EXPERT_NAMES, class_markdown, outline_markdown
+from brainmri.eval.outline_rules import served_rule_line
 from brainmri.eval.report import DATASET, classifier_eval_results
 from brainmri.models.checkpoint import CARD, METRICS, TRAIN_CONFIG
 from train.experts import EXPERTS
@@ -84,6 +85,7 @@ def card_text(m: dict, cfg: dict) -> str:
             "",
             outline_markdown(m),
             "",
+            *([served_rule_line(m["model"]) + " The rule is this folder's `outline.json`.", ""] if served_rule_line(m["model"]) else []),
             "```python",
             "from brainmri.models.multitask import UnetOnClassifier  # pip install -r requirements.txt of brain-mri",
             "",

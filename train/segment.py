@@ -36,7 +36,7 @@ from brainmri.eval.curves import write_history_csv
 from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
 from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
-from brainmri.models.segmenters import SEGMENTER_DEFAULT, create_segmenter, get_segmenter_spec
+from brainmri.models.segmenters import UNET, create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
@@ -49,7 +49,7 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class SegmentConfig:
-    model: str = SEGMENTER_DEFAULT  # registry name (brainmri.models.segmenters.SEGMENTERS)
+    model: str = UNET  # registry name (brainmri.models.segmenters.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
     out: str = ""  # output folder; default runs/<model> (ship it by copying to checkpoints/<model>)
     epochs: int = 16  # epochs of the cosine schedule

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from brainmri.eval.outline_rules import served_rule_line
 from brainmri.eval.tables import read_metrics
 from brainmri.models.checkpoint import results_dir
 from brainmri.vocabulary import class_words, percent
@@ -55,7 +56,11 @@ def outline_markdown(m: dict, pair: dict | None = None, pair_name: str = "") -> 
         lines.append(row)
     empty = m["outline"]["no_tumour"]
     theirs_empty = f" ({pair_name}: {percent(pair['no_tumour']['empty_share'])})" if pair and "no_tumour" in pair else ""
-    lines += ["", f"No-tumour validation slices left empty: {percent(empty['empty_share'])} of {empty['n']}{theirs_empty}."]
+    lines += [
+        "",
+        "Under the fixed rule (p > 0.5, ≥ 0.1% of the image), no-tumour validation slices left empty:"
+        f" {percent(empty['empty_share'])} of {empty['n']}{theirs_empty}.",
+    ]
     return "\n".join(lines)
 
 
@@ -72,8 +77,9 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
     verdict = json.loads(path.read_text()) if path.is_file() else None
     segmenter = verdict["pair"]["segmenter"] if verdict else ""
     pair = verdict["outline"].get(segmenter) if verdict else None
+    served = served_rule_line(m["model"])
     if compact:  # its class figures are in the README's headline table
-        parts = [outline_markdown(m, pair, segmenter)]
+        parts = [outline_markdown(m, pair, segmenter) + (f" {served}" if served else "")]  # one paragraph: the README is short
         return "\n".join(parts + _verdict(verdict))
     parts = [
         f"`{m['model']}`: {m['architecture']} ({m['parameters'] / 1e6:.1f} M parameters, {m['epochs_run']} epochs on CPU,"
@@ -82,6 +88,7 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
         class_markdown(m),
         "",
         outline_markdown(m, pair, segmenter),
+        *(["", served] if served else []),
     ]
     return "\n".join(parts + _verdict(verdict))
 

@@ -21,6 +21,7 @@ from brainmri.models.checkpoint import (
     METRICS,
     OOD_CONFIG,
     OOD_TENSORS,
+    OUTLINE_RULE,
     TRAIN_CONFIG,
     WEIGHTS,
     is_multitask,
@@ -35,7 +36,7 @@ _logger = logging.getLogger(__name__)
 HUB_TIMEOUT_S = 3.0  # per repo; all repos are asked at once
 # Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them (train_config.json: the
 # segmenter's input size).
-CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG]
+CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS, OUTLINE_RULE, TRAIN_CONFIG]
 
 
 def checkpoint_folders(

@@ -39,6 +39,7 @@ TRAIN_CONFIG = "train_config.json"  # the TrainConfig the weights were trained w
 HISTORY = "history.csv"  # one row per epoch
 OOD_CONFIG = "ood.json"  # optional: thresholds of the OOD check (brainmri.ood), written by train.ood, in the manifest
 OOD_TENSORS = "ood.safetensors"  # optional: its class means and precision matrix, in the manifest
+OUTLINE_RULE = "outline.json"  # optional: how a segmenter's map becomes an outline (train.outline_rules), in the manifest
 VAL_SPLIT = "val_split.txt"  # the validation images (dataset-relative paths) its validation figures and fits use
 CARD = "README.md"  # the model card (brainmri.eval.report.write_model_card)
 CURVES = "curves.png"  # loss and accuracy per epoch (training)

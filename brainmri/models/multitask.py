@@ -101,6 +101,7 @@ class MultiTaskClassifier(nn.Module):
         self.pretrained_cfg = net.pretrained_cfg
         self.num_classes = net.classifier.num_classes
         self.last_mask_logits: torch.Tensor | None = None
+        self.last_class_logits: torch.Tensor | None = None  # (B, C) of the same pass: the outline's gate
 
     def get_classifier(self) -> nn.Module:
         return self.net.classifier.get_classifier()
@@ -110,6 +111,7 @@ class MultiTaskClassifier(nn.Module):
         final, stages = self.net.features(x)
         with torch.no_grad():
             self.last_mask_logits = self.net.segment(x, stages).float()
+            self.last_class_logits = self.net.classifier.forward_head(final).float()
         return final
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -62,7 +62,9 @@ def run_model_batch(
         else:  # the input-size forward gives them, the cam_size one the heatmap
             logits, pooled = plain_pass(loaded, images)
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
-        outlines = own_outlines(loaded.model, list(images))  # a model with a decoder outlined in the forward that classified
+        outlines = own_outlines(
+            loaded.model, list(images), loaded.outline_rule
+        )  # a model with a decoder outlined in the forward that classified
     probs = calibrated_probs(logits.cpu(), loaded.temperature).tolist()
     pooled = pooled.cpu()  # the OOD statistics live on the CPU
     results = []

@@ -32,7 +32,7 @@ def judge_batch(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[lis
     x = place_batch([loaded.transform(image) for image in images], loaded.device)
     with loaded.lock, torch.inference_mode():  # the lock: another request's Grad-CAM hooks must not see this forward
         features = pooled_features(loaded.model, x).cpu()
-        outlines = own_outlines(loaded.model, list(images))
+        outlines = own_outlines(loaded.model, list(images), loaded.outline_rule)
     results = []
     for i, image in enumerate(images):
         result = loaded.ood.check(image, features[i : i + 1])

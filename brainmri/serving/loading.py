@@ -21,6 +21,7 @@ from brainmri.models.checkpoint import count_tensors_bytes, label_names, load_ch
 from brainmri.models.registry import cam_layer, get_spec
 from brainmri.ood import OODStats, load_stats
 from brainmri.runtime import fold_batchnorm
+from brainmri.segmentation import OutlineRule, read_rule
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.serving.overlap import shared_weights_copy
 
@@ -43,6 +44,7 @@ class LoadedModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where ``model`` is and its passes run
     lock: threading.Lock = field(default_factory=threading.Lock)
     twin: nn.Module | None = None  # ``model``'s modules again over its tensors: its plain forward beside the heatmap's
+    outline_rule: OutlineRule = field(default_factory=OutlineRule)  # how a multi-task model's own outline is decoded (outline.json)
 
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.cfg)
@@ -96,4 +98,5 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
         stages,
         spec.cam_size,
         device,
+        outline_rule=read_rule(folder),
     )

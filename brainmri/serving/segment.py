@@ -1,7 +1,8 @@
 """The tumour outline's pass: the segmentation model loaded for serving, and a batch of images to their outlines.
 
 The segmenter is the registry's ``SEGMENTER_DEFAULT``, found as the classifiers are (brainmri.models.catalog: its
-shipped folder ``checkpoints/unet_lite0``, else its Hub repo). Like the classifiers it loads into a model cache
+shipped folder ``checkpoints/multitask_lite0``, else its Hub repo), and decodes its map by its folder's rule
+(``outline.json``, brainmri.segmentation.OutlineRule). Like the classifiers it loads into a model cache
 (brainmri.serving.cache) and runs on the serving device under its own lock;
 :meth:`brainmri.serving.predictor.Predictor.run_passes` calls :func:`segment_batch` as its third step, so on ZeroGPU
 the outline shares the request's lent GPU.
@@ -21,7 +22,7 @@ from torch import nn
 from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.models.multitask import MultiTaskClassifier
 from brainmri.runtime import fold_batchnorm, native_bf16
-from brainmri.segmentation import Outline, load_segmenter, outline, to_input, tumour_probability
+from brainmri.segmentation import Outline, OutlineRule, load_segmenter, outline, read_rule, says_tumour, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.settings import outline_bf16
 
@@ -39,6 +40,7 @@ class LoadedSegmenter:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     lock: threading.Lock = field(default_factory=threading.Lock)
     bf16: bool = False  # its forward under bfloat16 autocast (brainmri.settings.outline_bf16)
+    rule: OutlineRule = OutlineRule()  # its folder's outline.json, chosen on validation (train.outline_rules)
 
 
 def load_for_serving(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedSegmenter:
@@ -50,7 +52,7 @@ def load_for_serving(name: str, folder: str | Path, device: torch.device | str |
     fold_batchnorm(model)
     model = place_model(model.requires_grad_(False), device)
     bf16 = device.type == "cpu" and outline_bf16() and native_bf16()
-    return LoadedSegmenter(name, model, size, count_tensors_bytes(model), device, bf16=bf16)
+    return LoadedSegmenter(name, model, size, count_tensors_bytes(model), device, bf16=bf16, rule=read_rule(folder))
 
 
 def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Outline]:
@@ -58,8 +60,8 @@ def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Ou
     side = loaded.input_size
     batch = torch.stack([to_input(im, side) for im in images])
     with loaded.lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=loaded.bf16):
-        probability = tumour_probability(loaded.model, batch.contiguous(memory_format=torch.channels_last))  # (B, S, S)
-    return [outline(p, im.size) for p, im in zip(probability, images)]
+        probability = tumour_probability(loaded.model, batch.contiguous(memory_format=torch.channels_last), loaded.rule)  # (B, S, S)
+    return [outline(p, im.size, loaded.rule) for p, im in zip(probability, images)]
 
 
 def draws_own_outline(model: nn.Module) -> bool:
@@ -67,11 +69,14 @@ def draws_own_outline(model: nn.Module) -> bool:
     return isinstance(model, MultiTaskClassifier)
 
 
-def own_outlines(model: nn.Module, images: list[Image.Image]) -> list[Outline] | None:
+def own_outlines(model: nn.Module, images: list[Image.Image], rule: OutlineRule = OutlineRule()) -> list[Outline] | None:
     """The outlines a multi-task classifier (brainmri.models.multitask) drew in its last forward, over ``images``
-    (that forward's batch), each in its image's frame; None for a model without a decoder. Call it under the
-    model's lock, right after the forward."""
+    (that forward's batch), each in its image's frame, decoded by ``rule`` (its folder's); None for a model without
+    a decoder. Call it under the model's lock, right after the forward. The mirror average would take a second
+    pass, which this path does not run: train.outline_rules writes no such rule unless asked (``--allow-mirror``)."""
     if not draws_own_outline(model) or model.last_mask_logits is None:
         return None
     probability = torch.sigmoid(model.last_mask_logits[:, 0]).cpu()  # (B, S, S)
-    return [outline(p, im.size) for p, im in zip(probability, images)]
+    if rule.gate:
+        probability[~says_tumour(model.last_class_logits, model.net.label_names)] = 0
+    return [outline(p, im.size, rule) for p, im in zip(probability, images)]
