@@ -76,7 +76,10 @@ def outline_note(result: Prediction) -> str:
         return ""
     what = "the segmentation model's estimate of where the tumour is, not a diagnosis"
     if o.empty:
-        return '<p class="outline-note" id="outline-note">No tumour outlined: the segmentation model found none (its estimate, not a diagnosis).</p>'
+        return (
+            '<p class="outline-note" id="outline-note">No tumour outlined: the segmentation model found none'
+            " (its estimate, not a diagnosis).</p>"
+        )
     return (
         f'<p class="outline-note" id="outline-note"><span class="outline-swatch"></span><b>Green outline</b>: {what}; '
         f"it covers {percent(o.area)} of the image.</p>"
