@@ -111,14 +111,26 @@ def tumour_probability(model: nn.Module, images: torch.Tensor, rule: OutlineRule
     probability = torch.sigmoid(mask_logits(out)[:, 0].float())
     if rule.mirror:
         probability = (probability + torch.sigmoid(mask_logits(model(x.flip(-1)))[:, 0].float()).flip(-1)) / 2
-    if rule.gate and isinstance(out, tuple):
-        probability[~says_tumour(out[1], model.label_names)] = 0
+    if isinstance(out, tuple):
+        probability = gated(probability, out[1], model.label_names, rule)
     return probability.cpu()
 
 
-def says_tumour(class_logits: torch.Tensor, label_names: list[str]) -> torch.Tensor:
-    """(B,) bool: the class head's top class is a tumour (the outline's ``gate``)."""
-    return class_logits.argmax(dim=1).cpu() != label_names.index(NO_TUMOUR)
+def gated(probability: torch.Tensor, class_logits: torch.Tensor | None, label_names: list[str], rule: OutlineRule) -> torch.Tensor:
+    """Probability maps (B, S, S), zero for the images whose class logits (B, C) top out on no tumour when the rule
+    gates (every path that decodes a multi-task model's outline goes through here)."""
+    if not rule.gate or class_logits is None:
+        return probability
+    keep = (class_logits.argmax(dim=1) != label_names.index(NO_TUMOUR)).to(probability.device)
+    return probability * keep[:, None, None]
+
+
+def batch_masks(probability: torch.Tensor, rule: OutlineRule = OutlineRule()) -> torch.Tensor:
+    """Probability maps (B, S, S) -> bool masks at that size under ``rule``, each emptied below its smallest outline:
+    the validation figures' decoder (serving decodes each map at its upload's size with :func:`binary_mask`)."""
+    masks = probability > rule.threshold
+    masks[masks.flatten(1).float().mean(dim=1) < rule.min_area] = False
+    return masks
 
 
 def binary_mask(probability: np.ndarray | torch.Tensor, rule: OutlineRule = OutlineRule()) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.metrics import f1_score, get_stats, iou_score
 
 from brainmri.eval.metrics import bootstrap_accuracy_ci
-from brainmri.segmentation import MIN_AREA, THRESHOLD, normalise
+from brainmri.segmentation import batch_masks, normalise
 from brainmri.vocabulary import NO_TUMOUR
 from train.experts import EXPERTS
 
@@ -30,8 +30,7 @@ def predict(model, x: torch.Tensor, precision: AbstractContextManager, batch_siz
         with precision:
             out = model(normalise(x[i : i + batch_size], model))
         mask_logits, class_logits = out if isinstance(out, tuple) else (out, None)
-        pred = torch.sigmoid(mask_logits[:, 0].float()) > THRESHOLD
-        pred[pred.flatten(1).float().mean(dim=1) < MIN_AREA] = False
+        pred = batch_masks(torch.sigmoid(mask_logits[:, 0].float()))
         if class_logits is not None:
             logits.append(class_logits.float())
         outlines.append(pred)

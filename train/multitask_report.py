@@ -85,7 +85,7 @@ def card_text(m: dict, cfg: dict) -> str:
             "",
             outline_markdown(m),
             "",
-            *([served_rule_line(m["model"]) + " The rule is this folder's `outline.json`.", ""] if served_rule_line(m["model"]) else []),
+            *([served + " The rule is this folder's `outline.json`.", ""] if (served := served_rule_line(m["model"])) else []),
             "```python",
             "from brainmri.models.multitask import UnetOnClassifier  # pip install -r requirements.txt of brain-mri",
             "",

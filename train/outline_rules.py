@@ -32,7 +32,7 @@ from tqdm import tqdm
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_config, checkpoint_split, twin_groups
 from brainmri.models.checkpoint import results_dir
-from brainmri.segmentation import OutlineRule, load_segmenter, normalise, to_input, write_rule
+from brainmri.segmentation import OutlineRule, batch_masks, gated, load_segmenter, normalise, to_input, write_rule
 from brainmri.vocabulary import NO_TUMOUR
 from train.experts import EXPERTS, decode_expert_masks
 from train.multitask_eval import overlap
@@ -63,25 +63,32 @@ def probabilities(model, x: torch.Tensor, batch_size: int = 32) -> tuple[torch.T
 
 
 def per_image(
-    rule: OutlineRule, plain: torch.Tensor, mirrored: torch.Tensor, says_tumour: torch.Tensor | None, truth: list[torch.Tensor]
+    rule: OutlineRule,
+    plain: torch.Tensor,
+    mirrored: torch.Tensor,
+    logits: torch.Tensor | None,
+    label_names: list[str],
+    truth: list[torch.Tensor],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's Dice against each expert (N, E) and whether its outline is empty (N,), under ``rule``."""
-    p = (plain + mirrored) / 2 if rule.mirror else plain
-    pred = p > rule.threshold
-    pred[pred.flatten(1).float().mean(dim=1) < rule.min_area] = False
-    if rule.gate and says_tumour is not None:
-        pred[~says_tumour] = False
+    """Each image's Dice against each expert (N, E) and whether its outline is empty (N,), under ``rule``: served
+    decoding (brainmri.segmentation's gate and smallest outline), at the model's input size."""
+    pred = batch_masks(gated((plain + mirrored) / 2 if rule.mirror else plain, logits, label_names, rule), rule)
     dice = np.stack([overlap(pred, t)[0] for t in truth], axis=1)
     return dice, ~pred.flatten(1).any(dim=1).numpy()
+
+
+def tumour_groups(labels: np.ndarray, class_names: list[str]) -> dict[str, np.ndarray]:
+    """ "all" tumours and each tumour class, as masks over the images."""
+    negative = class_names.index(NO_TUMOUR)
+    return {"all": labels != negative} | {c: labels == k for k, c in enumerate(class_names) if k != negative}
 
 
 def summarise(dice: np.ndarray, empty: np.ndarray, keep: np.ndarray, labels: np.ndarray, class_names: list[str], both: np.ndarray) -> dict:
     """Mean Dice against each expert per class on the scans both outlined, and the no-tumour share left empty,
     over the images in ``keep``."""
     negative = class_names.index(NO_TUMOUR)
-    groups = {"all": labels != negative} | {c: labels == k for k, c in enumerate(class_names) if k != negative}
     out: dict = {}
-    for g, sel in groups.items():
+    for g, sel in tumour_groups(labels, class_names).items():
         m = sel & both & keep
         out[g] = {"n": int(m.sum())} | {e: float(dice[m, j].mean()) for j, e in enumerate(EXPERTS)}
     neg = (labels == negative) & keep
@@ -120,11 +127,10 @@ def study(folder: Path, split_of: Path, data: str | None, min_empty: float, allo
     masks, known = decode_expert_masks(val, data, side)
     truth = [masks[:, j] > 0 for j in range(len(EXPERTS))]
     plain, mirrored, logits = probabilities(model, x)
-    negative = val.class_names.index(NO_TUMOUR)
-    says_tumour = None if logits is None else logits.argmax(dim=1) != negative
-    gates = (False, True) if says_tumour is not None else (False,)
+    gates = (False, True) if logits is not None else (False,)
     rules = [OutlineRule(t, a, m, g) for t, a, m, g in itertools.product(THRESHOLDS, MIN_AREAS, (False, True), gates)]
-    results = {r: per_image(r, plain, mirrored, says_tumour, truth) for r in tqdm(rules, desc="rules", leave=False)}
+    head = getattr(model, "label_names", val.class_names)  # the class head's order
+    results = {r: per_image(r, plain, mirrored, logits, head, truth) for r in tqdm(rules, desc="rules", leave=False)}
     labels, names, both = val.labels, val.class_names, known.all(dim=1).numpy()
 
     everything = np.ones(len(val), dtype=bool)
@@ -142,6 +148,7 @@ def study(folder: Path, split_of: Path, data: str | None, min_empty: float, allo
         held_out_dice[test], held_out_empty[test] = results[r][0][test], results[r][1][test]
 
     fixed = OutlineRule()
+    between = overlap(truth[0], truth[1])[0]  # the experts with each other
     chosen = choose(results, everything, labels, names, both, min_empty, allow_mirror)
     return {
         "model": folder.name,
@@ -152,14 +159,9 @@ def study(folder: Path, split_of: Path, data: str | None, min_empty: float, allo
             "rules": chosen_on_halves,
             "figures": summarise(held_out_dice, held_out_empty, everything, labels, names, both),
         },
-        "experts": summarise(
-            np.stack([overlap(truth[0], truth[1])[0]] * len(EXPERTS), axis=1),
-            np.zeros(len(val), dtype=bool),
-            everything,
-            labels,
-            names,
-            both,
-        ),
+        "experts": {
+            g: {"n": int((sel & both).sum()), "dice": float(between[sel & both].mean())} for g, sel in tumour_groups(labels, names).items()
+        },
         "grid": [{"rule": asdict(r), "figures": summarise(*results[r], everything, labels, names, both)} for r in rules],
         "_chosen": chosen,
     }
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"empty {f['no_tumour']['empty_share']:.3f}",
                 )
             f = s["experts"]
-            print("  experts         ", " ".join(f"{g}:{f[g][next(iter(EXPERTS))]:.3f}" for g in f if g != "no_tumour"))
+            print("  experts         ", " ".join(f"{g}:{r['dice']:.3f}" for g, r in f.items()))
 
     return exit_code(run, _logger)
 

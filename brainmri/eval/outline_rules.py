@@ -52,7 +52,7 @@ def outline_rules_markdown(path: str | Path | None = None) -> str:
             _row(f"fixed ({rule_words(s['fixed']['rule'])})", fixed),
             _row("chosen on all validation scans", s["chosen"]["figures"]),
             _row("cross-validated (chosen on one half, scored on the other)", s["cross_validated"]["figures"]),
-            "| experts vs each other | " + " | ".join(f"{s['experts'][g][EXPERTS[0]]:.3f}" for g in groups) + " | |",
+            "| experts vs each other | " + " | ".join(f"{s['experts'][g]['dice']:.3f}" for g in groups) + " | |",
         ]
         parts.append("\n".join(lines))
     allowed = "" if study.get("allow_mirror") else ", single-pass rules only (`--allow-mirror` off)"

@@ -22,7 +22,7 @@ from torch import nn
 from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.models.multitask import MultiTaskClassifier
 from brainmri.runtime import fold_batchnorm, native_bf16
-from brainmri.segmentation import Outline, OutlineRule, load_segmenter, outline, read_rule, says_tumour, to_input, tumour_probability
+from brainmri.segmentation import Outline, OutlineRule, gated, load_segmenter, outline, read_rule, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.settings import outline_bf16
 
@@ -76,7 +76,7 @@ def own_outlines(model: nn.Module, images: list[Image.Image], rule: OutlineRule 
     pass, which this path does not run: train.outline_rules writes no such rule unless asked (``--allow-mirror``)."""
     if not draws_own_outline(model) or model.last_mask_logits is None:
         return None
-    probability = torch.sigmoid(model.last_mask_logits[:, 0]).cpu()  # (B, S, S)
-    if rule.gate:
-        probability[~says_tumour(model.last_class_logits, model.net.label_names)] = 0
+    probability = gated(
+        torch.sigmoid(model.last_mask_logits[:, 0]), model.last_class_logits, model.net.label_names, rule
+    ).cpu()  # (B, S, S)
     return [outline(p, im.size, rule) for p, im in zip(probability, images)]
