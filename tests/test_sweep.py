@@ -260,3 +260,22 @@ def test_cpu_plan_is_the_shipped_lite0_protocol_at_native_resolution():
     metrics = json.loads((ROOT / "checkpoints/tf_efficientnet_lite0/metrics.json").read_text())
     # The same training: the ImageNet run's epochs, every one of them run there (a wall-clock budget would bend with the load).
     assert scratch["pretrained"] is False and scratch["epochs"] == shipped["epochs"] == metrics["epochs_run"]
+
+
+def test_whole_schedules_train_every_model_its_full_schedule_whatever_its_budget(tmp_path, monkeypatch):
+    """A GPU sweep run on CPU (--whole-schedules): no model's schedule is cut to the GPU's few seconds."""
+    import dataclasses
+
+    from train import sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "train_model", lambda cfg: seen.append(cfg))
+    monkeypatch.setattr(sweep, "measure_device", lambda peaks: {})
+    monkeypatch.setattr(sweep, "write_outputs", lambda *args, **kwargs: None)
+    plan = load_plan(SEED, out=str(tmp_path), only=["simple_cnn_7", "simple_cnn_10_e60"])
+    records = sweep.run_sweep(dataclasses.replace(plan, whole_schedules=True), resume=True)
+    assert [c.time_budget_s for c in seen] == [0.0, 0.0] and [c.epochs for c in seen] == [20, 60]
+    assert all(c.save_resume for c in seen) and [r["time_budget_s"] for r in records] == [None, None]
+    seen.clear()
+    sweep.run_sweep(plan)  # the GPU's way: each model's own budget
+    assert [c.time_budget_s for c in seen] == [m["time_budget_s"] for m in plan.models]

@@ -4,6 +4,8 @@
     python -m train.sweep --config train/sweeps/quick.yaml --data ../shared/data/brain-tumor-mri   # CPU check, < 1 min
     python -m train.sweep --config train/sweeps/cpu.yaml --resume    # the CPU plan: skips what finished, continues the rest
     python -m train.sweep --lease train/sweeps/lease.yaml --lane effnet_1 --deadline 400   # one lane of the GPU lease
+    python -m train.sweep --config train/sweeps/seed.yaml --whole-schedules --resume --out ../runs/seed_ma
+        # a GPU sweep on CPU: every model its whole schedule (epochs, early stopping), no wall-clock budget
 
 A config holds the ``protocol`` (the TrainConfig fields every model shares: data, split,
 seed, epochs, batch, optimiser, augmentation, early stopping) and the ``models``, each with
@@ -74,6 +76,9 @@ class SweepPlan:
     varies: tuple[str, ...] = ()  # protocol fields a model entry may set (a controlled change); none by default
     when_late: str = "cut"  # "cut": shorten budgets so every later model gets its minimum; "drop": don't start what no longer fits
     overrides: dict = dataclasses.field(default_factory=dict)  # fields set over protocol and entries alike (--set: a rehearsal)
+    # No wall-clock budgets: each model runs its whole schedule (epochs, early stopping). A GPU sweep's budgets, a
+    # few seconds an epoch there, would cut a CPU run of the same protocol to a few epochs.
+    whole_schedules: bool = False
 
 
 def load_plan(
@@ -220,7 +225,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = No
                 _logger.info("== %s (%d/%d): finished before, skipped", entry["model"], i + 1, len(plan.models))
                 records.append({"model": entry["model"], "status": "ok", "skipped": "finished before"})
                 continue
-            budget = budget_for(plan, i, time.perf_counter() - start)
+            budget = 0.0 if plan.whole_schedules else budget_for(plan, i, time.perf_counter() - start)
             cfg = model_config(plan, entry, budget, resumable=resume)
             reason = why_not_run(plan, i, time.perf_counter() - start, cfg)
             if reason:
@@ -228,8 +233,10 @@ def run_sweep(plan: SweepPlan, resume: bool = False, only: list[str] | None = No
                 records.append({"model": entry["model"], "status": reason, **({"lane": lane} if lane else {})})
                 write_outputs(plan, records, device, time.perf_counter() - start, lane)
                 continue
-            record = {"model": entry["model"], "time_budget_s": round(budget, 1), "status": "ok", **({"lane": lane} if lane else {})}
-            _logger.info("== %s (%d/%d): %.0f s of training", entry["model"], i + 1, len(plan.models), budget)
+            record = {"model": entry["model"], "time_budget_s": round(budget, 1) or None, "status": "ok"}
+            record |= {"lane": lane} if lane else {}
+            what = f"{budget:.0f} s of training" if budget else f"its whole schedule ({cfg.epochs} epochs at most)"
+            _logger.info("== %s (%d/%d): %s", entry["model"], i + 1, len(plan.models), what)
             t0 = time.perf_counter()
             try:
                 train_model(cfg)
@@ -297,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="MODEL", help="train only these models of the config")
     parser.add_argument("--lane", help="with --lease: the lane to run")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="TrainConfig fields over every model's (a rehearsal)")
+    whole = "no wall-clock budgets: every model runs its whole schedule (a GPU sweep's protocol on CPU)"
+    parser.add_argument("--whole-schedules", action="store_true", help=whole)
     args = parser.parse_args(argv)
     failed: list[str] = []
 
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             records = run_lane(args.lease, args.lane, args.deadline, args.data, args.out, overrides)
         else:
             plan = load_plan(args.config, args.data, args.out, args.deadline, args.only, overrides)
-            records = run_sweep(plan, resume=args.resume)
+            records = run_sweep(dataclasses.replace(plan, whole_schedules=args.whole_schedules), resume=args.resume)
         failed.extend(r["model"] for r in records if r["status"].startswith("failed"))
         if failed:
             _logger.error("failed: %s", ", ".join(failed))
