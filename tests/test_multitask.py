@@ -270,3 +270,26 @@ def test_the_one_encoder_section_shows_each_expert_beside_their_agreement_and_th
     assert "| unseen Testing | 336 | 98.5% (97.0-99.7) | 0.90% |" in text and "Temperature 0.700" in text
     assert "95.0% of 20" in text and "against unet_lite0's 0.830) fails" in text and "`tf_efficientnet_lite0` + `unet_lite0`" in text
     assert one_encoder_markdown(tmp_path / "nothing") == ""
+
+
+def test_a_chain_of_schedules_reads_as_one_start_and_its_schedules(tmp_path):
+    """The card's 'initialised from' line of a third schedule names the first start once, then each schedule."""
+    import json
+
+    from train.multitask import started_from
+
+    first = {"model": "multitask_lite0", "initialization": "ImageNet encoder (offline package p)", "epochs_run": 10, "train_seconds": 4764}
+    (tmp_path / "metrics.json").write_text(json.dumps(first))
+    second = started_from(tmp_path)
+    assert second == (
+        "an earlier multitask_lite0 run: ImageNet encoder (offline package p), trained 10 epochs (4764 s); "
+        "this run is the second schedule on its weights"
+    )
+    (tmp_path / "metrics.json").write_text(json.dumps({**first, "initialization": second, "epochs_run": 8, "train_seconds": 6775}))
+    assert started_from(tmp_path) == (
+        "an earlier multitask_lite0 run: ImageNet encoder (offline package p), trained 10 epochs (4764 s), then 8 epochs "
+        "(6775 s); this run is the third schedule on its weights"
+    )
+    old = second.replace("the second", "a second")  # the wording of the cards written before this one
+    (tmp_path / "metrics.json").write_text(json.dumps({**first, "initialization": old, "epochs_run": 8, "train_seconds": 6775}))
+    assert "trained 10 epochs (4764 s), then 8 epochs (6775 s); this run is the third" in started_from(tmp_path)

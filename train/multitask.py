@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -205,17 +206,31 @@ def check_init_split(cfg: MultiTaskConfig, val) -> None:
         )
 
 
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+_EARLIER = re.compile(
+    r"^an earlier (?P<model>\S+) run: (?P<start>.*?)(, trained (?P<trained>.*?))?; this run is (a|the) \w+ schedule on its weights$"
+)
+
+
 def started_from(folder: Path) -> str:
     """The card's line on where an --init-from run's weights came from, read from that folder's own record (the
-    folder may be replaced by this run's afterwards)."""
+    folder may be replaced by this run's afterwards). A chain of schedules reads as one start and its schedules:
+    "an earlier multitask_lite0 run: ImageNet encoder (...), trained 10 epochs (4764 s), then 8 epochs (6775 s);
+    this run is the third schedule on its weights"."""
     try:
         before = json.loads((folder / METRICS).read_text())
     except (OSError, ValueError):
         return f"the weights of {folder.name}"
-    return (
-        f"an earlier {before.get('model', folder.name)} run: {before.get('initialization', 'its own start')}, trained "
-        f"{before.get('epochs_run', '?')} epochs ({before.get('train_seconds', 0):.0f} s); this run is a second schedule on its weights"
-    )
+    model, start = before.get("model", folder.name), before.get("initialization", "its own start")
+    these = f"{before.get('epochs_run', '?')} epochs ({before.get('train_seconds', 0):.0f} s)"
+    earlier = _EARLIER.match(start)
+    if earlier and earlier["model"] == model:  # the folder was itself a later schedule: extend its chain
+        start, trained = earlier["start"], f"{earlier['trained']}, then {these}" if earlier["trained"] else these
+    else:
+        trained = these
+    n = trained.count(", then ") + 2
+    ordinal = ORDINALS[n - 1] if n <= len(ORDINALS) else f"{n}th"
+    return f"an earlier {model} run: {start}, trained {trained}; this run is the {ordinal} schedule on its weights"
 
 
 def fit(cfg: MultiTaskConfig) -> Path:

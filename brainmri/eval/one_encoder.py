@@ -105,5 +105,11 @@ def _verdict(verdict: dict | None) -> list[str]:
         f" {percent(acc['multitask'])} (n={acc['multitask_n']}) against {classifier}'s {percent(acc[classifier])}"
         f" (n={acc[f'{classifier}_n']}) {'passes' if passes['class'] else 'fails'}; the outline's Dice ({dice})"
         f" {'passes' if passes['outline'] else 'fails'}. Default: "
-        + ("**the multi-task model**." if verdict["default"] == "multitask" else f"**the pair, `{classifier}` + `{segmenter}`**."),
+        + (
+            "**the multi-task model**."
+            if verdict["default"] == "multitask"
+            # Since the outline rule study (train.outline_rules) the outline is this model's whichever classifier
+            # answers: what stays is the classifier, not the pair the rule named.
+            else f"**`{classifier}` classifies**; the multi-task model outlines for it, by the rule above."
+        ),
     ]

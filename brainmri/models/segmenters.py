@@ -88,8 +88,8 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
     ]
 }
 # The app's outline, whichever classifier is picked: the multi-task model's decoder, decoded by its folder's
-# outline.json (no outline where its own class head says no tumour). On the validation scans it matches unet_lite0
-# against Cheng's masks, beats it against BRISC's and leaves 97.8% of no-tumour slices empty to the U-Net's 92.1%
+# outline.json (no outline where its own class head says no tumour). On the validation scans it beats unet_lite0
+# against both experts' masks and leaves 97.8% of no-tumour slices empty to the U-Net's 92.1%
 # (python -m train.outline_rules; docs/segmentation.md).
 SEGMENTER_DEFAULT = "multitask_lite0"
 UNET = "unet_lite0"  # the U-Net that outlined before it, still shipped: train.segment's default
