@@ -160,3 +160,13 @@ def test_the_duplicate_audit_is_said_in_words():
     text = dataview.audit_markdown(summary)
     assert "**216 Testing images** have a byte-identical copy in Training" in text and "**839 Testing images**" in text
     assert "{" not in text and "/" not in text.replace("32 x 32", "")  # words, no JSON, no paths
+
+
+def test_a_cam_layer_list_names_the_module_its_layers_share_once():
+    from brainmri.app.experiments import layer_label
+
+    assert layer_label("bn2+blocks.4+blocks.2") == "`bn2+blocks.4+blocks.2`"
+    wrapped = "net.classifier.bn2+net.classifier.blocks.4+net.classifier.blocks.2"
+    assert layer_label(wrapped) == "`bn2+blocks.4+blocks.2` in `net.classifier`"
+    assert layer_label("net.classifier.bn2") == "`bn2` in `net.classifier`"
+    assert layer_label("features.9") == "`9` in `features`"

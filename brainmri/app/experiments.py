@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -162,6 +163,16 @@ def _sweep_cell(key: str, value: str | None) -> str:
     return value
 
 
+def layer_label(layer: str) -> str:
+    """A CAM layer list ("a.b.bn2+a.b.blocks.4") as a table cell: the module they share named once, so that the one
+    encoder's stages (inside its wrapper, ``net.classifier``) read like the Lite0 classifier's own."""
+    parts = layer.split("+")
+    shared = os.path.commonprefix(parts)
+    shared = shared[: shared.rfind(".") + 1]
+    cell = f"`{'+'.join(part[len(shared) :] for part in parts)}`"
+    return f"{cell} in `{shared[:-1]}`" if shared else cell
+
+
 def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
     """The pointing game (reports.cam_localisation) as a Markdown table: per model, layer and method, the share of
     held-out boxed slices whose heatmap peak falls in the tumour box, per class, the mass in the box, and chance."""
@@ -179,7 +190,8 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
         per = r.get("per_class", {})
         cls = [percent((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
         lines.append(
-            f"| {run['model']} | `{run['layer']}` | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | **{percent(r['hit'])}** | "
+            f"| {run['model']} | {layer_label(run['layer'])} | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | "
+            f"**{percent(r['hit'])}** | "
             f"{' | '.join(cls)} | "
             f"{percent(r['mass'])} | {percent(r['centre'])} | {percent(r['head'])} |"
         )
