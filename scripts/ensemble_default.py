@@ -25,7 +25,7 @@ from brainmri.eval.ensemble import mean_probs  # noqa: E402
 from brainmri.eval.metrics import classification_report  # noqa: E402
 from brainmri.models.checkpoint import load_checkpoint  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
-from train.evaluate import load_test_split, predict_logits  # noqa: E402
+from train.evaluate import load_test_split, predict_logits, score  # noqa: E402
 
 MEMBERS = ("tf_efficientnet_lite0", "multitask_lite0")
 
@@ -45,16 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     test, unseen = load_test_split(args.data)
     probs = {}
     for name, folder in zip(MEMBERS, folders):
-        model, t = load_checkpoint(folder).eval(), load_temperature(folder)
+        model, t = load_checkpoint(folder), load_temperature(folder)
         probs[name] = {"val": calibrated_probs(predict_logits(model, val), t), "test": calibrated_probs(predict_logits(model, test), t)}
     probs["mean of both"] = {s: mean_probs([probs[m][s] for m in MEMBERS]) for s in ("val", "test")}
     figures = {}
     for name, p in probs.items():
-        reports = {
-            "validation": classification_report(p["val"], val.labels, val.class_names),
-            "test": classification_report(p["test"], test.labels, test.class_names),
-            "test_unseen": classification_report(p["test"][unseen], test.labels[unseen], test.class_names),
-        }
+        reports = {"validation": classification_report(p["val"], val.labels, val.class_names), **score(p["test"], test, unseen)}
         figures[name] = {k: {"n": r["n"], "accuracy": r["accuracy"], "ece": r["ece"]} for k, r in reports.items()}
         row = "  ".join(f"{k} {r['accuracy']:.2%} (n={r['n']}, ECE {r['ece']:.2%})" for k, r in figures[name].items())
         print(f"{name:24s} {row}")

@@ -168,5 +168,5 @@ def test_a_cam_layer_list_names_the_module_its_layers_share_once():
     assert layer_label("bn2+blocks.4+blocks.2") == "`bn2+blocks.4+blocks.2`"
     wrapped = "net.classifier.bn2+net.classifier.blocks.4+net.classifier.blocks.2"
     assert layer_label(wrapped) == "`bn2+blocks.4+blocks.2` in `net.classifier`"
-    assert layer_label("net.classifier.bn2") == "`bn2` in `net.classifier`"
-    assert layer_label("features.9") == "`9` in `features`"
+    assert layer_label("net.classifier.bn2") == "`net.classifier.bn2`"  # one layer: nothing shared to name once
+    assert layer_label("features.9") == "`features.9`"

@@ -165,9 +165,10 @@ def _sweep_cell(key: str, value: str | None) -> str:
 
 def layer_label(layer: str) -> str:
     """A CAM layer list ("a.b.bn2+a.b.blocks.4") as a table cell: the module they share named once, so that the one
-    encoder's stages (inside its wrapper, ``net.classifier``) read like the Lite0 classifier's own."""
+    encoder's stages (inside its wrapper, ``net.classifier``) read like the Lite0 classifier's own. One layer stays
+    as it is."""
     parts = layer.split("+")
-    shared = os.path.commonprefix(parts)
+    shared = os.path.commonprefix(parts) if len(parts) > 1 else ""
     shared = shared[: shared.rfind(".") + 1]
     cell = f"`{'+'.join(part[len(shared) :] for part in parts)}`"
     return f"{cell} in `{shared[:-1]}`" if shared else cell
