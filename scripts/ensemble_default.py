@@ -33,7 +33,7 @@ MEMBERS = ("tf_efficientnet_lite0", "multitask_lite0")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=default_data(), help="the data folder")
-    parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
+    parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"), help="the folder of shipped checkpoints to compare")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     folders = [Path(args.checkpoints) / m for m in MEMBERS]
