@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# The CPU plan, resumable (train/sweeps/cpu.yaml): each model in turn with --resume (a finished one is
-# skipped, an interrupted one continues from its last epoch); the moment one finishes, its folder is
-# shipped into checkpoints/ and committed (only that folder), so that a session ending mid-plan loses
-# at most the epoch in progress. Run it in the background:
+# The CPU plan, resumable: each model of a sweep config in turn with --resume (a finished one is skipped,
+# an interrupted one continues from its last epoch); the moment one finishes, its folder is shipped into
+# checkpoints/ and committed (only that folder), so that a session ending mid-plan loses at most the epoch
+# in progress. Run it in the background, from a worktree, shipping into the main checkout:
 #
-#   mkdir -p ../brain-mri-runs && nohup nice bash scripts/cpu_plan.sh > ../brain-mri-runs/cpu_plan.log 2>&1 &
+#   mkdir -p ../runs && SHIP_TO=../main nohup nice bash scripts/cpu_plan.sh > ../runs/cpu_plan.log 2>&1 &
+#   bash scripts/cpu_plan.sh train/sweeps/seed.yaml --whole-schedules --set amp=bf16   # the seed's simple CNNs
+#
+# Arguments: the sweep config (train/sweeps/cpu.yaml by default), then options for train.sweep.
+# OUT: the runs folder, instead of the config's out; SHIP_TO: the checkout that receives and commits (this one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-config=train/sweeps/cpu.yaml
+config=${1:-train/sweeps/cpu.yaml}
+shift $(($# > 0 ? 1 : 0))
+out=${OUT:-$("$PY" -c "import yaml; print(yaml.safe_load(open('$config'))['out'])")}
+ship_to=${SHIP_TO:-.}
 models=$("$PY" -c "import yaml; print(' '.join(m['model'] for m in yaml.safe_load(open('$config'))['models']))")
 for model in $models; do
-  "$PY" -m train.sweep --config "$config" --resume --only "$model" || { echo "$model failed; stopping"; exit 1; }
-  run=$("$PY" -c "import yaml; print(yaml.safe_load(open('$config'))['out'])")/$model
+  "$PY" -m train.sweep --config "$config" --out "$out" --resume --only "$model" "$@" || { echo "$model failed; stopping"; exit 1; }
+  run=$out/$model
+  dest=$ship_to/checkpoints/$model
   # Ship a finished run once: not again when checkpoints/ already holds these weights (later edits there stay).
-  if [[ -f $run/metrics.json && ! -d $run/resume ]] && ! cmp -s "$run/model.safetensors" "checkpoints/$model/model.safetensors"; then
-    rm -rf "checkpoints/$model" && cp -r "$run" "checkpoints/$model"
-    git add "checkpoints/$model" && git commit -q -m "Ship $model from the CPU plan (train/sweeps/cpu.yaml)" -- "checkpoints/$model" &&
+  if [[ -f $run/metrics.json && ! -d $run/resume ]] && ! cmp -s "$run/model.safetensors" "$dest/model.safetensors"; then
+    rm -rf "$dest" && cp -r "$run" "$dest"
+    git -C "$ship_to" add "checkpoints/$model" &&
+      git -C "$ship_to" commit -q -m "Ship $model from the CPU plan ($config)" -- "checkpoints/$model" &&
       echo "shipped and committed checkpoints/$model"
   fi
 done
