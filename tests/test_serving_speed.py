@@ -1,5 +1,6 @@
 """The serving speed-ups compute the same answers: batch norm folded into the convolutions
-(brainmri.runtime.fold_batchnorm) and a backward pass that starts at the CAM layers with every
+(brainmri.runtime.fold_batchnorm), TensorFlow's "SAME" padding moved into the kernel (brainmri.runtime.same_padding_in_kernel)
+and a backward pass that starts at the CAM layers with every
 parameter frozen (brainmri.explain.prepare_for_cam). Every registry model, untrained, at 64 px.
 """
 
@@ -10,11 +11,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from timm.layers import Conv2dSame
 from torch import nn
 
 from brainmri.explain import gradcam_batch, prepare_for_cam
 from brainmri.models import registry
-from brainmri.runtime import FOLDABLE_NORMS, fold_batchnorm
+from brainmri.models.segmenters import SEGMENTERS, create_segmenter
+from brainmri.runtime import FOLDABLE_NORMS, Conv2dSameInKernel, fold_batchnorm, same_padding_in_kernel
 
 NUM_CLASSES = 4
 SIZE = 64
@@ -71,3 +74,39 @@ def test_a_frozen_model_gives_the_heatmap_of_a_trainable_one_and_no_weight_gradi
     frozen, _ = gradcam_batch(model, layers, x, "LayerCAM", [2])
     np.testing.assert_allclose(frozen, trainable, atol=1e-5)
     assert all(p.grad is None for p in model.parameters()), "the frozen CAM pass computed weight gradients"
+
+
+# The models built on TensorFlow-ported timm weights (tf_*), whose stride-2 convolutions pad "SAME"; the others have none.
+SAME_PADDED = [n for n in dict.fromkeys([*registry.REGISTRY, *SEGMENTERS]) if "lite" in n]
+
+
+@pytest.mark.parametrize("name", SAME_PADDED)
+def test_same_padding_in_the_kernel_gives_the_same_numbers_at_odd_and_even_sizes(name: str):
+    """Sizes whose stride-2 steps meet even sides (64) and odd ones (65; Lite2's heatmap at 390 px meets 195)."""
+    torch.manual_seed(0)
+    model = create_segmenter(name) if name in SEGMENTERS else untrained(name)
+    model.eval()
+    moved = copy.deepcopy(model)
+    count = same_padding_in_kernel(moved)
+    assert count == sum(type(m) is Conv2dSame for m in model.modules()) > 0, f"{name}: {count} replaced"
+    assert sum(type(m) is Conv2dSame for m in moved.modules()) == 0
+    assert moved.state_dict().keys() == model.state_dict().keys()
+    for size in (64, 65):
+        x = torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            before, after = model(x), moved(x)
+        before, after = (before[0], after[0]) if isinstance(before, tuple) else (before, after)
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()), msg=f"{name} at {size} px")
+
+
+def test_a_shifted_kernel_trains_like_the_padded_copy():
+    """The gradient reaches the one weight tensor (the leading zero row is padding, not a parameter)."""
+    torch.manual_seed(0)
+    conv = Conv2dSame(4, 4, 3, stride=2, groups=4)
+    moved = copy.deepcopy(conv)
+    parent = nn.Sequential(moved)
+    assert same_padding_in_kernel(parent) == 1 and isinstance(parent[0], Conv2dSameInKernel)
+    x = torch.randn(1, 4, 10, 10)
+    conv(x).square().sum().backward()
+    parent(x).square().sum().backward()
+    torch.testing.assert_close(parent[0].weight.grad, conv.weight.grad)

@@ -20,7 +20,7 @@ from brainmri.explain import FUSING_METHODS, prepare_for_cam
 from brainmri.models.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.models.registry import cam_layer, get_spec
 from brainmri.ood import OODStats, load_stats
-from brainmri.runtime import fold_batchnorm
+from brainmri.runtime import fold_batchnorm, same_padding_in_kernel
 from brainmri.segmentation import OutlineRule, read_rule
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.serving.overlap import shared_weights_copy
@@ -68,7 +68,8 @@ class LoadedModel:
 
 
 def load_model(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedModel:
-    """Rebuild a checkpoint for serving: eval mode, batch norm folded, channels_last, no parameter requiring grad.
+    """Rebuild a checkpoint for serving: eval mode, batch norm folded, "SAME" padding in the kernel, channels_last, no
+    parameter requiring grad (brainmri.runtime).
 
     Args:
         name: the registry name it is served under.
@@ -83,6 +84,7 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
     spec = get_spec(registry_name)
     stages = spec.cam_stages(model)
     fold_batchnorm(model, keep=[layer, *stages])  # on the CPU, before the move: the folded weights are computed once
+    same_padding_in_kernel(model, keep=[layer, *stages])
     prepare_for_cam(model)
     model = place_model(model, device)
     return LoadedModel(

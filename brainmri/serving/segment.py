@@ -21,7 +21,7 @@ from torch import nn
 
 from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.models.multitask import MultiTaskClassifier
-from brainmri.runtime import fold_batchnorm, native_bf16
+from brainmri.runtime import fold_batchnorm, native_bf16, same_padding_in_kernel
 from brainmri.segmentation import Outline, OutlineRule, gated, load_segmenter, outline, read_rule, to_input, tumour_probability
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.settings import outline_bf16
@@ -50,6 +50,7 @@ def load_for_serving(name: str, folder: str | Path, device: torch.device | str |
     model = load_segmenter(folder)
     size = model.input_size
     fold_batchnorm(model)
+    same_padding_in_kernel(model)
     model = place_model(model.requires_grad_(False), device)
     bf16 = device.type == "cpu" and outline_bf16() and native_bf16()
     return LoadedSegmenter(name, model, size, count_tensors_bytes(model), device, bf16=bf16, rule=read_rule(folder))
