@@ -24,8 +24,11 @@ for model in $models; do
   # Ship a finished run once: not again when checkpoints/ already holds these weights (later edits there stay).
   if [[ -f $run/metrics.json && ! -d $run/resume ]] && ! cmp -s "$run/model.safetensors" "$dest/model.safetensors"; then
     rm -rf "$dest" && cp -r "$run" "$dest"
-    git -C "$ship_to" add "checkpoints/$model" &&
-      git -C "$ship_to" commit -q -m "Ship $model from the CPU plan ($config)" -- "checkpoints/$model" &&
+    # The generated tables and plots follow the checkpoints (tests/test_docs.py), in the same commit.
+    generated=(README.md docs/experiments.md results)
+    (cd "$ship_to" && "$PY" -m reports.results --docs && "$PY" -m reports.plots) || echo "could not regenerate the tables of $ship_to"
+    git -C "$ship_to" add "checkpoints/$model" "${generated[@]}" &&
+      git -C "$ship_to" commit -q -m "Ship $model from the CPU plan ($config)" -- "checkpoints/$model" "${generated[@]}" &&
       echo "shipped and committed checkpoints/$model"
   fi
 done

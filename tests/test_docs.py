@@ -36,6 +36,7 @@ def test_the_generator_writes_where_the_docs_read():
     assert _markers(results.SEGMENTATION_DOC, results.SEGMENTATION_SECTION) == 1 and _markers(README, results.SEGMENTATION_SECTION) == 0
     assert _markers(results.SEGMENTATION_DOC, results.ONE_ENCODER_SECTION) == 1 and _markers(README, results.ONE_ENCODER_SECTION) == 1
     assert _markers(results.SEGMENTATION_DOC, results.OUTLINE_RULES_SECTION) == 1
+    assert _markers(results.DOCS, results.RETRAINED_SECTION) == 1
 
 
 def test_the_generated_tables_are_what_the_checkpoints_say_today(tmp_path, monkeypatch):

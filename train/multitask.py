@@ -64,6 +64,7 @@ class MultiTaskConfig:
     dice: str = "batch"  # "batch": soft Dice of the batch as one volume; "image": mean per-image Dice over the
     # tumour images (the mean per-scan Dice validation scores; one volume lets large tumours outweigh small ones)
     val_fraction: float = 0.15  # the classifiers' split (brainmri.data.split): same fraction and seed, same validation scans
+    split: str = "mirror-aware"  # its twin rule (brainmri.data.split.SPLIT_RULES), recorded as the classifiers' is
     seed: int = 0
     input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
     amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (twice as fast on an avx512_bf16 CPU); "none": fp32
@@ -90,7 +91,7 @@ def autocast(cfg: MultiTaskConfig, device: torch.device):
 
 def load_split(cfg: MultiTaskConfig) -> dict:
     """Per side: records, uint8 images (N, 3, S, S), expert masks (N, E, S, S) and which exist (N, E)."""
-    train, val = training_split(cfg.data, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    train, val = training_split(cfg.data, cfg.val_fraction, cfg.seed, cfg.limit_per_class, cfg.split)
     out = {}
     for name, records in (("train", train), ("val", val)):
         x = torch.empty((len(records), 3, cfg.input_size, cfg.input_size), dtype=torch.uint8)
