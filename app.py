@@ -34,7 +34,7 @@ from brainmri.models.catalog import discover, discover_segmenter, labelled_choic
 from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
 from brainmri.serving import Predictor
-from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch
+from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch, session_capacity
 
 setup_logging()
 _logger = logging.getLogger(__name__)
@@ -287,7 +287,14 @@ def launch(prevent_thread_lock: bool = False, **kwargs):
     """Serve the app and its MCP server (style sheet, upload limit, models loaded); server_name / port default to
     GRADIO_SERVER_*. The MCP tool's staged copies of images are tracked before the first request (brainmri.app.tool)."""
     PREDICTOR.warm()  # the first visitor does not wait for the default model to load
-    served = demo.launch(css=display.CSS, max_file_size=MAX_BYTES, mcp_server=True, prevent_thread_lock=True, **kwargs)
+    served = demo.launch(
+        css=display.CSS,
+        max_file_size=MAX_BYTES,
+        mcp_server=True,
+        prevent_thread_lock=True,
+        state_session_capacity=session_capacity(),  # bounds memory: each API call opens a session (brainmri.settings)
+        **kwargs,
+    )
     tool.track_mcp_staging(demo)
     if not prevent_thread_lock:
         demo.block_thread()

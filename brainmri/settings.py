@@ -139,6 +139,15 @@ def concurrency_limit() -> int:
     return _positive_int("GRADIO_DEFAULT_CONCURRENCY_LIMIT", 2 * max_batch())
 
 
+def session_capacity() -> int:
+    """``BRAIN_MRI_SESSIONS``: the most sessions Gradio keeps in memory (its ``state_session_capacity``); the least
+    recently used is dropped beyond it. Every API call without a session opens one, and Gradio keeps a copy of the
+    page's configuration in each (0.46 MB here): at Gradio's default of 10,000 the app grew by 230 MB every 500
+    requests and did not level off (docs/serving.md). A browser visitor whose session was dropped uploads again.
+    Default: 256."""
+    return _positive_int("BRAIN_MRI_SESSIONS", 256)
+
+
 def gradio_temp_dir() -> Path:
     """``GRADIO_TEMP_DIR`` (Gradio's own variable): where Gradio keeps uploads, resolved.
     Default: ``gradio/`` in the system's temporary folder, as Gradio itself uses."""

@@ -74,7 +74,7 @@ def launch_app(concurrency_limit: int, max_size: int):
     queue = app.demo._queue
     restore = (queue.max_size, queue.default_concurrency_limit)  # the app's own settings, put back by close_app
     app.demo.queue(max_size=max_size, default_concurrency_limit=concurrency_limit or restore[1])
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)  # as python app.py does
     return (app.demo, restore), f"http://127.0.0.1:{port}/"
 
 

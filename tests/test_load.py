@@ -59,3 +59,15 @@ def test_the_app_in_its_own_process_reports_its_cpu_and_memory(data_dir: Path):
     assert r["server_cpu_ms_per_answer"] > 0 and 0 < r["server_rss_mib"] <= r["server_peak_rss_mib"]
     assert len(r["server_rss_by_round_mib"]) == 2 and r["server_rss_by_round_mib"][-1] == r["server_rss_mib"]
     assert 0 < r["server_start_rss_mib"] <= r["server_peak_rss_mib"]
+
+
+def test_sessions_are_bounded_so_memory_levels_off(data_dir: Path, monkeypatch):
+    """Each REST call opens a Gradio session holding a copy of the page's configuration; Gradio's default keeps 10,000
+    of them (the app grew 0.46 MB a request); the app keeps BRAIN_MRI_SESSIONS (brainmri.settings.session_capacity).
+    The load test's own server is launched as ``python app.py`` launches it, so it runs with the app's settings."""
+    import app
+
+    monkeypatch.setenv("BRAIN_MRI_SESSIONS", "5")
+    r = load_test.load_test(clients=12, requests=1, model="simple_cnn_7", time_limit=120, data=data_dir)
+    assert r["answered"] == r["sent"] == 12 and r["errors"] == 0, r["examples"]
+    assert app.demo.state_session_capacity == 5  # Gradio drops the least recently used session beyond it

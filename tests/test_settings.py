@@ -28,6 +28,7 @@ VARIABLES = [
     "BRAIN_MRI_DEVICE",
     "SPACES_ZERO_GPU",
     "BRAIN_MRI_OUTLINE_BF16",
+    "BRAIN_MRI_SESSIONS",
 ]
 
 
@@ -47,7 +48,7 @@ def test_defaults_without_the_environment(clean_env):
     assert settings.max_batch() == 8 and settings.concurrency_limit() == 16 and settings.batch_workers() == 2
     assert settings.gradio_temp_dir().name == "gradio" and settings.gradio_temp_dir().is_absolute()
     assert settings.serving_device() == "auto" and settings.on_zerogpu() is False
-    assert settings.outline_bf16() is True
+    assert settings.outline_bf16() is True and settings.session_capacity() == 256
 
 
 def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
@@ -62,6 +63,7 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
         "BRAIN_MRI_MAX_BATCH": "4",
         "BRAIN_MRI_WORKERS": "3",
         "GRADIO_TEMP_DIR": str(tmp_path / "uploads"),
+        "BRAIN_MRI_SESSIONS": "50",
     }
     for name, value in values.items():
         clean_env.setenv(name, value)
@@ -70,6 +72,7 @@ def test_each_variable_is_read_when_asked(clean_env, tmp_path: Path):
     assert settings.default_model() == "simple_cnn_7" and settings.torch_threads() == 3
     assert settings.model_cache_mb() == 64.5 and settings.max_batch() == 4 and settings.batch_workers() == 3
     assert settings.concurrency_limit() == 8  # twice the batch unless set itself
+    assert settings.session_capacity() == 50
     clean_env.setenv("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "2")
     assert settings.concurrency_limit() == 2
     assert settings.gradio_temp_dir() == (tmp_path / "uploads").resolve()
@@ -101,6 +104,7 @@ def test_zerogpu_serves_each_request_alone(clean_env):
         ("BRAIN_MRI_DEVICE", "gpu", settings.serving_device),
         ("BRAIN_MRI_DEVICE", "cuda:x", settings.serving_device),
         ("BRAIN_MRI_OUTLINE_BF16", "yes", settings.outline_bf16),
+        ("BRAIN_MRI_SESSIONS", "0", settings.session_capacity),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(clean_env, name: str, value: str, read):
