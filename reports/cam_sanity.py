@@ -1,6 +1,7 @@
 """Do the heatmaps look at the brain? The share of Grad-CAM mass inside a simple brain mask, per model.
 
     python -m reports.cam_sanity [--data DATA] [--limit-per-class N] [--models a b] [--out results/cam_sanity.json]
+    python -m reports.cam_sanity --models simple_cnn_7 --update   # a retrained model: its entry replaced, the rest kept
 
 For every shipped model and every Testing image (or a seeded subset of ``N`` per class), the
 heatmap comes from the app's own path (``Predictor.predict`` -> ``brainmri.explain.gradcam_batch``),
@@ -98,6 +99,20 @@ def model_report(predictor: Predictor, name: str, files: list[tuple[Path, str]])
     }
 
 
+def cam_sanity_markdown(path: Path | None = None) -> str:
+    """The report as a table, one row per model (docs/heatmaps.md; written by ``python -m reports.results --docs``)."""
+    path = results_dir() / CAM_SANITY if path is None else path
+    if not path.is_file():
+        return "The check has not run yet.\n"
+    models = json.loads(path.read_text())["models"]
+    classes = sorted({c for r in models.values() for c in r.get("per_class", {})})
+    lines = ["| model | mean | median | " + " | ".join(classes) + " |", "|---|" + "---:|" * (2 + len(classes))]
+    for name, r in models.items():
+        per_class = [f"{r['per_class'][c]['mean']:.3f}" if c in r.get("per_class", {}) else "" for c in classes]
+        lines.append(f"| {name} | {r['mean']:.3f} | {r['median']:.3f} | " + " | ".join(per_class) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit-per-class draw")
     parser.add_argument("--models", nargs="*", default=None, help="default: every available local checkpoint")
     parser.add_argument("--out", type=Path, default=results_dir() / CAM_SANITY, help="the report (default: %(default)s)")
+    parser.add_argument(
+        "--update", action="store_true", help="replace these models' entries in the report at --out and keep the others' (retrained models)"
+    )
     args = parser.parse_args(argv)
 
     def run() -> None:
-        predictor = Predictor(discover(hub=False))
+        predictor = Predictor(discover(hub=False), segmenter=None)  # the heatmap alone: no outline to draw
         models = args.models or predictor.available
         files = test_files(args.data, args.limit_per_class, args.seed)
         report = {
@@ -120,9 +138,17 @@ def main(argv: list[str] | None = None) -> int:
             "cam": "Grad-CAM via brainmri.explain (the app's path)",
             "models": {name: model_report(predictor, name, files) for name in models},
         }
+        if args.update and args.out.is_file():
+            kept = json.loads(args.out.read_text())
+            settings = ("split", "images", "subset", "mask", "cam")
+            if any(kept.get(k) != report[k] for k in settings):
+                raise ValueError(f"{args.out} was made with other settings ({', '.join(settings)}): rerun every model instead of --update")
+            report["models"] = {**kept["models"], **report["models"]}  # the others' entries, in their order
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         for name, r in report["models"].items():
+            if name not in models:
+                continue
             print(
                 f"{name}: mean in-brain share {r['mean']:.3f} (median {r['median']:.3f},"
                 f" chance {r['mask_area_mean']:.3f}) -> {r['verdict']}"

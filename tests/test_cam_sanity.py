@@ -50,6 +50,23 @@ def test_cli_on_one_image_per_class(data_dir: Path, tmp_path: Path):
     assert r["verdict"].startswith("attention mostly")
 
 
+def test_update_replaces_one_model_and_keeps_the_others(data_dir: Path, tmp_path: Path):
+    """A retrained model's entry is rerun alone; a report made with other settings is not mixed into."""
+    out = tmp_path / "cam.json"
+    args = ["--data", str(data_dir), "--limit-per-class", "1", "--models", "simple_cnn_7", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    report["models"] = {"other": {"mean": 0.5}, "simple_cnn_7": {"mean": -1}}
+    out.write_text(json.dumps(report))
+    assert main([*args, "--update"]) == 0
+    updated = json.loads(out.read_text())
+    assert list(updated["models"]) == ["other", "simple_cnn_7"] and updated["models"]["other"] == {"mean": 0.5}
+    assert 0 <= updated["models"]["simple_cnn_7"]["mean"] <= 1
+    out.write_text(json.dumps({**report, "images": 1311}))
+    assert main([*args, "--update"]) == 2  # other settings: a clear error, the report left as it was
+    assert json.loads(out.read_text())["images"] == 1311
+
+
 @pytest.mark.slow
 def test_full_testing_split_reproduces_the_committed_report(data_dir: Path, tmp_path: Path):
     """results/cam_sanity.json (README, Experiments tab) is what the check gives on all of Testing today, for the

@@ -37,16 +37,20 @@ def test_the_generator_writes_where_the_docs_read():
     assert _markers(results.SEGMENTATION_DOC, results.ONE_ENCODER_SECTION) == 1 and _markers(README, results.ONE_ENCODER_SECTION) == 1
     assert _markers(results.SEGMENTATION_DOC, results.OUTLINE_RULES_SECTION) == 1
     assert _markers(results.DOCS, results.RETRAINED_SECTION) == 1
+    assert _markers(results.HEATMAPS_DOC, results.CAM_SANITY_SECTION) == 1
 
 
 def test_the_generated_tables_are_what_the_checkpoints_say_today(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the sources are named relative to the repository, as in the command
     docs, readme, segmentation = tmp_path / "experiments.md", tmp_path / "README.md", tmp_path / "segmentation.md"
+    heatmaps = tmp_path / "heatmaps.md"
+    shutil.copy(results.HEATMAPS_DOC, heatmaps)
     shutil.copy(results.DOCS, docs)
     shutil.copy(README, readme)
     shutil.copy(results.SEGMENTATION_DOC, segmentation)
     rows = results.gather(results.SOURCES)
-    results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme, segmentation)
+    results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme, segmentation, heatmaps)
+    assert heatmaps.read_text() == results.HEATMAPS_DOC.read_text(), "docs/heatmaps.md is stale: python -m reports.results --docs"
     assert segmentation.read_text() == results.SEGMENTATION_DOC.read_text(), (
         "docs/segmentation.md is stale: python -m reports.results --docs"
     )
