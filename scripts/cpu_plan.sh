@@ -25,7 +25,7 @@ for model in $models; do
   if [[ -f $run/metrics.json && ! -d $run/resume ]] && ! cmp -s "$run/model.safetensors" "$dest/model.safetensors"; then
     rm -rf "$dest" && cp -r "$run" "$dest"
     # The generated tables and plots follow the checkpoints (tests/test_docs.py), in the same commit.
-    generated=(README.md docs/experiments.md results)
+    generated=(README.md docs results)
     # and the heatmap check's entry for this model (tests/test_cam_sanity.py reruns some on all of Testing).
     (cd "$ship_to" && "$PY" -m reports.results --docs && "$PY" -m reports.plots && "$PY" -m reports.cam_sanity --models "$model" --update) ||
       echo "could not regenerate the tables of $ship_to"
