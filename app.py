@@ -287,14 +287,8 @@ def launch(prevent_thread_lock: bool = False, **kwargs):
     """Serve the app and its MCP server (style sheet, upload limit, models loaded); server_name / port default to
     GRADIO_SERVER_*. The MCP tool's staged copies of images are tracked before the first request (brainmri.app.tool)."""
     PREDICTOR.warm()  # the first visitor does not wait for the default model to load
-    served = demo.launch(
-        css=display.CSS,
-        max_file_size=MAX_BYTES,
-        mcp_server=True,
-        prevent_thread_lock=True,
-        state_session_capacity=session_capacity(),  # bounds memory: each API call opens a session (brainmri.settings)
-        **kwargs,
-    )
+    options = dict(css=display.CSS, max_file_size=MAX_BYTES, mcp_server=True, state_session_capacity=session_capacity())  # sessions: memory
+    served = demo.launch(prevent_thread_lock=True, **options, **kwargs)
     tool.track_mcp_staging(demo)
     if not prevent_thread_lock:
         demo.block_thread()
