@@ -133,7 +133,10 @@ NOTE = (
     "The seed's figure was measured on the official **Testing** split (the seed called it validation); ours are "
     "chosen on a validation split cut from Training and reported on Testing and on its unseen subset (no exact, near or "
     "mirrored twin in Training). One run each "
-    "(seed 0) on one GPU: differences under a point of validation accuracy are within run-to-run noise. "
+    "(seed 0; the device column says where): differences under a point of validation accuracy are within run-to-run noise. "
+    "While the models are being retrained on the mirror-aware split, a retrained one is chosen on its whole validation "
+    "split and one not retrained yet on the leak-free part of its own (docs/experiments.md, retrained on the mirror-aware "
+    "split), so a claim that pairs the two compares different validation images. "
     "Sequential 1-4 reproduce the seed's depth and epochs; each claim after them is one change to Sequential 4."
 )
 
