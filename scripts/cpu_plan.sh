@@ -27,7 +27,7 @@ for model in $models; do
     # The generated tables and plots follow the checkpoints (tests/test_docs.py), in the same commit.
     generated=(README.md docs results)
     # and the heatmap check's entry for this model (tests/test_cam_sanity.py reruns some on all of Testing).
-    (cd "$ship_to" && "$PY" -m reports.results --docs && "$PY" -m reports.plots && "$PY" -m reports.cam_sanity --models "$model" --update) ||
+    (cd "$ship_to" && "$PY" -m reports.cam_sanity --models "$model" --update && "$PY" -m reports.results --docs && "$PY" -m reports.plots) ||
       echo "could not regenerate the tables of $ship_to"
     git -C "$ship_to" add "checkpoints/$model" "${generated[@]}" &&
       git -C "$ship_to" commit -q -m "Ship $model from the CPU plan ($config)" -- "checkpoints/$model" "${generated[@]}" &&
