@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, Conv2dSame
+from timm.layers.padding import get_same_padding
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -124,14 +125,14 @@ class Conv2dSameInKernel(nn.Conv2d):
 
     "SAME" pads ``p = max((ceil(i / s) - 1) * s + k - i, 0)`` along a side of size ``i``, one more zero after than
     before when ``p`` is odd, and a convolution pads both sides alike. timm pads a copy of the input first: in a
-    stride-2 depthwise convolution that is the whole expanded activation map, 20% of Lite0's forward at 288 px. Here
+    stride-2 depthwise convolution that is the whole expanded activation map (scripts/bench_same_padding.py). Here
     the convolution pads ``ceil(p / 2)`` on both sides, and when ``p`` is odd the kernel gets a leading zero row
     (column), which skips the one zero too many before: the same products and sums, so the same numbers, bit for bit
     (tests/test_serving_speed.py). Dilation 1 only: a dilated kernel's zero row would shift by the dilation.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = [max((math.ceil(i / s) - 1) * s + k - i, 0) for i, k, s in zip(x.shape[-2:], self.kernel_size, self.stride)]
+        pads = [get_same_padding(i, k, s, 1) for i, k, s in zip(x.shape[-2:], self.kernel_size, self.stride)]  # timm's own rule
         weight = self.weight
         if pads[0] % 2 or pads[1] % 2:
             weight = F.pad(weight, (pads[1] % 2, 0, pads[0] % 2, 0))  # (out, in/groups, k + 1, k + 1): tiny, unlike x

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CPU plan, resumable: each model of a sweep config in turn with --resume (a finished one is skipped,
 # an interrupted one continues from its last epoch); the moment one finishes, its folder is shipped into
-# checkpoints/ and committed (only that folder), so that a session ending mid-plan loses at most the epoch
-# in progress. Run it in the background, from a worktree, shipping into the main checkout:
+# checkpoints/ and committed with the tables, plots and heatmap check it changes, so that a session ending
+# mid-plan loses at most the epoch in progress. Run it in the background, from a worktree, shipping into the main checkout:
 #
 #   mkdir -p ../runs && SHIP_TO=../main nohup nice bash scripts/cpu_plan.sh > ../runs/cpu_plan.log 2>&1 &
 #   bash scripts/cpu_plan.sh train/sweeps/seed.yaml --whole-schedules --set amp=bf16   # the seed's simple CNNs
@@ -24,9 +24,9 @@ for model in $models; do
   # Ship a finished run once: not again when checkpoints/ already holds these weights (later edits there stay).
   if [[ -f $run/metrics.json && ! -d $run/resume ]] && ! cmp -s "$run/model.safetensors" "$dest/model.safetensors"; then
     rm -rf "$dest" && cp -r "$run" "$dest"
-    # The generated tables and plots follow the checkpoints (tests/test_docs.py), in the same commit.
+    # The heatmap check's entry (tests/test_cam_sanity.py reruns some on all of Testing), then the generated tables
+    # and plots (tests/test_docs.py), all in the ship's commit.
     generated=(README.md docs results)
-    # and the heatmap check's entry for this model (tests/test_cam_sanity.py reruns some on all of Testing).
     (cd "$ship_to" && "$PY" -m reports.cam_sanity --models "$model" --update && "$PY" -m reports.results --docs && "$PY" -m reports.plots) ||
       echo "could not regenerate the tables of $ship_to"
     git -C "$ship_to" add "checkpoints/$model" "${generated[@]}" &&
