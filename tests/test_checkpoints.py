@@ -22,6 +22,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import brainmri  # noqa: F401  (registers simple_cnn_* with timm for local-dir:)
+from brainmri.models.registry import REGISTRY, get_spec
 from brainmri.settings import checkpoint_dir
 
 CHECKPOINT_DIR = checkpoint_dir()  # collected once: the folders parametrise the tests below
@@ -89,6 +90,9 @@ def test_folder_is_complete_and_small(folder: Path):
     assert (folder / "val_split.txt").is_file(), "no val_split.txt: python -m train.leak_free FOLDER --data DATA"
     init = config.get("initialization", "")
     assert init and init != "unknown" and f"Weights initialised from: {init}" in card
+    package = get_spec(folder.name).imagenet_init if folder.name in REGISTRY else None
+    if package and "offline package" in init:  # the card names the package the weights came from, not Lite0's for all
+        assert f"offline package {package}" in init, init
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])

