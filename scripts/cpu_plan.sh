@@ -8,7 +8,8 @@
 #   bash scripts/cpu_plan.sh train/sweeps/seed.yaml --whole-schedules --set amp=bf16   # the seed's simple CNNs
 #
 # Arguments: the sweep config (train/sweeps/cpu.yaml by default), then options for train.sweep.
-# OUT: the runs folder, instead of the config's out; SHIP_TO: the checkout that receives and commits (this one).
+# OUT: the runs folder, instead of the config's out; SHIP_TO: the checkout that receives and commits (this one);
+# MODELS: some of the config's models, in this order (all of them, in the config's order, by default).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -16,7 +17,7 @@ config=${1:-train/sweeps/cpu.yaml}
 shift $(($# > 0 ? 1 : 0))
 out=${OUT:-$("$PY" -c "import yaml; print(yaml.safe_load(open('$config'))['out'])")}
 ship_to=${SHIP_TO:-.}
-models=$("$PY" -c "import yaml; print(' '.join(m['model'] for m in yaml.safe_load(open('$config'))['models']))")
+models=${MODELS:-$("$PY" -c "import yaml; print(' '.join(m['model'] for m in yaml.safe_load(open('$config'))['models']))")}
 for model in $models; do
   "$PY" -m train.sweep --config "$config" --out "$out" --resume --only "$model" "$@" || { echo "$model failed; stopping"; exit 1; }
   run=$out/$model
