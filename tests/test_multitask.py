@@ -64,7 +64,7 @@ def test_init_from_a_folder_of_another_split_is_refused(tmp_path):
         def name(self, i):
             return "/d/Training/glioma/b.jpg"
 
-    with pytest.raises(ValueError, match="would leak"):
+    with pytest.raises(ValueError, match="not this run.s validation split"):
         check_init_split(cfg, Val())
     (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/b.jpg\n")
     check_init_split(cfg, Val())  # the same scans: accepted

@@ -13,6 +13,7 @@ from brainmri.data.cache import decode_records
 from brainmri.data.records import ImageRecords
 from brainmri.data.split import split_records, training_records
 from train.config import TrainConfig
+from train.distill import check_same_validation, teacher_targets
 
 
 class DeviceBatches:
@@ -21,8 +22,18 @@ class DeviceBatches:
     Shuffled by a permutation seeded with ``seed + epoch`` (``set_epoch``), like accelerate's seedable sampler.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        soft: torch.Tensor | None = None,
+    ):
         self.x, self.y = x, y  # (N, 3, H, W) uint8, (N,) int64, on one device
+        self.soft = soft  # (N, C) a teacher's probabilities (train.distill), batched beside the labels; or None
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.epoch = 0
 
@@ -41,7 +52,7 @@ class DeviceBatches:
             order = torch.arange(n, device=self.x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx]
+            yield (self.x[idx], self.y[idx]) if self.soft is None else (self.x[idx], self.y[idx], self.soft[idx])
 
 
 @dataclass
@@ -59,16 +70,22 @@ def load_train_records(cfg: TrainConfig) -> ImageRecords:
 
 def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: torch.device | str = "cpu") -> Loaders:
     """Validation split with twin groups (mirrored ones included) kept whole, each side decoded once to uint8 (moved to
-    ``device`` once with ``data_on_device``)."""
+    ``device`` once with ``data_on_device``). With ``cfg.teacher`` the training batches carry its soft targets third."""
     train_set, val_set = split_records(records, cfg.val_fraction, cfg.seed, cfg.split, cfg.data)
+    soft = None
+    if cfg.teacher:
+        check_same_validation(cfg.teacher, val_set, cfg.data)
+        soft = teacher_targets(cfg.teacher, train_set)
     drop_last = len(train_set) > cfg.batch_size
     (xt, yt), (xv, yv) = [
         (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))
     ]
     if cfg.data_on_device:
-        train = DeviceBatches(xt.to(device), yt.to(device), cfg.batch_size, shuffle=True, drop_last=drop_last, seed=cfg.seed)
+        soft = soft.to(device) if soft is not None else None
+        train = DeviceBatches(xt.to(device), yt.to(device), cfg.batch_size, shuffle=True, drop_last=drop_last, seed=cfg.seed, soft=soft)
         val = DeviceBatches(xv.to(device), yv.to(device), cfg.batch_size * 2, shuffle=False, drop_last=False)
     else:
-        train = DataLoader(TensorDataset(xt, yt), batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
+        train_data = TensorDataset(xt, yt) if soft is None else TensorDataset(xt, yt, soft)
+        train = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
         val = DataLoader(TensorDataset(xv, yv), batch_size=cfg.batch_size * 2)
     return Loaders(train, val, records.class_names, len(train_set), len(val_set))

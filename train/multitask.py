@@ -30,14 +30,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.records import augment_batch, relative_path
-from brainmri.data.split import read_val_split, training_split, write_val_split
+from brainmri.data.records import augment_batch
+from brainmri.data.split import training_split, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from train.config import parse_config
+from train.distill import check_same_validation, describe_teacher, distill_loss, teacher_targets
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
@@ -73,6 +74,10 @@ class MultiTaskConfig:
     pretrained: bool = True  # encoder from the offline ImageNet weights
     resume: bool = False  # continue from <out>/resume
     init_from: str = ""  # a finished multi-task folder to start from (a second schedule on its weights), not ImageNet
+    teacher: str = (
+        ""  # a finished classifier folder cut by this split: its softmax on each training image is a soft class target (train.distill)
+    )
+    distill_weight: float = 0.5  # with --teacher: share of the class loss on the teacher's soft targets, the rest on the labels
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}")
@@ -108,9 +113,13 @@ def load_split(cfg: MultiTaskConfig) -> dict:
 # ---------------------------------------------------------------- training
 
 
-def joint_loss(class_logits, mask_logits, labels, target, weight, cfg: MultiTaskConfig) -> tuple[torch.Tensor, dict]:
-    """CE on every image + outline_weight * (BCE + soft Dice) on the images with a target (weight 1)."""
-    ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=cfg.label_smoothing)
+def joint_loss(class_logits, mask_logits, labels, target, weight, cfg: MultiTaskConfig, soft=None) -> tuple[torch.Tensor, dict]:
+    """CE on every image (on the labels and, with ``soft``, a teacher's (B, C) probabilities: train.distill) +
+    outline_weight * (BCE + soft Dice) on the images with a target (weight 1)."""
+    if soft is None:
+        ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=cfg.label_smoothing)
+    else:
+        ce = distill_loss(class_logits.float(), labels, soft, cfg.distill_weight, cfg.label_smoothing)
     keep = weight > 0
     if not keep.any():
         return ce, {"ce": ce.item(), "outline": 0.0}
@@ -149,7 +158,8 @@ def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConf
         target, weight = soft_target(moved, known[idx])
         with autocast(cfg, device):
             mask_logits, class_logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
-        loss, parts = joint_loss(class_logits, mask_logits, labels[idx], target, weight, cfg)
+        soft = split["soft"][idx] if split.get("soft") is not None else None
+        loss, parts = joint_loss(class_logits, mask_logits, labels[idx], target, weight, cfg, soft)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -196,15 +206,8 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
 def check_init_split(cfg: MultiTaskConfig, val) -> None:
     """--init-from must start from a folder whose validation scans are this run's: weights that trained on one of
     this run's validation scans would leak it."""
-    if not cfg.init_from:
-        return
-    theirs = read_val_split(cfg.init_from)
-    ours = sorted(relative_path(val.name(i), cfg.data) for i in range(len(val)))
-    if theirs is None or sorted(theirs) != ours:
-        raise ValueError(
-            f"--init-from {cfg.init_from}: its val_split.txt is not this run's validation split "
-            f"(--val-fraction {cfg.val_fraction}, --seed {cfg.seed}); its weights would leak"
-        )
+    if cfg.init_from:
+        check_same_validation(cfg.init_from, val, cfg.data, "--init-from")
 
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
@@ -241,6 +244,9 @@ def fit(cfg: MultiTaskConfig) -> Path:
     (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     split = load_split(cfg)
     check_init_split(cfg, split["val"][0])
+    if cfg.teacher:
+        check_same_validation(cfg.teacher, split["val"][0], cfg.data)
+        split["soft"] = teacher_targets(cfg.teacher, split["train"][0])
     # Written now, not only at the end: the best epoch's weights in ``out`` are then a valid --init-from source
     # even if the run never finishes (a session ending with its resume state lost).
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
@@ -285,6 +291,8 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
     metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": "cpu", "data": cfg.data}
     if cfg.init_from:
         metrics["initialization"] = started_from(Path(cfg.init_from))
+    if cfg.teacher:
+        metrics["distilled_from"] = describe_teacher(cfg.teacher, cfg.distill_weight)
     # The class figures where every classifier keeps them (brainmri.eval.tables); the outline's beside them.
     metrics["validation"] = scores["classes"] | {"split": VAL_SPLIT_NOTE}
     metrics["outline"] = scores["outline"]

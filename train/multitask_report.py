@@ -48,10 +48,12 @@ def outline_eval_results(m: dict) -> list[EvalResult]:
 
 
 def second_schedule(cfg: dict) -> str:
-    """The command's options for a run started from an earlier run's folder (train.multitask --init-from)."""
+    """The command's options for a run started from an earlier run's folder (train.multitask --init-from), and its
+    teacher's (--teacher)."""
+    teacher = f" --teacher TEACHER --distill-weight {cfg.get('distill_weight', 0.5):g}" if cfg.get("teacher") else ""
     if not cfg.get("init_from"):
-        return ""
-    return f" --init-from FOLDER --lr {cfg['lr']:g} --dice {cfg.get('dice', 'batch')}"
+        return teacher
+    return f" --init-from FOLDER --lr {cfg['lr']:g} --dice {cfg.get('dice', 'batch')}{teacher}"
 
 
 def card_text(m: dict, cfg: dict) -> str:
@@ -65,6 +67,7 @@ def card_text(m: dict, cfg: dict) -> str:
             "",
             f"- Architecture: {m['architecture']}; {m['parameters']:,} parameters; input {m['input_size']} x {m['input_size']} RGB",
             f"- Weights initialised from: {m['initialization']}",
+            *([f"- Class head distilled from: {m['distilled_from']}"] if m.get("distilled_from") else []),
             f"- Trained for {m['epochs_run']} epochs (kept: epoch {m['best_epoch']}, by validation accuracy + mean Dice) on CPU"
             f" in {m['amp']} autocast, {m['train_seconds']:.0f} s, {m['train_images']} Training images: cross-entropy on all,"
             " and the outline where an expert drew one (the mean of Cheng et al.'s figshare masks, CC BY 4.0, and BRISC"

@@ -41,6 +41,7 @@ from brainmri.models.registry import count_parameters, create_model, get_spec, s
 from train import schedule
 from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
+from train.distill import describe_teacher, distill_loss
 from train.loaders import Loaders, build_loaders, load_train_records
 from train.resume import State, clear_resume, load_resume, save_resume
 
@@ -76,7 +77,7 @@ def train_one_epoch(
     timer = Throughput(accelerator.device)
     steps = steps_per_epoch(loader, cfg)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process, leave=False, mininterval=5)
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y, *soft) in enumerate(bar):  # soft: [(B, C) the teacher's probabilities] with --teacher
         if (cfg.max_train_batches and step >= cfg.max_train_batches) or (step and time.perf_counter() > deadline):
             break
         timer.mark(step, total)
@@ -85,7 +86,10 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if soft:
+                loss = distill_loss(logits, y, soft[0], cfg.distill_weight, cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step_update(epoch * steps + step + 1)  # the rate of the next update
@@ -308,6 +312,7 @@ def run_metrics(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, d
         "parameters": count_parameters(model),
         "input_size": dcfg["input_size"][1],
         "initialization": init,
+        **({"distilled_from": describe_teacher(cfg.teacher, cfg.distill_weight)} if cfg.teacher else {}),
         "epochs_run": state.epoch,
         "best_epoch": state.best_epoch,
         "train": {"accuracy": best["train_acc"], "loss": best["train_loss"], "note": "running average over the augmented epoch"},

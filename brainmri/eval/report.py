@@ -146,6 +146,7 @@ def write_model_card(folder: str | Path) -> Path:
         "",
         f"- Architecture: timm `{config['architecture']}`, {metrics.get('parameters', 0):,} parameters",
         f"- Weights initialised from: {config.get('initialization', 'unknown')}",
+        *([f"- Distilled from: {metrics['distilled_from']}"] if metrics.get("distilled_from") else []),
         f"- Input: {pcfg['input_size'][1]} x {pcfg['input_size'][2]} RGB, {pcfg['interpolation']} resize of the whole image"
         f" (crop_pct {pcfg['crop_pct']}), mean {pcfg['mean']}, std {pcfg['std']}",
         f"- Trained for {metrics.get('epochs_run')} epochs (best validation epoch {metrics.get('best_epoch')})"

@@ -1,0 +1,73 @@
+"""Knowledge distillation (train.distill): the loss, the split rule a teacher must meet, and a run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT
+from test_train_e2e import PER_CLASS, run_train
+
+from train.distill import check_same_validation, distill_loss
+
+
+def test_distill_loss_mixes_the_labels_and_the_teacher_by_weight():
+    logits, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    soft = torch.randn(5, 4).softmax(dim=1)
+    hard = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    taught = -(soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    torch.testing.assert_close(distill_loss(logits, labels, soft, 0.0, 0.1), hard)
+    torch.testing.assert_close(distill_loss(logits, labels, soft, 1.0, 0.1), taught)
+    torch.testing.assert_close(distill_loss(logits, labels, soft, 0.3, 0.1), 0.7 * hard + 0.3 * taught)
+
+
+def test_a_teacher_cut_by_another_split_is_refused(tmp_path: Path):
+    """A teacher whose training side held one of this run's validation images would leak it into the student."""
+
+    class Val:
+        def __len__(self):
+            return 1
+
+        def name(self, i):
+            return "/d/Training/glioma/b.jpg"
+
+    with pytest.raises(ValueError, match="not this run's validation split"):
+        check_same_validation(tmp_path, Val(), "/d")  # no val_split.txt at all
+    (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/a.jpg\n")
+    with pytest.raises(ValueError, match="--teacher .* not this run's validation split"):
+        check_same_validation(tmp_path, Val(), "/d")
+    (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/b.jpg\n")
+    check_same_validation(tmp_path, Val(), "/d")  # the same scans: accepted
+
+
+@pytest.mark.slow
+def test_a_student_trains_on_its_teachers_soft_targets_and_says_so(data_dir: Path, tmp_path: Path):
+    quick = ["--model", "simple_cnn_7", "--fit-ood", "false", "--evaluate-test", "false"]
+    teacher = tmp_path / "teacher"
+    run_train(data_dir, teacher, *quick)
+    student = tmp_path / "student"
+    proc = run_train(data_dir, student, *quick, "--teacher", str(teacher), "--distill-weight", "0.7")
+    assert "the teacher agrees with" in proc.stderr
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["distilled_from"].startswith("teacher (weights sha256 ") and "weight 0.7 of the loss" in metrics["distilled_from"]
+    assert f"- Distilled from: {metrics['distilled_from']}" in (student / "README.md").read_text()
+    # The one encoder's class head learns from the same teacher (its split is the classifiers').
+    one = tmp_path / "multitask"
+    cmd = [sys.executable, "-m", "train.multitask", "--data", str(data_dir), "--out", str(one), "--epochs", "1"]
+    cmd += ["--limit-per-class", str(PER_CLASS), "--max-train-batches", "1", "--batch-size", "4", "--teacher", str(teacher)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    taught = json.loads((one / "metrics.json").read_text())["distilled_from"]
+    assert taught.startswith("teacher (weights sha256 ") and f"- Class head distilled from: {taught}" in (one / "README.md").read_text()
+    assert "--teacher TEACHER --distill-weight 0.5" in (one / "README.md").read_text()
+    # Another seed cuts another validation split: the teacher trained on some of it, and the run says so.
+    cmd = [sys.executable, "-m", "train.train", "--data", str(data_dir), "--limit-per-class", str(PER_CLASS), "--epochs", "1"]
+    cmd += [*quick, "--seed", "1", "--teacher", str(teacher), "--out", str(tmp_path / "refused")]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "not this run's validation split" in refused.stderr
+    assert "Traceback" not in refused.stderr
