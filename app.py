@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import gradio as gr
 import pandas as pd
 
-from brainmri.app import comparison, dataview, display, experiments, tool
+from brainmri.app import comparison, dataview, display, experiments, gradio_costs, tool
 from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 from brainmri.cli import setup_logging
@@ -278,8 +278,8 @@ def build_demo() -> gr.Blocks:
 
 demo = build_demo()
 PENDING = count_pending_uploads(demo)  # identical uploads share a path: the last request with those bytes deletes it
-# max_size bounds the queue (and memory): the 65th waiting request is refused. Twice as many requests run at a time as
-# can share a batch (scripts/load_test.py --concurrency-limit 8 16 measures it); GRADIO_DEFAULT_CONCURRENCY_LIMIT overrides.
+# max_size bounds the queue (and memory): the 65th waiting request is refused. How many run at once: settings.concurrency_limit.
+gradio_costs.bound_gradio_bookkeeping()  # what Gradio does per request and this app never reads: lazy or bounded
 demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
 
 
