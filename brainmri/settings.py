@@ -148,6 +148,21 @@ def session_capacity() -> int:
     return _positive_int("BRAIN_MRI_SESSIONS", 256)
 
 
+def bound_gradio_analytics(cache_frequency: int = 100, max_events: int = 1000) -> None:
+    """``GRADIO_ANALYTICS_CACHE_FREQUENCY`` and ``GRADIO_ANALYTICS_MAX_EVENTS`` (Gradio's own variables), set to these
+    unless the environment sets them: the queue otherwise summarises up to 10,000 past events in a pandas DataFrame
+    after every request, for a monitoring page this app does not open (brainmri.app.gradio_costs). Read by Gradio when
+    ``demo.queue()`` makes the queue: call before."""
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(cache_frequency))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", str(max_events))
+
+
+def gradio_closed_session_ttl() -> int:
+    """Seconds Gradio keeps a closed session's state: 1 under ``GRADIO_IS_E2E_TEST`` (Gradio's own), else 3600, as
+    Gradio's SessionState decides (brainmri.app.gradio_costs repeats it)."""
+    return 1 if os.environ.get("GRADIO_IS_E2E_TEST") else 3600
+
+
 def gradio_temp_dir() -> Path:
     """``GRADIO_TEMP_DIR`` (Gradio's own variable): where Gradio keeps uploads, resolved.
     Default: ``gradio/`` in the system's temporary folder, as Gradio itself uses."""

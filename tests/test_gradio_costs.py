@@ -67,8 +67,8 @@ def test_the_app_runs_lazy_sessions_and_bounded_analytics():
 
     assert state_holder.SessionState.__init__ is gradio_costs._lazy_init
     queue = app.demo._queue
-    assert queue.ANALYTICS_MAX_EVENTS == int(gradio_costs.ANALYTICS["GRADIO_ANALYTICS_MAX_EVENTS"])
-    assert queue.ANAYLTICS_CACHE_FREQUENCY == int(gradio_costs.ANALYTICS["GRADIO_ANALYTICS_CACHE_FREQUENCY"])  # Gradio's spelling
+    assert queue.ANALYTICS_MAX_EVENTS == gradio_costs.ANALYTICS["max_events"]
+    assert queue.ANAYLTICS_CACHE_FREQUENCY == gradio_costs.ANALYTICS["cache_frequency"]  # Gradio's spelling
 
 
 def test_another_gradio_keeps_its_own_sessions(monkeypatch):

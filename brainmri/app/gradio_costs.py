@@ -16,7 +16,6 @@ A profile of the server under load (py-spy, ``scripts/load_test.py``; docs/servi
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from copy import copy
 from typing import Any
@@ -24,12 +23,14 @@ from typing import Any
 import gradio as gr
 from gradio import state_holder
 
+from brainmri.settings import bound_gradio_analytics, gradio_closed_session_ttl
+
 _logger = logging.getLogger(__name__)
 
 # The Gradio whose SessionState.__init__ lazy_session_state repeats (requirements.txt pins it: the Space's sdk_version).
 PATCHED_GRADIO = "6.31.0"
 EAGER_SESSION_INIT = state_holder.SessionState.__init__  # Gradio's own, kept for the tests' comparison
-ANALYTICS = {"GRADIO_ANALYTICS_CACHE_FREQUENCY": "100", "GRADIO_ANALYTICS_MAX_EVENTS": "1000"}
+ANALYTICS = {"cache_frequency": 100, "max_events": 1000}  # the queue's summary: every 100 events, of the last 1,000
 
 
 class LazyBlockConfigs(dict):
@@ -92,7 +93,7 @@ def _lazy_init(self, blocks: gr.Blocks) -> None:
     self.state_data = {}
     self._state_ttl = {}
     self.is_closed = False
-    self.STATE_TTL_WHEN_CLOSED = 1 if os.getenv("GRADIO_IS_E2E_TEST", None) else 3600
+    self.STATE_TTL_WHEN_CLOSED = gradio_closed_session_ttl()
 
 
 def lazy_session_state() -> bool:
@@ -107,6 +108,5 @@ def lazy_session_state() -> bool:
 
 def bound_gradio_bookkeeping() -> None:
     """Before ``demo.queue()`` (the queue reads the analytics variables when it is made)."""
-    for name, value in ANALYTICS.items():
-        os.environ.setdefault(name, value)
+    bound_gradio_analytics(**ANALYTICS)
     lazy_session_state()
