@@ -2,20 +2,21 @@
 
     python -m ops.transfer copy-data SRC    # SRC and its masks into data/, each distinct file once (data/duplicates.tsv)
     python -m ops.transfer relink           # on the device: the duplicates back in place, byte for byte
-    python -m ops.transfer check            # sizes: working tree (checkpoints/ but the kept one left out) + data/
-    python -m ops.transfer stash            # take the tracked checkpoints/ out of the working tree (refuses if changed)
+    python -m ops.transfer check [--all]    # sizes: working tree (checkpoints/ left out but Lite0, or all) + data/
+    python -m ops.transfer check --carried device_in   # the serving call's
+    python -m ops.transfer stash [--all]    # take the tracked checkpoints/ out of the working tree (refuses if changed)
     python -m ops.transfer restore          # put them back from git: git checkout -- checkpoints
 
 The device tool sends the tracked files and the untracked files git does not ignore, plus the
-carried folders, 64 MiB in all. ``scripts/prepare_device_data.sh`` fills the carried ``data/`` and
-stashes ``checkpoints/`` but the app's default model (``KEPT``: the CUDA serving check serves it, and
-it is the OOD judge); the sweeps train from scratch and never read the others.
+carried folders, 64 MB in all. ``scripts/prepare_device_data.sh`` fills the carried ``data/`` and
+stashes all of ``checkpoints/`` (the sweeps train from scratch and never read them);
+``scripts/prepare_device_serving.sh`` stashes all but the app's default model (``KEPT``: the CUDA serving
+check serves it, and it is the OOD judge).
 
 The data set (50 MiB) holds 427 byte-for-byte copies of other files (3.3 MiB): they travel once, and
-``relink`` copies them back on the device, so that the folder there lists and reads as here. What
-travels: data set 46.3 MiB + masks 1.4 + Lite0's checkpoint 12.9 + working tree ~1.3 = ~62 MiB, under
-``TARGET_BYTES`` (62.5 MiB) and the 64 MiB limit. The Lite0-2 ImageNet packages (wheels of 17, 19
-and 22 MiB) cannot travel with the data (docs/gpu_lease.md).
+``relink`` copies them back on the device, so that the folder there lists and reads as here. A lease makes two
+calls (docs/gpu_lease.md): the serving call carries device_in/ (scripts/prepare_device_serving.sh) beside the tree
+with Lite0, 63.5 MB; the training call carries data/ beside the tree with no checkpoints (``stash --all``), ~51 MB.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from brainmri.models.registry import APP_DEFAULT
 
 _logger = logging.getLogger(__name__)
 
-LIMIT_BYTES = 64 * 2**20  # the device tool's cap on the working tree plus carried folders
-TARGET_BYTES = int(62.5 * 2**20)  # what we allow ourselves: 1.5 MiB to spare for the tree's growth
+# The device tool's cap on the working tree plus carried folders: "64 MiB" in its notes, but it counts 10^6-byte MB
+# (2026-12-04: 63.5 MB went, 65.4 MB was refused as "larger than 64 MiB"; docs/gpu_lease.md).
+LIMIT_BYTES = 64_000_000
+TARGET_BYTES = 63_600_000  # what we allow ourselves: the serving call's 63.5 MB, and no more
 CARRIED = "data"  # the one carried folder: the data set copy (its duplicates once), its masks, wheels if any
 STASHED = "checkpoints"  # tracked, but left behind for the call ...
 KEPT = f"{STASHED}/{APP_DEFAULT}"  # ... but for the app's default model: served by the CUDA check (scripts/cuda_check.py)
@@ -43,9 +46,9 @@ DUPLICATES = "duplicates.tsv"  # in the carried folder: "copy<TAB>original" path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _left_behind(relative: Path) -> bool:
-    """Whether stash takes this tracked file out of the tree."""
-    return relative.parts[0] == STASHED and not relative.is_relative_to(KEPT)
+def _left_behind(relative: Path, keep: bool = True) -> bool:
+    """Whether stash takes this tracked file out of the tree (KEPT stays unless ``keep`` is False)."""
+    return relative.parts[0] == STASHED and not (keep and relative.is_relative_to(KEPT))
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -62,39 +65,46 @@ def folder_bytes(folder: Path) -> int:
     return sum(os.path.getsize(Path(d) / f) for d, _, names in os.walk(folder) for f in names)
 
 
-def transfer_bytes(repo: Path = ROOT, carried: Path | None = None, stashed: str | None = STASHED) -> dict[str, int]:
-    """Bytes that travel: the working tree (with ``stashed`` left out, as the stash step leaves it) and the
-    carried folder (``repo/data`` unless given; it is git-ignored, so never counted twice)."""
-    tree = [f for f in travelling_files(repo) if not (stashed and _left_behind(f.relative_to(repo)))]
+def transfer_bytes(repo: Path = ROOT, carried: Path | None = None, stashed: str | None = STASHED, keep: bool = True) -> dict[str, int]:
+    """Bytes that travel: the working tree (with ``stashed`` left out, as the stash step leaves it: but for KEPT
+    unless ``keep`` is False) and the carried folder (``repo/data`` unless given; it is git-ignored, so never
+    counted twice)."""
+    tree = [f for f in travelling_files(repo) if not (stashed and _left_behind(f.relative_to(repo), keep))]
     sizes = {"tree": sum(f.stat().st_size for f in tree), "carried": folder_bytes(carried or repo / CARRIED)}
     sizes["total"] = sizes["tree"] + sizes["carried"]
     return sizes
 
 
-def check(repo: Path = ROOT) -> dict[str, int]:
-    """Print what travels; ValueError, naming the largest files, when it exceeds TARGET_BYTES."""
-    sizes = transfer_bytes(repo)
-    mib = {k: v / 2**20 for k, v in sizes.items()}
+def check(repo: Path = ROOT, carried: str = CARRIED, keep: bool = True) -> dict[str, int]:
+    """Print what travels with ``carried`` (a folder of ``repo``), in MB as the device tool counts; ValueError, naming
+    the largest files, when it exceeds TARGET_BYTES."""
+    sizes = transfer_bytes(repo, repo / carried, keep=keep)
+    mb = {k: v / 1e6 for k, v in sizes.items()}
+    left = f"{STASHED}/ but {KEPT}" if keep else f"no {STASHED}/"
     print(
-        f"travels: working tree {mib['tree']:.1f} MiB ({STASHED}/ but {KEPT}) + {CARRIED}/ {mib['carried']:.1f} MiB "
-        f"= {mib['total']:.1f} MiB (target {TARGET_BYTES / 2**20:.1f}, limit {LIMIT_BYTES / 2**20:.0f} MiB)"
+        f"travels: working tree {mb['tree']:.1f} MB ({left}) + {carried}/ {mb['carried']:.1f} MB "
+        f"= {mb['total']:.1f} MB (target {TARGET_BYTES / 1e6:.1f}, limit {LIMIT_BYTES / 1e6:.0f} MB)"
     )
     if sizes["total"] > TARGET_BYTES:
         largest = sorted(travelling_files(repo), key=lambda f: f.stat().st_size, reverse=True)[:5]
-        names = ", ".join(f"{f.relative_to(repo)} ({f.stat().st_size / 2**20:.1f} MiB)" for f in largest)
-        raise ValueError(f"{mib['total']:.1f} MiB would travel, over the {TARGET_BYTES / 2**20:.1f} MiB target; largest: {names}")
+        names = ", ".join(f"{f.relative_to(repo)} ({f.stat().st_size / 1e6:.1f} MB)" for f in largest)
+        raise ValueError(f"{mb['total']:.1f} MB would travel, over the {TARGET_BYTES / 1e6:.1f} MB target; largest: {names}")
     return sizes
 
 
-def stash(repo: Path = ROOT) -> None:
-    """Delete the tracked checkpoints/ but KEPT from the working tree; refuse while it holds uncommitted changes."""
-    dirty = _git(repo, "status", "--porcelain", "--untracked-files=all", "--", STASHED).strip()
+def stash(repo: Path = ROOT, keep: bool = True) -> None:
+    """Delete the tracked checkpoints/ (but KEPT, unless ``keep`` is False) from the working tree; refuse while it
+    holds uncommitted changes."""
+    # Files an earlier stash deleted are in git still; anything else changed there is work that would be lost.
+    lines = _git(repo, "status", "--porcelain", "--untracked-files=all", "--", STASHED).splitlines()
+    dirty = "\n".join(line for line in lines if line and not line.startswith(" D "))
     if dirty:
         raise ValueError(f"{STASHED}/ has uncommitted changes; commit them first (git status -- {STASHED}):\n{dirty}")
     for name in _git(repo, "ls-files", "-z", "--", STASHED).split("\0"):
-        if name and _left_behind(Path(name)):
+        if name and _left_behind(Path(name), keep):
             (repo / name).unlink(missing_ok=True)
-    print(f"{STASHED}/ but {KEPT} taken out of the working tree for the device call; put it back: python -m ops.transfer restore")
+    left = f"{STASHED}/ but {KEPT}" if keep else f"all of {STASHED}/"
+    print(f"{left} taken out of the working tree for the device call; put it back: python -m ops.transfer restore")
 
 
 def restore(repo: Path = ROOT) -> None:
@@ -149,12 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("step", choices=["copy-data", "relink", "check", "stash", "restore"], help=steps)
     parser.add_argument("src", nargs="?", help="copy-data: the data folder to copy")
+    parser.add_argument("--carried", default=CARRIED, help="check: the carried folder (default %(default)s; device_in: the serving call)")
+    parser.add_argument("--all", action="store_true", help=f"stash, check: {KEPT} too (the training call serves nothing)")
     args = parser.parse_args(argv)
     if args.step == "copy-data":
         if not args.src:
             parser.error("copy-data needs the data folder")
         return exit_code(lambda: copy_data(args.src), _logger)
-    return exit_code({"check": check, "stash": stash, "restore": restore, "relink": relink}[args.step], _logger)
+    if args.step == "check":
+        return exit_code(lambda: check(carried=args.carried, keep=not args.all), _logger)
+    if args.step == "stash":
+        return exit_code(lambda: stash(keep=not args.all), _logger)
+    return exit_code({"restore": restore, "relink": relink}[args.step], _logger)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ import cuda_check  # noqa: E402
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    return Predictor(require_shipped())
+    # On the CPU even where a GPU is seen (the lease runs these tests there): the answers compared below are the CPU's,
+    # and a forked worker cannot use a CUDA context its parent made.
+    return Predictor(require_shipped(), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +116,15 @@ def test_the_cuda_check_names_each_disagreement():
         "a different OOD verdict",
     ]
     assert cuda_check.Agreement("c.jpg", "glioma", "glioma", 0.0, 9.0, True, True, 3.0).problems(1e-3, 4) == []  # a tie
+    outlined = cuda_check.Agreement("d.jpg", "glioma", "glioma", 0.0, 0.0, False, True, 3.0, outline_dice=0.95)
+    assert outlined.problems(1e-3, 4, outline_dice=0.98) == ["outlines at Dice 0.950 < 0.98"]
+    alone = cuda_check.Agreement("e.jpg", "glioma", "glioma", 0.0, 0.0, False, True, 3.0, outline_missing="device")
+    assert alone.problems(1e-3, 4) == ["an outline on the device alone"]
+
+
+def test_the_outlines_dice_counts_two_empty_masks_as_the_same():
+    empty, blob = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    blob[2:6, 2:6] = True
+    shifted = np.roll(blob, 1, axis=1)
+    assert cuda_check.mask_dice(empty, empty) == 1.0 and cuda_check.mask_dice(blob, empty) == 0.0
+    assert cuda_check.mask_dice(blob, shifted) == 2 * 12 / 32
