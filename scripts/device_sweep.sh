@@ -71,13 +71,16 @@ if ((serving)); then
   # ImageNet package: the training tests (imagenet, training_writes) stay on CI too.
   timeout "${SERVING_TESTS_S:-180}" "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_serving_device.py tests/test_zerogpu.py tests/test_outline.py tests/test_multitask.py tests/test_batching.py \
-    tests/test_overlap.py --deselect tests/test_zerogpu.py::test_the_real_spaces_wrapper_forks_pickles_and_is_asked_for_a_duration \
+    tests/test_overlap.py tests/test_graphs.py --deselect tests/test_zerogpu.py::test_the_real_spaces_wrapper_forks_pickles_and_is_asked_for_a_duration \
     -k "not imagenet and not training_writes" \
     2>&1 | tee "$OUT/serving_tests.log"
   status=${PIPESTATUS[0]}
   timeout 150 "$PY" scripts/cuda_check.py --data "$BRAIN_MRI_DATA" --n "${CHECK_N:-32}" --device "${CHECK_DEVICE:-cuda}" --out "$OUT/cuda_check.json" 2>&1 |
     tee "$OUT/cuda_check.log"
   check_status=${PIPESTATUS[0]}
+  # The training call's CUDA graphs (train.graphs), measured first: eager against graphed steps of B0 and B7
+  ((quick)) || timeout "${BENCH_S:-120}" "$PY" scripts/launch_bench.py --models efficientnet_b0 efficientnet_b7 \
+    --out "$OUT/launch_bench.json" 2>&1 | tee "$OUT/launch_bench.log"
   ((status)) && exit "$status"
   exit "$check_status"
 fi

@@ -62,16 +62,17 @@ def test_effnet_seed_is_one_protocol_with_the_seeds_epochs_on_the_leak_free_spli
     assert (p["batch_size"], p["schedule"], p["pretrained"], p["split"], p["evaluate_test"]) == (32, "plateau", False, "mirror-aware", True)
 
 
-def test_each_effnet_has_a_lane_of_its_own_and_all_of_its_time():
+def test_the_effnets_run_in_turn_in_two_lanes_the_seeds_figures_first_with_their_launches_graphed():
     lease, plan = load_lease(LEASE), load_plan(EFFNET)
     assert lease["limit_s"] + 45 <= 600  # the device call's timeout_s, with room for the last model's testing
     effnet_lanes = [steps for name, steps in _lanes().items() if name.startswith("effnet")]
-    assert len(effnet_lanes) == 8 and all(len(steps) == 1 and len(steps[0]["models"]) == 1 for steps in effnet_lanes)
+    assert [steps[0]["models"][0] for steps in effnet_lanes] == ["efficientnet_b0", "efficientnet_b1"]  # the seed's figures first
+    assert plan.protocol["cuda_graphs"] and model_config(plan, plan.models[0], 1).cuda_graphs  # the same protocol, fewer launches
     lane_s = lease["limit_s"] - lease["pack_s"] - 20  # 20 s of setup
-    for model in [m["model"] for m in plan.models]:  # as a lane runs it: alone, with the lane's deadline
-        alone = load_plan(EFFNET, deadline_s=lane_s, only=[model])
-        assert budget_for(alone, 0, elapsed=0) == lane_s - plan.overhead_s  # the lane's deadline binds, not the budget
-    assert len(_lanes()) <= 14  # one process a lane, on the device's 16 cores
+    first = load_plan(EFFNET, deadline_s=lane_s, only=effnet_lanes[0][0]["models"])
+    # The lane's deadline binds, not the budget: the first model may take all but the minimum promised to the three after it
+    assert budget_for(first, 0, elapsed=0) == lane_s - plan.overhead_s - 3 * (plan.min_budget_s + plan.overhead_s)
+    assert len(_lanes()) <= 8  # processes side by side did not overlap on the GPU (docs/gpu_lease.md)
 
 
 @pytest.mark.parametrize("config", ["seed.yaml", "retrain_lite.yaml"])
@@ -194,8 +195,8 @@ def test_one_lease_lane_runs_on_cpu_and_is_reported_without_testing(tmp_path, da
 @pytest.mark.slow
 def test_the_lease_rehearsal_on_cpu_runs_every_step_and_packs_it(tmp_path, data_dir):
     """scripts/device_sweep.sh --lease --quick, as a subprocess: the CUDA check on CPU, two lanes (Lite1 from ImageNet, and
-    B3), the report, packing."""
-    out, work, lanes = tmp_path / "out", tmp_path / "lease", ["retrain_3", "effnet_b3"]
+    B1, B3, B5 and B7 in turn), the report, packing."""
+    out, work, lanes = tmp_path / "out", tmp_path / "lease", ["retrain_3", "effnet_2"]
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BRAIN_MRI_DATA": str(data_dir), "SWEEP_WORK": str(work)}
     env["LEASE_LANES"] = " ".join(lanes)
     env["OMP_NUM_THREADS"] = env.get("BRAIN_MRI_TEST_THREADS", "2")

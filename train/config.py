@@ -45,6 +45,7 @@ class TrainConfig:
     limit_per_class: int = 0  # 0: all images; else a few per class (tests, --quick)
     max_train_batches: int = 0  # 0: whole epoch; else stop each epoch early (tests)
     channels_last: bool = True  # faster convolutions on CPU and GPU
+    cuda_graphs: bool = False  # on a GPU: replay each training step's forward and backward from a CUDA graph (train.graphs)
     amp: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; "bf16": autocast on either (2x on an avx512_bf16 CPU); "none": fp32
     resume: bool = False  # continue from the last finished epoch in <out>/resume
     evaluate_test: bool = True  # evaluate the best epoch on Testing (and its unseen subset)

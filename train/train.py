@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import AutocastKwargs, DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
@@ -38,10 +38,11 @@ from brainmri.data.split import checkpoint_split, write_val_split
 from brainmri.eval.tables import update_metrics
 from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint
 from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
-from train import schedule
+from train import graphs, schedule
 from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
 from train.distill import describe_teacher, distill_loss
+from train.graphs import GraphedStep
 from train.loaders import Loaders, build_loaders, load_train_records
 from train.resume import State, clear_resume, load_resume, save_resume
 
@@ -63,10 +64,22 @@ def create_scheduler(optimizer, cfg: TrainConfig, steps: int):
 
 
 def train_one_epoch(
-    model, loader, optimizer, scheduler, accelerator, cfg: TrainConfig, dcfg: dict, epoch: int, deadline: float = math.inf, ema=None
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    accelerator,
+    cfg: TrainConfig,
+    dcfg: dict,
+    epoch: int,
+    deadline: float = math.inf,
+    ema=None,
+    graphed: GraphedStep | None = None,
 ) -> dict:
     """One pass over the training batches, cut short at ``max_train_batches`` or at ``deadline`` (a perf_counter time);
-    ``ema`` (timm ModelEmaV3), when given, follows every step."""
+    ``ema`` (timm ModelEmaV3), when given, follows every step; ``graphed``, when requested, replays the forward and
+    backward from a CUDA graph captured on the first batch (train.graphs)."""
+    graphed = graphed or GraphedStep()
     model.train()
     # Seeded per epoch (not once) so that --resume replays exactly what a straight run does.
     torch.manual_seed(cfg.seed + epoch)
@@ -85,7 +98,8 @@ def train_one_epoch(
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            logits = model(x)
+            graphs.capture(model, x, graphed)  # once, on the first batch, when asked for
+            logits = graphs.forward(model, x, graphed)
             if soft:
                 loss = distill_loss(logits, y, soft[0], cfg.distill_weight, cfg.label_smoothing)
             else:
@@ -163,6 +177,8 @@ def fit(cfg: TrainConfig) -> Path:
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.amp),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # A CUDA graph cannot hold autocast's cache of cast weights (torch.cuda.make_graphed_callables)
+        kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if cfg.cuda_graphs else None,
     )
     if cfg.data_on_device and accelerator.num_processes > 1:
         raise ValueError("data_on_device batches on one process; train on several GPUs without it")
@@ -213,6 +229,7 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
     (the moving average's weights, with ``ema``)."""
     model, optimizer, scheduler, train_loader, val_loader = parts
     judged = model if ema is None else ema.module
+    graphed = GraphedStep(requested=cfg.cuda_graphs)  # captured in the first epoch's first step
     budget_end = time.perf_counter() + BUDGET_SLACK * cfg.time_budget_s - state.wall_seconds if cfg.time_budget_s else math.inf
     while (
         state.epoch < (state.epochs_planned or cfg.epochs)
@@ -220,7 +237,7 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
         and (not state.epoch or time.perf_counter() < budget_end)
     ):
         start = time.perf_counter()
-        row = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, dcfg, state.epoch, budget_end, ema)
+        row = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, dcfg, state.epoch, budget_end, ema, graphed)
         seconds = time.perf_counter() - start
         row.update(evaluate(judged, val_loader, accelerator, dcfg, cfg.channels_last))
         record_epoch(state, row, seconds, optimizer.param_groups[0]["lr"])
