@@ -195,20 +195,23 @@ def measure_peak(device: str | torch.device = "cuda", matmul_n: int = 8192, copy
     src = torch.randn(copy_bytes // 4, device=device)
     dst = torch.empty_like(src)
 
-    def timed(fn) -> float:
-        for _ in range(3):
-            fn()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        _sync(device)
-        return (time.perf_counter() - start) / repeats
-
-    flops = 2 * matmul_n**3 / timed(lambda: a @ b)
-    bandwidth = 2 * src.numel() * src.element_size() / timed(lambda: dst.copy_(src))
+    flops = 2 * matmul_n**3 / seconds_per_call(lambda: a @ b, device, repeats=repeats)
+    bandwidth = 2 * src.numel() * src.element_size() / seconds_per_call(lambda: dst.copy_(src), device, repeats=repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     return Peak(f"{name} measured", flops, bandwidth)
+
+
+def seconds_per_call(fn, device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
+    """Wall seconds one call of ``fn`` takes on ``device``, after ``warmup`` untimed calls (the GPU's queue drained
+    before and after the timed ones)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
 
 
 def _sync(device: torch.device) -> None:

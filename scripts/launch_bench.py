@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,14 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.models.registry import create_model, get_spec  # noqa: E402
+from reports.roofline import seconds_per_call  # noqa: E402
 from train.graphs import GraphedStep, capture, forward  # noqa: E402
 
 _logger = logging.getLogger("launch_bench")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def steps_per_second(name: str, device: torch.device, batch: int, steps: int, warmup: int, graphed: bool) -> dict:
@@ -58,14 +53,7 @@ def steps_per_second(name: str, device: torch.device, batch: int, steps: int, wa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        one_step()
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    _synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = steps * seconds_per_call(one_step, device, warmup=warmup, repeats=steps)
     mode = "graphed" if step.ready() else "eager"
     return {
         "model": name,
