@@ -89,7 +89,7 @@ if ((lease)); then
   # 1. the CUDA serving check alone on the GPU; 2. the lanes of train/sweeps/lease.yaml side by side;
   # 3. what ran (validation only) and packing. Each step is cut by its share of the time plan, so step 3 always runs.
   start=$SECONDS
-  config=train/sweeps/lease.yaml
+  config=${LEASE_CONFIG:-train/sweeps/lease.yaml} # LEASE_CONFIG: a smaller plan (tests)
   read -r work limit check_s pack_s <<<"$("$PY" -c "import yaml; c = yaml.safe_load(open('$config')); print(c['out'], c['limit_s'], c['check_s'], c['pack_s'])")"
   lanes=${LEASE_LANES:-$("$PY" -c "import yaml; print(' '.join(yaml.safe_load(open('$config'))['lanes']))")} # LEASE_LANES: a few (tests)
   # the lanes' run folders, in the order of the lanes (retraining first: its checkpoints come back first)
