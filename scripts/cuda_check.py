@@ -82,9 +82,12 @@ class Agreement:
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks of one shape; 1.0 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+    """Dice of two boolean masks of one shape; 1.0 when both are empty (smp's metrics, as the outline's own scores:
+    brainmri.eval.segmentation.per_image_scores)."""
+    import segmentation_models_pytorch as smp
+
+    stats = smp.metrics.get_stats(torch.from_numpy(a)[None, None].long(), torch.from_numpy(b)[None, None].long(), mode="binary")
+    return float(smp.metrics.f1_score(*stats, reduction="none", zero_division=1.0)[0, 0])
 
 
 def peak_pixel(cam: np.ndarray) -> tuple[int, int]:
@@ -174,7 +177,6 @@ def _run(data: str, n: int, device: str, model: str) -> tuple[list[Agreement], d
         "device": str(other.model(model).device),
         "gpu": torch.cuda.get_device_name() if other.model(model).device.type == "cuda" else None,
         "n": n,
-        "images": n,
         "outlined": len(dice),  # images both sides outlined (in distribution); an empty outline counts
         "min_outline_dice": min(dice) if dice else None,
         "cpu_ms_median": statistics.median(cpu_ms),
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{a.device_ms:7.1f} ms  {verdict}"
             )
         print(
-            f"{summary['images']} images, {args.model}: CPU {summary['cpu_ms_median']:.1f} ms, {summary['device']} "
+            f"{summary['n']} images, {args.model}: CPU {summary['cpu_ms_median']:.1f} ms, {summary['device']} "
             f"{summary['device_ms_median']:.1f} ms a request (median; max {summary['device_ms_max']:.1f}); "
             f"largest probability difference {summary['max_prob_diff']:.1e}, peaks at most {summary['max_peak_px']:.1f} px apart; "
             f"{summary['outlined']} outlined by {summary['segmenter']} (smallest Dice {summary['min_outline_dice']}); "

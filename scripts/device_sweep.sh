@@ -35,7 +35,7 @@ device_setup() { # on the GPU machine: its own timm when it is the pinned 1.0 li
   own=$("$PY" -c "import timm; print(timm.__version__)" 2>/dev/null || echo none)
   if [[ "$own" == "${pinned%.*}".* ]]; then
     echo "timm: the device's own $own (pinned $pinned)"
-  elif compgen -G "data/wheels/timm-*.whl" >/dev/null || compgen -G "device_in/wheels/timm-*.whl" >/dev/null; then
+  elif compgen -G "data/wheels/timm-*.whl" >/dev/null; then
     echo "timm: the device has $own; installing the carried wheel"
   else
     echo "timm: the device has $own, not the pinned ${pinned%.*} line, and no wheel was carried (WHEELS=timm==$pinned)" && return 1
@@ -56,8 +56,8 @@ print('python', __import__('sys').version.split()[0], 'torch', torch.__version__
 }
 
 if ((serving)); then
-  # What ZeroGPU runs (Python 3.12, torch 2.11) on a real GPU: the stack, ZeroGPU's rules (the CUDA-tensor test runs
-  # here only), the MCP tool and the app, then CPU vs CUDA. The app's packages come as carried wheels (device_setup).
+  # What ZeroGPU runs (Python 3.12, torch 2.11) on a real GPU: the serving path's tests (ZeroGPU's CUDA-tensor test and
+  # the graphed training step run here only), then CPU vs CUDA. The app's packages come as carried wheels (device_setup).
   # The carried device_in/ (scripts/prepare_device_serving.sh): the checkpoints beside Lite0, 8 Testing images a class.
   if [[ -d device_in/checkpoints ]]; then cp -r device_in/checkpoints/* checkpoints/; fi
   export BRAIN_MRI_DATA=${BRAIN_MRI_DATA:-$( [[ -d device_in/brain-tumor-mri ]] && echo device_in/brain-tumor-mri || echo data/brain-tumor-mri)}
