@@ -150,9 +150,10 @@ _SPECS = [
 ]
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
-# The app's first choice, when it has weights. Not the most accurate (Lite2 is, on leak-free validation too), but
-# its heatmap points at the tumour more often, its OOD statistics judge every upload, and it costs a third of
-# Lite2's FLOPs (docs/experiments.md, "The default model"). Without it, the best on leak-free validation is taken.
+# The app's first choice, when it has weights. Not the most accurate (Lite2 is, on leak-free validation too, and
+# since its mirror-aware retrain its heatmap also points at the tumour more often), but it costs a third of Lite2's
+# FLOPs and its OOD statistics judge every upload (docs/experiments.md, "The default model"). Without it, the best on
+# leak-free validation is taken.
 APP_DEFAULT = "tf_efficientnet_lite0"
 
 
