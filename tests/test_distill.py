@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from conftest import ROOT
 from test_train_e2e import PER_CLASS, run_train
 
-from train.distill import check_same_validation, distill_loss
+import train.distill as distill
+from train.distill import check_same_validation, distill_loss, teacher_folders, teacher_targets
 
 
 def test_distill_loss_mixes_the_labels_and_the_teacher_by_weight():
@@ -43,6 +44,37 @@ def test_a_teacher_cut_by_another_split_is_refused(tmp_path: Path):
         check_same_validation(tmp_path, Val(), "/d")
     (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/b.jpg\n")
     check_same_validation(tmp_path, Val(), "/d")  # the same scans: accepted
+
+
+def test_several_teachers_teach_as_one_by_the_mean_of_their_softmaxes(monkeypatch: pytest.MonkeyPatch):
+    assert teacher_folders("a, b,") == [Path("a"), Path("b")]
+    with pytest.raises(ValueError, match="names no folder"):
+        teacher_folders(" , ")
+    own = {"a": torch.tensor([[0.9, 0.1, 0.0, 0.0]]), "b": torch.tensor([[0.5, 0.0, 0.5, 0.0]])}
+    monkeypatch.setattr(distill, "_softmax_on", lambda folder, train, batch_size: own[folder.name])
+
+    class Train:
+        labels = torch.tensor([0]).numpy()
+
+    torch.testing.assert_close(teacher_targets("a,b", Train()), torch.tensor([[0.7, 0.05, 0.25, 0.0]]))
+    torch.testing.assert_close(teacher_targets("b", Train()), own["b"])
+
+
+def test_each_of_several_teachers_must_share_the_split(tmp_path: Path):
+    class Val:
+        def __len__(self):
+            return 1
+
+        def name(self, i):
+            return "/d/Training/glioma/x.jpg"
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for folder, listed in ((good, "Training/glioma/x.jpg"), (bad, "Training/glioma/y.jpg")):
+        folder.mkdir()
+        (folder / "val_split.txt").write_text(listed + "\n")
+    check_same_validation(f"{good},{good}", Val(), "/d")
+    with pytest.raises(ValueError, match="--teacher .*bad: its val_split.txt is not"):
+        check_same_validation(f"{good},{bad}", Val(), "/d")
 
 
 @pytest.mark.slow

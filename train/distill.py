@@ -1,12 +1,14 @@
 """Knowledge distillation from a finished classifier folder (``--teacher``), with its soft targets fixed once.
 
     python -m train.train --model tf_efficientnet_lite0 --pretrained --teacher checkpoints/tf_efficientnet_lite2 ...
+    python -m train.multitask ... --teacher checkpoints/tf_efficientnet_lite2,checkpoints/tf_efficientnet_lite0
 
 The teacher's softmax on each training image (no augmentation, through its own preprocessing: 260 px for Lite2)
 is computed once before the first epoch, and the student learns from ``distill_weight`` of it beside the labels.
 Offline, not a teacher forward each step: on 2 CPU cores Lite2's forward would cost the student's training step
 again, where one pass over the 4,900 training images takes minutes. The softmax is taken at T = 1, the teacher's
-own training distribution, so the targets keep what its label smoothing left on the other classes.
+own training distribution, so the targets keep what its label smoothing left on the other classes. Several
+teachers, comma-separated, teach as one: the mean of their softmaxes, each through its own preprocessing.
 
 The teacher must have been cut by this run's split: weights that trained on one of this run's validation scans
 would carry it into the student (:func:`check_same_validation`).
@@ -29,39 +31,60 @@ from train.evaluate import predict_logits
 _logger = logging.getLogger(__name__)
 
 
+def teacher_folders(teacher: str | Path) -> list[Path]:
+    """``--teacher``'s folders: one, or several separated by commas (they teach as one, by the mean of their softmaxes)."""
+    folders = [Path(part.strip()) for part in str(teacher).split(",") if part.strip()]
+    if not folders:
+        raise ValueError("--teacher names no folder")
+    return folders
+
+
 def check_same_validation(folder: str | Path, val: ImageRecords, data: str, what: str = "--teacher") -> None:
-    """ValueError unless ``folder``'s val_split.txt lists exactly ``val``'s images: a model trained on any of them
-    would leak it."""
-    theirs = read_val_split(folder)
+    """ValueError unless ``folder``'s val_split.txt (each teacher's, for a comma-separated ``--teacher``) lists
+    exactly ``val``'s images: a model trained on any of them would leak it."""
     ours = sorted(relative_path(val.name(i), data) for i in range(len(val)))
-    if theirs is None or sorted(theirs) != ours:
-        raise ValueError(
-            f"{what} {folder}: its val_split.txt is not this run's validation split (the same --split, --val-fraction "
-            "and --seed on the same data); its weights may have trained on this run's validation images"
-        )
+    for one in teacher_folders(folder) if what == "--teacher" else [Path(folder)]:
+        theirs = read_val_split(one)
+        if theirs is None or sorted(theirs) != ours:
+            raise ValueError(
+                f"{what} {one}: its val_split.txt is not this run's validation split (the same --split, --val-fraction "
+                "and --seed on the same data); its weights may have trained on this run's validation images"
+            )
 
 
-def teacher_targets(folder: str | Path, train: ImageRecords, batch_size: int = 64) -> torch.Tensor:
-    """(N, C) float32: the teacher's softmax (T = 1) on each of ``train``'s images, in their order."""
-    if label_names(folder) != train.class_names:
-        raise ValueError(f"--teacher {folder}: its classes {label_names(folder)} are not the data's {train.class_names}")
-    teacher = load_checkpoint(folder).eval()
-    _logger.info("soft targets from %s on %d training images", Path(folder).name, len(train))
-    logits = torch.from_numpy(predict_logits(teacher, train, batch_size))
-    soft = logits.softmax(dim=1)
+def teacher_targets(teacher: str | Path, train: ImageRecords, batch_size: int = 64) -> torch.Tensor:
+    """(N, C) float32: the teacher's softmax (T = 1) on each of ``train``'s images, in their order; for several
+    teachers (comma-separated), the mean of theirs."""
+    folders = teacher_folders(teacher)
+    soft = torch.stack([_softmax_on(folder, train, batch_size) for folder in folders]).mean(dim=0)
     agree = (soft.argmax(dim=1) == torch.from_numpy(train.labels)).float().mean().item()
     _logger.info("the teacher agrees with %.2f%% of the training labels", 100 * agree)
     return soft
 
 
-def describe_teacher(folder: str | Path, weight: float) -> str:
+def _softmax_on(folder: Path, train: ImageRecords, batch_size: int) -> torch.Tensor:
+    if label_names(folder) != train.class_names:
+        raise ValueError(f"--teacher {folder}: its classes {label_names(folder)} are not the data's {train.class_names}")
+    teacher = load_checkpoint(folder).eval()
+    _logger.info("soft targets from %s on %d training images", folder.name, len(train))
+    return torch.from_numpy(predict_logits(teacher, train, batch_size)).softmax(dim=1)
+
+
+def describe_teacher(teacher: str | Path, weight: float) -> str:
     """The card's line on the teacher: which model, its weights' digest (the folder may be replaced later) and its
-    validation accuracy on the very scans the student is chosen on."""
-    folder = Path(folder)
+    validation accuracy on the very scans the student is chosen on; for several, each, and that they teach as one."""
+    folders = teacher_folders(teacher)
+    if len(folders) > 1:
+        each = " and ".join(_describe_one(folder) for folder in folders)
+        return f"the mean of {len(folders)} teachers' softmaxes on each training image, weight {weight:g} of the loss: {each}"
+    return f"{_describe_one(folders[0])}: its softmax on each training image, weight {weight:g} of the loss"
+
+
+def _describe_one(folder: Path) -> str:
     digest = json.loads((folder / MANIFEST).read_text()).get(WEIGHTS, "")[:12]
     validation = json.loads((folder / METRICS).read_text()).get("validation", {}).get("accuracy")
     scored = f", validation {validation:.2%}" if validation is not None else ""
-    return f"{folder.name} (weights sha256 {digest}...{scored}): its softmax on each training image, weight {weight:g} of the loss"
+    return f"{folder.name} (weights sha256 {digest}...{scored})"
 
 
 def distill_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor, weight: float, label_smoothing: float) -> torch.Tensor:

@@ -75,7 +75,7 @@ class MultiTaskConfig:
     resume: bool = False  # continue from <out>/resume
     init_from: str = ""  # a finished multi-task folder to start from (a second schedule on its weights), not ImageNet
     teacher: str = (
-        ""  # a finished classifier folder cut by this split: its softmax on each training image is a soft class target (train.distill)
+        ""  # finished classifier folder(s) cut by this split, comma-separated: their mean softmax is a soft class target (train.distill)
     )
     distill_weight: float = 0.5  # with --teacher: share of the class loss on the teacher's soft targets, the rest on the labels
 
