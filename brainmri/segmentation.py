@@ -164,6 +164,18 @@ def outline(probability: torch.Tensor, size: tuple[int, int], rule: OutlineRule 
     return Outline(mask, float(mask.mean()), tuple(round(float(v), 4) for v in box))
 
 
+def mask_overlap(pred: torch.Tensor, true: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU of two bool stacks (N, H, W), by smp's metrics (``get_stats``, then ``f1_score`` /
+    ``iou_score``): every outline figure of the project, and the CUDA check's, is scored here. Two empty masks score 1
+    (``zero_division=1``): a no-tumour slice left empty is right."""
+    import segmentation_models_pytorch as smp  # only where outlines are scored, not on the serving path
+
+    stats = smp.metrics.get_stats(pred[:, None].long(), true[:, None].long(), mode="binary")  # tp, fp, fn, tn: (N, 1)
+    dice = smp.metrics.f1_score(*stats, reduction="none", zero_division=1.0)[:, 0]
+    iou = smp.metrics.iou_score(*stats, reduction="none", zero_division=1.0)[:, 0]
+    return dice.numpy(), iou.numpy()
+
+
 def mask_data_url(mask: np.ndarray) -> str:
     """A (H, W) bool mask as a PNG data URL, 0 or 255, at the mask's size (the API's ``tumour_mask``)."""
     return data_url(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))

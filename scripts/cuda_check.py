@@ -40,6 +40,7 @@ from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT  # noqa: E402
+from brainmri.segmentation import mask_overlap  # noqa: E402
 from brainmri.serving import Prediction, Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
 
@@ -82,12 +83,8 @@ class Agreement:
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks of one shape; 1.0 when both are empty (smp's metrics, as the outline's own scores:
-    brainmri.eval.segmentation.per_image_scores)."""
-    import segmentation_models_pytorch as smp
-
-    stats = smp.metrics.get_stats(torch.from_numpy(a)[None, None].long(), torch.from_numpy(b)[None, None].long(), mode="binary")
-    return float(smp.metrics.f1_score(*stats, reduction="none", zero_division=1.0)[0, 0])
+    """Dice of two boolean masks of one shape; 1.0 when both are empty (the outline's own scores)."""
+    return float(mask_overlap(torch.from_numpy(a)[None], torch.from_numpy(b)[None])[0][0])
 
 
 def peak_pixel(cam: np.ndarray) -> tuple[int, int]:

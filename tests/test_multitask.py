@@ -14,9 +14,9 @@ import torch
 from huggingface_hub import ModelCard
 
 from brainmri.models.segmenters import SEGMENTERS, create_segmenter
+from brainmri.segmentation import mask_overlap
 from train.experts import soft_target
 from train.multitask import MultiTaskConfig, joint_loss, per_image_dice_loss
-from train.multitask_eval import overlap
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTITASK = [name for name, spec in SEGMENTERS.items() if spec.num_classes]
@@ -86,7 +86,7 @@ def test_overlap_counts_empty_on_empty_as_agreement():
     empty = torch.zeros(2, 8, 8, dtype=torch.bool)
     half = empty.clone()
     half[1, :4] = True
-    dice, iou = overlap(empty, half)
+    dice, iou = mask_overlap(empty, half)
     assert dice[0] == 1.0 and iou[0] == 1.0  # nothing predicted where nothing is: full agreement
     assert dice[1] == 0.0 and iou[1] == 0.0
 

@@ -33,7 +33,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, then the schedule
     schedule: str = "cosine"  # timm's "cosine" or "plateau" (the rate halves after two epochs without a better validation accuracy)
     label_smoothing: float = 0.1  # of the cross-entropy targets (why calibration finds T < 1)
-    teacher: str = ""  # finished classifier folder(s) cut by this split, comma-separated: their mean softmax on each training image is a soft target (train.distill)
+    teacher: str = ""  # classifier folder(s) cut by this split, comma-separated: their mean softmax is a soft target (train.distill)
     distill_weight: float = 0.5  # with --teacher: share of the loss on the teacher's soft targets, the rest on the labels
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     patience: int = 4  # early stopping: epochs without a better validation loss

@@ -1,8 +1,8 @@
 """Score a multi-task model on validation: its class, and its outline against each expert beside the experts'
 agreement with each other on the same scans.
 
-Per-image Dice and IoU come from smp's ``metrics.functional`` (``get_stats``, then ``f1_score`` / ``iou_score``
-with ``reduction="none"``); an empty prediction of an empty mask scores 1 (smp's ``zero_division``).
+Per-image Dice and IoU come from :func:`brainmri.segmentation.mask_overlap` (smp's metrics); an empty prediction of
+an empty mask scores 1.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.metrics import f1_score, get_stats, iou_score
 
 from brainmri.eval.metrics import bootstrap_accuracy_ci
-from brainmri.segmentation import batch_masks, normalise
+from brainmri.segmentation import batch_masks, mask_overlap, normalise
 from brainmri.vocabulary import NO_TUMOUR
 from train.experts import EXPERTS
 
@@ -37,12 +36,6 @@ def predict(model, x: torch.Tensor, precision: AbstractContextManager, batch_siz
     return (torch.cat(logits) if logits else None), torch.cat(outlines)
 
 
-def overlap(pred: torch.Tensor, true: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image Dice and IoU of two bool stacks (N, S, S)."""
-    stats = get_stats(pred[:, None].long(), true[:, None].long(), mode="binary")
-    return f1_score(*stats, reduction="none")[:, 0].numpy(), iou_score(*stats, reduction="none")[:, 0].numpy()
-
-
 def _figures(dice: np.ndarray, iou: np.ndarray) -> dict:
     if not len(dice):
         return {"n": 0}
@@ -57,8 +50,8 @@ def outline_scores(outlines: torch.Tensor, masks: torch.Tensor, known: torch.Ten
     names = list(EXPERTS)
     groups = {"all": tumour} | {c: torch.from_numpy(labels == k) for k, c in enumerate(class_names) if k != negative}
     truth = [masks[:, j] > 0 for j in range(len(names))]
-    per_expert = [overlap(outlines, t) for t in truth]
-    between = overlap(truth[0], truth[1])
+    per_expert = [mask_overlap(outlines, t) for t in truth]
+    between = mask_overlap(truth[0], truth[1])
     out: dict = {"each_expert": {}, "both_experts": {}}
     for j, e in enumerate(names):
         out["each_expert"][e] = {g: _figures(*(s[(sel & known[:, j]).numpy()] for s in per_expert[j])) for g, sel in groups.items()}

@@ -32,10 +32,9 @@ from tqdm import tqdm
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_config, checkpoint_split, twin_groups
 from brainmri.models.checkpoint import results_dir
-from brainmri.segmentation import OutlineRule, batch_masks, gated, load_segmenter, normalise, to_input, write_rule
+from brainmri.segmentation import OutlineRule, batch_masks, gated, load_segmenter, mask_overlap, normalise, to_input, write_rule
 from brainmri.vocabulary import NO_TUMOUR
 from train.experts import EXPERTS, decode_expert_masks
-from train.multitask_eval import overlap
 
 _logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def per_image(
     """Each image's Dice against each expert (N, E) and whether its outline is empty (N,), under ``rule``: served
     decoding (brainmri.segmentation's gate and smallest outline), at the model's input size."""
     pred = batch_masks(gated((plain + mirrored) / 2 if rule.mirror else plain, logits, label_names, rule), rule)
-    dice = np.stack([overlap(pred, t)[0] for t in truth], axis=1)
+    dice = np.stack([mask_overlap(pred, t)[0] for t in truth], axis=1)
     return dice, ~pred.flatten(1).any(dim=1).numpy()
 
 
@@ -148,7 +147,7 @@ def study(folder: Path, split_of: Path, data: str | None, min_empty: float, allo
         held_out_dice[test], held_out_empty[test] = results[r][0][test], results[r][1][test]
 
     fixed = OutlineRule()
-    between = overlap(truth[0], truth[1])[0]  # the experts with each other
+    between = mask_overlap(truth[0], truth[1])[0]  # the experts with each other
     chosen = choose(results, everything, labels, names, both, min_empty, allow_mirror)
     return {
         "model": folder.name,

@@ -9,7 +9,7 @@ import torch
 
 from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.eval.metrics import bootstrap_accuracy_ci
-from brainmri.segmentation import binary_mask, tumour_probability
+from brainmri.segmentation import binary_mask, mask_overlap, tumour_probability
 from brainmri.vocabulary import NO_TUMOUR
 
 
@@ -22,17 +22,13 @@ def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
 def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
     """Dice, IoU, areas and detection of each image (true mask from ``y``, predicted from :func:`binary_mask`).
 
-    Dice and IoU are smp's (``get_stats``, then ``f1_score`` / ``iou_score`` per image). An image whose true and
-    predicted masks are both empty scores 1 (``zero_division=1``): a no-tumour slice left empty is right, where
-    smp's DiceLoss would skip it. Training's soft Dice instead pools the batch (train.segment.soft_dice_loss).
+    Dice and IoU are :func:`brainmri.segmentation.mask_overlap`'s (smp's metrics). An image whose true and predicted
+    masks are both empty scores 1: a no-tumour slice left empty is right, where smp's DiceLoss would skip it.
+    Training's soft Dice instead pools the batch (train.segment.soft_dice_loss).
     """
-    import segmentation_models_pytorch as smp
-
     pred = torch.stack([torch.from_numpy(binary_mask(p.numpy())) for p in probs])[:, None].long()  # (N, 1, H, W)
     true = (y[:, :1] > 0).long()
-    stats = smp.metrics.get_stats(pred, true, mode="binary")  # tp, fp, fn, tn: each (N, 1)
-    dice = smp.metrics.f1_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
-    iou = smp.metrics.iou_score(*stats, reduction="none", zero_division=1.0)[:, 0].tolist()
+    dice, iou = (v.tolist() for v in mask_overlap(pred[:, 0].bool(), true[:, 0].bool()))
     pred_area, true_area = pred.float().mean(dim=(1, 2, 3)).tolist(), true.float().mean(dim=(1, 2, 3)).tolist()
     return [{"dice": d, "iou": i, "pred_area": pa, "true_area": ta} for d, i, pa, ta in zip(dice, iou, pred_area, true_area)]
 
