@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,7 @@ def test_each_of_several_teachers_must_share_the_split(tmp_path: Path):
         folder.mkdir()
         (folder / "val_split.txt").write_text(listed + "\n")
     check_same_validation(f"{good},{good}", Val(), "/d")
-    with pytest.raises(ValueError, match="--teacher .*bad: its val_split.txt is not"):
+    with pytest.raises(ValueError, match=rf"--teacher {re.escape(str(bad))}: its val_split.txt is not"):
         check_same_validation(f"{good},{bad}", Val(), "/d")
 
 

@@ -39,11 +39,11 @@ def teacher_folders(teacher: str | Path) -> list[Path]:
     return folders
 
 
-def check_same_validation(folder: str | Path, val: ImageRecords, data: str, what: str = "--teacher") -> None:
-    """ValueError unless ``folder``'s val_split.txt (each teacher's, for a comma-separated ``--teacher``) lists
+def check_same_validation(folder: str | Path, val: ImageRecords, data: str, what: str = "--teacher", several: bool = True) -> None:
+    """ValueError unless ``folder``'s val_split.txt (with ``several``, each of a comma-separated list's) lists
     exactly ``val``'s images: a model trained on any of them would leak it."""
     ours = sorted(relative_path(val.name(i), data) for i in range(len(val)))
-    for one in teacher_folders(folder) if what == "--teacher" else [Path(folder)]:
+    for one in teacher_folders(folder) if several else [Path(folder)]:
         theirs = read_val_split(one)
         if theirs is None or sorted(theirs) != ours:
             raise ValueError(

@@ -207,7 +207,7 @@ def check_init_split(cfg: MultiTaskConfig, val) -> None:
     """--init-from must start from a folder whose validation scans are this run's: weights that trained on one of
     this run's validation scans would leak it."""
     if cfg.init_from:
-        check_same_validation(cfg.init_from, val, cfg.data, "--init-from")
+        check_same_validation(cfg.init_from, val, cfg.data, "--init-from", several=False)
 
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
