@@ -28,23 +28,28 @@ def test_distill_loss_mixes_the_labels_and_the_teacher_by_weight():
     torch.testing.assert_close(distill_loss(logits, labels, soft, 0.3, 0.1), 0.7 * hard + 0.3 * taught)
 
 
+class OneScan:
+    """A validation split of one scan, ``/d/Training/glioma/<stem>.jpg``: what ``check_same_validation`` reads of it."""
+
+    def __init__(self, stem: str):
+        self.stem = stem
+
+    def __len__(self):
+        return 1
+
+    def name(self, i):
+        return f"/d/Training/glioma/{self.stem}.jpg"
+
+
 def test_a_teacher_cut_by_another_split_is_refused(tmp_path: Path):
     """A teacher whose training side held one of this run's validation images would leak it into the student."""
-
-    class Val:
-        def __len__(self):
-            return 1
-
-        def name(self, i):
-            return "/d/Training/glioma/b.jpg"
-
     with pytest.raises(ValueError, match="not this run's validation split"):
-        check_same_validation(tmp_path, Val(), "/d")  # no val_split.txt at all
+        check_same_validation(tmp_path, OneScan("b"), "/d")  # no val_split.txt at all
     (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/a.jpg\n")
     with pytest.raises(ValueError, match="--teacher .* not this run's validation split"):
-        check_same_validation(tmp_path, Val(), "/d")
+        check_same_validation(tmp_path, OneScan("b"), "/d")
     (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/b.jpg\n")
-    check_same_validation(tmp_path, Val(), "/d")  # the same scans: accepted
+    check_same_validation(tmp_path, OneScan("b"), "/d")  # the same scans: accepted
 
 
 def test_several_teachers_teach_as_one_by_the_mean_of_their_softmaxes(monkeypatch: pytest.MonkeyPatch):
@@ -62,20 +67,13 @@ def test_several_teachers_teach_as_one_by_the_mean_of_their_softmaxes(monkeypatc
 
 
 def test_each_of_several_teachers_must_share_the_split(tmp_path: Path):
-    class Val:
-        def __len__(self):
-            return 1
-
-        def name(self, i):
-            return "/d/Training/glioma/x.jpg"
-
     good, bad = tmp_path / "good", tmp_path / "bad"
     for folder, listed in ((good, "Training/glioma/x.jpg"), (bad, "Training/glioma/y.jpg")):
         folder.mkdir()
         (folder / "val_split.txt").write_text(listed + "\n")
-    check_same_validation(f"{good},{good}", Val(), "/d")
+    check_same_validation(f"{good},{good}", OneScan("x"), "/d")
     with pytest.raises(ValueError, match=rf"--teacher {re.escape(str(bad))}: its val_split.txt is not"):
-        check_same_validation(f"{good},{bad}", Val(), "/d")
+        check_same_validation(f"{good},{bad}", OneScan("x"), "/d")
 
 
 @pytest.mark.slow
