@@ -6,8 +6,8 @@ The outline already runs ``multitask_lite0``'s forward on every MRI slice, and t
 with it, so the mean of the two calibrated probabilities (``brainmri.eval.ensemble``) would cost a request nothing
 more. Both models were cut by the same mirror-aware rule, so they are scored on the very same validation scans, and
 on official and unseen Testing. Equal weights, fixed before looking; each member's temperature is its own, fitted on
-that validation split. A last row refits one temperature on the mean's log-probabilities, on validation too (does a
-shared temperature bring the mean's calibration where the issue asks?). Asserts nothing.
+that validation split. A last row fits one more temperature on the mean's log-probabilities, on validation too (does
+it bring the mean's calibration where the issue asks?). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         probs[name] = {"val": calibrated_probs(predict_logits(model, val), t), "test": calibrated_probs(predict_logits(model, test), t)}
     probs["mean of both"] = {s: mean_probs([probs[m][s] for m in MEMBERS]) for s in ("val", "test")}
     log_mean = {s: np.log(np.clip(p, 1e-12, None)) for s, p in probs["mean of both"].items()}
-    shared = fit_temperature(log_mean["val"], val.labels)  # on validation only
-    probs[f"mean, refit T={shared:.3f}"] = {s: calibrated_probs(v, shared) for s, v in log_mean.items()}
+    extra = fit_temperature(log_mean["val"], val.labels)  # on validation only
+    probs[f"mean, refit T={extra:.3f}"] = {s: calibrated_probs(v, extra) for s, v in log_mean.items()}
     figures = {}
     for name, p in probs.items():
         reports = {"validation": classification_report(p["val"], val.labels, val.class_names), **score(p["test"], test, unseen)}

@@ -26,10 +26,10 @@ def per_image_scores(probs: torch.Tensor, y: torch.Tensor) -> list[dict]:
     masks are both empty scores 1: a no-tumour slice left empty is right, where smp's DiceLoss would skip it.
     Training's soft Dice instead pools the batch (train.segment.soft_dice_loss).
     """
-    pred = torch.stack([torch.from_numpy(binary_mask(p.numpy())) for p in probs])[:, None].long()  # (N, 1, H, W)
-    true = (y[:, :1] > 0).long()
-    dice, iou = (v.tolist() for v in mask_overlap(pred[:, 0].bool(), true[:, 0].bool()))
-    pred_area, true_area = pred.float().mean(dim=(1, 2, 3)).tolist(), true.float().mean(dim=(1, 2, 3)).tolist()
+    pred = torch.stack([torch.from_numpy(binary_mask(p.numpy())) for p in probs])  # (N, H, W) bool
+    true = y[:, 0] > 0  # (N, H, W) bool
+    dice, iou = (v.tolist() for v in mask_overlap(pred, true))
+    pred_area, true_area = pred.float().mean(dim=(1, 2)).tolist(), true.float().mean(dim=(1, 2)).tolist()
     return [{"dice": d, "iou": i, "pred_area": pa, "true_area": ta} for d, i, pa, ta in zip(dice, iou, pred_area, true_area)]
 
 
