@@ -94,6 +94,21 @@ def test_protocol_cannot_carry_machine_settings(tmp_path):
         load_plan(path)
 
 
+def test_set_is_repeatable(monkeypatch):
+    """`--set amp=bf16 --set data_on_device=false` keeps both settings, not the last alone."""
+    import train.sweep as sweep
+
+    seen = {}
+
+    def fake_plan(config, data, out, deadline, only, overrides):
+        seen.update(overrides)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(sweep, "load_plan", fake_plan)
+    assert sweep.main(["--config", str(SEED), "--set", "amp=bf16", "--set", "data_on_device=false", "epochs=2"]) != 0
+    assert seen == {"amp": "bf16", "data_on_device": False, "epochs": 2}
+
+
 def test_budgets_leave_every_later_model_its_minimum():
     plan = load_plan(FULL)
     assert budget_for(plan, 0, elapsed=0) == plan.models[0]["time_budget_s"]  # on schedule: its own budget

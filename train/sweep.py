@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="skip finished models, continue an interrupted one from its last epoch")
     parser.add_argument("--only", nargs="+", metavar="MODEL", help="train only these models of the config")
     parser.add_argument("--lane", help="with --lease: the lane to run")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="TrainConfig fields over every model's (a rehearsal)")
+    # extend: `--set a=1 --set b=2` keeps both (a plain nargs="+" kept only the last, silently)
+    set_help = "TrainConfig fields over every model's (a rehearsal); repeatable"
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
     whole = "no wall-clock budgets: every model runs its whole schedule (a GPU sweep's protocol on CPU)"
     parser.add_argument("--whole-schedules", action="store_true", help=whole)
     args = parser.parse_args(argv)
