@@ -73,12 +73,12 @@ _hub_segmenter = functools.cache(discover_segmenter)  # the Hub asked once per p
 def refresh_models():
     """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown and the picker,
     and the segmenter when it has no local folder."""
-    PREDICTOR.sources.update({n: s for n, s in _hub_sources().items() if not PREDICTOR.sources[n].available})
+    PREDICTOR.add_sources(_hub_sources())
     if PREDICTOR.segmenter_source is not None and not PREDICTOR.segmenter_source.available:
         PREDICTOR.use_segmenter(_hub_segmenter(PREDICTOR.segmenter_source.name))
-    choices = labelled_choices(PREDICTOR.sources)
-    every = gr.CheckboxGroup(choices=choices, value=[n for _, n in choices])
-    return gr.Dropdown(choices=choices), unavailable_markdown(PREDICTOR.unavailable), every
+    singles = labelled_choices(PREDICTOR.sources, ensembles=False)
+    every = gr.CheckboxGroup(choices=singles, value=[n for _, n in singles])
+    return gr.Dropdown(choices=labelled_choices(PREDICTOR.sources)), unavailable_markdown(PREDICTOR.unavailable), every
 
 
 # ---------------------------------------------------------------- Classify
@@ -200,7 +200,7 @@ def compare(session: display.Session | None, method: str, chosen: list[str] | No
     if session is None:  # a user's slip, not a server fault: nothing for the log
         raise gr.Error("upload an image in the Classify tab first", print_exception=False)
     image = session.image
-    names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available)]
+    names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available) and not PREDICTOR.ensemble(n)]
     start = time.perf_counter()
     with user_errors():
         results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD, outline=False) for name in progress.tqdm(names, desc="models")]
@@ -212,7 +212,7 @@ def compare(session: display.Session | None, method: str, chosen: list[str] | No
 
 def compare_tab(session: gr.State) -> gr.CheckboxGroup:
     gr.Markdown("Runs the ticked models on the image uploaded in **Classify**, each with its own heatmap.")
-    choices = labelled_choices(PREDICTOR.sources)
+    choices = labelled_choices(PREDICTOR.sources, ensembles=False)
     picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", elem_id="compare-models")
     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="compare-method")
     button = gr.Button("Compare", variant="primary")

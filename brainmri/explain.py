@@ -127,7 +127,7 @@ def gradcam_batch(
     layers: Layers,
     x: torch.Tensor,
     method: str = DEFAULT_METHOD,
-    targets: Sequence[int] | Callable[[], Sequence[int]] | None = None,
+    targets: Sequence[int | Callable[[torch.Tensor], torch.Tensor]] | Callable[[], Sequence[int]] | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """One forward and one backward over a batch: each image's heatmap for its own class, and the logits.
 
@@ -137,15 +137,16 @@ def gradcam_batch(
     Args:
         layers: the layer to weigh, or several (fused by methods that fuse, else averaged).
         x: (B, 3, H, W) normalised input.
-        targets: each image's class to explain; None explains each image's predicted class; a callable gives
-            them once the forward is done (:class:`DeferredClass`: another pass may still be predicting them).
+        targets: each image's class to explain, or its own target (a callable of its (C,) logits); None explains each
+            image's predicted class; a callable gives the classes once the forward is done (:class:`DeferredClass`:
+            another pass may still be predicting them).
     Returns:
         cams: (B, H, W) float32 in [0, 1] at the input's resolution, each scaled on its own; logits: (B, C), detached.
     """
     if callable(targets):
         wanted = [DeferredClass(targets, i) for i in range(len(x))]
     else:
-        wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+        wanted = None if targets is None else [t if callable(t) else ClassifierOutputTarget(int(t)) for t in targets]
     with cam_session(model, layers, method) as cam:
         maps = cam(input_tensor=x, targets=wanted)  # (B, H, W)
         logits = cam.outputs.detach()

@@ -105,15 +105,25 @@ def tumour_probability(model: nn.Module, images: torch.Tensor, rule: OutlineRule
     """Per-pixel tumour probability: uint8 (B, 3, S, S) at the model's input size -> float (B, S, S). Under the
     rule's ``mirror``, averaged with the mirrored image's map (flipped back); under its ``gate``, zero where a
     model with a class head (a multi-task one) says no tumour."""
+    return tumour_probability_and_class(model, images, rule)[0]
+
+
+@torch.inference_mode()
+def tumour_probability_and_class(
+    model: nn.Module, images: torch.Tensor, rule: OutlineRule = OutlineRule()
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`tumour_probability`, with the class logits (B, C) of the same forward: a multi-task model's class head
+    (of the unmirrored image), None for a plain U-Net. Both on the CPU, float32."""
     device = next(model.parameters()).device
     x = normalise(images.to(device), model)
     out = model(x)
     probability = torch.sigmoid(mask_logits(out)[:, 0].float())
     if rule.mirror:
         probability = (probability + torch.sigmoid(mask_logits(model(x.flip(-1)))[:, 0].float()).flip(-1)) / 2
-    if isinstance(out, tuple):
-        probability = gated(probability, out[1], model.label_names, rule)
-    return probability.cpu()
+    class_logits = out[1].float() if isinstance(out, tuple) else None
+    if class_logits is not None:
+        probability = gated(probability, class_logits, model.label_names, rule)
+    return probability.cpu(), None if class_logits is None else class_logits.cpu()
 
 
 def gated(probability: torch.Tensor, class_logits: torch.Tensor | None, label_names: list[str], rule: OutlineRule) -> torch.Tensor:

@@ -33,7 +33,7 @@ from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.catalog import checkpoint_folders  # noqa: E402
 from brainmri.models.checkpoint import CONFIG, METRICS, label_names, results_dir  # noqa: E402
-from brainmri.models.registry import APP_DEFAULT, REGISTRY, create_model  # noqa: E402
+from brainmri.models.registry import DEFAULT_CLASSIFIER, REGISTRY, create_model  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def model_points(root: str | Path, count_macs: bool = True) -> list[dict]:
 
 
 def _label(point: dict) -> str:
-    return point["model"] + (" (app default)" if point["model"] == APP_DEFAULT else "")
+    return point["model"] + (" (in the app default)" if point["model"] == DEFAULT_CLASSIFIER else "")
 
 
 def _place_labels(ax, texts: list) -> None:

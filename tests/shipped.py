@@ -6,10 +6,10 @@ import pytest
 
 from brainmri.models.catalog import ModelSource, discover
 from brainmri.models.checkpoint import OOD_CONFIG
-from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.registry import DEFAULT_CLASSIFIER
 from brainmri.settings import checkpoint_dir
 
-SHIPPED = [APP_DEFAULT, "simple_cnn_7"]  # the app's default first
+SHIPPED = [DEFAULT_CLASSIFIER, "simple_cnn_7"]  # the default's classifier (the OOD judge) first
 
 
 def require_shipped() -> dict[str, ModelSource]:

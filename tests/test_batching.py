@@ -123,7 +123,7 @@ def test_each_worker_serves_through_its_own_copy_with_the_same_answers(predictor
     name = two.default_model
     first, second = two.model(name, 0), two.model(name, 1)
     assert first is not second and first.model is not second.model, "the workers share one model: their hooks would mix"
-    assert two.cache.names() == [name] and two.cache.nbytes() == first.nbytes + second.nbytes  # both copies count
+    assert two.cache.names() == [first.name] and two.cache.nbytes() == first.nbytes + second.nbytes  # both copies count
     a = two.predict_many(images[:3], name, copy=0)
     b = two.predict_many(images[:3], name, copy=1)
     for x, y in zip(a, b):

@@ -13,7 +13,7 @@ import pytest
 from shipped import SHIPPED
 
 from brainmri.models.catalog import checkpoint_folder, discover, discover_segmenter
-from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT, DEFAULT_CLASSIFIER, ENSEMBLES
 from brainmri.models.segmenters import SEGMENTER_DEFAULT, get_segmenter_spec
 from brainmri.serving import Predictor
 from brainmri.settings import checkpoint_dir
@@ -90,7 +90,8 @@ def test_the_app_says_the_hub_was_not_reachable(silent_hub, monkeypatch):
     assert time.monotonic() - start < 8
     assert set(SHIPPED) <= set(app.PREDICTOR.available)
     assert "not reachable" in note
-    assert [v for _, v in picker.choices] == [v for _, v in dropdown.choices]  # Compare offers what Classify offers
+    singles = [v for _, v in dropdown.choices if v not in ENSEMBLES]
+    assert [v for _, v in picker.choices] == singles  # Compare offers what Classify offers, an ensemble as its members
 
 
 @pytest.mark.parametrize("hub", ["silent_hub", "refused_hub"])
@@ -107,7 +108,8 @@ def test_the_segmenter_falls_back_like_the_classifiers(request, hub: str, tmp_pa
     assert source.location == get_segmenter_spec(SEGMENTER_DEFAULT).hub_repo_id
     predictor = Predictor(sources, segmenter=source)  # no outline, and nothing else changes
     assert predictor.segmenter is None and predictor.segmentation_model() is None
-    assert predictor.default_model == APP_DEFAULT
+    assert predictor.default_model == DEFAULT_CLASSIFIER  # the default ensemble needs the segmenter's forward
+    assert "outlines with None" in predictor.unavailable[APP_DEFAULT]
 
 
 def test_the_segmenter_without_a_folder_says_why(tmp_path: Path, monkeypatch):

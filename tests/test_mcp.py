@@ -58,7 +58,7 @@ def test_a_real_slice_gets_its_class_and_tumour_box_as_json_and_leaves_no_file(m
     (content,) = result.content
     answer = json.loads(content.text)
     assert answer["prediction"] == "glioma" and answer["looks_like_brain_mri"] is True
-    assert answer["model"] == "tf_efficientnet_lite0" and sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    assert answer["model"] == "lite0_and_multitask" and sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     x0, y0, x1, y1 = answer["tumour_box"]
     assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and 0 < answer["tumour_area"] < 0.2
     assert len(answer["tumour_box_px"]) == 4 and "not for diagnosis" in answer["disclaimer"]

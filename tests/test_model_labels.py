@@ -15,7 +15,7 @@ def test_every_shipped_checkpoint_is_offered_grouped_by_family():
     shipped = {
         p.name for p in root.iterdir() if (p / "config.json").is_file() and (p.name not in SEGMENTERS or SEGMENTERS[p.name].num_classes)
     }
-    choices = labelled_choices(discover(hub=False))
+    choices = labelled_choices(discover(hub=False), ensembles=False)  # the ensembles: tests/test_default_ensemble.py
     assert {name for _, name in choices} == shipped
     families = [get_spec(name).family for _, name in choices]
     assert families == sorted(families, key=FAMILY_ORDER.index)  # one block per family

@@ -14,7 +14,7 @@ from shipped import require_shipped
 
 from brainmri.data.imageio import load_image
 from brainmri.explain import gradcam_batch
-from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT, DEFAULT_CLASSIFIER
 from brainmri.serving import Predictor
 from brainmri.serving import predictor as front_door
 from brainmri.serving.overlap import in_turn, shared_weights_copy
@@ -38,7 +38,7 @@ def _same(a, b) -> None:
         assert np.array_equal(a.outline.mask, b.outline.mask)
 
 
-@pytest.mark.parametrize("model", [APP_DEFAULT, "simple_cnn_7"])
+@pytest.mark.parametrize("model", [APP_DEFAULT, DEFAULT_CLASSIFIER, "simple_cnn_7"])
 def test_side_by_side_gives_the_answers_of_one_after_another(pair, model, monkeypatch):
     monkeypatch.setattr(front_door, "spare_core", lambda *_: True)  # whatever this machine's thread count
     together, in_turn = pair
@@ -55,11 +55,11 @@ def test_a_slice_flagged_as_not_an_mri_gets_no_outline_though_it_was_drawn_ahead
     monkeypatch.setattr(front_door, "segment_batch", lambda seg, images: drawn.append(len(images)) or real(seg, images))
     rng = np.random.default_rng(0)
     colour = Image.fromarray(rng.integers(0, 255, (240, 300, 3), dtype=np.uint8))
-    result = together.predict(colour)
+    result = together.predict(colour, DEFAULT_CLASSIFIER)
     assert drawn == [1]  # the outline started before the verdict ...
     assert not result.in_distribution and result.outline is None  # ... and was dropped with it
     assert result.details()["tumour_mask"] is None
-    _same(result, in_turn.predict(colour))
+    _same(result, in_turn.predict(colour, DEFAULT_CLASSIFIER))
 
 
 def test_a_failing_side_pass_is_the_request_error(pair, monkeypatch):
@@ -70,7 +70,7 @@ def test_a_failing_side_pass_is_the_request_error(pair, monkeypatch):
 
     monkeypatch.setattr(front_door, "segment_batch", broken)
     with pytest.raises(ValueError, match="segmenter's weights are corrupt"):
-        pair[0].predict(load_image(EXAMPLES[0]))
+        pair[0].predict(load_image(EXAMPLES[0]), DEFAULT_CLASSIFIER)
 
 
 def test_in_turn_runs_beside_the_caller_in_order_with_its_torch_threads():

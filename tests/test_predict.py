@@ -18,7 +18,7 @@ from brainmri.data.imageio import load_image
 from brainmri.data.records import ImageRecords, limit_per_class, load_records
 from brainmri.explain import CAM_METHODS, cam_to_image_size, gradcam_batch, view_box
 from brainmri.models.catalog import ModelSource, app_default_model, discover, validation_accuracy
-from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT, DEFAULT_CLASSIFIER
 from brainmri.runtime import available_cpus
 from brainmri.serving import ModelCache, Predictor
 from train.evaluate import predict_records
@@ -108,15 +108,15 @@ def test_non_mri_is_flagged_not_classified(predictor: Predictor, model_name: str
     assert not result.in_distribution, result.ood
     assert result.prediction is None and result.label_value() == "does not look like a brain MRI"
     assert result.details()["in_distribution"] is False and result.ood.reasons
-    assert result.ood.checked_by == APP_DEFAULT  # the default model judges for every model
+    assert result.ood.checked_by == DEFAULT_CLASSIFIER  # the default model judges for every model
 
 
 def test_the_default_model_judges_every_model_and_only_it_ships_statistics(predictor: Predictor, sample: ImageRecords):
     judged = predictor.predict(sample.open(0), "simple_cnn_7")
-    assert judged.ood.checked_by == APP_DEFAULT  # the simple CNN is judged by the default model
+    assert judged.ood.checked_by == DEFAULT_CLASSIFIER  # the simple CNN is judged by the default model
     assert not predictor.predict(Image.new("RGB", (256, 256)), "simple_cnn_7").in_distribution  # blank: flagged
     own = Predictor(predictor.sources, ood_model=None)  # each model with its own statistics, where it has them
-    assert own.predict(sample.open(0), APP_DEFAULT).ood.checked_by == APP_DEFAULT
+    assert own.predict(sample.open(0), DEFAULT_CLASSIFIER).ood.checked_by == DEFAULT_CLASSIFIER
     assert own.predict(sample.open(0), "simple_cnn_7").ood is None  # no statistics shipped: no verdict, not a guess
 
 
@@ -132,7 +132,7 @@ def test_details_are_json_with_the_promised_keys(predictor: Predictor, sample: I
 
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 def test_heatmap_moves_with_the_explained_class(predictor: Predictor, sample: ImageRecords, method: str):
-    loaded = predictor.model(APP_DEFAULT)
+    loaded = predictor.model(DEFAULT_CLASSIFIER)
     x = loaded.transform(sample.open(0))[None]
     with loaded.lock:
         maps = [gradcam_batch(loaded.model, loaded.cam_layers(method), x, method, [c])[0][0] for c in (0, 2)]
@@ -241,10 +241,10 @@ def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: 
 def test_a_heatmap_at_a_larger_size_explains_the_class_predicted_at_the_input_size(predictor: Predictor, sample: ImageRecords):
     """The default model's heatmap runs at 1.5x its input size (registry cam_size; Lite0: 288 px); its class and
     probabilities still come from the input size."""
-    loaded = predictor.model(APP_DEFAULT)
+    loaded = predictor.model(DEFAULT_CLASSIFIER)
     assert loaded.cam_size == loaded.cfg["input_size"][-1] * 3 // 2
     image = sample.open(0)
-    result = predictor.predict(image, APP_DEFAULT)
+    result = predictor.predict(image, DEFAULT_CLASSIFIER)
     x = loaded.transform(image)[None]
     with loaded.lock, torch.no_grad():
         logits = loaded.model(x)
@@ -260,7 +260,7 @@ def test_a_heatmap_at_a_larger_size_explains_the_class_predicted_at_the_input_si
 def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistics(predictor: Predictor, monkeypatch):
     monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", "simple_cnn_7")
     chosen = Predictor(predictor.sources)
-    assert chosen.default_model == "simple_cnn_7" and chosen.ood_model == APP_DEFAULT
+    assert chosen.default_model == "simple_cnn_7" and chosen.ood_model == DEFAULT_CLASSIFIER
     assert not chosen.predict(Image.new("RGB", (256, 256))).in_distribution  # a blank image is still flagged
 
 
@@ -269,10 +269,14 @@ def test_the_registry_default_comes_first_and_without_it_the_best_on_validation(
     assert app_default_model(sources) == APP_DEFAULT
     local = {n: s for n, s in sources.items() if s.where == "local"}
     assert len(local) >= 3, "the fallback needs several shipped checkpoints to choose among"
-    gone = {**sources, APP_DEFAULT: ModelSource(APP_DEFAULT, "", "x", "no local checkpoint")}
+    without = {**sources, APP_DEFAULT: ModelSource(APP_DEFAULT, "", "x", "needs multitask_lite0")}
+    assert app_default_model(without) == DEFAULT_CLASSIFIER  # the ensemble's classifier alone
+    gone = {**without, DEFAULT_CLASSIFIER: ModelSource(DEFAULT_CLASSIFIER, "", "x", "no local checkpoint")}
     chosen = app_default_model(gone)
-    others = [s for n, s in local.items() if n != APP_DEFAULT]
-    assert chosen != APP_DEFAULT and validation_accuracy(local[chosen].location) == max(validation_accuracy(s.location) for s in others)
+    others = [s for n, s in local.items() if n != DEFAULT_CLASSIFIER]
+    assert chosen != DEFAULT_CLASSIFIER and validation_accuracy(local[chosen].location) == max(
+        validation_accuracy(s.location) for s in others
+    )
 
 
 def test_the_summary_says_each_number_once(predictor: Predictor, sample: ImageRecords):

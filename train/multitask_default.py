@@ -28,7 +28,7 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_config, checkpoint_split
 from brainmri.eval.tables import read_metrics
 from brainmri.models.checkpoint import results_dir
-from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.registry import DEFAULT_CLASSIFIER
 from brainmri.models.segmenters import UNET
 from brainmri.segmentation import load_segmenter, to_input
 from train.experts import EXPERTS, decode_expert_masks
@@ -36,7 +36,7 @@ from train.multitask_eval import outline_scores, predict
 
 _logger = logging.getLogger(__name__)
 
-CLASSIFIER, SEGMENTER = APP_DEFAULT, UNET  # the pair it would replace, as the rule named it
+CLASSIFIER, SEGMENTER = DEFAULT_CLASSIFIER, UNET  # the pair it would replace, as the rule named it
 OUT = "multitask_default.json"
 
 

@@ -71,7 +71,8 @@ def analyse_tool(
 
         Args:
             image: the slice: JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM, as an http(s) URL or a data: URL.
-            model: the classifier; empty for the app's default (tf_efficientnet_lite0). Others: simple_cnn_7, tf_efficientnet_lite2, ...
+            model: the classifier; empty for the app's default (lite0_and_multitask: tf_efficientnet_lite0 and
+                multitask_lite0, averaged). Others: tf_efficientnet_lite0, tf_efficientnet_lite2, simple_cnn_7, ...
             images: also return the heatmap and the tumour mask as PNG data URLs (large); false by default.
 
         Returns:

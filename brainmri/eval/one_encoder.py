@@ -10,6 +10,7 @@ from pathlib import Path
 from brainmri.eval.outline_rules import served_rule_line
 from brainmri.eval.tables import read_metrics
 from brainmri.models.checkpoint import results_dir
+from brainmri.models.registry import APP_DEFAULT, ENSEMBLES
 from brainmri.vocabulary import class_words, percent
 
 EXPERT_NAMES = {"cheng": "Cheng (figshare)", "brisc": "BRISC 2025"}
@@ -110,6 +111,17 @@ def _verdict(verdict: dict | None) -> list[str]:
             if verdict["default"] == "multitask"
             # Since the outline rule study (train.outline_rules) the outline is this model's whichever classifier
             # answers: what stays is the classifier, not the pair the rule named.
-            else f"**`{classifier}` classifies**; the multi-task model outlines for it, by the rule above."
+            else f"**`{classifier}` classifies**; the multi-task model outlines for it, by the rule above." + _ensemble_line(classifier)
         ),
     ]
+
+
+def _ensemble_line(classifier: str) -> str:
+    """The default that followed: the classifier and the multi-task model's class head, averaged (registry ENSEMBLES)."""
+    spec = ENSEMBLES.get(APP_DEFAULT)
+    if spec is None or spec.explainer != classifier:
+        return ""
+    return (
+        f" Since then the app answers with both: `{APP_DEFAULT}` averages their calibrated probabilities, the one encoder's"
+        f" from the forward that outlines, and `{classifier}`'s heatmap explains the mean's class (`docs/serving.md`)."
+    )

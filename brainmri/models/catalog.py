@@ -8,6 +8,7 @@ reason it is not available, so that the app shows it rather than failing on it.
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from brainmri.models.checkpoint import (
     WEIGHTS,
     is_multitask,
     is_segmenter,
+    results_dir,
 )
-from brainmri.models.registry import APP_DEFAULT, REGISTRY, ModelSpec, get_spec
+from brainmri.models.registry import APP_DEFAULT, DEFAULT_CLASSIFIER, ENSEMBLES, REGISTRY, ModelSpec, get_spec
 from brainmri.models.segmenters import SEGMENTER_DEFAULT, SegmenterSpec, get_segmenter_spec
 from brainmri.settings import checkpoint_dir, default_model, hub_offline
 
@@ -110,7 +112,8 @@ def _hub(spec: ModelSpec | SegmenterSpec, timeout: float) -> ModelSource:
 
 
 def discover(hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> dict[str, ModelSource]:
-    """Every registry model, in registry order, with where its weights are or why there are none.
+    """Every registry model, in registry order, with where its weights are or why there are none; then every
+    ensemble (registry ``ENSEMBLES``), available when all its members are.
 
     Args:
         hub: also look on the Hub for models without a local folder.
@@ -125,7 +128,20 @@ def discover(hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> dict[str, Mode
     else:
         for name in missing:
             found[name] = ModelSource(name, "", str(get_spec(name).local_dir), "no local checkpoint (Hub lookup disabled)")
+    for spec in ENSEMBLES.values():
+        lacking = [m for m in spec.members if not found[m].available]
+        reason = f"needs {' and '.join(lacking)}, not available" if lacking else ""
+        found[spec.name] = ModelSource(spec.name, "" if lacking else ENSEMBLE, "+".join(spec.members), reason)
     return found
+
+
+ENSEMBLE = "ensemble"  # a ModelSource's ``where`` for an ensemble: its members' weights are theirs
+
+
+def ensemble_figures(name: str, results: str | Path | None = None) -> Path:
+    """Where an ensemble's scores live (metrics.json's layout, written by scripts/ensemble_default.py), in
+    ``results`` (default: the project's results/): it has no checkpoint folder of its own."""
+    return Path(results or results_dir()) / f"{name}.json"
 
 
 def discover_segmenter(name: str = SEGMENTER_DEFAULT, hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> ModelSource:
@@ -168,8 +184,9 @@ def validation_accuracy(folder: str | Path) -> float:
 
 
 def app_default_model(sources: dict[str, ModelSource]) -> str | None:
-    """The model the app selects first: ``BRAIN_MRI_DEFAULT_MODEL``, else the registry's ``APP_DEFAULT``
-    when available, else the available local model with the best validation accuracy.
+    """The model the app selects first: ``BRAIN_MRI_DEFAULT_MODEL``, else the registry's ``APP_DEFAULT`` when
+    available, else its ``DEFAULT_CLASSIFIER`` (the ensemble's explainer, alone), else the available local model with
+    the best validation accuracy.
 
     Chosen on leak-free validation (each checkpoint's ``val_split.txt``: no image with a twin, mirrored or not,
     in its train part), never on Testing: the test set is for reporting only.
@@ -182,40 +199,62 @@ def app_default_model(sources: dict[str, ModelSource]) -> str | None:
         return override
     if not available:
         return None
-    if APP_DEFAULT in sources and sources[APP_DEFAULT].available:
-        return APP_DEFAULT
+    for first in (APP_DEFAULT, DEFAULT_CLASSIFIER):  # an ensemble default that cannot be served: its classifier alone
+        if first in sources and sources[first].available:
+            return first
     local = [s for s in available if s.where == "local"] or available
     return max(local, key=lambda s: validation_accuracy(s.location) if s.where == "local" else -1.0).name
 
 
-FAMILY_TITLES = {"efficientnet": "EfficientNet", "multitask": "One encoder", "simple": "Simple CNN", "baseline": "Baseline"}
+FAMILY_TITLES = {
+    "ensemble": "Ensemble",
+    "efficientnet": "EfficientNet",
+    "multitask": "One encoder",
+    "simple": "Simple CNN",
+    "baseline": "Baseline",
+}
 FAMILY_ORDER = list(FAMILY_TITLES)  # the dropdown's groups, the shipped default's family first
 
 
 def unseen_accuracy(source: ModelSource) -> float | None:
     """Accuracy on the unseen Testing images (no twin in Training, mirrored or not) from a local checkpoint's
     metrics.json; None when unknown."""
-    if source.where != "local":
+    if source.where == ENSEMBLE and ensemble_figures(source.name).is_file():
+        metrics = json.loads(ensemble_figures(source.name).read_text())
+    elif source.where == "local":
+        try:
+            metrics = read_metrics(source.location)
+        except ValueError:
+            return None
+    else:
         return None
     try:
-        return float(read_metrics(source.location)["test_unseen"]["accuracy"])
-    except (ValueError, KeyError, TypeError):
+        return float(metrics["test_unseen"]["accuracy"])
+    except (KeyError, TypeError):
         return None
+
+
+def _family_and_about(name: str) -> tuple[str, str]:
+    if name in ENSEMBLES:
+        return "ensemble", ENSEMBLES[name].about
+    spec = get_spec(name)
+    return spec.family, spec.about or spec.name
 
 
 def model_label(source: ModelSource) -> str:
     """What a dropdown shows for a model: its family, what it is, and its accuracy on unseen Testing images."""
-    spec = get_spec(source.name)
+    family, about = _family_and_about(source.name)
     acc = unseen_accuracy(source)
     score = f"{100 * acc:.1f}% on unseen Testing" if acc is not None else "Testing accuracy not measured"
-    return f"{FAMILY_TITLES.get(spec.family, spec.family)} · {spec.about or spec.name} ({score})"
+    return f"{FAMILY_TITLES.get(family, family)} · {about} ({score})"
 
 
-def labelled_choices(sources: dict[str, ModelSource]) -> list[tuple[str, str]]:
-    """(label, registry name) of the available models, grouped by family, registry order within a family."""
+def labelled_choices(sources: dict[str, ModelSource], ensembles: bool = True) -> list[tuple[str, str]]:
+    """(label, registry name) of the available models, grouped by family, registry order within a family; without
+    the ensembles when ``ensembles`` is False (Compare lists their members, each once)."""
     order = {family: i for i, family in enumerate(FAMILY_ORDER)}
-    available = [s for s in sources.values() if s.available]
-    available.sort(key=lambda s: order.get(get_spec(s.name).family, len(order)))  # stable: registry order kept within
+    available = [s for s in sources.values() if s.available and (ensembles or s.where != ENSEMBLE)]
+    available.sort(key=lambda s: order.get(_family_and_about(s.name)[0], len(order)))  # stable: registry order kept within
     return [(model_label(s), s.name) for s in available]
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from brainmri.calibration import calibrated_probs
+from brainmri.eval.ensemble import mean_probs
 from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch
 from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
@@ -34,8 +35,31 @@ def twin_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torch
     return plain_pass(loaded, images, twin=True)
 
 
+def answered_probs(loaded: LoadedModel, logits: torch.Tensor, second: Future | None = None) -> torch.Tensor:
+    """(B, C) the probabilities answered on the CPU: the model's calibrated ones or, for an ensemble, their mean with
+    the second opinion's (``second``: a future of ``(outlines, probabilities)``, brainmri.serving.segment)."""
+    probs = calibrated_probs(logits.detach().float().cpu(), loaded.temperature)
+    return probs if second is None else mean_probs([probs, second.result()[1]])
+
+
+class AnsweredClass:
+    """A Grad-CAM target: the class an ensemble answers for image ``index``, from the heatmap's own forward's logits
+    (for a model with no other input size) and the second opinion."""
+
+    def __init__(self, loaded: LoadedModel, second: Future, index: int):
+        self.loaded, self.second, self.index = loaded, second, index
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # (C,) one image's logits
+        own = calibrated_probs(model_output.detach().float().cpu(), self.loaded.temperature)
+        return model_output[int(mean_probs([own, self.second.result()[1][self.index]]).argmax())]
+
+
 def run_model_batch(
-    loaded: LoadedModel, images: Sequence[Image.Image], method: str = DEFAULT_METHOD, plain: Future | None = None
+    loaded: LoadedModel,
+    images: Sequence[Image.Image],
+    method: str = DEFAULT_METHOD,
+    plain: Future | None = None,
+    second: Future | None = None,
 ) -> list[Prediction]:
     """Probabilities (temperature-calibrated), heatmap and OOD verdict of each RGB image, from one forward and one
     backward pass over all of them; each image's answer is the one it gets alone (tests/test_batching.py).
@@ -44,6 +68,8 @@ def run_model_batch(
     probabilities come from the input size it was trained at, the heatmap explains that class at ``cam_size``.
     ``plain``: that forward already running in another thread (:func:`twin_pass`, brainmri.serving.overlap); the
     heatmap's forward starts at once and its backward reads the class when it gets there. The answers are the same.
+    ``second``: an ensemble's second opinion (a future of ``(outlines, calibrated probabilities (B, C))``); the answer
+    is then the mean of the two (brainmri.eval.ensemble), and the heatmap explains the mean's class.
     """
     start = time.perf_counter()
     x_cam = None
@@ -54,18 +80,20 @@ def run_model_batch(
         if x_cam is None:  # the heatmap's forward gives the logits and the OOD features
             x = place_batch([loaded.transform(image) for image in images], loaded.device)
             kept = KeepFeatures(loaded.model)
-            cams, logits = gradcam_batch(kept, layers, x, method)
+            targets = None if second is None else [AnsweredClass(loaded, second, i) for i in range(len(images))]
+            cams, logits = gradcam_batch(kept, layers, x, method, targets)
             pooled = kept.features
         elif plain is not None:  # the input-size forward runs beside the cam_size one
-            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, lambda: plain.result()[0].argmax(1).tolist())
+            classes = lambda: answered_probs(loaded, plain.result()[0], second).argmax(1).tolist()  # noqa: E731
+            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, classes)
             logits, pooled = plain.result()
         else:  # the input-size forward gives them, the cam_size one the heatmap
             logits, pooled = plain_pass(loaded, images)
-            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, logits.argmax(1).tolist())
+            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, answered_probs(loaded, logits, second).argmax(1).tolist())
         outlines = own_outlines(
             loaded.model, list(images), loaded.outline_rule
         )  # a model with a decoder outlined in the forward that classified
-    probs = calibrated_probs(logits.cpu(), loaded.temperature).tolist()
+    probs = answered_probs(loaded, logits, second).tolist()
     pooled = pooled.cpu()  # the OOD statistics live on the CPU
     results = []
     for i, image in enumerate(images):

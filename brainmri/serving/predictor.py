@@ -32,8 +32,9 @@ import torch
 from PIL import Image
 
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.models.catalog import ModelSource, app_default_model, checkpoint_folder, discover, discover_segmenter
+from brainmri.models.catalog import ENSEMBLE, ModelSource, app_default_model, checkpoint_folder, discover, discover_segmenter
 from brainmri.models.checkpoint import OOD_CONFIG
+from brainmri.models.registry import ENSEMBLES, EnsembleSpec
 from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.batching import MicroBatcher
 from brainmri.serving.cache import ModelCache
@@ -42,7 +43,7 @@ from brainmri.serving.judge import judge_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.overlap import in_turn, running, spare_core
 from brainmri.serving.result import Prediction
-from brainmri.serving.segment import draws_own_outline, load_for_serving, segment_batch
+from brainmri.serving.segment import draws_own_outline, load_for_serving, segment_and_classify, segment_batch
 from brainmri.serving.zerogpu import gpu_seconds, gpu_task
 from brainmri.settings import model_cache_mb
 
@@ -89,13 +90,13 @@ class Predictor:
     ):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.sources = discover() if sources is None else sources
-        self.default_model = app_default_model(self.sources)
-        self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
-        self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20, device)
+        self.sources = discover() if sources is None else dict(sources)
         self.segmenter: str | None = None  # the segmenter's name while it can outline, else None
         self.segmenter_source: ModelSource | None = None
         self.use_segmenter(discover_segmenter(segmenter) if isinstance(segmenter, str) else segmenter)
+        self.default_model = app_default_model(self.sources)
+        self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
+        self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20, device)
         self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
         self.overlap = overlap
@@ -107,7 +108,8 @@ class Predictor:
     def ood_judge(self) -> str | None:
         """The default model when it ships OOD statistics, else the first local model that does (only the
         judge ships them, so choosing a simple CNN as the default must not switch the check off)."""
-        local = [n for n in [self.default_model, *self.available] if n and self.sources[n].where == "local"]
+        first = self.ensemble(self.default_model).explainer if self.ensemble(self.default_model) else self.default_model
+        local = [n for n in [first, *self.available] if n and self.sources[n].where == "local"]
         return next((n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()), self.default_model)
 
     @property
@@ -118,8 +120,13 @@ class Predictor:
     def unavailable(self) -> dict[str, str]:
         return {name: src.reason for name, src in self.sources.items() if not src.available}
 
+    def ensemble(self, name: str | None) -> EnsembleSpec | None:
+        """The ensemble ``name`` is (registry ``ENSEMBLES``), or None for a single model."""
+        return ENSEMBLES.get(name) if name and name in self.sources and self.sources[name].where == ENSEMBLE else None
+
     def model(self, name: str | None = None, copy: int = 0) -> LoadedModel:
-        """A loaded model (``copy``: which of a batch worker's copies); ValueError naming the problem if it is unknown or unavailable."""
+        """A loaded model (``copy``: which of a batch worker's copies); for an ensemble, the classifier whose heatmap
+        explains its answer. ValueError naming the problem if it is unknown or unavailable."""
         name = name or self.default_model
         if name is None:
             raise ValueError("no trained model is available: add a checkpoint folder under checkpoints/")
@@ -128,6 +135,8 @@ class Predictor:
         source = self.sources[name]
         if not source.available:
             raise ValueError(f"model {name} is not available: {source.reason}")
+        if self.ensemble(name):
+            return self.model(self.ensemble(name).explainer, copy)
         return self.cache.get(name, lambda: checkpoint_folder(source), copy)
 
     def predict(self, image: Image.Image, model_name: str | None = None, method: str = DEFAULT_METHOD, outline: bool = True) -> Prediction:
@@ -137,10 +146,11 @@ class Predictor:
         With ``max_batch`` > 1, requests for the same model and method that arrive together (within
         ``max_wait_s``) run as one batch; each still gets its own answer, and its own errors.
         """
-        loaded = self.check_request([image], model_name, method)
+        self.check_request([image], model_name, method)
+        name = model_name or self.default_model
         if self.max_batch <= 1:
-            return self.predict_many([image], loaded.name, method, outline=outline)[0]
-        return self._batcher(loaded.name, method, outline).submit(image)
+            return self.predict_many([image], name, method, outline=outline)[0]
+        return self._batcher(name, method, outline).submit(image)
 
     def check_request(self, images: Sequence[Image.Image], model_name: str | None, method: str, copy: int = 0) -> LoadedModel:
         """The request's model, loaded, once its inputs are known good; else ValueError naming the problem.
@@ -159,11 +169,33 @@ class Predictor:
         return self.model(model_name, copy)
 
     def use_segmenter(self, source: ModelSource | None) -> None:
-        """Outline with the segmenter at ``source`` (None: no outline); one that is unavailable outlines nothing."""
+        """Outline with the segmenter at ``source`` (None: no outline); one that is unavailable outlines nothing.
+        An ensemble whose second opinion comes from another segmenter's forward is then unavailable, with why."""
         self.segmenter_source = source
         self.segmenter = source.name if source is not None and source.available else None
         if source is not None and not source.available:
             _logger.info("no tumour outline: segmenter %s is not available: %s", source.name, source.reason)
+        self.rule_ensembles()
+
+    def add_sources(self, found: dict[str, ModelSource]) -> None:
+        """Take the models ``found`` (say, on the Hub) that are not available here yet; then rule the ensembles again."""
+        self.sources.update({n: s for n, s in found.items() if n not in self.sources or not self.sources[n].available})
+        self.rule_ensembles()
+
+    def rule_ensembles(self) -> None:
+        """Each registry ensemble listed in ``sources`` made available when its members are, and its outliner is this
+        deployment's segmenter (whose forward gives its second opinion); else unavailable, with why. Then the default
+        again: a change of segmenter or of sources may rule the default ensemble in or out."""
+        for name, spec in ENSEMBLES.items():
+            if name not in self.sources:  # a deployment given its own sources serves only those
+                continue
+            lacking = [m for m in spec.members if m not in self.sources or not self.sources[m].available]
+            why = f"needs {' and '.join(lacking)}, not available" if lacking else ""
+            if not why and spec.outliner != self.segmenter:
+                why = f"its second opinion is {spec.outliner}'s forward, but this deployment outlines with {self.segmenter}"
+            self.sources[name] = ModelSource(name, "" if why else ENSEMBLE, "+".join(spec.members), why)
+        if hasattr(self, "default_model"):
+            self.default_model = app_default_model(self.sources)
 
     def segmentation_model(self, copy: int = 0):
         """The loaded segmenter (that copy of it), or None when this deployment has none."""
@@ -186,7 +218,7 @@ class Predictor:
                 self.segmentation_model(copy)
             except ValueError as e:
                 _logger.warning("could not load the segmenter %s at start-up, so no outlines: %s", self.segmenter, e)
-                self.segmenter = None
+                self.use_segmenter(None)
 
     def predict_many(
         self,
@@ -223,12 +255,28 @@ class Predictor:
         Where the CPU has a spare core, 2 and 3 run beside 1 (brainmri.serving.overlap).
         """
         start = time.perf_counter()
+        ensemble = self.ensemble(model_name or self.default_model)
         loaded = self.model(model_name, copy)
         judge = self.model(self.ood_model, copy) if self.ood_model and self.ood_model != loaded.name else None
-        segmenter = self.segmentation_model(copy) if outline else None
+        segmenter = self.segmentation_model(copy) if outline or ensemble else None
+        if ensemble is not None and segmenter.labels != loaded.labels:
+            raise ValueError(f"{ensemble.name}: {segmenter.name} and {loaded.name} name their classes differently")
         with running() as requests:  # counted till the end: a request that comes meanwhile finds this core taken
-            side = self.side_passes(loaded, judge, segmenter, images) if self.overlap and spare_core(loaded.device, requests) else {}
-            results = run_model_batch(loaded, images, method, side.get("plain"))
+            side = (
+                self.side_passes(loaded, judge, segmenter, images, ensemble) if self.overlap and spare_core(loaded.device, requests) else {}
+            )
+            second = None  # an ensemble's: a future of (outlines, the outliner's calibrated probabilities (B, C))
+            if ensemble is not None:
+                second = side.get("outline")
+                if second is None:  # one pass after another: this one first, as the heatmap's backward needs it
+                    second = Future()
+                    second.set_result(segment_and_classify(segmenter, images))
+            results = run_model_batch(loaded, images, method, side.get("plain"), second)
+            if ensemble is not None:
+                drawn = second.result()[0]
+                for result, found in zip(results, drawn):
+                    result.model, result.heatmap_by = ensemble.name, loaded.name
+                    result.outline, result.outlined_by = found, segmenter.name
             if judge is not None:
                 verdicts, drawn = side["judge"].result() if "judge" in side else judge_batch(judge, images)
                 for result, verdict in zip(results, verdicts):
@@ -242,7 +290,7 @@ class Predictor:
                 if not (outline and result.in_distribution):
                     result.outline, result.outlined_by = None, ""
             wanting = [i for i, r in enumerate(results) if r.in_distribution and r.outline is None]
-            if segmenter is not None and wanting:
+            if segmenter is not None and outline and wanting:
                 if "outline" in side:
                     found = [side["outline"].result()[i] for i in wanting]
                 else:
@@ -254,17 +302,23 @@ class Predictor:
             result.latency_ms = latency
         return results
 
-    def side_passes(self, loaded: LoadedModel, judge: LoadedModel | None, segmenter, images: list[Image.Image]) -> dict[str, Future]:
+    def side_passes(
+        self, loaded: LoadedModel, judge: LoadedModel | None, segmenter, images: list[Image.Image], ensemble: EnsembleSpec | None = None
+    ) -> dict[str, Future]:
         """The passes :meth:`run_passes` hands to the spare core, started there one after another
         (brainmri.serving.overlap), by name: "plain", a Lite's input-size forward, whose class the heatmap's backward
         waits for; "judge", the OOD judge's pass; "outline", drawn ahead of the verdict (run_passes keeps it for
-        in-distribution slices only), unless the classifier's or the judge's forward draws it."""
+        in-distribution slices only), unless the classifier's or the judge's forward draws it. For an ``ensemble``
+        the outline's pass also gives its second opinion (:func:`segment_and_classify`), and runs before the judge:
+        the heatmap's backward waits for it."""
         drawn_elsewhere = draws_own_outline(loaded.model) or (judge is not None and self.ood_model == self.segmenter)
         passes = {
             "plain": (twin_pass, (loaded, images)) if loaded.twin is not None else None,
+            "outline": (segment_and_classify, (segmenter, images)) if ensemble is not None else None,
             "judge": (judge_batch, (judge, images)) if judge is not None else None,
-            "outline": (segment_batch, (segmenter, images)) if segmenter is not None and not drawn_elsewhere else None,
         }
+        if ensemble is None:
+            passes["outline"] = (segment_batch, (segmenter, images)) if segmenter is not None and not drawn_elsewhere else None
         wanted = {name: work for name, work in passes.items() if work is not None}
         return dict(zip(wanted, in_turn(*wanted.values()))) if wanted else {}
 

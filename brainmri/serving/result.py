@@ -33,6 +33,7 @@ class Prediction:
     device: str = "cpu"  # where the passes ran ("cpu", "cuda:0")
     outline: Outline | None = None  # the segmenter's tumour mask in the image's frame; None: no segmenter, or not an MRI
     outlined_by: str = ""  # the model whose decoder drew ``outline``: the classifier itself when it has one
+    heatmap_by: str = ""  # the model whose heatmap ``cam`` is, when not ``model`` (an ensemble's explainer)
 
     @property
     def cam_in_tumour(self) -> bool | None:
@@ -80,8 +81,9 @@ class Prediction:
             "ood": None if self.ood is None else self.ood.to_dict(),
             "cam_method": self.cam_method,
             "cam_layer": self.cam_layer,
+            "heatmap_by": self.heatmap_by or self.model,
             "cam_peak": self.cam_peak,
-            "temperature": self.temperature,
+            "temperature": self.temperature,  # the heatmap model's; an ensemble's members each have their own
             "image_size": list(self.image.size),
             "latency_ms": round(self.latency_ms, 1),
             # The segmenter's outline, in the image's frame (after EXIF orientation): a 0/255 PNG at the image's size,

@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from brainmri.calibration import calibrated_probs, load_temperature
 from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.models.multitask import MultiTaskClassifier
 from brainmri.runtime import fold_batchnorm, native_bf16, same_padding_in_kernel
-from brainmri.segmentation import Outline, OutlineRule, gated, load_segmenter, outline, read_rule, to_input, tumour_probability
+from brainmri.segmentation import Outline, OutlineRule, gated, load_segmenter, outline, read_rule, to_input, tumour_probability_and_class
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.settings import outline_bf16
 
@@ -41,6 +42,8 @@ class LoadedSegmenter:
     lock: threading.Lock = field(default_factory=threading.Lock)
     bf16: bool = False  # its forward under bfloat16 autocast (brainmri.settings.outline_bf16)
     rule: OutlineRule = OutlineRule()  # its folder's outline.json, chosen on validation (train.outline_rules)
+    labels: list[str] = field(default_factory=list)  # a multi-task segmenter's classes, in its class head's order
+    temperature: float = 1.0  # its class head's, fitted on validation (calibration.json)
 
 
 def load_for_serving(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedSegmenter:
@@ -53,16 +56,27 @@ def load_for_serving(name: str, folder: str | Path, device: torch.device | str |
     same_padding_in_kernel(model)
     model = place_model(model.requires_grad_(False), device)
     bf16 = device.type == "cpu" and outline_bf16() and native_bf16()
-    return LoadedSegmenter(name, model, size, count_tensors_bytes(model), device, bf16=bf16, rule=read_rule(folder))
+    labels = list(getattr(model, "label_names", []))
+    temperature = load_temperature(folder) if labels else 1.0
+    nbytes = count_tensors_bytes(model)
+    return LoadedSegmenter(name, model, size, nbytes, device, bf16=bf16, rule=read_rule(folder), labels=labels, temperature=temperature)
 
 
 def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Outline]:
     """Each RGB image's outline, in its own frame (size), from one batched forward."""
+    return segment_and_classify(loaded, images)[0]
+
+
+def segment_and_classify(loaded: LoadedSegmenter, images: list[Image.Image]) -> tuple[list[Outline], torch.Tensor | None]:
+    """:func:`segment_batch`, with the class probabilities (B, C) a multi-task segmenter's head gave in that same
+    forward, calibrated by its temperature, in ``loaded.labels``' order (None for a plain U-Net): an ensemble's
+    second opinion at no extra pass (brainmri.models.registry.ENSEMBLES)."""
     side = loaded.input_size
     batch = torch.stack([to_input(im, side) for im in images])
     with loaded.lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=loaded.bf16):
-        probability = tumour_probability(loaded.model, batch.contiguous(memory_format=torch.channels_last), loaded.rule)  # (B, S, S)
-    return [outline(p, im.size, loaded.rule) for p, im in zip(probability, images)]
+        probability, logits = tumour_probability_and_class(loaded.model, batch.contiguous(memory_format=torch.channels_last), loaded.rule)
+    outlines = [outline(p, im.size, loaded.rule) for p, im in zip(probability, images)]  # probability: (B, S, S)
+    return outlines, None if logits is None else calibrated_probs(logits, loaded.temperature)
 
 
 def draws_own_outline(model: nn.Module) -> bool:
