@@ -181,7 +181,7 @@ class EnsembleSpec:
 ENSEMBLES: dict[str, EnsembleSpec] = {
     spec.name: spec
     for spec in [
-        EnsembleSpec("lite0_and_multitask", DEFAULT_CLASSIFIER, "multitask_lite0", "Lite0 and the one encoder's class head, averaged"),
+        EnsembleSpec("lite0_and_multitask", DEFAULT_CLASSIFIER, "multitask_lite0", "Lite0 and the one encoder, averaged"),
     ]
 }
 
