@@ -41,7 +41,7 @@ LIMIT_BYTES = 64_000_000
 TARGET_BYTES = 63_600_000  # what we allow ourselves: the serving call's 63.5 MB, and no more
 CARRIED = "data"  # the one carried folder: the data set copy (its duplicates once), its masks, wheels if any
 STASHED = "checkpoints"  # tracked, but left behind for the call ...
-KEPT = f"{STASHED}/{DEFAULT_CLASSIFIER}"  # ... but for the app's default model: served by the CUDA check (scripts/cuda_check.py)
+KEPT = f"{STASHED}/{DEFAULT_CLASSIFIER}"  # ... but for the default's classifier: the CUDA check serves it (scripts/cuda_check.py)
 DUPLICATES = "duplicates.tsv"  # in the carried folder: "copy<TAB>original" paths relative to it, one a line
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
-from brainmri.models.registry import DEFAULT_CLASSIFIER  # noqa: E402
+from brainmri.models.registry import APP_DEFAULT  # noqa: E402
 from brainmri.segmentation import mask_overlap  # noqa: E402
 from brainmri.serving import Prediction, Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="how many Testing images (default: %(default)s)")
     parser.add_argument("--device", default="cuda", help="the device compared with the CPU: cuda, cuda:N, or cpu to rehearse")
-    parser.add_argument("--model", default=DEFAULT_CLASSIFIER, help="registry name of a local checkpoint (default: %(default)s)")
+    parser.add_argument("--model", default=APP_DEFAULT, help="a registry model or ensemble with local weights (default: %(default)s)")
     parser.add_argument("--data", default=default_data(), help="data folder with Testing/ (default: BRAIN_MRI_DATA's)")
     parser.add_argument("--atol", type=float, default=1e-3, help="largest difference allowed in a probability")
     parser.add_argument("--peak-px", type=float, default=4.0, help="largest distance allowed between heatmap peaks, in pixels")

