@@ -228,7 +228,7 @@ def compare_tab(session: gr.State) -> gr.CheckboxGroup:
 
 def data_view(model_name: str | None):
     with user_errors():
-        return dataview.overview(DATA, PREDICTOR.model(model_name).model, model_name or PREDICTOR.default_model)
+        return dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)  # an ensemble's: its classifier
 
 
 def audit_view():

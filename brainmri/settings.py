@@ -73,9 +73,10 @@ def hub_offline() -> bool:
 
 
 def default_model() -> str | None:
-    """``BRAIN_MRI_DEFAULT_MODEL``: the registry name the app selects first and whose OOD statistics
-    judge uploads. Default: None, the registry's ``APP_DEFAULT`` when it has weights, else the available local
-    model with the best validation accuracy."""
+    """``BRAIN_MRI_DEFAULT_MODEL``: the registry name (a model or an ensemble) the app selects first; its OOD
+    statistics (an ensemble's classifier's) judge uploads when it ships them. Default: None, the registry's
+    ``APP_DEFAULT`` when it can be served, else its ``DEFAULT_CLASSIFIER``, else the available local model with the
+    best validation accuracy."""
     return _get("BRAIN_MRI_DEFAULT_MODEL")
 
 

@@ -28,7 +28,7 @@ from brainmri.eval.outline_rules import outline_rules_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import FINISHED_EPOCHS, cut_short, has_metrics, metric_columns, read_metrics
-from brainmri.models.catalog import checkpoint_folders, ensemble_figures
+from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
 from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
@@ -208,9 +208,9 @@ def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
         m = metric_columns(read_metrics(folder))
         rows.append(m)
     for name in ENSEMBLES:  # served answers without a folder of their own: their figures file beside checkpoints/
-        path = ensemble_figures(name, Path(root).parent / "results")
-        if path.is_file():
-            rows.append(metric_columns(json.loads(path.read_text())))
+        figures = read_ensemble_figures(name, Path(root).parent / "results")
+        if figures is not None:
+            rows.append(metric_columns(figures))
     rows.sort(key=lambda m: -(m["test_unseen_accuracy"] or m["test_accuracy"] or 0))
     lines = [
         *_headline_sentence(root, rows),
@@ -234,10 +234,11 @@ def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
     best = singles[0] if singles and singles[0]["test_unseen_accuracy"] is not None else None
     if default is None or best is None:
         return []
-    figures = ensemble_figures(APP_DEFAULT, Path(root).parent / "results")
-    per_class = (json.loads(figures.read_text()) if APP_DEFAULT in ENSEMBLES else read_metrics(Path(root) / APP_DEFAULT))["test_unseen"][
-        "per_class"
-    ]
+    if APP_DEFAULT in ENSEMBLES:  # no card of its own: its figures file
+        scored, where = read_ensemble_figures(APP_DEFAULT, Path(root).parent / "results"), f", in `results/{APP_DEFAULT}.json`"
+    else:
+        scored, where = read_metrics(Path(root) / APP_DEFAULT), ""
+    per_class = scored["test_unseen"]["per_class"]
     thin = " and ".join(f"{n['n']} {CLASS_WORDS.get(c, c)}" for c, n in per_class.items() if n["n"] < 50)
 
     what = f" ({ENSEMBLES[APP_DEFAULT].about})" if APP_DEFAULT in ENSEMBLES else ""
@@ -250,7 +251,7 @@ def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
     return [
         f"On the {default['test_unseen_n']} unseen Testing images, the app's default `{APP_DEFAULT}`{what} scores {said(default)},"
         f" and the best single model, `{best['model']}`, {said(best)}. Only {thin} images are unseen, so those classes' figures"
-        " are wide (per class in each model card and in the Experiments tab).",
+        f" are wide (per class in each model card{where} and in the Experiments tab).",
         "",
     ]
 

@@ -30,8 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
-from brainmri.models.catalog import app_default_model, discover  # noqa: E402
-from brainmri.models.registry import cam_layer, get_spec  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.models.registry import (  # noqa: E402
+    DEFAULT_CLASSIFIER,  # noqa: E402
+    cam_layer,
+    get_spec,
+)
 from brainmri.runtime import Conv2dSameInKernel, configure_torch_threads  # noqa: E402
 from brainmri.serving.classify import run_model_batch  # noqa: E402
 from brainmri.serving.loading import LoadedModel, load_model  # noqa: E402
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         configure_torch_threads(2)  # the app's: one thread a batch worker on 2 cores
         sources = discover(hub=False)
-        name = args.model or app_default_model(sources)
+        name = args.model or DEFAULT_CLASSIFIER  # the default's classifier (the default itself may be an ensemble)
         new = load_model(name, sources[name].location)
         old = with_padded_copies(new)
         files = sorted(Path(args.data, "Testing").glob("*/*.jpg"))[::50][: max(args.batches)]

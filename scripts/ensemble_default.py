@@ -6,8 +6,8 @@
 With ``--served`` the app's default (registry ``APP_DEFAULT``, the ensemble ``lite0_and_multitask``) also answers every
 validation and Testing image through the serving path (``Predictor.predict_many``: the decoder, each member's own
 preprocessing, the outline's bf16 forward where this CPU computes bf16 natively), and its figures are written in
-metrics.json's layout to ``results/lite0_and_multitask.json``: what the dropdown's label, the README and the
-Experiments tab show for it. That file is the served answer's only source of figures.
+metrics.json's layout to ``results/lite0_and_multitask.json``: what the model list's label and the README's table
+show for it. That file is the served answer's only source of figures.
 
 The outline already runs ``multitask_lite0``'s forward on every MRI slice, and that forward's class head comes free
 with it, so the mean of the two calibrated probabilities (``brainmri.eval.ensemble``) would cost a request nothing

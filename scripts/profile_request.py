@@ -101,7 +101,7 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
     cam_batches = [place_batch([(loaded.cam_transform or loaded.transform)(im)], loaded.device) for im in images]
     side = cam_batches[0].shape[-1]
     phases[f"forward + backward (heatmap, {side} px)"] = median_ms(lambda x: gradcam_batch(model, layers, x, DEFAULT_METHOD), cam_batches)
-    if predictor.ood_model and predictor.ood_model != name:
+    if predictor.ood_model and predictor.ood_model != loaded.name:  # an ensemble's classifier judges in its own pass
         judge = predictor.model(predictor.ood_model)
         judged = [place_batch([judge.transform(im)], judge.device) for im in images]
         with torch.inference_mode():

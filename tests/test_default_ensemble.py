@@ -18,7 +18,7 @@ from brainmri.models.catalog import ENSEMBLE, ModelSource, labelled_choices, mod
 from brainmri.models.registry import APP_DEFAULT, DEFAULT_CLASSIFIER, ENSEMBLES, EnsembleSpec
 from brainmri.serving import Predictor
 from brainmri.serving import predictor as front_door
-from brainmri.serving.segment import segment_and_classify
+from brainmri.serving.segment import SecondOpinion, segment_and_classify
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))
 SPEC = ENSEMBLES[APP_DEFAULT]
@@ -59,7 +59,7 @@ def _second_opinion_on(label_index: int):
 
     def sure(segmenter, images):
         outlines, probs = segment_and_classify(segmenter, images)
-        return outlines, torch.nn.functional.one_hot(torch.full((len(images),), label_index), probs.shape[1]).float()
+        return SecondOpinion(outlines, torch.nn.functional.one_hot(torch.full((len(images),), label_index), probs.shape[1]).float())
 
     return sure
 
@@ -83,12 +83,14 @@ def test_the_heatmap_explains_the_answered_class_not_the_classifiers_own(pair, m
     assert np.abs(result.cam - own.cam).mean() > 0.01
 
 
-def test_an_explainer_without_a_second_input_size_explains_the_answer_too(pair, monkeypatch):
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_an_explainer_without_a_second_input_size_explains_the_answer_too(monkeypatch, side_by_side: bool):
     """A simple CNN's heatmap forward is its only forward: the answered class is read from its logits there."""
+    monkeypatch.setattr(front_door, "spare_core", lambda *_: side_by_side)
     spec = EnsembleSpec("cnn_and_multitask", "simple_cnn_7", SPEC.outliner, "a test ensemble")
     monkeypatch.setitem(registry.ENSEMBLES, spec.name, spec)
     sources = {**require_shipped(), spec.name: ModelSource(spec.name, ENSEMBLE, "+".join(spec.members))}
-    served = Predictor(sources, overlap=False)
+    served = Predictor(sources, overlap=side_by_side)
     assert served.ensemble(spec.name) == spec
     image = load_image(EXAMPLES[1])
     own = served.predict(image, "simple_cnn_7")
@@ -118,6 +120,15 @@ def test_the_ensemble_needs_its_outliner_as_the_segmenter():
     assert served.default_model == DEFAULT_CLASSIFIER
     with pytest.raises(ValueError, match="not available"):
         served.predict(load_image(EXAMPLES[0]), APP_DEFAULT)
+
+
+def test_an_override_naming_the_ensemble_falls_back_to_its_classifier_without_the_segmenter(monkeypatch):
+    monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", APP_DEFAULT)
+    served = Predictor(require_shipped())
+    assert served.default_model == APP_DEFAULT
+    served.use_segmenter(None)  # as warm() does when the segmenter's weights cannot load
+    assert served.default_model == DEFAULT_CLASSIFIER and "has no segmenter" in served.unavailable[APP_DEFAULT]
+    assert served.predict(load_image(EXAMPLES[0])).model == DEFAULT_CLASSIFIER
 
 
 def test_the_dropdown_lists_it_first_and_compare_lists_its_members_alone():

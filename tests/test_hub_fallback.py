@@ -109,7 +109,7 @@ def test_the_segmenter_falls_back_like_the_classifiers(request, hub: str, tmp_pa
     predictor = Predictor(sources, segmenter=source)  # no outline, and nothing else changes
     assert predictor.segmenter is None and predictor.segmentation_model() is None
     assert predictor.default_model == DEFAULT_CLASSIFIER  # the default ensemble needs the segmenter's forward
-    assert "outlines with None" in predictor.unavailable[APP_DEFAULT]
+    assert "has no segmenter" in predictor.unavailable[APP_DEFAULT]
 
 
 def test_the_segmenter_without_a_folder_says_why(tmp_path: Path, monkeypatch):

@@ -47,30 +47,39 @@ def test_side_by_side_gives_the_answers_of_one_after_another(pair, model, monkey
         _same(together.predict(image, model), in_turn.predict(image, model))
 
 
-def test_a_slice_flagged_as_not_an_mri_gets_no_outline_though_it_was_drawn_ahead(pair, monkeypatch):
+# The outline's pass of a single model, and of the default ensemble (whose outline pass also gives its second opinion).
+OUTLINE_PASSES = [(DEFAULT_CLASSIFIER, "segment_batch"), (APP_DEFAULT, "segment_and_classify")]
+
+
+@pytest.mark.parametrize("model, outline_pass", OUTLINE_PASSES)
+def test_a_slice_flagged_as_not_an_mri_gets_no_outline_though_it_was_drawn_ahead(pair, monkeypatch, model, outline_pass):
     monkeypatch.setattr(front_door, "spare_core", lambda *_: True)
     together, in_turn = pair
     drawn = []
-    real = front_door.segment_batch
-    monkeypatch.setattr(front_door, "segment_batch", lambda seg, images: drawn.append(len(images)) or real(seg, images))
+    real = getattr(front_door, outline_pass)
+    monkeypatch.setattr(front_door, outline_pass, lambda seg, images: drawn.append(len(images)) or real(seg, images))
     rng = np.random.default_rng(0)
     colour = Image.fromarray(rng.integers(0, 255, (240, 300, 3), dtype=np.uint8))
-    result = together.predict(colour, DEFAULT_CLASSIFIER)
+    result = together.predict(colour, model)
     assert drawn == [1]  # the outline started before the verdict ...
     assert not result.in_distribution and result.outline is None  # ... and was dropped with it
-    assert result.details()["tumour_mask"] is None
-    _same(result, in_turn.predict(colour, DEFAULT_CLASSIFIER))
+    assert result.details()["tumour_mask"] is None and result.model == model
+    _same(result, in_turn.predict(colour, model))
 
 
-def test_a_failing_side_pass_is_the_request_error(pair, monkeypatch):
-    monkeypatch.setattr(front_door, "spare_core", lambda *_: True)
+@pytest.mark.parametrize("side_by_side", [True, False])
+@pytest.mark.parametrize("model, outline_pass", OUTLINE_PASSES)
+def test_a_failing_outline_pass_is_the_request_error(pair, monkeypatch, model, outline_pass, side_by_side):
+    monkeypatch.setattr(front_door, "spare_core", lambda *_: side_by_side)
 
     def broken(*_args):
         raise ValueError("cannot outline: the segmenter's weights are corrupt")
 
-    monkeypatch.setattr(front_door, "segment_batch", broken)
+    monkeypatch.setattr(front_door, outline_pass, broken)
     with pytest.raises(ValueError, match="segmenter's weights are corrupt"):
-        pair[0].predict(load_image(EXAMPLES[0]), DEFAULT_CLASSIFIER)
+        pair[0].predict(load_image(EXAMPLES[0]), model)
+    monkeypatch.undo()
+    assert pair[0].predict(load_image(EXAMPLES[0]), model).model == model  # the locks were let go
 
 
 def test_in_turn_runs_beside_the_caller_in_order_with_its_torch_threads():

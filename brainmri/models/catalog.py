@@ -36,6 +36,7 @@ from brainmri.settings import checkpoint_dir, default_model, hub_offline
 _logger = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 3.0  # per repo; all repos are asked at once
+ENSEMBLE = "ensemble"  # a ModelSource's ``where`` for an ensemble (registry ENSEMBLES): its members' weights are theirs
 # Files the app needs from a checkpoint; manifest.json lets load_checkpoint verify them (train_config.json: the
 # segmenter's input size).
 CHECKPOINT_FILES = [CONFIG, WEIGHTS, MANIFEST, METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS, OUTLINE_RULE, TRAIN_CONFIG]
@@ -128,20 +129,35 @@ def discover(hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> dict[str, Mode
     else:
         for name in missing:
             found[name] = ModelSource(name, "", str(get_spec(name).local_dir), "no local checkpoint (Hub lookup disabled)")
-    for spec in ENSEMBLES.values():
-        lacking = [m for m in spec.members if not found[m].available]
-        reason = f"needs {' and '.join(lacking)}, not available" if lacking else ""
-        found[spec.name] = ModelSource(spec.name, "" if lacking else ENSEMBLE, "+".join(spec.members), reason)
+    return {**found, **ensemble_sources(found)}
+
+
+def ensemble_sources(sources: dict[str, ModelSource], segmenter: str | None = SEGMENTER_DEFAULT) -> dict[str, ModelSource]:
+    """Every registry ensemble: available when its members are available in ``sources`` and its outliner is the
+    deployment's ``segmenter`` (whose forward gives the second opinion), else unavailable with why."""
+    found = {}
+    for name, spec in ENSEMBLES.items():
+        lacking = [m for m in spec.members if m not in sources or not sources[m].available]
+        why = f"needs {' and '.join(lacking)}, not available" if lacking else ""
+        if not why and spec.outliner != segmenter:
+            outlining = f"outlines with {segmenter}" if segmenter else "has no segmenter"
+            why = f"its second opinion is {spec.outliner}'s forward, but this deployment {outlining}"
+        found[name] = ModelSource(name, "" if why else ENSEMBLE, "+".join(spec.members), why)
     return found
-
-
-ENSEMBLE = "ensemble"  # a ModelSource's ``where`` for an ensemble: its members' weights are theirs
 
 
 def ensemble_figures(name: str, results: str | Path | None = None) -> Path:
     """Where an ensemble's scores live (metrics.json's layout, written by scripts/ensemble_default.py), in
     ``results`` (default: the project's results/): it has no checkpoint folder of its own."""
     return Path(results or results_dir()) / f"{name}.json"
+
+
+def read_ensemble_figures(name: str, results: str | Path | None = None) -> dict | None:
+    """An ensemble's scores (:func:`ensemble_figures`), or None when it has not been scored."""
+    try:
+        return json.loads(ensemble_figures(name, results).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def discover_segmenter(name: str = SEGMENTER_DEFAULT, hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> ModelSource:
@@ -218,9 +234,9 @@ FAMILY_ORDER = list(FAMILY_TITLES)  # the dropdown's groups, the shipped default
 
 def unseen_accuracy(source: ModelSource) -> float | None:
     """Accuracy on the unseen Testing images (no twin in Training, mirrored or not) from a local checkpoint's
-    metrics.json; None when unknown."""
-    if source.where == ENSEMBLE and ensemble_figures(source.name).is_file():
-        metrics = json.loads(ensemble_figures(source.name).read_text())
+    metrics.json, or an ensemble's figures; None when unknown."""
+    if source.where == ENSEMBLE:
+        metrics = read_ensemble_figures(source.name)
     elif source.where == "local":
         try:
             metrics = read_metrics(source.location)

@@ -188,7 +188,7 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
 # The app's first choice, when its members have weights and the one encoder outlines (else DEFAULT_CLASSIFIER alone,
 # else the best classifier on leak-free validation): Lite0 and the one encoder, averaged. On the same leak-free
 # validation scans it answers better than either alone (98.28% against 98.16% and 97.92%, scripts/ensemble_default.py),
-# and the one encoder runs on every MRI slice anyway, for the outline (docs/experiments.md, "The default model").
+# and the one encoder's forward runs on every upload anyway, for the outline: no extra pass (docs/experiments.md).
 APP_DEFAULT = "lite0_and_multitask"
 
 

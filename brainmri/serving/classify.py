@@ -37,9 +37,9 @@ def twin_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torch
 
 def answered_probs(loaded: LoadedModel, logits: torch.Tensor, second: Future | None = None) -> torch.Tensor:
     """(B, C) the probabilities answered on the CPU: the model's calibrated ones or, for an ensemble, their mean with
-    the second opinion's (``second``: a future of ``(outlines, probabilities)``, brainmri.serving.segment)."""
+    the second opinion's (``second``: a future of a ``brainmri.serving.segment.SecondOpinion``)."""
     probs = calibrated_probs(logits.detach().float().cpu(), loaded.temperature)
-    return probs if second is None else mean_probs([probs, second.result()[1]])
+    return probs if second is None else mean_probs([probs, second.result().probabilities])
 
 
 class AnsweredClass:
@@ -51,7 +51,7 @@ class AnsweredClass:
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # (C,) one image's logits
         own = calibrated_probs(model_output.detach().float().cpu(), self.loaded.temperature)
-        return model_output[int(mean_probs([own, self.second.result()[1][self.index]]).argmax())]
+        return model_output[int(mean_probs([own, self.second.result().probabilities[self.index]]).argmax())]
 
 
 def run_model_batch(
@@ -68,7 +68,7 @@ def run_model_batch(
     probabilities come from the input size it was trained at, the heatmap explains that class at ``cam_size``.
     ``plain``: that forward already running in another thread (:func:`twin_pass`, brainmri.serving.overlap); the
     heatmap's forward starts at once and its backward reads the class when it gets there. The answers are the same.
-    ``second``: an ensemble's second opinion (a future of ``(outlines, calibrated probabilities (B, C))``); the answer
+    ``second``: an ensemble's second opinion (a future of a ``SecondOpinion``, brainmri.serving.segment); the answer
     is then the mean of the two (brainmri.eval.ensemble), and the heatmap explains the mean's class.
     """
     start = time.perf_counter()

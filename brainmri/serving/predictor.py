@@ -32,7 +32,15 @@ import torch
 from PIL import Image
 
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.models.catalog import ENSEMBLE, ModelSource, app_default_model, checkpoint_folder, discover, discover_segmenter
+from brainmri.models.catalog import (
+    ENSEMBLE,
+    ModelSource,
+    app_default_model,
+    checkpoint_folder,
+    discover,
+    discover_segmenter,
+    ensemble_sources,
+)
 from brainmri.models.checkpoint import OOD_CONFIG
 from brainmri.models.registry import ENSEMBLES, EnsembleSpec
 from brainmri.models.segmenters import SEGMENTER_DEFAULT
@@ -43,9 +51,9 @@ from brainmri.serving.judge import judge_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.overlap import in_turn, running, spare_core
 from brainmri.serving.result import Prediction
-from brainmri.serving.segment import draws_own_outline, load_for_serving, segment_and_classify, segment_batch
+from brainmri.serving.segment import LoadedSegmenter, draws_own_outline, load_for_serving, segment_and_classify, segment_batch
 from brainmri.serving.zerogpu import gpu_seconds, gpu_task
-from brainmri.settings import model_cache_mb
+from brainmri.settings import default_model, model_cache_mb
 
 _logger = logging.getLogger(__name__)
 
@@ -91,10 +99,10 @@ class Predictor:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.sources = discover() if sources is None else dict(sources)
+        self.default_model: str | None = None  # chosen once the segmenter is known: an ensemble needs it
         self.segmenter: str | None = None  # the segmenter's name while it can outline, else None
         self.segmenter_source: ModelSource | None = None
         self.use_segmenter(discover_segmenter(segmenter) if isinstance(segmenter, str) else segmenter)
-        self.default_model = app_default_model(self.sources)
         self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
         self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20, device)
         self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
@@ -108,9 +116,10 @@ class Predictor:
     def ood_judge(self) -> str | None:
         """The default model when it ships OOD statistics, else the first local model that does (only the
         judge ships them, so choosing a simple CNN as the default must not switch the check off)."""
-        first = self.ensemble(self.default_model).explainer if self.ensemble(self.default_model) else self.default_model
+        spec = self.ensemble(self.default_model)
+        first = spec.explainer if spec else self.default_model  # an ensemble's statistics are its classifier's
         local = [n for n in [first, *self.available] if n and self.sources[n].where == "local"]
-        return next((n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()), self.default_model)
+        return next((n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()), first)
 
     @property
     def available(self) -> list[str]:
@@ -166,7 +175,13 @@ class Predictor:
                 raise ValueError(f"expected an RGB image with pixels, got mode {image.mode} of {image.width} x {image.height}")
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
-        return self.model(model_name, copy)
+        loaded = self.model(model_name, copy)
+        spec = self.ensemble(model_name or self.default_model)
+        if spec is not None:  # its second opinion: the segmenter's class head, in the same class order
+            segmenter = self.segmentation_model(copy)
+            if segmenter is None or segmenter.labels != loaded.labels:
+                raise ValueError(f"{spec.name}: {spec.outliner} cannot give a second opinion on {loaded.name}'s classes")
+        return loaded
 
     def use_segmenter(self, source: ModelSource | None) -> None:
         """Outline with the segmenter at ``source`` (None: no outline); one that is unavailable outlines nothing.
@@ -179,23 +194,22 @@ class Predictor:
 
     def add_sources(self, found: dict[str, ModelSource]) -> None:
         """Take the models ``found`` (say, on the Hub) that are not available here yet; then rule the ensembles again."""
-        self.sources.update({n: s for n, s in found.items() if n not in self.sources or not self.sources[n].available})
+        self.sources.update({n: s for n, s in found.items() if n in self.sources and not self.sources[n].available})
         self.rule_ensembles()
 
     def rule_ensembles(self) -> None:
-        """Each registry ensemble listed in ``sources`` made available when its members are, and its outliner is this
-        deployment's segmenter (whose forward gives its second opinion); else unavailable, with why. Then the default
-        again: a change of segmenter or of sources may rule the default ensemble in or out."""
-        for name, spec in ENSEMBLES.items():
-            if name not in self.sources:  # a deployment given its own sources serves only those
-                continue
-            lacking = [m for m in spec.members if m not in self.sources or not self.sources[m].available]
-            why = f"needs {' and '.join(lacking)}, not available" if lacking else ""
-            if not why and spec.outliner != self.segmenter:
-                why = f"its second opinion is {spec.outliner}'s forward, but this deployment outlines with {self.segmenter}"
-            self.sources[name] = ModelSource(name, "" if why else ENSEMBLE, "+".join(spec.members), why)
-        if hasattr(self, "default_model"):
+        """The ensembles listed in ``sources`` ruled in or out for this deployment's members and segmenter
+        (``catalog.ensemble_sources``); then the default again, which that may change."""
+        ruled = ensemble_sources(self.sources, self.segmenter)
+        self.sources.update({n: src for n, src in ruled.items() if n in self.sources})  # given sources: only those
+        try:
             self.default_model = app_default_model(self.sources)
+        except ValueError:  # BRAIN_MRI_DEFAULT_MODEL names an ensemble just ruled out: its classifier answers alone
+            spec = ENSEMBLES.get(default_model() or "")
+            if spec is None or not self.sources.get(spec.explainer, ModelSource("", "", "")).available:
+                raise
+            _logger.warning("%s is not available (%s): %s answers alone", spec.name, self.sources[spec.name].reason, spec.explainer)
+            self.default_model = spec.explainer
 
     def segmentation_model(self, copy: int = 0):
         """The loaded segmenter (that copy of it), or None when this deployment has none."""
@@ -255,26 +269,22 @@ class Predictor:
         Where the CPU has a spare core, 2 and 3 run beside 1 (brainmri.serving.overlap).
         """
         start = time.perf_counter()
-        ensemble = self.ensemble(model_name or self.default_model)
+        ensemble = self.ensemble(model_name or self.default_model)  # its second opinion checked by check_request
         loaded = self.model(model_name, copy)
-        judge = self.model(self.ood_model, copy) if self.ood_model and self.ood_model != loaded.name else None
+        judge = self.model(self.ood_model, copy) if self.ood_model else None
+        judge = None if judge is loaded else judge  # the classifier judges in its own pass
         segmenter = self.segmentation_model(copy) if outline or ensemble else None
-        if ensemble is not None and segmenter.labels != loaded.labels:
-            raise ValueError(f"{ensemble.name}: {segmenter.name} and {loaded.name} name their classes differently")
         with running() as requests:  # counted till the end: a request that comes meanwhile finds this core taken
             side = (
                 self.side_passes(loaded, judge, segmenter, images, ensemble) if self.overlap and spare_core(loaded.device, requests) else {}
             )
-            second = None  # an ensemble's: a future of (outlines, the outliner's calibrated probabilities (B, C))
-            if ensemble is not None:
-                second = side.get("outline")
-                if second is None:  # one pass after another: this one first, as the heatmap's backward needs it
-                    second = Future()
-                    second.set_result(segment_and_classify(segmenter, images))
+            second = side.get("second")  # an ensemble's: a future of its SecondOpinion (outlines and class probabilities)
+            if ensemble is not None and second is None:  # one pass after another: this one first, for the backward
+                second = Future()
+                second.set_result(segment_and_classify(segmenter, images))
             results = run_model_batch(loaded, images, method, side.get("plain"), second)
             if ensemble is not None:
-                drawn = second.result()[0]
-                for result, found in zip(results, drawn):
+                for result, found in zip(results, second.result().outlines):
                     result.model, result.heatmap_by = ensemble.name, loaded.name
                     result.outline, result.outlined_by = found, segmenter.name
             if judge is not None:
@@ -290,7 +300,7 @@ class Predictor:
                 if not (outline and result.in_distribution):
                     result.outline, result.outlined_by = None, ""
             wanting = [i for i, r in enumerate(results) if r.in_distribution and r.outline is None]
-            if segmenter is not None and outline and wanting:
+            if segmenter is not None and outline and ensemble is None and wanting:
                 if "outline" in side:
                     found = [side["outline"].result()[i] for i in wanting]
                 else:
@@ -303,22 +313,27 @@ class Predictor:
         return results
 
     def side_passes(
-        self, loaded: LoadedModel, judge: LoadedModel | None, segmenter, images: list[Image.Image], ensemble: EnsembleSpec | None = None
+        self,
+        loaded: LoadedModel,
+        judge: LoadedModel | None,
+        segmenter: LoadedSegmenter | None,
+        images: list[Image.Image],
+        ensemble: EnsembleSpec | None = None,
     ) -> dict[str, Future]:
         """The passes :meth:`run_passes` hands to the spare core, started there one after another
         (brainmri.serving.overlap), by name: "plain", a Lite's input-size forward, whose class the heatmap's backward
         waits for; "judge", the OOD judge's pass; "outline", drawn ahead of the verdict (run_passes keeps it for
-        in-distribution slices only), unless the classifier's or the judge's forward draws it. For an ``ensemble``
-        the outline's pass also gives its second opinion (:func:`segment_and_classify`), and runs before the judge:
-        the heatmap's backward waits for it."""
+        in-distribution slices only), unless the classifier's or the judge's forward draws it. For an ``ensemble``,
+        "second" instead of "outline": the outline's forward with its class head (:func:`segment_and_classify`), before
+        the judge, as the heatmap's backward waits for it."""
         drawn_elsewhere = draws_own_outline(loaded.model) or (judge is not None and self.ood_model == self.segmenter)
-        passes = {
-            "plain": (twin_pass, (loaded, images)) if loaded.twin is not None else None,
-            "outline": (segment_and_classify, (segmenter, images)) if ensemble is not None else None,
-            "judge": (judge_batch, (judge, images)) if judge is not None else None,
-        }
-        if ensemble is None:
-            passes["outline"] = (segment_batch, (segmenter, images)) if segmenter is not None and not drawn_elsewhere else None
+        plain = (twin_pass, (loaded, images)) if loaded.twin is not None else None
+        verdict = (judge_batch, (judge, images)) if judge is not None else None
+        if ensemble is not None:
+            passes = {"plain": plain, "second": (segment_and_classify, (segmenter, images)), "judge": verdict}
+        else:
+            outlined = (segment_batch, (segmenter, images)) if segmenter is not None and not drawn_elsewhere else None
+            passes = {"plain": plain, "judge": verdict, "outline": outlined}
         wanted = {name: work for name, work in passes.items() if work is not None}
         return dict(zip(wanted, in_turn(*wanted.values()))) if wanted else {}
 

@@ -14,6 +14,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -67,16 +68,22 @@ def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Ou
     return segment_and_classify(loaded, images)[0]
 
 
-def segment_and_classify(loaded: LoadedSegmenter, images: list[Image.Image]) -> tuple[list[Outline], torch.Tensor | None]:
-    """:func:`segment_batch`, with the class probabilities (B, C) a multi-task segmenter's head gave in that same
-    forward, calibrated by its temperature, in ``loaded.labels``' order (None for a plain U-Net): an ensemble's
-    second opinion at no extra pass (brainmri.models.registry.ENSEMBLES)."""
+class SecondOpinion(NamedTuple):
+    """What the outline's forward gives an ensemble (brainmri.models.registry.ENSEMBLES) beside the outlines."""
+
+    outlines: list[Outline]  # each image's, in its own frame
+    probabilities: torch.Tensor | None  # (B, C) the class head's, calibrated, in the segmenter's label order; None: no head
+
+
+def segment_and_classify(loaded: LoadedSegmenter, images: list[Image.Image]) -> SecondOpinion:
+    """:func:`segment_batch`, with the class probabilities a multi-task segmenter's head gave in that same forward,
+    calibrated by its temperature: an ensemble's second opinion at no extra pass."""
     side = loaded.input_size
     batch = torch.stack([to_input(im, side) for im in images])
     with loaded.lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=loaded.bf16):
         probability, logits = tumour_probability_and_class(loaded.model, batch.contiguous(memory_format=torch.channels_last), loaded.rule)
     outlines = [outline(p, im.size, loaded.rule) for p, im in zip(probability, images)]  # probability: (B, S, S)
-    return outlines, None if logits is None else calibrated_probs(logits, loaded.temperature)
+    return SecondOpinion(outlines, None if logits is None else calibrated_probs(logits, loaded.temperature))
 
 
 def draws_own_outline(model: nn.Module) -> bool:
