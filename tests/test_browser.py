@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 from traces import files_containing, files_named, files_since
 
 from brainmri.app.uploads import gradio_cache_dir
-from brainmri.models.registry import APP_DEFAULT
+from brainmri.models.registry import APP_DEFAULT, DEFAULT_CLASSIFIER
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -94,6 +94,7 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             assert heat.evaluate("img => img.naturalWidth") > 0
             expect(key.locator(".cam-bar")).to_be_visible()  # the colour bar
             expect(key).to_contain_text(re.compile(r"drove '(glioma|meningioma|pituitary tumour)'"))  # which class it explains
+            expect(key).to_contain_text(f"Heatmap from {DEFAULT_CLASSIFIER}, for the answer of {APP_DEFAULT}")  # the default: an ensemble
             assert page.locator("#upload a[download], #upload a[href*='file=']").count() == 0  # no link to a deleted file
             note = page.locator("#outline-note")  # the segmenter's outline: what it is, and how much it covers
             expect(note).to_contain_text("not a diagnosis")
@@ -118,7 +119,9 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
 
             page.locator("#model input").click()
             options = page.get_by_role("option")
-            expect(options.first).to_contain_text(re.compile(r"EfficientNet · Lite0, ImageNet-initialised \(\d+\.\d% on unseen Testing\)"))
+            expect(options.first).to_contain_text(
+                re.compile(r"Ensemble · Lite0 and the one encoder, averaged \(\d+\.\d% on unseen Testing\)")
+            )
             page.get_by_role(
                 "option", name=re.compile(r"^Simple CNN · Sequential 1: 7 layers, 20 epochs \(\d+\.\d% on unseen Testing\)")
             ).click()

@@ -62,6 +62,10 @@ def colour_bar(result: Prediction) -> str:
         )
     else:
         meaning = f"The colours show the regions that drove <b>'{html.escape(target)}'</b> (where the model looked, not an outline)."
+    if result.heatmap_by and result.heatmap_by != result.model:  # an ensemble: its classifier's heatmap, for its answer
+        meaning += (
+            f" Heatmap from <code>{html.escape(result.heatmap_by)}</code>, for the answer of <code>{html.escape(result.model)}</code>."
+        )
     return (
         f'<div class="cam-key" id="cam-key"><div class="cam-bar" style="background:linear-gradient(to right, {gradient})"></div>'
         '<div class="cam-ends"><span>less</span><span>more influence</span></div>'

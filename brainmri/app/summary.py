@@ -8,8 +8,7 @@ from brainmri.vocabulary import LOOKS_NOT_MRI, NO_TUMOUR, class_words, percent
 
 def summary(result: Prediction) -> str:
     """What ``result`` says, in one plain paragraph of Markdown: the Classify tab's summary."""
-    heatmap = f"; heatmap from `{result.heatmap_by}`" if result.heatmap_by and result.heatmap_by != result.model else ""
-    by = f" (`{result.model}`{heatmap}, {result.latency_ms:.0f} ms)"
+    by = f" (`{result.model}`, {result.latency_ms:.0f} ms)"  # an ensemble's heatmap model: in the colour key below
     if not result.in_distribution:
         return f"**This image {LOOKS_NOT_MRI}**: " + "; ".join(result.ood.reasons) + f". No tumour class is given for it{by}."
     p = result.probabilities[result.top_class]

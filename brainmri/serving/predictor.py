@@ -267,6 +267,8 @@ class Predictor:
            unless a multi-task model's forward drew it already: the classifier's in step 1, or the judge's in step 2
            when the judge is the segmenter.
         Where the CPU has a spare core, 2 and 3 run beside 1 (brainmri.serving.overlap).
+        For an ensemble (registry ``ENSEMBLES``) step 3 comes first and for every image: its forward's class head is the
+        second opinion that step 1 averages with its classifier's, and whose mean's class the heatmap explains.
         """
         start = time.perf_counter()
         ensemble = self.ensemble(model_name or self.default_model)  # its second opinion checked by check_request

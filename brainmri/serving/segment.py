@@ -65,7 +65,7 @@ def load_for_serving(name: str, folder: str | Path, device: torch.device | str |
 
 def segment_batch(loaded: LoadedSegmenter, images: list[Image.Image]) -> list[Outline]:
     """Each RGB image's outline, in its own frame (size), from one batched forward."""
-    return segment_and_classify(loaded, images)[0]
+    return segment_and_classify(loaded, images).outlines
 
 
 class SecondOpinion(NamedTuple):
