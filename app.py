@@ -200,7 +200,7 @@ def compare(session: display.Session | None, method: str, chosen: list[str] | No
     if session is None:  # a user's slip, not a server fault: nothing for the log
         raise gr.Error("upload an image in the Classify tab first", print_exception=False)
     image = session.image
-    names = [n for n in PREDICTOR.available if n in (chosen or PREDICTOR.available) and not PREDICTOR.ensemble(n)]
+    names = [n for n in PREDICTOR.single_models if n in (chosen or PREDICTOR.single_models)]
     start = time.perf_counter()
     with user_errors():
         results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD, outline=False) for name in progress.tqdm(names, desc="models")]

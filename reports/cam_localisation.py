@@ -159,7 +159,7 @@ def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str |
     predictor = Predictor(discover(hub=False))
     boxes = load_boxes(boxes_csv)
     report = {"boxes": str(boxes_csv), "seed": seed, "runs": []}
-    for name in models or [n for n in predictor.available if not predictor.ensemble(n)]:  # an ensemble: its members
+    for name in models or predictor.single_models:
         folder = Path(predictor.sources[name].location)
         items = halves(boxed_validation(folder, data, boxes), seed)
         for layer in layers:

@@ -31,11 +31,7 @@ sys.path.insert(0, str(ROOT))
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
-from brainmri.models.registry import (  # noqa: E402
-    DEFAULT_CLASSIFIER,  # noqa: E402
-    cam_layer,
-    get_spec,
-)
+from brainmri.models.registry import DEFAULT_CLASSIFIER, cam_layer, get_spec  # noqa: E402
 from brainmri.runtime import Conv2dSameInKernel, configure_torch_threads  # noqa: E402
 from brainmri.serving.classify import run_model_batch  # noqa: E402
 from brainmri.serving.loading import LoadedModel, load_model  # noqa: E402

@@ -10,8 +10,8 @@ metrics.json's layout to ``results/lite0_and_multitask.json``: what the model li
 show for it. That file is the served answer's only source of figures.
 
 The outline already runs ``multitask_lite0``'s forward on every MRI slice, and that forward's class head comes free
-with it, so the mean of the two calibrated probabilities (``brainmri.eval.ensemble``) would cost a request nothing
-more. Both models were cut by the same mirror-aware rule, so they are scored on the very same validation scans, and
+with it, so the mean of the two calibrated probabilities (``brainmri.eval.ensemble``) costs a request no extra
+pass. Both models were cut by the same mirror-aware rule, so they are scored on the very same validation scans, and
 on official and unseen Testing. Equal weights, fixed before looking; each member's temperature is its own, fitted on
 that validation split. A last row fits one more temperature on the mean's log-probabilities, on validation too (does
 it bring the mean's calibration where the issue asks?). Asserts nothing.
@@ -89,12 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def served_probs(predictor: Predictor, paths: list[str], batch: int = 16) -> np.ndarray:
-    """(N, C) the app's default's probabilities for these image files, as the app answers them (no outline kept)."""
+def served_probs(predictor: Predictor, paths: list[str], labels: list[str], batch: int = 16) -> np.ndarray:
+    """(N, C) the app's default's probabilities for these image files, in ``labels``' order, as the app answers them
+    (no outline kept)."""
     out = []
     for i in tqdm(range(0, len(paths), batch), desc="served", unit="batch"):
         results = predictor.predict_many([load_image(p) for p in paths[i : i + batch]], APP_DEFAULT, outline=False)
-        out.extend([[r.probabilities[c] for c in predictor.model(APP_DEFAULT).labels] for r in results])
+        out.extend([[r.probabilities[c] for c in labels] for r in results])
     probs = np.asarray(out)
     return probs / probs.sum(axis=1, keepdims=True)  # float32 sums off by ~1e-7: scikit-learn's log loss asks for exact
 
@@ -108,8 +109,8 @@ def served_figures(val, test, unseen: np.ndarray) -> dict:
     if labels != list(val.class_names) or labels != list(test.class_names):
         raise SystemExit(f"the served classes {labels} are not the data's {val.class_names}")
     spec = ENSEMBLES[APP_DEFAULT]
-    p_val = served_probs(predictor, [val.name(i) for i in range(len(val))])
-    p_test = served_probs(predictor, [test.name(i) for i in range(len(test))])
+    p_val = served_probs(predictor, [val.name(i) for i in range(len(val))], labels)
+    p_test = served_probs(predictor, [test.name(i) for i in range(len(test))], labels)
     members = [read_metrics(Path(predictor.sources[m].location)) for m in spec.members]
     return {
         "model": APP_DEFAULT,

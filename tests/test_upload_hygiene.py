@@ -102,8 +102,7 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     assert app.reblend(again.session, 0.2) is None  # still no heatmap to blend
     assert app.reblend(session._replace(heatmap=np.full((96, 96), 0.5, np.float32)), 0.2).size == (96, 96)
     table, grid, agreement = app.compare(again.session, "Grad-CAM", None)  # nothing ticked: every model
-    singles = [n for n in app.PREDICTOR.available if not app.PREDICTOR.ensemble(n)]  # Compare: an ensemble as its members
-    assert grid.count("<figure") == len(singles) and "agree" in agreement
+    assert grid.count("<figure") == len(app.PREDICTOR.single_models) and "agree" in agreement  # an ensemble: as its members
     table, grid, agreement = app.compare(again.session, "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
     assert list(table["model"])[:2] == ["simple_cnn_7", "tf_efficientnet_lite0"] and grid.count("<figure") == 2
     assert "data:image/jpeg;base64," in grid and "/gradio_api/file=" not in grid  # heatmaps inline, no file

@@ -126,6 +126,12 @@ class Predictor:
         return [name for name, src in self.sources.items() if src.available]
 
     @property
+    def single_models(self) -> list[str]:
+        """The available models that are not ensembles: what Compare and the per-model reports run (an ensemble's
+        members are among them)."""
+        return [name for name in self.available if not self.ensemble(name)]
+
+    @property
     def unavailable(self) -> dict[str, str]:
         return {name: src.reason for name, src in self.sources.items() if not src.available}
 
