@@ -95,7 +95,7 @@ def test_overlap_counts_empty_on_empty_as_agreement():
 def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.multitask", "--data", str(data_dir), "--out", str(out), "--epochs", "1"]
-    cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4"]
+    cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4", "--ema-decay", "0.5"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     from brainmri.models.multitask import UnetOnClassifier
@@ -110,6 +110,7 @@ def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     assert metrics["validation"]["n"] == len((out / "val_split.txt").read_text().split("\n")) - 3
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "brain-mri"
+    assert "moving average" in card.text and "--ema-decay 0.5" in card.text  # the kept weights are the average's
     assert not (out / "resume").exists()
 
 
@@ -180,9 +181,31 @@ def test_resume_on_a_fresh_folder_starts_from_imagenet(tmp_path):
     from train.multitask import build
 
     name = MULTITASK[0]
-    model, _, _ = build(MultiTaskConfig(out=str(tmp_path), resume=True), steps_per_epoch=10)
+    model, _, _, ema = build(MultiTaskConfig(out=str(tmp_path), resume=True), steps_per_epoch=10)
     fresh = create_segmenter(name, pretrained=True).classifier.conv_stem.weight
     assert torch.equal(model.classifier.conv_stem.weight, fresh)
+    assert ema is None  # no moving average unless asked for
+
+
+def test_the_moving_average_resumes_with_the_run(tmp_path):
+    """--ema-decay: the average's weights travel in the resume state, and a state saved without one is refused."""
+    from train.multitask import build
+    from train.resume import load_model_state, save_model_state
+
+    cfg = MultiTaskConfig(out=str(tmp_path), ema_decay=0.9, pretrained=False)
+    model, optimizer, _, ema = build(cfg, steps_per_epoch=10)
+    with torch.no_grad():
+        model.classifier.conv_stem.weight.add_(1.0)
+    ema.update(model)
+    averaged = ema.module.classifier.conv_stem.weight.clone()
+    assert not torch.equal(averaged, model.classifier.conv_stem.weight)  # it lags the weights it follows
+    save_model_state(tmp_path, model, optimizer, {"epoch": 1}, ema)
+    again, optimizer2, _, ema2 = build(cfg, steps_per_epoch=10)
+    assert load_model_state(tmp_path, again, optimizer2, ema2) == {"epoch": 1}
+    assert torch.equal(ema2.module.classifier.conv_stem.weight, averaged)
+    save_model_state(tmp_path, model, optimizer, {"epoch": 1})
+    with pytest.raises(ValueError, match="without a moving average"):
+        load_model_state(tmp_path, again, optimizer2, ema2)
 
 
 def test_served_as_a_classifier_it_outlines_from_its_own_forward(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
@@ -78,6 +79,7 @@ class MultiTaskConfig:
         ""  # finished classifier folder(s) cut by this split, comma-separated: their mean softmax is a soft class target (train.distill)
     )
     distill_weight: float = 0.5  # with --teacher: share of the class loss on the teacher's soft targets, the rest on the labels
+    ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}")
@@ -146,7 +148,8 @@ def epoch_batches(n: int, cfg: MultiTaskConfig, epoch: int) -> tuple[list[torch.
     return batches[: cfg.max_train_batches] if cfg.max_train_batches else batches, g
 
 
-def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConfig, epoch: int) -> dict:
+def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConfig, epoch: int, ema=None) -> dict:
+    """One pass over the training side; ``ema`` (timm ModelEmaV3), when given, follows every step."""
     model.train()
     records, x, masks, known = split["train"]
     labels = torch.from_numpy(records.labels)
@@ -164,6 +167,8 @@ def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConf
         loss.backward()
         optimizer.step()
         scheduler.step_update(epoch * len(batches) + b + 1)
+        if ema is not None:
+            ema.update(model)
         sums["loss"] += loss.item()
         for k, v in parts.items():
             sums[k] += v
@@ -200,7 +205,9 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
-    return model, optimizer, scheduler
+    # The moving average is validated, kept and shipped instead of the raw weights, as train.train does.
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    return model, optimizer, scheduler, ema
 
 
 def check_init_split(cfg: MultiTaskConfig, val) -> None:
@@ -251,18 +258,19 @@ def fit(cfg: MultiTaskConfig) -> Path:
     # even if the run never finishes (a session ending with its resume state lost).
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
-    model, optimizer, scheduler = build(cfg, steps)
+    model, optimizer, scheduler, ema = build(cfg, steps)
     if model.label_names != split["train"][0].class_names:
         raise ValueError(f"the model's classes {model.label_names} are not the data's {split['train'][0].class_names}")
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
-    saved = load_model_state(out, model, optimizer) if cfg.resume else None
+    saved = load_model_state(out, model, optimizer, ema) if cfg.resume else None
     if saved is not None:
         state = saved
         _logger.info("resumed after epoch %d (best at epoch %d)", state["epoch"], state["best_epoch"])
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
-        losses = train_one_epoch(model, optimizer, scheduler, split, cfg, epoch)
-        scores = evaluate(model, split["val"], autocast(cfg, torch.device("cpu")))
+        losses = train_one_epoch(model, optimizer, scheduler, split, cfg, epoch, ema)
+        kept = model if ema is None else ema.module  # the weights scored, and saved if best
+        scores = evaluate(kept, split["val"], autocast(cfg, torch.device("cpu")))
         seconds = time.perf_counter() - start
         row = {"epoch": epoch + 1, **{f"train_{k}": round(v, 5) for k, v in losses.items()}, **scores["summary"]}
         row["seconds"] = round(seconds, 1)
@@ -272,8 +280,8 @@ def fit(cfg: MultiTaskConfig) -> Path:
         _logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
         if selection_score(scores) > state["best_score"]:
             state["best_score"], state["best_epoch"] = selection_score(scores), epoch + 1
-            model.save_pretrained(str(out))
-        save_model_state(out, model, optimizer, state)
+            kept.save_pretrained(str(out))
+        save_model_state(out, model, optimizer, state, ema)
     finish(cfg, out, split, state)
     return out
 

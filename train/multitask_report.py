@@ -48,12 +48,17 @@ def outline_eval_results(m: dict) -> list[EvalResult]:
 
 
 def second_schedule(cfg: dict) -> str:
-    """The command's options for a run started from an earlier run's folder (train.multitask --init-from), and its
-    teacher's (--teacher)."""
-    teacher = f" --teacher TEACHER --distill-weight {cfg.get('distill_weight', 0.5):g}" if cfg.get("teacher") else ""
+    """The command's options for a run started from an earlier run's folder (train.multitask --init-from), its
+    teacher's (--teacher) and its moving average's (--ema-decay)."""
+    extra = f" --teacher TEACHER --distill-weight {cfg.get('distill_weight', 0.5):g}" if cfg.get("teacher") else ""
+    if cfg.get("ema_decay"):
+        extra += f" --ema-decay {cfg['ema_decay']:g}"
     if not cfg.get("init_from"):
-        return teacher
-    return f" --init-from FOLDER --lr {cfg['lr']:g} --dice {cfg.get('dice', 'batch')}{teacher}"
+        return extra
+    return f" --init-from FOLDER --lr {cfg['lr']:g} --dice {cfg.get('dice', 'batch')}{extra}"
+
+
+EMA_NOTE = "'s exponential moving average of the weights"
 
 
 def card_text(m: dict, cfg: dict) -> str:
@@ -68,7 +73,8 @@ def card_text(m: dict, cfg: dict) -> str:
             f"- Architecture: {m['architecture']}; {m['parameters']:,} parameters; input {m['input_size']} x {m['input_size']} RGB",
             f"- Weights initialised from: {m['initialization']}",
             *([f"- Class head distilled from: {m['distilled_from']}"] if m.get("distilled_from") else []),
-            f"- Trained for {m['epochs_run']} epochs (kept: epoch {m['best_epoch']}, by validation accuracy + mean Dice) on CPU"
+            f"- Trained for {m['epochs_run']} epochs (kept: epoch {m['best_epoch']}{EMA_NOTE if cfg.get('ema_decay') else ''},"
+            " by validation accuracy + mean Dice) on CPU"
             f" in {m['amp']} autocast, {m['train_seconds']:.0f} s, {m['train_images']} Training images: cross-entropy on all,"
             " and the outline where an expert drew one (the mean of Cheng et al.'s figshare masks, CC BY 4.0, and BRISC"
             " 2025's), empty for no-tumour slices",

@@ -29,12 +29,16 @@ def clear_resume(out: Path) -> None:
     shutil.rmtree(out / RESUME, ignore_errors=True)
 
 
-def save_model_state(out: Path, model, optimizer, state: dict) -> None:
-    """``torch.save({"model", "optimizer", "state"})`` into ``<out>/resume/state.pt``, written beside it first and
-    renamed over it (atomic: a kill mid-write leaves the last epoch whole)."""
+def save_model_state(out: Path, model, optimizer, state: dict, ema=None) -> None:
+    """``torch.save({"model", "optimizer", "state"})`` into ``<out>/resume/state.pt`` (and ``"ema"``, the moving
+    average's weights, when one is given), written beside it first and renamed over it (atomic: a kill mid-write
+    leaves the last epoch whole)."""
     folder = out / RESUME
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, folder / "state.tmp")
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}
+    if ema is not None:
+        saved["ema"] = ema.state_dict()
+    torch.save(saved, folder / "state.tmp")
     (folder / "state.tmp").replace(folder / STATE_PT)
 
 
@@ -44,15 +48,19 @@ def has_model_state(out: Path) -> bool:
     return (Path(out) / RESUME / STATE_PT).is_file()
 
 
-def load_model_state(out: Path, model, optimizer) -> dict | None:
-    """Load :func:`save_model_state`'s model and optimizer state into ``model`` and ``optimizer`` and return its
-    ``state`` dict; None when ``out`` has nothing to resume."""
+def load_model_state(out: Path, model, optimizer, ema=None) -> dict | None:
+    """Load :func:`save_model_state`'s model and optimizer state into ``model`` and ``optimizer`` (and the moving
+    average into ``ema``) and return its ``state`` dict; None when ``out`` has nothing to resume."""
     path = out / RESUME / STATE_PT
     if not path.is_file():
         return None
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
+    if ema is not None:
+        if "ema" not in saved:
+            raise ValueError(f"--resume with --ema-decay: {path} was saved without a moving average")
+        ema.load_state_dict(saved["ema"])
     return saved["state"]
 
 
