@@ -72,21 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     figures = {}
     for name, p in probs.items():
         reports = {"validation": classification_report(p["val"], val.labels, val.class_names), **score(p["test"], test, unseen)}
-        figures[name] = {k: {"n": r["n"], "accuracy": r["accuracy"], "ece": r["ece"]} for k, r in reports.items()}
-        row = "  ".join(f"{k} {r['accuracy']:.2%} (n={r['n']}, ECE {r['ece']:.2%})" for k, r in figures[name].items())
+        figures[name] = {k: {key: r[key] for key in ("n", "accuracy", "ece", "ece_ci95")} for k, r in reports.items()}
+        row = "  ".join(f"{k} {r['accuracy']:.2%} (n={r['n']}, {_ece(r)})" for k, r in figures[name].items())
         print(f"{name:24s} {row}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     if args.served:
         served = served_figures(val, test, unseen)
         row = "  ".join(
-            f"{k} {served[k]['accuracy']:.2%} (n={served[k]['n']}, ECE {served[k]['ece']:.2%})"
-            for k in ("validation", "test", "test_unseen")
+            f"{k} {served[k]['accuracy']:.2%} (n={served[k]['n']}, {_ece(served[k])})" for k in ("validation", "test", "test_unseen")
         )
         print(f"{APP_DEFAULT + ' (served)':24s} {row}")
         ensemble_figures(APP_DEFAULT).write_text(json.dumps(served, indent=2) + "\n")
         print(f"wrote {ensemble_figures(APP_DEFAULT)}")
     return 0
+
+
+def _ece(r: dict) -> str:
+    lo, hi = r["ece_ci95"]
+    return f"ECE {r['ece']:.2%}, 95% CI {lo:.2%}-{hi:.2%}"
 
 
 def served_probs(predictor: Predictor, paths: list[str], labels: list[str], batch: int = 16) -> np.ndarray:

@@ -69,3 +69,16 @@ def test_bootstrap_interval():
 def test_empty_set_is_refused():
     with pytest.raises(ValueError, match="empty"):
         classification_report(np.zeros((0, 3)), np.zeros(0, dtype=int), CLASSES)
+
+
+def test_ece_interval_brackets_the_estimate_and_narrows_with_more_images():
+    """The bootstrap interval of ECE is an interval of ECEs, and a set repeated 20 times (the same ECE) gives a narrower
+    one. (It need not hold the estimate: binned ECE is biased upward on resamples, so it may sit above it.)"""
+    from brainmri.eval.metrics import bootstrap_ece_ci
+
+    r = classification_report(PROBS, LABELS, CLASSES)
+    lo, hi = r["ece_ci95"]
+    assert 0 <= lo < hi <= 1
+    lo20, hi20 = bootstrap_ece_ci(np.tile(PROBS, (20, 1)), np.tile(LABELS, 20))
+    assert expected_calibration_error(np.tile(PROBS, (20, 1)), np.tile(LABELS, 20)) == pytest.approx(r["ece"])
+    assert hi20 - lo20 < hi - lo
