@@ -70,6 +70,27 @@ def test_init_from_a_folder_of_another_split_is_refused(tmp_path):
     check_init_split(cfg, Val())  # the same scans: accepted
 
 
+def test_init_classifier_replaces_the_class_path_and_keeps_the_decoder(tmp_path):
+    """--init-classifier: a finished classifier's encoder and head become the class path; the decoder stays."""
+    from brainmri.models.checkpoint import save_checkpoint
+    from train.multitask import load_class_path
+
+    name = MULTITASK[0]
+    model = create_segmenter(name)
+    backbone = model.classifier.pretrained_cfg["architecture"]
+    classifier = timm.create_model(backbone, num_classes=SEGMENTERS[name].num_classes)
+    save_checkpoint(classifier, tmp_path / "lite", ["a", "b", "c", "d"])
+    decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    load_class_path(model, tmp_path / "lite")
+    for key, value in classifier.state_dict().items():  # fp16 on disk: equal to its precision
+        expected = value.half().float() if value.is_floating_point() else value
+        torch.testing.assert_close(model.classifier.state_dict()[key], expected, atol=0, rtol=0)
+    assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in decoder.items())
+    save_checkpoint(timm.create_model("resnet18", num_classes=4), tmp_path / "other", ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="is a resnet18, not this model's"):
+        load_class_path(model, tmp_path / "other")
+
+
 def test_soft_target_is_the_mean_of_the_experts_who_drew_one():
     masks = torch.zeros(3, 2, 4, 4, dtype=torch.uint8)
     masks[0, 0, :2] = 255  # expert 0 marks the top half, expert 1 the left half

@@ -34,7 +34,7 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import augment_batch
 from brainmri.data.split import training_split, write_val_split
 from brainmri.eval.curves import write_history_csv
-from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, load_checkpoint, read_config, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
@@ -75,6 +75,7 @@ class MultiTaskConfig:
     pretrained: bool = True  # encoder from the offline ImageNet weights
     resume: bool = False  # continue from <out>/resume
     init_from: str = ""  # a finished multi-task folder to start from (a second schedule on its weights), not ImageNet
+    init_classifier: str = ""  # a finished classifier folder (this backbone, this split) whose weights replace the class path's
     teacher: str = (
         ""  # finished classifier folder(s) cut by this split, comma-separated: their mean softmax is a soft class target (train.distill)
     )
@@ -194,7 +195,7 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
     if cfg.dice not in ("batch", "image"):
         raise ValueError(f"dice must be 'batch' or 'image', got {cfg.dice!r}")
     # resumed or --init-from weights replace ImageNet's
-    imagenet = cfg.pretrained and not cfg.init_from and not (cfg.resume and has_model_state(cfg.output_dir()))
+    imagenet = cfg.pretrained and not (cfg.init_from or cfg.init_classifier) and not (cfg.resume and has_model_state(cfg.output_dir()))
     model = create_segmenter(spec.name, pretrained=imagenet)
     if cfg.init_from:
         start = load_segmenter(Path(cfg.init_from))
@@ -202,6 +203,8 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
             raise ValueError(f"--init-from {cfg.init_from} holds a {type(start).__name__}, not a {type(model).__name__}")
         model.load_state_dict(start.state_dict())
         _logger.info("started from the weights in %s", cfg.init_from)
+    if cfg.init_classifier:
+        load_class_path(model, Path(cfg.init_classifier))
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
@@ -210,11 +213,23 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
     return model, optimizer, scheduler, ema
 
 
+def load_class_path(model, folder: Path) -> None:
+    """The encoder and class head from a finished classifier of the same backbone (a timm folder); the decoder keeps
+    what it had (ImageNet's encoder is replaced, a random or --init-from decoder stays)."""
+    classifier = load_checkpoint(folder)
+    backbone = model.classifier.pretrained_cfg.get("architecture")
+    if read_config(folder).get("architecture") != backbone:
+        raise ValueError(f"--init-classifier {folder} is a {read_config(folder).get('architecture')}, not this model's {backbone}")
+    model.classifier.load_state_dict(classifier.state_dict())
+    _logger.info("class path (encoder and head) from %s", folder)
+
+
 def check_init_split(cfg: MultiTaskConfig, val) -> None:
-    """--init-from must start from a folder whose validation scans are this run's: weights that trained on one of
-    this run's validation scans would leak it."""
-    if cfg.init_from:
-        check_same_validation(cfg.init_from, val, cfg.data, "--init-from", several=False)
+    """--init-from and --init-classifier must start from folders whose validation scans are this run's: weights that
+    trained on one of this run's validation scans would leak it."""
+    for flag, folder in (("--init-from", cfg.init_from), ("--init-classifier", cfg.init_classifier)):
+        if folder:
+            check_same_validation(folder, val, cfg.data, flag, several=False)
 
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
@@ -242,6 +257,18 @@ def started_from(folder: Path) -> str:
     n = trained.count(", then ") + 2
     ordinal = ORDINALS[n - 1] if n <= len(ORDINALS) else f"{n}th"
     return f"an earlier {model} run: {start}, trained {trained}; this run is the {ordinal} schedule on its weights"
+
+
+def stitched_from(classifier: Path, decoder: str | None) -> str:
+    """The card's line for a run whose class path came from a classifier (--init-classifier) and whose decoder came
+    from ``decoder`` (started_from's line for --init-from) or was new."""
+    try:
+        before = json.loads((classifier / METRICS).read_text())
+        trained = f"{before.get('initialization', 'its own start')}, trained {before.get('epochs_run', '?')} epochs"
+    except (OSError, ValueError):
+        trained = "its own start"
+    decoder = decoder.split("; this run is")[0] if decoder else "new (random)"
+    return f"encoder and class head: the classifier {classifier.name} ({trained}); decoder: {decoder}; then this run"
 
 
 def fit(cfg: MultiTaskConfig) -> Path:
@@ -299,6 +326,8 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
     metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": "cpu", "data": cfg.data}
     if cfg.init_from:
         metrics["initialization"] = started_from(Path(cfg.init_from))
+    if cfg.init_classifier:
+        metrics["initialization"] = stitched_from(Path(cfg.init_classifier), metrics.get("initialization"))
     if cfg.teacher:
         metrics["distilled_from"] = describe_teacher(cfg.teacher, cfg.distill_weight)
     # The class figures where every classifier keeps them (brainmri.eval.tables); the outline's beside them.
