@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 python scripts/ensemble_default.py                  # prints; --json FILE keeps the figures
     HF_HUB_OFFLINE=1 python scripts/ensemble_default.py --served         # + the app's default as served: results/<name>.json
+    HF_HUB_OFFLINE=1 python scripts/ensemble_default.py --checkpoints DIR --served --validation-only   # a candidate, Testing unseen
 
 With ``--served`` the app's default (registry ``APP_DEFAULT``, the ensemble ``lite0_and_multitask``) also answers every
 validation and Testing image through the serving path (``Predictor.predict_many``: the decoder, each member's own
@@ -14,13 +15,15 @@ with it, so the mean of the two calibrated probabilities (``brainmri.eval.ensemb
 pass. Both models were cut by the same mirror-aware rule, so they are scored on the very same validation scans, and
 on official and unseen Testing. Equal weights, fixed before looking; each member's temperature is its own, fitted on
 that validation split. A last row fits one more temperature on the mean's log-probabilities, on validation too (does
-it bring the mean's calibration where the issue asks?). Asserts nothing.
+it bring the mean's calibration where the issue asks?). Each row is also set against Lite0 on the same validation
+scans by McNemar's exact test: is its lead more than chance? Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from brainmri.calibration import calibrated_probs, fit_temperature, load_tempera
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.data.split import checkpoint_split  # noqa: E402
 from brainmri.eval.ensemble import mean_probs  # noqa: E402
-from brainmri.eval.metrics import classification_report  # noqa: E402
+from brainmri.eval.metrics import classification_report, paired_comparison  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.catalog import ensemble_figures  # noqa: E402
 from brainmri.models.checkpoint import load_checkpoint  # noqa: E402
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"), help="the folder of shipped checkpoints to compare")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--served", action="store_true", help="also score the app's default as served; write its figures file")
+    parser.add_argument(
+        "--validation-only", action="store_true", help="score validation alone (a choice made before Testing); write no figures file"
+    )
     args = parser.parse_args(argv)
     folders = [Path(args.checkpoints) / m for m in MEMBERS]
     splits = [checkpoint_split(f, args.data)[1] for f in folders]
@@ -60,32 +66,46 @@ def main(argv: list[str] | None = None) -> int:
         print("the two models' validation scans differ: nothing to compare on", file=sys.stderr)
         return 1
     val = splits[0]
-    test, unseen = load_test_split(args.data)
+    test, unseen = (None, None) if args.validation_only else load_test_split(args.data)
+    images = {"val": val} | ({} if test is None else {"test": test})
     probs = {}
     for name, folder in zip(MEMBERS, folders):
         model, t = load_checkpoint(folder), load_temperature(folder)
-        probs[name] = {"val": calibrated_probs(predict_logits(model, val), t), "test": calibrated_probs(predict_logits(model, test), t)}
-    probs["mean of both"] = {s: mean_probs([probs[m][s] for m in MEMBERS]) for s in ("val", "test")}
+        probs[name] = {s: calibrated_probs(predict_logits(model, x), t) for s, x in images.items()}
+    probs["mean of both"] = {s: mean_probs([probs[m][s] for m in MEMBERS]) for s in images}
     log_mean = {s: np.log(np.clip(p, 1e-12, None)) for s, p in probs["mean of both"].items()}
     extra = fit_temperature(log_mean["val"], val.labels)  # on validation only
     probs[f"mean, refit T={extra:.3f}"] = {s: calibrated_probs(v, extra) for s, v in log_mean.items()}
     figures = {}
     for name, p in probs.items():
-        reports = {"validation": classification_report(p["val"], val.labels, val.class_names), **score(p["test"], test, unseen)}
+        reports = {"validation": classification_report(p["val"], val.labels, val.class_names)}
+        if test is not None:
+            reports |= score(p["test"], test, unseen)
         figures[name] = {k: {key: r[key] for key in ("n", "accuracy", "ece", "ece_ci95")} for k, r in reports.items()}
         row = "  ".join(f"{k} {r['accuracy']:.2%} (n={r['n']}, {_ece(r)})" for k, r in figures[name].items())
         print(f"{name:24s} {row}")
+    for name, p in probs.items():  # is a lead over Lite0 more than chance? the same images, paired
+        if name != MEMBERS[0]:
+            figures[name]["validation_vs_lite0"] = pair = paired_vs(p["val"], probs[MEMBERS[0]]["val"], val.labels)
+            counts = f"{pair['only_a']} right only here, {pair['only_b']} only there"
+            print(f"{name:24s} validation, against {MEMBERS[0]}: {counts}, McNemar p = {pair['p_value']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     if args.served:
+        os.environ["BRAIN_MRI_CHECKPOINTS"] = str(Path(args.checkpoints).resolve())  # the serving path's folder too
         served = served_figures(val, test, unseen)
-        row = "  ".join(
-            f"{k} {served[k]['accuracy']:.2%} (n={served[k]['n']}, {_ece(served[k])})" for k in ("validation", "test", "test_unseen")
-        )
+        sets = [k for k in ("validation", "test", "test_unseen") if k in served]
+        row = "  ".join(f"{k} {served[k]['accuracy']:.2%} (n={served[k]['n']}, {_ece(served[k])})" for k in sets)
         print(f"{APP_DEFAULT + ' (served)':24s} {row}")
-        ensemble_figures(APP_DEFAULT).write_text(json.dumps(served, indent=2) + "\n")
-        print(f"wrote {ensemble_figures(APP_DEFAULT)}")
+        if test is not None:
+            ensemble_figures(APP_DEFAULT).write_text(json.dumps(served, indent=2) + "\n")
+            print(f"wrote {ensemble_figures(APP_DEFAULT)}")
     return 0
+
+
+def paired_vs(probs: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
+    """McNemar's exact test of two sets of answers to the same images (brainmri.eval.metrics.paired_comparison)."""
+    return paired_comparison(probs.argmax(axis=1) == labels, other.argmax(axis=1) == labels)
 
 
 def _ece(r: dict) -> str:
@@ -104,16 +124,20 @@ def served_probs(predictor: Predictor, paths: list[str], labels: list[str], batc
     return probs / probs.sum(axis=1, keepdims=True)  # float32 sums off by ~1e-7: scikit-learn's log loss asks for exact
 
 
-def served_figures(val, test, unseen: np.ndarray) -> dict:
-    """The app's default scored through the serving path, in metrics.json's layout (brainmri.eval.tables)."""
+def served_figures(val, test, unseen: np.ndarray | None) -> dict:
+    """The app's default scored through the serving path, in metrics.json's layout (brainmri.eval.tables); with
+    ``test`` None, validation alone."""
     predictor = Predictor(ood_model=None)  # the answer alone: the OOD verdict is not part of the class
     if predictor.ensemble(APP_DEFAULT) is None:
         raise SystemExit(f"{APP_DEFAULT} is not servable here: {predictor.sources[APP_DEFAULT].reason}")
     labels = predictor.model(APP_DEFAULT).labels
-    if labels != list(val.class_names) or labels != list(test.class_names):
+    if labels != list(val.class_names) or (test is not None and labels != list(test.class_names)):
         raise SystemExit(f"the served classes {labels} are not the data's {val.class_names}")
     spec = ENSEMBLES[APP_DEFAULT]
     p_val = served_probs(predictor, [val.name(i) for i in range(len(val))], labels)
+    validation = {**classification_report(p_val, val.labels, val.class_names), "split": "the members' shared leak-free validation"}
+    if test is None:
+        return {"validation": validation}
     p_test = served_probs(predictor, [test.name(i) for i in range(len(test))], labels)
     members = [read_metrics(Path(predictor.sources[m].location)) for m in spec.members]
     return {
@@ -123,7 +147,7 @@ def served_figures(val, test, unseen: np.ndarray) -> dict:
         "input_size": " / ".join(str(m["input_size"]) for m in members),
         "method": "mean of the members' calibrated probabilities, as served (brainmri.serving.classify.answered_probs)",
         "command": "HF_HUB_OFFLINE=1 python scripts/ensemble_default.py --served",
-        "validation": {**classification_report(p_val, val.labels, val.class_names), "split": "the members' shared leak-free validation"},
+        "validation": validation,
         **score(p_test, test, unseen),
     }
 

@@ -82,3 +82,18 @@ def test_ece_interval_brackets_the_estimate_and_narrows_with_more_images():
     lo20, hi20 = bootstrap_ece_ci(np.tile(PROBS, (20, 1)), np.tile(LABELS, 20))
     assert expected_calibration_error(np.tile(PROBS, (20, 1)), np.tile(LABELS, 20)) == pytest.approx(r["ece"])
     assert hi20 - lo20 < hi - lo
+
+
+def test_paired_comparison_counts_the_discordant_images_and_tests_them_exactly():
+    from brainmri.eval.metrics import paired_comparison
+
+    a = np.array([True] * 10 + [False] * 2 + [True] * 5)
+    b = np.array([False] * 10 + [False] * 2 + [True] * 5)
+    out = paired_comparison(a, b)
+    assert (out["only_a"], out["only_b"], out["n"]) == (10, 0, 17)
+    assert out["p_value"] == pytest.approx(2 * 0.5**10)  # ten of ten discordant one way: unlikely by chance
+    close = paired_comparison(np.array([True, False, False, False, True]), np.array([False, True, True, True, True]))
+    assert (close["only_a"], close["only_b"]) == (1, 3) and close["p_value"] == pytest.approx(0.625)
+    assert paired_comparison(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="different sets"):
+        paired_comparison(a, a[:3])

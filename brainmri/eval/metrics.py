@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
 
@@ -50,6 +51,19 @@ def bootstrap_ece_ci(probs: np.ndarray, labels: np.ndarray, n_boot: int = 1000, 
     values = [expected_calibration_error(probs[i], labels[i]) for i in idx]
     lo, hi = np.percentile(values, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def paired_comparison(right_a: np.ndarray, right_b: np.ndarray) -> dict:
+    """Two models scored on the same images (bool (N,) each: right or not): the images only A got right, only B,
+    and the exact McNemar p-value, the two-sided binomial test on those discordant images (scipy's ``binomtest``):
+    the chance of a split at least this uneven if the two were equally good. On 816 validation scans a lead of one
+    or two scans is well inside chance."""
+    right_a, right_b = np.asarray(right_a, dtype=bool), np.asarray(right_b, dtype=bool)
+    if right_a.shape != right_b.shape:
+        raise ValueError(f"the two models were scored on different sets: {right_a.shape} and {right_b.shape}")
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"n": int(right_a.size), "only_a": only_a, "only_b": only_b, "p_value": float(p)}
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
