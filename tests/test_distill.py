@@ -66,6 +66,31 @@ def test_several_teachers_teach_as_one_by_the_mean_of_their_softmaxes(monkeypatc
     torch.testing.assert_close(teacher_targets("b", Train()), own["b"])
 
 
+def test_a_resumed_run_reads_its_teachers_targets_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Kept in the resume folder, read back while the teacher's weights and the images are the same."""
+    calls = []
+
+    def softmax_on(folder, train, batch_size):
+        calls.append(folder.name)
+        return torch.tensor([[0.9, 0.1, 0.0, 0.0]])
+
+    monkeypatch.setattr(distill, "_softmax_on", softmax_on)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "manifest.json").write_text('{"model.safetensors": "aa"}')
+    one = OneScan("a")
+    one.labels = torch.tensor([0]).numpy()
+    first = teacher_targets(teacher, one, cache=tmp_path / "resume")
+    torch.testing.assert_close(teacher_targets(teacher, one, cache=tmp_path / "resume"), first)
+    assert calls == ["teacher"]  # the second read it back
+    (teacher / "manifest.json").write_text('{"model.safetensors": "bb"}')  # other weights: computed again
+    teacher_targets(teacher, one, cache=tmp_path / "resume")
+    other = OneScan("b")
+    other.labels = one.labels
+    teacher_targets(teacher, other, cache=tmp_path / "resume")  # other images: again
+    assert calls == ["teacher"] * 3
+
+
 def test_each_of_several_teachers_must_share_the_split(tmp_path: Path):
     good, bad = tmp_path / "good", tmp_path / "bad"
     for folder, listed in ((good, "Training/glioma/x.jpg"), (bad, "Training/glioma/y.jpg")):

@@ -16,12 +16,15 @@ would carry it into the student (:func:`check_same_validation`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from brainmri.data.records import ImageRecords, relative_path
 from brainmri.data.split import read_val_split
@@ -52,14 +55,38 @@ def check_same_validation(folder: str | Path, val: ImageRecords, data: str, what
             )
 
 
-def teacher_targets(teacher: str | Path, train: ImageRecords, batch_size: int = 64) -> torch.Tensor:
+def teacher_targets(teacher: str | Path, train: ImageRecords, batch_size: int = 64, cache: Path | None = None) -> torch.Tensor:
     """(N, C) float32: the teacher's softmax (T = 1) on each of ``train``'s images, in their order; for several
-    teachers (comma-separated), the mean of theirs."""
+    teachers (comma-separated), the mean of theirs. With ``cache`` (a run's resume folder) they are kept there and
+    read back by a resumed run, if the teachers' weights and the images are the same: a resume then skips minutes."""
     folders = teacher_folders(teacher)
+    key = _targets_key(folders, train) if cache is not None else ""
+    if cache is not None and (cache / TARGETS).is_file():
+        with safe_open(cache / TARGETS, framework="pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                _logger.info("soft targets read back from %s", cache / TARGETS)
+                return f.get_tensor("soft")
     soft = torch.stack([_softmax_on(folder, train, batch_size) for folder in folders]).mean(dim=0)
     agree = (soft.argmax(dim=1) == torch.from_numpy(train.labels)).float().mean().item()
     _logger.info("the teacher agrees with %.2f%% of the training labels", 100 * agree)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        save_file({"soft": soft.contiguous()}, cache / TARGETS, metadata={"key": key})
     return soft
+
+
+TARGETS = "teacher_targets.safetensors"  # in a run's resume folder
+
+
+def _targets_key(folders: list[Path], train: ImageRecords) -> str:
+    """What the soft targets depend on: each teacher's manifest (its weights' sha256) and the images, in order."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        manifest = folder / MANIFEST
+        digest.update(manifest.read_bytes() if manifest.is_file() else str(folder.resolve()).encode())
+    for i in range(len(train)):
+        digest.update(train.name(i).encode())
+    return digest.hexdigest()
 
 
 def _softmax_on(folder: Path, train: ImageRecords, batch_size: int) -> torch.Tensor:

@@ -43,7 +43,7 @@ from train.distill import check_same_validation, describe_teacher, distill_loss,
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
-from train.resume import clear_resume, has_model_state, load_model_state, save_model_state
+from train.resume import RESUME, clear_resume, has_model_state, load_model_state, save_model_state
 from train.schedule import cosine
 from train.segment import run_record, soft_dice_loss
 
@@ -280,7 +280,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
     check_init_split(cfg, split["val"][0])
     if cfg.teacher:
         check_same_validation(cfg.teacher, split["val"][0], cfg.data)
-        split["soft"] = teacher_targets(cfg.teacher, split["train"][0])
+        split["soft"] = teacher_targets(cfg.teacher, split["train"][0], cache=out / RESUME if cfg.resume else None)
     # Written now, not only at the end: the best epoch's weights in ``out`` are then a valid --init-from source
     # even if the run never finishes (a session ending with its resume state lost).
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
