@@ -4,7 +4,8 @@
     python -m train.multitask ... --teacher checkpoints/tf_efficientnet_lite2,checkpoints/tf_efficientnet_lite0
 
 The teacher's softmax on each training image (no augmentation, through its own preprocessing: 260 px for Lite2)
-is computed once before the first epoch, and the student learns from ``distill_weight`` of it beside the labels.
+is computed once before the first epoch (a resumed ``train.multitask`` run reads it back from its resume folder),
+and the student learns from ``distill_weight`` of it beside the labels.
 Offline, not a teacher forward each step: on 2 CPU cores Lite2's forward would cost the student's training step
 again, where one pass over the 4,900 training images takes minutes. The softmax is taken at T = 1, the teacher's
 own training distribution, so the targets keep what its label smoothing left on the other classes. Several
