@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 python scripts/ensemble_default.py                  # prints; --json FILE keeps the figures
     HF_HUB_OFFLINE=1 python scripts/ensemble_default.py --served         # + the app's default as served: results/<name>.json
-    HF_HUB_OFFLINE=1 python scripts/ensemble_default.py --checkpoints DIR --served --validation-only   # a candidate, Testing unseen
+    HF_HUB_OFFLINE=1 python scripts/ensemble_default.py --checkpoints DIR --served --validation-only   # a candidate, before Testing
 
 With ``--served`` the app's default (registry ``APP_DEFAULT``, the ensemble ``lite0_and_multitask``) also answers every
 validation and Testing image through the serving path (``Predictor.predict_many``: the decoder, each member's own

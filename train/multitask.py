@@ -194,7 +194,7 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
         raise ValueError(f"{cfg.model} has no classification head (registry num_classes); choose a multi-task model")
     if cfg.dice not in ("batch", "image"):
         raise ValueError(f"dice must be 'batch' or 'image', got {cfg.dice!r}")
-    # resumed or --init-from weights replace ImageNet's
+    # resumed, --init-from or --init-classifier weights replace ImageNet's
     imagenet = cfg.pretrained and not (cfg.init_from or cfg.init_classifier) and not (cfg.resume and has_model_state(cfg.output_dir()))
     model = create_segmenter(spec.name, pretrained=imagenet)
     if cfg.init_from:
@@ -216,11 +216,10 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
 def load_class_path(model, folder: Path) -> None:
     """The encoder and class head from a finished classifier of the same backbone (a timm folder); the decoder keeps
     what it had (ImageNet's encoder is replaced, a random or --init-from decoder stays)."""
-    classifier = load_checkpoint(folder)
-    backbone = model.classifier.pretrained_cfg.get("architecture")
-    if read_config(folder).get("architecture") != backbone:
-        raise ValueError(f"--init-classifier {folder} is a {read_config(folder).get('architecture')}, not this model's {backbone}")
-    model.classifier.load_state_dict(classifier.state_dict())
+    backbone, theirs = model.classifier.pretrained_cfg.get("architecture"), read_config(folder).get("architecture")
+    if theirs != backbone:  # a multi-task folder has none: it is not a classifier folder
+        raise ValueError(f"--init-classifier {folder} is a {theirs or 'folder without a timm architecture'}, not this model's {backbone}")
+    model.classifier.load_state_dict(load_checkpoint(folder).state_dict())
     _logger.info("class path (encoder and head) from %s", folder)
 
 
