@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -40,11 +39,11 @@ from brainmri.data.split import checkpoint_split  # noqa: E402
 from brainmri.eval.ensemble import mean_probs  # noqa: E402
 from brainmri.eval.metrics import classification_report, paired_comparison  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
-from brainmri.models.catalog import ensemble_figures  # noqa: E402
+from brainmri.models.catalog import ModelSource, ensemble_figures, ensemble_sources  # noqa: E402
 from brainmri.models.checkpoint import load_checkpoint  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
-from brainmri.settings import default_data  # noqa: E402
+from brainmri.settings import checkpoint_dir, default_data  # noqa: E402
 from train.evaluate import load_test_split, predict_logits, score  # noqa: E402
 
 MEMBERS = ENSEMBLES[APP_DEFAULT].members
@@ -53,13 +52,16 @@ MEMBERS = ENSEMBLES[APP_DEFAULT].members
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=default_data(), help="the data folder")
-    parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"), help="the folder of shipped checkpoints to compare")
+    parser.add_argument("--checkpoints", default=str(checkpoint_dir()), help="the folder of checkpoint folders to compare")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--served", action="store_true", help="also score the app's default as served; write its figures file")
     parser.add_argument(
-        "--validation-only", action="store_true", help="score validation alone (a choice made before Testing); write no figures file"
+        "--validation-only", action="store_true", help="score validation alone (a choice made before Testing); no results/<name>.json"
     )
     args = parser.parse_args(argv)
+    shipped = Path(args.checkpoints).resolve() == checkpoint_dir().resolve()
+    if args.served and not (shipped or args.validation_only):
+        parser.error("--served on a candidate --checkpoints folder needs --validation-only: results/ holds the shipped figures")
     folders = [Path(args.checkpoints) / m for m in MEMBERS]
     splits = [checkpoint_split(f, args.data)[1] for f in folders]
     if [splits[0].name(i) for i in range(len(splits[0]))] != [splits[1].name(i) for i in range(len(splits[1]))]:
@@ -84,16 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         figures[name] = {k: {key: r[key] for key in ("n", "accuracy", "ece", "ece_ci95")} for k, r in reports.items()}
         row = "  ".join(f"{k} {r['accuracy']:.2%} (n={r['n']}, {_ece(r)})" for k, r in figures[name].items())
         print(f"{name:24s} {row}")
-    for name, p in probs.items():  # is a lead over Lite0 more than chance? the same images, paired
-        if name != MEMBERS[0]:
-            figures[name]["validation_vs_lite0"] = pair = paired_vs(p["val"], probs[MEMBERS[0]]["val"], val.labels)
-            counts = f"{pair['only_a']} right only here, {pair['only_b']} only there"
-            print(f"{name:24s} validation, against {MEMBERS[0]}: {counts}, McNemar p = {pair['p_value']:.2f}")
+    for name in (*MEMBERS[1:], "mean of both"):  # is a lead over Lite0 more than chance? the same images, paired
+        # (the refit row is left out: a temperature keeps the mean's argmax, so its answers are the mean's)
+        figures[name]["validation_vs_lite0"] = pair = paired_vs(probs[name]["val"], probs[MEMBERS[0]]["val"], val.labels)
+        counts = f"{pair['only_a']} right only here, {pair['only_b']} only there"
+        print(f"{name:24s} validation, against {MEMBERS[0]}: {counts}, McNemar p = {pair['p_value']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     if args.served:
-        os.environ["BRAIN_MRI_CHECKPOINTS"] = str(Path(args.checkpoints).resolve())  # the serving path's folder too
-        served = served_figures(val, test, unseen)
+        served = served_figures(val, test, unseen, Path(args.checkpoints))
         sets = [k for k in ("validation", "test", "test_unseen") if k in served]
         row = "  ".join(f"{k} {served[k]['accuracy']:.2%} (n={served[k]['n']}, {_ece(served[k])})" for k in sets)
         print(f"{APP_DEFAULT + ' (served)':24s} {row}")
@@ -124,16 +125,19 @@ def served_probs(predictor: Predictor, paths: list[str], labels: list[str], batc
     return probs / probs.sum(axis=1, keepdims=True)  # float32 sums off by ~1e-7: scikit-learn's log loss asks for exact
 
 
-def served_figures(val, test, unseen: np.ndarray | None) -> dict:
-    """The app's default scored through the serving path, in metrics.json's layout (brainmri.eval.tables); with
-    ``test`` None, validation alone."""
-    predictor = Predictor(ood_model=None)  # the answer alone: the OOD verdict is not part of the class
+def served_figures(val, test, unseen: np.ndarray | None, folder: Path) -> dict:
+    """The app's default scored through the serving path on the checkpoints in ``folder``, in metrics.json's layout
+    (brainmri.eval.tables); with ``test`` None, validation alone."""
+    spec = ENSEMBLES[APP_DEFAULT]
+    found = {m: ModelSource(m, "local", str(folder / m)) for m in spec.members}
+    outliner = ModelSource(spec.outliner, "local", str(folder / spec.outliner))
+    # the answer alone: the OOD verdict is not part of the class
+    predictor = Predictor(found | ensemble_sources(found, spec.outliner), ood_model=None, segmenter=outliner)
     if predictor.ensemble(APP_DEFAULT) is None:
         raise SystemExit(f"{APP_DEFAULT} is not servable here: {predictor.sources[APP_DEFAULT].reason}")
     labels = predictor.model(APP_DEFAULT).labels
     if labels != list(val.class_names) or (test is not None and labels != list(test.class_names)):
         raise SystemExit(f"the served classes {labels} are not the data's {val.class_names}")
-    spec = ENSEMBLES[APP_DEFAULT]
     p_val = served_probs(predictor, [val.name(i) for i in range(len(val))], labels)
     validation = {**classification_report(p_val, val.labels, val.class_names), "split": "the members' shared leak-free validation"}
     if test is None:

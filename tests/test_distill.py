@@ -89,6 +89,13 @@ def test_a_resumed_run_reads_its_teachers_targets_back(tmp_path: Path, monkeypat
     other.labels = one.labels
     teacher_targets(teacher, other, cache=tmp_path / "resume")  # other images: again
     assert calls == ["teacher"] * 3
+    (tmp_path / "resume" / distill.TARGETS).write_bytes(b"cut short")  # a run killed while writing: computed again
+    teacher_targets(teacher, other, cache=tmp_path / "resume")
+    assert calls == ["teacher"] * 4
+    (teacher / "manifest.json").unlink()  # nothing to tell its weights by: never kept, never read back
+    teacher_targets(teacher, other, cache=tmp_path / "resume")
+    teacher_targets(teacher, other, cache=tmp_path / "resume")
+    assert calls == ["teacher"] * 6
 
 
 def test_each_of_several_teachers_must_share_the_split(tmp_path: Path):

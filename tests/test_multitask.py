@@ -79,16 +79,30 @@ def test_init_classifier_replaces_the_class_path_and_keeps_the_decoder(tmp_path)
     model = create_segmenter(name)
     backbone = model.classifier.pretrained_cfg["architecture"]
     classifier = timm.create_model(backbone, num_classes=SEGMENTERS[name].num_classes)
-    save_checkpoint(classifier, tmp_path / "lite", ["a", "b", "c", "d"])
+    save_checkpoint(classifier, tmp_path / "lite", model.label_names)
     decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     load_class_path(model, tmp_path / "lite")
     for key, value in classifier.state_dict().items():  # fp16 on disk: equal to its precision
         expected = value.half().float() if value.is_floating_point() else value
         torch.testing.assert_close(model.classifier.state_dict()[key], expected, atol=0, rtol=0)
     assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in decoder.items())
-    save_checkpoint(timm.create_model("resnet18", num_classes=4), tmp_path / "other", ["a", "b", "c", "d"])
+    save_checkpoint(timm.create_model("resnet18", num_classes=4), tmp_path / "other", model.label_names)
     with pytest.raises(ValueError, match="is a resnet18, not this model's"):
         load_class_path(model, tmp_path / "other")
+    save_checkpoint(classifier, tmp_path / "permuted", model.label_names[::-1])
+    with pytest.raises(ValueError, match="its classes .* are not this model's"):  # the head would answer permuted
+        load_class_path(model, tmp_path / "permuted")
+
+
+def test_the_card_says_where_each_part_of_a_stitched_start_came_from(tmp_path):
+    from train.multitask import stitched_from
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"initialization": "ImageNet (offline)", "epochs_run": 8}))
+    decoder = "an earlier multitask_lite0 run: ImageNet encoder, trained 10 epochs (4764 s); this run is the second schedule on its weights"
+    line = stitched_from(tmp_path, decoder)
+    assert "the classifier " + tmp_path.name + " (ImageNet (offline), trained 8 epochs)" in line
+    assert "decoder: an earlier multitask_lite0 run: ImageNet encoder, trained 10 epochs (4764 s); then this run" in line
+    assert "decoder: new (random)" in stitched_from(tmp_path, None)
 
 
 def test_soft_target_is_the_mean_of_the_experts_who_drew_one():

@@ -33,6 +33,7 @@ from brainmri.models.checkpoint import MANIFEST, METRICS, WEIGHTS, label_names, 
 from train.evaluate import predict_logits
 
 _logger = logging.getLogger(__name__)
+TARGETS = "teacher_targets.safetensors"  # kept in a run's resume folder
 
 
 def teacher_folders(teacher: str | Path) -> list[Path]:
@@ -59,35 +60,45 @@ def check_same_validation(folder: str | Path, val: ImageRecords, data: str, what
 def teacher_targets(teacher: str | Path, train: ImageRecords, batch_size: int = 64, cache: Path | None = None) -> torch.Tensor:
     """(N, C) float32: the teacher's softmax (T = 1) on each of ``train``'s images, in their order; for several
     teachers (comma-separated), the mean of theirs. With ``cache`` (a run's resume folder) they are kept there and
-    read back by a resumed run, if the teachers' weights and the images are the same: a resume then skips minutes."""
+    read back by a resumed run if every teacher's manifest (its weights' sha256) and the images are the same; a
+    teacher folder without a manifest is never cached. A resume then skips minutes."""
     folders = teacher_folders(teacher)
-    key = _targets_key(folders, train) if cache is not None else ""
-    if cache is not None and (cache / TARGETS).is_file():
-        with safe_open(cache / TARGETS, framework="pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                _logger.info("soft targets read back from %s", cache / TARGETS)
-                return f.get_tensor("soft")
+    key = _targets_key(folders, train) if cache is not None else None
+    kept = _read_targets(cache / TARGETS, key) if key else None
+    if kept is not None:
+        _logger.info("soft targets read back from %s", cache / TARGETS)
+        return kept
     soft = torch.stack([_softmax_on(folder, train, batch_size) for folder in folders]).mean(dim=0)
     agree = (soft.argmax(dim=1) == torch.from_numpy(train.labels)).float().mean().item()
     _logger.info("the teacher agrees with %.2f%% of the training labels", 100 * agree)
-    if cache is not None:
+    if key:
         cache.mkdir(parents=True, exist_ok=True)
-        save_file({"soft": soft.contiguous()}, cache / TARGETS, metadata={"key": key})
+        partial = cache / (TARGETS + ".tmp")  # renamed once whole, as train.resume writes its state
+        save_file({"soft": soft.contiguous()}, partial, metadata={"key": key})
+        partial.replace(cache / TARGETS)
     return soft
 
 
-TARGETS = "teacher_targets.safetensors"  # in a run's resume folder
-
-
-def _targets_key(folders: list[Path], train: ImageRecords) -> str:
-    """What the soft targets depend on: each teacher's manifest (its weights' sha256) and the images, in order."""
+def _targets_key(folders: list[Path], train: ImageRecords) -> str | None:
+    """What the soft targets depend on: each teacher's manifest (its weights' sha256) and the images, in order; None
+    when a teacher has no manifest (nothing to tell its weights by)."""
     digest = hashlib.sha256()
     for folder in folders:
-        manifest = folder / MANIFEST
-        digest.update(manifest.read_bytes() if manifest.is_file() else str(folder.resolve()).encode())
+        if not (folder / MANIFEST).is_file():
+            return None
+        digest.update((folder / MANIFEST).read_bytes())
     for i in range(len(train)):
         digest.update(train.name(i).encode())
     return digest.hexdigest()
+
+
+def _read_targets(path: Path, key: str) -> torch.Tensor | None:
+    """The kept targets if ``path`` holds them for ``key``; None when absent, for other inputs, or unreadable."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return f.get_tensor("soft") if (f.metadata() or {}).get("key") == key else None
+    except Exception:  # noqa: BLE001  (missing or truncated file, several error types: computed again)
+        return None
 
 
 def _softmax_on(folder: Path, train: ImageRecords, batch_size: int) -> torch.Tensor:

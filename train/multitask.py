@@ -4,6 +4,8 @@
     python -m train.multitask --out ../runs/multitask_lite0 --resume   # continue after the last finished epoch
     python -m train.multitask --init-from checkpoints/multitask_lite0 --lr 3e-4 --dice image --out ../runs/mt2
         # a second schedule on a finished folder's weights (same validation split, checked)
+    python -m train.multitask --init-classifier checkpoints/tf_efficientnet_lite0 --init-from checkpoints/multitask_lite0 ...
+        # the class path (encoder and head) from a finished classifier, the decoder from a multi-task folder
 
 The Lite0 classifier with a U-Net decoder on its stages (brainmri.models.multitask.UnetOnClassifier), trained on
 both tasks at once: cross-entropy on every Training image, and BCE + soft Dice on the outline where a
@@ -34,7 +36,7 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import augment_batch
 from brainmri.data.split import training_split, write_val_split
 from brainmri.eval.curves import write_history_csv
-from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, load_checkpoint, read_config, write_manifest
+from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, label_names, load_checkpoint, read_config, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
@@ -219,6 +221,8 @@ def load_class_path(model, folder: Path) -> None:
     backbone, theirs = model.classifier.pretrained_cfg.get("architecture"), read_config(folder).get("architecture")
     if theirs != backbone:  # a multi-task folder has none: it is not a classifier folder
         raise ValueError(f"--init-classifier {folder} is a {theirs or 'folder without a timm architecture'}, not this model's {backbone}")
+    if label_names(folder) != model.label_names:  # a head in another class order would answer with the classes permuted
+        raise ValueError(f"--init-classifier {folder}: its classes {label_names(folder)} are not this model's {model.label_names}")
     model.classifier.load_state_dict(load_checkpoint(folder).state_dict())
     _logger.info("class path (encoder and head) from %s", folder)
 
@@ -279,7 +283,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
     check_init_split(cfg, split["val"][0])
     if cfg.teacher:
         check_same_validation(cfg.teacher, split["val"][0], cfg.data)
-        split["soft"] = teacher_targets(cfg.teacher, split["train"][0], cache=out / RESUME if cfg.resume else None)
+        split["soft"] = teacher_targets(cfg.teacher, split["train"][0], cache=out / RESUME)  # read back on --resume
     # Written now, not only at the end: the best epoch's weights in ``out`` are then a valid --init-from source
     # even if the run never finishes (a session ending with its resume state lost).
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
@@ -323,10 +327,11 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
     model = load_segmenter(out)
     scores = evaluate(model, split["val"], nullcontext())
     metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": "cpu", "data": cfg.data}
-    if cfg.init_from:
-        metrics["initialization"] = started_from(Path(cfg.init_from))
     if cfg.init_classifier:
-        metrics["initialization"] = stitched_from(Path(cfg.init_classifier), metrics.get("initialization"))
+        decoder = started_from(Path(cfg.init_from)) if cfg.init_from else None
+        metrics["initialization"] = stitched_from(Path(cfg.init_classifier), decoder)
+    elif cfg.init_from:
+        metrics["initialization"] = started_from(Path(cfg.init_from))
     if cfg.teacher:
         metrics["distilled_from"] = describe_teacher(cfg.teacher, cfg.distill_weight)
     # The class figures where every classifier keeps them (brainmri.eval.tables); the outline's beside them.

@@ -56,8 +56,9 @@ def bootstrap_ece_ci(probs: np.ndarray, labels: np.ndarray, n_boot: int = 1000, 
 def paired_comparison(right_a: np.ndarray, right_b: np.ndarray) -> dict:
     """Two models scored on the same images (bool (N,) each: right or not): the images only A got right, only B,
     and the exact McNemar p-value, the two-sided binomial test on those discordant images (scipy's ``binomtest``):
-    the chance of a split at least this uneven if the two were equally good. On 816 validation scans a lead of one
-    or two scans is well inside chance."""
+    the chance of a split at least this uneven if the two were equally good. A lead of one or two images is never
+    under p = 0.5, and with a handful of discordant images the test has little power: not telling two models apart
+    is not showing them equal."""
     right_a, right_b = np.asarray(right_a, dtype=bool), np.asarray(right_b, dtype=bool)
     if right_a.shape != right_b.shape:
         raise ValueError(f"the two models were scored on different sets: {right_a.shape} and {right_b.shape}")
