@@ -105,6 +105,14 @@ def test_the_card_says_where_each_part_of_a_stitched_start_came_from(tmp_path):
     assert "decoder: new (random)" in stitched_from(tmp_path, None)
 
 
+def test_the_run_trains_on_the_gpu_when_there_is_one():
+    from train.multitask import run_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert run_device(MultiTaskConfig()).type == expected
+    assert run_device(MultiTaskConfig(device="cpu")).type == "cpu"
+
+
 def test_soft_target_is_the_mean_of_the_experts_who_drew_one():
     masks = torch.zeros(3, 2, 4, 4, dtype=torch.uint8)
     masks[0, 0, :2] = 255  # expert 0 marks the top half, expert 1 the left half

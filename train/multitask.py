@@ -72,6 +72,7 @@ class MultiTaskConfig:
     seed: int = 0
     input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
     amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (twice as fast on an avx512_bf16 CPU); "none": fp32
+    device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
     limit_per_class: int = 0  # 0: all images; else a few per class (tests)
     max_train_batches: int = 0  # 0: whole epochs; else stop each epoch early (tests, the bf16 check)
     pretrained: bool = True  # encoder from the offline ImageNet weights
@@ -86,6 +87,13 @@ class MultiTaskConfig:
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}")
+
+
+def run_device(cfg: MultiTaskConfig) -> torch.device:
+    """Where the run trains: the data stays on the CPU (augmented there), each batch goes to the device."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
 
 
 def autocast(cfg: MultiTaskConfig, device: torch.device):
@@ -161,11 +169,11 @@ def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConf
     device = next(model.parameters()).device
     for b, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, mininterval=10)):
         images, moved = augment_batch(x[idx], g, masks=masks[idx])  # the experts' masks move with their image
-        target, weight = soft_target(moved, known[idx])
+        target, weight = (t.to(device) for t in soft_target(moved, known[idx]))
         with autocast(cfg, device):
-            mask_logits, class_logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
-        soft = split["soft"][idx] if split.get("soft") is not None else None
-        loss, parts = joint_loss(class_logits, mask_logits, labels[idx], target, weight, cfg, soft)
+            mask_logits, class_logits = model(normalise(images.to(device), model).contiguous(memory_format=torch.channels_last))
+        soft = split["soft"][idx].to(device) if split.get("soft") is not None else None
+        loss, parts = joint_loss(class_logits, mask_logits, labels[idx].to(device), target, weight, cfg, soft)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -190,7 +198,7 @@ def param_groups(model, cfg: MultiTaskConfig) -> list[dict]:
     return [{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale}, {"params": rest, "lr": cfg.lr}]
 
 
-def build(cfg: MultiTaskConfig, steps_per_epoch: int):
+def build(cfg: MultiTaskConfig, steps_per_epoch: int, device: torch.device = torch.device("cpu")):
     spec = get_segmenter_spec(cfg.model)
     if not spec.num_classes:
         raise ValueError(f"{cfg.model} has no classification head (registry num_classes); choose a multi-task model")
@@ -207,7 +215,7 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int):
         _logger.info("started from the weights in %s", cfg.init_from)
     if cfg.init_classifier:
         load_class_path(model, Path(cfg.init_classifier))
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     # The moving average is validated, kept and shipped instead of the raw weights, as train.train does.
@@ -288,7 +296,8 @@ def fit(cfg: MultiTaskConfig) -> Path:
     # even if the run never finishes (a session ending with its resume state lost).
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
-    model, optimizer, scheduler, ema = build(cfg, steps)
+    device = run_device(cfg)
+    model, optimizer, scheduler, ema = build(cfg, steps, device)
     if model.label_names != split["train"][0].class_names:
         raise ValueError(f"the model's classes {model.label_names} are not the data's {split['train'][0].class_names}")
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
@@ -300,7 +309,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
         start = time.perf_counter()
         losses = train_one_epoch(model, optimizer, scheduler, split, cfg, epoch, ema)
         kept = model if ema is None else ema.module  # the weights scored, and saved if best
-        scores = evaluate(kept, split["val"], autocast(cfg, torch.device("cpu")))
+        scores = evaluate(kept, split["val"], autocast(cfg, device))
         seconds = time.perf_counter() - start
         row = {"epoch": epoch + 1, **{f"train_{k}": round(v, 5) for k, v in losses.items()}, **scores["summary"]}
         row["seconds"] = round(seconds, 1)
@@ -312,21 +321,21 @@ def fit(cfg: MultiTaskConfig) -> Path:
             state["best_score"], state["best_epoch"] = selection_score(scores), epoch + 1
             kept.save_pretrained(str(out))
         save_model_state(out, model, optimizer, state, ema)
-    finish(cfg, out, split, state)
+    finish(cfg, out, split, state, device)
     return out
 
 
 VAL_SPLIT_NOTE = "validation scans of the mirror-aware split (val_split.txt): no twin, mirrored or not, in train"
 
 
-def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict) -> None:
+def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict, device: torch.device = torch.device("cpu")) -> None:
     """The kept epoch's folder: validation split, manifest, metrics (re-measured in fp32 from the folder), history,
     curves and card; the resume state is removed once all of it is written."""
     write_val_split(out, split["val"][0], cfg.data, "validation scans the class and outline figures in metrics.json are measured on")
     write_manifest(out)
     model = load_segmenter(out)
     scores = evaluate(model, split["val"], nullcontext())
-    metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": "cpu", "data": cfg.data}
+    metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": device.type, "data": cfg.data}
     if cfg.init_classifier:
         decoder = started_from(Path(cfg.init_from)) if cfg.init_from else None
         metrics["initialization"] = stitched_from(Path(cfg.init_classifier), decoder)

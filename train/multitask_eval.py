@@ -24,15 +24,16 @@ def predict(model, x: torch.Tensor, precision: AbstractContextManager, batch_siz
     """Class logits (N, C) and bool outlines (N, S, S), emptied below MIN_AREA as served (brainmri.segmentation).
     A segmenter without a class head (``unet_lite0``) gives None for the logits."""
     model.eval()
+    device = next(model.parameters()).device  # x stays on the CPU; each batch visits the model's device
     logits, outlines = [], []
     for i in range(0, len(x), batch_size):
         with precision:
-            out = model(normalise(x[i : i + batch_size], model))
+            out = model(normalise(x[i : i + batch_size].to(device), model))
         mask_logits, class_logits = out if isinstance(out, tuple) else (out, None)
         pred = batch_masks(torch.sigmoid(mask_logits[:, 0].float()))
         if class_logits is not None:
-            logits.append(class_logits.float())
-        outlines.append(pred)
+            logits.append(class_logits.float().cpu())
+        outlines.append(pred.cpu())
     return (torch.cat(logits) if logits else None), torch.cat(outlines)
 
 
