@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from brainmri.segmentation import load_segmenter  # noqa: E402
-from brainmri.settings import default_data  # noqa: E402
+from brainmri.settings import checkpoint_dir, default_data  # noqa: E402
 from train.multitask import MultiTaskConfig, load_split  # noqa: E402
 from train.multitask_eval import evaluate  # noqa: E402
 
@@ -31,7 +31,7 @@ from train.multitask_eval import evaluate  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", help="model.safetensors files of one multi-task architecture")
-    parser.add_argument("--folder", default=str(ROOT / "checkpoints" / "multitask_lite0"), help="the folder whose model they fit")
+    parser.add_argument("--folder", default=str(checkpoint_dir() / "multitask_lite0"), help="the folder whose model they fit")
     parser.add_argument("--data", default=default_data(), help="the data folder")
     args = parser.parse_args(argv)
     states = [load_file(w) for w in args.weights]

@@ -98,19 +98,25 @@ def test_the_card_says_where_each_part_of_a_stitched_start_came_from(tmp_path):
     from train.multitask import stitched_from
 
     (tmp_path / "metrics.json").write_text(json.dumps({"initialization": "ImageNet (offline)", "epochs_run": 8}))
-    decoder = "an earlier multitask_lite0 run: ImageNet encoder, trained 10 epochs (4764 s); this run is the second schedule on its weights"
-    line = stitched_from(tmp_path, decoder)
+    mt = tmp_path / "mt"
+    mt.mkdir()
+    record = {"model": "multitask_lite0", "initialization": "ImageNet encoder", "epochs_run": 10, "train_seconds": 4764}
+    (mt / "metrics.json").write_text(json.dumps(record))
+    line = stitched_from(tmp_path, mt)
     assert "the classifier " + tmp_path.name + " (ImageNet (offline), trained 8 epochs)" in line
     assert "decoder: an earlier multitask_lite0 run: ImageNet encoder, trained 10 epochs (4764 s); then this run" in line
     assert "decoder: new (random)" in stitched_from(tmp_path, None)
 
 
 def test_the_run_trains_on_the_gpu_when_there_is_one():
-    from train.multitask import run_device
+    from brainmri.serving.device import resolve_device  # the rule train.multitask's --device goes through
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert run_device(MultiTaskConfig()).type == expected
-    assert run_device(MultiTaskConfig(device="cpu")).type == "cpu"
+    assert resolve_device(MultiTaskConfig().device).type == expected
+    assert resolve_device(MultiTaskConfig(device="cpu").device).type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no GPU"):
+            resolve_device(MultiTaskConfig(device="cuda").device)
 
 
 def test_soft_target_is_the_mean_of_the_experts_who_drew_one():

@@ -39,6 +39,7 @@ from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, label_names, load_checkpoint, read_config, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
+from brainmri.serving.device import resolve_device
 from brainmri.settings import default_data
 from train.config import parse_config
 from train.distill import check_same_validation, describe_teacher, distill_loss, teacher_targets
@@ -87,13 +88,6 @@ class MultiTaskConfig:
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}")
-
-
-def run_device(cfg: MultiTaskConfig) -> torch.device:
-    """Where the run trains: the data stays on the CPU (augmented there), each batch goes to the device."""
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def autocast(cfg: MultiTaskConfig, device: torch.device):
@@ -254,10 +248,20 @@ def started_from(folder: Path) -> str:
     folder may be replaced by this run's afterwards). A chain of schedules reads as one start and its schedules:
     "an earlier multitask_lite0 run: ImageNet encoder (...), trained 10 epochs (4764 s), then 8 epochs (6775 s);
     this run is the third schedule on its weights"."""
+    earlier, n = _earlier_run(folder)
+    if n is None:
+        return earlier
+    ordinal = ORDINALS[n - 1] if n <= len(ORDINALS) else f"{n}th"
+    return f"{earlier}; this run is the {ordinal} schedule on its weights"
+
+
+def _earlier_run(folder: Path) -> tuple[str, int | None]:
+    """ "an earlier <model> run: <start>, trained <epochs>" of a finished folder, and the number this run's schedule
+    would have in its chain (None when the folder has no record)."""
     try:
         before = json.loads((folder / METRICS).read_text())
     except (OSError, ValueError):
-        return f"the weights of {folder.name}"
+        return f"the weights of {folder.name}", None
     model, start = before.get("model", folder.name), before.get("initialization", "its own start")
     these = f"{before.get('epochs_run', '?')} epochs ({before.get('train_seconds', 0):.0f} s)"
     earlier = _EARLIER.match(start)
@@ -265,21 +269,19 @@ def started_from(folder: Path) -> str:
         start, trained = earlier["start"], f"{earlier['trained']}, then {these}" if earlier["trained"] else these
     else:
         trained = these
-    n = trained.count(", then ") + 2
-    ordinal = ORDINALS[n - 1] if n <= len(ORDINALS) else f"{n}th"
-    return f"an earlier {model} run: {start}, trained {trained}; this run is the {ordinal} schedule on its weights"
+    return f"an earlier {model} run: {start}, trained {trained}", trained.count(", then ") + 2
 
 
-def stitched_from(classifier: Path, decoder: str | None) -> str:
+def stitched_from(classifier: Path, decoder: Path | None) -> str:
     """The card's line for a run whose class path came from a classifier (--init-classifier) and whose decoder came
-    from ``decoder`` (started_from's line for --init-from) or was new."""
+    from the multi-task folder ``decoder`` (--init-from) or was new."""
     try:
         before = json.loads((classifier / METRICS).read_text())
         trained = f"{before.get('initialization', 'its own start')}, trained {before.get('epochs_run', '?')} epochs"
     except (OSError, ValueError):
         trained = "its own start"
-    decoder = decoder.split("; this run is")[0] if decoder else "new (random)"
-    return f"encoder and class head: the classifier {classifier.name} ({trained}); decoder: {decoder}; then this run"
+    made = _earlier_run(decoder)[0] if decoder else "new (random)"
+    return f"encoder and class head: the classifier {classifier.name} ({trained}); decoder: {made}; then this run"
 
 
 def fit(cfg: MultiTaskConfig) -> Path:
@@ -296,7 +298,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
     # even if the run never finishes (a session ending with its resume state lost).
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
-    device = run_device(cfg)
+    device = resolve_device(cfg.device)  # the serving rule: "auto" is the GPU when torch sees one; a missing GPU is named
     model, optimizer, scheduler, ema = build(cfg, steps, device)
     if model.label_names != split["train"][0].class_names:
         raise ValueError(f"the model's classes {model.label_names} are not the data's {split['train'][0].class_names}")
@@ -337,8 +339,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict, device: to
     scores = evaluate(model, split["val"], nullcontext())
     metrics = run_record(cfg, model, state, split) | {"amp": cfg.amp, "device": device.type, "data": cfg.data}
     if cfg.init_classifier:
-        decoder = started_from(Path(cfg.init_from)) if cfg.init_from else None
-        metrics["initialization"] = stitched_from(Path(cfg.init_classifier), decoder)
+        metrics["initialization"] = stitched_from(Path(cfg.init_classifier), Path(cfg.init_from) if cfg.init_from else None)
     elif cfg.init_from:
         metrics["initialization"] = started_from(Path(cfg.init_from))
     if cfg.teacher:
