@@ -144,7 +144,7 @@ def test_overlap_counts_empty_on_empty_as_agreement():
 def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.multitask", "--data", str(data_dir), "--out", str(out), "--epochs", "1"]
-    cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4", "--ema-decay", "0.5"]
+    cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4", "--ema-decay", "0.5", "--ema-warmup"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     from brainmri.models.multitask import UnetOnClassifier
@@ -159,7 +159,7 @@ def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     assert metrics["validation"]["n"] == len((out / "val_split.txt").read_text().split("\n")) - 3
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "brain-mri"
-    assert "moving average" in card.text and "--ema-decay 0.5" in card.text  # the kept weights are the average's
+    assert "moving average" in card.text and "--ema-decay 0.5 --ema-warmup" in card.text  # the kept weights are the average's
     assert not (out / "resume").exists()
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     teacher: str = ""  # classifier folder(s) cut by this split, comma-separated: their mean softmax is a soft target (train.distill)
     distill_weight: float = 0.5  # with --teacher: share of the loss on the teacher's soft targets, the rest on the labels
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
+    ema_warmup: bool = False  # the average's decay grows with the updates up to ema_decay (train.schedule.moving_average)
     patience: int = 4  # early stopping: epochs without a better validation loss
     val_fraction: float = 0.15  # share of Training held out for validation, twin groups kept whole
     split: str = "mirror-aware"  # twin rule of the split (brainmri.data.split): "mirror-aware", or "as-is" of the first shipped models

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
@@ -47,7 +46,7 @@ from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_report import plot_history, write_card
 from train.resume import RESUME, clear_resume, has_model_state, load_model_state, save_model_state
-from train.schedule import cosine
+from train.schedule import cosine, follow, moving_average
 from train.segment import run_record, soft_dice_loss
 
 _logger = logging.getLogger(__name__)
@@ -85,6 +84,7 @@ class MultiTaskConfig:
     )
     distill_weight: float = 0.5  # with --teacher: share of the class loss on the teacher's soft targets, the rest on the labels
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
+    ema_warmup: bool = False  # the average's decay grows with the updates up to ema_decay (train.schedule.moving_average)
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}")
@@ -172,8 +172,7 @@ def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConf
         loss.backward()
         optimizer.step()
         scheduler.step_update(epoch * len(batches) + b + 1)
-        if ema is not None:
-            ema.update(model)
+        follow(ema, model, epoch * len(batches) + b + 1)
         sums["loss"] += loss.item()
         for k, v in parts.items():
             sums[k] += v
@@ -213,7 +212,7 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int, device: torch.device = tor
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     # The moving average is validated, kept and shipped instead of the raw weights, as train.train does.
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    ema = moving_average(model, cfg.ema_decay, cfg.ema_warmup)
     return model, optimizer, scheduler, ema
 
 

@@ -49,10 +49,10 @@ def outline_eval_results(m: dict) -> list[EvalResult]:
 
 def second_schedule(cfg: dict) -> str:
     """The command's options for a run started from an earlier run's folder (train.multitask --init-from), its
-    teacher's (--teacher) and its moving average's (--ema-decay)."""
+    teacher's (--teacher) and its moving average's (--ema-decay, --ema-warmup)."""
     extra = f" --teacher TEACHER --distill-weight {cfg.get('distill_weight', 0.5):g}" if cfg.get("teacher") else ""
     if cfg.get("ema_decay"):
-        extra += f" --ema-decay {cfg['ema_decay']:g}"
+        extra += f" --ema-decay {cfg['ema_decay']:g}" + (" --ema-warmup" if cfg.get("ema_warmup") else "")
     if not cfg.get("init_from"):
         return extra
     return f" --init-from FOLDER --lr {cfg['lr']:g} --dice {cfg.get('dice', 'batch')}{extra}"

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
-from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
@@ -107,8 +106,7 @@ def train_one_epoch(
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step_update(epoch * steps + step + 1)  # the rate of the next update
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(model))
+        schedule.follow(ema, accelerator.unwrap_model(model), epoch * steps + step + 1)
         optimizer.zero_grad(set_to_none=True)
         total += len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -202,7 +200,7 @@ def fit(cfg: TrainConfig) -> Path:
     else:
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, loaders.train, loaders.val)
     # The moving average is validated and shipped instead of the raw weights; accelerate saves it with --resume's state.
-    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema_decay else None
+    ema = schedule.moving_average(accelerator.unwrap_model(model), cfg.ema_decay, cfg.ema_warmup)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     # Made before --resume loads the optimizer, whose saved rate is the one the next update takes. timm's schedulers
