@@ -67,15 +67,15 @@ def moving_average(model: nn.Module, decay: float, warmup: bool = False) -> Mode
     """An exponential moving average of ``model``'s weights, or None when ``decay`` is 0.
 
     A fixed decay of 0.999 keeps 0.999**n of the starting weights after n updates: 40% after 900, which on a 4,900-image
-    set is six epochs of an average still close to ImageNet's start (2026-12-05, ``../runs/mt8.log``). With ``warmup``
-    the decay is timm's ``1 - (1 + n) ** (-2/3)`` until it reaches ``decay``: the average spans about a third of the
-    updates so far, and ``decay`` caps it. Stepped by :func:`follow`.
+    set is six epochs of an average still close to ImageNet's start (docs/training.md). With ``warmup`` the decay is
+    timm's ``1 - (1 + n) ** (-2/3)`` until it reaches ``decay``: the average spans about ``(1 + n) ** (2/3)`` updates
+    (94 after 900), and ``decay`` caps it. Stepped by :func:`follow`.
     """
     return ModelEmaV3(model, decay=decay, use_warmup=warmup) if decay else None
 
 
 def follow(ema: ModelEmaV3 | None, model: nn.Module, updates_done: int) -> None:
-    """Fold the weights after ``updates_done`` optimizer steps into ``ema``. A fixed decay is told no count, as before
-    the warm-up existed (timm would take the first update whole), so its runs replay exactly under --resume."""
+    """Fold the weights after ``updates_done`` optimizer steps into ``ema``. A fixed decay is told no count, so runs
+    without the warm-up train exactly as before it existed (told a count, timm takes the first update whole)."""
     if ema is not None:
         ema.update(model, step=updates_done if ema.use_warmup else None)
