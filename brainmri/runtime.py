@@ -63,6 +63,26 @@ def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def warn_if_bf16_emulated(device: torch.device | str) -> bool:
+    """Log a warning when bfloat16 autocast is about to run on a CPU that emulates it (no avx512_bf16 or AMX): there
+    a Lite0 forward took 18x as long as in float32 (docs/serving.md, "Hosts differ"). Returns whether it warned."""
+    if torch.device(device).type != "cpu" or native_bf16():
+        return False
+    _logger.warning(
+        "bf16 autocast on a CPU that emulates bfloat16 (%s): many times slower than float32; pass --amp none",
+        describe_cpu(),
+    )
+    return True
+
+
+def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU as a speed figure must name it: the vector kernels torch dispatches to here ("AVX512", "AVX2", ...)
+    and whether bfloat16 is native. Hosts of one cloud differ in both: this project's 2-core machine was an
+    avx512_bf16 EPYC in most sessions and an AVX2 one without bf16 in another, where a request cost 1.4x the CPU and
+    bf16 autocast ran 18x slower than float32 (docs/serving.md, "Hosts differ")."""
+    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'native' if native_bf16(cpuinfo) else 'emulated'}"
+
+
 def configure_torch_threads(workers: int = 1) -> int:
     """Set torch's (and OpenCV's) threads to :func:`available_cpus` shared by ``workers`` threads that each run
     models at once (``BRAIN_MRI_THREADS`` overrides), denormals flushed.

@@ -36,7 +36,7 @@ from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.segmenters import SEGMENTER_DEFAULT  # noqa: E402
 from brainmri.rendering import data_url, overlay  # noqa: E402
-from brainmri.runtime import available_cpus, configure_torch_threads  # noqa: E402
+from brainmri.runtime import available_cpus, configure_torch_threads, describe_cpu  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import batch_workers, default_data  # noqa: E402
 
@@ -142,8 +142,9 @@ def main() -> int:
         print(f"tumour outline: {predictor.segmenter or 'none (no shipped segmenter)'}")
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         machine = platform.processor() or platform.machine()
-        print(f"machine: {machine}, {available_cpus()} usable cores, torch threads {threads}, 1-min load average {load_avg:.1f}")
-        figures = {"cores": available_cpus(), "load_average_1min": round(load_avg, 2), "models": {}}
+        cpu = describe_cpu()
+        print(f"machine: {machine} ({cpu}), {available_cpus()} usable cores, torch threads {threads}, 1-min load average {load_avg:.1f}")
+        figures = {"cores": available_cpus(), "cpu": cpu, "load_average_1min": round(load_avg, 2), "models": {}}
         for name in names:
             figures["models"][name] = latency(predictor, name, images)
             m = figures["models"][name]

@@ -53,6 +53,7 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging  # noqa: E4
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.runtime import describe_cpu  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import default_data  # noqa: E402
 
@@ -243,6 +244,7 @@ def load_test(
         "server": "url" if launched is None and proc is None else server,
         "client": client,
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpu": describe_cpu(),
         **served,
         "client_cpu_ms_per_request": round(1000 * own_cpu / max(out.sent, 1), 1),
         # In-process, the app shares this process: its peak resident memory (Linux reports KiB) is the app's and the clients'.
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{args.mode}, limit {limit}, {r['client']} clients: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']},"
                 f" errors {r['errors']} {r['errors_by_kind'] or ''}, queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s,"
-                f" {r['throughput_rps']} answered/s; load average {r['load_average_1m']}; {memory};"
+                f" {r['throughput_rps']} answered/s; {r['cpu']}, load average {r['load_average_1m']}; {memory};"
                 f" load generator CPU {r['client_cpu_ms_per_request']} ms/request",
                 flush=True,
             )

@@ -45,7 +45,7 @@ from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.multitask import MultiTaskClassifier  # noqa: E402
 from brainmri.ood import pooled_features  # noqa: E402
 from brainmri.rendering import DEFAULT_OPACITY, data_url, overlay  # noqa: E402
-from brainmri.runtime import configure_torch_threads  # noqa: E402
+from brainmri.runtime import configure_torch_threads, describe_cpu  # noqa: E402
 from brainmri.segmentation import mask_data_url  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.serving.device import place_batch  # noqa: E402
@@ -162,11 +162,12 @@ def main() -> int:
             phases["HTTP round trip (gradio_client, loopback)"] = http
             phases["  of which Gradio (round trip minus handler)"] = http - handler
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"{name}, {len(paths)} Testing images, one torch thread, 1-min load average {load:.1f}; median ms:")
+        print(f"{name}, {len(paths)} Testing images, one torch thread, {describe_cpu()}, 1-min load average {load:.1f}; median ms:")
         for phase, ms in phases.items():
             print(f"  {phase:58s} {ms:8.1f}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"model": name, "load_average_1min": load, "median_ms": phases}, indent=2) + "\n")
+            figures = {"model": name, "cpu": describe_cpu(), "load_average_1min": load, "median_ms": phases}
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
     return exit_code(run, _logger)
 

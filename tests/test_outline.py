@@ -130,3 +130,22 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path):
     (tmp_path / "old").write_text("flags\t\t: fpu avx2 avx512f sse\n")
     assert native_bf16(tmp_path / "cpuinfo") and not native_bf16(tmp_path / "old")
     assert not native_bf16(tmp_path / "absent")  # not Linux, or unreadable: float32
+
+
+def test_speed_figures_name_the_cpu_and_bf16_training_warns_where_it_is_emulated(tmp_path: Path, monkeypatch, caplog):
+    import torch
+
+    from brainmri import runtime
+
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 sse\n")
+    (tmp_path / "old").write_text("flags\t\t: fpu avx2 sse\n")
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert runtime.describe_cpu(tmp_path / "cpuinfo") == f"{capability}, bf16 native"
+    assert runtime.describe_cpu(tmp_path / "old") == f"{capability}, bf16 emulated"
+    for native in (True, False):
+        monkeypatch.setattr(runtime, "native_bf16", lambda cpuinfo=None, native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="brainmri.runtime"):
+            assert runtime.warn_if_bf16_emulated("cpu") is (not native)
+            assert runtime.warn_if_bf16_emulated(torch.device("cuda", 0)) is False  # a GPU computes bf16 itself
+        assert ("--amp none" in caplog.text) is (not native)

@@ -37,6 +37,7 @@ from brainmri.data.split import training_split, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, label_names, load_checkpoint, read_config, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
+from brainmri.runtime import warn_if_bf16_emulated
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.serving.device import resolve_device
 from brainmri.settings import default_data
@@ -71,7 +72,7 @@ class MultiTaskConfig:
     split: str = "mirror-aware"  # its twin rule (brainmri.data.split.SPLIT_RULES), recorded as the classifiers' is
     seed: int = 0
     input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
-    amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (twice as fast on an avx512_bf16 CPU); "none": fp32
+    amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (2x on an avx512_bf16 CPU, 18x slower where emulated); "none": fp32
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
     limit_per_class: int = 0  # 0: all images; else a few per class (tests)
     max_train_batches: int = 0  # 0: whole epochs; else stop each epoch early (tests, the bf16 check)
@@ -298,6 +299,8 @@ def fit(cfg: MultiTaskConfig) -> Path:
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
     device = resolve_device(cfg.device)  # the serving rule: "auto" is the GPU when torch sees one; a missing GPU is named
+    if cfg.amp == "bf16":
+        warn_if_bf16_emulated(device)
     model, optimizer, scheduler, ema = build(cfg, steps, device)
     if model.label_names != split["train"][0].class_names:
         raise ValueError(f"the model's classes {model.label_names} are not the data's {split['train'][0].class_names}")

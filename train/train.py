@@ -37,6 +37,7 @@ from brainmri.data.split import checkpoint_split, write_val_split
 from brainmri.eval.tables import update_metrics
 from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint
 from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
+from brainmri.runtime import warn_if_bf16_emulated
 from train import graphs, schedule
 from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
@@ -178,6 +179,8 @@ def fit(cfg: TrainConfig) -> Path:
         # A CUDA graph cannot hold autocast's cache of cast weights (torch.cuda.make_graphed_callables)
         kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if cfg.cuda_graphs else None,
     )
+    if accelerator.mixed_precision == "bf16":
+        warn_if_bf16_emulated(accelerator.device)
     if cfg.data_on_device and accelerator.num_processes > 1:
         raise ValueError("data_on_device batches on one process; train on several GPUs without it")
     set_seed(cfg.seed)
