@@ -108,7 +108,7 @@ def test_the_card_says_where_each_part_of_a_stitched_start_came_from(tmp_path):
     assert "decoder: new (random)" in stitched_from(tmp_path, None)
 
 
-def test_the_run_trains_on_the_gpu_when_there_is_one():
+def test_the_device_option_is_the_gpu_when_there_is_one():
     from brainmri.serving.device import resolve_device  # the rule train.multitask's --device goes through
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,6 +157,7 @@ def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     both = metrics["outline"]["both_experts"]["all"]
     assert set(both) >= {"n", "dice_cheng", "dice_brisc", "experts_dice"}
     assert metrics["validation"]["n"] == len((out / "val_split.txt").read_text().split("\n")) - 3
+    assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the run trained where the rule says
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "brain-mri"
     assert "moving average" in card.text and "--ema-decay 0.5 --ema-warmup" in card.text  # the kept weights are the average's
