@@ -52,7 +52,7 @@ def test_per_image_dice_weighs_each_tumour_alike_and_leaves_empty_targets_to_bce
 
 def test_init_from_a_folder_of_another_split_is_refused(tmp_path):
     """Weights trained with another validation split would have seen some of this run's validation scans."""
-    from train.multitask import check_init_split
+    from train.multitask_init import check_init_split
 
     (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/a.jpg\n")
     cfg = MultiTaskConfig(init_from=str(tmp_path), data="/d")
@@ -73,7 +73,7 @@ def test_init_from_a_folder_of_another_split_is_refused(tmp_path):
 def test_init_classifier_replaces_the_class_path_and_keeps_the_decoder(tmp_path):
     """--init-classifier: a finished classifier's encoder and head become the class path; the decoder stays."""
     from brainmri.models.checkpoint import save_checkpoint
-    from train.multitask import load_class_path
+    from train.multitask_init import load_class_path
 
     name = MULTITASK[0]
     model = create_segmenter(name)
@@ -95,7 +95,7 @@ def test_init_classifier_replaces_the_class_path_and_keeps_the_decoder(tmp_path)
 
 
 def test_the_card_says_where_each_part_of_a_stitched_start_came_from(tmp_path):
-    from train.multitask import stitched_from
+    from train.multitask_init import stitched_from
 
     (tmp_path / "metrics.json").write_text(json.dumps({"initialization": "ImageNet (offline)", "epochs_run": 8}))
     mt = tmp_path / "mt"
@@ -349,7 +349,7 @@ def test_a_chain_of_schedules_reads_as_one_start_and_its_schedules(tmp_path):
     """The card's 'initialised from' line of a third schedule names the first start once, then each schedule."""
     import json
 
-    from train.multitask import started_from
+    from train.multitask_init import started_from
 
     first = {"model": "multitask_lite0", "initialization": "ImageNet encoder (offline package p)", "epochs_run": 10, "train_seconds": 4764}
     (tmp_path / "metrics.json").write_text(json.dumps(first))
