@@ -65,7 +65,8 @@ def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def warn_if_bf16_emulated(device: torch.device | str) -> bool:
     """Log a warning when bfloat16 autocast is about to run on a CPU that emulates it (no avx512_bf16 or AMX): there
-    a Lite0 forward took 18x as long as in float32 (docs/serving.md, "Hosts differ"). Returns whether it warned."""
+    the one encoder's forward (multitask_lite0) took 18x as long as in float32 (docs/serving.md, "Hosts differ").
+    Returns whether it warned."""
     if torch.device(device).type != "cpu" or native_bf16():
         return False
     _logger.warning(
@@ -78,7 +79,7 @@ def warn_if_bf16_emulated(device: torch.device | str) -> bool:
 def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU as a speed figure must name it: the vector kernels torch dispatches to here ("AVX512", "AVX2", ...)
     and whether bfloat16 is native. Hosts of one cloud differ in both: this project's 2-core machine was an
-    avx512_bf16 EPYC in most sessions and an AVX2 one without bf16 in another, where a request cost 1.4x the CPU and
+    avx512_bf16 EPYC in most sessions and an AVX2 one without bf16 in another, where a request cost 1.4-1.6 times the CPU and
     bf16 autocast ran 18x slower than float32 (docs/serving.md, "Hosts differ")."""
     return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'native' if native_bf16(cpuinfo) else 'emulated'}"
 
