@@ -11,15 +11,21 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from brainmri.models.checkpoint import METRICS, label_names, load_checkpoint, read_config
 from train.distill import check_same_validation
 
-if TYPE_CHECKING:
-    from train.multitask import MultiTaskConfig
-
 _logger = logging.getLogger(__name__)
+
+
+class StartingPoints(Protocol):
+    """What :func:`check_init_split` reads of a run's config (train.multitask.MultiTaskConfig; not imported here, as
+    that module imports this one)."""
+
+    init_from: str
+    init_classifier: str
+    data: str
 
 
 def load_class_path(model, folder: Path) -> None:
@@ -34,7 +40,7 @@ def load_class_path(model, folder: Path) -> None:
     _logger.info("class path (encoder and head) from %s", folder)
 
 
-def check_init_split(cfg: MultiTaskConfig, val) -> None:
+def check_init_split(cfg: StartingPoints, val) -> None:
     """--init-from and --init-classifier must start from folders whose validation scans are this run's: weights that
     trained on one of this run's validation scans would leak it."""
     for flag, folder in (("--init-from", cfg.init_from), ("--init-classifier", cfg.init_classifier)):
