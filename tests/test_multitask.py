@@ -52,7 +52,7 @@ def test_per_image_dice_weighs_each_tumour_alike_and_leaves_empty_targets_to_bce
 
 def test_init_from_a_folder_of_another_split_is_refused(tmp_path):
     """Weights trained with another validation split would have seen some of this run's validation scans."""
-    from train.multitask_init import check_init_split
+    from train.multitask import check_init_split
 
     (tmp_path / "val_split.txt").write_text("# note\nTraining/glioma/a.jpg\n")
     cfg = MultiTaskConfig(init_from=str(tmp_path), data="/d")

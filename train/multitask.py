@@ -44,7 +44,7 @@ from train.config import parse_config
 from train.distill import check_same_validation, describe_teacher, distill_loss, teacher_targets
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
-from train.multitask_init import check_init_split, load_class_path, started_from, stitched_from
+from train.multitask_init import load_class_path, started_from, stitched_from
 from train.multitask_report import plot_history, write_card
 from train.resume import RESUME, clear_resume, has_model_state, load_model_state, save_model_state
 from train.schedule import cosine, follow, moving_average
@@ -215,6 +215,14 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int, device: torch.device = tor
     # The moving average is validated, kept and shipped instead of the raw weights, as train.train does.
     ema = moving_average(model, cfg.ema_decay, cfg.ema_warmup)
     return model, optimizer, scheduler, ema
+
+
+def check_init_split(cfg: MultiTaskConfig, val) -> None:
+    """--init-from and --init-classifier must start from folders whose validation scans are this run's: weights that
+    trained on one of this run's validation scans would leak it."""
+    for flag, folder in (("--init-from", cfg.init_from), ("--init-classifier", cfg.init_classifier)):
+        if folder:
+            check_same_validation(folder, val, cfg.data, flag, several=False)
 
 
 def fit(cfg: MultiTaskConfig) -> Path:

@@ -1,8 +1,8 @@
 """Where a multi-task run's weights start, and the model card's line that says so.
 
 A run may start from ImageNet, from an earlier multi-task folder (``--init-from``: a further schedule on its weights),
-or with its encoder and class head from a finished classifier (``--init-classifier``). Either folder must have been cut
-by the same validation split as this run, or its weights would have trained on this run's validation scans.
+or with its encoder and class head from a finished classifier (``--init-classifier``). That either folder was cut by
+this run's validation split is checked where the run's config is (train.multitask.check_init_split).
 """
 
 from __future__ import annotations
@@ -11,21 +11,10 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Protocol
 
 from brainmri.models.checkpoint import METRICS, label_names, load_checkpoint, read_config
-from train.distill import check_same_validation
 
 _logger = logging.getLogger(__name__)
-
-
-class StartingPoints(Protocol):
-    """What :func:`check_init_split` reads of a run's config (train.multitask.MultiTaskConfig; not imported here, as
-    that module imports this one)."""
-
-    init_from: str
-    init_classifier: str
-    data: str
 
 
 def load_class_path(model, folder: Path) -> None:
@@ -38,14 +27,6 @@ def load_class_path(model, folder: Path) -> None:
         raise ValueError(f"--init-classifier {folder}: its classes {label_names(folder)} are not this model's {model.label_names}")
     model.classifier.load_state_dict(load_checkpoint(folder).state_dict())
     _logger.info("class path (encoder and head) from %s", folder)
-
-
-def check_init_split(cfg: StartingPoints, val) -> None:
-    """--init-from and --init-classifier must start from folders whose validation scans are this run's: weights that
-    trained on one of this run's validation scans would leak it."""
-    for flag, folder in (("--init-from", cfg.init_from), ("--init-classifier", cfg.init_classifier)):
-        if folder:
-            check_same_validation(folder, val, cfg.data, flag, several=False)
 
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
