@@ -3,6 +3,8 @@
     python -m reports.cam_localisation --data DATA                       # every local checkpoint, its registry layer
     python -m reports.cam_localisation --data DATA --models tf_efficientnet_lite0 --layers bn2 blocks.5 blocks.4 \\
         --methods Grad-CAM HiResCAM                                       # which layer and method point best
+    python -m reports.cam_localisation --data DATA --models multitask_lite0 --methods LayerCAM \\
+        --layers net.classifier.bn2+net.classifier.blocks.4 net.classifier.bn2+net.classifier.blocks.3  # which stages to fuse
 
 The boxes (``../shared/data/brain-tumor-mri-boxes/training_boxes.csv``, matched from Cheng et al.'s
 figshare set) cover Training images only, so each model is scored on the boxed images of its own
@@ -145,13 +147,18 @@ def score(predictor: Predictor, name: str, method: str, items: list[tuple[Path, 
 
 
 def with_layer(predictor: Predictor, name: str, layer: str | None) -> None:
-    """Point the loaded model's CAM at ``layer`` alone (a module path in the model) instead of the registry's layers."""
+    """Point the loaded model's CAM at ``layer`` (a module path in the model) instead of the registry's layers.
+
+    ``"a+b+c"`` fuses several: ``a`` is the layer every method weighs, ``b`` and ``c`` the shallower stages that
+    LayerCAM fuses with it (as the registry's ``cam_stages``); a single path is weighed alone.
+    """
     loaded = predictor.model(name)
     if layer:
         modules = dict(loaded.model.named_modules())
-        if layer not in modules:
-            raise ValueError(f"{name} has no module {layer!r}")
-        loaded.layer, loaded.layer_name, loaded.stages = modules[layer], layer, []
+        paths = layer.split("+")
+        if missing := [path for path in paths if path not in modules]:
+            raise ValueError(f"{name} has no module {', '.join(map(repr, missing))}")
+        loaded.layer, loaded.layer_name, loaded.stages = modules[paths[0]], paths[0], [modules[p] for p in paths[1:]]
         prepare_for_cam(loaded.model)
 
 
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_argument(parser)  # the folder the boxes' paths are relative to
     parser.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="training_boxes.csv")
     parser.add_argument("--models", nargs="*", default=None, help="default: every local checkpoint")
-    parser.add_argument("--layers", nargs="*", default=[None], help="module paths to weigh instead of the registry's layer")
+    parser.add_argument("--layers", nargs="*", default=[None], help="module paths to weigh instead of the registry's layers; a+b+c fuses b and c with a (LayerCAM)")
     methods = "explanation methods to score (default: %(default)s)"
     parser.add_argument("--methods", nargs="*", default=[DEFAULT_METHOD], choices=list(CAM_METHODS), help=methods)
     parser.add_argument("--out", type=Path, default=results_dir() / CAM_LOCALISATION, help="the report (default: %(default)s)")

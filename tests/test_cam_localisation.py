@@ -44,3 +44,17 @@ def test_heatmaps_are_scored_against_the_tumours_own_mask_where_it_has_one(data_
     mask = tumour_mask((data_dir / row["path"]).resolve(), (224, 224))
     assert mask.dtype == bool and mask.sum() == int(row["mask_pixels"])
     assert tumour_mask((data_dir / "Testing" / "glioma").resolve() / "no_such.jpg", (224, 224)) is None
+
+
+def test_a_layer_path_with_plus_signs_fuses_the_stages_after_the_first(tiny_checkpoint):
+    from brainmri.models.catalog import ModelSource
+    from brainmri.serving import Predictor
+    from reports.cam_localisation import with_layer
+
+    predictor = Predictor({"simple_cnn_7": ModelSource("simple_cnn_7", "local", str(tiny_checkpoint))}, ood_model=None)
+    with_layer(predictor, "simple_cnn_7", "features.6+features.3+features.1")
+    loaded = predictor.model("simple_cnn_7")
+    assert loaded.cam_layer_name("LayerCAM") == "features.6+features.3+features.1"
+    assert loaded.cam_layer_name("Grad-CAM") == "features.6"  # a single-layer method weighs the first alone
+    with pytest.raises(ValueError, match="'features.99'"):
+        with_layer(predictor, "simple_cnn_7", "features.6+features.99")
