@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     add_data_argument(parser)  # the folder the boxes' paths are relative to
     parser.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="training_boxes.csv")
     parser.add_argument("--models", nargs="*", default=None, help="default: every local checkpoint")
-    parser.add_argument("--layers", nargs="*", default=[None], help="module paths to weigh instead of the registry's layers; a+b+c fuses b and c with a (LayerCAM)")
+    layers = "module paths to weigh instead of the registry's layers; a+b+c fuses b and c with a (LayerCAM)"
+    parser.add_argument("--layers", nargs="*", default=[None], help=layers)
     methods = "explanation methods to score (default: %(default)s)"
     parser.add_argument("--methods", nargs="*", default=[DEFAULT_METHOD], choices=list(CAM_METHODS), help=methods)
     parser.add_argument("--out", type=Path, default=results_dir() / CAM_LOCALISATION, help="the report (default: %(default)s)")
