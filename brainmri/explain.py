@@ -17,6 +17,7 @@ on and computes no weight gradient (Lite0's heatmap pass: 50 -> 41 ms an image).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -69,6 +70,19 @@ def fuse_stage_maps(maps: np.ndarray, smooth: float = SMOOTH) -> np.ndarray:
 CAM_METHODS: dict[str, type[BaseCAM]] = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus, "HiResCAM": HiResCAM, "LayerCAM": LayerCAM}
 FUSING_METHODS = {"LayerCAM"}  # methods that weigh the registry's shallower stages too, not only its last layer
 DEFAULT_METHOD = "LayerCAM"
+
+
+def shared_parent(layer: str) -> tuple[str, list[str]]:
+    """A CAM layer list ("a.b.bn2+a.b.blocks.4") as the module its layers share and their paths inside it
+    (``("a.b", ["bn2", "blocks.4"])``), so that the one encoder's stages, inside its wrapper ``net.classifier``, read
+    like the Lite0 classifier's own. One layer, or layers that share nothing, or only a container whose children
+    are numbered (``blocks.5+blocks.3``), keep their whole paths and share ``""``."""
+    parts = layer.split("+")
+    shared = os.path.commonprefix(parts) if len(parts) > 1 else ""
+    shared = shared[: shared.rfind(".") + 1]
+    while shared and any(part[len(shared)].isdigit() for part in parts):
+        shared = shared[: shared[:-1].rfind(".") + 1]
+    return shared[:-1], [part[len(shared) :] for part in parts]
 
 
 def as_layers(layers: Layers) -> list[nn.Module]:

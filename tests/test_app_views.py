@@ -170,3 +170,4 @@ def test_a_cam_layer_list_names_the_module_its_layers_share_once():
     assert layer_label(wrapped) == "`bn2+blocks.4+blocks.2` in `net.classifier`"
     assert layer_label("net.classifier.bn2") == "`net.classifier.bn2`"  # one layer: nothing shared to name once
     assert layer_label("features.9") == "`features.9`"
+    assert layer_label("blocks.5+blocks.3") == "`blocks.5+blocks.3`"  # a numbered child is not a name of its own

@@ -58,3 +58,16 @@ def test_a_layer_path_with_plus_signs_fuses_the_stages_after_the_first(tiny_chec
     assert loaded.cam_layer_name("Grad-CAM") == "features.6"  # a single-layer method weighs the first alone
     with pytest.raises(ValueError, match="'features.99'"):
         with_layer(predictor, "simple_cnn_7", "features.6+features.99")
+
+
+def test_a_sweep_of_stages_shows_the_report_half_of_the_served_setting_only():
+    from reports.cam_localisation import stages_markdown
+
+    def run(layer: str, choose: float, served: bool) -> dict:
+        half = {"n": 200, "hit": choose, "mass": 0.07}
+        return {"model": "m", "layer": layer, "method": "LayerCAM", "served": served, "choose": half, "report": {**half, "hit": 0.123}}
+
+    table = stages_markdown({"runs": [run("net.bn2+net.blocks.4", 0.40, False), run("net.bn2+net.blocks.1", 0.45, True)]})
+    rows = table.splitlines()[2:]
+    assert rows[0].startswith("| `m` | bn2 + blocks.1 | LayerCAM | 45.0% (90 / 200) |") and "**12.3%** (200), served" in rows[0]
+    assert "bn2 + blocks.4" in rows[1] and "12.3%" not in rows[1]  # best choose half first; no report half for the rest

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
 import gradio as gr
@@ -24,6 +23,7 @@ from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import cut_short, metric_columns, read_metrics
+from brainmri.explain import shared_parent
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
 from brainmri.models.registry import REGISTRY
@@ -164,14 +164,11 @@ def _sweep_cell(key: str, value: str | None) -> str:
 
 
 def layer_label(layer: str) -> str:
-    """A CAM layer list ("a.b.bn2+a.b.blocks.4") as a table cell: the module they share named once, so that the one
-    encoder's stages (inside its wrapper, ``net.classifier``) read like the Lite0 classifier's own. One layer stays
-    as it is."""
-    parts = layer.split("+")
-    shared = os.path.commonprefix(parts) if len(parts) > 1 else ""
-    shared = shared[: shared.rfind(".") + 1]
-    cell = f"`{'+'.join(part[len(shared) :] for part in parts)}`"
-    return f"{cell} in `{shared[:-1]}`" if shared else cell
+    """A CAM layer list ("a.b.bn2+a.b.blocks.4") as a table cell, the module they share named once
+    (brainmri.explain.shared_parent)."""
+    shared, parts = shared_parent(layer)
+    cell = f"`{'+'.join(parts)}`"
+    return f"{cell} in `{shared}`" if shared else cell
 
 
 def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
