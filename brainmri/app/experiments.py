@@ -171,13 +171,10 @@ def layer_label(layer: str) -> str:
     return f"{cell} in `{shared}`" if shared else cell
 
 
-def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
-    """The pointing game (reports.cam_localisation) as a Markdown table: per model, layer and method, the share of
-    held-out boxed slices whose heatmap peak falls in the tumour box, per class, the mass in the box, and chance."""
-    try:
-        runs = json.loads(Path(path).read_text())["runs"]
-    except (OSError, ValueError, KeyError):
-        return "No localisation results yet (`python -m reports.cam_localisation`)."
+def localisation_table(runs: list[dict]) -> str:
+    """Runs of the pointing game (reports.cam_localisation's JSON) as a Markdown table, on their report halves: per
+    model, layer and method, the share of boxed slices whose heatmap peak falls in the tumour box, per class, the
+    mass in the box, and chance. The Experiments tab and docs/heatmaps.md show it."""
     lines = [
         "| model | layer | method | heatmap px | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre "
         "| chance: head |",
@@ -193,11 +190,20 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
             f"{' | '.join(cls)} | "
             f"{percent(r['mass'])} | {percent(r['centre'])} | {percent(r['head'])} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
+    """The pointing game (reports.cam_localisation) with a line on what it measures, for the Experiments tab."""
+    try:
+        runs = json.loads(Path(path).read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return "No localisation results yet (`python -m reports.cam_localisation`)."
     return (
         "**Do the heatmaps point at the tumour?** On boxed Training slices the model never trained on (its validation "
         "split; the report half, the layer chosen on the other half), the share whose heatmap peak falls inside the "
         "tumour box (Cheng et al.'s boxes), beside two chance levels: the image centre, and a random point in the head.\n\n"
-        + "\n".join(lines)
+        + localisation_table(runs)
     )
 
 
