@@ -180,5 +180,7 @@ CSS = """
     max-height: none !important;
   }
   .hide-on-phone { display: none; }
+  /* the Experiments tab's wide Markdown tables scroll sideways instead of wrapping a letter a line */
+  #localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; white-space: nowrap; }
 }
 """.replace("OUTLINE", ", ".join(map(str, OUTLINE_COLOUR)))  # the outline drawn on the scan
