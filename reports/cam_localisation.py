@@ -162,7 +162,24 @@ def with_layer(predictor: Predictor, name: str, layer: str | None) -> None:
         prepare_for_cam(loaded.model)
 
 
-def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str | None], methods: list[str], seed: int = 0) -> dict:
+def with_cam_size(predictor: Predictor, name: str, size: int | None) -> None:
+    """Run the loaded model's heatmap pass at ``size`` pixels instead of the registry's ``cam_size``; at the input size
+    the heatmap's forward also classifies, as the app then serves it (brainmri.serving.classify)."""
+    if size:
+        loaded = predictor.model(name)
+        loaded.cam_size = size
+        loaded.__post_init__()  # the heatmap's transform (and the twin a second size needs) follow cam_size
+
+
+def run(
+    data: str,
+    boxes_csv: Path,
+    models: list[str] | None,
+    layers: list[str | None],
+    methods: list[str],
+    seed: int = 0,
+    cam_size: int | None = None,
+) -> dict:
     predictor = Predictor(discover(hub=False))
     boxes = load_boxes(boxes_csv)
     report = {"boxes": str(boxes_csv), "seed": seed, "runs": []}
@@ -173,6 +190,7 @@ def run(data: str, boxes_csv: Path, models: list[str] | None, layers: list[str |
         for layer in layers:
             predictor.cache = type(predictor.cache)(predictor.cache.max_bytes)  # a fresh copy of the model for each layer
             with_layer(predictor, name, layer)
+            with_cam_size(predictor, name, cam_size)
             loaded = predictor.model(name)
             for method in methods:
                 layer_name = loaded.cam_layer_name(method)
@@ -241,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", default=[DEFAULT_METHOD], choices=list(CAM_METHODS), help=methods)
     parser.add_argument("--out", type=Path, default=results_dir() / CAM_LOCALISATION, help="the report (default: %(default)s)")
     parser.add_argument("--docs", action="store_true", help="also write the box and the box-and-mask tables into docs/heatmaps.md")
+    parser.add_argument("--cam-size", type=int, default=None, help="the heatmap pass's side in pixels (default: the registry's)")
     parser.add_argument("--docs-stages", action="store_true", help="also write a sweep of --layers into docs/heatmaps.md")
     args = parser.parse_args(argv)
 
     def go() -> None:
-        report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods)
+        report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -71,3 +71,17 @@ def test_a_sweep_of_stages_shows_the_report_half_of_the_served_setting_only():
     rows = table.splitlines()[2:]
     assert rows[0].startswith("| `m` | bn2 + blocks.1 | LayerCAM | 45.0% (90 / 200) |") and "**12.3%** (200), served" in rows[0]
     assert "bn2 + blocks.4" in rows[1] and "12.3%" not in rows[1]  # best choose half first; no report half for the rest
+
+
+def test_a_heatmap_size_of_its_own_takes_a_second_transform_and_the_input_size_none(tiny_checkpoint):
+    from brainmri.models.catalog import ModelSource
+    from brainmri.serving import Predictor
+    from reports.cam_localisation import with_cam_size
+
+    predictor = Predictor({"simple_cnn_7": ModelSource("simple_cnn_7", "local", str(tiny_checkpoint))}, ood_model=None)
+    loaded = predictor.model("simple_cnn_7")
+    side = loaded.cfg["input_size"][-1]
+    with_cam_size(predictor, "simple_cnn_7", side * 3 // 2)
+    assert loaded.cam_transform is not None and loaded.twin is not None  # a pass of its own, at 1.5x
+    with_cam_size(predictor, "simple_cnn_7", side)
+    assert loaded.cam_transform is None  # at the input size the heatmap's forward also classifies
