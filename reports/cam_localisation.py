@@ -40,16 +40,19 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.imageio import load_image
 from brainmri.data.records import masks_folder
 from brainmri.data.split import checkpoint_split
-from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, prepare_for_cam, shared_parent
+from brainmri.eval.localisation import localisation_table  # the Experiments tab's table, in the docs too
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, FUSING_METHODS, prepare_for_cam, shared_parent
 from brainmri.models.catalog import discover
 from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
 from reports.cam_sanity import brain_mask
+from reports.results import update_section
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_BOXES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "brain-tumor-mri-boxes" / "training_boxes.csv"
 BATCH = 16
+FUSED = next(iter(FUSING_METHODS))  # a method that weighs every layer of a setting, to name the whole setting
 
 
 @dataclass(frozen=True)
@@ -166,9 +169,7 @@ def with_cam_size(predictor: Predictor, name: str, size: int | None) -> None:
     """Run the loaded model's heatmap pass at ``size`` pixels instead of the registry's ``cam_size``; at the input size
     the heatmap's forward also classifies, as the app then serves it (brainmri.serving.classify)."""
     if size:
-        loaded = predictor.model(name)
-        loaded.cam_size = size
-        loaded.__post_init__()  # the heatmap's transform (and the twin a second size needs) follow cam_size
+        predictor.model(name).set_cam_size(size)
 
 
 def run(
@@ -186,16 +187,18 @@ def run(
     for name in models or predictor.single_models:
         folder = Path(predictor.sources[name].location)
         items = halves(boxed_validation(folder, data, boxes), seed)
-        served = {method: predictor.model(name).cam_layer_name(method) for method in methods}  # the registry's layers
+        registry = predictor.model(name)
+        registry_layers, registry_side = registry.cam_layer_name(FUSED), registry.cam_size or registry.cfg["input_size"][-1]
         for layer in layers:
             predictor.cache = type(predictor.cache)(predictor.cache.max_bytes)  # a fresh copy of the model for each layer
             with_layer(predictor, name, layer)
             with_cam_size(predictor, name, cam_size)
             loaded = predictor.model(name)
+            side = loaded.cam_size or loaded.cfg["input_size"][-1]
+            served = layer in (None, registry_layers) and side == registry_side  # as the app serves this model
             for method in methods:
                 layer_name = loaded.cam_layer_name(method)
-                cam_size = loaded.cam_size or loaded.cfg["input_size"][-1]
-                run_ = {"model": name, "layer": layer_name, "method": method, "cam_size": cam_size, "served": layer_name == served[method]}
+                run_ = {"model": name, "layer": layer_name, "method": method, "cam_size": side, "served": served}
                 run_.update({part: score(predictor, name, method, chunk) for part, chunk in items.items()})
                 _logger.info(
                     "%s %s %s: pointing %.3f (choose) %.3f (report), mass in box %.3f; chance: centre %.3f, head %.3f",
@@ -208,7 +211,8 @@ def run(
 
 MASK_SECTION = ("<!-- SECTION:cam-masks -->", "<!-- /SECTION:cam-masks -->")  # docs/heatmaps.md
 BOX_SECTION = ("<!-- SECTION:cam-boxes -->", "<!-- /SECTION:cam-boxes -->")
-HEATMAPS_DOC = Path(__file__).resolve().parent.parent / "docs" / "heatmaps.md"
+ROOT = Path(__file__).resolve().parent.parent
+HEATMAPS_DOC = ROOT / "docs" / "heatmaps.md"
 
 
 def mask_markdown(report: dict) -> str:
@@ -238,13 +242,30 @@ def stages_markdown(report: dict) -> str:
         "| model | layers fused | method | pointing, choose half (hits / n) | mass in box, choose half | pointing, report half (n) |",
         "|---|---|---|---:|---:|---:|",
     ]
-    for r in sorted(report["runs"], key=lambda r: (-r["choose"]["hit"], r["layer"].count("+"))):
+    for r in sorted(report["runs"], key=lambda r: (r["model"], r["method"], -r["choose"]["hit"], r["layer"].count("+"))):
         c, h = r["choose"], r["report"]
         layers = " + ".join(shared_parent(r["layer"])[1])
         shown = f"**{h['hit']:.1%}** ({h['n']}), served" if r.get("served") else ""
         hits = f"{c['hit']:.1%} ({round(c['hit'] * c['n'])} / {c['n']})"
         lines.append(f"| `{r['model']}` | {layers} | {r['method']} | {hits} | {c['mass']:.3f} | {shown} |")
     return "\n".join(lines) + "\n"
+
+
+def doc_sections(report: dict, out: Path, boxes: bool = True, stages: bool = False) -> list[tuple[tuple[str, str], str, str]]:
+    """What ``--docs`` (the box and box-and-mask tables) and ``--docs-stages`` (a sweep of layer sets) write into
+    docs/heatmaps.md, from the report written to ``out``: (section markers, the line naming the command, the table)."""
+    shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out  # as the command is typed
+    command = f"`python -m reports.cam_localisation --docs --out {shown}`"
+    sections = []
+    if boxes:
+        sections.append(
+            (BOX_SECTION, f"Generated by {command} (report halves; the Experiments tab shows it).", localisation_table(report["runs"]))
+        )
+        sections.append((MASK_SECTION, f"Generated by {command} (report halves of each model's validation).", mask_markdown(report)))
+    if stages:
+        note = f"Generated by `python -m reports.cam_localisation --docs-stages --out {shown}` and the sweep's arguments."
+        sections.append((STAGES_SECTION, note, stages_markdown(report)))
+    return sections
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,28 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cam-size", type=int, default=None, help="the heatmap pass's side in pixels (default: the registry's)")
     parser.add_argument("--docs-stages", action="store_true", help="also write a sweep of --layers into docs/heatmaps.md")
     args = parser.parse_args(argv)
+    if args.docs_stages and args.out == results_dir() / CAM_LOCALISATION:
+        parser.error("--docs-stages needs --out: a sweep must not replace the figures the app shows")
 
     def go() -> None:
         report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
-        if args.docs:
-            from reports.results import update_section
-
-            note = f"Generated by `python -m reports.cam_localisation --docs --out {args.out}` (report halves of each model's validation)."
-            update_section(HEATMAPS_DOC, mask_markdown(report), note, MASK_SECTION)
-            from brainmri.app.experiments import localisation_table  # the Experiments tab's table, in the docs too
-
-            note = (
-                f"Generated by `python -m reports.cam_localisation --docs --out {args.out}` (report halves; the Experiments tab shows it)."
-            )
-            update_section(HEATMAPS_DOC, localisation_table(report["runs"]), note, BOX_SECTION)
-        if args.docs_stages:
-            from reports.results import update_section
-
-            note = f"Generated by `python -m reports.cam_localisation --docs-stages --out {args.out}` and the sweep's arguments."
-            update_section(HEATMAPS_DOC, stages_markdown(report), note, STAGES_SECTION)
+        for section, note, markdown in doc_sections(report, args.out, args.docs, args.docs_stages):
+            update_section(HEATMAPS_DOC, markdown, note, section)
 
     return exit_code(go, _logger)
 

@@ -163,7 +163,7 @@ def test_the_duplicate_audit_is_said_in_words():
 
 
 def test_a_cam_layer_list_names_the_module_its_layers_share_once():
-    from brainmri.app.experiments import layer_label
+    from brainmri.eval.localisation import layer_label
 
     assert layer_label("bn2+blocks.4+blocks.2") == "`bn2+blocks.4+blocks.2`"
     wrapped = "net.classifier.bn2+net.classifier.blocks.4+net.classifier.blocks.2"

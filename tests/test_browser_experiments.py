@@ -53,7 +53,8 @@ def test_the_experiments_tab_shows_the_pictures_first(app_url: str, size: tuple[
             cells = page.locator("#localisation td")  # the pointing game's table: each cell a line, however narrow the screen
             expect(page.locator("#localisation")).to_contain_text("Do the heatmaps point at the tumour?")
             heights = cells.evaluate_all("cells => cells.map(c => c.getBoundingClientRect().height)")
-            assert heights and max(heights) < 80, f"a table cell wraps onto many lines ({max(heights):.0f} px high)"  # one: ~40
+            assert heights, "the pointing game's table has no cells"
+            assert max(heights) < 80, f"a table cell wraps onto many lines ({max(heights):.0f} px high)"  # one line: ~40
             page.locator("#localisation").screenshot(path=str(ARTIFACTS / f"{name}_localisation_table.png"))
             page.screenshot(path=str(ARTIFACTS / f"{name}_experiments_pictures.png"), full_page=True)
             assert page.evaluate("document.documentElement.scrollWidth") <= width + 1  # no sideways scrolling of the page

@@ -19,11 +19,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from brainmri.eval.localisation import localisation_table
 from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import cut_short, metric_columns, read_metrics
-from brainmri.explain import shared_parent
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
 from brainmri.models.registry import REGISTRY
@@ -161,36 +161,6 @@ def _sweep_cell(key: str, value: str | None) -> str:
     if key in ("train_seconds", "img_per_s", "pct_of_bound"):
         return f"{float(value):,.0f}"
     return value
-
-
-def layer_label(layer: str) -> str:
-    """A CAM layer list ("a.b.bn2+a.b.blocks.4") as a table cell, the module they share named once
-    (brainmri.explain.shared_parent)."""
-    shared, parts = shared_parent(layer)
-    cell = f"`{'+'.join(parts)}`"
-    return f"{cell} in `{shared}`" if shared else cell
-
-
-def localisation_table(runs: list[dict]) -> str:
-    """Runs of the pointing game (reports.cam_localisation's JSON) as a Markdown table, on their report halves: per
-    model, layer and method, the share of boxed slices whose heatmap peak falls in the tumour box, per class, the
-    mass in the box, and chance. The Experiments tab and docs/heatmaps.md show it."""
-    lines = [
-        "| model | layer | method | heatmap px | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre "
-        "| chance: head |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for run in runs:
-        r = run["report"]
-        per = r.get("per_class", {})
-        cls = [percent((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
-        lines.append(
-            f"| {run['model']} | {layer_label(run['layer'])} | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | "
-            f"**{percent(r['hit'])}** | "
-            f"{' | '.join(cls)} | "
-            f"{percent(r['mass'])} | {percent(r['centre'])} | {percent(r['head'])} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:

@@ -48,12 +48,19 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.cfg)
-        side = self.cfg["input_size"][-1]
-        resized = {**self.cfg, "input_size": (3, self.cam_size, self.cam_size)}
-        self.cam_transform = eval_transform(resized) if self.cam_size and self.cam_size != side else None
-        if self.cam_transform is not None and self.twin is None:
-            self.twin = shared_weights_copy(self.model)  # brainmri.serving.overlap; guarded by ``lock`` like ``model``
+        self.set_cam_size(self.cam_size)
         self.layer_name = self.module_name(self.layer)
+
+    def set_cam_size(self, size: int | None) -> None:
+        """Run the heatmap's pass at ``size`` pixels (None or the input size: the forward that classifies draws it)."""
+        side = self.cfg["input_size"][-1]
+        self.cam_size = size if size and size != side else None
+        resized = {**self.cfg, "input_size": (3, size, size)}
+        self.cam_transform = eval_transform(resized) if self.cam_size else None
+        if self.cam_transform is None:
+            self.twin = None  # only a pass at a second size runs beside the plain forward
+        elif self.twin is None:
+            self.twin = shared_weights_copy(self.model)  # brainmri.serving.overlap; guarded by ``lock`` like ``model``
 
     def module_name(self, module: nn.Module) -> str:
         return next((n for n, m in self.model.named_modules() if m is module), type(module).__name__)
