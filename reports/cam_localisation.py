@@ -236,8 +236,9 @@ STAGES_SECTION = ("<!-- SECTION:cam-stages -->", "<!-- /SECTION:cam-stages -->")
 
 
 def stages_markdown(report: dict) -> str:
-    """A sweep of layer sets (``--layers a+b+c ...``), best choose half first. The report half is shown for the
-    registry's setting only: the choice is made on the choose half, and the report half is read once, for it."""
+    """A sweep of layer sets (``--layers a+b+c ...``): each model and method apart, the best choose half first and,
+    on a tie, the fewer stages. The report half is shown for the registry's setting only: the choice is made on the
+    choose half, and the report half is read once, for it."""
     lines = [
         "| model | layers fused | method | pointing, choose half (hits / n) | mass in box, choose half | pointing, report half (n) |",
         "|---|---|---|---:|---:|---:|",
@@ -283,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cam-size", type=int, default=None, help="the heatmap pass's side in pixels (default: the registry's)")
     parser.add_argument("--docs-stages", action="store_true", help="also write a sweep of --layers into docs/heatmaps.md")
     args = parser.parse_args(argv)
-    if args.docs_stages and args.out == results_dir() / CAM_LOCALISATION:
-        parser.error("--docs-stages needs --out: a sweep must not replace the figures the app shows")
+    if args.docs_stages and args.out.resolve() == (results_dir() / CAM_LOCALISATION).resolve():
+        parser.error("--docs-stages needs an --out of its own: a sweep must not replace the figures the app shows")
 
     def go() -> None:
         report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)

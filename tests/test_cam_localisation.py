@@ -157,3 +157,14 @@ def test_the_heatmap_docs_tables_are_what_the_committed_results_give():
         for (start, end), note, markdown in doc_sections(report, Path(out), boxes, stages):
             shown = text.split(start)[1].split(end)[0]
             assert shown == f"\n{note}\n\n{markdown}", f"{start} in docs/heatmaps.md is stale: rerun its command"
+
+
+def test_a_sweep_written_into_the_docs_may_not_replace_the_figures_the_app_shows(capsys):
+    import os
+
+    from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
+    from reports.cam_localisation import main
+
+    with pytest.raises(SystemExit):  # the path as typed, relative to where the command runs
+        main(["--docs-stages", "--out", os.path.relpath(results_dir() / CAM_LOCALISATION), "--layers", "bn2"])
+    assert "--docs-stages needs an --out of its own" in capsys.readouterr().err
