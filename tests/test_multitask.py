@@ -184,6 +184,27 @@ def test_classifier_face_gives_what_the_model_gives_from_one_forward(name):
 
 
 @pytest.mark.parametrize("name", MULTITASK)
+def test_the_face_decodes_its_last_pass_only_for_the_images_asked(name, monkeypatch):
+    """The decoder costs as much as the encoder: a pass keeps its stages, and the outline is decoded afterwards for the
+    images the gate lets through; the others get -inf logits (no outline), the kept ones the whole forward's."""
+    from brainmri.models.multitask import MultiTaskClassifier
+
+    net = create_segmenter(name).eval()
+    model = MultiTaskClassifier(net).eval()
+    assert model.decode_last() is None  # no pass yet
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        masks, _ = net(x)
+        model(x)
+    decoded, segment = [], net.segment
+    monkeypatch.setattr(net, "segment", lambda x, stages: decoded.append(len(x)) or segment(x, stages))
+    keep = torch.tensor([True, False, True])
+    logits = model.decode_last(keep)
+    assert decoded == [2] and torch.allclose(logits[keep], masks[keep], atol=1e-5) and torch.isneginf(logits[~keep]).all()
+    assert torch.isneginf(model.decode_last(torch.zeros(3, dtype=torch.bool))).all() and decoded == [2]  # none decoded
+
+
+@pytest.mark.parametrize("name", MULTITASK)
 def test_every_classifier_tensor_but_the_head_starts_from_imagenet(name):
     from brainmri.models.imagenet import load_offline_imagenet_weights
 

@@ -11,10 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
+from brainmri import segmentation
 from brainmri.models.catalog import CHECKPOINT_FILES, ModelSource
 from brainmri.models.checkpoint import OUTLINE_RULE, verify_checkpoint, write_manifest
 from brainmri.models.segmenters import SEGMENTER_DEFAULT, SEGMENTERS, create_segmenter
-from brainmri.segmentation import OutlineRule, binary_mask, read_rule, tumour_probability, write_rule
+from brainmri.segmentation import (
+    OutlineRule,
+    binary_mask,
+    gated,
+    mask_logits,
+    normalise,
+    read_rule,
+    tumour_probability,
+    tumour_probability_and_class,
+    write_rule,
+)
 from brainmri.settings import checkpoint_dir
 
 MULTITASK = next(name for name, spec in SEGMENTERS.items() if spec.num_classes)
@@ -67,6 +78,31 @@ def test_the_gate_empties_the_map_where_the_models_own_head_says_no_tumour(tmp_p
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     assert (tumour_probability(net, x) > 0.5).all()  # no gate: the decoder's map
     assert bool((tumour_probability(net, x, OutlineRule(gate=True)) > 0.5).all()) == outlined
+
+
+@pytest.mark.parametrize("opens", [(True, False, True, False, False), (False,) * 5, (True,) * 5])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_the_gate_decodes_only_the_images_it_lets_through_with_the_same_answer(monkeypatch, opens, mirror):
+    """The decoder runs on the gate's images alone (it costs as much as the encoder), and every map, class logit and
+    empty map is what decoding the whole batch and zeroing would give."""
+    net = create_segmenter(MULTITASK).eval()
+    rule = OutlineRule(gate=True, mirror=mirror)
+    monkeypatch.setattr(segmentation, "gate_opens", lambda logits, names: torch.tensor(opens))
+    x = torch.randint(0, 256, (len(opens), 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out = net(normalise(x, net))
+        maps = torch.sigmoid(mask_logits(out)[:, 0])
+        if mirror:
+            maps = (maps + torch.sigmoid(mask_logits(net(normalise(x, net).flip(-1)))[:, 0]).flip(-1)) / 2
+        expected = gated(maps, out[1], net.label_names, rule)
+    decoded = []
+    segment = net.segment
+    monkeypatch.setattr(net, "segment", lambda x, stages: decoded.append(len(x)) or segment(x, stages))
+    probability, logits = tumour_probability_and_class(net, x, rule)
+    assert torch.allclose(probability, expected, atol=1e-5) and torch.allclose(logits, out[1], atol=1e-5)
+    passes = 2 if mirror else 1  # the mirror's second forward decodes the same images
+    assert decoded == ([sum(opens)] * passes if any(opens) else [])  # the gated-off images never reach the decoder
+    assert not probability[~torch.tensor(opens)].any()
 
 
 @pytest.mark.parametrize("head_says, outlined", [("notumor", False), ("pituitary", True)])

@@ -80,6 +80,18 @@ class UnetOnClassifier(nn.Module, PyTorchModelHubMixin, library_name="brain-mri"
         """Outline logits (B, 1, H, W) from the stage outputs (smp's decoder takes the input as its stage 0)."""
         return self.segmentation_head(self.decoder([x, *stages]))
 
+    def segment_where(self, x: torch.Tensor, stages: list[torch.Tensor], keep: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`segment` for the images ``keep`` (B,) bool marks, and -inf logits (probability 0) for the others;
+        every image when ``keep`` is None. The decoder costs as much as the encoder: it runs on the kept ones alone."""
+        if keep is None or keep.all():
+            return self.segment(x, stages)
+        logits = torch.full((x.shape[0], 1, *x.shape[-2:]), float("-inf"), device=x.device)
+        if keep.any():
+            # boolean indexing drops channels_last, which the convolutions run faster in
+            x, *stages = (t[keep].contiguous(memory_format=torch.channels_last) for t in (x, *stages))
+            logits[keep] = self.segment(x, stages).float()
+        return logits
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         final, stages = self.features(x)
         return self.segment(x, stages), self.classifier.forward_head(final)
@@ -91,28 +103,43 @@ class UnetOnClassifier(nn.Module, PyTorchModelHubMixin, library_name="brain-mri"
 
 class MultiTaskClassifier(nn.Module):
     """A timm classifier's face on :class:`UnetOnClassifier`: ``forward(x)`` gives the class logits. Every pass
-    through ``forward_features`` (the class, the heatmap's forward, the OOD features) also runs the decoder on the
-    same stages, without autograd (the heatmap's backward needs the class path only), and keeps the outline's logits
-    in ``last_mask_logits`` (B, 1, S, S): one encoder pass gives both."""
+    through ``forward_features`` (the class, the heatmap's forward, the OOD features) keeps its input and stage outputs,
+    without autograd (the heatmap's backward needs the class path only), so that :meth:`decode_last` draws that pass's
+    outline afterwards, for the images that need one: one encoder pass gives both. The decoder costs as much as the
+    encoder, so it runs only when asked, and not on a slice whose outline the gate would empty anyway."""
 
     def __init__(self, net: UnetOnClassifier):
         super().__init__()
         self.net = net
         self.pretrained_cfg = net.pretrained_cfg
         self.num_classes = net.classifier.num_classes
-        self.last_mask_logits: torch.Tensor | None = None
-        self.last_class_logits: torch.Tensor | None = None  # (B, C) of the same pass: the outline's gate
+        self.last_class_logits: torch.Tensor | None = None  # (B, C) of the last pass: the outline's gate
+        self._last_pass: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # its input and stage outputs, detached
 
     def get_classifier(self) -> nn.Module:
         return self.net.classifier.get_classifier()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The classifier's last features before pooling (B, F, h, w); the outline of the same pass is kept."""
+        """The classifier's last features before pooling (B, F, h, w); what the same pass's outline needs is kept."""
         final, stages = self.net.features(x)
         with torch.no_grad():
-            self.last_mask_logits = self.net.segment(x, stages).float()
             self.last_class_logits = self.net.classifier.forward_head(final).float()
+        self._last_pass = (x.detach(), [s.detach() for s in stages])
         return final
+
+    @torch.no_grad()
+    def decode_last(self, keep: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The last pass's outline logits (B, 1, S, S), float32; None before any pass. With ``keep`` (B,) bool, only
+        those images are decoded, and the others' logits are -inf (probability 0, no outline)."""
+        if self._last_pass is None:
+            return None
+        x, stages = self._last_pass
+        return self.net.segment_where(x, stages, keep).float()
+
+    @property
+    def last_mask_logits(self) -> torch.Tensor | None:
+        """The last pass's outline logits for every image (B, 1, S, S): :meth:`decode_last` without a gate."""
+        return self.decode_last()
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class logits (B, C); with ``pre_logits`` the pooled features (B, F) the OOD check scores."""

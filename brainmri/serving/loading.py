@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -63,7 +64,12 @@ class LoadedModel:
             self.twin = shared_weights_copy(self.model)  # brainmri.serving.overlap; guarded by ``lock`` like ``model``
 
     def module_name(self, module: nn.Module) -> str:
-        return next((n for n, m in self.model.named_modules() if m is module), type(module).__name__)
+        return self._module_names.get(module, type(module).__name__)
+
+    @cached_property
+    def _module_names(self) -> dict[nn.Module, str]:
+        """Each module of ``model`` by its dotted name, found once: a heatmap names its layers on every request."""
+        return {m: n for n, m in self.model.named_modules()}
 
     def cam_layers(self, method: str) -> list[nn.Module]:
         """The layers ``method`` weighs: the CAM layer, and the shallower stages when it fuses them."""

@@ -24,7 +24,17 @@ from brainmri.calibration import calibrated_probs, load_temperature
 from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.models.multitask import MultiTaskClassifier
 from brainmri.runtime import fold_batchnorm, native_bf16, same_padding_in_kernel
-from brainmri.segmentation import Outline, OutlineRule, gated, load_segmenter, outline, read_rule, to_input, tumour_probability_and_class
+from brainmri.segmentation import (
+    Outline,
+    OutlineRule,
+    gate_opens,
+    gated,
+    load_segmenter,
+    outline,
+    read_rule,
+    to_input,
+    tumour_probability_and_class,
+)
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.settings import outline_bf16
 
@@ -92,13 +102,16 @@ def draws_own_outline(model: nn.Module) -> bool:
 
 
 def own_outlines(model: nn.Module, images: list[Image.Image], rule: OutlineRule = OutlineRule()) -> list[Outline] | None:
-    """The outlines a multi-task classifier (brainmri.models.multitask) drew in its last forward, over ``images``
-    (that forward's batch), each in its image's frame, decoded by ``rule`` (its folder's); None for a model without
-    a decoder. Call it under the model's lock, right after the forward. The mirror average would take a second
-    pass, which this path does not run: train.outline_rules writes no such rule unless asked (``--allow-mirror``)."""
-    if not draws_own_outline(model) or model.last_mask_logits is None:
+    """The outlines of a multi-task classifier's (brainmri.models.multitask) last forward, over ``images`` (that
+    forward's batch), each in its image's frame, decoded by ``rule`` (its folder's): under a gate, only the images it
+    lets through reach the decoder. None for a model without a decoder. Call it under the model's lock, right after the
+    forward. The mirror average would take a second pass, which this path does not run: train.outline_rules writes no
+    such rule unless asked (``--allow-mirror``)."""
+    if not draws_own_outline(model):
         return None
-    probability = gated(
-        torch.sigmoid(model.last_mask_logits[:, 0]), model.last_class_logits, model.net.label_names, rule
-    ).cpu()  # (B, S, S)
+    labels, heads = model.net.label_names, model.last_class_logits
+    logits = model.decode_last(gate_opens(heads, labels) if rule.gate and heads is not None else None)
+    if logits is None:
+        return None
+    probability = gated(torch.sigmoid(logits[:, 0]), heads, labels, rule).cpu()  # (B, S, S)
     return [outline(p, im.size, rule) for p, im in zip(probability, images)]
