@@ -96,7 +96,8 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
         phases[f"forward ({batches[0].shape[-1]} px)"] = median_ms(lambda x: pooled_features(model, x), batches)
         if isinstance(model, MultiTaskClassifier):
             stages = {id(x): model.net.features(x)[1] for x in batches}
-            phases["  of which the outline's decoder"] = median_ms(lambda x: model.net.segment(x, stages[id(x)]), batches)
+            # decoded after the forward, for the slices the gate lets through (MultiTaskClassifier.decode_last)
+            phases["outline's decoder (a slice the gate lets through)"] = median_ms(lambda x: model.net.segment(x, stages[id(x)]), batches)
     # A model whose heatmap runs at another size (registry cam_size) takes its heatmap pass there (brainmri.serving.classify).
     cam_batches = [place_batch([(loaded.cam_transform or loaded.transform)(im)], loaded.device) for im in images]
     side = cam_batches[0].shape[-1]
