@@ -119,9 +119,13 @@ def test_served_outlines_follow_the_folders_rule(tmp_path, head_says, outlined, 
     sources = {MULTITASK: segmenter}
     if picked != MULTITASK:
         sources[picked] = ModelSource(picked, "local", str(write_checkpoint(tmp_path / picked)))
-    result = Predictor(sources, ood_model=None, segmenter=segmenter).predict(IMAGE, picked)
+    predictor = Predictor(sources, ood_model=None, segmenter=segmenter)
+    result = predictor.predict(IMAGE, picked)
     assert result.outlined_by == MULTITASK and result.outline.mask.shape == (180, 200)
     assert result.outline.mask.all() == outlined and result.outline.empty != outlined
+    if picked == MULTITASK:  # what its forward kept for the outline (the image's stages) does not outlive the request
+        model = predictor.model(MULTITASK).model
+        assert model.decode_last() is None and model.last_class_logits is None
 
 
 def test_choosing_keeps_to_the_empty_share_and_leaves_the_mirror_out_unless_asked():

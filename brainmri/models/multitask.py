@@ -136,6 +136,10 @@ class MultiTaskClassifier(nn.Module):
         x, stages = self._last_pass
         return self.net.segment_where(x, stages, keep).float()
 
+    def forget_last(self) -> None:
+        """Drop what the last pass kept (its input, stage outputs and class logits): nothing of a request outlives it."""
+        self._last_pass = self.last_class_logits = None
+
     @property
     def last_mask_logits(self) -> torch.Tensor | None:
         """The last pass's outline logits for every image (B, 1, S, S): :meth:`decode_last` without a gate."""

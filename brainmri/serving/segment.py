@@ -105,12 +105,16 @@ def own_outlines(model: nn.Module, images: list[Image.Image], rule: OutlineRule 
     """The outlines of a multi-task classifier's (brainmri.models.multitask) last forward, over ``images`` (that
     forward's batch), each in its image's frame, decoded by ``rule`` (its folder's): under a gate, only the images it
     lets through reach the decoder. None for a model without a decoder. Call it under the model's lock, right after the
-    forward. The mirror average would take a second pass, which this path does not run: train.outline_rules writes no
-    such rule unless asked (``--allow-mirror``)."""
+    forward: it consumes what the forward kept, so none of the request stays in the model. The mirror average would take
+    a second pass, which this path does not run: train.outline_rules writes no such rule unless asked
+    (``--allow-mirror``)."""
     if not draws_own_outline(model):
         return None
     labels, heads = model.net.label_names, model.last_class_logits
-    logits = model.decode_last(gate_opens(heads, labels) if rule.gate and heads is not None else None)
+    try:
+        logits = model.decode_last(gate_opens(heads, labels) if rule.gate and heads is not None else None)
+    finally:
+        model.forget_last()
     if logits is None:
         return None
     probability = gated(torch.sigmoid(logits[:, 0]), heads, labels, rule).cpu()  # (B, S, S)
