@@ -113,34 +113,31 @@ def tumour_probability_and_class(
     model: nn.Module, images: torch.Tensor, rule: OutlineRule = OutlineRule()
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`tumour_probability`, with the class logits (B, C) of the same forward: a multi-task model's class head
-    (of the unmirrored image), None for a plain U-Net. Both on the CPU, float32."""
+    (of the unmirrored image), None for a plain U-Net. Both on the CPU, float32.
+
+    A multi-task model's class head runs first, and under a gate its decoder sees only the images the gate lets
+    through (``UnetOnClassifier.segment_where``): the others' maps are zero, as gating would leave them, and the
+    decoder costs as much as the encoder (a third of Testing's slices have no tumour; scripts/bench_outline_gate.py)."""
     device = next(model.parameters()).device
     x = normalise(images.to(device), model)
-    if rule.gate and isinstance(model, UnetOnClassifier):
-        return _decode_where_the_gate_opens(model, x, rule)
-    out = model(x)
-    probability = torch.sigmoid(mask_logits(out)[:, 0].float())
+    if isinstance(model, UnetOnClassifier):
+        final, stages = model.features(x)  # x: normalised (B, 3, S, S); stages finest first
+        class_logits = model.classifier.forward_head(final).float()
+        keep = gate_opens(class_logits, model.label_names).to(device) if rule.gate else None  # (B,) bool
+
+        def logits_of(v: torch.Tensor) -> torch.Tensor:
+            return model.segment_where(v, stages if v is x else model.features(v)[1], keep)  # the mirror: its own encoding
+
+    else:  # a plain U-Net: no class head, nothing to gate
+        class_logits = None
+
+        def logits_of(v: torch.Tensor) -> torch.Tensor:
+            return mask_logits(model(v))
+
+    probability = torch.sigmoid(logits_of(x)[:, 0].float())
     if rule.mirror:
-        probability = (probability + torch.sigmoid(mask_logits(model(x.flip(-1)))[:, 0].float()).flip(-1)) / 2
-    class_logits = out[1].float() if isinstance(out, tuple) else None
-    if class_logits is not None:
-        probability = gated(probability, class_logits, model.label_names, rule)
+        probability = (probability + torch.sigmoid(logits_of(x.flip(-1))[:, 0].float()).flip(-1)) / 2
     return probability.cpu(), None if class_logits is None else class_logits.cpu()
-
-
-def _decode_where_the_gate_opens(model: UnetOnClassifier, x: torch.Tensor, rule: OutlineRule) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`tumour_probability_and_class` under a gate: the encoder and the class head for the whole batch, the
-    decoder only for the images the gate lets through (``UnetOnClassifier.segment_where``). The others' maps would be
-    zeroed, so the answer is the same, for a third less decoding on Testing's mix (scripts/bench_outline_gate.py)."""
-    final, stages = model.features(x)  # x: normalised (B, 3, S, S); stages finest first
-    class_logits = model.classifier.forward_head(final).float()
-    keep = gate_opens(class_logits, model.label_names).to(x.device)  # (B,) bool
-    probability = torch.sigmoid(model.segment_where(x, stages, keep)[:, 0].float())
-    if rule.mirror:
-        flipped = x.flip(-1)
-        mirrored = model.segment_where(flipped, model.features(flipped)[1], keep)[:, 0].float()
-        probability = (probability + torch.sigmoid(mirrored).flip(-1)) / 2
-    return probability.cpu(), class_logits.cpu()
 
 
 def gate_opens(class_logits: torch.Tensor, label_names: list[str]) -> torch.Tensor:
@@ -151,7 +148,7 @@ def gate_opens(class_logits: torch.Tensor, label_names: list[str]) -> torch.Tens
 
 def gated(probability: torch.Tensor, class_logits: torch.Tensor | None, label_names: list[str], rule: OutlineRule) -> torch.Tensor:
     """Probability maps (B, S, S), zero for the images whose class logits (B, C) top out on no tumour when the rule
-    gates (every path that decodes a multi-task model's outline goes through here or :func:`gate_opens`)."""
+    gates: maps decoded whole, as train.outline_rules caches them (serving decodes only where :func:`gate_opens`)."""
     if not rule.gate or class_logits is None:
         return probability
     return probability * gate_opens(class_logits, label_names).to(probability.device)[:, None, None]

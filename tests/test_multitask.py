@@ -175,12 +175,12 @@ def test_classifier_face_gives_what_the_model_gives_from_one_forward(name):
         masks, labels = net(x)
         logits = model(x)
     assert torch.allclose(logits, labels, atol=1e-5)
-    assert torch.allclose(model.last_mask_logits, masks, atol=1e-5)  # the outline of that same forward
+    assert torch.allclose(model.decode_last(), masks, atol=1e-5)  # the outline of that same forward
     assert torch.allclose(net.classifier(x), labels, atol=1e-5)  # the class path is the timm classifier, whole
     pooled = model.forward_head(model.forward_features(x), pre_logits=True)
     assert pooled.shape == (2, model.get_classifier().in_features)
     assert model.pretrained_cfg["input_size"] == (3, SEGMENTERS[name].input_size, SEGMENTERS[name].input_size)
-    assert not model.last_mask_logits.requires_grad
+    assert not model.decode_last().requires_grad
 
 
 @pytest.mark.parametrize("name", MULTITASK)

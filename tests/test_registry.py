@@ -53,7 +53,7 @@ def test_model_forward_backward_and_cam_layer(name: str):
     nn.functional.cross_entropy(out, torch.tensor([0, 3])).backward()
     outline = ()
     if spec.segmenter:  # the same forward kept the outline; its decoder learns from the outline's loss (test_multitask)
-        assert model.last_mask_logits.shape == (2, 1, 64, 64)
+        assert model.decode_last().shape == (2, 1, 64, 64)
         outline = ("net.decoder.", "net.segmentation_head.")
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and not n.startswith(outline)]
     assert not missing, f"{name}: no gradient for {missing[:5]}"

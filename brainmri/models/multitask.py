@@ -13,7 +13,7 @@ segmentation folder (brainmri.models.checkpoint.is_segmenter, is_multitask), and
 
 :class:`MultiTaskClassifier` gives it the face the rest of the project expects of a timm classifier
 (``pretrained_cfg``, ``forward_features``, ``forward_head(pre_logits=True)``, ``get_classifier``): its ``forward``
-returns the class logits and keeps the outline's logits of that same encoder pass in ``last_mask_logits``.
+returns the class logits and keeps what the outline of that same encoder pass needs (``decode_last``).
 """
 
 from __future__ import annotations
@@ -139,11 +139,6 @@ class MultiTaskClassifier(nn.Module):
     def forget_last(self) -> None:
         """Drop what the last pass kept (its input, stage outputs and class logits): nothing of a request outlives it."""
         self._last_pass = self.last_class_logits = None
-
-    @property
-    def last_mask_logits(self) -> torch.Tensor | None:
-        """The last pass's outline logits for every image (B, 1, S, S): :meth:`decode_last` without a gate."""
-        return self.decode_last()
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class logits (B, C); with ``pre_logits`` the pooled features (B, F) the OOD check scores."""

@@ -28,7 +28,6 @@ from brainmri.segmentation import (
     Outline,
     OutlineRule,
     gate_opens,
-    gated,
     load_segmenter,
     outline,
     read_rule,
@@ -117,5 +116,5 @@ def own_outlines(model: nn.Module, images: list[Image.Image], rule: OutlineRule 
         model.forget_last()
     if logits is None:
         return None
-    probability = gated(torch.sigmoid(logits[:, 0]), heads, labels, rule).cpu()  # (B, S, S)
+    probability = torch.sigmoid(logits[:, 0]).cpu()  # (B, S, S); zero where the gate closed (-inf logits)
     return [outline(p, im.size, rule) for p, im in zip(probability, images)]
