@@ -127,7 +127,7 @@ def predict(image: str, model_name: str | None = None):
             result = PREDICTOR.predict(decoded, model_name or None)
     finally:
         discard_upload(image, keep=kept_in_cache(demo), pending=PENDING)  # an API upload does not outlive its request
-    return result.label_value(), overlay(decoded, result.cam, DEFAULT_OPACITY), result.details()
+    return result.label_value(), display.heatmap_picture(decoded, result, DEFAULT_OPACITY), result.details()
 
 
 ANALYSE = tool.analyse_tool(PREDICTOR, DISCLAIMER, keep=lambda: kept_in_cache(demo), pending=lambda: PENDING)
@@ -140,7 +140,7 @@ def examples() -> list[tuple[str, str]]:
 
 
 def show_examples():  # on page load: a Hub dataset is fetched then, not at import
-    return gr.Gallery([p for p, _ in examples()], visible=bool(examples()))
+    return gr.Gallery(dataview.captioned(examples()), visible=bool(examples()))
 
 
 def classify_example(model_name: str | None, method: str, opacity: float, show_outline: bool, evt: gr.SelectData):
@@ -157,7 +157,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
             upload = without_stray_temp_file(upload)
             model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", elem_id="model")
             shown = dict(label="Examples (click one)", columns=4, height="auto", allow_preview=False, elem_id="examples")
-            gallery = gr.Gallery([p for p, _ in local], visible=bool(local), **shown)
+            gallery = gr.Gallery(dataview.captioned(local), visible=bool(local), **shown)
         with gr.Column(scale=3, elem_id="result-col"):
             summary = gr.Markdown(elem_id="summary")
             bars = gr.HTML(elem_id="bars")
@@ -166,7 +166,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
                 heatmap = send_inline(
                     gr.Image(label="Heatmap: what drove the prediction", elem_id="heatmap", buttons=["fullscreen"], **image)
                 )
-                original = send_inline(gr.Image(label="Your image, tumour outlined", elem_id="original", buttons=[], **image))
+                original = send_inline(gr.Image(label="Your image", elem_id="original", buttons=[], **image))
             key = gr.HTML(elem_id="cam-key-box")
             method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="method")
             opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
@@ -185,7 +185,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     opacity.change(reblend, [session, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
     # The API endpoint: its own hidden inputs and probabilities, so a client may name any model or none.
     api_image, api_model = without_stray_temp_file(gr.File(visible=False)), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
-    api_label = gr.Label(visible=False)
+    api_label = gr.Label(label="probabilities", visible=False)  # named, as the API page lists outputs by label
     gr.Button(visible=False).click(tool.not_an_mcp_tool(predict), [api_image, api_model], [api_label, heatmap, details], api_name="predict")
     tool_in = [without_stray_temp_file(gr.File(visible=False)), gr.Textbox(visible=False), gr.Checkbox(False, visible=False)]
     gr.Button(visible=False).click(ANALYSE, tool_in, gr.Textbox(visible=False), api_name="analyse_slice")  # the MCP tool

@@ -51,6 +51,13 @@ class OODResult:
     def to_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
+    @property
+    def unfamiliar_only(self) -> bool:
+        """Flagged by its features' distance alone: grey and not flat, so perhaps a brain MRI unlike the training
+        slices, rather than some other picture (brainmri.vocabulary.UNLIKE_TRAINING)."""
+        far = self.distance is not None and self.threshold is not None and self.distance > self.threshold
+        return not self.in_distribution and far and len(self.reasons) == 1
+
 
 @dataclass
 class OODStats:

@@ -112,7 +112,7 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
 
             photo = tmp_path / "photo.png"
             Image.effect_mandelbrot((320, 240), (-2, -1.2, 1, 1.2), 60).convert("RGB").save(photo)
-            _classify(page, photo, "does not look like a brain MRI")
+            _classify(page, photo, "unlike the brain MRI slices")  # grey, not flat: only its features flag it
             expect(page.locator("#heatmap img")).to_have_count(0)  # no heatmap over what is not a brain MRI
             expect(key).to_have_count(0)  # nor its key
             expect(page.locator("#outline-note")).to_have_count(0)  # nor an outline

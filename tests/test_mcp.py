@@ -45,6 +45,9 @@ def test_the_tool_is_listed_with_its_description_and_arguments_and_nothing_else(
     assert tool.description.startswith("Classify one brain MRI slice") and "not for diagnosis" in tool.description
     assert set(tool.inputSchema["properties"]) == {"image", "model", "images"}
     assert "data: URL" in tool.inputSchema["properties"]["image"]["description"]
+    model_help = tool.inputSchema["properties"]["model"]["description"]  # whole, with this deployment's names
+    assert "lite0_and_multitask" in model_help and "simple_cnn_7" in model_help and model_help.endswith(".")
+    assert ",," not in tool.description
 
 
 def test_a_real_slice_gets_its_class_and_tumour_box_as_json_and_leaves_no_file(mcp_url: str):

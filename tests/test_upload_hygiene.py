@@ -61,10 +61,13 @@ def test_api_leaves_no_upload_no_heatmap_and_logs_nothing(client, own, caplog, c
     good, noise = unique_png(own, f"{secret}.png")
     bad = own / f"{secret}-bad.png"
     bad.write_bytes(b"not an image " + noise)
+    slice_ = Path(shutil.copy(Path(__file__).parent.parent / "examples" / "glioma_1.jpg", own / f"{secret}-slice.jpg"))
     t0 = time.time()
     for model in ("simple_cnn_7", "tf_efficientnet_lite0"):
-        heatmap = client.predict(handle_file(str(good)), model, api_name="/predict")[1]
-        assert heatmap["path"] is None and heatmap["url"].startswith("data:image/png")
+        heatmap = client.predict(handle_file(str(slice_)), model, api_name="/predict")[1]
+        assert heatmap["path"] is None and heatmap["url"].startswith("data:image/png")  # inline: no file on the server
+        # the noise, unique bytes to search for, is flagged by the OOD check: no heatmap at all
+        assert client.predict(handle_file(str(good)), model, api_name="/predict")[1] is None
     with pytest.raises(AppError, match="not an image"):
         client.predict(handle_file(str(bad)), api_name="/predict")
 

@@ -18,8 +18,8 @@ ENSEMBLE_METRICS_JSON = results_dir() / ENSEMBLE_METRICS
 
 
 def verdict(result: Prediction) -> str:
-    """The class a model gives, or that the image is not a brain MRI."""
-    return result.prediction or NOT_MRI
+    """The class a model gives, or its OOD verdict (not a brain MRI, or unlike the training slices)."""
+    return result.prediction or result.ood_verdict_short
 
 
 def model_row(result: Prediction) -> dict:

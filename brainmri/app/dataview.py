@@ -24,6 +24,7 @@ from brainmri.data.imageio import IMAGE_SUFFIXES
 from brainmri.data.records import SPLIT_FOLDERS, eval_transform, load_records
 from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES
 from brainmri.settings import ROOT, default_data
+from brainmri.vocabulary import class_words
 
 _logger = logging.getLogger(__name__)
 
@@ -195,6 +196,12 @@ def example_images(data: str) -> list[tuple[str, str]]:
     except ValueError as e:  # no data folder and no reachable Hub dataset only means no examples
         _logger.warning("no example images: %s", e)
         return []
+
+
+def captioned(examples: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Example images as a gallery's (path, caption): each with its class in words, so that a visitor can check the
+    answer against the dataset's label."""
+    return [(path, class_words(label)) for path, label in examples]
 
 
 def audit_markdown(summary: dict) -> str:

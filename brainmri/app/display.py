@@ -17,7 +17,7 @@ from PIL import Image
 from brainmri.app.summary import summary
 from brainmri.rendering import OUTLINE_COLOUR, data_url, draw_outline, overlay
 from brainmri.serving import Prediction
-from brainmri.vocabulary import NO_TUMOUR, NOT_MRI, class_words, percent
+from brainmri.vocabulary import NO_TUMOUR, class_words, percent
 
 THUMB_SIDE = 320
 
@@ -84,9 +84,15 @@ def outline_note(result: Prediction) -> str:
             '<p class="outline-note" id="outline-note">No tumour outlined: the segmentation model found none'
             " (its estimate, not a diagnosis).</p>"
         )
+    # Side by side, a heatmap hot away from the outline reads as a fault of one or the other: say what it means.
+    apart = (
+        " The heatmap's brightest spot lies outside it: the heatmap shows what drove the class, which need not be the tumour itself."
+        if result.explained_cam is not None and result.cam_in_tumour is False
+        else ""
+    )
     return (
-        f'<p class="outline-note" id="outline-note"><span class="outline-swatch"></span><b>Green outline</b>: {what}; '
-        f"it covers {percent(o.area)} of the image.</p>"
+        f'<p class="outline-note" id="outline-note"><span class="outline-swatch"></span><b>Green outline</b> (the switch'
+        f" below hides it): {what}; it covers {percent(o.area)} of the image.{apart}</p>"
     )
 
 
@@ -119,11 +125,18 @@ def classify_view(image: Image.Image, result: Prediction, opacity: float, show_o
     """The Classify tab's outputs for one prediction on ``image``."""
     cam = result.explained_cam
     bars = probability_bars(result.probabilities) if result.in_distribution else ""
-    heatmap = None if cam is None else overlay(image, cam, opacity)
+    heatmap = heatmap_picture(image, result, opacity)
     mask = None if result.outline is None else result.outline.mask
     shown = with_outline(image, mask, show_outline)
     key = colour_bar(result) + outline_note(result)
     return ClassifyView(summary(result), bars, shown, heatmap, key, result.details(), Session(image, cam, mask))
+
+
+def heatmap_picture(image: Image.Image, result: Prediction, opacity: float) -> Image.Image | None:
+    """The heatmap over ``image``, for the page, the API and the tool alike; None over an image the OOD check flags,
+    where it would explain nothing (not the bare image, which would pass for a heatmap)."""
+    cam = result.explained_cam
+    return None if cam is None else overlay(image, cam, opacity)
 
 
 def error_panel(message: str) -> str:
@@ -135,7 +148,7 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
     """Each model's heatmap whole, its caption under it, in a grid that wraps to the screen's width."""
     figures = []
     for r in results:
-        verdict = class_words(r.prediction) if r.prediction else NOT_MRI
+        verdict = class_words(r.prediction) if r.prediction else r.ood_verdict_short
         shown = overlay(image, r.explained_cam, opacity).convert("RGB")
         shown.thumbnail((THUMB_SIDE, THUMB_SIDE))  # a grid cell is at most ~300 px wide: no need to send more
         src = data_url(shown, "jpeg")

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from brainmri.app.display import heatmap_picture
 from brainmri.app.summary import disagreement
 from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
 from brainmri.data.imageio import load_image
-from brainmri.rendering import data_url, overlay
+from brainmri.rendering import data_url
 from brainmri.segmentation import mask_data_url
 from brainmri.serving import Prediction, Predictor
 from brainmri.vocabulary import class_words
@@ -52,7 +53,8 @@ def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: f
         "disclaimer": disclaimer,
     }
     if images:
-        out["heatmap_png"] = data_url(overlay(result.image, result.explained_cam, opacity))
+        heatmap = heatmap_picture(result.image, result, opacity)
+        out["heatmap_png"] = None if heatmap is None else data_url(heatmap)
         out["tumour_mask_png"] = None if outline is None else mask_data_url(outline.mask)
     return out
 
@@ -64,21 +66,7 @@ def analyse_tool(
     plain = disclaimer.replace("**", "")
 
     def analyse_slice(image: str, model: str | None = None, images: bool = False) -> str:
-        """Classify one brain MRI slice (glioma, meningioma, pituitary tumour or no tumour) and outline the tumour.
-
-        For research and education only; not a medical device and not for diagnosis. Images that do not look like a
-        brain MRI get no class, with the reasons why.
-
-        Args:
-            image: the slice: JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM, as an http(s) URL or a data: URL.
-            model: the classifier; empty for the app's default (lite0_and_multitask: tf_efficientnet_lite0 and
-                multitask_lite0, averaged). Others: tf_efficientnet_lite0, tf_efficientnet_lite2, simple_cnn_7, ...
-            images: also return the heatmap and the tumour mask as PNG data URLs (large); false by default.
-
-        Returns:
-            JSON text: model, looks_like_brain_mri, prediction, probabilities, tumour_probability, ood_reasons,
-            tumour_box ([x0, y0, x1, y1] in 0-1), tumour_box_px, tumour_area, models_disagree, image_size, disclaimer.
-        """
+        # The docstring, which the MCP server sends as the tool's description, is tool_description()'s (below).
         if not image:
             raise gr.Error("no image given", print_exception=False)
         try:
@@ -91,7 +79,34 @@ def analyse_tool(
             discard_upload(image, keep=keep(), pending=pending())
         return json.dumps(answer(result, plain, images), separators=(",", ":"))
 
+    analyse_slice.__doc__ = tool_description(predictor.default_model, predictor.available)
     return analyse_slice
+
+
+def tool_description(default: str | None, models: list[str]) -> str:
+    """The tool's docstring, which Gradio's MCP server sends as its description. Gradio reads one line an argument
+    (``gradio.utils.get_function_description``: a wrapped line is lost), so each stays on one, and the model names are
+    this deployment's own."""
+    others = ", ".join(name for name in models if name != default)
+    return "\n".join(
+        [
+            "Classify one brain MRI slice (glioma, meningioma, pituitary tumour or no tumour) and outline the tumour.",
+            "",
+            "For research and education only; not a medical device and not for diagnosis. An image that does not look like a"
+            " brain MRI, or is unlike the slices the models learned from, gets no class, with the reasons why.",
+            "",
+            "Args:",
+            "    image: the slice (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM) as a data: URL, which always works, or as an"
+            " http(s) URL that this server can fetch.",
+            f"    model: leave empty for the app's default ({default or 'the first available model'}); or one of: {others}.",
+            "    images: true to also return the heatmap and the tumour mask as PNG data URLs (large); false by default.",
+            "",
+            "Returns:",
+            "    JSON text with model, looks_like_brain_mri, prediction, probabilities, tumour_probability, ood_reasons,"
+            " tumour_box ([x0, y0, x1, y1] in 0-1 of the image), tumour_box_px, tumour_area, models_disagree, image_size"
+            " and disclaimer.",
+        ]
+    )
 
 
 def not_an_mcp_tool(fn: Callable) -> Callable:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from brainmri.ood import OODResult
 from brainmri.segmentation import Outline, mask_data_url
-from brainmri.vocabulary import LOOKS_NOT_MRI
+from brainmri.vocabulary import LOOKS_NOT_MRI, NOT_MRI, UNLIKE_TRAINING, UNLIKE_TRAINING_SHORT
 
 
 @dataclass
@@ -37,9 +37,10 @@ class Prediction:
 
     @property
     def cam_in_tumour(self) -> bool | None:
-        """Whether the heatmap's peak falls inside the outlined tumour; None without an outline."""
+        """Whether the heatmap's peak falls inside the outlined tumour; None without an outline or with an empty one
+        (no tumour outlined: nothing to fall into)."""
         if self.outline is None or self.outline.empty:
-            return None if self.outline is None else False
+            return None
         h, w = self.outline.mask.shape
         x, y = self.cam_peak
         return bool(self.outline.mask[min(h - 1, int(y * h)), min(w - 1, int(x * w))])
@@ -64,9 +65,24 @@ class Prediction:
         """The predicted class; None when the image does not look like a brain MRI."""
         return self.top_class if self.in_distribution else None
 
+    @property
+    def ood_verdict(self) -> str | None:
+        """The OOD verdict as a label: "does not look like a brain MRI", or, when only the features' distance flagged
+        the image, "unlike the brain MRI slices the models learned from"; None for an image that passed."""
+        if self.in_distribution:
+            return None
+        return UNLIKE_TRAINING if self.ood.unfamiliar_only else LOOKS_NOT_MRI
+
+    @property
+    def ood_verdict_short(self) -> str | None:
+        """:attr:`ood_verdict` for a table cell or a caption."""
+        if self.in_distribution:
+            return None
+        return UNLIKE_TRAINING_SHORT if self.ood.unfamiliar_only else NOT_MRI
+
     def label_value(self) -> dict[str, float] | str:
         """For ``gr.Label``: the class probabilities, or the OOD verdict instead of a tumour class."""
-        return self.probabilities if self.in_distribution else LOOKS_NOT_MRI
+        return self.probabilities if self.in_distribution else self.ood_verdict
 
     def details(self) -> dict:
         """JSON-ready details, the API's third output."""
