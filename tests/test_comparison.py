@@ -37,12 +37,14 @@ def test_rows_and_agreement():
     a, b = prediction("a", [0.7, 0.1, 0.1, 0.1]), prediction("b", [0.1, 0.5, 0.3, 0.1])
     assert [r["model"] for r in comparison_rows([a])] == ["a"]  # no ensemble of one
     rows = comparison_rows([a, b])
-    assert [r["model"] for r in rows] == ["a", "b", ENSEMBLE] and rows[0]["looks like MRI"] is True
+    assert [r["model"] for r in rows] == [ENSEMBLE, "a", "b"] and rows[1]["looks like MRI"] is True
     assert agreement([a]) == "Only one model is available: nothing to compare."
     assert agreement([a, prediction("c", [0.6, 0.2, 0.1, 0.1])]) == "**All 2 models agree: glioma.**"
-    assert agreement([a, b]) == "**The models disagree**: a says glioma; b says meningioma."
+    assert agreement([a, b]) == "**The models disagree**: glioma (1): a; meningioma (1): b."
     flagged = prediction("c", [0.9, 0.0, 0.1, 0.0], in_distribution=False)
-    assert "c says not a brain MRI" in agreement([a, flagged])
+    assert "not a brain MRI (1): c" in agreement([a, flagged])
+    d, e = prediction("d", [0.1, 0.1, 0.7, 0.1]), prediction("e", [0.8, 0.1, 0.05, 0.05])  # grouped, most common first
+    assert agreement([a, d, e]) == "**The models disagree**: glioma (2): a, e; no tumour (1): d."
 
 
 def test_the_ensemble_row_says_what_it_is_and_what_was_measured(tmp_path):

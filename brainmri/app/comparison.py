@@ -11,7 +11,7 @@ import numpy as np
 from brainmri.eval.ensemble import mean_probs
 from brainmri.models.checkpoint import ENSEMBLE_METRICS, results_dir
 from brainmri.serving import Prediction
-from brainmri.vocabulary import NOT_MRI, any_tumour_probability
+from brainmri.vocabulary import NOT_MRI, any_tumour_probability, class_words
 
 ENSEMBLE = "ensemble (mean of calibrated)"
 ENSEMBLE_METRICS_JSON = results_dir() / ENSEMBLE_METRICS
@@ -23,7 +23,7 @@ def verdict(result: Prediction) -> str:
 
 
 def model_row(result: Prediction) -> dict:
-    row = {"model": result.model, "prediction": verdict(result), "tumour prob": result.tumour_probability}
+    row = {"model": result.model, "prediction": class_words(verdict(result)), "tumour prob": result.tumour_probability}
     row.update({f"P({k})": v for k, v in result.probabilities.items()})
     row.update({"latency ms": round(result.latency_ms, 1), "looks like MRI": result.in_distribution})
     return row
@@ -36,17 +36,18 @@ def ensemble_row(results: Sequence[Prediction], class_names: list[str]) -> dict:
     if not members:
         return {"model": ENSEMBLE, "prediction": NOT_MRI}
     probs = mean_probs([np.array([r.probabilities[c] for c in class_names]) for r in members])
-    row = {"model": ENSEMBLE, "prediction": class_names[int(probs.argmax())]}
+    row = {"model": ENSEMBLE, "prediction": class_words(class_names[int(probs.argmax())])}
     row["tumour prob"] = any_tumour_probability({c: float(p) for c, p in zip(class_names, probs)})
     row.update({f"P({c})": float(p) for c, p in zip(class_names, probs)})
     return row
 
 
 def comparison_rows(results: Sequence[Prediction]) -> list[dict]:
-    """One row per model, and the ensemble's when there are several."""
+    """The ensemble's row first when there are several models (the row the tab's note speaks of, in sight above a long
+    table), then one row per model."""
     rows = [model_row(r) for r in results]
     if len(results) > 1:
-        rows.append(ensemble_row(results, list(results[0].probabilities)))
+        rows.insert(0, ensemble_row(results, list(results[0].probabilities)))
     return rows
 
 
@@ -59,12 +60,17 @@ def agreement(results: Sequence[Prediction]) -> str:
     verdicts = {verdict(r) for r in results}
     if len(verdicts) == 1:
         return f"**All {len(results)} models agree: {verdicts.pop()}.**"
-    return "**The models disagree**: " + "; ".join(f"{r.model} says {verdict(r)}" for r in results) + "."
+    # Grouped by answer, the most common first: one clause a class, not one a model (14 models read as a run-on).
+    by_answer: dict[str, list[str]] = {}
+    for r in results:
+        by_answer.setdefault(verdict(r), []).append(r.model)
+    groups = sorted(by_answer.items(), key=lambda kv: -len(kv[1]))
+    return "**The models disagree**: " + "; ".join(f"{class_words(v)} ({len(m)}): {', '.join(m)}" for v, m in groups) + "."
 
 
 def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS_JSON) -> str:
     """What the ensemble row is, and the one ensemble measured on Testing (train.evaluate --ensemble), in a line."""
-    line = "The ensemble row averages the ticked models' calibrated probabilities."
+    line = "The ensemble row (first) averages the ticked models' calibrated probabilities, a mix not measured on Testing."
     try:
         scored = json.loads(Path(path).read_text())
         members = ", ".join(m["name"] for m in scored["members"])
@@ -72,6 +78,7 @@ def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS_JSON) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return line + " No ensemble has been scored on Testing yet."
     return (
-        f"{line} Measured on Testing, the ensemble of {members} scores {test['accuracy']:.2%} (n={test['n']}) on official Testing"
-        f" and {unseen['accuracy']:.2%} on its unseen images (n={unseen['n']}; `results/ensemble_metrics.json`)."
+        f"{line} One fixed ensemble of {members}, chosen on validation (neither the ticked mix nor the app's default),"
+        f" scores {test['accuracy']:.2%} (n={test['n']}) on official Testing and {unseen['accuracy']:.2%} on its unseen images"
+        f" (n={unseen['n']}; `results/ensemble_metrics.json`)."
     )
