@@ -26,7 +26,7 @@ import pandas as pd
 
 from brainmri.app import comparison, dataview, display, experiments, gradio_costs, tool
 from brainmri.app.inline_media import send_inline
-from brainmri.app.uploads import count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
+from brainmri.app.uploads import api_file_input, count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 from brainmri.cli import setup_logging
 from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
@@ -184,10 +184,10 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     show_outline.change(redraw_outline, [session, show_outline], original, api_visibility="private", show_progress="hidden")
     opacity.change(reblend, [session, opacity], heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
     # The API endpoint: its own hidden inputs and probabilities, so a client may name any model or none.
-    api_image, api_model = without_stray_temp_file(gr.File(visible=False)), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
+    api_image, api_model = api_file_input(), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
     api_label = gr.Label(label="probabilities", visible=False)  # named, as the API page lists outputs by label
     gr.Button(visible=False).click(tool.not_an_mcp_tool(predict), [api_image, api_model], [api_label, heatmap, details], api_name="predict")
-    tool_in = [without_stray_temp_file(gr.File(visible=False)), gr.Textbox(visible=False), gr.Checkbox(False, visible=False)]
+    tool_in = [api_file_input(), gr.Textbox(visible=False), gr.Checkbox(False, visible=False)]
     gr.Button(visible=False).click(ANALYSE, tool_in, gr.Textbox(visible=False), api_name="analyse_slice")  # the MCP tool
     return model, gallery
 

@@ -82,3 +82,17 @@ def test_pictures_come_only_when_asked_and_bad_input_is_a_clear_error(mcp_url: s
     assert answer["model"] == "simple_cnn_7" and answer["heatmap_png"].startswith("data:image/png;base64,")
     assert answer["tumour_mask_png"].startswith("data:image/png;base64,")
     assert bad.isError and "Traceback" not in bad.content[0].text and "image" in bad.content[0].text
+
+
+def test_a_url_the_server_cannot_fetch_is_named_and_kept_out_of_the_log(mcp_url: str, capfd):
+    # Offline here, so neither resolves; loopback would be refused too (Gradio's SSRF guard). Gradio fetches before the
+    # tool runs: the caller used to read "the upstream Gradio app has raised an exception", and the log got the URL.
+    async def unreachable(session):
+        return await session.call_tool("analyse_slice", {"image": "https://scan-host.invalid/patient-7731.jpg"})
+
+    (result,) = _session_call(mcp_url, [unreachable])
+    text = result.content[0].text
+    assert result.isError and "could not fetch the image from its URL" in text and "data: URL" in text, text
+    assert "upstream Gradio app" not in text and "Traceback" not in text
+    out, err = capfd.readouterr()
+    assert "patient-7731" not in out + err and "scan-host.invalid" not in out + err, "the URL reached the server's log"

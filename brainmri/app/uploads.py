@@ -22,6 +22,7 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.utils import NamedString
+from gradio_client.utils import is_http_url_like
 
 from brainmri.settings import gradio_temp_dir
 
@@ -114,3 +115,32 @@ def without_stray_temp_file(box: gr.File) -> gr.File:
 
     box._process_single_file = process_single_file
     return box
+
+
+def fetch_errors_named(box: gr.File) -> gr.File:
+    """Patch a ``gr.File`` that an API or MCP caller may fill with an http(s) URL: Gradio fetches the URL before the
+    app's function runs, and when that fails the caller read only "the upstream Gradio app has raised an exception"
+    while the server's log got a traceback naming the URL. Now the caller gets why, as a ``gr.Error``, and nothing
+    reaches the log. Patched on the instance, like :func:`without_stray_temp_file`."""
+    fetch = box.async_move_resource_to_block_cache
+
+    async def move_resource_to_block_cache(url_or_file_path):
+        try:
+            return await fetch(url_or_file_path)
+        except Exception as e:
+            if not is_http_url_like(str(url_or_file_path or "")):
+                raise
+            reason = str(e)[:200] or type(e).__name__  # e.g. "Unable to resolve hostname ...", "... failed validation"
+            raise gr.Error(
+                f"could not fetch the image from its URL ({reason}); send the image itself (a data: URL), or a URL this server can reach",
+                print_exception=False,
+            ) from None
+
+    box.async_move_resource_to_block_cache = move_resource_to_block_cache
+    return box
+
+
+def api_file_input() -> gr.File:
+    """The hidden file input of an API endpoint or MCP tool: a path, with no stray temp file, and a URL that cannot
+    be fetched named as such."""
+    return fetch_errors_named(without_stray_temp_file(gr.File(visible=False)))
