@@ -14,6 +14,7 @@ from brainmri.app import dataview
 from brainmri.data.duplicates import thumbnails, unseen_indices
 from brainmri.data.records import ImageRecords, load_records
 from brainmri.models.registry import create_model
+from brainmri.vocabulary import class_words
 from reports import data_summary
 
 
@@ -45,8 +46,8 @@ def test_without_a_data_folder_the_tabs_show_the_precomputed_files(tmp_path: Pat
     assert [c for _, c in examples] == [c for _, c in dataview.shipped_examples()] and all(Path(p).is_file() for p, _ in examples)
     note, counts, samples, steps = dataview.overview(missing, create_model("simple_cnn_7", num_classes=4).eval(), "simple_cnn_7")
     assert "precomputed" in note and "/" not in note.replace("python -m reports.data_summary", "")  # no server path
-    assert list(counts["class"]) == [*CLASSES, "all"]
-    assert [c for _, c in samples] == [c for c in CLASSES for _ in range(2)] and samples[0][0].size == (112, 112)  # the grid's tiles
+    assert list(counts["class"]) == [*map(class_words, CLASSES), "all"]  # as a reader says them: "no tumour"
+    assert [c for _, c in samples] == [class_words(c) for c in CLASSES for _ in range(2)] and samples[0][0].size == (112, 112)
     assert steps[0][1].startswith("0. decoded") and len(steps) >= 3
     text = dataview.audit_text(missing)
     assert "Testing images** have a byte-identical copy in Training" in text and "more only once mirrored left-right" in text

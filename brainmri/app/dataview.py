@@ -136,18 +136,20 @@ def preprocessing_steps(image: Image.Image, cfg: dict) -> list[tuple[Image.Image
     The steps are read from ``eval_transform(cfg)`` itself, so what is shown is what runs.
     The normalised tensor is shown channel 0, stretched from its min to its max.
     """
-    steps = [(image, f"0. decoded: {image.width} x {image.height} RGB")]
+    # Captions short enough for a gallery tile (a phone's is ~110 px): the size where it changes, the range once normalised.
+    steps = [(image, f"0. decoded: {image.width}x{image.height}")]
     x = image
     for i, t in enumerate(eval_transform(cfg).transforms, 1):
         x = t(x)
         name = type(t).__name__
         if isinstance(x, Image.Image):
-            steps.append((x, f"{i}. {name}: {x.width} x {x.height}"))
+            steps.append((x, f"{i}. {name}: {x.width}x{x.height}"))
         else:
             c0 = x[0].float()
             lo, hi = float(c0.min()), float(c0.max())
             shown = ((c0 - lo) / max(hi - lo, 1e-6) * 255).to(torch.uint8).numpy()
-            steps.append((Image.fromarray(shown), f"{i}. {name}: {tuple(x.shape)} in [{lo:.2f}, {hi:.2f}]"))
+            what = "x".join(map(str, x.shape)) if lo >= 0 and hi <= 1 else f"[{lo:.1f}, {hi:.1f}]"  # a tensor, then normalised
+            steps.append((Image.fromarray(shown), f"{i}. {name}: {what}"))
     return steps
 
 
@@ -210,7 +212,7 @@ def audit_markdown(summary: dict) -> str:
     unseen = s["test_unseen"] if "test_unseen" in s else s["test_clean"]  # "test_clean": summaries from before mirroring
     mirrored = s.get("test_with_mirrored_twin_in_train_only", 0)
     per_class = s.get("test_unseen_per_class", {})
-    classes = f" ({', '.join(f'{n} {c}' for c, n in per_class.items())})" if per_class else ""
+    classes = f" ({', '.join(f'{n} {class_words(c)}' for c, n in per_class.items())})" if per_class else ""
     return "\n".join(
         [
             f"- **{s['test_with_exact_twin_in_train']} Testing images** have a byte-identical copy in Training, "
@@ -254,4 +256,5 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
             f"per class and split, samples, and one unseen Testing slice through **{model_name}**'s preprocessing."
         )
     steps = preprocessing_steps(load_image(first), data_config(model))
-    return note, counts, samples, steps
+    counts["class"] = counts["class"].map(class_words)  # as a reader says them: "no tumour", not the folder's "notumor"
+    return note, counts, [(tile, class_words(c)) for tile, c in samples], steps

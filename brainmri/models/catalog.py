@@ -279,4 +279,5 @@ def unavailable_markdown(missing: dict[str, str]) -> str:
     if not missing:
         return ""
     lines = "\n".join(f"- `{name}`: {reason}" for name, reason in missing.items())
-    return f"<details><summary>{len(missing)} registry models unavailable</summary>\n\n{lines}\n</details>"
+    summary = f"{len(missing)} more models in the registry have no weights on this server (why, for developers)"
+    return f"<details><summary>{summary}</summary>\n\n{lines}\n</details>"
