@@ -188,7 +188,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     api_label = gr.Label(label="probabilities", visible=False)  # named, as the API page lists outputs by label
     gr.Button(visible=False).click(tool.not_an_mcp_tool(predict), [api_image, api_model], [api_label, heatmap, details], api_name="predict")
     tool_in = [api_file_input(), gr.Textbox(visible=False), gr.Checkbox(False, visible=False)]
-    gr.Button(visible=False).click(ANALYSE, tool_in, gr.Textbox(visible=False), api_name="analyse_slice")  # the MCP tool
+    gr.Button(visible=False).click(ANALYSE, tool_in, gr.Textbox(label="analysis", visible=False), api_name="analyse_slice")  # the MCP tool
     return model, gallery
 
 

@@ -99,7 +99,7 @@ class Prediction:
             "cam_layer": self.cam_layer,
             "heatmap_by": self.heatmap_by or self.model,
             "cam_peak": self.cam_peak,
-            "temperature": self.temperature,  # the heatmap model's; an ensemble's members each have their own
+            "temperature": round(self.temperature, 4),  # the heatmap model's; an ensemble's members each have their own
             "image_size": list(self.image.size),
             "latency_ms": round(self.latency_ms, 1),
             # The segmenter's outline, in the image's frame (after EXIF orientation): a 0/255 PNG at the image's size,
