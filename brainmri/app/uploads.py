@@ -22,7 +22,6 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.utils import NamedString
-from gradio_client.utils import is_http_url_like
 
 from brainmri.settings import gradio_temp_dir
 
@@ -128,7 +127,7 @@ def fetch_errors_named(box: gr.File) -> gr.File:
         try:
             return await fetch(url_or_file_path)
         except Exception as e:
-            if not is_http_url_like(str(url_or_file_path or "")):
+            if not str(url_or_file_path or "").startswith(("http://", "https://")):  # what Gradio fetches
                 raise
             reason = str(e)[:200] or type(e).__name__  # e.g. "Unable to resolve hostname ...", "... failed validation"
             raise gr.Error(
