@@ -163,9 +163,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
             bars = gr.HTML(elem_id="bars")
             with gr.Row():  # side by side on a phone too: the heatmap first, where the eye lands
                 image = dict(type="pil", format="png", interactive=False, height=300, min_width=120)
-                heatmap = send_inline(
-                    gr.Image(label="Heatmap", elem_id="heatmap", buttons=["fullscreen"], **image)
-                )
+                heatmap = send_inline(gr.Image(label="Heatmap", elem_id="heatmap", buttons=["fullscreen"], **image))
                 original = send_inline(gr.Image(label="Your image", elem_id="original", buttons=[], **image))
             key = gr.HTML(elem_id="cam-key-box")
             method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="method")
