@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from brainmri.app.summary import summary
+from brainmri.models.catalog import model_about
 from brainmri.rendering import OUTLINE_COLOUR, data_url, draw_outline, overlay
 from brainmri.serving import Prediction
 from brainmri.vocabulary import NO_TUMOUR, class_words, percent
@@ -154,7 +155,8 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
         src = data_url(shown, "jpeg")
         figures.append(
             f'<figure class="cmp-fig"><img src="{src}" alt="{html.escape(r.model)}">'
-            f"<figcaption><b>{html.escape(r.model).replace('_', '_<wbr>')}</b><br>{html.escape(verdict)}"
+            f'<figcaption><b>{html.escape(r.model).replace("_", "_<wbr>")}</b><br><span class="cmp-about">'
+            f"{html.escape(model_about(r.model))}</span><br>{html.escape(verdict)}"
             f"{'' if r.prediction is None else ' ' + percent(r.probabilities[r.top_class])}</figcaption></figure>"
         )
     return '<div class="cmp-grid" id="compare-grid">' + "".join(figures) + "</div>"
@@ -176,6 +178,7 @@ CSS = """
 .cmp-fig { margin: 0; }
 .cmp-fig img { width: 100%; height: auto; display: block; border-radius: 4px; }
 .cmp-fig figcaption { font-size: 0.85em; line-height: 1.3; margin-top: 3px; overflow-wrap: anywhere; }
+.cmp-about { opacity: 0.75; }
 @media (max-width: 700px) {
   #classify-row { flex-direction: column; }
   #input-col { display: contents; }

@@ -257,12 +257,18 @@ def _family_and_about(name: str) -> tuple[str, str]:
     return spec.family, spec.about or spec.name
 
 
+def model_about(name: str) -> str:
+    """What a model is, in the words of its list label ("Lite0, ImageNet-initialised"): beside its registry name where
+    the app shows that name, so the two can be matched."""
+    family, about = _family_and_about(name)
+    return f"{FAMILY_TITLES.get(family, family)} · {about}"
+
+
 def model_label(source: ModelSource) -> str:
     """What a dropdown shows for a model: its family, what it is, and its accuracy on unseen Testing images."""
-    family, about = _family_and_about(source.name)
     acc = unseen_accuracy(source)
     score = f"{100 * acc:.1f}% on unseen Testing" if acc is not None else "Testing accuracy not measured"
-    return f"{FAMILY_TITLES.get(family, family)} · {about} ({score})"
+    return f"{model_about(source.name)} ({score})"
 
 
 def labelled_choices(sources: dict[str, ModelSource], ensembles: bool = True) -> list[tuple[str, str]]:
