@@ -196,6 +196,9 @@ CSS = """
     max-height: none !important;
   }
   .hide-on-phone { display: none; }
+  /* Compare's 14 models: compact rows, so the Compare button is not 1,000 px down the page */
+  #compare-models label { padding: 3px 8px !important; font-size: 0.85em; line-height: 1.25; }
+  #compare-models .wrap { gap: 4px !important; }
   /* the Experiments tab's wide Markdown tables scroll sideways instead of wrapping a letter a line */
   #localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; white-space: nowrap; }
 }
