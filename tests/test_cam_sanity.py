@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from brainmri.models.registry import DEFAULT_CLASSIFIER
 from reports.cam_sanity import brain_mask, in_mask_share, main
 
 
@@ -70,10 +71,12 @@ def test_update_replaces_one_model_and_keeps_the_others(data_dir: Path, tmp_path
 @pytest.mark.slow
 def test_full_testing_split_reproduces_the_committed_report(data_dir: Path, tmp_path: Path):
     """results/cam_sanity.json (README, Experiments tab) is what the check gives on all of Testing today, for the
-    default model and the seed's Sequential 1 (~2 min; the committed report covers every shipped model, ~1 min each)."""
+    default's classifier, whose heatmap the app shows first (~3 min on an AVX2 host; the committed report covers every
+    shipped model, 1-3 min each). The seed's Sequential 1 was rerun here too until 2026-12-06, 50 s more, with the suite
+    at its 25 minutes; the simple CNNs' heatmap path stays under test on tiny inputs (tests/test_gradcam.py)."""
     committed = json.loads((Path(__file__).resolve().parent.parent / "results" / "cam_sanity.json").read_text())
     out = tmp_path / "cam.json"
-    rerun = ["tf_efficientnet_lite0", "simple_cnn_7"]
+    rerun = [DEFAULT_CLASSIFIER]
     assert set(rerun) <= set(committed["models"])
     assert main(["--data", str(data_dir), "--models", *rerun, "--out", str(out)]) == 0
     fresh = json.loads(out.read_text())
