@@ -150,7 +150,7 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
     figures = []
     for r in results:
         verdict = class_words(r.prediction) if r.prediction else r.ood_verdict_short
-        shown = overlay(image, r.explained_cam, opacity).convert("RGB")
+        shown = (heatmap_picture(image, r, opacity) or image).convert("RGB")  # a flagged image: itself, under its verdict
         shown.thumbnail((THUMB_SIDE, THUMB_SIDE))  # a grid cell is at most ~300 px wide: no need to send more
         src = data_url(shown, "jpeg")
         figures.append(

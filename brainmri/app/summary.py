@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from brainmri.serving import Prediction
-from brainmri.vocabulary import LOOKS_NOT_MRI, NO_TUMOUR, UNLIKE_TRAINING, class_words, percent
+from brainmri.vocabulary import NO_TUMOUR, class_words, percent
 
 
 def summary(result: Prediction) -> str:
@@ -13,12 +13,12 @@ def summary(result: Prediction) -> str:
         reasons = "; ".join(result.ood.reasons)
         if result.ood.unfamiliar_only:  # it may be a brain MRI: say so, and what to try
             return (
-                f"**This image is {UNLIKE_TRAINING}**: {reasons}. No tumour class is given for it{by}: an answer here"
+                f"**This image is {result.ood_verdict}**: {reasons}. No tumour class is given for it{by}: an answer here"
                 " would not be trustworthy. If it is a brain MRI slice, it differs from those (another sequence or crop,"
                 " marks drawn on it; the check lets 99 in 100 validation slices through), and another slice of the scan"
                 " may pass."
             )
-        return f"**This image {LOOKS_NOT_MRI}**: {reasons}. No tumour class is given for it{by}."
+        return f"**This image {result.ood_verdict}**: {reasons}. No tumour class is given for it{by}."
     p = result.probabilities[result.top_class]
     lines = [f"**Predicted class: {class_words(result.top_class)}** ({percent(p)})."]
     # The tumour-or-not verdict, when it says more than the class line: a tumour class's share of all tumours,
