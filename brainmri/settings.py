@@ -8,6 +8,7 @@ ValueError naming the variable and the value.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -167,4 +168,10 @@ def gradio_closed_session_ttl() -> int:
 def gradio_temp_dir() -> Path:
     """``GRADIO_TEMP_DIR`` (Gradio's own variable): where Gradio keeps uploads, resolved.
     Default: ``gradio/`` in the system's temporary folder, as Gradio itself uses."""
-    return Path(_get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    return _resolved(_get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio"))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str) -> Path:
+    """``path`` resolved, once per spelling: every request asks where the cache is, and resolving walks the disk."""
+    return Path(path).resolve()

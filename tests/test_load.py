@@ -56,6 +56,7 @@ def test_only_loopback():
 def test_the_app_in_its_own_process_reports_its_cpu_and_memory(data_dir: Path):
     r = load_test.load_test(clients=4, requests=2, model="simple_cnn_7", time_limit=150, data=data_dir, server="process", rounds=2)
     assert r["answered"] == r["sent"] == 16 and r["errors"] == 0 and r["mixed_up"] == 0, r["examples"]
+    assert r["warm_up"] == {"sent": 4, "answered": 4, "failed": []}  # untimed: simple_cnn_7 loaded before the clock
     assert r["server_cpu_ms_per_answer"] > 0 and 0 < r["server_rss_mib"] <= r["server_peak_rss_mib"]
     assert len(r["server_rss_by_round_mib"]) == 2 and r["server_rss_by_round_mib"][-1] == r["server_rss_mib"]
     assert 0 < r["server_start_rss_mib"] <= r["server_peak_rss_mib"]

@@ -18,7 +18,7 @@ from PIL import Image
 from brainmri.data.records import data_config, eval_transform
 from brainmri.data.split import checkpoint_split
 from brainmri.models.checkpoint import MANIFEST, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, load_checkpoint
-from brainmri.ood import OODResult, load_stats, pooled_features
+from brainmri.ood import OODResult, colourfulness, grey_contrast, load_stats, pooled_features
 from train import ood as train_ood
 from train.config import TrainConfig
 
@@ -116,3 +116,12 @@ def test_whitened_distance_is_the_mahalanobis_definition():
     assert stats._whiten is not None and torch.allclose(stats.distance(x).double(), expected, rtol=1e-5)
     singular = OODStats(means, -precision, 1.0, 1.0, 1.0, {})  # not positive definite: the definition itself
     assert singular._whiten is None and torch.isfinite(singular.distance(x)).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_image_measures_are_the_reductions_over_the_channels(seed: int):
+    """colourfulness and grey_contrast read the three planes apart (faster): the same figures as max - min and the
+    mean over the channel axis."""
+    a = np.random.default_rng(seed).integers(0, 256, (97, 131, 3)).astype(np.float32)
+    assert colourfulness(a) == float((a.max(axis=2) - a.min(axis=2)).mean())
+    assert grey_contrast(a) == pytest.approx(float(a.mean(axis=2).std()), rel=1e-6)

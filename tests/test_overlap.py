@@ -125,7 +125,7 @@ def test_a_deferred_class_gives_the_heatmap_of_that_class():
 def test_a_side_thread_only_while_cores_outnumber_the_running_requests(monkeypatch):
     from brainmri.serving import overlap
 
-    monkeypatch.setattr(overlap, "available_cpus", lambda: 2)
+    monkeypatch.setattr(overlap, "usable_cores", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     cpu = torch.device("cpu")
     with overlap.running() as alone:

@@ -14,6 +14,7 @@ with the same bytes has uploaded but not yet read (a class clicking one example 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from collections.abc import Collection
@@ -33,7 +34,13 @@ def gradio_cache_dir() -> Path:
 
 def kept_in_cache(blocks: gr.Blocks) -> set[Path]:
     """Files the app itself placed in Gradio's cache for good (static values, such as the example thumbnails)."""
-    return {Path(p).resolve() for block in blocks.blocks.values() for p in getattr(block, "keep_in_cache", ())}
+    return {_resolved(str(p)) for block in blocks.blocks.values() for p in getattr(block, "keep_in_cache", ())}
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved(path: str) -> Path:
+    """A kept file's path resolved once: they are the same few on every request, and resolving walks the disk."""
+    return Path(path).resolve()
 
 
 class PendingUploads(set):

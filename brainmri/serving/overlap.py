@@ -20,6 +20,7 @@ only spread over two threads.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -53,7 +54,13 @@ def spare_core(device: torch.device, requests: int = 1) -> bool:
     """Whether a side thread would find a core of its own: on the CPU, with more usable cores than the torch threads
     of the ``requests`` running now. Under load each request already has its core, and a side thread would only
     add switching; never on a GPU, whose passes queue on one device."""
-    return device.type == "cpu" and available_cpus() > requests * torch.get_num_threads()
+    return device.type == "cpu" and usable_cores() > requests * torch.get_num_threads()
+
+
+@functools.cache
+def usable_cores() -> int:
+    """:func:`~brainmri.runtime.available_cpus`, read once: it reads the cgroup's files, and every request asks."""
+    return available_cpus()
 
 
 def in_turn(*passes: tuple[Callable[..., Any], tuple]) -> list[Future]:
