@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(runs, indent=2) + "\n")
-        ok.append(all(r["answered"] + r["queue_full"] == r["sent"] and not r["mixed_up"] and not r["errors"] and not r["warm_up"]["failed"] for r in runs))
+        failed = [r["mixed_up"] or r["errors"] or r["warm_up"]["failed"] for r in runs]
+        clean = [r["answered"] + r["queue_full"] == r["sent"] and not f for r, f in zip(runs, failed)]
+        ok.append(all(clean))
 
     return exit_code(run, _logger) or (0 if all(ok) else 1)
 
