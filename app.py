@@ -30,7 +30,7 @@ from brainmri.app.uploads import api_file_input, count_pending_uploads, discard_
 from brainmri.cli import setup_logging
 from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.models.catalog import discover, discover_segmenter, labelled_choices, unavailable_markdown
+from brainmri.models.catalog import LABEL_SCORE, discover, discover_segmenter, labelled_choices, unavailable_markdown
 from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
 from brainmri.serving import Predictor
@@ -155,7 +155,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
         with gr.Column(scale=2, elem_id="input-col"):
             upload = gr.File(label=f"MRI slice: {accepted_formats(detailed=False)}", type="filepath", elem_id="upload", height=120)
             upload = without_stray_temp_file(upload)
-            model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", elem_id="model")
+            model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", info=LABEL_SCORE, elem_id="model")
             shown = dict(label="Examples (click one)", columns=4, height="auto", allow_preview=False, elem_id="examples")
             gallery = gr.Gallery(dataview.captioned(local), visible=bool(local), **shown)
         with gr.Column(scale=3, elem_id="result-col"):
@@ -211,11 +211,12 @@ def compare(session: display.Session | None, method: str, chosen: list[str] | No
 def compare_tab(session: gr.State) -> gr.CheckboxGroup:
     gr.Markdown("Runs the ticked models on the image uploaded in **Classify**, each with its own heatmap.")
     choices = labelled_choices(PREDICTOR.sources, ensembles=False)
-    picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", elem_id="compare-models")
+    picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", info=LABEL_SCORE, elem_id="compare-models")
     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="compare-method")
     button = gr.Button("Compare", variant="primary")
     agreement = gr.Markdown(elem_id="agreement")
-    table = gr.Dataframe(label="Per model (probabilities in %)", pinned_columns=1, elem_id="compare-table")
+    empty = pd.DataFrame(columns=["model", "prediction", "tumour prob"])  # headers, not Gradio's "1 2 3", before a run
+    table = gr.Dataframe(empty, label="Per model (probabilities in %)", pinned_columns=1, elem_id="compare-table")
     grid = gr.HTML(elem_id="compare-heatmaps")
     button.click(compare, [session, method, picked], [table, grid, agreement], api_visibility="private")
     return picked

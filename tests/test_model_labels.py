@@ -21,9 +21,9 @@ def test_every_shipped_checkpoint_is_offered_grouped_by_family():
     assert families == sorted(families, key=FAMILY_ORDER.index)  # one block per family
     for label, name in choices:
         acc = json.loads((root / name / "metrics.json").read_text())["test_unseen"]["accuracy"]
-        assert label.endswith(f"({100 * acc:.1f}% on unseen Testing)") and get_spec(name).about in label
+        assert label.endswith(f"({100 * acc:.1f}%)") and get_spec(name).about in label
 
 
 def test_a_model_without_local_metrics_says_so():
     label = model_label(ModelSource("efficientnet_b0", "hub", "brain-mri/efficientnet_b0"))
-    assert label == "EfficientNet · B0 (Testing accuracy not measured)"
+    assert label == "EfficientNet · B0 (not measured)"

@@ -179,6 +179,9 @@ CSS = """
 .cmp-fig img { width: 100%; height: auto; display: block; border-radius: 4px; }
 .cmp-fig figcaption { font-size: 0.85em; line-height: 1.3; margin-top: 3px; overflow-wrap: anywhere; }
 .cmp-about { opacity: 0.75; }
+#upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
+/* the examples' box as tall as its one row, not Gradio's 450 px */
+#examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
 @media (max-width: 700px) {
   #classify-row { flex-direction: column; }
   #input-col { display: contents; }

