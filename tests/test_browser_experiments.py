@@ -1,5 +1,6 @@
 """The Experiments tab in a real browser, at desktop and phone size: the pictures that compare the models first,
-then the tables, the cut-short sweep runs apart. Screenshots in tests/artifacts/ (git-ignored)."""
+then the table of shipped checkpoints, and the longer tables folded (the cut-short sweep runs apart). Screenshots in
+tests/artifacts/ (git-ignored)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def test_the_experiments_tab_shows_the_pictures_first(app_url: str, size: tuple[
                 assert abs(cost["y"] - size["y"]) < 2 and cost["width"] > 550
             else:  # one under the other, each the screen's width
                 assert size["y"] >= cost["y"] + cost["height"] - 1 and cost["width"] > 300
+            # Folded, each a click away: the tab opens on the pictures and the shipped table (2,700 px against 6,900).
+            assert page.evaluate("document.documentElement.scrollHeight") < 4000, "the Experiments tab unfolded"
+            for title in ("GPU runs: the sweep", "Where the tumour is:", "Do the heatmaps point at the tumour?"):
+                page.get_by_text(title).click()
             short = page.locator("#cut-short")
             expect(short).to_contain_text("Cut short by their time budget")
             expect(short).to_contain_text("efficientnet_b7")  # the 2-epoch run, apart from the finished ones
@@ -51,7 +56,7 @@ def test_the_experiments_tab_shows_the_pictures_first(app_url: str, size: tuple[
             expect(outline).to_contain_text("experts vs each other")
             outline.screenshot(path=str(ARTIFACTS / f"{name}_outline_tables.png"))
             cells = page.locator("#localisation td")  # the pointing game's table: each cell a line, however narrow the screen
-            expect(page.locator("#localisation")).to_contain_text("Do the heatmaps point at the tumour?")
+            expect(page.locator("#localisation")).to_contain_text("the share whose heatmap peak falls inside")
             heights = cells.evaluate_all("cells => cells.map(c => c.getBoundingClientRect().height)")
             assert heights, "the pointing game's table has no cells"
             assert max(heights) < 80, f"a table cell wraps onto many lines ({max(heights):.0f} px high)"  # one line: ~40

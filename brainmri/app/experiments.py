@@ -170,7 +170,7 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
     except (OSError, ValueError, KeyError):
         return "No localisation results yet (`python -m reports.cam_localisation`)."
     return (
-        "**Do the heatmaps point at the tumour?** On boxed Training slices the model never trained on (its validation "
+        "On boxed Training slices the model never trained on (its validation "
         "split; the report half, the layer chosen on the other half), the share whose heatmap peak falls inside the "
         "tumour box (Cheng et al.'s boxes), beside two chance levels: the image centre, and a random point in the head.\n\n"
         + localisation_table(runs)
@@ -247,21 +247,25 @@ def build_tab(tab: gr.Tab) -> None:
     table = gr.Dataframe(label="Shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
     with gr.Accordion("All columns", open=False):
         full = gr.Dataframe(pinned_columns=1, show_label=False)
-    sweep = gr.Dataframe(label="GPU sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False)
-    cut = "Cut short by their time budget: how far each model got, not what it can do"
-    short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
-    localisation = gr.Markdown(elem_id="localisation")
-    name = gr.Dropdown(label="Figures of checkpoint")
-    figure = dict(type="filepath", interactive=False, height=380, buttons=["fullscreen"])
-    with gr.Row():
-        curves = gr.Image(label="Training curves", **figure)
-        confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
-    with gr.Row():
-        reliability = gr.Image(label="Reliability diagram", elem_id="reliability", **figure)
-        hist = gr.Dataframe(label="history.csv (4 significant digits)", max_height=380)
-    with gr.Accordion("The seed report's simple CNNs, reproduced", open=True):
+    # The rest folded, each a click away: the tab opens on the pictures and the table, not 7,000 px of page.
+    with gr.Accordion("GPU runs: the sweep, and the runs cut short", open=False, elem_id="gpu-runs"):
+        sweep = gr.Dataframe(label="GPU sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False)
+        cut = "Cut short by their time budget: how far each model got, not what it can do"
+        short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
+    with gr.Accordion("Do the heatmaps point at the tumour?", open=False, elem_id="localisation-box"):
+        localisation = gr.Markdown(elem_id="localisation")
+    with gr.Accordion("One checkpoint's training curves, confusion matrix and reliability", open=False, elem_id="figures-box"):
+        name = gr.Dropdown(label="Figures of checkpoint")
+        figure = dict(type="filepath", interactive=False, height=380, buttons=["fullscreen"])
+        with gr.Row():
+            curves = gr.Image(label="Training curves", **figure)
+            confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
+        with gr.Row():
+            reliability = gr.Image(label="Reliability diagram", elem_id="reliability", **figure)
+            hist = gr.Dataframe(label="history.csv (4 significant digits)", max_height=380)
+    with gr.Accordion("The seed report's simple CNNs, reproduced", open=False, elem_id="seed-box"):
         seed = gr.Markdown(elem_id="seed-table")
-    with gr.Accordion("Where the tumour is: the segmentation model's Dice, per class", open=True):
+    with gr.Accordion("Where the tumour is: the outline's Dice against each expert, per class", open=False, elem_id="outline-box"):
         outline = gr.Markdown(elem_id="segmentation-table")
     outputs = [cost, size, per_class, table, full, sweep, short, name, seed, localisation, outline]
     tab.select(tab_view, None, outputs, api_visibility="private")
