@@ -157,6 +157,8 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             expect(table).to_contain_text("95% CI")
             expect(table).to_contain_text(re.compile(r"\d+\.\d% \(\d+\.\d-\d+\.\d\)"))  # accuracy with its interval
             assert table.locator("thead th").count() <= 10  # the compact table; the rest behind "All columns"
+            for title in ("Do the heatmaps point at the tumour?", "One checkpoint's training curves", "The seed report's simple CNNs"):
+                page.get_by_text(title).click()  # folded: a click away
             expect(page.locator("#localisation")).to_contain_text("peak in box")
             page.locator("#reliability").scroll_into_view_if_needed()
             expect(page.locator("#reliability img")).to_be_visible(timeout=30_000)

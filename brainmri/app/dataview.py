@@ -184,15 +184,16 @@ def audit_text(source: str) -> str:
 
 
 def example_images(data: str) -> list[tuple[str, str]]:
-    """Example images as (path, class): one Testing image per class from the data folder, else the shipped unseen
-    ones (examples/), else one per class from a Hub dataset; none, with a warning, when none is there. Copied to the
-    temp folder, which Gradio serves from (it serves no data folder elsewhere)."""
+    """Example images as (path, class): the shipped ones (examples/: Testing slices with no twin in Training, so an
+    example's answer is never a memorised one), else one Testing image per class from the data folder, else from a Hub
+    dataset; none, with a warning, when none is there. Copied to the temp folder, which Gradio serves from (it serves
+    no data folder elsewhere)."""
     out = Path(tempfile.gettempdir()) / "brainmri-examples"
+    if shipped_examples():
+        return [(str(p), c) for p, c in copy_examples(shipped_examples(), out)]
     root = local_root(data)
     if root is not None:
         return [(str(p), c) for p, c in copy_examples(example_files(root, per_class=1), out)]
-    if shipped_examples():
-        return [(str(p), c) for p, c in copy_examples(shipped_examples(), out)]
     try:
         return [(str(p), c) for p, c in hub_examples(data, 1, out)]
     except ValueError as e:  # no data folder and no reachable Hub dataset only means no examples
