@@ -92,16 +92,3 @@ def test_the_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text()):
         if not target.startswith("http") and target != f"docs/{SPACE}":
             assert (ROOT / target).exists(), f"README links {target}, which is not there"
-
-
-LAYOUT_PACKAGES = ("brainmri", "brainmri/app", "brainmri/data", "brainmri/eval", "brainmri/models", "brainmri/serving")
-LAYOUT_PACKAGES += ("train", "reports", "ops")
-
-
-def test_the_layout_names_every_module_and_script():
-    """docs/layout.md is the README's long layout: a module or script it does not name is one a newcomer cannot find."""
-    text = (DOCS / "layout.md").read_text()
-    files = [f for pkg in LAYOUT_PACKAGES for f in (ROOT / pkg).glob("*.py") if not f.stem.startswith("_")]
-    files += [f for f in (ROOT / "scripts").iterdir() if f.suffix in (".py", ".sh")]
-    unnamed = [str(f.relative_to(ROOT)) for f in files if f"`{f.stem}`" not in text and f"`{f.name}`" not in text]
-    assert not unnamed, f"docs/layout.md does not name: {', '.join(sorted(unnamed))}"

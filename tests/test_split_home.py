@@ -65,14 +65,18 @@ def test_no_import_circles_and_serving_never_imports_fitting():
     assert not cycles, cycles[0]
 
 
-def test_the_readme_layout_table_names_every_module():
-    """The README's layout table matches the tree: each module of brainmri/ (its data/, models/ and eval/ in the
-    same row), brainmri/app/, brainmri/serving/, train/, reports/ and ops/ is named in its folder's row."""
+def test_the_layout_table_names_every_module():
+    """docs/layout.md (the README's layout, module by module) matches the tree: each module of brainmri/ (its data/,
+    models/ and eval/ in the same row), brainmri/app/, brainmri/serving/, train/, reports/ and ops/ is named in its
+    folder's row, and each script (by file name) in scripts/'s."""
     root = Path(__file__).resolve().parent.parent
-    lines = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")]
+    lines = [line for line in (root / "docs" / "layout.md").read_text().splitlines() if line.startswith("| `")]
     rows = {key: line for line in lines for key in line.split("|")[1].strip(" `").split("`, `")}
     folders = ["brainmri/", *(f"brainmri/{p}/" for p in ("data", "models", "eval", "app", "serving")), "train/", "reports/", "ops/"]
     for folder in folders:
         modules = {p.stem for p in (root / folder).glob("*.py") if p.stem != "__init__"}
         missing = sorted(m for m in modules if f"`{m}`" not in rows.get(folder, rows["brainmri/"]))
-        assert not missing, f"README layout row {folder} does not name {missing}"
+        assert not missing, f"docs/layout.md's row {folder} does not name {missing}"
+    scripts = sorted(p.name for p in (root / "scripts").iterdir() if p.suffix in (".py", ".sh"))
+    missing = [name for name in scripts if f"`{name}`" not in rows["scripts/"]]
+    assert not missing, f"docs/layout.md's row scripts/ does not name {missing}"

@@ -9,7 +9,9 @@ One job per module, in the order a request meets them (timm's ``_builder`` / ``_
 - ``classify``: the classifier's batched forward + backward (probabilities, heatmap);
 - ``judge``: the OOD judge's batched forward;
 - ``result``: ``Prediction``, what a request gets back;
-- ``predictor``: ``Predictor``, the front door: sources, batching, and ``run_passes``, the GPU entry point.
+- ``served``: ``ServedModels``, which models this deployment serves (sources, ensembles, default, OOD judge,
+  segmenter), each loaded on demand;
+- ``predictor``: ``Predictor``, the front door, one of those: batching, and ``run_passes``, the GPU entry point.
 
 A second model in the same request (the tumour outline) is one more module here (``segment``: its loader and its
 batched pass), its own ``ModelCache(..., loader=...)`` in ``Predictor``, a field of ``Prediction``, and one more
