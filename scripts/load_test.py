@@ -6,6 +6,7 @@
     python scripts/load_test.py --concurrency-limit 1 2 8        # one run per queue concurrency limit (0: the app's own)
     python scripts/load_test.py --client gradio                  # through gradio_client (heavier on the load generator)
     python scripts/load_test.py --url http://127.0.0.1:7860/     # an app already running on loopback
+    python scripts/load_test.py --warm-up 0                      # no untimed request per client first (before 2026-12-06)
 
 The app runs as ``python app.py`` in its own process (``--server process``, as on a Space), so its CPU
 time per answer and its resident memory (now and peak) are its own; ``--server inprocess`` launches
