@@ -124,7 +124,7 @@ def predict(image: str, model_name: str | None = None):
     try:
         with user_errors():
             decoded = load_image(image)
-            result = PREDICTOR.predict(decoded, model_name or None)
+            result = PREDICTOR.predict(decoded, PREDICTOR.resolve(model_name))  # a name, or the label the list shows
     finally:
         discard_upload(image, keep=kept_in_cache(demo), pending=PENDING)  # an API upload does not outlive its request
     return result.label_value(), display.heatmap_picture(decoded, result, DEFAULT_OPACITY), result.details()

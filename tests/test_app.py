@@ -53,6 +53,17 @@ def test_predict_endpoint_with_dicom_and_a_named_model(client, slice_path: Path,
     assert decode_data_url(heatmap["url"]).mode == "RGB"
 
 
+def test_predict_takes_the_label_the_list_shows(client, slice_path: Path):
+    """A caller may copy a model's label from the page (with or without its bracketed accuracy) instead of its name."""
+    from gradio_client import handle_file
+
+    from brainmri.models.catalog import discover, labelled_choices
+
+    label = dict((n, text) for text, n in labelled_choices(discover(hub=False)))["simple_cnn_7"]
+    for typed in (label, label.rsplit(" (", 1)[0]):
+        assert client.predict(handle_file(str(slice_path)), typed, api_name="/predict")[2]["model"] == "simple_cnn_7"
+
+
 @pytest.mark.parametrize("kind", ["empty", "text", "truncated_jpeg", "too_small", "bomb", "dicom_without_pixels"])
 def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(client, slice_path: Path, tmp_path: Path, kind: str):
     from gradio_client import handle_file

@@ -27,3 +27,13 @@ def test_every_shipped_checkpoint_is_offered_grouped_by_family():
 def test_a_model_without_local_metrics_says_so():
     label = model_label(ModelSource("efficientnet_b0", "hub", "brain-mri/efficientnet_b0"))
     assert label == "EfficientNet · B0 (not measured)"
+
+
+def test_a_label_resolves_to_its_model_and_anything_else_passes_through():
+    from brainmri.serving import Predictor
+
+    predictor = Predictor(discover(hub=False), segmenter=None)
+    for label, name in labelled_choices(predictor.sources):
+        assert predictor.resolve(label) == predictor.resolve(label.rsplit(" (", 1)[0]) == predictor.resolve(name) == name
+    assert predictor.resolve("") is None and predictor.resolve(None) is None
+    assert predictor.resolve("no such model") == "no such model"  # fails later, with the list of names

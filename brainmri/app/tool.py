@@ -71,7 +71,7 @@ def analyse_tool(
             raise gr.Error("no image given", print_exception=False)
         try:
             decoded = load_image(image)
-            result = predictor.predict(decoded, model or None)
+            result = predictor.predict(decoded, predictor.resolve(model))  # a name, or the label the list shows
         except ValueError as e:  # the caller's input: a clear message, no traceback, nothing logged
             raise gr.Error(str(e), print_exception=False) from None
         finally:

@@ -19,6 +19,7 @@ from brainmri.models.catalog import (
     discover,
     discover_segmenter,
     ensemble_sources,
+    labelled_choices,
 )
 from brainmri.models.checkpoint import OOD_CONFIG
 from brainmri.models.registry import ENSEMBLES, EnsembleSpec
@@ -77,6 +78,18 @@ class ServedModels:
     def ensemble(self, name: str | None) -> EnsembleSpec | None:
         """The ensemble ``name`` is (registry ``ENSEMBLES``), or None for a single model."""
         return ENSEMBLES.get(name) if name and name in self.sources and self.sources[name].where == ENSEMBLE else None
+
+    def resolve(self, name: str | None) -> str | None:
+        """A model's registry name from what a caller typed: the name itself, or the label the app's list shows for it
+        (``catalog.model_label``, with or without its bracketed accuracy), so an API caller may copy either from the
+        page. Anything else is returned as it came, to fail with the list of names."""
+        if not name or name in self.sources:
+            return name or None
+        typed = name.strip()
+        for label, registered in labelled_choices(self.sources):
+            if typed in (label, label.rsplit(" (", 1)[0]):
+                return registered
+        return typed
 
     def model(self, name: str | None = None, copy: int = 0) -> LoadedModel:
         """A loaded model (``copy``: which of a batch worker's copies); for an ensemble, the classifier whose heatmap
