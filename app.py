@@ -215,7 +215,7 @@ def compare_tab(session: gr.State) -> gr.CheckboxGroup:
     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="compare-method")
     button = gr.Button("Compare", variant="primary")
     agreement = gr.Markdown(elem_id="agreement")
-    empty = pd.DataFrame(columns=["model", "prediction", "tumour prob"])  # headers, not Gradio's "1 2 3", before a run
+    empty = pd.DataFrame(columns=list(comparison.LEADING_COLUMNS))  # headers, not Gradio's "1 2 3", before a run
     table = gr.Dataframe(empty, label="Per model (probabilities in %)", pinned_columns=1, elem_id="compare-table")
     grid = gr.HTML(elem_id="compare-heatmaps")
     button.click(compare, [session, method, picked], [table, grid, agreement], api_visibility="private")

@@ -168,10 +168,11 @@ def gradio_closed_session_ttl() -> int:
 def gradio_temp_dir() -> Path:
     """``GRADIO_TEMP_DIR`` (Gradio's own variable): where Gradio keeps uploads, resolved.
     Default: ``gradio/`` in the system's temporary folder, as Gradio itself uses."""
-    return _resolved(_get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio"))
+    return resolved(_get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio"))
 
 
-@functools.lru_cache(maxsize=64)
-def _resolved(path: str) -> Path:
-    """``path`` resolved, once per spelling: every request asks where the cache is, and resolving walks the disk."""
+@functools.lru_cache(maxsize=1024)
+def resolved(path: str) -> Path:
+    """``path`` resolved, once per spelling: every request asks where Gradio's cache is and which files the app keeps
+    there, and resolving walks the disk."""
     return Path(path).resolve()

@@ -22,8 +22,11 @@ def verdict(result: Prediction) -> str:
     return result.prediction or result.ood_verdict_short
 
 
+LEADING_COLUMNS = ("model", "prediction", "tumour prob")  # each row's first columns; the empty table's headers
+
+
 def model_row(result: Prediction) -> dict:
-    row = {"model": result.model, "prediction": class_words(verdict(result)), "tumour prob": result.tumour_probability}
+    row = dict(zip(LEADING_COLUMNS, (result.model, class_words(verdict(result)), result.tumour_probability)))
     row.update({f"P({k})": v for k, v in result.probabilities.items()})
     row.update({"latency ms": round(result.latency_ms, 1), "looks like MRI": result.in_distribution})
     return row

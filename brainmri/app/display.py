@@ -194,7 +194,7 @@ CSS = """
   #examples .grid-container, #samples .grid-container, #steps .grid-container {
     grid-template-columns: repeat(3, minmax(0, 1fr)) !important;
   }
-  #examples, #samples, #steps, #examples .grid-wrap, #samples .grid-wrap, #steps .grid-wrap {
+  #samples, #steps, #samples .grid-wrap, #steps .grid-wrap {
     height: auto !important;
     max-height: none !important;
   }

@@ -14,7 +14,6 @@ with the same bytes has uploaded but not yet read (a class clicking one example 
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import Counter
 from collections.abc import Collection
@@ -24,7 +23,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import NamedString
 
-from brainmri.settings import gradio_temp_dir
+from brainmri.settings import gradio_temp_dir, resolved
 
 
 def gradio_cache_dir() -> Path:
@@ -34,13 +33,7 @@ def gradio_cache_dir() -> Path:
 
 def kept_in_cache(blocks: gr.Blocks) -> set[Path]:
     """Files the app itself placed in Gradio's cache for good (static values, such as the example thumbnails)."""
-    return {_resolved(str(p)) for block in blocks.blocks.values() for p in getattr(block, "keep_in_cache", ())}
-
-
-@functools.lru_cache(maxsize=1024)
-def _resolved(path: str) -> Path:
-    """A kept file's path resolved once: they are the same few on every request, and resolving walks the disk."""
-    return Path(path).resolve()
+    return {resolved(str(p)) for block in blocks.blocks.values() for p in getattr(block, "keep_in_cache", ())}
 
 
 class PendingUploads(set):

@@ -19,7 +19,8 @@ from brainmri.models.catalog import (
     discover,
     discover_segmenter,
     ensemble_sources,
-    labelled_choices,
+    model_about,
+    model_label,
 )
 from brainmri.models.checkpoint import OOD_CONFIG
 from brainmri.models.registry import ENSEMBLES, EnsembleSpec
@@ -86,8 +87,8 @@ class ServedModels:
         if not name or name in self.sources:
             return name or None
         typed = name.strip()
-        for label, registered in labelled_choices(self.sources):
-            if typed in (label, label.rsplit(" (", 1)[0]):
+        for registered, source in self.sources.items():
+            if source.available and typed in (model_about(registered), model_label(source)):
                 return registered
         return typed
 
