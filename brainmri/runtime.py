@@ -153,7 +153,11 @@ class Conv2dSameInKernel(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = [get_same_padding(i, k, s, 1) for i, k, s in zip(x.shape[-2:], self.kernel_size, self.stride)]  # timm's own rule
+        sides = [int(i) for i in x.shape[-2:]]  # ints while an ONNX export traces it too (brainmri.serving.onnx_passes)
+        pads = [get_same_padding(i, k, s, 1) for i, k, s in zip(sides, self.kernel_size, self.stride)]  # timm's own rule
+        if torch.onnx.is_in_onnx_export():  # ONNX wants a weight of known shape: timm's way, a Pad node before the Conv
+            x = F.pad(x, (pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2))
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
         weight = self.weight
         if pads[0] % 2 or pads[1] % 2:
             weight = F.pad(weight, (pads[1] % 2, 0, pads[0] % 2, 0))  # (out, in/groups, k + 1, k + 1): tiny, unlike x

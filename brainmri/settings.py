@@ -128,6 +128,17 @@ def outline_bf16() -> bool:
     return value == "1"
 
 
+def onnx_runtime() -> bool:
+    """``BRAIN_MRI_ONNX``: run the CPU passes that need no gradient (a classifier's plain forward, the OOD judge's, the
+    one encoder's encoder, a heatmap's forward below its shallowest stage) through ONNX Runtime
+    (brainmri.serving.onnx_passes), where ``onnxruntime`` and ``onnx`` are installed: the same numbers to float
+    rounding, in less CPU time on hosts without native bf16 (docs/serving.md). ``0`` keeps torch. Default: 1."""
+    value = (_get("BRAIN_MRI_ONNX") or "1").lower()
+    if value not in {"0", "1"}:
+        raise ValueError(f"BRAIN_MRI_ONNX must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def on_zerogpu() -> bool:
     """``SPACES_ZERO_GPU`` (set by the Hub on a ZeroGPU Space, read by the ``spaces`` package): true when the
     Space lends a GPU per decorated call (``brainmri.serving.zerogpu``). Default: false."""

@@ -35,8 +35,9 @@ DISTRIBUTIONS = {
     "pytorch_grad_cam": "grad-cam",
     "segmentation_models_pytorch": "segmentation-models-pytorch",
 }
-# Needed at run time without an import of their own in app.py or brainmri/: timm's torchvision, pydicom's decoders.
-NOT_IMPORTED = {"torchvision", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"}
+# Needed at run time without an import of their own in app.py or brainmri/: timm's torchvision, pydicom's decoders,
+# torch.onnx's writer.
+NOT_IMPORTED = {"torchvision", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "onnx"}
 
 
 def _imported_by_the_app() -> set[str]:

@@ -22,17 +22,18 @@ from brainmri.serving.segment import own_outlines
 from brainmri.vocabulary import any_tumour_probability
 
 
-def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image], twin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The input-size forward without autograd: (B, C) logits and (B, D) pooled features. ``twin``: through
-    ``loaded.twin``, which another thread may run while the heatmap's hooks sit on ``loaded.model``."""
+def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input-size forward without autograd: (B, C) logits and (B, D) pooled features; through ``loaded.twin``
+    where there is one, which another thread may run while the heatmap's hooks sit on ``loaded.model``, and which runs
+    its whole forward in ONNX Runtime where that is on (brainmri.serving.onnx_passes)."""
     x = place_batch([loaded.transform(image) for image in images], loaded.device)
     with torch.no_grad():
-        return logits_and_features(loaded.twin if twin else loaded.model, x)
+        return logits_and_features(loaded.twin if loaded.twin is not None else loaded.model, x)
 
 
 def twin_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`plain_pass` through the twin: the one :func:`run_model_batch` takes as ``plain``."""
-    return plain_pass(loaded, images, twin=True)
+    """:func:`plain_pass`, in the side thread: the one :func:`run_model_batch` takes as ``plain``."""
+    return plain_pass(loaded, images)
 
 
 def answered_probs(loaded: LoadedModel, logits: torch.Tensor, second: Future | None = None) -> torch.Tensor:

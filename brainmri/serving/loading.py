@@ -24,6 +24,7 @@ from brainmri.ood import OODStats, load_stats
 from brainmri.runtime import fold_batchnorm, same_padding_in_kernel
 from brainmri.segmentation import OutlineRule, read_rule
 from brainmri.serving.device import place_model, resolve_device
+from brainmri.serving.onnx_passes import features_through_onnx, onnx_serving, prefix_through_onnx, weights_key
 from brainmri.serving.overlap import shared_weights_copy
 
 
@@ -100,7 +101,7 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
     same_padding_in_kernel(model, keep=[layer, *stages])
     prepare_for_cam(model)
     model = place_model(model, device)
-    return LoadedModel(
+    loaded = LoadedModel(
         name,
         folder,
         model,
@@ -115,3 +116,9 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
         device,
         outline_rule=read_rule(folder),
     )
+    if onnx_serving(device):  # the passes no heatmap differentiates, through ONNX Runtime (brainmri.serving.onnx_passes)
+        key = weights_key(folder)
+        prefix_through_onnx(loaded.model, [layer, *stages], key)
+        if loaded.twin is not None:
+            features_through_onnx(loaded.twin, key)
+    return loaded

@@ -22,7 +22,7 @@ from torch import nn
 
 from brainmri.calibration import calibrated_probs, load_temperature
 from brainmri.models.checkpoint import count_tensors_bytes
-from brainmri.models.multitask import MultiTaskClassifier
+from brainmri.models.multitask import MultiTaskClassifier, UnetOnClassifier
 from brainmri.runtime import fold_batchnorm, native_bf16, same_padding_in_kernel
 from brainmri.segmentation import (
     Outline,
@@ -35,6 +35,7 @@ from brainmri.segmentation import (
     tumour_probability_and_class,
 )
 from brainmri.serving.device import place_model, resolve_device
+from brainmri.serving.onnx_passes import encoder_through_onnx, onnx_serving, weights_key
 from brainmri.settings import outline_bf16
 
 _logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def load_for_serving(name: str, folder: str | Path, device: torch.device | str |
     labels = list(getattr(model, "label_names", []))
     temperature = load_temperature(folder) if labels else 1.0
     nbytes = count_tensors_bytes(model)
+    if not bf16 and isinstance(model, UnetOnClassifier) and onnx_serving(device):
+        encoder_through_onnx(model, weights_key(Path(folder)))  # its decoder stays in torch, under the gate
     return LoadedSegmenter(name, model, size, nbytes, device, bf16=bf16, rule=read_rule(folder), labels=labels, temperature=temperature)
 
 

@@ -1,0 +1,212 @@
+"""ONNX Runtime for the CPU passes that need no gradient: the same numbers to float rounding, in less CPU time.
+
+On a host without native bf16 (AVX2), one thread, batch 1, Lite0's forward at 192 px took 15.1 ms in torch and 8.4
+ms in ONNX Runtime (its MLAS kernels); the one encoder's whole forward 38.9 against 31.6 ms (docs/serving.md). So
+a served model routes through it what no heatmap differentiates:
+
+- :func:`features_through_onnx`: a classifier's whole ``forward_features``, in the copy no heatmap hooks (the twin:
+  the plain pass at the input size and the OOD judge's pass);
+- :func:`prefix_through_onnx`: the heatmap model's stem and blocks below its shallowest hooked stage, whose
+  gradient LayerCAM never reads (brainmri.explain anchors the gradient at that stage);
+- :func:`encoder_through_onnx`: the one encoder's encoder when it serves the outline and its second opinion
+  (brainmri.serving.segment); its decoder stays in torch, under the gate.
+
+Each wrapped module is exported once per input shape (the batch axis left free) and its session shared by every
+copy of the model that asks with the same key (the batch workers' copies hold the same weights). Where a gradient is
+needed (training, or a caller that wants one) the module runs in torch as before. ``BRAIN_MRI_ONNX=0`` switches it
+off; without ``onnxruntime`` and ``onnx`` installed nothing changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from brainmri.settings import onnx_runtime
+
+_logger = logging.getLogger(__name__)
+
+_sessions: dict[tuple[str, tuple[int, ...]], object] = {}  # (key, input shape without the batch) -> InferenceSession
+_sessions_lock = threading.Lock()
+
+
+def weights_key(folder: Path) -> str:
+    """What names a folder's weights for the shared sessions: its path and its weight files' sizes and times (a
+    folder rewritten in place gets new sessions)."""
+    folder = Path(folder).resolve()
+    stamp = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(folder.glob("*.safetensors"))]
+    return f"{folder.name}@{hashlib.sha1('|'.join([str(folder), *stamp]).encode()).hexdigest()[:10]}"
+
+
+def onnx_serving(device: torch.device) -> bool:
+    """Whether this process routes its no-gradient passes through ONNX Runtime: on the CPU, ``BRAIN_MRI_ONNX`` not
+    0, and both packages importable."""
+    return (
+        device.type == "cpu"
+        and onnx_runtime()
+        and importlib.util.find_spec("onnxruntime") is not None
+        and importlib.util.find_spec("onnx") is not None
+    )
+
+
+def _export(module: nn.Module, shape: tuple[int, ...]) -> bytes:
+    """``module`` as ONNX (opset 17) for float32 inputs of ``shape`` (C, H, W) and any batch size; its outputs named
+    y0, y1, ... Traced on zeros, outside any inference mode the caller is in (the exporter needs plain tensors)."""
+    with torch.inference_mode(False), torch.no_grad():
+        x = torch.zeros((1, *shape))
+        outputs = module(x)
+        return _trace(module, x, 1 if not isinstance(outputs, tuple) else len(outputs))
+
+
+def _trace(module: nn.Module, x: torch.Tensor, count: int) -> bytes:
+    names = [f"y{i}" for i in range(count)]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the exporter's notes on constant shapes and its own deprecation, not ours to act on
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (x,),
+            buffer,
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter: no onnxscript, and it traces timm's and smp's modules as they run
+            input_names=["x"],
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["x", *names]},
+        )
+    return buffer.getvalue()
+
+
+def _new_session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # One thread, as each batch worker's torch (brainmri.runtime); no spinning: a waiting thread would spin on the
+    # core the other worker needs.
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")  # as torch does here (brainmri.runtime)
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxForward(nn.Module):
+    """``module``'s forward through ONNX Runtime wherever no gradient is asked for; in torch where one is.
+
+    Outputs are float32 tensors on the CPU (4-D ones channels_last, as the served torch layers run), a tuple when
+    ``module`` returns several. ``key`` names the weights: copies of one model share a session by it.
+    """
+
+    def __init__(self, module: nn.Module, key: str):
+        super().__init__()
+        self.module, self.key = module, key
+        self._trainable = any(p.requires_grad for p in module.parameters())
+
+    def session(self, x: torch.Tensor):
+        """The session for ``x``'s shape (less the batch), exported on first use."""
+        shape = tuple(x.shape[1:])
+        with _sessions_lock:  # one export per key and shape, even when both workers load at once
+            if (self.key, shape) not in _sessions:
+                start = time.perf_counter()
+                _sessions[self.key, shape] = _new_session(_export(self.module, shape))
+                _logger.info("ONNX Runtime session for %s at %s in %.1f s", self.key, shape, time.perf_counter() - start)
+            return _sessions[self.key, shape]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if torch.is_grad_enabled() and (x.requires_grad or self._trainable):
+            return self.module(x)
+        feed = {"x": x.detach().float().contiguous().numpy()}
+        outputs = [torch.from_numpy(y) for y in self.session(x).run(None, feed)]
+        outputs = [y.contiguous(memory_format=torch.channels_last) if y.dim() == 4 else y for y in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def is_efficientnet(model: nn.Module) -> bool:
+    """A timm EfficientNet's ``forward_features``: conv_stem, bn1, blocks (stages), conv_head, bn2."""
+    return all(hasattr(model, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")) and isinstance(
+        model.blocks, nn.Sequential
+    )
+
+
+def features_through_onnx(model: nn.Module, key: str) -> bool:
+    """Route a timm EfficientNet's whole ``forward_features`` through ONNX Runtime (a copy no heatmap hooks: its
+    modules after the stem become identities). False, and nothing changed, for another architecture."""
+    if not is_efficientnet(model):
+        return False
+    chain = nn.Sequential(model.conv_stem, model.bn1, model.blocks, model.conv_head, model.bn2)
+    model.conv_stem = OnnxForward(chain, f"{key}:features")
+    model.bn1, model.blocks, model.conv_head, model.bn2 = nn.Identity(), nn.Sequential(), nn.Identity(), nn.Identity()
+    return True
+
+
+def shallowest_block(model: nn.Module, hooked: list[nn.Module]) -> int:
+    """Index of the first of ``model.blocks`` that holds (or is) one of ``hooked``; ``len(blocks)`` when none does."""
+    for i, block in enumerate(model.blocks):
+        inside = set(map(id, block.modules()))
+        if any(id(m) in inside for m in hooked):
+            return i
+    return len(model.blocks)
+
+
+def prefix_through_onnx(model: nn.Module, hooked: list[nn.Module], key: str) -> int:
+    """Route a timm EfficientNet's stem and the blocks below the shallowest of ``hooked`` (the heatmap's layers)
+    through ONNX Runtime; those blocks become identities, so every module a hook names keeps its name and place.
+    Returns how many blocks moved (0: nothing changed; also for another architecture, or a hook on the stem)."""
+    if not is_efficientnet(model) or any(m in (model.conv_stem, model.bn1) for m in hooked):
+        return 0
+    stop = shallowest_block(model, hooked)
+    if stop == 0:
+        return 0
+    chain = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:stop])
+    model.conv_stem, model.bn1 = OnnxForward(chain, f"{key}:blocks[:{stop}]"), MovedToOnnx("bn1")
+    for i in range(stop):
+        model.blocks[i] = MovedToOnnx(f"blocks.{i}")
+    return stop
+
+
+class MovedToOnnx(nn.Identity):
+    """The place of a module that now runs inside an :class:`OnnxForward` earlier in the model: it passes its input on.
+    A hook on it would see another module's output, so a forward with one fails, naming the module."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks:
+            raise RuntimeError(f"{self.name} runs inside ONNX Runtime here: a hook on it needs BRAIN_MRI_ONNX=0")
+        return x
+
+
+class _Encoder(nn.Module):
+    """The one encoder's ``features`` as a flat tuple (final, stage 1, ..., stage 5), as an export needs it."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        final, stages = self.classifier.forward_intermediates(x)
+        return (final, *stages)
+
+
+def encoder_through_onnx(net: nn.Module, key: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+    """Route a ``UnetOnClassifier``'s (brainmri.models.multitask) ``features`` through ONNX Runtime, for this served
+    copy only: an instance attribute over the class's method, which training and the heatmap's copy keep."""
+    runner = OnnxForward(_Encoder(net.classifier), f"{key}:encoder")
+
+    def features(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        final, *stages = runner(x)
+        return final, list(stages)
+
+    object.__setattr__(net, "features", features)  # not nn.Module's __setattr__: a plain callable, not a submodule
+    return features
