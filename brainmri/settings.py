@@ -8,10 +8,13 @@ ValueError naming the variable and the value.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 
@@ -137,6 +140,14 @@ def onnx_runtime() -> bool:
     if value not in {"0", "1"}:
         raise ValueError(f"BRAIN_MRI_ONNX must be 0 or 1, got {value!r}")
     return value == "1"
+
+
+@contextlib.contextmanager
+def onnx_runtime_off() -> Iterator[None]:
+    """``BRAIN_MRI_ONNX=0`` inside the block, as it was after: models loaded there run every pass in torch (a heatmap
+    sweep whose hooks may sit where ONNX Runtime would run, reports.cam_localisation)."""
+    with mock.patch.dict(os.environ, {"BRAIN_MRI_ONNX": "0"}):
+        yield
 
 
 def on_zerogpu() -> bool:

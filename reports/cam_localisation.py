@@ -23,6 +23,7 @@ report on ``report``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -45,6 +46,7 @@ from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, FUSING_METHODS, prepar
 from brainmri.models.catalog import discover
 from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
+from brainmri.settings import onnx_runtime_off
 from reports.cam_sanity import brain_mask
 from reports.results import update_section
 
@@ -288,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--docs-stages needs an --out of its own: a sweep must not replace the figures the app shows")
 
     def go() -> None:
-        report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
+        # A swept stage may lie in the served heatmap's prefix, which ONNX Runtime runs whole: a sweep runs in torch.
+        with onnx_runtime_off() if any(args.layers or []) else contextlib.nullcontext():
+            report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")

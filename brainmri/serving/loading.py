@@ -117,8 +117,8 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
         outline_rule=read_rule(folder),
     )
     if onnx_serving(device):  # the passes no heatmap differentiates, through ONNX Runtime (brainmri.serving.onnx_passes)
-        key = weights_key(folder)
-        prefix_through_onnx(loaded.model, [layer, *stages], key)
+        key, side = weights_key(folder), loaded.cfg["input_size"][-1]
+        prefix_through_onnx(loaded.model, [layer, *stages], key, loaded.cam_size or side)  # exported now, not on a request
         if loaded.twin is not None:
-            features_through_onnx(loaded.twin, key)
+            features_through_onnx(loaded.twin, key, side)
     return loaded

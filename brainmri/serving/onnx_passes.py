@@ -1,7 +1,7 @@
 """ONNX Runtime for the CPU passes that need no gradient: the same numbers to float rounding, in less CPU time.
 
 On a host without native bf16 (AVX2), one thread, batch 1, Lite0's forward at 192 px took 15.1 ms in torch and 8.4
-ms in ONNX Runtime (its MLAS kernels); the one encoder's whole forward 38.9 against 31.6 ms (docs/serving.md). So
+ms in ONNX Runtime (its MLAS kernels); the one encoder's encoder 18.7 against 13.4 ms (docs/serving.md). So
 a served model routes through it what no heatmap differentiates:
 
 - :func:`features_through_onnx`: a classifier's whole ``forward_features``, in the copy no heatmap hooks (the twin:
@@ -11,7 +11,7 @@ a served model routes through it what no heatmap differentiates:
 - :func:`encoder_through_onnx`: the one encoder's encoder when it serves the outline and its second opinion
   (brainmri.serving.segment); its decoder stays in torch, under the gate.
 
-Each wrapped module is exported once per input shape (the batch axis left free) and its session shared by every
+Each wrapped module is exported once per input shape, for one image (a batch runs image by image), its session shared by every
 copy of the model that asks with the same key (the batch workers' copies hold the same weights). Where a gradient is
 needed (training, or a caller that wants one) the module runs in torch as before. ``BRAIN_MRI_ONNX=0`` switches it
 off; without ``onnxruntime`` and ``onnx`` installed nothing changes.
@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,8 +61,8 @@ def onnx_serving(device: torch.device) -> bool:
 
 
 def _export(module: nn.Module, shape: tuple[int, ...]) -> bytes:
-    """``module`` as ONNX (opset 17) for float32 inputs of ``shape`` (C, H, W) and any batch size; its outputs named
-    y0, y1, ... Traced on zeros, outside any inference mode the caller is in (the exporter needs plain tensors)."""
+    """``module`` as ONNX (opset 17) for one float32 image of ``shape`` (C, H, W); its outputs named y0, y1, ...
+    Traced on zeros, outside any inference mode the caller is in (the exporter needs plain tensors)."""
     with torch.inference_mode(False), torch.no_grad():
         x = torch.zeros((1, *shape))
         outputs = module(x)
@@ -81,7 +82,6 @@ def _trace(module: nn.Module, x: torch.Tensor, count: int) -> bytes:
             dynamo=False,  # the TorchScript exporter: no onnxscript, and it traces timm's and smp's modules as they run
             input_names=["x"],
             output_names=names,
-            dynamic_axes={name: {0: "batch"} for name in ["x", *names]},
         )
     return buffer.getvalue()
 
@@ -111,9 +111,9 @@ class OnnxForward(nn.Module):
         self.module, self.key = module, key
         self._trainable = any(p.requires_grad for p in module.parameters())
 
-    def session(self, x: torch.Tensor):
-        """The session for ``x``'s shape (less the batch), exported on first use."""
-        shape = tuple(x.shape[1:])
+    def session(self, shape: tuple[int, ...]):
+        """The session for images of ``shape`` (C, H, W), exported on first use."""
+        shape = tuple(int(n) for n in shape)
         with _sessions_lock:  # one export per key and shape, even when both workers load at once
             if (self.key, shape) not in _sessions:
                 start = time.perf_counter()
@@ -124,8 +124,11 @@ class OnnxForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if torch.is_grad_enabled() and (x.requires_grad or self._trainable):
             return self.module(x)
-        feed = {"x": x.detach().float().contiguous().numpy()}
-        outputs = [torch.from_numpy(y) for y in self.session(x).run(None, feed)]
+        session, images = self.session(x.shape[1:]), x.detach().float().contiguous().numpy()
+        # Image by image: a session then only ever plans one image's buffers, and its memory arena stays that size.
+        # Batches of up to 8 grew the server by 0.9 GB under load (docs/serving.md); one thread gains little from them.
+        runs = [session.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
+        outputs = [torch.from_numpy(np.concatenate(parts)) for parts in zip(*runs)]
         outputs = [y.contiguous(memory_format=torch.channels_last) if y.dim() == 4 else y for y in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -137,14 +140,17 @@ def is_efficientnet(model: nn.Module) -> bool:
     )
 
 
-def features_through_onnx(model: nn.Module, key: str) -> bool:
+def features_through_onnx(model: nn.Module, key: str, side: int | None = None) -> bool:
     """Route a timm EfficientNet's whole ``forward_features`` through ONNX Runtime (a copy no heatmap hooks: its
-    modules after the stem become identities). False, and nothing changed, for another architecture."""
+    modules after the stem become identities), exported now for ``side`` x ``side`` images when given (else on first
+    use). False, and nothing changed, for another architecture."""
     if not is_efficientnet(model):
         return False
     chain = nn.Sequential(model.conv_stem, model.bn1, model.blocks, model.conv_head, model.bn2)
     model.conv_stem = OnnxForward(chain, f"{key}:features")
     model.bn1, model.blocks, model.conv_head, model.bn2 = nn.Identity(), nn.Sequential(), nn.Identity(), nn.Identity()
+    if side:
+        model.conv_stem.session((3, side, side))
     return True
 
 
@@ -157,10 +163,11 @@ def shallowest_block(model: nn.Module, hooked: list[nn.Module]) -> int:
     return len(model.blocks)
 
 
-def prefix_through_onnx(model: nn.Module, hooked: list[nn.Module], key: str) -> int:
+def prefix_through_onnx(model: nn.Module, hooked: list[nn.Module], key: str, side: int | None = None) -> int:
     """Route a timm EfficientNet's stem and the blocks below the shallowest of ``hooked`` (the heatmap's layers)
-    through ONNX Runtime; those blocks become identities, so every module a hook names keeps its name and place.
-    Returns how many blocks moved (0: nothing changed; also for another architecture, or a hook on the stem)."""
+    through ONNX Runtime, exported now for ``side`` x ``side`` images when given; those blocks become identities, so
+    every module a hook names keeps its name and place. Returns how many blocks moved (0: nothing changed; also for
+    another architecture, or a hook on the stem)."""
     if not is_efficientnet(model) or any(m in (model.conv_stem, model.bn1) for m in hooked):
         return 0
     stop = shallowest_block(model, hooked)
@@ -170,6 +177,8 @@ def prefix_through_onnx(model: nn.Module, hooked: list[nn.Module], key: str) -> 
     model.conv_stem, model.bn1 = OnnxForward(chain, f"{key}:blocks[:{stop}]"), MovedToOnnx("bn1")
     for i in range(stop):
         model.blocks[i] = MovedToOnnx(f"blocks.{i}")
+    if side:
+        model.conv_stem.session((3, side, side))
     return stop
 
 
@@ -199,10 +208,15 @@ class _Encoder(nn.Module):
         return (final, *stages)
 
 
-def encoder_through_onnx(net: nn.Module, key: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+def encoder_through_onnx(
+    net: nn.Module, key: str, side: int | None = None
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
     """Route a ``UnetOnClassifier``'s (brainmri.models.multitask) ``features`` through ONNX Runtime, for this served
-    copy only: an instance attribute over the class's method, which training and the heatmap's copy keep."""
+    copy only (an instance attribute over the class's method, which training and the heatmap's copy keep), exported
+    now for ``side`` x ``side`` images when given."""
     runner = OnnxForward(_Encoder(net.classifier), f"{key}:encoder")
+    if side:
+        runner.session((3, side, side))
 
     def features(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         final, *stages = runner(x)

@@ -71,7 +71,7 @@ def load_for_serving(name: str, folder: str | Path, device: torch.device | str |
     temperature = load_temperature(folder) if labels else 1.0
     nbytes = count_tensors_bytes(model)
     if not bf16 and isinstance(model, UnetOnClassifier) and onnx_serving(device):
-        encoder_through_onnx(model, weights_key(Path(folder)))  # its decoder stays in torch, under the gate
+        encoder_through_onnx(model, weights_key(Path(folder)), size)  # its decoder stays in torch, under the gate
     return LoadedSegmenter(name, model, size, nbytes, device, bf16=bf16, rule=read_rule(folder), labels=labels, temperature=temperature)
 
 
