@@ -135,18 +135,20 @@ def onnx_runtime() -> bool:
     """``BRAIN_MRI_ONNX``: run the CPU passes that need no gradient (a classifier's plain forward, the OOD judge's, the
     one encoder's encoder, a heatmap's forward below its shallowest stage) through ONNX Runtime
     (brainmri.serving.onnx_passes), where ``onnxruntime`` and ``onnx`` are installed: the same numbers to float
-    rounding, in less CPU time on hosts without native bf16 (docs/serving.md). ``0`` keeps torch. Default: 1."""
-    value = (_get("BRAIN_MRI_ONNX") or "1").lower()
+    rounding, in less CPU time alone (docs/serving.md). ``1`` switches it on. Default: 0, by the rule in docs/serving.md
+    (its lone-request runs did not show the gain on a drifting host)."""
+    value = (_get("BRAIN_MRI_ONNX") or "0").lower()
     if value not in {"0", "1"}:
         raise ValueError(f"BRAIN_MRI_ONNX must be 0 or 1, got {value!r}")
     return value == "1"
 
 
 @contextlib.contextmanager
-def onnx_runtime_off() -> Iterator[None]:
-    """``BRAIN_MRI_ONNX=0`` inside the block, as it was after: models loaded there run every pass in torch (a heatmap
-    sweep whose hooks may sit where ONNX Runtime would run, reports.cam_localisation)."""
-    with mock.patch.dict(os.environ, {"BRAIN_MRI_ONNX": "0"}):
+def onnx_runtime_as(on: bool) -> Iterator[None]:
+    """``BRAIN_MRI_ONNX`` as ``on`` inside the block, as it was after: models loaded there run their no-gradient passes
+    that way (a heatmap sweep whose hooks may sit where ONNX Runtime would run, in torch: reports.cam_localisation;
+    both ways in one process: scripts/bench_onnx.py)."""
+    with mock.patch.dict(os.environ, {"BRAIN_MRI_ONNX": "1" if on else "0"}):
         yield
 
 

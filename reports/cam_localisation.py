@@ -46,7 +46,7 @@ from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, FUSING_METHODS, prepar
 from brainmri.models.catalog import discover
 from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
-from brainmri.settings import onnx_runtime_off
+from brainmri.settings import onnx_runtime_as
 from reports.cam_sanity import brain_mask
 from reports.results import update_section
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         # A swept stage may lie in the served heatmap's prefix, which ONNX Runtime runs whole: a sweep runs in torch.
-        with onnx_runtime_off() if any(args.layers or []) else contextlib.nullcontext():
+        with onnx_runtime_as(False) if any(args.layers or []) else contextlib.nullcontext():
             report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -82,6 +82,18 @@ def start_to_first_answer(image: Path) -> dict:
     return {"server_up_s": round(up, 2), "first_answer_s": round(first, 2), "model": details["model"]}
 
 
+def one_request(predictor: Predictor, name: str, path: Path) -> tuple[float, float, float]:
+    """One whole request as the app serves it (decode, predict, the heatmap's overlay and the outline drawn, PNG data
+    URLs of both): its wall ms, its CPU ms over all threads (what it costs, busy machine or not), and the passes' ms."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    image = load_image(path)
+    result = predictor.predict(image, name)
+    data_url(overlay(image, result.cam))  # what the app sends: the heatmap inline
+    result.details()  # with the outline's mask as a PNG data URL
+    display.with_outline(image, None if result.outline is None else result.outline.mask, True)
+    return (time.perf_counter() - start) * 1000, (time.process_time() - start_cpu) * 1000, result.latency_ms
+
+
 def latency(predictor: Predictor, name: str, images: list, warmup: int = 3) -> dict:
     """Median ms of predict + Grad-CAM (+ OOD, + the tumour outline), and of the whole request (decode, predict, overlay,
     the outline drawn, PNG data URLs of the heatmap and of the mask in the details)."""
@@ -90,15 +102,10 @@ def latency(predictor: Predictor, name: str, images: list, warmup: int = 3) -> d
         predictor.predict(load_image(path), name)
     core, full, cpu = [], [], []
     for path in images:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        image = load_image(path)
-        result = predictor.predict(image, name)
-        data_url(overlay(image, result.cam))  # what the app sends: the heatmap inline
-        result.details()  # with the outline's mask as a PNG data URL
-        display.with_outline(image, None if result.outline is None else result.outline.mask, True)
-        full.append((time.perf_counter() - start) * 1000)
-        cpu.append((time.process_time() - start_cpu) * 1000)  # all threads: what the request costs, busy machine or not
-        core.append(result.latency_ms)
+        whole, cpu_time, model_time = one_request(predictor, name, path)
+        full.append(whole)
+        cpu.append(cpu_time)
+        core.append(model_time)
     return {
         "predict_gradcam_median_ms": round(statistics.median(core), 1),
         "predict_gradcam_p90_ms": round(sorted(core)[int(0.9 * (len(core) - 1))], 1),

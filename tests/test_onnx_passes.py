@@ -32,7 +32,7 @@ from brainmri.serving.onnx_passes import (
     prefix_through_onnx,
 )
 from brainmri.serving.overlap import shared_weights_copy
-from brainmri.settings import checkpoint_dir, onnx_runtime_off
+from brainmri.settings import checkpoint_dir, onnx_runtime_as
 
 SIZE = 64
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))
@@ -144,7 +144,7 @@ def test_switched_off_the_served_model_is_torch_alone(monkeypatch):
         onnx_serving(torch.device("cpu"))
     monkeypatch.setenv("BRAIN_MRI_ONNX", "1")
     assert not onnx_serving(torch.device("cuda"))
-    with onnx_runtime_off():  # a heatmap sweep's block (reports.cam_localisation), and as it was after
+    with onnx_runtime_as(False):  # a heatmap sweep's block (reports.cam_localisation), and as it was after
         assert not onnx_serving(torch.device("cpu"))
     assert onnx_serving(torch.device("cpu"))
 

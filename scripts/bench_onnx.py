@@ -1,0 +1,97 @@
+"""The default's whole request with ONNX Runtime and without, in one process, taking turns image by image: a paired
+comparison on which the host's drift weighs alike (docs/serving.md, "ONNX Runtime for the passes that need no
+gradient").
+
+    HF_HUB_OFFLINE=1 python scripts/bench_onnx.py --images 64 [--model lite0_and_multitask] [--json FILE]
+
+The model is loaded twice, once with ``BRAIN_MRI_ONNX=0`` and once with ``1`` (the setting is read as a model loads),
+with the app's threads. Each image is answered both ways, in alternating order, after a few untimed requests. Prints
+each way's median whole request (``scripts/bench_app.py``'s measure) and CPU time, and on how many images ONNX Runtime
+answered sooner. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling bench_app, however it is loaded
+
+from bench_app import one_request  # noqa: E402
+
+from brainmri.app.dataview import example_files, local_root  # noqa: E402
+from brainmri.cli import exit_code  # noqa: E402
+from brainmri.models.catalog import discover  # noqa: E402
+from brainmri.models.registry import APP_DEFAULT  # noqa: E402
+from brainmri.runtime import available_cpus, configure_torch_threads, describe_cpu  # noqa: E402
+from brainmri.serving import Predictor  # noqa: E402
+from brainmri.settings import batch_workers, default_data, onnx_runtime_as  # noqa: E402
+
+_logger = logging.getLogger(__name__)
+WAYS = ("torch", "onnx")
+
+
+def loaded(way: str, name: str) -> Predictor:
+    """A predictor with ``name`` loaded in every batch worker's copy, its no-gradient passes in ``way``."""
+    with onnx_runtime_as(way == "onnx"):
+        predictor = Predictor(discover(hub=False))
+        predictor.warm()
+        for copy in range(predictor.workers):
+            predictor.model(name, copy)
+    return predictor
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64, help="Testing images, each answered both ways")
+    parser.add_argument("--model", default=APP_DEFAULT, help="default: %(default)s")
+    parser.add_argument("--warm-up", type=int, default=4, help="untimed requests each way first")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+
+    def run() -> None:
+        threads = configure_torch_threads(batch_workers())  # as the app: the cores shared by its batch workers
+        root = local_root(default_data())
+        if root is None:
+            raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
+        paths = [p for p, _ in example_files(root, per_class=args.images // 4 + 2)]
+        images, warm = paths[: args.images], paths[args.images : args.images + args.warm_up]
+        predictors = {way: loaded(way, args.model) for way in WAYS}
+        for path in warm:
+            for way in WAYS:
+                one_request(predictors[way], args.model, path)
+        wall: dict[str, list[float]] = {way: [] for way in WAYS}
+        cpu: dict[str, list[float]] = {way: [] for way in WAYS}
+        for i, path in enumerate(images):
+            for way in WAYS if i % 2 == 0 else WAYS[::-1]:  # alternate who goes first
+                ms, cpu_ms, _ = one_request(predictors[way], args.model, path)
+                wall[way].append(ms)
+                cpu[way].append(cpu_ms)
+        sooner = sum(o < t for o, t in zip(wall["onnx"], wall["torch"]))
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"{args.model}, {len(images)} Testing images each way, {describe_cpu()}, {available_cpus()} usable cores,")
+        print(f"torch threads {threads}, 1-min load average {load_avg:.1f}; whole request, median ms:")
+        figures = {"model": args.model, "n": len(images), "cpu": describe_cpu(), "load_average_1min": round(load_avg, 2)}
+        for way in WAYS:
+            figures[way] = {
+                "request_median_ms": round(statistics.median(wall[way]), 1),
+                "cpu_median_ms": round(statistics.median(cpu[way]), 1),
+            }
+            print(f"  {way:6s} {figures[way]['request_median_ms']:7.1f} (CPU time {figures[way]['cpu_median_ms']:.1f})")
+        figures["onnx_sooner"] = sooner
+        print(f"ONNX Runtime answered sooner on {sooner} of {len(images)} images")
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+    return exit_code(run, _logger)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
