@@ -6,6 +6,7 @@ Every registry EfficientNet, untrained, at 64 px; then the shipped default throu
 from __future__ import annotations
 
 import copy
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from brainmri.models.segmenters import SEGMENTERS, create_segmenter
 from brainmri.ood import logits_and_features
 from brainmri.runtime import fold_batchnorm, same_padding_in_kernel
 from brainmri.segmentation import OutlineRule, tumour_probability_and_class
-from brainmri.serving import Predictor
+from brainmri.serving import Predictor, onnx_passes
 from brainmri.serving.loading import load_model
 from brainmri.serving.onnx_passes import (
     OnnxForward,
@@ -171,3 +172,14 @@ def test_the_shipped_default_answers_as_torch_does(monkeypatch):
         if torch_answer.outline is not None:
             assert np.array_equal(onnx_answer.outline.mask, torch_answer.outline.mask)
         assert np.abs(onnx_answer.cam - torch_answer.cam).max() < 0.05
+
+
+def test_a_session_lives_while_a_copy_of_its_model_does():
+    model, layers = served("tf_efficientnet_lite0")
+    prefix_through_onnx(model, layers, "test-lifetime", SIZE)
+    copy_ = shared_weights_copy(model)  # as a LoadedModel's twin is made: the copy shares the session
+    assert copy_.conv_stem.session((3, SIZE, SIZE)) is model.conv_stem.session((3, SIZE, SIZE))
+    assert ("test-lifetime:blocks[:2]", (3, SIZE, SIZE)) in onnx_passes._sessions
+    del model, copy_
+    gc.collect()
+    assert ("test-lifetime:blocks[:2]", (3, SIZE, SIZE)) not in onnx_passes._sessions  # evicted with its model

@@ -11,10 +11,11 @@ a served model routes through it what no heatmap differentiates:
 - :func:`encoder_through_onnx`: the one encoder's encoder when it serves the outline and its second opinion
   (brainmri.serving.segment); its decoder stays in torch, under the gate.
 
-Each wrapped module is exported once per input shape, for one image (a batch runs image by image), its session shared by every
-copy of the model that asks with the same key (the batch workers' copies hold the same weights). Where a gradient is
-needed (training, or a caller that wants one) the module runs in torch as before. ``BRAIN_MRI_ONNX=0`` switches it
-off; without ``onnxruntime`` and ``onnx`` installed nothing changes.
+Each wrapped module is exported once per input shape, for one image (a batch runs image by image), its session shared
+by every copy of the model that asks with the same key (the batch workers' copies hold the same weights) and freed with
+the last of them (the model cache's eviction frees it). Where a gradient is needed (training, or a caller that wants
+one) the module runs in torch as before. ``BRAIN_MRI_ONNX=0`` switches it off; without ``onnxruntime`` and ``onnx``
+installed nothing changes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +39,8 @@ from brainmri.settings import onnx_runtime
 
 _logger = logging.getLogger(__name__)
 
-_sessions: dict[tuple[str, tuple[int, ...]], object] = {}  # (key, input shape without the batch) -> InferenceSession
+# (key, one image's shape) -> InferenceSession, while a copy of its model holds it (OnnxForward._held)
+_sessions: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _sessions_lock = threading.Lock()
 
 
@@ -99,6 +102,14 @@ def _new_session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
+class _Held(dict):
+    """A module's sessions by shape. A copy of the module (brainmri.serving.overlap.shared_weights_copy: the same
+    weights) shares them: a session cannot be deep-copied, and need not be."""
+
+    def __deepcopy__(self, memo: dict) -> _Held:
+        return self
+
+
 class OnnxForward(nn.Module):
     """``module``'s forward through ONNX Runtime wherever no gradient is asked for; in torch where one is.
 
@@ -110,16 +121,21 @@ class OnnxForward(nn.Module):
         super().__init__()
         self.module, self.key = module, key
         self._trainable = any(p.requires_grad for p in module.parameters())
+        self._held = _Held()  # its sessions by shape: what keeps them alive
 
     def session(self, shape: tuple[int, ...]):
         """The session for images of ``shape`` (C, H, W), exported on first use."""
         shape = tuple(int(n) for n in shape)
+        if shape in self._held:
+            return self._held[shape]
         with _sessions_lock:  # one export per key and shape, even when both workers load at once
-            if (self.key, shape) not in _sessions:
+            session = _sessions.get((self.key, shape))
+            if session is None:
                 start = time.perf_counter()
-                _sessions[self.key, shape] = _new_session(_export(self.module, shape))
+                session = _sessions[self.key, shape] = _new_session(_export(self.module, shape))
                 _logger.info("ONNX Runtime session for %s at %s in %.1f s", self.key, shape, time.perf_counter() - start)
-            return _sessions[self.key, shape]
+        self._held[shape] = session
+        return session
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if torch.is_grad_enabled() and (x.requires_grad or self._trainable):
