@@ -88,9 +88,10 @@ def run_model_batch(
             classes = lambda: answered_probs(loaded, plain.result()[0], second).argmax(1).tolist()  # noqa: E731
             cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, classes)
             logits, pooled = plain.result()
-        else:  # the input-size forward gives them, the cam_size one the heatmap
+        else:  # the input-size forward gives them, the cam_size one the heatmap; its backward waits for ``second``
             logits, pooled = plain_pass(loaded, images)
-            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, answered_probs(loaded, logits, second).argmax(1).tolist())
+            classes = lambda: answered_probs(loaded, logits, second).argmax(1).tolist()  # noqa: E731
+            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, classes)
         outlines = own_outlines(
             loaded.model, list(images), loaded.outline_rule
         )  # a model with a decoder outlined in the forward that classified

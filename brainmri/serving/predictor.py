@@ -242,12 +242,14 @@ class Predictor(ServedModels):
         waits for; "judge", the OOD judge's pass; "outline", drawn ahead of the verdict (run_passes keeps it for
         in-distribution slices only), unless the classifier's or the judge's forward draws it. For an ``ensemble``,
         "second" instead of "outline": the outline's forward with its class head (:func:`segment_and_classify`), before
-        the judge, as the heatmap's backward waits for it."""
+        the judge, as the heatmap's backward waits for it; and no "plain", which runs in the request's thread before the
+        heatmap's forward (:func:`run_model_batch`): the backward waits for the second opinion anyway, so there it
+        delays nothing, and the second opinion comes sooner."""
         drawn_elsewhere = draws_own_outline(loaded.model) or (judge is not None and self.ood_model == self.segmenter)
         plain = (twin_pass, (loaded, images)) if loaded.twin is not None else None
         verdict = (judge_batch, (judge, images)) if judge is not None else None
         if ensemble is not None:
-            passes = {"plain": plain, "second": (segment_and_classify, (segmenter, images)), "judge": verdict}
+            passes = {"second": (segment_and_classify, (segmenter, images)), "judge": verdict}
         else:
             outlined = (segment_batch, (segmenter, images)) if segmenter is not None and not drawn_elsewhere else None
             passes = {"plain": plain, "judge": verdict, "outline": outlined}
