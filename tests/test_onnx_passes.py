@@ -183,3 +183,24 @@ def test_a_session_lives_while_a_copy_of_its_model_does():
     del model, copy_
     gc.collect()
     assert ("test-lifetime:blocks[:2]", (3, SIZE, SIZE)) not in onnx_passes._sessions  # evicted with its model
+
+
+def test_a_module_the_exporter_cannot_take_runs_in_torch(monkeypatch, caplog):
+    model, layers = served("tf_efficientnet_lite0")
+    reference = copy.deepcopy(model)
+
+    def refuse(*_args):
+        raise RuntimeError("the tracer cannot follow this module\n(details)")
+
+    monkeypatch.setattr(onnx_passes, "_export", refuse)
+    prefix_through_onnx(model, layers, "test-refused", SIZE)  # exported at once: the failure is met at load
+    assert "test-refused:blocks[:2] at (3, 64, 64) stays in torch: its ONNX export failed (the tracer cannot follow" in caplog.text
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+def test_on_zerogpu_the_passes_stay_in_torch(monkeypatch):
+    monkeypatch.setenv("BRAIN_MRI_ONNX", "1")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert not onnx_serving(torch.device("cpu"))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainmri.settings import onnx_runtime
+from brainmri.settings import on_zerogpu, onnx_runtime
 
 _logger = logging.getLogger(__name__)
 
@@ -53,10 +53,12 @@ def weights_key(folder: Path) -> str:
 
 
 def onnx_serving(device: torch.device) -> bool:
-    """Whether this process routes its no-gradient passes through ONNX Runtime: on the CPU, ``BRAIN_MRI_ONNX`` not
+    """Whether this process routes its no-gradient passes through ONNX Runtime: on the CPU, off ZeroGPU (whose passes
+    run on the lent GPU, and whose ``spaces`` package patches torch where the exporter traces), ``BRAIN_MRI_ONNX`` not
     0, and both packages importable."""
     return (
         device.type == "cpu"
+        and not on_zerogpu()
         and onnx_runtime()
         and importlib.util.find_spec("onnxruntime") is not None
         and importlib.util.find_spec("onnx") is not None
@@ -124,7 +126,8 @@ class OnnxForward(nn.Module):
         self._held = _Held()  # its sessions by shape: what keeps them alive
 
     def session(self, shape: tuple[int, ...]):
-        """The session for images of ``shape`` (C, H, W), exported on first use."""
+        """The session for images of ``shape`` (C, H, W), exported on first use; None where the export or the session
+        failed, logged once: those images then run in torch, to the same numbers, and the app serves on."""
         shape = tuple(int(n) for n in shape)
         if shape in self._held:
             return self._held[shape]
@@ -132,15 +135,22 @@ class OnnxForward(nn.Module):
             session = _sessions.get((self.key, shape))
             if session is None:
                 start = time.perf_counter()
-                session = _sessions[self.key, shape] = _new_session(_export(self.module, shape))
-                _logger.info("ONNX Runtime session for %s at %s in %.1f s", self.key, shape, time.perf_counter() - start)
+                try:
+                    session = _sessions[self.key, shape] = _new_session(_export(self.module, shape))
+                except Exception as e:  # noqa: BLE001  (an exporter or runtime that cannot take this module: torch can)
+                    _logger.warning("%s at %s stays in torch: its ONNX export failed (%s)", self.key, shape, str(e).splitlines()[0][:200])
+                else:
+                    _logger.info("ONNX Runtime session for %s at %s in %.1f s", self.key, shape, time.perf_counter() - start)
         self._held[shape] = session
         return session
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if torch.is_grad_enabled() and (x.requires_grad or self._trainable):
             return self.module(x)
-        session, images = self.session(x.shape[1:]), x.detach().float().contiguous().numpy()
+        session = self.session(x.shape[1:])
+        if session is None:
+            return self.module(x)
+        images = x.detach().float().contiguous().numpy()
         # Image by image: a session then only ever plans one image's buffers, and its memory arena stays that size.
         # Batches of up to 8 grew the server by 0.9 GB under load (docs/serving.md); one thread gains little from them.
         runs = [session.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
