@@ -82,6 +82,15 @@ def start_to_first_answer(image: Path) -> dict:
     return {"server_up_s": round(up, 2), "first_answer_s": round(first, 2), "model": details["model"]}
 
 
+def testing_paths(count: int, per_class: int) -> list[Path]:
+    """The first ``count`` of ``per_class`` Testing images a class, the classes taking turns, from the data folder
+    (``BRAIN_MRI_DATA``); a ValueError naming it when there is none."""
+    root = local_root(default_data())
+    if root is None:
+        raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
+    return [p for p, _ in example_files(root, per_class=per_class)][:count]
+
+
 def one_request(predictor: Predictor, name: str, path: Path) -> tuple[float, float, float]:
     """One whole request as the app serves it (decode, predict, the heatmap's overlay and the outline drawn, PNG data
     URLs of both): its wall ms, its CPU ms over all threads (what it costs, busy machine or not), and the passes' ms."""
@@ -139,11 +148,7 @@ def main() -> int:
 
     def run() -> None:
         threads = configure_torch_threads(batch_workers())  # as the app: the cores shared by its batch workers
-        root = local_root(default_data())
-        if root is None:
-            raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
-        per_class = max(1, args.images // 4)
-        images = [p for p, _ in example_files(root, per_class=per_class + 1)][: args.images + 3]
+        images = testing_paths(args.images + 3, max(1, args.images // 4) + 1)
         predictor = Predictor(discover(hub=False), segmenter=args.segmenter)
         names = args.models or predictor.available
         print(f"tumour outline: {predictor.segmenter or 'none (no shipped segmenter)'}")

@@ -24,15 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling bench_app, however it is loaded
 
-from bench_app import one_request  # noqa: E402
+from bench_app import one_request, testing_paths  # noqa: E402
 
-from brainmri.app.dataview import example_files, local_root  # noqa: E402
 from brainmri.cli import exit_code  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads, describe_cpu  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
-from brainmri.settings import batch_workers, default_data, onnx_runtime_as  # noqa: E402
+from brainmri.settings import batch_workers, onnx_runtime_as  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 WAYS = ("torch", "onnx")
@@ -58,10 +57,7 @@ def main() -> int:
 
     def run() -> None:
         threads = configure_torch_threads(batch_workers())  # as the app: the cores shared by its batch workers
-        root = local_root(default_data())
-        if root is None:
-            raise ValueError(f"no data folder at {default_data()} (set BRAIN_MRI_DATA)")
-        paths = [p for p, _ in example_files(root, per_class=args.images // 4 + 2)]
+        paths = testing_paths(args.images + args.warm_up, args.images // 4 + 2)
         images, warm = paths[: args.images], paths[args.images : args.images + args.warm_up]
         predictors = {way: loaded(way, args.model) for way in WAYS}
         for path in warm:
