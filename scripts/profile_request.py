@@ -88,13 +88,12 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
     batches = [place_batch([loaded.transform(im)], loaded.device) for im in images]
     layers = loaded.cam_layers(DEFAULT_METHOD)
     model = loaded.model
-    plain = loaded.twin if loaded.twin is not None else model  # as served: the copy no heatmap hooks (ONNX Runtime's)
     phases = {
         "decode (file to RGB, upload limits)": median_ms(load_image, paths),
         "preprocess (resize, normalise)": median_ms(lambda im: place_batch([loaded.transform(im)], loaded.device), images),
     }
     with torch.inference_mode():
-        phases[f"forward ({batches[0].shape[-1]} px)"] = median_ms(lambda x: pooled_features(plain, x), batches)
+        phases[f"forward ({batches[0].shape[-1]} px)"] = median_ms(lambda x: pooled_features(loaded.plain_model, x), batches)
         if isinstance(model, MultiTaskClassifier):
             stages = {id(x): model.net.features(x)[1] for x in batches}
             # decoded after the forward, for the slices the gate lets through (MultiTaskClassifier.decode_last)
@@ -107,8 +106,7 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
         judge = predictor.model(predictor.ood_model)
         judged = [place_batch([judge.transform(im)], judge.device) for im in images]
         with torch.inference_mode():
-            judging = judge.twin if judge.twin is not None else judge.model
-            phases[f"OOD judge ({predictor.ood_model})"] = median_ms(lambda x: pooled_features(judging, x), judged)
+            phases[f"OOD judge ({predictor.ood_model})"] = median_ms(lambda x: pooled_features(judge.plain_model, x), judged)
     segmenter = predictor.segmentation_model()
     if segmenter is not None and not isinstance(model, MultiTaskClassifier):
         phases[f"separate outline ({predictor.segmenter})"] = median_ms(lambda im: segment_batch(segmenter, [im]), images)

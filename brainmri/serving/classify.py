@@ -23,17 +23,11 @@ from brainmri.vocabulary import any_tumour_probability
 
 
 def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The input-size forward without autograd: (B, C) logits and (B, D) pooled features; through ``loaded.twin``
-    where there is one, which another thread may run while the heatmap's hooks sit on ``loaded.model``, and which runs
-    its whole forward in ONNX Runtime where that is on (brainmri.serving.onnx_passes)."""
+    """The input-size forward without autograd: (B, C) logits and (B, D) pooled features, through
+    ``loaded.plain_model``, which another thread may run while the heatmap's hooks sit on ``loaded.model``."""
     x = place_batch([loaded.transform(image) for image in images], loaded.device)
     with torch.no_grad():
-        return logits_and_features(loaded.twin if loaded.twin is not None else loaded.model, x)
-
-
-def twin_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`plain_pass`, in the side thread: the one :func:`run_model_batch` takes as ``plain``."""
-    return plain_pass(loaded, images)
+        return logits_and_features(loaded.plain_model, x)
 
 
 def answered_probs(loaded: LoadedModel, logits: torch.Tensor, second: Future | None = None) -> torch.Tensor:
@@ -67,7 +61,7 @@ def run_model_batch(
 
     A model whose heatmap runs at another size (``cam_size``) takes one more forward: the class and its
     probabilities come from the input size it was trained at, the heatmap explains that class at ``cam_size``.
-    ``plain``: that forward already running in another thread (:func:`twin_pass`, brainmri.serving.overlap); the
+    ``plain``: that forward already running in another thread (:func:`plain_pass`, brainmri.serving.overlap); the
     heatmap's forward starts at once and its backward reads the class when it gets there. The answers are the same.
     ``second``: an ensemble's second opinion (a future of a ``SecondOpinion``, brainmri.serving.segment); the answer
     is then the mean of the two (brainmri.eval.ensemble), and the heatmap explains the mean's class.

@@ -31,7 +31,7 @@ def judge_batch(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[lis
         return [None] * len(images), None
     x = place_batch([loaded.transform(image) for image in images], loaded.device)
     with loaded.lock, torch.inference_mode():  # the lock: another request's Grad-CAM hooks must not see this forward
-        features = pooled_features(loaded.twin if loaded.twin is not None else loaded.model, x).cpu()  # the twin: no hooks
+        features = pooled_features(loaded.plain_model, x).cpu()
         outlines = own_outlines(loaded.model, list(images), loaded.outline_rule)
     results = []
     for i, image in enumerate(images):

@@ -64,6 +64,12 @@ class LoadedModel:
         elif self.twin is None:
             self.twin = shared_weights_copy(self.model)  # brainmri.serving.overlap; guarded by ``lock`` like ``model``
 
+    @property
+    def plain_model(self) -> nn.Module:
+        """What a pass without a heatmap runs through: the twin where there is one (no heatmap's hooks on it, and its
+        whole forward in ONNX Runtime where that is on, brainmri.serving.onnx_passes), else ``model``."""
+        return self.twin if self.twin is not None else self.model
+
     def module_name(self, module: nn.Module) -> str:
         return self._module_names.get(module, type(module).__name__)
 

@@ -36,7 +36,7 @@ from brainmri.models.catalog import ModelSource
 from brainmri.models.registry import EnsembleSpec
 from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.batching import MicroBatcher
-from brainmri.serving.classify import run_model_batch, twin_pass
+from brainmri.serving.classify import plain_pass, run_model_batch
 from brainmri.serving.judge import judge_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.overlap import in_turn, running, spare_core
@@ -246,7 +246,7 @@ class Predictor(ServedModels):
         heatmap's forward (:func:`run_model_batch`): the backward waits for the second opinion anyway, so there it
         delays nothing, and the second opinion comes sooner."""
         drawn_elsewhere = draws_own_outline(loaded.model) or (judge is not None and self.ood_model == self.segmenter)
-        plain = (twin_pass, (loaded, images)) if loaded.twin is not None else None
+        plain = (plain_pass, (loaded, images)) if loaded.twin is not None else None
         verdict = (judge_batch, (judge, images)) if judge is not None else None
         if ensemble is not None:
             passes = {"second": (segment_and_classify, (segmenter, images)), "judge": verdict}
