@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -28,6 +29,16 @@ def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torc
     x = place_batch([loaded.transform(image) for image in images], loaded.device)
     with torch.no_grad():
         return logits_and_features(loaded.plain_model, x)
+
+
+def heatmaps(loaded: LoadedModel, x: torch.Tensor, method: str, classes) -> np.ndarray:
+    """(B, H, W) each image's heatmap at ``x``'s size for its class in ``classes()`` (read once the forward is done):
+    LayerCAM in ONNX Runtime where the model has it (brainmri.serving.cam_onnx), else through autograd."""
+    if method == "LayerCAM" and loaded.layercam is not None:
+        cams = loaded.layercam(x, classes)
+        if cams is not None:
+            return cams
+    return gradcam_batch(loaded.model, loaded.cam_layers(method), x, method, classes)[0]
 
 
 def answered_probs(loaded: LoadedModel, logits: torch.Tensor, second: Future | None = None) -> torch.Tensor:
@@ -80,12 +91,12 @@ def run_model_batch(
             pooled = kept.features
         elif plain is not None:  # the input-size forward runs beside the cam_size one
             classes = lambda: answered_probs(loaded, plain.result()[0], second).argmax(1).tolist()  # noqa: E731
-            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, classes)
+            cams = heatmaps(loaded, x_cam, method, classes)
             logits, pooled = plain.result()
         else:  # the input-size forward gives them, the cam_size one the heatmap; its backward waits for ``second``
             logits, pooled = plain_pass(loaded, images)
             classes = lambda: answered_probs(loaded, logits, second).argmax(1).tolist()  # noqa: E731
-            cams, _ = gradcam_batch(loaded.model, layers, x_cam, method, classes)
+            cams = heatmaps(loaded, x_cam, method, classes)
         outlines = own_outlines(
             loaded.model, list(images), loaded.outline_rule
         )  # a model with a decoder outlined in the forward that classified

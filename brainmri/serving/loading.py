@@ -23,6 +23,7 @@ from brainmri.models.registry import cam_layer, get_spec
 from brainmri.ood import OODStats, load_stats
 from brainmri.runtime import fold_batchnorm, same_padding_in_kernel
 from brainmri.segmentation import OutlineRule, read_rule
+from brainmri.serving.cam_onnx import OnnxLayerCAM, layercam_runner
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.serving.onnx_passes import features_through_onnx, onnx_serving, prefix_through_onnx, weights_key
 from brainmri.serving.overlap import shared_weights_copy
@@ -47,6 +48,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     twin: nn.Module | None = None  # ``model``'s modules again over its tensors: its plain forward beside the heatmap's
     outline_rule: OutlineRule = field(default_factory=OutlineRule)  # how a multi-task model's own outline is decoded (outline.json)
+    layercam: OnnxLayerCAM | None = None  # LayerCAM's forward and backward in ONNX Runtime, where written out for the model
 
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.cfg)
@@ -124,6 +126,8 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
     )
     if onnx_serving(device):  # the passes no heatmap differentiates, through ONNX Runtime (brainmri.serving.onnx_passes)
         key, side = weights_key(folder), loaded.cfg["input_size"][-1]
+        # Before the prefix moves: the runner holds the model's own modules, the prefix's placeholders would not do
+        loaded.layercam = layercam_runner(loaded.model, [layer, *stages], key, loaded.cam_size or side)
         prefix_through_onnx(loaded.model, [layer, *stages], key, loaded.cam_size or side)  # exported now, not on a request
         if loaded.twin is not None:
             features_through_onnx(loaded.twin, key, side)

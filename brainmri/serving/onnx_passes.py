@@ -69,26 +69,48 @@ def _export(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     """``module`` as ONNX (opset 17) for one float32 image of ``shape`` (C, H, W); its outputs named y0, y1, ...
     Traced on zeros, outside any inference mode the caller is in (the exporter needs plain tensors)."""
     with torch.inference_mode(False), torch.no_grad():
-        x = torch.zeros((1, *shape))
-        outputs = module(x)
-        return _trace(module, x, 1 if not isinstance(outputs, tuple) else len(outputs))
+        return export_graph(module, (torch.zeros((1, *shape)),))
 
 
-def _trace(module: nn.Module, x: torch.Tensor, count: int) -> bytes:
-    names = [f"y{i}" for i in range(count)]
+def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
+    """``module`` as ONNX (opset 17), traced on ``inputs`` (named x, x1, x2, ...); its outputs named y0, y1, ..."""
+    with torch.inference_mode(False), torch.no_grad():
+        outputs = module(*inputs)
+    count = len(outputs) if isinstance(outputs, tuple) else 1
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the exporter's notes on constant shapes and its own deprecation, not ours to act on
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
-            (x,),
+            inputs,
             buffer,
             opset_version=17,
             dynamo=False,  # the TorchScript exporter: no onnxscript, and it traces timm's and smp's modules as they run
-            input_names=["x"],
-            output_names=names,
+            input_names=input_names(len(inputs)),
+            output_names=[f"y{i}" for i in range(count)],
         )
     return buffer.getvalue()
+
+
+def input_names(count: int) -> list[str]:
+    """An exported graph's input names: x, x1, x2, ..."""
+    return ["x", *(f"x{i}" for i in range(1, count))]
+
+
+def shared_session(key: str, shape: tuple[int, ...], graph: Callable[[], bytes]):
+    """The session named ``key`` for inputs of ``shape``, shared while anything holds it: made from ``graph()`` when none
+    is held; None where the export or the session failed, logged once (the caller then runs in torch)."""
+    with _sessions_lock:  # one export per key and shape, even when both workers load at once
+        session = _sessions.get((key, shape))
+        if session is None:
+            start = time.perf_counter()
+            try:
+                session = _sessions[key, shape] = _new_session(graph())
+            except Exception as e:  # noqa: BLE001  (an exporter or runtime that cannot take this module: torch can)
+                _logger.warning("%s at %s stays in torch: its ONNX export failed (%s)", key, shape, str(e).splitlines()[0][:200])
+            else:
+                _logger.info("ONNX Runtime session for %s at %s in %.1f s", key, shape, time.perf_counter() - start)
+    return session
 
 
 def _new_session(model_bytes: bytes):
@@ -129,20 +151,9 @@ class OnnxForward(nn.Module):
         """The session for images of ``shape`` (C, H, W), exported on first use; None where the export or the session
         failed, logged once: those images then run in torch, to the same numbers, and the app serves on."""
         shape = tuple(int(n) for n in shape)
-        if shape in self._held:
-            return self._held[shape]
-        with _sessions_lock:  # one export per key and shape, even when both workers load at once
-            session = _sessions.get((self.key, shape))
-            if session is None:
-                start = time.perf_counter()
-                try:
-                    session = _sessions[self.key, shape] = _new_session(_export(self.module, shape))
-                except Exception as e:  # noqa: BLE001  (an exporter or runtime that cannot take this module: torch can)
-                    _logger.warning("%s at %s stays in torch: its ONNX export failed (%s)", self.key, shape, str(e).splitlines()[0][:200])
-                else:
-                    _logger.info("ONNX Runtime session for %s at %s in %.1f s", self.key, shape, time.perf_counter() - start)
-        self._held[shape] = session
-        return session
+        if shape not in self._held:
+            self._held[shape] = shared_session(self.key, shape, lambda: _export(self.module, shape))
+        return self._held[shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if torch.is_grad_enabled() and (x.requires_grad or self._trainable):

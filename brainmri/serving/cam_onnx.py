@@ -1,0 +1,241 @@
+"""LayerCAM of a timm EfficientNet-Lite through ONNX Runtime: its forward and its backward, each one exported graph.
+
+The served default's heatmap pass (Lite0 at 288 px) took 54 ms of a request's CPU with only its stem and first
+blocks in ONNX Runtime: the rest of its forward, and its backward, ran in torch because LayerCAM needs the gradient
+(docs/serving.md). ONNX has no autograd, so the backward is written out here, for exactly what a Lite's blocks are
+made of once batch norm is folded (brainmri.runtime.fold_batchnorm): 1x1 and depthwise convolutions, ReLU6 (or
+ReLU), residual sums, the kept ``bn2`` with its activation, an average pool and a linear head. A convolution's
+gradient is its transpose, an activation's a mask of where it passed its input on, a sum's a copy. Anything else
+(squeeze-excitation, another activation, a hook on a block's inside) keeps the torch path: :func:`layercam_runner`
+returns None.
+
+Two graphs, so that the forward need not wait for the class it explains (brainmri.explain.DeferredClass): the
+forward returns the logits, each hooked layer's output and every activation whose mask the backward reads; the
+backward takes those and the explained class's row of the head's weights, and returns each hooked layer's
+gradient. The maps are then LayerCAM's, fused as :class:`brainmri.explain.LayerCAM` fuses them: the same heatmap to
+float rounding (tests/test_cam_onnx.py holds it to autograd's).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam.utils.image import scale_cam_image
+from timm.layers import BatchNormAct2d
+from timm.models._efficientnet_blocks import InvertedResidual
+from torch import nn
+
+from brainmri.explain import fuse_stage_maps
+from brainmri.runtime import Conv2dSameInKernel
+from brainmri.serving.onnx_passes import _Held, export_graph, is_efficientnet, shared_session
+
+_ACTS = (nn.ReLU6, nn.ReLU, nn.Identity)
+
+
+def _act(module: nn.Module) -> nn.Module | None:
+    """The activation a folded norm left (``Sequential(drop, act)``, brainmri.runtime.fold_batchnorm), or None when
+    the module is anything else."""
+    if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.Identity):
+        return module[1] if type(module[1]) in _ACTS else None
+    return None
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """An inverted residual whose gradient :class:`_Backward` writes out: folded norms, no activation after the
+    projection, no SE, no anti-aliasing, no hooks inside."""
+    convs = [getattr(block, n) for n in ("conv_pw", "conv_dw", "conv_pwl")]
+    return (
+        type(block) is InvertedResidual
+        and all(isinstance(getattr(block, n), nn.Identity) for n in ("se", "aa", "drop_path"))
+        and _act(block.bn1) is not None
+        and _act(block.bn2) is not None
+        and isinstance(_act(block.bn3), nn.Identity)
+        and all(type(c) in (nn.Conv2d, Conv2dSameInKernel) and c.dilation == (1, 1) for c in convs)
+        and convs[0].kernel_size == convs[2].kernel_size == (1, 1)
+        and convs[0].stride == convs[2].stride == (1, 1)
+        and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in block.modules())
+    )
+
+
+def _masked(g: torch.Tensor, act: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``g`` where ``act`` passed its input on, read from its output ``h`` (ReLU6: 0 < h < 6, as torch's backward), zero
+    elsewhere. A mask cast to float and multiplied: in ONNX Runtime a Where node took twice as long (5.2 against 2.6 ms
+    over Lite0's backward at 288 px)."""
+    if isinstance(act, nn.ReLU6):
+        return g * ((h > 0) & (h < 6)).to(g.dtype)
+    if isinstance(act, nn.ReLU):
+        return g * (h > 0).to(g.dtype)
+    return g
+
+
+def conv_input_grad(conv: nn.Conv2d, g: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:
+    """The gradient at a convolution's input of size ``side`` (H, W), from ``g`` (1, out, h, w) at its output."""
+    if conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1:
+        return F.conv2d(g, conv.weight.transpose(0, 1))  # a 1x1 convolution's transpose is one too: a plain Conv node
+    k, s = conv.kernel_size, conv.stride
+    if isinstance(conv, Conv2dSameInKernel):  # TensorFlow's "SAME": p // 2 zeros before, the rest after
+        pads = [max((math.ceil(i / st) - 1) * st + kk - i, 0) for i, kk, st in zip(side, k, s)]
+        before = [p // 2 for p in pads]
+    else:
+        pads, before = [2 * p for p in conv.padding], list(conv.padding)
+    padded = [i + p for i, p in zip(side, pads)]
+    extra = [pi - ((o - 1) * st + kk) for pi, o, st, kk in zip(padded, g.shape[-2:], s, k)]  # rows the stride never read
+    if s == (1, 1):  # a stride-1 transpose is a convolution by the kernel turned round: a plain Conv node, as fast as the forward
+        if conv.groups not in (1, conv.in_channels) or conv.in_channels != conv.out_channels and conv.groups != 1:
+            raise ValueError("grouped convolutions other than depthwise are not written out")
+        weight = conv.weight.flip(-1, -2)
+        weight = weight if conv.groups > 1 else weight.transpose(0, 1)
+        if not isinstance(conv, Conv2dSameInKernel) and all(kk - 1 - p >= 0 for kk, p in zip(k, conv.padding)):
+            return F.conv2d(g, weight, padding=[kk - 1 - p for kk, p in zip(k, conv.padding)], groups=conv.groups)  # no crop
+        full = F.conv2d(F.pad(g, (k[1] - 1, k[1] - 1 + extra[1], k[0] - 1, k[0] - 1 + extra[0])), weight, groups=conv.groups)
+    else:
+        full = F.conv_transpose2d(g, conv.weight, stride=s, output_padding=extra, groups=conv.groups)
+    return full[..., before[0] : before[0] + side[0], before[1] : before[1] + side[1]]
+
+
+class _Forward(nn.Module):
+    """One image's forward: (logits, ``bn2``'s output, each hooked stage's output, then the two activations of every
+    block the backward crosses, in order). It holds the model's modules themselves, so that a later
+    brainmri.serving.onnx_passes.prefix_through_onnx, which swaps some of them out of the model, leaves it whole."""
+
+    def __init__(self, model: nn.Module, stages: list[int]):
+        super().__init__()
+        self.stages, self.stop = stages, min(stages) + 1  # the backward runs down to stage ``stop - 1``'s output
+        self.prefix = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[: self.stop])
+        self.tail = nn.ModuleList(model.blocks[self.stop :])  # stages stop, stop + 1, ...
+        self.conv_head, self.bn2, self.classifier = model.conv_head, model.bn2, model.classifier
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.prefix(x)
+        outputs, saved = {self.stop - 1: x}, []
+        for i, stage in enumerate(self.tail, start=self.stop):
+            for block in stage:
+                h1 = block.bn1(block.conv_pw(x))
+                h2 = block.bn2(block.conv_dw(h1))
+                y = block.bn3(block.conv_pwl(h2))
+                x = y + x if block.has_skip else y
+                saved += [h1, h2]
+            outputs[i] = x
+        features = self.bn2(self.conv_head(x))  # (1, D, h, w), after its activation: LayerCAM's deepest layer
+        logits = self.classifier(features.mean((2, 3)))  # the average pool, flattened
+        return (logits, features, *(outputs[i] for i in self.stages), *saved)
+
+
+class _Backward(nn.Module):
+    """The gradient of one class's logit at ``bn2`` and at each hooked stage, from that class's row of the head's
+    weights (1, D), ``bn2``'s output and the saved activations (the forward's outputs after the hooked stages')."""
+
+    def __init__(self, model: nn.Module, stages: list[int]):
+        super().__init__()
+        self.stages, self.stop = stages, min(stages) + 1
+        self.tail = nn.ModuleList(model.blocks[self.stop :])
+        self.conv_head, self.act = model.conv_head, model.bn2.act
+        bn = model.bn2  # kept, not folded (the heatmap reads its output): its affine map's slope, per channel
+        self.register_buffer("bn_slope", (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()[None, :, None, None])
+
+    def forward(self, row: torch.Tensor, features: torch.Tensor, *saved: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        g_features = (row / (features.shape[-2] * features.shape[-1]))[:, :, None, None].expand_as(features)
+        g = _masked(g_features, self.act, features) * self.bn_slope
+        g = conv_input_grad(self.conv_head, g, tuple(features.shape[-2:]))  # 1x1: the side is the output's
+        grads, j = {}, len(saved) // 2
+        for i in reversed(range(self.stop, self.stop + len(self.tail))):
+            grads[i] = g  # at stage i's output
+            for block in reversed(self.tail[i - self.stop]):
+                j -= 1
+                h1, h2 = saved[2 * j], saved[2 * j + 1]
+                g_in = _masked(conv_input_grad(block.conv_pwl, g, tuple(h2.shape[-2:])), _act(block.bn2), h2)
+                g_in = _masked(conv_input_grad(block.conv_dw, g_in, tuple(h1.shape[-2:])), _act(block.bn1), h1)
+                g_in = conv_input_grad(block.conv_pw, g_in, tuple(h1.shape[-2:]))
+                g = g_in + g if block.has_skip else g_in
+        grads[self.stop - 1] = g
+        return (g_features, *(grads[i] for i in self.stages))
+
+
+def writable(model: nn.Module, layers: Sequence[nn.Module]) -> list[int] | None:
+    """The indices in ``model.blocks`` of the stages among ``layers`` (after ``bn2``, which must come first), when
+    :class:`_Backward` can write this model's gradient out; else None."""
+    if not is_efficientnet(model) or not layers or layers[0] is not model.bn2:
+        return None
+    index = {id(stage): i for i, stage in enumerate(model.blocks)}
+    stages = [index.get(id(layer)) for layer in layers[1:]]
+    bn2, pool = model.bn2, getattr(model, "global_pool", None)
+    ok = (
+        stages
+        and None not in stages
+        and type(bn2) is BatchNormAct2d
+        and isinstance(bn2.drop, nn.Identity)
+        and type(bn2.act) in _ACTS
+        and type(model.conv_head) is nn.Conv2d
+        and model.conv_head.kernel_size == (1, 1)
+        and getattr(pool, "pool_type", None) == "avg"
+        and type(model.classifier) is nn.Linear
+        and all(_plain_block(b) for i in range(min(stages) + 1, len(model.blocks)) for b in model.blocks[i])
+    )
+    return stages if ok else None
+
+
+class OnnxLayerCAM:
+    """LayerCAM over ``bn2`` and whole stages of a timm EfficientNet-Lite, its forward and backward in ONNX Runtime,
+    one image at a time; sessions shared by ``key`` as brainmri.serving.onnx_passes shares them."""
+
+    def __init__(self, model: nn.Module, stages: list[int], key: str):
+        self.forward_graph, self.backward_graph = _Forward(model, stages), _Backward(model, stages)
+        self.head = model.classifier.weight.detach().float().cpu().numpy()  # (classes, D)
+        self.stages, self.key, self._held = stages, key, _Held()
+
+    def sessions(self, side: int):
+        """The forward's and the backward's sessions for ``side`` x ``side`` images; None where either failed."""
+        if side not in self._held:
+            x = torch.zeros(1, 3, side, side)
+            with torch.inference_mode(False), torch.no_grad():
+                outputs = self.forward_graph(x)
+            forward = shared_session(f"{self.key}:cam-forward", (3, side, side), lambda: export_graph(self.forward_graph, (x,)))
+            inputs = (torch.zeros(1, self.head.shape[1]), outputs[1], *outputs[2 + len(self.stages) :])
+            backward = shared_session(f"{self.key}:cam-backward", (3, side, side), lambda: export_graph(self.backward_graph, inputs))
+            self._held[side] = None if forward is None or backward is None else (forward, backward)
+        return self._held[side]
+
+    def __call__(self, x: torch.Tensor, classes: Callable[[], Sequence[int]]) -> np.ndarray | None:
+        """(B, H, W) heatmaps in [0, 1] of ``x`` (B, 3, H, W), each for its class in ``classes()`` (read after the
+        forwards: another pass may still be choosing them); None where the sessions failed (run the torch path)."""
+        sessions = self.sessions(int(x.shape[-1]))
+        if sessions is None:
+            return None
+        forward, backward = sessions
+        names = [i.name for i in backward.get_inputs()]  # the row, bn2's output, the saved activations
+        hooked = 2 + len(self.stages)  # the forward's outputs: logits, bn2's, the stages', then the saved activations
+        images = x.detach().float().contiguous().numpy()
+        runs = [forward.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
+        wanted = classes()
+        maps = []
+        for run, c in zip(runs, wanted):
+            grads = backward.run(None, dict(zip(names, [self.head[int(c)][None], run[1], *run[hooked:]], strict=True)))
+            maps.append(layercam_maps(run[1:hooked], grads, tuple(x.shape[-2:])))
+        return np.concatenate(maps).astype(np.float32)
+
+
+def layercam_maps(acts: Sequence[np.ndarray], grads: Sequence[np.ndarray], side: tuple[int, int]) -> np.ndarray:
+    """LayerCAM fused over layers, as :class:`brainmri.explain.LayerCAM` computes it through pytorch_grad_cam: per
+    layer ReLU(sum over channels of ReLU(grad) * activation), scaled to [0, 1] at the input's ``side`` (H, W); then
+    :func:`~brainmri.explain.fuse_stage_maps`. acts, grads: (B, C, h, w) each. Returns (B, H, W)."""
+    per_layer = []
+    for a, g in zip(acts, grads):
+        cam = np.maximum((np.maximum(g, 0) * a).sum(axis=1), 0)
+        per_layer.append(scale_cam_image(cam, (side[1], side[0]))[:, None])
+    return fuse_stage_maps(np.concatenate(per_layer, axis=1))
+
+
+def layercam_runner(model: nn.Module, layers: Sequence[nn.Module], key: str, side: int | None = None) -> OnnxLayerCAM | None:
+    """An :class:`OnnxLayerCAM` for ``model``'s heatmap over ``layers``, its sessions made now for ``side`` when given;
+    None for a model whose gradient is not written out here, or whose export failed."""
+    stages = writable(model, layers)
+    if stages is None:
+        return None
+    runner = OnnxLayerCAM(model, stages, key)
+    if side and runner.sessions(side) is None:
+        return None
+    return runner
