@@ -16,7 +16,7 @@ from torch import nn
 from brainmri.explain import gradcam_batch
 from brainmri.models import registry
 from brainmri.runtime import Conv2dSameInKernel
-from brainmri.serving import Predictor, onnx_passes
+from brainmri.serving import Predictor, cam_onnx, onnx_passes
 from brainmri.serving.cam_onnx import conv_input_grad, layercam_runner, writable
 
 pytest.importorskip("onnxruntime")
@@ -83,12 +83,26 @@ def test_a_hook_inside_a_block_keeps_the_torch_path():
 
 def test_its_sessions_live_while_the_runner_does():
     model, layers = served("tf_efficientnet_lite0")
-    runner = layercam_runner(model, layers, "test-cam-lifetime", SIZE)
+    runner = layercam_runner(model, layers, "test-cam-lifetime", SIZE)  # begun in the background
+    assert runner.sessions(SIZE) is not None  # waits for them
     keys = [k for k in onnx_passes._sessions if k[0].startswith("test-cam-lifetime:")]
     assert len(keys) == 2  # its forward and its backward
     del runner
     gc.collect()
     assert not any(k[0].startswith("test-cam-lifetime:") for k in onnx_passes._sessions)
+
+
+def test_an_export_that_fails_leaves_the_heatmap_to_autograd(monkeypatch, caplog):
+    model, layers = served("tf_efficientnet_lite0")
+
+    def refuse(*_args):
+        raise RuntimeError("the tracer cannot follow this module")
+
+    monkeypatch.setattr(cam_onnx, "export_graph", refuse)
+    runner = layercam_runner(model, layers, "test-cam-refused")
+    x = torch.randn(1, 3, SIZE, SIZE)
+    assert runner(x, lambda: [0]) is None  # the caller then runs gradcam_batch (brainmri.serving.classify.heatmaps)
+    assert "test-cam-refused:cam-forward at (3, 64, 64) stays in torch: its ONNX export failed" in caplog.text
 
 
 def test_the_served_default_draws_its_heatmap_through_onnx(monkeypatch):

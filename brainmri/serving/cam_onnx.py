@@ -18,7 +18,9 @@ float rounding (tests/test_cam_onnx.py holds it to autograd's).
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -32,7 +34,9 @@ from torch import nn
 from brainmri.explain import fuse_stage_maps
 from brainmri.runtime import Conv2dSameInKernel
 from brainmri.serving.onnx_passes import _Held, export_graph, is_efficientnet, shared_session
+from brainmri.serving.overlap import shared_weights_copy
 
+_logger = logging.getLogger(__name__)
 _ACTS = (nn.ReLU6, nn.ReLU, nn.Identity)
 
 
@@ -72,8 +76,18 @@ def _masked(g: torch.Tensor, act: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def conv_input_grad(conv: nn.Conv2d, g: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:
-    """The gradient at a convolution's input of size ``side`` (H, W), from ``g`` (1, out, h, w) at its output."""
+def turned_kernel(conv: nn.Conv2d) -> torch.Tensor:
+    """A stride-1 convolution's kernel for its transpose: turned round, and for a dense one its channels swapped."""
+    if conv.groups != 1 and not conv.groups == conv.in_channels == conv.out_channels:
+        raise ValueError("grouped convolutions other than depthwise are not written out")
+    weight = conv.weight.detach().flip(-1, -2)
+    return (weight if conv.groups > 1 else weight.transpose(0, 1)).contiguous()
+
+
+def conv_input_grad(conv: nn.Conv2d, g: torch.Tensor, side: tuple[int, int], turned: torch.Tensor | None = None) -> torch.Tensor:
+    """The gradient at a convolution's input of size ``side`` (H, W), from ``g`` (1, out, h, w) at its output.
+    ``turned``: :func:`turned_kernel`, made before an export traces this (flipped in the trace, it would be a Slice of
+    step -1, which the exporter cannot fold)."""
     if conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1:
         return F.conv2d(g, conv.weight.transpose(0, 1))  # a 1x1 convolution's transpose is one too: a plain Conv node
     k, s = conv.kernel_size, conv.stride
@@ -85,10 +99,7 @@ def conv_input_grad(conv: nn.Conv2d, g: torch.Tensor, side: tuple[int, int]) -> 
     padded = [i + p for i, p in zip(side, pads)]
     extra = [pi - ((o - 1) * st + kk) for pi, o, st, kk in zip(padded, g.shape[-2:], s, k)]  # rows the stride never read
     if s == (1, 1):  # a stride-1 transpose is a convolution by the kernel turned round: a plain Conv node, as fast as the forward
-        if conv.groups not in (1, conv.in_channels) or conv.in_channels != conv.out_channels and conv.groups != 1:
-            raise ValueError("grouped convolutions other than depthwise are not written out")
-        weight = conv.weight.flip(-1, -2)
-        weight = weight if conv.groups > 1 else weight.transpose(0, 1)
+        weight = turned_kernel(conv) if turned is None else turned
         if not isinstance(conv, Conv2dSameInKernel) and all(kk - 1 - p >= 0 for kk, p in zip(k, conv.padding)):
             return F.conv2d(g, weight, padding=[kk - 1 - p for kk, p in zip(k, conv.padding)], groups=conv.groups)  # no crop
         full = F.conv2d(F.pad(g, (k[1] - 1, k[1] - 1 + extra[1], k[0] - 1, k[0] - 1 + extra[0])), weight, groups=conv.groups)
@@ -99,7 +110,7 @@ def conv_input_grad(conv: nn.Conv2d, g: torch.Tensor, side: tuple[int, int]) -> 
 
 class _Forward(nn.Module):
     """One image's forward: (logits, ``bn2``'s output, each hooked stage's output, then the two activations of every
-    block the backward crosses, in order). It holds the model's modules themselves, so that a later
+    block the backward crosses, in order). It holds the modules themselves, so that a later
     brainmri.serving.onnx_passes.prefix_through_onnx, which swaps some of them out of the model, leaves it whole."""
 
     def __init__(self, model: nn.Module, stages: list[int]):
@@ -134,6 +145,8 @@ class _Backward(nn.Module):
         self.stages, self.stop = stages, min(stages) + 1
         self.tail = nn.ModuleList(model.blocks[self.stop :])
         self.conv_head, self.act = model.conv_head, model.bn2.act
+        convs = [block.conv_dw for stage in self.tail for block in stage if block.conv_dw.stride == (1, 1)]
+        self.turned = {id(conv): turned_kernel(conv) for conv in convs}  # constants of the graph, by module
         bn = model.bn2  # kept, not folded (the heatmap reads its output): its affine map's slope, per channel
         self.register_buffer("bn_slope", (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()[None, :, None, None])
 
@@ -148,7 +161,8 @@ class _Backward(nn.Module):
                 j -= 1
                 h1, h2 = saved[2 * j], saved[2 * j + 1]
                 g_in = _masked(conv_input_grad(block.conv_pwl, g, tuple(h2.shape[-2:])), _act(block.bn2), h2)
-                g_in = _masked(conv_input_grad(block.conv_dw, g_in, tuple(h1.shape[-2:])), _act(block.bn1), h1)
+                g_in = conv_input_grad(block.conv_dw, g_in, tuple(h1.shape[-2:]), self.turned.get(id(block.conv_dw)))
+                g_in = _masked(g_in, _act(block.bn1), h1)
                 g_in = conv_input_grad(block.conv_pw, g_in, tuple(h1.shape[-2:]))
                 g = g_in + g if block.has_skip else g_in
         grads[self.stop - 1] = g
@@ -183,21 +197,41 @@ class OnnxLayerCAM:
     one image at a time; sessions shared by ``key`` as brainmri.serving.onnx_passes shares them."""
 
     def __init__(self, model: nn.Module, stages: list[int], key: str):
+        # Over a copy of its modules (the same tensors): a heatmap's hooks on ``model`` must not see the export's forward,
+        # which may run beside them (:meth:`prepare`)
+        model = shared_weights_copy(model)
         self.forward_graph, self.backward_graph = _Forward(model, stages), _Backward(model, stages)
         self.head = model.classifier.weight.detach().float().cpu().numpy()  # (classes, D)
-        self.stages, self.key, self._held = stages, key, _Held()
+        self.stages, self.key, self._held, self._lock = stages, key, _Held(), threading.Lock()
+
+    def prepare(self, side: int) -> threading.Thread:
+        """Make ``side``'s sessions in a thread of their own, so that start-up goes on meanwhile (the exporter's first
+        run in a process takes about a second); a request that comes sooner waits for them in :meth:`sessions`."""
+        # Not a daemon: the interpreter's exit waits for it (torch and ONNX Runtime abort a process that ends inside them)
+        thread = threading.Thread(target=self.sessions, args=(side,), name="brainmri-layercam-export")
+        thread.start()
+        return thread
 
     def sessions(self, side: int):
-        """The forward's and the backward's sessions for ``side`` x ``side`` images; None where either failed."""
-        if side not in self._held:
-            x = torch.zeros(1, 3, side, side)
+        """The forward's and the backward's sessions for ``side`` x ``side`` images, made on first use; None where
+        either failed (logged once: the heatmap then runs through autograd, to the same numbers)."""
+        with self._lock:
+            if side not in self._held:
+                self._held[side] = self._make(side)
+            return self._held[side]
+
+    def _make(self, side: int):
+        x = torch.zeros(1, 3, side, side)
+        try:
             with torch.inference_mode(False), torch.no_grad():
                 outputs = self.forward_graph(x)
-            forward = shared_session(f"{self.key}:cam-forward", (3, side, side), lambda: export_graph(self.forward_graph, (x,)))
-            inputs = (torch.zeros(1, self.head.shape[1]), outputs[1], *outputs[2 + len(self.stages) :])
-            backward = shared_session(f"{self.key}:cam-backward", (3, side, side), lambda: export_graph(self.backward_graph, inputs))
-            self._held[side] = None if forward is None or backward is None else (forward, backward)
-        return self._held[side]
+        except Exception as e:  # noqa: BLE001  (a model this module misjudged: autograd serves it)
+            _logger.warning("%s: LayerCAM stays with autograd (%s)", self.key, str(e).splitlines()[0][:200])
+            return None
+        forward = shared_session(f"{self.key}:cam-forward", (3, side, side), lambda: export_graph(self.forward_graph, (x,)))
+        inputs = (torch.zeros(1, self.head.shape[1]), outputs[1], *outputs[2 + len(self.stages) :])
+        backward = shared_session(f"{self.key}:cam-backward", (3, side, side), lambda: export_graph(self.backward_graph, inputs))
+        return None if forward is None or backward is None else (forward, backward)
 
     def __call__(self, x: torch.Tensor, classes: Callable[[], Sequence[int]]) -> np.ndarray | None:
         """(B, H, W) heatmaps in [0, 1] of ``x`` (B, 3, H, W), each for its class in ``classes()`` (read after the
@@ -230,12 +264,12 @@ def layercam_maps(acts: Sequence[np.ndarray], grads: Sequence[np.ndarray], side:
 
 
 def layercam_runner(model: nn.Module, layers: Sequence[nn.Module], key: str, side: int | None = None) -> OnnxLayerCAM | None:
-    """An :class:`OnnxLayerCAM` for ``model``'s heatmap over ``layers``, its sessions made now for ``side`` when given;
-    None for a model whose gradient is not written out here, or whose export failed."""
+    """An :class:`OnnxLayerCAM` for ``model``'s heatmap over ``layers``, its sessions for ``side`` begun now, in the
+    background, when given; None for a model whose gradient is not written out here."""
     stages = writable(model, layers)
     if stages is None:
         return None
     runner = OnnxLayerCAM(model, stages, key)
-    if side and runner.sessions(side) is None:
-        return None
+    if side:
+        runner.prepare(side)
     return runner

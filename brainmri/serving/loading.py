@@ -128,7 +128,10 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
         key, side = weights_key(folder), loaded.cfg["input_size"][-1]
         # Before the prefix moves: the runner holds the model's own modules, the prefix's placeholders would not do
         loaded.layercam = layercam_runner(loaded.model, [layer, *stages], key, loaded.cam_size or side)
-        prefix_through_onnx(loaded.model, [layer, *stages], key, loaded.cam_size or side)  # exported now, not on a request
+        # The prefix then serves the other heatmap methods alone (and LayerCAM should its export fail): exported when
+        # one first asks, not at start-up
+        prefix_side = None if loaded.layercam is not None else loaded.cam_size or side
+        prefix_through_onnx(loaded.model, [layer, *stages], key, prefix_side)
         if loaded.twin is not None:
             features_through_onnx(loaded.twin, key, side)
     return loaded
