@@ -48,6 +48,7 @@ from brainmri.rendering import DEFAULT_OPACITY, data_url, overlay  # noqa: E402
 from brainmri.runtime import configure_torch_threads, describe_cpu  # noqa: E402
 from brainmri.segmentation import mask_data_url  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
+from brainmri.serving.classify import heatmaps  # noqa: E402
 from brainmri.serving.device import place_batch  # noqa: E402
 from brainmri.serving.segment import segment_batch  # noqa: E402
 from brainmri.settings import batch_workers, default_data  # noqa: E402
@@ -84,6 +85,8 @@ def interleaved_median_ms(ways: dict[str, Callable[[object], object]], items: li
 def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, float]:
     """Each phase of a request, timed alone in this process (ms, medians)."""
     loaded = predictor.model(name)
+    if loaded.layercam is not None:  # its sessions are begun in the background as the model loads: no phase shares the cores with that
+        loaded.layercam.sessions(loaded.cam_size)
     images = [load_image(p) for p in paths]
     batches = [place_batch([loaded.transform(im)], loaded.device) for im in images]
     layers = loaded.cam_layers(DEFAULT_METHOD)
@@ -101,7 +104,11 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
     # A model whose heatmap runs at another size (registry cam_size) takes its heatmap pass there (brainmri.serving.classify).
     cam_batches = [place_batch([(loaded.cam_transform or loaded.transform)(im)], loaded.device) for im in images]
     side = cam_batches[0].shape[-1]
-    phases[f"forward + backward (heatmap, {side} px)"] = median_ms(lambda x: gradcam_batch(model, layers, x, DEFAULT_METHOD), cam_batches)
+    if loaded.cam_transform is not None:  # as served: LayerCAM in ONNX Runtime where written out (brainmri.serving.cam_onnx)
+        explain = lambda x: heatmaps(loaded, x, DEFAULT_METHOD, lambda: [0])  # noqa: E731  (the class explained costs the same)
+    else:  # the heatmap's forward gives the class too: explained as served, its predicted one
+        explain = lambda x: gradcam_batch(model, layers, x, DEFAULT_METHOD)  # noqa: E731
+    phases[f"forward + backward (heatmap, {side} px)"] = median_ms(explain, cam_batches)
     if predictor.ood_model and predictor.ood_model != loaded.name:  # an ensemble's classifier judges in its own pass
         judge = predictor.model(predictor.ood_model)
         judged = [place_batch([judge.transform(im)], judge.device) for im in images]
