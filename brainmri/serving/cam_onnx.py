@@ -33,7 +33,7 @@ from torch import nn
 
 from brainmri.explain import fuse_stage_maps
 from brainmri.runtime import Conv2dSameInKernel
-from brainmri.serving.onnx_passes import _Held, export_graph, is_efficientnet, shared_session
+from brainmri.serving.onnx_passes import HeldSessions, export_graph, is_efficientnet, shared_session
 from brainmri.serving.overlap import shared_weights_copy
 
 _logger = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class OnnxLayerCAM:
         model = shared_weights_copy(model)
         self.forward_graph, self.backward_graph = _Forward(model, stages), _Backward(model, stages)
         self.head = model.classifier.weight.detach().float().cpu().numpy()  # (classes, D)
-        self.stages, self.key, self._held, self._lock = stages, key, _Held(), threading.Lock()
+        self.stages, self.key, self._held, self._lock = stages, key, HeldSessions(), threading.Lock()
 
     def prepare(self, side: int) -> threading.Thread:
         """Make ``side``'s sessions in a thread of their own, so that start-up goes on meanwhile (the exporter's first

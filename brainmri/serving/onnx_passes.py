@@ -126,11 +126,11 @@ def _new_session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-class _Held(dict):
+class HeldSessions(dict):
     """A module's sessions by shape. A copy of the module (brainmri.serving.overlap.shared_weights_copy: the same
     weights) shares them: a session cannot be deep-copied, and need not be."""
 
-    def __deepcopy__(self, memo: dict) -> _Held:
+    def __deepcopy__(self, memo: dict) -> HeldSessions:
         return self
 
 
@@ -145,7 +145,7 @@ class OnnxForward(nn.Module):
         super().__init__()
         self.module, self.key = module, key
         self._trainable = any(p.requires_grad for p in module.parameters())
-        self._held = _Held()  # its sessions by shape: what keeps them alive
+        self._held = HeldSessions()  # its sessions by shape: what keeps them alive
 
     def session(self, shape: tuple[int, ...]):
         """The session for images of ``shape`` (C, H, W), exported on first use; None where the export or the session
