@@ -89,12 +89,12 @@ def main() -> int:
         figures = {"model": args.model, "n": len(images), "cpu": describe_cpu(), "load_average_1min": round(load_avg, 2)}
         figures["against"] = args.against
         for way in WAYS:
-            figures[way] = {
+            label = args.against if way == "torch" else way  # the JSON's key too: "torch" or "heatmap-in-torch", "onnx"
+            figures[label] = {
                 "request_median_ms": round(statistics.median(wall[way]), 1),
                 "cpu_median_ms": round(statistics.median(cpu[way]), 1),
             }
-            label = {"torch": args.against, "onnx": "onnx"}[way]
-            print(f"  {label:16s} {figures[way]['request_median_ms']:7.1f} (CPU time {figures[way]['cpu_median_ms']:.1f})")
+            print(f"  {label:16s} {figures[label]['request_median_ms']:7.1f} (CPU time {figures[label]['cpu_median_ms']:.1f})")
         figures["onnx_sooner"] = sooner
         print(f"ONNX Runtime answered sooner on {sooner} of {len(images)} images (against {args.against})")
         if args.json:

@@ -10,17 +10,18 @@ import gc
 import numpy as np
 import pytest
 import torch
-from test_onnx_passes import EFFICIENTNETS, SIZE, served
+from test_onnx_passes import EFFICIENTNETS, EXAMPLES, SIZE, served
 from torch import nn
 
+from brainmri.data.imageio import load_image
 from brainmri.explain import gradcam_batch
 from brainmri.models import registry
 from brainmri.runtime import Conv2dSameInKernel
 from brainmri.serving import Predictor, cam_onnx, onnx_passes
 from brainmri.serving.cam_onnx import conv_input_grad, layercam_runner, writable
+from brainmri.serving.classify import heatmaps
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+needs_onnx = pytest.mark.skipif(not onnx_passes.onnx_serving(torch.device("cpu")), reason="needs onnxruntime, onnx")
 
 # The Lites that fuse stages at a heatmap size of their own, where the runner serves (the scratch Lite0 weighs bn2 alone,
 # in the forward that classifies)
@@ -53,6 +54,7 @@ def test_a_convolutions_input_gradient_is_autograds(cin: int, cout: int, kernel:
     torch.testing.assert_close(conv_input_grad(conv, g, (side, side)), expected, atol=1e-5, rtol=1e-5)
 
 
+@needs_onnx
 def test_the_lites_are_written_out_and_the_others_are_not():
     assert LITES
     for name in EFFICIENTNETS:
@@ -60,19 +62,53 @@ def test_the_lites_are_written_out_and_the_others_are_not():
         assert (writable(model, layers) is not None) == (name in LITES), name
 
 
+@pytest.mark.parametrize("side", [SIZE, 72, 75])  # 72, 75: odd sides inside (9 at stride 8; 75 itself), where "SAME" pads after only
+@pytest.mark.parametrize("name", LITES)
+def test_the_written_out_gradients_are_autograds(name: str, side: int):
+    """The two graphs run in torch, against autograd's gradient at each hooked layer: the writing out alone, without
+    ONNX Runtime's rounding (which a ReLU6 mask can turn into a different gradient for one unit)."""
+    model, layers = served(name)
+    runner = layercam_runner(model, layers, f"test-grads-{name}")  # no side: nothing exported
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        outputs = runner.forward_graph(x)
+        written = runner.backward_graph(model.classifier.weight[1][None], outputs[1], *outputs[2 + len(runner.stages) :])
+    kept = {}
+
+    def keep(index: int):
+        def hook(_module, _args, output):
+            output.retain_grad()
+            kept[index] = output
+
+        return hook
+
+    handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
+    model(x.clone().requires_grad_())[0, 1].backward()
+    for handle in handles:
+        handle.remove()
+    assert len(written) == len(layers)
+    for i, layer_grad in enumerate(written):
+        expected = kept[i].grad
+        assert layer_grad.shape == expected.shape
+        assert (layer_grad - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@needs_onnx
 @pytest.mark.parametrize("name", LITES)
 def test_the_heatmap_through_onnx_is_autograds(name: str):
+    side = SIZE
     model, layers = served(name)
-    runner = layercam_runner(model, layers, f"test-cam-{name}", SIZE)
+    runner = layercam_runner(model, layers, f"test-cam-{name}", side)  # exporting in the background meanwhile
     assert runner is not None
-    x = torch.randn(2, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, side, side).contiguous(memory_format=torch.channels_last)
     for classes in ([0, 3], [2, 1]):
         expected, _ = gradcam_batch(model, layers, x, "LayerCAM", classes)
         got = runner(x, lambda c=classes: c)
-        assert got.shape == expected.shape == (2, SIZE, SIZE)
+        assert got.shape == expected.shape == (2, side, side)
         assert np.abs(got - expected).max() < 1e-3
 
 
+@needs_onnx
 def test_a_hook_inside_a_block_keeps_the_torch_path():
     model, layers = served("tf_efficientnet_lite0")
     handle = model.blocks[5][0].conv_dw.register_forward_hook(lambda *_: None)
@@ -81,10 +117,11 @@ def test_a_hook_inside_a_block_keeps_the_torch_path():
     assert writable(model, layers) is not None
 
 
+@needs_onnx
 def test_its_sessions_live_while_the_runner_does():
     model, layers = served("tf_efficientnet_lite0")
-    runner = layercam_runner(model, layers, "test-cam-lifetime", SIZE)  # begun in the background
-    assert runner.sessions(SIZE) is not None  # waits for them
+    runner = layercam_runner(model, layers, "test-cam-lifetime")
+    runner.prepare(SIZE).join()  # the thread holds the runner while it runs
     keys = [k for k in onnx_passes._sessions if k[0].startswith("test-cam-lifetime:")]
     assert len(keys) == 2  # its forward and its backward
     del runner
@@ -92,6 +129,7 @@ def test_its_sessions_live_while_the_runner_does():
     assert not any(k[0].startswith("test-cam-lifetime:") for k in onnx_passes._sessions)
 
 
+@needs_onnx
 def test_an_export_that_fails_leaves_the_heatmap_to_autograd(monkeypatch, caplog):
     model, layers = served("tf_efficientnet_lite0")
 
@@ -102,14 +140,25 @@ def test_an_export_that_fails_leaves_the_heatmap_to_autograd(monkeypatch, caplog
     runner = layercam_runner(model, layers, "test-cam-refused")
     x = torch.randn(1, 3, SIZE, SIZE)
     assert runner(x, lambda: [0]) is None  # the caller then runs gradcam_batch (brainmri.serving.classify.heatmaps)
-    assert "test-cam-refused:cam-forward at (3, 64, 64) stays in torch: its ONNX export failed" in caplog.text
+    assert "test-cam-refused:cam+blocks.4+blocks.2:forward at (3, 64, 64) stays in torch: its ONNX export failed" in caplog.text
 
 
-def test_the_served_default_draws_its_heatmap_through_onnx(monkeypatch):
+@needs_onnx
+def test_the_served_default_draws_its_heatmap_through_onnx_as_autograd_does(monkeypatch):
+    """The shipped default's classifier at its heatmap size, trained weights (ReLU6 clips at 6 there): the heatmap as
+    served through ONNX Runtime, and through autograd once the runner is gone or declines (a non-square input)."""
     from shipped import require_shipped
 
     sources = require_shipped()
-    for flag, expected in (("1", True), ("0", False)):
-        monkeypatch.setenv("BRAIN_MRI_ONNX", flag)
-        loaded = Predictor(sources).model(registry.DEFAULT_CLASSIFIER)
-        assert (loaded.layercam is not None) == expected
+    monkeypatch.setenv("BRAIN_MRI_ONNX", "0")
+    assert Predictor(sources).model(registry.DEFAULT_CLASSIFIER).layercam is None
+    monkeypatch.setenv("BRAIN_MRI_ONNX", "1")
+    loaded = Predictor(sources).model(registry.DEFAULT_CLASSIFIER)
+    assert loaded.layercam is not None and loaded.layercam.sessions(loaded.cam_size) is not None
+    x = torch.cat([loaded.cam_transform(load_image(path))[None] for path in EXAMPLES[:3]])
+    through_onnx = heatmaps(loaded, x, "LayerCAM", lambda: [0, 1, 2])
+    assert loaded.layercam(x[..., :-1], lambda: [0, 1, 2]) is None  # non-square: declined
+    loaded.layercam = None
+    through_autograd = heatmaps(loaded, x, "LayerCAM", lambda: [0, 1, 2])
+    assert through_onnx.shape == through_autograd.shape == (3, loaded.cam_size, loaded.cam_size)
+    assert np.abs(through_onnx - through_autograd).max() < 0.05

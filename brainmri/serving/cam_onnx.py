@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,32 +34,51 @@ from torch import nn
 
 from brainmri.explain import fuse_stage_maps
 from brainmri.runtime import Conv2dSameInKernel
-from brainmri.serving.onnx_passes import HeldSessions, export_graph, is_efficientnet, shared_session
+from brainmri.serving.onnx_passes import export_graph, is_efficientnet, shared_session
 from brainmri.serving.overlap import shared_weights_copy
 
 _logger = logging.getLogger(__name__)
-_ACTS = (nn.ReLU6, nn.ReLU, nn.Identity)
+# The activations whose gradient is a mask read from their output. An identity's would read nothing, and the exporter
+# drops a graph input nothing reads, so a block with one is not written out.
+_ACTS = (nn.ReLU6, nn.ReLU)
 
 
 def _act(module: nn.Module) -> nn.Module | None:
     """The activation a folded norm left (``Sequential(drop, act)``, brainmri.runtime.fold_batchnorm), or None when
     the module is anything else."""
     if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.Identity):
-        return module[1] if type(module[1]) in _ACTS else None
+        return module[1] if type(module[1]) in (*_ACTS, nn.Identity) else None
     return None
 
 
+def _plain_conv(conv: nn.Module, groups: int) -> bool:
+    """A convolution :func:`conv_input_grad` transposes: ``groups`` 1 (dense) or its channels (depthwise), no dilation,
+    zero padding."""
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    return (
+        type(conv) in (nn.Conv2d, Conv2dSameInKernel)
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and (conv.groups == 1 if groups == 1 else depthwise)
+    )
+
+
 def _plain_block(block: nn.Module) -> bool:
-    """An inverted residual whose gradient :class:`_Backward` writes out: folded norms, no activation after the
-    projection, no SE, no anti-aliasing, no hooks inside."""
+    """An inverted residual whose gradient :class:`_Backward` writes out: folded norms, ReLU6 or ReLU after the 1x1
+    expansion and the depthwise convolution and nothing after the projection, no SE, no anti-aliasing, no
+    space-to-depth stem, no hooks inside."""
     convs = [getattr(block, n) for n in ("conv_pw", "conv_dw", "conv_pwl")]
     return (
         type(block) is InvertedResidual
         and all(isinstance(getattr(block, n), nn.Identity) for n in ("se", "aa", "drop_path"))
-        and _act(block.bn1) is not None
-        and _act(block.bn2) is not None
+        and getattr(block, "conv_s2d", None) is None
+        and type(_act(block.bn1)) in _ACTS
+        and type(_act(block.bn2)) in _ACTS
         and isinstance(_act(block.bn3), nn.Identity)
-        and all(type(c) in (nn.Conv2d, Conv2dSameInKernel) and c.dilation == (1, 1) for c in convs)
+        and _plain_conv(convs[0], 1)
+        and _plain_conv(convs[1], 0)
+        and _plain_conv(convs[2], 1)
         and convs[0].kernel_size == convs[2].kernel_size == (1, 1)
         and convs[0].stride == convs[2].stride == (1, 1)
         and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in block.modules())
@@ -73,7 +93,7 @@ def _masked(g: torch.Tensor, act: nn.Module, h: torch.Tensor) -> torch.Tensor:
         return g * ((h > 0) & (h < 6)).to(g.dtype)
     if isinstance(act, nn.ReLU):
         return g * (h > 0).to(g.dtype)
-    return g
+    raise ValueError(f"no written-out gradient for {type(act).__name__}")  # writable() admits none other
 
 
 def turned_kernel(conv: nn.Conv2d) -> torch.Tensor:
@@ -181,10 +201,12 @@ def writable(model: nn.Module, layers: Sequence[nn.Module]) -> list[int] | None:
         stages
         and None not in stages
         and type(bn2) is BatchNormAct2d
+        and bn2.weight is not None
         and isinstance(bn2.drop, nn.Identity)
         and type(bn2.act) in _ACTS
         and type(model.conv_head) is nn.Conv2d
-        and model.conv_head.kernel_size == (1, 1)
+        and model.conv_head.kernel_size == model.conv_head.stride == (1, 1)
+        and model.conv_head.groups == 1
         and getattr(pool, "pool_type", None) == "avg"
         and type(model.classifier) is nn.Linear
         and all(_plain_block(b) for i in range(min(stages) + 1, len(model.blocks)) for b in model.blocks[i])
@@ -192,9 +214,12 @@ def writable(model: nn.Module, layers: Sequence[nn.Module]) -> list[int] | None:
     return stages if ok else None
 
 
+Sessions = tuple[Any, Any]  # (forward, backward): onnxruntime.InferenceSession each
+
+
 class OnnxLayerCAM:
     """LayerCAM over ``bn2`` and whole stages of a timm EfficientNet-Lite, its forward and backward in ONNX Runtime,
-    one image at a time; sessions shared by ``key`` as brainmri.serving.onnx_passes shares them."""
+    one image at a time; sessions shared by ``key`` and the stages, as brainmri.serving.onnx_passes shares them."""
 
     def __init__(self, model: nn.Module, stages: list[int], key: str):
         # Over a copy of its modules (the same tensors): a heatmap's hooks on ``model`` must not see the export's forward,
@@ -202,40 +227,53 @@ class OnnxLayerCAM:
         model = shared_weights_copy(model)
         self.forward_graph, self.backward_graph = _Forward(model, stages), _Backward(model, stages)
         self.head = model.classifier.weight.detach().float().cpu().numpy()  # (classes, D)
-        self.stages, self.key, self._held, self._lock = stages, key, HeldSessions(), threading.Lock()
+        self.stages, self.key = stages, f"{key}:cam{''.join(f'+blocks.{i}' for i in stages)}"
+        self._held: dict[int, Sessions | None] = {}  # by side: what keeps the shared sessions alive
+        self._lock = threading.Lock()
 
     def prepare(self, side: int) -> threading.Thread:
-        """Make ``side``'s sessions in a thread of their own, so that start-up goes on meanwhile (the exporter's first
-        run in a process takes about a second); a request that comes sooner waits for them in :meth:`sessions`."""
+        """Make ``side``'s sessions in a thread of their own, so that what start-up does besides exporting goes on
+        meanwhile (exports take turns: the exporter is not thread-safe); a request that comes sooner waits for them
+        in :meth:`sessions`."""
         # Not a daemon: the interpreter's exit waits for it (torch and ONNX Runtime abort a process that ends inside them)
         thread = threading.Thread(target=self.sessions, args=(side,), name="brainmri-layercam-export")
         thread.start()
         return thread
 
-    def sessions(self, side: int):
+    def sessions(self, side: int) -> Sessions | None:
         """The forward's and the backward's sessions for ``side`` x ``side`` images, made on first use; None where
-        either failed (logged once: the heatmap then runs through autograd, to the same numbers)."""
+        either failed (logged: the heatmap then runs through autograd, to the same numbers)."""
         with self._lock:
             if side not in self._held:
                 self._held[side] = self._make(side)
             return self._held[side]
 
-    def _make(self, side: int):
-        x = torch.zeros(1, 3, side, side)
+    def _make(self, side: int) -> Sessions | None:
         try:
             with torch.inference_mode(False), torch.no_grad():
+                x = torch.zeros(1, 3, side, side)
                 outputs = self.forward_graph(x)
         except Exception as e:  # noqa: BLE001  (a model this module misjudged: autograd serves it)
             _logger.warning("%s: LayerCAM stays with autograd (%s)", self.key, str(e).splitlines()[0][:200])
             return None
-        forward = shared_session(f"{self.key}:cam-forward", (3, side, side), lambda: export_graph(self.forward_graph, (x,)))
-        inputs = (torch.zeros(1, self.head.shape[1]), outputs[1], *outputs[2 + len(self.stages) :])
-        backward = shared_session(f"{self.key}:cam-backward", (3, side, side), lambda: export_graph(self.backward_graph, inputs))
-        return None if forward is None or backward is None else (forward, backward)
+        saved = outputs[2 + len(self.stages) :]
+        forward = shared_session(f"{self.key}:forward", (3, side, side), lambda: export_graph(self.forward_graph, (x,)))
+        inputs = (torch.zeros(1, self.head.shape[1]), outputs[1], *saved)
+        backward = shared_session(f"{self.key}:backward", (3, side, side), lambda: export_graph(self.backward_graph, inputs))
+        if forward is None or backward is None:
+            return None
+        if len(backward.get_inputs()) != len(inputs):  # the exporter drops an input nothing reads
+            read = len(backward.get_inputs())
+            _logger.warning("%s: LayerCAM stays with autograd (its backward reads %d of %d inputs)", self.key, read, len(inputs))
+            return None
+        return forward, backward
 
     def __call__(self, x: torch.Tensor, classes: Callable[[], Sequence[int]]) -> np.ndarray | None:
         """(B, H, W) heatmaps in [0, 1] of ``x`` (B, 3, H, W), each for its class in ``classes()`` (read after the
-        forwards: another pass may still be choosing them); None where the sessions failed (run the torch path)."""
+        forwards: another pass may still be choosing them); None where this cannot draw them (a non-square input, a
+        session that failed or fails now: the caller runs autograd's, brainmri.serving.classify.heatmaps)."""
+        if x.shape[-1] != x.shape[-2]:
+            return None
         sessions = self.sessions(int(x.shape[-1]))
         if sessions is None:
             return None
@@ -243,12 +281,20 @@ class OnnxLayerCAM:
         names = [i.name for i in backward.get_inputs()]  # the row, bn2's output, the saved activations
         hooked = 2 + len(self.stages)  # the forward's outputs: logits, bn2's, the stages', then the saved activations
         images = x.detach().float().contiguous().numpy()
-        runs = [forward.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
-        wanted = classes()
+        try:
+            runs = [forward.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
+        except Exception as e:  # noqa: BLE001  (ONNX Runtime refusing an input: autograd draws it instead)
+            _logger.warning("%s: this heatmap through autograd (%s)", self.key, str(e).splitlines()[0][:200])
+            return None
+        wanted = classes()  # outside the try: another pass's failure is the request's, not a reason to retry here
         maps = []
-        for run, c in zip(runs, wanted):
-            grads = backward.run(None, dict(zip(names, [self.head[int(c)][None], run[1], *run[hooked:]], strict=True)))
-            maps.append(layercam_maps(run[1:hooked], grads, tuple(x.shape[-2:])))
+        try:
+            for run, c in zip(runs, wanted, strict=True):
+                feed = dict(zip(names, [self.head[int(c)][None], run[1], *run[hooked:]], strict=True))
+                maps.append(layercam_maps(run[1:hooked], backward.run(None, feed), tuple(x.shape[-2:])))
+        except Exception as e:  # noqa: BLE001
+            _logger.warning("%s: this heatmap through autograd (%s)", self.key, str(e).splitlines()[0][:200])
+            return None
         return np.concatenate(maps).astype(np.float32)
 
 

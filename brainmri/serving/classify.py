@@ -5,7 +5,7 @@ of each image, from one forward and one backward over the batch, on the model's 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import numpy as np
@@ -31,7 +31,7 @@ def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torc
         return logits_and_features(loaded.plain_model, x)
 
 
-def heatmaps(loaded: LoadedModel, x: torch.Tensor, method: str, classes) -> np.ndarray:
+def heatmaps(loaded: LoadedModel, x: torch.Tensor, method: str, classes: Callable[[], Sequence[int]]) -> np.ndarray:
     """(B, H, W) each image's heatmap at ``x``'s size for its class in ``classes()`` (read once the forward is done):
     LayerCAM in ONNX Runtime where the model has it (brainmri.serving.cam_onnx), else through autograd."""
     if method == "LayerCAM" and loaded.layercam is not None:

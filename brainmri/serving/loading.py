@@ -127,7 +127,8 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
     if onnx_serving(device):  # the passes no heatmap differentiates, through ONNX Runtime (brainmri.serving.onnx_passes)
         key, side = weights_key(folder), loaded.cfg["input_size"][-1]
         # Before the prefix moves: the runner holds the model's own modules, the prefix's placeholders would not do
-        loaded.layercam = layercam_runner(loaded.model, [layer, *stages], key, loaded.cam_size or side)
+        if loaded.cam_size:  # where the heatmap has a pass of its own (brainmri.serving.classify.heatmaps)
+            loaded.layercam = layercam_runner(loaded.model, [layer, *stages], key, loaded.cam_size)
         # The prefix then serves the other heatmap methods alone (and LayerCAM should its export fail): exported when
         # one first asks, not at start-up
         prefix_side = None if loaded.layercam is not None else loaded.cam_size or side

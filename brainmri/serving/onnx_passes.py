@@ -30,6 +30,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from brainmri.settings import on_zerogpu, onnx_runtime
 
 _logger = logging.getLogger(__name__)
 
-# (key, one image's shape) -> InferenceSession, while a copy of its model holds it (OnnxForward._held)
+# (key, one image's shape) -> InferenceSession, while something holds it (an OnnxForward's, or an OnnxLayerCAM's, _held)
 _sessions: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _sessions_lock = threading.Lock()
 
@@ -67,28 +68,29 @@ def onnx_serving(device: torch.device) -> bool:
 
 def _export(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     """``module`` as ONNX (opset 17) for one float32 image of ``shape`` (C, H, W); its outputs named y0, y1, ...
-    Traced on zeros, outside any inference mode the caller is in (the exporter needs plain tensors)."""
-    with torch.inference_mode(False), torch.no_grad():
+    Traced on zeros (made outside any inference mode the caller is in: the exporter needs plain tensors)."""
+    with torch.inference_mode(False):
         return export_graph(module, (torch.zeros((1, *shape)),))
 
 
 def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
-    """``module`` as ONNX (opset 17), traced on ``inputs`` (named x, x1, x2, ...); its outputs named y0, y1, ..."""
+    """``module`` as ONNX (opset 17), traced on ``inputs`` (named x, x1, x2, ...), outside any inference mode the caller
+    is in (the exporter needs plain tensors); its outputs named y0, y1, ..."""
+    buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad():
         outputs = module(*inputs)
-    count = len(outputs) if isinstance(outputs, tuple) else 1
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the exporter's notes on constant shapes and its own deprecation, not ours to act on
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            inputs,
-            buffer,
-            opset_version=17,
-            dynamo=False,  # the TorchScript exporter: no onnxscript, and it traces timm's and smp's modules as they run
-            input_names=input_names(len(inputs)),
-            output_names=[f"y{i}" for i in range(count)],
-        )
+        count = len(outputs) if isinstance(outputs, tuple) else 1
+        with warnings.catch_warnings():  # the exporter's notes on constant shapes and its own deprecation, not ours to act on
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                inputs,
+                buffer,
+                opset_version=17,
+                dynamo=False,  # the TorchScript exporter: no onnxscript, and it traces timm's and smp's modules as they run
+                input_names=input_names(len(inputs)),
+                output_names=[f"y{i}" for i in range(count)],
+            )
     return buffer.getvalue()
 
 
@@ -97,9 +99,10 @@ def input_names(count: int) -> list[str]:
     return ["x", *(f"x{i}" for i in range(1, count))]
 
 
-def shared_session(key: str, shape: tuple[int, ...], graph: Callable[[], bytes]):
+def shared_session(key: str, shape: tuple[int, ...], graph: Callable[[], bytes]) -> Any:
     """The session named ``key`` for inputs of ``shape``, shared while anything holds it: made from ``graph()`` when none
-    is held; None where the export or the session failed, logged once (the caller then runs in torch)."""
+    is held; None where the export or the session failed, logged (the caller then runs in torch; a failure is not
+    kept, so another copy of the model tries again)."""
     with _sessions_lock:  # one export per key and shape, even when both workers load at once
         session = _sessions.get((key, shape))
         if session is None:
@@ -126,11 +129,11 @@ def _new_session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-class HeldSessions(dict):
+class _Held(dict):
     """A module's sessions by shape. A copy of the module (brainmri.serving.overlap.shared_weights_copy: the same
     weights) shares them: a session cannot be deep-copied, and need not be."""
 
-    def __deepcopy__(self, memo: dict) -> HeldSessions:
+    def __deepcopy__(self, memo: dict) -> _Held:
         return self
 
 
@@ -145,11 +148,11 @@ class OnnxForward(nn.Module):
         super().__init__()
         self.module, self.key = module, key
         self._trainable = any(p.requires_grad for p in module.parameters())
-        self._held = HeldSessions()  # its sessions by shape: what keeps them alive
+        self._held = _Held()  # its sessions by shape: what keeps them alive
 
     def session(self, shape: tuple[int, ...]):
         """The session for images of ``shape`` (C, H, W), exported on first use; None where the export or the session
-        failed, logged once: those images then run in torch, to the same numbers, and the app serves on."""
+        failed, logged: those images then run in torch, to the same numbers, and the app serves on."""
         shape = tuple(int(n) for n in shape)
         if shape not in self._held:
             self._held[shape] = shared_session(self.key, shape, lambda: _export(self.module, shape))
