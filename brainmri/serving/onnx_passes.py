@@ -11,6 +11,9 @@ a served model routes through it what no heatmap differentiates:
 - :func:`encoder_through_onnx`: the one encoder's encoder when it serves the outline and its second opinion
   (brainmri.serving.segment); its decoder stays in torch, under the gate.
 
+The heatmap pass above the prefix, and its backward, are brainmri.serving.cam_onnx's, for the models whose gradient it
+writes out.
+
 Each wrapped module is exported once per input shape, for one image (a batch runs image by image), its session shared
 by every copy of the model that asks with the same key (the batch workers' copies hold the same weights) and freed with
 the last of them (the model cache's eviction frees it). Where a gradient is needed (training, or a caller that wants
@@ -88,15 +91,10 @@ def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
                 buffer,
                 opset_version=17,
                 dynamo=False,  # the TorchScript exporter: no onnxscript, and it traces timm's and smp's modules as they run
-                input_names=input_names(len(inputs)),
+                input_names=["x", *(f"x{i}" for i in range(1, len(inputs)))],
                 output_names=[f"y{i}" for i in range(count)],
             )
     return buffer.getvalue()
-
-
-def input_names(count: int) -> list[str]:
-    """An exported graph's input names: x, x1, x2, ..."""
-    return ["x", *(f"x{i}" for i in range(1, count))]
 
 
 def shared_session(key: str, shape: tuple[int, ...], graph: Callable[[], bytes]) -> Any:
