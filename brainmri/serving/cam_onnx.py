@@ -51,16 +51,15 @@ def _act(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def _plain_conv(conv: nn.Module, groups: int) -> bool:
-    """A convolution :func:`conv_input_grad` transposes: ``groups`` 1 (dense) or its channels (depthwise), no dilation,
+def _plain_conv(conv: nn.Module, depthwise: bool) -> bool:
+    """A convolution :func:`conv_input_grad` transposes: depthwise (one group a channel) or else dense, no dilation,
     zero padding."""
-    depthwise = conv.groups == conv.in_channels == conv.out_channels
     return (
         type(conv) in (nn.Conv2d, Conv2dSameInKernel)
         and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
-        and (conv.groups == 1 if groups == 1 else depthwise)
+        and (conv.groups == conv.in_channels == conv.out_channels if depthwise else conv.groups == 1)
     )
 
 
@@ -76,9 +75,9 @@ def _plain_block(block: nn.Module) -> bool:
         and type(_act(block.bn1)) in _ACTS
         and type(_act(block.bn2)) in _ACTS
         and isinstance(_act(block.bn3), nn.Identity)
-        and _plain_conv(convs[0], 1)
-        and _plain_conv(convs[1], 0)
-        and _plain_conv(convs[2], 1)
+        and _plain_conv(convs[0], depthwise=False)
+        and _plain_conv(convs[1], depthwise=True)
+        and _plain_conv(convs[2], depthwise=False)
         and convs[0].kernel_size == convs[2].kernel_size == (1, 1)
         and convs[0].stride == convs[2].stride == (1, 1)
         and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in block.modules())
