@@ -40,7 +40,7 @@ from bench_app import launched_app  # noqa: E402  (scripts/, this script's folde
 from brainmri.app.dataview import example_files, local_root  # noqa: E402
 from brainmri.cli import exit_code  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
-from brainmri.explain import DEFAULT_METHOD, cam_to_image_size, gradcam_batch  # noqa: E402
+from brainmri.explain import DEFAULT_METHOD, cam_to_image_size  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.multitask import MultiTaskClassifier  # noqa: E402
 from brainmri.ood import pooled_features  # noqa: E402
@@ -48,7 +48,7 @@ from brainmri.rendering import DEFAULT_OPACITY, data_url, overlay  # noqa: E402
 from brainmri.runtime import configure_torch_threads, describe_cpu  # noqa: E402
 from brainmri.segmentation import mask_data_url  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
-from brainmri.serving.classify import heatmaps  # noqa: E402
+from brainmri.serving.classify import heatmaps, own_size_pass  # noqa: E402
 from brainmri.serving.device import place_batch  # noqa: E402
 from brainmri.serving.segment import segment_batch  # noqa: E402
 from brainmri.settings import batch_workers, default_data  # noqa: E402
@@ -86,10 +86,9 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
     """Each phase of a request, timed alone in this process (ms, medians)."""
     loaded = predictor.model(name)
     if loaded.layercam is not None:  # its sessions are begun in the background as the model loads: no phase shares the cores with that
-        loaded.layercam.sessions(loaded.cam_size)
+        loaded.layercam.sessions(loaded.cam_size or loaded.cfg["input_size"][-1])
     images = [load_image(p) for p in paths]
     batches = [place_batch([loaded.transform(im)], loaded.device) for im in images]
-    layers = loaded.cam_layers(DEFAULT_METHOD)
     model = loaded.model
     phases = {
         "decode (file to RGB, upload limits)": median_ms(load_image, paths),
@@ -107,7 +106,7 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
     if loaded.cam_transform is not None:  # as served: LayerCAM in ONNX Runtime where written out (brainmri.serving.cam_onnx)
         explain = lambda x: heatmaps(loaded, x, DEFAULT_METHOD, lambda: [0])  # noqa: E731  (the class explained costs the same)
     else:  # the heatmap's forward gives the class too: explained as served, its predicted one
-        explain = lambda x: gradcam_batch(model, layers, x, DEFAULT_METHOD)  # noqa: E731
+        explain = lambda x: own_size_pass(loaded, x, DEFAULT_METHOD)  # noqa: E731
     phases[f"forward + backward (heatmap, {side} px)"] = median_ms(explain, cam_batches)
     if predictor.ood_model and predictor.ood_model != loaded.name:  # an ensemble's classifier judges in its own pass
         judge = predictor.model(predictor.ood_model)

@@ -162,3 +162,56 @@ def test_the_served_default_draws_its_heatmap_through_onnx_as_autograd_does(monk
     through_autograd = heatmaps(loaded, x, "LayerCAM", lambda: [0, 1, 2])
     assert through_onnx.shape == through_autograd.shape == (3, loaded.cam_size, loaded.cam_size)
     assert np.abs(through_onnx - through_autograd).max() < 0.05
+
+
+@pytest.mark.parametrize("side", [SIZE, 96])
+def test_the_one_encoders_forward_classifies_and_keeps_its_decoders_stages(side: int):
+    """The multi-task model's runner is its classifier's, whose forward also returns what its decoder reads: the class
+    logits and the stage outputs are its torch forward's (the graph run in torch: the writing out alone)."""
+    model, layers = served("multitask_lite0")
+    runner = layercam_runner(model, layers, "test-cam-multitask")  # no side: nothing exported
+    assert runner is not None and runner.kept == [0, 1, 2, 4, 6]  # timm's stage ends: the decoder's five stages
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        outputs = runner.forward_graph(x)
+        final, stages = model.net.features(x)
+        logits = model.net.classifier.forward_head(final)
+    torch.testing.assert_close(outputs[0], logits, atol=1e-5, rtol=1e-5)
+    kept = outputs[2 + len(runner.stages) : 2 + len(runner.stages) + len(runner.kept)]
+    assert [k.shape for k in kept] == [s.shape for s in stages]
+    for got, expected in zip(kept, stages):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_onnx
+def test_the_one_encoder_picked_answers_through_onnx_as_through_autograd(monkeypatch):
+    """The shipped multi-task model, trained weights, at its input size, where the heatmap's forward classifies and
+    outlines too (brainmri.serving.classify.own_size_pass): the same logits, OOD features, heatmap and outline."""
+    from shipped import require_shipped
+
+    from brainmri.serving.classify import own_size_pass
+    from brainmri.serving.segment import own_outlines
+
+    monkeypatch.setenv("BRAIN_MRI_ONNX", "1")
+    loaded = Predictor(require_shipped()).model("multitask_lite0")
+    side = loaded.cfg["input_size"][-1]
+    assert loaded.layercam is not None and loaded.layercam.sessions(side) is not None
+    images = [load_image(path) for path in EXAMPLES]
+    x = torch.cat([loaded.transform(image)[None] for image in images])
+
+    def answer() -> tuple:
+        cams, logits, pooled = own_size_pass(loaded, x, "LayerCAM")
+        outlines = own_outlines(loaded.model, images, loaded.outline_rule)
+        return cams, logits, pooled, [o.mask for o in outlines]
+
+    through_onnx = answer()
+    runner, loaded.layercam = loaded.layercam, None
+    through_autograd = answer()
+    loaded.layercam = runner
+    torch.testing.assert_close(through_onnx[1], through_autograd[1].detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(through_onnx[2], through_autograd[2], atol=1e-4, rtol=1e-4)
+    assert through_onnx[0].shape == through_autograd[0].shape == (len(images), side, side)
+    assert np.abs(through_onnx[0] - through_autograd[0]).max() < 0.05
+    assert any(mask.any() for mask in through_onnx[3])  # the examples include tumours the gate lets through
+    for got, expected in zip(through_onnx[3], through_autograd[3]):
+        assert (got != expected).mean() < 1e-3  # a pixel on the threshold may fall either way

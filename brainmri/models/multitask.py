@@ -123,9 +123,14 @@ class MultiTaskClassifier(nn.Module):
         """The classifier's last features before pooling (B, F, h, w); what the same pass's outline needs is kept."""
         final, stages = self.net.features(x)
         with torch.no_grad():
-            self.last_class_logits = self.net.classifier.forward_head(final).float()
-        self._last_pass = (x.detach(), [s.detach() for s in stages])
+            self.keep_last(x, stages, self.net.classifier.forward_head(final))
         return final
+
+    def keep_last(self, x: torch.Tensor, stages: list[torch.Tensor], class_logits: torch.Tensor) -> None:
+        """Keep a pass's input, stage outputs and class logits (B, C) for :meth:`decode_last`: a pass run elsewhere
+        (brainmri.serving.cam_onnx) gives its outline as one through :meth:`forward_features` does."""
+        self.last_class_logits = class_logits.detach().float()
+        self._last_pass = (x.detach(), [s.detach() for s in stages])
 
     @torch.no_grad()
     def decode_last(self, keep: torch.Tensor | None = None) -> torch.Tensor | None:

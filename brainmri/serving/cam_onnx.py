@@ -14,6 +14,11 @@ forward returns the logits, each hooked layer's output and every activation whos
 backward takes those and the explained class's row of the head's weights, and returns each hooked layer's
 gradient. The maps are then LayerCAM's, fused as :class:`brainmri.explain.LayerCAM` fuses them: the same heatmap to
 float rounding (tests/test_cam_onnx.py holds it to autograd's).
+
+It serves two passes: the default's heatmap at a size of its own (brainmri.serving.classify.heatmaps), and a heatmap
+at the input size, whose forward also classifies (classify.own_size_pass). For a multi-task model
+(brainmri.models.multitask) that forward also returns the encoder's stages its decoder reads, so one pass through
+ONNX Runtime gives the class, the heatmap and what the outline is decoded from.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +39,7 @@ from timm.models._efficientnet_blocks import InvertedResidual
 from torch import nn
 
 from brainmri.explain import fuse_stage_maps
+from brainmri.models.multitask import MultiTaskClassifier
 from brainmri.runtime import Conv2dSameInKernel
 from brainmri.serving.onnx_passes import export_graph, is_efficientnet, shared_session
 from brainmri.serving.overlap import shared_weights_copy
@@ -128,20 +135,24 @@ def conv_input_grad(conv: nn.Conv2d, g: torch.Tensor, side: tuple[int, int], tur
 
 
 class _Forward(nn.Module):
-    """One image's forward: (logits, ``bn2``'s output, each hooked stage's output, then the two activations of every
-    block the backward crosses, in order). It holds the modules themselves, so that a later
-    brainmri.serving.onnx_passes.prefix_through_onnx, which swaps some of them out of the model, leaves it whole."""
+    """One image's forward: (logits, ``bn2``'s output, each hooked stage's output, each ``kept`` stage's output, then
+    the two activations of every block the backward crosses, in order). It holds the modules themselves, so that a
+    later brainmri.serving.onnx_passes.prefix_through_onnx, which swaps some of them out of the model, leaves it whole.
+    ``kept``: stages whose outputs the caller wants besides (a multi-task model's decoder reads its encoder's)."""
 
-    def __init__(self, model: nn.Module, stages: list[int]):
+    def __init__(self, model: nn.Module, stages: list[int], kept: Sequence[int] = ()):
         super().__init__()
-        self.stages, self.stop = stages, min(stages) + 1  # the backward runs down to stage ``stop - 1``'s output
-        self.prefix = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[: self.stop])
+        self.stages, self.kept, self.stop = stages, list(kept), min(stages) + 1  # the backward runs down to stage stop - 1's output
+        self.stem = nn.Sequential(model.conv_stem, model.bn1)
+        self.prefix = nn.ModuleList(model.blocks[: self.stop])  # stages 0 ... stop - 1: no backward crosses them
         self.tail = nn.ModuleList(model.blocks[self.stop :])  # stages stop, stop + 1, ...
         self.conv_head, self.bn2, self.classifier = model.conv_head, model.bn2, model.classifier
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.prefix(x)
-        outputs, saved = {self.stop - 1: x}, []
+        x = self.stem(x)
+        outputs, saved = {}, []
+        for i, stage in enumerate(self.prefix):
+            x = outputs[i] = stage(x)
         for i, stage in enumerate(self.tail, start=self.stop):
             for block in stage:
                 h1 = block.bn1(block.conv_pw(x))
@@ -152,7 +163,7 @@ class _Forward(nn.Module):
             outputs[i] = x
         features = self.bn2(self.conv_head(x))  # (1, D, h, w), after its activation: LayerCAM's deepest layer
         logits = self.classifier(features.mean((2, 3)))  # the average pool, flattened
-        return (logits, features, *(outputs[i] for i in self.stages), *saved)
+        return (logits, features, *(outputs[i] for i in self.stages), *(outputs[i] for i in self.kept), *saved)
 
 
 class _Backward(nn.Module):
@@ -216,17 +227,30 @@ def writable(model: nn.Module, layers: Sequence[nn.Module]) -> list[int] | None:
 Sessions = tuple[Any, Any]  # (forward, backward): onnxruntime.InferenceSession each
 
 
+@dataclass
+class CamForward:
+    """A batch's forward through :class:`OnnxLayerCAM`: what its caller reads, and what the backward needs."""
+
+    logits: torch.Tensor  # (B, C)
+    pooled: torch.Tensor  # (B, D) ``bn2``'s output averaged: the pre-logits features, which the OOD check scores
+    kept: list[torch.Tensor]  # the ``kept`` stages' outputs, (B, C_i, h_i, w_i) each, channels_last
+    side: tuple[int, int]  # the input's (H, W)
+    runs: list[list[np.ndarray]] = field(repr=False)  # each image's forward outputs, as the session returned them
+
+
 class OnnxLayerCAM:
     """LayerCAM over ``bn2`` and whole stages of a timm EfficientNet-Lite, its forward and backward in ONNX Runtime,
-    one image at a time; sessions shared by ``key`` and the stages, as brainmri.serving.onnx_passes shares them."""
+    one image at a time; sessions shared by ``key`` and the stages, as brainmri.serving.onnx_passes shares them.
+    ``kept``: stages whose outputs the forward returns besides (:attr:`CamForward.kept`)."""
 
-    def __init__(self, model: nn.Module, stages: list[int], key: str):
+    def __init__(self, model: nn.Module, stages: list[int], key: str, kept: Sequence[int] = ()):
         # Over a copy of its modules (the same tensors): a heatmap's hooks on ``model`` must not see the export's forward,
         # which may run beside them (:meth:`prepare`)
         model = shared_weights_copy(model)
-        self.forward_graph, self.backward_graph = _Forward(model, stages), _Backward(model, stages)
+        self.forward_graph, self.backward_graph = _Forward(model, stages, kept), _Backward(model, stages)
         self.head = model.classifier.weight.detach().float().cpu().numpy()  # (classes, D)
-        self.stages, self.key = stages, f"{key}:cam{''.join(f'+blocks.{i}' for i in stages)}"
+        self.stages, self.kept = stages, list(kept)
+        self.key = f"{key}:cam{''.join(f'+blocks.{i}' for i in stages)}{''.join(f':keep.{i}' for i in self.kept)}"
         self._held: dict[int, Sessions | None] = {}  # by side: what keeps the shared sessions alive
         self._lock = threading.Lock()
 
@@ -247,6 +271,12 @@ class OnnxLayerCAM:
                 self._held[side] = self._make(side)
             return self._held[side]
 
+    @property
+    def _saved_from(self) -> int:
+        """Where the saved activations start among the forward's outputs: after the logits, bn2's, the hooked stages'
+        and the kept stages'."""
+        return 2 + len(self.stages) + len(self.kept)
+
     def _make(self, side: int) -> Sessions | None:
         try:
             with torch.inference_mode(False), torch.no_grad():
@@ -255,7 +285,7 @@ class OnnxLayerCAM:
         except Exception as e:  # noqa: BLE001  (a model this module misjudged: autograd serves it)
             _logger.warning("%s: LayerCAM stays with autograd (%s)", self.key, str(e).splitlines()[0][:200])
             return None
-        saved = outputs[2 + len(self.stages) :]
+        saved = outputs[self._saved_from :]
         forward = shared_session(f"{self.key}:forward", (3, side, side), lambda: export_graph(self.forward_graph, (x,)))
         inputs = (torch.zeros(1, self.head.shape[1]), outputs[1], *saved)
         backward = shared_session(f"{self.key}:backward", (3, side, side), lambda: export_graph(self.backward_graph, inputs))
@@ -267,34 +297,52 @@ class OnnxLayerCAM:
             return None
         return forward, backward
 
-    def __call__(self, x: torch.Tensor, classes: Callable[[], Sequence[int]]) -> np.ndarray | None:
-        """(B, H, W) heatmaps in [0, 1] of ``x`` (B, 3, H, W), each for its class in ``classes()`` (read after the
-        forwards: another pass may still be choosing them); None where this cannot draw them (a non-square input, a
-        session that failed or fails now: the caller runs autograd's, brainmri.serving.classify.heatmaps)."""
+    def forward(self, x: torch.Tensor) -> CamForward | None:
+        """The forward of ``x`` (B, 3, H, W); None where this cannot run it (a non-square input, a session that failed
+        or fails now: the caller runs autograd's, brainmri.serving.classify)."""
         if x.shape[-1] != x.shape[-2]:
             return None
         sessions = self.sessions(int(x.shape[-1]))
         if sessions is None:
             return None
-        forward, backward = sessions
-        names = [i.name for i in backward.get_inputs()]  # the row, bn2's output, the saved activations
-        hooked = 2 + len(self.stages)  # the forward's outputs: logits, bn2's, the stages', then the saved activations
         images = x.detach().float().contiguous().numpy()
         try:
-            runs = [forward.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
+            runs = [sessions[0].run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
         except Exception as e:  # noqa: BLE001  (ONNX Runtime refusing an input: autograd draws it instead)
             _logger.warning("%s: this heatmap through autograd (%s)", self.key, str(e).splitlines()[0][:200])
             return None
-        wanted = classes()  # outside the try: another pass's failure is the request's, not a reason to retry here
+
+        def batch(index: int) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate([run[index] for run in runs]))
+
+        kept = [batch(i).contiguous(memory_format=torch.channels_last) for i in range(2 + len(self.stages), self._saved_from)]
+        return CamForward(batch(0), batch(1).mean((2, 3)), kept, (int(x.shape[-2]), int(x.shape[-1])), runs)
+
+    def backward(self, done: CamForward, classes: Sequence[int]) -> np.ndarray | None:
+        """(B, H, W) heatmaps in [0, 1] at the input's size, each for its class in ``classes``, from :meth:`forward`'s
+        ``done``; None where ONNX Runtime refuses (logged: the caller runs autograd's)."""
+        backward = self.sessions(done.side[-1])[1]
+        names = [i.name for i in backward.get_inputs()]  # the row, bn2's output, the saved activations
+        hooked = 2 + len(self.stages)
         maps = []
         try:
-            for run, c in zip(runs, wanted, strict=True):
-                feed = dict(zip(names, [self.head[int(c)][None], run[1], *run[hooked:]], strict=True))
-                maps.append(layercam_maps(run[1:hooked], backward.run(None, feed), tuple(x.shape[-2:])))
+            for run, c in zip(done.runs, classes, strict=True):
+                feed = dict(zip(names, [self.head[int(c)][None], run[1], *run[self._saved_from :]], strict=True))
+                maps.append(layercam_maps(run[1:hooked], backward.run(None, feed), done.side))
         except Exception as e:  # noqa: BLE001
             _logger.warning("%s: this heatmap through autograd (%s)", self.key, str(e).splitlines()[0][:200])
             return None
         return np.concatenate(maps).astype(np.float32)
+
+    def __call__(self, x: torch.Tensor, classes: Callable[[], Sequence[int]]) -> np.ndarray | None:
+        """(B, H, W) heatmaps in [0, 1] of ``x`` (B, 3, H, W), each for its class in ``classes()`` (read after the
+        forwards: another pass may still be choosing them); None where this cannot draw them (:meth:`forward`,
+        :meth:`backward`: the caller runs autograd's, brainmri.serving.classify.heatmaps)."""
+        done = self.forward(x)
+        if done is None:
+            return None
+        wanted = classes()  # outside the backward's try: another pass's failure is the request's, not a reason to retry here
+        return self.backward(done, wanted)
 
 
 def layercam_maps(acts: Sequence[np.ndarray], grads: Sequence[np.ndarray], side: tuple[int, int]) -> np.ndarray:
@@ -310,11 +358,19 @@ def layercam_maps(acts: Sequence[np.ndarray], grads: Sequence[np.ndarray], side:
 
 def layercam_runner(model: nn.Module, layers: Sequence[nn.Module], key: str, side: int | None = None) -> OnnxLayerCAM | None:
     """An :class:`OnnxLayerCAM` for ``model``'s heatmap over ``layers``, its sessions for ``side`` begun now, in the
-    background, when given; None for a model whose gradient is not written out here."""
+    background, when given; None for a model whose gradient is not written out here. A multi-task model
+    (brainmri.models.multitask) is its classifier, whose forward also returns the stages its decoder reads."""
+    kept: list[int] = []
+    if isinstance(model, MultiTaskClassifier):
+        model = model.net.classifier
+        # timm's stage ends count the stem as 0: a decoder stage read from the stem is not among the blocks' outputs
+        kept = [end - 1 for end in getattr(model, "stage_ends", [0])]
+        if min(kept) < 0:
+            return None
     stages = writable(model, layers)
     if stages is None:
         return None
-    runner = OnnxLayerCAM(model, stages, key)
+    runner = OnnxLayerCAM(model, stages, key, kept)
     if side:
         runner.prepare(side)
     return runner

@@ -19,7 +19,7 @@ from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.result import Prediction
-from brainmri.serving.segment import own_outlines
+from brainmri.serving.segment import draws_own_outline, own_outlines
 from brainmri.vocabulary import any_tumour_probability
 
 
@@ -39,6 +39,26 @@ def heatmaps(loaded: LoadedModel, x: torch.Tensor, method: str, classes: Callabl
         if cams is not None:
             return cams
     return gradcam_batch(loaded.model, loaded.cam_layers(method), x, method, classes)[0]
+
+
+def own_size_pass(
+    loaded: LoadedModel, x: torch.Tensor, method: str, second: Future | None = None
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The heatmap's pass at the input size, which also classifies: (B, H, W) heatmaps for the answered class, (B, C)
+    logits and (B, D) OOD features of ``x`` (B, 3, H, W). LayerCAM in ONNX Runtime where the model has it
+    (brainmri.serving.cam_onnx; a multi-task model then keeps that forward's stages for its outline), else autograd."""
+    runner = loaded.layercam if method == "LayerCAM" else None
+    done = runner.forward(x) if runner is not None else None
+    if done is not None:
+        cams = runner.backward(done, answered_probs(loaded, done.logits, second).argmax(1).tolist())
+        if cams is not None:
+            if draws_own_outline(loaded.model):
+                loaded.model.keep_last(x, done.kept, done.logits)
+            return cams, done.logits, done.pooled
+    kept = KeepFeatures(loaded.model)
+    targets = None if second is None else [AnsweredClass(loaded, second, i) for i in range(len(x))]
+    cams, logits = gradcam_batch(kept, loaded.cam_layers(method), x, method, targets)
+    return cams, logits, kept.features
 
 
 def answered_probs(loaded: LoadedModel, logits: torch.Tensor, second: Future | None = None) -> torch.Tensor:
@@ -81,14 +101,10 @@ def run_model_batch(
     x_cam = None
     if loaded.cam_transform is not None:  # outside the lock, which guards the model passes alone
         x_cam = place_batch([loaded.cam_transform(image) for image in images], loaded.device)
-    layers = loaded.cam_layers(method)
     with loaded.lock:
         if x_cam is None:  # the heatmap's forward gives the logits and the OOD features
             x = place_batch([loaded.transform(image) for image in images], loaded.device)
-            kept = KeepFeatures(loaded.model)
-            targets = None if second is None else [AnsweredClass(loaded, second, i) for i in range(len(images))]
-            cams, logits = gradcam_batch(kept, layers, x, method, targets)
-            pooled = kept.features
+            cams, logits, pooled = own_size_pass(loaded, x, method, second)
         elif plain is not None:  # the input-size forward runs beside the cam_size one
             classes = lambda: answered_probs(loaded, plain.result()[0], second).argmax(1).tolist()  # noqa: E731
             cams = heatmaps(loaded, x_cam, method, classes)
