@@ -215,3 +215,8 @@ def test_the_one_encoder_picked_answers_through_onnx_as_through_autograd(monkeyp
     assert any(mask.any() for mask in through_onnx[3])  # the examples include tumours the gate lets through
     for got, expected in zip(through_onnx[3], through_autograd[3]):
         assert (got != expected).mean() < 1e-3  # a pixel on the threshold may fall either way
+    # Another method keeps autograd, the runner present, and still outlines from its own forward
+    cams, logits, _ = own_size_pass(loaded, x, "Grad-CAM")
+    assert cams.shape == through_onnx[0].shape
+    torch.testing.assert_close(logits.detach(), through_onnx[1], atol=1e-4, rtol=1e-4)
+    assert [o.mask.any() for o in own_outlines(loaded.model, images, loaded.outline_rule)] == [m.any() for m in through_onnx[3]]
