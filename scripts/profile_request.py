@@ -108,6 +108,8 @@ def in_process(predictor: Predictor, name: str, paths: list[Path]) -> dict[str, 
     else:  # the heatmap's forward gives the class too: explained as served, its predicted one
         explain = lambda x: own_size_pass(loaded, x, DEFAULT_METHOD)  # noqa: E731
     phases[f"forward + backward (heatmap, {side} px)"] = median_ms(explain, cam_batches)
+    if isinstance(model, MultiTaskClassifier):
+        model.forget_last()  # what the last timed pass kept for its outline, which no request reads here
     if predictor.ood_model and predictor.ood_model != loaded.name:  # an ensemble's classifier judges in its own pass
         judge = predictor.model(predictor.ood_model)
         judged = [place_batch([judge.transform(im)], judge.device) for im in images]

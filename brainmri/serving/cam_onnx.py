@@ -10,7 +10,8 @@ gradient is its transpose, an activation's a mask of where it passed its input o
 returns None.
 
 Two graphs, so that the forward need not wait for the class it explains (brainmri.explain.DeferredClass): the
-forward returns the logits, each hooked layer's output and every activation whose mask the backward reads; the
+forward returns the logits, each hooked layer's output, any stage output the caller keeps (a multi-task model's
+decoder reads its encoder's) and every activation whose mask the backward reads; the
 backward takes those and the explained class's row of the head's weights, and returns each hooked layer's
 gradient. The maps are then LayerCAM's, fused as :class:`brainmri.explain.LayerCAM` fuses them: the same heatmap to
 float rounding (tests/test_cam_onnx.py holds it to autograd's).
@@ -168,7 +169,8 @@ class _Forward(nn.Module):
 
 class _Backward(nn.Module):
     """The gradient of one class's logit at ``bn2`` and at each hooked stage, from that class's row of the head's
-    weights (1, D), ``bn2``'s output and the saved activations (the forward's outputs after the hooked stages')."""
+    weights (1, D), ``bn2``'s output and the saved activations (the forward's outputs from
+    :attr:`OnnxLayerCAM.saved_from` on, after the hooked and the kept stages')."""
 
     def __init__(self, model: nn.Module, stages: list[int]):
         super().__init__()
@@ -272,9 +274,9 @@ class OnnxLayerCAM:
             return self._held[side]
 
     @property
-    def _saved_from(self) -> int:
+    def saved_from(self) -> int:
         """Where the saved activations start among the forward's outputs: after the logits, bn2's, the hooked stages'
-        and the kept stages'."""
+        and the kept stages' (what the backward graph takes after the class's row and bn2's output)."""
         return 2 + len(self.stages) + len(self.kept)
 
     def _make(self, side: int) -> Sessions | None:
@@ -285,7 +287,7 @@ class OnnxLayerCAM:
         except Exception as e:  # noqa: BLE001  (a model this module misjudged: autograd serves it)
             _logger.warning("%s: LayerCAM stays with autograd (%s)", self.key, str(e).splitlines()[0][:200])
             return None
-        saved = outputs[self._saved_from :]
+        saved = outputs[self.saved_from :]
         forward = shared_session(f"{self.key}:forward", (3, side, side), lambda: export_graph(self.forward_graph, (x,)))
         inputs = (torch.zeros(1, self.head.shape[1]), outputs[1], *saved)
         backward = shared_session(f"{self.key}:backward", (3, side, side), lambda: export_graph(self.backward_graph, inputs))
@@ -315,7 +317,7 @@ class OnnxLayerCAM:
         def batch(index: int) -> torch.Tensor:
             return torch.from_numpy(np.concatenate([run[index] for run in runs]))
 
-        kept = [batch(i).contiguous(memory_format=torch.channels_last) for i in range(2 + len(self.stages), self._saved_from)]
+        kept = [batch(i).contiguous(memory_format=torch.channels_last) for i in range(2 + len(self.stages), self.saved_from)]
         return CamForward(batch(0), batch(1).mean((2, 3)), kept, (int(x.shape[-2]), int(x.shape[-1])), runs)
 
     def backward(self, done: CamForward, classes: Sequence[int]) -> np.ndarray | None:
@@ -327,7 +329,7 @@ class OnnxLayerCAM:
         maps = []
         try:
             for run, c in zip(done.runs, classes, strict=True):
-                feed = dict(zip(names, [self.head[int(c)][None], run[1], *run[self._saved_from :]], strict=True))
+                feed = dict(zip(names, [self.head[int(c)][None], run[1], *run[self.saved_from :]], strict=True))
                 maps.append(layercam_maps(run[1:hooked], backward.run(None, feed), done.side))
         except Exception as e:  # noqa: BLE001
             _logger.warning("%s: this heatmap through autograd (%s)", self.key, str(e).splitlines()[0][:200])

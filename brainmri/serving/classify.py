@@ -33,8 +33,10 @@ def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torc
 
 def heatmaps(loaded: LoadedModel, x: torch.Tensor, method: str, classes: Callable[[], Sequence[int]]) -> np.ndarray:
     """(B, H, W) each image's heatmap at ``x``'s size for its class in ``classes()`` (read once the forward is done):
-    LayerCAM in ONNX Runtime where the model has it (brainmri.serving.cam_onnx), else through autograd."""
-    if method == "LayerCAM" and loaded.layercam is not None:
+    LayerCAM in ONNX Runtime where the model has it (brainmri.serving.cam_onnx), else through autograd. A multi-task
+    model keeps autograd's here: its outline is decoded from this forward's stages, which the runner keeps only at the
+    input size (:func:`own_size_pass`)."""
+    if method == "LayerCAM" and loaded.layercam is not None and not draws_own_outline(loaded.model):
         cams = loaded.layercam(x, classes)
         if cams is not None:
             return cams
