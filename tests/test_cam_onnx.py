@@ -213,7 +213,10 @@ def test_the_one_encoder_picked_answers_through_onnx_as_through_autograd(monkeyp
         return cams, logits, pooled, [o.mask for o in outlines]
 
     through_onnx = answer()
+    loaded.model.forget_last()
     done = loaded.layercam.forward(x)
+    torch.testing.assert_close(loaded.model.last_class_logits, done.logits)  # the runner's forward kept its pass
+    assert loaded.model.decode_last() is not None
     with torch.no_grad():
         _, stages = loaded.model.net.features(x)
     for got, expected in zip(done.kept, stages, strict=True):  # what the decoder reads, to ONNX Runtime's rounding

@@ -243,15 +243,16 @@ class CamForward:
 class OnnxLayerCAM:
     """LayerCAM over ``bn2`` and whole stages of a timm EfficientNet-Lite, its forward and backward in ONNX Runtime,
     one image at a time; sessions shared by ``key`` and the stages, as brainmri.serving.onnx_passes shares them.
-    ``kept``: stages whose outputs the forward returns besides (:attr:`CamForward.kept`)."""
+    ``kept``: stages whose outputs the forward returns besides (:attr:`CamForward.kept`); ``keeper``: the multi-task
+    model whose classifier this is, which keeps each forward's stages for its outline as its own forward would."""
 
-    def __init__(self, model: nn.Module, stages: list[int], key: str, kept: Sequence[int] = ()):
+    def __init__(self, model: nn.Module, stages: list[int], key: str, kept: Sequence[int] = (), keeper: MultiTaskClassifier | None = None):
         # Over a copy of its modules (the same tensors): a heatmap's hooks on ``model`` must not see the export's forward,
         # which may run beside them (:meth:`prepare`)
         model = shared_weights_copy(model)
         self.forward_graph, self.backward_graph = _Forward(model, stages, kept), _Backward(model, stages)
         self.head = model.classifier.weight.detach().float().cpu().numpy()  # (classes, D)
-        self.stages, self.kept = stages, list(kept)
+        self.stages, self.kept, self.keeper = stages, list(kept), keeper
         self.key = f"{key}:cam{''.join(f'+blocks.{i}' for i in stages)}{''.join(f':keep.{i}' for i in self.kept)}"
         self._held: dict[int, Sessions | None] = {}  # by side: what keeps the shared sessions alive
         self._lock = threading.Lock()
@@ -300,8 +301,9 @@ class OnnxLayerCAM:
         return forward, backward
 
     def forward(self, x: torch.Tensor) -> CamForward | None:
-        """The forward of ``x`` (B, 3, H, W); None where this cannot run it (a non-square input, a session that failed
-        or fails now: the caller runs autograd's, brainmri.serving.classify)."""
+        """The forward of ``x`` (B, 3, H, W), its stages kept by the ``keeper`` where there is one; None where this
+        cannot run it (a non-square input, a session that failed or fails now: the caller runs autograd's, which keeps
+        them in its stead, brainmri.serving.classify)."""
         if x.shape[-1] != x.shape[-2]:
             return None
         sessions = self.sessions(int(x.shape[-1]))
@@ -318,7 +320,10 @@ class OnnxLayerCAM:
             return torch.from_numpy(np.concatenate([run[index] for run in runs]))
 
         kept = [batch(i).contiguous(memory_format=torch.channels_last) for i in range(2 + len(self.stages), self.saved_from)]
-        return CamForward(batch(0), batch(1).mean((2, 3)), kept, (int(x.shape[-2]), int(x.shape[-1])), runs)
+        done = CamForward(batch(0), batch(1).mean((2, 3)), kept, (int(x.shape[-2]), int(x.shape[-1])), runs)
+        if self.keeper is not None:  # its outline is decoded from this forward, as from one of its own
+            self.keeper.keep_last(x, done.kept, done.logits)
+        return done
 
     def backward(self, done: CamForward, classes: Sequence[int]) -> np.ndarray | None:
         """(B, H, W) heatmaps in [0, 1] at the input's size, each for its class in ``classes``, from :meth:`forward`'s
@@ -363,8 +368,9 @@ def layercam_runner(model: nn.Module, layers: Sequence[nn.Module], key: str, sid
     background, when given; None for a model whose gradient is not written out here. A multi-task model
     (brainmri.models.multitask) is its classifier, whose forward also returns the stages its decoder reads."""
     kept: list[int] = []
-    if isinstance(model, MultiTaskClassifier):
-        model = model.net.classifier
+    keeper = model if isinstance(model, MultiTaskClassifier) else None
+    if keeper is not None:
+        model = keeper.net.classifier
         # timm's stage ends count the stem as 0: a decoder stage read from the stem is not among the blocks' outputs
         kept = [end - 1 for end in getattr(model, "stage_ends", [0])]
         if min(kept) < 0:
@@ -372,7 +378,7 @@ def layercam_runner(model: nn.Module, layers: Sequence[nn.Module], key: str, sid
     stages = writable(model, layers)
     if stages is None:
         return None
-    runner = OnnxLayerCAM(model, stages, key, kept)
+    runner = OnnxLayerCAM(model, stages, key, kept, keeper)
     if side:
         runner.prepare(side)
     return runner

@@ -19,7 +19,7 @@ from brainmri.ood import KeepFeatures, logits_and_features
 from brainmri.serving.device import place_batch
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.result import Prediction
-from brainmri.serving.segment import draws_own_outline, own_outlines
+from brainmri.serving.segment import own_outlines
 from brainmri.vocabulary import any_tumour_probability
 
 
@@ -33,10 +33,8 @@ def plain_pass(loaded: LoadedModel, images: Sequence[Image.Image]) -> tuple[torc
 
 def heatmaps(loaded: LoadedModel, x: torch.Tensor, method: str, classes: Callable[[], Sequence[int]]) -> np.ndarray:
     """(B, H, W) each image's heatmap at ``x``'s size for its class in ``classes()`` (read once the forward is done):
-    LayerCAM in ONNX Runtime where the model has it (brainmri.serving.cam_onnx), else through autograd. A multi-task
-    model keeps autograd's here: its outline is decoded from this forward's stages, which the runner keeps only at the
-    input size (:func:`own_size_pass`)."""
-    if method == "LayerCAM" and loaded.layercam is not None and not draws_own_outline(loaded.model):
+    LayerCAM in ONNX Runtime where the model has it (brainmri.serving.cam_onnx), else through autograd."""
+    if method == "LayerCAM" and loaded.layercam is not None:
         cams = loaded.layercam(x, classes)
         if cams is not None:
             return cams
@@ -48,14 +46,12 @@ def own_size_pass(
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """The heatmap's pass at the input size, which also classifies: (B, H, W) heatmaps for the answered class, (B, C)
     logits and (B, D) OOD features of ``x`` (B, 3, H, W). LayerCAM in ONNX Runtime where the model has it
-    (brainmri.serving.cam_onnx; a multi-task model then keeps that forward's stages for its outline), else autograd."""
+    (brainmri.serving.cam_onnx), else autograd; a multi-task model keeps that forward's stages for its outline either way."""
     runner = loaded.layercam if method == "LayerCAM" else None
     done = runner.forward(x) if runner is not None else None
     if done is not None:
         cams = runner.backward(done, answered_probs(loaded, done.logits, second).argmax(1).tolist())
         if cams is not None:
-            if draws_own_outline(loaded.model):
-                loaded.model.keep_last(x, done.kept, done.logits)
             return cams, done.logits, done.pooled
     kept = KeepFeatures(loaded.model)
     targets = None if second is None else [AnsweredClass(loaded, second, i) for i in range(len(x))]

@@ -126,9 +126,9 @@ def load_model(name: str, folder: str | Path, device: torch.device | str | None 
     )
     if onnx_serving(device):  # the passes no heatmap differentiates, through ONNX Runtime (brainmri.serving.onnx_passes)
         key, side = weights_key(folder), loaded.cfg["input_size"][-1]
-        # Before the prefix moves: the runner copies the model's modules, and a copy made after would hold placeholders
         # The heatmap's pass, at its own size (brainmri.serving.classify.heatmaps) or at the input size, where it also
-        # classifies (classify.own_size_pass; for a multi-task model, keeping its outline's stages)
+        # classifies (classify.own_size_pass). Made before the prefix moves: the runner copies the model's modules, and a
+        # copy made after would hold placeholders
         loaded.layercam = layercam_runner(loaded.model, [layer, *stages], key, loaded.cam_size or side)
         # The prefix then serves the other heatmap methods alone (and LayerCAM should its export fail): exported when
         # one first asks, not at start-up
