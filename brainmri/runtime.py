@@ -80,8 +80,30 @@ def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU as a speed figure must name it: the vector kernels torch dispatches to here ("AVX512", "AVX2", ...)
     and whether bfloat16 is native. Hosts of one cloud differ in both: this project's 2-core machine was an
     avx512_bf16 EPYC in most sessions and an AVX2 one without bf16 in another, where a request cost 1.4-1.6 times the CPU and
-    bf16 autocast ran 18x slower than float32 (docs/serving.md, "Hosts differ")."""
-    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'native' if native_bf16(cpuinfo) else 'emulated'}"
+    bf16 autocast ran 18x slower than float32 (docs/serving.md, "Hosts differ"). Two avx512_bf16 hosts differed too, a
+    request costing one 1.5 times the other's CPU, so the CPU's family and model follow where Linux names them, as in
+    "AVX512, bf16 native, AMD family 26 model 2" (family 26 is AMD's Zen 5)."""
+    described = f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'native' if native_bf16(cpuinfo) else 'emulated'}"
+    generation = cpu_generation(cpuinfo)
+    return f"{described}, {generation}" if generation else described
+
+
+def cpu_generation(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The first CPU's vendor, family and model from ``cpuinfo`` ("AMD family 26 model 2"); None where Linux does not
+    give all three (another OS, or an ARM CPU's other fields). A virtual machine's "model name" often hides the rest."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    vendor, family, model = fields.get("vendor_id"), fields.get("cpu family"), fields.get("model")
+    if not (vendor and family and model):
+        return None
+    vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(vendor, vendor)
+    return f"{vendor} family {family} model {model}"
 
 
 def configure_torch_threads(workers: int = 1) -> int:

@@ -142,6 +142,13 @@ def test_speed_figures_name_the_cpu_and_bf16_training_warns_where_it_is_emulated
     capability = torch.backends.cpu.get_cpu_capability()
     assert runtime.describe_cpu(tmp_path / "cpuinfo") == f"{capability}, bf16 native"
     assert runtime.describe_cpu(tmp_path / "old") == f"{capability}, bf16 emulated"
+    # Where Linux names the first CPU's vendor, family and model, they follow; a second CPU's block is not read.
+    (tmp_path / "zen5").write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+    )
+    assert runtime.describe_cpu(tmp_path / "zen5") == f"{capability}, bf16 native, AMD family 26 model 2"
+    assert runtime.cpu_generation(tmp_path / "absent") is None
     for native in (True, False):
         monkeypatch.setattr(runtime, "native_bf16", lambda cpuinfo=None, native=native: native)
         caplog.clear()
