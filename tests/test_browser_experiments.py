@@ -43,8 +43,9 @@ def test_the_experiments_tab_shows_the_pictures_first(app_url: str, size: tuple[
                 assert size["y"] >= cost["y"] + cost["height"] - 1 and cost["width"] > 300
             # Folded, each a click away: the tab opens on the pictures and the shipped table (2,700 px against 6,900).
             assert page.evaluate("document.documentElement.scrollHeight") < 4000, "the Experiments tab unfolded"
-            for title in ("GPU runs: the sweep", "Where the tumour is:", "Do the heatmaps point at the tumour?"):
+            for title in ("Sweep runs: on the GPU", "Where the tumour is:", "Do the heatmaps point at the tumour?"):
                 page.get_by_text(title).click()
+            expect(page.locator("#sweep-runs")).to_contain_text("cpu_effnet_seed")  # B0 under the seed's protocol, on CPU
             short = page.locator("#cut-short")
             expect(short).to_contain_text("Cut short by their time budget")
             expect(short).to_contain_text("efficientnet_b7")  # the 2-epoch run, apart from the finished ones

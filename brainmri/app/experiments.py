@@ -2,7 +2,7 @@
 
 Each checkpoint folder holds ``metrics.json``, ``history.csv``, ``curves.png``,
 ``confusion.png`` and ``reliability.png`` (written by train/train.py, train/evaluate.py and
-train/calibrate.py). The GPU sweep writes ``results/experiments.csv``, shown as it is when
+train/calibrate.py). The sweeps write ``results/experiments.csv``, shown as it is when
 present, its runs cut short by their time budget apart from the finished ones; reports/cam_sanity.py writes
 ``results/cam_sanity.json``, the heatmaps' in-brain share; ``python -m reports.plots`` draws
 ``results/accuracy_cost.png``, ``accuracy_params.png`` and ``per_class.png``, the pictures that compare the shipped
@@ -248,8 +248,8 @@ def build_tab(tab: gr.Tab) -> None:
     with gr.Accordion("All columns", open=False):
         full = gr.Dataframe(pinned_columns=1, show_label=False)
     # The rest folded, each a click away: the tab opens on the pictures and the table, not 7,000 px of page.
-    with gr.Accordion("GPU runs: the sweep, and the runs cut short", open=False, elem_id="gpu-runs"):
-        sweep = gr.Dataframe(label="GPU sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False)
+    with gr.Accordion("Sweep runs: on the GPU, the seed's protocol on CPU, the runs cut short", open=False, elem_id="gpu-runs"):
+        sweep = gr.Dataframe(label="Sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False, elem_id="sweep-runs")
         cut = "Cut short by their time budget: how far each model got, not what it can do"
         short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
     with gr.Accordion("Do the heatmaps point at the tumour?", open=False, elem_id="localisation-box"):
