@@ -97,3 +97,35 @@ def test_paired_comparison_counts_the_discordant_images_and_tests_them_exactly()
     assert paired_comparison(a, a)["p_value"] == 1.0
     with pytest.raises(ValueError, match="different sets"):
         paired_comparison(a, a[:3])
+
+
+def test_ece_if_calibrated_matches_the_binomial_in_one_bin():
+    """Twenty answers all at confidence 0.9 share one bin, so a calibrated model's ECE there is |X/20 - 0.9| with
+    X ~ Binomial(20, 0.9): its mean is worked out exactly and the draws must land on it."""
+    from scipy.stats import binom
+
+    from brainmri.eval.metrics import ece_if_calibrated
+
+    probs = np.tile([0.9, 0.05, 0.05], (20, 1))
+    exact = sum(binom.pmf(k, 20, 0.9) * abs(k / 20 - 0.9) for k in range(21))
+    out = ece_if_calibrated(probs, np.zeros(20, dtype=int))
+    assert out["mean"] == pytest.approx(exact, abs=0.002)  # 10,000 draws: the standard error is ~0.0005
+    assert out["mean"] <= out["p95"]
+    # all twenty right: ECE 0.1, which a calibrated model reaches with 20 of 20 right or with 16 or fewer
+    assert out["p_value"] == pytest.approx(binom.pmf(20, 20, 0.9) + binom.cdf(16, 20, 0.9), abs=0.01)
+
+
+def test_ece_if_calibrated_tells_calibrated_labels_from_overconfident_ones():
+    from brainmri.eval.metrics import ece_if_calibrated
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(600, 4)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    calibrated = np.array([rng.choice(4, p=p) for p in probs])  # labels drawn from the model's own probabilities
+    assert ece_if_calibrated(probs, calibrated)["p_value"] > 0.01
+    # the same confidences, but only 60% of answers right: overconfident, far beyond chance
+    wrong = np.where(rng.random(600) < 0.6, probs.argmax(axis=1), (probs.argmax(axis=1) + 1) % 4)
+    assert ece_if_calibrated(probs, wrong)["p_value"] < 0.001
+    # the floor falls with the set's size: the same confidences on 4x the images
+    small = ece_if_calibrated(probs, calibrated)["mean"]
+    assert ece_if_calibrated(np.tile(probs, (4, 1)), np.tile(calibrated, 4))["mean"] < 0.75 * small

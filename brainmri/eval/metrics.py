@@ -53,6 +53,36 @@ def bootstrap_ece_ci(probs: np.ndarray, labels: np.ndarray, n_boot: int = 1000, 
     return float(lo), float(hi)
 
 
+def ece_if_calibrated(probs: np.ndarray, labels: np.ndarray, n_draws: int = 10_000, seed: int = 0) -> dict:
+    """Consistency resampling (Broecker and Smith, 2007): what :func:`expected_calibration_error` a perfectly
+    calibrated model with these top-label confidences would show on a set this size. Each draw keeps the confidences
+    and calls each answer right with probability equal to its confidence.
+
+    Returns ``mean`` and ``p95`` of the drawn ECEs (the estimator's floor on this set: binned ECE is biased upward on
+    small sets), and ``p_value``: the share of draws at least as high as the ECE measured with ``labels``. A small p
+    says the miscalibration is more than a set this size shows by chance. A dozen lines by hand: the calibration
+    libraries (netcal, torchmetrics) give the estimate, not this null distribution.
+    """
+    n_bins = 15  # expected_calibration_error's default, which every reported ECE uses
+    conf = probs.max(axis=1)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)  # (n_bins,) per bin, the same in every draw
+    rng = np.random.default_rng(seed)
+    drawn = np.empty(n_draws)
+    for start in range(0, n_draws, 1000):  # (draws, N) at most 1000 rows at a time: bounded memory on Testing
+        right = rng.random((min(1000, n_draws - start), len(conf))) < conf  # (draws, N)
+        cell = bins + n_bins * np.arange(len(right))[:, None]  # each draw's bins in its own row of the table
+        right_sum = np.bincount(cell.ravel(), weights=right.ravel(), minlength=n_bins * len(right)).reshape(-1, n_bins)
+        drawn[start : start + len(right)] = np.abs(right_sum - conf_sum).sum(axis=1) / len(conf)
+    measured = expected_calibration_error(probs, labels, n_bins)
+    return {
+        "n_draws": n_draws,
+        "mean": float(drawn.mean()),
+        "p95": float(np.percentile(drawn, 95)),
+        "p_value": float((drawn >= measured - 1e-12).mean()),
+    }
+
+
 def paired_comparison(right_a: np.ndarray, right_b: np.ndarray) -> dict:
     """Two models scored on the same images (bool (N,) each: right or not): the images only A got right, only B,
     and the exact McNemar p-value, the two-sided binomial test on those discordant images (scipy's ``binomtest``):
@@ -87,6 +117,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: li
         "loss": float(log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=classes)),
         "ece": expected_calibration_error(probs, labels),
         "ece_ci95": list(bootstrap_ece_ci(probs, labels)),
+        "ece_if_calibrated": ece_if_calibrated(probs, labels),
         # Per class, "accuracy" is the recall (the share of that class's images called right), with its interval:
         # wide where a class has few images.
         "per_class": {
