@@ -10,7 +10,7 @@
 The device tool sends the tracked files and the untracked files git does not ignore, plus the
 carried folders, 64 MB in all. ``scripts/prepare_device_data.sh`` fills the carried ``data/`` and
 stashes all of ``checkpoints/`` (the sweeps train from scratch and never read them);
-``scripts/prepare_device_serving.sh`` stashes all but the app's default model (``KEPT``: the CUDA serving
+``scripts/prepare_device_serving.sh`` stashes all but the default's classifier, Lite0 (``KEPT``: the CUDA serving
 check serves it, and it is the OOD judge).
 
 The data set (50 MiB) holds 427 byte-for-byte copies of other files (3.3 MiB): they travel once, and

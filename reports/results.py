@@ -234,6 +234,17 @@ def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
     best = singles[0] if singles and singles[0]["test_unseen_accuracy"] is not None else None
     if default is None or best is None:
         return []
+    # every single model level with the first on both Testing figures is named: the sort's order among them is the folders'
+    tied = [
+        m["model"]
+        for m in singles
+        if (m["test_unseen_accuracy"], m["test_accuracy"]) == (best["test_unseen_accuracy"], best["test_accuracy"])
+    ]
+    best_words = (
+        f"the best single model, `{best['model']}`,"
+        if len(tied) == 1
+        else ("the best single models, " + " and ".join(f"`{t}`" for t in tied) + " (tied),")
+    )
     if APP_DEFAULT in ENSEMBLES:  # no card of its own: its figures file
         scored, where = read_ensemble_figures(APP_DEFAULT, Path(root).parent / "results"), f", in `results/{APP_DEFAULT}.json`"
     else:
@@ -250,7 +261,7 @@ def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
 
     return [
         f"On the {default['test_unseen_n']} unseen Testing images, the app's default `{APP_DEFAULT}`{what} scores {said(default)},"
-        f" and the best single model, `{best['model']}`, {said(best)}. Only {thin} images are unseen, so those classes' figures"
+        f" and {best_words} {said(best)}. Only {thin} images are unseen, so those classes' figures"
         f" are wide (per class in each model card{where} and in the Experiments tab).",
         "",
     ]
