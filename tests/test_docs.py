@@ -92,3 +92,19 @@ def test_the_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text()):
         if not target.startswith("http") and target != f"docs/{SPACE}":
             assert (ROOT / target).exists(), f"README links {target}, which is not there"
+
+
+def test_the_headline_names_every_single_model_tied_for_best():
+    """The best single model is the first after a sort by unseen, then official Testing; models level on both are
+    all named, so that the folders' alphabetical order does not pick one of them."""
+    from brainmri.models.registry import APP_DEFAULT
+
+    def row(model: str, unseen: float, official: float) -> dict:
+        return {"model": model, "test_unseen_accuracy": unseen, "test_unseen_accuracy_ci95": [0.9, 1.0], "test_unseen_n": 335,
+                "test_accuracy": official}  # fmt: skip
+
+    rows = [row(APP_DEFAULT, 0.99, 0.99), row("a", 0.98, 0.99), row("b", 0.98, 0.99), row("c", 0.98, 0.98)]
+    sentence = " ".join(results._headline_sentence(ROOT / "checkpoints", rows))
+    assert "the best single models, `a` and `b` (tied)" in sentence and "`c`" not in sentence
+    sentence = " ".join(results._headline_sentence(ROOT / "checkpoints", rows[:2] + rows[3:]))
+    assert "the best single model, `a`," in sentence
