@@ -113,9 +113,8 @@ def paired_vs(probs: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
 
 def _ece(r: dict) -> str:
     lo, hi = r["ece_ci95"]
-    floor = r.get("ece_if_calibrated")  # absent from figures files written before 2026-12-06
-    calibrated = f"; a calibrated model {floor['mean']:.2%}, p = {floor['p_value']:.2f}" if floor else ""
-    return f"ECE {r['ece']:.2%}, 95% CI {lo:.2%}-{hi:.2%}{calibrated}"
+    floor = r["ece_if_calibrated"]
+    return f"ECE {r['ece']:.2%}, 95% CI {lo:.2%}-{hi:.2%}; a calibrated model {floor['mean']:.2%}, p = {floor['p_value']:.2f}"
 
 
 def served_probs(predictor: Predictor, paths: list[str], labels: list[str], batch: int = 16) -> np.ndarray:

@@ -16,14 +16,22 @@ def bootstrap_accuracy_ci(correct: np.ndarray, n_boot: int = 2000, seed: int = 0
     return float(lo), float(hi)
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+ECE_BINS = 15  # equal-width confidence bins of every ECE this project reports
+
+
+def confidence_bins(conf: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """(N,) the equal-width bin of each top-label confidence in [0, 1]; a confidence of 1 falls in the last."""
+    return np.minimum((conf * n_bins).astype(int), n_bins - 1)
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin of top-label confidence: (mean confidence, accuracy, count), each (n_bins,).
 
     Empty bins have count 0 and NaN confidence and accuracy.
     """
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    bins = confidence_bins(conf, n_bins)
     count = np.bincount(bins, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
@@ -31,7 +39,7 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) ->
     return mean_conf, accuracy, count
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """Top-label ECE with equal-width confidence bins: sum over bins of share x |accuracy - confidence|.
 
     A few lines by hand: scikit-learn has no ECE, and torchmetrics would be a dependency
@@ -63,9 +71,9 @@ def ece_if_calibrated(probs: np.ndarray, labels: np.ndarray, n_draws: int = 10_0
     says the miscalibration is more than a set this size shows by chance. A dozen lines by hand: the calibration
     libraries (netcal, torchmetrics) give the estimate, not this null distribution.
     """
-    n_bins = 15  # expected_calibration_error's default, which every reported ECE uses
+    n_bins = ECE_BINS
     conf = probs.max(axis=1)
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    bins = confidence_bins(conf, n_bins)
     conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)  # (n_bins,) per bin, the same in every draw
     rng = np.random.default_rng(seed)
     drawn = np.empty(n_draws)
@@ -74,7 +82,7 @@ def ece_if_calibrated(probs: np.ndarray, labels: np.ndarray, n_draws: int = 10_0
         cell = bins + n_bins * np.arange(len(right))[:, None]  # each draw's bins in its own row of the table
         right_sum = np.bincount(cell.ravel(), weights=right.ravel(), minlength=n_bins * len(right)).reshape(-1, n_bins)
         drawn[start : start + len(right)] = np.abs(right_sum - conf_sum).sum(axis=1) / len(conf)
-    measured = expected_calibration_error(probs, labels, n_bins)
+    measured = expected_calibration_error(probs, labels)
     return {
         "n_draws": n_draws,
         "mean": float(drawn.mean()),

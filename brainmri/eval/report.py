@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
 from brainmri.eval.curves import epoch_panels, save_epoch_panels  # noqa: E402
-from brainmri.eval.metrics import expected_calibration_error, reliability_bins  # noqa: E402
+from brainmri.eval.metrics import ECE_BINS, expected_calibration_error, reliability_bins  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config  # noqa: E402
 
@@ -45,7 +45,7 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, tit
     plt.close(fig)
 
 
-def reliability_diagram(curves: dict[str, np.ndarray] | np.ndarray, labels: np.ndarray, path: str | Path, n_bins: int = 15) -> None:
+def reliability_diagram(curves: dict[str, np.ndarray] | np.ndarray, labels: np.ndarray, path: str | Path, n_bins: int = ECE_BINS) -> None:
     """Accuracy against confidence per bin (image count at the foot of each bar), one panel per set of probabilities
     (e.g. before and after calibration).
 
