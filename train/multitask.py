@@ -45,7 +45,7 @@ from train.distill import check_same_validation, describe_teacher, distill_loss,
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
 from train.multitask_init import load_class_path, started_from, stitched_from
-from train.multitask_report import plot_history, write_card
+from train.multitask_report import plot_history, write_multitask_card
 from train.resume import RESUME, clear_resume, has_model_state, load_model_state, save_model_state
 from train.schedule import cosine, follow, moving_average
 from train.segment import run_record, soft_dice_loss
@@ -293,7 +293,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict, device: to
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     write_history_csv(state["history"], out / HISTORY)
     plot_history(state["history"], out / CURVES)
-    write_card(out)
+    write_multitask_card(out)
     clear_resume(out)
     _logger.info("wrote %s: %s", out, json.dumps(scores["summary"]))
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCardData
 
 from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.eval.one_encoder import EXPERT_NAMES, class_markdown, outline_markdown
 from brainmri.eval.outline_rules import served_rule_line
-from brainmri.eval.report import DATASET, classifier_eval_results
+from brainmri.eval.report import DATASET, classifier_eval_results, write_card
 from brainmri.models.checkpoint import CARD, METRICS, TRAIN_CONFIG
 from train.experts import EXPERTS
 
@@ -105,7 +105,7 @@ def card_text(m: dict, cfg: dict) -> str:
     )
 
 
-def write_card(folder: Path) -> Path:
+def write_multitask_card(folder: Path) -> Path:
     """README.md with the Hub's front matter (huggingface_hub ModelCardData) and the validation figures."""
     m = json.loads((folder / METRICS).read_text())
     cfg = json.loads((folder / TRAIN_CONFIG).read_text())
@@ -118,7 +118,4 @@ def write_card(folder: Path) -> Path:
         model_name=m["model"],
         eval_results=classifier_eval_results(m) + outline_eval_results(m),
     )
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{card_text(m, cfg)}")
-    path = folder / CARD
-    card.save(path)
-    return path
+    return write_card(data, card_text(m, cfg), folder / CARD)
