@@ -12,19 +12,17 @@ given the statistics of the OOD check (train.ood), both fitted on its validation
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, DataLoaderConfiguration, set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
@@ -33,18 +31,17 @@ from brainmri.data.records import (
     data_config,
     normalize_batch,
 )
-from brainmri.data.split import checkpoint_split, write_val_split
-from brainmri.eval.tables import update_metrics
-from brainmri.models.checkpoint import CURVES, HISTORY, TRAIN_CONFIG, save_checkpoint
-from brainmri.models.registry import count_parameters, create_model, get_spec, set_input_size
+from brainmri.models.checkpoint import TRAIN_CONFIG
+from brainmri.models.registry import create_model, get_spec, set_input_size
 from brainmri.runtime import warn_if_bf16_emulated
 from train import graphs, schedule
 from train.budget import BUDGET_SLACK, Throughput, plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig, parse_config
-from train.distill import describe_teacher, distill_loss
+from train.distill import distill_loss
+from train.finish import finish
 from train.graphs import GraphedStep
-from train.loaders import Loaders, build_loaders, load_train_records
-from train.resume import State, clear_resume, load_resume, save_resume
+from train.loaders import build_loaders, load_train_records
+from train.resume import State, load_resume, save_resume
 
 _logger = logging.getLogger(__name__)
 
@@ -138,13 +135,6 @@ def evaluate(model, loader, accelerator, dcfg: dict, channels_last: bool) -> dic
         losses.append(F.cross_entropy(logits, y, reduction="none"))
         hits.append(logits.argmax(1) == y)
     return {"val_loss": torch.cat(losses).mean().item(), "val_acc": torch.cat(hits).float().mean().item()}
-
-
-def write_history(out: Path, history: list[dict]) -> None:
-    with (out / HISTORY).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
@@ -284,70 +274,6 @@ def record_epoch(state: State, row: dict, seconds: float, lr: float) -> None:
     else:
         state.stale += 1
     _logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-
-
-def finish(
-    cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: Path, dcfg: dict, device: torch.device | str = "cpu"
-) -> Path:
-    """Write the best epoch as a checkpoint folder with its history, metrics and model card; test, calibrate and fit its
-    OOD statistics on ``device``."""
-    from brainmri.eval.report import plot_history, write_model_card
-    from train.calibrate import calibrate_checkpoint
-    from train.evaluate import evaluate_checkpoint
-    from train.ood import fit_or_warn
-
-    model = model.to("cpu", memory_format=torch.contiguous_format).float()
-    model.load_state_dict(load_file(out / "best.safetensors"))
-    init = (
-        f"ImageNet (offline package {spec.imagenet_init})"
-        if cfg.pretrained and spec.imagenet_init
-        else ("ImageNet (timm)" if cfg.pretrained else "random (no pretrained weights)")
-    )
-    save_checkpoint(model, out, loaders.class_names, extra={"registry_name": spec.name, "initialization": init}, model_args=spec.model_args)
-    write_history(out, state.history)
-    plot_history(state.history, out / CURVES)
-    metrics = run_metrics(cfg, spec, model, loaders, state, dcfg, init)
-    update_metrics(out, metrics)
-    _, val = checkpoint_split(out, cfg.data)  # what validation chose on, listed for anyone to check
-    write_val_split(out, val, cfg.data, f"validation split ({cfg.split} rule, seed {cfg.seed}): the best epoch, T and OOD fit here")
-    if cfg.evaluate_test:
-        evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed, device=device)
-    calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # temperature on validation, ECE before/after
-    if cfg.fit_ood:
-        fit_or_warn(out, cfg.data, device=device)  # class means and covariance on train, the threshold on validation
-    (out / "best.safetensors").unlink()
-    clear_resume(out)
-    write_model_card(out)
-    _logger.info("wrote %s", out)
-    return out
-
-
-def run_metrics(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, dcfg: dict, init: str) -> dict:
-    """metrics.json before testing: the model, the best epoch on validation, and how the run used the machine."""
-    best = state.history[state.best_epoch - 1]
-    return {
-        "model": spec.name,
-        "parameters": count_parameters(model),
-        "input_size": dcfg["input_size"][1],
-        "initialization": init,
-        **({"distilled_from": describe_teacher(cfg.teacher, cfg.distill_weight)} if cfg.teacher else {}),
-        "epochs_run": state.epoch,
-        "best_epoch": state.best_epoch,
-        "train": {"accuracy": best["train_acc"], "loss": best["train_loss"], "note": "running average over the augmented epoch"},
-        "validation": {"accuracy": best["val_acc"], "loss": best["val_loss"], "n": loaders.n_val},
-        "train_seconds": round(state.train_seconds, 1),
-        # Median over epochs of the rate past each epoch's first WARMUP_STEPS steps.
-        "train_img_per_s": round(float(np.median([h["img_per_s"] for h in state.history])), 1),
-        "peak_gpu_memory_gib": round(state.peak_memory_gib, 2) if state.peak_memory_gib else None,
-        "batch_size": cfg.batch_size,
-        "ema_decay": cfg.ema_decay or None,  # the shipped weights are this moving average's
-        "grad_checkpointing": cfg.grad_checkpointing,
-        "time_budget_s": cfg.time_budget_s or None,
-        "epochs_planned": state.epochs_planned or cfg.epochs,
-        "stopped": state.stopped,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "data": cfg.data,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
