@@ -147,3 +147,28 @@ def test_a_broken_default_model_does_not_stop_the_app_from_starting(trained_chec
     assert "could not load simple_cnn_7" in caplog.text and "sha256" in caplog.text
     with pytest.raises(ValueError, match="sha256"):
         predictor.model("simple_cnn_7")
+
+
+def test_a_broken_judge_fails_before_the_gpu_call_and_warming_hands_the_check_to_each_model(trained_checkpoint, tmp_path, caplog):
+    """A judge whose weights cannot load: a request fails in check_request (before ZeroGPU's task), naming it; once
+    warming has found it broken, each model judges its uploads by its own statistics and requests are answered."""
+    from PIL import Image
+
+    from brainmri.models.catalog import ModelSource
+    from brainmri.serving import Predictor
+
+    good = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_7"))
+    bad = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_10"))
+    flip_byte(bad / WEIGHTS, 100)
+    sources = {n: ModelSource(n, "local", str(f)) for n, f in (("simple_cnn_7", good), ("simple_cnn_10", bad))}
+    predictor = Predictor(sources, ood_model="simple_cnn_10", segmenter=None)
+    predictor.run_passes_on_gpu = lambda *a, **k: pytest.fail("the GPU task ran for a request its judge cannot serve")
+    image = Image.new("RGB", (64, 64), "gray")
+    with pytest.raises(ValueError, match="sha256"):
+        predictor.predict(image, "simple_cnn_7")
+    with caplog.at_level("WARNING"):
+        predictor.warm()
+    assert "could not load the OOD judge simple_cnn_10" in caplog.text and predictor.ood_model is None
+    predictor.run_passes_on_gpu = predictor.run_passes  # off ZeroGPU, the task is the method itself
+    answer = predictor.predict(image, "simple_cnn_7")
+    assert answer.model == "simple_cnn_7" and answer.top_class in answer.probabilities

@@ -53,9 +53,10 @@ class Predictor(ServedModels):
     through them.
 
     Whether an image looks like a brain MRI is a property of the image, so one model judges
-    it for all: the default (best) model, whose 1280 features separate MRI slices from other
-    pictures far better than a small CNN's 64 (README, out-of-distribution check). A model's
-    own statistics are used when the judge has none, or with ``ood_model=None``.
+    it for all: the default's classifier (an ensemble's explainer) where it ships OOD statistics
+    (:meth:`~brainmri.serving.served.ServedModels.ood_judge`), whose 1280 features separate MRI slices
+    from other pictures far better than a small CNN's 64 (docs/app.md, the out-of-distribution check).
+    A model's own statistics are used when the judge has none, or with ``ood_model=None``.
 
     Args:
         sources: registry name -> where its weights are (``catalog.discover()`` by default).
@@ -104,17 +105,21 @@ class Predictor(ServedModels):
         With ``max_batch`` > 1, requests for the same model and method that arrive together (within
         ``max_wait_s``) run as one batch; each still gets its own answer, and its own errors.
         """
-        self.check_request([image], model_name, method)
+        self.check_request([image], model_name, method, outline=outline)
         name = model_name or self.default_model
         if self.max_batch <= 1:
             return self.predict_many([image], name, method, outline=outline)[0]
         return self._batcher(name, method, outline).submit(image)
 
-    def check_request(self, images: Sequence[Image.Image], model_name: str | None, method: str, copy: int = 0) -> LoadedModel:
-        """The request's model, loaded, once its inputs are known good; else ValueError naming the problem.
+    def check_request(
+        self, images: Sequence[Image.Image], model_name: str | None, method: str, copy: int = 0, outline: bool = True
+    ) -> LoadedModel:
+        """The request's model, loaded, once its inputs are known good, with the OOD judge and (for an outline or an
+        ensemble's second opinion) the segmenter it needs; else ValueError naming the problem.
 
-        Runs before the GPU entry point: on ZeroGPU an error raised inside the decorated call reaches the visitor as a
-        bare "ZeroGPU worker error", after their quota was spent on it (brainmri.serving.zerogpu)."""
+        Runs before the GPU entry point, so that :meth:`run_passes` loads nothing: on ZeroGPU an error raised inside
+        the decorated call reaches the visitor as a bare "ZeroGPU worker error", after their quota was spent on it
+        (brainmri.serving.zerogpu)."""
         if not images:
             raise ValueError("no image given")
         for image in images:
@@ -125,24 +130,39 @@ class Predictor(ServedModels):
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
         loaded = self.model(model_name, copy)
+        if self.ood_model:
+            self.model(self.ood_model, copy)
         spec = self.ensemble(model_name or self.default_model)
         if spec is not None:  # its second opinion: the segmenter's class head, in the same class order
             segmenter = self.segmentation_model(copy)
             if segmenter is None or segmenter.labels != loaded.labels:
                 raise ValueError(f"{spec.name}: {spec.outliner} cannot give a second opinion on {loaded.name}'s classes")
+        elif outline:
+            self.segmentation_model(copy)
         return loaded
 
     def warm(self) -> None:
-        """Load the default model and the OOD judge in every batch worker's copy, before the first request needs them.
+        """Load the default model, the OOD judge and the segmenter in every batch worker's copy, before the first
+        request needs them.
 
-        One that cannot load is logged and left to fail on its own requests, as it would without warming.
-        Under ZeroGPU this runs in the app's process, so every GPU worker forked from it starts with them."""
+        A default that cannot load is logged and left to fail on its own requests, as it would without warming. A judge
+        that cannot load would fail every model's requests: each model then judges its uploads by its own statistics
+        (``ood_model=None``), as a segmenter that cannot load leaves the outline out. Under ZeroGPU this runs in the
+        app's process, so every GPU worker forked from it starts with them."""
         for copy in range(self.workers if self.max_batch > 1 else 1):
-            for name in dict.fromkeys(n for n in (self.default_model, self.ood_model) if n):
+            if self.default_model:
                 try:
-                    self.model(name, copy)
+                    self.model(self.default_model, copy)
                 except ValueError as e:
-                    _logger.warning("could not load %s at start-up: %s", name, e)
+                    _logger.warning("could not load %s at start-up: %s", self.default_model, e)
+            if self.ood_model:
+                try:
+                    self.model(self.ood_model, copy)
+                except ValueError as e:
+                    _logger.warning(
+                        "could not load the OOD judge %s at start-up, so each model judges by its own statistics: %s", self.ood_model, e
+                    )
+                    self.ood_model = None
             try:
                 self.segmentation_model(copy)
             except ValueError as e:
@@ -161,7 +181,7 @@ class Predictor(ServedModels):
 
         Identical images in the batch (a class clicking one example at once) are computed once: each request still
         gets its own Prediction, and nothing outlives the batch. ``copy``: the copies of the models to use."""
-        self.check_request(images, model_name, method, copy)
+        self.check_request(images, model_name, method, copy, outline)
         first: dict[tuple, int] = {}  # (size, mode, pixels' hash) -> index of its first occurrence
         keys = [(im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()) for im in images]
         unique = [first.setdefault(key, i) for i, key in enumerate(keys)]
