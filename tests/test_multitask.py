@@ -145,14 +145,18 @@ def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.multitask", "--data", str(data_dir), "--out", str(out), "--epochs", "1"]
     cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4", "--ema-decay", "0.5", "--ema-warmup"]
+    cmd += ["--input-size", "256"]  # not the registry's 224: the class face and the outline must both say 256
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     from brainmri.models.multitask import UnetOnClassifier
+    from brainmri.segmentation import load_segmenter
 
     model = UnetOnClassifier.from_pretrained(str(out)).eval()
+    assert model.input_size == 256 and model.pretrained_cfg["input_size"] == (3, 256, 256)  # timm's eval transform reads this
+    assert load_segmenter(out).input_size == 256
     with torch.no_grad():
-        masks, logits = model(torch.zeros(1, 3, 224, 224))
-    assert masks.shape == (1, 1, 224, 224) and logits.shape == (1, 4)
+        masks, logits = model(torch.zeros(1, 3, 256, 256))
+    assert masks.shape == (1, 1, 256, 256) and logits.shape == (1, 4)
     metrics = json.loads((out / "metrics.json").read_text())
     both = metrics["outline"]["both_experts"]["all"]
     assert set(both) >= {"n", "dice_cheng", "dice_brisc", "experts_dice"}

@@ -200,7 +200,7 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int, device: torch.device = tor
         raise ValueError(f"dice must be 'batch' or 'image', got {cfg.dice!r}")
     # resumed, --init-from or --init-classifier weights replace ImageNet's
     imagenet = cfg.pretrained and not (cfg.init_from or cfg.init_classifier) and not (cfg.resume and has_model_state(cfg.output_dir()))
-    model = create_segmenter(spec.name, pretrained=imagenet)
+    model = create_segmenter(spec.name, pretrained=imagenet, input_size=cfg.input_size)  # both faces at the trained size
     if cfg.init_from:
         start = load_segmenter(Path(cfg.init_from))
         if type(start) is not type(model):

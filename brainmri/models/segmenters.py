@@ -6,7 +6,7 @@ trained and served at, and where its trained weights live (like a classifier's `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
@@ -103,11 +103,14 @@ def get_segmenter_spec(name: str) -> SegmenterSpec:
         raise ValueError(f"unknown segmentation model {name!r}; choose one of: {', '.join(SEGMENTERS)}") from None
 
 
-def create_segmenter(name: str, pretrained: bool = False) -> nn.Module:
-    """Build a registered segmentation model; ``pretrained`` loads the encoder's offline ImageNet weights."""
+def create_segmenter(name: str, pretrained: bool = False, input_size: int | None = None) -> nn.Module:
+    """Build a registered segmentation model; ``pretrained`` loads the encoder's offline ImageNet weights;
+    ``input_size``: the side it is trained at, when not the registry's (a multi-task model's class face records it)."""
     import segmentation_models_pytorch as smp
 
     spec = get_segmenter_spec(name)
+    if input_size:
+        spec = replace(spec, input_size=input_size)
     if spec.num_classes:
         return _create_multitask(spec, pretrained)
     model = getattr(smp, spec.arch)(**spec.smp_kwargs())
