@@ -18,6 +18,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION
 from brainmri.settings import default_data
 
 
@@ -38,8 +39,8 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     ema_warmup: bool = False  # the average's decay grows with the updates up to ema_decay (train.schedule.moving_average)
     patience: int = 4  # early stopping: epochs without a better validation loss
-    val_fraction: float = 0.15  # share of Training held out for validation, twin groups kept whole
-    split: str = "mirror-aware"  # twin rule of the split (brainmri.data.split): "mirror-aware", or "as-is" of the first shipped models
+    val_fraction: float = DEFAULT_VAL_FRACTION  # share of Training held out for validation, twin groups kept whole
+    split: str = DEFAULT_RULE  # twin rule of the split (brainmri.data.split): "mirror-aware", or "as-is" of the first shipped models
     seed: int = 0  # seeds the split, the initialisation and the augmentation
     pretrained: bool = False  # ImageNet init (offline package for tf_efficientnet_lite0)
     image_size: int = 0  # 0: the registry's input size

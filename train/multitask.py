@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import augment_batch
-from brainmri.data.split import training_split, write_val_split
+from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION, training_split, validation_note, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
@@ -68,8 +68,8 @@ class MultiTaskConfig:
     outline_weight: float = 1.0  # loss = CE + outline_weight * (BCE + soft Dice) on the images with a target
     dice: str = "batch"  # "batch": soft Dice of the batch as one volume; "image": mean per-image Dice over the
     # tumour images (the mean per-scan Dice validation scores; one volume lets large tumours outweigh small ones)
-    val_fraction: float = 0.15  # the classifiers' split (brainmri.data.split): same fraction and seed, same validation scans
-    split: str = "mirror-aware"  # its twin rule (brainmri.data.split.SPLIT_RULES), recorded as the classifiers' is
+    val_fraction: float = DEFAULT_VAL_FRACTION  # the classifiers' (brainmri.data.split): same fraction and seed, same validation scans
+    split: str = DEFAULT_RULE  # its twin rule (brainmri.data.split.SPLIT_RULES), recorded as the classifiers' is
     seed: int = 0
     input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
     amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (2x on an avx512_bf16 CPU, 18x slower where emulated); "none": fp32
@@ -270,9 +270,6 @@ def fit(cfg: MultiTaskConfig) -> Path:
     return out
 
 
-VAL_SPLIT_NOTE = "validation scans of the mirror-aware split (val_split.txt): no twin, mirrored or not, in train"
-
-
 def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict, device: torch.device = torch.device("cpu")) -> None:
     """The kept epoch's folder: validation split, manifest, metrics (re-measured in fp32 from the folder), history,
     curves and card; the resume state is removed once all of it is written."""
@@ -288,7 +285,7 @@ def finish(cfg: MultiTaskConfig, out: Path, split: dict, state: dict, device: to
     if cfg.teacher:
         metrics["distilled_from"] = describe_teacher(cfg.teacher, cfg.distill_weight)
     # The class figures where every classifier keeps them (brainmri.eval.tables); the outline's beside them.
-    metrics["validation"] = scores["classes"] | {"split": VAL_SPLIT_NOTE}
+    metrics["validation"] = scores["classes"] | {"split": validation_note(cfg.split)}
     metrics["outline"] = scores["outline"]
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     write_history_csv(state["history"], out / HISTORY)

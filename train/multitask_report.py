@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from brainmri.data.split import DEFAULT_RULE
 from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.eval.one_encoder import EXPERT_NAMES, class_markdown, outline_markdown
 from brainmri.eval.outline_rules import served_rule_line
@@ -28,13 +29,14 @@ def plot_history(history: list[dict], path: Path) -> None:
     save_epoch_panels(fig, [(ax_loss, "training loss (augmented)"), (ax_val, "validation")], path, legend_size=7)
 
 
-def outline_eval_results(m: dict) -> list[EvalResult]:
-    """model-index results: the outline's Dice against each expert on the validation scans both outlined, per class."""
+def outline_eval_results(m: dict, rule: str = DEFAULT_RULE) -> list[EvalResult]:
+    """model-index results: the outline's Dice against each expert on the validation scans both outlined, per class;
+    ``rule``: the split's twin rule (brainmri.data.split)."""
     return [
         EvalResult(
             task_type="image-segmentation",
             dataset_type=DATASET,
-            dataset_name=f"Brain Tumor MRI, {EXPERT_NAMES[e]} masks, validation scans of the mirror-aware split",
+            dataset_name=f"Brain Tumor MRI, {EXPERT_NAMES[e]} masks, validation scans of the {rule} split",
             dataset_config=f"{e}-masks",
             dataset_split="validation",
             metric_type="dice",
@@ -74,7 +76,7 @@ def card_text(m: dict, cfg: dict) -> str:
             f"- Weights initialised from: {m['initialization']}",
             *([f"- Class head distilled from: {m['distilled_from']}"] if m.get("distilled_from") else []),
             f"- Trained for {m['epochs_run']} epochs (kept: epoch {m['best_epoch']}{EMA_NOTE if cfg.get('ema_decay') else ''},"
-            " by validation accuracy + mean Dice) on CPU"
+            f" by validation accuracy + mean Dice) on {'a GPU' if m.get('device', 'cpu').startswith('cuda') else 'CPU'}"
             f" in {m['amp']} autocast, {m['train_seconds']:.0f} s, {m['train_images']} Training images: cross-entropy on all,"
             " and the outline where an expert drew one (the mean of Cheng et al.'s figshare masks, CC BY 4.0, and BRISC"
             " 2025's), empty for no-tumour slices",
@@ -83,8 +85,8 @@ def card_text(m: dict, cfg: dict) -> str:
             "",
             "## The class",
             "",
-            "Validation: the scans of the mirror-aware split (`val_split.txt`), no twin in the training part in either"
-            " orientation. Unseen Testing: the Testing images with no twin in Training, mirrored or not.",
+            f"Validation: the scans of the {cfg.get('split', DEFAULT_RULE)} split (`val_split.txt`), no twin in the training part"
+            " in either orientation. Unseen Testing: the Testing images with no twin in Training, mirrored or not.",
             "",
             class_markdown(m),
             "",
@@ -116,6 +118,6 @@ def write_multitask_card(folder: Path) -> Path:
         tags=["image-segmentation", "image-classification", "timm", "segmentation-models-pytorch", "brain-mri"],
         datasets=[DATASET],
         model_name=m["model"],
-        eval_results=classifier_eval_results(m) + outline_eval_results(m),
+        eval_results=classifier_eval_results(m) + outline_eval_results(m, cfg.get("split", DEFAULT_RULE)),
     )
     return write_card(data, card_text(m, cfg), folder / CARD)

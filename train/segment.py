@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
-from brainmri.data.split import training_split, write_val_split
+from brainmri.data.split import DEFAULT_VAL_FRACTION, training_split, validation_note, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
@@ -59,7 +59,7 @@ class SegmentConfig:
     warmup_epochs: float = 0.5  # linear warm-up, then cosine to zero
     dice_weight: float = 1.0  # loss = BCE + dice_weight * soft Dice
     negatives_per_epoch: float = 0.35  # share of the no-tumour images drawn afresh each epoch: enough to learn "no outline"
-    val_fraction: float = 0.15  # the classifiers' split (brainmri.data.split): same fraction and seed, same validation scans
+    val_fraction: float = DEFAULT_VAL_FRACTION  # the classifiers' (brainmri.data.split): same fraction and seed, same validation scans
     seed: int = 0
     input_size: int = 224  # the data's native size; a multiple of 32
     crop: int = 160  # train on random crops of this side (0: whole images); served whole, since a U-Net is fully convolutional
@@ -171,7 +171,7 @@ def random_crop(images: torch.Tensor, masks: torch.Tensor, side: int, g: torch.G
 def measure(model, split: dict) -> dict:
     records, x, y = split["val"]
     scores = summarise(per_image_scores(predict_all(model, x), y), records.labels, records.class_names)
-    scores["split"] = "validation scans of the mirror-aware split (val_split.txt): no twin, mirrored or not, in train"
+    scores["split"] = validation_note()
     return scores
 
 

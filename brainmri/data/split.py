@@ -49,6 +49,13 @@ def split_train_val(labels: np.ndarray, groups: np.ndarray, val_fraction: float,
 
 SPLIT_RULES = ("mirror-aware", "as-is")
 DEFAULT_RULE = "mirror-aware"
+DEFAULT_VAL_FRACTION = 0.15  # every trainer's: the same fraction and seed give the same validation scans
+
+
+def validation_note(rule: str = DEFAULT_RULE) -> str:
+    """How a run's metrics.json names the scans its validation figures are measured on (listed in val_split.txt)."""
+    twins = "no twin, mirrored or not, in train" if rule == "mirror-aware" else "twins as the first shipped models split them"
+    return f"validation scans of the {rule} split (val_split.txt): {twins}"
 
 
 def training_records(data: str, limit: int = 0, seed: int = 0) -> ImageRecords:
