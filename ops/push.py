@@ -35,13 +35,13 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from brainmri.cli import exit_code, setup_logging
 from brainmri.models.catalog import checkpoint_folders
-from brainmri.models.checkpoint import CARD, CONFIG, verify_checkpoint
+from brainmri.models.checkpoint import BEST, CARD, CONFIG, verify_checkpoint
 from brainmri.settings import ROOT, checkpoint_dir, hub_namespace
 
 _logger = logging.getLogger(__name__)
 
 # Left behind by an interrupted training run; never part of a pushed checkpoint.
-LEFTOVERS = {"best.safetensors"}
+LEFTOVERS = {BEST}
 
 
 def checkpoints_to_push(root: str | Path | None = None) -> list[Path]:

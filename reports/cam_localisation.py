@@ -163,7 +163,7 @@ def with_layer(predictor: Predictor, name: str, layer: str | None) -> None:
         paths = layer.split("+")
         if missing := [path for path in paths if path not in modules]:
             raise ValueError(f"{name} has no module {', '.join(map(repr, missing))}")
-        loaded.layer, loaded.layer_name, loaded.stages = modules[paths[0]], paths[0], [modules[p] for p in paths[1:]]
+        loaded.layer, loaded.stages = modules[paths[0]], [modules[p] for p in paths[1:]]
         prepare_for_cam(loaded.model)
 
 

@@ -38,11 +38,11 @@ class TrainConfig:
     distill_weight: float = 0.5  # with --teacher: share of the loss on the teacher's soft targets, the rest on the labels
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     ema_warmup: bool = False  # the average's decay grows with the updates up to ema_decay (train.schedule.moving_average)
-    patience: int = 4  # early stopping: epochs without a better validation loss
+    patience: int = 4  # early stopping: epochs without a better validation accuracy (a tie: lower loss)
     val_fraction: float = DEFAULT_VAL_FRACTION  # share of Training held out for validation, twin groups kept whole
     split: str = DEFAULT_RULE  # twin rule of the split (brainmri.data.split): "mirror-aware", or "as-is" of the first shipped models
     seed: int = 0  # seeds the split, the initialisation and the augmentation
-    pretrained: bool = False  # ImageNet init (offline package for tf_efficientnet_lite0)
+    pretrained: bool = False  # ImageNet init: the registry's offline package where it names one (the Lites), else timm's download
     image_size: int = 0  # 0: the registry's input size
     limit_per_class: int = 0  # 0: all images; else a few per class (tests, --quick)
     max_train_batches: int = 0  # 0: whole epoch; else stop each epoch early (tests)

@@ -97,7 +97,10 @@ def _read_targets(path: Path, key: str) -> torch.Tensor | None:
     try:
         with safe_open(path, framework="pt") as f:
             return f.get_tensor("soft") if (f.metadata() or {}).get("key") == key else None
-    except Exception:  # noqa: BLE001  (missing or truncated file, several error types: computed again)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001  (a truncated or foreign file, several error types: computed again)
+        _logger.info("soft targets in %s unreadable (%s): computed again", path, str(e).splitlines()[0][:200])
         return None
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from brainmri.data.split import checkpoint_split, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.eval.tables import update_metrics
-from brainmri.models.checkpoint import CURVES, HISTORY, save_checkpoint
+from brainmri.models.checkpoint import BEST, CURVES, HISTORY, save_checkpoint
 from brainmri.models.registry import count_parameters
 from train.config import TrainConfig
 from train.distill import describe_teacher
@@ -34,7 +34,7 @@ def finish(
     from train.ood import fit_or_warn
 
     model = model.to("cpu", memory_format=torch.contiguous_format).float()
-    model.load_state_dict(load_file(out / "best.safetensors"))
+    model.load_state_dict(load_file(out / BEST))
     init = (
         f"ImageNet (offline package {spec.imagenet_init})"
         if cfg.pretrained and spec.imagenet_init
@@ -52,7 +52,7 @@ def finish(
     calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # temperature on validation, ECE before/after
     if cfg.fit_ood:
         fit_or_warn(out, cfg.data, device=device)  # class means and covariance on train, the threshold on validation
-    (out / "best.safetensors").unlink()
+    (out / BEST).unlink()
     clear_resume(out)
     write_model_card(out)
     _logger.info("wrote %s", out)

@@ -21,6 +21,7 @@ import torch
 _logger = logging.getLogger(__name__)
 
 RESUME = "resume"  # the folder under a run's output folder
+LATEST = "latest"  # the file in it naming the last finished epoch's folder, swapped atomically
 STATE_PT = "state.pt"  # train.segment's and train.multitask's one file in it
 
 
@@ -88,18 +89,23 @@ def save_resume(out: Path, model, accelerator, state: State) -> None:
     folder = resume / f"epoch_{state.epoch}"
     accelerator.save_state(folder)
     (folder / "state.json").write_text(json.dumps(state.__dict__, default=list))
-    (resume / "latest.tmp").write_text(folder.name)
-    os.replace(resume / "latest.tmp", resume / "latest")
+    (resume / f"{LATEST}.tmp").write_text(folder.name)
+    os.replace(resume / f"{LATEST}.tmp", resume / LATEST)
     for old in resume.glob("epoch_*"):
         if old != folder:
             shutil.rmtree(old)
 
 
+def has_resume(out: Path) -> bool:
+    """Whether ``out`` holds a finished epoch's --resume state (its ``latest`` pointer)."""
+    return (out / RESUME / LATEST).is_file()
+
+
 def load_resume(out: Path, accelerator) -> State:
     resume = out / RESUME
-    if not (resume / "latest").is_file():
+    if not has_resume(out):
         raise ValueError(f"--resume: nothing to resume in {resume}")
-    folder = resume / (resume / "latest").read_text().strip()
+    folder = resume / (resume / LATEST).read_text().strip()
     accelerator.load_state(folder)
     saved = json.loads((folder / "state.json").read_text())
     state = State(**{k: v for k, v in saved.items() if k in State.__dataclass_fields__})  # older runs' plateau_factor too

@@ -52,6 +52,7 @@ from brainmri.data.cache import open_cache
 from brainmri.eval.tables import read_metrics
 from brainmri.models.registry import get_spec
 from train.config import TrainConfig
+from train.resume import RESUME, has_resume
 from train.sweep_outputs import measure_device, write_outputs
 from train.train import fit
 
@@ -174,7 +175,7 @@ def model_config(plan: SweepPlan, entry: dict, budget: float, resumable: bool = 
         time_budget_s=budget,
         grad_checkpointing=bool(entry.get("grad_checkpointing", False)),
         save_resume=resumable,
-        resume=resumable and (out / "resume" / "latest").is_file(),
+        resume=resumable and has_resume(out),
     )
 
 
@@ -184,7 +185,7 @@ def finished(folder: Path) -> bool:
         done = "test" in read_metrics(folder)
     except ValueError:
         return False
-    return done and not (folder / "resume").exists()
+    return done and not (folder / RESUME).exists()
 
 
 def free_accelerator_memory() -> None:

@@ -31,7 +31,7 @@ from brainmri.data.records import (
     data_config,
     normalize_batch,
 )
-from brainmri.models.checkpoint import TRAIN_CONFIG
+from brainmri.models.checkpoint import BEST, TRAIN_CONFIG
 from brainmri.models.registry import create_model, get_spec, set_input_size
 from brainmri.runtime import warn_if_bf16_emulated
 from train import graphs, schedule
@@ -235,7 +235,7 @@ def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: S
         scheduler.step(state.epoch, row["val_acc"])  # the plateau rule's epoch step; nothing for the cosine one
         state.plateau = schedule.plateau_state(scheduler)
         if state.best_epoch == state.epoch and accelerator.is_main_process:
-            save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(judged).state_dict().items()}, out / "best.safetensors")
+            save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(judged).state_dict().items()}, out / BEST)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and cfg.save_resume:
             save_resume(out, model, accelerator, state)

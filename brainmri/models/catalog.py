@@ -154,9 +154,13 @@ def ensemble_figures(name: str, results: str | Path | None = None) -> Path:
 
 def read_ensemble_figures(name: str, results: str | Path | None = None) -> dict | None:
     """An ensemble's scores (:func:`ensemble_figures`), or None when it has not been scored."""
+    path = ensemble_figures(name, results)
     try:
-        return json.loads(ensemble_figures(name, results).read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        _logger.warning("%s: %s unreadable, so shown as not scored (%s)", name, path, e)
         return None
 
 

@@ -46,6 +46,7 @@ CURVES = "curves.png"  # loss and accuracy per epoch (training)
 CONFUSION = "confusion.png"  # on official Testing (train.evaluate)
 RELIABILITY = "reliability.png"  # before and after temperature scaling (train.calibrate)
 FIGURES = (CURVES, CONFUSION, RELIABILITY)
+BEST = "best.safetensors"  # a classifier run's best epoch so far (train.train), removed once the folder is written
 
 # The results folder beside the checkpoints: where it is, and the files the reports write there.
 EXPERIMENTS_CSV = "experiments.csv"  # every run, full precision (reports.results)

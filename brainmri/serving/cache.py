@@ -45,9 +45,6 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
 
-    def __contains__(self, name: str) -> bool:
-        return any(n == name for n, _ in self._models)
-
     def names(self) -> list[str]:
         """The loaded models, each once, least recently used first."""
         return list(dict.fromkeys(n for n, _ in self._models))

@@ -53,7 +53,6 @@ class LoadedModel:
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.cfg)
         self.set_cam_size(self.cam_size)
-        self.layer_name = self.module_name(self.layer)
 
     def set_cam_size(self, size: int | None) -> None:
         """Run the heatmap's pass at ``size`` pixels (None or the input size: the forward that classifies draws it)."""
