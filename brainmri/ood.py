@@ -86,17 +86,26 @@ class OODStats:
         d2 = torch.einsum("bcd,de,bce->bc", diff, self.precision.double(), diff)
         return d2.clamp_min(0).min(dim=1).values.sqrt().float()
 
+    def flags(self, colour: np.ndarray, contrast: np.ndarray, distance: np.ndarray) -> dict[str, np.ndarray]:
+        """The rule, one place for it: which of N images each test flags (bool (N,) each), from their measures."""
+        return {
+            "colour": np.asarray(colour) > self.colour_threshold,
+            "contrast": np.asarray(contrast) < self.contrast_threshold,
+            "distance": np.asarray(distance) > self.threshold,
+        }
+
     def check(self, image: Image.Image, features: torch.Tensor) -> OODResult:
         """Verdict on one RGB image and its (1, D) features."""
         small = _small_array(image)
         colour, contrast = colourfulness(small), grey_contrast(small)
         distance = float(self.distance(features)[0])
+        flagged = {test: bool(f) for test, f in self.flags(colour, contrast, distance).items()}
         reasons = []
-        if colour > self.colour_threshold:
+        if flagged["colour"]:
             reasons.append(f"it is in colour (colourfulness {colour:.1f} > {self.colour_threshold:.1f}); MRI slices are greyscale")
-        if contrast < self.contrast_threshold:
+        if flagged["contrast"]:
             reasons.append(f"it is almost uniform (contrast {contrast:.1f} < {self.contrast_threshold:.1f})")
-        if distance > self.threshold:
+        if flagged["distance"]:
             reasons.append(f"its features are far from every training class (distance {distance:.1f} > {self.threshold:.1f})")
         return OODResult(not reasons, reasons, distance, self.threshold, colour, contrast)
 

@@ -29,7 +29,7 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.records import data_config, eval_transform, load_records, sha256
 from brainmri.data.split import checkpoint_split
 from brainmri.models.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
-from brainmri.ood import OODStats, colourfulness, grey_contrast, load_stats, pooled_features
+from brainmri.ood import OODStats, colourfulness, grey_contrast, load_stats, logits_and_features
 from brainmri.runtime import configure_torch_threads
 from train.ood_pictures import reference_outliers
 
@@ -57,9 +57,9 @@ def extract(
     feats, probs, colour, contrast, batch = [], [], [], [], []
 
     def flush() -> None:
-        f = pooled_features(model, torch.stack(batch).to(device))
+        logits, f = logits_and_features(model, torch.stack(batch).to(device))
         feats.append(f.float().cpu())
-        probs.append(model.get_classifier()(f).softmax(dim=1).float().cpu())
+        probs.append(logits.softmax(dim=1).float().cpu())
         batch.clear()
 
     for im in tqdm(images, total=total, desc=desc, leave=False, mininterval=5):
@@ -152,10 +152,7 @@ def measure(folder: str | Path, data: str) -> dict:
     ou = extract(model, (im for _, _, im in outliers), len(outliers), desc="outlier features")
 
     def flags(x: dict) -> np.ndarray:
-        by_colour = x["colour"] > stats.colour_threshold
-        by_contrast = x["contrast"] < stats.contrast_threshold
-        by_distance = stats.distance(x["features"]).numpy() > stats.threshold
-        return by_colour | by_contrast | by_distance
+        return np.logical_or.reduce(list(stats.flags(x["colour"], x["contrast"], stats.distance(x["features"]).numpy()).values()))
 
     test_flags, out_flags = flags(te), flags(ou)
     groups = np.array([g for g, _, _ in outliers])
