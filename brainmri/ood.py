@@ -174,7 +174,9 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, D): the pooled penultimate features, the classifier's input.
 
     The one definition of the OOD features: fitting (train.ood), the judge's pass and the classifier's pass all take
-    them from here, through timm's ``forward_features`` / ``forward_head(pre_logits=True)``, with no hook.
+    them from here, through timm's ``forward_features`` / ``forward_head(pre_logits=True)``, with no hook. The one
+    exception computes the same thing: the LayerCAM graph for ONNX Runtime averages ``bn2``'s output itself
+    (brainmri.serving.cam_graphs), and is written out only for a model whose head pools by that average (``writable``).
     """
     return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
 

@@ -100,7 +100,7 @@ def card_text(m: dict, cfg: dict) -> str:
             "```python",
             "from brainmri.models.multitask import UnetOnClassifier  # pip install -r requirements.txt of brain-mri",
             "",
-            f'model = UnetOnClassifier.from_pretrained("{m["model"]}")  # or a local folder; model(x) -> (mask logits, class logits)',
+            f'model = UnetOnClassifier.from_pretrained("OWNER/{m["model"]}")  # or a local folder; model(x) -> (mask logits, class logits)',
             "```",
             "",
         ]

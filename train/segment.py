@@ -301,7 +301,7 @@ def write_segmentation_card(folder: Path) -> Path:
         "```python",
         "import segmentation_models_pytorch as smp",
         "",
-        f'model = smp.from_pretrained("{m["model"]}")  # or a local folder',
+        f'model = smp.from_pretrained("OWNER/{m["model"]}")  # or a local folder',
         "```",
         "",
     ]
