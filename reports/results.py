@@ -29,7 +29,7 @@ from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import FINISHED_EPOCHS, cut_short, has_metrics, metric_columns, read_metrics
 from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
-from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, results_dir
+from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, SWEEP_SUMMARY, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
 from brainmri.vocabulary import CLASS_WORDS, percent
@@ -98,7 +98,7 @@ def run_label(folder: Path) -> str:
 
 def failed_rows(folder: Path) -> list[dict]:
     """Rows for the models a sweep (``folder/sweep.json``) recorded as failed."""
-    path = folder / "sweep.json"
+    path = folder / SWEEP_SUMMARY
     if not path.is_file():
         return []
     summary = json.loads(path.read_text())

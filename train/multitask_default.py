@@ -27,7 +27,7 @@ import torch
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_config, checkpoint_split
 from brainmri.eval.tables import read_metrics
-from brainmri.models.checkpoint import results_dir
+from brainmri.models.checkpoint import MULTITASK_DEFAULT, results_dir
 from brainmri.models.registry import DEFAULT_CLASSIFIER
 from brainmri.models.segmenters import UNET
 from brainmri.segmentation import load_segmenter, to_input
@@ -37,7 +37,6 @@ from train.multitask_eval import outline_scores, predict
 _logger = logging.getLogger(__name__)
 
 CLASSIFIER, SEGMENTER = DEFAULT_CLASSIFIER, UNET  # the pair it would replace, as the rule named it
-OUT = "multitask_default.json"
 
 
 def outline_on(folder: Path, split_of: Path, data: str | None) -> dict:
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="the multi-task model's folder")
     parser.add_argument("--checkpoints", default="checkpoints", help="where the pair's folders are")
     add_data_argument(parser, overrides="the checkpoint's train_config.json")
-    parser.add_argument("--out", default=str(results_dir() / OUT), help="where the figures and the verdict go (JSON)")
+    parser.add_argument("--out", default=str(results_dir() / MULTITASK_DEFAULT), help="where the figures and the verdict go (JSON)")
     args = parser.parse_args(argv)
 
     def run() -> None:

@@ -31,14 +31,13 @@ from tqdm import tqdm
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_config, checkpoint_split, twin_groups
-from brainmri.models.checkpoint import results_dir
+from brainmri.models.checkpoint import OUTLINE_RULES, results_dir
 from brainmri.segmentation import OutlineRule, batch_masks, gated, load_segmenter, mask_overlap, normalise, to_input, write_rule
 from brainmri.vocabulary import NO_TUMOUR
 from train.experts import EXPERTS, decode_expert_masks
 
 _logger = logging.getLogger(__name__)
 
-OUT = "outline_rules.json"
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 MIN_AREAS = (0.001, 0.0025, 0.005, 0.01)
 
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-empty", type=float, default=0.95, help="share of no-tumour slices a rule must leave empty")
     parser.add_argument("--allow-mirror", action="store_true", help="let the mirror average (a second pass a request) be chosen")
     parser.add_argument("--write", action="store_true", help="store the first folder's chosen rule in its outline.json")
-    parser.add_argument("--out", default=str(results_dir() / OUT), help="where every figure goes (JSON)")
+    parser.add_argument("--out", default=str(results_dir() / OUTLINE_RULES), help="where every figure goes (JSON)")
     args = parser.parse_args(argv)
 
     def run() -> None:

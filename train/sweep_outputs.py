@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from brainmri.models.checkpoint import SWEEP_SUMMARY
+
 _logger = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ def write_outputs(plan, records: list[dict], device: dict, elapsed: float, lane:
     table, as they stand. ``plan``: the sweep's SweepPlan."""
     out = Path(plan.out)
     summary = {"plan": dataclasses.asdict(plan), "device": device, "elapsed_s": round(elapsed, 1), "models": records}
-    _write_atomic(out / (f"sweep-{lane}.json" if lane else "sweep.json"), json.dumps(summary, indent=2) + "\n")
+    _write_atomic(out / (f"sweep-{lane}.json" if lane else SWEEP_SUMMARY), json.dumps(summary, indent=2) + "\n")
     if lane:
         merge_lanes(out)
     else:
@@ -69,6 +71,6 @@ def merge_lanes(out: str | Path) -> Path:
         raise ValueError(f"{out}: no sweep-<lane>.json to merge")
     merged = {**parts[0], "models": [r for part in parts for r in part["models"]], "lanes": len(parts)}
     merged["elapsed_s"] = max(p["elapsed_s"] for p in parts)
-    _write_atomic(out / "sweep.json", json.dumps(merged, indent=2) + "\n")
+    _write_atomic(out / SWEEP_SUMMARY, json.dumps(merged, indent=2) + "\n")
     _write_tables(out, merged["device"])
-    return out / "sweep.json"
+    return out / SWEEP_SUMMARY

@@ -9,12 +9,11 @@ from pathlib import Path
 
 from brainmri.eval.outline_rules import served_rule_line
 from brainmri.eval.tables import read_metrics
-from brainmri.models.checkpoint import results_dir
+from brainmri.models.checkpoint import MULTITASK_DEFAULT, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES
 from brainmri.vocabulary import class_words, percent
 
 EXPERT_NAMES = {"cheng": "Cheng (figshare)", "brisc": "BRISC 2025"}
-DEFAULT_JSON = "multitask_default.json"  # written by train.multitask_default
 
 
 def _dice(value: float | None) -> str:
@@ -74,7 +73,7 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
         return ""
     if "outline" not in m:
         return ""
-    path = Path(default_json) if default_json else results_dir() / DEFAULT_JSON
+    path = Path(default_json) if default_json else results_dir() / MULTITASK_DEFAULT
     verdict = json.loads(path.read_text()) if path.is_file() else None
     segmenter = verdict["pair"]["segmenter"] if verdict else ""
     pair = verdict["outline"].get(segmenter) if verdict else None

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from brainmri.models.checkpoint import results_dir
+from brainmri.models.checkpoint import OUTLINE_RULES, results_dir
 from brainmri.vocabulary import class_words, percent
 
-RULES_JSON = "outline_rules.json"
 EXPERTS = ("cheng", "brisc")
 
 
@@ -32,7 +31,7 @@ def _row(label: str, figures: dict) -> str:
 
 def outline_rules_markdown(path: str | Path | None = None) -> str:
     """One table per outliner; empty when the study has not run."""
-    path = Path(path) if path else results_dir() / RULES_JSON
+    path = Path(path) if path else results_dir() / OUTLINE_RULES
     if not path.is_file():
         return ""
     study = json.loads(path.read_text())
@@ -66,7 +65,7 @@ def outline_rules_markdown(path: str | Path | None = None) -> str:
 
 def served_rule_line(model: str, path: str | Path | None = None) -> str:
     """One sentence on ``model``'s outline as served, under the rule chosen for it; empty when the study has not run."""
-    path = Path(path) if path else results_dir() / RULES_JSON
+    path = Path(path) if path else results_dir() / OUTLINE_RULES
     if not path.is_file():
         return ""
     study = next((s for s in json.loads(path.read_text())["models"] if s["model"] == model), None)

@@ -58,6 +58,9 @@ ROOFLINE_CSV = "roofline.csv"  # FLOPs and bytes per training image (reports.roo
 DATA_COUNTS = "data_counts.json"  # images per class and split (reports.data_summary)
 DATA_SAMPLES = "data_samples.png"  # a grid of Training slices, two per class
 DATA_AUDIT = "data_audit.json"  # the duplicate audit's summary
+MULTITASK_DEFAULT = "multitask_default.json"  # the one encoder against Lite0 and unet_lite0 (train.multitask_default)
+OUTLINE_RULES = "outline_rules.json"  # the outline's rule chosen on validation, every figure (train.outline_rules)
+SWEEP_SUMMARY = "sweep.json"  # a sweep's plan and outcome, in its run folder (train.sweep)
 
 
 def results_dir() -> Path:
