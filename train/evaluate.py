@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.cache import decode_records, memo, source_key, thumbnails
-from brainmri.data.duplicates import unseen_indices
+from brainmri.data.duplicates import NEAR_THRESHOLD, THUMB, unseen_indices
 from brainmri.data.records import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.eval.metrics import classification_report
 from brainmri.eval.tables import update_metrics
@@ -70,7 +70,7 @@ def predict_records(model: torch.nn.Module, records: ImageRecords, batch_size: i
 
 
 UNSEEN = "test_unseen"  # the metrics.json key, and the name tables and the app use for it
-UNSEEN_SPLIT = "Testing images with no exact, near (32x32 MAD <= 2) or mirrored twin in Training"
+UNSEEN_SPLIT = f"Testing images with no exact, near ({THUMB}x{THUMB} MAD <= {NEAR_THRESHOLD:g}) or mirrored twin in Training"
 
 
 def unseen_test_indices(train: ImageRecords, test: ImageRecords) -> np.ndarray:

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from brainmri.data.records import ImageRecords, sha256
 
-NEAR_THRESHOLD = 2.0  # grey levels, mean absolute difference at 32 x 32
+THUMB = 32  # side of the greyscale thumbnails twins are compared at
+NEAR_THRESHOLD = 2.0  # grey levels, mean absolute difference at THUMB x THUMB
 
 
-def thumbnails(records: ImageRecords, size: int = 32) -> np.ndarray:
+def thumbnails(records: ImageRecords, size: int = THUMB) -> np.ndarray:
     """(N, size*size) float32 greyscale thumbnails."""
     out = np.empty((len(records), size * size), dtype=np.float32)
     for i in tqdm(range(len(records)), desc="thumbnails", leave=False, mininterval=2):
@@ -31,7 +32,7 @@ def thumbnails(records: ImageRecords, size: int = 32) -> np.ndarray:
     return out
 
 
-def _coarse(thumbs: np.ndarray, size: int = 32, factor: int = 4) -> torch.Tensor:
+def _coarse(thumbs: np.ndarray, size: int = THUMB, factor: int = 4) -> torch.Tensor:
     t = torch.from_numpy(thumbs).view(-1, size // factor, factor, size // factor, factor)
     return t.mean(dim=(2, 4)).flatten(1)
 
@@ -59,7 +60,7 @@ def near_pairs(a: np.ndarray, b: np.ndarray | None = None, threshold: float = NE
     return pairs
 
 
-def mirrored(thumbs: np.ndarray, size: int = 32) -> np.ndarray:
+def mirrored(thumbs: np.ndarray, size: int = THUMB) -> np.ndarray:
     """The thumbnails of the left-right mirror images: (N, size*size) -> (N, size*size)."""
     return np.ascontiguousarray(thumbs.reshape(-1, size, size)[:, :, ::-1].reshape(len(thumbs), -1))
 
