@@ -18,18 +18,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.data.records import MASKS_CSV, ImageRecords, relative_path
+from brainmri.data.records import EXPERTS, MASKS_CSV, ImageRecords, expert_folder, relative_path
 from brainmri.vocabulary import NO_TUMOUR  # its slices: an empty mask from every expert, by definition
 
 _logger = logging.getLogger(__name__)
-
-EXPERTS = {"cheng": "-masks", "brisc": "-masks-brisc"}  # expert -> suffix of its folder beside the data
-
-
-def expert_folder(data: str | Path, expert: str) -> Path | None:
-    """``<data><suffix>/`` when it holds a masks.csv, else None."""
-    folder = Path(f"{Path(data).expanduser().resolve()}{EXPERTS[expert]}")
-    return folder if (folder / MASKS_CSV).is_file() else None
 
 
 def expert_paths(data: str | Path, expert: str) -> set[str]:

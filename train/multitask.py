@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.records import augment_batch
+from brainmri.data.records import EXPERTS, augment_batch
 from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION, training_split, validation_note, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
@@ -114,7 +114,7 @@ def load_split(cfg: MultiTaskConfig) -> dict:
         out[name] = (records, x, masks, known)
         _logger.info("%s: %d images, %d with an outline target", name, len(records), int(known.any(dim=1).sum()))
     if not out["train"][3].any():
-        raise ValueError(f"no expert masks beside {cfg.data}: expected {cfg.data}-masks/ or {cfg.data}-masks-brisc/")
+        raise ValueError(f"no expert masks beside {cfg.data}: expected one of {', '.join(f'{cfg.data}{s}/' for s in EXPERTS.values())}")
     return out
 
 

@@ -210,10 +210,18 @@ def relative_path(source: str, data: str | Path) -> str:
         return source  # a Hub image's name, or a file outside the folder
 
 
-def masks_folder(data: str | Path) -> Path | None:
-    """The expert tumour masks (Cheng et al., figshare) beside a local data folder, ``<data>-masks/``, if there."""
-    folder = Path(f"{Path(data).expanduser().resolve()}-masks")
+EXPERTS = {"cheng": "-masks", "brisc": "-masks-brisc"}  # expert -> suffix of its masks folder beside the data
+
+
+def expert_folder(data: str | Path, expert: str) -> Path | None:
+    """An expert's tumour masks beside a local data folder, ``<data><suffix>/``, when it holds a masks.csv; else None."""
+    folder = Path(f"{Path(data).expanduser().resolve()}{EXPERTS[expert]}")
     return folder if (folder / MASKS_CSV).is_file() else None
+
+
+def masks_folder(data: str | Path) -> Path | None:
+    """The first expert's tumour masks (Cheng et al., figshare) beside a local data folder, ``<data>-masks/``, if there."""
+    return expert_folder(data, "cheng")
 
 
 MASKS_CSV = "masks.csv"  # path, class, figshare_id, transform, mask_pixels, mask_box_iou (the masks folder's README)
