@@ -106,6 +106,25 @@ def cpu_generation(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     return f"{vendor} family {family} model {model}"
 
 
+def pick_device(name: str, zerogpu: bool = False) -> torch.device:
+    """``name`` ("auto", "cpu", "cuda", "cuda:N") as a torch device: "auto" is CUDA when torch sees a GPU (or on
+    ZeroGPU, ``zerogpu``, where one appears only inside a decorated call), else the CPU. ValueError naming ``name``
+    when it asks for a GPU that torch does not see (outside ZeroGPU). Training and serving both choose here."""
+    name = name.lower()
+    if name == "auto":
+        name = "cuda" if zerogpu or torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r}: choose auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not zerogpu:
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 def configure_torch_threads(workers: int = 1) -> int:
     """Set torch's (and OpenCV's) threads to :func:`available_cpus` shared by ``workers`` threads that each run
     models at once (``BRAIN_MRI_THREADS`` overrides), denormals flushed.

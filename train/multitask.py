@@ -36,9 +36,8 @@ from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION, training_spl
 from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
-from brainmri.runtime import warn_if_bf16_emulated
+from brainmri.runtime import pick_device, warn_if_bf16_emulated
 from brainmri.segmentation import load_segmenter, normalise, to_input
-from brainmri.serving.device import resolve_device
 from brainmri.settings import default_data
 from train.config import parse_config
 from train.distill import check_same_validation, describe_teacher, distill_loss, teacher_targets
@@ -239,7 +238,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
     # even if the run never finishes (a session ending with its resume state lost).
     write_val_split(out, split["val"][0], cfg.data, "validation scans of this run: none is trained on")
     steps = len(epoch_batches(len(split["train"][1]), cfg, 0)[0])
-    device = resolve_device(cfg.device)  # the serving rule: "auto" is the GPU when torch sees one; a missing GPU is named
+    device = pick_device(cfg.device)  # "auto" is the GPU when torch sees one; a missing GPU is named
     if cfg.amp == "bf16":
         warn_if_bf16_emulated(device)
     model, optimizer, scheduler, ema = build(cfg, steps, device)

@@ -17,6 +17,7 @@ import logging
 import torch
 from torch import nn
 
+from brainmri.runtime import pick_device
 from brainmri.settings import on_zerogpu, serving_device
 
 _logger = logging.getLogger(__name__)
@@ -27,15 +28,7 @@ def resolve_device(name: str | None = None) -> torch.device:
 
     ValueError naming the setting when it asks for a GPU that torch does not see (outside ZeroGPU, where
     the GPU appears only inside a decorated call)."""
-    name = (name or serving_device()).lower()
-    if name == "auto":
-        name = "cuda" if on_zerogpu() or torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not on_zerogpu():
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    device = pick_device(name or serving_device(), on_zerogpu())
     if device.type == "cuda":
         exact_float32()
     return device
