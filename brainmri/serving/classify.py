@@ -111,39 +111,44 @@ def run_model_batch(
             logits, pooled = plain_pass(loaded, images)
             classes = lambda: answered_probs(loaded, logits, second).argmax(1).tolist()  # noqa: E731
             cams = heatmaps(loaded, x_cam, method, classes)
-        outlines = own_outlines(
-            loaded.model, list(images), loaded.outline_rule
-        )  # a model with a decoder outlined in the forward that classified
+        # a model with a decoder outlined in the forward that classified
+        outlines = own_outlines(loaded.model, list(images), loaded.outline_rule)
     probs = answered_probs(loaded, logits, second).tolist()
-    pooled = pooled.cpu()  # the OOD statistics live on the CPU
+    results = predictions(loaded, images, probs, pooled.cpu(), cams, method)  # the OOD statistics live on the CPU
+    latency = (time.perf_counter() - start) * 1000  # every image of the batch waited for all of it
+    for i, result in enumerate(results):
+        result.latency_ms = latency
+        if outlines is not None:
+            result.outline, result.outlined_by = outlines[i], loaded.name
+    return results
+
+
+def predictions(
+    loaded: LoadedModel, images: Sequence[Image.Image], probs: list[list[float]], pooled: torch.Tensor, cams: np.ndarray, method: str
+) -> list[Prediction]:
+    """Each image's :class:`Prediction` from the batch's answers: ``probs`` (B, C) calibrated probabilities,
+    ``pooled`` (B, D) the OOD features on the CPU, ``cams`` (B, h, w) heatmaps, mapped back onto each image's frame."""
     results = []
     for i, image in enumerate(images):
         probabilities = dict(zip(loaded.labels, probs[i]))
-        top = max(probabilities, key=probabilities.get)
-        tumour = any_tumour_probability(probabilities)
         ood = None
         if loaded.ood is not None:
             ood = loaded.ood.check(image, pooled[i : i + 1])
             ood.checked_by = loaded.name
-        heat = cam_to_image_size(cams[i], image.size, loaded.cfg)
-        result = Prediction(
-            loaded.name,
-            image,
-            probabilities,
-            top,
-            tumour,
-            ood,
-            heat,
-            method,
-            loaded.temperature,
-            0.0,
-            loaded.cam_layer_name(method),
-            str(loaded.device),
+        results.append(
+            Prediction(
+                model=loaded.name,
+                image=image,
+                probabilities=probabilities,
+                top_class=max(probabilities, key=probabilities.get),
+                tumour_probability=any_tumour_probability(probabilities),
+                ood=ood,
+                cam=cam_to_image_size(cams[i], image.size, loaded.cfg),
+                cam_method=method,
+                temperature=loaded.temperature,
+                latency_ms=0.0,  # the batch's, set once it is done
+                cam_layer=loaded.cam_layer_name(method),
+                device=str(loaded.device),
+            )
         )
-        if outlines is not None:
-            result.outline, result.outlined_by = outlines[i], loaded.name
-        results.append(result)
-    latency = (time.perf_counter() - start) * 1000  # every image of the batch waited for all of it
-    for result in results:
-        result.latency_ms = latency
     return results
