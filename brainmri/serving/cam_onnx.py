@@ -35,7 +35,7 @@ from torch import nn
 from brainmri.explain import fuse_stage_maps
 from brainmri.models.multitask import MultiTaskClassifier
 from brainmri.serving.cam_graphs import BackwardGraph, ForwardGraph, writable
-from brainmri.serving.onnx_passes import export_graph, shared_session
+from brainmri.serving.onnx_passes import export_graph, run_per_image, shared_session
 from brainmri.serving.overlap import shared_weights_copy
 
 _logger = logging.getLogger(__name__)
@@ -122,9 +122,8 @@ class OnnxLayerCAM:
         sessions = self.sessions(int(x.shape[-1]))
         if sessions is None:
             return None
-        images = x.detach().float().contiguous().numpy()
         try:
-            runs = [sessions[0].run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
+            runs = run_per_image(sessions[0], x)
         except Exception as e:  # noqa: BLE001  (ONNX Runtime refusing an input: autograd draws it instead)
             _logger.warning("%s: this heatmap through autograd (%s)", self.key, str(e).splitlines()[0][:200])
             return None

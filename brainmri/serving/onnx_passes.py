@@ -162,13 +162,19 @@ class OnnxForward(nn.Module):
         session = self.session(x.shape[1:])
         if session is None:
             return self.module(x)
-        images = x.detach().float().contiguous().numpy()
-        # Image by image: a session then only ever plans one image's buffers, and its memory arena stays that size.
-        # Batches of up to 8 grew the server by 0.9 GB under load (docs/serving.md); one thread gains little from them.
-        runs = [session.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
+        runs = run_per_image(session, x)
         outputs = [torch.from_numpy(np.concatenate(parts)) for parts in zip(*runs)]
         outputs = [y.contiguous(memory_format=torch.channels_last) if y.dim() == 4 else y for y in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def run_per_image(session: Any, x: torch.Tensor) -> list[list[np.ndarray]]:
+    """Each image of ``x`` (B, ...) through ``session`` (input "x") alone, in float32: the outputs of each, in order.
+
+    Image by image: a session then only ever plans one image's buffers, and its memory arena stays that size.
+    Batches of up to 8 grew the server by 0.9 GB under load (docs/serving.md); one thread gains little from them."""
+    images = x.detach().float().contiguous().numpy()
+    return [session.run(None, {"x": images[i : i + 1]}) for i in range(len(images))]
 
 
 def is_efficientnet(model: nn.Module) -> bool:
