@@ -120,16 +120,19 @@ def discover(hub: bool = True, timeout: float = HUB_TIMEOUT_S) -> dict[str, Mode
         hub: also look on the Hub for models without a local folder.
         timeout: seconds per Hub request (they run in parallel).
     """
-    found = {name: _local(spec) for name, spec in REGISTRY.items()}
-    missing = [name for name, src in found.items() if src is None]
-    if hub and missing:
-        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-            for src in pool.map(lambda n: _hub(get_spec(n), timeout), missing):
-                found[src.name] = src
-    else:
-        for name in missing:
-            found[name] = ModelSource(name, "", str(get_spec(name).local_dir), "no local checkpoint (Hub lookup disabled)")
+    with ThreadPoolExecutor(max_workers=8) as pool:  # the Hub's requests side by side
+        found = dict(zip(REGISTRY, pool.map(lambda spec: _find(spec, hub, timeout), REGISTRY.values())))
     return {**found, **ensemble_sources(found)}
+
+
+def _find(spec: ModelSpec | SegmenterSpec, hub: bool, timeout: float) -> ModelSource:
+    """Where a model's weights are: its local folder, else (with ``hub``) its Hub repo; else why there are none."""
+    found = _local(spec)
+    if found is not None:
+        return found
+    if hub:
+        return _hub(spec, timeout)
+    return ModelSource(spec.name, "", str(spec.local_dir), "no local checkpoint (Hub lookup disabled)")
 
 
 def ensemble_sources(sources: dict[str, ModelSource], segmenter: str | None = SEGMENTER_DEFAULT) -> dict[str, ModelSource]:
@@ -172,13 +175,7 @@ def discover_segmenter(name: str = SEGMENTER_DEFAULT, hub: bool = True, timeout:
         hub: also look on the Hub when there is no local folder.
         timeout: seconds for the Hub request.
     """
-    spec = get_segmenter_spec(name)
-    found = _local(spec)
-    if found is not None:
-        return found
-    if hub:
-        return _hub(spec, timeout)
-    return ModelSource(name, "", str(spec.local_dir), "no local checkpoint (Hub lookup disabled)")
+    return _find(get_segmenter_spec(name), hub, timeout)
 
 
 def checkpoint_folder(source: ModelSource) -> Path:
