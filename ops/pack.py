@@ -31,7 +31,7 @@ from pathlib import Path
 from brainmri.cli import exit_code, setup_logging
 from brainmri.eval.tables import read_metrics
 from brainmri.models.catalog import checkpoint_folders
-from brainmri.models.checkpoint import METRICS, WEIGHTS
+from brainmri.models.checkpoint import METRICS, UNSEEN, WEIGHTS
 
 _logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def compare(shipped_root: str | Path, roots: list[str | Path], decisions: str | 
     print(f"decisions written to {decisions}; Testing, after the decision:")
     print(f"{'model':<28} {'unseen: shipped':>16} {'new':>8} {'official: shipped':>18} {'new':>8}  kept")
     for r in rows:
-        figures = [r[w].get(k, {}).get("accuracy") for k in ("test_unseen", "test") for w in ("shipped", "new")]
+        figures = [r[w].get(k, {}).get("accuracy") for k in (UNSEEN, "test") for w in ("shipped", "new")]
         cells = [f"{100 * v:.2f}%" if v is not None else "-" for v in figures]
         print(f"{r['model']:<28} {cells[0]:>16} {cells[1]:>8} {cells[2]:>18} {cells[3]:>8}  {r['keep']}")
     return slim

@@ -29,7 +29,7 @@ from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import FINISHED_EPOCHS, cut_short, has_metrics, metric_columns, read_metrics
 from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
-from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, SWEEP_SUMMARY, results_dir
+from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, SWEEP_SUMMARY, UNSEEN, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
 from brainmri.vocabulary import CLASS_WORDS, percent
@@ -249,7 +249,7 @@ def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
         scored, where = read_ensemble_figures(APP_DEFAULT, Path(root).parent / "results"), f", in `results/{APP_DEFAULT}.json`"
     else:
         scored, where = read_metrics(Path(root) / APP_DEFAULT), ""
-    per_class = scored["test_unseen"]["per_class"]
+    per_class = scored[UNSEEN]["per_class"]
     thin = " and ".join(f"{n['n']} {CLASS_WORDS.get(c, c)}" for c, n in per_class.items() if n["n"] < 50)
 
     what = f" ({ENSEMBLES[APP_DEFAULT].about})" if APP_DEFAULT in ENSEMBLES else ""

@@ -23,7 +23,7 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data.split import DEFAULT_RULE, SPLIT_RULES
 from brainmri.eval.tables import read_metrics
 from brainmri.models.catalog import checkpoint_folders
-from brainmri.models.checkpoint import METRICS, TRAIN_CONFIG
+from brainmri.models.checkpoint import METRICS, TRAIN_CONFIG, UNSEEN
 from brainmri.vocabulary import percent
 
 _logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def split_of(train_config: dict) -> str:
 
 def figures(metrics: dict) -> dict:
     """The figures the table compares, from one metrics.json."""
-    unseen = metrics.get("test_unseen") or {}
+    unseen = metrics.get(UNSEEN) or {}
     return {
         "validation": metrics["validation"]["accuracy"],
         "validation_n": metrics["validation"]["n"],

@@ -41,7 +41,7 @@ from brainmri.eval.ensemble import mean_probs  # noqa: E402
 from brainmri.eval.metrics import classification_report, paired_comparison  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.catalog import ModelSource, ensemble_figures, ensemble_sources  # noqa: E402
-from brainmri.models.checkpoint import load_checkpoint  # noqa: E402
+from brainmri.models.checkpoint import UNSEEN, load_checkpoint  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.settings import checkpoint_dir, default_data  # noqa: E402
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     if args.served:
         served = served_figures(val, test, unseen, Path(args.checkpoints))
-        sets = [k for k in ("validation", "test", "test_unseen") if k in served]
+        sets = [k for k in ("validation", "test", UNSEEN) if k in served]
         row = "  ".join(f"{k} {served[k]['accuracy']:.2%} (n={served[k]['n']}, {_ece(served[k])})" for k in sets)
         print(f"{APP_DEFAULT + ' (served)':24s} {row}")
         if test is not None:

@@ -25,9 +25,9 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_split
 from brainmri.eval.metrics import expected_calibration_error
 from brainmri.eval.tables import update_metrics
-from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, is_multitask, label_names, load_checkpoint
+from brainmri.models.checkpoint import RELIABILITY, TRAIN_CONFIG, UNSEEN, is_multitask, label_names, load_checkpoint
 from train.config import TrainConfig
-from train.evaluate import UNSEEN, load_test_split, predict_logits
+from train.evaluate import load_test_split, predict_logits
 
 _logger = logging.getLogger(__name__)
 

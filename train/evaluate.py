@@ -29,7 +29,7 @@ from brainmri.data.duplicates import NEAR_THRESHOLD, THUMB, unseen_indices
 from brainmri.data.records import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.eval.metrics import classification_report
 from brainmri.eval.tables import update_metrics
-from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, label_names, load_checkpoint, read_config, results_dir
+from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, UNSEEN, label_names, load_checkpoint, read_config, results_dir
 
 _logger = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ def predict_records(model: torch.nn.Module, records: ImageRecords, batch_size: i
     return torch.from_numpy(predict_logits(model, records, batch_size)).softmax(dim=1).numpy()
 
 
-UNSEEN = "test_unseen"  # the metrics.json key, and the name tables and the app use for it
 UNSEEN_SPLIT = f"Testing images with no exact, near ({THUMB}x{THUMB} MAD <= {NEAR_THRESHOLD:g}) or mirrored twin in Training"
 
 

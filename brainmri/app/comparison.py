@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from brainmri.eval.ensemble import mean_probs
-from brainmri.models.checkpoint import ENSEMBLE_METRICS, results_dir
+from brainmri.models.checkpoint import ENSEMBLE_METRICS, UNSEEN, results_dir
 from brainmri.serving import Prediction
 from brainmri.vocabulary import NOT_MRI, any_tumour_probability, class_words
 
@@ -77,7 +77,7 @@ def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS_JSON) -> str:
     try:
         scored = json.loads(Path(path).read_text())
         members = ", ".join(m["name"] for m in scored["members"])
-        test, unseen = scored["test"], scored["test_unseen"]
+        test, unseen = scored["test"], scored[UNSEEN]
     except (OSError, ValueError, KeyError, TypeError):
         return line + " No ensemble has been scored on Testing yet."
     return (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from brainmri.eval.outline_rules import served_rule_line
 from brainmri.eval.tables import read_metrics
-from brainmri.models.checkpoint import MULTITASK_DEFAULT, results_dir
+from brainmri.models.checkpoint import MULTITASK_DEFAULT, UNSEEN, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES
 from brainmri.vocabulary import class_words, percent
 
@@ -26,7 +26,7 @@ def class_markdown(m: dict) -> str:
     rows = [("validation (leak-free)", m.get("validation"), cal.get("val_ece_after"))]
     rows += [
         ("official Testing", m.get("test"), cal.get("test_ece_after")),
-        ("unseen Testing", m.get("test_unseen"), cal.get("test_unseen_ece_after")),
+        ("unseen Testing", m.get(UNSEEN), cal.get("test_unseen_ece_after")),
     ]
     lines = ["| images | n | accuracy (95% CI) | ECE, calibrated |", "|---|---:|---|---:|"]
     for name, r, ece in rows:

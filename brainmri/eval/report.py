@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 from brainmri.eval.curves import epoch_panels, save_epoch_panels  # noqa: E402
 from brainmri.eval.metrics import ECE_BINS, expected_calibration_error, reliability_bins  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
-from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, VAL_SPLIT, read_config  # noqa: E402
+from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, UNSEEN, VAL_SPLIT, read_config  # noqa: E402
 
 
 def plot_history(history: list[dict], path: str | Path) -> None:
@@ -102,7 +102,7 @@ def classifier_eval_results(metrics: dict) -> list[EvalResult]:
     results = []
     # Results that share task, dataset, config and split are one result to the Hub: the subset is the config.
     for key, subset, split_name, label in (
-        ("test_unseen", "unseen", "Testing without Training twins, mirrored ones included", "Unseen test accuracy"),
+        (UNSEEN, "unseen", "Testing without Training twins, mirrored ones included", "Unseen test accuracy"),
         ("test", "official", "official Testing split", "Test accuracy"),
     ):
         r = metrics.get(key)
@@ -128,7 +128,7 @@ def write_model_card(folder: str | Path) -> Path:
     config = read_config(folder)
     metrics = read_metrics(folder)
     name = config.get("registry_name", config["architecture"])
-    unseen = metrics.get("test_unseen")
+    unseen = metrics.get(UNSEEN)
     data = ModelCardData(
         library_name="timm",
         license="apache-2.0",
@@ -158,7 +158,7 @@ def write_model_card(folder: str | Path) -> Path:
         "|---|---:|---|---:|---:|",
     ]
     for key, label in (
-        ("test_unseen", "**unseen Testing** (no twin in Training, mirrored or not)"),
+        (UNSEEN, "**unseen Testing** (no twin in Training, mirrored or not)"),
         ("test", "official Testing"),
         ("validation", "validation, leak-free (`val_split.txt`)" if (folder / VAL_SPLIT).is_file() else "validation (cut from Training)"),
         ("validation_leaky", "validation as first measured, mirrored twins of training images included"),
@@ -177,7 +177,7 @@ def write_model_card(folder: str | Path) -> Path:
             f" {cal['val_ece_before']:.4f} -> {cal['val_ece_after']:.4f}"
             + "".join(
                 f", {label} {cal[f'{key}_ece_before']:.4f} -> {cal[f'{key}_ece_after']:.4f}"
-                for key, label in (("test", "Testing"), ("test_unseen", "unseen Testing"))
+                for key, label in (("test", "Testing"), (UNSEEN, "unseen Testing"))
                 if f"{key}_ece_before" in cal
             )
             + ". Reliability diagram: `reliability.png`.",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainmri.eval.tables import has_metrics, read_metrics
+from brainmri.models.checkpoint import UNSEEN
 from brainmri.models.registry import get_spec
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent
@@ -75,7 +76,7 @@ def seed_rows(root: str | Path | None = None) -> list[dict]:
                 "run": get_spec(name).about,
                 "model": name,
                 "val acc": percent((m.get("validation") or {}).get("accuracy")),
-                "unseen test acc": percent((m.get("test_unseen") or {}).get("accuracy")),
+                "unseen test acc": percent((m.get(UNSEEN) or {}).get("accuracy")),
                 "test acc": percent((m.get("test") or {}).get("accuracy")),
                 "params": f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "",
                 "epochs (best)": f"{m.get('epochs_run', '?')} ({m.get('best_epoch', '?')})",

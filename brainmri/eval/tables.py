@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from brainmri.models.checkpoint import METRICS
+from brainmri.models.checkpoint import METRICS, UNSEEN
 
 
 def read_metrics(folder: str | Path) -> dict:
@@ -50,9 +50,9 @@ METRIC_COLUMNS = {
     "val_accuracy": ("validation", "accuracy"),
     "test_accuracy": ("test", "accuracy"),
     "test_accuracy_ci95": ("test", "accuracy_ci95"),
-    "test_unseen_accuracy": ("test_unseen", "accuracy"),
-    "test_unseen_accuracy_ci95": ("test_unseen", "accuracy_ci95"),
-    "test_unseen_n": ("test_unseen", "n"),
+    "test_unseen_accuracy": (UNSEEN, "accuracy"),
+    "test_unseen_accuracy_ci95": (UNSEEN, "accuracy_ci95"),
+    "test_unseen_n": (UNSEEN, "n"),
     "val_leaky_accuracy": ("validation_leaky", "accuracy"),
     "test_loss": ("test", "loss"),
     "temperature": ("calibration", "temperature"),

@@ -24,6 +24,7 @@ from brainmri.models.checkpoint import (
     OOD_TENSORS,
     OUTLINE_RULE,
     TRAIN_CONFIG,
+    UNSEEN,
     WEIGHTS,
     is_multitask,
     is_segmenter,
@@ -246,7 +247,7 @@ def unseen_accuracy(source: ModelSource) -> float | None:
     else:
         return None
     try:
-        return float(metrics["test_unseen"]["accuracy"])
+        return float(metrics[UNSEEN]["accuracy"])
     except (KeyError, TypeError):
         return None
 

@@ -35,6 +35,7 @@ CONFIG = "config.json"
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.json"  # optional: written by train.calibrate, covered by the manifest
 METRICS = "metrics.json"  # training, test and calibration figures (train.train, train.evaluate, train.calibrate)
+UNSEEN = "test_unseen"  # its section on the Testing images with no twin in Training, mirrored or not (train.evaluate)
 TRAIN_CONFIG = "train_config.json"  # the TrainConfig the weights were trained with
 HISTORY = "history.csv"  # one row per epoch
 OOD_CONFIG = "ood.json"  # optional: thresholds of the OOD check (brainmri.ood), written by train.ood, in the manifest
