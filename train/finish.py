@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from brainmri.data.split import checkpoint_split, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.eval.tables import update_metrics
 from brainmri.models.checkpoint import BEST, CURVES, HISTORY, save_checkpoint
-from brainmri.models.registry import count_parameters
+from brainmri.models.registry import ModelSpec, count_parameters
 from train.config import TrainConfig
 from train.distill import describe_teacher
 from train.loaders import Loaders
@@ -24,7 +25,14 @@ _logger = logging.getLogger(__name__)
 
 
 def finish(
-    cfg: TrainConfig, spec, model, loaders: Loaders, state: State, out: Path, dcfg: dict, device: torch.device | str = "cpu"
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    model: nn.Module,
+    loaders: Loaders,
+    state: State,
+    out: Path,
+    dcfg: dict,
+    device: torch.device | str = "cpu",
 ) -> Path:
     """Write the best epoch as a checkpoint folder with its history, metrics and model card; test, calibrate and fit its
     OOD statistics on ``device``."""
@@ -59,7 +67,7 @@ def finish(
     return out
 
 
-def run_metrics(cfg: TrainConfig, spec, model, loaders: Loaders, state: State, dcfg: dict, init: str) -> dict:
+def run_metrics(cfg: TrainConfig, spec: ModelSpec, model: nn.Module, loaders: Loaders, state: State, dcfg: dict, init: str) -> dict:
     """metrics.json before testing: the model, the best epoch on validation, and how the run used the machine."""
     best = state.history[state.best_epoch - 1]
     return {

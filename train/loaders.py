@@ -55,10 +55,13 @@ class DeviceBatches:
             yield (self.x[idx], self.y[idx]) if self.soft is None else (self.x[idx], self.y[idx], self.soft[idx])
 
 
+Batches = DataLoader | DeviceBatches  # what a trainer iterates: (x uint8, y[, soft]) batches
+
+
 @dataclass
 class Loaders:
-    train: DataLoader | DeviceBatches
-    val: DataLoader | DeviceBatches
+    train: Batches
+    val: Batches
     class_names: list[str]
     n_train: int
     n_val: int

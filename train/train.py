@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, DataLoaderConfiguration, set_seed
 from safetensors.torch import save_file
+from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.optim import Optimizer
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
@@ -40,18 +44,18 @@ from train.config import TrainConfig, parse_config
 from train.distill import distill_loss
 from train.finish import finish
 from train.graphs import GraphedStep
-from train.loaders import build_loaders, load_train_records
+from train.loaders import Batches, build_loaders, load_train_records
 from train.resume import State, load_resume, save_resume
 
 _logger = logging.getLogger(__name__)
 
 
-def steps_per_epoch(loader, cfg: TrainConfig) -> int:
+def steps_per_epoch(loader: Batches, cfg: TrainConfig) -> int:
     """Optimizer updates an epoch makes (this process's batches, at most ``max_train_batches``)."""
     return min(len(loader), cfg.max_train_batches or len(loader))
 
 
-def create_scheduler(optimizer, cfg: TrainConfig, steps: int):
+def create_scheduler(optimizer: Optimizer, cfg: TrainConfig, steps: int) -> Scheduler:
     """timm's cosine schedule, stepped per update, or its plateau one, stepped per epoch (train.schedule)."""
     if cfg.schedule == "cosine":
         return schedule.cosine(optimizer, cfg.lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
@@ -61,16 +65,16 @@ def create_scheduler(optimizer, cfg: TrainConfig, steps: int):
 
 
 def train_one_epoch(
-    model,
-    loader,
-    optimizer,
-    scheduler,
-    accelerator,
+    model: nn.Module,
+    loader: Batches,
+    optimizer: Optimizer,
+    scheduler: Scheduler,
+    accelerator: Accelerator,
     cfg: TrainConfig,
     dcfg: dict,
     epoch: int,
     deadline: float = math.inf,
-    ema=None,
+    ema: ModelEmaV3 | None = None,
     graphed: GraphedStep | None = None,
 ) -> dict:
     """One pass over the training batches, cut short at ``max_train_batches`` or at ``deadline`` (a perf_counter time);
@@ -121,7 +125,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, dcfg: dict, channels_last: bool) -> dict:
+def evaluate(model: nn.Module, loader: Batches, accelerator: Accelerator, dcfg: dict, channels_last: bool) -> dict:
     """Loss and accuracy on a loader of uint8 images (no augmentation)."""
     model.eval()
     losses, hits = [], []
@@ -215,7 +219,9 @@ def fit(cfg: TrainConfig) -> Path:
     return finish(cfg, spec, accelerator.unwrap_model(model), loaders, state, out, dcfg, accelerator.device)
 
 
-def run_epochs(cfg: TrainConfig, parts: tuple, accelerator, dcfg: dict, state: State, out: Path, ema=None) -> None:
+def run_epochs(
+    cfg: TrainConfig, parts: tuple, accelerator: Accelerator, dcfg: dict, state: State, out: Path, ema: ModelEmaV3 | None = None
+) -> None:
     """Epochs until the planned number, early stopping, or the time budget; the best one saved as it comes
     (the moving average's weights, with ``ema``)."""
     model, optimizer, scheduler, train_loader, val_loader = parts

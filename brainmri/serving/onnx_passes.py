@@ -148,7 +148,7 @@ class OnnxForward(nn.Module):
         self._trainable = any(p.requires_grad for p in module.parameters())
         self._held = _Held()  # its sessions by shape: what keeps them alive
 
-    def session(self, shape: tuple[int, ...]):
+    def session(self, shape: tuple[int, ...]) -> Any:
         """The session for images of ``shape`` (C, H, W), exported on first use; None where the export or the session
         failed, logged: those images then run in torch, to the same numbers, and the app serves on."""
         shape = tuple(int(n) for n in shape)

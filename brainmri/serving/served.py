@@ -27,7 +27,7 @@ from brainmri.models.registry import ENSEMBLES, EnsembleSpec
 from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.loading import LoadedModel
-from brainmri.serving.segment import load_for_serving
+from brainmri.serving.segment import LoadedSegmenter, load_for_serving
 from brainmri.settings import default_model, model_cache_mb
 
 _logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class ServedModels:
             _logger.warning("%s is not available (%s): %s answers alone", spec.name, self.sources[spec.name].reason, spec.explainer)
             self.default_model = spec.explainer
 
-    def segmentation_model(self, copy: int = 0):
+    def segmentation_model(self, copy: int = 0) -> LoadedSegmenter | None:
         """The loaded segmenter (that copy of it), or None when this deployment has none."""
         if self.segmenter is None:
             return None

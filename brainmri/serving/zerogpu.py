@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from brainmri.settings import on_zerogpu
@@ -39,6 +39,7 @@ except ImportError:
 _logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable)
+T = TypeVar("T")
 
 # The GPU time one call asks for, in seconds. A request's passes take well under a second on a GPU, but a fresh
 # worker first copies the loaded models to its GPU; the lease's CUDA check (scripts/cuda_check.py) measures both.
@@ -47,12 +48,12 @@ PER_IMAGE_S = 1  # each further image of a batch (BRAIN_MRI_MAX_BATCH)
 MAX_S = 60  # spaces' default, and never more: past it the call is queued behind shorter ones
 
 
-def gpu_seconds(images, *args, **kwargs) -> int:
+def gpu_seconds(images: Sequence[object], *args: object, **kwargs: object) -> int:
     """The duration to ask ZeroGPU for a batch of ``images`` (the decorated function's own arguments)."""
     return min(MAX_S, FIRST_S + PER_IMAGE_S * max(0, len(images) - 1))
 
 
-def host_only(value, where: str = "result"):
+def host_only(value: T, where: str = "result") -> T:
     """``value`` itself when it holds no tensor off the CPU (through lists, tuples, dicts and dataclasses); else a
     TypeError naming where the tensor is, since a CUDA tensor pickled back from a ZeroGPU worker hangs the call."""
     import torch  # here, not at import: spaces must come first
