@@ -22,8 +22,22 @@ from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION
 from brainmri.settings import default_data
 
 
+class RunConfig:
+    """What every trainer's config dataclass shares: where its run writes (``out``, by default ``runs/<model>``) and
+    the record of itself it leaves there (train_config.json)."""
+
+    model: str
+    out: str
+
+    def output_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     model: str = "tf_efficientnet_lite0"  # registry name (brainmri.models.registry)
     data: str = field(default_factory=default_data)  # image folder or Hub dataset id (brainmri.settings.default_data)
     out: str = ""  # output folder; default runs/<model>
@@ -57,12 +71,6 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward (timm set_grad_checkpointing): less memory, ~1/3 more compute
     time_budget_s: float = 0.0  # 0: none; else after epoch 1 shorten the schedule to the epochs that fit, and stop at the budget
     save_resume: bool = True  # write the --resume state after each epoch (sweeps turn it off: seconds per epoch on big models)
-
-    def output_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.model}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
 
 
 def _parse_bool(text: str) -> bool:

@@ -39,7 +39,7 @@ from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.runtime import pick_device, warn_if_bf16_emulated
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
-from train.config import parse_config
+from train.config import RunConfig, parse_config
 from train.distill import check_same_validation, describe_teacher, distill_loss, teacher_targets
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
@@ -53,7 +53,7 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MultiTaskConfig:
+class MultiTaskConfig(RunConfig):
     model: str = "multitask_lite0"  # registry name (brainmri.models.segmenters.SEGMENTERS, with num_classes)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; the experts' masks lie beside it
     out: str = ""  # output folder; default runs/<model>
@@ -85,9 +85,6 @@ class MultiTaskConfig:
     distill_weight: float = 0.5  # with --teacher: share of the class loss on the teacher's soft targets, the rest on the labels
     ema_decay: float = 0.0  # 0: none; else validate, keep and ship an exponential moving average of the weights (timm ModelEmaV3)
     ema_warmup: bool = False  # the average's decay grows with the updates up to ema_decay (train.schedule.moving_average)
-
-    def output_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.model}")
 
 
 def autocast(cfg: MultiTaskConfig, device: torch.device):
@@ -228,7 +225,7 @@ def fit(cfg: MultiTaskConfig) -> Path:
     torch.manual_seed(cfg.seed)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    (out / TRAIN_CONFIG).write_text(cfg.to_json() + "\n")
     split = load_split(cfg)
     check_init_split(cfg, split["val"][0])
     if cfg.teacher:

@@ -41,14 +41,14 @@ from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
-from train.config import parse_config
+from train.config import RunConfig, parse_config
 from train.resume import clear_resume, has_model_state, load_model_state, save_model_state
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(RunConfig):
     model: str = UNET  # registry name (brainmri.models.segmenters.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
     out: str = ""  # output folder; default runs/<model> (ship it by copying to checkpoints/<model>)
@@ -68,9 +68,6 @@ class SegmentConfig:
     pretrained: bool = True  # encoder from the offline ImageNet weights
     resume: bool = False  # continue from <out>/resume
     evaluate_only: bool = False  # measure the folder's model on its validation scans, train nothing
-
-    def output_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.model}")
 
 
 # ---------------------------------------------------------------- data
@@ -183,7 +180,7 @@ def fit(cfg: SegmentConfig) -> Path:
     torch.manual_seed(cfg.seed)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    (out / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    (out / TRAIN_CONFIG).write_text(cfg.to_json() + "\n")
     split = load_split(cfg)
     imagenet = cfg.pretrained and not (cfg.resume and has_model_state(cfg.output_dir()))  # resumed weights replace them
     model = create_segmenter(spec.name, pretrained=imagenet).to(memory_format=torch.channels_last)
