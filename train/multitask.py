@@ -25,6 +25,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,16 @@ from train.multitask_report import plot_history, write_multitask_card
 from train.resume import RESUME, clear_resume, has_model_state, load_model_state, save_model_state
 from train.schedule import cosine, follow, moving_average
 from train.segment import run_record, soft_dice_loss
+
+if TYPE_CHECKING:  # annotations only
+    from contextlib import AbstractContextManager
+
+    from timm.scheduler.scheduler import Scheduler
+    from timm.utils import ModelEmaV3
+    from torch import nn
+    from torch.optim import Optimizer
+
+    from brainmri.data.records import ImageRecords
 
 _logger = logging.getLogger(__name__)
 
@@ -87,7 +98,7 @@ class MultiTaskConfig(RunConfig):
     ema_warmup: bool = False  # the average's decay grows with the updates up to ema_decay (train.schedule.moving_average)
 
 
-def autocast(cfg: MultiTaskConfig, device: torch.device):
+def autocast(cfg: MultiTaskConfig, device: torch.device) -> AbstractContextManager:
     if cfg.amp == "none":
         return nullcontext()
     if cfg.amp != "bf16":
@@ -117,7 +128,15 @@ def load_split(cfg: MultiTaskConfig) -> dict:
 # ---------------------------------------------------------------- training
 
 
-def joint_loss(class_logits, mask_logits, labels, target, weight, cfg: MultiTaskConfig, soft=None) -> tuple[torch.Tensor, dict]:
+def joint_loss(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    labels: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    cfg: MultiTaskConfig,
+    soft: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict]:
     """CE on every image (on the labels and, with ``soft``, a teacher's (B, C) probabilities: train.distill) +
     outline_weight * (BCE + soft Dice) on the images with a target (weight 1)."""
     if soft is None:
@@ -150,7 +169,15 @@ def epoch_batches(n: int, cfg: MultiTaskConfig, epoch: int) -> tuple[list[torch.
     return batches[: cfg.max_train_batches] if cfg.max_train_batches else batches, g
 
 
-def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConfig, epoch: int, ema=None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: Scheduler,
+    split: dict,
+    cfg: MultiTaskConfig,
+    epoch: int,
+    ema: ModelEmaV3 | None = None,
+) -> dict:
     """One pass over the training side; ``ema`` (timm ModelEmaV3), when given, follows every step."""
     model.train()
     records, x, masks, known = split["train"]
@@ -179,7 +206,7 @@ def train_one_epoch(model, optimizer, scheduler, split: dict, cfg: MultiTaskConf
 # ---------------------------------------------------------------- the run
 
 
-def param_groups(model, cfg: MultiTaskConfig) -> list[dict]:
+def param_groups(model: nn.Module, cfg: MultiTaskConfig) -> list[dict]:
     """The pretrained classifier's layers at ``encoder_lr_scale`` of the rate; its new class head and the decoder at
     the full rate (timm's schedulers scale each group from its own initial rate)."""
     head = {id(p) for p in model.classifier.get_classifier().parameters()}
@@ -213,7 +240,7 @@ def build(cfg: MultiTaskConfig, steps_per_epoch: int, device: torch.device = tor
     return model, optimizer, scheduler, ema
 
 
-def check_init_split(cfg: MultiTaskConfig, val) -> None:
+def check_init_split(cfg: MultiTaskConfig, val: ImageRecords) -> None:
     """--init-from and --init-classifier must start from folders whose validation scans are this run's: weights that
     trained on one of this run's validation scans would leak it."""
     for flag, folder in (("--init-from", cfg.init_from), ("--init-classifier", cfg.init_classifier)):

@@ -15,8 +15,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # annotations only
+    from accelerate import Accelerator
+    from timm.utils import ModelEmaV3
+    from torch import nn
+    from torch.optim import Optimizer
 
 _logger = logging.getLogger(__name__)
 
@@ -30,7 +37,7 @@ def clear_resume(out: Path) -> None:
     shutil.rmtree(out / RESUME, ignore_errors=True)
 
 
-def save_model_state(out: Path, model, optimizer, state: dict, ema=None) -> None:
+def save_model_state(out: Path, model: nn.Module, optimizer: Optimizer, state: dict, ema: ModelEmaV3 | None = None) -> None:
     """``torch.save({"model", "optimizer", "state"})`` into ``<out>/resume/state.pt`` (and ``"ema"``, the moving
     average's weights, when one is given), written beside it first and renamed over it (atomic: a kill mid-write
     leaves the last epoch whole)."""
@@ -49,7 +56,7 @@ def has_model_state(out: Path) -> bool:
     return (Path(out) / RESUME / STATE_PT).is_file()
 
 
-def load_model_state(out: Path, model, optimizer, ema=None) -> dict | None:
+def load_model_state(out: Path, model: nn.Module, optimizer: Optimizer, ema: ModelEmaV3 | None = None) -> dict | None:
     """Load :func:`save_model_state`'s model and optimizer state into ``model`` and ``optimizer`` (and the moving
     average into ``ema``) and return its ``state`` dict; None when ``out`` has nothing to resume."""
     path = out / RESUME / STATE_PT
@@ -82,7 +89,7 @@ class State:
     stopped: str = ""  # why training ended: "epochs", "early stop" or "time budget"
 
 
-def save_resume(out: Path, model, accelerator, state: State) -> None:
+def save_resume(out: Path, model: nn.Module, accelerator: Accelerator, state: State) -> None:
     """Everything --resume needs, written after each epoch into a new folder; then the ``latest`` pointer is
     swapped atomically, so a kill at any moment (even mid-write) leaves the last finished epoch whole."""
     resume = out / RESUME
@@ -101,7 +108,7 @@ def has_resume(out: Path) -> bool:
     return (out / RESUME / LATEST).is_file()
 
 
-def load_resume(out: Path, accelerator) -> State:
+def load_resume(out: Path, accelerator: Accelerator) -> State:
     resume = out / RESUME
     if not has_resume(out):
         raise ValueError(f"--resume: nothing to resume in {resume}")

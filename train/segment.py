@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +44,11 @@ from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
 from train.config import RunConfig, parse_config
 from train.resume import clear_resume, has_model_state, load_model_state, save_model_state
+
+if TYPE_CHECKING:  # annotations only
+    from timm.scheduler.scheduler import Scheduler
+    from torch import nn
+    from torch.optim import Optimizer
 
 _logger = logging.getLogger(__name__)
 
@@ -134,7 +140,9 @@ def epoch_batches(y: torch.Tensor, cfg: SegmentConfig, g: torch.Generator) -> li
     return batches[: cfg.max_train_batches] if cfg.max_train_batches else batches
 
 
-def train_one_epoch(model, optimizer, scheduler, x, y, cfg: SegmentConfig, epoch: int) -> float:
+def train_one_epoch(
+    model: nn.Module, optimizer: Optimizer, scheduler: Scheduler, x: torch.Tensor, y: torch.Tensor, cfg: SegmentConfig, epoch: int
+) -> float:
     """One epoch; ``scheduler`` (timm's, train.schedule) is told each update's count, so a resumed run needs no state."""
     model.train()
     g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -165,7 +173,7 @@ def random_crop(images: torch.Tensor, masks: torch.Tensor, side: int, g: torch.G
 # ---------------------------------------------------------------- measuring
 
 
-def measure(model, split: dict) -> dict:
+def measure(model: nn.Module, split: dict) -> dict:
     records, x, y = split["val"]
     scores = summarise(per_image_scores(predict_all(model, x), y), records.labels, records.class_names)
     scores["split"] = validation_note()
@@ -226,7 +234,7 @@ def fit(cfg: SegmentConfig) -> Path:
     return out
 
 
-def run_record(cfg, model, state: dict, split: dict) -> dict:
+def run_record(cfg: SegmentConfig, model: nn.Module, state: dict, split: dict) -> dict:
     """What a segmentation run's metrics.json says of the run itself (this trainer's and train.multitask's)."""
     spec = get_segmenter_spec(cfg.model)
     return {
