@@ -124,6 +124,7 @@ def bad_uploads(image: Image.Image) -> dict[str, tuple[str, bytes, str]]:
         "truncated_png": ("cut.png", png[: len(png) // 2], "truncated"),
         "too_small": ("tiny.png", encode(Image.new("L", (16, 16), 128), "PNG"), "too small"),
         "bomb": ("bomb.png", _png_with_size(100_000, 100_000), "decompression bomb"),
+        "sliver": ("sliver.png", _png_with_size(48, 50_000), "too long and thin"),  # within the pixels, far from a scan's shape
         "dicom_without_pixels": ("plan.dcm", (PYDICOM_FILES / "rtplan.dcm").read_bytes(), "no pixel data"),
         "truncated_dicom": ("cut.dcm", (PYDICOM_FILES / "MR_truncated.dcm").read_bytes(), "truncated"),
         "garbage_dicom": ("junk.dcm", b"\x00" * 128 + b"DICM" + b"\xff" * 200, "DICOM"),

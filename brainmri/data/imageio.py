@@ -25,6 +25,9 @@ MAX_PIXELS = 50_000_000
 MAX_SIDE = 2048
 # Smaller than this on either side is not a scan (MR slices are 64 px and up).
 MIN_SIDE = 48
+# Longer than this many times its width (or the reverse) is not a scan: a 48 x 50,000 sliver of a few KB would pass
+# the limits above, then be resized to 224 px across and so hundreds of MB long for each pass that reads it.
+MAX_ASPECT = 10
 # Refused above this many bytes, before any decoding.
 MAX_BYTES = 64 * 1024 * 1024
 
@@ -67,8 +70,8 @@ def decode_image(data: bytes, name: str = "image", check: Callable[[int, int, st
 def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Image:
     """Decode an upload (bytes or a file path): :func:`decode_image` within the upload limits.
 
-    The limits: at most ``MAX_BYTES`` read, at most ``MAX_PIXELS`` and at least ``MIN_SIDE`` a side checked from the
-    header before decoding, and the result downscaled to at most ``MAX_SIDE`` a side.
+    The limits: at most ``MAX_BYTES`` read, at most ``MAX_PIXELS``, at least ``MIN_SIDE`` a side and at most
+    ``MAX_ASPECT``:1 checked from the header before decoding, and the result downscaled to at most ``MAX_SIDE`` a side.
 
     Args:
         source: the file's bytes, or its path.
@@ -103,7 +106,7 @@ def is_dicom(data: bytes, name: str = "") -> bool:
 
 
 def _check_size(width: int, height: int, name: str) -> None:
-    """The upload limits on a decoded size: not a decompression bomb, not too small to be a scan."""
+    """The upload limits on a decoded size: not a decompression bomb, not too small or too thin to be a scan."""
     if width * height > MAX_PIXELS:
         raise ValueError(
             f"{name} is {width} x {height} = {width * height / 1e6:.0f} megapixels, over the limit of {MAX_PIXELS / 1e6:.0f}:"
@@ -111,6 +114,8 @@ def _check_size(width: int, height: int, name: str) -> None:
         )
     if min(width, height) < MIN_SIDE:
         raise ValueError(f"{name} is {width} x {height} pixels, too small to be a scan (at least {MIN_SIDE} a side)")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ValueError(f"{name} is {width} x {height} pixels, too long and thin to be a scan (at most {MAX_ASPECT}:1)")
 
 
 def _decode_pil(data: bytes, name: str, check: Callable[[int, int, str], None] | None) -> Image.Image:
