@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     def run() -> None:
-        folders = [Path(f) for f in args.checkpoints] or checkpoint_folders()
+        folders = [Path(f) for f in args.checkpoints] or checkpoint_folders(classifiers=True)
         if not folders:
             raise ValueError(f"no checkpoint folders in {checkpoint_dir()}")
         rows = []

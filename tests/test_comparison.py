@@ -45,6 +45,7 @@ def test_rows_and_agreement():
     assert "not a brain MRI (1): c" in agreement([a, flagged])
     d, e = prediction("d", [0.1, 0.1, 0.7, 0.1]), prediction("e", [0.8, 0.1, 0.05, 0.05])  # grouped, most common first
     assert agreement([a, d, e]) == "**The models disagree**: glioma (2): a, e; no tumour (1): d."
+    assert agreement([d, prediction("f", [0.2, 0.1, 0.6, 0.1])]) == "**All 2 models agree: no tumour.**"  # words, not "notumor"
 
 
 def test_the_ensemble_row_says_what_it_is_and_what_was_measured(tmp_path):

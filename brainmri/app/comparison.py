@@ -62,7 +62,7 @@ def agreement(results: Sequence[Prediction]) -> str:
         return "Only one model is available: nothing to compare."
     verdicts = {verdict(r) for r in results}
     if len(verdicts) == 1:
-        return f"**All {len(results)} models agree: {verdicts.pop()}.**"
+        return f"**All {len(results)} models agree: {class_words(verdicts.pop())}.**"
     # Grouped by answer, the most common first: one clause a class, not one a model (14 models read as a run-on).
     by_answer: dict[str, list[str]] = {}
     for r in results:
