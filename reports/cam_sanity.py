@@ -1,4 +1,4 @@
-"""Do the heatmaps look at the brain? The share of Grad-CAM mass inside a simple brain mask, per model.
+"""Do the heatmaps look at the brain? The share of the app's heatmap (LayerCAM) mass inside a simple brain mask, per model.
 
     python -m reports.cam_sanity [--data DATA] [--limit-per-class N] [--models a b] [--out results/cam_sanity.json]
     python -m reports.cam_sanity --models simple_cnn_7 --update   # a retrained model: its entry replaced, the rest kept
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.imageio import load_image
 from brainmri.data.records import load_records
+from brainmri.explain import DEFAULT_METHOD
 from brainmri.models.catalog import discover
 from brainmri.models.checkpoint import CAM_SANITY, results_dir
 from brainmri.serving import Predictor
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             "images": len(files),
             "subset": f"seeded ({args.seed}) {args.limit_per_class} per class" if args.limit_per_class else "all",
             "mask": "Otsu threshold on greyscale, holes filled, largest component",
-            "cam": "Grad-CAM via brainmri.explain (the app's path)",
+            "cam": f"{DEFAULT_METHOD}, each model's served heatmap (the app's path)",
             "models": {name: model_report(predictor, name, files) for name in models},
         }
         if args.update and args.out.is_file():

@@ -52,7 +52,7 @@ ABOUT = (
     "bootstrap interval; *test acc*: the official Testing split. *Val acc*: the validation split cut from Training, "
     "used to choose epochs. "
     "*ECE*: expected calibration error on Testing, raw and temperature-scaled. *Heatmap in brain*: mean share of "
-    "Grad-CAM mass inside an intensity brain mask (a uniform map scores about 0.50)."
+    "heatmap (LayerCAM) mass inside an intensity brain mask (a uniform map scores about 0.50)."
 )
 
 PICTURES_ABOUT = (
@@ -68,7 +68,7 @@ def _rounded(value, digits: int = 4) -> float | None:
 
 
 def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
-    """Per model, the mean share of Grad-CAM mass inside the brain mask over the Testing images it was measured on,
+    """Per model, the mean share of heatmap mass inside the brain mask over the Testing images it was measured on,
     named as such when the attention sits mostly outside; empty when the check has not been run."""
     try:
         report = json.loads(Path(path).read_text())
