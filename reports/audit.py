@@ -102,7 +102,6 @@ def run_audit(data: str | Path, out: str | Path, threshold: float = NEAR_THRESHO
         **label_mismatches(result, train, test),
         "hidden_files_skipped": len(skipped),
     }
-    summary["near_threshold"] = threshold
     write_audit(result, train, test, summary, Path(out))
     _logger.info("audit took %.0f s; wrote %s", time.perf_counter() - start, out)
     return summary

@@ -127,6 +127,7 @@ class Audit:
     near_test_train: list[tuple[int, int, float, bool]]
     train_groups: np.ndarray  # (N_train,) group id: twins, mirrored ones included, share one
     test_unseen: np.ndarray  # indices of Testing images with no twin in Training in either orientation
+    near_threshold: float = NEAR_THRESHOLD  # the mean absolute difference the near pairs were found under
 
     def summary(self, test_labels: np.ndarray | None = None, class_names: list[str] | None = None) -> dict:
         spans = [g for g in self.exact_groups if len({s for s, _ in g}) > 1]
@@ -145,7 +146,7 @@ class Audit:
             "train_with_near_twin_in_train": len(train_as_is),
             "train_with_mirrored_twin_in_train_only": len(train_any - train_as_is),
             "test_unseen": int(len(self.test_unseen)),
-            "near_threshold": NEAR_THRESHOLD,
+            "near_threshold": self.near_threshold,
         }
         if test_labels is not None and class_names is not None:
             counts = np.bincount(test_labels[self.test_unseen], minlength=len(class_names))
@@ -163,4 +164,4 @@ def audit(train: ImageRecords, test: ImageRecords, threshold: float = NEAR_THRES
     ee = twin_pairs(thumbs_test, threshold=threshold)
     et = twin_pairs(thumbs_test, thumbs_train, threshold=threshold)
     unseen = np.array(sorted(set(range(len(test))) - {i for i, _, _, _ in et}), dtype=int)
-    return Audit(exact, tt, ee, et, connected_groups(n, tt), unseen)
+    return Audit(exact, tt, ee, et, connected_groups(n, tt), unseen, threshold)
