@@ -73,9 +73,10 @@ def precomputed(results: Path = RESULTS_DIR) -> tuple[list[dict], Path, dict] | 
 
 
 def local_root(source: str | None = None) -> Path | None:
-    """The data folder, when the source is a local folder that exists."""
+    """The data folder, when the source is a local folder that holds both splits (a Hub id, or half a folder, is not
+    one: the Data tab then shows what reports.data_summary precomputed)."""
     path = Path(source or default_data()).expanduser()
-    return path if (path / SPLIT_FOLDERS["test"]).is_dir() else None
+    return path if all((path / folder).is_dir() for folder in SPLIT_FOLDERS.values()) else None
 
 
 def class_counts(root: Path) -> list[dict]:
@@ -242,7 +243,7 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
     root = local_root(source)
     saved = precomputed() if root is None else None
     if root is None and saved is None:
-        return "No data folder found (set `BRAIN_MRI_DATA` to the folder or a Hub dataset id).", None, None, None
+        return "No data folder found (set `BRAIN_MRI_DATA` to a folder with `Training/` and `Testing/`).", None, None, None
     if root is not None:
         counts = pd.DataFrame(class_counts(root))
         samples = [(load_image(p), c) for p, c in example_files(root, per_class=2, split="train")]
