@@ -36,6 +36,9 @@ from brainmri.models.checkpoint import OOD_CONFIG, OOD_TENSORS, WEIGHTS, add_to_
 _logger = logging.getLogger(__name__)
 
 
+DEFAULT_PERCENTILE = 99.0  # the distance threshold's, of validation distances: about 1% of real slices flagged by design
+
+
 @dataclass
 class OODResult:
     """The verdict on one image, with the numbers behind it."""

@@ -13,7 +13,8 @@ NOT_MRI = f"not {BRAIN_MRI}"  # the OOD verdict, short: a table cell, a caption
 LOOKS_NOT_MRI = f"does not look like {BRAIN_MRI}"  # the OOD verdict in a sentence, and the API's label
 # The verdict when only the features' distance flagged it: the picture passes as an MRI by its own measures (grey,
 # not flat), so it may well be one, unlike the training slices (another sequence or crop, marks drawn on it). The
-# threshold lets 99 in 100 validation slices through (brainmri.ood), so about 1 real slice in 100 is flagged by design.
+# threshold lets 99 in 100 validation slices through (brainmri.ood.DEFAULT_PERCENTILE), so about 1 real slice in 100 is
+# flagged by design.
 UNLIKE_TRAINING = "unlike the brain MRI slices the models learned from"  # after "is"; the API's label
 UNLIKE_TRAINING_SHORT = "unlike the training slices"  # a table cell, a caption
 

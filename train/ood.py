@@ -29,13 +29,11 @@ from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.records import data_config, eval_transform, load_records, sha256
 from brainmri.data.split import checkpoint_split
 from brainmri.models.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
-from brainmri.ood import OODStats, colourfulness, grey_contrast, load_stats, logits_and_features
+from brainmri.ood import DEFAULT_PERCENTILE, OODStats, colourfulness, grey_contrast, load_stats, logits_and_features
 from brainmri.runtime import configure_torch_threads
 from train.ood_pictures import reference_outliers
 
 _logger = logging.getLogger(__name__)
-
-DEFAULT_PERCENTILE = 99.0  # of validation distances: about 1% of real slices flagged by design
 
 
 class CannotFit(ValueError):

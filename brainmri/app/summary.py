@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from brainmri.ood import DEFAULT_PERCENTILE
 from brainmri.serving import Prediction
 from brainmri.vocabulary import NO_TUMOUR, class_words, percent
 
@@ -15,8 +16,8 @@ def summary(result: Prediction) -> str:
             return (
                 f"**This image is {result.ood_verdict}**: {reasons}. No tumour class is given for it{by}: an answer here"
                 " would not be trustworthy. If it is a brain MRI slice, it differs from those (another sequence or crop,"
-                " marks drawn on it; the check lets 99 in 100 validation slices through), and another slice of the scan"
-                " may pass."
+                f" marks drawn on it; the check lets {DEFAULT_PERCENTILE:g} in 100 validation slices through), and another"
+                " slice of the scan may pass."
             )
         return f"**This image {result.ood_verdict}**: {reasons}. No tumour class is given for it{by}."
     p = result.probabilities[result.top_class]
