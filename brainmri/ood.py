@@ -129,7 +129,8 @@ class OODStats:
 
 
 def load_stats(folder: str | Path) -> OODStats | None:
-    """The folder's OOD statistics; None (with a warning) when absent or fitted on other weights.
+    """The folder's OOD statistics; None when absent (logged at info: expected for all but the judge) or fitted on
+    other weights (a warning).
 
     ValueError when the tensors do not match the sha256 recorded beside them.
     """

@@ -43,7 +43,8 @@ OUTLINE_COLOUR = (0, 255, 170)  # a green that no heatmap colour and no grey of 
 
 
 def draw_outline(image: Image.Image, mask: np.ndarray, width: int = 0) -> Image.Image:
-    """The image with the mask's border drawn over it, ``width`` px thick (default: about 1% of the side, at least 2)."""
+    """The image with the mask's border drawn over it: a ring ``width // 2`` px thick just outside the mask (``width``
+    defaults to about 1% of the side, at least 2), so the tumour itself stays visible."""
     width = width or max(2, round(min(image.size) / 110))
     inside = Image.fromarray(mask.astype(np.uint8) * 255)
     grown = inside.filter(ImageFilter.MaxFilter(2 * (width // 2) + 1))

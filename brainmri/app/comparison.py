@@ -33,8 +33,8 @@ def model_row(result: Prediction) -> dict:
 
 
 def ensemble_row(results: Sequence[Prediction], class_names: list[str]) -> dict:
-    """The ensemble choice: mean of the in-distribution models' calibrated probabilities (scored in
-    results/ensemble_metrics.json); no class when every model found the image not to be a brain MRI."""
+    """The ensemble choice: mean of the in-distribution models' calibrated probabilities (this mix of models is not
+    scored on Testing: :func:`scored_ensemble_note`); no class when every model found the image not to be a brain MRI."""
     members = [r for r in results if r.in_distribution]
     if not members:
         return {"model": ENSEMBLE, "prediction": NOT_MRI}

@@ -45,7 +45,7 @@ def probability_bars(probabilities: dict[str, float]) -> str:
 
 
 def _colour_stops(n: int = 6) -> list[str]:
-    """The heatmap's colours at n evenly spaced values, taken from :func:`brainmri.explain.overlay` itself."""
+    """The heatmap's colours at n evenly spaced values, taken from :func:`brainmri.rendering.overlay` itself."""
     ramp = np.linspace(0, 1, n, dtype=np.float32)[None, :]  # (1, n)
     colours = np.asarray(overlay(Image.new("RGB", (n, 1)), ramp, opacity=1.0))[0]
     return [f"rgb({r},{g},{b})" for r, g, b in colours]

@@ -23,7 +23,7 @@ from brainmri.app.display import heatmap_picture
 from brainmri.app.summary import disagreement
 from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
 from brainmri.data.imageio import load_image
-from brainmri.rendering import data_url
+from brainmri.rendering import DEFAULT_OPACITY, data_url
 from brainmri.segmentation import mask_data_url
 from brainmri.serving import Prediction, Predictor
 from brainmri.vocabulary import class_words
@@ -32,7 +32,7 @@ _STAGED: set[Path] = set()  # the MCP server's copies of data: URL images, until
 _STAGED_LOCK = threading.Lock()
 
 
-def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: float = 0.45) -> dict:
+def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: float = DEFAULT_OPACITY) -> dict:
     """What the tool says about one image, JSON-ready; ``images`` adds the heatmap and the mask as PNG data URLs."""
     mri, outline = result.in_distribution, result.outline
     w, h = result.image.size
@@ -102,9 +102,9 @@ def tool_description(default: str | None, models: list[str]) -> str:
             "    images: true to also return the heatmap and the tumour mask as PNG data URLs (large); false by default.",
             "",
             "Returns:",
-            "    JSON text with model, looks_like_brain_mri, prediction, probabilities, tumour_probability, ood_reasons,"
-            " tumour_box ([x0, y0, x1, y1] in 0-1 of the image), tumour_box_px, tumour_area, models_disagree, image_size"
-            " and disclaimer.",
+            "    JSON text with model, looks_like_brain_mri, prediction, prediction_words, probabilities, tumour_probability,"
+            " ood_reasons, tumour_box ([x0, y0, x1, y1] in 0-1 of the image), tumour_box_px, tumour_area, models_disagree,"
+            " image_size and disclaimer; with images, heatmap_png and tumour_mask_png too.",
         ]
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -122,6 +123,16 @@ def classifier_eval_results(metrics: dict) -> list[EvalResult]:
     return results
 
 
+def _resize_words(pcfg: dict) -> str:
+    """How timm's eval transform of ``pcfg`` (the folder's ``pretrained_cfg``) brings an image to the input size."""
+    side, crop = pcfg["input_size"][1], pcfg.get("crop_mode", "center")
+    if crop == "squash":
+        return f"{pcfg['interpolation']} resize of the whole image"
+    scaled = math.floor(side / pcfg["crop_pct"])  # as timm's transforms_factory scales before it crops
+    cut = f"the centre {side} x {side}" if crop == "center" else f"a {crop} crop to {side} x {side}"
+    return f"{pcfg['interpolation']} resize of the shorter side to {scaled}, then {cut} (crop_pct {pcfg['crop_pct']})"
+
+
 def write_model_card(folder: str | Path) -> Path:
     """README.md with Hub front matter (``ModelCardData``, ``model-index`` results) from config.json and metrics.json."""
     folder = Path(folder)
@@ -147,8 +158,7 @@ def write_model_card(folder: str | Path) -> Path:
         f"- Architecture: timm `{config['architecture']}`, {metrics.get('parameters', 0):,} parameters",
         f"- Weights initialised from: {config.get('initialization', 'unknown')}",
         *([f"- Distilled from: {metrics['distilled_from']}"] if metrics.get("distilled_from") else []),
-        f"- Input: {pcfg['input_size'][1]} x {pcfg['input_size'][2]} RGB, {pcfg['interpolation']} resize of the whole image"
-        f" (crop_pct {pcfg['crop_pct']}), mean {pcfg['mean']}, std {pcfg['std']}",
+        f"- Input: {pcfg['input_size'][1]} x {pcfg['input_size'][2]} RGB, {_resize_words(pcfg)}, mean {pcfg['mean']}, std {pcfg['std']}",
         f"- Trained for {metrics.get('epochs_run')} epochs (best validation epoch {metrics.get('best_epoch')})"
         f" on {metrics.get('device')}, {metrics.get('train_seconds')} s",
         "",
