@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from brainmri.eval.ensemble import mean_probs
 from brainmri.models.checkpoint import ENSEMBLE_METRICS, UNSEEN, results_dir
 from brainmri.serving import Prediction
 from brainmri.vocabulary import NOT_MRI, any_tumour_probability, class_words
+
+_logger = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble (mean of calibrated)"
 ENSEMBLE_METRICS_JSON = results_dir() / ENSEMBLE_METRICS
@@ -78,7 +81,10 @@ def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS_JSON) -> str:
         scored = json.loads(Path(path).read_text())
         members = ", ".join(m["name"] for m in scored["members"])
         test, unseen = scored["test"], scored[UNSEEN]
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
+        return line + " No ensemble has been scored on Testing yet."
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        _logger.warning("%s unreadable, so no scored ensemble is named (%s: %s)", path, type(e).__name__, e)
         return line + " No ensemble has been scored on Testing yet."
     return (
         f"{line} One fixed ensemble of {members}, chosen on validation (neither the ticked mix nor the app's default),"

@@ -72,7 +72,10 @@ def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
     named as such when the attention sits mostly outside; empty when the check has not been run."""
     try:
         report = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as e:
+        _logger.warning("%s unreadable, so no heatmap-in-brain figures (%s: %s)", path, type(e).__name__, e)
         return {}
     out = {}
     for name, r in report.get("models", {}).items():
@@ -167,7 +170,10 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
     """The pointing game (reports.cam_localisation) with a line on what it measures, for the Experiments tab."""
     try:
         runs = json.loads(Path(path).read_text())["runs"]
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
+        return "No localisation results yet (`python -m reports.cam_localisation`)."
+    except (OSError, ValueError, KeyError) as e:
+        _logger.warning("%s unreadable, so no localisation results (%s: %s)", path, type(e).__name__, e)
         return "No localisation results yet (`python -m reports.cam_localisation`)."
     return (
         "On boxed Training slices the model never trained on (its validation "
