@@ -32,6 +32,7 @@ from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
 from brainmri.models.registry import DEFAULT_CLASSIFIER
+from brainmri.settings import ROOT
 
 _logger = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ CARRIED = "data"  # the one carried folder: the data set copy (its duplicates on
 STASHED = "checkpoints"  # tracked, but left behind for the call ...
 KEPT = f"{STASHED}/{DEFAULT_CLASSIFIER}"  # ... but for the default's classifier: the CUDA check serves it (scripts/cuda_check.py)
 DUPLICATES = "duplicates.tsv"  # in the carried folder: "copy<TAB>original" paths relative to it, one a line
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _left_behind(relative: Path, keep: bool = True) -> bool:

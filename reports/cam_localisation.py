@@ -46,7 +46,7 @@ from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, FUSING_METHODS, prepar
 from brainmri.models.catalog import discover
 from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
-from brainmri.settings import onnx_runtime_as
+from brainmri.settings import ROOT, onnx_runtime_as
 from reports.cam_sanity import brain_mask
 from reports.results import update_section
 
@@ -213,7 +213,6 @@ def run(
 
 MASK_SECTION = ("<!-- SECTION:cam-masks -->", "<!-- /SECTION:cam-masks -->")  # docs/heatmaps.md
 BOX_SECTION = ("<!-- SECTION:cam-boxes -->", "<!-- /SECTION:cam-boxes -->")
-ROOT = Path(__file__).resolve().parent.parent
 HEATMAPS_DOC = ROOT / "docs" / "heatmaps.md"
 
 

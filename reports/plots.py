@@ -37,7 +37,6 @@ from brainmri.models.registry import DEFAULT_CLASSIFIER, REGISTRY, create_model 
 
 _logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 COST_PNG, PARAMS_PNG, PER_CLASS_PNG, POINTS_JSON = "accuracy_cost.png", "accuracy_params.png", "per_class.png", "plots.json"
 TEST = "test"  # metrics.json sections: the honest figure (UNSEEN), and the official one beside it
 CLIP = (0.01, 0.9995)  # the logit axis has no 0% or 100%: intervals reaching 100% end at its top

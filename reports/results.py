@@ -32,6 +32,7 @@ from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
 from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, SWEEP_SUMMARY, UNSEEN, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
+from brainmri.settings import ROOT
 from brainmri.vocabulary import CLASS_WORDS, percent
 from reports.cam_sanity import cam_sanity_markdown
 from reports.retrained import retrained_markdown
@@ -39,7 +40,6 @@ from reports.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_co
 
 _logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "experiments.md"  # holds the results and seed sections
 README = ROOT / "README.md"  # holds the headline section and the one-encoder summary
 HEATMAPS_DOC = ROOT / "docs" / "heatmaps.md"  # holds the heatmap check's table

@@ -24,11 +24,11 @@ from brainmri.data.split import DEFAULT_RULE, SPLIT_RULES
 from brainmri.eval.tables import read_metrics
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import METRICS, TRAIN_CONFIG, UNSEEN
+from brainmri.settings import ROOT
 from brainmri.vocabulary import percent
 
 _logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT / "results" / "as_is_split.json"
 MIRROR_AWARE = "mirror-aware"
 assert MIRROR_AWARE in SPLIT_RULES
