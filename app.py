@@ -35,6 +35,7 @@ from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
 from brainmri.serving import Predictor
 from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch, session_capacity
+from brainmri.vocabulary import CLASSES_IN_WORDS
 
 setup_logging()
 _logger = logging.getLogger(__name__)
@@ -254,8 +255,7 @@ def build_demo() -> gr.Blocks:
     # backstop for anything else in Gradio's cache (example copies, figures): older than 10 minutes, every 10 minutes.
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
         gr.Markdown(
-            "# Brain MRI tumour classifier\nGlioma, meningioma, pituitary tumour or no tumour, with a heatmap of what drove each answer. "
-            + DISCLAIMER,
+            f"# Brain MRI tumour classifier\n{CLASSES_IN_WORDS.capitalize()}, with a heatmap of what drove each answer. " + DISCLAIMER,
             elem_id="header",
         )
         session = gr.State(None, time_to_live=SESSION_TTL_S)  # a display.Session: memory only, never a file

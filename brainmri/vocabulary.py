@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 NO_TUMOUR = "notumor"  # the dataset's label for slices without a tumour (an empty mask, for the segmenter)
 CLASS_WORDS = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary tumour", NO_TUMOUR: "no tumour"}
 DATASET_LABELS = tuple(sorted(CLASS_WORDS))  # the class folders in the order brainmri.data.records reads them
+CLASSES_IN_WORDS = ", ".join(list(CLASS_WORDS.values())[:-1]) + f" or {CLASS_WORDS[NO_TUMOUR]}"  # "glioma, ... or no tumour"
 BRAIN_MRI = "a brain MRI"
 NOT_MRI = f"not {BRAIN_MRI}"  # the OOD verdict, short: a table cell, a caption
 LOOKS_NOT_MRI = f"does not look like {BRAIN_MRI}"  # the OOD verdict in a sentence, and the API's label

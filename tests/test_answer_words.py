@@ -92,4 +92,6 @@ def test_gradio_reads_every_argument_of_the_tool_description_whole():
     assert description.startswith("Classify one brain MRI slice") and "not for diagnosis" in description
     assert arguments["model"] == "leave empty for the app's default (ensemble_x); or one of: model_a, model_b."
     assert arguments["image"].endswith("an http(s) URL that this server can fetch.") and "data: URL" in arguments["image"]
-    assert arguments["images"].startswith("true to also return") and len(returns) == 1 and returns[0].endswith("disclaimer.")
+    assert arguments["images"].startswith("true to also return") and len(returns) == 1
+    assert "prediction_words" in returns[0] and returns[0].endswith("heatmap_png and tumour_mask_png too.")  # read whole
+    assert "(JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM)" in arguments["image"]

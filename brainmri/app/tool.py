@@ -22,11 +22,11 @@ import gradio as gr
 from brainmri.app.display import heatmap_picture
 from brainmri.app.summary import disagreement
 from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
-from brainmri.data.imageio import load_image
+from brainmri.data.imageio import accepted_formats, load_image
 from brainmri.rendering import DEFAULT_OPACITY, data_url
 from brainmri.segmentation import mask_data_url
 from brainmri.serving import Prediction, Predictor
-from brainmri.vocabulary import class_words
+from brainmri.vocabulary import CLASSES_IN_WORDS, class_words
 
 _STAGED: set[Path] = set()  # the MCP server's copies of data: URL images, until their request has read them
 _STAGED_LOCK = threading.Lock()
@@ -90,13 +90,13 @@ def tool_description(default: str | None, models: list[str]) -> str:
     others = ", ".join(name for name in models if name != default)
     return "\n".join(
         [
-            "Classify one brain MRI slice (glioma, meningioma, pituitary tumour or no tumour) and outline the tumour.",
+            f"Classify one brain MRI slice ({CLASSES_IN_WORDS}) and outline the tumour.",
             "",
             "For research and education only; not a medical device and not for diagnosis. An image that does not look like a"
             " brain MRI, or is unlike the slices the models learned from, gets no class, with the reasons why.",
             "",
             "Args:",
-            "    image: the slice (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM) as a data: URL, which always works, or as an"
+            f"    image: the slice ({accepted_formats(detailed=False)}) as a data: URL, which always works, or as an"
             " http(s) URL that this server can fetch.",
             f"    model: leave empty for the app's default ({default or 'the first available model'}); or one of: {others}.",
             "    images: true to also return the heatmap and the tumour mask as PNG data URLs (large); false by default.",
