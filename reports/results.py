@@ -27,7 +27,7 @@ from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.outline_rules import outline_rules_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.eval.tables import FINISHED_EPOCHS, cut_short, has_metrics, metric_columns, read_metrics
+from brainmri.eval.tables import FINISHED_EPOCHS, has_metrics, is_sweep_row, metric_columns, read_metrics, row_cut_short
 from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
 from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, SWEEP_SUMMARY, UNSEEN, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES, REGISTRY
@@ -154,7 +154,7 @@ def add_bounds(rows: list[dict], costs_csv: str | Path = COSTS_CSV) -> list[dict
 def csv_rows(path: str | Path) -> list[dict]:
     """The sweep rows (run other than "shipped") of an earlier experiments.csv, with numbers as numbers."""
     with Path(path).open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("run") not in (None, "", "shipped")]
+        rows = [r for r in csv.DictReader(f) if is_sweep_row(r)]
     return [{**dict.fromkeys([*COLUMNS, *EXTRA]), **{k: _typed(v) for k, v in r.items() if k in (*COLUMNS, *EXTRA)}} for r in rows]
 
 
@@ -171,14 +171,10 @@ def _typed(text: str):
     return text
 
 
-def is_cut_short(row: dict) -> bool:
-    return row["status"] == "ok" and cut_short(row.get("epochs_run"), row.get("stopped"))
-
-
 def render_markdown(rows: list[dict]) -> str:
     """The finished runs' table in Markdown, then the runs cut short by their time budget in a table of their own;
     empty cells for what a row lacks (unseen: before ``test_unseen`` was measured), the error for a failed model."""
-    finished, short = [r for r in rows if not is_cut_short(r)], [r for r in rows if is_cut_short(r)]
+    finished, short = [r for r in rows if not row_cut_short(r)], [r for r in rows if row_cut_short(r)]
     text = _markdown_table(finished)
     if short:
         epochs = sorted(r["epochs_run"] for r in short if r.get("epochs_run"))

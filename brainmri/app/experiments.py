@@ -23,7 +23,7 @@ from brainmri.eval.localisation import localisation_table
 from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.eval.tables import cut_short, metric_columns, read_metrics
+from brainmri.eval.tables import is_sweep_row, metric_columns, read_metrics, row_cut_short
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
 from brainmri.models.registry import REGISTRY
@@ -139,8 +139,8 @@ def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, l
     if not path.is_file():
         return None, None
     with path.open(newline="") as f:
-        runs = [r for r in csv.DictReader(f) if r.get("run") not in (None, "", "shipped")]
-    short = [r.get("status", "ok") == "ok" and cut_short(r.get("epochs_run"), r.get("stopped")) for r in runs]
+        runs = [r for r in csv.DictReader(f) if is_sweep_row(r)]
+    short = [row_cut_short(r) for r in runs]
     rows = [{label: _sweep_cell(key, r.get(key)) for key, label in SWEEP_COLUMNS.items()} for r in runs]
     finished, cut = [r for r, s in zip(rows, short) if not s], [r for r, s in zip(rows, short) if s]
     return finished or None, cut or None

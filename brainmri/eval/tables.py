@@ -72,7 +72,17 @@ METRIC_COLUMNS = {
 FINISHED_EPOCHS = 5
 
 
-def cut_short(epochs_run, stopped) -> bool:
+def is_sweep_row(row: dict) -> bool:
+    """An experiments.csv row of a sweep run (its ``run`` names it), not one of the shipped checkpoints."""
+    return row.get("run") not in (None, "", "shipped")
+
+
+def row_cut_short(row: dict) -> bool:
+    """A run that finished without error (``status`` ok) but was cut short (:func:`cut_short`): tables show it apart."""
+    return row.get("status", "ok") == "ok" and cut_short(row.get("epochs_run"), row.get("stopped"))
+
+
+def cut_short(epochs_run: int | str | None, stopped: str | None) -> bool:
     """Whether a run was cut short: ended by its time budget (``stopped``), or after fewer than FINISHED_EPOCHS
     epochs. Results tables show such rows apart from finished ones."""
     if stopped == "time budget":
