@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -263,10 +262,9 @@ def segmentation_eval_results(validation: dict, expert: str = "validation") -> l
 
 def segmentation_markdown(folder: str | Path) -> str:
     """The segmenter's validation figures per class, beside the published anchors; empty when it has no metrics."""
-    path = Path(folder) / METRICS
-    if not path.is_file():
+    if not (Path(folder) / METRICS).is_file():
         return ""
-    m = json.loads(path.read_text())
+    m = read_metrics(folder)  # a corrupt file: a ValueError naming it
     v = m["validation"]
     rows = [("all tumours", v["tumour"]), *v["per_class"].items()]
     lines = [
