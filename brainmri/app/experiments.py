@@ -146,11 +146,6 @@ def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, l
     return finished or None, cut or None
 
 
-def results_table(path: str | Path = RESULTS_CSV) -> list[dict] | None:
-    """The finished sweep runs of :func:`results_tables`."""
-    return results_tables(path)[0]
-
-
 def pictures() -> tuple[str | None, ...]:
     """Accuracy against compute and against size, and per class (``python -m reports.plots``); None where not drawn yet."""
     return tuple(str(p) if p.is_file() else None for p in PICTURES)

@@ -226,7 +226,7 @@ def write_model_card(folder: str | Path) -> Path:
         + (f", `{OOD_CONFIG}` + `{OOD_TENSORS}` (the out-of-distribution check's statistics)." if (folder / OOD_CONFIG).is_file() else "."),
         "",
     ]
-    return write_card(data, "\n".join(line for line in lines if line is not None), folder / CARD)
+    return write_card(data, "\n".join(lines), folder / CARD)
 
 
 # Published figures on Cheng et al.'s figshare masks, the anchors the segmentation table stands beside (issue 19).
