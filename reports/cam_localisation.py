@@ -48,7 +48,7 @@ from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
 from brainmri.settings import ROOT, onnx_runtime_as
 from reports.cam_sanity import brain_mask
-from reports.results import update_section
+from reports.docs_sections import update_section
 
 _logger = logging.getLogger(__name__)
 

@@ -5,9 +5,8 @@
 
 Writes ``results/experiments.csv`` (full precision) and ``results/experiments.md`` (rounded): finished runs
 first, then, apart, the runs cut short by their time budget (brainmri.eval.tables.cut_short), whose accuracy
-says how far a model got, not what it can do. ``--docs`` replaces what lies between
-``<!-- SECTION:results -->`` and ``<!-- /SECTION:results -->`` (and the seed section) of docs/experiments.md,
-and the headline table of README.md: generated, never typed. A folder given to ``--from`` is a checkpoint
+says how far a model got, not what it can do. ``--docs`` rewrites the generated sections of README.md and docs/
+(reports.docs_sections): generated, never typed. A folder given to ``--from`` is a checkpoint
 folder or holds them; a sweep's models that failed (its sweep.json) appear as rows with their error. A CSV
 given to ``--from`` (an earlier results/experiments.csv) brings back its sweep rows, for sweeps whose folders
 are gone (they came back from a device lease once).
@@ -23,36 +22,16 @@ import sys
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.eval.one_encoder import one_encoder_markdown
-from brainmri.eval.outline_rules import outline_rules_markdown
-from brainmri.eval.report import segmentation_markdown
-from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import FINISHED_EPOCHS, has_metrics, is_sweep_row, metric_columns, read_metrics, row_cut_short
-from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
-from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, SWEEP_SUMMARY, UNSEEN, results_dir
-from brainmri.models.registry import APP_DEFAULT, ENSEMBLES, REGISTRY
-from brainmri.models.segmenters import SEGMENTERS
-from brainmri.settings import ROOT
-from brainmri.vocabulary import CLASS_WORDS, percent
-from reports.cam_sanity import cam_sanity_markdown
-from reports.retrained import retrained_markdown
+from brainmri.models.catalog import checkpoint_folders
+from brainmri.models.checkpoint import EXPERIMENTS_CSV, EXPERIMENTS_MD, METRICS, SWEEP_SUMMARY, results_dir
+from brainmri.models.registry import REGISTRY
+from brainmri.vocabulary import percent
+from reports.docs_sections import update_docs
 from reports.roofline import COSTS_CSV, bound_img_per_s, datasheet_peak, load_costs
 
 _logger = logging.getLogger(__name__)
 
-DOCS = ROOT / "docs" / "experiments.md"  # holds the results and seed sections
-README = ROOT / "README.md"  # holds the headline section and the one-encoder summary
-HEATMAPS_DOC = ROOT / "docs" / "heatmaps.md"  # holds the heatmap check's table
-SEGMENTATION_DOC = ROOT / "docs" / "segmentation.md"  # holds the U-Net's table and the one-encoder section in full
-SECTION = ("<!-- SECTION:results -->", "<!-- /SECTION:results -->")
-SEED_SECTION = ("<!-- SECTION:seed -->", "<!-- /SECTION:seed -->")
-HEADLINE_SECTION = ("<!-- SECTION:headline -->", "<!-- /SECTION:headline -->")
-SEGMENTATION_SECTION = ("<!-- SECTION:segmentation -->", "<!-- /SECTION:segmentation -->")  # README
-ONE_ENCODER_SECTION = ("<!-- SECTION:one-encoder -->", "<!-- /SECTION:one-encoder -->")  # README
-LEAK_SECTION = ("<!-- SECTION:leak -->", "<!-- /SECTION:leak -->")  # docs/experiments.md
-CAM_SANITY_SECTION = ("<!-- SECTION:cam-sanity -->", "<!-- /SECTION:cam-sanity -->")  # docs/heatmaps.md
-RETRAINED_SECTION = ("<!-- SECTION:retrained -->", "<!-- /SECTION:retrained -->")  # docs/experiments.md
-OUTLINE_RULES_SECTION = ("<!-- SECTION:outline-rules -->", "<!-- /SECTION:outline-rules -->")  # docs/segmentation.md
 SOURCES = ["checkpoints", "results/experiments.csv"]  # the shipped models, and the sweep rows kept from earlier device runs
 
 # The CSV's columns from metrics.json (brainmri.eval.tables.METRIC_COLUMNS, the map the app's table reads too).
@@ -196,98 +175,6 @@ def _markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
-    """The README's table: each shipped model's unseen-Testing accuracy (the honest figure) with its 95% interval,
-    the official Testing beside it, best unseen first (Testing where unseen is not measured yet)."""
-    rows = []
-    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
-        m = metric_columns(read_metrics(folder))
-        rows.append(m)
-    for name in ENSEMBLES:  # served answers without a folder of their own: their figures file beside checkpoints/
-        figures = read_ensemble_figures(name, Path(root).parent / "results")
-        if figures is not None:
-            rows.append(metric_columns(figures))
-    rows.sort(key=lambda m: -(m["test_unseen_accuracy"] or m["test_accuracy"] or 0))
-    lines = [
-        *_headline_sentence(root, rows),
-        "| model | unseen Testing (95% CI) | n | official Testing (95% CI) | params | input |",
-        "|---|---|---:|---|---:|---:|",
-    ]
-    for m in rows:
-        name = f"`{m['model']}`" + (" (app default)" if m["model"] == APP_DEFAULT else "")
-        params = "" if m["parameters"] is None else f"{m['parameters'] / 1e6:.1f} M"
-        lines.append(
-            f"| {name} | {_pct_ci(m['test_unseen_accuracy'], m['test_unseen_accuracy_ci95'])} | {m['test_unseen_n'] or ''} "
-            f"| {_pct_ci(m['test_accuracy'], m['test_accuracy_ci95'])} | {params} | {m['input_size'] or ''} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
-    """The README's first figures, in words: the default's and the best model's unseen accuracy, and the thin classes."""
-    default = next((m for m in rows if m["model"] == APP_DEFAULT and m["test_unseen_accuracy"] is not None), None)
-    singles = [m for m in rows if m["model"] != APP_DEFAULT]
-    best = singles[0] if singles and singles[0]["test_unseen_accuracy"] is not None else None
-    if default is None or best is None:
-        return []
-    # every single model level with the first on both Testing figures is named: the sort's order among them is the folders'
-    tied = [
-        m["model"]
-        for m in singles
-        if (m["test_unseen_accuracy"], m["test_accuracy"]) == (best["test_unseen_accuracy"], best["test_accuracy"])
-    ]
-    best_words = (
-        f"the best single model, `{best['model']}`,"
-        if len(tied) == 1
-        else ("the best single models, " + " and ".join(f"`{t}`" for t in tied) + " (tied),")
-    )
-    if APP_DEFAULT in ENSEMBLES:  # no card of its own: its figures file
-        scored, where = read_ensemble_figures(APP_DEFAULT, Path(root).parent / "results"), f", in `results/{APP_DEFAULT}.json`"
-    else:
-        scored, where = read_metrics(Path(root) / APP_DEFAULT), ""
-    per_class = scored[UNSEEN]["per_class"]
-    thin = " and ".join(f"{n['n']} {CLASS_WORDS.get(c, c)}" for c, n in per_class.items() if n["n"] < 50)
-
-    what = f" ({ENSEMBLES[APP_DEFAULT].about})" if APP_DEFAULT in ENSEMBLES else ""
-
-    def said(m: dict) -> str:
-        lo, hi = m["test_unseen_accuracy_ci95"]
-        official = f"{100 * m['test_accuracy']:.2f}% on official Testing"
-        return f"**{100 * m['test_unseen_accuracy']:.1f}%** (95% CI {100 * lo:.1f}-{100 * hi:.1f}; {official})"
-
-    return [
-        f"On the {default['test_unseen_n']} unseen Testing images, the app's default `{APP_DEFAULT}`{what} scores {said(default)},"
-        f" and {best_words} {said(best)}. Only {thin} images are unseen, so those classes' figures"
-        f" are wide (per class in each model card{where} and in the Experiments tab).",
-        "",
-    ]
-
-
-def leak_markdown(root: str | Path = ROOT / "checkpoints") -> str:
-    """Per shipped model: validation as first measured (mirrored twins of training images in it) against its
-    leak-free part (``val_split.txt``, train.leak_free), and official against unseen Testing."""
-    lines = [
-        "| model | validation as shipped (n) | leak-free validation (n) | inflation | official Testing | unseen Testing (n) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
-        m = metric_columns(read_metrics(folder))
-        old, new = m["val_leaky_accuracy"], m["val_accuracy"]
-        if old is None or new is None:
-            continue
-        metrics = read_metrics(folder)
-        n_old, n_new = metrics["validation_leaky"]["n"], metrics["validation"]["n"]
-        lines.append(
-            f"| `{m['model']}` | {100 * old:.2f}% ({n_old}) | {100 * new:.2f}% ({n_new}) | {100 * (old - new):+.2f} pts"
-            f" | {_pct_ci(m['test_accuracy'], None)} | {_pct_ci(m['test_unseen_accuracy'], None)} ({m['test_unseen_n'] or ''}) |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _pct_ci(value: float | None, ci: list | None) -> str:
-    return "not measured" if value is None else percent(value, ci, digits=2)
-
-
 def write_tables(rows: list[dict], out: str | Path) -> tuple[Path, Path]:
     """``out/experiments.csv`` and ``out/experiments.md``."""
     out = Path(out)
@@ -299,68 +186,6 @@ def write_tables(rows: list[dict], out: str | Path) -> tuple[Path, Path]:
         writer.writerows(rows)
     md_path.write_text(render_markdown(rows))
     return csv_path, md_path
-
-
-def update_section(path: str | Path, markdown: str, note: str, section: tuple[str, str] = SECTION) -> None:
-    """Replace what lies between the ``section`` markers of the Markdown file ``path``; ValueError if they are missing."""
-    path = Path(path)
-    text = path.read_text()
-    start, end = section
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise ValueError(f"{path} needs one {start} ... {end} pair")
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    path.write_text(f"{head}{start}\n{note}\n\n{markdown}{end}{tail}")
-
-
-def update_docs(
-    sources: list[str],
-    tables_md: str,
-    docs: str | Path = DOCS,
-    readme: str | Path = README,
-    segmentation: str | Path = SEGMENTATION_DOC,
-    heatmaps: str | Path = HEATMAPS_DOC,
-) -> None:
-    """Write the generated tables where the docs read them: results and seed sections of ``docs``, headline of
-    ``readme`` (from the checkpoints among ``sources``)."""
-    note = (
-        f"Generated by `python -m reports.results --docs` from {', '.join(f'`{s}`' for s in sources)}; "
-        "full precision in `results/experiments.csv`. *Unseen* is Testing without the images that have an exact, near or "
-        "mirrored twin in Training (empty where not measured yet); *test* is the official Testing split."
-    )
-    seed_note = "Generated by `python -m reports.results --docs` from the shipped `simple_cnn_*` checkpoints (brainmri.eval.seeds)."
-    update_section(docs, tables_md, note)
-    update_section(docs, seed_markdown(), seed_note, SEED_SECTION)
-    checkpoints = next((s for s in sources if Path(s).is_dir() and Path(s).name == "checkpoints"), ROOT / "checkpoints")
-    headline_note = (
-        f"Generated by `python -m reports.results --docs` from `{Path(checkpoints).name}/*/metrics.json`"
-        f" and, for the default ensemble, `results/{APP_DEFAULT}.json` (`python scripts/ensemble_default.py --served`)."
-    )
-    update_section(readme, headline_markdown(checkpoints), headline_note, HEADLINE_SECTION)
-    leak_note = (
-        "Generated by `python -m reports.results --docs` from each shipped checkpoint's metrics.json (after `python -m train.leak_free`)."
-    )
-    update_section(docs, leak_markdown(checkpoints), leak_note, LEAK_SECTION)
-    retrained_note = (
-        "Generated by `python -m reports.results --docs` from each shipped checkpoint's metrics.json and `results/as_is_split.json`."
-    )
-    update_section(docs, retrained_markdown(checkpoints), retrained_note, RETRAINED_SECTION)
-    cam_note = "Generated by `python -m reports.results --docs` from `results/cam_sanity.json` (`python -m reports.cam_sanity`)."
-    update_section(heatmaps, cam_sanity_markdown(), cam_note, CAM_SANITY_SECTION)
-    unet = next(name for name, spec in SEGMENTERS.items() if not spec.num_classes)  # the outline-only U-Net
-    seg_note = f"Generated by `python -m reports.results --docs` from `{Path(checkpoints).name}/{unet}/metrics.json`."
-    update_section(segmentation, segmentation_markdown(Path(checkpoints) / unet) + "\n", seg_note, SEGMENTATION_SECTION)
-    one = next(name for name, spec in SEGMENTERS.items() if spec.num_classes)  # one encoder for class and outline
-    one_note = (
-        f"Generated by `python -m reports.results --docs` from `{Path(checkpoints).name}/{one}/metrics.json` and"
-        " `results/multitask_default.json` (`python -m train.multitask_default`)."
-    )
-    for path, compact in ((readme, True), (segmentation, False)):
-        text = one_encoder_markdown(Path(checkpoints) / one, compact=compact) or f"`{one}` is not shipped yet."
-        update_section(path, text + "\n", one_note, ONE_ENCODER_SECTION)
-    rules_note = "Generated by `python -m reports.results --docs` from `results/outline_rules.json` (`python -m train.outline_rules`)."
-    rules = outline_rules_markdown() or "The rules' study has not run yet."
-    update_section(segmentation, rules + "\n", rules_note, OUTLINE_RULES_SECTION)
 
 
 def main(argv: list[str] | None = None) -> int:

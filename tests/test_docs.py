@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from reports import docs_sections as sections
 from reports import results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,33 +29,33 @@ def _markers(path: Path, section: tuple[str, str]) -> int:
 
 
 def test_the_generator_writes_where_the_docs_read():
-    assert results.DOCS == DOCS / "experiments.md" and results.README == README
-    for section in (results.SECTION, results.SEED_SECTION):
-        assert _markers(results.DOCS, section) == 1, f"docs/experiments.md needs one {section[0]} pair"
+    assert sections.DOCS == DOCS / "experiments.md" and sections.README == README
+    for section in (sections.SECTION, sections.SEED_SECTION):
+        assert _markers(sections.DOCS, section) == 1, f"docs/experiments.md needs one {section[0]} pair"
         assert _markers(README, section) == 0, f"{section[0]} moved to docs/experiments.md; the README must not hold a stale copy"
-    assert _markers(README, results.HEADLINE_SECTION) == 1
-    assert _markers(results.SEGMENTATION_DOC, results.SEGMENTATION_SECTION) == 1 and _markers(README, results.SEGMENTATION_SECTION) == 0
-    assert _markers(results.SEGMENTATION_DOC, results.ONE_ENCODER_SECTION) == 1 and _markers(README, results.ONE_ENCODER_SECTION) == 1
-    assert _markers(results.SEGMENTATION_DOC, results.OUTLINE_RULES_SECTION) == 1
-    assert _markers(results.DOCS, results.RETRAINED_SECTION) == 1
-    assert _markers(results.HEATMAPS_DOC, results.CAM_SANITY_SECTION) == 1
+    assert _markers(README, sections.HEADLINE_SECTION) == 1
+    assert _markers(sections.SEGMENTATION_DOC, sections.SEGMENTATION_SECTION) == 1 and _markers(README, sections.SEGMENTATION_SECTION) == 0
+    assert _markers(sections.SEGMENTATION_DOC, sections.ONE_ENCODER_SECTION) == 1 and _markers(README, sections.ONE_ENCODER_SECTION) == 1
+    assert _markers(sections.SEGMENTATION_DOC, sections.OUTLINE_RULES_SECTION) == 1
+    assert _markers(sections.DOCS, sections.RETRAINED_SECTION) == 1
+    assert _markers(sections.HEATMAPS_DOC, sections.CAM_SANITY_SECTION) == 1
 
 
 def test_the_generated_tables_are_what_the_checkpoints_say_today(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the sources are named relative to the repository, as in the command
     docs, readme, segmentation = tmp_path / "experiments.md", tmp_path / "README.md", tmp_path / "segmentation.md"
     heatmaps = tmp_path / "heatmaps.md"
-    shutil.copy(results.HEATMAPS_DOC, heatmaps)
-    shutil.copy(results.DOCS, docs)
+    shutil.copy(sections.HEATMAPS_DOC, heatmaps)
+    shutil.copy(sections.DOCS, docs)
     shutil.copy(README, readme)
-    shutil.copy(results.SEGMENTATION_DOC, segmentation)
+    shutil.copy(sections.SEGMENTATION_DOC, segmentation)
     rows = results.gather(results.SOURCES)
-    results.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme, segmentation, heatmaps)
-    assert heatmaps.read_text() == results.HEATMAPS_DOC.read_text(), "docs/heatmaps.md is stale: python -m reports.results --docs"
-    assert segmentation.read_text() == results.SEGMENTATION_DOC.read_text(), (
+    sections.update_docs(results.SOURCES, results.render_markdown(rows), docs, readme, segmentation, heatmaps)
+    assert heatmaps.read_text() == sections.HEATMAPS_DOC.read_text(), "docs/heatmaps.md is stale: python -m reports.results --docs"
+    assert segmentation.read_text() == sections.SEGMENTATION_DOC.read_text(), (
         "docs/segmentation.md is stale: python -m reports.results --docs"
     )
-    assert docs.read_text() == results.DOCS.read_text(), "docs/experiments.md is stale: python -m reports.results --docs"
+    assert docs.read_text() == sections.DOCS.read_text(), "docs/experiments.md is stale: python -m reports.results --docs"
     assert readme.read_text() == README.read_text(), "the README's headline table is stale: python -m reports.results --docs"
 
 
@@ -104,7 +105,7 @@ def test_the_headline_names_every_single_model_tied_for_best():
                 "test_accuracy": official}  # fmt: skip
 
     rows = [row(APP_DEFAULT, 0.99, 0.99), row("a", 0.98, 0.99), row("b", 0.98, 0.99), row("c", 0.98, 0.98)]
-    sentence = " ".join(results._headline_sentence(ROOT / "checkpoints", rows))
+    sentence = " ".join(sections._headline_sentence(ROOT / "checkpoints", rows))
     assert "the best single models, `a` and `b` (tied)" in sentence and "`c`" not in sentence
-    sentence = " ".join(results._headline_sentence(ROOT / "checkpoints", rows[:2] + rows[3:]))
+    sentence = " ".join(sections._headline_sentence(ROOT / "checkpoints", rows[:2] + rows[3:]))
     assert "the best single model, `a`," in sentence

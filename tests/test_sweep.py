@@ -17,7 +17,8 @@ import torch
 from brainmri.models.checkpoint import load_checkpoint
 from brainmri.models.registry import REGISTRY
 from ops import pack as packing
-from reports.results import COLUMNS, collect_rows, render_markdown, update_section, write_tables
+from reports.docs_sections import update_section
+from reports.results import COLUMNS, collect_rows, render_markdown, write_tables
 from train.sweep import budget_for, load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
