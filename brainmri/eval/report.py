@@ -138,7 +138,6 @@ def write_model_card(folder: str | Path) -> Path:
     config = read_config(folder)
     metrics = read_metrics(folder)
     name = config.get("registry_name", config["architecture"])
-    unseen = metrics.get(UNSEEN)
     data = ModelCardData(
         library_name="timm",
         license="apache-2.0",
@@ -148,8 +147,14 @@ def write_model_card(folder: str | Path) -> Path:
         model_name=name,
         eval_results=classifier_eval_results(metrics) or None,
     )
+    lines = [*_card_header(name, config, metrics), *_card_results(folder, metrics), *_card_usage(folder, name)]
+    return write_card(data, "\n".join(lines), folder / CARD)
+
+
+def _card_header(name: str, config: dict, metrics: dict) -> list[str]:
+    """The card's title and what the model is: architecture, initialisation, input, training."""
     pcfg = config["pretrained_cfg"]
-    lines = [
+    return [
         f"# {name}: brain MRI tumour classifier",
         "",
         "Classifies a brain MRI slice as " + ", ".join(config["label_names"]) + ". For research and education, not diagnosis.",
@@ -161,6 +166,12 @@ def write_model_card(folder: str | Path) -> Path:
         f"- Trained for {metrics.get('epochs_run')} epochs (best validation epoch {metrics.get('best_epoch')})"
         f" on {metrics.get('device')}, {metrics.get('train_seconds')} s",
         "",
+    ]
+
+
+def _card_results(folder: Path, metrics: dict) -> list[str]:
+    """The card's results: a row a set, the calibration, unseen Testing by class, and why unseen is the honest row."""
+    lines = [
         "## Results",
         "",
         "| set | n | accuracy (95% CI) | loss | ECE |",
@@ -191,7 +202,7 @@ def write_model_card(folder: str | Path) -> Path:
             )
             + ". Reliability diagram: `reliability.png`.",
         ]
-    per_class = (unseen or {}).get("per_class", {})
+    per_class = (metrics.get(UNSEEN) or {}).get("per_class", {})
     if per_class and "accuracy_ci95" in next(iter(per_class.values())):
         lines += [
             "",
@@ -202,12 +213,19 @@ def write_model_card(folder: str | Path) -> Path:
             )
             + ". Few meningioma and no-tumour images are unseen, so their intervals are wide.",
         ]
-    lines += [
+    return [
+        *lines,
         "",
         "Most Testing images have a twin in Training: byte-identical, near-identical, or the same slice mirrored left-right",
         "(training flips images, so a mirrored twin is a training image). The official Testing accuracy therefore overstates",
         "performance on unseen scans; the unseen row counts only the Testing images with no twin in either orientation.",
         "",
+    ]
+
+
+def _card_usage(folder: Path, name: str) -> list[str]:
+    """The card's usage: loading it with timm, reproducing its figures, the folder's files."""
+    return [
         "## Use",
         "",
         "```python",
@@ -226,7 +244,6 @@ def write_model_card(folder: str | Path) -> Path:
         + (f", `{OOD_CONFIG}` + `{OOD_TENSORS}` (the out-of-distribution check's statistics)." if (folder / OOD_CONFIG).is_file() else "."),
         "",
     ]
-    return write_card(data, "\n".join(lines), folder / CARD)
 
 
 # Published figures on Cheng et al.'s figshare masks, the anchors the segmentation table stands beside (issue 19).
