@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from brainmri.explain import shared_parent
-from brainmri.vocabulary import percent
+from brainmri.vocabulary import DATASET_LABELS, NO_TUMOUR, percent
+
+TUMOURS = tuple(c for c in DATASET_LABELS if c != NO_TUMOUR)  # the classes with a box to point into
 
 
 def layer_label(layer: str) -> str:
@@ -19,14 +21,13 @@ def localisation_table(runs: list[dict]) -> str:
     model, layer and method, the share of boxed slices whose heatmap peak falls in the tumour box, per class, the
     mass in the box, and chance. The Experiments tab and docs/heatmaps.md show it."""
     lines = [
-        "| model | layer | method | heatmap px | n | peak in box | glioma | meningioma | pituitary | mass in box | chance: centre "
-        "| chance: head |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | layer | method | heatmap px | n | peak in box | {' | '.join(TUMOURS)} | mass in box | chance: centre | chance: head |",
+        "|---|---|---|---|---|---|" + "---|" * len(TUMOURS) + "---|---|---|",
     ]
     for run in runs:
         r = run["report"]
         per = r.get("per_class", {})
-        cls = [percent((per.get(c) or {}).get("hit")) for c in ("glioma", "meningioma", "pituitary")]
+        cls = [percent((per.get(c) or {}).get("hit")) for c in TUMOURS]
         lines.append(
             f"| {run['model']} | {layer_label(run['layer'])} | {run['method']} | {run.get('cam_size') or ''} | {r['n']} | "
             f"**{percent(r['hit'])}** | "

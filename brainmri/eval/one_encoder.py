@@ -5,12 +5,14 @@ agreement and the default segmenter's on the same scans; and the default rule's 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
-from brainmri.eval.outline_rules import served_rule_line
+from brainmri.eval.outline_rules import rule_words, served_rule_line
 from brainmri.eval.tables import read_metrics
 from brainmri.models.checkpoint import MULTITASK_DEFAULT, UNSEEN, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES
+from brainmri.segmentation import OutlineRule
 from brainmri.vocabulary import class_words, percent
 
 EXPERT_NAMES = {"cheng": "Cheng (figshare)", "brisc": "BRISC 2025"}
@@ -58,7 +60,7 @@ def outline_markdown(m: dict, pair: dict | None = None, pair_name: str = "") -> 
     theirs_empty = f" ({pair_name}: {percent(pair['no_tumour']['empty_share'])})" if pair and "no_tumour" in pair else ""
     lines += [
         "",
-        "Under the fixed rule (p > 0.5, ≥ 0.1% of the image), no-tumour validation slices left empty:"
+        f"Under the fixed rule ({rule_words(asdict(OutlineRule()))}), no-tumour validation slices left empty:"
         f" {percent(empty['empty_share'])} of {empty['n']}{theirs_empty}.",
     ]
     return "\n".join(lines)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from brainmri.data.records import EXPERTS as EXPERT_FOLDERS
 from brainmri.models.checkpoint import OUTLINE_RULES, results_dir
 from brainmri.vocabulary import class_words, percent
 
-EXPERTS = ("cheng", "brisc")
+EXPERTS = tuple(EXPERT_FOLDERS)  # the order of the " / " pairs in every outline table
 
 
 def rule_words(rule: dict) -> str:
