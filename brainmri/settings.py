@@ -174,7 +174,7 @@ def session_capacity() -> int:
     return _positive_int("BRAIN_MRI_SESSIONS", 256)
 
 
-def bound_gradio_analytics(cache_frequency: int = 100, max_events: int = 1000) -> None:
+def bound_gradio_analytics(cache_frequency: int, max_events: int) -> None:
     """``GRADIO_ANALYTICS_CACHE_FREQUENCY`` and ``GRADIO_ANALYTICS_MAX_EVENTS`` (Gradio's own variables), set to these
     unless the environment sets them: the queue otherwise summarises up to 10,000 past events in a pandas DataFrame
     after every request, for a monitoring page this app does not open (brainmri.app.gradio_costs). Read by Gradio when

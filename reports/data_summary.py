@@ -37,6 +37,7 @@ from brainmri.app.dataview import (
     SAMPLES_PNG,
     class_counts,
     example_name,
+    local_root,
 )
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.duplicates import audit, thumbnails, unseen_indices
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--per-class must be 1 or 2: a Space ships at most 8 examples")
 
     def run() -> None:
-        if not (Path(args.data) / "Testing").is_dir():
+        if local_root(args.data) is None:
             raise ValueError(f"no data folder with Training/ and Testing/ at {args.data} (--data or BRAIN_MRI_DATA)")
         summary = summarise(args.data, args.per_class, args.results, args.examples)
         print(json.dumps(summary, indent=2))

@@ -67,7 +67,7 @@ def _chunked(fn: Callable[[ImageRecords], T], records: ImageRecords) -> list[T]:
         return list(pool.map(fn, chunks))
 
 
-def thumbnails(records: ImageRecords, size: int = 32) -> np.ndarray:
+def thumbnails(records: ImageRecords, size: int = _duplicates.THUMB) -> np.ndarray:
     """:func:`brainmri.data.duplicates.thumbnails`, threaded and memoised."""
     return memo(
         ("thumbnails", source_key(records), size),
