@@ -9,7 +9,7 @@ from PIL import Image
 from brainmri.app.comparison import ENSEMBLE, agreement, comparison_rows, ensemble_row
 from brainmri.ood import OODResult
 from brainmri.serving import Prediction
-from brainmri.vocabulary import NOT_MRI
+from brainmri.vocabulary import NOT_MRI, class_words
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
@@ -28,7 +28,8 @@ def test_ensemble_is_the_mean_of_the_in_distribution_models():
     flagged = prediction("c", [0.0, 0.0, 0.0, 1.0], in_distribution=False)  # left out of the mean
     row = ensemble_row([a, b, flagged], CLASSES)
     assert row["model"] == ENSEMBLE and row["prediction"] == "glioma"
-    assert [row[f"P({c})"] for c in CLASSES] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert [row[f"P({class_words(c)})"] for c in CLASSES] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert "P(no tumour)" in row and "P(notumor)" not in row  # the columns in words, as Classify's bars
     assert row["tumour prob"] == pytest.approx(0.8)
     assert ensemble_row([flagged], CLASSES) == {"model": ENSEMBLE, "prediction": NOT_MRI}
 

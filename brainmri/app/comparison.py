@@ -30,7 +30,7 @@ LEADING_COLUMNS = ("model", "prediction", "tumour prob")  # each row's first col
 
 def model_row(result: Prediction) -> dict:
     row = dict(zip(LEADING_COLUMNS, (result.model, class_words(verdict(result)), result.tumour_probability)))
-    row.update({f"P({k})": v for k, v in result.probabilities.items()})
+    row.update({f"P({class_words(k)})": v for k, v in result.probabilities.items()})  # "P(no tumour)", as Classify says it
     row.update({"latency ms": round(result.latency_ms, 1), "looks like MRI": result.in_distribution})
     return row
 
@@ -44,7 +44,7 @@ def ensemble_row(results: Sequence[Prediction], class_names: list[str]) -> dict:
     probs = mean_probs([np.array([r.probabilities[c] for c in class_names]) for r in members])
     row = {"model": ENSEMBLE, "prediction": class_words(class_names[int(probs.argmax())])}
     row["tumour prob"] = any_tumour_probability({c: float(p) for c, p in zip(class_names, probs)})
-    row.update({f"P({c})": float(p) for c, p in zip(class_names, probs)})
+    row.update({f"P({class_words(c)})": float(p) for c, p in zip(class_names, probs)})
     return row
 
 
