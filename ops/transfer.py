@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
+from brainmri.data.records import EXPERTS
 from brainmri.models.registry import DEFAULT_CLASSIFIER
 from brainmri.settings import ROOT
 
@@ -113,8 +114,9 @@ def restore(repo: Path = ROOT) -> None:
 
 
 def copy_data(src: str | Path, dest: str | Path | None = None) -> dict[str, int]:
-    """``src`` (Training, Testing, README) into ``dest`` (default data/<src name>) and its masks folder beside it, if
-    there; each distinct file's bytes once, the copies of others listed in ``<dest parent>/duplicates.tsv``."""
+    """``src`` (Training, Testing, README) into ``dest`` (default data/<src name>) and each expert's masks folder beside
+    it that is there (``<src>-masks``, ``<src>-masks-brisc``: the split's scan ids, the multi-task model's targets);
+    each distinct file's bytes once, the copies of others listed in ``<dest parent>/duplicates.tsv``."""
     src = Path(src)
     dest = Path(dest) if dest else ROOT / CARRIED / src.name
     shutil.rmtree(dest, ignore_errors=True)
@@ -130,11 +132,11 @@ def copy_data(src: str | Path, dest: str | Path | None = None) -> dict[str, int]
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / name)
     (dest.parent / DUPLICATES).write_text("".join(f"{line}\n" for line in copies))
-    masks = Path(f"{src}-masks")
-    if masks.is_dir():
-        shutil.rmtree(f"{dest}-masks", ignore_errors=True)
-        shutil.copytree(masks, f"{dest}-masks")
-    also = ", and its masks" if masks.is_dir() else ""
+    experts = [suffix for suffix in EXPERTS.values() if Path(f"{src}{suffix}").is_dir()]  # each expert's masks (records.EXPERTS)
+    for suffix in experts:
+        shutil.rmtree(f"{dest}{suffix}", ignore_errors=True)
+        shutil.copytree(f"{src}{suffix}", f"{dest}{suffix}")
+    also = f", and its masks ({', '.join(experts)})" if experts else ""
     print(f"{src} -> {dest}: {len(first)} files, {len(copies)} copies of them to relink there{also}")
     return {"files": len(first), "copies": len(copies)}
 

@@ -99,5 +99,6 @@ def test_the_lease_transfer_stays_under_the_target_and_the_device_limit(tmp_path
     transfer.copy_data(data_dir, carried / "brain-tumor-mri")
     sizes = transfer.transfer_bytes(ROOT, carried=carried, keep=False)
     assert sizes["carried"] > 45 * 2**20 and (carried / "brain-tumor-mri-masks/masks.csv").is_file()  # all of it is there
+    assert (carried / "brain-tumor-mri-masks-brisc/masks.csv").is_file()  # the second expert's too
     assert sizes["tree"] < transfer.transfer_bytes(ROOT, carried=carried)["tree"] - 12 * 2**20  # Lite0 stays behind
     assert sizes["total"] <= transfer.TARGET_BYTES < transfer.LIMIT_BYTES, f"{sizes['total'] / 1e6:.1f} MB would travel"
