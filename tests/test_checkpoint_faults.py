@@ -149,26 +149,36 @@ def test_a_broken_default_model_does_not_stop_the_app_from_starting(trained_chec
         predictor.model("simple_cnn_7")
 
 
-def test_a_broken_judge_fails_before_the_gpu_call_and_warming_hands_the_check_to_each_model(trained_checkpoint, tmp_path, caplog):
-    """A judge whose weights cannot load: a request fails in check_request (before ZeroGPU's task), naming it; once
-    warming has found it broken, each model judges its uploads by its own statistics and requests are answered."""
+def test_a_broken_judge_fails_before_the_gpu_call_and_warming_hands_the_check_to_another_judge(trained_checkpoint, tmp_path, caplog):
+    """A judge whose weights cannot load: a request fails in check_request (before ZeroGPU's task), naming it. Warming
+    hands the check to the next model with OOD statistics; with none left the judge stays, so that every request
+    keeps failing with the reason rather than being answered unjudged (a simple CNN alone has no statistics)."""
     from PIL import Image
 
     from brainmri.models.catalog import ModelSource
+    from brainmri.models.checkpoint import OOD_CONFIG
     from brainmri.serving import Predictor
 
     good = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_7"))
     bad = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_10"))
     flip_byte(bad / WEIGHTS, 100)
-    sources = {n: ModelSource(n, "local", str(f)) for n, f in (("simple_cnn_7", good), ("simple_cnn_10", bad))}
+    assert (good / OOD_CONFIG).is_file(), "the fixture's run fits OOD statistics (train.train --fit-ood, the default)"
+    sources = {n: ModelSource(n, "local", str(f)) for n, f in (("simple_cnn_10", bad), ("simple_cnn_7", good))}
+    image = Image.new("RGB", (64, 64), "gray")
+
     predictor = Predictor(sources, ood_model="simple_cnn_10", segmenter=None)
     predictor.run_passes_on_gpu = lambda *a, **k: pytest.fail("the GPU task ran for a request its judge cannot serve")
-    image = Image.new("RGB", (64, 64), "gray")
     with pytest.raises(ValueError, match="sha256"):
         predictor.predict(image, "simple_cnn_7")
     with caplog.at_level("WARNING"):
         predictor.warm()
-    assert "could not load the OOD judge simple_cnn_10" in caplog.text and predictor.ood_model is None
+    assert "could not load the OOD judge simple_cnn_10" in caplog.text and predictor.ood_model == "simple_cnn_7"
     predictor.run_passes_on_gpu = predictor.run_passes  # off ZeroGPU, the task is the method itself
     answer = predictor.predict(image, "simple_cnn_7")
-    assert answer.model == "simple_cnn_7" and answer.top_class in answer.probabilities
+    assert answer.model == "simple_cnn_7" and answer.ood is not None and answer.ood.checked_by == "simple_cnn_7"
+
+    alone = Predictor({"simple_cnn_10": sources["simple_cnn_10"]}, ood_model="simple_cnn_10", segmenter=None)
+    alone.warm()
+    assert alone.ood_model == "simple_cnn_10"  # no other judge: the check stays on, and requests say why they fail
+    with pytest.raises(ValueError, match="sha256"):
+        alone.predict(image, "simple_cnn_10")

@@ -117,7 +117,7 @@ class Predictor(ServedModels):
         """The request's model, loaded, once its inputs are known good, with the OOD judge and (for an outline or an
         ensemble's second opinion) the segmenter it needs; else ValueError naming the problem.
 
-        Runs before the GPU entry point, so that :meth:`run_passes` loads nothing: on ZeroGPU an error raised inside
+        Runs before the GPU entry point, so that what cannot load fails here: on ZeroGPU an error raised inside
         the decorated call reaches the visitor as a bare "ZeroGPU worker error", after their quota was spent on it
         (brainmri.serving.zerogpu)."""
         if not images:
@@ -146,9 +146,9 @@ class Predictor(ServedModels):
         request needs them.
 
         A default that cannot load is logged and left to fail on its own requests, as it would without warming. A judge
-        that cannot load would fail every model's requests: each model then judges its uploads by its own statistics
-        (``ood_model=None``), as a segmenter that cannot load leaves the outline out. Under ZeroGPU this runs in the
-        app's process, so every GPU worker forked from it starts with them."""
+        that cannot load hands the check to the next model with OOD statistics (:meth:`_warm_judge`); a segmenter that
+        cannot load leaves the outline out. Under ZeroGPU this runs in the app's process, so every GPU worker forked
+        from it starts with them."""
         for copy in range(self.workers if self.max_batch > 1 else 1):
             if self.default_model:
                 try:
@@ -156,18 +156,26 @@ class Predictor(ServedModels):
                 except ValueError as e:
                     _logger.warning("could not load %s at start-up: %s", self.default_model, e)
             if self.ood_model:
-                try:
-                    self.model(self.ood_model, copy)
-                except ValueError as e:
-                    _logger.warning(
-                        "could not load the OOD judge %s at start-up, so each model judges by its own statistics: %s", self.ood_model, e
-                    )
-                    self.ood_model = None
+                self._warm_judge(copy)
             try:
                 self.segmentation_model(copy)
             except ValueError as e:
                 _logger.warning("could not load the segmenter %s at start-up, so no outlines: %s", self.segmenter, e)
                 self.use_segmenter(None)
+
+    def _warm_judge(self, copy: int) -> None:
+        """Load the OOD judge, or the next local model with OOD statistics when it cannot load. When none can, the
+        judge stays: every request then fails naming why (check_request), and no upload is answered unjudged."""
+        for name in [self.ood_model, *(n for n in self.ood_judges() if n != self.ood_model)]:
+            try:
+                self.model(name, copy)
+            except ValueError as e:
+                _logger.error("could not load the OOD judge %s at start-up: %s", name, e)
+                continue
+            if name != self.ood_model:
+                _logger.warning("%s judges every upload instead of %s", name, self.ood_model)
+                self.ood_model = name
+            return
 
     def predict_many(
         self,

@@ -59,8 +59,14 @@ class ServedModels:
         judge ships them, so choosing a simple CNN as the default must not switch the check off)."""
         spec = self.ensemble(self.default_model)
         first = spec.explainer if spec else self.default_model  # an ensemble's statistics are its classifier's
-        local = [n for n in [first, *self.available] if n and self.sources[n].where == "local"]
-        return next((n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()), first)
+        return next(iter(self.ood_judges()), first)
+
+    def ood_judges(self) -> list[str]:
+        """Every local model that ships OOD statistics, the default's classifier first: who may judge uploads."""
+        spec = self.ensemble(self.default_model)
+        first = spec.explainer if spec else self.default_model
+        local = dict.fromkeys(n for n in [first, *self.available] if n and self.sources[n].where == "local")
+        return [n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()]
 
     @property
     def available(self) -> list[str]:
