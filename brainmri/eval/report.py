@@ -123,13 +123,17 @@ def classifier_eval_results(metrics: dict) -> list[EvalResult]:
 
 
 def _resize_words(pcfg: dict) -> str:
-    """How timm's eval transform of ``pcfg`` (the folder's ``pretrained_cfg``) brings an image to the input size."""
-    side, crop = pcfg["input_size"][1], pcfg.get("crop_mode", "center")
-    if crop == "squash":
-        return f"{pcfg['interpolation']} resize of the whole image"
-    scaled = math.floor(side / pcfg["crop_pct"])  # as timm's transforms_factory scales before it crops
-    cut = f"the centre {side} x {side}" if crop == "center" else f"a {crop} crop to {side} x {side}"
-    return f"{pcfg['interpolation']} resize of the shorter side to {scaled}, then {cut} (crop_pct {pcfg['crop_pct']})"
+    """How timm's eval transform of ``pcfg`` (the folder's ``pretrained_cfg``) brings an image to the input size
+    (timm.data.transforms_factory.transforms_imagenet_eval: its crop modes center, the default, squash and border)."""
+    side, interp = pcfg["input_size"][1], pcfg["interpolation"]
+    scaled = math.floor(side / pcfg["crop_pct"])  # as timm scales before it crops
+    crop = f", then the centre {side} x {side} (crop_pct {pcfg['crop_pct']})" if scaled != side else ""
+    mode = pcfg.get("crop_mode") or "center"
+    if mode == "squash":
+        return f"{interp} resize of the whole image to {scaled} x {scaled}{crop}"
+    if mode == "border":
+        return f"{interp} resize of the longer side to {scaled}, padded to a square{crop}"
+    return f"{interp} resize of the shorter side to {scaled}, then the centre {side} x {side} (crop_pct {pcfg['crop_pct']})"
 
 
 def write_model_card(folder: str | Path) -> Path:
