@@ -4,7 +4,8 @@
     python -m reports.cam_sanity --models simple_cnn_7 --update   # a retrained model: its entry replaced, the rest kept
 
 For every shipped model and every Testing image (or a seeded subset of ``N`` per class), the
-heatmap comes from the app's own path (``Predictor.predict`` -> ``brainmri.explain.gradcam_batch``),
+heatmap comes from the app's own path (``Predictor.predict``: LayerCAM through ONNX Runtime where written out,
+brainmri.serving.cam_onnx, else ``brainmri.explain``),
 and the brain mask is an intensity threshold: Otsu on the greyscale slice, holes filled, largest
 connected component kept. The share is ``cam[mask].sum() / cam.sum()``. A uniform heatmap would
 score the mask's area fraction, reported alongside as the chance level. A model whose mean share

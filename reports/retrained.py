@@ -49,7 +49,7 @@ def figures(metrics: dict) -> dict:
         "test_unseen": unseen.get("accuracy"),
         "test_unseen_ci95": unseen.get("accuracy_ci95"),
         "test_unseen_n": unseen.get("n"),
-        "test_unseen_ece": (metrics.get("calibration") or {}).get("test_unseen_ece_after"),
+        "test_unseen_ece": (metrics.get("calibration") or {}).get(f"{UNSEEN}_ece_after"),
     }
 
 

@@ -109,14 +109,16 @@ def test_the_card_says_where_each_part_of_a_stitched_start_came_from(tmp_path):
 
 
 def test_the_device_option_is_the_gpu_when_there_is_one():
-    from brainmri.serving.device import resolve_device  # the rule train.multitask's --device goes through
+    from brainmri.runtime import pick_device  # the rule train.multitask's --device goes through
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device(MultiTaskConfig().device).type == expected
-    assert resolve_device(MultiTaskConfig(device="cpu").device).type == "cpu"
+    assert pick_device(MultiTaskConfig().device).type == expected
+    assert pick_device(MultiTaskConfig(device="cpu").device).type == "cpu"
+    with pytest.raises(ValueError, match="choose auto, cpu, cuda or cuda:N"):
+        pick_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no GPU"):
-            resolve_device(MultiTaskConfig(device="cuda").device)
+            pick_device(MultiTaskConfig(device="cuda").device)
 
 
 def test_soft_target_is_the_mean_of_the_experts_who_drew_one():

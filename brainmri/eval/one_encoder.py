@@ -28,7 +28,7 @@ def class_markdown(m: dict) -> str:
     rows = [("validation (leak-free)", m.get("validation"), cal.get("val_ece_after"))]
     rows += [
         ("official Testing", m.get("test"), cal.get("test_ece_after")),
-        ("unseen Testing", m.get(UNSEEN), cal.get("test_unseen_ece_after")),
+        ("unseen Testing", m.get(UNSEEN), cal.get(f"{UNSEEN}_ece_after")),
     ]
     lines = ["| images | n | accuracy (95% CI) | ECE, calibrated |", "|---|---:|---|---:|"]
     for name, r, ece in rows:
