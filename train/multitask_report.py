@@ -85,8 +85,9 @@ def card_text(m: dict, cfg: dict) -> str:
             "",
             "## The class",
             "",
-            f"Validation: the scans of the {cfg.get('split', DEFAULT_RULE)} split (`val_split.txt`), no twin in the training part"
-            " in either orientation. Unseen Testing: the Testing images with no twin in Training, mirrored or not.",
+            f"Validation: the scans of the {cfg.get('split', DEFAULT_RULE)} split (`val_split.txt`)"
+            + (", no twin in the training part in either orientation" if cfg.get("split", DEFAULT_RULE) == DEFAULT_RULE else "")
+            + ". Unseen Testing: the Testing images with no twin in Training, mirrored or not.",
             "",
             class_markdown(m),
             "",
