@@ -57,14 +57,16 @@ class ServedModels:
     def ood_judge(self) -> str | None:
         """The default model when it ships OOD statistics, else the first local model that does (only the
         judge ships them, so choosing a simple CNN as the default must not switch the check off)."""
+        return next(iter(self.ood_judges()), self.default_classifier())
+
+    def default_classifier(self) -> str | None:
+        """The default model, or for an ensemble its classifier (whose statistics are the ensemble's)."""
         spec = self.ensemble(self.default_model)
-        first = spec.explainer if spec else self.default_model  # an ensemble's statistics are its classifier's
-        return next(iter(self.ood_judges()), first)
+        return spec.explainer if spec else self.default_model
 
     def ood_judges(self) -> list[str]:
         """Every local model that ships OOD statistics, the default's classifier first: who may judge uploads."""
-        spec = self.ensemble(self.default_model)
-        first = spec.explainer if spec else self.default_model
+        first = self.default_classifier()
         local = dict.fromkeys(n for n in [first, *self.available] if n and self.sources[n].where == "local")
         return [n for n in local if (Path(self.sources[n].location) / OOD_CONFIG).is_file()]
 
