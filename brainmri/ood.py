@@ -50,6 +50,7 @@ class OODResult:
     colourfulness: float
     contrast: float
     checked_by: str = ""  # the model whose features and statistics gave the verdict
+    percentile: float | None = None  # of validation distances the threshold sits at, as fitted (None: unknown)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -110,7 +111,8 @@ class OODStats:
             reasons.append(f"it is almost uniform (contrast {contrast:.1f} < {self.contrast_threshold:.1f})")
         if flagged["distance"]:
             reasons.append(f"its features are far from every training class (distance {distance:.1f} > {self.threshold:.1f})")
-        return OODResult(not reasons, reasons, distance, self.threshold, colour, contrast)
+        percentile = self.meta.get("percentile")
+        return OODResult(not reasons, reasons, distance, self.threshold, colour, contrast, percentile=percentile)
 
     def save(self, folder: str | Path) -> None:
         """Write ood.safetensors + ood.json (what load_stats reads) and add both to the folder's manifest."""

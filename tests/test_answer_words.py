@@ -29,9 +29,9 @@ def prediction(ood: OODResult | None = None, peak: tuple[int, int] = (5, 5), out
     return Prediction("m", image, p, "glioma", 0.97, ood, cam, "LayerCAM", 1.0, 5.0, outline=outline)
 
 
-def flagged(*, colour: bool = False, far: bool = True) -> OODResult:
+def flagged(*, colour: bool = False, far: bool = True, percentile: float | None = 99.0) -> OODResult:
     reasons = (["it is in colour"] if colour else []) + (["its features are far from every training class"] if far else [])
-    return OODResult(False, reasons, 92.6 if far else 10.0, 84.2, 20.0 if colour else 0.0, 30.0)
+    return OODResult(False, reasons, 92.6 if far else 10.0, 84.2, 20.0 if colour else 0.0, 30.0, percentile=percentile)
 
 
 def box_outline(x0: int, y0: int, x1: int, y1: int) -> Outline:
@@ -47,6 +47,12 @@ def test_an_image_flagged_by_its_features_alone_is_called_unlike_the_training_sl
     text = summary(result)
     assert f"This image is {UNLIKE_TRAINING}" in text and LOOKS_NOT_MRI not in text
     assert "99 in 100 validation slices" in text and "another slice of the scan may pass" in text
+
+
+@pytest.mark.parametrize(("percentile", "said"), [(97.5, "97.5 in 100 validation slices"), (None, "another slice")])
+def test_the_pass_rate_named_is_the_judges_own(percentile: float | None, said: str):
+    text = summary(prediction(flagged(percentile=percentile)))
+    assert said in text and ("in 100 validation slices" in text) == (percentile is not None)
 
 
 @pytest.mark.parametrize("far", [True, False])

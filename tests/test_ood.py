@@ -34,7 +34,7 @@ def checkpoint_on(data: Path, folder: Path) -> Path:
 
 def test_fitted_statistics_load_are_in_the_manifest_and_judge_images(tmp_path, synthetic_data):
     folder = checkpoint_on(synthetic_data, tmp_path / "ckpt")
-    fitted = train_ood.fit(folder, str(synthetic_data))
+    fitted = train_ood.fit(folder, str(synthetic_data), percentile=97.5)
     stats = load_stats(folder)
     assert stats is not None
     torch.testing.assert_close(stats.means, fitted.means)
@@ -50,6 +50,7 @@ def test_fitted_statistics_load_are_in_the_manifest_and_judge_images(tmp_path, s
         verdict = stats.check(image, pooled_features(model, x))
         blank = stats.check(Image.new("RGB", (64, 64)), pooled_features(model, torch.zeros_like(x)))
     assert verdict.distance is not None and verdict.colourfulness == 0.0  # a greyscale slice-like image
+    assert verdict.percentile == 97.5  # as fitted: what the summary tells a visitor
     assert not blank.in_distribution and any("uniform" in r for r in blank.reasons)
 
     (folder / OOD_TENSORS).write_bytes((folder / OOD_TENSORS).read_bytes()[:-8])

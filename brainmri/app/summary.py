@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from brainmri.ood import DEFAULT_PERCENTILE
 from brainmri.serving import Prediction
 from brainmri.vocabulary import NO_TUMOUR, class_words, percent
 
@@ -13,10 +12,12 @@ def summary(result: Prediction) -> str:
     if not result.in_distribution:
         reasons = "; ".join(result.ood.reasons)
         if result.ood.unfamiliar_only:  # it may be a brain MRI: say so, and what to try
+            kept = result.ood.percentile  # the judge's own, as fitted
+            rate = f"; the check lets {kept:g} in 100 validation slices through" if kept is not None else ""
             return (
                 f"**This image is {result.ood_verdict}**: {reasons}. No tumour class is given for it{by}: an answer here"
                 " would not be trustworthy. If it is a brain MRI slice, it differs from those (another sequence or crop,"
-                f" marks drawn on it; the check lets {DEFAULT_PERCENTILE:g} in 100 validation slices through), and another"
+                f" marks drawn on it{rate}), and another"
                 " slice of the scan may pass."
             )
         return f"**This image {result.ood_verdict}**: {reasons}. No tumour class is given for it{by}."
