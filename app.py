@@ -19,12 +19,13 @@ except ImportError:  # optional off ZeroGPU: brainmri.serving.zerogpu then runs 
 import functools
 import logging
 import time
-from contextlib import contextmanager
 
 import gradio as gr
 import pandas as pd
+from PIL import Image
 
 from brainmri.app import comparison, dataview, display, experiments, gradio_costs, tool
+from brainmri.app.errors import NO_IMAGE, user_error, user_errors
 from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import api_file_input, count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
 from brainmri.cli import setup_logging
@@ -54,15 +55,6 @@ PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch(), workers=batch_
 DATA = default_data()
 
 
-@contextmanager
-def user_errors():
-    """Problems with the user's input or choice (ValueError in the package) become a clear gr.Error."""
-    try:
-        yield
-    except ValueError as e:
-        raise gr.Error(str(e), print_exception=False) from None  # not printed: the message names the upload
-
-
 @functools.cache
 def _hub_sources() -> dict:
     return discover(hub=True)
@@ -71,7 +63,7 @@ def _hub_sources() -> dict:
 _hub_segmenter = functools.cache(discover_segmenter)  # the Hub asked once per process, as for the classifiers
 
 
-def refresh_models():
+def refresh_models() -> tuple[gr.Dropdown, str, gr.CheckboxGroup]:
     """On page load (the Hub is asked once per process): add models found on the Hub to the dropdown and the picker,
     and the segmenter when it has no local folder."""
     PREDICTOR.add_sources(_hub_sources())
@@ -85,7 +77,7 @@ def refresh_models():
 # ---------------------------------------------------------------- Classify
 
 
-def classify_upload(file: str | None, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
+def classify_upload(file: str | None, model_name: str | None, method: str, opacity: float, show_outline: bool = True) -> tuple:
     """UI, a new upload: decoded once, deleted from Gradio's cache at once, and the upload box emptied for the next
     one; the decoded image lives on only in the session's state (memory), so a changed model re-runs without it."""
     if not file:
@@ -99,7 +91,9 @@ def classify_upload(file: str | None, model_name: str | None, method: str, opaci
     return None, *classify(display.Session(image), model_name, method, opacity, show_outline)
 
 
-def classify(session: display.Session | None, model_name: str | None, method: str, opacity: float, show_outline: bool = True):
+def classify(
+    session: display.Session | None, model_name: str | None, method: str, opacity: float, show_outline: bool = True
+) -> display.ClassifyView:
     """UI: predict and explain the session's image (display.ClassifyView: what the Classify tab shows)."""
     if session is None:
         return EMPTY
@@ -109,19 +103,19 @@ def classify(session: display.Session | None, model_name: str | None, method: st
     return display.classify_view(image, result, opacity, show_outline)
 
 
-def reblend(session: display.Session | None, opacity: float):
+def reblend(session: display.Session | None, opacity: float) -> Image.Image | None:
     return None if session is None or session.heatmap is None else overlay(session.image, session.heatmap, opacity)
 
 
-def redraw_outline(session: display.Session | None, show: bool):
+def redraw_outline(session: display.Session | None, show: bool) -> Image.Image | None:
     """UI, the outline toggled: the session's image redrawn, with or without it; nothing is re-run."""
     return None if session is None else display.with_outline(session.image, session.mask, show)
 
 
-def predict(image: str, model_name: str | None = None):
+def predict(image: str, model_name: str | None = None) -> tuple[dict[str, float] | str, Image.Image | None, dict]:
     """API: (image file, model name or empty for the default) -> (probabilities, heatmap, details)."""
     if not image:
-        raise gr.Error("no image given")
+        raise user_error(NO_IMAGE)
     try:
         with user_errors():
             decoded = load_image(image)
@@ -140,11 +134,11 @@ def examples() -> list[tuple[str, str]]:
     return dataview.example_images(DATA)
 
 
-def show_examples():  # on page load: a Hub dataset is fetched then, not at import
+def show_examples() -> gr.Gallery:  # on page load: a Hub dataset is fetched then, not at import
     return gr.Gallery(dataview.captioned(examples()), visible=bool(examples()))
 
 
-def classify_example(model_name: str | None, method: str, opacity: float, show_outline: bool, evt: gr.SelectData):
+def classify_example(model_name: str | None, method: str, opacity: float, show_outline: bool, evt: gr.SelectData) -> display.ClassifyView:
     """UI, an example clicked: classified like an upload (an example is not an upload: never deleted)."""
     return classify(display.Session(load_image(examples()[evt.index][0])), model_name, method, opacity, show_outline)
 
@@ -194,10 +188,12 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 # ---------------------------------------------------------------- Compare
 
 
-def compare(session: display.Session | None, method: str, chosen: list[str] | None, progress=gr.Progress()):
+def compare(
+    session: display.Session | None, method: str, chosen: list[str] | None, progress=gr.Progress()
+) -> tuple[pd.DataFrame, str, str]:
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
     if session is None:  # a user's slip, not a server fault: nothing for the log
-        raise gr.Error("upload an image in the Classify tab first", print_exception=False)
+        raise user_error("upload an image in the Classify tab first")
     image = session.image
     names = [n for n in PREDICTOR.single_models if n in (chosen or PREDICTOR.single_models)]
     start = time.perf_counter()
@@ -226,12 +222,12 @@ def compare_tab(session: gr.State) -> gr.CheckboxGroup:
 # ---------------------------------------------------------------- Data
 
 
-def data_view(model_name: str | None):
+def data_view(model_name: str | None) -> tuple:
     with user_errors():
         return dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)  # an ensemble's: its classifier
 
 
-def audit_view():
+def audit_view() -> str:
     with user_errors():
         return dataview.audit_text(DATA)  # precomputed (results/) when there is no data folder
 
@@ -282,7 +278,7 @@ gradio_costs.bound_gradio_bookkeeping()  # what Gradio does per request and this
 demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
 
 
-def launch(prevent_thread_lock: bool = False, **kwargs):
+def launch(prevent_thread_lock: bool = False, **kwargs) -> tuple:
     """Serve the app and its MCP server (style sheet, upload limit, models loaded); server_name / port default to
     GRADIO_SERVER_*. The MCP tool's staged copies of images are tracked before the first request (brainmri.app.tool)."""
     PREDICTOR.warm()  # the first visitor does not wait for the default model to load

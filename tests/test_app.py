@@ -137,3 +137,26 @@ def test_compare_without_an_image_is_a_clear_error_and_logs_nothing(capsys, capl
     assert raised.value.print_exception is False  # Gradio prints a traceback for errors that do not say otherwise
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and not [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]
+
+
+@pytest.mark.parametrize("endpoint", ["predict", "analyse_slice"])
+def test_no_image_is_a_clear_error_that_is_not_printed(endpoint: str):
+    import gradio as gr
+
+    import app
+
+    handler = app.predict if endpoint == "predict" else app.ANALYSE
+    with pytest.raises(gr.Error, match="no image given") as raised:
+        handler("")
+    assert raised.value.print_exception is False
+
+
+def test_only_a_value_error_becomes_the_visitors_message():
+    import gradio as gr
+
+    from brainmri.app.errors import user_errors
+
+    with pytest.raises(gr.Error, match="too small"), user_errors():
+        raise ValueError("too small")
+    with pytest.raises(KeyError), user_errors():  # a fault of the server stays one: logged, not blamed on the visitor
+        raise KeyError("weights")

@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from brainmri.app.display import heatmap_picture
+from brainmri.app.errors import NO_IMAGE, user_error, user_errors
 from brainmri.app.summary import disagreement
 from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
 from brainmri.data.imageio import accepted_formats, load_image
@@ -68,12 +69,11 @@ def analyse_tool(
     def analyse_slice(image: str, model: str | None = None, images: bool = False) -> str:
         # The docstring, which the MCP server sends as the tool's description, is tool_description()'s (below).
         if not image:
-            raise gr.Error("no image given", print_exception=False)
+            raise user_error(NO_IMAGE)
         try:
-            decoded = load_image(image)
-            result = predictor.predict(decoded, predictor.resolve(model))  # a name, or the label the list shows
-        except ValueError as e:  # the caller's input: a clear message, no traceback, nothing logged
-            raise gr.Error(str(e), print_exception=False) from None
+            with user_errors():  # the caller's input: a clear message, no traceback, nothing logged
+                decoded = load_image(image)
+                result = predictor.predict(decoded, predictor.resolve(model))  # a name, or the label the list shows
         finally:
             discard_staged_copy(image)
             discard_upload(image, keep=keep(), pending=pending())
