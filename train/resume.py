@@ -89,7 +89,7 @@ class State:
     stopped: str = ""  # why training ended: "epochs", "early stop" or "time budget"
 
 
-def save_resume(out: Path, model: nn.Module, accelerator: Accelerator, state: State) -> None:
+def save_resume(out: Path, accelerator: Accelerator, state: State) -> None:
     """Everything --resume needs, written after each epoch into a new folder; then the ``latest`` pointer is
     swapped atomically, so a kill at any moment (even mid-write) leaves the last finished epoch whole."""
     resume = out / RESUME

@@ -244,7 +244,7 @@ def run_epochs(
             save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(judged).state_dict().items()}, out / BEST)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and cfg.save_resume:
-            save_resume(out, model, accelerator, state)
+            save_resume(out, accelerator, state)  # the model is among what the accelerator prepared
         state.wall_seconds += time.perf_counter() - start
         if cfg.time_budget_s and state.epoch == 1 and not cfg.resume:
             # The first steps' one-off start-up (cuDNN autotuning, lazy initialisation: ~11 s for
