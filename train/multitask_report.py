@@ -64,6 +64,7 @@ EMA_NOTE = "'s exponential moving average of the weights"
 
 
 def card_text(m: dict, cfg: dict) -> str:
+    split = cfg.get("split", DEFAULT_RULE)
     return "\n".join(
         [
             f"# {m['model']}: one encoder for a brain MRI slice's class, heatmap and tumour outline",
@@ -85,8 +86,8 @@ def card_text(m: dict, cfg: dict) -> str:
             "",
             "## The class",
             "",
-            f"Validation: the scans of the {cfg.get('split', DEFAULT_RULE)} split (`val_split.txt`)"
-            + (", no twin in the training part in either orientation" if cfg.get("split", DEFAULT_RULE) == DEFAULT_RULE else "")
+            f"Validation: the scans of the {split} split (`val_split.txt`)"
+            + (", no twin in the training part in either orientation" if split == DEFAULT_RULE else "")
             + ". Unseen Testing: the Testing images with no twin in Training, mirrored or not.",
             "",
             class_markdown(m),
