@@ -1,11 +1,13 @@
-"""What every command-line tool of the project shares: its logging, its ``--data`` argument, and how a
-bad argument ends the run."""
+"""What every command-line tool of the project shares: its logging, its ``--data`` argument, how a
+bad argument ends the run, and how its figures are written."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from brainmri.settings import default_data
 
@@ -51,3 +53,11 @@ def exit_code(command: Callable[[], object], logger: logging.Logger, errors: tup
         logger.error("%s", e)
         return 2
     return 0
+
+
+def write_json(path: str | Path | None, obj: object) -> None:
+    """Write a command's figures as indented JSON to ``path`` (its ``--json`` / ``--out`` option), making the folder;
+    nothing when ``path`` is None."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainmri.cli import exit_code, setup_logging
+from brainmri.cli import exit_code, setup_logging, write_json
 from brainmri.data.records import data_config
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import load_checkpoint, read_config
@@ -125,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(benchmark_folder(folder, args.repeats, args.warmup, args.batch_size, args.train_steps))
             _logger.info("%s", rows[-1])
         print(format_table(rows, args.threads, args.batch_size))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps({"threads": args.threads, "batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+        write_json(args.out, {"threads": args.threads, "batch_size": args.batch_size, "rows": rows})
 
     return exit_code(run, _logger)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import logging
 import random
 import statistics
@@ -37,7 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.cli import add_data_argument, exit_code, setup_logging
+from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json
 from brainmri.data.imageio import load_image
 from brainmri.data.records import masks_folder
 from brainmri.data.split import checkpoint_split
@@ -292,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         # A swept stage may lie in the served heatmap's prefix, which ONNX Runtime runs whole: a sweep runs in torch.
         with onnx_runtime_as(False) if any(args.layers or []) else contextlib.nullcontext():
             report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
         print(f"wrote {args.out}")
         for section, note, markdown in doc_sections(report, args.out, args.docs, args.docs_stages):
             update_section(HEATMAPS_DOC, markdown, note, section)

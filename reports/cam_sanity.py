@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.cli import add_data_argument, exit_code, setup_logging
+from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json
 from brainmri.data.imageio import load_image
 from brainmri.data.records import load_records
 from brainmri.explain import DEFAULT_METHOD
@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(kept.get(k) != report[k] for k in settings):
                 raise ValueError(f"{args.out} was made with other settings ({', '.join(settings)}): rerun every model instead of --update")
             report["models"] = {**kept["models"], **report["models"]}  # the others' entries, in their order
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
         for name, r in report["models"].items():
             if name not in models:
                 continue

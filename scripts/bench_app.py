@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from brainmri.app import display  # noqa: E402
 from brainmri.app.dataview import example_files, local_root  # noqa: E402
-from brainmri.cli import exit_code  # noqa: E402
+from brainmri.cli import exit_code, write_json  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.segmenters import SEGMENTER_DEFAULT  # noqa: E402
@@ -170,8 +169,7 @@ def main() -> int:
         figures["startup"] = start_to_first_answer(images[0])
         s = figures["startup"]
         print(f"app start to first answer: {s['first_answer_s']:.1f} s (server up at {s['server_up_s']:.1f} s, model {s['model']})")
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, figures)
 
     return exit_code(run, _logger)
 

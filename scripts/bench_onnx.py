@@ -16,7 +16,6 @@ Asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling bench_ap
 
 from bench_app import one_request, testing_paths  # noqa: E402
 
-from brainmri.cli import exit_code  # noqa: E402
+from brainmri.cli import exit_code, write_json  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT  # noqa: E402
 from brainmri.runtime import available_cpus, configure_torch_threads, describe_cpu  # noqa: E402
@@ -97,8 +96,7 @@ def main() -> int:
             print(f"  {label:16s} {figures[label]['request_median_ms']:7.1f} (CPU time {figures[label]['cpu_median_ms']:.1f})")
         figures["onnx_sooner"] = sooner
         print(f"ONNX Runtime answered sooner on {sooner} of {len(images)} images (against {args.against})")
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, figures)
 
     return exit_code(run, _logger)
 

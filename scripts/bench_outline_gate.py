@@ -24,20 +24,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brainmri.cli import exit_code  # noqa: E402
+from brainmri.cli import add_data_argument, exit_code  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
+from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.segmenters import SEGMENTER_DEFAULT  # noqa: E402
 from brainmri.runtime import describe_cpu  # noqa: E402
 from brainmri.segmentation import gate_opens, gated, mask_logits, normalise, to_input, tumour_probability_and_class  # noqa: E402
 from brainmri.serving.segment import load_for_serving  # noqa: E402
-from brainmri.settings import checkpoint_dir, default_data  # noqa: E402
+from brainmri.settings import checkpoint_dir  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=default_data(), help="the data folder (its Testing/ slices)")
+    add_data_argument(parser)
     parser.add_argument("--images", type=int, default=64, help="Testing slices, drawn with a fixed seed")
     parser.add_argument("--batch", type=int, default=8, help="slices a forward (the app batches up to 8 under load)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, the two ways taking turns in each")
@@ -47,7 +48,7 @@ def main() -> None:
     model, rule = loaded.model, loaded.rule
     if not rule.gate:
         raise ValueError(f"{SEGMENTER_DEFAULT}'s outline rule does not gate: nothing to compare")
-    files = sorted((Path(args.data) / "Testing").glob("*/*.jpg"))
+    files = load_records(args.data, "test").sources  # sorted paths (a Hub dataset's: bytes)
     if not files:
         raise ValueError(f"no Testing slices under {args.data}")
     files = random.Random(0).sample(files, min(args.images, len(files)))

@@ -28,14 +28,14 @@ from timm.layers import Conv2dSame
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brainmri.cli import exit_code, setup_logging  # noqa: E402
+from brainmri.cli import add_data_argument, exit_code, setup_logging  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
+from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.registry import DEFAULT_CLASSIFIER, cam_layer, get_spec  # noqa: E402
 from brainmri.runtime import Conv2dSameInKernel, configure_torch_threads  # noqa: E402
 from brainmri.serving.classify import run_model_batch  # noqa: E402
 from brainmri.serving.loading import LoadedModel, load_model  # noqa: E402
-from brainmri.settings import default_data  # noqa: E402
 
 
 def with_padded_copies(loaded: LoadedModel) -> LoadedModel:
@@ -57,10 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a shipped model (default: the app's default)")
-    parser.add_argument("--data", default=default_data(), help="the data folder (its Testing/ slices)")
+    add_data_argument(parser)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
     parser.add_argument("--repeats", type=int, default=6, help="turns of each at each batch size (the first is a warm-up)")
     args = parser.parse_args(argv)
+    if args.repeats < 2:
+        parser.error("--repeats must be at least 2: the first turn is a warm-up, not timed")
 
     def run() -> None:
         configure_torch_threads(2)  # the app's: one thread a batch worker on 2 cores
@@ -68,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         name = args.model or DEFAULT_CLASSIFIER  # the default's classifier (the default itself may be an ensemble)
         new = load_model(name, sources[name].location)
         old = with_padded_copies(new)
-        files = sorted(Path(args.data, "Testing").glob("*/*.jpg"))[::50][: max(args.batches)]
-        images = [load_image(str(f)) for f in files]
+        files = load_records(args.data, "test").sources[::50][: max(args.batches)]
+        images = [load_image(f) for f in files]
         print(f"{name}, torch threads {torch.get_num_threads()}, {len(images)} Testing slices")
         for batch in args.batches:
             times: dict[str, list[float]] = {"timm's padded copy": [], "in the kernel": []}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -36,13 +35,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from brainmri.cli import exit_code, setup_logging  # noqa: E402
+from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json  # noqa: E402
+from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT  # noqa: E402
 from brainmri.segmentation import mask_overlap  # noqa: E402
 from brainmri.serving import Prediction, Predictor  # noqa: E402
-from brainmri.settings import default_data  # noqa: E402
 
 _logger = logging.getLogger("cuda_check")
 
@@ -116,7 +115,7 @@ def testing_images(data: str, n: int) -> list[tuple[str, Image.Image]]:
     for i in range(n):
         files = list(by_class.values())[i % len(by_class)]
         chosen.append(files[i // len(by_class)])
-    return [(p.name, Image.open(p).convert("RGB")) for p in chosen]
+    return [(p.name, load_image(p)) for p in chosen]  # decoded as an upload is
 
 
 def timed(predictor: Predictor, image: Image.Image, model: str) -> tuple[Prediction, float]:
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=16, help="how many Testing images (default: %(default)s)")
     parser.add_argument("--device", default="cuda", help="the device compared with the CPU: cuda, cuda:N, or cpu to rehearse")
     parser.add_argument("--model", default=APP_DEFAULT, help="a registry model or ensemble with local weights (default: %(default)s)")
-    parser.add_argument("--data", default=default_data(), help="data folder with Testing/ (default: BRAIN_MRI_DATA's)")
+    add_data_argument(parser)
     parser.add_argument("--atol", type=float, default=1e-3, help="largest difference allowed in a probability")
     parser.add_argument("--peak-px", type=float, default=4.0, help="largest distance allowed between heatmap peaks, in pixels")
     parser.add_argument("--outline-dice", type=float, default=0.98, help="smallest Dice allowed between the two outlines")
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             report = {**summary, "tolerances": {"atol": args.atol, "peak_px": args.peak_px, "outline_dice": args.outline_dice}}
             report["images"] = [asdict(a) for a in agreements]
-            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+            write_json(args.out, report)
 
     return exit_code(check, _logger) or (1 if any(failed) else 0)
 

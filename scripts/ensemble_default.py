@@ -23,7 +23,6 @@ Lite0 on the same validation scans by McNemar's exact test: is its lead more tha
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from tqdm import tqdm  # noqa: E402
 
 from brainmri.calibration import calibrated_probs, fit_temperature, load_temperature  # noqa: E402
+from brainmri.cli import add_data_argument, write_json  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.data.split import checkpoint_split  # noqa: E402
 from brainmri.eval.ensemble import mean_probs  # noqa: E402
@@ -44,7 +44,7 @@ from brainmri.models.catalog import ModelSource, ensemble_figures, ensemble_sour
 from brainmri.models.checkpoint import UNSEEN, load_checkpoint  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
-from brainmri.settings import checkpoint_dir, default_data  # noqa: E402
+from brainmri.settings import checkpoint_dir  # noqa: E402
 from train.evaluate import load_test_split, predict_logits, score  # noqa: E402
 
 MEMBERS = ENSEMBLES[APP_DEFAULT].members
@@ -52,7 +52,7 @@ MEMBERS = ENSEMBLES[APP_DEFAULT].members
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=default_data(), help="the data folder")
+    add_data_argument(parser)
     parser.add_argument("--checkpoints", default=str(checkpoint_dir()), help="the folder of checkpoint folders to compare")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--served", action="store_true", help="also score the app's default as served; write its figures file")
@@ -93,15 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         figures[name]["validation_vs_lite0"] = pair = paired_vs(probs[name]["val"], probs[MEMBERS[0]]["val"], val.labels)
         counts = f"{pair['only_a']} right only here, {pair['only_b']} only there"
         print(f"{name:24s} validation, against {MEMBERS[0]}: {counts}, McNemar p = {pair['p_value']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     if args.served:
         served = served_figures(val, test, unseen, Path(args.checkpoints))
         sets = [k for k in ("validation", "test", UNSEEN) if k in served]
         row = "  ".join(f"{k} {served[k]['accuracy']:.2%} (n={served[k]['n']}, {_ece(served[k])})" for k in sets)
         print(f"{APP_DEFAULT + ' (served)':24s} {row}")
         if test is not None:
-            ensemble_figures(APP_DEFAULT).write_text(json.dumps(served, indent=2) + "\n")
+            write_json(ensemble_figures(APP_DEFAULT), served)
             print(f"wrote {ensemble_figures(APP_DEFAULT)}")
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brainmri.cli import exit_code, setup_logging  # noqa: E402
+from brainmri.cli import exit_code, setup_logging, write_json  # noqa: E402
 from brainmri.models.registry import create_model, get_spec  # noqa: E402
 from reports.roofline import seconds_per_call  # noqa: E402
 from train.graphs import GraphedStep, capture, forward  # noqa: E402
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": str(device),
                 "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
             }
-            Path(args.out).write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+            write_json(args.out, {**meta, "rows": rows})
 
     return exit_code(bench, _logger)
 

@@ -28,7 +28,6 @@ any other URL is refused.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -50,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling load_cli
 
 from load_clients import CLIENTS, close_app, launch_app, launch_process, process_usage  # noqa: E402
 
-from brainmri.cli import add_data_argument, exit_code, setup_logging  # noqa: E402
+from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
@@ -312,9 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(runs) > 1:
             best = min((r for r in runs if r["p95_s"] is not None), key=lambda r: r["p95_s"])
             print(f"lowest p95: concurrency limit {best['concurrency_limit']} ({best['p95_s']} s)")
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(runs, indent=2) + "\n")
+        write_json(args.out, runs)
         failed = [r["mixed_up"] or r["errors"] or r["warm_up"]["failed"] for r in runs]
         clean = [r["answered"] + r["queue_full"] == r["sent"] and not f for r, f in zip(runs, failed)]
         ok.append(all(clean))

@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from brainmri.cli import add_data_argument  # noqa: E402
 from brainmri.segmentation import load_segmenter  # noqa: E402
-from brainmri.settings import checkpoint_dir, default_data  # noqa: E402
+from brainmri.settings import checkpoint_dir  # noqa: E402
 from train.multitask import MultiTaskConfig, load_split  # noqa: E402
 from train.multitask_eval import evaluate  # noqa: E402
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", help="model.safetensors files of one multi-task architecture")
     parser.add_argument("--folder", default=str(checkpoint_dir() / "multitask_lite0"), help="the folder whose model they fit")
-    parser.add_argument("--data", default=default_data(), help="the data folder")
+    add_data_argument(parser)
     args = parser.parse_args(argv)
     states = [load_file(w) for w in args.weights]
     soup = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v for k, v in states[0].items()}

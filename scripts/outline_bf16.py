@@ -25,19 +25,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brainmri.cli import exit_code  # noqa: E402
+from brainmri.cli import add_data_argument, exit_code, write_json  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
+from brainmri.data.records import load_records  # noqa: E402
 from brainmri.runtime import native_bf16  # noqa: E402
 from brainmri.serving import Predictor  # noqa: E402
 from brainmri.serving.segment import segment_batch  # noqa: E402
-from brainmri.settings import default_data  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=default_data(), help="the data folder (its Testing/ slices)")
+    add_data_argument(parser)
     parser.add_argument("--every", type=int, default=7, help="every n-th Testing slice, in sorted order")
     parser.add_argument("--limit", type=int, default=200, help="at most this many slices")
     parser.add_argument("--json", help="also write the figures here")
@@ -45,7 +45,7 @@ def main() -> int:
 
     def run() -> None:
         torch.set_num_threads(1)  # as a batch worker on 2 cores
-        paths = sorted((Path(args.data) / "Testing").rglob("*.jpg"))[:: args.every][: args.limit]
+        paths = load_records(args.data, "test").sources[:: args.every][: args.limit]  # sorted, as a listing of Testing/
         if not paths:
             raise ValueError(f"no Testing images under {args.data}")
         loaded = Predictor().segmentation_model()
@@ -78,8 +78,7 @@ def main() -> int:
             "bf16_ms": round(statistics.median(times[True]), 1),
         }
         print(json.dumps(figures, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, figures)
 
     return exit_code(run, _logger)
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench_app import launched_app  # noqa: E402  (scripts/, this script's folder)
 
 from brainmri.app.dataview import example_files, local_root  # noqa: E402
-from brainmri.cli import exit_code  # noqa: E402
+from brainmri.cli import exit_code, write_json  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.explain import DEFAULT_METHOD, cam_to_image_size  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
@@ -176,7 +176,7 @@ def main() -> int:
             print(f"  {phase:58s} {ms:8.1f}")
         if args.json:
             figures = {"model": name, "cpu": describe_cpu(), "load_average_1min": load, "median_ms": phases}
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+            write_json(args.json, figures)
 
     return exit_code(run, _logger)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from brainmri.cli import add_data_argument, exit_code, setup_logging
+from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json
 from brainmri.data.split import checkpoint_config, checkpoint_split
 from brainmri.eval.tables import read_metrics
 from brainmri.models.checkpoint import MULTITASK_DEFAULT, results_dir
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         verdict = decide(Path(args.checkpoint), Path(args.checkpoints), args.data)
-        Path(args.out).write_text(json.dumps(verdict, indent=2) + "\n")
+        write_json(args.out, verdict)
         print(json.dumps({k: verdict[k] for k in ("accuracy", "dice_all", "passes", "default")}, indent=2))
 
     return exit_code(run, _logger)

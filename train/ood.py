@@ -13,7 +13,6 @@ wrongly flagged and of the reference non-MRI pictures (train.ood_pictures) caugh
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from brainmri.cli import add_data_argument, exit_code, setup_logging
+from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json
 from brainmri.data.records import data_config, eval_transform, load_records, sha256
 from brainmri.data.split import checkpoint_split
 from brainmri.models.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
@@ -197,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 fit(folder, args.data, args.percentile)
             else:
                 results.append(measure(folder, args.data))
-        if args.command == "measure" and args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        if args.command == "measure":
+            write_json(args.json, results)
 
     return exit_code(run, _logger)
 
