@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 
 import yaml
@@ -52,11 +53,13 @@ def test_the_spaces_python_is_one_zerogpu_runs_and_every_pinned_package_supports
         assert not needs or SpecifierSet(needs).contains(f"{python}.0"), f"{name}=={version} needs Python {needs}"
 
 
-def test_numpy_and_pandas_rule_out_python_310():
+def test_numpy_and_pandas_rule_out_python_310_and_the_package_says_so():
     needs = {name: metadata.distribution(name).metadata["Requires-Python"] for name in ("numpy", "pandas")}
     reqs = requirements()
     assert pinned(reqs["numpy"]) == metadata.version("numpy") and pinned(reqs["pandas"]) == metadata.version("pandas")
     assert all(not SpecifierSet(spec).contains("3.10.13") for spec in needs.values()), needs
+    declared = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert not declared.contains("3.10.13") and declared.contains("3.11.0") and declared.contains("3.12.12"), declared
 
 
 def test_torch_is_pinned_to_a_zerogpu_version_with_its_own_torchvision():
