@@ -52,8 +52,14 @@ def exif_rotated_jpeg(image: Image.Image) -> bytes:
     return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
 
 
-def dicom(image: Image.Image, monochrome1: bool = False, window: bool = True) -> bytes:
-    """An MR DICOM of the slice: 16-bit stored values with a rescale, a window mapping back to 0-255, a patient name."""
+def mpo_jpeg(image: Image.Image) -> bytes:
+    """A multi-picture JPEG, as phone cameras write: Pillow calls it MPO; its first picture is the slice."""
+    return encode(image, "MPO", quality=95, save_all=True, append_images=[image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+
+
+def dicom(image: Image.Image, monochrome1: bool = False, window: bool = True, voi_lut: bool = False) -> bytes:
+    """An MR DICOM of the slice: 16-bit stored values with a rescale, a window mapping back to 0-255, a patient name.
+    ``voi_lut``: no window but a VOI LUT, indexed by the rescaled values (0..510), giving back the slice's grey levels."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -75,6 +81,11 @@ def dicom(image: Image.Image, monochrome1: bool = False, window: bool = True) ->
     ds.RescaleSlope, ds.RescaleIntercept = 0.5, -50
     if window:  # real values 0..510 (2 g) -> window [0, 510]
         ds.WindowCenter, ds.WindowWidth = 255, 510
+    if voi_lut:  # the table maps real value v (0..510) to v // 2: read at the stored values, it would saturate
+        item = Dataset()
+        item.add_new(0x00283002, "US", [511, 0, 16])  # LUT Descriptor: entries, first value mapped, bits
+        item.add_new(0x00283006, "US", [v // 2 for v in range(511)])  # LUT Data
+        ds.VOILUTSequence = [item]
     ds.PixelData = stored.astype("<u2").tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -100,6 +111,8 @@ def valid_uploads(image: Image.Image) -> dict[str, tuple[str, bytes]]:
         "dicom": ("slice.dcm", dicom(image)),
         "dicom_monochrome1": ("slice_m1.dcm", dicom(image, monochrome1=True)),
         "dicom_no_window": ("slice_nowindow", dicom(image, window=False)),  # no suffix: known by its DICM magic
+        "dicom_voi_lut": ("slice_lut.dcm", dicom(image, window=False, voi_lut=True)),
+        "jpeg_mpo": ("phone.jpg", mpo_jpeg(image)),
     }
 
 

@@ -41,6 +41,9 @@ PIL_FORMATS = {
     "TIFF": ("TIFF", "TIFF (first page)"),
     "GIF": ("GIF", "GIF (first frame)"),
 }
+# Pillow's own name for a format this app reads under another: phone cameras write multi-picture JPEGs, which
+# Pillow calls MPO and opens at their first picture, a plain JPEG.
+PIL_ALIASES = {"MPO": "JPEG"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}  # DICOM files often have no suffix, so they are known by content too
 # The suffixes a data folder's images may have: the accepted formats' own (DICOM without a suffix is an upload only).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", *DICOM_SUFFIXES}
@@ -126,7 +129,7 @@ def _decode_pil(data: bytes, name: str, check: Callable[[int, int, str], None] |
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ValueError(f"{name} is not an image this app can read ({accepted_formats()})") from None
     with im:
-        if im.format not in PIL_FORMATS:
+        if PIL_ALIASES.get(im.format, im.format) not in PIL_FORMATS:
             raise ValueError(f"{name} is a {im.format} file, not a format this app reads ({accepted_formats()})")
         if check:
             check(*im.size, name)
@@ -241,8 +244,8 @@ def _window(arr: np.ndarray, ds, apply_modality_lut, apply_voi_lut) -> np.ndarra
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         return scale_to_uint8(values, center - width / 2, center + width / 2)
-    if "VOILUTSequence" in ds:
-        return scale_to_uint8(apply_voi_lut(arr, ds))
+    if "VOILUTSequence" in ds:  # its table is indexed by the rescaled values (PS3.3 C.11.2), whole numbers
+        return scale_to_uint8(apply_voi_lut(np.rint(values).astype(np.int64), ds))
     return scale_to_uint8(values)
 
 
