@@ -131,3 +131,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_gradient_checkpointing_refused_where_the_model_has_none():
     with pytest.raises(ValueError, match="simple_cnn_7 has no gradient checkpointing"):
         build_model(TrainConfig(model="simple_cnn_7", grad_checkpointing=True), 4)
+
+
+def test_the_resume_state_holds_the_time_budgets_plan(data_dir: Path, tmp_path: Path, monkeypatch):
+    """What --resume reads after epoch 1 of a time-budget run already holds the plan that epoch fixed and its seconds
+    against the budget: a run killed in epoch 2 resumes on the same schedule, with the time it had spent."""
+    import copy
+
+    import train.train as t
+
+    saved: list[State] = []
+    real_save = t.save_resume
+    monkeypatch.setattr(t, "save_resume", lambda out, acc, state: saved.append(copy.deepcopy(state)) or real_save(out, acc, state))
+    cfg = TrainConfig(
+        model="simple_cnn_7", data=str(data_dir), out=str(tmp_path / "run"), limit_per_class=8, batch_size=4, epochs=2,
+        time_budget_s=3600, evaluate_test=False, fit_ood=False, amp="none",
+    )  # fmt: skip
+    t.fit(cfg)
+    assert [s.epoch for s in saved] == [1, 2]
+    assert saved[0].epochs_planned == 2  # an hour is room for every epoch
+    assert 0 < saved[0].wall_seconds < saved[1].wall_seconds

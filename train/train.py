@@ -242,9 +242,6 @@ def run_epochs(
         state.plateau = schedule.plateau_state(scheduler)
         if state.best_epoch == state.epoch and accelerator.is_main_process:
             save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(judged).state_dict().items()}, out / BEST)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process and cfg.save_resume:
-            save_resume(out, accelerator, state)  # the model is among what the accelerator prepared
         state.wall_seconds += time.perf_counter() - start
         if cfg.time_budget_s and state.epoch == 1 and not cfg.resume:
             # The first steps' one-off start-up (cuDNN autotuning, lazy initialisation: ~11 s for
@@ -257,6 +254,13 @@ def run_epochs(
             if cfg.schedule == "cosine":
                 schedule.respan(scheduler, state.epochs_planned * steps_per_epoch(train_loader, cfg))
             _logger.info("time budget %.0f s: the schedule spans %d epochs", cfg.time_budget_s, state.epochs_planned)
+        accelerator.wait_for_everyone()
+        # Last, so that a resumed run starts from the epoch's whole bookkeeping: its time against the budget and the
+        # plan the first epoch fixed (the cosine's span with it).
+        if accelerator.is_main_process and cfg.save_resume:
+            saving = time.perf_counter()
+            save_resume(out, accelerator, state)  # the model is among what the accelerator prepared
+            state.wall_seconds += time.perf_counter() - saving  # in the next epoch's saved state
     state.stopped = "early stop" if state.stale >= cfg.patience else "time budget" if state.epoch < cfg.epochs else "epochs"
     _logger.info("stopped after epoch %d (%s); best epoch %d", state.epoch, state.stopped, state.best_epoch)
 
