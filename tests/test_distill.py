@@ -28,6 +28,17 @@ def test_distill_loss_mixes_the_labels_and_the_teacher_by_weight():
     torch.testing.assert_close(distill_loss(logits, labels, soft, 0.3, 0.1), 0.7 * hard + 0.3 * taught)
 
 
+def test_distill_loss_keeps_the_teachers_probabilities_in_float32_under_bf16():
+    """Under CPU autocast the student's logits are bf16; the teacher's probabilities must not be rounded to them."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(64, 4).bfloat16(), torch.randint(0, 4, (64,))
+    soft = (torch.randn(64, 4) * 3).softmax(dim=1)
+    taught = -(soft * logits.float().log_softmax(dim=1)).sum(dim=1).mean()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = distill_loss(logits, labels, soft, 1.0, 0.0)
+    torch.testing.assert_close(got, taught)
+
+
 class OneScan:
     """A validation split of one scan, ``/d/Training/glioma/<stem>.jpg``: what ``check_same_validation`` reads of it."""
 
