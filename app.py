@@ -274,7 +274,7 @@ def build_demo() -> gr.Blocks:
 demo = build_demo()
 PENDING = count_pending_uploads(demo)  # identical uploads share a path: the last request with those bytes deletes it
 # max_size bounds the queue (and memory): the 65th waiting request is refused. How many run at once: settings.concurrency_limit.
-gradio_costs.bound_gradio_bookkeeping()  # what Gradio does per request and this app never reads: lazy or bounded
+gradio_costs.bound_gradio_bookkeeping()  # what Gradio does per request and this app never reads: lazy, bounded or not kept
 demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
 
 

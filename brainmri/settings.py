@@ -185,7 +185,7 @@ def bound_gradio_analytics(cache_frequency: int, max_events: int) -> None:
 
 def gradio_closed_session_ttl() -> int:
     """Seconds Gradio keeps a closed session's state: 1 under ``GRADIO_IS_E2E_TEST`` (Gradio's own), else 3600, as
-    Gradio's SessionState decides (brainmri.app.gradio_costs repeats it)."""
+    Gradio's SessionState decides (brainmri.app.gradio_costs caps it at the page's own State lifetime)."""
     return 1 if os.environ.get("GRADIO_IS_E2E_TEST") else 3600
 
 

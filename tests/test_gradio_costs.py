@@ -11,6 +11,7 @@ from gradio.blocks import BlocksConfig
 from brainmri.app import gradio_costs
 
 EAGER_INIT = gradio_costs.EAGER_SESSION_INIT
+KEEPING_UPDATE = gradio_costs.KEEPING_UPDATE
 
 
 def small_page() -> tuple[gr.Blocks, gr.Image, gr.Textbox]:
@@ -34,6 +35,7 @@ def eager_and_lazy(demo: gr.Blocks):
 
 
 def test_a_lazy_session_builds_only_what_a_request_reads(monkeypatch):
+    monkeypatch.setattr(state_holder.SessionState, "_update_value_in_config", KEEPING_UPDATE)  # as Gradio keeps them
     demo, image, text = small_page()
     built = []
     original = BlocksConfig.config_for_block
@@ -47,7 +49,8 @@ def test_a_lazy_session_builds_only_what_a_request_reads(monkeypatch):
     assert sorted(set(built)) == sorted({image._id, text._id})
 
 
-def test_a_lazy_session_lists_the_same_configs_as_gradios_own():
+def test_a_lazy_session_lists_the_same_configs_as_gradios_own(monkeypatch):
+    monkeypatch.setattr(state_holder.SessionState, "_update_value_in_config", KEEPING_UPDATE)  # as Gradio keeps them
     demo, image, text = small_page()
     eager, lazy = eager_and_lazy(demo)
     for state in (eager, lazy):
@@ -62,10 +65,40 @@ def test_a_lazy_session_lists_the_same_configs_as_gradios_own():
         lazy.config_values[-1]
 
 
+def test_a_session_keeps_no_value_of_a_request(monkeypatch):
+    monkeypatch.setattr(state_holder.SessionState, "_update_value_in_config", KEEPING_UPDATE)
+    demo, image, text = small_page()
+    kept = state_holder.SessionState.__new__(state_holder.SessionState)
+    gradio_costs._lazy_init(kept, demo)
+    kept._update_value_in_config(text._id, "answer")
+    assert kept.config_values[text._id]["props"]["value"] == "answer"  # Gradio's own: kept until the session goes
+
+    assert gradio_costs.sessions_keep_no_values()
+    session = state_holder.SessionState.__new__(state_holder.SessionState)
+    gradio_costs._lazy_init(session, demo)
+    session[image._id] = image  # a request: its upload in, its answer out
+    session._update_value_in_config(image._id, {"path": "/tmp/gradio/abc/patient-name.png"})
+    session._update_value_in_config(text._id, "answer")
+    listed = repr(list(session.components))  # what a deep link would write to a file
+    assert "patient-name" not in listed and "answer" not in listed
+
+
+@pytest.mark.parametrize(("lives", "closed"), [((), 3600), ((600,), 600), ((600, 30), 30), ((7200,), 3600)])
+def test_closing_a_tab_never_lengthens_a_states_life(lives: tuple[int, ...], closed: int):
+    with gr.Blocks() as demo:
+        for seconds in lives:
+            gr.State(None, time_to_live=seconds)
+        gr.State(None)  # no lifetime of its own: until the session goes
+    session = state_holder.SessionState.__new__(state_holder.SessionState)
+    gradio_costs._lazy_init(session, demo)
+    assert session.STATE_TTL_WHEN_CLOSED == closed
+
+
 def test_the_app_runs_lazy_sessions_and_bounded_analytics():
     import app
 
     assert state_holder.SessionState.__init__ is gradio_costs._lazy_init
+    assert state_holder.SessionState._update_value_in_config is gradio_costs._keep_no_value
     queue = app.demo._queue
     assert queue.ANALYTICS_MAX_EVENTS == gradio_costs.ANALYTICS["max_events"]
     assert queue.ANAYLTICS_CACHE_FREQUENCY == gradio_costs.ANALYTICS["cache_frequency"]  # Gradio's spelling
@@ -74,5 +107,7 @@ def test_the_app_runs_lazy_sessions_and_bounded_analytics():
 def test_another_gradio_keeps_its_own_sessions(monkeypatch):
     monkeypatch.setattr(state_holder.SessionState, "__init__", EAGER_INIT)
     monkeypatch.setattr(gr, "__version__", "0.0.1")
-    assert gradio_costs.lazy_session_state() is False
+    monkeypatch.setattr(state_holder.SessionState, "_update_value_in_config", KEEPING_UPDATE)
+    assert gradio_costs.lazy_session_state() is False and gradio_costs.sessions_keep_no_values() is False
     assert state_holder.SessionState.__init__ is EAGER_INIT
+    assert state_holder.SessionState._update_value_in_config is KEEPING_UPDATE

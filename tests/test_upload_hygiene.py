@@ -77,6 +77,32 @@ def test_api_leaves_no_upload_no_heatmap_and_logs_nothing(client, own, caplog, c
     assert secret not in caplog.text + out + err, "an upload's name reached the logs"
 
 
+def test_the_session_keeps_no_copy_of_a_request(client, app_url, own):
+    """Gradio copies a request's values into its session (the upload's path and name, the pictures, the details) and
+    its deep-link route writes them to a file: here the session keeps none of them, so nothing of an upload outlives
+    its answer there either (brainmri.app.gradio_costs)."""
+    import json
+
+    import requests
+    from gradio_client import handle_file
+
+    import app
+
+    secret = f"patient-{uuid.uuid4().hex}"
+    slice_ = Path(shutil.copy(Path(__file__).parent.parent / "examples" / "glioma_1.jpg", own / f"{secret}.jpg"))
+    details = client.predict(handle_file(str(slice_)), "simple_cnn_7", api_name="/predict")[2]
+    assert details["prediction"]  # a real answer came back...
+    session = app.demo.state_holder.session_data[client.session_hash]
+    kept = json.dumps(list(session.components), default=str)
+    assert secret not in kept and "data:image" not in kept  # ...and neither its name nor a picture of it stayed
+    link = requests.get(f"{app_url}gradio_api/deep_link", params={"session_hash": client.session_hash}, timeout=30)
+    assert link.status_code == 200
+    written = list(gradio_cache_dir().rglob("deep_links/*/state.json"))
+    assert written and not any(secret.encode() in f.read_bytes() or b"data:image" in f.read_bytes() for f in written)
+    for f in written:
+        shutil.rmtree(f.parent)
+
+
 def as_gradio_upload(source: Path) -> Path:
     """Place a file in Gradio's cache the way its upload route does: a folder of its own."""
     folder = gradio_cache_dir() / uuid.uuid4().hex

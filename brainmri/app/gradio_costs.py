@@ -1,6 +1,6 @@
-"""What Gradio does on every request that this app never reads, made lazy or bounded.
+"""What Gradio does on every request that this app never reads: made lazy or bounded, or not kept at all.
 
-A profile of the server under load (py-spy, ``scripts/load_test.py``; docs/serving.md) found two such costs:
+A profile of the server under load (py-spy, ``scripts/load_test.py``; docs/serving.md) found two costs:
 
 - **A new session builds the config of every block.** Each API call without a session opens one, and Gradio's
   ``SessionState`` builds ``config_for_block`` for all of the page's blocks at once (78 here: the Experiments tab's
@@ -11,6 +11,16 @@ A profile of the server under load (py-spy, ``scripts/load_test.py``; docs/servi
 - **The queue summarises every event so far after each one**: a pandas DataFrame of up to 10,000 past events, for
   Gradio's monitoring page, which this app does not open. Gradio's own variables bound it
   (``GRADIO_ANALYTICS_CACHE_FREQUENCY``, ``GRADIO_ANALYTICS_MAX_EVENTS``); set here unless the environment sets them.
+
+And two things a session kept of an upload for longer than the app says (docs/app.md: 10 minutes at most):
+
+- **Every input and output value, copied into the session's page config** (``_update_value_in_config``): the
+  upload's path and file name, the decoded picture, the heatmap, the details with the outline. Only Gradio's deep
+  links read them back (``/gradio_api/deep_link`` even writes them to a file), and this app has none. They stayed
+  until 256 newer sessions pushed the session out: on a quiet server, indefinitely. :func:`sessions_keep_no_values`
+  keeps none.
+- **A closed tab's State, for an hour** (Gradio's ``STATE_TTL_WHEN_CLOSED``) instead of the app's 10 minutes: closing
+  the tab lengthened the decoded image's life. A new session here caps it at the page's shortest State lifetime.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ _logger = logging.getLogger(__name__)
 # The Gradio whose SessionState.__init__ lazy_session_state repeats (requirements.txt pins it: the Space's sdk_version).
 PATCHED_GRADIO = "6.31.0"
 EAGER_SESSION_INIT = state_holder.SessionState.__init__  # Gradio's own, kept for the tests' comparison
+KEEPING_UPDATE = state_holder.SessionState._update_value_in_config  # Gradio's own, likewise
 ANALYTICS = {"cache_frequency": 100, "max_events": 1000}  # the queue's summary: every 100 events, of the last 1,000
 
 
@@ -93,7 +104,22 @@ def _lazy_init(self, blocks: gr.Blocks) -> None:
     self.state_data = {}
     self._state_ttl = {}
     self.is_closed = False
-    self.STATE_TTL_WHEN_CLOSED = gradio_closed_session_ttl()
+    lives = [b.time_to_live for b in self.blocks_config.blocks.values() if isinstance(b, gr.State)]
+    self.STATE_TTL_WHEN_CLOSED = min([gradio_closed_session_ttl(), *lives])  # closing a tab never lengthens a State
+
+
+def _keep_no_value(self, key: int, value: Any) -> None:
+    """``SessionState._update_value_in_config``, keeping nothing: a request's inputs and outputs leave with it."""
+
+
+def sessions_keep_no_values() -> bool:
+    """Make Gradio sessions keep no copy of a request's input and output values; True when done. Only on the Gradio
+    whose ``SessionState`` this was written against: on another it logs a warning and changes nothing."""
+    if gr.__version__ != PATCHED_GRADIO:
+        _logger.warning("gradio %s, not %s: sessions keep a copy of each request's values", gr.__version__, PATCHED_GRADIO)
+        return False
+    state_holder.SessionState._update_value_in_config = _keep_no_value
+    return True
 
 
 def lazy_session_state() -> bool:
@@ -110,3 +136,4 @@ def bound_gradio_bookkeeping() -> None:
     """Before ``demo.queue()`` (the queue reads the analytics variables when it is made)."""
     bound_gradio_analytics(**ANALYTICS)
     lazy_session_state()
+    sessions_keep_no_values()
