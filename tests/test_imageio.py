@@ -102,6 +102,16 @@ def test_missing_file_is_named(tmp_path: Path):
         load_image(tmp_path / "nope.png")
 
 
+@pytest.mark.parametrize(("error", "words"), [(FileNotFoundError, "file not found: gone.jpg"), (PermissionError, "cannot read gone.jpg")])
+def test_a_file_that_fails_as_it_is_read_is_named(tmp_path: Path, monkeypatch, error: type[OSError], words: str):
+    """Deleted (another request with the same bytes finished first) or unreadable after the checks: still a ValueError."""
+    path = tmp_path / "gone.jpg"
+    path.write_bytes(b"jpeg bytes")
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(error(2, "No such file or directory")))
+    with pytest.raises(ValueError, match=words):
+        load_image(path)
+
+
 def test_oversized_file_is_refused_before_decoding():
     with pytest.raises(ValueError, match="limit"):
         load_image(b"\xff" * (65 * 2**20), "huge.jpg")

@@ -217,3 +217,29 @@ def test_identical_uploads_are_deleted_by_the_last_request_that_needs_them(tmp_p
     assert file.is_file()  # the other request has not read it yet
     discard_upload(str(file), pending=pending)
     assert not file.exists() and not file.parent.exists()
+    assert str(file) not in pending and not pending  # its name does not stay behind in memory
+
+
+def test_an_abandoned_upload_swept_by_gradio_is_forgotten(tmp_path, monkeypatch):
+    """An upload whose request never ran (queue full, client gone) is removed by Gradio's cache sweep; its count goes
+    with it, so the next upload of the same bytes is deleted by its own request."""
+    from brainmri.app.uploads import PendingUploads, discard_upload, gradio_cache_dir
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    file = gradio_cache_dir() / "0123abcd" / "slice.png"
+    file.parent.mkdir(parents=True)
+    file.write_bytes(b"png bytes")
+    pending = PendingUploads()
+    pending.update([str(file)])  # abandoned
+    file.unlink()
+    pending -= {str(file)}  # what Gradio's sweep (route_utils.delete_files_created_by_app) does
+    assert isinstance(pending, PendingUploads) and not pending
+    pending.update(["a", "b"])
+    walk = iter(pending)  # the sweep's walk (in a worker thread) is over a copy: a release meanwhile cannot break it
+    pending.release(Path("a").resolve())
+    assert sorted(walk) == ["a", "b"] and set(pending) == {"b"}
+    pending -= {"b"}
+    file.write_bytes(b"png bytes")
+    pending.update([str(file)])  # the same bytes again, later
+    discard_upload(str(file), pending=pending)
+    assert not file.exists()

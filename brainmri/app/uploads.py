@@ -40,13 +40,16 @@ class PendingUploads(set):
     """Gradio's set of uploaded paths (``Blocks.upload_file_set``), counting each path's uploads not yet consumed.
 
     Gradio adds every upload's path here (``update``) right after moving the file into place; each request that
-    decodes one releases it (:meth:`release`). A set still, for Gradio's own membership checks.
+    decodes one releases it (:meth:`release`), and the last release takes the path out of the set too: Gradio's
+    cache sweep never drops a path whose file is gone, so every upload's name stayed in memory for good. A set
+    still, for Gradio's own membership checks.
     """
 
     def __init__(self, paths=()):
         super().__init__(paths)
         self.lock = threading.Lock()  # uploads arrive on the event loop, releases come from worker threads
         self._pending: Counter[Path] = Counter()
+        self._entries: dict[Path, set] = {}  # a resolved path -> Gradio's own entries for it
 
     def add(self, path) -> None:
         self.update([path])
@@ -54,9 +57,27 @@ class PendingUploads(set):
     def update(self, *groups) -> None:
         with self.lock:
             for group in groups:
-                group = list(group)
-                self._pending.update(Path(p).resolve() for p in group)
-                super().update(group)
+                for entry in group:
+                    file = Path(entry).resolve()
+                    self._pending[file] += 1
+                    self._entries.setdefault(file, set()).add(entry)
+                    super().add(entry)
+
+    def __iter__(self):
+        """Over a copy: Gradio's cache sweep iterates in a worker thread while uploads arrive and requests release."""
+        with self.lock:
+            return iter(set(super().__iter__()))
+
+    def __isub__(self, deleted):
+        """Gradio's cache sweep (``temp_set -= to_remove``): files it deleted, pending or not, are forgotten, so that
+        an abandoned upload (its request never ran) does not keep a later upload of the same bytes on disk."""
+        with self.lock:
+            for entry in deleted:
+                file = Path(entry).resolve()
+                self._pending.pop(file, None)
+                super().difference_update(self._entries.pop(file, ()))
+            super().difference_update(deleted)
+        return self
 
     def release(self, file: Path) -> bool:
         """One upload of ``file`` consumed; True when none is left pending (the caller holds ``lock``)."""
@@ -64,6 +85,7 @@ class PendingUploads(set):
             self._pending[file] -= 1
             return False
         self._pending.pop(file, None)
+        super().difference_update(self._entries.pop(file, ()))
         return True
 
 

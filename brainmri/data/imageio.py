@@ -87,11 +87,16 @@ def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Ima
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = name or path.name
-        if not path.is_file():
-            raise ValueError(f"file not found: {name}")
-        if path.stat().st_size > MAX_BYTES:
-            raise ValueError(f"{name} is {path.stat().st_size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
-        data = path.read_bytes()
+        try:  # one read: a file deleted or unreadable between a check and the read is a clear error, not a traceback
+            if not path.is_file():
+                raise FileNotFoundError
+            if path.stat().st_size > MAX_BYTES:
+                raise ValueError(f"{name} is {path.stat().st_size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"file not found: {name}") from None
+        except OSError as e:
+            raise ValueError(f"cannot read {name} ({e.strerror or type(e).__name__})") from None
     else:
         data = bytes(source)
     name = name or "image"
