@@ -393,3 +393,21 @@ def test_a_chain_of_schedules_reads_as_one_start_and_its_schedules(tmp_path):
     old = second.replace("the second", "a second")  # the wording of the cards written before this one
     (tmp_path / "metrics.json").write_text(json.dumps({**first, "initialization": old, "epochs_run": 8, "train_seconds": 6775}))
     assert "trained 10 epochs (4764 s), then 8 epochs (6775 s); this run is the third" in started_from(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_default_rules_class_figures_are_each_model_as_served(data_dir):
+    """results/multitask_default.json compares the two classifiers as the app serves them (each saved folder in
+    float32), not by the figure each training run logged: rerun, they come out the same."""
+    from shipped import require_shipped
+
+    from brainmri.models.checkpoint import MULTITASK_DEFAULT, results_dir
+    from train.multitask_default import CLASSIFIER, served_accuracy
+
+    require_shipped()
+    saved = json.loads((results_dir() / MULTITASK_DEFAULT).read_text())["accuracy"]
+    got = served_accuracy(ROOT / "checkpoints" / CLASSIFIER, str(data_dir))
+    assert (got["accuracy"], got["n"]) == (saved[CLASSIFIER], saved[f"{CLASSIFIER}_n"])
+    # The multi-task model's own metrics.json already holds its folder's figure (train.multitask scores the saved folder).
+    own = json.loads((ROOT / "checkpoints" / "multitask_lite0" / "metrics.json").read_text())["validation"]
+    assert (own["accuracy"], own["n"]) == (saved["multitask"], saved["multitask_n"])

@@ -5,7 +5,8 @@
 The multi-task model replaces the classifier-and-U-Net pair (``tf_efficientnet_lite0`` + ``unet_lite0``) as the
 default if
 1. its class accuracy on its leak-free validation split is at least Lite0's on Lite0's own (the two were cut by
-   different rules, so each is scored where it never trained: ``val_split.txt``), and
+   different rules, so each is scored where it never trained: ``val_split.txt``), each scored from its saved folder
+   as the app serves it (:func:`served_accuracy`), and
 2. its outline's Dice against each expert is at least ``unet_lite0``'s, on the same validation scans (``unet_lite0``
    was cut by the same mirror-aware rule; its validation scans are among the multi-task model's), counted on the
    scans both experts outlined, as the experts' agreement is.
@@ -22,15 +23,16 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json
 from brainmri.data.split import checkpoint_config, checkpoint_split
-from brainmri.eval.tables import read_metrics
-from brainmri.models.checkpoint import MULTITASK_DEFAULT, results_dir
+from brainmri.models.checkpoint import MULTITASK_DEFAULT, load_checkpoint, results_dir
 from brainmri.models.registry import DEFAULT_CLASSIFIER
 from brainmri.models.segmenters import UNET
 from brainmri.segmentation import load_segmenter, to_input
+from train.evaluate import predict_logits
 from train.experts import EXPERTS, decode_expert_masks
 from train.multitask_eval import outline_scores, predict
 
@@ -50,9 +52,19 @@ def outline_on(folder: Path, split_of: Path, data: str | None) -> dict:
     return outline_scores(outlines, masks, known, val.labels, val.class_names)
 
 
+def served_accuracy(folder: Path, data: str | None) -> dict:
+    """``folder``'s class accuracy on its own validation scans, from its saved weights in float32, as served. Not the
+    ``validation`` of a classifier's metrics.json: that is what its training measured (under bf16 autocast, on the
+    weights before they were saved in half precision), one slice apart for Lite0 (800 against 801 of 816)."""
+    _, val = checkpoint_split(folder, data)
+    logits = predict_logits(load_checkpoint(folder), val)
+    correct = int((logits.argmax(1) == np.asarray(val.labels)).sum())
+    return {"accuracy": correct / len(val), "correct": correct, "n": len(val)}
+
+
 def decide(multitask: Path, checkpoints: Path, data: str | None = None) -> dict:
-    mine = read_metrics(multitask)["validation"]
-    pair = read_metrics(checkpoints / CLASSIFIER)["validation"]
+    mine = served_accuracy(multitask, data)
+    pair = served_accuracy(checkpoints / CLASSIFIER, data)
     theirs_all = outline_on(checkpoints / SEGMENTER, multitask, data)
     ours_all = outline_on(multitask, multitask, data)
     theirs, ours = theirs_all["both_experts"], ours_all["both_experts"]
@@ -62,6 +74,7 @@ def decide(multitask: Path, checkpoints: Path, data: str | None = None) -> dict:
         "multitask_n": mine["n"],
         CLASSIFIER: pair["accuracy"],
         f"{CLASSIFIER}_n": pair["n"],
+        "measured": "each from its saved folder, float32 on the CPU, as served (train.multitask_default.served_accuracy)",
     }
     rule = {
         "class": accuracy["multitask"] >= accuracy[CLASSIFIER],
