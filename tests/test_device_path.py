@@ -151,3 +151,26 @@ def test_the_resume_state_holds_the_time_budgets_plan(data_dir: Path, tmp_path: 
     assert [s.epoch for s in saved] == [1, 2]
     assert saved[0].epochs_planned == 2  # an hour is room for every epoch
     assert 0 < saved[0].wall_seconds < saved[1].wall_seconds
+
+
+def test_a_fresh_run_into_a_used_folder_keeps_nothing_the_last_run_measured(data_dir: Path, tmp_path: Path):
+    """The last run's validation list, Testing figures and OOD statistics would otherwise narrow the new validation,
+    or stay beside the new weights where this run skips them."""
+    import json
+
+    import train.train as t
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "val_split.txt").write_text("Training/glioma/Tr-gl_0010.jpg\n")  # the last run's, from another cut
+    (out / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.99}, "validation": {"accuracy": 0.99}}))
+    (out / "ood.json").write_text("{}")
+    cfg = TrainConfig(
+        model="simple_cnn_7", data=str(data_dir), out=str(out), limit_per_class=8, batch_size=4, epochs=1,
+        evaluate_test=False, fit_ood=False, amp="none", save_resume=False,
+    )  # fmt: skip
+    t.fit(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "test" not in metrics and metrics["validation"]["n"] > 1
+    assert not (out / "ood.json").exists()
+    assert len((out / "val_split.txt").read_text().split("\n")) > 2

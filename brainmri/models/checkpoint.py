@@ -47,6 +47,9 @@ CURVES = "curves.png"  # loss and accuracy per epoch (training)
 CONFUSION = "confusion.png"  # on official Testing (train.evaluate)
 RELIABILITY = "reliability.png"  # before and after temperature scaling (train.calibrate)
 FIGURES = (CURVES, CONFUSION, RELIABILITY)
+# What a run measured of its own weights: a fresh run into a used folder drops them first (train.train), so that none
+# is merged into, or served with, the new weights (the weights, config and card are rewritten as the run ends).
+RUN_RESULTS = (METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS, OUTLINE_RULE, VAL_SPLIT, HISTORY, *FIGURES)
 BEST = "best.safetensors"  # a classifier run's best epoch so far (train.train), removed once the folder is written
 
 # The results folder beside the checkpoints: where it is, and the files the reports write there.
