@@ -85,3 +85,14 @@ def test_unseen_testing_has_no_twin_in_training_in_either_orientation(data_dir: 
 def test_the_masks_table_is_read_as_its_readme_says(data_dir: Path):
     with open(f"{data_dir}-masks/masks.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(masks_rows(data_dir)) == 3962
+
+
+def test_a_data_folder_without_the_masks_table_is_said_to_group_by_pixels_only(tmp_path, caplog):
+    """Without masks.csv beside the data the split cannot group a figshare slice's images by id: it says so."""
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", per_class=2, splits=("Training",))
+    records = load_records(root, "train")
+    with caplog.at_level("WARNING", logger="brainmri.data.records"):
+        assert figshare_ids(records, root) == {}
+    assert "masks.csv" in caplog.text and "twins" in caplog.text

@@ -241,6 +241,8 @@ def mask_table(data: str | Path) -> dict[str, dict]:
 def figshare_ids(records: ImageRecords, data: str | Path) -> dict[int, int]:
     """Record index -> figshare scan id, for the records the masks table covers (images of one scan share an id)."""
     table = mask_table(data)
+    if not table:
+        _logger.warning("no %s beside %s: images of one figshare slice are grouped only where their pixels match (twins)", MASKS_CSV, data)
     out = {}
     for i in range(len(records)):
         row = table.get(relative_path(records.name(i), data))
