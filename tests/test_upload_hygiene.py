@@ -243,3 +243,33 @@ def test_an_abandoned_upload_swept_by_gradio_is_forgotten(tmp_path, monkeypatch)
     pending.update([str(file)])  # the same bytes again, later
     discard_upload(str(file), pending=pending)
     assert not file.exists()
+
+
+def test_an_mcp_staged_copy_is_deleted_by_the_last_request_with_its_bytes(tmp_path, monkeypatch):
+    """Two MCP calls with the same data: URL share one staged copy: the first to finish leaves it for the second; one
+    whose request never ran is left to Gradio's cache sweep, whose set it is in."""
+    from brainmri.app import tool
+    from brainmri.app.uploads import PendingUploads, gradio_cache_dir
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    monkeypatch.setattr(tool, "_STAGED", PendingUploads())
+    staged = gradio_cache_dir() / "feed" / "image.jpg"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"jpeg bytes")
+    upload = tmp_path / "upload.jpg"
+    upload.write_bytes(b"jpeg bytes")
+    tool._STAGED.add(staged.resolve())
+    tool._STAGED.add(staged.resolve())  # the same bytes, staged again by a second call
+    tool.discard_staged_copy(upload)
+    assert staged.is_file()  # the second call has not uploaded it yet
+    tool.discard_staged_copy(upload)
+    assert not staged.exists() and not tool._STAGED
+
+    class Blocks:  # what track_mcp_staging reads of a launched app
+        temp_file_sets = [set()]
+        mcp_server_obj = type("Server", (), {"convert_strings_to_filedata": staticmethod(lambda value, positions: value)})()
+
+    blocks = Blocks()
+    tool.track_mcp_staging(blocks)
+    tool.track_mcp_staging(blocks)
+    assert [s for s in blocks.temp_file_sets if s is tool._STAGED] == [tool._STAGED]  # in Gradio's sweep, once

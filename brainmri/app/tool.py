@@ -7,13 +7,14 @@ verdict, the tumour's box and area, the model and the disclaimer, and adds pictu
 
 An MCP client may send the image as a ``data:`` URL, which Gradio's MCP server writes into its cache before it
 uploads it to the app, a copy Gradio never deletes. :func:`track_mcp_staging` records those copies, and the tool
-deletes the one with its upload's bytes once decoded, as it deletes the upload itself (brainmri.app.uploads).
+deletes the one with its upload's bytes once decoded, as it deletes the upload itself (brainmri.app.uploads); the
+last of several requests with the same bytes deletes it. A copy whose request never ran (refused as too large, a
+full queue, a client gone) is in Gradio's cache sweep, which deletes it with the other stale uploads.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,8 +30,7 @@ from brainmri.segmentation import mask_data_url
 from brainmri.serving import Prediction, Predictor
 from brainmri.vocabulary import CLASSES_IN_WORDS, class_words
 
-_STAGED: set[Path] = set()  # the MCP server's copies of data: URL images, until their request has read them
-_STAGED_LOCK = threading.Lock()
+_STAGED = PendingUploads()  # the MCP server's copies of data: URL images, until their requests have read them
 
 
 def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: float = DEFAULT_OPACITY) -> dict:
@@ -119,10 +119,13 @@ def not_an_mcp_tool(fn: Callable) -> Callable:
 
 
 def track_mcp_staging(blocks: gr.Blocks) -> None:
-    """Record the files the launched app's MCP server writes for ``data:`` URL inputs (a no-op without MCP)."""
+    """Record the files the launched app's MCP server writes for ``data:`` URL inputs (a no-op without MCP), and put
+    them in Gradio's cache sweep (``delete_cache``)."""
     server = getattr(blocks, "mcp_server_obj", None)
     if server is None or getattr(server, "_brainmri_tracked", False):
         return
+    if not any(kept is _STAGED for kept in blocks.temp_file_sets):
+        blocks.temp_file_sets.append(_STAGED)
     convert = server.convert_strings_to_filedata
 
     def converting(value, filedata_positions):
@@ -130,8 +133,7 @@ def track_mcp_staging(blocks: gr.Blocks) -> None:
         for item in converted.values() if isinstance(converted, dict) else []:
             path = item.get("path") if isinstance(item, dict) else None
             if path and not str(path).startswith(("http://", "https://")) and gradio_cache_dir() in Path(path).resolve().parents:
-                with _STAGED_LOCK:
-                    _STAGED.add(Path(path).resolve())
+                _STAGED.add(Path(path).resolve())
         return converted
 
     server.convert_strings_to_filedata = converting
@@ -139,15 +141,17 @@ def track_mcp_staging(blocks: gr.Blocks) -> None:
 
 
 def discard_staged_copy(upload: str | Path) -> None:
-    """Delete the MCP server's staged copy with the same bytes as ``upload`` (read by now: it was uploaded)."""
-    with _STAGED_LOCK:
-        if not _STAGED:
-            return
-        try:
-            data = Path(upload).read_bytes()
-        except OSError:
-            return
-        for staged in [p for p in _STAGED if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data]:
-            _STAGED.discard(staged)
+    """Release the MCP server's staged copy with the same bytes as ``upload`` (read by now: it was uploaded); the
+    last request staged with those bytes deletes it."""
+    if not _STAGED:
+        return
+    try:
+        data = Path(upload).read_bytes()
+    except OSError:
+        return
+    for staged in [p for p in _STAGED if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data]:
+        with _STAGED.lock:
+            last = _STAGED.release(staged)
+        if last:
             discard_upload(staged)
-        _STAGED.difference_update([p for p in _STAGED if not p.is_file()])
+    _STAGED.forget([p for p in _STAGED if not p.is_file()])

@@ -71,13 +71,18 @@ class PendingUploads(set):
     def __isub__(self, deleted):
         """Gradio's cache sweep (``temp_set -= to_remove``): files it deleted, pending or not, are forgotten, so that
         an abandoned upload (its request never ran) does not keep a later upload of the same bytes on disk."""
+        self.forget(deleted)
+        return self
+
+    def forget(self, deleted) -> None:
+        """Drop these paths and their counts, however many uploads of them were pending."""
+        deleted = list(deleted)
         with self.lock:
             for entry in deleted:
                 file = Path(entry).resolve()
                 self._pending.pop(file, None)
                 super().difference_update(self._entries.pop(file, ()))
             super().difference_update(deleted)
-        return self
 
     def release(self, file: Path) -> bool:
         """One upload of ``file`` consumed; True when none is left pending (the caller holds ``lock``)."""
