@@ -21,7 +21,10 @@ from torch.optim import Optimizer
 def cosine(optimizer: Optimizer, lr: float, warmup_steps: int, total_steps: int) -> CosineLRScheduler:
     """Linear warm-up from ``lr / warmup_steps`` over ``warmup_steps`` updates, then cosine to zero at ``total_steps``.
 
-    Stepped with ``step_update(updates_done)`` after each optimizer step.
+    Stepped with ``step_update(updates_done)`` after each optimizer step. Every parameter group starts its warm-up at
+    that same rate (timm takes one ``warmup_lr_init``) and climbs to its own: a group at a fraction of ``lr``
+    (train.multitask's ``--encoder-lr-scale`` below 1) runs its first updates above its share, at most ``lr`` for one
+    update when there is no warm-up. The shipped multi-task model used a scale of 1.
     """
     warm = max(1, warmup_steps)
     return CosineLRScheduler(
