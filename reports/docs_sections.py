@@ -46,7 +46,7 @@ def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
         figures = read_ensemble_figures(name, Path(root).parent / "results")
         if figures is not None:
             rows.append(metric_columns(figures))
-    rows.sort(key=lambda m: -(m["test_unseen_accuracy"] or m["test_accuracy"] or 0))
+    rows.sort(key=lambda m: (-(m["test_unseen_accuracy"] or m["test_accuracy"] or 0), -(m["test_accuracy"] or 0)))
     lines = [
         *_headline_sentence(root, rows),
         "| model | unseen Testing (95% CI) | n | official Testing (95% CI) | params | input |",

@@ -109,3 +109,11 @@ def test_the_headline_names_every_single_model_tied_for_best():
     assert "the best single models, `a` and `b` (tied)" in sentence and "`c`" not in sentence
     sentence = " ".join(sections._headline_sentence(ROOT / "checkpoints", rows[:2] + rows[3:]))
     assert "the best single model, `a`," in sentence
+
+
+def test_the_readme_table_is_best_unseen_first_then_best_official():
+    """Models level on unseen Testing are ordered by official Testing, not by their folders' names."""
+    rows = re.findall(r"^\| `[^`]+`[^|]*\| ([\d.]+)% \([^)]*\) \| \d+ \| ([\d.]+)% ", README.read_text(), flags=re.M)
+    assert len(rows) > 10
+    keys = [(-float(unseen), -float(official)) for unseen, official in rows]
+    assert keys == sorted(keys)
