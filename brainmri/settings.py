@@ -64,10 +64,13 @@ def checkpoint_dir() -> Path:
     return Path(_get("BRAIN_MRI_CHECKPOINTS") or ROOT / "checkpoints")
 
 
+HUB_NAMESPACE_VARIABLE = "BRAIN_MRI_HUB_NAMESPACE"  # also set on a published Space (ops.push --space)
+
+
 def hub_namespace() -> str:
     """``BRAIN_MRI_HUB_NAMESPACE``: the Hugging Face Hub user or organisation the checkpoints are pushed
     to and pulled from (``<namespace>/<registry name>``); override it for a fork. Default: ``brain-mri``."""
-    return _get("BRAIN_MRI_HUB_NAMESPACE") or "brain-mri"
+    return _get(HUB_NAMESPACE_VARIABLE) or "brain-mri"
 
 
 def hub_offline() -> bool:

@@ -36,7 +36,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from brainmri.cli import exit_code, setup_logging
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import BEST, CARD, CONFIG, verify_checkpoint
-from brainmri.settings import ROOT, checkpoint_dir, hub_namespace
+from brainmri.settings import HUB_NAMESPACE_VARIABLE, ROOT, checkpoint_dir, hub_namespace
 
 _logger = logging.getLogger(__name__)
 
@@ -75,8 +75,14 @@ def push_folder(api: HfApi | None, folder: str | Path, repo_id: str, private: bo
     if api is None:
         return files
     api.create_repo(repo_id, private=private, exist_ok=True)
+    # delete_patterns: the repo becomes this folder, so no file of an earlier push (a calibration.json or outline.json
+    # the new manifest does not list) stays beside the new weights; .gitattributes is kept (huggingface_hub's rule).
     info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), allow_patterns=files, commit_message=f"Upload {Path(folder).name} checkpoint"
+        repo_id=repo_id,
+        folder_path=str(folder),
+        allow_patterns=files,
+        delete_patterns="*",
+        commit_message=f"Upload {Path(folder).name} checkpoint",
     )
     _logger.info("pushed %s", getattr(info, "commit_url", repo_id))
     return files
@@ -188,8 +194,15 @@ def push_space(api: HfApi | None, space_id: str, namespace: str, root: str | Pat
         readme = Path(staging) / "README.md"
         readme.write_text(with_models(readme.read_text(), names, namespace))
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=space_id, repo_type="space", folder_path=staging, allow_patterns=files, commit_message="Publish the Space"
+        # The Space pulls the models it does not ship from the Hub: from --namespace's repos, as its README names them.
+        api.add_space_variable(space_id, HUB_NAMESPACE_VARIABLE, namespace, description="whose Hub repos the app's models come from")
+        info = api.upload_folder(  # delete_patterns: what an earlier publish sent and this one does not goes
+            repo_id=space_id,
+            repo_type="space",
+            folder_path=staging,
+            allow_patterns=files,
+            delete_patterns="*",
+            commit_message="Publish the Space",
         )
     _logger.info("published %s", getattr(info, "commit_url", space_id))
     return files

@@ -38,6 +38,9 @@ class RecordingApi:
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", (repo_id,), kwargs))
 
+    def add_space_variable(self, repo_id, key, value, **kwargs):
+        self.calls.append(("add_space_variable", (repo_id, key, value), kwargs))
+
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", (), kwargs))
         folder = Path(kwargs["folder_path"])
@@ -83,6 +86,7 @@ def test_push_one_folder(api, tmp_path, caplog, capsys):
     assert create == ("create_repo", ("someone/brain-cnn",), {"private": False, "exist_ok": True})
     assert upload[2]["repo_id"] == "someone/brain-cnn" and Path(upload[2]["folder_path"]) == folder
     assert sorted(upload[2]["allow_patterns"]) == ["README.md", "config.json", "manifest.json", "metrics.json", "model.safetensors"]
+    assert upload[2]["delete_patterns"] == "*"  # the repo becomes the folder: no file of an earlier push stays
     assert "token" not in upload[2]  # only HfApi holds it
     assert_token_nowhere(caplog, capsys, folder)
 
@@ -162,10 +166,11 @@ def test_the_space_sends_exactly_the_allow_list(api, caplog, capsys):
     with caplog.at_level(logging.INFO):
         assert push.main(["--space", "me/brain-mri", "--namespace", "me"]) == 0
     (instance,) = api.instances
-    (create, upload) = instance.calls
+    (create, variable, upload) = instance.calls
     assert create == ("create_repo", ("me/brain-mri",), {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True})
+    assert variable[:2] == ("add_space_variable", ("me/brain-mri", "BRAIN_MRI_HUB_NAMESPACE", "me"))  # it pulls me/<model>
     kwargs = upload[2]
-    assert kwargs["repo_id"] == "me/brain-mri" and kwargs["repo_type"] == "space"
+    assert kwargs["repo_id"] == "me/brain-mri" and kwargs["repo_type"] == "space" and kwargs["delete_patterns"] == "*"
     sent = set(instance.staged)
     assert sent == set(kwargs["allow_patterns"])  # the staging folder holds exactly the allow-list
     expected = {"app.py", "requirements.txt", "README.md", ".gitattributes"}
