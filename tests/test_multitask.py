@@ -145,6 +145,10 @@ def test_overlap_counts_empty_on_empty_as_agreement():
 @pytest.mark.slow
 def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     out = tmp_path / "run"
+    out.mkdir()  # a used folder: the last run's outline rule and temperature must not be served with the new weights
+    (out / "outline.json").write_text('{"stale": true}')
+    (out / "calibration.json").write_text('{"temperature": 9.0, "stale": true}')
+    (out / "manifest.json").write_text('{"outline.json": "0", "calibration.json": "0"}')
     cmd = [sys.executable, "-m", "train.multitask", "--data", str(data_dir), "--out", str(out), "--epochs", "1"]
     cmd += ["--limit-per-class", "8", "--max-train-batches", "1", "--batch-size", "4", "--ema-decay", "0.5", "--ema-warmup"]
     cmd += ["--input-size", "256"]  # not the registry's 224: the class face and the outline must both say 256
@@ -168,6 +172,8 @@ def test_training_writes_a_folder_that_loads_back(tmp_path, data_dir):
     assert card.data.library_name == "brain-mri"
     assert "moving average" in card.text and "--ema-decay 0.5 --ema-warmup" in card.text  # the kept weights are the average's
     assert not (out / "resume").exists()
+    for name in ("outline.json", "calibration.json"):
+        assert not (out / name).is_file() or "stale" not in (out / name).read_text(), name
 
 
 @pytest.mark.parametrize("name", MULTITASK)

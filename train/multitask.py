@@ -35,7 +35,7 @@ from brainmri.cli import exit_code, setup_logging
 from brainmri.data.records import EXPERTS, augment_batch
 from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION, training_split, validation_note, write_val_split
 from brainmri.eval.curves import write_history_csv
-from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, drop_run_results, write_manifest
 from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.runtime import pick_device, warn_if_bf16_emulated
 from brainmri.segmentation import load_segmenter, normalise, to_input
@@ -252,6 +252,8 @@ def fit(cfg: MultiTaskConfig) -> Path:
     torch.manual_seed(cfg.seed)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        drop_run_results(out)
     (out / TRAIN_CONFIG).write_text(cfg.to_json() + "\n")
     split = load_split(cfg)
     check_init_split(cfg, split["val"][0])

@@ -36,7 +36,7 @@ from brainmri.data.split import DEFAULT_VAL_FRACTION, training_split, validation
 from brainmri.eval.curves import write_history_csv
 from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
-from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, write_manifest
+from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, drop_run_results, write_manifest
 from brainmri.models.segmenters import UNET, create_segmenter, get_segmenter_spec
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
@@ -188,6 +188,8 @@ def fit(cfg: SegmentConfig) -> Path:
     torch.manual_seed(cfg.seed)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        drop_run_results(out)
     (out / TRAIN_CONFIG).write_text(cfg.to_json() + "\n")
     split = load_split(cfg)
     imagenet = cfg.pretrained and not (cfg.resume and has_model_state(cfg.output_dir()))  # resumed weights replace them

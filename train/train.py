@@ -35,7 +35,7 @@ from brainmri.data.records import (
     data_config,
     normalize_batch,
 )
-from brainmri.models.checkpoint import BEST, RUN_RESULTS, TRAIN_CONFIG
+from brainmri.models.checkpoint import BEST, TRAIN_CONFIG, drop_run_results
 from brainmri.models.registry import create_model, get_spec, set_input_size
 from brainmri.runtime import warn_if_bf16_emulated
 from train import graphs, schedule
@@ -183,7 +183,7 @@ def fit(cfg: TrainConfig) -> Path:
     if accelerator.is_main_process:
         _logger.info("config:\n%s", cfg.to_json())
         if not cfg.resume:
-            drop_previous_results(out)
+            drop_run_results(out)
         (out / TRAIN_CONFIG).write_text(cfg.to_json() + "\n")
 
     records = load_train_records(cfg)
@@ -219,17 +219,6 @@ def fit(cfg: TrainConfig) -> Path:
     if not accelerator.is_main_process:
         return out
     return finish(cfg, spec, accelerator.unwrap_model(model), loaders, state, out, dcfg, accelerator.device)
-
-
-def drop_previous_results(out: Path) -> None:
-    """A fresh run into a used folder: what the last run measured goes first. Otherwise its ``val_split.txt`` narrowed
-    the new validation (or failed it after all the training), and its Testing figures, temperature and OOD statistics
-    stayed beside the new weights wherever this run skips them (``--evaluate-test false``, ``--fit-ood false``)."""
-    stale = [name for name in RUN_RESULTS if (out / name).is_file()]
-    for name in stale:
-        (out / name).unlink()
-    if stale:
-        _logger.info("a fresh run in %s: dropped the previous run's %s", out, ", ".join(stale))
 
 
 def run_epochs(

@@ -47,7 +47,7 @@ CURVES = "curves.png"  # loss and accuracy per epoch (training)
 CONFUSION = "confusion.png"  # on official Testing (train.evaluate)
 RELIABILITY = "reliability.png"  # before and after temperature scaling (train.calibrate)
 FIGURES = (CURVES, CONFUSION, RELIABILITY)
-# What a run measured of its own weights: a fresh run into a used folder drops them first (train.train), so that none
+# What a run measured of its own weights: a fresh run into a used folder drops them first (drop_run_results), so that none
 # is merged into, or served with, the new weights (the weights, config and card are rewritten as the run ends).
 RUN_RESULTS = (METRICS, CALIBRATION, OOD_CONFIG, OOD_TENSORS, OUTLINE_RULE, VAL_SPLIT, HISTORY, *FIGURES)
 BEST = "best.safetensors"  # a classifier run's best epoch so far (train.train), removed once the folder is written
@@ -91,6 +91,20 @@ def save_checkpoint(
     )
     write_manifest(folder)
     return folder
+
+
+def drop_run_results(folder: str | Path) -> list[str]:
+    """A fresh run into a used folder (every trainer, before it trains): what the last run measured goes first.
+    Otherwise its ``val_split.txt`` narrowed the new validation (or failed it after all the training), and its Testing
+    figures, temperature, OOD statistics and outline rule stayed beside the new weights wherever the new run skips
+    them, :func:`write_manifest` even vouching for the old temperature. Returns the names dropped."""
+    folder = Path(folder)
+    stale = [name for name in RUN_RESULTS if (folder / name).is_file()]
+    for name in stale:
+        (folder / name).unlink()
+    if stale:
+        _logger.info("a fresh run in %s: dropped the previous run's %s", folder, ", ".join(stale))
+    return stale
 
 
 def write_manifest(folder: str | Path) -> None:
