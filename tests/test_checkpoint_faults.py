@@ -182,3 +182,24 @@ def test_a_broken_judge_fails_before_the_gpu_call_and_warming_hands_the_check_to
     assert alone.ood_model == "simple_cnn_10"  # no other judge: the check stays on, and requests say why they fail
     with pytest.raises(ValueError, match="sha256"):
         alone.predict(image, "simple_cnn_10")
+
+
+def test_a_judge_whose_statistics_are_not_its_weights_hands_the_check_to_another(trained_checkpoint, tmp_path, caplog):
+    """New weights beside the old OOD statistics (load_stats refuses them): warming moves the check to the next model
+    whose statistics are its own, instead of answering every upload unjudged."""
+    from conftest import write_checkpoint
+    from PIL import Image
+
+    from brainmri.models.catalog import ModelSource
+    from brainmri.serving import Predictor
+
+    good = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_7"))
+    stale = Path(shutil.copytree(trained_checkpoint, tmp_path / "simple_cnn_10"))
+    write_checkpoint(stale, seed=1)  # other weights; the rewritten manifest still covers the old OOD files
+    sources = {n: ModelSource(n, "local", str(f)) for n, f in (("simple_cnn_10", stale), ("simple_cnn_7", good))}
+    predictor = Predictor(sources, ood_model="simple_cnn_10", segmenter=None)
+    with caplog.at_level("WARNING"):
+        predictor.warm()
+    assert "no statistics for its weights" in caplog.text and predictor.ood_model == "simple_cnn_7"
+    answer = predictor.predict(Image.new("RGB", (64, 64), "gray"), "simple_cnn_10")
+    assert answer.ood is not None and answer.ood.checked_by == "simple_cnn_7"

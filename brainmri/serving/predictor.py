@@ -164,13 +164,17 @@ class Predictor(ServedModels):
                 self.use_segmenter(None)
 
     def _warm_judge(self, copy: int) -> None:
-        """Load the OOD judge, or the next local model with OOD statistics when it cannot load. When none can, the
-        judge stays: every request then fails naming why (check_request), and no upload is answered unjudged."""
+        """Load the OOD judge, or the next local model with OOD statistics when it cannot load, or its statistics are
+        not its weights' (brainmri.ood.load_stats refuses them). When none can, the judge stays: every request then
+        fails naming why (check_request), and no upload is answered unjudged."""
         for name in [self.ood_model, *(n for n in self.ood_judges() if n != self.ood_model)]:
             try:
-                self.model(name, copy)
+                loaded = self.model(name, copy)
             except ValueError as e:
                 _logger.error("could not load the OOD judge %s at start-up: %s", name, e)
+                continue
+            if loaded.ood is None:
+                _logger.error("the OOD judge %s has no statistics for its weights: another judges, if one can", name)
                 continue
             if name != self.ood_model:
                 _logger.warning("%s judges every upload instead of %s", name, self.ood_model)
