@@ -4,6 +4,8 @@ with its history, curves, metrics and model card, then tested, calibrated and gi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from brainmri.eval.curves import write_history_csv
 from brainmri.eval.tables import update_metrics
 from brainmri.models.checkpoint import BEST, CURVES, HISTORY, save_checkpoint
 from brainmri.models.registry import ModelSpec, count_parameters
+from brainmri.serving.device import exact_float32
 from train.config import TrainConfig
 from train.distill import describe_teacher
 from train.loaders import Loaders
@@ -55,16 +58,33 @@ def finish(
     update_metrics(out, metrics)
     _, val = checkpoint_split(out, cfg.data)  # what validation chose on, listed for anyone to check
     write_val_split(out, val, cfg.data, f"validation split ({cfg.split} rule, seed {cfg.seed}): the best epoch, T and OOD fit here")
-    if cfg.evaluate_test:
-        evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed, device=device)
-    calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # temperature on validation, ECE before/after
-    if cfg.fit_ood:
-        fit_or_warn(out, cfg.data, device=device)  # class means and covariance on train, the threshold on validation
+    with as_served(device):
+        if cfg.evaluate_test:
+            evaluate_checkpoint(out, cfg.data, limit=cfg.limit_per_class, seed=cfg.seed, device=device)
+        calibrate_checkpoint(out, cfg.data, evaluate_test=cfg.evaluate_test, device=device)  # T on validation, ECE before/after
+        if cfg.fit_ood:
+            fit_or_warn(out, cfg.data, device=device)  # class means and covariance on train, the threshold on validation
     (out / BEST).unlink()
     clear_resume(out)
     write_model_card(out)
     _logger.info("wrote %s", out)
     return out
+
+
+@contextmanager
+def as_served(device: torch.device | str) -> Iterator[None]:
+    """Float32 as the app serves it (brainmri.serving.device.exact_float32): on a GPU, no TF32 in the convolutions
+    (cuDNN's default) while Testing, the temperature and the OOD statistics are measured, so that they hold for the
+    features served. The flags come back after: the next run of a sweep trains as before."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    exact_float32()
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def run_metrics(cfg: TrainConfig, spec: ModelSpec, model: nn.Module, loaders: Loaders, state: State, dcfg: dict, init: str) -> dict:
