@@ -140,3 +140,24 @@ def test_the_segmenter_is_served_from_the_hub_when_it_has_no_folder(tmp_path: Pa
     predictor = Predictor(sources, segmenter=source)
     assert predictor.segmenter == SEGMENTER_DEFAULT
     assert predictor.segmentation_model().input_size == get_segmenter_spec(SEGMENTER_DEFAULT).input_size
+
+
+def test_a_hub_cache_holding_only_what_timm_downloads_is_not_a_checkpoint(tmp_path: Path, monkeypatch):
+    """Loading the card's ``timm.create_model("hf-hub:...")`` caches config.json and the weights alone: offline, that
+    is not the checkpoint (no manifest, so no verification, temperature or OOD statistics to serve it with)."""
+    shipped = checkpoint_dir() / SEGMENTER_DEFAULT
+    repo = get_segmenter_spec(SEGMENTER_DEFAULT).hub_repo_id
+    cache = tmp_path / "hub"
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(shipped / name, snapshot / name)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("BRAIN_MRI_CHECKPOINTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    source = discover_segmenter(hub=True)
+    assert not source.available and "not in the Hub cache" in source.reason
+    shutil.copyfile(shipped / "manifest.json", snapshot / "manifest.json")
+    assert discover_segmenter(hub=True).where == "hub"  # the whole checkpoint, as checkpoint_folder downloads it

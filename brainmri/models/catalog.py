@@ -99,7 +99,9 @@ def _hub(spec: ModelSpec | SegmenterSpec, timeout: float) -> ModelSource:
     name, repo = spec.name, spec.hub_repo_id
     if hub_offline():
         cached = try_to_load_from_cache(repo, WEIGHTS)
-        if isinstance(cached, str) and (Path(cached).parent / CONFIG).is_file():
+        # With its manifest, or it is not the whole checkpoint: timm's own hf-hub: load caches only config and weights,
+        # and a folder without a manifest is served unverified, uncalibrated and unjudged.
+        if isinstance(cached, str) and all((Path(cached).parent / f).is_file() for f in (CONFIG, MANIFEST)):
             return ModelSource(name, "hub", repo)
         return ModelSource(name, "", repo, f"no local checkpoint; offline (HF_HUB_OFFLINE=1) and {repo} is not in the Hub cache")
     try:
@@ -107,7 +109,7 @@ def _hub(spec: ModelSpec | SegmenterSpec, timeout: float) -> ModelSource:
     except Exception as e:  # noqa: BLE001  (any failure only makes this model unavailable, with the reason shown)
         reason = type(e).__name__ if "RepositoryNotFound" in type(e).__name__ else f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
         return ModelSource(name, "", repo, f"no local checkpoint; Hub repo {repo} not reachable ({reason})")
-    missing = {CONFIG, WEIGHTS} - files
+    missing = {CONFIG, WEIGHTS, MANIFEST} - files
     if missing:
         return ModelSource(name, "", repo, f"no local checkpoint; Hub repo {repo} lacks {', '.join(sorted(missing))}")
     return ModelSource(name, "hub", repo)
