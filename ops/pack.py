@@ -188,8 +188,13 @@ def compare(shipped_root: str | Path, roots: list[str | Path], decisions: str | 
     for root in map(Path, roots):
         for path in sorted(root.glob(f"**/{METRICS}")):
             old = shipped_root / path.parent.name
-            if (old / METRICS).is_file() and old.resolve() != path.parent.resolve():
-                found[path.parent.name] = path.parent
+            if not (old / METRICS).is_file() or old.resolve() == path.parent.resolve():
+                continue
+            if "accuracy" not in read_metrics(old).get("validation", {}):
+                continue  # a segmenter: its validation is Dice, and this rule compares classifiers
+            if path.parent.name in found:  # two runs of one model: which replaces the shipped one is not ours to guess
+                raise ValueError(f"{path.parent.name} was retrained twice, in {found[path.parent.name]} and {path.parent}: compare one")
+            found[path.parent.name] = path.parent
     if not found:
         raise ValueError(f"no retrained model of {shipped_root} under {', '.join(map(str, roots))}")
     rows = []

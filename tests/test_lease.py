@@ -206,3 +206,18 @@ def test_the_lease_rehearsal_on_cpu_runs_every_step_and_packs_it(tmp_path, data_
     assert "not run" not in report  # here the Lites' ImageNet packages are installed, and there is time for all
     check = json.loads((work / "cuda_check.json").read_text())
     assert check["n"] == 4 and check["passed"] and check["python"] and check["torch"]
+
+
+def test_the_comparer_skips_segmenters_and_refuses_a_model_retrained_twice(tmp_path):
+    _metrics(tmp_path / "checkpoints/simple_cnn_7", 0.90, 0.81)
+    seg = tmp_path / "checkpoints/unet_lite0"
+    seg.mkdir(parents=True)
+    (seg / "metrics.json").write_text(json.dumps({"validation": {"dice": 0.8, "n": 500}}))
+    _metrics(tmp_path / "lease/a/simple_cnn_7", 0.92, 0.8)
+    (tmp_path / "lease/a/unet_lite0").mkdir()
+    (tmp_path / "lease/a/unet_lite0/metrics.json").write_text(json.dumps({"validation": {"dice": 0.9, "n": 500}}))
+    kept = packing.compare(tmp_path / "checkpoints", [tmp_path / "lease"], tmp_path / "decisions.json")
+    assert [d["model"] for d in kept] == ["simple_cnn_7"]  # the segmenter is not judged by a classifier's rule
+    _metrics(tmp_path / "lease/b/simple_cnn_7", 0.93, 0.8)
+    with pytest.raises(ValueError, match="retrained twice"):
+        packing.compare(tmp_path / "checkpoints", [tmp_path / "lease"], tmp_path / "decisions.json")
