@@ -273,3 +273,29 @@ def test_an_mcp_staged_copy_is_deleted_by_the_last_request_with_its_bytes(tmp_pa
     tool.track_mcp_staging(blocks)
     tool.track_mcp_staging(blocks)
     assert [s for s in blocks.temp_file_sets if s is tool._STAGED] == [tool._STAGED]  # in Gradio's sweep, once
+
+
+def test_a_file_fetched_from_a_url_is_counted_like_an_upload(tmp_path, monkeypatch):
+    """Two API calls naming one URL share its cache path: the first to finish leaves the file to the second."""
+    import asyncio
+
+    from brainmri.app.uploads import PendingUploads, discard_upload, fetch_errors_named, gradio_cache_dir
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    fetched = gradio_cache_dir() / "beef" / "slice.jpg"
+    fetched.parent.mkdir(parents=True)
+    fetched.write_bytes(b"jpeg bytes")
+    box = gr.File(visible=False)
+
+    async def gradios_fetch(url_or_file_path):  # what Gradio does for a URL: download into its cache, give the path
+        return str(fetched)
+
+    box.async_move_resource_to_block_cache = gradios_fetch
+    pending = PendingUploads()
+    fetch_errors_named(box, lambda: pending)
+    for _ in range(2):
+        assert asyncio.run(box.async_move_resource_to_block_cache("https://example.org/slice.jpg")) == str(fetched)
+    discard_upload(str(fetched), pending=pending)
+    assert fetched.is_file()  # the second call has not read it yet
+    discard_upload(str(fetched), pending=pending)
+    assert not fetched.exists()

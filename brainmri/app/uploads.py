@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -143,30 +143,37 @@ def without_stray_temp_file(box: gr.File) -> gr.File:
     return box
 
 
-def fetch_errors_named(box: gr.File) -> gr.File:
+def fetch_errors_named(box: gr.File, pending: Callable[[], PendingUploads | None] | None = None) -> gr.File:
     """Patch a ``gr.File`` that an API or MCP caller may fill with an http(s) URL: Gradio fetches the URL before the
     app's function runs, and when that fails the caller read only "the upstream Gradio app has raised an exception"
     while the server's log got a traceback naming the URL. Now the caller gets why, as a ``gr.Error``, and nothing
-    reaches the log. Patched on the instance, like :func:`without_stray_temp_file`."""
+    reaches the log. With ``pending`` (the app's upload counter, asked at request time), a fetched file is counted
+    like an upload: two requests for one URL share its cache path, and the first to finish must not delete it under
+    the second. Patched on the instance, like :func:`without_stray_temp_file`."""
     fetch = box.async_move_resource_to_block_cache
 
     async def move_resource_to_block_cache(url_or_file_path):
+        is_url = str(url_or_file_path or "").startswith(("http://", "https://"))  # what Gradio fetches
         try:
-            return await fetch(url_or_file_path)
+            path = await fetch(url_or_file_path)
         except Exception as e:
-            if not str(url_or_file_path or "").startswith(("http://", "https://")):  # what Gradio fetches
+            if not is_url:
                 raise
             reason = str(e)[:200] or type(e).__name__  # e.g. "Unable to resolve hostname ...", "... failed validation"
             raise gr.Error(
                 f"could not fetch the image from its URL ({reason}); send the image itself (a data: URL), or a URL this server can reach",
                 print_exception=False,
             ) from None
+        counter = pending() if pending is not None and is_url and path else None
+        if counter is not None:
+            counter.add(path)
+        return path
 
     box.async_move_resource_to_block_cache = move_resource_to_block_cache
     return box
 
 
-def api_file_input() -> gr.File:
+def api_file_input(pending: Callable[[], PendingUploads | None] | None = None) -> gr.File:
     """The hidden file input of an API endpoint or MCP tool: a path, with no stray temp file, and a URL that cannot
-    be fetched named as such."""
-    return fetch_errors_named(without_stray_temp_file(gr.File(visible=False)))
+    be fetched named as such (a fetched one counted in ``pending``, as an upload is)."""
+    return fetch_errors_named(without_stray_temp_file(gr.File(visible=False)), pending)
