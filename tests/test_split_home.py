@@ -80,3 +80,15 @@ def test_the_layout_table_names_every_module():
     scripts = sorted(p.name for p in (root / "scripts").iterdir() if p.suffix in (".py", ".sh"))
     missing = [name for name in scripts if f"`{name}`" not in rows["scripts/"]]
     assert not missing, f"docs/layout.md's row scripts/ does not name {missing}"
+
+
+def test_a_hub_datasets_image_is_named_by_its_content_in_any_subset():
+    """Named by position, image #0 of one validation set was image #0 of any other: a split cut another way passed."""
+    import numpy as np
+
+    from brainmri.data.records import ImageRecords
+
+    records = ImageRecords([b"first jpeg", b"second jpeg", b"third jpeg"], np.array([0, 1, 2]), ["a", "b", "c"])
+    names = [records.name(i) for i in range(3)]
+    assert len(set(names)) == 3 and all(n.startswith("image sha256:") for n in names)
+    assert records.subset([2, 0]).name(0) == names[2]  # the same image, the same name, wherever it sits

@@ -45,8 +45,10 @@ class ImageRecords:
         return len(self.labels)
 
     def name(self, i: int) -> str:
+        """The image's path; a Hub dataset's image, by its content (the same in any subset, so that a saved
+        ``val_split.txt`` or a teacher's split is compared image by image, not position by position)."""
         src = self.sources[i]
-        return src if isinstance(src, str) else f"image #{i}"
+        return src if isinstance(src, str) else f"image sha256:{sha256(src)[:16]}"
 
     def subset(self, index: np.ndarray | list[int]) -> "ImageRecords":
         return ImageRecords([self.sources[i] for i in index], self.labels[np.asarray(index, dtype=int)], self.class_names)
