@@ -120,20 +120,28 @@ def test_the_segmenter_without_a_folder_says_why(tmp_path: Path, monkeypatch):
     assert "not in the Hub cache" in discover_segmenter(hub=True).reason
 
 
+def offline_hub_cache(tmp_path: Path, monkeypatch, repo: str, source: Path, names: list[str]) -> Path:
+    """Offline, with no local checkpoints: a Hub cache holding ``names`` of ``source`` as ``repo``'s snapshot."""
+    cache = tmp_path / "hub"
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in names:
+        shutil.copyfile(source / name, snapshot / name)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("BRAIN_MRI_CHECKPOINTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    return snapshot
+
+
 def test_the_segmenter_is_served_from_the_hub_when_it_has_no_folder(tmp_path: Path, monkeypatch):
     """Its Hub repo, as the Hub cache holds it after a download: found, fetched with checkpoint_folder, outlining."""
     shipped = checkpoint_dir() / SEGMENTER_DEFAULT
     assert discover_segmenter(hub=False).where == "local", "shipped segmenter missing"
     sources = discover(hub=False)
     repo = get_segmenter_spec(SEGMENTER_DEFAULT).hub_repo_id
-    cache = tmp_path / "hub"
-    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
-    shutil.copytree(shipped, snapshot)
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setenv("BRAIN_MRI_CHECKPOINTS", str(tmp_path / "empty"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    snapshot = offline_hub_cache(tmp_path, monkeypatch, repo, shipped, [p.name for p in shipped.iterdir() if p.is_file()])
     source = discover_segmenter(hub=True)
     assert (source.where, source.location) == ("hub", repo)
     assert checkpoint_folder(source).resolve() == snapshot.resolve()
@@ -147,16 +155,7 @@ def test_a_hub_cache_holding_only_what_timm_downloads_is_not_a_checkpoint(tmp_pa
     is not the checkpoint (no manifest, so no verification, temperature or OOD statistics to serve it with)."""
     shipped = checkpoint_dir() / SEGMENTER_DEFAULT
     repo = get_segmenter_spec(SEGMENTER_DEFAULT).hub_repo_id
-    cache = tmp_path / "hub"
-    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copyfile(shipped / name, snapshot / name)
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setenv("BRAIN_MRI_CHECKPOINTS", str(tmp_path / "empty"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    snapshot = offline_hub_cache(tmp_path, monkeypatch, repo, shipped, ["config.json", "model.safetensors"])
     source = discover_segmenter(hub=True)
     assert not source.available and "not in the Hub cache" in source.reason
     shutil.copyfile(shipped / "manifest.json", snapshot / "manifest.json")
