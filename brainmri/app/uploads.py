@@ -79,18 +79,20 @@ class PendingUploads(set):
         deleted = list(deleted)
         with self.lock:
             for entry in deleted:
-                file = Path(entry).resolve()
-                self._pending.pop(file, None)
-                super().difference_update(self._entries.pop(file, ()))
+                self._drop(Path(entry).resolve())
             super().difference_update(deleted)
+
+    def _drop(self, file: Path) -> None:
+        """``file``'s count and Gradio's entries for it, gone (the caller holds ``lock``)."""
+        self._pending.pop(file, None)
+        super().difference_update(self._entries.pop(file, ()))
 
     def release(self, file: Path) -> bool:
         """One upload of ``file`` consumed; True when none is left pending (the caller holds ``lock``)."""
         if self._pending[file] > 1:
             self._pending[file] -= 1
             return False
-        self._pending.pop(file, None)
-        super().difference_update(self._entries.pop(file, ()))
+        self._drop(file)
         return True
 
 

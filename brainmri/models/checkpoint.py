@@ -93,18 +93,17 @@ def save_checkpoint(
     return folder
 
 
-def drop_run_results(folder: str | Path) -> list[str]:
+def drop_run_results(folder: str | Path) -> None:
     """A fresh run into a used folder (every trainer, before it trains): what the last run measured goes first.
     Otherwise its ``val_split.txt`` narrowed the new validation (or failed it after all the training), and its Testing
     figures, temperature, OOD statistics and outline rule stayed beside the new weights wherever the new run skips
-    them, :func:`write_manifest` even vouching for the old temperature. Returns the names dropped."""
+    them, :func:`write_manifest` even vouching for the old temperature."""
     folder = Path(folder)
     stale = [name for name in RUN_RESULTS if (folder / name).is_file()]
     for name in stale:
         (folder / name).unlink()
     if stale:
         _logger.info("a fresh run in %s: dropped the previous run's %s", folder, ", ".join(stale))
-    return stale
 
 
 def write_manifest(folder: str | Path) -> None:
