@@ -23,6 +23,7 @@ from timm.data import create_transform, resolve_data_config
 
 import brainmri  # noqa: F401  (registers simple_cnn_* with timm for local-dir:)
 from brainmri.models.registry import REGISTRY, get_spec
+from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir
 
 CHECKPOINT_DIR = checkpoint_dir()  # collected once: the folders parametrise the tests below
@@ -30,8 +31,10 @@ CHECKPOINT_DIR = checkpoint_dir()  # collected once: the folders parametrise the
 FOLDERS = sorted(
     p for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file() and "pretrained_cfg" in (p / "config.json").read_text()
 )
-FOLDERS = FOLDERS if CHECKPOINT_DIR.is_dir() else []
+# Segmenters: smp folders (the outline), each also a registry's SEGMENTERS entry.
+SEGMENTER_FOLDERS = sorted(p for p in CHECKPOINT_DIR.iterdir() if p.name in SEGMENTERS and (p / "manifest.json").is_file())
 MAX_BYTES = 20 * 2**20
+SEGMENTER_MAX_BYTES = 24 * 2**20  # the one encoder also ships its OOD judge's statistics (ood.safetensors, 6.3 MiB)
 
 
 def image_files(split_dir: Path) -> list[tuple[Path, str]]:
@@ -72,6 +75,20 @@ def testing(data_dir: Path) -> dict:
 
 def test_checkpoints_are_shipped():
     assert FOLDERS, f"no checkpoint folder with a config.json in {CHECKPOINT_DIR}: train and ship the models first"
+    shipped = {p.name for p in CHECKPOINT_DIR.iterdir() if (p / "manifest.json").is_file()}
+    assert shipped == {p.name for p in FOLDERS + SEGMENTER_FOLDERS}, "a shipped folder that no test below checks"
+
+
+@pytest.mark.parametrize("folder", SEGMENTER_FOLDERS, ids=[f.name for f in SEGMENTER_FOLDERS])
+def test_segmenter_folder_is_complete_and_small(folder: Path):
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size <= SEGMENTER_MAX_BYTES, f"{folder.name}: {size / 2**20:.1f} MB"
+    assert not (folder / "best.safetensors").exists() and not (folder / "resume").exists(), "training leftovers shipped"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "model.safetensors" in manifest and "config.json" in manifest
+    for name, digest in manifest.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{name} differs from manifest.json"
+    assert (folder / "val_split.txt").is_file() and (folder / "README.md").read_text().startswith("---\n")
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
@@ -152,7 +169,7 @@ def training_thumbnails(data_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+@pytest.mark.parametrize("folder", FOLDERS + SEGMENTER_FOLDERS, ids=[f.name for f in FOLDERS + SEGMENTER_FOLDERS])
 def test_no_validation_image_has_a_twin_in_its_train_part(folder: Path, data_dir: Path, training_thumbnails: dict):
     """val_split.txt lists what validation figures and fits use; none of it has a twin, mirrored or not, in the rest
     of Training that the checkpoint's split trained on (the train part: Training less its whole validation cut)."""

@@ -182,12 +182,12 @@ def test_a_runs_figures_are_measured_without_tf32_and_training_gets_its_flags_ba
     from train.finish import as_served
 
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as a run that trains in TF32
     try:
         with as_served("cuda"):
             assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
         with as_served("cpu"):
-            assert torch.backends.cudnn.allow_tf32  # nothing to change off the GPU
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # nothing to change off the GPU
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

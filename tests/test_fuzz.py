@@ -49,7 +49,7 @@ def check(data: bytes, name: str) -> None:
     try:
         image = load_image(data, name)
     except ValueError as e:
-        assert str(e) and "Traceback" not in str(e)
+        assert name in str(e) and "Traceback" not in str(e), str(e)
         return
     assert isinstance(image, Image.Image) and image.mode == "RGB" and min(image.size) > 0
 

@@ -98,7 +98,7 @@ def test_bad_upload_gets_a_clear_error(slice_image: Image.Image, kind: str):
 
 
 def test_missing_file_is_named(tmp_path: Path):
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(ValueError, match=r"^file not found: nope\.png$"):
         load_image(tmp_path / "nope.png")
 
 

@@ -414,6 +414,8 @@ def test_the_default_rules_class_figures_are_each_model_as_served(data_dir):
     saved = json.loads((results_dir() / MULTITASK_DEFAULT).read_text())["accuracy"]
     got = served_accuracy(ROOT / "checkpoints" / CLASSIFIER, str(data_dir))
     assert (got["accuracy"], got["n"]) == (saved[CLASSIFIER], saved[f"{CLASSIFIER}_n"])
-    # The multi-task model's own metrics.json already holds its folder's figure (train.multitask scores the saved folder).
+    mine = served_accuracy(ROOT / "checkpoints" / "multitask_lite0", str(data_dir))
+    assert (mine["accuracy"], mine["n"]) == (saved["multitask"], saved["multitask_n"])
+    # ... and its own metrics.json holds the same figure (train.multitask scores the saved folder).
     own = json.loads((ROOT / "checkpoints" / "multitask_lite0" / "metrics.json").read_text())["validation"]
     assert (own["accuracy"], own["n"]) == (saved["multitask"], saved["multitask_n"])

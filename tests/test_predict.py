@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -145,14 +147,18 @@ def test_heatmap_moves_with_the_explained_class(predictor: Predictor, sample: Im
 
 def test_concurrent_requests_do_not_mix(predictor: Predictor, sample: ImageRecords):
     images = [sample.open(i) for i in (0, 5, 10, 15)]
-    expected = [predictor.predict(im).cam for im in images]
+
+    def model_of(k: int) -> str | None:  # threads 4 and 5 ask for a second model, so two models run at once
+        return SHIPPED[1] if k >= 4 else None
+
+    expected = [predictor.predict(images[k % 4], model_of(k)).cam for k in range(6)]
     got: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
 
     def work(k: int) -> None:
         try:
             for _ in range(3):
-                got[k] = predictor.predict(images[k % 4], SHIPPED[k // 4] if k >= 4 else None).cam
+                got[k] = predictor.predict(images[k % 4], model_of(k)).cam
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
@@ -162,10 +168,10 @@ def test_concurrent_requests_do_not_mix(predictor: Predictor, sample: ImageRecor
     for t in threads:
         t.join()
     assert not errors
-    for k in range(4):
-        np.testing.assert_allclose(got[k], expected[k], atol=1e-5)
-    hooks = predictor.model().layer._forward_hooks
-    assert not hooks, "Grad-CAM hooks were left on the shared model"
+    for k in range(6):
+        np.testing.assert_allclose(got[k], expected[k], atol=1e-5, err_msg=f"thread {k}")
+    for name in (None, SHIPPED[1]):
+        assert not predictor.model(name).layer._forward_hooks, f"Grad-CAM hooks were left on {name or 'the default'}"
 
 
 def test_unknown_and_unavailable_models_are_named(predictor: Predictor, sample: ImageRecords):
@@ -195,6 +201,21 @@ def test_model_cache_evicts_least_recently_used(predictor: Predictor):
     assert cache.names() == [SHIPPED[1]]
 
 
+def test_model_cache_keeps_the_model_used_last():
+    """Room for two of three: a hit moves a model to the back, so the one evicted is the least recently used
+    (first in, first out would evict "a")."""
+
+    def loader(name: str, folder: str, device: object) -> SimpleNamespace:
+        return SimpleNamespace(nbytes=10, device="cpu", lock=threading.Lock())
+
+    cache = ModelCache(max_bytes=25, loader=loader)
+    for name in "aba":
+        cache.get(name, lambda: "unused")
+    assert cache.names() == ["b", "a"]
+    cache.get("c", lambda: "unused")
+    assert cache.names() == ["a", "c"]
+
+
 def test_view_box_and_heatmap_placement_on_a_wide_image():
     cfg = {"crop_pct": 1.0, "crop_mode": "center"}
     assert view_box(300, 200, cfg) == (50, 0, 250, 200)
@@ -203,11 +224,12 @@ def test_view_box_and_heatmap_placement_on_a_wide_image():
     assert heat[:, :50].max() == 0 and heat[:, 250:].max() == 0 and heat[:, 60:240].min() > 0.99
 
 
-def test_available_cpus_honours_the_cgroup_quota(tmp_path: Path):
-    (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert available_cpus(tmp_path) == min(2, available_cpus(tmp_path / "none"))
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert available_cpus(tmp_path) == available_cpus(tmp_path / "none")
+def test_available_cpus_honours_the_cgroup_quota(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    for cpu_max, cpus in [("150000 100000", 2), ("50000 100000", 1), ("max 100000", 8)]:
+        (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+        assert available_cpus(tmp_path) == cpus, cpu_max
+    assert available_cpus(tmp_path / "none") == 8  # no cgroup file: affinity alone
     assert torch.get_num_threads() >= 1
 
 

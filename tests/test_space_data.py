@@ -18,6 +18,7 @@ from brainmri.vocabulary import class_words
 from reports import data_summary
 
 
+@pytest.mark.slow  # thumbnails of all 5,708 Training images
 def test_the_examples_are_at_most_two_unseen_testing_slices_per_class(data_dir: Path):
     shipped = dataview.shipped_examples()
     assert len(shipped) <= 8 and sorted({c for _, c in shipped}) == CLASSES

@@ -143,12 +143,12 @@ def _decode_pil(data: bytes, name: str, check: Callable[[int, int, str], None] |
         im.draft(None, (MAX_SIDE, MAX_SIDE))
         try:
             im.load()
+            # a bad EXIF block or odd pixel data fails here, not in the decoder: the same error, naming the file
+            return to_rgb8(ImageOps.exif_transpose(im))
         except Image.DecompressionBombError:
             raise ValueError(f"{name} is too large to decode: refused as a possible decompression bomb") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ValueError(f"{name} is truncated or corrupt ({e})") from None
-        im = ImageOps.exif_transpose(im)
-        return to_rgb8(im)
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:
