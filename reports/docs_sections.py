@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from brainmri.eval.one_encoder import one_encoder_markdown
@@ -18,7 +19,7 @@ from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import ROOT
 from brainmri.vocabulary import CLASS_WORDS, percent
 from reports.cam_sanity import cam_sanity_markdown
-from reports.retrained import retrained_markdown
+from reports.retrained import SNAPSHOT, retrained_markdown
 
 DOCS = ROOT / "docs" / "experiments.md"  # holds the results and seed sections
 README = ROOT / "README.md"  # holds the headline section and the one-encoder summary
@@ -33,6 +34,8 @@ LEAK_SECTION = ("<!-- SECTION:leak -->", "<!-- /SECTION:leak -->")  # docs/exper
 CAM_SANITY_SECTION = ("<!-- SECTION:cam-sanity -->", "<!-- /SECTION:cam-sanity -->")  # docs/heatmaps.md
 RETRAINED_SECTION = ("<!-- SECTION:retrained -->", "<!-- /SECTION:retrained -->")  # docs/experiments.md
 OUTLINE_RULES_SECTION = ("<!-- SECTION:outline-rules -->", "<!-- /SECTION:outline-rules -->")  # docs/segmentation.md
+CALIBRATION_SECTION = ("<!-- SECTION:calibration -->", "<!-- /SECTION:calibration -->")  # docs/trust.md
+TRUST_DOC = ROOT / "docs" / "trust.md"  # holds the temperatures' table
 
 
 def headline_markdown(root: str | Path = ROOT / "checkpoints") -> str:
@@ -102,25 +105,51 @@ def _headline_sentence(root: str | Path, rows: list[dict]) -> list[str]:
     ]
 
 
-def leak_markdown(root: str | Path = ROOT / "checkpoints") -> str:
-    """Per shipped model: validation as first measured (mirrored twins of training images in it) against its
-    leak-free part (``val_split.txt``, train.leak_free), and official against unseen Testing."""
+def leak_markdown(before: str | Path = SNAPSHOT) -> str:
+    """Per classifier of the as-is split (``results/as_is_split.json``, reports.retrained): validation as first
+    measured (mirrored twins of training images in it) against its leak-free part (``val_split.txt``,
+    train.leak_free), and official against unseen Testing. Those weights are all retrained since; git keeps them."""
     lines = [
         "| model | validation as shipped (n) | leak-free validation (n) | inflation | official Testing | unseen Testing (n) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
-        m = metric_columns(read_metrics(folder))
-        old, new = m["val_leaky_accuracy"], m["val_accuracy"]
-        if old is None or new is None:
+    path = Path(before)
+    models = json.loads(path.read_text())["models"] if path.is_file() else {}
+    for name, f in sorted(models.items()):
+        old, new = f.get("validation_leaky"), f["validation"]
+        if old is None:
             continue
-        metrics = read_metrics(folder)
-        n_old, n_new = metrics["validation_leaky"]["n"], metrics["validation"]["n"]
+        unseen = f"{_pct_ci(f['test_unseen'], None)} ({f['test_unseen_n'] or ''})"
         lines.append(
-            f"| `{m['model']}` | {100 * old:.2f}% ({n_old}) | {100 * new:.2f}% ({n_new}) | {100 * (old - new):+.2f} pts"
-            f" | {_pct_ci(m['test_accuracy'], None)} | {_pct_ci(m['test_unseen_accuracy'], None)} ({m['test_unseen_n'] or ''}) |"
+            f"| `{name}` | {100 * old:.2f}% ({f['validation_leaky_n']}) | {100 * new:.2f}% ({f['validation_n']})"
+            f" | {100 * (old - new):+.2f} pts | {_pct_ci(f['test'], None)} | {unseen} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(root: str | Path = ROOT / "checkpoints") -> str:
+    """Per shipped classifier: its temperature and the 15-bin ECE before and after it on validation (where T was
+    fitted), official and unseen Testing, from ``metrics.json["calibration"]`` (train.calibrate)."""
+    lines = [
+        "| model | T | validation ECE (n) | official Testing ECE | unseen Testing ECE |",
+        "|---|---:|---|---|---|",
+    ]
+    for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
+        metrics = read_metrics(folder)
+        c = metrics.get("calibration")
+        if not c:
+            continue
+        lines.append(
+            f"| `{folder.name}` | {c['temperature']:.3f} | {_ece_cell(c, 'val')} ({metrics['validation']['n']})"
+            f" | {_ece_cell(c, 'test')} | {_ece_cell(c, UNSEEN)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ece_cell(calibration: dict, key: str) -> str:
+    """ "before → after" for one scored set of ``metrics.json["calibration"]``, empty where it was not measured."""
+    before, after = calibration.get(f"{key}_ece_before"), calibration.get(f"{key}_ece_after")
+    return "" if before is None or after is None else f"{100 * before:.1f}% → {100 * after:.2f}%"
 
 
 def _pct_ci(value: float | None, ci: list | None) -> str:
@@ -146,6 +175,7 @@ def update_docs(
     readme: str | Path = README,
     segmentation: str | Path = SEGMENTATION_DOC,
     heatmaps: str | Path = HEATMAPS_DOC,
+    trust: str | Path = TRUST_DOC,
 ) -> None:
     """Write the generated tables where the docs read them: results and seed sections of ``docs``, headline of
     ``readme`` (from the checkpoints among ``sources``)."""
@@ -164,9 +194,15 @@ def update_docs(
     )
     update_section(readme, headline_markdown(checkpoints), headline_note, HEADLINE_SECTION)
     leak_note = (
-        "Generated by `python -m reports.results --docs` from each shipped checkpoint's metrics.json (after `python -m train.leak_free`)."
+        "Generated by `python -m reports.results --docs` from `results/as_is_split.json` (`python -m reports.retrained"
+        " --snapshot`: each model's last as-is weights in git history, after `python -m train.leak_free`)."
     )
-    update_section(docs, leak_markdown(checkpoints), leak_note, LEAK_SECTION)
+    update_section(docs, leak_markdown(), leak_note, LEAK_SECTION)
+    calibration_note = (
+        f"Generated by `python -m reports.results --docs` from `{Path(checkpoints).name}/*/metrics.json`"
+        " (`calibration`, written by `python -m train.calibrate`)."
+    )
+    update_section(trust, calibration_markdown(checkpoints), calibration_note, CALIBRATION_SECTION)
     retrained_note = (
         "Generated by `python -m reports.results --docs` from each shipped checkpoint's metrics.json and `results/as_is_split.json`."
     )

@@ -41,10 +41,13 @@ def split_of(train_config: dict) -> str:
 
 def figures(metrics: dict) -> dict:
     """The figures the table compares, from one metrics.json."""
-    unseen = metrics.get(UNSEEN) or {}
+    unseen, leaky = metrics.get(UNSEEN) or {}, metrics.get("validation_leaky") or {}
     return {
         "validation": metrics["validation"]["accuracy"],
         "validation_n": metrics["validation"]["n"],
+        # the as-is split's validation as first measured, mirrored twins of trained images in it (train.leak_free)
+        "validation_leaky": leaky.get("accuracy"),
+        "validation_leaky_n": leaky.get("n"),
         "test": (metrics.get("test") or {}).get("accuracy"),
         "test_unseen": unseen.get("accuracy"),
         "test_unseen_ci95": unseen.get("accuracy_ci95"),

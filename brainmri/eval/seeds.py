@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainmri.data.split import read_val_split
 from brainmri.eval.tables import has_metrics, read_metrics
 from brainmri.models.checkpoint import UNSEEN
 from brainmri.models.registry import get_spec
@@ -135,9 +136,6 @@ NOTE = (
     "chosen on a validation split cut from Training and reported on Testing and on its unseen subset (no exact, near or "
     "mirrored twin in Training). One run each "
     "(seed 0; the device column says where): differences under a point of validation accuracy are within run-to-run noise. "
-    "While the models are being retrained on the mirror-aware split, a retrained one is chosen on its whole validation "
-    "split and one not retrained yet on the leak-free part of its own (docs/experiments.md, retrained on the mirror-aware "
-    "split), so a claim that pairs the two compares different validation images. "
     "Sequential 1-4 reproduce the seed's depth and epochs; each claim after them is one change to Sequential 4."
 )
 
@@ -149,4 +147,14 @@ def seed_markdown(root: str | Path | None = None) -> str:
         return "No seed runs shipped yet (train/sweeps/seed.yaml)."
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n\n" + NOTE + "\n\n" + "\n".join(f"- {s}" for s in claim_sentences(root)) + "\n"
+    note = f"{NOTE} {same_validation_note(root)}"
+    return "\n".join(lines) + "\n\n" + note + "\n\n" + "\n".join(f"- {s}" for s in claim_sentences(root)) + "\n"
+
+
+def same_validation_note(root: str | Path | None = None) -> str:
+    """Whether the claims compare the runs on the same validation images (each folder's ``val_split.txt``)."""
+    root = Path(checkpoint_dir() if root is None else root)
+    listed = {name: read_val_split(root / name) for name in _metrics(root)}
+    if None not in listed.values() and len({tuple(sorted(v)) for v in listed.values()}) == 1:
+        return f"All {len(listed)} runs are chosen on the same {len(next(iter(listed.values())))} validation images."
+    return "Their validation images differ, so a claim that pairs two runs compares them on different images."
