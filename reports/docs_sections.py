@@ -135,20 +135,16 @@ def calibration_markdown(root: str | Path = ROOT / "checkpoints") -> str:
         "|---|---:|---|---|---|",
     ]
     for folder in checkpoint_folders(root, holding=METRICS, classifiers=True):
-        metrics = read_metrics(folder)
-        c = metrics.get("calibration")
-        if not c:
+        m = metric_columns(read_metrics(folder))
+        if m["temperature"] is None:
             continue
-        lines.append(
-            f"| `{folder.name}` | {c['temperature']:.3f} | {_ece_cell(c, 'val')} ({metrics['validation']['n']})"
-            f" | {_ece_cell(c, 'test')} | {_ece_cell(c, UNSEEN)} |"
-        )
+        cells = [_ece_cell(m[f"{key}_ece_raw"], m[f"{key}_ece_calibrated"]) for key in ("val", "test", "test_unseen")]
+        lines.append(f"| `{folder.name}` | {m['temperature']:.3f} | {cells[0]} ({m['val_n']}) | {cells[1]} | {cells[2]} |")
     return "\n".join(lines) + "\n"
 
 
-def _ece_cell(calibration: dict, key: str) -> str:
-    """ "before → after" for one scored set of ``metrics.json["calibration"]``, empty where it was not measured."""
-    before, after = calibration.get(f"{key}_ece_before"), calibration.get(f"{key}_ece_after")
+def _ece_cell(before: float | None, after: float | None) -> str:
+    """An ECE before and after T, as "x% → y%"; empty where it was not measured."""
     return "" if before is None or after is None else f"{100 * before:.1f}% → {100 * after:.2f}%"
 
 
