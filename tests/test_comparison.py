@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
 from brainmri.app.comparison import ENSEMBLE, agreement, comparison_rows, ensemble_row
@@ -59,3 +60,15 @@ def test_the_ensemble_row_says_what_it_is_and_what_was_measured(tmp_path):
     assert f"{scored['test']['accuracy']:.2%} (n=1311)" in note and scored["members"][0]["name"] in note
     assert "averages the ticked models" in note
     assert scored_ensemble_note(tmp_path / "none.json").endswith("No ensemble has been scored on Testing yet.")
+
+
+def test_the_scored_ensemble_scores_the_weights_shipped_today():
+    """Its members' temperatures are the shipped folders' own: a retrained member makes the scores stale (they were,
+    from the mirror-aware retrains until 2026-12-07), and the tab would show another ensemble's figures."""
+    import json
+
+    from brainmri.app.comparison import ENSEMBLE_METRICS_JSON
+
+    for member in json.loads(ENSEMBLE_METRICS_JSON.read_text())["members"]:
+        shipped = json.loads((ROOT / member["folder"] / "calibration.json").read_text())["temperature"]
+        assert member["temperature"] == pytest.approx(shipped, abs=1e-6), f"{member['name']}: rerun the command in docs/trust.md"
