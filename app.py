@@ -237,7 +237,7 @@ def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
     counts = gr.Dataframe(label="Images per class and split", elem_id="counts")
     samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220, elem_id="samples")
     steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260, elem_id="steps")
-    button = gr.Button("Run the duplicate audit (10-30 s, then cached)" if dataview.local_root(DATA) else "Show the duplicate audit")
+    button = gr.Button("Run the duplicate audit (once, then cached)" if dataview.local_root(DATA) else "Show the duplicate audit")
     audit = gr.Markdown(elem_id="audit")
     tab.select(data_view, model, [note, counts, samples, steps], api_visibility="private")
     button.click(audit_view, None, audit, api_visibility="private")

@@ -93,9 +93,10 @@ def test_gradio_reads_every_argument_of_the_tool_description_whole():
     def analyse_slice(image: str, model: str | None = None, images: bool = False) -> str:
         return ""
 
-    analyse_slice.__doc__ = tool_description("ensemble_x", ["ensemble_x", "model_a", "model_b"])
+    disclaimer = "For research and education only. Not a medical device; not for diagnosis. Not a radiologist."
+    analyse_slice.__doc__ = tool_description("ensemble_x", ["ensemble_x", "model_a", "model_b"], disclaimer)
     description, arguments, returns = get_function_description(analyse_slice)
-    assert description.startswith("Classify one brain MRI slice") and "not for diagnosis" in description
+    assert description.startswith("Classify one brain MRI slice") and disclaimer in description
     assert arguments["model"] == "leave empty for the app's default (ensemble_x); or one of: model_a, model_b."
     assert arguments["image"].endswith("an http(s) URL that this server can fetch.") and "data: URL" in arguments["image"]
     assert arguments["images"].startswith("true to also return") and len(returns) == 1

@@ -66,6 +66,15 @@ def test_heatmap_check_names_a_model_that_looks_outside_the_brain(tmp_path: Path
     assert "OUTSIDE" in experiments.experiment_row(tmp_path / "simple_cnn_7", shares)["heatmap in brain"]
 
 
+def test_the_tabs_note_says_what_the_heatmap_check_measured(tmp_path: Path):
+    report = {"cam": "Grad-CAM, as served", "models": {"a": {"mask_area_mean": 0.4}, "b": {"mask_area_mean": 0.5}}}
+    (tmp_path / "cam.json").write_text(json.dumps(report))
+    said = experiments.about(tmp_path / "cam.json")
+    assert said.endswith("heatmap (Grad-CAM) mass inside an intensity brain mask (a uniform map scores 0.45).")
+    assert experiments.about(tmp_path / "missing.json") == experiments.ABOUT  # no check run: the column's note is left out
+    assert "(LayerCAM)" in experiments.about()  # the shipped check's own method
+
+
 def test_shipped_heatmap_report_covers_the_full_testing_split():
     """results/cam_sanity.json, as committed, was measured on all of Testing for every shipped model."""
     report = json.loads(experiments.CAM_SANITY_JSON.read_text())

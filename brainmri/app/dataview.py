@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from brainmri.app.experiments import RESULTS_DIR
+from brainmri.data.duplicates import THUMB, audit
 from brainmri.data.imageio import IMAGE_SUFFIXES
 from brainmri.data.records import SPLIT_FOLDERS, eval_transform, load_records
 from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES
@@ -167,9 +168,7 @@ def widest_example(root: Path, split: str = "test", scan: int = 40) -> Path:
 
 @functools.lru_cache(maxsize=2)
 def audit_summary(source: str) -> dict:
-    """The duplicate audit's numbers (exact, near and mirrored twins within and across splits); cached, ~10-30 s."""
-    from brainmri.data.duplicates import audit
-
+    """The duplicate audit's numbers (exact, near and mirrored twins within and across splits); computed once, then cached."""
     test = load_records(source, "test")
     return audit(load_records(source, "train"), test).summary(test.labels, test.class_names)
 
@@ -218,7 +217,7 @@ def audit_markdown(summary: dict) -> str:
     return "\n".join(
         [
             f"- **{s['test_with_exact_twin_in_train']} Testing images** have a byte-identical copy in Training, "
-            f"**{s['test_with_near_twin_in_train']}** have a near-identical one as they are (32 x 32 greyscale, at most "
+            f"**{s['test_with_near_twin_in_train']}** have a near-identical one as they are ({THUMB} x {THUMB} greyscale, at most "
             f"{s['near_threshold']:g} grey levels apart on average) and **{mirrored}** more only once mirrored left-right, "
             "as training's flips show them: a model has in effect seen them.",
             f"- **{unseen} Testing images** have no such twin{classes}: the *unseen* accuracies in the Experiments tab "

@@ -51,8 +51,7 @@ ABOUT = (
     "Testing without the images that have an exact, near or mirrored twin in Training (the honest figure), with a 95% "
     "bootstrap interval; *test acc*: the official Testing split. *Val acc*: the validation split cut from Training, "
     "used to choose epochs. "
-    "*ECE*: expected calibration error on Testing, raw and temperature-scaled. *Heatmap in brain*: mean share of "
-    "heatmap (LayerCAM) mass inside an intensity brain mask (a uniform map scores about 0.50)."
+    "*ECE*: expected calibration error on Testing, raw and temperature-scaled."
 )
 
 PICTURES_ABOUT = (
@@ -83,6 +82,19 @@ def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
             outside = "outside" in r.get("verdict", "")
             out[name] = f"{r['mean']:.2f} (n={r['n']})" + (": attention mostly OUTSIDE the brain" if outside else "")
     return out
+
+
+def about(path: str | Path = CAM_SANITY_JSON) -> str:
+    """:data:`ABOUT`, then what the heatmap-in-brain column measures, in the check's own words (its method, and what a
+    uniform map would score: the brain mask's mean share of the image)."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):  # cam_in_brain says why, once; the column is empty then anyway
+        return ABOUT
+    areas = [r["mask_area_mean"] for r in report.get("models", {}).values() if r.get("mask_area_mean") is not None]
+    method = str(report.get("cam", "the served heatmap")).split(",")[0]
+    uniform = f" (a uniform map scores {sum(areas) / len(areas):.2f})" if areas else ""
+    return f"{ABOUT} *Heatmap in brain*: mean share of heatmap ({method}) mass inside an intensity brain mask{uniform}."
 
 
 def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None) -> dict:
@@ -238,7 +250,7 @@ def tab_view():
 
 def build_tab(tab: gr.Tab) -> None:
     """The Experiments tab's components, filled when the tab is opened (UI wiring, moved out of app.py)."""
-    gr.Markdown(ABOUT)
+    gr.Markdown(about())
     gr.Markdown(PICTURES_ABOUT)
     picture = dict(type="filepath", interactive=False, buttons=["fullscreen"], visible=False, show_label=False)
     with gr.Row():

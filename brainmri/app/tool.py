@@ -79,21 +79,21 @@ def analyse_tool(
             discard_upload(image, keep=keep(), pending=pending())
         return json.dumps(answer(result, plain, images), separators=(",", ":"))
 
-    analyse_slice.__doc__ = tool_description(predictor.default_model, predictor.available)
+    analyse_slice.__doc__ = tool_description(predictor.default_model, predictor.available, plain)
     return analyse_slice
 
 
-def tool_description(default: str | None, models: list[str]) -> str:
+def tool_description(default: str | None, models: list[str], disclaimer: str) -> str:
     """The tool's docstring, which Gradio's MCP server sends as its description. Gradio reads one line an argument
     (``gradio.utils.get_function_description``: a wrapped line is lost), so each stays on one, and the model names are
-    this deployment's own."""
+    this deployment's own; ``disclaimer`` is the app's own, as plain text (each answer carries it too)."""
     others = ", ".join(name for name in models if name != default)
     return "\n".join(
         [
             f"Classify one brain MRI slice ({CLASSES_IN_WORDS}) and outline the tumour.",
             "",
-            "For research and education only; not a medical device and not for diagnosis. An image that does not look like a"
-            " brain MRI, or is unlike the slices the models learned from, gets no class, with the reasons why.",
+            f"{disclaimer} An image that does not look like a brain MRI, or is unlike the slices the models learned from,"
+            " gets no class, with the reasons why.",
             "",
             "Args:",
             f"    image: the slice ({accepted_formats(detailed=False)}) as a data: URL, which always works, or as an"

@@ -51,7 +51,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 def accepted_formats(detailed: bool = True) -> str:
     """The accepted formats in words: detailed for error messages, short for the upload widget."""
-    return ", ".join(d if detailed else short for short, d in PIL_FORMATS.values()) + " or DICOM" + (" (.dcm)" if detailed else "")
+    dicom = f" ({', '.join(sorted(DICOM_SUFFIXES))}, or any name with DICOM's DICM header)" if detailed else ""
+    return ", ".join(d if detailed else short for short, d in PIL_FORMATS.values()) + " or DICOM" + dicom
 
 
 def decode_image(data: bytes, name: str = "image", check: Callable[[int, int, str], None] | None = None) -> Image.Image:

@@ -275,7 +275,7 @@ def model_label(source: ModelSource) -> str:
     return f"{model_about(source.name)} ({f'{100 * acc:.1f}%' if acc is not None else 'not measured'})"
 
 
-LABEL_SCORE = "In brackets: accuracy on Testing scans with no twin in Training"  # what model_label's figure is
+LABEL_SCORE = "In brackets: accuracy on unseen Testing slices (no exact, near or mirrored twin in Training)"  # what model_label's figure is
 
 
 def labelled_choices(sources: dict[str, ModelSource], ensembles: bool = True) -> list[tuple[str, str]]:

@@ -56,7 +56,7 @@ class ServedModels:
 
     def ood_judge(self) -> str | None:
         """The default model when it ships OOD statistics, else the first local model that does (only the
-        judge ships them, so choosing a simple CNN as the default must not switch the check off)."""
+        judges, Lite0 and the one encoder, ship them, so choosing a simple CNN as the default must not switch the check off)."""
         return next(iter(self.ood_judges()), self.default_classifier())
 
     def default_classifier(self) -> str | None:
