@@ -79,26 +79,26 @@ def test_checkpoints_are_shipped():
     assert shipped == {p.name for p in FOLDERS + SEGMENTER_FOLDERS}, "a shipped folder that no test below checks"
 
 
-@pytest.mark.parametrize("folder", SEGMENTER_FOLDERS, ids=[f.name for f in SEGMENTER_FOLDERS])
-def test_segmenter_folder_is_complete_and_small(folder: Path):
+def check_small_and_as_its_manifest_says(folder: Path, max_bytes: int) -> None:
+    """Under ``max_bytes``, no training leftovers, the weights and config in the manifest and every file as it says."""
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    assert size <= SEGMENTER_MAX_BYTES, f"{folder.name}: {size / 2**20:.1f} MB"
+    assert size <= max_bytes, f"{folder.name}: {size / 2**20:.1f} MB"
     assert not (folder / "best.safetensors").exists() and not (folder / "resume").exists(), "training leftovers shipped"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert "model.safetensors" in manifest and "config.json" in manifest
     for name, digest in manifest.items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{name} differs from manifest.json"
+
+
+@pytest.mark.parametrize("folder", SEGMENTER_FOLDERS, ids=[f.name for f in SEGMENTER_FOLDERS])
+def test_segmenter_folder_is_complete_and_small(folder: Path):
+    check_small_and_as_its_manifest_says(folder, SEGMENTER_MAX_BYTES)
     assert (folder / "val_split.txt").is_file() and (folder / "README.md").read_text().startswith("---\n")
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
 def test_folder_is_complete_and_small(folder: Path):
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    assert size <= MAX_BYTES, f"{folder.name}: {size / 2**20:.1f} MB"
-    assert not (folder / "best.safetensors").exists() and not (folder / "resume").exists(), "training leftovers shipped"
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name, digest in manifest.items():
-        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{name} differs from manifest.json"
+    check_small_and_as_its_manifest_says(folder, MAX_BYTES)
     config = json.loads((folder / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     card = (folder / "README.md").read_text()
