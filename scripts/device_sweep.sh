@@ -68,11 +68,12 @@ if ((serving)); then
   imports
   # gradio does not travel (its ~50 MiB leave no room for the checkpoints): the app, MCP and Space-stack tests that
   # import it stay on CI; what the serving path needs runs here. Nor do the data set's Training images or Lite0's
-  # ImageNet package: the training tests (imagenet, training_writes) stay on CI too.
+  # ImageNet package: the training tests (imagenet, training_writes) and the default rule's, which scores validation
+  # (default_rules), stay on CI too.
   timeout "${SERVING_TESTS_S:-180}" "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_serving_device.py tests/test_zerogpu.py tests/test_outline.py tests/test_multitask.py tests/test_batching.py \
     tests/test_overlap.py tests/test_graphs.py --deselect tests/test_zerogpu.py::test_the_real_spaces_wrapper_forks_pickles_and_is_asked_for_a_duration \
-    -k "not imagenet and not training_writes" \
+    -k "not imagenet and not training_writes and not default_rules" \
     2>&1 | tee "$OUT/serving_tests.log"
   status=${PIPESTATUS[0]}
   timeout 150 "$PY" scripts/cuda_check.py --data "$BRAIN_MRI_DATA" --n "${CHECK_N:-32}" --device "${CHECK_DEVICE:-cuda}" --out "$OUT/cuda_check.json" 2>&1 |
