@@ -48,3 +48,14 @@ def test_table_puts_the_seed_figure_beside_ours_and_says_where_it_was_measured(t
     text = seed_report.seed_markdown(tmp_path)
     assert "| Sequential 1: 7 layers, 20 epochs | simple_cnn_7 |" in text and "measured on the official **Testing** split" in text
     assert seed_report.seed_markdown(tmp_path / "none").startswith("No seed runs shipped yet")
+
+
+def test_the_note_says_whether_the_runs_share_their_validation_images(tmp_path):
+    _checkpoint(tmp_path, "simple_cnn_7", 0.95, 0.90)
+    _checkpoint(tmp_path, "simple_cnn_10", 0.955, 0.93)
+    assert seed_report.same_validation_note(tmp_path).startswith("Which validation images simple_cnn_7, simple_cnn_10")
+    for name, images in (("simple_cnn_7", "a.jpg\nb.jpg"), ("simple_cnn_10", "b.jpg\na.jpg")):
+        (tmp_path / name / "val_split.txt").write_text(f"# a note\n{images}\n")
+    assert seed_report.same_validation_note(tmp_path) == "All 2 runs are chosen on the same 2 validation images."
+    (tmp_path / "simple_cnn_10" / "val_split.txt").write_text("a.jpg\nc.jpg\n")
+    assert seed_report.same_validation_note(tmp_path).startswith("Their validation images differ")

@@ -155,6 +155,9 @@ def same_validation_note(root: str | Path | None = None) -> str:
     """Whether the claims compare the runs on the same validation images (each folder's ``val_split.txt``)."""
     root = Path(checkpoint_dir() if root is None else root)
     listed = {name: read_val_split(root / name) for name in _metrics(root)}
-    if None not in listed.values() and len({tuple(sorted(v)) for v in listed.values()}) == 1:
+    unrecorded = [name for name, images in listed.items() if images is None]
+    if unrecorded:
+        return f"Which validation images {', '.join(unrecorded)} used is not recorded (no val_split.txt)."
+    if len({tuple(sorted(v)) for v in listed.values()}) == 1:
         return f"All {len(listed)} runs are chosen on the same {len(next(iter(listed.values())))} validation images."
     return "Their validation images differ, so a claim that pairs two runs compares them on different images."
