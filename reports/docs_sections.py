@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from brainmri.eval.one_encoder import one_encoder_markdown
@@ -19,7 +18,7 @@ from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import ROOT
 from brainmri.vocabulary import CLASS_WORDS, percent
 from reports.cam_sanity import cam_sanity_markdown
-from reports.retrained import SNAPSHOT, retrained_markdown
+from reports.retrained import SNAPSHOT, read_snapshot, retrained_markdown
 
 DOCS = ROOT / "docs" / "experiments.md"  # holds the results and seed sections
 README = ROOT / "README.md"  # holds the headline section and the one-encoder summary
@@ -113,9 +112,7 @@ def leak_markdown(before: str | Path = SNAPSHOT) -> str:
         "| model | validation as shipped (n) | leak-free validation (n) | inflation | official Testing | unseen Testing (n) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    path = Path(before)
-    models = json.loads(path.read_text())["models"] if path.is_file() else {}
-    for name, f in sorted(models.items()):
+    for name, f in sorted(read_snapshot(before).items()):
         old, new = f.get("validation_leaky"), f["validation"]
         if old is None:
             continue

@@ -84,14 +84,19 @@ def snapshot(root: Path = ROOT / "checkpoints", out: Path = SNAPSHOT) -> Path:
     return out
 
 
+def read_snapshot(path: str | Path = SNAPSHOT) -> dict[str, dict]:
+    """The as-is split's figures by model (:func:`snapshot`), or none when the snapshot has not been taken."""
+    path = Path(path)
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
+
+
 def _cell(value: float | None, ci: list | None = None) -> str:
     return "" if value is None else percent(value, ci, digits=2)
 
 
 def retrained_markdown(root: str | Path = ROOT / "checkpoints", before: str | Path = SNAPSHOT) -> str:
     """One row per shipped classifier: its as-is-split figures and, once retrained, the mirror-aware ones."""
-    path = Path(before)
-    old = json.loads(path.read_text())["models"] if path.is_file() else {}
+    old = read_snapshot(before)
     lines = [
         "| model | split | validation (n) | official Testing | unseen Testing (95% CI) | unseen ECE after T |",
         "|---|---|---:|---:|---:|---:|",

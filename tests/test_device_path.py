@@ -176,18 +176,13 @@ def test_a_fresh_run_into_a_used_folder_keeps_nothing_the_last_run_measured(data
     assert len((out / "val_split.txt").read_text().split("\n")) > 2
 
 
-def test_a_runs_figures_are_measured_without_tf32_and_training_gets_its_flags_back():
+def test_a_runs_figures_are_measured_without_tf32_and_training_gets_its_flags_back(tf32_on):
     """On a GPU the end of a run measures Testing, T and the OOD statistics in exact float32, as the app serves
     (cuDNN allows TF32 by default); the next run of a sweep trains with the flags it had. Only flags: no GPU needed."""
     from train.finish import as_served
 
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as a run that trains in TF32
-    try:
-        with as_served("cuda"):
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        with as_served("cpu"):
-            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # nothing to change off the GPU
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    with as_served("cuda"):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    with as_served("cpu"):
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # nothing to change off the GPU

@@ -32,15 +32,6 @@ def images(data_dir):
     return [records.open(i) for i in range(len(records))]
 
 
-@pytest.fixture
-def tf32_on():
-    """TF32 allowed, as a GPU training run leaves it; the flags put back after (torch's flag objects defy monkeypatch)."""
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
 def test_the_device_is_the_cpu_here_unless_asked(monkeypatch, tf32_on):
     monkeypatch.delenv("BRAIN_MRI_DEVICE", raising=False)
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)

@@ -66,18 +66,22 @@ def _rounded(value, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
-    """Per model, the mean share of heatmap mass inside the brain mask over the Testing images it was measured on,
-    named as such when the attention sits mostly outside; empty when the check has not been run."""
+def cam_report(path: str | Path = CAM_SANITY_JSON) -> dict:
+    """The heatmap check's report (reports.cam_sanity); empty when it has not been run or cannot be read."""
     try:
-        report = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return {}
     except (OSError, json.JSONDecodeError) as e:
         _logger.warning("%s unreadable, so no heatmap-in-brain figures (%s: %s)", path, type(e).__name__, e)
         return {}
+
+
+def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
+    """Per model, the mean share of heatmap mass inside the brain mask over the Testing images it was measured on,
+    named as such when the attention sits mostly outside; empty when the check has not been run."""
     out = {}
-    for name, r in report.get("models", {}).items():
+    for name, r in cam_report(path).get("models", {}).items():
         if r.get("mean") is not None:
             outside = "outside" in r.get("verdict", "")
             out[name] = f"{r['mean']:.2f} (n={r['n']})" + (": attention mostly OUTSIDE the brain" if outside else "")
@@ -87,9 +91,8 @@ def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
 def about(path: str | Path = CAM_SANITY_JSON) -> str:
     """:data:`ABOUT`, then what the heatmap-in-brain column measures, in the check's own words (its method, and what a
     uniform map would score: the brain mask's mean share of the image)."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):  # cam_in_brain says why, once; the column is empty then anyway
+    report = cam_report(path)
+    if not report:  # the column is empty then anyway
         return ABOUT
     areas = [r["mask_area_mean"] for r in report.get("models", {}).values() if r.get("mask_area_mean") is not None]
     method = str(report.get("cam", "the served heatmap")).split(",")[0]
