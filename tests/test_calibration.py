@@ -15,7 +15,16 @@ from brainmri.calibration import calibrated_probs, fit_temperature, load_tempera
 from brainmri.eval.ensemble import ensemble_probs
 from brainmri.eval.metrics import expected_calibration_error
 from brainmri.eval.report import reliability_diagram
-from brainmri.models.checkpoint import CALIBRATION, MANIFEST, load_checkpoint, verify_checkpoint
+from brainmri.models.checkpoint import (
+    CALIBRATION,
+    MANIFEST,
+    OOD_CONFIG,
+    OOD_TENSORS,
+    OUTLINE_RULE,
+    add_to_manifest,
+    load_checkpoint,
+    verify_checkpoint,
+)
 
 
 def sampled(n: int = 4000, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +113,15 @@ def test_calibration_outside_the_manifest_or_missing_is_caught(tiny_checkpoint):
     (tiny_checkpoint / CALIBRATION).unlink()
     with pytest.raises(ValueError, match=re.escape(f"missing {CALIBRATION}")):
         verify_checkpoint(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("name", [OOD_CONFIG, OOD_TENSORS, OUTLINE_RULE])
+def test_a_served_rule_beside_the_weights_but_outside_the_manifest_is_caught(tiny_checkpoint, name: str):
+    (tiny_checkpoint / name).write_text("{}")  # an OOD threshold or outline rule nobody vouched for
+    with pytest.raises(ValueError, match=re.escape(f"{name} is not listed in {MANIFEST}")):
+        verify_checkpoint(tiny_checkpoint)
+    add_to_manifest(tiny_checkpoint, [name])
+    verify_checkpoint(tiny_checkpoint)
 
 
 def test_save_temperature_does_not_bless_altered_weights(tiny_checkpoint):

@@ -204,3 +204,25 @@ def test_on_zerogpu_the_passes_stay_in_torch(monkeypatch):
     monkeypatch.setenv("BRAIN_MRI_ONNX", "1")
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert not onnx_serving(torch.device("cpu"))
+
+
+def test_a_session_takes_as_many_threads_as_each_workers_torch():
+    """One rule for a batch worker's threads (brainmri.runtime.configure_torch_threads), torch's and ONNX Runtime's."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            options = onnx_passes._new_session(model.SerializeToString()).get_session_options()
+            assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+    finally:
+        torch.set_num_threads(before)

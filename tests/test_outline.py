@@ -123,13 +123,19 @@ def test_the_bf16_outline_is_the_float32_one(predictor: Predictor, tumours: Imag
     assert dice and sum(dice) / len(dice) >= 0.98 and min(dice) >= 0.9, dice
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path):
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, monkeypatch):
+    import torch
+
     from brainmri.runtime import native_bf16
 
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 sse\n")
     (tmp_path / "old").write_text("flags\t\t: fpu avx2 avx512f sse\n")
     assert native_bf16(tmp_path / "cpuinfo") and not native_bf16(tmp_path / "old")
     assert not native_bf16(tmp_path / "absent")  # not Linux, or unreadable: float32
+    # torch held to its AVX2 kernels (ATEN_CPU_CAPABILITY=avx2) computes bf16 in emulation, flags or not.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not native_bf16(tmp_path / "cpuinfo")
 
 
 def test_speed_figures_name_the_cpu_and_bf16_training_warns_where_it_is_emulated(tmp_path: Path, monkeypatch, caplog):
@@ -139,7 +145,8 @@ def test_speed_figures_name_the_cpu_and_bf16_training_warns_where_it_is_emulated
 
     (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 sse\n")
     (tmp_path / "old").write_text("flags\t\t: fpu avx2 sse\n")
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = "AVX512"  # the kernel level named, whatever this host's
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert runtime.describe_cpu(tmp_path / "cpuinfo") == f"{capability}, bf16 native"
     assert runtime.describe_cpu(tmp_path / "old") == f"{capability}, bf16 emulated"
     # Where Linux names the first CPU's vendor, family and model, they follow; a second CPU's block is not read.

@@ -289,6 +289,29 @@ def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistic
     assert not chosen.predict(Image.new("RGB", (256, 256))).in_distribution  # a blank image is still flagged
 
 
+def test_an_override_not_found_yet_answers_once_it_arrives_and_a_name_the_registry_lacks_stops_the_app(monkeypatch, caplog):
+    shipped = require_shipped()
+    later = "tf_efficientnet_lite2"  # as if its weights were on the Hub only, asked once a page loads
+    monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", later)
+    with caplog.at_level("WARNING", logger="brainmri.serving.served"):
+        served = Predictor({**shipped, later: ModelSource(later, "", "x", "no local checkpoint (Hub lookup disabled)")})
+    assert served.default_model == APP_DEFAULT and f"BRAIN_MRI_DEFAULT_MODEL={later} is not available" in caplog.text
+    served.add_sources({later: shipped[later]})
+    assert served.default_model == later and served.ood_model == DEFAULT_CLASSIFIER
+    monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", "tf_efficientnet_lite9")
+    with pytest.raises(ValueError, match="BRAIN_MRI_DEFAULT_MODEL=tf_efficientnet_lite9 is not an available model"):
+        Predictor(shipped)
+
+
+def test_a_deployment_whose_models_all_come_from_the_hub_gets_its_judge_when_they_arrive():
+    shipped = require_shipped()
+    served = Predictor({n: ModelSource(n, "", "x", "no local checkpoint (Hub lookup disabled)") for n in shipped})
+    assert served.default_model is None and served.ood_model is None
+    served.add_sources(shipped)  # what the app does when a page first loads
+    assert served.default_model == APP_DEFAULT and served.ood_model == DEFAULT_CLASSIFIER
+    assert not served.predict(Image.new("RGB", (256, 256))).in_distribution  # judged, not answered unjudged
+
+
 def test_the_registry_default_comes_first_and_without_it_the_best_on_validation():
     sources = discover(hub=False)
     assert app_default_model(sources) == APP_DEFAULT

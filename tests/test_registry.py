@@ -95,3 +95,10 @@ def test_the_package_exports_its_public_names():
     assert brainmri.create_model is registry.create_model
     with pytest.raises(AttributeError):
         brainmri.nope  # noqa: B018
+
+
+def test_a_misspelt_model_argument_fails_rather_than_building_the_default():
+    with pytest.raises(TypeError, match="kernal_size"):
+        registry.create_model("simple_cnn_7", kernal_size=5)
+    with pytest.raises(ValueError, match=r"multitask_lite0 takes no model arguments .*\['drop_rate'\]"):
+        registry.create_model("multitask_lite0", drop_rate=0.1)

@@ -13,7 +13,6 @@ decodes and resizes, so a 16-core machine decodes the data set in about a second
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ import torch
 from brainmri.data import duplicates as _duplicates
 from brainmri.data import records as _data
 from brainmri.data.records import ImageRecords
+from brainmri.runtime import available_cpus
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ def _chunked(fn: Callable[[ImageRecords], T], records: ImageRecords) -> list[T]:
     chunks = [records.subset(range(i, min(i + _CHUNK, len(records)))) for i in range(0, len(records), _CHUNK)]
     if len(chunks) <= 1:
         return [fn(records)]
-    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(chunks), available_cpus())) as pool:
         return list(pool.map(fn, chunks))
 
 

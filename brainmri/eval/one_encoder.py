@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from brainmri.eval.outline_rules import rule_words, served_rule_line
-from brainmri.eval.tables import read_metrics
+from brainmri.eval.tables import metrics_if_any
 from brainmri.models.checkpoint import MULTITASK_DEFAULT, UNSEEN, results_dir
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES
 from brainmri.segmentation import OutlineRule
@@ -69,11 +69,8 @@ def outline_markdown(m: dict, pair: dict | None = None, pair_name: str = "") -> 
 def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = None, compact: bool = False) -> str:
     """The whole section; empty when the folder has no metrics. ``compact`` (the README): the outline table beside
     the default segmenter's, the class in one line, and the verdict."""
-    try:
-        m = read_metrics(folder)
-    except ValueError:
-        return ""
-    if "outline" not in m:
+    m = metrics_if_any(folder)
+    if m is None or "outline" not in m:
         return ""
     path = Path(default_json) if default_json else results_dir() / MULTITASK_DEFAULT
     verdict = json.loads(path.read_text()) if path.is_file() else None

@@ -9,9 +9,12 @@ metrics.json (reports/results.py's CSV, the app's Experiments tab), and :func:`c
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from brainmri.models.checkpoint import METRICS, UNSEEN
+
+_logger = logging.getLogger(__name__)
 
 
 def read_metrics(folder: str | Path) -> dict:
@@ -25,6 +28,18 @@ def read_metrics(folder: str | Path) -> dict:
 
 def has_metrics(folder: str | Path) -> bool:
     return (Path(folder) / METRICS).is_file()
+
+
+def metrics_if_any(folder: str | Path) -> dict | None:
+    """The folder's metrics.json for a page that shows figures where they exist: None when there is none, and None
+    with a warning naming the file when it cannot be read, so that a damaged file is not taken for a missing one."""
+    if not has_metrics(folder):
+        return None
+    try:
+        return read_metrics(folder)
+    except ValueError as e:
+        _logger.warning("%s: its figures are shown as not measured", e)
+        return None
 
 
 def update_metrics(folder: str | Path, sections: dict, drop: list[str] | None = None) -> dict:

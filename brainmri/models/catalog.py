@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainmri.eval.tables import read_metrics
+from brainmri.eval.tables import metrics_if_any
 from brainmri.models.checkpoint import (
     CALIBRATION,
     CONFIG,
@@ -198,8 +198,8 @@ def checkpoint_folder(source: ModelSource) -> Path:
 def validation_accuracy(folder: str | Path) -> float:
     """The checkpoint's best validation accuracy from metrics.json, or -1 when unknown."""
     try:
-        return float(read_metrics(folder)["validation"]["accuracy"])
-    except (ValueError, KeyError, TypeError):
+        return float((metrics_if_any(folder) or {})["validation"]["accuracy"])
+    except (KeyError, TypeError, ValueError):  # ValueError: a figure that is not a number
         return -1.0
 
 
@@ -211,12 +211,17 @@ def app_default_model(sources: dict[str, ModelSource]) -> str | None:
     Chosen on leak-free validation (each checkpoint's ``val_split.txt``: no image with a twin, mirrored or not,
     in its train part), never on Testing: the test set is for reporting only.
     """
-    available = [s for s in sources.values() if s.available]
     override = default_model()
     if override:
         if override not in sources or not sources[override].available:
             raise ValueError(f"BRAIN_MRI_DEFAULT_MODEL={override} is not an available model")
         return override
+    return rule_default_model(sources)
+
+
+def rule_default_model(sources: dict[str, ModelSource]) -> str | None:
+    """The registry's choice of :func:`app_default_model`, without ``BRAIN_MRI_DEFAULT_MODEL``."""
+    available = [s for s in sources.values() if s.available]
     if not available:
         return None
     for first in (APP_DEFAULT, DEFAULT_CLASSIFIER):  # an ensemble default that cannot be served: its classifier alone
@@ -242,10 +247,7 @@ def unseen_accuracy(source: ModelSource) -> float | None:
     if source.where == ENSEMBLE:
         metrics = read_ensemble_figures(source.name)
     elif source.where == "local":
-        try:
-            metrics = read_metrics(source.location)
-        except ValueError:
-            return None
+        metrics = metrics_if_any(source.location)
     else:
         return None
     try:

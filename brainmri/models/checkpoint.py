@@ -41,6 +41,7 @@ HISTORY = "history.csv"  # one row per epoch
 OOD_CONFIG = "ood.json"  # optional: thresholds of the OOD check (brainmri.ood), written by train.ood, in the manifest
 OOD_TENSORS = "ood.safetensors"  # optional: its class means and precision matrix, in the manifest
 OUTLINE_RULE = "outline.json"  # optional: how a segmenter's map becomes an outline (train.outline_rules), in the manifest
+SERVED_RULES = (CALIBRATION, OOD_CONFIG, OOD_TENSORS, OUTLINE_RULE)  # the optional files serving reads: in the manifest
 VAL_SPLIT = "val_split.txt"  # the validation images (dataset-relative paths) its validation figures and fits use
 CARD = "README.md"  # the model card (brainmri.eval.report.write_model_card)
 CURVES = "curves.png"  # loss and accuracy per epoch (training)
@@ -151,8 +152,9 @@ def verify_checkpoint(folder: str | Path) -> None:
         digests = json.loads(manifest.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"checkpoint {folder}: {MANIFEST} is not valid JSON: {e}") from None
-    if (folder / CALIBRATION).is_file() and CALIBRATION not in digests:
-        raise ValueError(f"checkpoint {folder}: {CALIBRATION} is not listed in {MANIFEST}")
+    for name in SERVED_RULES:  # each changes what the app answers, so none may sit beside the weights unverified
+        if (folder / name).is_file() and name not in digests:
+            raise ValueError(f"checkpoint {folder}: {name} is not listed in {MANIFEST}")
     for name, digest in digests.items():
         if not (folder / name).is_file():
             raise ValueError(f"checkpoint {folder} is missing {name} (listed in {MANIFEST})")

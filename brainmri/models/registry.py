@@ -224,6 +224,8 @@ def create_model(name: str, num_classes: int = 4, pretrained: bool = False, **kw
         from brainmri.models.multitask import MultiTaskClassifier
         from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 
+        if args:
+            raise ValueError(f"{name} takes no model arguments (it is built from {spec.segmenter}): {sorted(args)}")
         if num_classes != get_segmenter_spec(spec.segmenter).num_classes:
             raise ValueError(f"{name} has {get_segmenter_spec(spec.segmenter).num_classes} classes, not {num_classes}")
         return MultiTaskClassifier(create_segmenter(spec.segmenter, pretrained=pretrained))

@@ -87,8 +87,7 @@ class SimpleCNN(nn.Module):
         width: int = 16,
         hidden: int = 128,
         drop_rate: float = 0.3,
-        **kwargs,
-    ):
+    ):  # no **kwargs: a misspelt model_args key in the registry fails here rather than building the default
         super().__init__()
         if depth not in _DEPTHS:
             raise ValueError(f"depth must be one of {sorted(_DEPTHS)}, got {depth}")

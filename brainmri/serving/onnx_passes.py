@@ -118,9 +118,10 @@ def _new_session(model_bytes: bytes):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # One thread, as each batch worker's torch (brainmri.runtime); no spinning: a waiting thread would spin on the
-    # core the other worker needs.
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    # As many threads as each batch worker's torch (brainmri.runtime.configure_torch_threads: one on 2 cores with two
+    # workers); no spinning: a waiting thread would spin on the core the other worker needs.
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.add_session_config_entry("session.set_denormal_as_zero", "1")  # as torch does here (brainmri.runtime)

@@ -21,6 +21,7 @@ from brainmri.models.catalog import (
     ensemble_sources,
     model_about,
     model_label,
+    rule_default_model,
 )
 from brainmri.models.checkpoint import OOD_CONFIG
 from brainmri.models.registry import ENSEMBLES, EnsembleSpec
@@ -47,10 +48,12 @@ class ServedModels:
     ):
         self.sources = discover() if sources is None else dict(sources)
         self.default_model: str | None = None  # chosen once the segmenter is known: an ensemble needs it
+        # "default": the judge is chosen by rule, and again while there is none (Hub models arrive after start-up)
+        self.judge_by_rule = ood_model == "default"
+        self.ood_model: str | None = None if self.judge_by_rule else ood_model
         self.segmenter: str | None = None  # the segmenter's name while it can outline, else None
         self.segmenter_source: ModelSource | None = None
-        self.use_segmenter(discover_segmenter(segmenter) if isinstance(segmenter, str) else segmenter)
-        self.ood_model = self.ood_judge() if ood_model == "default" else ood_model
+        self.use_segmenter(discover_segmenter(segmenter) if isinstance(segmenter, str) else segmenter)  # rules both
         self.cache = ModelCache((model_cache_mb() if cache_mb is None else cache_mb) * 2**20, device)
         self.segmenters = ModelCache(float("inf"), device, loader=load_for_serving)  # one small model: never evicted
 
@@ -136,12 +139,27 @@ class ServedModels:
         self.sources.update({n: src for n, src in ruled.items() if n in self.sources})  # given sources: only those
         try:
             self.default_model = app_default_model(self.sources)
-        except ValueError:  # BRAIN_MRI_DEFAULT_MODEL names an ensemble just ruled out: its classifier answers alone
-            spec = ENSEMBLES.get(default_model() or "")
-            if spec is None or not self.sources.get(spec.explainer, ModelSource("", "", "")).available:
-                raise
+        except ValueError:
+            self.default_model = self.default_without_override()
+        if self.judge_by_rule and self.ood_model is None:
+            self.ood_model = self.ood_judge()
+
+    def default_without_override(self) -> str | None:
+        """The default when ``BRAIN_MRI_DEFAULT_MODEL`` names a model not available here: an ensemble just ruled out
+        gives its classifier alone; a registry model not found yet (its Hub repo is asked when a page first loads),
+        or an ensemble whose classifier is not, gives the registry's choice until it arrives (``add_sources`` rules
+        again). A name the registry does not know stops the app, naming it."""
+        override = default_model() or ""
+        spec = ENSEMBLES.get(override)
+        if spec is not None and self.sources.get(spec.explainer, ModelSource("", "", "")).available:
             _logger.warning("%s is not available (%s): %s answers alone", spec.name, self.sources[spec.name].reason, spec.explainer)
-            self.default_model = spec.explainer
+            return spec.explainer
+        if override in self.sources:
+            chosen = rule_default_model(self.sources)
+            why = self.sources[override].reason
+            _logger.warning("BRAIN_MRI_DEFAULT_MODEL=%s is not available (%s): %s answers until it is", override, why, chosen)
+            return chosen
+        raise ValueError(f"BRAIN_MRI_DEFAULT_MODEL={override} is not an available model; the registry's: {', '.join(self.sources)}")
 
     def segmentation_model(self, copy: int = 0) -> LoadedSegmenter | None:
         """The loaded segmenter (that copy of it), or None when this deployment has none."""
