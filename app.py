@@ -31,7 +31,7 @@ from brainmri.app.uploads import api_file_input, count_pending_uploads, discard_
 from brainmri.cli import setup_logging
 from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
-from brainmri.models.catalog import LABEL_SCORE, discover, discover_segmenter, labelled_choices, unavailable_markdown
+from brainmri.models.catalog import discover, discover_segmenter, label_score, labelled_choices, unavailable_markdown
 from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
 from brainmri.serving import Predictor
@@ -46,6 +46,7 @@ DISCLAIMER = (
     "A classifier trained on one public dataset of brain MRI slices cannot replace a radiologist."
 )
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
+NOTHING_TO_COMPARE = "**Nothing to compare yet.** Upload an image in the Classify tab first: Compare runs the ticked models on it."
 EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify outputs, cleared
 
 configure_torch_threads(batch_workers())
@@ -100,7 +101,7 @@ def classify(
     image = session.image
     with user_errors():
         result = PREDICTOR.predict(image, model_name, method or DEFAULT_METHOD)
-    return display.classify_view(image, result, opacity, show_outline)
+    return display.classify_view(image, result, opacity, show_outline, session.label)
 
 
 def reblend(session: display.Session | None, opacity: float) -> Image.Image | None:
@@ -140,7 +141,8 @@ def show_examples() -> gr.Gallery:  # on page load: a Hub dataset is fetched the
 
 def classify_example(model_name: str | None, method: str, opacity: float, show_outline: bool, evt: gr.SelectData) -> display.ClassifyView:
     """UI, an example clicked: classified like an upload (an example is not an upload: never deleted)."""
-    return classify(display.Session(load_image(examples()[evt.index][0])), model_name, method, opacity, show_outline)
+    path, label = examples()[evt.index]
+    return classify(display.Session(load_image(path), label=label), model_name, method, opacity, show_outline)
 
 
 def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
@@ -150,7 +152,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
         with gr.Column(scale=2, elem_id="input-col"):
             upload = gr.File(label=f"MRI slice: {accepted_formats(detailed=False)}", type="filepath", elem_id="upload", height=120)
             upload = without_stray_temp_file(upload)
-            model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", info=LABEL_SCORE, elem_id="model")
+            model = gr.Dropdown(choices, value=PREDICTOR.default_model, label="Model", info=label_score(PREDICTOR.sources), elem_id="model")
             shown = dict(label="Examples (click one)", columns=4, height="auto", allow_preview=False, elem_id="examples")
             gallery = gr.Gallery(dataview.captioned(local), visible=bool(local), **shown)
         with gr.Column(scale=3, elem_id="result-col"):
@@ -190,10 +192,10 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 
 def compare(
     session: display.Session | None, method: str, chosen: list[str] | None, progress=gr.Progress()
-) -> tuple[pd.DataFrame, str, str]:
+) -> tuple[pd.DataFrame | dict, str | dict, str]:
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
-    if session is None:  # a user's slip, not a server fault: nothing for the log
-        raise user_error("upload an image in the Classify tab first")
+    if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
+        return gr.skip(), gr.skip(), NOTHING_TO_COMPARE  # the table and pictures left as they are
     image = session.image
     names = [n for n in PREDICTOR.single_models if n in (chosen or PREDICTOR.single_models)]
     start = time.perf_counter()
@@ -208,7 +210,8 @@ def compare(
 def compare_tab(session: gr.State) -> gr.CheckboxGroup:
     gr.Markdown("Runs the ticked models on the image uploaded in **Classify**, each with its own heatmap.")
     choices = labelled_choices(PREDICTOR.sources, ensembles=False)
-    picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", info=LABEL_SCORE, elem_id="compare-models")
+    score = label_score(PREDICTOR.sources)
+    picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", info=score, elem_id="compare-models")
     method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="compare-method")
     button = gr.Button("Compare", variant="primary")
     agreement = gr.Markdown(elem_id="agreement")

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
@@ -34,6 +35,7 @@ from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.catalog import checkpoint_folders  # noqa: E402
 from brainmri.models.checkpoint import CONFIG, METRICS, UNSEEN, label_names, results_dir  # noqa: E402
 from brainmri.models.registry import DEFAULT_CLASSIFIER, REGISTRY, create_model  # noqa: E402
+from brainmri.vocabulary import class_words  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 
@@ -41,7 +43,10 @@ COST_PNG, PARAMS_PNG, PER_CLASS_PNG, POINTS_JSON = "accuracy_cost.png", "accurac
 TEST = "test"  # metrics.json sections: the honest figure (UNSEEN), and the official one beside it
 CLIP = (0.01, 0.9995)  # the logit axis has no 0% or 100%: intervals reaching 100% end at its top
 Y_TICKS = [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999]
-COLOURS = {"simple": "tab:blue", "efficientnet": "tab:orange", "efficientnet, random init": "tab:red", "baseline": "tab:green"}
+COLOURS = {
+    "simple": "tab:blue", "efficientnet": "tab:orange", "efficientnet, random init": "tab:red", "multitask": "tab:purple",
+    "baseline": "tab:green",
+}  # fmt: skip  (a family of the registry each; one missing here would be drawn grey, and left out of the legend)
 
 
 def gmacs(name: str, size: int | None = None) -> float:
@@ -65,6 +70,7 @@ def model_point(folder: str | Path, count_macs: bool = True) -> dict:
     if group == "efficientnet" and "random" in (m.get("initialization") or "random"):
         group = "efficientnet, random init"
     per_class = {c: v.get("recall") for c, v in (r.get("per_class") or {}).items()}
+    per_class_n = {c: v.get("n", v.get("support")) for c, v in (r.get("per_class") or {}).items()}
     return {
         "model": name,
         "group": group,
@@ -77,6 +83,7 @@ def model_point(folder: str | Path, count_macs: bool = True) -> dict:
         "input_size": m.get("input_size"),
         "gmacs": round(gmacs(name, m.get("input_size")), 4) if spec and count_macs else None,
         "per_class": per_class or None,
+        "per_class_n": per_class_n or None,  # images of each class the recall is over: few for some classes
         "class_names": label_names(folder) if (Path(folder) / CONFIG).is_file() else list(per_class),
     }
 
@@ -92,12 +99,14 @@ def _label(point: dict) -> str:
 
 
 def _place_labels(ax, texts: list) -> None:
-    """Lift each label, lowest dot first, just clear of the labels already placed that it would overlap."""
+    """Lift each label, lowest dot first, just clear of the labels already placed and of the dots it would cover."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     to_points = 72 / fig.dpi
-    placed = []
+    radius = 5 / to_points  # a dot's half width, in pixels (markers of 7 points, and a little room)
+    dots = [ax.transData.transform(t.xy) for t in texts]
+    placed = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius) for x, y in dots]
     for text in sorted(texts, key=lambda t: ax.transData.transform(t.xy)[1]):
         box = text.get_window_extent(renderer)
         lift = 0.0
@@ -177,18 +186,25 @@ def plot_per_class(points: list[dict], path: str | Path) -> Path:
         for j in range(values.shape[1]):
             ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8)
     spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0) if values.size else []
-    ax.set_xticks(range(len(classes)), [f"{c}\nspread {s:.1f} pts" for c, s in zip(classes, spread)], fontsize=8)
+    ticks = [f"{class_words(c)}\n{_count(rows, c)}\nspread {s:.1f} pts" for c, s in zip(classes, spread)]
+    ax.set_xticks(range(len(classes)), ticks, fontsize=8)
     ax.set_yticks(range(len(rows)), [_label(p) + ("" if p["split"] == UNSEEN else " *") for p in rows], fontsize=8)
     ax.xaxis.tick_top()
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="recall, %")
     unseen = all(p["split"] == UNSEEN for p in rows)
     ax.set_title(
-        "Recall per class on unseen Testing" + ("" if unseen else " (*: official Testing, no test_unseen yet)"), fontsize=10, pad=34
+        "Recall per class on unseen Testing" + ("" if unseen else " (*: official Testing, no test_unseen yet)"), fontsize=10, pad=44
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def _count(rows: list[dict], c: str) -> str:
+    """How many images of class ``c`` the recalls are over, "n=17" (a range where the models' sets differ)."""
+    found = sorted({(p.get("per_class_n") or {}).get(c) for p in rows} - {None})
+    return "n=?" if not found else f"n={found[0]}" if len(found) == 1 else f"n={found[0]}-{found[-1]}"
 
 
 def write_plots(root: str | Path, out: str | Path) -> list[Path]:

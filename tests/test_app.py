@@ -127,14 +127,13 @@ def test_the_app_writes_no_stub_files_into_its_source_tree():
     assert [*ROOT.glob("*.pyi"), *(ROOT / "brainmri").rglob("*.pyi")] == []
 
 
-def test_compare_without_an_image_is_a_clear_error_and_logs_nothing(capsys, caplog):
+def test_compare_without_an_image_says_so_where_its_answer_goes_and_logs_nothing(capsys, caplog):
     import gradio as gr
 
     import app
 
-    with pytest.raises(gr.Error, match="upload an image") as raised:
-        app.compare(None, "Grad-CAM", None)
-    assert raised.value.print_exception is False  # Gradio prints a traceback for errors that do not say otherwise
+    table, grid, summary = app.compare(None, "Grad-CAM", None)
+    assert table == grid == gr.skip() and summary == app.NOTHING_TO_COMPARE and "Upload an image in the Classify tab" in summary
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and not [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]
 
@@ -160,3 +159,24 @@ def test_only_a_value_error_becomes_the_visitors_message():
         raise ValueError("too small")
     with pytest.raises(KeyError), user_errors():  # a fault of the server stays one: logged, not blamed on the visitor
         raise KeyError("weights")
+
+
+def test_an_example_says_the_datasets_label_beside_every_answer_on_it_and_when_the_answer_is_wrong():
+    from types import SimpleNamespace
+
+    import app
+    from brainmri.app.display import example_note
+    from brainmri.vocabulary import class_words
+
+    for index, (_, label) in enumerate(app.examples()):
+        view = app.classify_example(None, "LayerCAM", 0.45, True, SimpleNamespace(index=index))
+        assert f"The dataset labels this example **{class_words(label)}**" in view.summary or (
+            f"**The dataset labels this example {class_words(label)}, so this answer is wrong.**" in view.summary
+        )
+        assert view.session.label == label
+        again = app.classify(view.session, "tf_efficientnet_lite0", "Grad-CAM", 0.45)  # another model: still said
+        assert class_words(label) in again.summary.split("\n\n")[-1]
+    assert example_note(None, SimpleNamespace(prediction="glioma")) == ""  # an upload has no label
+    assert example_note("glioma", SimpleNamespace(prediction="glioma")).endswith("**glioma** too.")
+    assert "so this answer is wrong" in example_note("pituitary", SimpleNamespace(prediction="meningioma"))
+    assert example_note("meningioma", SimpleNamespace(prediction=None)).endswith("**meningioma**.")  # refused: no answer

@@ -37,7 +37,7 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     _fake_checkpoint(tmp_path / "simple_cnn_7", "simple_cnn_7", 0.8)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text("{not json")
-    rows = experiments.experiment_table(tmp_path)
+    rows = experiments.experiment_table(tmp_path, results=tmp_path)  # no ensemble scored there
     assert [r["model"] for r in rows] == ["simple_cnn_7", "tf_efficientnet_lite0"]  # registry order; the broken one skipped
     lite = rows[1]
     assert lite["val acc"] == "95.0%" and lite["unseen test acc (95% CI)"] == "85.0% (80.0-90.0)" and lite["epochs (best)"] == "7 (5)"
@@ -49,6 +49,16 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     assert experiments.history(tmp_path / "simple_cnn_7")[0]["train_loss"] == "1"  # 4 significant digits, not 16
     assert experiments.figure(tmp_path / "simple_cnn_7", "curves.png") is None
     assert experiments.results_tables(tmp_path / "none.csv") == (None, None)
+
+
+def test_the_apps_default_ensemble_has_its_row_with_the_figure_its_label_shows():
+    from brainmri.models.catalog import discover, model_label
+    from brainmri.models.registry import APP_DEFAULT
+
+    rows = experiments.experiment_table()
+    assert rows[0]["model"] == APP_DEFAULT and rows[0]["family"] == "ensemble" and list(rows[0]) == experiments.ALL_COLUMNS
+    assert model_label(discover(hub=False)[APP_DEFAULT]).endswith(f"({rows[0]['unseen test acc (95% CI)'].split(' ')[0]})")
+    assert APP_DEFAULT not in experiments.tables()[4]  # no folder of figures to pick
 
 
 def test_heatmap_check_names_a_model_that_looks_outside_the_brain(tmp_path: Path):

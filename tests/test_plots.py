@@ -16,7 +16,7 @@ CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 def _checkpoint(root: Path, name: str, test: float, unseen: float | None) -> None:
     folder = root / name
     folder.mkdir(parents=True)
-    per_class = {c: {"recall": test - 0.01 * i} for i, c in enumerate(CLASSES)}
+    per_class = {c: {"recall": test - 0.01 * i, "n": 10 + i} for i, c in enumerate(CLASSES)}
     metrics = {
         "model": name,
         "parameters": 400_000,
@@ -41,6 +41,8 @@ def test_the_pictures_show_unseen_first_and_fall_back_to_testing(tmp_path: Path)
     assert (points["simple_cnn_10"]["split"], points["simple_cnn_10"]["accuracy"]) == ("test", 0.93)
     assert 0 < points["simple_cnn_7"]["gmacs"] < points["simple_cnn_10"]["gmacs"] < 1  # three more convolutions
     assert points["simple_cnn_7"]["per_class"]["meningioma"] == 0.89
+    assert points["simple_cnn_7"]["per_class_n"]["meningioma"] == 11  # a recall says over how many images
+    assert plots._count(list(points.values()), "meningioma") == "n=11"
 
 
 def test_the_committed_pictures_are_drawn_from_the_shipped_metrics():
@@ -50,6 +52,6 @@ def test_the_committed_pictures_are_drawn_from_the_shipped_metrics():
     now = {p["model"]: p for p in plots.model_points(ROOT / "checkpoints", count_macs=False)}
     assert set(committed) == set(now)
     for name, point in now.items():
-        for key in ("split", "accuracy", "ci95", "n", "per_class", "parameters"):
+        for key in ("split", "accuracy", "ci95", "n", "per_class", "per_class_n", "parameters"):
             assert committed[name][key] == point[key], f"{name} {key}: rerun python -m reports.plots"
         assert committed[name]["gmacs"] > 0

@@ -44,9 +44,9 @@ def test_sentences_follow_the_numbers_and_the_seed_direction(tmp_path):
 def test_table_puts_the_seed_figure_beside_ours_and_says_where_it_was_measured(tmp_path):
     _checkpoint(tmp_path, "simple_cnn_7", 0.95, 0.898)
     rows = seed_report.seed_rows(tmp_path)
-    assert rows == [{**rows[0], "run": "Sequential 1: 7 layers, 20 epochs", "test acc": "89.8%", "seed (on Testing)": "79.3%"}]
+    assert rows == [{**rows[0], "run": "Sequential 1: 7 layers, up to 20 epochs", "test acc": "89.8%", "seed (on Testing)": "79.3%"}]
     text = seed_report.seed_markdown(tmp_path)
-    assert "| Sequential 1: 7 layers, 20 epochs | simple_cnn_7 |" in text and "measured on the official **Testing** split" in text
+    assert "| Sequential 1: 7 layers, up to 20 epochs | simple_cnn_7 |" in text and "measured on the official **Testing** split" in text
     assert seed_report.seed_markdown(tmp_path / "none").startswith("No seed runs shipped yet")
 
 

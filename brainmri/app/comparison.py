@@ -71,6 +71,10 @@ def agreement(results: Sequence[Prediction]) -> str:
     for r in results:
         by_answer.setdefault(verdict(r), []).append(r.model)
     groups = sorted(by_answer.items(), key=lambda kv: -len(kv[1]))
+    (first, most), rest = groups[0], groups[1:]
+    if 2 * len(most) > len(results):  # a majority: named by its count, the few that differ by name
+        others = "; ".join(f"{class_words(v)}: {', '.join(m)}" for v, m in rest)
+        return f"**{len(most)} of {len(results)} models say {class_words(first)}**; the others differ ({others})."
     return "**The models disagree**: " + "; ".join(f"{class_words(v)} ({len(m)}): {', '.join(m)}" for v, m in groups) + "."
 
 

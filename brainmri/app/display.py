@@ -108,6 +108,7 @@ class Session(NamedTuple):
     image: Image.Image  # the decoded upload
     heatmap: np.ndarray | None = None  # (H, W) in [0, 1]; None before a prediction, or over an image that is not an MRI
     mask: np.ndarray | None = None  # the tumour outline, (H, W) bool; None without one
+    label: str | None = None  # an example's class in the dataset, shown beside every answer on it; None for an upload
 
 
 class ClassifyView(NamedTuple):
@@ -122,15 +123,34 @@ class ClassifyView(NamedTuple):
     session: Session | None  # kept in memory for re-runs and redraws
 
 
-def classify_view(image: Image.Image, result: Prediction, opacity: float, show_outline: bool = True) -> ClassifyView:
-    """The Classify tab's outputs for one prediction on ``image``."""
+def classify_view(
+    image: Image.Image, result: Prediction, opacity: float, show_outline: bool = True, label: str | None = None
+) -> ClassifyView:
+    """The Classify tab's outputs for one prediction on ``image`` (``label``: an example's class in the dataset)."""
     cam = result.explained_cam
     bars = probability_bars(result.probabilities) if result.in_distribution else ""
     heatmap = heatmap_picture(image, result, opacity)
     mask = None if result.outline is None else result.outline.mask
     shown = with_outline(image, mask, show_outline)
     key = colour_bar(result) + outline_note(result)
-    return ClassifyView(summary(result), bars, shown, heatmap, key, result.details(), Session(image, cam, mask))
+    verdict = summary(result) + example_note(label, result)
+    return ClassifyView(verdict, bars, shown, heatmap, key, result.details(), Session(image, cam, mask, label))
+
+
+def example_note(label: str | None, result: Prediction) -> str:
+    """What the dataset says an example is, under the answer on it, so a visitor can check it; a wrong answer is said
+    to be wrong (the examples are the first unseen Testing slices of each class, not picked for right answers)."""
+    if label is None:
+        return ""
+    if result.prediction is None:
+        return f"\n\nThe dataset labels this example **{class_words(label)}**."
+    if result.prediction == label:
+        return f"\n\nThe dataset labels this example **{class_words(label)}** too."
+    return (
+        f"\n\n**The dataset labels this example {class_words(label)}, so this answer is wrong.** The examples are the "
+        "first slices of each class that no model trained on, not the ones a model gets right; each model's accuracy "
+        "on such slices is in brackets in the model list."
+    )
 
 
 def heatmap_picture(image: Image.Image, result: Prediction, opacity: float) -> Image.Image | None:
@@ -190,6 +210,9 @@ CSS = """
   #result-col { order: 1; }
   #header h1 { font-size: 1.5em; margin-bottom: 0.2em; }
   #heatmap, #original { height: 230px !important; }
+  /* no picture yet (or no heatmap over a refused image): no empty 230 px boxes between the upload and the examples */
+  #heatmap:not(:has(img)), #original:not(:has(img)) { display: none; }
+  #model input { text-overflow: ellipsis; padding-right: 1.6em; }  /* the label's end not under the dropdown's arrow */
   /* galleries wrap to three a row instead of scrolling sideways, and grow to hold every row */
   #examples .grid-container, #samples .grid-container, #steps .grid-container {
     grid-template-columns: repeat(3, minmax(0, 1fr)) !important;

@@ -24,9 +24,9 @@ from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import is_sweep_row, metric_columns, read_metrics, row_cut_short
-from brainmri.models.catalog import checkpoint_folders
-from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, results_dir
-from brainmri.models.registry import REGISTRY
+from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
+from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, UNSEEN, results_dir
+from brainmri.models.registry import ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir
 from brainmri.vocabulary import percent
@@ -127,9 +127,32 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
     }
 
 
-def experiment_table(root: str | Path | None = None) -> list[dict]:
-    """Rows for every checkpoint folder; a folder whose metrics cannot be read is logged and skipped."""
-    rows, shares = [], cam_in_brain()
+def ensemble_row(name: str, results: str | Path | None = None) -> dict | None:
+    """A registry ensemble's row (the app's default is one) from its scores (results/<name>.json, the command that
+    wrote them in its ``command``); None when it has not been scored."""
+    scores = read_ensemble_figures(name, results)
+    if scores is None:
+        return None
+    figure = {split: scores.get(split) or {} for split in ("validation", "test", UNSEEN)}
+    row = dict.fromkeys(ALL_COLUMNS, "")
+    row.update({
+        "model": name,
+        "unseen test acc (95% CI)": percent(figure[UNSEEN].get("accuracy"), figure[UNSEEN].get("accuracy_ci95")),
+        "test acc (95% CI)": percent(figure["test"].get("accuracy"), figure["test"].get("accuracy_ci95")),
+        "val acc": percent(figure["validation"].get("accuracy")),
+        "family": "ensemble",
+        "input px": scores.get("input_size", ""),
+        "initialisation": f"its members': {', '.join(scores.get('members', []))}",
+        "parameters": f"{scores['parameters'] / 1e6:.2f} M" if scores.get("parameters") else "",
+        "test ECE calibrated": _rounded(figure["test"].get("ece")),
+    })  # fmt: skip
+    return row
+
+
+def experiment_table(root: str | Path | None = None, results: str | Path | None = None) -> list[dict]:
+    """Rows for every scored registry ensemble (the app's default is one; its scores under ``results``), then every
+    checkpoint folder under ``root``; a folder whose metrics cannot be read is logged and skipped."""
+    rows, shares = [row for name in ENSEMBLES if (row := ensemble_row(name, results)) is not None], cam_in_brain()
     for folder in checkpoint_folders(root, holding=METRICS, classifiers=True, registry_order=True):
         try:
             rows.append(experiment_row(folder, shares))
@@ -229,7 +252,7 @@ def tables(root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, 
     without any), and the names."""
     rows, (sweep, short) = experiment_table(root), results_tables()
     compact, full = pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(rows, columns=ALL_COLUMNS)
-    return compact, full, _frame(sweep), _frame(short), [r["model"] for r in rows]
+    return compact, full, _frame(sweep), _frame(short), [r["model"] for r in rows if r["model"] not in ENSEMBLES]  # no folder
 
 
 def _frame(rows: list[dict] | None) -> pd.DataFrame | None:

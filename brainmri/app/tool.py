@@ -96,15 +96,16 @@ def tool_description(default: str | None, models: list[str], disclaimer: str) ->
             " gets no class, with the reasons why.",
             "",
             "Args:",
-            f"    image: the slice ({accepted_formats(detailed=False)}) as a data: URL, which always works, or as an"
-            " http(s) URL that this server can fetch.",
+            f"    image: the slice ({accepted_formats(detailed=False)}) as a data: URL (base64), which this server accepts"
+            " although the schema names http(s) URLs and needs no upload tool, or as an http(s) URL that this server can fetch.",
             f"    model: leave empty for the app's default ({default or 'the first available model'}); or one of: {others}.",
             "    images: true to also return the heatmap and the tumour mask as PNG data URLs (large); false by default.",
             "",
             "Returns:",
             "    JSON text with model, looks_like_brain_mri, prediction, prediction_words, probabilities, tumour_probability,"
-            " ood_reasons, tumour_box ([x0, y0, x1, y1] in 0-1 of the image), tumour_box_px, tumour_area, models_disagree,"
-            " image_size and disclaimer; with images, heatmap_png and tumour_mask_png too.",
+            " ood_reasons, tumour_box ([x0, y0, x1, y1] in 0-1 of the image), tumour_box_px, tumour_area (the share of the"
+            " image outlined, 0-1), models_disagree (a sentence when the class and the outline disagree on whether there is a"
+            " tumour, else null), image_size and disclaimer; with images, heatmap_png and tumour_mask_png too.",
         ]
     )
 

@@ -280,6 +280,20 @@ def model_label(source: ModelSource) -> str:
 LABEL_SCORE = "In brackets: accuracy on unseen Testing slices (no exact, near or mirrored twin in Training)"  # what model_label's figure is
 
 
+def label_score(sources: dict[str, ModelSource]) -> str:
+    """:data:`LABEL_SCORE` with how many slices the figure is over and how many of them are glioma, read from the
+    default classifier's metrics.json: a figure over a set that is mostly one class says so."""
+    source = sources.get(DEFAULT_CLASSIFIER)
+    metrics = metrics_if_any(source.location) if source is not None and source.where == "local" else None
+    try:
+        unseen = metrics[UNSEEN]
+        n, glioma = int(unseen["n"]), int(unseen["per_class"]["glioma"]["n"])
+    except (KeyError, TypeError, ValueError):
+        return LABEL_SCORE
+    twins = "no exact, near or mirrored twin in Training"
+    return f"In brackets: accuracy on {n} unseen Testing slices ({twins}), {glioma / n:.0%} of them glioma"
+
+
 def labelled_choices(sources: dict[str, ModelSource], ensembles: bool = True) -> list[tuple[str, str]]:
     """(label, registry name) of the available models, grouped by family, registry order within a family; without
     the ensembles when ``ensembles`` is False (Compare lists their members, each once)."""

@@ -107,10 +107,10 @@ def _simple(name: str, depth: int, about: str, **model_args) -> ModelSpec:
 # The seed report's "Sequential" CNNs and its claims, each one controlled change to Sequential 4
 # (train/sweeps/seed.yaml sets the epochs and the schedule of each run).
 _SEED = [
-    _simple("simple_cnn_7", 7, "Sequential 1: 7 layers, 20 epochs"),
-    _simple("simple_cnn_7_e60", 7, "Sequential 2: 7 layers, 60 epochs"),
-    _simple("simple_cnn_10", 10, "Sequential 3: 10 layers, 20 epochs"),
-    _simple("simple_cnn_10_e60", 10, "Sequential 4: 10 layers, 60 epochs"),
+    _simple("simple_cnn_7", 7, "Sequential 1: 7 layers, up to 20 epochs"),
+    _simple("simple_cnn_7_e60", 7, "Sequential 2: 7 layers, up to 60 epochs"),
+    _simple("simple_cnn_10", 10, "Sequential 3: 10 layers, up to 20 epochs"),
+    _simple("simple_cnn_10_e60", 10, "Sequential 4: 10 layers, up to 60 epochs"),
     _simple("simple_cnn_10_e60_k5", 10, "Sequential 4 with 5x5 kernels", kernel_size=5),
     _simple("simple_cnn_10_e60_k7", 10, "Sequential 4 with 7x7 kernels", kernel_size=7),
     _simple("simple_cnn_10_e60_tanh", 10, "Sequential 4 with tanh instead of ReLU", act="tanh"),
