@@ -104,14 +104,23 @@ class OODStats:
         colour, contrast = colourfulness(small), grey_contrast(small)
         distance = float(self.distance(features)[0])
         flagged = {test: bool(f) for test, f in self.flags(colour, contrast, distance).items()}
-        reasons = []
+        reasons = []  # each figure beside what it is measured against, in words (train.ood fits the limits)
         if flagged["colour"]:
-            reasons.append(f"it is in colour (colourfulness {colour:.1f} > {self.colour_threshold:.1f}); MRI slices are greyscale")
+            limit = self.colour_threshold
+            reasons.append(
+                f"it is in colour (colour spread {colour:.1f}, where every training slice stays under {limit:.1f});"
+                " MRI slices are greyscale"
+            )
         if flagged["contrast"]:
-            reasons.append(f"it is almost uniform (contrast {contrast:.1f} < {self.contrast_threshold:.1f})")
-        if flagged["distance"]:
-            reasons.append(f"its features are far from every training class (distance {distance:.1f} > {self.threshold:.1f})")
+            limit = self.contrast_threshold
+            reasons.append(f"it is almost uniform (grey-level spread {contrast:.1f}, where every training slice has more than {limit:.1f})")
         percentile = self.meta.get("percentile")
+        if flagged["distance"]:
+            share = f"{percentile:g}% of" if percentile else "most"
+            reasons.append(
+                f"its features are far from every training class (distance {distance:.1f}, where {share} validation slices"
+                f" are within {self.threshold:.1f})"
+            )
         return OODResult(not reasons, reasons, distance, self.threshold, colour, contrast, percentile=percentile)
 
     def save(self, folder: str | Path) -> None:

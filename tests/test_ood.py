@@ -52,6 +52,8 @@ def test_fitted_statistics_load_are_in_the_manifest_and_judge_images(tmp_path, s
     assert verdict.distance is not None and verdict.colourfulness == 0.0  # a greyscale slice-like image
     assert verdict.percentile == 97.5  # as fitted: what the summary tells a visitor
     assert not blank.in_distribution and any("uniform" in r for r in blank.reasons)
+    limit = f"where every training slice has more than {stats.contrast_threshold:.1f})"  # a figure says what it is against
+    assert any(r.startswith("it is almost uniform (grey-level spread 0.0, ") and r.endswith(limit) for r in blank.reasons)
 
     (folder / OOD_TENSORS).write_bytes((folder / OOD_TENSORS).read_bytes()[:-8])
     with pytest.raises(ValueError, match=OOD_TENSORS):
