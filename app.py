@@ -252,7 +252,7 @@ def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
 def build_demo() -> gr.Blocks:
     # Uploads are deleted once decoded and heatmaps never touch the disk (brainmri.app.inline_media); the sweep is a
     # backstop for anything else in Gradio's cache (example copies, figures): older than 10 minutes, every 10 minutes.
-    with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(600, 600)) as demo:
+    with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=(SESSION_TTL_S, SESSION_TTL_S)) as demo:
         gr.Markdown(
             f"# Brain MRI tumour classifier\n{CLASSES_IN_WORDS.capitalize()}, with a heatmap of what drove each answer. " + DISCLAIMER,
             elem_id="header",

@@ -30,6 +30,7 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from timm.data import DEFAULT_CROP_PCT
 from torch import nn
 
 Layers = nn.Module | Sequence[nn.Module]
@@ -174,7 +175,7 @@ def view_box(width: int, height: int, cfg: dict) -> tuple[int, int, int, int]:
     non-square image the model (and its heatmap) covers only a centred square. The box
     may reach outside the image ("border" mode pads).
     """
-    crop_pct = cfg.get("crop_pct") or 0.875
+    crop_pct = cfg.get("crop_pct") or DEFAULT_CROP_PCT
     mode = cfg.get("crop_mode") or "center"
     if mode == "squash":
         w, h = width * crop_pct, height * crop_pct

@@ -155,6 +155,14 @@ def onnx_runtime_as(on: bool) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def outline_bf16_as(on: bool) -> Iterator[None]:
+    """``BRAIN_MRI_OUTLINE_BF16`` as ``on`` inside the block, as it was after: outliners loaded there run their forward
+    in bfloat16 or not (scripts/cuda_check.py compares CUDA with a float32 CPU reference)."""
+    with mock.patch.dict(os.environ, {"BRAIN_MRI_OUTLINE_BF16": "1" if on else "0"}):
+        yield
+
+
 def on_zerogpu() -> bool:
     """``SPACES_ZERO_GPU`` (set by the Hub on a ZeroGPU Space, read by the ``spaces`` package): true when the
     Space lends a GPU per decorated call (``brainmri.serving.zerogpu``). Default: false."""

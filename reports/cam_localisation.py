@@ -45,13 +45,19 @@ from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, FUSING_METHODS, prepar
 from brainmri.models.catalog import discover
 from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
-from brainmri.settings import ROOT, onnx_runtime_as
+from brainmri.settings import ROOT, default_data, onnx_runtime_as
 from reports.cam_sanity import brain_mask
-from reports.docs_sections import update_section
+from reports.docs_sections import HEATMAPS_DOC, update_section
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_BOXES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "brain-tumor-mri-boxes" / "training_boxes.csv"
+
+def boxes_beside(data: str | Path) -> Path:
+    """The tumour boxes' table beside the data folder, as the experts' masks are (brainmri.data.records.EXPERTS)."""
+    return Path(f"{Path(data).expanduser().resolve()}-boxes") / "training_boxes.csv"
+
+
+DEFAULT_BOXES = boxes_beside(default_data())
 BATCH = 16
 FUSED = next(iter(FUSING_METHODS))  # a method that weighs every layer of a setting, to name the whole setting
 
@@ -212,7 +218,6 @@ def run(
 
 MASK_SECTION = ("<!-- SECTION:cam-masks -->", "<!-- /SECTION:cam-masks -->")  # docs/heatmaps.md
 BOX_SECTION = ("<!-- SECTION:cam-boxes -->", "<!-- /SECTION:cam-boxes -->")
-HEATMAPS_DOC = ROOT / "docs" / "heatmaps.md"
 
 
 def mask_markdown(report: dict) -> str:
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], fromfile_prefix_chars="@")  # @FILE: one argument a line
     add_data_argument(parser)  # the folder the boxes' paths are relative to
-    parser.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="training_boxes.csv")
+    parser.add_argument("--boxes", type=Path, help="training_boxes.csv (default: beside --data, DATA-boxes/)")
     parser.add_argument("--models", nargs="*", default=None, help="default: every local checkpoint")
     layers = "module paths to weigh instead of the registry's layers; a+b+c fuses b and c with a (LayerCAM)"
     parser.add_argument("--layers", nargs="*", default=[None], help=layers)
@@ -290,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         # A swept stage may lie in the served heatmap's prefix, which ONNX Runtime runs whole: a sweep runs in torch.
         with onnx_runtime_as(False) if any(args.layers or []) else contextlib.nullcontext():
-            report = run(args.data, args.boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
+            boxes = args.boxes or boxes_beside(args.data)
+            report = run(args.data, boxes, args.models, args.layers or [None], args.methods, cam_size=args.cam_size)
         write_json(args.out, report)
         print(f"wrote {args.out}")
         for section, note, markdown in doc_sections(report, args.out, args.docs, args.docs_stages):

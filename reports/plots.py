@@ -44,7 +44,10 @@ TEST = "test"  # metrics.json sections: the honest figure (UNSEEN), and the offi
 CLIP = (0.01, 0.9995)  # the logit axis has no 0% or 100%: intervals reaching 100% end at its top
 Y_TICKS = [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999]
 COLOURS = {
-    "simple": "tab:blue", "efficientnet": "tab:orange", "efficientnet, random init": "tab:red", "multitask": "tab:purple",
+    "simple": "tab:blue",
+    "efficientnet": "tab:orange",
+    "efficientnet, random init": "tab:red",
+    "multitask": "tab:purple",
     "baseline": "tab:green",
 }  # fmt: skip  (a family of the registry each; one missing here would be drawn grey, and left out of the legend)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -42,6 +41,7 @@ from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.registry import APP_DEFAULT  # noqa: E402
 from brainmri.segmentation import mask_overlap  # noqa: E402
 from brainmri.serving import Prediction, Predictor  # noqa: E402
+from brainmri.settings import outline_bf16_as  # noqa: E402
 
 _logger = logging.getLogger("cuda_check")
 
@@ -136,15 +136,8 @@ def float32_outlines() -> Iterator[None]:
     float32: while the check runs, the reference outlines in float32 too, so that both paths do the same arithmetic.
     (The first lease compared bf16 with float32: Dice 0.970-0.984 on seven of 31 outlines, which are the bf16-vs-float32
     figures of the same images on this project's CPU to within 0.003; docs/gpu_lease.md.)"""
-    before = os.environ.get("BRAIN_MRI_OUTLINE_BF16")
-    os.environ["BRAIN_MRI_OUTLINE_BF16"] = "0"
-    try:
+    with outline_bf16_as(False):
         yield
-    finally:
-        if before is None:
-            os.environ.pop("BRAIN_MRI_OUTLINE_BF16", None)
-        else:
-            os.environ["BRAIN_MRI_OUTLINE_BF16"] = before
 
 
 def _run(data: str, n: int, device: str, model: str) -> tuple[list[Agreement], dict]:

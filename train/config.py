@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION
+from brainmri.models.registry import DEFAULT_CLASSIFIER
 from brainmri.settings import default_data
 
 
@@ -38,7 +39,7 @@ class RunConfig:
 
 @dataclass
 class TrainConfig(RunConfig):
-    model: str = "tf_efficientnet_lite0"  # registry name (brainmri.models.registry)
+    model: str = DEFAULT_CLASSIFIER  # registry name (brainmri.models.registry): the app default's classifier unless told
     data: str = field(default_factory=default_data)  # image folder or Hub dataset id (brainmri.settings.default_data)
     out: str = ""  # output folder; default runs/<model>
     epochs: int = 10  # most epochs to run
