@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.duplicates import NEAR_THRESHOLD, Audit, audit
+from brainmri.data.duplicates import NEAR_THRESHOLD, THUMB, Audit, audit
 from brainmri.data.imageio import IMAGE_SUFFIXES
 from brainmri.data.records import SPLIT_FOLDERS, ImageRecords, load_records
 from brainmri.settings import default_data
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", default=default_data(), help="image folder or Hub dataset id (default: %(default)s)")
     parser.add_argument("--out", default="runs/audit", help="folder for summary.json, exact_groups.csv, near_pairs.csv, test_unseen.txt")
-    parser.add_argument("--threshold", type=float, default=NEAR_THRESHOLD, help="near duplicate: mean |difference| in grey levels at 32x32")
+    near = f"near duplicate: mean |difference| in grey levels at {THUMB}x{THUMB}"
+    parser.add_argument("--threshold", type=float, default=NEAR_THRESHOLD, help=near)
     args = parser.parse_args(argv)
 
     def run() -> None:

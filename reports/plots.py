@@ -33,13 +33,22 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.catalog import checkpoint_folders  # noqa: E402
-from brainmri.models.checkpoint import CONFIG, METRICS, UNSEEN, label_names, results_dir  # noqa: E402
+from brainmri.models.checkpoint import (  # noqa: E402
+    CONFIG,
+    COST_PNG,
+    METRICS,
+    PARAMS_PNG,
+    PER_CLASS_PNG,
+    POINTS_JSON,
+    UNSEEN,
+    label_names,
+    results_dir,
+)
 from brainmri.models.registry import DEFAULT_CLASSIFIER, REGISTRY, create_model  # noqa: E402
 from brainmri.vocabulary import class_words  # noqa: E402
 
 _logger = logging.getLogger(__name__)
 
-COST_PNG, PARAMS_PNG, PER_CLASS_PNG, POINTS_JSON = "accuracy_cost.png", "accuracy_params.png", "per_class.png", "plots.json"
 TEST = "test"  # metrics.json sections: the honest figure (UNSEEN), and the official one beside it
 CLIP = (0.01, 0.9995)  # the logit axis has no 0% or 100%: intervals reaching 100% end at its top
 Y_TICKS = [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999]

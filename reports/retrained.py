@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.split import DEFAULT_RULE, SPLIT_RULES
+from brainmri.data.split import SPLIT_RULES, split_rule
 from brainmri.eval.tables import read_metrics
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import METRICS, TRAIN_CONFIG, UNSEEN
@@ -32,11 +32,6 @@ _logger = logging.getLogger(__name__)
 SNAPSHOT = ROOT / "results" / "as_is_split.json"
 MIRROR_AWARE = "mirror-aware"
 assert MIRROR_AWARE in SPLIT_RULES
-
-
-def split_of(train_config: dict) -> str:
-    """The twin rule a run's split followed, as brainmri.data.split.checkpoint_split reads it."""
-    return train_config.get("split", DEFAULT_RULE)
 
 
 def figures(metrics: dict) -> dict:
@@ -68,7 +63,7 @@ def as_is_figures(relative_folder: str) -> dict | None:
             metrics = json.loads(_git("show", f"{commit}:{relative_folder}/{METRICS}"))
         except subprocess.CalledProcessError:
             continue
-        if split_of(config) != MIRROR_AWARE:
+        if split_rule(config) != MIRROR_AWARE:
             return {"commit": commit[:7], **figures(metrics)}
     return None
 
@@ -106,7 +101,7 @@ def retrained_markdown(root: str | Path = ROOT / "checkpoints", before: str | Pa
     for folder in folders:
         config = json.loads((folder / TRAIN_CONFIG).read_text())
         now = figures(read_metrics(folder))
-        retrained = split_of(config) == MIRROR_AWARE
+        retrained = split_rule(config) == MIRROR_AWARE
         done += retrained
         rows = ([("as-is (before)", old[folder.name])] if folder.name in old else []) + [
             ("**mirror-aware**" if retrained else "as-is (not retrained yet)", now)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.cache import open_cache
-from brainmri.data.split import DEFAULT_RULE, checkpoint_config, checkpoint_split, leak_free, write_val_split
+from brainmri.data.split import DEFAULT_RULE, checkpoint_config, checkpoint_split, leak_free, split_rule, write_val_split
 from brainmri.eval.metrics import classification_report
 from brainmri.eval.tables import read_metrics, update_metrics
 from brainmri.models.checkpoint import OOD_CONFIG, VAL_SPLIT, load_checkpoint
@@ -49,7 +49,7 @@ def refit(folder: str | Path, data: str | None = None) -> dict:
     data = data or cfg["data"]
     (folder / VAL_SPLIT).unlink(missing_ok=True)  # rebuild from the rule, not from an earlier list
     train, val = checkpoint_split(folder, data)
-    rule = cfg.get("split", DEFAULT_RULE)
+    rule = split_rule(cfg)
     free = val if rule == DEFAULT_RULE else leak_free(train, val)
     note = f"leak-free part of the {rule!r} validation split: no exact, near or mirrored twin in the train part"
     write_val_split(folder, free, data, note)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from brainmri.data.split import DEFAULT_RULE
+from brainmri.data.split import DEFAULT_RULE, split_rule
 from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.eval.one_encoder import EXPERT_NAMES, class_markdown, outline_markdown
 from brainmri.eval.outline_rules import served_rule_line
@@ -64,7 +64,7 @@ EMA_NOTE = "'s exponential moving average of the weights"
 
 
 def card_text(m: dict, cfg: dict) -> str:
-    split = cfg.get("split", DEFAULT_RULE)
+    split = split_rule(cfg)
     return "\n".join(
         [
             f"# {m['model']}: one encoder for a brain MRI slice's class, heatmap and tumour outline",
@@ -120,6 +120,6 @@ def write_multitask_card(folder: Path) -> Path:
         tags=["image-segmentation", "image-classification", "timm", "segmentation-models-pytorch", "brain-mri"],
         datasets=[DATASET],
         model_name=m["model"],
-        eval_results=classifier_eval_results(m) + outline_eval_results(m, cfg.get("split", DEFAULT_RULE)),
+        eval_results=classifier_eval_results(m) + outline_eval_results(m, split_rule(cfg)),
     )
     return write_card(data, card_text(m, cfg), folder / CARD)

@@ -38,7 +38,7 @@ from brainmri.eval.report import DATASET, segmentation_eval_results, write_card
 from brainmri.eval.segmentation import per_image_scores, plot_segmentation_history, predict_all, summarise
 from brainmri.models.checkpoint import CARD, CURVES, HISTORY, METRICS, TRAIN_CONFIG, drop_run_results, write_manifest
 from brainmri.models.segmenters import UNET, create_segmenter, get_segmenter_spec
-from brainmri.segmentation import load_segmenter, normalise, to_input
+from brainmri.segmentation import THRESHOLD, load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
@@ -288,7 +288,7 @@ def write_segmentation_card(folder: Path) -> Path:
         "",
         f"- Architecture: {m['architecture']}; {m['parameters']:,} parameters",
         f"- Weights initialised from: {m['initialization']}",
-        f"- Input: {m['input_size']} x {m['input_size']} RGB, mean/std of the encoder's timm config; tumour where p > 0.5",
+        f"- Input: {m['input_size']} x {m['input_size']} RGB, mean/std of the encoder's timm config; tumour where p > {THRESHOLD}",
         f"- Trained for {m['epochs_run']} epochs (best validation epoch {m['best_epoch']}) on CPU, {m['train_seconds']} s,"
         f" {m['train_images']} images: Cheng et al.'s figshare masks (CC BY 4.0), and no-tumour slices as empty masks",
         f"- Command: `python -m train.segment --data DATA --epochs {cfg['epochs']}`",

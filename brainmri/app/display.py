@@ -202,6 +202,9 @@ CSS = """
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
 #examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
+/* the Experiments tab's wide Markdown tables: whole words in their cells (not "glio ma"), the table scrolling sideways */
+#localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; }
+#localisation :is(th, td), #seed-table :is(th, td), #segmentation-table :is(th, td) { word-break: normal; overflow-wrap: normal; }
 @media (max-width: 700px) {
   #classify-row { flex-direction: column; }
   #input-col { display: contents; }
@@ -226,6 +229,6 @@ CSS = """
   #compare-models label { padding: 3px 8px !important; font-size: 0.85em; line-height: 1.25; }
   #compare-models .wrap { gap: 4px !important; }
   /* the Experiments tab's wide Markdown tables scroll sideways instead of wrapping a letter a line */
-  #localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; white-space: nowrap; }
+  #localisation table, #seed-table table, #segmentation-table table { white-space: nowrap; }
 }
 """.replace("OUTLINE", ", ".join(map(str, OUTLINE_COLOUR)))  # the outline drawn on the scan

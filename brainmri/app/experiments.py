@@ -25,7 +25,19 @@ from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
 from brainmri.eval.tables import is_sweep_row, metric_columns, read_metrics, row_cut_short
 from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
-from brainmri.models.checkpoint import CAM_LOCALISATION, CAM_SANITY, EXPERIMENTS_CSV, FIGURES, HISTORY, METRICS, UNSEEN, results_dir
+from brainmri.models.checkpoint import (
+    CAM_LOCALISATION,
+    CAM_SANITY,
+    COST_PNG,
+    EXPERIMENTS_CSV,
+    FIGURES,
+    HISTORY,
+    METRICS,
+    PARAMS_PNG,
+    PER_CLASS_PNG,
+    UNSEEN,
+    results_dir,
+)
 from brainmri.models.registry import ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir
@@ -37,7 +49,7 @@ RESULTS_DIR = results_dir()
 RESULTS_CSV = RESULTS_DIR / EXPERIMENTS_CSV
 CAM_SANITY_JSON = RESULTS_DIR / CAM_SANITY
 CAM_LOCALISATION_JSON = RESULTS_DIR / CAM_LOCALISATION
-PICTURES = tuple(RESULTS_DIR / f for f in ("accuracy_cost.png", "accuracy_params.png", "per_class.png"))  # python -m reports.plots
+PICTURES = tuple(RESULTS_DIR / f for f in (COST_PNG, PARAMS_PNG, PER_CLASS_PNG))  # python -m reports.plots
 # The compact table a visitor reads first (the name pinned on the left); ALL_COLUMNS behind "all columns".
 COLUMNS = [
     "model", "unseen test acc (95% CI)", "test acc (95% CI)", "val acc", "family", "input px", "initialisation", "train time", "device",
@@ -142,7 +154,7 @@ def ensemble_row(name: str, results: str | Path | None = None) -> dict | None:
         "val acc": percent(figure["validation"].get("accuracy")),
         "family": "ensemble",
         "input px": scores.get("input_size", ""),
-        "initialisation": f"its members': {', '.join(scores.get('members', []))}",
+        "initialisation": "its members'",  # each member's row gives its own
         "parameters": f"{scores['parameters'] / 1e6:.2f} M" if scores.get("parameters") else "",
         "test ECE calibrated": _rounded(figure["test"].get("ece")),
     })  # fmt: skip

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Refused above this many pixels: a small file that decodes to gigabytes is an attack, not a scan.
 MAX_PIXELS = 50_000_000
-# Decoded images are downscaled to at most this side; the models see 128-224 px anyway.
+# Decoded images are downscaled to at most this side; the models see 128-390 px (Lite2's heatmap the largest).
 MAX_SIDE = 2048
 # Smaller than this on either side is not a scan (MR slices are 64 px and up).
 MIN_SIDE = 48

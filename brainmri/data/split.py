@@ -114,13 +114,18 @@ def checkpoint_config(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def split_rule(train_config: dict) -> str:
+    """The twin rule a run's split followed, from its train_config.json (``split``; :data:`DEFAULT_RULE` when absent)."""
+    return train_config.get("split", DEFAULT_RULE)
+
+
 def checkpoint_split(folder: str | Path, data: str | None = None) -> tuple[ImageRecords, ImageRecords]:
     """A checkpoint's own (train, validation) records: the rule's cut from its train_config.json, with validation
     narrowed to the images its ``val_split.txt`` lists when it has one. ``data`` overrides where the images are
     (the same images, elsewhere: a device run's ``data/`` copy, say)."""
     cfg = checkpoint_config(folder)
     data = data or cfg["data"]
-    train, val = training_split(data, cfg["val_fraction"], cfg["seed"], cfg.get("limit_per_class", 0), cfg.get("split", DEFAULT_RULE))
+    train, val = training_split(data, cfg["val_fraction"], cfg["seed"], cfg.get("limit_per_class", 0), split_rule(cfg))
     listed = read_val_split(folder)
     if listed is None:
         return train, val
