@@ -30,7 +30,6 @@ from brainmri.app.dataview import (
     AUDIT_JSON,
     COUNTS_JSON,
     EXAMPLES_DIR,
-    RESULTS_DIR,
     SAMPLE_CAPTION,
     SAMPLE_COLUMNS,
     SAMPLE_TILE,
@@ -42,6 +41,7 @@ from brainmri.app.dataview import (
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.duplicates import audit, thumbnails, unseen_indices
 from brainmri.data.records import ImageRecords, load_records
+from brainmri.models.checkpoint import results_dir
 from brainmri.vocabulary import class_words
 
 _logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--per-class", type=int, default=2, help="example slices per class, at most 2 (default: %(default)s)")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the Data tab's files go (default: results/)")
+    parser.add_argument("--results", type=Path, default=results_dir(), help="where the Data tab's files go (default: results/)")
     parser.add_argument("--examples", type=Path, default=EXAMPLES_DIR, help="where the examples go (default: examples/)")
     args = parser.parse_args(argv)
     if not 1 <= args.per_class <= 2:

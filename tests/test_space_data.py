@@ -13,6 +13,7 @@ from conftest import CLASSES
 from brainmri.app import dataview
 from brainmri.data.duplicates import thumbnails, unseen_indices
 from brainmri.data.records import ImageRecords, load_records
+from brainmri.models.checkpoint import results_dir
 from brainmri.models.registry import create_model
 from brainmri.vocabulary import class_words
 from reports import data_summary
@@ -67,5 +68,5 @@ def test_the_command_reproduces_the_committed_files(data_dir: Path, tmp_path: Pa
     results, examples = tmp_path / "results", tmp_path / "examples"
     assert data_summary.main(["--data", str(data_dir), "--results", str(results), "--examples", str(examples)]) == 0
     for name in (dataview.COUNTS_JSON, dataview.AUDIT_JSON):
-        assert json.loads((results / name).read_text()) == json.loads((dataview.RESULTS_DIR / name).read_text())
+        assert json.loads((results / name).read_text()) == json.loads((results_dir() / name).read_text())
     assert {p.name: p.read_bytes() for p in examples.iterdir()} == {p.name: p.read_bytes() for p in dataview.EXAMPLES_DIR.iterdir()}

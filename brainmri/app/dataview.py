@@ -19,18 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainmri.app.experiments import RESULTS_DIR
 from brainmri.data.duplicates import THUMB, audit
 from brainmri.data.imageio import IMAGE_SUFFIXES
 from brainmri.data.records import SPLIT_FOLDERS, eval_transform, load_records
-from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES
+from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES, results_dir
 from brainmri.settings import ROOT, default_data
 from brainmri.vocabulary import class_words
 
 _logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = ROOT / "examples"  # unseen Testing slices, two per class, shipped with the Space (reports.data_summary)
-COUNTS_JSON, SAMPLES_PNG, AUDIT_JSON = DATA_COUNTS, DATA_SAMPLES, DATA_AUDIT  # in RESULTS_DIR (brainmri.models.checkpoint)
+COUNTS_JSON, SAMPLES_PNG, AUDIT_JSON = DATA_COUNTS, DATA_SAMPLES, DATA_AUDIT  # in results_dir() (brainmri.models.checkpoint)
 SAMPLE_TILE, SAMPLE_CAPTION, SAMPLE_COLUMNS = 112, 16, 4  # the grid's layout: px a tile, px of caption under it, tiles a row
 
 
@@ -65,8 +64,10 @@ def examples_are_local(source: str | None = None) -> bool:
     return local_root(source) is not None or bool(shipped_examples())
 
 
-def precomputed(results: Path = RESULTS_DIR) -> tuple[list[dict], Path, dict] | None:
-    """(class counts, sample grid, audit summary) as reports.data_summary wrote them; None when any is missing."""
+def precomputed(results: Path | None = None) -> tuple[list[dict], Path, dict] | None:
+    """(class counts, sample grid, audit summary) as reports.data_summary wrote them into ``results`` (default: the
+    results folder); None when any is missing."""
+    results = results_dir() if results is None else results
     files = [results / name for name in (COUNTS_JSON, SAMPLES_PNG, AUDIT_JSON)]
     if not all(f.is_file() for f in files):
         return None
