@@ -191,7 +191,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 
 
 def compare(
-    session: display.Session | None, method: str, chosen: list[str] | None, progress=gr.Progress()
+    session: display.Session | None, method: str, chosen: list[str] | None, progress: gr.Progress = gr.Progress()
 ) -> tuple[pd.DataFrame | dict, str | dict, str]:
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
     if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged

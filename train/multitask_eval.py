@@ -20,7 +20,9 @@ from train.experts import EXPERTS
 
 
 @torch.inference_mode()
-def predict(model, x: torch.Tensor, precision: AbstractContextManager, batch_size: int = 32) -> tuple[torch.Tensor | None, torch.Tensor]:
+def predict(
+    model: torch.nn.Module, x: torch.Tensor, precision: AbstractContextManager, batch_size: int = 32
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Class logits (N, C) and bool outlines (N, S, S), emptied below MIN_AREA as served (brainmri.segmentation).
     A segmenter without a class head (``unet_lite0``) gives None for the logits."""
     model.eval()
@@ -81,7 +83,7 @@ def class_scores(logits: torch.Tensor, labels: np.ndarray, class_names: list[str
     }
 
 
-def evaluate(model, split: tuple, precision: AbstractContextManager) -> dict:
+def evaluate(model: torch.nn.Module, split: tuple, precision: AbstractContextManager) -> dict:
     """Everything the card and the history give, for one side of the split (records, x, masks, known)."""
     records, x, masks, known = split
     logits, outlines = predict(model, x, precision)

@@ -12,12 +12,14 @@ import logging
 import re
 from pathlib import Path
 
+from torch import nn
+
 from brainmri.models.checkpoint import METRICS, label_names, load_checkpoint, read_config
 
 _logger = logging.getLogger(__name__)
 
 
-def load_class_path(model, folder: Path) -> None:
+def load_class_path(model: nn.Module, folder: Path) -> None:
     """The encoder and class head from a finished classifier of the same backbone (a timm folder); the decoder keeps
     what it had (ImageNet's encoder is replaced, a random or --init-from decoder stays)."""
     backbone, theirs = model.classifier.pretrained_cfg.get("architecture"), read_config(folder).get("architecture")

@@ -43,7 +43,7 @@ MIN_AREAS = (0.001, 0.0025, 0.005, 0.01)
 
 
 @torch.inference_mode()
-def probabilities(model, x: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def probabilities(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Tumour probability (N, S, S) of each image and of its mirror (flipped back), and the class logits (N, C) of a
     model with a class head (None otherwise)."""
     plain, mirrored, logits = [], [], []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -51,7 +51,7 @@ class PendingUploads(set):
         self._pending: Counter[Path] = Counter()
         self._entries: dict[Path, set] = {}  # a resolved path -> Gradio's own entries for it
 
-    def add(self, path) -> None:
+    def add(self, path: str | Path) -> None:
         self.update([path])
 
     def update(self, *groups) -> None:
@@ -74,7 +74,7 @@ class PendingUploads(set):
         self.forget(deleted)
         return self
 
-    def forget(self, deleted) -> None:
+    def forget(self, deleted: Iterable[str | Path]) -> None:
         """Drop these paths and their counts, however many uploads of them were pending."""
         deleted = list(deleted)
         with self.lock:

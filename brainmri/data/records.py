@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def data_config(model: nn.Module) -> dict:
     return resolve_model_data_config(model)
 
 
-def eval_transform(cfg: dict, normalize: bool = True):
+def eval_transform(cfg: dict, normalize: bool = True) -> Callable[[Image.Image], torch.Tensor]:
     """timm's eval transform for ``cfg``: PIL image -> (3, H, W) tensor.
 
     With ``normalize=False`` it gives the resized uint8 tensor, which is how training

@@ -13,7 +13,7 @@ from brainmri.segmentation import binary_mask, mask_overlap, tumour_probability
 from brainmri.vocabulary import NO_TUMOUR
 
 
-def predict_all(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def predict_all(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """(N, S, S) tumour probabilities."""
     model.eval()
     return torch.cat([tumour_probability(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
