@@ -59,3 +59,17 @@ def test_ensemble_with_a_broken_member_is_a_clear_error(members, data_dir, tmp_p
     (members[1] / "config.json").unlink()
     with pytest.raises(ValueError, match="missing config.json"):
         evaluate_ensemble(members, str(data_dir), tmp_path / "out.json", limit=1)
+
+
+def test_the_memoised_logits_key_sees_every_weight():
+    """Two models that differ in one weight past the first 4 KiB of every tensor get two keys: the logits memoised
+    for one are never served for the other."""
+    from train.evaluate import _weights_key
+
+    first = create_model("simple_cnn_7")
+    second = create_model("simple_cnn_7")
+    second.load_state_dict(first.state_dict())
+    assert _weights_key(first) == _weights_key(second)
+    with torch.no_grad():
+        max(second.parameters(), key=lambda p: p.numel()).view(-1)[-1] += 1.0
+    assert _weights_key(first) != _weights_key(second)

@@ -35,10 +35,11 @@ _logger = logging.getLogger(__name__)
 
 
 def _weights_key(model: torch.nn.Module) -> str:
-    """A fingerprint of the model's weights: the same checkpoint loaded twice gives the same key."""
+    """A fingerprint of the model's weights, every byte of them (the memoised logits' key: two models that differ
+    anywhere get two keys; the same checkpoint loaded twice, one)."""
     digest = hashlib.sha256()
     for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes()[:4096])
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
