@@ -156,7 +156,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
             shown = dict(label="Examples (click one)", columns=4, height="auto", allow_preview=False, elem_id="examples")
             gallery = gr.Gallery(dataview.captioned(local), visible=bool(local), **shown)
         with gr.Column(scale=3, elem_id="result-col"):
-            summary = gr.Markdown(elem_id="summary")
+            summary = gr.Markdown(display.ANSWER_HINT, elem_id="summary")
             bars = gr.HTML(elem_id="bars")
             with gr.Row():  # side by side on a phone too: the heatmap first, where the eye lands
                 image = dict(type="pil", format="png", interactive=False, height=300, min_width=120)
@@ -173,7 +173,8 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     upload.upload(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden").then(
         classify_upload, [upload, model, method, opacity, show_outline], [upload, *outputs], api_visibility="private"
     )
-    gallery.select(classify_example, [model, method, opacity, show_outline], outputs, api_visibility="private")
+    picked = gallery.select(classify_example, [model, method, opacity, show_outline], outputs, api_visibility="private")
+    picked.then(None, js=display.SCROLL_TO_ANSWER, api_visibility="private")
     for trigger in (model.change, method.change):
         trigger(classify, [session, model, method, opacity, show_outline], outputs, api_visibility="private")
     show_outline.change(redraw_outline, [session, show_outline], original, api_visibility="private", show_progress="hidden")
@@ -195,7 +196,7 @@ def compare(
 ) -> tuple[pd.DataFrame | dict, str | dict, str]:
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
     if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
-        return gr.skip(), gr.skip(), NOTHING_TO_COMPARE  # the table and pictures left as they are
+        return pd.DataFrame({"model": []}), "", NOTHING_TO_COMPARE  # no old table beside it (a session expires)
     image = session.image
     names = [n for n in PREDICTOR.single_models if n in (chosen or PREDICTOR.single_models)]
     start = time.perf_counter()

@@ -56,7 +56,8 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
 def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU computes bfloat16 in hardware (the avx512_bf16 or amx_bf16 flag; Linux): elsewhere torch
     emulates it, slower than float32. False where the flags cannot be read, and where torch dispatches below its
-    AVX-512 kernels (``ATEN_CPU_CAPABILITY=avx2``, as when a faster host is made to stand in for an AVX2 one)."""
+    AVX-512 kernels (``ATEN_CPU_CAPABILITY=avx2``, with ``ONEDNN_MAX_CPU_ISA=AVX2`` for oneDNN's convolutions: a host
+    held to AVX2, docs/serving.md)."""
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         return False
     try:

@@ -196,7 +196,8 @@ def plot_per_class(points: list[dict], path: str | Path) -> Path:
     image = ax.imshow(values, cmap="RdYlGn", vmin=max(50.0, np.nanmin(values) if values.size else 50.0), vmax=100, aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8)
+            dark = not 60 <= values[i, j] <= 96  # the deep red and deep green ends of the map: white figures on them
+            ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0) if values.size else []
     ticks = [f"{class_words(c)}\n{_count(rows, c)}\nspread {s:.1f} pts" for c, s in zip(classes, spread)]
     ax.set_xticks(range(len(classes)), ticks, fontsize=8)

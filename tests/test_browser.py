@@ -193,6 +193,8 @@ def test_a_visitor_on_a_phone(app_url: str, secret_upload: tuple[Path, str]):
         try:
             page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
             page.goto(app_url, wait_until="load", timeout=60000)
+            expect(page.locator("#summary")).to_contain_text("Upload a brain MRI slice, or click an example")  # a hint, not a gap
+            assert page.locator("#heatmap").is_hidden() and page.locator("#original").is_hidden()  # no empty boxes yet
             _classify(page, image)
             expect(page.locator("#heatmap img")).to_be_visible()
             assert page.evaluate("window.scrollY") == 0
@@ -202,6 +204,9 @@ def test_a_visitor_on_a_phone(app_url: str, secret_upload: tuple[Path, str]):
             page.screenshot(path=str(ARTIFACTS / "phone_classify.png"))
             assert _box(page, "#examples")["width"] <= 390
             page.screenshot(path=str(ARTIFACTS / "phone_classify_full.png"), full_page=True)
+            page.locator("#examples .thumbnail-item").last.click()  # far below the answer on a phone: it is scrolled to
+            expect(page.locator("#summary")).to_contain_text("The dataset labels this example", timeout=60_000)
+            page.wait_for_function("Math.abs(document.getElementById('summary').getBoundingClientRect().top) < 60", timeout=10_000)
 
             page.get_by_role("tab", name="Compare").click()
             page.get_by_role("button", name="Compare", exact=True).click()

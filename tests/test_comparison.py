@@ -46,7 +46,7 @@ def test_rows_and_agreement():
     flagged = prediction("c", [0.9, 0.0, 0.1, 0.0], in_distribution=False)
     assert "not a brain MRI (1): c" in agreement([a, flagged])
     d, e = prediction("d", [0.1, 0.1, 0.7, 0.1]), prediction("e", [0.8, 0.1, 0.05, 0.05])  # grouped, most common first
-    assert agreement([a, d, e]) == "**2 of 3 models say glioma**; the others differ (no tumour: d)."  # a majority, counted
+    assert agreement([a, d, e]) == "**2 of 3 models say glioma**; the other differs (no tumour: d)."  # a majority, counted
     assert agreement([a, d, e, b]) == "**The models disagree**: glioma (2): a, e; no tumour (1): d; meningioma (1): b."
     assert agreement([d, prediction("f", [0.2, 0.1, 0.6, 0.1])]) == "**All 2 models agree: no tumour.**"  # words, not "notumor"
 

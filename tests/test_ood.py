@@ -54,6 +54,13 @@ def test_fitted_statistics_load_are_in_the_manifest_and_judge_images(tmp_path, s
     assert not blank.in_distribution and any("uniform" in r for r in blank.reasons)
     limit = f"where every training slice has more than {stats.contrast_threshold:.1f})"  # a figure says what it is against
     assert any(r.startswith("it is almost uniform (grey-level spread 0.0, ") and r.endswith(limit) for r in blank.reasons)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with torch.no_grad():
+        colourful = stats.check(noise, pooled_features(model, torch.stack([eval_transform(data_config(model))(noise)])))
+    under = f"where every training slice stays under {stats.colour_threshold:.1f}); MRI slices are greyscale"
+    within = f"where 97.5% of validation slices are within {stats.threshold:.1f})"  # the fitted percentile, in words
+    assert any(r.startswith("it is in colour (colour spread ") and r.endswith(under) for r in colourful.reasons)
+    assert any(r.startswith("its features are far from every training class (distance ") and r.endswith(within) for r in colourful.reasons)
 
     (folder / OOD_TENSORS).write_bytes((folder / OOD_TENSORS).read_bytes()[:-8])
     with pytest.raises(ValueError, match=OOD_TENSORS):

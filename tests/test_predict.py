@@ -289,17 +289,24 @@ def test_a_simple_cnn_as_default_is_still_judged_by_the_model_with_ood_statistic
     assert not chosen.predict(Image.new("RGB", (256, 256))).in_distribution  # a blank image is still flagged
 
 
-def test_an_override_not_found_yet_answers_once_it_arrives_and_a_name_the_registry_lacks_stops_the_app(monkeypatch, caplog):
+def test_an_override_not_found_yet_answers_once_it_arrives_and_offline_or_unknown_stops_the_app(monkeypatch, caplog):
     shipped = require_shipped()
     later = "tf_efficientnet_lite2"  # as if its weights were on the Hub only, asked once a page loads
+    missing = {**shipped, later: ModelSource(later, "", "x", "no local checkpoint (Hub lookup disabled)")}
     monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", later)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with caplog.at_level("WARNING", logger="brainmri.serving.served"):
-        served = Predictor({**shipped, later: ModelSource(later, "", "x", "no local checkpoint (Hub lookup disabled)")})
+        served = Predictor(missing)
     assert served.default_model == APP_DEFAULT and f"BRAIN_MRI_DEFAULT_MODEL={later} is not available" in caplog.text
     served.add_sources({later: shipped[later]})
     assert served.default_model == later and served.ood_model == DEFAULT_CLASSIFIER
+    # Offline no lookup will bring it: a benchmark naming it must not quietly measure another model.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=f"BRAIN_MRI_DEFAULT_MODEL={later} is not an available model \\(no local checkpoint"):
+        Predictor(missing)
     monkeypatch.setenv("BRAIN_MRI_DEFAULT_MODEL", "tf_efficientnet_lite9")
-    with pytest.raises(ValueError, match="BRAIN_MRI_DEFAULT_MODEL=tf_efficientnet_lite9 is not an available model"):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(ValueError, match="lite9 is not an available model \\(the registry has no such model\\)"):
         Predictor(shipped)
 
 

@@ -74,7 +74,8 @@ def agreement(results: Sequence[Prediction]) -> str:
     (first, most), rest = groups[0], groups[1:]
     if 2 * len(most) > len(results):  # a majority: named by its count, the few that differ by name
         others = "; ".join(f"{class_words(v)}: {', '.join(m)}" for v, m in rest)
-        return f"**{len(most)} of {len(results)} models say {class_words(first)}**; the others differ ({others})."
+        differ = "the other differs" if len(results) - len(most) == 1 else "the others differ"
+        return f"**{len(most)} of {len(results)} models say {class_words(first)}**; {differ} ({others})."
     return "**The models disagree**: " + "; ".join(f"{class_words(v)} ({len(m)}): {', '.join(m)}" for v, m in groups) + "."
 
 

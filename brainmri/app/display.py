@@ -139,7 +139,8 @@ def classify_view(
 
 def example_note(label: str | None, result: Prediction) -> str:
     """What the dataset says an example is, under the answer on it, so a visitor can check it; a wrong answer is said
-    to be wrong (the examples are the first unseen Testing slices of each class, not picked for right answers)."""
+    to be wrong (the examples were not picked for right answers: the shipped ones are the first unseen Testing slices
+    of each class, reports.data_summary)."""
     if label is None:
         return ""
     if result.prediction is None:
@@ -147,9 +148,9 @@ def example_note(label: str | None, result: Prediction) -> str:
     if result.prediction == label:
         return f"\n\nThe dataset labels this example **{class_words(label)}** too."
     return (
-        f"\n\n**The dataset labels this example {class_words(label)}, so this answer is wrong.** The examples are the "
-        "first slices of each class that no model trained on, not the ones a model gets right; each model's accuracy "
-        "on such slices is in brackets in the model list."
+        f"\n\n**The dataset labels this example {class_words(label)}, so this answer is wrong.** The examples were not "
+        "picked for right answers; each model's accuracy on slices with no twin in Training is in brackets in the "
+        "model list."
     )
 
 
@@ -182,6 +183,10 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
     return '<div class="cmp-grid" id="compare-grid">' + "".join(figures) + "</div>"
 
 
+ANSWER_HINT = "Upload a brain MRI slice, or click an example: its class, a heatmap of why, and the tumour's outline appear here."
+# On a phone the answer is far above the examples: after a click, bring it into view (desktop shows both at once).
+SCROLL_TO_ANSWER = "() => { if (window.innerWidth <= 700) document.getElementById('summary')?.scrollIntoView({block: 'start'}); }"
+
 CSS = """
 .prob-row { display: flex; align-items: center; gap: 8px; margin: 4px 0; }
 .prob-name { width: 9.5em; flex: none; }
@@ -202,6 +207,8 @@ CSS = """
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
 #examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
+/* no picture yet (or no heatmap over a refused image): no empty boxes (on a phone, 460 px of them before the examples) */
+#heatmap:not(:has(img)), #original:not(:has(img)) { display: none; }
 /* the Experiments tab's wide Markdown tables: whole words in their cells (not "glio ma"), the table scrolling sideways */
 #localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; }
 #localisation :is(th, td), #seed-table :is(th, td), #segmentation-table :is(th, td) { word-break: normal; overflow-wrap: normal; }
@@ -213,8 +220,6 @@ CSS = """
   #result-col { order: 1; }
   #header h1 { font-size: 1.5em; margin-bottom: 0.2em; }
   #heatmap, #original { height: 230px !important; }
-  /* no picture yet (or no heatmap over a refused image): no empty 230 px boxes between the upload and the examples */
-  #heatmap:not(:has(img)), #original:not(:has(img)) { display: none; }
   #model input { text-overflow: ellipsis; padding-right: 1.6em; }  /* the label's end not under the dropdown's arrow */
   /* galleries wrap to three a row instead of scrolling sideways, and grow to hold every row */
   #examples .grid-container, #samples .grid-container, #steps .grid-container {

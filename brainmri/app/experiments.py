@@ -59,7 +59,8 @@ ALL_COLUMNS = [
     "heatmap in brain",
 ]  # fmt: skip
 ABOUT = (
-    "Every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Unseen test acc*: "
+    "The app's default ensemble, from `results/lite0_and_multitask.json` (`scripts/ensemble_default.py --served`), then "
+    "every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Unseen test acc*: "
     "Testing without the images that have an exact, near or mirrored twin in Training (the honest figure), with a 95% "
     "bootstrap interval; *test acc*: the official Testing split. *Val acc*: the validation split cut from Training, "
     "used to choose epochs. "
@@ -295,7 +296,7 @@ def build_tab(tab: gr.Tab) -> None:
         cost = gr.Image(elem_id="accuracy-cost", **picture)
         size = gr.Image(elem_id="accuracy-params", **picture)
     per_class = gr.Image(elem_id="per-class", **picture)
-    table = gr.Dataframe(label="Shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
+    table = gr.Dataframe(label="The app's default and the shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
     with gr.Accordion("All columns", open=False):
         full = gr.Dataframe(pinned_columns=1, show_label=False)
     # The rest folded, each a click away: the tab opens on the pictures and the table, not 7,000 px of page.

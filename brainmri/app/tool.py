@@ -96,8 +96,8 @@ def tool_description(default: str | None, models: list[str], disclaimer: str) ->
             " gets no class, with the reasons why.",
             "",
             "Args:",
-            f"    image: the slice ({accepted_formats(detailed=False)}) as a data: URL (base64), which this server accepts"
-            " although the schema names http(s) URLs and needs no upload tool, or as an http(s) URL that this server can fetch.",
+            f"    image: the slice ({accepted_formats(detailed=False)}) as a data: URL (base64; accepted here though the"
+            " schema names http(s) URLs, with no upload tool needed), or as an http(s) URL that this server can fetch.",
             f"    model: leave empty for the app's default ({default or 'the first available model'}); or one of: {others}.",
             "    images: true to also return the heatmap and the tumour mask as PNG data URLs (large); false by default.",
             "",

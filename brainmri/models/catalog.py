@@ -290,6 +290,8 @@ def label_score(sources: dict[str, ModelSource]) -> str:
         n, glioma = int(unseen["n"]), int(unseen["per_class"]["glioma"]["n"])
     except (KeyError, TypeError, ValueError):
         return LABEL_SCORE
+    if n <= 0:  # measured over no slice
+        return LABEL_SCORE
     twins = "no exact, near or mirrored twin in Training"
     return f"In brackets: accuracy on {n} unseen Testing slices ({twins}), {glioma / n:.0%} of them glioma"
 

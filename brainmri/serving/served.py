@@ -29,7 +29,7 @@ from brainmri.models.segmenters import SEGMENTER_DEFAULT
 from brainmri.serving.cache import ModelCache
 from brainmri.serving.loading import LoadedModel
 from brainmri.serving.segment import LoadedSegmenter, load_for_serving
-from brainmri.settings import default_model, model_cache_mb
+from brainmri.settings import default_model, hub_offline, model_cache_mb
 
 _logger = logging.getLogger(__name__)
 
@@ -148,18 +148,20 @@ class ServedModels:
         """The default when ``BRAIN_MRI_DEFAULT_MODEL`` names a model not available here: an ensemble just ruled out
         gives its classifier alone; a registry model not found yet (its Hub repo is asked when a page first loads),
         or an ensemble whose classifier is not, gives the registry's choice until it arrives (``add_sources`` rules
-        again). A name the registry does not know stops the app, naming it."""
+        again). Offline (``HF_HUB_OFFLINE``), where no lookup will bring it, and for a name the registry does not
+        know, the app stops, naming why."""
         override = default_model() or ""
         spec = ENSEMBLES.get(override)
         if spec is not None and self.sources.get(spec.explainer, ModelSource("", "", "")).available:
             _logger.warning("%s is not available (%s): %s answers alone", spec.name, self.sources[spec.name].reason, spec.explainer)
             return spec.explainer
-        if override in self.sources:
+        why = self.sources[override].reason if override in self.sources else "the registry has no such model"
+        if override in self.sources and not hub_offline():
             chosen = rule_default_model(self.sources)
-            why = self.sources[override].reason
             _logger.warning("BRAIN_MRI_DEFAULT_MODEL=%s is not available (%s): %s answers until it is", override, why, chosen)
             return chosen
-        raise ValueError(f"BRAIN_MRI_DEFAULT_MODEL={override} is not an available model; the registry's: {', '.join(self.sources)}")
+        # Offline no lookup will bring it: a benchmark of the named model must not quietly measure another.
+        raise ValueError(f"BRAIN_MRI_DEFAULT_MODEL={override} is not an available model ({why}); known names: {', '.join(self.sources)}")
 
     def segmentation_model(self, copy: int = 0) -> LoadedSegmenter | None:
         """The loaded segmenter (that copy of it), or None when this deployment has none."""
