@@ -32,7 +32,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
-from brainmri.models.catalog import checkpoint_folders  # noqa: E402
+from brainmri.models.catalog import (
+    checkpoint_folders,  # noqa: E402
+    read_ensemble_figures,  # noqa: E402
+)
 from brainmri.models.checkpoint import (  # noqa: E402
     CONFIG,
     COST_PNG,
@@ -44,7 +47,7 @@ from brainmri.models.checkpoint import (  # noqa: E402
     label_names,
     results_dir,
 )
-from brainmri.models.registry import DEFAULT_CLASSIFIER, REGISTRY, create_model  # noqa: E402
+from brainmri.models.registry import APP_DEFAULT, DEFAULT_CLASSIFIER, ENSEMBLES, REGISTRY, create_model  # noqa: E402
 from brainmri.vocabulary import class_words  # noqa: E402
 
 _logger = logging.getLogger(__name__)
@@ -57,8 +60,9 @@ COLOURS = {
     "efficientnet": "tab:orange",
     "efficientnet, random init": "tab:red",
     "multitask": "tab:purple",
+    "ensemble": "black",
     "baseline": "tab:green",
-}  # fmt: skip  (a family of the registry each; one missing here would be drawn grey, and left out of the legend)
+}  # a family of the registry each, and the ensembles; one missing here would be drawn grey, and left out of the legend
 
 
 def gmacs(name: str, size: int | None = None) -> float:
@@ -106,7 +110,33 @@ def model_points(root: str | Path, count_macs: bool = True) -> list[dict]:
     return sorted((p for p in points if p["accuracy"] is not None), key=lambda p: -p["accuracy"])
 
 
+def ensemble_points(points: list[dict], results: str | Path | None = None) -> list[dict]:
+    """One point per scored registry ensemble (results/<name>.json): its accuracy, interval and recall per class as
+    scored, its size the members' together, its compute their forward passes together (``points``: the members')."""
+    found = []
+    by_name = {p["model"]: p for p in points}
+    for name, spec in ENSEMBLES.items():
+        scores = read_ensemble_figures(name, results)
+        if scores is None or not (scores.get(UNSEEN) or {}).get("accuracy"):
+            continue
+        r = scores[UNSEEN]
+        members = [by_name.get(m) for m in spec.members]
+        per_class = r.get("per_class") or {}
+        found.append({
+            "model": name, "group": "ensemble", "split": UNSEEN, "accuracy": r["accuracy"], "ci95": r.get("accuracy_ci95"),
+            "n": r.get("n"), "test_accuracy": (scores.get(TEST) or {}).get("accuracy"), "parameters": scores.get("parameters"),
+            "input_size": scores.get("input_size"),
+            "gmacs": round(sum(m["gmacs"] for m in members), 4) if all(m and m["gmacs"] for m in members) else None,
+            "per_class": {c: v.get("recall") for c, v in per_class.items()} or None,
+            "per_class_n": {c: v.get("n") for c, v in per_class.items()} or None,
+            "class_names": list(per_class),
+        })  # fmt: skip
+    return found
+
+
 def _label(point: dict) -> str:
+    if point["model"] == APP_DEFAULT:
+        return f"{point['model']} (the app default)"
     return point["model"] + (" (in the app default)" if point["model"] == DEFAULT_CLASSIFIER else "")
 
 
@@ -220,9 +250,11 @@ def _count(rows: list[dict], c: str) -> str:
     return "n=?" if not found else f"n={found[0]}" if len(found) == 1 else f"n={found[0]}-{found[-1]}"
 
 
-def write_plots(root: str | Path, out: str | Path) -> list[Path]:
-    """Both pictures and plots.json (every number drawn) from the checkpoint folders under ``root``."""
+def write_plots(root: str | Path, out: str | Path, results: str | Path | None = None) -> list[Path]:
+    """The pictures and plots.json (every number drawn) from the checkpoint folders under ``root``, and the registry
+    ensembles scored in ``results`` (default: the results folder), the app's default among them."""
     points = model_points(root)
+    points = sorted(points + ensemble_points(points, results), key=lambda p: -p["accuracy"])
     if not points:
         raise ValueError(f"no tested metrics.json under {root}")
     out = Path(out)

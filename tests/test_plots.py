@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from brainmri.models.registry import APP_DEFAULT, ENSEMBLES
 from reports import plots
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +33,7 @@ def _checkpoint(root: Path, name: str, test: float, unseen: float | None) -> Non
 def test_the_pictures_show_unseen_first_and_fall_back_to_testing(tmp_path: Path):
     _checkpoint(tmp_path / "ck", "simple_cnn_7", 0.90, 0.85)
     _checkpoint(tmp_path / "ck", "simple_cnn_10", 0.93, None)  # before test_unseen was measured
-    written = plots.write_plots(tmp_path / "ck", tmp_path / "out")
+    written = plots.write_plots(tmp_path / "ck", tmp_path / "out", results=tmp_path)  # no ensemble scored there
     assert [p.name for p in written] == [plots.COST_PNG, plots.PARAMS_PNG, plots.PER_CLASS_PNG, plots.POINTS_JSON]
     for png in written[:3]:
         with Image.open(png) as image:
@@ -49,9 +51,14 @@ def test_the_committed_pictures_are_drawn_from_the_shipped_metrics():
     """results/plots.json (every number the committed pictures draw) is what the checkpoints say today: rerun
     ``python -m reports.plots`` after metrics.json changes."""
     committed = {p["model"]: p for p in json.loads((ROOT / "results" / plots.POINTS_JSON).read_text())["models"]}
-    now = {p["model"]: p for p in plots.model_points(ROOT / "checkpoints", count_macs=False)}
+    shipped = plots.model_points(ROOT / "checkpoints", count_macs=False)
+    now = {p["model"]: p for p in shipped + plots.ensemble_points(shipped)}
     assert set(committed) == set(now)
     for name, point in now.items():
         for key in ("split", "accuracy", "ci95", "n", "per_class", "per_class_n", "parameters"):
             assert committed[name][key] == point[key], f"{name} {key}: rerun python -m reports.plots"
         assert committed[name]["gmacs"] > 0
+    default = committed[APP_DEFAULT]  # the app's default is drawn, its compute its members' passes together
+    assert default["group"] == "ensemble" and default["gmacs"] == pytest.approx(
+        sum(committed[m]["gmacs"] for m in ENSEMBLES[APP_DEFAULT].members), abs=1e-3
+    )

@@ -68,7 +68,8 @@ ABOUT = (
 )
 
 PICTURES_ABOUT = (
-    "**Which model is best for what it costs?** Each dot a shipped model: its unseen-Testing accuracy with the 95% "
+    "**Which model is best for what it costs?** Each dot a shipped model, and the app's default ensemble (its members' "
+    "passes and sizes together): its unseen-Testing accuracy with the 95% "
     "interval, against the compute of one forward pass and against its size (hollow: no unseen figure yet, official "
     "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m reports.plots` "
     "from the checkpoints' `metrics.json`; the full-screen button enlarges a picture."
