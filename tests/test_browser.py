@@ -195,6 +195,8 @@ def test_a_visitor_on_a_phone(app_url: str, secret_upload: tuple[Path, str]):
             page.goto(app_url, wait_until="load", timeout=60000)
             expect(page.locator("#summary")).to_contain_text("Upload a brain MRI slice, or click an example")  # a hint, not a gap
             assert page.locator("#heatmap").is_hidden() and page.locator("#original").is_hidden()  # no empty boxes yet
+            fits = "(() => { const i = document.querySelector('#model input'); return i.scrollWidth <= i.clientWidth; })()"
+            assert page.evaluate(fits), "the default's label is cut in the model list, its figure with it"
             _classify(page, image)
             expect(page.locator("#heatmap img")).to_be_visible()
             assert page.evaluate("window.scrollY") == 0

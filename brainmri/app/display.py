@@ -220,7 +220,7 @@ CSS = """
   #result-col { order: 1; }
   #header h1 { font-size: 1.5em; margin-bottom: 0.2em; }
   #heatmap, #original { height: 230px !important; }
-  #model input { text-overflow: ellipsis; padding-right: 1.6em; }  /* the label's end not under the dropdown's arrow */
+  #model input { text-overflow: ellipsis; padding-right: 1.6em; font-size: 0.85em; }  /* the whole label, its figure too */
   /* galleries wrap to three a row instead of scrolling sideways, and grow to hold every row */
   #examples .grid-container, #samples .grid-container, #steps .grid-container {
     grid-template-columns: repeat(3, minmax(0, 1fr)) !important;
