@@ -170,7 +170,8 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
                 details = gr.JSON(label="Details", elem_id="details-json")
     outputs = [summary, bars, original, heatmap, key, details, session]
     # A user's upload first clears the old answer, so a bad file never leaves it up.
-    upload.upload(lambda: EMPTY, None, outputs, api_visibility="private", show_progress="hidden").then(
+    cleared = (lambda: (*EMPTY, gr.Gallery(selected_index=None)), None, [*outputs, gallery])  # no example stays picked
+    upload.upload(*cleared, api_visibility="private", show_progress="hidden").then(
         classify_upload, [upload, model, method, opacity, show_outline], [upload, *outputs], api_visibility="private"
     )
     picked = gallery.select(classify_example, [model, method, opacity, show_outline], outputs, api_visibility="private")

@@ -140,7 +140,7 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             page.get_by_role("button", name="Compare", exact=True).click()
             agreement = page.locator("#agreement")
             expect(agreement).to_contain_text(" models in ", timeout=180_000)
-            expect(agreement).to_contain_text(re.compile(r"ensemble of .+ scores \d+\.\d+% \(n=1311\)"))
+            expect(agreement).to_contain_text(re.compile(r"the three best on validation, at \d+\.\d+% \(n=1311\) on official Testing"))
             figures = page.locator("#compare-grid figure")
             n_models = page.locator("#compare-models input[type=checkbox]").count()
             expect(figures).to_have_count(n_models - 1)
@@ -209,6 +209,9 @@ def test_a_visitor_on_a_phone(app_url: str, secret_upload: tuple[Path, str]):
             page.locator("#examples .thumbnail-item").last.click()  # far below the answer on a phone: it is scrolled to
             expect(page.locator("#summary")).to_contain_text("The dataset labels this example", timeout=60_000)
             page.wait_for_function("Math.abs(document.getElementById('summary').getBoundingClientRect().top) < 60", timeout=10_000)
+            assert page.locator("#examples .thumbnail-item.selected").count() == 1
+            _classify(page, image)  # an upload after it: the example no longer looks picked
+            expect(page.locator("#examples .thumbnail-item.selected")).to_have_count(0)
 
             page.get_by_role("tab", name="Compare").click()
             page.get_by_role("button", name="Compare", exact=True).click()
