@@ -73,3 +73,19 @@ def test_the_memoised_logits_key_sees_every_weight():
     with torch.no_grad():
         max(second.parameters(), key=lambda p: p.numel()).view(-1)[-1] += 1.0
     assert _weights_key(first) != _weights_key(second)
+
+
+def test_a_confusion_matrix_is_drawn_again_from_metrics_json_alone(tmp_path):
+    from brainmri.models.checkpoint import CONFUSION, METRICS
+    from train.evaluate import redraw_confusion
+
+    folder = tmp_path / "simple_cnn_7"
+    save_checkpoint(create_model("simple_cnn_7"), folder, "simple_cnn_7")
+    with pytest.raises(ValueError, match="cannot read .*metrics.json"):
+        redraw_confusion(folder)
+    (folder / METRICS).write_text(json.dumps({"validation": {"accuracy": 0.9}}))
+    with pytest.raises(ValueError, match="no Testing confusion matrix: run python -m train.evaluate"):
+        redraw_confusion(folder)
+    (folder / METRICS).write_text(json.dumps({"test": {"confusion_matrix": np.eye(4, dtype=int).tolist()}}))
+    assert redraw_confusion(folder) == folder / CONFUSION and (folder / CONFUSION).stat().st_size > 1000
+    assert main([str(folder), "--redraw-confusion"]) == 0  # the command the docstring names, no data folder needed

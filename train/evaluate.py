@@ -2,6 +2,7 @@
 
     python -m train.evaluate checkpoints/tf_efficientnet_lite0 --data ../shared/data/brain-tumor-mri
     python -m train.evaluate --ensemble checkpoints/simple_cnn_7 checkpoints/tf_efficientnet_lite0 --data ...
+    python -m train.evaluate checkpoints/simple_cnn_7 --redraw-confusion     # confusion.png again from metrics.json
 
 The model is rebuilt with timm's ``local-dir:`` and fed through timm's eval transform
 made from the folder's own pretrained_cfg. ``test_unseen`` is the Testing images with no exact, near or
@@ -28,8 +29,8 @@ from brainmri.data.cache import decode_records, memo, source_key, thumbnails
 from brainmri.data.duplicates import NEAR_THRESHOLD, THUMB, unseen_indices
 from brainmri.data.records import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
 from brainmri.eval.metrics import classification_report
-from brainmri.eval.tables import update_metrics
-from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, UNSEEN, label_names, load_checkpoint, read_config, results_dir
+from brainmri.eval.tables import read_metrics, update_metrics
+from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, METRICS, UNSEEN, label_names, load_checkpoint, read_config, results_dir
 
 _logger = logging.getLogger(__name__)
 
@@ -123,6 +124,18 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
     return results
 
 
+def redraw_confusion(folder: str | Path) -> Path:
+    """``folder``'s confusion.png drawn again from the matrix its metrics.json holds (no model is run)."""
+    from brainmri.eval.report import plot_confusion
+
+    folder = Path(folder)
+    matrix = (read_metrics(folder).get("test") or {}).get("confusion_matrix")
+    if matrix is None:
+        raise ValueError(f"{folder / METRICS} has no Testing confusion matrix: run python -m train.evaluate {folder} first")
+    plot_confusion(np.array(matrix), label_names(folder), folder / CONFUSION, "Testing")
+    return folder / CONFUSION
+
+
 def evaluate_ensemble(folders: list[str | Path], data: str, out: str | Path, limit: int = 0, seed: int = 0) -> dict:
     """Score the mean of the folders' calibrated probabilities like one model; write ``out`` (JSON) and figures beside it.
 
@@ -166,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     add_data_argument(parser)
     parser.add_argument("--limit-per-class", type=int, default=0, help="evaluate on a few images per class only")
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")
+    parser.add_argument("--redraw-confusion", action="store_true", help="only draw confusion.png again from metrics.json (no model run)")
     args = parser.parse_args(argv)
+    if args.redraw_confusion and args.checkpoint:
+        return exit_code(lambda: _logger.info("wrote %s", redraw_confusion(args.checkpoint)), _logger)
     if (args.checkpoint is None) == (args.ensemble is None):
         parser.error("give one checkpoint folder, or --ensemble FOLDER FOLDER ...")
     if args.ensemble:

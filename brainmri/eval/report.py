@@ -16,6 +16,7 @@ from brainmri.eval.curves import epoch_panels, save_epoch_panels  # noqa: E402
 from brainmri.eval.metrics import ECE_BINS, expected_calibration_error, reliability_bins  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
 from brainmri.models.checkpoint import CARD, METRICS, OOD_CONFIG, OOD_TENSORS, UNSEEN, VAL_SPLIT, read_config  # noqa: E402
+from brainmri.vocabulary import class_words  # noqa: E402
 
 
 def plot_history(history: list[dict], path: str | Path) -> None:
@@ -30,10 +31,12 @@ def plot_history(history: list[dict], path: str | Path) -> None:
 
 
 def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, title: str) -> None:
+    """The (C, C) confusion matrix ``cm`` (rows true, columns predicted), the classes in the app's words."""
+    words = [class_words(c) for c in class_names]
     fig, ax = plt.subplots(figsize=(4.6, 4))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=30)
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xticks(range(len(class_names)), words, rotation=30)
+    ax.set_yticks(range(len(class_names)), words)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix, {title}")
