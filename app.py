@@ -35,7 +35,7 @@ from brainmri.models.catalog import discover, discover_segmenter, label_score, l
 from brainmri.rendering import DEFAULT_OPACITY, overlay
 from brainmri.runtime import configure_torch_threads
 from brainmri.serving import Predictor
-from brainmri.settings import batch_workers, concurrency_limit, default_data, max_batch, session_capacity
+from brainmri.settings import batch_workers, concurrency_limit, default_data, hub_offline, max_batch, session_capacity
 from brainmri.vocabulary import CLASSES_IN_WORDS
 
 setup_logging()
@@ -47,12 +47,12 @@ DISCLAIMER = (
 )
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
 NOTHING_TO_COMPARE = "**Nothing to compare yet.** Upload an image in the Classify tab first: Compare runs the ticked models on it."
-EMPTY = display.ClassifyView("", "", None, None, "", None, None)  # the Classify outputs, cleared
+EMPTY = display.ClassifyView(display.ANSWER_HINT, "", None, None, "", None, None)  # the Classify outputs, cleared
 
 configure_torch_threads(batch_workers())
-# Local checkpoints only at import; the Hub is asked when a page first loads. Requests that arrive together share one
-# forward and backward (brainmri.serving.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS batches run at once.
-PREDICTOR = Predictor(discover(hub=False), max_batch=max_batch(), workers=batch_workers(), segmenter=discover_segmenter(hub=False))
+# Local checkpoints at import (offline, the Hub cache too); the Hub is asked on a page's first load. Requests arriving
+# together share one forward and backward (brainmri.serving.batching), BRAIN_MRI_MAX_BATCH at most; BRAIN_MRI_WORKERS at once.
+PREDICTOR = Predictor(discover(hub=hub_offline()), max_batch=max_batch(), workers=batch_workers(), segmenter=discover_segmenter(hub=False))
 DATA = default_data()
 
 
@@ -194,10 +194,10 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 
 def compare(
     session: display.Session | None, method: str, chosen: list[str] | None, progress: gr.Progress = gr.Progress()
-) -> tuple[pd.DataFrame | dict, str | dict, str]:
+) -> tuple[pd.DataFrame, str, str]:
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
     if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
-        return pd.DataFrame({"model": []}), "", NOTHING_TO_COMPARE  # no old table beside it (a session expires)
+        return pd.DataFrame(columns=list(comparison.LEADING_COLUMNS)), "", NOTHING_TO_COMPARE  # no old table (a session expires)
     image = session.image
     names = [n for n in PREDICTOR.single_models if n in (chosen or PREDICTOR.single_models)]
     start = time.perf_counter()

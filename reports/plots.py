@@ -112,7 +112,9 @@ def model_points(root: str | Path, count_macs: bool = True) -> list[dict]:
 
 def ensemble_points(points: list[dict], results: str | Path | None = None) -> list[dict]:
     """One point per scored registry ensemble (results/<name>.json): its accuracy, interval and recall per class as
-    scored, its size the members' together, its compute their forward passes together (``points``: the members')."""
+    scored, its size the members' together, its compute their classifier passes together (``points``: the members'; an
+    ensemble whose members are not all there is left out). The one encoder's decoder, which serving runs for the
+    outline anyway, is not counted, as for its own dot."""
     found = []
     by_name = {p["model"]: p for p in points}
     for name, spec in ENSEMBLES.items():
@@ -121,12 +123,14 @@ def ensemble_points(points: list[dict], results: str | Path | None = None) -> li
             continue
         r = scores[UNSEEN]
         members = [by_name.get(m) for m in spec.members]
+        if None in members:  # drawn beside its members only
+            continue
         per_class = r.get("per_class") or {}
         found.append({
             "model": name, "group": "ensemble", "split": UNSEEN, "accuracy": r["accuracy"], "ci95": r.get("accuracy_ci95"),
             "n": r.get("n"), "test_accuracy": (scores.get(TEST) or {}).get("accuracy"), "parameters": scores.get("parameters"),
             "input_size": scores.get("input_size"),
-            "gmacs": round(sum(m["gmacs"] for m in members), 4) if all(m and m["gmacs"] for m in members) else None,
+            "gmacs": round(sum(m["gmacs"] for m in members), 4) if all(m["gmacs"] for m in members) else None,
             "per_class": {c: v.get("recall") for c, v in per_class.items()} or None,
             "per_class_n": {c: v.get("n") for c, v in per_class.items()} or None,
             "class_names": list(per_class),
@@ -254,9 +258,9 @@ def write_plots(root: str | Path, out: str | Path, results: str | Path | None = 
     """The pictures and plots.json (every number drawn) from the checkpoint folders under ``root``, and the registry
     ensembles scored in ``results`` (default: the results folder), the app's default among them."""
     points = model_points(root)
-    points = sorted(points + ensemble_points(points, results), key=lambda p: -p["accuracy"])
     if not points:
         raise ValueError(f"no tested metrics.json under {root}")
+    points = sorted(points + ensemble_points(points, results), key=lambda p: -p["accuracy"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / POINTS_JSON).write_text(json.dumps({"source": str(root), "models": points}, indent=2) + "\n")

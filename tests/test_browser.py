@@ -140,7 +140,7 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             page.get_by_role("button", name="Compare", exact=True).click()
             agreement = page.locator("#agreement")
             expect(agreement).to_contain_text(" models in ", timeout=180_000)
-            expect(agreement).to_contain_text(re.compile(r"the three best on validation, at \d+\.\d+% \(n=1311\) on official Testing"))
+            expect(agreement).to_contain_text(re.compile(r"the 3 best on validation, at \d+\.\d+% \(n=1311\) on official Testing"))
             figures = page.locator("#compare-grid figure")
             n_models = page.locator("#compare-models input[type=checkbox]").count()
             expect(figures).to_have_count(n_models - 1)

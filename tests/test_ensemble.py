@@ -89,3 +89,11 @@ def test_a_confusion_matrix_is_drawn_again_from_metrics_json_alone(tmp_path):
     (folder / METRICS).write_text(json.dumps({"test": {"confusion_matrix": np.eye(4, dtype=int).tolist()}}))
     assert redraw_confusion(folder) == folder / CONFUSION and (folder / CONFUSION).stat().st_size > 1000
     assert main([str(folder), "--redraw-confusion"]) == 0  # the command the docstring names, no data folder needed
+
+
+def test_redraw_confusion_takes_one_folder_and_no_ensemble(tmp_path, capsys):
+    """An --ensemble beside it would score Testing and overwrite results/ensemble_metrics.json: refused before anything runs."""
+    for argv in (["--ensemble", "a", "b", "--redraw-confusion"], ["--redraw-confusion"]):
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        assert raised.value.code == 2 and "--redraw-confusion takes one checkpoint folder" in capsys.readouterr().err

@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-card", action="store_true", help="rewrite the model card afterwards")
     parser.add_argument("--redraw-confusion", action="store_true", help="only draw confusion.png again from metrics.json (no model run)")
     args = parser.parse_args(argv)
-    if args.redraw_confusion and args.checkpoint:
+    if args.redraw_confusion and (args.ensemble or not args.checkpoint):
+        parser.error("--redraw-confusion takes one checkpoint folder, and no --ensemble")
+    if args.redraw_confusion:
         return exit_code(lambda: _logger.info("wrote %s", redraw_confusion(args.checkpoint)), _logger)
     if (args.checkpoint is None) == (args.ensemble is None):
         parser.error("give one checkpoint folder, or --ensemble FOLDER FOLDER ...")

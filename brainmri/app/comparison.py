@@ -92,7 +92,7 @@ def scored_ensemble_note(path: str | Path = ENSEMBLE_METRICS_JSON) -> str:
         _logger.warning("%s unreadable, so no scored ensemble is named (%s: %s)", path, type(e).__name__, e)
         return line + " No ensemble has been scored on Testing yet."
     return (
-        f"{line} Two fixed ensembles were: the app's default (its row is in the Experiments tab), and {members}, the three"
-        f" best on validation, at {test['accuracy']:.2%} (n={test['n']}) on official Testing and {unseen['accuracy']:.2%}"
-        f" on its unseen images (n={unseen['n']}), in `results/ensemble_metrics.json`."
+        f"{line} Two fixed ensembles were scored: the app's default (its row is in the Experiments tab), and {members},"
+        f" the {len(scored['members'])} best on validation, at {test['accuracy']:.2%} (n={test['n']}) on official Testing"
+        f" and {unseen['accuracy']:.2%} on its unseen images (n={unseen['n']}), in `results/ensemble_metrics.json`."
     )
