@@ -32,10 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from brainmri.cli import exit_code, setup_logging  # noqa: E402
 from brainmri.eval.tables import read_metrics  # noqa: E402
-from brainmri.models.catalog import (
-    checkpoint_folders,  # noqa: E402
-    read_ensemble_figures,  # noqa: E402
-)
+from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures  # noqa: E402
 from brainmri.models.checkpoint import (  # noqa: E402
     CONFIG,
     COST_PNG,
@@ -85,8 +82,7 @@ def model_point(folder: str | Path, count_macs: bool = True) -> dict:
     group = spec.family if spec else "other"
     if group == "efficientnet" and "random" in (m.get("initialization") or "random"):
         group = "efficientnet, random init"
-    per_class = {c: v.get("recall") for c, v in (r.get("per_class") or {}).items()}
-    per_class_n = {c: v.get("n", v.get("support")) for c, v in (r.get("per_class") or {}).items()}
+    per_class, per_class_n = _recalls(r)
     return {
         "model": name,
         "group": group,
@@ -102,6 +98,12 @@ def model_point(folder: str | Path, count_macs: bool = True) -> dict:
         "per_class_n": per_class_n or None,  # images of each class the recall is over: few for some classes
         "class_names": label_names(folder) if (Path(folder) / CONFIG).is_file() else list(per_class),
     }
+
+
+def _recalls(section: dict) -> tuple[dict, dict]:
+    """A scored set's recall per class, and how many images each is over (metrics.json's ``per_class``)."""
+    per_class = section.get("per_class") or {}
+    return {c: v.get("recall") for c, v in per_class.items()}, {c: v.get("n", v.get("support")) for c, v in per_class.items()}
 
 
 def model_points(root: str | Path, count_macs: bool = True) -> list[dict]:
@@ -125,15 +127,13 @@ def ensemble_points(points: list[dict], results: str | Path | None = None) -> li
         members = [by_name.get(m) for m in spec.members]
         if None in members:  # drawn beside its members only
             continue
-        per_class = r.get("per_class") or {}
+        per_class, per_class_n = _recalls(r)
         found.append({
             "model": name, "group": "ensemble", "split": UNSEEN, "accuracy": r["accuracy"], "ci95": r.get("accuracy_ci95"),
             "n": r.get("n"), "test_accuracy": (scores.get(TEST) or {}).get("accuracy"), "parameters": scores.get("parameters"),
             "input_size": scores.get("input_size"),
             "gmacs": round(sum(m["gmacs"] for m in members), 4) if all(m["gmacs"] for m in members) else None,
-            "per_class": {c: v.get("recall") for c, v in per_class.items()} or None,
-            "per_class_n": {c: v.get("n") for c, v in per_class.items()} or None,
-            "class_names": list(per_class),
+            "per_class": per_class or None, "per_class_n": per_class_n or None, "class_names": list(per_class),
         })  # fmt: skip
     return found
 

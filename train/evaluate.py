@@ -111,8 +111,6 @@ def score(probs: np.ndarray, test: ImageRecords, unseen: np.ndarray, limit: int 
 
 def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int = 0, device: torch.device | str = "cpu") -> dict:
     """Score ``folder`` on Testing and unseen Testing (inference on ``device``); update its metrics.json and confusion.png."""
-    from brainmri.eval.report import plot_confusion
-
     folder = Path(folder)
     model = load_checkpoint(folder).to(device)
     test, clean = load_test_split(data, limit, seed)
@@ -120,7 +118,7 @@ def evaluate_checkpoint(folder: str | Path, data: str, limit: int = 0, seed: int
         raise ValueError(f"data classes {test.class_names} differ from the checkpoint's {label_names(folder)}")
     results = score(predict_records(model, test), test, clean, limit)
     update_metrics(folder, results, drop=["test_dedup"])  # near-dedup missed mirrored twins: test_unseen replaces it
-    plot_confusion(np.array(results["test"]["confusion_matrix"]), test.class_names, folder / CONFUSION, "Testing")
+    redraw_confusion(folder)  # from the matrix just written
     return results
 
 

@@ -184,8 +184,11 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
 
 
 ANSWER_HINT = "Upload a brain MRI slice, or click an example: its class, a heatmap of why, and the tumour's outline appear here."
+PHONE_PX = 700  # at most this wide, the page is laid out for a phone (CSS below, and the scroll after an example)
 # On a phone the answer is far above the examples: after a click, bring it into view (desktop shows both at once).
-SCROLL_TO_ANSWER = "() => { if (window.innerWidth <= 700) document.getElementById('summary')?.scrollIntoView({block: 'start'}); }"
+SCROLL_TO_ANSWER = (
+    f"() => {{ if (window.innerWidth <= {PHONE_PX}) document.getElementById('summary')?.scrollIntoView({{block: 'start'}}); }}"
+)
 
 CSS = """
 .prob-row { display: flex; align-items: center; gap: 8px; margin: 4px 0; }
@@ -212,7 +215,7 @@ CSS = """
 /* the Experiments tab's wide Markdown tables: whole words in their cells (not "glio ma"), the table scrolling sideways */
 #localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; }
 #localisation :is(th, td), #seed-table :is(th, td), #segmentation-table :is(th, td) { word-break: normal; overflow-wrap: normal; }
-@media (max-width: 700px) {
+@media (max-width: PHONEpx) {
   #classify-row { flex-direction: column; }
   #input-col { display: contents; }
   #input-col > * { order: 2; }  /* on a phone: the upload, then the answer, then the model and examples */
@@ -236,4 +239,4 @@ CSS = """
   /* the Experiments tab's wide Markdown tables scroll sideways instead of wrapping a letter a line */
   #localisation table, #seed-table table, #segmentation-table table { white-space: nowrap; }
 }
-""".replace("OUTLINE", ", ".join(map(str, OUTLINE_COLOUR)))  # the outline drawn on the scan
+""".replace("OUTLINE", ", ".join(map(str, OUTLINE_COLOUR))).replace("PHONE", str(PHONE_PX))  # the outline drawn on the scan

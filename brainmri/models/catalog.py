@@ -277,7 +277,8 @@ def model_label(source: ModelSource) -> str:
     return f"{model_about(source.name)} ({f'{100 * acc:.1f}%' if acc is not None else 'not measured'})"
 
 
-LABEL_SCORE = "In brackets: accuracy on unseen Testing slices (no exact, near or mirrored twin in Training)"  # what model_label's figure is
+UNSEEN_WORDS = "unseen Testing slices (no exact, near or mirrored twin in Training)"
+LABEL_SCORE = f"In brackets: accuracy on {UNSEEN_WORDS}"  # what model_label's figure is
 
 
 def label_score(sources: dict[str, ModelSource]) -> str:
@@ -292,8 +293,7 @@ def label_score(sources: dict[str, ModelSource]) -> str:
         return LABEL_SCORE
     if n <= 0:  # measured over no slice
         return LABEL_SCORE
-    twins = "no exact, near or mirrored twin in Training"
-    return f"In brackets: accuracy on {n} unseen Testing slices ({twins}), {glioma / n:.0%} of them glioma"
+    return f"In brackets: accuracy on {n} {UNSEEN_WORDS}, {glioma / n:.0%} of them glioma"
 
 
 def labelled_choices(sources: dict[str, ModelSource], ensembles: bool = True) -> list[tuple[str, str]]:
