@@ -18,13 +18,11 @@ except ImportError:  # optional off ZeroGPU: brainmri.serving.zerogpu then runs 
 
 import functools
 import logging
-import time
 
 import gradio as gr
-import pandas as pd
 from PIL import Image
 
-from brainmri.app import comparison, dataview, display, experiments, gradio_costs, tool
+from brainmri.app import compare_tab, dataview, display, experiments, gradio_costs, tool
 from brainmri.app.errors import NO_IMAGE, user_error, user_errors
 from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import api_file_input, count_pending_uploads, discard_upload, kept_in_cache, without_stray_temp_file
@@ -46,7 +44,6 @@ DISCLAIMER = (
     "A classifier trained on one public dataset of brain MRI slices cannot replace a radiologist."
 )
 SESSION_TTL_S = 600  # a session's decoded image and heatmap are dropped from memory after 10 minutes
-NOTHING_TO_COMPARE = "**Nothing to compare yet.** Upload an image in the Classify tab first: Compare runs the ticked models on it."
 EMPTY = display.ClassifyView(display.ANSWER_HINT, "", None, None, "", None, None)  # the Classify outputs, cleared
 
 configure_torch_threads(batch_workers())
@@ -189,41 +186,6 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     return model, gallery
 
 
-# ---------------------------------------------------------------- Compare
-
-
-def compare(
-    session: display.Session | None, method: str, chosen: list[str] | None, progress: gr.Progress = gr.Progress()
-) -> tuple[pd.DataFrame, str, str]:
-    """The ticked models (all when none is) on the session's image: table, heatmaps, agreement, time taken."""
-    if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
-        return pd.DataFrame(columns=list(comparison.LEADING_COLUMNS)), "", NOTHING_TO_COMPARE  # no old table (a session expires)
-    image = session.image
-    names = [n for n in PREDICTOR.single_models if n in (chosen or PREDICTOR.single_models)]
-    start = time.perf_counter()
-    with user_errors():
-        results = [PREDICTOR.predict(image, name, method or DEFAULT_METHOD, outline=False) for name in progress.tqdm(names, desc="models")]
-    seconds = time.perf_counter() - start
-    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
-    table = pd.DataFrame(display.percent_cells(comparison.comparison_rows(results)))
-    return table, display.compare_grid(image, results, DEFAULT_OPACITY), summary
-
-
-def compare_tab(session: gr.State) -> gr.CheckboxGroup:
-    gr.Markdown("Runs the ticked models on the image uploaded in **Classify**, each with its own heatmap.")
-    choices = labelled_choices(PREDICTOR.sources, ensembles=False)
-    score = label_score(PREDICTOR.sources)
-    picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", info=score, elem_id="compare-models")
-    method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="compare-method")
-    button = gr.Button("Compare", variant="primary")
-    agreement = gr.Markdown(elem_id="agreement")
-    empty = pd.DataFrame(columns=list(comparison.LEADING_COLUMNS))  # headers, not Gradio's "1 2 3", before a run
-    table = gr.Dataframe(empty, label="Per model (probabilities in %)", pinned_columns=1, elem_id="compare-table")
-    grid = gr.HTML(elem_id="compare-heatmaps")
-    button.click(compare, [session, method, picked], [table, grid, agreement], api_visibility="private")
-    return picked
-
-
 # ---------------------------------------------------------------- Data
 
 
@@ -262,8 +224,8 @@ def build_demo() -> gr.Blocks:
         session = gr.State(None, time_to_live=SESSION_TTL_S)  # a display.Session: memory only, never a file
         with gr.Tab("Classify"):
             model, gallery = classify_tab(session)
-        with gr.Tab("Compare"):
-            picked = compare_tab(session)
+        with gr.Tab("Compare") as tab:
+            picked = compare_tab.build_tab(tab, session, PREDICTOR, SESSION_TTL_S)
         with gr.Tab("Experiments") as tab:
             experiments.build_tab(tab)
             unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable), elem_id="unavailable")  # not under the menu

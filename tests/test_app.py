@@ -129,9 +129,11 @@ def test_the_app_writes_no_stub_files_into_its_source_tree():
 
 def test_compare_without_an_image_says_so_where_its_answer_goes_and_logs_nothing(capsys, caplog):
     import app
+    from brainmri.app.compare_tab import NOTHING_TO_COMPARE, compare
 
-    table, grid, summary = app.compare(None, "Grad-CAM", None)
-    assert table.empty and grid == "" and summary == app.NOTHING_TO_COMPARE and "Upload an image in the Classify tab" in summary
+    table, grid, summary, compared = compare(app.PREDICTOR, None, "Grad-CAM", None)
+    assert table.empty and grid == "" and compared is None
+    assert summary == NOTHING_TO_COMPARE and "Upload an image in the Classify tab" in summary
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and not [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]
 

@@ -151,6 +151,15 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             page.screenshot(path=str(ARTIFACTS / "desktop_compare.png"), full_page=True)
             written = files_since(t0, gradio_cache_dir(), skip=image.parent)  # before the tabs that show dataset files
 
+            page.get_by_role("tab", name="Classify").click()  # another image: Compare's results were of the last one
+            shown = page.locator("#original img").get_attribute("src") or ""
+            page.locator("#upload input[type=file]").set_input_files(str(sorted((data_dir / "Testing" / "notumor").glob("*.jpg"))[1]))
+            expect(page.locator("#original img")).not_to_have_attribute("src", shown, timeout=60_000)
+            page.get_by_role("tab", name="Compare").click()
+            expect(agreement).to_contain_text("These results were for an earlier image")
+            expect(figures).to_have_count(0)
+            expect(page.locator("#compare-table")).not_to_contain_text("simple_cnn_7")  # the headers only
+
             page.get_by_role("tab", name="Experiments").click()
             table = page.locator("#experiments-table")
             expect(table).to_contain_text("tf_efficientnet_lite0", timeout=30_000)

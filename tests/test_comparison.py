@@ -73,3 +73,17 @@ def test_the_scored_ensemble_scores_the_weights_shipped_today():
     for member in json.loads(ENSEMBLE_METRICS_JSON.read_text())["members"]:
         shipped = json.loads((ROOT / member["folder"] / "calibration.json").read_text())["temperature"]
         assert member["temperature"] == pytest.approx(shipped, abs=1e-6), f"{member['name']}: rerun the command in docs/trust.md"
+
+
+def test_results_of_another_image_are_stale_and_of_the_same_pixels_are_not():
+    from brainmri.app.comparison import STALE, image_key, stale_message
+
+    grey = Image.new("L", (32, 32), 90)
+    key = image_key(grey)
+    assert image_key(Image.new("L", (32, 32), 90)) == key  # the same file uploaded again: its results still hold
+    assert stale_message(grey, None, "nothing yet") is None  # nothing compared: nothing to clear
+    assert stale_message(grey, key, "nothing yet") is None
+    assert stale_message(Image.new("L", (32, 32), 91), key, "nothing yet") == STALE  # one pixel value apart
+    assert stale_message(Image.new("L", (32, 33), 90), key, "nothing yet") == STALE
+    assert stale_message(grey.convert("RGB"), key, "nothing yet") == STALE
+    assert stale_message(None, key, "nothing yet") == "nothing yet"  # the session expired

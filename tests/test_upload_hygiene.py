@@ -21,6 +21,7 @@ from PIL import Image
 from traces import files_containing, files_named, files_since
 
 from brainmri.app import display
+from brainmri.app.compare_tab import compare
 from brainmri.app.comparison import ENSEMBLE
 from brainmri.app.inline_media import send_inline
 from brainmri.app.uploads import discard_upload, gradio_cache_dir, kept_in_cache
@@ -131,9 +132,9 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     assert again.details["model"] == "tf_efficientnet_lite0" and again.details["cam_method"] == "HiResCAM"
     assert app.reblend(again.session, 0.2) is None  # still no heatmap to blend
     assert app.reblend(session._replace(heatmap=np.full((96, 96), 0.5, np.float32)), 0.2).size == (96, 96)
-    table, grid, agreement = app.compare(again.session, "Grad-CAM", None)  # nothing ticked: every model
+    table, grid, agreement, _ = compare(app.PREDICTOR, again.session, "Grad-CAM", None)  # nothing ticked: every model
     assert grid.count("<figure") == len(app.PREDICTOR.single_models) and "agree" in agreement  # an ensemble: as its members
-    table, grid, agreement = app.compare(again.session, "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
+    table, grid, agreement, _ = compare(app.PREDICTOR, again.session, "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
     assert list(table["model"]) == [ENSEMBLE, "simple_cnn_7", "tf_efficientnet_lite0"] and grid.count("<figure") == 2
     assert "data:image/jpeg;base64," in grid and "/gradio_api/file=" not in grid  # heatmaps inline, no file
     assert "2 models in" in agreement and " s." in agreement  # the time it took

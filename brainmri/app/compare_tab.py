@@ -1,0 +1,73 @@
+"""The Compare tab's wiring (moved out of app.py): the ticked models on the image in Classify, each with its heatmap.
+
+Its results are of one image: when Classify's image changes (an upload, an example), opening the tab clears them
+and says so, rather than show one image's answers beside another's. The logic is in :mod:`brainmri.app.comparison`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import gradio as gr
+import pandas as pd
+
+from brainmri.app import comparison, display
+from brainmri.app.errors import user_errors
+from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
+from brainmri.models.catalog import label_score, labelled_choices
+from brainmri.rendering import DEFAULT_OPACITY
+from brainmri.serving import Predictor
+
+NOTHING_TO_COMPARE = "**Nothing to compare yet.** Upload an image in the Classify tab first: Compare runs the ticked models on it."
+
+
+def no_comparison(message: str) -> tuple[pd.DataFrame, str, str, None]:
+    """Compare's outputs with no results: the table's headers (not Gradio's "1 2 3"), no heatmaps, ``message``."""
+    return pd.DataFrame(columns=list(comparison.LEADING_COLUMNS)), "", message, None
+
+
+def compare(
+    predictor: Predictor,
+    session: display.Session | None,
+    method: str,
+    chosen: list[str] | None,
+    progress: gr.Progress = gr.Progress(),
+) -> tuple[pd.DataFrame, str, str, str | None]:
+    """The ticked models (all when none is) on the session's image: table, heatmaps, agreement and time taken, and
+    which image they ran on (:func:`comparison.image_key`)."""
+    if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
+        return no_comparison(NOTHING_TO_COMPARE)  # a session expires too
+    image = session.image
+    names = [n for n in predictor.single_models if n in (chosen or predictor.single_models)]
+    start = time.perf_counter()
+    with user_errors():
+        results = [predictor.predict(image, n, method or DEFAULT_METHOD, outline=False) for n in progress.tqdm(names, desc="models")]
+    seconds = time.perf_counter() - start
+    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
+    table = pd.DataFrame(display.percent_cells(comparison.comparison_rows(results)))
+    return table, display.compare_grid(image, results, DEFAULT_OPACITY), summary, comparison.image_key(image)
+
+
+def forget_stale(session: display.Session | None, compared: str | None) -> tuple:
+    """The tab opened: results of another image than Classify's now are cleared, and the tab says so."""
+    message = comparison.stale_message(session and session.image, compared, NOTHING_TO_COMPARE)
+    return (gr.skip(),) * 4 if message is None else no_comparison(message)
+
+
+def build_tab(tab: gr.Tab, session: gr.State, predictor: Predictor, ttl_s: int) -> gr.CheckboxGroup:
+    """The tab's components and events; returns the model picker, which the page's load refreshes from the Hub."""
+    gr.Markdown("Runs the ticked models on the image uploaded in **Classify**, each with its own heatmap.")
+    choices = labelled_choices(predictor.sources, ensembles=False)
+    score = label_score(predictor.sources)
+    picked = gr.CheckboxGroup(choices, value=[n for _, n in choices], label="Models to compare", info=score, elem_id="compare-models")
+    method = gr.Radio(list(CAM_METHODS), value=DEFAULT_METHOD, label="Explanation method", elem_id="compare-method")
+    button = gr.Button("Compare", variant="primary")
+    agreement = gr.Markdown(elem_id="agreement")
+    table = gr.Dataframe(no_comparison("")[0], label="Per model (probabilities in %)", pinned_columns=1, elem_id="compare-table")
+    grid = gr.HTML(elem_id="compare-heatmaps")
+    compared = gr.State(None, time_to_live=ttl_s)  # comparison.image_key of the image the results are of
+    outputs = [table, grid, agreement, compared]
+    button.click(functools.partial(compare, predictor), [session, method, picked], outputs, api_visibility="private")
+    tab.select(forget_stale, [session, compared], outputs, api_visibility="private")
+    return picked
