@@ -81,7 +81,27 @@ def test_pictures_come_only_when_asked_and_bad_input_is_a_clear_error(mcp_url: s
     answer = json.loads(pictured.content[0].text)
     assert answer["model"] == "simple_cnn_7" and answer["heatmap_png"].startswith("data:image/png;base64,")
     assert answer["tumour_mask_png"].startswith("data:image/png;base64,")
-    assert bad.isError and "Traceback" not in bad.content[0].text and "image" in bad.content[0].text
+    assert bad.isError and "Traceback" not in bad.content[0].text
+    assert bad.content[0].text.startswith("the data: URL is not an image this app can read")  # not Gradio's "file.jpg"
+
+
+@pytest.mark.parametrize(
+    "image, said",
+    [
+        ("", "no image given: send the slice as a data: URL"),
+        ("data:image/png;base64,!!!notbase64", "the data: URL is not valid base64"),
+        ("data:image/png;base64,!!!", "the data: URL is empty (0 bytes)"),  # what is left once the stray characters go
+        ("/home/patient-7731/slice.jpg", "the image must be a data: URL (data:image/jpeg;base64,...) or an http(s) URL"),
+    ],
+)
+def test_an_image_argument_that_is_no_file_is_said_in_the_tools_terms_without_echoing_it(mcp_url: str, image: str, said: str):
+    async def call(session):
+        return await session.call_tool("analyse_slice", {"image": image})
+
+    (result,) = _session_call(mcp_url, [call])
+    text = result.content[0].text
+    assert result.isError and text.startswith(said), text
+    assert "Invalid" not in text and "patient-7731" not in text  # not Gradio's words, nor the caller's path back
 
 
 def test_a_url_the_server_cannot_fetch_is_named_and_kept_out_of_the_log(mcp_url: str, capfd):

@@ -261,9 +261,10 @@ def test_an_mcp_staged_copy_is_deleted_by_the_last_request_with_its_bytes(tmp_pa
     upload.write_bytes(b"jpeg bytes")
     tool._STAGED.add(staged.resolve())
     tool._STAGED.add(staged.resolve())  # the same bytes, staged again by a second call
-    tool.discard_staged_copy(upload)
+    assert tool.staged_copies(upload) == [staged.resolve()] and tool.staged_copies(tmp_path / "missing.jpg") == []
+    tool.release_staged(tool.staged_copies(upload))
     assert staged.is_file()  # the second call has not uploaded it yet
-    tool.discard_staged_copy(upload)
+    tool.release_staged(tool.staged_copies(upload))
     assert not staged.exists() and not tool._STAGED
 
     class Blocks:  # what track_mcp_staging reads of a launched app

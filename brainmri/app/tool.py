@@ -31,6 +31,17 @@ from brainmri.serving import Prediction, Predictor
 from brainmri.vocabulary import CLASSES_IN_WORDS, class_words
 
 _STAGED = PendingUploads()  # the MCP server's copies of data: URL images, until their requests have read them
+DATA_URL = "the data: URL"  # how messages name an image sent as one ("the data: URL is not an image this app can read")
+
+
+def image_argument_problem(image: object) -> str:
+    """What is wrong with an ``image`` argument that Gradio's MCP server could not turn into a file: said in the
+    tool's terms, without echoing it (it may be a path on the caller's machine)."""
+    if not isinstance(image, str) or not image.strip():
+        return f"{NO_IMAGE}: send the slice as a data: URL (data:image/jpeg;base64,...) or an http(s) URL"
+    if image.startswith("data:"):
+        return f"{DATA_URL} is not valid base64: send data:image/<type>;base64, then the file's bytes in base64"
+    return "the image must be a data: URL (data:image/jpeg;base64,...) or an http(s) URL: a path on your machine does not reach this server"
 
 
 def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: float = DEFAULT_OPACITY) -> dict:
@@ -70,12 +81,13 @@ def analyse_tool(
         # The docstring, which the MCP server sends as the tool's description, is tool_description()'s (below).
         if not image:
             raise user_error(NO_IMAGE)
+        staged = staged_copies(image)  # sent as a data: URL: Gradio named it "file.jpg", which the caller never wrote
         try:
             with user_errors():  # the caller's input: a clear message, no traceback, nothing logged
-                decoded = load_image(image)
+                decoded = load_image(image, name=DATA_URL if staged else None)
                 result = predictor.predict(decoded, predictor.resolve(model))  # a name, or the label the list shows
         finally:
-            discard_staged_copy(image)
+            release_staged(staged)
             discard_upload(image, keep=keep(), pending=pending())
         return json.dumps(answer(result, plain, images), separators=(",", ":"))
 
@@ -130,7 +142,11 @@ def track_mcp_staging(blocks: gr.Blocks) -> None:
     convert = server.convert_strings_to_filedata
 
     def converting(value, filedata_positions):
-        converted = convert(value, filedata_positions)
+        try:
+            converted = convert(value, filedata_positions)
+        except (ValueError, TypeError) as e:  # Gradio's own words ("Invalid file data format ... Received: <the input>")
+            image = value.get("image") if isinstance(value, dict) else None
+            raise ValueError(image_argument_problem(image)) from e
         for item in converted.values() if isinstance(converted, dict) else []:
             path = item.get("path") if isinstance(item, dict) else None
             if path and not str(path).startswith(("http://", "https://")) and gradio_cache_dir() in Path(path).resolve().parents:
@@ -141,16 +157,20 @@ def track_mcp_staging(blocks: gr.Blocks) -> None:
     server._brainmri_tracked = True
 
 
-def discard_staged_copy(upload: str | Path) -> None:
-    """Release the MCP server's staged copy with the same bytes as ``upload`` (read by now: it was uploaded); the
-    last request staged with those bytes deletes it."""
+def staged_copies(upload: str | Path) -> list[Path]:
+    """The MCP server's staged copies with the same bytes as ``upload`` (none when it was not sent as a data: URL)."""
     if not _STAGED:
-        return
+        return []
     try:
         data = Path(upload).read_bytes()
     except OSError:
-        return
-    for staged in [p for p in _STAGED if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data]:
+        return []
+    return [p for p in _STAGED if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data]
+
+
+def release_staged(copies: list[Path]) -> None:
+    """Release staged copies whose upload has been read; the last request staged with those bytes deletes each."""
+    for staged in copies:
         with _STAGED.lock:
             last = _STAGED.release(staged)
         if last:
