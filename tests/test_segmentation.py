@@ -120,3 +120,13 @@ def test_the_shipped_card_carries_dice_against_the_expert_masks(tmp_path: Path):
     for name in ("metrics.json", "train_config.json"):
         shutil.copy(SHIPPED / name, tmp_path / name)
     assert write_segmentation_card(tmp_path).read_text() == (SHIPPED / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", list(SEGMENTERS))
+def test_a_segmenter_trainer_reads_its_input_size_from_the_registry_unless_told(name: str):
+    from train.multitask import MultiTaskConfig
+    from train.segment import SegmentConfig
+
+    config = MultiTaskConfig if SEGMENTERS[name].num_classes else SegmentConfig
+    assert config(model=name).input_size == SEGMENTERS[name].input_size  # recorded so in train_config.json
+    assert config(model=name, input_size=256).input_size == 256

@@ -37,6 +37,19 @@ class RunConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+class SegmenterRunConfig(RunConfig):
+    """A segmenter trainer's config (train.segment, train.multitask): ``input_size`` 0 is the registry's size
+    (brainmri.models.segmenters), resolved here so that the run and its train_config.json use the real one."""
+
+    input_size: int
+
+    def __post_init__(self) -> None:
+        from brainmri.models.segmenters import SEGMENTERS  # an unknown model is reported where the run builds it
+
+        if not self.input_size and self.model in SEGMENTERS:
+            self.input_size = SEGMENTERS[self.model].input_size
+
+
 @dataclass
 class TrainConfig(RunConfig):
     model: str = DEFAULT_CLASSIFIER  # registry name (brainmri.models.registry): the app default's classifier unless told

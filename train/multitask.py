@@ -40,7 +40,7 @@ from brainmri.models.segmenters import create_segmenter, get_segmenter_spec
 from brainmri.runtime import pick_device, warn_if_bf16_emulated
 from brainmri.segmentation import load_segmenter, normalise, to_input
 from brainmri.settings import default_data
-from train.config import RunConfig, parse_config
+from train.config import SegmenterRunConfig, parse_config
 from train.distill import check_same_validation, describe_teacher, distill_loss, teacher_targets
 from train.experts import decode_expert_masks, soft_target
 from train.multitask_eval import evaluate, selection_score
@@ -64,7 +64,7 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MultiTaskConfig(RunConfig):
+class MultiTaskConfig(SegmenterRunConfig):
     model: str = "multitask_lite0"  # registry name (brainmri.models.segmenters.SEGMENTERS, with num_classes)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; the experts' masks lie beside it
     out: str = ""  # output folder; default runs/<model>
@@ -81,7 +81,7 @@ class MultiTaskConfig(RunConfig):
     val_fraction: float = DEFAULT_VAL_FRACTION  # the classifiers' (brainmri.data.split): same fraction and seed, same validation scans
     split: str = DEFAULT_RULE  # its twin rule (brainmri.data.split.SPLIT_RULES), recorded as the classifiers' is
     seed: int = 0
-    input_size: int = 224  # the data's native size, a multiple of 32: one size for both heads
+    input_size: int = 0  # 0: the registry's, the data's native 224; else a multiple of 32: one size for both heads
     amp: str = "bf16"  # "bf16": torch.autocast on CPU or CUDA (2x on an avx512_bf16 CPU, 18x slower where emulated); "none": fp32
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
     limit_per_class: int = 0  # 0: all images; else a few per class (tests)

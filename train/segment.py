@@ -42,7 +42,7 @@ from brainmri.segmentation import THRESHOLD, load_segmenter, normalise, to_input
 from brainmri.settings import default_data
 from brainmri.vocabulary import NO_TUMOUR
 from train import schedule
-from train.config import RunConfig, parse_config
+from train.config import SegmenterRunConfig, parse_config
 from train.resume import clear_resume, has_model_state, load_model_state, save_model_state
 
 if TYPE_CHECKING:  # annotations only
@@ -54,7 +54,7 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SegmentConfig(RunConfig):
+class SegmentConfig(SegmenterRunConfig):
     model: str = UNET  # registry name (brainmri.models.segmenters.SEGMENTERS)
     data: str = dataclasses.field(default_factory=default_data)  # image folder; its masks lie in <data>-masks/
     out: str = ""  # output folder; default runs/<model> (ship it by copying to checkpoints/<model>)
@@ -67,7 +67,7 @@ class SegmentConfig(RunConfig):
     negatives_per_epoch: float = 0.35  # share of the no-tumour images drawn afresh each epoch: enough to learn "no outline"
     val_fraction: float = DEFAULT_VAL_FRACTION  # the classifiers' (brainmri.data.split): same fraction and seed, same validation scans
     seed: int = 0
-    input_size: int = 224  # the data's native size; a multiple of 32
+    input_size: int = 0  # 0: the registry's, the data's native 224; else a multiple of 32
     crop: int = 160  # train on random crops of this side (0: whole images); served whole, since a U-Net is fully convolutional
     limit_per_class: int = 0  # 0: all images; else a few per class (tests)
     max_train_batches: int = 0  # 0: whole epochs; else stop each epoch early (tests)
