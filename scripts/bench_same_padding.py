@@ -33,9 +33,10 @@ from brainmri.data.imageio import load_image  # noqa: E402
 from brainmri.data.records import load_records  # noqa: E402
 from brainmri.models.catalog import discover  # noqa: E402
 from brainmri.models.registry import DEFAULT_CLASSIFIER, cam_layer, get_spec  # noqa: E402
-from brainmri.runtime import Conv2dSameInKernel, configure_torch_threads  # noqa: E402
+from brainmri.runtime import configure_torch_threads  # noqa: E402
 from brainmri.serving.classify import run_model_batch  # noqa: E402
 from brainmri.serving.loading import LoadedModel, load_model  # noqa: E402
+from brainmri.serving.rewrites import Conv2dSameInKernel  # noqa: E402
 
 
 def with_padded_copies(loaded: LoadedModel) -> LoadedModel:

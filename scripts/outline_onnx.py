@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from brainmri.cli import exit_code  # noqa: E402
-from brainmri.runtime import fold_batchnorm  # noqa: E402
 from brainmri.segmentation import load_segmenter, mask_logits  # noqa: E402
+from brainmri.serving.rewrites import fold_batchnorm  # noqa: E402
 from brainmri.settings import checkpoint_dir  # noqa: E402
 
 _logger = logging.getLogger(__name__)

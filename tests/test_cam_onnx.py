@@ -16,11 +16,11 @@ from torch import nn
 from brainmri.data.imageio import load_image
 from brainmri.explain import gradcam_batch
 from brainmri.models import registry
-from brainmri.runtime import Conv2dSameInKernel
 from brainmri.serving import Predictor, cam_onnx, onnx_passes
 from brainmri.serving.cam_graphs import conv_input_grad, writable
 from brainmri.serving.cam_onnx import layercam_runner
 from brainmri.serving.classify import heatmaps
+from brainmri.serving.rewrites import Conv2dSameInKernel
 
 needs_onnx = pytest.mark.skipif(not onnx_passes.onnx_serving(torch.device("cpu")), reason="needs onnxruntime, onnx")
 

@@ -20,7 +20,6 @@ from brainmri.explain import gradcam_batch, prepare_for_cam
 from brainmri.models import registry
 from brainmri.models.segmenters import SEGMENTERS, create_segmenter
 from brainmri.ood import logits_and_features
-from brainmri.runtime import fold_batchnorm, same_padding_in_kernel
 from brainmri.segmentation import OutlineRule, tumour_probability_and_class
 from brainmri.serving import Predictor, onnx_passes
 from brainmri.serving.loading import load_model
@@ -33,6 +32,7 @@ from brainmri.serving.onnx_passes import (
     prefix_through_onnx,
 )
 from brainmri.serving.overlap import shared_weights_copy
+from brainmri.serving.rewrites import fold_batchnorm, same_padding_in_kernel
 from brainmri.settings import checkpoint_dir, onnx_runtime_as
 
 SIZE = 64

@@ -1,5 +1,5 @@
 """The serving speed-ups compute the same answers: batch norm folded into the convolutions
-(brainmri.runtime.fold_batchnorm), TensorFlow's "SAME" padding moved into the kernel (brainmri.runtime.same_padding_in_kernel)
+(brainmri.serving.rewrites.fold_batchnorm), TensorFlow's "SAME" padding moved into the kernel (brainmri.serving.rewrites.same_padding_in_kernel)
 and a backward pass that starts at the CAM layers with every
 parameter frozen (brainmri.explain.prepare_for_cam). Every registry model, untrained, at 64 px.
 """
@@ -17,7 +17,7 @@ from torch import nn
 from brainmri.explain import gradcam_batch, prepare_for_cam
 from brainmri.models import registry
 from brainmri.models.segmenters import SEGMENTERS, create_segmenter
-from brainmri.runtime import FOLDABLE_NORMS, Conv2dSameInKernel, fold_batchnorm, same_padding_in_kernel
+from brainmri.serving.rewrites import FOLDABLE_NORMS, Conv2dSameInKernel, fold_batchnorm, same_padding_in_kernel
 
 NUM_CLASSES = 4
 SIZE = 64

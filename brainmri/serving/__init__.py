@@ -5,6 +5,7 @@ One job per module, in the order a request meets them (timm's ``_builder`` / ``_
 - ``zerogpu``: ``@spaces.GPU`` on the GPU entry point, a no-op off ZeroGPU (imported first: before CUDA starts);
 - ``device``: which device (``BRAIN_MRI_DEVICE``), and models and batches moved to it;
 - ``loading``: a checkpoint folder -> ``LoadedModel`` (the builder);
+- ``rewrites``: a loaded model made cheaper to run, the same function (batch norm folded, "SAME" padding in the kernel);
 - ``cache``: ``ModelCache``, loaded models bounded in bytes;
 - ``classify``: the classifier's batched forward + backward (probabilities, heatmap);
 - ``judge``: the OOD judge's batched forward;

@@ -2,7 +2,7 @@
 backward reads, and that backward written out by hand.
 
 ONNX has no autograd, so the backward is written out here, for exactly what a Lite's blocks are made of once batch
-norm is folded (brainmri.runtime.fold_batchnorm): 1x1 and depthwise convolutions, ReLU6 (or ReLU), residual sums,
+norm is folded (brainmri.serving.rewrites.fold_batchnorm): 1x1 and depthwise convolutions, ReLU6 (or ReLU), residual sums,
 the kept ``bn2`` with its activation, an average pool and a linear head. A convolution's gradient is its transpose,
 an activation's a mask of where it passed its input on, a sum's a copy. Anything else (squeeze-excitation, another
 activation, a hook on a block's inside) is refused by :func:`writable`, and the heatmap keeps the torch path.
@@ -19,8 +19,8 @@ from timm.layers import BatchNormAct2d
 from timm.models._efficientnet_blocks import InvertedResidual
 from torch import nn
 
-from brainmri.runtime import Conv2dSameInKernel
 from brainmri.serving.onnx_passes import is_efficientnet
+from brainmri.serving.rewrites import Conv2dSameInKernel
 
 # The activations whose gradient is a mask read from their output. An identity's would read nothing, and the exporter
 # drops a graph input nothing reads, so a block with one is not written out.
@@ -28,7 +28,7 @@ _ACTS = (nn.ReLU6, nn.ReLU)
 
 
 def _act(module: nn.Module) -> nn.Module | None:
-    """The activation a folded norm left (``Sequential(drop, act)``, brainmri.runtime.fold_batchnorm), or None when
+    """The activation a folded norm left (``Sequential(drop, act)``, brainmri.serving.rewrites.fold_batchnorm), or None when
     the module is anything else."""
     if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.Identity):
         return module[1] if type(module[1]) in (*_ACTS, nn.Identity) else None

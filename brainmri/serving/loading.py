@@ -21,12 +21,12 @@ from brainmri.explain import FUSING_METHODS, prepare_for_cam
 from brainmri.models.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.models.registry import cam_layer, get_spec
 from brainmri.ood import OODStats, load_stats
-from brainmri.runtime import fold_batchnorm, same_padding_in_kernel
 from brainmri.segmentation import OutlineRule, read_rule
 from brainmri.serving.cam_onnx import OnnxLayerCAM, layercam_runner
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.serving.onnx_passes import features_through_onnx, onnx_serving, prefix_through_onnx, weights_key
 from brainmri.serving.overlap import shared_weights_copy
+from brainmri.serving.rewrites import fold_batchnorm, same_padding_in_kernel
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch import nn
 from brainmri.calibration import calibrated_probs, load_temperature
 from brainmri.models.checkpoint import count_tensors_bytes
 from brainmri.models.multitask import MultiTaskClassifier, UnetOnClassifier
-from brainmri.runtime import fold_batchnorm, native_bf16, same_padding_in_kernel
+from brainmri.runtime import native_bf16
 from brainmri.segmentation import (
     Outline,
     OutlineRule,
@@ -36,6 +36,7 @@ from brainmri.segmentation import (
 )
 from brainmri.serving.device import place_model, resolve_device
 from brainmri.serving.onnx_passes import encoder_through_onnx, onnx_serving, weights_key
+from brainmri.serving.rewrites import fold_batchnorm, same_padding_in_kernel
 from brainmri.settings import outline_bf16
 
 _logger = logging.getLogger(__name__)
