@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from brainmri.data.records import normalize_batch
+from brainmri.data.preprocess import normalize_batch
 from brainmri.models.checkpoint import OUTLINE_RULE, TRAIN_CONFIG, add_to_manifest, is_multitask, verify_checkpoint
 from brainmri.models.multitask import UnetOnClassifier
 from brainmri.rendering import data_url

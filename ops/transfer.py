@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.records import EXPERTS
+from brainmri.data.masks import EXPERTS
 from brainmri.models.registry import DEFAULT_CLASSIFIER
 from brainmri.settings import ROOT
 
@@ -132,7 +132,7 @@ def copy_data(src: str | Path, dest: str | Path | None = None) -> dict[str, int]
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / name)
     (dest.parent / DUPLICATES).write_text("".join(f"{line}\n" for line in copies))
-    experts = [suffix for suffix in EXPERTS.values() if Path(f"{src}{suffix}").is_dir()]  # each expert's masks (records.EXPERTS)
+    experts = [suffix for suffix in EXPERTS.values() if Path(f"{src}{suffix}").is_dir()]  # each expert's masks (data.masks.EXPERTS)
     for suffix in experts:
         shutil.rmtree(f"{dest}{suffix}", ignore_errors=True)
         shutil.copytree(f"{src}{suffix}", f"{dest}{suffix}")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainmri.cli import exit_code, setup_logging, write_json
-from brainmri.data.records import data_config
+from brainmri.data.preprocess import data_config
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import load_checkpoint, read_config
 from brainmri.models.registry import count_parameters

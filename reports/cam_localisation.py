@@ -13,7 +13,7 @@ heatmap comes from the app's path (``Predictor``'s batched Grad-CAM); the **poin
 hit when its peak (``details.cam_peak``) lies inside the tumour box, and the **mass in the box** is
 the share of heatmap mass inside it. Chance levels beside them: the image centre (a hit when the box
 holds the centre), a random point in the head (the box's share of the Otsu brain mask) and a uniform
-map (the box's share of the image). Where the expert masks lie beside the data (brainmri.data.records.masks_folder),
+map (the box's share of the image). Where the expert masks lie beside the data (brainmri.data.masks.masks_folder),
 each image is scored against its tumour's own outline as well: ``mask_hit`` (the peak inside the mask) and
 ``mask_mass`` (the share of heatmap mass inside it), with ``mask_uniform`` (the mask's share of the image) as
 chance. The validation images are cut in two halves by a seeded draw: choose a layer and method on ``choose``,
@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json
 from brainmri.data.imageio import load_image
-from brainmri.data.records import masks_folder
+from brainmri.data.masks import masks_folder
 from brainmri.data.split import checkpoint_split
 from brainmri.eval.localisation import localisation_table  # the Experiments tab's table, in the docs too
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, FUSING_METHODS, prepare_for_cam, shared_parent
@@ -53,7 +53,7 @@ _logger = logging.getLogger(__name__)
 
 
 def boxes_beside(data: str | Path) -> Path:
-    """The tumour boxes' table beside the data folder, as the experts' masks are (brainmri.data.records.EXPERTS)."""
+    """The tumour boxes' table beside the data folder, as the experts' masks are (brainmri.data.masks.EXPERTS)."""
     return Path(f"{Path(data).expanduser().resolve()}-boxes") / "training_boxes.csv"
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from brainmri.app import dataview, experiments
-from brainmri.data.records import eval_transform
+from brainmri.data.preprocess import eval_transform
 
 
 def _fake_checkpoint(folder: Path, model: str, val: float, ci: list[float] | None = None) -> None:
@@ -176,7 +176,8 @@ def test_the_duplicate_audit_is_said_in_words():
         "near_threshold": 2.0,
     }  # fmt: skip
     text = dataview.audit_markdown(summary)
-    assert "**216 Testing images** have a byte-identical copy in Training" in text and "**839 Testing images**" in text
+    assert "**472 Testing images** have a near-identical copy in Training" in text and "**839 Testing images**" in text
+    assert "**216** of them byte-identical" in text  # within the 472, so the counts add up to the Testing total
     assert "{" not in text and "/" not in text.replace("32 x 32", "")  # words, no JSON, no paths
 
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from brainmri.data import cache as datacache
-from brainmri.data.records import ImageRecords, data_config, eval_transform, limit_per_class, load_records
+from brainmri.data.preprocess import data_config, eval_transform
+from brainmri.data.records import ImageRecords, limit_per_class, load_records
 from brainmri.models.registry import create_model
 from train.budget import plan_epochs, seconds_per_epoch, startup_seconds
 from train.config import TrainConfig
@@ -59,7 +60,7 @@ def test_cache_memoises_only_while_open():
 
 def test_threaded_decode_and_thumbnails_match_the_plain_functions(synthetic_data, monkeypatch):
     from brainmri.data.duplicates import thumbnails
-    from brainmri.data.records import decode_records
+    from brainmri.data.preprocess import decode_records
 
     monkeypatch.setattr(datacache, "_CHUNK", 5)  # several chunks from 12 images
     records = load_records(synthetic_data, "train")

@@ -15,7 +15,7 @@ import torch
 from conftest import CLASSES, write_checkpoint
 from PIL import Image
 
-from brainmri.data.records import data_config, eval_transform
+from brainmri.data.preprocess import data_config, eval_transform
 from brainmri.data.split import checkpoint_split
 from brainmri.models.checkpoint import MANIFEST, OOD_CONFIG, OOD_TENSORS, TRAIN_CONFIG, load_checkpoint
 from brainmri.ood import OODResult, colourfulness, grey_contrast, load_stats, pooled_features

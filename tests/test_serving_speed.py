@@ -1,6 +1,6 @@
 """The serving speed-ups compute the same answers: batch norm folded into the convolutions
-(brainmri.serving.rewrites.fold_batchnorm), TensorFlow's "SAME" padding moved into the kernel (brainmri.serving.rewrites.same_padding_in_kernel)
-and a backward pass that starts at the CAM layers with every
+(brainmri.serving.rewrites.fold_batchnorm), TensorFlow's "SAME" padding moved into the kernel
+(brainmri.serving.rewrites.same_padding_in_kernel) and a backward pass that starts at the CAM layers with every
 parameter frozen (brainmri.explain.prepare_for_cam). Every registry model, untrained, at 64 px.
 """
 

@@ -52,7 +52,7 @@ def test_without_a_data_folder_the_tabs_show_the_precomputed_files(tmp_path: Pat
     assert [c for _, c in samples] == [class_words(c) for c in CLASSES for _ in range(2)] and samples[0][0].size == (112, 112)
     assert steps[0][1].startswith("0. decoded") and len(steps) >= 3
     text = dataview.audit_text(missing)
-    assert "Testing images** have a byte-identical copy in Training" in text and "more only once mirrored left-right" in text
+    assert "Testing images** have a near-identical copy in Training" in text and "more only once mirrored left-right" in text
     assert "218 glioma" in text and "Precomputed" in text
 
 

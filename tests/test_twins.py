@@ -12,7 +12,8 @@ from conftest import synthetic_image
 from PIL import Image
 
 from brainmri.data.duplicates import mirrored, thumbnails, twin_pairs, unseen_indices
-from brainmri.data.records import ImageRecords, figshare_ids, load_records, mask_table, relative_path
+from brainmri.data.masks import figshare_ids, mask_table
+from brainmri.data.records import ImageRecords, load_records, relative_path
 from brainmri.data.split import training_split
 
 
@@ -93,6 +94,6 @@ def test_a_data_folder_without_the_masks_table_is_said_to_group_by_pixels_only(t
 
     root = make_image_folder(tmp_path / "data", per_class=2, splits=("Training",))
     records = load_records(root, "train")
-    with caplog.at_level("WARNING", logger="brainmri.data.records"):
+    with caplog.at_level("WARNING", logger="brainmri.data.masks"):
         assert figshare_ids(records, root) == {}
     assert "masks.csv" in caplog.text and "twins" in caplog.text

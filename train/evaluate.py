@@ -27,7 +27,8 @@ from tqdm import tqdm
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.cache import decode_records, memo, source_key, thumbnails
 from brainmri.data.duplicates import NEAR_THRESHOLD, THUMB, unseen_indices
-from brainmri.data.records import ImageRecords, data_config, limit_per_class, load_records, normalize_batch
+from brainmri.data.preprocess import data_config, normalize_batch
+from brainmri.data.records import ImageRecords, limit_per_class, load_records
 from brainmri.eval.metrics import classification_report
 from brainmri.eval.tables import read_metrics, update_metrics
 from brainmri.models.checkpoint import CONFUSION, ENSEMBLE_METRICS, METRICS, UNSEEN, label_names, load_checkpoint, read_config, results_dir

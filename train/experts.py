@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from brainmri.data.records import EXPERTS, MASKS_CSV, ImageRecords, expert_folder, relative_path
+from brainmri.data.masks import EXPERTS, MASKS_CSV, expert_folder
+from brainmri.data.records import ImageRecords, relative_path
 from brainmri.vocabulary import NO_TUMOUR  # its slices: an empty mask from every expert, by definition
 
 _logger = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.records import EXPERTS, augment_batch
+from brainmri.data.masks import EXPERTS
+from brainmri.data.preprocess import augment_batch
 from brainmri.data.split import DEFAULT_RULE, DEFAULT_VAL_FRACTION, training_split, validation_note, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.models.checkpoint import CURVES, HISTORY, METRICS, TRAIN_CONFIG, drop_run_results, write_manifest

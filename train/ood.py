@@ -25,7 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json
-from brainmri.data.records import data_config, eval_transform, load_records, sha256
+from brainmri.data.preprocess import data_config, eval_transform
+from brainmri.data.records import load_records, sha256
 from brainmri.data.split import checkpoint_split
 from brainmri.models.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
 from brainmri.ood import DEFAULT_PERCENTILE, OODStats, colourfulness, grey_contrast, load_stats, logits_and_features

@@ -4,7 +4,7 @@
     python -m train.segment --resume            # continue the last run from its last finished epoch
     python -m train.segment --evaluate-only     # re-measure the shipped folder on its validation scans
 
-Masks: Cheng et al.'s figshare tumour outlines beside the data (``<data>-masks/``, brainmri.data.records.masks_folder).
+Masks: Cheng et al.'s figshare tumour outlines beside the data (``<data>-masks/``, brainmri.data.masks.masks_folder).
 No-tumour images train as empty masks; tumour images of the other sources have no mask and are left out, not
 taken as empty. The split is the classifiers' mirror-aware one (brainmri.data.split), so twins and images of one
 figshare scan stay on one side, and the validation scans are the ones the shipped classifiers are chosen on.
@@ -31,7 +31,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.records import ImageRecords, augment_batch, mask_table, masks_folder, relative_path
+from brainmri.data.masks import mask_table, masks_folder
+from brainmri.data.preprocess import augment_batch
+from brainmri.data.records import ImageRecords, relative_path
 from brainmri.data.split import DEFAULT_VAL_FRACTION, training_split, validation_note, write_val_split
 from brainmri.eval.curves import write_history_csv
 from brainmri.eval.report import DATASET, segmentation_eval_results, write_card

@@ -30,11 +30,7 @@ from torch.optim import Optimizer
 from tqdm import tqdm
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.records import (
-    augment_batch,
-    data_config,
-    normalize_batch,
-)
+from brainmri.data.preprocess import augment_batch, data_config, normalize_batch
 from brainmri.models.checkpoint import BEST, TRAIN_CONFIG, drop_run_results
 from brainmri.models.registry import create_model, get_spec, set_input_size
 from brainmri.runtime import warn_if_bf16_emulated

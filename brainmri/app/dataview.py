@@ -21,7 +21,8 @@ from PIL import Image
 
 from brainmri.data.duplicates import THUMB, audit
 from brainmri.data.imageio import IMAGE_SUFFIXES
-from brainmri.data.records import SPLIT_FOLDERS, eval_transform, load_records
+from brainmri.data.preprocess import eval_transform
+from brainmri.data.records import SPLIT_FOLDERS, load_records
 from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES, results_dir
 from brainmri.settings import ROOT, default_data
 from brainmri.vocabulary import class_words
@@ -217,10 +218,10 @@ def audit_markdown(summary: dict) -> str:
     classes = f" ({', '.join(f'{n} {class_words(c)}' for c, n in per_class.items())})" if per_class else ""
     return "\n".join(
         [
-            f"- **{s['test_with_exact_twin_in_train']} Testing images** have a byte-identical copy in Training, "
-            f"**{s['test_with_near_twin_in_train']}** have a near-identical one as they are ({THUMB} x {THUMB} greyscale, at most "
-            f"{s['near_threshold']:g} grey levels apart on average) and **{mirrored}** more only once mirrored left-right, "
-            "as training's flips show them: a model has in effect seen them.",
+            f"- **{s['test_with_near_twin_in_train']} Testing images** have a near-identical copy in Training as they are "
+            f"({THUMB} x {THUMB} greyscale, at most {s['near_threshold']:g} grey levels apart on average), "
+            f"**{s['test_with_exact_twin_in_train']}** of them byte-identical, and **{mirrored}** more only once mirrored "
+            "left-right, as training's flips show them: a model has in effect seen them.",
             f"- **{unseen} Testing images** have no such twin{classes}: the *unseen* accuracies in the Experiments tab "
             "are measured on them, and the examples are chosen from them.",
             f"- Within Training, {s['near_pairs_train_train']} pairs of images are near-identical; the validation "
@@ -238,7 +239,7 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
     import pandas as pd
 
     from brainmri.data.imageio import load_image
-    from brainmri.data.records import data_config
+    from brainmri.data.preprocess import data_config
 
     root = local_root(source)
     saved = precomputed() if root is None else None

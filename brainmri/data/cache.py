@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from brainmri.data import duplicates as _duplicates
-from brainmri.data import records as _data
+from brainmri.data import preprocess as _preprocess
 from brainmri.data.records import ImageRecords
 from brainmri.runtime import available_cpus
 
@@ -80,8 +80,8 @@ def _preprocessing_key(cfg: dict) -> tuple:
 
 
 def decode_records(records: ImageRecords, cfg: dict, desc: str = "decoding") -> torch.Tensor:
-    """:func:`brainmri.data.records.decode_records` (uint8 (N, 3, H, W)), threaded and memoised."""
+    """:func:`brainmri.data.preprocess.decode_records` (uint8 (N, 3, H, W)), threaded and memoised."""
     return memo(
         ("decoded", source_key(records), _preprocessing_key(cfg)),
-        lambda: torch.cat(_chunked(lambda r: _data.decode_records(r, cfg, desc), records)),
+        lambda: torch.cat(_chunked(lambda r: _preprocess.decode_records(r, cfg, desc), records)),
     )

@@ -8,7 +8,7 @@ Rules (``split`` in the config):
 
 - ``"mirror-aware"`` (the default): twins in either orientation (brainmri.data.duplicates.twin_pairs: exact, near, or
   near once mirrored left-right) are grouped, and so are images that share a figshare scan id where the masks'
-  ``masks.csv`` lies beside the data (brainmri.data.records.figshare_ids); a group never straddles train and validation.
+  ``masks.csv`` lies beside the data (brainmri.data.masks.figshare_ids); a group never straddles train and validation.
 - ``"as-is"``: the rule the first shipped models were cut with, which grouped unmirrored twins only. Their mirrored
   twins leaked into validation, so their ``val_split.txt`` keeps only the validation images with no twin in their
   train part in either orientation (:func:`leak_free`).
@@ -26,7 +26,8 @@ import numpy as np
 
 from brainmri.data.cache import memo, source_key, thumbnails
 from brainmri.data.duplicates import connected_groups, near_pairs, twin_pairs, unseen_indices
-from brainmri.data.records import ImageRecords, figshare_ids, limit_per_class, load_records, relative_path
+from brainmri.data.masks import figshare_ids
+from brainmri.data.records import ImageRecords, limit_per_class, load_records, relative_path
 from brainmri.models.checkpoint import TRAIN_CONFIG, VAL_SPLIT
 
 _logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from brainmri.data.records import EXPERTS as EXPERT_FOLDERS
+from brainmri.data.masks import EXPERTS as EXPERT_FOLDERS
 from brainmri.models.checkpoint import OUTLINE_RULES, results_dir
 from brainmri.vocabulary import class_words, percent
 

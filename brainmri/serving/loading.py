@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from brainmri.calibration import load_temperature
-from brainmri.data.records import data_config, eval_transform
+from brainmri.data.preprocess import data_config, eval_transform
 from brainmri.explain import FUSING_METHODS, prepare_for_cam
 from brainmri.models.checkpoint import count_tensors_bytes, label_names, load_checkpoint, read_config
 from brainmri.models.registry import cam_layer, get_spec
