@@ -45,6 +45,9 @@ def test_rows_and_agreement():
     assert agreement([a, b]) == "**The models disagree**: glioma (1): a; meningioma (1): b."
     flagged = prediction("c", [0.9, 0.0, 0.1, 0.0], in_distribution=False)
     assert "not a brain MRI (1): c" in agreement([a, flagged])
+    row = comparison_rows([a, flagged])[2]  # no probabilities over what is not a brain MRI: blank, as the ensemble's
+    assert row["prediction"] == NOT_MRI and row["tumour prob"] is None and not [k for k in row if k.startswith("P(")]
+    assert row["looks like MRI"] is False and list(comparison_rows([a, flagged])[1])[:3] == list(row)[:3]
     d, e = prediction("d", [0.1, 0.1, 0.7, 0.1]), prediction("e", [0.8, 0.1, 0.05, 0.05])  # grouped, most common first
     assert agreement([a, d, e]) == "**2 of 3 models say glioma**; the other differs (no tumour: d)."  # a majority, counted
     assert agreement([a, d, e, b]) == "**The models disagree**: glioma (2): a, e; no tumour (1): d; meningioma (1): b."

@@ -246,7 +246,7 @@ def test_classifier_face_preprocesses_as_training_decoded():
     non-square upload too."""
     from PIL import Image
 
-    from brainmri.data.records import data_config, eval_transform
+    from brainmri.data.preprocess import data_config, eval_transform
     from brainmri.models.multitask import MultiTaskClassifier
     from brainmri.segmentation import to_input
 
@@ -374,7 +374,12 @@ def test_the_one_encoder_section_shows_each_expert_beside_their_agreement_and_th
     text = one_encoder_markdown(tmp_path, tmp_path / "default.json")
     assert "| all tumours | 10 | **0.810** (0.700) | **0.800** (0.690) | 0.820 | 0.830 | 0.800 |" in text
     assert "| unseen Testing | 336 | 98.5% (97.0-99.7) | 0.90% |" in text and "Temperature 0.700" in text
-    assert "95.0% of 20" in text and "against unet_lite0's 0.830) fails" in text and "**`tf_efficientnet_lite0` classifies**" in text
+    assert (
+        "95.0% of 20" in text
+        and "against unet_lite0's 0.830) fails" in text
+        and "it did not replace `tf_efficientnet_lite0`, which kept classifying" in text
+    )
+    assert "| validation slices both experts outlined | n |" in text  # why its n differs from the U-Net's own table
     assert one_encoder_markdown(tmp_path / "nothing") == ""
 
 

@@ -45,8 +45,12 @@ def stale_message(image: Image.Image | None, compared: str | None, nothing_yet: 
 
 
 def model_row(result: Prediction) -> dict:
-    row = dict(zip(LEADING_COLUMNS, (result.model, class_words(verdict(result)), result.tumour_probability)))
-    row.update({f"P({class_words(k)})": v for k, v in result.probabilities.items()})  # "P(no tumour)", as Classify says it
+    """One model's row; over an image it finds not to be a brain MRI, no probabilities (blank cells), as Classify
+    shows no bars: a tumour probability of a photograph means nothing."""
+    row = dict(zip(LEADING_COLUMNS, (result.model, class_words(verdict(result)), None)))
+    if result.in_distribution:
+        row["tumour prob"] = result.tumour_probability
+        row.update({f"P({class_words(k)})": v for k, v in result.probabilities.items()})  # "P(no tumour)", as Classify says it
     row.update({"latency ms": round(result.latency_ms, 1), "looks like MRI": result.in_distribution})
     return row
 

@@ -47,7 +47,7 @@ def outline_markdown(m: dict, pair: dict | None = None, pair_name: str = "") -> 
     head = " | ".join(f"vs {EXPERT_NAMES[e]}: Dice (IoU)" for e in experts)
     theirs = " | ".join(f"{pair_name} vs {e}" for e in experts) if pair else ""
     lines = [
-        f"| validation slices | n | {head} | experts vs each other{' | ' + theirs if pair else ''} |",
+        f"| validation slices both experts outlined | n | {head} | experts vs each other{' | ' + theirs if pair else ''} |",
         "|---|---:|" + "---|" * len(experts) + "---:|" + ("---:|" * len(experts) if pair else ""),
     ]
     for group, r in m["outline"]["both_experts"].items():
@@ -100,16 +100,18 @@ def _verdict(verdict: dict | None) -> list[str]:
     dice = ", ".join(f"vs {e} {_dice(d['multitask'])} against {segmenter}'s {_dice(d[segmenter])}" for e, d in verdict["dice_all"].items())
     return [
         "",
-        f"**The default, by the rule fixed before the first result** (`python -m train.multitask_default`): validation accuracy"
-        f" {percent(acc['multitask'])} (n={acc['multitask_n']}) against {classifier}'s {percent(acc[classifier])}"
-        f" (n={acc[f'{classifier}_n']}) {'passes' if passes['class'] else 'fails'}; the outline's Dice ({dice})"
-        f" {'passes' if passes['outline'] else 'fails'}. Default: "
+        f"**Whether it replaces the pair, by the rule fixed before the first result** (`python -m train.multitask_default`):"
+        f" validation accuracy {percent(acc['multitask'])} (n={acc['multitask_n']}) against {classifier}'s"
+        f" {percent(acc[classifier])} (n={acc[f'{classifier}_n']}), each as served (float32, from its saved folder; the"
+        f" tables give the training run's own pass), {'passes' if passes['class'] else 'fails'}; the outline's"
+        f" Dice ({dice}) {'passes' if passes['outline'] else 'fails'}. So "
         + (
-            "**the multi-task model**."
+            "**the multi-task model** became the default."
             if verdict["default"] == "multitask"
             # Since the outline rule study (train.outline_rules) the outline is this model's whichever classifier
             # answers: what stays is the classifier, not the pair the rule named.
-            else f"**`{classifier}` classifies**; the multi-task model outlines for it, by the rule above." + _ensemble_line(classifier)
+            else f"it did not replace `{classifier}`, which kept classifying; the multi-task model outlines for it."
+            + _ensemble_line(classifier)
         ),
     ]
 
@@ -120,6 +122,6 @@ def _ensemble_line(classifier: str) -> str:
     if spec is None or spec.explainer != classifier:
         return ""
     return (
-        f" Since then the app answers with both: `{APP_DEFAULT}` averages their calibrated probabilities, the one encoder's"
-        f" from the forward that outlines, and `{classifier}`'s heatmap explains the mean's class (`docs/serving.md`)."
+        f" Since then the app's default is both, **`{APP_DEFAULT}`**: it averages their calibrated probabilities, the one"
+        f" encoder's from the forward that outlines, and `{classifier}`'s heatmap explains the mean's class (`docs/serving.md`)."
     )

@@ -217,12 +217,12 @@ class Predictor(ServedModels):
         For an ensemble (registry ``ENSEMBLES``) step 3 comes first and for every image: its forward's class head is the
         second opinion that step 1 averages with its classifier's, and whose mean's class the heatmap explains.
         """
-        start = time.perf_counter()
         ensemble = self.ensemble(model_name or self.default_model)  # its second opinion checked by check_request
         loaded = self.model(model_name, copy)
         judge = self.model(self.ood_model, copy) if self.ood_model else None
         judge = None if judge is loaded else judge  # the classifier judges in its own pass
         segmenter = self.segmentation_model(copy) if outline or ensemble else None
+        start = time.perf_counter()  # after loading: a model's first request would count its load (1.2 s for Lite1)
         with running() as requests:  # counted till the end: a request that comes meanwhile finds this core taken
             side = (
                 self.side_passes(loaded, judge, segmenter, images, ensemble) if self.overlap and spare_core(loaded.device, requests) else {}
