@@ -83,6 +83,8 @@ def analyse_tool(
             raise user_error(NO_IMAGE)
         staged = staged_copies(image)  # sent as a data: URL: Gradio named it "file.jpg", which the caller never wrote
         try:
+            if staged and not staged[0].stat().st_size:  # base64 decoding skips what is not base64: "@@@@" leaves nothing
+                raise user_error(f"{DATA_URL} holds no bytes once decoded: its base64 part is empty or is not base64")
             with user_errors():  # the caller's input: a clear message, no traceback, nothing logged
                 decoded = load_image(image, name=DATA_URL if staged else None)
                 result = predictor.predict(decoded, predictor.resolve(model))  # a name, or the label the list shows
