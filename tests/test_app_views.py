@@ -190,3 +190,19 @@ def test_a_cam_layer_list_names_the_module_its_layers_share_once():
     assert layer_label("net.classifier.bn2") == "`net.classifier.bn2`"  # one layer: nothing shared to name once
     assert layer_label("features.9") == "`features.9`"
     assert layer_label("blocks.5+blocks.3") == "`blocks.5+blocks.3`"  # a numbered child is not a name of its own
+
+
+def test_the_details_panel_names_the_mask_and_the_api_keeps_it_whole():
+    from test_comparison import prediction
+
+    from brainmri.app import display
+    from brainmri.segmentation import Outline
+
+    result = prediction("a", [0.7, 0.1, 0.1, 0.1])
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+    result.outline = Outline(mask, float(mask.mean()), (0.25, 0.25, 0.625, 0.625))
+    shown, api = display.shown_details(result), result.details()
+    assert api["tumour_mask"].startswith("data:image/png;base64,") and "tumor_probability" in api
+    assert shown["tumour_mask"].startswith("PNG data URL, ") and "the API returns it whole" in shown["tumour_mask"]
+    assert "tumor_probability" not in shown and shown["tumour_probability"] == api["tumour_probability"]

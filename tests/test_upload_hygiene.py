@@ -135,7 +135,8 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     table, grid, agreement, _ = compare(app.PREDICTOR, again.session, "Grad-CAM", None)  # nothing ticked: every model
     assert grid.count("<figure") == len(app.PREDICTOR.single_models) and "agree" in agreement  # an ensemble: as its members
     table, grid, agreement, _ = compare(app.PREDICTOR, again.session, "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
-    assert list(table["model"]) == [ENSEMBLE, "simple_cnn_7", "tf_efficientnet_lite0"] and grid.count("<figure") == 2
+    assert list(table["model"]) == [ENSEMBLE, "tf_efficientnet_lite0", "simple_cnn_7"] and grid.count("<figure") == 2  # the list's order
+    assert grid.index("tf_efficientnet_lite0") < grid.index("simple_cnn_7")  # the heatmaps in the same order
     assert "data:image/jpeg;base64," in grid and "/gradio_api/file=" not in grid  # heatmaps inline, no file
     assert "2 models in" in agreement and " s." in agreement  # the time it took
     assert app.classify(None, "simple_cnn_7", "Grad-CAM", 0.5) == app.EMPTY

@@ -39,7 +39,8 @@ def compare(
     if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
         return no_comparison(NOTHING_TO_COMPARE)  # a session expires too
     image = session.image
-    names = [n for n in predictor.single_models if n in (chosen or predictor.single_models)]
+    listed = [n for _, n in labelled_choices(predictor.sources, ensembles=False)]  # the picker's order, rows and heatmaps
+    names = [n for n in listed if n in (chosen or listed)]
     start = time.perf_counter()
     with user_errors():
         results = [predictor.predict(image, n, method or DEFAULT_METHOD, outline=False) for n in progress.tqdm(names, desc="models")]

@@ -134,7 +134,17 @@ def classify_view(
     shown = with_outline(image, mask, show_outline)
     key = colour_bar(result) + outline_note(result)
     verdict = summary(result) + example_note(label, result)
-    return ClassifyView(verdict, bars, shown, heatmap, key, result.details(), Session(image, cam, mask, label))
+    return ClassifyView(verdict, bars, shown, heatmap, key, shown_details(result), Session(image, cam, mask, label))
+
+
+def shown_details(result: Prediction) -> dict:
+    """The API's details as the Details panel shows them: the mask's data URL (thousands of base64 characters) named,
+    not printed, and the old spelling of the tumour probability left to the API."""
+    details = result.details()
+    details.pop("tumor_probability", None)
+    if details["tumour_mask"]:
+        details["tumour_mask"] = f"PNG data URL, {len(details['tumour_mask']):,} characters: the API returns it whole"
+    return details
 
 
 def example_note(label: str | None, result: Prediction) -> str:

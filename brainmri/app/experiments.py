@@ -62,9 +62,9 @@ ABOUT = (
     "The app's default ensemble, from `results/lite0_and_multitask.json` (`scripts/ensemble_default.py --served`), then "
     "every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Unseen test acc*: "
     "Testing without the images that have an exact, near or mirrored twin in Training (the honest figure), with a 95% "
-    "bootstrap interval; *test acc*: the official Testing split. The unseen images are mostly glioma (the model list says how "
-    "many), so a model weak on another class can score higher there than on all of Testing: compare models on one column, not a model across "
-    "two. *Val acc*: the validation split cut from Training, used to choose epochs. "
+    "bootstrap interval; *test acc*: the official Testing split. The unseen images are mostly glioma (the model list "
+    "says how many), so a model weak on another class can score higher there than on all of Testing: compare models "
+    "on one column, not a model across two. *Val acc*: the validation split cut from Training, used to choose epochs. "
     "*ECE*: expected calibration error on Testing, raw and temperature-scaled. *Train time*: the run's wall time on "
     "whichever machine ran it (the *device* column), shared with other work on some: a rough cost, not a benchmark."
 )
