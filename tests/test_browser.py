@@ -204,6 +204,11 @@ def test_a_visitor_on_a_phone(app_url: str, secret_upload: tuple[Path, str]):
             page.goto(app_url, wait_until="load", timeout=60000)
             expect(page.locator("#summary")).to_contain_text("Upload a brain MRI slice, or click an example")  # a hint, not a gap
             assert page.locator("#heatmap").is_hidden() and page.locator("#original").is_hidden()  # no empty boxes yet
+            assert page.locator("#bars").is_hidden() and page.locator("#cam-key-box").is_hidden()  # nor a blank band
+            gap = _box(page, "#method")["y"] - (_box(page, "#summary")["y"] + _box(page, "#summary")["height"])
+            assert gap < 40, f"{gap:.0f} px of blank between the hint and the controls"
+            cut = "[...document.querySelectorAll('#examples .caption-label')].filter(e => e.scrollWidth > e.clientWidth).length"
+            assert page.evaluate(cut) == 0, "an example's caption is cut ('pituitary tu...')"
             fits = "(() => { const i = document.querySelector('#model input'); return i.scrollWidth <= i.clientWidth; })()"
             assert page.evaluate(fits), "the default's label is cut in the model list, its figure with it"
             _classify(page, image)

@@ -220,8 +220,11 @@ CSS = """
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
 #examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
+#examples .caption-label { font-size: 0.75em; white-space: normal; text-overflow: clip; }  /* "pituitary tumour", whole */
 /* no picture yet (or no heatmap over a refused image): no empty boxes (on a phone, 460 px of them before the examples) */
 #heatmap:not(:has(img)), #original:not(:has(img)) { display: none; }
+/* nor empty bars, key and picture row: before an answer they left 100 px of blank between the hint and the controls */
+#bars:not(:has(.prob-row)), #cam-key-box:not(:has(.cam-bar, .outline-note)), .row:has(#heatmap):not(:has(img)) { display: none; }
 /* the Experiments tab's wide Markdown tables: whole words in their cells (not "glio ma"), the table scrolling sideways */
 #localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; }
 #localisation :is(th, td), #seed-table :is(th, td), #segmentation-table :is(th, td) { word-break: normal; overflow-wrap: normal; }
