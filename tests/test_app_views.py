@@ -45,7 +45,7 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     assert lite["train time"] == "10.0 min" and lite["family"] == "efficientnet"
     assert (lite["temperature"], lite["test ECE raw"], lite["test ECE calibrated"]) == (0.512, 0.0778, 0.0054)
     assert list(lite) == experiments.ALL_COLUMNS and experiments.COLUMNS == experiments.ALL_COLUMNS[: len(experiments.COLUMNS)]
-    assert experiments.history(tmp_path / "simple_cnn_7")[1]["val_acc"] == "0.8"
+    assert experiments.history(tmp_path / "simple_cnn_7")[1]["val_acc"] == "80.0%"  # in percent, as everywhere else
     assert experiments.history(tmp_path / "simple_cnn_7")[0]["train_loss"] == "1"  # 4 significant digits, not 16
     assert experiments.figure(tmp_path / "simple_cnn_7", "curves.png") is None
     assert experiments.results_tables(tmp_path / "none.csv") == (None, None)

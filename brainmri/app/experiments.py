@@ -238,7 +238,15 @@ def history(folder: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [{k: _short(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: _as_percent(v) if k.endswith("_acc") else _short(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _as_percent(value: str) -> str:
+    """An accuracy column (0.5822) as the rest of the app says it (58.2%)."""
+    try:
+        return percent(float(value))
+    except ValueError:
+        return value
 
 
 def _short(value: str) -> str:
