@@ -177,6 +177,10 @@ def experiment_table(root: str | Path | None = None, results: str | Path | None 
     return rows
 
 
+SWEEP_ABOUT = (
+    "*img/s*: training images a second; *% of bound*: that rate as a share of the most the GPU's memory bandwidth "
+    "allows for the model, counted by `python -m reports.roofline`; *run*: the sweep that trained it."
+)
 # The sweep table: what a reader compares across runs and devices (results/experiments.csv has every column).
 SWEEP_COLUMNS = {
     "model": "model", "device": "device", "run": "run", "epochs_run": "epochs", "test_unseen_accuracy": "unseen test acc",
@@ -312,6 +316,7 @@ def build_tab(tab: gr.Tab) -> None:
         full = gr.Dataframe(pinned_columns=1, show_label=False)
     # The rest folded, each a click away: the tab opens on the pictures and the table, not 7,000 px of page.
     with gr.Accordion("Sweep runs: on the GPU, the seed's protocol on CPU, the runs cut short", open=False, elem_id="gpu-runs"):
+        gr.Markdown(SWEEP_ABOUT)
         sweep = gr.Dataframe(label="Sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False, elem_id="sweep-runs")
         cut = "Cut short by their time budget: how far each model got, not what it can do"
         short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
@@ -325,7 +330,7 @@ def build_tab(tab: gr.Tab) -> None:
             confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
         with gr.Row():
             reliability = gr.Image(label="Reliability diagram", elem_id="reliability", **figure)
-            hist = gr.Dataframe(label="history.csv (4 significant digits)", max_height=380)
+            hist = gr.Dataframe(label="history.csv (accuracies in %, the rest to 4 significant digits)", max_height=380)
     with gr.Accordion("The seed report's simple CNNs, reproduced", open=False, elem_id="seed-box"):
         seed = gr.Markdown(elem_id="seed-table")
     with gr.Accordion("Where the tumour is: the outline's Dice against each expert, per class", open=False, elem_id="outline-box"):
