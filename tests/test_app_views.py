@@ -113,7 +113,7 @@ def test_preprocessing_steps_end_in_what_the_model_gets(data_dir: Path):
     image = Image.open(path).convert("RGB")
     steps = dataview.preprocessing_steps(image, cfg)
     names = [caption.split(":")[0] for _, caption in steps]
-    assert names == ["0. decoded", "1. Resize", "2. CenterCrop", "3. MaybeToTensor", "4. Normalize"]
+    assert names == ["0. decoded", "1. resized", "2. centre crop", "3. as numbers", "4. normalised"]  # words, not timm's classes
     assert steps[2][0].size == (96, 96)
     x = eval_transform(cfg)(image)
     shown = np.asarray(steps[-1][0], dtype=np.float32)

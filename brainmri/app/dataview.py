@@ -134,6 +134,16 @@ def hub_examples(dataset_id: str, per_class: int, out_dir: Path) -> list[tuple[P
     return found
 
 
+# timm's transform classes in a reader's words (an unknown one keeps its class name)
+STEP_WORDS = {
+    "Resize": "resized",
+    "CenterCrop": "centre crop",
+    "MaybeToTensor": "as numbers",
+    "ToTensor": "as numbers",
+    "Normalize": "normalised",
+}
+
+
 def preprocessing_steps(image: Image.Image, cfg: dict) -> list[tuple[Image.Image, str]]:
     """The image after each step of the model's own eval transform, captioned.
 
@@ -145,7 +155,7 @@ def preprocessing_steps(image: Image.Image, cfg: dict) -> list[tuple[Image.Image
     x = image
     for i, t in enumerate(eval_transform(cfg).transforms, 1):
         x = t(x)
-        name = type(t).__name__
+        name = STEP_WORDS.get(type(t).__name__, type(t).__name__)
         if isinstance(x, Image.Image):
             steps.append((x, f"{i}. {name}: {x.width}x{x.height}"))
         else:
