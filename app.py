@@ -155,7 +155,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
         with gr.Column(scale=3, elem_id="result-col"):
             summary = gr.Markdown(display.ANSWER_HINT, elem_id="summary")
             bars = gr.HTML(elem_id="bars")
-            with gr.Row():  # side by side on a phone too: the heatmap first, where the eye lands
+            with gr.Row(elem_id="pictures"):  # side by side on a phone too: the heatmap first, where the eye lands
                 image = dict(type="pil", format="png", interactive=False, height=300, min_width=120)
                 heatmap = send_inline(gr.Image(label="Heatmap", elem_id="heatmap", buttons=["fullscreen"], **image))
                 original = send_inline(gr.Image(label="Your image", elem_id="original", buttons=[], **image))
@@ -225,7 +225,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Classify"):
             model, gallery = classify_tab(session)
         with gr.Tab("Compare") as tab:
-            picked = compare_tab.build_tab(tab, session, PREDICTOR, SESSION_TTL_S)
+            picked = compare_tab.build_tab(tab, session, PREDICTOR)
         with gr.Tab("Experiments") as tab:
             experiments.build_tab(tab)
             unavailable = gr.Markdown(unavailable_markdown(PREDICTOR.unavailable), elem_id="unavailable")  # not under the menu

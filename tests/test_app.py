@@ -180,3 +180,14 @@ def test_an_example_says_the_datasets_label_beside_every_answer_on_it_and_when_t
     assert example_note("glioma", SimpleNamespace(prediction="glioma")).endswith("**glioma** too.")
     assert "so this answer is wrong" in example_note("pituitary", SimpleNamespace(prediction="meningioma"))
     assert example_note("meningioma", SimpleNamespace(prediction=None)).endswith("**meningioma**.")  # refused: no answer
+
+
+def test_compares_image_key_outlives_the_session_image_it_guards():
+    """Compare's record of which image its results are of has no TTL of its own: expiring before the results did, it
+    let one image's answers stand beside another's (stale_message reads no record as nothing to clear)."""
+    import app
+    from brainmri.app.compare_tab import forget_stale
+
+    (fn,) = [f for f in app.demo.fns.values() if getattr(f.fn, "__name__", "") == forget_stale.__name__]
+    session, compared = fn.inputs
+    assert compared.time_to_live == float("inf") and session.time_to_live == app.SESSION_TTL_S  # Gradio: none is inf

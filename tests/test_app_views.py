@@ -47,6 +47,8 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     assert list(lite) == experiments.ALL_COLUMNS and experiments.COLUMNS == experiments.ALL_COLUMNS[: len(experiments.COLUMNS)]
     assert experiments.history(tmp_path / "simple_cnn_7")[1]["val_acc"] == "80.0%"  # in percent, as everywhere else
     assert experiments.history(tmp_path / "simple_cnn_7")[0]["train_loss"] == "1"  # 4 significant digits, not 16
+    (tmp_path / "simple_cnn_7" / "history.csv").write_text("epoch,val_accuracy,val_loss\n1,0.973,0.1\n")  # the multi-task's
+    assert experiments.history(tmp_path / "simple_cnn_7")[0] == {"epoch": "1", "val_accuracy": "97.3%", "val_loss": "0.1"}
     assert experiments.figure(tmp_path / "simple_cnn_7", "curves.png") is None
     assert experiments.results_tables(tmp_path / "none.csv") == (None, None)
 

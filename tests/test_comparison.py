@@ -79,11 +79,12 @@ def test_the_scored_ensemble_scores_the_weights_shipped_today():
 
 
 def test_results_of_another_image_are_stale_and_of_the_same_pixels_are_not():
-    from brainmri.app.comparison import STALE, image_key, stale_message
+    from brainmri.app.comparison import STALE, stale_message
+    from brainmri.data.imageio import pixel_key
 
     grey = Image.new("L", (32, 32), 90)
-    key = image_key(grey)
-    assert image_key(Image.new("L", (32, 32), 90)) == key  # the same file uploaded again: its results still hold
+    key = pixel_key(grey)
+    assert pixel_key(Image.new("L", (32, 32), 90)) == key  # the same file uploaded again: its results still hold
     assert stale_message(grey, None, "nothing yet") is None  # nothing compared: nothing to clear
     assert stale_message(grey, key, "nothing yet") is None
     assert stale_message(Image.new("L", (32, 32), 91), key, "nothing yet") == STALE  # one pixel value apart

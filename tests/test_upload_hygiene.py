@@ -302,3 +302,21 @@ def test_a_file_fetched_from_a_url_is_counted_like_an_upload(tmp_path, monkeypat
     assert fetched.is_file()  # the second call has not read it yet
     discard_upload(str(fetched), pending=pending)
     assert not fetched.exists()
+
+
+def test_a_staged_data_url_is_named_so_in_errors_and_keeps_its_suffix_for_its_format(tmp_path):
+    """Gradio stages a data: URL as "file.<type>": a message says "the data: URL", while ".dcm" still tells that a
+    DICOM without its preamble is one."""
+    from upload_samples import dicom
+
+    from brainmri.app.tool import DATA_URL, load_image_named
+
+    bare = dicom(Image.new("RGB", (64, 64), (100, 100, 100)))[132:]  # no preamble, no "DICM": known by its suffix alone
+    (tmp_path / "file.dcm").write_bytes(bare)
+    (tmp_path / "file.jpg").write_bytes(bare)
+    assert load_image_named(str(tmp_path / "file.dcm"), DATA_URL).size == (64, 64)
+    with pytest.raises(ValueError, match=r"^the data: URL is not an image this app can read") as caught:
+        load_image_named(str(tmp_path / "file.jpg"), DATA_URL)
+    assert "file.jpg" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"^file\.jpg is not an image"):  # a plain upload keeps its own name
+        load_image_named(str(tmp_path / "file.jpg"), None)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from brainmri.app import comparison, display
 from brainmri.app.errors import user_errors
+from brainmri.data.imageio import pixel_key
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
 from brainmri.models.catalog import label_score, labelled_choices
 from brainmri.rendering import DEFAULT_OPACITY
@@ -35,7 +36,7 @@ def compare(
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[pd.DataFrame, str, str, str | None]:
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement and time taken, and
-    which image they ran on (:func:`comparison.image_key`)."""
+    which image they ran on (:func:`brainmri.data.imageio.pixel_key`)."""
     if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
         return no_comparison(NOTHING_TO_COMPARE)  # a session expires too
     image = session.image
@@ -47,7 +48,7 @@ def compare(
     seconds = time.perf_counter() - start
     summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
     table = pd.DataFrame(display.percent_cells(comparison.comparison_rows(results)))
-    return table, display.compare_grid(image, results, DEFAULT_OPACITY), summary, comparison.image_key(image)
+    return table, display.compare_grid(image, results, DEFAULT_OPACITY), summary, pixel_key(image)
 
 
 def forget_stale(session: display.Session | None, compared: str | None) -> tuple:
@@ -56,7 +57,7 @@ def forget_stale(session: display.Session | None, compared: str | None) -> tuple
     return (gr.skip(),) * 4 if message is None else no_comparison(message)
 
 
-def build_tab(tab: gr.Tab, session: gr.State, predictor: Predictor, ttl_s: int) -> gr.CheckboxGroup:
+def build_tab(tab: gr.Tab, session: gr.State, predictor: Predictor) -> gr.CheckboxGroup:
     """The tab's components and events; returns the model picker, which the page's load refreshes from the Hub."""
     gr.Markdown("Runs the ticked models on the image uploaded in **Classify**, each with its own heatmap.")
     choices = labelled_choices(predictor.sources, ensembles=False)
@@ -67,7 +68,7 @@ def build_tab(tab: gr.Tab, session: gr.State, predictor: Predictor, ttl_s: int) 
     agreement = gr.Markdown(elem_id="agreement")
     table = gr.Dataframe(no_comparison("")[0], label="Per model (probabilities in %)", pinned_columns=1, elem_id="compare-table")
     grid = gr.HTML(elem_id="compare-heatmaps")
-    compared = gr.State(None, time_to_live=ttl_s)  # comparison.image_key of the image the results are of
+    compared = gr.State(None)  # pixel_key of the image the results are of; no TTL: expiring first, it hid stale ones
     outputs = [table, grid, agreement, compared]
     button.click(functools.partial(compare, predictor), [session, method, picked], outputs, api_visibility="private")
     tab.select(forget_stale, [session, compared], outputs, api_visibility="private")

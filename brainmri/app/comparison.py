@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from brainmri.data.imageio import pixel_key
 from brainmri.eval.ensemble import mean_probs
 from brainmri.models.checkpoint import ENSEMBLE_METRICS, UNSEEN, results_dir
 from brainmri.serving import Prediction
@@ -31,15 +31,10 @@ LEADING_COLUMNS = ("model", "prediction", "tumour prob")  # each row's first col
 STALE = "**These results were for an earlier image.** Press Compare to run the ticked models on the one in Classify now."
 
 
-def image_key(image: Image.Image) -> str:
-    """Which picture a comparison ran on: a digest of its pixels, so the same file uploaded again keeps its results."""
-    return f"{image.mode}{image.size}:" + hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-
-
 def stale_message(image: Image.Image | None, compared: str | None, nothing_yet: str) -> str | None:
     """What Compare says when its results are not of ``image`` (Classify's now; None once the session expired), or
     None when they are, or when it has none to clear."""
-    if compared is None or (image is not None and image_key(image) == compared):
+    if compared is None or (image is not None and pixel_key(image) == compared):
         return None
     return nothing_yet if image is None else STALE
 

@@ -224,7 +224,7 @@ CSS = """
 /* no picture yet (or no heatmap over a refused image): no empty boxes (on a phone, 460 px of them before the examples) */
 #heatmap:not(:has(img)), #original:not(:has(img)) { display: none; }
 /* nor empty bars, key and picture row: before an answer they left 100 px of blank between the hint and the controls */
-#bars:not(:has(.prob-row)), #cam-key-box:not(:has(.cam-bar, .outline-note)), .row:has(#heatmap):not(:has(img)) { display: none; }
+#bars:not(:has(.prob-row)), #cam-key-box:not(:has(.cam-bar, .outline-note)), #pictures:not(:has(img)) { display: none; }
 /* the Experiments tab's wide Markdown tables: whole words in their cells (not "glio ma"), the table scrolling sideways */
 #localisation table, #seed-table table, #segmentation-table table { display: block; overflow-x: auto; }
 #localisation :is(th, td), #seed-table :is(th, td), #segmentation-table :is(th, td) { word-break: normal; overflow-wrap: normal; }

@@ -242,7 +242,8 @@ def history(folder: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [{k: _as_percent(v) if k.endswith("_acc") else _short(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    return [{k: _as_percent(v) if k.endswith(("_acc", "_accuracy")) else _short(v) for k, v in row.items()} for row in rows]
 
 
 def _as_percent(value: str) -> str:

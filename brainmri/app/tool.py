@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from brainmri.app.display import heatmap_picture
 from brainmri.app.errors import NO_IMAGE, user_error, user_errors
@@ -32,6 +33,17 @@ from brainmri.vocabulary import CLASSES_IN_WORDS, class_words
 
 _STAGED = PendingUploads()  # the MCP server's copies of data: URL images, until their requests have read them
 DATA_URL = "the data: URL"  # how messages name an image sent as one ("the data: URL is not an image this app can read")
+
+
+def load_image_named(path: str, shown: str | None) -> Image.Image:
+    """:func:`load_image`, its errors naming the image ``shown`` (a staged copy's "file.dcm" as "the data: URL") while
+    the file's own suffix still tells its format (a DICOM without its preamble is known by ".dcm")."""
+    try:
+        return load_image(path)
+    except ValueError as e:
+        if shown is None:
+            raise
+        raise ValueError(str(e).replace(Path(path).name, shown)) from None
 
 
 def image_argument_problem(image: object) -> str:
@@ -86,7 +98,7 @@ def analyse_tool(
             if staged and not staged[0].stat().st_size:  # base64 decoding skips what is not base64: "@@@@" leaves nothing
                 raise user_error(f"{DATA_URL} holds no bytes once decoded: its base64 part is empty or is not base64")
             with user_errors():  # the caller's input: a clear message, no traceback, nothing logged
-                decoded = load_image(image, name=DATA_URL if staged else None)
+                decoded = load_image_named(image, DATA_URL if staged else None)
                 result = predictor.predict(decoded, predictor.resolve(model))  # a name, or the label the list shows
         finally:
             release_staged(staged)

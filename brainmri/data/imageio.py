@@ -12,6 +12,7 @@ reach the pixels, then dropped.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -107,6 +108,11 @@ def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Ima
     if max(image.size) > MAX_SIDE:
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return image
+
+
+def pixel_key(image: Image.Image) -> str:
+    """Which picture this is: its mode, size and a digest of its pixels (one file decoded twice gives one key)."""
+    return f"{image.mode}{image.size}:" + hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
 
 
 def is_dicom(data: bytes, name: str = "") -> bool:

@@ -1,9 +1,8 @@
 """Loading the Brain Tumor MRI data: one split's images and labels, from a folder or a Hub dataset.
 
 Data comes from an image folder (``DATA/{Training,Testing}/{class}/*.jpg``), listed as
-``datasets``' imagefolder would list it, or a Hub dataset id, through ``datasets``. Preprocessing is derived from the model's own
-pretrained_cfg (timm ``resolve_model_data_config``) in :func:`data_config` and
-:func:`eval_transform`, used alike by training, evaluation and the app.
+``datasets``' imagefolder would list it, or a Hub dataset id, through ``datasets``. What is done to the images
+before a model sees them is in :mod:`brainmri.data.preprocess`; where the experts' masks lie, :mod:`brainmri.data.masks`.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class LoadedModel:
 
 def load_model(name: str, folder: str | Path, device: torch.device | str | None = None) -> LoadedModel:
     """Rebuild a checkpoint for serving: eval mode, batch norm folded, "SAME" padding in the kernel, channels_last, no
-    parameter requiring grad (brainmri.runtime).
+    parameter requiring grad (brainmri.serving.rewrites).
 
     Args:
         name: the registry name it is served under.

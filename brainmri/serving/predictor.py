@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import threading
@@ -31,6 +30,7 @@ from concurrent.futures import Future
 import torch
 from PIL import Image
 
+from brainmri.data.imageio import pixel_key
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
 from brainmri.models.catalog import ModelSource
 from brainmri.models.registry import EnsembleSpec
@@ -194,8 +194,8 @@ class Predictor(ServedModels):
         Identical images in the batch (a class clicking one example at once) are computed once: each request still
         gets its own Prediction, and nothing outlives the batch. ``copy``: the copies of the models to use."""
         self.check_request(images, model_name, method, copy, outline)
-        first: dict[tuple, int] = {}  # (size, mode, pixels' hash) -> index of its first occurrence
-        keys = [(im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()) for im in images]
+        first: dict[str, int] = {}  # pixel_key -> index of its first occurrence
+        keys = [pixel_key(im) for im in images]
         unique = [first.setdefault(key, i) for i, key in enumerate(keys)]
         if len(first) < len(images):
             distinct = self.predict_many([images[i] for i in first.values()], model_name, method, copy, outline)
