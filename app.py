@@ -31,7 +31,7 @@ from brainmri.data.imageio import MAX_BYTES, accepted_formats, load_image
 from brainmri.explain import CAM_METHODS, DEFAULT_METHOD
 from brainmri.models.catalog import discover, discover_segmenter, label_score, labelled_choices, unavailable_markdown
 from brainmri.rendering import DEFAULT_OPACITY, overlay
-from brainmri.runtime import configure_torch_threads
+from brainmri.runtime import available_cpus, configure_torch_threads, describe_cpu
 from brainmri.serving import Predictor
 from brainmri.settings import batch_workers, concurrency_limit, default_data, hub_offline, max_batch, session_capacity
 from brainmri.vocabulary import CLASSES_IN_WORDS
@@ -245,10 +245,15 @@ gradio_costs.bound_gradio_bookkeeping()  # what Gradio does per request and this
 demo.queue(max_size=64, default_concurrency_limit=concurrency_limit())
 
 
+def log_host() -> None:  # the host sets the speed (docs/serving.md): a Space's log names it as the speed scripts do
+    _logger.info("serving %s on %s, %d usable cores", PREDICTOR.default_model, describe_cpu(), available_cpus())
+
+
 def launch(prevent_thread_lock: bool = False, **kwargs) -> tuple:
     """Serve the app and its MCP server (style sheet, upload limit, models loaded); server_name / port default to
     GRADIO_SERVER_*. The MCP tool's staged copies of images are tracked before the first request (brainmri.app.tool)."""
     PREDICTOR.warm()  # the first visitor does not wait for the default model to load
+    log_host()
     options = dict(css=display.CSS, max_file_size=MAX_BYTES, mcp_server=True, state_session_capacity=session_capacity())  # sessions: memory
     served = demo.launch(prevent_thread_lock=True, **options, **kwargs)
     tool.track_mcp_staging(demo)

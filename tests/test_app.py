@@ -191,3 +191,13 @@ def test_compares_image_key_outlives_the_session_image_it_guards():
     (fn,) = [f for f in app.demo.fns.values() if getattr(f.fn, "__name__", "") == forget_stale.__name__]
     session, compared = fn.inputs
     assert compared.time_to_live == float("inf") and session.time_to_live == app.SESSION_TTL_S  # Gradio: none is inf
+
+
+def test_the_launch_log_names_the_host_that_sets_the_speed(caplog):
+    """A Space's log says which CPU serves it (docs/space.md): the same words the speed scripts print."""
+    import app
+    from brainmri.runtime import describe_cpu
+
+    with caplog.at_level("INFO", logger="app"):
+        app.log_host()  # what app.launch logs once the default model is loaded
+    assert f"on {describe_cpu()}, " in caplog.text and "usable cores" in caplog.text
