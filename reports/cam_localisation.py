@@ -45,7 +45,7 @@ from brainmri.explain import CAM_METHODS, DEFAULT_METHOD, FUSING_METHODS, prepar
 from brainmri.models.catalog import discover
 from brainmri.models.checkpoint import CAM_LOCALISATION, results_dir
 from brainmri.serving import Predictor
-from brainmri.settings import ROOT, default_data, onnx_runtime_as
+from brainmri.settings import ROOT, onnx_runtime_as
 from reports.cam_sanity import brain_mask
 from reports.docs_sections import HEATMAPS_DOC, update_section
 
@@ -57,7 +57,6 @@ def boxes_beside(data: str | Path) -> Path:
     return Path(f"{Path(data).expanduser().resolve()}-boxes") / "training_boxes.csv"
 
 
-DEFAULT_BOXES = boxes_beside(default_data())
 BATCH = 16
 FUSED = next(iter(FUSING_METHODS))  # a method that weighs every layer of a setting, to name the whole setting
 

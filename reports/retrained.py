@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from brainmri.cli import exit_code, setup_logging
-from brainmri.data.split import SPLIT_RULES, split_rule
+from brainmri.data.split import MIRROR_AWARE, split_rule
 from brainmri.eval.tables import read_metrics
 from brainmri.models.catalog import checkpoint_folders
 from brainmri.models.checkpoint import METRICS, TRAIN_CONFIG, UNSEEN
@@ -30,8 +30,6 @@ from brainmri.vocabulary import percent
 _logger = logging.getLogger(__name__)
 
 SNAPSHOT = ROOT / "results" / "as_is_split.json"
-MIRROR_AWARE = "mirror-aware"
-assert MIRROR_AWARE in SPLIT_RULES
 
 
 def figures(metrics: dict) -> dict:

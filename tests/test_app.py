@@ -129,7 +129,8 @@ def test_the_app_writes_no_stub_files_into_its_source_tree():
 
 def test_compare_without_an_image_says_so_where_its_answer_goes_and_logs_nothing(capsys, caplog):
     import app
-    from brainmri.app.compare_tab import NOTHING_TO_COMPARE, compare
+    from brainmri.app.compare_tab import compare
+    from brainmri.app.comparison import NOTHING_TO_COMPARE
 
     table, grid, summary, compared = compare(app.PREDICTOR, None, "Grad-CAM", None)
     assert table.empty and grid == "" and compared is None

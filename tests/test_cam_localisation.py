@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.cam_localisation import DEFAULT_BOXES, Box, halves, load_boxes
+from brainmri.settings import default_data
+from reports.cam_localisation import Box, boxes_beside, halves, load_boxes
+
+DEFAULT_BOXES = boxes_beside(default_data())  # where the CLI looks without --boxes
 
 
 def test_a_box_holds_points_and_pixel_centres_in_the_image_frame():

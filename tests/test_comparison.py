@@ -79,15 +79,15 @@ def test_the_scored_ensemble_scores_the_weights_shipped_today():
 
 
 def test_results_of_another_image_are_stale_and_of_the_same_pixels_are_not():
-    from brainmri.app.comparison import STALE, stale_message
+    from brainmri.app.comparison import NOTHING_TO_COMPARE, STALE, stale_message
     from brainmri.data.imageio import pixel_key
 
     grey = Image.new("L", (32, 32), 90)
     key = pixel_key(grey)
     assert pixel_key(Image.new("L", (32, 32), 90)) == key  # the same file uploaded again: its results still hold
-    assert stale_message(grey, None, "nothing yet") is None  # nothing compared: nothing to clear
-    assert stale_message(grey, key, "nothing yet") is None
-    assert stale_message(Image.new("L", (32, 32), 91), key, "nothing yet") == STALE  # one pixel value apart
-    assert stale_message(Image.new("L", (32, 33), 90), key, "nothing yet") == STALE
-    assert stale_message(grey.convert("RGB"), key, "nothing yet") == STALE
-    assert stale_message(None, key, "nothing yet") == "nothing yet"  # the session expired
+    assert stale_message(grey, None) is None  # nothing compared: nothing to clear
+    assert stale_message(grey, key) is None
+    assert stale_message(Image.new("L", (32, 32), 91), key) == STALE  # one pixel value apart
+    assert stale_message(Image.new("L", (32, 33), 90), key) == STALE
+    assert stale_message(grey.convert("RGB"), key) == STALE
+    assert stale_message(None, key) == NOTHING_TO_COMPARE  # the session expired

@@ -20,8 +20,6 @@ from brainmri.models.catalog import label_score, labelled_choices
 from brainmri.rendering import DEFAULT_OPACITY
 from brainmri.serving import Predictor
 
-NOTHING_TO_COMPARE = "**Nothing to compare yet.** Upload an image in the Classify tab first: Compare runs the ticked models on it."
-
 
 def no_comparison(message: str) -> tuple[pd.DataFrame, str, str, None]:
     """Compare's outputs with no results: the table's headers (not Gradio's "1 2 3"), no heatmaps, ``message``."""
@@ -38,7 +36,7 @@ def compare(
     """The ticked models (all when none is) on the session's image: table, heatmaps, agreement and time taken, and
     which image they ran on (:func:`brainmri.data.imageio.pixel_key`)."""
     if session is None:  # a user's slip, not a server fault: said where the answer goes (a toast fades), not logged
-        return no_comparison(NOTHING_TO_COMPARE)  # a session expires too
+        return no_comparison(comparison.NOTHING_TO_COMPARE)  # a session expires too
     image = session.image
     listed = [n for _, n in labelled_choices(predictor.sources, ensembles=False)]  # the picker's order, rows and heatmaps
     names = [n for n in listed if n in (chosen or listed)]
@@ -53,7 +51,7 @@ def compare(
 
 def forget_stale(session: display.Session | None, compared: str | None) -> tuple:
     """The tab opened: results of another image than Classify's now are cleared, and the tab says so."""
-    message = comparison.stale_message(session and session.image, compared, NOTHING_TO_COMPARE)
+    message = comparison.stale_message(session and session.image, compared)
     return (gr.skip(),) * 4 if message is None else no_comparison(message)
 
 

@@ -28,15 +28,16 @@ def verdict(result: Prediction) -> str:
 
 
 LEADING_COLUMNS = ("model", "prediction", "tumour prob")  # each row's first columns; the empty table's headers
+NOTHING_TO_COMPARE = "**Nothing to compare yet.** Upload an image in the Classify tab first: Compare runs the ticked models on it."
 STALE = "**These results were for an earlier image.** Press Compare to run the ticked models on the one in Classify now."
 
 
-def stale_message(image: Image.Image | None, compared: str | None, nothing_yet: str) -> str | None:
+def stale_message(image: Image.Image | None, compared: str | None) -> str | None:
     """What Compare says when its results are not of ``image`` (Classify's now; None once the session expired), or
     None when they are, or when it has none to clear."""
     if compared is None or (image is not None and pixel_key(image) == compared):
         return None
-    return nothing_yet if image is None else STALE
+    return NOTHING_TO_COMPARE if image is None else STALE
 
 
 def model_row(result: Prediction) -> dict:

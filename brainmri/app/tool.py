@@ -43,6 +43,8 @@ def load_image_named(path: str, shown: str | None) -> Image.Image:
     except ValueError as e:
         if shown is None:
             raise
+        if shown == DATA_URL and Path(path).is_file() and not Path(path).stat().st_size:  # decoding skips non-base64: "@@@@"
+            raise ValueError(f"{DATA_URL} holds no bytes once decoded: its base64 part is empty or is not base64") from None
         raise ValueError(str(e).replace(Path(path).name, shown)) from None
 
 
@@ -95,8 +97,6 @@ def analyse_tool(
             raise user_error(NO_IMAGE)
         staged = staged_copies(image)  # sent as a data: URL: Gradio named it "file.jpg", which the caller never wrote
         try:
-            if staged and not staged[0].stat().st_size:  # base64 decoding skips what is not base64: "@@@@" leaves nothing
-                raise user_error(f"{DATA_URL} holds no bytes once decoded: its base64 part is empty or is not base64")
             with user_errors():  # the caller's input: a clear message, no traceback, nothing logged
                 decoded = load_image_named(image, DATA_URL if staged else None)
                 result = predictor.predict(decoded, predictor.resolve(model))  # a name, or the label the list shows

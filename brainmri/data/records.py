@@ -8,7 +8,6 @@ before a model sees them is in :mod:`brainmri.data.preprocess`; where the expert
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import numpy as np
 from PIL import Image
 
 from brainmri.data.imageio import IMAGE_SUFFIXES, decode_image
-
-_logger = logging.getLogger(__name__)
 
 # Folder names of the official splits, and the Hub split names they correspond to.
 SPLIT_FOLDERS = {"train": "Training", "test": "Testing"}

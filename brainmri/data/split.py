@@ -48,14 +48,15 @@ def split_train_val(labels: np.ndarray, groups: np.ndarray, val_fraction: float,
     return train_idx, val_idx
 
 
-SPLIT_RULES = ("mirror-aware", "as-is")
-DEFAULT_RULE = "mirror-aware"
+MIRROR_AWARE, AS_IS = "mirror-aware", "as-is"
+SPLIT_RULES = (MIRROR_AWARE, AS_IS)
+DEFAULT_RULE = MIRROR_AWARE
 DEFAULT_VAL_FRACTION = 0.15  # every trainer's: the same fraction and seed give the same validation scans
 
 
 def validation_note(rule: str = DEFAULT_RULE) -> str:
     """How a run's metrics.json names the scans its validation figures are measured on (listed in val_split.txt)."""
-    twins = "no twin, mirrored or not, in train" if rule == "mirror-aware" else "twins as the first shipped models split them"
+    twins = "no twin, mirrored or not, in train" if rule == MIRROR_AWARE else "twins as the first shipped models split them"
     return f"validation scans of the {rule} split (val_split.txt): {twins}"
 
 
@@ -70,7 +71,7 @@ def twin_groups(records: ImageRecords, rule: str = DEFAULT_RULE, data: str | Non
     if rule not in SPLIT_RULES:
         raise ValueError(f"split rule must be one of {list(SPLIT_RULES)}, got {rule!r}")
     thumbs = thumbnails(records)
-    if rule == "as-is":
+    if rule == AS_IS:
         return connected_groups(len(records), near_pairs(thumbs))
     pairs: list[tuple] = list(twin_pairs(thumbs))
     if data is not None:
