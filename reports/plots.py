@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -144,23 +145,84 @@ def _label(point: dict) -> str:
     return point["model"] + (" (in the app default)" if point["model"] == DEFAULT_CLASSIFIER else "")
 
 
-def _place_labels(ax, texts: list) -> None:
-    """Lift each label, lowest dot first, just clear of the labels already placed and of the dots it would cover."""
+# Where a label may sit, in points from its dot: beside it (right first), then further up or down, then above or below.
+SPOTS = [(side * dx, dy) for dy in (0, 7, -7, 14, -14, 21, -21, 30, -30, 40, -40) for dx in (7, 16) for side in (1, -1)]
+SPOTS += [(0, dy) for dy in (12, -12, 22, -22, 32, -32)]
+
+
+def _place_labels(ax, texts: list, bars: list[tuple[float, float, float]]) -> None:
+    """Put each label where it covers the least of the other labels, the dots, the error bars and the legend.
+
+    ``bars``: each dot's (x, low, high) in data coordinates, in the order of ``texts``. Greedy, the most crowded dot
+    first, then two more passes that move each label given all the others. A spot's cost is the area it covers
+    (labels weigh most, then dots, then bars), a large one outside the axes, each dot, bar, label or leader line its
+    own leader line crosses, and a little for distance, so that a label with room stays beside its dot. (adjustText
+    would add a dependency for one picture, and pushes labels apart without knowing the error bars.)"""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    to_points = 72 / fig.dpi
-    radius = 5 / to_points  # a dot's half width, in pixels (markers of 7 points, and a little room)
+    px = fig.dpi / 72  # pixels a point
+    frame = ax.get_window_extent(renderer)
     dots = [ax.transData.transform(t.xy) for t in texts]
-    placed = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius) for x, y in dots]
-    for text in sorted(texts, key=lambda t: ax.transData.transform(t.xy)[1]):
-        box = text.get_window_extent(renderer)
-        lift = 0.0
-        while clash := [b for b in placed if b.x0 < box.x1 and box.x0 < b.x1 and b.y0 < box.y1 + lift and box.y0 + lift < b.y1]:
-            lift = max(b.y1 for b in clash) - box.y0 + 1
-        x, y = text.get_position()  # offset points from the dot
-        text.set_position((x, y + lift * to_points))
-        placed.append(box.translated(0, lift))
+    obstacles = [(Bbox.from_extents(x - 5 * px, y - 5 * px, x + 5 * px, y + 5 * px), 2.0) for x, y in dots]
+    for x, low, high in bars:
+        (bx, by0), (_, by1) = ax.transData.transform([(x, low), (x, high)])
+        obstacles.append((Bbox.from_extents(bx - 3 * px, by0, bx + 3 * px, by1), 1.0))  # the bar and its caps
+    legend = ax.get_legend()
+    if legend is not None:
+        obstacles.append((legend.get_window_extent(renderer), 2.0))
+    sizes = [Text.get_window_extent(t, renderer).size for t in texts]  # the text alone: an Annotation's own adds its line
+
+    def box_at(i: int, spot: tuple[float, float]) -> Bbox:
+        (w, h), (x, y), (dx, dy) = sizes[i], dots[i], spot
+        x0 = x + dx * px - (w if dx < 0 else w / 2 if dx == 0 else 0)
+        return Bbox.from_bounds(x0, y + dy * px - h / 2, w, h)
+
+    def overlap(a: Bbox, b: Bbox) -> float:
+        return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+    def leader(i: int, box: Bbox) -> np.ndarray:
+        """The leader line's two ends, roughly: the dot, and the nearest point of the label's box."""
+        x, y = dots[i]
+        return np.array([dots[i], (np.clip(x, box.x0, box.x1), np.clip(y, box.y0, box.y1))])
+
+    def turn(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> float:
+        """+1 where r lies left of the line p -> q, -1 right of it, 0 on it."""
+        return np.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+    def cross(a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether segments a and b (two ends each) cross: each one's ends lie on either side of the other."""
+        return turn(*a, b[0]) * turn(*a, b[1]) < 0 and turn(*b, a[0]) * turn(*b, a[1]) < 0
+
+    def crossings(i: int, box: Bbox, placed: dict[int, Bbox]) -> int:
+        """Other dots, bars, labels and leader lines that this label's leader line passes through."""
+        ends = leader(i, box)
+        line = np.linspace(*ends, 24)[2:]  # leaving its own dot
+        own = {i, len(dots) + i}  # its dot, and its bar
+        others = [b for k, (b, _) in enumerate(obstacles) if k not in own] + [b for j, b in placed.items() if j != i]
+        hits = sum(any(b.x0 <= u <= b.x1 and b.y0 <= v <= b.y1 for u, v in line) for b in others)
+        return hits + sum(cross(ends, leader(j, b)) for j, b in placed.items() if j != i)
+
+    def cost(i: int, spot: tuple[float, float], placed: dict[int, Bbox]) -> float:
+        box = box_at(i, spot)
+        area = sum(weight * overlap(box, b) for b, weight in obstacles)
+        area += sum(4.0 * overlap(box, b) for j, b in placed.items() if j != i)
+        outside = box.width * box.height - overlap(box, frame)
+        side = 4 if spot[0] < 0 else 8 if spot[0] == 0 else 0  # right of the dot reads first
+        return area + 50.0 * outside + 100.0 * crossings(i, box, placed) + 3 * abs(spot[1]) + abs(spot[0]) + side
+
+    crowd = [sum(np.hypot(*(d - e)) < 60 * px for e in dots) for d in dots]
+    order = sorted(range(len(texts)), key=lambda i: -crowd[i])
+    chosen: dict[int, tuple[float, float]] = {}
+    placed: dict[int, Bbox] = {}
+    for _ in range(3):
+        for i in order:
+            chosen[i] = min(SPOTS, key=lambda spot: cost(i, spot, placed))
+            placed[i] = box_at(i, chosen[i])
+    for i, text in enumerate(texts):
+        dx, dy = chosen[i]
+        text.set_position((dx, dy))
+        text.set_horizontalalignment("left" if dx > 0 else "right" if dx < 0 else "center")
 
 
 COSTS = {  # the x axes: key in a point -> (its unit, the axis label, the file)
@@ -174,10 +236,11 @@ def plot_accuracy_cost(points: list[dict], path: str | Path, cost: str = "gmacs"
     unit, xlabel, _ = COSTS[cost]
     fig, ax = plt.subplots(figsize=(7.4, 6.2))
     drawn = [p for p in points if p[cost]]
-    texts = []
+    texts, bars = [], []
     for p in drawn:
         x, y = p[cost] / unit, p["accuracy"]
         low, high = np.clip(p["ci95"], *CLIP) if p["ci95"] else (y, y)
+        bars.append((x, low, high))
         colour = COLOURS.get(p["group"], "tab:gray")
         face = colour if p["split"] == UNSEEN else "white"
         ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="o", color=colour, mfc=face, ms=7, capsize=3, lw=1, zorder=3)
@@ -194,14 +257,13 @@ def plot_accuracy_cost(points: list[dict], path: str | Path, cost: str = "gmacs"
     ax.grid(alpha=0.3, which="both")
     if drawn:
         xs = [p[cost] / unit for p in drawn]
-        ax.set_xlim(min(xs) / 1.5, max(xs) * 5)  # room for the labels on the right
+        ax.set_xlim(min(xs) / 2, max(xs) * 8)  # room for the labels on either side
     ax.set_yscale("logit")  # spreads the crowded top: 90%, 99% and 99.9% sit equally apart
     low = min([p["accuracy"] for p in points] + [p["ci95"][0] for p in points if p["ci95"]])
     ax.set_ylim(max(CLIP[0], low - 0.02), CLIP[1])
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(Y_TICKS))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    _place_labels(ax, texts)
     unseen = all(p["split"] == UNSEEN for p in points)
     ax.set_ylabel("accuracy with 95% interval (logit scale)")
     for group, colour in COLOURS.items():
@@ -214,6 +276,7 @@ def plot_accuracy_cost(points: list[dict], path: str | Path, cost: str = "gmacs"
     on = f"unseen Testing (n={'/'.join(map(str, n))})" if n else "Testing"
     ax.set_title(f"Accuracy on {on} against {'compute' if cost == 'gmacs' else 'size'}, every shipped model", fontsize=10)
     fig.tight_layout()
+    _place_labels(ax, texts, bars)  # last: in the final frame, clear of the legend
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 
 from brainmri.models.registry import APP_DEFAULT, ENSEMBLES
@@ -62,3 +63,28 @@ def test_the_committed_pictures_are_drawn_from_the_shipped_metrics():
     assert default["group"] == "ensemble" and default["gmacs"] == pytest.approx(
         sum(committed[m]["gmacs"] for m in ENSEMBLES[APP_DEFAULT].members), abs=1e-3
     )
+
+
+def test_labels_keep_clear_of_each_other_and_stay_in_the_picture(tmp_path: Path, monkeypatch):
+    """Five dots crowded at one cost and nearly one accuracy (as the Lites and the ensemble are): every label lands
+    inside the axes, and no two labels overlap, where beside their dots all five would."""
+    drawn = {}
+    real = plots._place_labels
+
+    def keep(ax, texts, bars):
+        real(ax, texts, bars)
+        renderer = ax.figure.canvas.get_renderer()
+        drawn["boxes"] = [Text.get_window_extent(t, renderer) for t in texts]  # the text alone, not its leader line
+        drawn["frame"] = ax.get_window_extent(renderer)
+
+    monkeypatch.setattr(plots, "_place_labels", keep)
+    points = [
+        {"model": f"tf_efficientnet_lite{i}_long_name", "group": "efficientnet", "split": "test_unseen", "n": 335,
+         "accuracy": 0.985 + 0.001 * i, "ci95": [0.97, 0.995], "gmacs": 0.5 + 0.02 * i}
+        for i in range(5)
+    ]  # fmt: skip
+    plots.plot_accuracy_cost(points, tmp_path / "crowded.png")
+    boxes, frame = drawn["boxes"], drawn["frame"]
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    overlaps = [(i, j) for i in range(5) for j in range(i + 1, 5) if boxes[i].overlaps(boxes[j])]
+    assert not overlaps, f"labels {overlaps} overlap"
