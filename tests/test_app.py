@@ -132,8 +132,8 @@ def test_compare_without_an_image_says_so_where_its_answer_goes_and_logs_nothing
     from brainmri.app.compare_tab import compare
     from brainmri.app.comparison import NOTHING_TO_COMPARE
 
-    table, grid, summary, compared = compare(app.PREDICTOR, None, "Grad-CAM", None)
-    assert table.empty and grid == "" and compared is None
+    table, grid, summary, compared = compare(app.PREDICTOR, set(), None, "Grad-CAM", None)
+    assert table == "" and grid == "" and compared is None
     assert summary == NOTHING_TO_COMPARE and "Upload an image in the Classify tab" in summary
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and not [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]

@@ -144,6 +144,7 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             figures = page.locator("#compare-grid figure")
             n_models = page.locator("#compare-models input[type=checkbox]").count()
             expect(figures).to_have_count(n_models - 1)
+            expect(page.locator("#compare-table tbody tr")).to_have_count(n_models)  # every row in sight: the ensemble's, then each
             for i in range(figures.count()):  # each heatmap whole and square, its caption under it
                 fig, img = figures.nth(i).bounding_box(), figures.nth(i).locator("img").bounding_box()
                 assert img["width"] <= fig["width"] + 1 and abs(img["width"] - img["height"]) < 2
@@ -234,6 +235,12 @@ def test_a_visitor_on_a_phone(app_url: str, secret_upload: tuple[Path, str]):
                 box = _box(page, selector)
                 assert box["x"] >= 0 and box["x"] + box["width"] <= 390, f"{selector} is wider than the screen"
             assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling of the page
+            wrap, name = page.locator("#compare-table .cmp-table-wrap"), page.locator("#compare-table tbody th").first
+            left = name.bounding_box()["x"]
+            wrap.evaluate("e => e.scrollLeft = 200")
+            assert wrap.evaluate("e => e.scrollLeft") > 0  # wider than a phone, the table scrolls inside its box
+            assert abs(name.bounding_box()["x"] - left) < 1  # and the model's name stays on the left
+            wrap.evaluate("e => e.scrollLeft = 0")
             page.screenshot(path=str(ARTIFACTS / "phone_compare.png"), full_page=True)
         finally:
             browser.close()

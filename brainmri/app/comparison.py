@@ -27,7 +27,7 @@ def verdict(result: Prediction) -> str:
     return result.prediction or result.ood_verdict_short
 
 
-LEADING_COLUMNS = ("model", "prediction", "tumour prob")  # each row's first columns; the empty table's headers
+LEADING_COLUMNS = ("model", "prediction", "tumour prob")  # each row's first columns, the model's name first
 NOTHING_TO_COMPARE = "**Nothing to compare yet.** Upload an image in the Classify tab first: Compare runs the ticked models on it."
 STALE = "**These results were for an earlier image.** Press Compare to run the ticked models on the one in Classify now."
 

@@ -193,6 +193,34 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
     return '<div class="cmp-grid" id="compare-grid">' + "".join(figures) + "</div>"
 
 
+def compare_table(rows: Sequence[dict], caption: str = "Per model (probabilities in %)") -> str:
+    """Compare's rows (:func:`brainmri.app.comparison.comparison_rows`, as :func:`percent_cells` wrote them) as an HTML
+    table: every row in sight, the model's name kept on the left while the table scrolls sideways on a phone (the
+    Dataframe pinned nothing there, and its monospace cells took 276 of 326 px for the names). No rows: "" (nothing)."""
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # the first row's order, then any later row's own
+
+    def cell(value: object) -> str:
+        if value is None:  # a flagged image's probabilities: blank, as Classify shows no bars
+            return ""
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return html.escape(f"{value:g}" if isinstance(value, float) else str(value))
+
+    head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in columns)
+    body = "".join(
+        f'<tr><th scope="row">{html.escape(str(row.get(columns[0], ""))).replace("_", "_<wbr>")}</th>'
+        + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns[1:])
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        f'<div class="cmp-caption">{html.escape(caption)}</div><div class="cmp-table-wrap"><table class="cmp-table">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
 ANSWER_HINT = "Upload a brain MRI slice, or click an example: its class, a heatmap of why, and the tumour's outline appear here."
 PHONE_PX = 700  # at most this wide, the page is laid out for a phone (CSS below, and the scroll after an example)
 # On a phone the answer is far above the examples: after a click, bring it into view (desktop shows both at once).
@@ -217,6 +245,19 @@ CSS = """
 .cmp-fig img { width: 100%; height: auto; display: block; border-radius: 4px; }
 .cmp-fig figcaption { font-size: 0.85em; line-height: 1.3; margin-top: 3px; overflow-wrap: anywhere; }
 .cmp-about { opacity: 0.75; }
+/* Compare's table: scrolls sideways inside its box, the model's name stays on the left */
+.cmp-caption { font-size: 0.85em; opacity: 0.8; margin: 0 0 4px 2px; }
+.cmp-table-wrap { overflow-x: auto; padding: 0 !important; border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); }
+.cmp-table { border-collapse: separate; border-spacing: 0; width: 100%; margin: 0 !important; padding: 0 !important;
+  border: none !important; font-size: 0.9em; }
+.cmp-table :is(th, td) { padding: 5px 10px; text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums;
+  font-size: 1em !important; border: none !important; border-top: 1px solid var(--border-color-primary) !important;
+  background: var(--background-fill-primary); }
+.cmp-table thead th { font-weight: 600; vertical-align: bottom; border-top: none !important; }
+.cmp-table :is(th, td):nth-child(2) { text-align: left; white-space: normal; min-width: 5.5em; }
+.cmp-table :is(th, td):first-child { position: sticky; left: 0; z-index: 1; text-align: left; white-space: normal;
+  min-width: 8em; max-width: 13em; font-weight: 600; box-shadow: 1px 0 0 var(--border-color-primary); }
+.cmp-table tbody tr:first-child :is(th, td) { background: var(--background-fill-secondary); }  /* the ensemble's row */
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
 #examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
@@ -249,6 +290,9 @@ CSS = """
   /* Compare's 14 models: compact rows, so the Compare button is not 1,000 px down the page */
   #compare-models label { padding: 3px 8px !important; font-size: 0.85em; line-height: 1.25; }
   #compare-models .wrap { gap: 4px !important; }
+  .cmp-table { font-size: 0.8em; }
+  .cmp-table :is(th, td) { padding: 4px 6px; }
+  .cmp-table :is(th, td):first-child { min-width: 9.5em; max-width: 10em; }
   /* the Experiments tab's wide Markdown tables scroll sideways instead of wrapping a letter a line */
   #localisation table, #seed-table table, #segmentation-table table { white-space: nowrap; }
 }
