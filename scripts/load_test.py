@@ -7,6 +7,7 @@
     python scripts/load_test.py --client gradio                  # through gradio_client (heavier on the load generator)
     python scripts/load_test.py --url http://127.0.0.1:7860/     # an app already running on loopback
     python scripts/load_test.py --warm-up 0                      # no untimed request per client first (before 2026-12-06)
+    python scripts/load_test.py --fresh-clients                  # clients built inside the timed run (before 2026-12-07)
 
 The app runs as ``python app.py`` in its own process (``--server process``, as on a Space), so its CPU
 time per answer and its resident memory (now and peak) are its own; ``--server inprocess`` launches
@@ -131,21 +132,42 @@ def same_answer(got: dict, want: dict, tol: float = 1e-3) -> bool:
     )
 
 
+def connect(url: str, n: int, client_kind: str = "http") -> list:
+    """``n`` clients of ``url``; one that cannot be built is its exception, and every request it would send an error."""
+    clients = []
+    for _ in range(n):
+        try:
+            clients.append(CLIENTS[client_kind](url))
+        except Exception as e:  # noqa: BLE001  (a client that cannot connect loses all its requests: counted as errors)
+            clients.append(e)
+    return clients
+
+
 def run_load(
-    url: str, jobs: list[list[Path]], expected: dict[str, dict], model: str | None, time_limit: float, client_kind: str = "http"
+    url: str,
+    jobs: list[list[Path]],
+    expected: dict[str, dict],
+    model: str | None,
+    time_limit: float,
+    client_kind: str = "http",
+    clients: list | None = None,
 ) -> Outcome:
-    """One thread and one client per entry of ``jobs``, each sending its images one after another."""
+    """One thread per entry of ``jobs``, each sending its images one after another through its own client.
+
+    ``clients``: one a job, built before the clock starts (:func:`connect`). None: each thread builds its own inside
+    the timed run, as every run did before 2026-12-07 (``--fresh-clients``); an httpx client costs ~20 ms of CPU to
+    build, 0.5 s for 24, spent on the two cores the server shares, as its first requests arrive."""
     out = Outcome()
     lock = threading.Lock()
     deadline = time.monotonic() + time_limit
 
-    def client_loop(paths: list[Path]) -> None:
-        try:
-            client = CLIENTS[client_kind](url)
-        except Exception as e:  # noqa: BLE001  (a client that cannot connect loses all its requests: counted as errors)
+    def client_loop(paths: list[Path], client) -> None:
+        if client is None:
+            client = connect(url, 1, client_kind)[0]
+        if isinstance(client, Exception):
             with lock:
                 out.sent += len(paths)
-                out.errors += [f"{p.name}: client could not connect: {type(e).__name__}: {str(e)[:200]}" for p in paths]
+                out.errors += [f"{p.name}: client could not connect: {type(client).__name__}: {str(client)[:200]}" for p in paths]
             return
         for path in paths:
             if time.monotonic() > deadline:
@@ -169,7 +191,8 @@ def run_load(
                 if not same_answer(details, expected[str(path)]):
                     out.mixed_up.append(f"{path.name}: got {details.get('image_size')} {details.get('top_class')}")
 
-    threads = [threading.Thread(target=client_loop, args=(paths,), daemon=True) for paths in jobs]
+    clients = clients or [None] * len(jobs)
+    threads = [threading.Thread(target=client_loop, args=(paths, client), daemon=True) for paths, client in zip(jobs, clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -193,6 +216,7 @@ def load_test(
     client: str = "http",
     rounds: int = 1,
     warm_up: int = 1,
+    fresh_clients: bool = False,
 ) -> dict:
     """One run: ``clients`` concurrent clients x ``requests`` images each, all distinct or all the same file
     (``mode``), against the app in this process, in its own process (``server="process"``) or at ``url``;
@@ -202,7 +226,9 @@ def load_test(
 
     ``warm_up`` requests per client go first, untimed and uncounted, on images of their own (96 px high, so distinct
     from the timed ones): a model other than the server's default is loaded by its first requests, one copy per batch
-    worker, and without them that loading fell inside the timed run and the server's CPU an answer."""
+    worker, and without them that loading fell inside the timed run and the server's CPU an answer. The clients are
+    built once, before the warm-up, and serve every round, as a visitor's browser keeps its connection;
+    ``fresh_clients``: each round's threads build their own inside its timed run (:func:`run_load`)."""
     if url is not None and urlparse(url).hostname not in LOOPBACK:
         raise ValueError(f"{url} is not a loopback address: the load test only runs against 127.0.0.1")
     if mode not in MODES:
@@ -219,11 +245,12 @@ def load_test(
         elif url is None:
             launched, url = launch_app(concurrency_limit, max_size)
         try:
-            warmed = run_load(url, [warm_paths[i::clients] for i in range(clients)], expected, model, time_limit, client)
+            kept = connect(url, clients, client)
+            warmed = run_load(url, [warm_paths[i::clients] for i in range(clients)], expected, model, time_limit, client, kept)
             before, own_before = process_usage(proc.pid) if proc else None, time.process_time()
             out, rss_by_round = Outcome(), []
             for _ in range(rounds):
-                out.add(run_load(url, jobs, expected, model, time_limit, client))
+                out.add(run_load(url, jobs, expected, model, time_limit, client, None if fresh_clients else kept))
                 if proc is not None:
                     rss_by_round.append(process_usage(proc.pid)["rss_mib"])
             after, own_cpu = process_usage(proc.pid) if proc else None, time.process_time() - own_before
@@ -251,6 +278,7 @@ def load_test(
         "warm_up": {"sent": warmed.sent, "answered": warmed.answered, "failed": (warmed.mixed_up + warmed.errors)[:5]},
         "server": "url" if launched is None and proc is None else server,
         "client": client,
+        "fresh_clients": fresh_clients,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpu": describe_cpu(),
         **served,
@@ -275,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="an app already running on loopback (then --concurrency-limit is the app's own)")
     parser.add_argument("--rounds", type=int, default=1, help="runs against the same server; its memory is printed after each")
     parser.add_argument("--warm-up", type=int, default=1, help="untimed requests per client first, on images of their own (0: none)")
+    parser.add_argument(
+        "--fresh-clients", action="store_true", help="each round's clients built inside its timed run (every run before 2026-12-07)"
+    )
     add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -286,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         for limit in args.concurrency_limit if args.url is None else [0]:
             r = load_test(
                 args.clients, args.requests, limit, args.max_size, args.model, args.time_limit, args.url, args.data, args.mode,
-                args.server, args.client, args.rounds, args.warm_up,
+                args.server, args.client, args.rounds, args.warm_up, args.fresh_clients,
             )  # fmt: skip
             runs.append(r)
             memory = (
@@ -298,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{args.mode}, limit {limit}, {r['client']} clients: sent {r['sent']}, answered {r['answered']}, mixed up {r['mixed_up']},"
                 f" errors {r['errors']} {r['errors_by_kind'] or ''}, queue full {r['queue_full']}; p50 {r['p50_s']} s, p95 {r['p95_s']} s,"
-                f" {r['throughput_rps']} answered/s; {r['cpu']}, load average {r['load_average_1m']}; {memory};"
+                f" {r['throughput_rps']} answered/s{' (fresh clients)' if r['fresh_clients'] else ''};"
+                f" {r['cpu']}, load average {r['load_average_1m']}; {memory};"
                 f" load generator CPU {r['client_cpu_ms_per_request']} ms/request",
                 flush=True,
             )

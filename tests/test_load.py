@@ -75,3 +75,32 @@ def test_sessions_are_bounded_so_memory_levels_off(data_dir: Path, monkeypatch):
     assert r["answered"] == r["sent"] == 12 and r["errors"] == 0, r["examples"]
     # the bound reached the holder the server used (Gradio drops the least recently used session beyond it)
     assert app.demo.state_session_capacity == app.demo.state_holder.capacity == 5
+
+
+def test_the_clients_are_built_before_the_clock_unless_asked_to_be_fresh(monkeypatch, tmp_path: Path):
+    """Building a client costs the load generator CPU on the server's cores: built once by connect, before any run,
+    and inside each run only with fresh clients (as before 2026-12-07). A client that cannot be built loses its requests
+    as errors."""
+    built = []
+
+    class Fake:
+        def __init__(self, url: str):
+            built.append(url)
+            if url == "refused":
+                raise ConnectionError("no server")
+
+        def predict(self, path: Path, model: str) -> dict:
+            return {"image_size": [1, 1], "top_class": path.name}
+
+    monkeypatch.setitem(load_test.CLIENTS, "fake", Fake)
+    monkeypatch.setattr(load_test, "same_answer", lambda got, want: got["top_class"] == want)
+    jobs = [[tmp_path / f"{c}{r}" for r in range(2)] for c in "ab"]
+    expected = {str(p): p.name for job in jobs for p in job}
+    kept = load_test.connect("u", 2, "fake")
+    assert len(built) == 2
+    out = load_test.run_load("u", jobs, expected, None, 60, "fake", kept)
+    assert (out.answered, out.mixed_up, len(built)) == (4, [], 2)  # no client built in the run
+    out = load_test.run_load("u", jobs, expected, None, 60, "fake")  # fresh: one a thread, inside the run
+    assert (out.answered, len(built)) == (4, 4)
+    out = load_test.run_load("refused", jobs, expected, None, 60, "fake")
+    assert out.answered == 0 and len(out.errors) == 4 and "client could not connect: ConnectionError" in out.errors[0]
