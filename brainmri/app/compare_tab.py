@@ -27,10 +27,12 @@ def no_comparison(message: str) -> tuple[str, str, str, None]:
 
 
 def steady_prediction(predictor: Predictor, warmed: set[tuple[str, str]], image: Image.Image, name: str, method: str) -> Prediction:
-    """``name``'s answer on ``image``, its latency that of a pass after its first: a model's first pass with a method
-    pays its warm-up (oneDNN's and ONNX Runtime's kernels chosen for its shapes): 0.8-1.1 s for Lite1 and Lite2 in the
-    browser test, where a later pass took 115-129 ms, so the column would compare warm-ups. ``warmed``: the (model, method) pairs run
-    before in this process; the same pixels give the same answer, so only the time differs."""
+    """``name``'s answer on ``image``, its latency that of a pass after its first.
+
+    A model's first pass with a method pays its warm-up (oneDNN's and ONNX Runtime's kernels chosen for its shapes):
+    0.8-1.1 s for Lite1 and Lite2 in the browser test, where a later pass took 115-129 ms, so the latency column would
+    compare warm-ups. ``warmed``: the (model, method) pairs run before in this process, each warmed once, untimed;
+    the same pixels give the same answer, so only the time differs."""
     if (name, method) not in warmed:
         predictor.predict(image, name, method, outline=False)
         warmed.add((name, method))
