@@ -191,7 +191,9 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 
 def data_view(model_name: str | None) -> tuple:
     with user_errors():
-        return dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)  # an ensemble's: its classifier
+        note, counts, samples, steps = dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)
+    counts = None if counts is None else display.html_table(counts.to_dict("records"), caption="Images per class and split")
+    return note, counts, samples, steps  # an ensemble's preprocessing: its classifier's
 
 
 def audit_view() -> str:
@@ -201,7 +203,7 @@ def audit_view() -> str:
 
 def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
     note = gr.Markdown("Open this tab to read the data folder.")
-    counts = gr.Dataframe(label="Images per class and split", elem_id="counts")
+    counts = gr.HTML(elem_id="counts")
     samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220, elem_id="samples")
     steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260, elem_id="steps")
     button = gr.Button("Run the duplicate audit (once, then cached)" if dataview.local_root(DATA) else "Show the duplicate audit")

@@ -83,7 +83,9 @@ def test_the_tabs_note_says_what_the_heatmap_check_measured(tmp_path: Path):
     (tmp_path / "cam.json").write_text(json.dumps(report))
     said = experiments.about(tmp_path / "cam.json")
     assert said.endswith("heatmap (Grad-CAM) mass inside an intensity brain mask (a uniform map scores 0.45).")
-    assert experiments.about(tmp_path / "missing.json") == experiments.ABOUT  # no check run: the column's note is left out
+    mix = experiments.unseen_mix()  # the unseen set's classes, counted from the default classifier's metrics
+    assert mix.startswith(" (of 335: ") and "glioma" in mix and experiments.unseen_mix(tmp_path) == ""
+    assert experiments.about(tmp_path / "missing.json") == experiments.ABOUT.format(mix=mix)  # no check: no column note
     assert "(LayerCAM)" in experiments.about()  # the shipped check's own method
 
 
@@ -133,9 +135,10 @@ def test_example_files_one_per_class_copied_to_a_servable_folder(data_dir: Path,
 def test_sweep_table_shows_only_sweep_runs_labelled_by_device(tmp_path: Path):
     csv_path = tmp_path / "experiments.csv"
     csv_path.write_text(
-        "model,device,run,epochs_run,stopped,test_unseen_accuracy,test_accuracy,train_seconds,img_per_s,pct_of_bound,status\n"
+        "model,device,run,epochs_run,stopped,test_unseen_accuracy,test_accuracy,train_seconds,img_per_s,pct_of_bound,status,"
+        "initialization,val_accuracy\n"
         "simple_cnn_7,NVIDIA H200,shipped,20,epochs,0.92,0.8977,13.5,7792.5,3.0,ok\n"
-        "resnet18,NVIDIA H200,device_sweep,10,epochs,0.88,0.8783,6.2,8042.3,16.4,ok\n"
+        "resnet18,NVIDIA H200,device_sweep,10,epochs,0.88,0.8783,6.2,8042.3,16.4,ok,random (no pretrained weights),0.9216\n"
         "efficientnet_b7,NVIDIA H200,device_sweep,2,time budget,,0.539,22,792,30,ok\n"
         "efficientnet_b1,NVIDIA H200,device_sweep,7,time budget,,0.783,16,2187,19,ok\n"
         "convnext_nano,NVIDIA H200,device_sweep,3,,,0.64,9,3434,14,ok\n"
@@ -143,8 +146,9 @@ def test_sweep_table_shows_only_sweep_runs_labelled_by_device(tmp_path: Path):
     finished, short = experiments.results_tables(csv_path)
     assert finished == [
         {
-            "model": "resnet18", "device": "NVIDIA H200", "run": "device_sweep", "epochs": "10", "unseen test acc": "88.0%",
-            "test acc": "87.8%", "train time (s)": "6", "img/s": "8,042", "% of bound": "16", "status": "ok",
+            "model": "resnet18", "device": "NVIDIA H200", "run": "device_sweep", "init": "random", "epochs": "10",
+            "stopped by": "epochs", "val acc": "92.2%", "unseen test acc": "88.0%", "test acc": "87.8%", "train time (s)": "6",
+            "img/s": "8,042", "% of bound": "16",
         }
     ]  # fmt: skip
     # Ended by the budget, or under 5 epochs: apart from the finished runs, never beside them as a verdict on the model.

@@ -94,18 +94,19 @@ def test_results_of_another_image_are_stale_and_of_the_same_pixels_are_not():
 
 
 def test_the_table_keeps_every_row_blank_probabilities_and_the_models_name_on_the_left():
-    from brainmri.app.display import compare_table, percent_cells
+    from brainmri.app.display import html_table, percent_cells
 
     a = prediction("tf_efficientnet_lite0", [0.7, 0.1, 0.1, 0.1])
     flagged = prediction("simple_cnn_<7>", [0.0, 0.0, 0.0, 1.0], in_distribution=False)
-    table = compare_table(percent_cells(comparison_rows([a, flagged])))
+    table = html_table(percent_cells(comparison_rows([a, flagged])))
     rows = table.split("<tr>")[2:]  # after the header's row
     assert len(rows) == 3 and ENSEMBLE in rows[0] and "tf_<wbr>efficientnet_<wbr>lite0" in rows[1]  # breaks at "_"
     assert "simple_<wbr>cnn_<wbr>&lt;7&gt;" in rows[2] and "<7>" not in table  # escaped
     assert rows[1].count("<td>") == rows[2].count("<td>") == table.split("<tr>")[1].count("<th") - 1  # one cell a column
     assert "70.0%" in rows[1] and "%" not in rows[2].split("</th>")[1]  # a flagged image: blank probabilities
     assert rows[1].endswith("<td>yes</td></tr>") and "<td>no</td>" in rows[2]  # looks like MRI, in words
-    assert '<th scope="row">' in rows[1] and compare_table([]) == ""
+    assert '<th scope="row">' in rows[1] and html_table([]) == ""
+    assert '<th scope="row"></th>' in html_table([{"a": float("nan")}])  # not measured: blank, not "nan"
 
 
 def test_compare_times_a_models_pass_after_its_first():

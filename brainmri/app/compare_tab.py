@@ -60,7 +60,7 @@ def compare(
         results = [steady_prediction(predictor, warmed, image, n, method) for n in progress.tqdm(names, desc="models")]
     seconds = time.perf_counter() - start
     summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
-    table = display.compare_table(display.percent_cells(comparison.comparison_rows(results)))
+    table = display.html_table(display.percent_cells(comparison.comparison_rows(results)), caption="Per model (probabilities in %)")
     return table, display.compare_grid(image, results, DEFAULT_OPACITY), summary, pixel_key(image)
 
 

@@ -8,6 +8,7 @@ every probability is shown with one decimal, the same in bars, summary and table
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -193,16 +194,17 @@ def compare_grid(image: Image.Image, results: Sequence[Prediction], opacity: flo
     return '<div class="cmp-grid" id="compare-grid">' + "".join(figures) + "</div>"
 
 
-def compare_table(rows: Sequence[dict], caption: str = "Per model (probabilities in %)") -> str:
-    """Compare's rows (:func:`brainmri.app.comparison.comparison_rows`, as :func:`percent_cells` wrote them) as an HTML
-    table: every row in sight, the model's name kept on the left while the table scrolls sideways on a phone (the
-    Dataframe pinned nothing there, and its monospace cells took 276 of 326 px for the names). No rows: "" (nothing)."""
+def html_table(rows: Sequence[dict], columns: Sequence[str] | None = None, caption: str = "") -> str:
+    """Rows as an HTML table: every row in sight, the first column (a model's name) kept on the left while the table
+    scrolls sideways in its box. Gradio's Dataframe pinned nothing, ``pinned_columns`` or not: on a phone its
+    monospace names took 276 of 326 px and scrolled away with the rest. ``columns``: which, in order (default: every
+    key, the first row's order first). A cell is blank for None or NaN, yes or no for a bool. No rows: "" (nothing)."""
     if not rows:
         return ""
-    columns = list(dict.fromkeys(k for row in rows for k in row))  # the first row's order, then any later row's own
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
 
     def cell(value: object) -> str:
-        if value is None:  # a flagged image's probabilities: blank, as Classify shows no bars
+        if value is None or (isinstance(value, float) and math.isnan(value)):  # not measured, or nothing to say
             return ""
         if isinstance(value, bool):
             return "yes" if value else "no"
@@ -210,15 +212,13 @@ def compare_table(rows: Sequence[dict], caption: str = "Per model (probabilities
 
     head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in columns)
     body = "".join(
-        f'<tr><th scope="row">{html.escape(str(row.get(columns[0], ""))).replace("_", "_<wbr>")}</th>'
+        f'<tr><th scope="row">{cell(row.get(columns[0])).replace("_", "_<wbr>")}</th>'
         + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns[1:])
         + "</tr>"
         for row in rows
     )
-    return (
-        f'<div class="cmp-caption">{html.escape(caption)}</div><div class="cmp-table-wrap"><table class="cmp-table">'
-        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-    )
+    title = f'<div class="table-caption">{html.escape(caption)}</div>' if caption else ""
+    return f'{title}<div class="table-wrap"><table class="data-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 ANSWER_HINT = "Upload a brain MRI slice, or click an example: its class, a heatmap of why, and the tumour's outline appear here."
@@ -245,23 +245,26 @@ CSS = """
 .cmp-fig img { width: 100%; height: auto; display: block; border-radius: 4px; }
 .cmp-fig figcaption { font-size: 0.85em; line-height: 1.3; margin-top: 3px; overflow-wrap: anywhere; }
 .cmp-about { opacity: 0.75; }
-/* Compare's table: scrolls sideways inside its box, the model's name stays on the left */
-.cmp-caption { font-size: 0.85em; opacity: 0.8; margin: 0 0 4px 2px; }
-.cmp-table-wrap { overflow-x: auto; padding: 0 !important; border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); }
-.cmp-table { border-collapse: separate; border-spacing: 0; width: 100%; margin: 0 !important; padding: 0 !important;
+/* html_table's tables (Compare, Experiments): scroll sideways inside their box, the model's name stays on the left */
+.table-caption { font-size: 0.85em; opacity: 0.8; margin: 0 0 4px 2px; }
+.table-wrap { overflow-x: auto; padding: 0 !important; border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); }
+.data-table { border-collapse: separate; border-spacing: 0; width: 100%; margin: 0 !important; padding: 0 !important;
   border: none !important; font-size: 0.9em; }
-.cmp-table :is(th, td) { padding: 5px 10px; text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums;
+.data-table :is(th, td) { padding: 5px 10px; text-align: left; white-space: nowrap; font-variant-numeric: tabular-nums;
   font-size: 1em !important; border: none !important; border-top: 1px solid var(--border-color-primary) !important;
   background: var(--background-fill-primary); }
-.cmp-table thead th { font-weight: 600; vertical-align: bottom; border-top: none !important; }
-.cmp-table :is(th, td):nth-child(2) { text-align: left; white-space: normal; min-width: 5.5em; }
-.cmp-table :is(th, td):first-child { position: sticky; left: 0; z-index: 1; text-align: left; white-space: normal;
+.data-table thead th { font-weight: 600; vertical-align: bottom; border-top: none !important; }
+#compare-table .data-table :is(th, td):nth-child(n+3), #counts .data-table :is(th, td):nth-child(n+2) { text-align: right; }  /* figures */
+#compare-table .data-table :is(th, td):nth-child(2) { white-space: normal; min-width: 5.5em; }
+:is(#experiments-box, #gpu-runs) .data-table td { white-space: normal; min-width: 4.5em; max-width: 15em; }  /* words wrap */
+.data-table :is(th, td):first-child { position: sticky; left: 0; z-index: 1; text-align: left; white-space: normal;
   min-width: 8em; max-width: 13em; font-weight: 600; box-shadow: 1px 0 0 var(--border-color-primary); }
-.cmp-table tbody tr:first-child :is(th, td) { background: var(--background-fill-secondary); }  /* the ensemble's row */
+#compare-table .data-table tbody tr:first-child :is(th, td) { background: var(--background-fill-secondary); }  /* the ensemble */
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
 #examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
-#examples .caption-label { font-size: 0.75em; white-space: normal; text-overflow: clip; }  /* "pituitary tumour", whole */
+/* captions whole ("pituitary tumour", "1. resized to 192 px"), not cut with an ellipsis on a phone */
+:is(#examples, #samples, #steps) .caption-label { font-size: 0.75em; white-space: normal; text-overflow: clip; }
 /* no picture yet (or no heatmap over a refused image): no empty boxes (on a phone, 460 px of them before the examples) */
 #heatmap:not(:has(img)), #original:not(:has(img)) { display: none; }
 /* nor empty bars, key and picture row: before an answer they left 100 px of blank between the hint and the controls */
@@ -290,9 +293,9 @@ CSS = """
   /* Compare's 14 models: compact rows, so the Compare button is not 1,000 px down the page */
   #compare-models label { padding: 3px 8px !important; font-size: 0.85em; line-height: 1.25; }
   #compare-models .wrap { gap: 4px !important; }
-  .cmp-table { font-size: 0.8em; }
-  .cmp-table :is(th, td) { padding: 4px 6px; }
-  .cmp-table :is(th, td):first-child { min-width: 9.5em; max-width: 10em; }
+  .data-table { font-size: 0.8em; }
+  .data-table :is(th, td) { padding: 4px 6px; }
+  .data-table :is(th, td):first-child { min-width: 9.5em; max-width: 10em; }
   /* the Experiments tab's wide Markdown tables scroll sideways instead of wrapping a letter a line */
   #localisation table, #seed-table table, #segmentation-table table { white-space: nowrap; }
 }

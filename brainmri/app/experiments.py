@@ -19,11 +19,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from brainmri.app.display import html_table
 from brainmri.eval.localisation import localisation_table
 from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.eval.tables import is_sweep_row, metric_columns, read_metrics, row_cut_short
+from brainmri.eval.tables import FINISHED_EPOCHS, is_sweep_row, metric_columns, read_metrics, row_cut_short
 from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
 from brainmri.models.checkpoint import (
     CAM_LOCALISATION,
@@ -38,10 +39,10 @@ from brainmri.models.checkpoint import (
     UNSEEN,
     results_dir,
 )
-from brainmri.models.registry import ENSEMBLES, REGISTRY
+from brainmri.models.registry import DEFAULT_CLASSIFIER, ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir
-from brainmri.vocabulary import percent
+from brainmri.vocabulary import class_words, percent
 
 _logger = logging.getLogger(__name__)
 
@@ -62,11 +63,12 @@ ABOUT = (
     "The app's default ensemble, from `results/lite0_and_multitask.json` (`scripts/ensemble_default.py --served`), then "
     "every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Unseen test acc*: "
     "Testing without the images that have an exact, near or mirrored twin in Training (the honest figure), with a 95% "
-    "bootstrap interval; *test acc*: the official Testing split. The unseen images are mostly glioma (the model list "
-    "says how many), so a model weak on another class can score higher there than on all of Testing: compare models "
+    "bootstrap interval; *test acc*: the official Testing split. The unseen images are mostly glioma{mix}, so a model "
+    "weak on another class can score higher there than on all of Testing: compare models "
     "on one column, not a model across two. *Val acc*: the validation split cut from Training, used to choose epochs. "
     "*ECE*: expected calibration error on Testing, raw and temperature-scaled. *Train time*: the run's wall time on "
-    "whichever machine ran it (the *device* column), shared with other work on some: a rough cost, not a benchmark."
+    "whichever machine ran it (the *device* column), shared with other work on some: a rough cost, not a benchmark. "
+    "A blank cell was not measured for that model."
 )
 
 PICTURES_ABOUT = (
@@ -104,16 +106,27 @@ def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
     return out
 
 
+def unseen_mix(folder: str | Path | None = None) -> str:
+    """How many unseen Testing images each class has, from the default classifier's metrics.json, as " (of 335: 218
+    glioma, ...)"; "" where it cannot be read."""
+    try:
+        unseen = read_metrics(folder or checkpoint_dir() / DEFAULT_CLASSIFIER)[UNSEEN]
+        counts = ", ".join(f"{int(v['n'])} {class_words(c)}" for c, v in unseen["per_class"].items())
+        return f" (of {int(unseen['n'])}: {counts})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def about(path: str | Path = CAM_SANITY_JSON) -> str:
     """:data:`ABOUT`, then what the heatmap-in-brain column measures, in the check's own words (its method, and what a
     uniform map would score: the brain mask's mean share of the image)."""
-    report = cam_report(path)
+    text, report = ABOUT.format(mix=unseen_mix()), cam_report(path)
     if not report:  # the column is empty then anyway
-        return ABOUT
+        return text
     areas = [r["mask_area_mean"] for r in report.get("models", {}).values() if r.get("mask_area_mean") is not None]
     method = str(report.get("cam", "the served heatmap")).split(",")[0]
     uniform = f" (a uniform map scores {sum(areas) / len(areas):.2f})" if areas else ""
-    return f"{ABOUT} *Heatmap in brain*: mean share of heatmap ({method}) mass inside an intensity brain mask{uniform}."
+    return f"{text} *Heatmap in brain*: mean share of heatmap ({method}) mass inside an intensity brain mask{uniform}."
 
 
 def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None) -> dict:
@@ -178,14 +191,16 @@ def experiment_table(root: str | Path | None = None, results: str | Path | None 
 
 
 SWEEP_ABOUT = (
-    "*img/s*: training images a second; *% of bound*: that rate as a share of the most the GPU's memory bandwidth "
-    "allows for the model, counted by `python -m reports.roofline`; *run*: the sweep that trained it."
+    "*init*: ImageNet weights or random; *stopped by*: its epochs, early stopping or its time budget; *img/s*: training "
+    "images a second; *% of bound*: that rate as a share of the most the GPU's memory bandwidth allows for the model, "
+    "counted by `python -m reports.roofline`; *run*: the sweep that trained it. A blank cell was not measured by that "
+    "run: unseen Testing by the first GPU sweep, the bound on the CPU and in some GPU runs."
 )
 # The sweep table: what a reader compares across runs and devices (results/experiments.csv has every column).
 SWEEP_COLUMNS = {
-    "model": "model", "device": "device", "run": "run", "epochs_run": "epochs", "test_unseen_accuracy": "unseen test acc",
-    "test_accuracy": "test acc", "train_seconds": "train time (s)", "img_per_s": "img/s", "pct_of_bound": "% of bound",
-    "status": "status",
+    "model": "model", "device": "device", "run": "run", "initialization": "init", "epochs_run": "epochs",
+    "stopped": "stopped by", "val_accuracy": "val acc", "test_unseen_accuracy": "unseen test acc", "test_accuracy": "test acc",
+    "train_seconds": "train time (s)", "img_per_s": "img/s", "pct_of_bound": "% of bound",
 }  # fmt: skip
 
 
@@ -212,8 +227,10 @@ def pictures() -> tuple[str | None, ...]:
 def _sweep_cell(key: str, value: str | None) -> str:
     if value in (None, ""):
         return ""
-    if key in ("test_accuracy", "test_unseen_accuracy"):
+    if key in ("test_accuracy", "test_unseen_accuracy", "val_accuracy"):
         return percent(float(value))
+    if key == "initialization":  # "ImageNet (offline pack ...)" or "random (no pretrained weights)": its first word
+        return value.split()[0]
     if key in ("train_seconds", "img_per_s", "pct_of_bound"):
         return f"{float(value):,.0f}"
     return value
@@ -291,9 +308,18 @@ def _frame(rows: list[dict] | None) -> pd.DataFrame | None:
 # ---------------------------------------------------------------- the tab
 
 
+SWEEP_CAPTION = "Sweep runs, by device (results/experiments.csv)"
+CUT_CAPTION = f"Cut short by their time budget, or stopped under {FINISHED_EPOCHS} epochs: how far each model got, not what it can do"
+
+
+def _html(frame: pd.DataFrame | None, caption: str = "") -> str | None:
+    return None if frame is None else html_table(frame.to_dict("records"), caption=caption)
+
+
 def tab_view():
     table, full, sweep, short, names = tables()
-    sweep, short = gr.Dataframe(sweep, visible=sweep is not None), gr.Dataframe(short, visible=short is not None)
+    table, full = _html(table), _html(full)
+    sweep, short = (gr.HTML(_html(f, c), visible=f is not None) for f, c in ((sweep, SWEEP_CAPTION), (short, CUT_CAPTION)))
     name = gr.Dropdown(choices=names, value=names[0] if names else None)
     cost, size, per_class = (gr.Image(p, visible=p is not None) for p in pictures())
     unets = [segmentation_markdown(checkpoint_dir() / n) for n, spec in SEGMENTERS.items() if not spec.num_classes]
@@ -312,15 +338,17 @@ def build_tab(tab: gr.Tab) -> None:
         cost = gr.Image(elem_id="accuracy-cost", **picture)
         size = gr.Image(elem_id="accuracy-params", **picture)
     per_class = gr.Image(elem_id="per-class", **picture)
-    table = gr.Dataframe(label="The app's default and the shipped checkpoints", pinned_columns=1, wrap=True, elem_id="experiments-table")
-    with gr.Accordion("All columns", open=False):
-        full = gr.Dataframe(pinned_columns=1, show_label=False)
+    # Tables as html_table: Gradio's Dataframe pinned no column, so a row's name scrolled away from its figures.
+    with gr.Column(elem_id="experiments-box"):
+        gr.Markdown("**The app's default and the shipped checkpoints**", elem_id="experiments-title")
+        table = gr.HTML(elem_id="experiments-table")
+        with gr.Accordion("All columns", open=False):
+            full = gr.HTML(elem_id="experiments-all")
     # The rest folded, each a click away: the tab opens on the pictures and the table, not 7,000 px of page.
     with gr.Accordion("Sweep runs: on the GPU, the seed's protocol on CPU, the runs cut short", open=False, elem_id="gpu-runs"):
         gr.Markdown(SWEEP_ABOUT)
-        sweep = gr.Dataframe(label="Sweep runs, by device (results/experiments.csv)", pinned_columns=1, visible=False, elem_id="sweep-runs")
-        cut = "Cut short by their time budget: how far each model got, not what it can do"
-        short = gr.Dataframe(label=cut, pinned_columns=1, visible=False, elem_id="cut-short")
+        sweep = gr.HTML(visible=False, elem_id="sweep-runs")
+        short = gr.HTML(visible=False, elem_id="cut-short")
     with gr.Accordion("Do the heatmaps point at the tumour?", open=False, elem_id="localisation-box"):
         localisation = gr.Markdown(elem_id="localisation")
     with gr.Accordion("One checkpoint's training curves, confusion matrix and reliability", open=False, elem_id="figures-box"):
