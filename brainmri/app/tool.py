@@ -147,7 +147,8 @@ def not_an_mcp_tool(fn: Callable) -> Callable:
 
 def track_mcp_staging(blocks: gr.Blocks) -> None:
     """Record the files the launched app's MCP server writes for ``data:`` URL inputs (a no-op without MCP), and put
-    them in Gradio's cache sweep (``delete_cache``)."""
+    them in Gradio's cache sweep (``delete_cache``); and keep Gradio's advice to upload files first out of the tool's
+    description, which would contradict its image argument."""
     server = getattr(blocks, "mcp_server_obj", None)
     if server is None or getattr(server, "_brainmri_tracked", False):
         return
@@ -168,6 +169,15 @@ def track_mcp_staging(blocks: gr.Blocks) -> None:
         return converted
 
     server.convert_strings_to_filedata = converting
+    # Gradio appends to a file-taking tool's description that an assistant should first upload the file with its
+    # upload_file_to_gradio tool; this server lists no such tool and takes a data: URL, as the image argument says.
+    describe, upload_hint = server.get_fn_description, server._file_data_tool_description
+
+    def describing(block_fn, tool_name: str) -> tuple[str, dict[str, str]]:
+        description, parameters = describe(block_fn, tool_name)
+        return description.replace(upload_hint, ""), parameters
+
+    server.get_fn_description = describing
     server._brainmri_tracked = True
 
 
