@@ -180,7 +180,10 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
     # The API endpoint: its own hidden inputs and probabilities, so a client may name any model or none.
     api_image, api_model = api_file_input(lambda: PENDING), gr.Textbox(value=PREDICTOR.default_model or "", visible=False)
     api_label = gr.Label(label="probabilities", visible=False)  # named, as the API page lists outputs by label
-    gr.Button(visible=False).click(tool.not_an_mcp_tool(predict), [api_image, api_model], [api_label, heatmap, details], api_name="predict")
+    about = tool.predict_description(PREDICTOR.default_model, PREDICTOR.available)  # the API page's words, not Gradio's
+    gr.Button(visible=False).click(
+        tool.not_an_mcp_tool(predict), [api_image, api_model], [api_label, heatmap, details], api_name="predict", api_description=about
+    )
     tool_in = [api_file_input(lambda: PENDING), gr.Textbox(visible=False), gr.Checkbox(False, visible=False)]
     gr.Button(visible=False).click(ANALYSE, tool_in, gr.Textbox(label="analysis", visible=False), api_name="analyse_slice")  # the MCP tool
     return model, gallery

@@ -202,3 +202,17 @@ def test_the_launch_log_names_the_host_that_sets_the_speed(caplog):
     with caplog.at_level("INFO", logger="app"):
         app.log_host()  # what app.launch logs once the default model is loaded
     assert f"on {describe_cpu()}, " in caplog.text and "usable cores" in caplog.text
+
+
+def test_the_api_page_says_what_predict_takes_and_gives():
+    """What view_api and the API page print: the image's formats (not Gradio's FileData docstring), the heatmap as a
+    data URL (not a file path to fetch), and the endpoint's own description with this deployment's model names."""
+    import app
+
+    endpoint = app.demo.get_api_info()["named_endpoints"]["/predict"]
+    assert "DICOM" in endpoint["parameters"][0]["python_type"]["description"]
+    assert "FileData" not in str(endpoint["parameters"][0]["python_type"])
+    assert "data: URL" in endpoint["returns"][1]["python_type"]["description"]
+    assert "simple_cnn_7" in endpoint["description"] and "/analyse_slice" in endpoint["description"]
+    tool = app.demo.get_api_info()["named_endpoints"]["/analyse_slice"]
+    assert "DICOM" in tool["parameters"][0]["python_type"]["description"]

@@ -136,6 +136,19 @@ def tool_description(default: str | None, models: list[str], disclaimer: str) ->
     )
 
 
+def predict_description(default: str | None, models: list[str]) -> str:
+    """What ``/predict`` takes and gives, for its API page and ``gradio_client``'s ``view_api`` (which otherwise show
+    Gradio's own FileData docstring for the image and call the heatmap a file path, where it comes as a data URL)."""
+    return (
+        f"Classify one brain MRI slice ({CLASSES_IN_WORDS}) for a page. image: the slice as a file"
+        f" ({accepted_formats(detailed=False)}); model_name: empty for the app's default ({default or 'the first available'}),"
+        f" or one of: {', '.join(m for m in models if m != default)}. Returns the probabilities (a label, none over an image"
+        " that does not look like a brain MRI), the heatmap (its 'url' a PNG data URL, its 'path' null) and the details"
+        " (class, probabilities, the out-of-distribution verdict and its reasons, tumour_mask as a PNG data URL, model,"
+        " latency_ms). For compact JSON, as an assistant wants it, call /analyse_slice."
+    )
+
+
 def not_an_mcp_tool(fn: Callable) -> Callable:
     """``fn`` kept off the MCP server's tool list, and still an API endpoint. Gradio 6 has no per-event switch for
     this (``api_visibility`` hides an endpoint from both, and a client then cannot fill in its defaults); its MCP
@@ -171,13 +184,15 @@ def track_mcp_staging(blocks: gr.Blocks) -> None:
     server.convert_strings_to_filedata = converting
     # Gradio appends to a file-taking tool's description that an assistant should first upload the file with its
     # upload_file_to_gradio tool; this server lists no such tool and takes a data: URL, as the image argument says.
-    describe, upload_hint = server.get_fn_description, server._file_data_tool_description
+    # (Both are Gradio's internals: where a later Gradio lacks them, its description stands.)
+    describe, upload_hint = getattr(server, "get_fn_description", None), getattr(server, "_file_data_tool_description", None)
+    if describe is not None and upload_hint:
 
-    def describing(block_fn, tool_name: str) -> tuple[str, dict[str, str]]:
-        description, parameters = describe(block_fn, tool_name)
-        return description.replace(upload_hint, ""), parameters
+        def describing(block_fn, tool_name: str) -> tuple[str, dict[str, str]]:
+            description, parameters = describe(block_fn, tool_name)
+            return description.replace(upload_hint, ""), parameters
 
-    server.get_fn_description = describing
+        server.get_fn_description = describing
     server._brainmri_tracked = True
 
 

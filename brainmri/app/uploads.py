@@ -23,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import NamedString
 
+from brainmri.data.imageio import accepted_formats
 from brainmri.settings import gradio_temp_dir, resolved
 
 
@@ -178,4 +179,11 @@ def fetch_errors_named(box: gr.File, pending: Callable[[], PendingUploads | None
 def api_file_input(pending: Callable[[], PendingUploads | None] | None = None) -> gr.File:
     """The hidden file input of an API endpoint or MCP tool: a path, with no stray temp file, and a URL that cannot
     be fetched named as such (a fetched one counted in ``pending``, as an upload is)."""
-    return fetch_errors_named(without_stray_temp_file(gr.File(visible=False)), pending)
+    component = fetch_errors_named(without_stray_temp_file(gr.File(visible=False)), pending)
+    schema = component.api_info
+
+    def described() -> dict:  # the API page and view_api show this, not Gradio's FileData docstring
+        return {**schema(), "additional_description": f"the slice, a file: {accepted_formats(detailed=False)}"}
+
+    component.api_info = described  # the instance's own, as the app patches instances (no subclass, no .pyi stub)
+    return component
