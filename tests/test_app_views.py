@@ -43,7 +43,7 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     assert lite["val acc"] == "95.0%" and lite["unseen test acc (95% CI)"] == "85.0% (80.0-90.0)" and lite["epochs (best)"] == "7 (5)"
     assert lite["test acc (95% CI)"] == "90.0% (88.0-92.0)" and rows[0]["test acc (95% CI)"] == "90.0%"  # no interval: none shown
     assert lite["train time"] == "10.0 min" and lite["family"] == "efficientnet"
-    assert (lite["temperature"], lite["test ECE raw"], lite["test ECE calibrated"]) == (0.512, 0.0778, 0.0054)
+    assert (lite["temperature"], lite["test ECE raw"], lite["test ECE calibrated"]) == (0.512, "7.78%", "0.54%")
     assert list(lite) == experiments.ALL_COLUMNS and experiments.COLUMNS == experiments.ALL_COLUMNS[: len(experiments.COLUMNS)]
     assert experiments.history(tmp_path / "simple_cnn_7")[1]["val_acc"] == "80.0%"  # in percent, as everywhere else
     assert experiments.history(tmp_path / "simple_cnn_7")[0]["train_loss"] == "1"  # 4 significant digits, not 16

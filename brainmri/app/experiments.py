@@ -150,8 +150,8 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
         "train acc": percent(m["train_accuracy"]),
         "test loss": _rounded(m["test_loss"]),
         "temperature": _rounded(m["temperature"], 3),
-        "test ECE raw": _rounded(m["test_ece_raw"]),
-        "test ECE calibrated": _rounded(m["test_ece_calibrated"]),
+        "test ECE raw": percent(m["test_ece_raw"], digits=2),  # in percent, as the docs and the one-encoder section say it
+        "test ECE calibrated": percent(m["test_ece_calibrated"], digits=2),
         "heatmap in brain": (cam_shares or {}).get(name, ""),
     }
 
@@ -173,7 +173,7 @@ def ensemble_row(name: str, results: str | Path | None = None) -> dict | None:
         "input px": scores.get("input_size", ""),
         "initialisation": "its members'",  # each member's row gives its own
         "parameters": f"{scores['parameters'] / 1e6:.2f} M" if scores.get("parameters") else "",
-        "test ECE calibrated": _rounded(figure["test"].get("ece")),
+        "test ECE calibrated": percent(figure["test"].get("ece"), digits=2),
     })  # fmt: skip
     return row
 

@@ -86,7 +86,8 @@ def one_encoder_markdown(folder: str | Path, default_json: str | Path | None = N
         "",
         class_markdown(m),
         "",
-        outline_markdown(m, pair, segmenter),
+        outline_markdown(m, pair, segmenter)
+        + (f"\n\n{segmenter}'s figures here are on these slices only, so they differ from its own table's." if pair else ""),
         *(["", served] if served else []),
     ]
     return "\n".join(parts + _verdict(verdict))

@@ -81,7 +81,7 @@ def seed_rows(root: str | Path | None = None) -> list[dict]:
                 "test acc": percent((m.get("test") or {}).get("accuracy")),
                 "params": f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "",
                 "epochs (best)": f"{m.get('epochs_run', '?')} ({m.get('best_epoch', '?')})",
-                "train time": "" if seconds is None else f"{seconds:.0f} s",
+                "train time": "" if seconds is None else f"{seconds / 60:.1f} min",  # as the Experiments table gives it
                 "device": m.get("device", ""),
                 "seed (on Testing)": percent(SEED_ACCURACY.get(name)),
             }
