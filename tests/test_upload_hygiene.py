@@ -137,12 +137,13 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
     table, grid, agreement, _ = compare(app.PREDICTOR, warmed, again.session, "Grad-CAM", None)  # nothing ticked: every model
     assert grid.count("<figure") == len(app.PREDICTOR.single_models) and "agree" in agreement  # an ensemble: as its members
     assert warmed == {(n, "Grad-CAM") for n in app.PREDICTOR.single_models}  # each model's first pass untimed, once
+    assert f"{len(warmed)} of them run once first to warm up" in agreement  # and the time taken says so
     table, grid, agreement, _ = compare(app.PREDICTOR, warmed, again.session, "Grad-CAM", ["simple_cnn_7", "tf_efficientnet_lite0"])
     rows = re.findall(r'<th scope="row">(.*?)</th>', table.replace("<wbr>", ""))
     assert rows == [ENSEMBLE, "tf_efficientnet_lite0", "simple_cnn_7"] and grid.count("<figure") == 2  # the list's order
     assert grid.index("tf_efficientnet_lite0") < grid.index("simple_cnn_7")  # the heatmaps in the same order
     assert "data:image/jpeg;base64," in grid and "/gradio_api/file=" not in grid  # heatmaps inline, no file
-    assert "2 models in" in agreement and " s." in agreement  # the time it took
+    assert "2 models in" in agreement and " s." in agreement and "warm up" not in agreement  # the time it took, both warm
     assert app.classify(None, "simple_cnn_7", "Grad-CAM", 0.5) == app.EMPTY
 
     # A broken upload is deleted too, and its clear error stays in the result area (a toast would fade).

@@ -55,11 +55,13 @@ def compare(
     listed = [n for _, n in labelled_choices(predictor.sources, ensembles=False)]  # the picker's order, rows and heatmaps
     names = [n for n in listed if n in (chosen or listed)]
     method = method or DEFAULT_METHOD
-    start = time.perf_counter()
+    start, before = time.perf_counter(), len(warmed)
     with user_errors():
         results = [steady_prediction(predictor, warmed, image, n, method) for n in progress.tqdm(names, desc="models")]
     seconds = time.perf_counter() - start
-    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s. {comparison.scored_ensemble_note()}"
+    new = len(warmed) - before
+    warm_ups = f" ({new} of them run once first to warm up, a pass the latency column leaves out)" if new else ""
+    summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s{warm_ups}. {comparison.scored_ensemble_note()}"
     table = display.html_table(display.percent_cells(comparison.comparison_rows(results)), caption="Per model (probabilities in %)")
     return table, display.compare_grid(image, results, DEFAULT_OPACITY), summary, pixel_key(image)
 

@@ -246,10 +246,12 @@ def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
         _logger.warning("%s unreadable, so no localisation results (%s: %s)", path, type(e).__name__, e)
         return "No localisation results yet (`python -m reports.cam_localisation`)."
     return (
-        "On boxed Training slices the model never trained on (its validation "
-        "split; the report half, the layer chosen on the other half), the share whose heatmap peak falls inside the "
-        "tumour box (Cheng et al.'s boxes), beside two chance levels: the image centre, and a random point in the head.\n\n"
-        + localisation_table(runs)
+        "**The pointing game.** Each model's boxed validation slices (Training slices it never trained on, with Cheng et "
+        "al.'s tumour boxes) are halved at random: the layers and method were chosen on one half, and this table reports "
+        "the other. *Peak in box*: the share of slices whose heatmap peaks inside the tumour's box; *mass in box*: the "
+        "mean share of the heatmap inside it. The two chances are for the peak: *centre*, always pointing at the image's "
+        "centre; *head*, a random point in the head. *Layer*: the stages whose maps are fused, `bn2` the last and "
+        "coarsest, `blocks.N` earlier and finer ones.\n\n" + localisation_table(runs)
     )
 
 
@@ -320,7 +322,7 @@ def tab_view():
     table, full, sweep, short, names = tables()
     table, full = _html(table), _html(full)
     sweep, short = (gr.HTML(_html(f, c), visible=f is not None) for f, c in ((sweep, SWEEP_CAPTION), (short, CUT_CAPTION)))
-    name = gr.Dropdown(choices=names, value=names[0] if names else None)
+    name = gr.Dropdown(choices=names, value=DEFAULT_CLASSIFIER if DEFAULT_CLASSIFIER in names else names[0] if names else None)
     cost, size, per_class = (gr.Image(p, visible=p is not None) for p in pictures())
     unets = [segmentation_markdown(checkpoint_dir() / n) for n, spec in SEGMENTERS.items() if not spec.num_classes]
     one = [one_encoder_markdown(checkpoint_dir() / n) for n, spec in SEGMENTERS.items() if spec.num_classes]
@@ -358,7 +360,7 @@ def build_tab(tab: gr.Tab) -> None:
             curves = gr.Image(label="Training curves", **figure)
             confusion = gr.Image(label="Confusion matrix (Testing)", **figure)
         with gr.Row():
-            reliability = gr.Image(label="Reliability diagram", elem_id="reliability", **figure)
+            reliability = gr.Image(label="Reliability diagram (its titles name the split)", elem_id="reliability", **figure)
             hist = gr.Dataframe(label="history.csv (accuracies in %, the rest to 4 significant digits)", max_height=380)
     with gr.Accordion("The seed report's simple CNNs, reproduced", open=False, elem_id="seed-box"):
         seed = gr.Markdown(elem_id="seed-table")
