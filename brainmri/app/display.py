@@ -258,7 +258,7 @@ CSS = """
 #compare-table .data-table :is(th, td):nth-child(2) { white-space: normal; min-width: 5.5em; }
 :is(#experiments-box, #gpu-runs) .data-table td { white-space: normal; min-width: 4.5em; max-width: 15em; }  /* words wrap */
 .data-table :is(th, td):first-child { position: sticky; left: 0; z-index: 1; text-align: left; white-space: normal;
-  min-width: 8em; max-width: 13em; font-weight: 600; box-shadow: 1px 0 0 var(--border-color-primary); }
+  min-width: 8em; max-width: 17em; font-weight: 600; box-shadow: 1px 0 0 var(--border-color-primary); }
 #compare-table .data-table tbody tr:first-child :is(th, td) { background: var(--background-fill-secondary); }  /* the ensemble */
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
