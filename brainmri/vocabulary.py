@@ -36,3 +36,13 @@ def percent(value: float | None, ci: Sequence[float] | None = None, digits: int 
     if value is None:
         return ""
     return f"{100 * value:.{digits}f}%" + (f" ({100 * ci[0]:.{digits}f}-{100 * ci[1]:.{digits}f})" if ci else "")
+
+
+def minutes(seconds: float | str | None) -> str:
+    """A run's wall time in minutes to one decimal ("20.6 min"), as every table gives it; "" when not recorded."""
+    return "" if seconds in (None, "") else f"{float(seconds) / 60:.1f} min"
+
+
+def initialisation_words(initialization: str | None) -> str:
+    """A run's initialisation in a word or two: "ImageNet (offline pack ...)" -> "ImageNet", "random (no ...)" -> "random"."""
+    return (initialization or "").split(" (")[0]

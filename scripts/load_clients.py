@@ -44,6 +44,9 @@ class HttpClient:
             raise RuntimeError(f"{event}: {data}")
         return data[2]
 
+    def close(self) -> None:
+        self.http.close()
+
 
 class GradioClient:
     """gradio_client, as a user's script would call the app."""
@@ -57,6 +60,9 @@ class GradioClient:
         from gradio_client import handle_file
 
         return self.client.predict(handle_file(str(path)), model, api_name="/predict")[2]
+
+    def close(self) -> None:
+        self.client.close()  # its heartbeat thread too
 
 
 CLIENTS = {"http": HttpClient, "gradio": GradioClient}

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling load_clients, however it is loaded
 
-from load_clients import CLIENTS, close_app, launch_app, launch_process, process_usage  # noqa: E402
+from load_clients import CLIENTS, GradioClient, HttpClient, close_app, launch_app, launch_process, process_usage  # noqa: E402
 
 from brainmri.cli import add_data_argument, exit_code, setup_logging, write_json  # noqa: E402
 from brainmri.data.imageio import load_image  # noqa: E402
@@ -132,7 +132,7 @@ def same_answer(got: dict, want: dict, tol: float = 1e-3) -> bool:
     )
 
 
-def connect(url: str, n: int, client_kind: str = "http") -> list:
+def connect(url: str, n: int, client_kind: str = "http") -> list[HttpClient | GradioClient | Exception]:
     """``n`` clients of ``url``; one that cannot be built is its exception, and every request it would send an error."""
     clients = []
     for _ in range(n):
@@ -162,8 +162,17 @@ def run_load(
     deadline = time.monotonic() + time_limit
 
     def client_loop(paths: list[Path], client) -> None:
-        if client is None:
-            client = connect(url, 1, client_kind)[0]
+        if client is None:  # fresh: built here, closed when done
+            (client,) = connect(url, 1, client_kind)
+            try:
+                send(paths, client)
+            finally:
+                if not isinstance(client, Exception):
+                    client.close()
+        else:
+            send(paths, client)
+
+    def send(paths: list[Path], client) -> None:
         if isinstance(client, Exception):
             with lock:
                 out.sent += len(paths)
@@ -192,6 +201,8 @@ def run_load(
                     out.mixed_up.append(f"{path.name}: got {details.get('image_size')} {details.get('top_class')}")
 
     clients = clients or [None] * len(jobs)
+    if len(clients) != len(jobs):
+        raise ValueError(f"{len(clients)} clients for {len(jobs)} jobs: one each")
     threads = [threading.Thread(target=client_loop, args=(paths, client), daemon=True) for paths, client in zip(jobs, clients)]
     start = time.perf_counter()
     for t in threads:
@@ -228,7 +239,8 @@ def load_test(
     from the timed ones): a model other than the server's default is loaded by its first requests, one copy per batch
     worker, and without them that loading fell inside the timed run and the server's CPU an answer. The clients are
     built once, before the warm-up, and serve every round, as a visitor's browser keeps its connection;
-    ``fresh_clients``: each round's threads build their own inside its timed run (:func:`run_load`)."""
+    ``fresh_clients``: the warm-up's and each round's threads build their own inside the run (:func:`run_load`), as
+    before 2026-12-07."""
     if url is not None and urlparse(url).hostname not in LOOPBACK:
         raise ValueError(f"{url} is not a loopback address: the load test only runs against 127.0.0.1")
     if mode not in MODES:
@@ -244,17 +256,20 @@ def load_test(
             proc, url = launch_process(concurrency_limit)
         elif url is None:
             launched, url = launch_app(concurrency_limit, max_size)
+        kept = [] if fresh_clients else connect(url, clients, client)  # fresh: every run builds its own, as before
         try:
-            kept = connect(url, clients, client)
             warmed = run_load(url, [warm_paths[i::clients] for i in range(clients)], expected, model, time_limit, client, kept)
             before, own_before = process_usage(proc.pid) if proc else None, time.process_time()
             out, rss_by_round = Outcome(), []
             for _ in range(rounds):
-                out.add(run_load(url, jobs, expected, model, time_limit, client, None if fresh_clients else kept))
+                out.add(run_load(url, jobs, expected, model, time_limit, client, kept))
                 if proc is not None:
                     rss_by_round.append(process_usage(proc.pid)["rss_mib"])
             after, own_cpu = process_usage(proc.pid) if proc else None, time.process_time() - own_before
         finally:
+            for c in kept:
+                if not isinstance(c, Exception):
+                    c.close()
             if launched is not None:
                 close_app(launched)
             if proc is not None:

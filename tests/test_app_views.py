@@ -212,3 +212,17 @@ def test_the_details_panel_names_the_mask_and_the_api_keeps_it_whole():
     assert api["tumour_mask"].startswith("data:image/png;base64,") and "tumor_probability" in api
     assert shown["tumour_mask"].startswith("PNG data URL, ") and "the API returns it whole" in shown["tumour_mask"]
     assert "tumor_probability" not in shown and shown["tumour_probability"] == api["tumour_probability"]
+
+
+def test_a_failed_sweep_run_says_so_rather_than_leave_blanks(tmp_path: Path):
+    """Blank cells mean "not measured"; a run that failed says so in a status column, shown only when one did."""
+    csv_path = tmp_path / "experiments.csv"
+    csv_path.write_text(
+        "model,device,run,epochs_run,stopped,test_accuracy,status\n"
+        "resnet18,NVIDIA H200,device_sweep,10,epochs,0.8783,ok\n"
+        "resnet50,NVIDIA H200,device_sweep,,,,failed: CUDA out of memory\n"
+    )
+    finished, _ = experiments.results_tables(csv_path)
+    assert [r["status"] for r in finished] == ["ok", "failed: CUDA out of memory"]
+    csv_path.write_text("model,device,run,epochs_run,stopped,test_accuracy,status\nresnet18,NVIDIA H200,device_sweep,10,epochs,0.8783,ok\n")
+    assert "status" not in experiments.results_tables(csv_path)[0][0]

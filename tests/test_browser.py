@@ -159,7 +159,7 @@ def test_a_visitor_at_desktop_size(app_url: str, secret_upload: tuple[Path, str]
             page.get_by_role("tab", name="Compare").click()
             expect(agreement).to_contain_text("These results were for an earlier image")
             expect(figures).to_have_count(0)
-            expect(page.locator("#compare-table")).not_to_contain_text("simple_cnn_7")  # the headers only
+            expect(page.locator("#compare-table")).not_to_contain_text("simple_cnn_7")  # no table at all
 
             page.get_by_role("tab", name="Experiments").click()
             table = page.locator("#experiments-table")
@@ -235,7 +235,7 @@ def test_a_visitor_on_a_phone(app_url: str, secret_upload: tuple[Path, str]):
                 box = _box(page, selector)
                 assert box["x"] >= 0 and box["x"] + box["width"] <= 390, f"{selector} is wider than the screen"
             assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling of the page
-            wrap, name = page.locator("#compare-table .table-wrap"), page.locator("#compare-table tbody th").first
+            wrap, name = page.locator("#compare-table .bm-table-wrap"), page.locator("#compare-table tbody th").first
             left = name.bounding_box()["x"]
             wrap.evaluate("e => e.scrollLeft = 200")
             assert wrap.evaluate("e => e.scrollLeft") > 0  # wider than a phone, the table scrolls inside its box

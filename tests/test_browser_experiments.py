@@ -57,7 +57,7 @@ def test_the_experiments_tab_shows_the_pictures_first(app_url: str, size: tuple[
             expect(outline).to_contain_text("experts vs each other")
             outline.screenshot(path=str(ARTIFACTS / f"{name}_outline_tables.png"))
             cells = page.locator("#localisation td")  # the pointing game's table: each cell a line, however narrow the screen
-            expect(page.locator("#localisation")).to_contain_text("the share whose heatmap peak falls inside")
+            expect(page.locator("#localisation")).to_contain_text("Peak in box: the share of slices whose heatmap peaks inside")
             heights = cells.evaluate_all("cells => cells.map(c => c.getBoundingClientRect().height)")
             assert heights, "the pointing game's table has no cells"
             assert max(heights) < 80, f"a table cell wraps onto many lines ({max(heights):.0f} px high)"  # one line: ~40

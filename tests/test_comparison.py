@@ -122,3 +122,12 @@ def test_compare_times_a_models_pass_after_its_first():
     assert steady_prediction(fake, warmed, None, "m", "Grad-CAM") == 3  # warmed: one pass
     assert steady_prediction(fake, warmed, None, "m", "LayerCAM") == 5  # another method warms again
     assert warmed == {("m", "Grad-CAM"), ("m", "LayerCAM")}
+
+
+def test_the_table_takes_odd_cells_and_columns():
+    from brainmri.app.display import html_table
+
+    assert html_table([{}]) == "" and html_table([{"a": 1}], columns=[]) == ""  # nothing to show: no table
+    table = html_table([{"m": "x", 3: np.bool_(True), "big": 15_000_000.0, "small": 0.00541}])
+    assert '<th scope="col">3</th>' in table and "<td>yes</td>" in table  # a column named by a number; numpy's bool
+    assert "<td>15000000</td>" in table and "<td>0.0054</td>" in table  # no exponent, 4 decimals at most

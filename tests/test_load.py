@@ -81,7 +81,7 @@ def test_the_clients_are_built_before_the_clock_unless_asked_to_be_fresh(monkeyp
     """Building a client costs the load generator CPU on the server's cores: built once by connect, before any run,
     and inside each run only with fresh clients (as before 2026-12-07). A client that cannot be built loses its requests
     as errors."""
-    built = []
+    built, closed = [], []
 
     class Fake:
         def __init__(self, url: str):
@@ -92,6 +92,9 @@ def test_the_clients_are_built_before_the_clock_unless_asked_to_be_fresh(monkeyp
         def predict(self, path: Path, model: str) -> dict:
             return {"image_size": [1, 1], "top_class": path.name}
 
+        def close(self) -> None:
+            closed.append(self)
+
     monkeypatch.setitem(load_test.CLIENTS, "fake", Fake)
     monkeypatch.setattr(load_test, "same_answer", lambda got, want: got["top_class"] == want)
     jobs = [[tmp_path / f"{c}{r}" for r in range(2)] for c in "ab"]
@@ -100,7 +103,9 @@ def test_the_clients_are_built_before_the_clock_unless_asked_to_be_fresh(monkeyp
     assert len(built) == 2
     out = load_test.run_load("u", jobs, expected, None, 60, "fake", kept)
     assert (out.answered, out.mixed_up, len(built)) == (4, [], 2)  # no client built in the run
-    out = load_test.run_load("u", jobs, expected, None, 60, "fake")  # fresh: one a thread, inside the run
-    assert (out.answered, len(built)) == (4, 4)
+    out = load_test.run_load("u", jobs, expected, None, 60, "fake")  # fresh: one a thread, inside the run, closed after
+    assert (out.answered, len(built), len(closed)) == (4, 4, 2)
+    with pytest.raises(ValueError, match="1 clients for 2 jobs"):
+        load_test.run_load("u", jobs, expected, None, 60, "fake", kept[:1])
     out = load_test.run_load("refused", jobs, expected, None, 60, "fake")
     assert out.answered == 0 and len(out.errors) == 4 and "client could not connect: ConnectionError" in out.errors[0]

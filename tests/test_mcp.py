@@ -49,6 +49,7 @@ def test_the_tool_is_listed_with_its_description_and_arguments_and_nothing_else(
     assert "lite0_and_multitask" in model_help and "simple_cnn_7" in model_help and model_help.endswith(".")
     assert ",," not in tool.description
     assert "upload_file_to_gradio" not in tool.description  # Gradio's advice to upload first: this tool takes a data: URL
+    assert ".." not in tool.description  # nor its full stop
 
 
 def test_a_real_slice_gets_its_class_and_tumour_box_as_json_and_leaves_no_file(mcp_url: str):

@@ -32,7 +32,8 @@ def steady_prediction(predictor: Predictor, warmed: set[tuple[str, str]], image:
     A model's first pass with a method pays its warm-up (oneDNN's and ONNX Runtime's kernels chosen for its shapes):
     0.8-1.1 s for Lite1 and Lite2 in the browser test, where a later pass took 115-129 ms, so the latency column would
     compare warm-ups. ``warmed``: the (model, method) pairs run before in this process, each warmed once, untimed;
-    the same pixels give the same answer, so only the time differs."""
+    the same pixels give the same answer, so only the time differs. Kept by name: a model evicted from the cache
+    (``BRAIN_MRI_MODEL_CACHE_MB``) and loaded again pays its warm-up in a timed pass."""
     if (name, method) not in warmed:
         predictor.predict(image, name, method, outline=False)
         warmed.add((name, method))
@@ -55,11 +56,11 @@ def compare(
     listed = [n for _, n in labelled_choices(predictor.sources, ensembles=False)]  # the picker's order, rows and heatmaps
     names = [n for n in listed if n in (chosen or listed)]
     method = method or DEFAULT_METHOD
-    start, before = time.perf_counter(), len(warmed)
+    new = sum((n, method) not in warmed for n in names)  # counted here: another visitor's Compare may warm some meanwhile
+    start = time.perf_counter()
     with user_errors():
         results = [steady_prediction(predictor, warmed, image, n, method) for n in progress.tqdm(names, desc="models")]
     seconds = time.perf_counter() - start
-    new = len(warmed) - before
     warm_ups = f" ({new} of them run once first to warm up, a pass the latency column leaves out)" if new else ""
     summary = f"{comparison.agreement(results)}\n\n{len(results)} models in {seconds:.1f} s{warm_ups}. {comparison.scored_ensemble_note()}"
     table = display.html_table(display.percent_cells(comparison.comparison_rows(results)), caption="Per model (probabilities in %)")

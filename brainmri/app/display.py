@@ -199,26 +199,28 @@ def html_table(rows: Sequence[dict], columns: Sequence[str] | None = None, capti
     scrolls sideways in its box. Gradio's Dataframe pinned nothing, ``pinned_columns`` or not: on a phone its
     monospace names took 276 of 326 px and scrolled away with the rest. ``columns``: which, in order (default: every
     key, the first row's order first). A cell is blank for None or NaN, yes or no for a bool. No rows: "" (nothing)."""
-    if not rows:
+    columns = list(dict.fromkeys(k for row in rows for k in row) if columns is None else columns)
+    if not rows or not columns:
         return ""
-    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
 
     def cell(value: object) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):  # not measured, or nothing to say
             return ""
-        if isinstance(value, bool):
+        if isinstance(value, (bool, np.bool_)):
             return "yes" if value else "no"
-        return html.escape(f"{value:g}" if isinstance(value, float) else str(value))
+        if isinstance(value, float):  # to 4 decimals, no exponent, no trailing zeros: 75.9, 0.0054, 15000000
+            return f"{value:.4f}".rstrip("0").rstrip(".")
+        return html.escape(str(value))
 
-    head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in columns)
+    head = "".join(f'<th scope="col">{html.escape(str(c))}</th>' for c in columns)
     body = "".join(
         f'<tr><th scope="row">{cell(row.get(columns[0])).replace("_", "_<wbr>")}</th>'
         + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns[1:])
         + "</tr>"
         for row in rows
     )
-    title = f'<div class="table-caption">{html.escape(caption)}</div>' if caption else ""
-    return f'{title}<div class="table-wrap"><table class="data-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    title = f'<div class="bm-table-caption">{html.escape(caption)}</div>' if caption else ""
+    return f'{title}<div class="bm-table-wrap"><table class="bm-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 ANSWER_HINT = "Upload a brain MRI slice, or click an example: its class, a heatmap of why, and the tumour's outline appear here."
@@ -246,20 +248,20 @@ CSS = """
 .cmp-fig figcaption { font-size: 0.85em; line-height: 1.3; margin-top: 3px; overflow-wrap: anywhere; }
 .cmp-about { opacity: 0.75; }
 /* html_table's tables (Compare, Experiments): scroll sideways inside their box, the model's name stays on the left */
-.table-caption { font-size: 0.85em; opacity: 0.8; margin: 0 0 4px 2px; }
-.table-wrap { overflow-x: auto; padding: 0 !important; border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); }
-.data-table { border-collapse: separate; border-spacing: 0; width: 100%; margin: 0 !important; padding: 0 !important;
+.bm-table-caption { font-size: 0.85em; opacity: 0.8; margin: 0 0 4px 2px; }
+.bm-table-wrap { overflow-x: auto; padding: 0 !important; border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); }
+.bm-table { border-collapse: separate; border-spacing: 0; width: 100%; margin: 0 !important; padding: 0 !important;
   border: none !important; font-size: 0.9em; }
-.data-table :is(th, td) { padding: 5px 10px; text-align: left; white-space: nowrap; font-variant-numeric: tabular-nums;
+.bm-table :is(th, td) { padding: 5px 10px; text-align: left; white-space: nowrap; font-variant-numeric: tabular-nums;
   font-size: 1em !important; border: none !important; border-top: 1px solid var(--border-color-primary) !important;
   background: var(--background-fill-primary); }
-.data-table thead th { font-weight: 600; vertical-align: bottom; border-top: none !important; }
-#compare-table .data-table :is(th, td):nth-child(n+3), #counts .data-table :is(th, td):nth-child(n+2) { text-align: right; }  /* figures */
-#compare-table .data-table :is(th, td):nth-child(2) { white-space: normal; min-width: 5.5em; }
-:is(#experiments-box, #gpu-runs) .data-table td { white-space: normal; min-width: 4.5em; max-width: 15em; }  /* words wrap */
-.data-table :is(th, td):first-child { position: sticky; left: 0; z-index: 1; text-align: left; white-space: normal;
+.bm-table thead th { font-weight: 600; vertical-align: bottom; border-top: none !important; }
+#compare-table .bm-table :is(th, td):nth-child(n+3), #counts .bm-table :is(th, td):nth-child(n+2) { text-align: right; }  /* figures */
+#compare-table .bm-table :is(th, td):nth-child(2) { white-space: normal; min-width: 5.5em; }
+:is(#experiments-box, #gpu-runs) .bm-table td { white-space: normal; min-width: 4.5em; max-width: 15em; }  /* words wrap */
+.bm-table :is(th, td):first-child { position: sticky; left: 0; z-index: 1; text-align: left; white-space: normal;
   min-width: 8em; max-width: 17em; font-weight: 600; box-shadow: 1px 0 0 var(--border-color-primary); }
-#compare-table .data-table tbody tr:first-child :is(th, td) { background: var(--background-fill-secondary); }  /* the ensemble */
+#compare-table .bm-table tbody tr:first-child:not(:only-child) :is(th, td) { background: var(--background-fill-secondary); }  /* ensemble */
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
 #examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
@@ -293,9 +295,9 @@ CSS = """
   /* Compare's 14 models: compact rows, so the Compare button is not 1,000 px down the page */
   #compare-models label { padding: 3px 8px !important; font-size: 0.85em; line-height: 1.25; }
   #compare-models .wrap { gap: 4px !important; }
-  .data-table { font-size: 0.8em; }
-  .data-table :is(th, td) { padding: 4px 6px; }
-  .data-table :is(th, td):first-child { min-width: 9.5em; max-width: 10em; }
+  .bm-table { font-size: 0.8em; }
+  .bm-table :is(th, td) { padding: 4px 6px; }
+  .bm-table :is(th, td):first-child { min-width: 9.5em; max-width: 10em; }
   /* the Experiments tab's wide Markdown tables scroll sideways instead of wrapping a letter a line */
   #localisation table, #seed-table table, #segmentation-table table { white-space: nowrap; }
 }

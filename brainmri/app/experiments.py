@@ -42,7 +42,7 @@ from brainmri.models.checkpoint import (
 from brainmri.models.registry import DEFAULT_CLASSIFIER, ENSEMBLES, REGISTRY
 from brainmri.models.segmenters import SEGMENTERS
 from brainmri.settings import checkpoint_dir
-from brainmri.vocabulary import class_words, percent
+from brainmri.vocabulary import class_words, initialisation_words, minutes, percent
 
 _logger = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None)
         "val acc": percent(m["val_accuracy"]),
         "family": spec.family if spec else "",
         "input px": m["input_size"],
-        "initialisation": (m["initialization"] or "").split(" (")[0],
-        "train time": "" if seconds is None else f"{float(seconds) / 60:.1f} min",
+        "initialisation": initialisation_words(m["initialization"]),
+        "train time": minutes(seconds),
         "device": m["device"] or "",
         "parameters": "" if m["parameters"] is None else f"{m['parameters'] / 1e6:.2f} M",
         "epochs (best)": f"{m['epochs_run'] or '?'} ({m['best_epoch'] or '?'})",
@@ -214,7 +214,10 @@ def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, l
     with path.open(newline="") as f:
         runs = [r for r in csv.DictReader(f) if is_sweep_row(r)]
     short = [row_cut_short(r) for r in runs]
-    rows = [{label: _sweep_cell(key, r.get(key)) for key, label in SWEEP_COLUMNS.items()} for r in runs]
+    columns = dict(SWEEP_COLUMNS)
+    if any(r.get("status", "ok") != "ok" for r in runs):  # a failed run's blanks are not "not measured": say why
+        columns["status"] = "status"
+    rows = [{label: _sweep_cell(key, r.get(key)) for key, label in columns.items()} for r in runs]
     finished, cut = [r for r, s in zip(rows, short) if not s], [r for r, s in zip(rows, short) if s]
     return finished or None, cut or None
 
@@ -229,8 +232,8 @@ def _sweep_cell(key: str, value: str | None) -> str:
         return ""
     if key in ("test_accuracy", "test_unseen_accuracy", "val_accuracy"):
         return percent(float(value))
-    if key == "initialization":  # "ImageNet (offline pack ...)" or "random (no pretrained weights)": its first word
-        return value.split()[0]
+    if key == "initialization":
+        return initialisation_words(value)
     if key in ("train_seconds", "img_per_s", "pct_of_bound"):
         return f"{float(value):,.0f}"
     return value
@@ -295,33 +298,25 @@ def figures_of(name: str | None, root: str | Path | None = None) -> tuple:
     return *(figure(folder, f) for f in FIGURES), pd.DataFrame(history(folder))
 
 
-def tables(root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, list[str]]:
-    """The Experiments tab's tables: the compact one, all columns, the finished sweep runs and those cut short (None
-    without any), and the names."""
+SWEEP_CAPTION = "Sweep runs, by device (results/experiments.csv)"
+CUT_CAPTION = f"Cut short by their time budget, or stopped under {FINISHED_EPOCHS} epochs: how far each model got, not what it can do"
+
+
+def tables(root: str | Path | None = None) -> tuple[str, str, str | None, str | None, list[str]]:
+    """The Experiments tab's tables as HTML (:func:`brainmri.app.display.html_table`): the compact one, all columns,
+    the finished sweep runs and those cut short (None without any), and the names of the checkpoints."""
     rows, (sweep, short) = experiment_table(root), results_tables()
-    compact, full = pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(rows, columns=ALL_COLUMNS)
-    return compact, full, _frame(sweep), _frame(short), [r["model"] for r in rows if r["model"] not in ENSEMBLES]  # no folder
-
-
-def _frame(rows: list[dict] | None) -> pd.DataFrame | None:
-    return None if rows is None else pd.DataFrame(rows)
+    sweep, short = (None if r is None else html_table(r, caption=c) for r, c in ((sweep, SWEEP_CAPTION), (short, CUT_CAPTION)))
+    names = [r["model"] for r in rows if r["model"] not in ENSEMBLES]  # an ensemble has no folder of figures
+    return html_table(rows, COLUMNS), html_table(rows, ALL_COLUMNS), sweep, short, names
 
 
 # ---------------------------------------------------------------- the tab
 
 
-SWEEP_CAPTION = "Sweep runs, by device (results/experiments.csv)"
-CUT_CAPTION = f"Cut short by their time budget, or stopped under {FINISHED_EPOCHS} epochs: how far each model got, not what it can do"
-
-
-def _html(frame: pd.DataFrame | None, caption: str = "") -> str | None:
-    return None if frame is None else html_table(frame.to_dict("records"), caption=caption)
-
-
 def tab_view():
     table, full, sweep, short, names = tables()
-    table, full = _html(table), _html(full)
-    sweep, short = (gr.HTML(_html(f, c), visible=f is not None) for f, c in ((sweep, SWEEP_CAPTION), (short, CUT_CAPTION)))
+    sweep, short = (gr.HTML(html, visible=html is not None) for html in (sweep, short))
     name = gr.Dropdown(choices=names, value=DEFAULT_CLASSIFIER if DEFAULT_CLASSIFIER in names else names[0] if names else None)
     cost, size, per_class = (gr.Image(p, visible=p is not None) for p in pictures())
     unets = [segmentation_markdown(checkpoint_dir() / n) for n, spec in SEGMENTERS.items() if not spec.num_classes]
@@ -342,10 +337,10 @@ def build_tab(tab: gr.Tab) -> None:
     per_class = gr.Image(elem_id="per-class", **picture)
     # Tables as html_table: Gradio's Dataframe pinned no column, so a row's name scrolled away from its figures.
     with gr.Column(elem_id="experiments-box"):
-        gr.Markdown("**The app's default and the shipped checkpoints**", elem_id="experiments-title")
+        gr.Markdown("**The app's default and the shipped checkpoints**")
         table = gr.HTML(elem_id="experiments-table")
         with gr.Accordion("All columns", open=False):
-            full = gr.HTML(elem_id="experiments-all")
+            full = gr.HTML()
     # The rest folded, each a click away: the tab opens on the pictures and the table, not 7,000 px of page.
     with gr.Accordion("Sweep runs: on the GPU, the seed's protocol on CPU, the runs cut short", open=False, elem_id="gpu-runs"):
         gr.Markdown(SWEEP_ABOUT)

@@ -189,8 +189,8 @@ def track_mcp_staging(blocks: gr.Blocks) -> None:
     if describe is not None and upload_hint:
 
         def describing(block_fn, tool_name: str) -> tuple[str, dict[str, str]]:
-            description, parameters = describe(block_fn, tool_name)
-            return description.replace(upload_hint, ""), parameters
+            description, parameters = describe(block_fn, tool_name)  # Gradio adds "." after the hint, before "Returns"
+            return description.replace(upload_hint + ".", "").replace(upload_hint, ""), parameters
 
         server.get_fn_description = describing
     server._brainmri_tracked = True

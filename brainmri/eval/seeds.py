@@ -17,7 +17,7 @@ from brainmri.eval.tables import has_metrics, read_metrics
 from brainmri.models.checkpoint import UNSEEN
 from brainmri.models.registry import get_spec
 from brainmri.settings import checkpoint_dir
-from brainmri.vocabulary import percent
+from brainmri.vocabulary import minutes, percent
 
 # The seed's figures (its Testing split, which it called validation), for Sequential 1-4.
 SEED_ACCURACY = {"simple_cnn_7": 0.7933, "simple_cnn_7_e60": 0.9016, "simple_cnn_10": 0.8268, "simple_cnn_10_e60": 0.9207}
@@ -81,7 +81,7 @@ def seed_rows(root: str | Path | None = None) -> list[dict]:
                 "test acc": percent((m.get("test") or {}).get("accuracy")),
                 "params": f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "",
                 "epochs (best)": f"{m.get('epochs_run', '?')} ({m.get('best_epoch', '?')})",
-                "train time": "" if seconds is None else f"{seconds / 60:.1f} min",  # as the Experiments table gives it
+                "train time": minutes(seconds),
                 "device": m.get("device", ""),
                 "seed (on Testing)": percent(SEED_ACCURACY.get(name)),
             }
