@@ -195,7 +195,7 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 def data_view(model_name: str | None) -> tuple:
     with user_errors():
         note, counts, samples, steps = dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)
-    counts = None if counts is None else display.html_table(counts.to_dict("records"), caption="Images per class and split")
+    counts = None if counts is None else display.html_table(counts, caption="Images per class and split")
     return note, counts, samples, steps  # an ensemble's preprocessing: its classifier's
 
 

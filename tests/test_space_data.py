@@ -48,7 +48,7 @@ def test_without_a_data_folder_the_tabs_show_the_precomputed_files(tmp_path: Pat
     assert [c for _, c in examples] == [c for _, c in dataview.shipped_examples()] and all(Path(p).is_file() for p, _ in examples)
     note, counts, samples, steps = dataview.overview(missing, create_model("simple_cnn_7", num_classes=4).eval(), "simple_cnn_7")
     assert "precomputed" in note and "/" not in note.replace("python -m reports.data_summary", "")  # no server path
-    assert list(counts["class"]) == [*map(class_words, CLASSES), "all"]  # as a reader says them: "no tumour"
+    assert [row["class"] for row in counts] == [*map(class_words, CLASSES), "all"]  # as a reader says them: "no tumour"
     assert [c for _, c in samples] == [class_words(c) for c in CLASSES for _ in range(2)] and samples[0][0].size == (112, 112)
     assert steps[0][1].startswith("0. decoded") and len(steps) >= 3
     text = dataview.audit_text(missing)

@@ -245,9 +245,8 @@ def audit_markdown(summary: dict) -> str:
 
 def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
     """The Data tab: (note, class counts, Training samples, preprocessing steps for ``model``), from the data folder
-    when it is there, else as reports.data_summary precomputed them; the note says which. No server path is shown."""
-    import pandas as pd
-
+    when it is there, else as reports.data_summary precomputed them; the note says which. No server path is shown.
+    The counts are rows, one a class and "all", the class as a reader says it."""
     from brainmri.data.imageio import load_image
     from brainmri.data.preprocess import data_config
 
@@ -256,12 +255,12 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
     if root is None and saved is None:
         return "No data folder found (set `BRAIN_MRI_DATA` to a folder with `Training/` and `Testing/`).", None, None, None
     if root is not None:
-        counts = pd.DataFrame(class_counts(root))
+        counts = class_counts(root)
         samples = [(load_image(p), c) for p, c in example_files(root, per_class=2, split="train")]
         first = widest_example(root)
         note = f"The data: images per class and split, samples, and one Testing slice through **{model_name}**'s preprocessing."
     else:
-        counts = pd.DataFrame(saved[0])
+        counts = saved[0]
         samples = sample_tiles(saved[1], [row["class"] for row in saved[0] if row["class"] != "all"])
         first = shipped_examples()[0][0] if shipped_examples() else saved[1]
         note = (
@@ -269,5 +268,5 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
             f"per class and split, samples, and one unseen Testing slice through **{model_name}**'s preprocessing."
         )
     steps = preprocessing_steps(load_image(first), data_config(model))
-    counts["class"] = counts["class"].map(class_words)  # as a reader says them: "no tumour", not the folder's "notumor"
+    counts = [{**row, "class": class_words(row["class"])} for row in counts]  # "no tumour", not the folder's "notumor"
     return note, counts, [(tile, class_words(c)) for tile, c in samples], steps

@@ -109,11 +109,16 @@ def analyse_tool(
     return analyse_slice
 
 
+def model_choices(default: str | None, models: list[str]) -> str:
+    """How a caller picks a model, in the tool's and /predict's descriptions alike: this deployment's own names."""
+    others = ", ".join(name for name in models if name != default)
+    return f"leave empty for the app's default ({default or 'the first available model'}); or one of: {others}"
+
+
 def tool_description(default: str | None, models: list[str], disclaimer: str) -> str:
     """The tool's docstring, which Gradio's MCP server sends as its description. Gradio reads one line an argument
     (``gradio.utils.get_function_description``: a wrapped line is lost), so each stays on one, and the model names are
     this deployment's own; ``disclaimer`` is the app's own, as plain text (each answer carries it too)."""
-    others = ", ".join(name for name in models if name != default)
     return "\n".join(
         [
             f"Classify one brain MRI slice ({CLASSES_IN_WORDS}) and outline the tumour.",
@@ -124,7 +129,7 @@ def tool_description(default: str | None, models: list[str], disclaimer: str) ->
             "Args:",
             f"    image: the slice ({accepted_formats(detailed=False)}) as a data: URL (base64; accepted here though the"
             " schema names http(s) URLs, with no upload tool needed), or as an http(s) URL that this server can fetch.",
-            f"    model: leave empty for the app's default ({default or 'the first available model'}); or one of: {others}.",
+            f"    model: {model_choices(default, models)}.",
             "    images: true to also return the heatmap and the tumour mask as PNG data URLs (large); false by default.",
             "",
             "Returns:",
@@ -141,11 +146,11 @@ def predict_description(default: str | None, models: list[str]) -> str:
     Gradio's own FileData docstring for the image and call the heatmap a file path, where it comes as a data URL)."""
     return (
         f"Classify one brain MRI slice ({CLASSES_IN_WORDS}) for a page. image: the slice as a file"
-        f" ({accepted_formats(detailed=False)}); model_name: empty for the app's default ({default or 'the first available'}),"
-        f" or one of: {', '.join(m for m in models if m != default)}. Returns the probabilities (a label, none over an image"
-        " that does not look like a brain MRI), the heatmap (its 'url' a PNG data URL, its 'path' null) and the details"
-        " (class, probabilities, the out-of-distribution verdict and its reasons, tumour_mask as a PNG data URL, model,"
-        " latency_ms). For compact JSON, as an assistant wants it, call /analyse_slice."
+        f" ({accepted_formats(detailed=False)}); model_name: {model_choices(default, models)}. Returns the"
+        " probabilities (a label, none over an image that does not look like a brain MRI), the heatmap (its 'url' a"
+        " PNG data URL, its 'path' null) and the details (class, probabilities, the out-of-distribution verdict and its"
+        " reasons, tumour_mask as a PNG data URL, model, latency_ms). For compact JSON, as an assistant wants it, call"
+        " /analyse_slice."
     )
 
 
