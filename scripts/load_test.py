@@ -128,7 +128,8 @@ def same_answer(got: dict, want: dict, tol: float = 1e-3) -> bool:
     return (
         got.get("image_size") == want["image_size"]
         and got.get("top_class") == want["top_class"]
-        and all(abs((got.get("probabilities") or {}).get(k, float("inf")) - v) <= tol for k, v in want["probabilities"].items())
+        and (got.get("probabilities") is None) == (want["probabilities"] is None)  # null over a slice judged not an MRI
+        and all(abs((got.get("probabilities") or {}).get(k, float("inf")) - v) <= tol for k, v in (want["probabilities"] or {}).items())
     )
 
 

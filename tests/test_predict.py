@@ -113,7 +113,10 @@ def test_non_mri_is_flagged_not_classified(predictor: Predictor, model_name: str
     # greyscale noise passes a picture's own measures (grey, not flat): only its features flag it, as they flag about 1
     # real slice in 100, so it is called unlike the training slices, not "not a brain MRI"
     assert result.prediction is None and result.label_value() == (UNLIKE_TRAINING if kind == "noise" else LOOKS_NOT_MRI)
-    assert result.details()["in_distribution"] is False and result.ood.reasons
+    details = result.details()
+    assert details["in_distribution"] is False and result.ood.reasons and details["ood"]["reasons"]
+    # no class in the details either, as in the tool's answer: a non-MRI's argmax is not an answer
+    assert details["prediction"] is details["top_class"] is details["probabilities"] is details["tumour_probability"] is None
     assert result.ood.checked_by == DEFAULT_CLASSIFIER  # the default model judges for every model
 
 

@@ -149,7 +149,8 @@ def predict_description(default: str | None, models: list[str]) -> str:
         f" ({accepted_formats(detailed=False)}); model_name: {model_choices(default, models)}. Returns the"
         " probabilities (a label, none over an image that does not look like a brain MRI), the heatmap (its 'url' a"
         " PNG data URL, its 'path' null) and the details (class, probabilities, the out-of-distribution verdict and its"
-        " reasons, tumour_mask as a PNG data URL, model, latency_ms). For compact JSON, as an assistant wants it, call"
+        " reasons, tumour_mask as a PNG data URL, model, latency_ms; the class and probabilities null over an image that"
+        " does not look like a brain MRI). For compact JSON, as an assistant wants it, call"
         " /analyse_slice."
     )
 

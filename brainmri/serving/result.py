@@ -85,14 +85,18 @@ class Prediction:
         return self.probabilities if self.in_distribution else self.ood_verdict
 
     def details(self) -> dict:
-        """JSON-ready details, the API's third output."""
+        """JSON-ready details, the API's third output. Over an image that does not look like a brain MRI the class,
+        the probabilities and the tumour probability are null, as in the tool's answer (brainmri.app.tool): the
+        model's argmax there answers a question the image does not pose; ``ood`` gives the reasons."""
+        mri = self.in_distribution
+        tumour = None if self.tumour_probability is None or not mri else round(self.tumour_probability, 6)
         return {
             "model": self.model,
             "prediction": self.prediction,
-            "top_class": self.top_class,
-            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
-            "tumour_probability": None if self.tumour_probability is None else round(self.tumour_probability, 6),
-            "tumor_probability": None if self.tumour_probability is None else round(self.tumour_probability, 6),  # old key: goes in 0.2
+            "top_class": self.prediction,  # the same as "prediction", kept for callers of 0.1
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()} if mri else None,
+            "tumour_probability": tumour,
+            "tumor_probability": tumour,  # old key: goes in 0.2
             "in_distribution": self.in_distribution,
             "ood": None if self.ood is None else self.ood.to_dict(),
             "cam_method": self.cam_method,
