@@ -194,9 +194,9 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 
 def data_view(model_name: str | None) -> tuple:
     with user_errors():
-        note, counts, samples, steps = dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)
+        note, counts, samples, steps, words = dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)
     counts = None if counts is None else display.html_table(counts, caption="Images per class and split")
-    return note, counts, samples, steps  # an ensemble's preprocessing: its classifier's
+    return note, counts, samples, steps, words  # an ensemble's preprocessing: its classifier's
 
 
 def audit_view() -> str:
@@ -208,10 +208,13 @@ def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
     note = gr.Markdown("Open this tab to read the data folder.")
     counts = gr.HTML(elem_id="counts")
     samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220, elem_id="samples")
-    steps = gr.Gallery(label="Preprocessing, step by step", columns=5, height=260, elem_id="steps")
+    with gr.Row():  # beside the words, a tile is about as wide as the gallery is high: the slice whole
+        label = "Preprocessing: each step that changes the picture"
+        steps = gr.Gallery(label=label, columns=4, height=310, object_fit="contain", elem_id="steps", scale=3, min_width=320)
+        words = gr.Markdown(elem_id="steps-words", scale=2, min_width=240)  # on a phone, under the pictures
     button = gr.Button("Run the duplicate audit (once, then cached)" if dataview.local_root(DATA) else "Show the duplicate audit")
     audit = gr.Markdown(elem_id="audit")
-    tab.select(data_view, model, [note, counts, samples, steps], api_visibility="private")
+    tab.select(data_view, model, [note, counts, samples, steps, words], api_visibility="private")
     button.click(audit_view, None, audit, api_visibility="private")
 
 

@@ -13,13 +13,14 @@ from PIL import Image, ImageFilter
 DEFAULT_OPACITY = 0.45  # of the heatmap over the scan: the app's slider starts here
 
 
-def _colormap_lut(name: str = "jet") -> np.ndarray:
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """A matplotlib colormap as a (256, 3) uint8 table: ``lut[index]`` colours an array of 0-255 indices."""
     import matplotlib
 
     return (matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # (256, 3)
 
 
-_LUT = _colormap_lut()
+_LUT = colormap_lut()
 
 
 def overlay(image: Image.Image, cam: np.ndarray | None, opacity: float = DEFAULT_OPACITY) -> Image.Image:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
+import pytest
+from conftest import synthetic_image
 
 from brainmri.app import dataview, experiments
 from brainmri.data.preprocess import eval_transform
@@ -104,7 +104,8 @@ def test_class_counts_match_the_folder(data_dir: Path):
     assert rows["all"]["total"] == sum(r["total"] for name, r in rows.items() if name != "all")
 
 
-def test_preprocessing_steps_end_in_what_the_model_gets(data_dir: Path):
+@pytest.mark.parametrize("size", [(224, 224), (300, 200)])  # a slice as the dataset has them; one the crop cuts
+def test_preprocessing_shows_each_step_that_changes_the_picture_and_names_every_step(size: tuple[int, int]):
     cfg = {
         "input_size": (3, 96, 96),
         "interpolation": "bilinear",
@@ -113,17 +114,22 @@ def test_preprocessing_steps_end_in_what_the_model_gets(data_dir: Path):
         "crop_pct": 1.0,
         "crop_mode": "center",
     }
-    path = dataview.widest_example(data_dir)
-    image = Image.open(path).convert("RGB")
+    image = synthetic_image(3, max(size)).resize(size)
     steps = dataview.preprocessing_steps(image, cfg)
-    names = [caption.split(":")[0] for _, caption in steps]
-    assert names == ["0. decoded", "1. resized", "2. centre crop", "3. as numbers", "4. normalised"]  # words, not timm's classes
-    assert steps[2][0].size == (96, 96)
-    x = eval_transform(cfg)(image)
-    shown = np.asarray(steps[-1][0], dtype=np.float32)
-    c0 = x[0]
-    expected = ((c0 - c0.min()) / (c0.max() - c0.min()) * 255).to(torch.uint8).numpy()
-    assert np.abs(shown - expected).max() <= 1
+    names = [caption.split(":")[0] for _, caption in steps.tiles]
+    cuts = size[0] != size[1]
+    # words, not timm's classes; a crop that cuts nothing and the conversion to numbers look like the step before
+    assert names == ["decoded", "resized", *(["centre crop"] if cuts else []), "normalised"]
+    assert steps.tiles[-2][0].size == (96, 96)
+    assert ("nothing to cut" in steps.words) is not cuts and "2. centre crop 96x96" in steps.words
+    assert "3. to numbers" in steps.words and "4. normalise each channel: minus mean (0.5, 0.5, 0.5), over std (0.25" in steps.words
+    # the last tile is channel 0 of what the network gets, white at 0 and red above, blue below
+    x = eval_transform(cfg)(image)[0]
+    shown = np.asarray(steps.tiles[-1][0], dtype=np.int16)
+    hi, lo = np.unravel_index(int(x.argmax()), x.shape), np.unravel_index(int(x.argmin()), x.shape)
+    assert shown.shape == (96, 96, 3) and shown[hi][0] > shown[hi][2] and (float(x.min()) >= 0 or shown[lo][2] > shown[lo][0])
+    zero = np.unravel_index(int(x.abs().argmin()), x.shape)
+    assert abs(float(x[zero])) < 0.05 and shown[zero].min() > 200  # near the mean: near white
 
 
 def test_example_files_one_per_class_copied_to_a_servable_folder(data_dir: Path, tmp_path: Path):

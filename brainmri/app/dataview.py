@@ -14,6 +14,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from brainmri.data.imageio import IMAGE_SUFFIXES
 from brainmri.data.preprocess import eval_transform
 from brainmri.data.records import SPLIT_FOLDERS, load_records
 from brainmri.models.checkpoint import DATA_AUDIT, DATA_COUNTS, DATA_SAMPLES, results_dir
+from brainmri.rendering import colormap_lut
 from brainmri.settings import ROOT, default_data
 from brainmri.vocabulary import class_words
 
@@ -142,29 +144,66 @@ STEP_WORDS = {
     "ToTensor": "as numbers",
     "Normalize": "normalised",
 }
+_DIVERGING = colormap_lut("RdBu_r")  # (256, 3): blue below 0, white at 0, red above
 
 
-def preprocessing_steps(image: Image.Image, cfg: dict) -> list[tuple[Image.Image, str]]:
-    """The image after each step of the model's own eval transform, captioned.
+class Preprocessing(NamedTuple):
+    """One slice through a model's eval transform: a captioned tile for each step that changes the picture, and every
+    step in words (a step that changes nothing seen, as a crop with nothing to cut, gets words and no tile)."""
 
-    The steps are read from ``eval_transform(cfg)`` itself, so what is shown is what runs.
-    The normalised tensor is shown channel 0, stretched from its min to its max.
+    tiles: list[tuple[Image.Image, str]]
+    words: str
+
+
+def _step_words(t: object, unchanged: bool) -> str:
+    """One transform in words, with its settings: "resize to 128 px (bilinear)", "normalise: mean 0.5, std 0.5"."""
+    name = type(t).__name__
+    size = getattr(t, "size", None)
+    size = "x".join(map(str, size)) if isinstance(size, (tuple, list)) else size
+    if name == "Resize":
+        how = getattr(getattr(t, "interpolation", None), "value", "")
+        text = f"resize to {size} px" + (f" ({how})" if how else "")
+    elif name == "CenterCrop":
+        text = f"centre crop {size}" + (" (nothing to cut on this slice)" if unchanged else "")
+    elif name in ("MaybeToTensor", "ToTensor"):
+        text = "to numbers from 0 to 1, channels first"
+    elif name == "Normalize":
+        mean, std = (", ".join(f"{v:.3g}" for v in getattr(t, k)) for k in ("mean", "std"))
+        text = f"normalise each channel: minus mean ({mean}), over std ({std})"
+    else:
+        text = STEP_WORDS.get(name, name)
+    return text
+
+
+def preprocessing_steps(image: Image.Image, cfg: dict) -> Preprocessing:
+    """The image after each step of the model's own eval transform, captioned, and every step in words.
+
+    The steps are read from ``eval_transform(cfg)`` itself, so what is shown is what runs. A step whose picture is the
+    one before it gets no tile: a crop that cuts nothing, and the conversion to numbers (the same grey levels). The
+    normalised tensor is shown channel 0 in a diverging map, white at 0 (the channel's mean): what the network gets.
     """
     # Captions short enough for a gallery tile (a phone's is ~110 px): the size where it changes, the range once normalised.
-    steps = [(image, f"0. decoded: {image.width}x{image.height}")]
+    tiles, words = [(image, f"decoded: {image.width}x{image.height}")], []
     x = image
-    for i, t in enumerate(eval_transform(cfg).transforms, 1):
-        x = t(x)
+    for t in eval_transform(cfg).transforms:
+        before, x = x, t(x)
         name = STEP_WORDS.get(type(t).__name__, type(t).__name__)
         if isinstance(x, Image.Image):
-            steps.append((x, f"{i}. {name}: {x.width}x{x.height}"))
+            unchanged = isinstance(before, Image.Image) and before.size == x.size and before.tobytes() == x.tobytes()
+            if not unchanged:
+                tiles.append((x, f"{name}: {x.width}x{x.height}"))
         else:
             c0 = x[0].float()
             lo, hi = float(c0.min()), float(c0.max())
-            shown = ((c0 - lo) / max(hi - lo, 1e-6) * 255).to(torch.uint8).numpy()
-            what = "x".join(map(str, x.shape)) if lo >= 0 and hi <= 1 else f"[{lo:.1f}, {hi:.1f}]"  # a tensor, then normalised
-            steps.append((Image.fromarray(shown), f"{i}. {name}: {what}"))
-    return steps
+            unchanged = lo >= 0 and hi <= 1  # to numbers: the picture as it was, as floats
+            if not unchanged:
+                limit = max(abs(lo), abs(hi), 1e-6)  # symmetric about 0, so white is the mean
+                index = ((c0 / limit + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+                tiles.append((Image.fromarray(_DIVERGING[index]), f"{name}: {lo:.1f} to {hi:.1f}"))
+        words.append(_step_words(t, unchanged))
+    steps = "\n".join(f"{i}. {w}" for i, w in enumerate(words, 1))
+    note = "The last picture is channel 0 of what the network gets: white at 0, the channel's mean; red above, blue below."
+    return Preprocessing(tiles, f"**The steps, from the model's own config**\n\n{steps}\n\n{note}")
 
 
 def widest_example(root: Path, split: str = "test", scan: int = 40) -> Path:
@@ -244,7 +283,7 @@ def audit_markdown(summary: dict) -> str:
 
 
 def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
-    """The Data tab: (note, class counts, Training samples, preprocessing steps for ``model``), from the data folder
+    """The Data tab: (note, class counts, Training samples, preprocessing tiles for ``model`` and its steps in words), from the data folder
     when it is there, else as reports.data_summary precomputed them; the note says which. No server path is shown.
     The counts are rows, one a class and "all", the class as a reader says it."""
     from brainmri.data.imageio import load_image
@@ -253,7 +292,7 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
     root = local_root(source)
     saved = precomputed() if root is None else None
     if root is None and saved is None:
-        return "No data folder found (set `BRAIN_MRI_DATA` to a folder with `Training/` and `Testing/`).", None, None, None
+        return "No data folder found (set `BRAIN_MRI_DATA` to a folder with `Training/` and `Testing/`).", None, None, None, ""
     if root is not None:
         counts = class_counts(root)
         samples = [(load_image(p), c) for p, c in example_files(root, per_class=2, split="train")]
@@ -269,4 +308,4 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
         )
     steps = preprocessing_steps(load_image(first), data_config(model))
     counts = [{**row, "class": class_words(row["class"])} for row in counts]  # "no tumour", not the folder's "notumor"
-    return note, counts, [(tile, class_words(c)) for tile, c in samples], steps
+    return note, counts, [(tile, class_words(c)) for tile, c in samples], steps.tiles, steps.words
