@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_image
 
-from brainmri.app import dataview, experiments
+from brainmri.app import dataview, experiments, sweeps
 from brainmri.data.preprocess import eval_transform
 
 
@@ -50,7 +50,7 @@ def test_experiment_table_is_read_from_the_folders(tmp_path: Path):
     (tmp_path / "simple_cnn_7" / "history.csv").write_text("epoch,val_accuracy,val_loss\n1,0.973,0.1\n")  # the multi-task's
     assert experiments.history(tmp_path / "simple_cnn_7")[0] == {"epoch": "1", "val_accuracy": "97.3%", "val_loss": "0.1"}
     assert experiments.figure(tmp_path / "simple_cnn_7", "curves.png") is None
-    assert experiments.results_tables(tmp_path / "none.csv") == (None, None)
+    assert sweeps.results_tables(tmp_path / "none.csv") == (None, None)
 
 
 def test_the_apps_default_ensemble_has_its_row_with_the_figure_its_label_shows():
@@ -81,11 +81,14 @@ def test_heatmap_check_names_a_model_that_looks_outside_the_brain(tmp_path: Path
 def test_the_tabs_note_says_what_the_heatmap_check_measured(tmp_path: Path):
     report = {"cam": "Grad-CAM, as served", "models": {"a": {"mask_area_mean": 0.4}, "b": {"mask_area_mean": 0.5}}}
     (tmp_path / "cam.json").write_text(json.dumps(report))
-    said = experiments.about(tmp_path / "cam.json")
-    assert said.endswith("heatmap (Grad-CAM) mass inside an intensity brain mask (a uniform map scores 0.45).")
+    said = experiments.about(tmp_path / "cam.json").splitlines()
+    column = "- *heatmap in brain* (under All columns): mean share of heatmap (Grad-CAM) mass inside an intensity brain mask"
+    assert f"{column} (a uniform map scores 0.45)." in said
+    assert said[-1].startswith("- A blank cell") and len(said) == len(experiments.ABOUT) + 1  # a line a column, then blanks
     mix = experiments.unseen_mix()  # the unseen set's classes, counted from the default classifier's metrics
-    assert mix.startswith(" (of 335: ") and "glioma" in mix and experiments.unseen_mix(tmp_path) == ""
-    assert experiments.about(tmp_path / "missing.json") == experiments.ABOUT.format(mix=mix)  # no check: no column note
+    assert mix.startswith(" (335 images: ") and "glioma" in mix and experiments.unseen_mix(tmp_path) == ""
+    assert mix in experiments.lead()
+    assert "heatmap in brain" not in experiments.about(tmp_path / "missing.json")  # no check: no column note
     assert "(LayerCAM)" in experiments.about()  # the shipped check's own method
 
 
@@ -149,18 +152,18 @@ def test_sweep_table_shows_only_sweep_runs_labelled_by_device(tmp_path: Path):
         "efficientnet_b1,NVIDIA H200,device_sweep,7,time budget,,0.783,16,2187,19,ok\n"
         "convnext_nano,NVIDIA H200,device_sweep,3,,,0.64,9,3434,14,ok\n"
     )
-    finished, short = experiments.results_tables(csv_path)
+    finished, short = sweeps.results_tables(csv_path)
     assert finished == [
         {
             "model": "resnet18", "device": "NVIDIA H200", "run": "device_sweep", "init": "random", "epochs": "10",
-            "stopped by": "epochs", "val acc": "92.2%", "unseen test acc": "88.0%", "test acc": "87.8%", "train time (s)": "6",
+            "stopped by": "epochs", "val acc": "92.2%", "unseen test acc": "88.0%", "test acc": "87.8%", "train time": "6 s",
             "img/s": "8,042", "% of bound": "16",
         }
     ]  # fmt: skip
     # Ended by the budget, or under 5 epochs: apart from the finished runs, never beside them as a verdict on the model.
     assert [r["model"] for r in short] == ["efficientnet_b7", "efficientnet_b1", "convnext_nano"]
     csv_path.write_text("model,run\nsimple_cnn_7,shipped\n")
-    assert experiments.results_tables(csv_path) == (None, None)  # only shipped rows: no sweep table at all
+    assert sweeps.results_tables(csv_path) == (None, None)  # only shipped rows: no sweep table at all
 
 
 def test_pictures_are_the_files_train_plots_writes():
@@ -228,7 +231,7 @@ def test_a_failed_sweep_run_says_so_rather_than_leave_blanks(tmp_path: Path):
         "resnet18,NVIDIA H200,device_sweep,10,epochs,0.8783,ok\n"
         "resnet50,NVIDIA H200,device_sweep,,,,failed: CUDA out of memory\n"
     )
-    finished, _ = experiments.results_tables(csv_path)
+    finished, _ = sweeps.results_tables(csv_path)
     assert [r["status"] for r in finished] == ["ok", "failed: CUDA out of memory"]
     csv_path.write_text("model,device,run,epochs_run,stopped,test_accuracy,status\nresnet18,NVIDIA H200,device_sweep,10,epochs,0.8783,ok\n")
-    assert "status" not in experiments.results_tables(csv_path)[0][0]
+    assert "status" not in sweeps.results_tables(csv_path)[0][0]

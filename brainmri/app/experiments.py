@@ -19,18 +19,18 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from brainmri.app import sweeps
 from brainmri.app.display import html_table
 from brainmri.eval.localisation import localisation_table
 from brainmri.eval.one_encoder import one_encoder_markdown
 from brainmri.eval.report import segmentation_markdown
 from brainmri.eval.seeds import seed_markdown
-from brainmri.eval.tables import FINISHED_EPOCHS, is_sweep_row, metric_columns, read_metrics, row_cut_short
+from brainmri.eval.tables import metric_columns, read_metrics
 from brainmri.models.catalog import checkpoint_folders, read_ensemble_figures
 from brainmri.models.checkpoint import (
     CAM_LOCALISATION,
     CAM_SANITY,
     COST_PNG,
-    EXPERIMENTS_CSV,
     FIGURES,
     HISTORY,
     METRICS,
@@ -47,7 +47,6 @@ from brainmri.vocabulary import class_words, initialisation_words, minutes, perc
 _logger = logging.getLogger(__name__)
 
 RESULTS_DIR = results_dir()
-RESULTS_CSV = RESULTS_DIR / EXPERIMENTS_CSV
 CAM_SANITY_JSON = RESULTS_DIR / CAM_SANITY
 CAM_LOCALISATION_JSON = RESULTS_DIR / CAM_LOCALISATION
 PICTURES = tuple(RESULTS_DIR / f for f in (COST_PNG, PARAMS_PNG, PER_CLASS_PNG))  # python -m reports.plots
@@ -59,24 +58,30 @@ ALL_COLUMNS = [
     *COLUMNS, "parameters", "epochs (best)", "train acc", "test loss", "temperature", "test ECE raw", "test ECE calibrated",
     "heatmap in brain",
 ]  # fmt: skip
-ABOUT = (
-    "The app's default ensemble, from `results/lite0_and_multitask.json` (`scripts/ensemble_default.py --served`), then "
-    "every shipped checkpoint, read from its folder's `metrics.json`, `history.csv` and figures. *Unseen test acc*: "
-    "Testing without the images that have an exact, near or mirrored twin in Training (the honest figure), with a 95% "
-    "bootstrap interval; *test acc*: the official Testing split. The unseen images are mostly glioma{mix}, so a model "
-    "weak on another class can score higher there than on all of Testing: compare models "
-    "on one column, not a model across two. *Val acc*: the validation split cut from Training, used to choose epochs. "
-    "*ECE*: expected calibration error on Testing, raw and temperature-scaled. *Train time*: the run's wall time on "
-    "whichever machine ran it (the *device* column), shared with other work on some: a rough cost, not a benchmark. "
-    "A blank cell was not measured for that model."
+LEAD = (
+    "Every shipped model, the app's default ensemble first. Read the *unseen* figures: Testing without the images that "
+    "have an exact, near or mirrored twin in Training, so no model has seen them{mix}. They are mostly glioma, so "
+    "compare models on one column, not a model across two."
 )
+ABOUT = [  # what each column means, in the accordion under the table
+    "*unseen test acc*: accuracy on those unseen Testing images, with a 95% bootstrap interval (the honest figure).",
+    "*test acc*: the official Testing split, twins included.",
+    "*val acc*: the validation split cut from Training (twins kept on one side), on which epochs and settings were chosen.",
+    "*initialisation*: ImageNet weights (offline, the Lites only) or random.",
+    "*train time*: the run's wall time on whichever machine ran it (the *device* column), shared with other work on "
+    "some: a rough cost, not a benchmark.",
+    "*test ECE* (under All columns): expected calibration error on Testing, in percent: raw, and with the temperature "
+    "fitted on validation.",
+    "A blank cell was not measured for that model. The scores of the default come from "
+    "`results/lite0_and_multitask.json` (`scripts/ensemble_default.py --served`), every other row from its checkpoint "
+    "folder's `metrics.json`.",
+]
 
 PICTURES_ABOUT = (
-    "**Which model is best for what it costs?** Each dot a shipped model, and the app's default ensemble (its members' "
-    "passes and sizes together): its unseen-Testing accuracy with the 95% "
-    "interval, against the compute of one forward pass and against its size (hollow: no unseen figure yet, official "
-    "Testing instead). Below, each model's recall per class: where the models disagree. Drawn by `python -m reports.plots` "
-    "from the checkpoints' `metrics.json`; the full-screen button enlarges a picture."
+    "**Which model is best for what it costs?** Each dot a model (the default ensemble with its members' passes and "
+    "sizes together): its unseen-Testing accuracy with the 95% interval, against the compute of one forward pass and "
+    "against its size; a hollow dot has no unseen figure yet (official Testing instead). Below, each model's recall "
+    "per class. Drawn by `python -m reports.plots`; the full-screen button enlarges a picture."
 )
 
 
@@ -107,26 +112,33 @@ def cam_in_brain(path: str | Path = CAM_SANITY_JSON) -> dict[str, str]:
 
 
 def unseen_mix(folder: str | Path | None = None) -> str:
-    """How many unseen Testing images each class has, from the default classifier's metrics.json, as " (of 335: 218
-    glioma, ...)"; "" where it cannot be read."""
+    """How many unseen Testing images each class has, from the default classifier's metrics.json, as " (335 images:
+    218 glioma, ...)"; "" where it cannot be read."""
     try:
         unseen = read_metrics(folder or checkpoint_dir() / DEFAULT_CLASSIFIER)[UNSEEN]
         counts = ", ".join(f"{int(v['n'])} {class_words(c)}" for c, v in unseen["per_class"].items())
-        return f" (of {int(unseen['n'])}: {counts})"
+        return f" ({int(unseen['n'])} images: {counts})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
 
+def lead() -> str:
+    """:data:`LEAD`, with the unseen set's classes counted."""
+    return LEAD.format(mix=unseen_mix())
+
+
 def about(path: str | Path = CAM_SANITY_JSON) -> str:
-    """:data:`ABOUT`, then what the heatmap-in-brain column measures, in the check's own words (its method, and what a
-    uniform map would score: the brain mask's mean share of the image)."""
-    text, report = ABOUT.format(mix=unseen_mix()), cam_report(path)
-    if not report:  # the column is empty then anyway
-        return text
-    areas = [r["mask_area_mean"] for r in report.get("models", {}).values() if r.get("mask_area_mean") is not None]
-    method = str(report.get("cam", "the served heatmap")).split(",")[0]
-    uniform = f" (a uniform map scores {sum(areas) / len(areas):.2f})" if areas else ""
-    return f"{text} *Heatmap in brain*: mean share of heatmap ({method}) mass inside an intensity brain mask{uniform}."
+    """What each column means (:data:`ABOUT`) as a list, then what the heatmap-in-brain column measures, in the check's
+    own words (its method, and what a uniform map would score: the brain mask's mean share of the image)."""
+    lines, report = list(ABOUT), cam_report(path)
+    if report:  # without it the column is empty anyway
+        areas = [r["mask_area_mean"] for r in report.get("models", {}).values() if r.get("mask_area_mean") is not None]
+        method = str(report.get("cam", "the served heatmap")).split(",")[0]
+        uniform = f" (a uniform map scores {sum(areas) / len(areas):.2f})" if areas else ""
+        lines.insert(
+            -1, f"*heatmap in brain* (under All columns): mean share of heatmap ({method}) mass inside an intensity brain mask{uniform}."
+        )
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def experiment_row(folder: str | Path, cam_shares: dict[str, str] | None = None) -> dict:
@@ -190,53 +202,9 @@ def experiment_table(root: str | Path | None = None, results: str | Path | None 
     return rows
 
 
-SWEEP_ABOUT = (
-    "*init*: ImageNet weights or random; *stopped by*: its epochs, early stopping or its time budget; *img/s*: training "
-    "images a second; *% of bound*: that rate as a share of the most the GPU's memory bandwidth allows for the model, "
-    "counted by `python -m reports.roofline`; *run*: the sweep that trained it. A blank cell was not measured by that "
-    "run: unseen Testing by the first GPU sweep, the bound on the CPU and in some GPU runs."
-)
-# The sweep table: what a reader compares across runs and devices (results/experiments.csv has every column).
-SWEEP_COLUMNS = {
-    "model": "model", "device": "device", "run": "run", "initialization": "init", "epochs_run": "epochs",
-    "stopped": "stopped by", "val_accuracy": "val acc", "test_unseen_accuracy": "unseen test acc", "test_accuracy": "test acc",
-    "train_seconds": "train time (s)", "img_per_s": "img/s", "pct_of_bound": "% of bound",
-}  # fmt: skip
-
-
-def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, list[dict] | None]:
-    """The sweep runs of results/experiments.csv (not the shipped checkpoints, already in the table above), labelled
-    by device: the finished ones, and apart those cut short by their time budget (brainmri.eval.tables.cut_short);
-    None for either when there are none."""
-    path = Path(path)
-    if not path.is_file():
-        return None, None
-    with path.open(newline="") as f:
-        runs = [r for r in csv.DictReader(f) if is_sweep_row(r)]
-    short = [row_cut_short(r) for r in runs]
-    columns = dict(SWEEP_COLUMNS)
-    if any(r.get("status", "ok") != "ok" for r in runs):  # a failed run's blanks are not "not measured": say why
-        columns["status"] = "status"
-    rows = [{label: _sweep_cell(key, r.get(key)) for key, label in columns.items()} for r in runs]
-    finished, cut = [r for r, s in zip(rows, short) if not s], [r for r, s in zip(rows, short) if s]
-    return finished or None, cut or None
-
-
 def pictures() -> tuple[str | None, ...]:
     """Accuracy against compute and against size, and per class (``python -m reports.plots``); None where not drawn yet."""
     return tuple(str(p) if p.is_file() else None for p in PICTURES)
-
-
-def _sweep_cell(key: str, value: str | None) -> str:
-    if value in (None, ""):
-        return ""
-    if key in ("test_accuracy", "test_unseen_accuracy", "val_accuracy"):
-        return percent(float(value))
-    if key == "initialization":
-        return initialisation_words(value)
-    if key in ("train_seconds", "img_per_s", "pct_of_bound"):
-        return f"{float(value):,.0f}"
-    return value
 
 
 def localisation_markdown(path: str | Path = CAM_LOCALISATION_JSON) -> str:
@@ -298,15 +266,12 @@ def figures_of(name: str | None, root: str | Path | None = None) -> tuple:
     return *(figure(folder, f) for f in FIGURES), pd.DataFrame(history(folder))
 
 
-SWEEP_CAPTION = "Sweep runs, by device (results/experiments.csv)"
-CUT_CAPTION = f"Cut short by their time budget, or stopped under {FINISHED_EPOCHS} epochs: how far each model got, not what it can do"
-
-
 def tables(root: str | Path | None = None) -> tuple[str, str, str | None, str | None, list[str]]:
     """The Experiments tab's tables as HTML (:func:`brainmri.app.display.html_table`): the compact one, all columns,
     the finished sweep runs and those cut short (None without any), and the names of the checkpoints."""
-    rows, (sweep, short) = experiment_table(root), results_tables()
-    sweep, short = (None if r is None else html_table(r, caption=c) for r, c in ((sweep, SWEEP_CAPTION), (short, CUT_CAPTION)))
+    rows, (sweep, short) = experiment_table(root), sweeps.results_tables()
+    captions = ((sweep, sweeps.CAPTION), (short, sweeps.CUT_CAPTION))
+    sweep, short = (None if r is None else html_table(r, caption=c) for r, c in captions)
     names = [r["model"] for r in rows if r["model"] not in ENSEMBLES]  # an ensemble has no folder of figures
     return html_table(rows, COLUMNS), html_table(rows, ALL_COLUMNS), sweep, short, names
 
@@ -328,7 +293,7 @@ def tab_view():
 
 def build_tab(tab: gr.Tab) -> None:
     """The Experiments tab's components, filled when the tab is opened (UI wiring, moved out of app.py)."""
-    gr.Markdown(about())
+    gr.Markdown(lead(), elem_id="experiments-lead")
     gr.Markdown(PICTURES_ABOUT)
     picture = dict(type="filepath", interactive=False, buttons=["fullscreen"], visible=False, show_label=False)
     with gr.Row():
@@ -339,11 +304,13 @@ def build_tab(tab: gr.Tab) -> None:
     with gr.Column(elem_id="experiments-box"):
         gr.Markdown("**The app's default and the shipped checkpoints**")
         table = gr.HTML(elem_id="experiments-table")
+        with gr.Accordion("What each column means", open=False, elem_id="columns-box"):
+            gr.Markdown(about())
         with gr.Accordion("All columns", open=False):
             full = gr.HTML()
     # The rest folded, each a click away: the tab opens on the pictures and the table, not 7,000 px of page.
     with gr.Accordion("Sweep runs: on the GPU, the seed's protocol on CPU, the runs cut short", open=False, elem_id="gpu-runs"):
-        gr.Markdown(SWEEP_ABOUT)
+        gr.Markdown(sweeps.ABOUT)
         sweep = gr.HTML(visible=False, elem_id="sweep-runs")
         short = gr.HTML(visible=False, elem_id="cut-short")
     with gr.Accordion("Do the heatmaps point at the tumour?", open=False, elem_id="localisation-box"):
