@@ -155,7 +155,8 @@ def _place_labels(ax, texts: list, bars: list[tuple[float, float, float]]) -> No
 
     ``bars``: each dot's (x, low, high) in data coordinates, in the order of ``texts``. Greedy, the most crowded dot
     first, then two more passes that move each label given all the others. A spot's cost is the area it covers
-    (labels weigh most, then dots, then bars), a large one outside the axes, each dot, bar, label or leader line its
+    (labels weigh most, then dots, then bars), a fixed price for each dot or bar it cuts at all (a thin bar under a
+    label reads as part of another model's figure), a large one outside the axes, each dot, bar, label or leader line its
     own leader line crosses, and a little for distance, so that a label with room stays beside its dot. (adjustText
     would add a dependency for one picture, and pushes labels apart without knowing the error bars.)"""
     fig = ax.figure
@@ -206,6 +207,7 @@ def _place_labels(ax, texts: list, bars: list[tuple[float, float, float]]) -> No
     def cost(i: int, spot: tuple[float, float], placed: dict[int, Bbox]) -> float:
         box = box_at(i, spot)
         area = sum(weight * overlap(box, b) for b, weight in obstacles)
+        area += 150.0 * sum(overlap(box, b) > 0 for b, _ in obstacles[: 2 * len(dots)])  # a dot or bar cut: misread
         area += sum(4.0 * overlap(box, b) for j, b in placed.items() if j != i)
         outside = box.width * box.height - overlap(box, frame)
         side = 4 if spot[0] < 0 else 8 if spot[0] == 0 else 0  # right of the dot reads first
