@@ -209,8 +209,7 @@ def data_tab(tab: gr.Tab, model: gr.Dropdown) -> None:
     counts = gr.HTML(elem_id="counts")
     samples = gr.Gallery(label="Samples per class (Training)", columns=8, height=220, elem_id="samples")
     with gr.Row():  # beside the words, a tile is about as wide as the gallery is high: the slice whole
-        label = "Preprocessing: each step that changes the picture"
-        steps = gr.Gallery(label=label, columns=4, height=310, object_fit="contain", elem_id="steps", scale=3, min_width=320)
+        steps = gr.Gallery(label="Preprocessing", columns=4, height=310, object_fit="contain", elem_id="steps", scale=3, min_width=320)
         words = gr.Markdown(elem_id="steps-words", scale=2, min_width=240)  # on a phone, under the pictures
     button = gr.Button("Run the duplicate audit (once, then cached)" if dataview.local_root(DATA) else "Show the duplicate audit")
     audit = gr.Markdown(elem_id="audit")

@@ -117,6 +117,7 @@ def test_non_mri_is_flagged_not_classified(predictor: Predictor, model_name: str
     assert details["in_distribution"] is False and result.ood.reasons and details["ood"]["reasons"]
     # no class in the details either, as in the tool's answer: a non-MRI's argmax is not an answer
     assert details["prediction"] is details["top_class"] is details["probabilities"] is details["tumour_probability"] is None
+    assert details["cam_peak"] is None and result.explained_cam is None  # no heatmap shown: no peak given
     assert result.ood.checked_by == DEFAULT_CLASSIFIER  # the default model judges for every model
 
 
@@ -258,6 +259,7 @@ def test_details_say_where_the_heatmap_peaks_and_which_layer_made_it(predictor: 
     result = predictor.predict(image)
     result.cam = np.zeros((100, 200), dtype=np.float32)
     result.cam[80, 30] = 1.0  # the peak: x = 30 of 200, y = 80 of 100
+    result.ood = None  # a black image is flagged, and a flagged image's details give no peak
     details = result.details()
     assert details["cam_peak"] == [pytest.approx(30.5 / 200), pytest.approx(80.5 / 100)]
     assert all(type(v) is float for v in details["cam_peak"])  # plain JSON numbers

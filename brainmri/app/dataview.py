@@ -202,7 +202,10 @@ def preprocessing_steps(image: Image.Image, cfg: dict) -> Preprocessing:
                 tiles.append((Image.fromarray(_DIVERGING[index]), f"{name}: {lo:.1f} to {hi:.1f}"))
         words.append(_step_words(t, unchanged))
     steps = "\n".join(f"{i}. {w}" for i, w in enumerate(words, 1))
-    note = "The last picture is channel 0 of what the network gets: white at 0, the channel's mean; red above, blue below."
+    note = (
+        "The pictures show each step that changes the slice. The last is channel 0 of what the network gets: white at 0,"
+        " where a pixel equals the mean the config names; red above it, blue below."
+    )
     return Preprocessing(tiles, f"**The steps, from the model's own config**\n\n{steps}\n\n{note}")
 
 

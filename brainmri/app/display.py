@@ -284,9 +284,10 @@ CSS = """
   #heatmap, #original { height: 230px !important; }
   #model input { text-overflow: ellipsis; padding-right: 1.6em; font-size: 0.85em; }  /* the whole label, its figure too */
   /* galleries wrap to three a row instead of scrolling sideways, and grow to hold every row */
-  #examples .grid-container, #samples .grid-container, #steps .grid-container {
+  #examples .grid-container, #samples .grid-container {
     grid-template-columns: repeat(3, minmax(0, 1fr)) !important;
   }
+  #steps .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }  /* 3 a row: captions hid the slice */
   #samples, #steps, #samples .grid-wrap, #steps .grid-wrap {
     height: auto !important;
     max-height: none !important;

@@ -59,19 +59,24 @@ ALL_COLUMNS = [
     "heatmap in brain",
 ]  # fmt: skip
 LEAD = (
-    "Every shipped model, the app's default ensemble first. Read the *unseen* figures: Testing without the images that "
-    "have an exact, near or mirrored twin in Training, so no model has seen them{mix}. They are mostly glioma, so "
-    "compare models on one column, not a model across two."
+    "How the app's default ensemble and every shipped model score. Read the *unseen* figures: Testing without the "
+    "images that have an exact, near or mirrored twin in Training, so no model has seen them{mix}. They are mostly "
+    "glioma, so a model weak on another class can score higher there than on all of Testing: compare models by the same "
+    "figure, not one model's unseen figure with its official one."
 )
 ABOUT = [  # what each column means, in the accordion under the table
     "*unseen test acc*: accuracy on those unseen Testing images, with a 95% bootstrap interval (the honest figure).",
     "*test acc*: the official Testing split, twins included.",
     "*val acc*: the validation split cut from Training (twins kept on one side), on which epochs and settings were chosen.",
+    "*family*: simple (the seed report's hand-built CNNs), efficientnet, multitask (one encoder for class and outline) or ensemble.",
+    "*input px*: the side of the square the model reads; an ensemble gives its members' (Lite0's 192, the one encoder's 224).",
     "*initialisation*: ImageNet weights (offline, the Lites only) or random.",
     "*train time*: the run's wall time on whichever machine ran it (the *device* column), shared with other work on "
     "some: a rough cost, not a benchmark.",
-    "*test ECE* (under All columns): expected calibration error on Testing, in percent: raw, and with the temperature "
-    "fitted on validation.",
+    "Under All columns: *parameters* in millions; *epochs (best)*, those run and the one kept, chosen on validation; "
+    "*train acc*, the kept epoch's running average over its augmented batches; *test loss*, cross-entropy on Testing; *temperature*, the "
+    "softmax temperature fitted on validation; *test ECE*, expected calibration error on Testing in percent, raw and "
+    "with that temperature.",
     "A blank cell was not measured for that model. The scores of the default come from "
     "`results/lite0_and_multitask.json` (`scripts/ensemble_default.py --served`), every other row from its checkpoint "
     "folder's `metrics.json`.",

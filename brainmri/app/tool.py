@@ -146,12 +146,12 @@ def predict_description(default: str | None, models: list[str]) -> str:
     Gradio's own FileData docstring for the image and call the heatmap a file path, where it comes as a data URL)."""
     return (
         f"Classify one brain MRI slice ({CLASSES_IN_WORDS}) for a page. image: the slice as a file"
-        f" ({accepted_formats(detailed=False)}); model_name: {model_choices(default, models)}. Returns the"
-        " probabilities (a label, none over an image that does not look like a brain MRI), the heatmap (its 'url' a"
-        " PNG data URL, its 'path' null) and the details (class, probabilities, the out-of-distribution verdict and its"
-        " reasons, tumour_mask as a PNG data URL, model, latency_ms; the class and probabilities null over an image that"
-        " does not look like a brain MRI). For compact JSON, as an assistant wants it, call"
-        " /analyse_slice."
+        f" ({accepted_formats(detailed=False)}); model_name: {model_choices(default, models)}. Returns the label"
+        " (the class probabilities as confidences), the heatmap (its 'url' a PNG data URL, its 'path' null) and the"
+        " details (class, probabilities, the out-of-distribution verdict and its reasons, tumour_mask as a PNG data URL,"
+        " model, latency_ms). Over an image that does not look like a brain MRI the label gives the verdict in words"
+        " with no confidences, the heatmap is null, and the details' class, probabilities and cam_peak are null. For"
+        " compact JSON, as an assistant wants it, call /analyse_slice."
     )
 
 

@@ -102,7 +102,7 @@ class Prediction:
             "cam_method": self.cam_method,
             "cam_layer": self.cam_layer,
             "heatmap_by": self.heatmap_by or self.model,
-            "cam_peak": self.cam_peak,
+            "cam_peak": self.cam_peak if mri else None,  # no heatmap is shown over such an image: no peak to point at
             "temperature": round(self.temperature, 4),  # the heatmap model's; an ensemble's members each have their own
             "image_size": list(self.image.size),
             "latency_ms": round(self.latency_ms, 1),
