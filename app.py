@@ -194,9 +194,9 @@ def classify_tab(session: gr.State) -> tuple[gr.Dropdown, gr.Gallery]:
 
 def data_view(model_name: str | None) -> tuple:
     with user_errors():
-        note, counts, samples, steps, words = dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)
-    counts = None if counts is None else display.html_table(counts, caption="Images per class and split")
-    return note, counts, samples, steps, words  # an ensemble's preprocessing: its classifier's
+        view = dataview.overview(DATA, (loaded := PREDICTOR.model(model_name)).model, loaded.name)  # an ensemble's: its classifier's
+    counts = None if view.counts is None else display.html_table(view.counts, caption="Images per class and split")
+    return view.note, counts, view.samples, view.steps, view.words
 
 
 def audit_view() -> str:

@@ -156,9 +156,10 @@ def _place_labels(ax, texts: list, bars: list[tuple[float, float, float]]) -> No
     ``bars``: each dot's (x, low, high) in data coordinates, in the order of ``texts``. Greedy, the most crowded dot
     first, then two more passes that move each label given all the others. A spot's cost is the area it covers
     (labels weigh most, then dots, then bars), a fixed price for each dot or bar it cuts at all (a thin bar under a
-    label reads as part of another model's figure), a large one outside the axes, each dot, bar, label or leader line its
-    own leader line crosses, and a little for distance, so that a label with room stays beside its dot. (adjustText
-    would add a dependency for one picture, and pushes labels apart without knowing the error bars.)"""
+    label reads as part of another model's figure; its own, centred under it, is hidden), a large one outside the
+    axes, each dot, bar, label or leader line its own leader line crosses, and a little for distance, so that a label
+    with room stays beside its dot. (adjustText would add a dependency for one picture, and pushes labels apart
+    without knowing the error bars.)"""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

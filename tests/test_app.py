@@ -48,6 +48,7 @@ def test_predict_endpoint_with_dicom_and_a_named_model(client, slice_path: Path,
     path.write_bytes(valid_uploads(Image.open(slice_path).convert("RGB"))["dicom"][1])
     label, heatmap, details = client.predict(handle_file(str(path)), "simple_cnn_7", api_name="/predict")
     assert details["model"] == "simple_cnn_7"
+    assert details["in_distribution"] and jpeg["in_distribution"]  # else both classes are null and equal for nothing
     assert details["top_class"] == jpeg["top_class"]
     assert PATIENT_NAME not in str(details) and "SECRET-ID" not in str(details)
     assert decode_data_url(heatmap["url"]).mode == "RGB"

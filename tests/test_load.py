@@ -50,6 +50,15 @@ def test_a_full_queue_refuses_rather_than_grows(data_dir: Path):
     assert r["answered"] + r["queue_full"] == r["sent"] == 24
 
 
+def test_an_answer_is_the_same_only_with_the_same_class_and_probabilities_or_both_flagged():
+    want = {"image_size": [224, 224], "top_class": "glioma", "probabilities": {"glioma": 0.9, "notumor": 0.1}}
+    flagged = {"image_size": [224, 224], "top_class": None, "probabilities": None}  # judged not an MRI: no class
+    assert load_test.same_answer(dict(want), want) and load_test.same_answer(dict(flagged), flagged)
+    assert not load_test.same_answer(flagged, want) and not load_test.same_answer(want, flagged)
+    assert not load_test.same_answer({**want, "probabilities": {"glioma": 0.8, "notumor": 0.2}}, want)
+    assert not load_test.same_answer({**want, "image_size": [1, 1]}, want)
+
+
 def test_only_loopback():
     with pytest.raises(ValueError, match="loopback"):
         load_test.load_test(url="http://example.com/")

@@ -46,11 +46,14 @@ def test_without_a_data_folder_the_tabs_show_the_precomputed_files(tmp_path: Pat
     assert dataview.local_root(missing) is None and dataview.examples_are_local(missing)
     examples = dataview.example_images(missing)
     assert [c for _, c in examples] == [c for _, c in dataview.shipped_examples()] and all(Path(p).is_file() for p, _ in examples)
-    note, counts, samples, steps, words = dataview.overview(missing, create_model("simple_cnn_7", num_classes=4).eval(), "simple_cnn_7")
+    note, counts, samples, steps, words = view = dataview.overview(
+        missing, create_model("simple_cnn_7", num_classes=4).eval(), "simple_cnn_7"
+    )
     assert "precomputed" in note and "/" not in note.replace("python -m reports.data_summary", "")  # no server path
     assert [row["class"] for row in counts] == [*map(class_words, CLASSES), "all"]  # as a reader says them: "no tumour"
     assert [c for _, c in samples] == [class_words(c) for c in CLASSES for _ in range(2)] and samples[0][0].size == (112, 112)
     assert steps[0][1].startswith("decoded") and steps[-1][1].startswith("normalised") and "1. resize to" in words
+    assert view.steps is steps and view.words is words  # named, not a bare tuple
     text = dataview.audit_text(missing)
     assert "Testing images** have a near-identical copy in Training" in text and "more only once mirrored left-right" in text
     assert "218 glioma" in text and "Precomputed" in text

@@ -136,15 +136,20 @@ def hub_examples(dataset_id: str, per_class: int, out_dir: Path) -> list[tuple[P
     return found
 
 
-# timm's transform classes in a reader's words (an unknown one keeps its class name)
-STEP_WORDS = {
-    "Resize": "resized",
-    "CenterCrop": "centre crop",
-    "MaybeToTensor": "as numbers",
-    "ToTensor": "as numbers",
-    "Normalize": "normalised",
-}
+# timm's transform classes as a tile's caption says them (an unknown one keeps its class name); the list beside the
+# tiles says every step in a sentence (_step_words). The conversion to numbers changes no picture: it has no caption.
+STEP_WORDS = {"Resize": "resized", "CenterCrop": "centre crop", "Normalize": "normalised"}
 _DIVERGING = colormap_lut("RdBu_r")  # (256, 3): blue below 0, white at 0, red above
+
+
+class DataOverview(NamedTuple):
+    """What the Data tab shows, as :func:`overview` reads it; all but ``note`` None (``words`` empty) without data."""
+
+    note: str
+    counts: list[dict] | None  # a row a class, then "all"
+    samples: list[tuple[Image.Image, str]] | None  # Training slices, captioned with their class
+    steps: list[tuple[Image.Image, str]] | None  # Preprocessing.tiles
+    words: str  # Preprocessing.words
 
 
 class Preprocessing(NamedTuple):
@@ -285,8 +290,8 @@ def audit_markdown(summary: dict) -> str:
     )
 
 
-def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
-    """The Data tab: (note, class counts, Training samples, preprocessing tiles for ``model`` and its steps in words), from the data folder
+def overview(source: str, model: torch.nn.Module, model_name: str) -> DataOverview:
+    """The Data tab: a note, class counts, Training samples, preprocessing tiles for ``model`` and its steps in words, from the data folder
     when it is there, else as reports.data_summary precomputed them; the note says which. No server path is shown.
     The counts are rows, one a class and "all", the class as a reader says it."""
     from brainmri.data.imageio import load_image
@@ -295,7 +300,9 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
     root = local_root(source)
     saved = precomputed() if root is None else None
     if root is None and saved is None:
-        return "No data folder found (set `BRAIN_MRI_DATA` to a folder with `Training/` and `Testing/`).", None, None, None, ""
+        return DataOverview(
+            "No data folder found (set `BRAIN_MRI_DATA` to a folder with `Training/` and `Testing/`).", None, None, None, ""
+        )
     if root is not None:
         counts = class_counts(root)
         samples = [(load_image(p), c) for p, c in example_files(root, per_class=2, split="train")]
@@ -311,4 +318,4 @@ def overview(source: str, model: torch.nn.Module, model_name: str) -> tuple:
         )
     steps = preprocessing_steps(load_image(first), data_config(model))
     counts = [{**row, "class": class_words(row["class"])} for row in counts]  # "no tumour", not the folder's "notumor"
-    return note, counts, [(tile, class_words(c)) for tile, c in samples], steps.tiles, steps.words
+    return DataOverview(note, counts, [(tile, class_words(c)) for tile, c in samples], steps.tiles, steps.words)

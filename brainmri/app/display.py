@@ -265,7 +265,7 @@ CSS = """
 #upload [data-testid="upload-icon"] { display: none; }  /* the label chip covered it in a 120 px box; the words suffice */
 /* the examples' box as tall as its one row, not Gradio's 450 px */
 #examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
-/* captions whole ("pituitary tumour", "1. resized to 192 px"), not cut with an ellipsis on a phone */
+/* captions whole ("pituitary tumour", "normalised: -1.0 to 0.9"), not cut with an ellipsis on a phone */
 :is(#examples, #samples, #steps) .caption-label { font-size: 0.75em; white-space: normal; text-overflow: clip; }
 /* no picture yet (or no heatmap over a refused image): no empty boxes (on a phone, 460 px of them before the examples) */
 #heatmap:not(:has(img)), #original:not(:has(img)) { display: none; }

@@ -68,18 +68,22 @@ ABOUT = [  # what each column means, in the accordion under the table
     "*unseen test acc*: accuracy on those unseen Testing images, with a 95% bootstrap interval (the honest figure).",
     "*test acc*: the official Testing split, twins included.",
     "*val acc*: the validation split cut from Training (twins kept on one side), on which epochs and settings were chosen.",
-    "*family*: simple (the seed report's hand-built CNNs), efficientnet, multitask (one encoder for class and outline) or ensemble.",
+    "*family*: simple (the seed report's hand-built CNNs), baseline (common timm CNNs), efficientnet, multitask (one "
+    "encoder for class and outline) or ensemble.",
     "*input px*: the side of the square the model reads; an ensemble gives its members' (Lite0's 192, the one encoder's 224).",
-    "*initialisation*: ImageNet weights (offline, the Lites only) or random.",
+    "*initialisation*: ImageNet weights (offline, for the Lites and the one encoder's encoder) or random. A model "
+    "trained on from an earlier run of itself names that run; its *train time* and *epochs* are then the last run's "
+    "(the one encoder's card gives every run).",
     "*train time*: the run's wall time on whichever machine ran it (the *device* column), shared with other work on "
     "some: a rough cost, not a benchmark.",
     "Under All columns: *parameters* in millions; *epochs (best)*, those run and the one kept, chosen on validation; "
-    "*train acc*, the kept epoch's running average over its augmented batches; *test loss*, cross-entropy on Testing; *temperature*, the "
-    "softmax temperature fitted on validation; *test ECE*, expected calibration error on Testing in percent, raw and "
-    "with that temperature.",
-    "A blank cell was not measured for that model. The scores of the default come from "
-    "`results/lite0_and_multitask.json` (`scripts/ensemble_default.py --served`), every other row from its checkpoint "
-    "folder's `metrics.json`.",
+    "*train acc*, the kept epoch's running average over its augmented batches; *test loss*, cross-entropy on Testing "
+    "before the temperature; *temperature*, the softmax temperature fitted on validation; *test ECE*, expected "
+    "calibration error on Testing in percent, raw and with that temperature (an ensemble: its members' calibrated "
+    "probabilities averaged).",
+    "A blank cell was not measured for that model. The default's scores come from `results/lite0_and_multitask.json` "
+    "(`scripts/ensemble_default.py --served`), the heatmap-in-brain shares from `results/cam_sanity.json` "
+    "(`python -m reports.cam_sanity`), every other figure from the model's checkpoint folder's `metrics.json`.",
 ]
 
 PICTURES_ABOUT = (

@@ -61,6 +61,7 @@ def image_argument_problem(image: object) -> str:
 def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: float = DEFAULT_OPACITY) -> dict:
     """What the tool says about one image, JSON-ready; ``images`` adds the heatmap and the mask as PNG data URLs."""
     mri, outline = result.in_distribution, result.outline
+    probabilities, tumour = result.answered(4)  # both None over an image the OOD check flags
     w, h = result.image.size
     box = None if outline is None or outline.empty else [round(v, 4) for v in outline.box]
     out = {
@@ -68,8 +69,8 @@ def answer(result: Prediction, disclaimer: str, images: bool = False, opacity: f
         "looks_like_brain_mri": mri,
         "prediction": result.prediction,
         "prediction_words": class_words(result.prediction) if mri else None,
-        "probabilities": {k: round(v, 4) for k, v in result.probabilities.items()} if mri else None,
-        "tumour_probability": None if result.tumour_probability is None or not mri else round(result.tumour_probability, 4),
+        "probabilities": probabilities,
+        "tumour_probability": tumour,
         "ood_reasons": [] if result.ood is None else result.ood.reasons,
         "tumour_box": box,  # [x0, y0, x1, y1], 0-1 of the image's width and height
         "tumour_box_px": None if box is None else [round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)],

@@ -65,6 +65,15 @@ class Prediction:
         """The predicted class; None when the image does not look like a brain MRI."""
         return self.top_class if self.in_distribution else None
 
+    def answered(self, digits: int) -> tuple[dict[str, float] | None, float | None]:
+        """The class probabilities and P(any tumour), rounded to ``digits``, as the API and the tool give them: both
+        None over an image that does not look like a brain MRI, where the model's argmax answers a question the image
+        does not pose (:attr:`probabilities` keeps what it computed, for study)."""
+        if not self.in_distribution:
+            return None, None
+        tumour = None if self.tumour_probability is None else round(self.tumour_probability, digits)
+        return {k: round(v, digits) for k, v in self.probabilities.items()}, tumour
+
     @property
     def ood_verdict(self) -> str | None:
         """The OOD verdict as a label: "does not look like a brain MRI", or, when only the features' distance flagged
@@ -86,15 +95,15 @@ class Prediction:
 
     def details(self) -> dict:
         """JSON-ready details, the API's third output. Over an image that does not look like a brain MRI the class,
-        the probabilities and the tumour probability are null, as in the tool's answer (brainmri.app.tool): the
-        model's argmax there answers a question the image does not pose; ``ood`` gives the reasons."""
+        the probabilities, the tumour probability and the heatmap's peak are null, as in the tool's answer
+        (:meth:`answered`); ``ood`` gives the reasons."""
         mri = self.in_distribution
-        tumour = None if self.tumour_probability is None or not mri else round(self.tumour_probability, 6)
+        probabilities, tumour = self.answered(6)
         return {
             "model": self.model,
             "prediction": self.prediction,
-            "top_class": self.prediction,  # the same as "prediction", kept for callers of 0.1
-            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()} if mri else None,
+            "top_class": self.prediction,  # as "prediction" (until 2026-12-07 the argmax, a flagged image's too)
+            "probabilities": probabilities,
             "tumour_probability": tumour,
             "tumor_probability": tumour,  # old key: goes in 0.2
             "in_distribution": self.in_distribution,
