@@ -161,7 +161,8 @@ class Preprocessing(NamedTuple):
 
 
 def _step_words(t: object, unchanged: bool) -> str:
-    """One transform in words, with its settings: "resize to 128 px (bilinear)", "normalise: mean 0.5, std 0.5"."""
+    """One transform in words, with its settings: "resize to 128 px (bilinear)", "normalise each channel: minus mean
+    (0.5, 0.5, 0.5), over std (0.5, 0.5, 0.5)"; ``unchanged``: the step left the picture as it was."""
     name = type(t).__name__
     size = getattr(t, "size", None)
     size = "x".join(map(str, size)) if isinstance(size, (tuple, list)) else size
@@ -185,9 +186,10 @@ def preprocessing_steps(image: Image.Image, cfg: dict) -> Preprocessing:
 
     The steps are read from ``eval_transform(cfg)`` itself, so what is shown is what runs. A step whose picture is the
     one before it gets no tile: a crop that cuts nothing, and the conversion to numbers (the same grey levels). The
-    normalised tensor is shown channel 0 in a diverging map, white at 0 (the channel's mean): what the network gets.
+    normalised tensor is shown channel 0 in a diverging map, white at 0 (a pixel at the config's mean): what the
+    network gets.
     """
-    # Captions short enough for a gallery tile (a phone's is ~110 px): the size where it changes, the range once normalised.
+    # Captions short enough for a gallery tile (a phone's is ~160 px): the size where it changes, the range once normalised.
     tiles, words = [(image, f"decoded: {image.width}x{image.height}")], []
     x = image
     for t in eval_transform(cfg).transforms:
