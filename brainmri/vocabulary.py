@@ -39,8 +39,11 @@ def percent(value: float | None, ci: Sequence[float] | None = None, digits: int 
 
 
 def minutes(seconds: float | str | None) -> str:
-    """A run's wall time in minutes to one decimal ("20.6 min"), as every table gives it; "" when not recorded."""
-    return "" if seconds in (None, "") else f"{float(seconds) / 60:.1f} min"
+    """A run's wall time in minutes to one decimal ("20.6 min"), as every table gives it, or in seconds under one ("6 s":
+    GPU runs of seconds sit beside CPU runs of hours); "" when not recorded."""
+    if seconds in (None, ""):
+        return ""
+    return f"{float(seconds) / 60:.1f} min" if round(float(seconds)) >= 60 else f"{float(seconds):.0f} s"  # 59.7: "1.0 min"
 
 
 def initialisation_words(initialization: str | None) -> str:

@@ -235,3 +235,9 @@ def test_a_failed_sweep_run_says_so_rather_than_leave_blanks(tmp_path: Path):
     assert [r["status"] for r in finished] == ["ok", "failed: CUDA out of memory"]
     csv_path.write_text("model,device,run,epochs_run,stopped,test_accuracy,status\nresnet18,NVIDIA H200,device_sweep,10,epochs,0.8783,ok\n")
     assert "status" not in sweeps.results_tables(csv_path)[0][0]
+
+
+def test_a_runs_time_reads_in_minutes_and_in_seconds_under_one():
+    from brainmri.vocabulary import minutes
+
+    assert [minutes(s) for s in (600, "1236.5", 59.7, 59.4, 6.2, None, "")] == ["10.0 min", "20.6 min", "1.0 min", "59 s", "6 s", "", ""]

@@ -70,7 +70,7 @@ ABOUT = [  # what each column means, in the accordion under the table
     "*val acc*: the validation split cut from Training (twins kept on one side), on which epochs and settings were chosen.",
     "*family*: simple (the seed report's hand-built CNNs), baseline (common timm CNNs), efficientnet, multitask (one "
     "encoder for class and outline) or ensemble.",
-    "*input px*: the side of the square the model reads; an ensemble gives its members' (Lite0's 192, the one encoder's 224).",
+    "*input px*: the side of the square the model reads; an ensemble gives its members', in their order.",
     "*initialisation*: ImageNet weights (offline, for the Lites and the one encoder's encoder) or random. A model "
     "trained on from an earlier run of itself names that run; its *train time* and *epochs* are then the last run's "
     "(the one encoder's card gives every run).",

@@ -47,15 +47,15 @@ def results_tables(path: str | Path = RESULTS_CSV) -> tuple[list[dict] | None, l
 
 
 def cell(key: str, value: str | None) -> str:
-    """One CSV value as the table says it: accuracies in percent, time in minutes (seconds under one), counts rounded."""
+    """One CSV value as the table says it: accuracies in percent, time as every table gives it, counts rounded."""
     if value in (None, ""):
         return ""
     if key in ("test_accuracy", "test_unseen_accuracy", "val_accuracy"):
         return percent(float(value))
     if key == "initialization":
         return initialisation_words(value)
-    if key == "train_seconds":  # GPU runs of seconds beside CPU runs of hours
-        return minutes(value) if float(value) >= 60 else f"{float(value):.0f} s"
+    if key == "train_seconds":
+        return minutes(value)
     if key in ("img_per_s", "pct_of_bound"):
         return f"{float(value):,.0f}"
     return value
