@@ -124,6 +124,17 @@ def pick_device(name: str, zerogpu: bool = False) -> torch.device:
     return device
 
 
+CPU_EVAL_BATCH = 4  # a CPU evaluates fastest per image in small batches, whose activations stay in its caches
+GPU_EVAL_BATCH = 64
+
+
+def eval_batch(device: torch.device | str) -> int:
+    """How many images a pass over a data set takes at once on ``device``, when nothing else decides it: 4 on a CPU,
+    64 on a GPU. On 2 Zen 4 cores (2026-12-08) Lite0 scored 816 validation slices in 8.5 s at 4 against 17.0 s at 64,
+    and the multi-task model in 10.5 s against 24.5 s (train.evaluate; the same logits to the bit)."""
+    return CPU_EVAL_BATCH if torch.device(device).type == "cpu" else GPU_EVAL_BATCH
+
+
 def configure_torch_threads(workers: int = 1) -> int:
     """Set torch's (and OpenCV's) threads to :func:`available_cpus` shared by ``workers`` threads that each run
     models at once (``BRAIN_MRI_THREADS`` overrides), denormals flushed.

@@ -31,6 +31,16 @@ def _test_threads() -> None:
         torch.set_num_threads(TEST_THREADS)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _splits_cut_once() -> Iterator[None]:
+    """Each split, thumbnail set and unseen subset is computed once a session (seconds each on the real data, and the
+    shipped checkpoints share one split), keyed by what it was computed from; decoded data sets are not kept."""
+    from brainmri.data.cache import open_cache
+
+    with open_cache(kinds=("thumbnails", "split", "unseen")):
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real dataset, where every command's --data defaults to (brainmri.settings.default_data)."""

@@ -58,6 +58,33 @@ def test_cache_memoises_only_while_open():
     assert datacache.memo(("k",), make) == 4
 
 
+def test_a_cache_of_some_kinds_keeps_those_alone():
+    """A long-lived cache (the test session's) keeps splits and thumbnails, not decoded data sets."""
+    calls = []
+
+    def make():
+        calls.append(1)
+        return len(calls)
+
+    with datacache.open_cache(kinds=("split",)):
+        assert datacache.memo(("split", 1), make) == 1 and datacache.memo(("split", 1), make) == 1
+        assert datacache.memo(("decoded", 1), make) == 2 and datacache.memo(("decoded", 1), make) == 3
+        with datacache.open_cache():  # a sweep's own cache inside it keeps every kind, until it ends
+            assert datacache.memo(("decoded", 1), make) == 4 and datacache.memo(("decoded", 1), make) == 4
+        assert datacache.memo(("split", 1), make) == 1 and datacache.memo(("decoded", 1), make) == 5
+
+
+def test_the_evaluation_batch_changes_no_logit(data_dir):
+    """A CPU evaluates in small batches (brainmri.runtime.eval_batch), for speed only: each image's logits are the same
+    at a GPU's batch of 64."""
+    from brainmri.runtime import eval_batch
+
+    assert eval_batch("cpu") < eval_batch("cuda") == 64
+    model = create_model("simple_cnn_7").eval()
+    records = limit_per_class(load_records(data_dir, "test"), 5)
+    np.testing.assert_allclose(predict_logits(model, records), predict_logits(model, records, batch_size=64), rtol=1e-5, atol=1e-6)
+
+
 def test_threaded_decode_and_thumbnails_match_the_plain_functions(synthetic_data, monkeypatch):
     from brainmri.data.duplicates import thumbnails
     from brainmri.data.preprocess import decode_records

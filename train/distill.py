@@ -57,7 +57,7 @@ def check_same_validation(folder: str | Path, val: ImageRecords, data: str, what
             )
 
 
-def teacher_targets(teacher: str | Path, train: ImageRecords, batch_size: int = 64, cache: Path | None = None) -> torch.Tensor:
+def teacher_targets(teacher: str | Path, train: ImageRecords, batch_size: int | None = None, cache: Path | None = None) -> torch.Tensor:
     """(N, C) float32: the teacher's softmax (T = 1) on each of ``train``'s images, in their order; for several
     teachers (comma-separated), the mean of theirs. With ``cache`` (a run's resume folder) they are kept there and
     read back by a resumed run if every teacher's manifest (its weights' sha256) and the images are the same; a
@@ -104,7 +104,7 @@ def _read_targets(path: Path, key: str) -> torch.Tensor | None:
         return None
 
 
-def _softmax_on(folder: Path, train: ImageRecords, batch_size: int) -> torch.Tensor:
+def _softmax_on(folder: Path, train: ImageRecords, batch_size: int | None) -> torch.Tensor:
     if label_names(folder) != train.class_names:
         raise ValueError(f"--teacher {folder}: its classes {label_names(folder)} are not the data's {train.class_names}")
     teacher = load_checkpoint(folder).eval()

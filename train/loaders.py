@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from brainmri.data.cache import decode_records
 from brainmri.data.records import ImageRecords
 from brainmri.data.split import split_records, training_records
+from brainmri.runtime import eval_batch
 from train.config import TrainConfig
 from train.distill import check_same_validation, teacher_targets
 
@@ -80,15 +81,16 @@ def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: t
         check_same_validation(cfg.teacher, val_set, cfg.data)
         soft = teacher_targets(cfg.teacher, train_set)
     drop_last = len(train_set) > cfg.batch_size
+    val_batch = eval_batch(device)  # validation needs no gradient: the device's own evaluation batch
     (xt, yt), (xv, yv) = [
         (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))
     ]
     if cfg.data_on_device:
         soft = soft.to(device) if soft is not None else None
         train = DeviceBatches(xt.to(device), yt.to(device), cfg.batch_size, shuffle=True, drop_last=drop_last, seed=cfg.seed, soft=soft)
-        val = DeviceBatches(xv.to(device), yv.to(device), cfg.batch_size * 2, shuffle=False, drop_last=False)
+        val = DeviceBatches(xv.to(device), yv.to(device), val_batch, shuffle=False, drop_last=False)
     else:
         train_data = TensorDataset(xt, yt) if soft is None else TensorDataset(xt, yt, soft)
         train = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
-        val = DataLoader(TensorDataset(xv, yv), batch_size=cfg.batch_size * 2)
+        val = DataLoader(TensorDataset(xv, yv), batch_size=val_batch)
     return Loaders(train, val, records.class_names, len(train_set), len(val_set))

@@ -190,7 +190,7 @@ def train_one_epoch(
         images, moved = augment_batch(x[idx], g, masks=masks[idx])  # the experts' masks move with their image
         target, weight = (t.to(device) for t in soft_target(moved, known[idx]))
         with autocast(cfg, device):
-            mask_logits, class_logits = model(normalise(images.to(device), model).contiguous(memory_format=torch.channels_last))
+            mask_logits, class_logits = model(normalise(images.to(device), model))
         soft = split["soft"][idx].to(device) if split.get("soft") is not None else None
         loss, parts = joint_loss(class_logits, mask_logits, labels[idx].to(device), target, weight, cfg, soft)
         optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from brainmri.eval.metrics import bootstrap_accuracy_ci
+from brainmri.runtime import eval_batch
 from brainmri.segmentation import batch_masks, mask_overlap, normalise
 from brainmri.vocabulary import NO_TUMOUR
 from train.experts import EXPERTS
@@ -21,12 +22,14 @@ from train.experts import EXPERTS
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, x: torch.Tensor, precision: AbstractContextManager, batch_size: int = 32
+    model: torch.nn.Module, x: torch.Tensor, precision: AbstractContextManager, batch_size: int | None = None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Class logits (N, C) and bool outlines (N, S, S), emptied below MIN_AREA as served (brainmri.segmentation).
-    A segmenter without a class head (``unet_lite0``) gives None for the logits."""
+    A segmenter without a class head (``unet_lite0``) gives None for the logits. ``batch_size``: by default the
+    device's (``brainmri.runtime.eval_batch``)."""
     model.eval()
     device = next(model.parameters()).device  # x stays on the CPU; each batch visits the model's device
+    batch_size = batch_size or eval_batch(device)
     logits, outlines = [], []
     for i in range(0, len(x), batch_size):
         with precision:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from brainmri.cli import add_data_argument, exit_code, setup_logging
 from brainmri.data.split import checkpoint_config, checkpoint_split, twin_groups
 from brainmri.models.checkpoint import OUTLINE_RULES, results_dir
+from brainmri.runtime import eval_batch
 from brainmri.segmentation import OutlineRule, batch_masks, gated, load_segmenter, mask_overlap, normalise, to_input, write_rule
 from brainmri.vocabulary import NO_TUMOUR
 from train.experts import EXPERTS, decode_expert_masks
@@ -43,9 +44,12 @@ MIN_AREAS = (0.001, 0.0025, 0.005, 0.01)
 
 
 @torch.inference_mode()
-def probabilities(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def probabilities(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Tumour probability (N, S, S) of each image and of its mirror (flipped back), and the class logits (N, C) of a
-    model with a class head (None otherwise)."""
+    model with a class head (None otherwise); ``batch_size`` by default the device's (``brainmri.runtime.eval_batch``)."""
+    batch_size = batch_size or eval_batch(next(model.parameters()).device)
     plain, mirrored, logits = [], [], []
     for i in tqdm(range(0, len(x), batch_size), desc="outlining", leave=False):
         batch = normalise(x[i : i + batch_size], model)

@@ -152,7 +152,7 @@ def train_one_epoch(
     total = 0.0
     for b, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, mininterval=10)):
         images, masks = random_crop(*augment_batch(x[idx], g, masks=y[idx]), cfg.crop, g)
-        logits = model(normalise(images, model).contiguous(memory_format=torch.channels_last))
+        logits = model(normalise(images, model))
         target = masks.float() / 255
         loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.dice_weight * soft_dice_loss(logits, target)
         optimizer.zero_grad(set_to_none=True)

@@ -13,7 +13,7 @@ decodes and resizes, so a 16-core machine decodes the data set in about a second
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,25 +29,29 @@ from brainmri.runtime import available_cpus
 
 T = TypeVar("T")
 
-_STORE: ContextVar[dict | None] = ContextVar("brainmri_data_cache", default=None)
+_STORE: ContextVar[tuple[dict, frozenset[str] | None] | None] = ContextVar("brainmri_data_cache", default=None)
 _CHUNK = 256  # images per thread-pool task
 
 
 @contextmanager
-def open_cache() -> Iterator[dict]:
-    """Keep what :func:`memo` computes until the block ends."""
-    token = _STORE.set({})
+def open_cache(kinds: Collection[str] | None = None) -> Iterator[dict]:
+    """Keep what :func:`memo` computes until the block ends: every kind of work, or only ``kinds`` (a key's first
+    item: "thumbnails", "split", "unseen", "decoded", "logits"). A long-lived cache keeps the small kinds alone: a
+    test session keeps each split it cuts (seconds each), not every decoded data set (hundreds of MB each)."""
+    store: dict = {}
+    token = _STORE.set((store, None if kinds is None else frozenset(kinds)))
     try:
-        yield _STORE.get()
+        yield store
     finally:
         _STORE.reset(token)
 
 
 def memo(key: tuple, make: Callable[[], T]) -> T:
-    """``make()``, remembered under ``key`` while a cache is open."""
-    store = _STORE.get()
-    if store is None:
+    """``make()``, remembered under ``key`` while a cache that keeps its kind (``key[0]``) is open."""
+    opened = _STORE.get()
+    if opened is None or (opened[1] is not None and key[0] not in opened[1]):
         return make()
+    store = opened[0]
     if key not in store:
         store[key] = make()
     return store[key]
