@@ -130,7 +130,7 @@ def test_ui_upload_is_deleted_once_decoded_and_reruns_use_memory(own, caplog):
 
     # A changed model, method or opacity, and Compare, run from the session alone: the file is gone.
     again = app.classify(session, "tf_efficientnet_lite0", "HiResCAM", 0.5)
-    assert again.details["model"] == "tf_efficientnet_lite0" and again.details["cam_method"] == "HiResCAM"
+    assert again.details["model"] == "tf_efficientnet_lite0" and not again.details["in_distribution"]  # rerun, judged again
     assert app.reblend(again.session, 0.2) is None  # still no heatmap to blend
     assert app.reblend(session._replace(heatmap=np.full((96, 96), 0.5, np.float32)), 0.2).size == (96, 96)
     warmed = set()

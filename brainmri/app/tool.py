@@ -151,7 +151,7 @@ def predict_description(default: str | None, models: list[str]) -> str:
         " (the class probabilities as confidences), the heatmap (its 'url' a PNG data URL, its 'path' null) and the"
         " details (class, probabilities, the out-of-distribution verdict and its reasons, tumour_mask as a PNG data URL,"
         " model, latency_ms). Over an image that does not look like a brain MRI the label gives the verdict in words"
-        " with no confidences, the heatmap is null, and the details' class, probabilities and cam_peak are null. For"
+        " with no confidences, the heatmap is null, and the details' class, probabilities and heatmap fields are null. For"
         " compact JSON, as an assistant wants it, call /analyse_slice."
     )
 

@@ -95,8 +95,8 @@ class Prediction:
 
     def details(self) -> dict:
         """JSON-ready details, the API's third output. Over an image that does not look like a brain MRI the class,
-        the probabilities, the tumour probability and the heatmap's peak are null, as in the tool's answer
-        (:meth:`answered`); ``ood`` gives the reasons."""
+        the probabilities and the tumour probability are null, as in the tool's answer (:meth:`answered`), and so is
+        everything about the heatmap (none is shown); ``ood`` gives the reasons."""
         mri = self.in_distribution
         probabilities, tumour = self.answered(6)
         return {
@@ -108,10 +108,11 @@ class Prediction:
             "tumor_probability": tumour,  # old key: goes in 0.2
             "in_distribution": self.in_distribution,
             "ood": None if self.ood is None else self.ood.to_dict(),
-            "cam_method": self.cam_method,
-            "cam_layer": self.cam_layer,
-            "heatmap_by": self.heatmap_by or self.model,
-            "cam_peak": self.cam_peak if mri else None,  # no heatmap is shown over such an image: no peak to point at
+            # no heatmap is shown over a flagged image: nothing to describe, no peak to point at
+            "cam_method": self.cam_method if mri else None,
+            "cam_layer": self.cam_layer if mri else None,
+            "heatmap_by": (self.heatmap_by or self.model) if mri else None,
+            "cam_peak": self.cam_peak if mri else None,
             "temperature": round(self.temperature, 4),  # the heatmap model's; an ensemble's members each have their own
             "image_size": list(self.image.size),
             "latency_ms": round(self.latency_ms, 1),
