@@ -30,7 +30,7 @@ from brainmri.data.records import load_records, sha256
 from brainmri.data.split import checkpoint_split
 from brainmri.models.checkpoint import OOD_CONFIG, WEIGHTS, label_names, load_checkpoint
 from brainmri.ood import DEFAULT_PERCENTILE, OODStats, colourfulness, grey_contrast, load_stats, logits_and_features
-from brainmri.runtime import configure_torch_threads
+from brainmri.runtime import configure_torch_threads, eval_batch
 from train.ood_pictures import reference_outliers
 
 _logger = logging.getLogger(__name__)
@@ -45,17 +45,19 @@ def extract(
     model: nn.Module,
     images: Iterator[Image.Image],
     total: int,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     desc: str = "features",
     device: torch.device | str = "cpu",
 ) -> dict:
-    """Features, probabilities and image measures of RGB images, batched through the eval transform on ``device``."""
+    """Features, probabilities and image measures of RGB images, batched through the eval transform on ``device``
+    (``batch_size`` by default the device's, ``brainmri.runtime.eval_batch``; channels_last, as served)."""
     transform = eval_transform(data_config(model))
     model = model.to(device)
+    batch_size = batch_size or eval_batch(device)
     feats, probs, colour, contrast, batch = [], [], [], [], []
 
     def flush() -> None:
-        logits, f = logits_and_features(model, torch.stack(batch).to(device))
+        logits, f = logits_and_features(model, torch.stack(batch).to(device).contiguous(memory_format=torch.channels_last))
         feats.append(f.float().cpu())
         probs.append(logits.softmax(dim=1).float().cpu())
         batch.clear()

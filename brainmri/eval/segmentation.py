@@ -9,13 +9,15 @@ import torch
 
 from brainmri.eval.curves import epoch_panels, save_epoch_panels
 from brainmri.eval.metrics import bootstrap_accuracy_ci
+from brainmri.runtime import eval_batch
 from brainmri.segmentation import binary_mask, mask_overlap, tumour_probability
 from brainmri.vocabulary import NO_TUMOUR
 
 
-def predict_all(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """(N, S, S) tumour probabilities."""
+def predict_all(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """(N, S, S) tumour probabilities, in batches of ``batch_size`` (by default the device's, ``runtime.eval_batch``)."""
     model.eval()
+    batch_size = batch_size or eval_batch(next(model.parameters()).device)
     return torch.cat([tumour_probability(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
