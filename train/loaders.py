@@ -82,7 +82,7 @@ def build_loaders(cfg: TrainConfig, records: ImageRecords, dcfg: dict, device: t
         soft = teacher_targets(cfg.teacher, train_set)
     drop_last = len(train_set) > cfg.batch_size
     # validation needs no gradient: a CPU's own evaluation batch (small, for its caches), a GPU's twice the training's
-    val_batch = eval_batch(device) if torch.device(device).type == "cpu" else 2 * cfg.batch_size
+    val_batch = eval_batch(device, gpu=2 * cfg.batch_size)
     (xt, yt), (xv, yv) = [
         (decode_records(s, dcfg, f"decode {name}"), torch.from_numpy(s.labels)) for s, name in ((train_set, "train"), (val_set, "val"))
     ]
